@@ -1,0 +1,70 @@
+/**
+ * A small getopt_long-style parser shared by the stages: `--name value`,
+ * `--name=value`, `-x value`, boolean flags, repeated options, `--` ends
+ * options. Errors are ZbError USAGE so every stage reports them alike.
+ */
+import { ZbError } from "../errors.ts";
+
+/** One option: a long name, an optional short letter, and whether it takes a value. */
+export interface OptionSpec {
+  short?: string;
+  /** Takes a value (`-c FILE`); otherwise a boolean flag. */
+  value?: boolean;
+}
+
+export type OptionSpecs = Record<string, OptionSpec>;
+
+/** Parsed command line: the last value of each option, and positionals in order. */
+export interface ParsedArgs {
+  flags: Set<string>;
+  values: Map<string, string>;
+  positional: string[];
+}
+
+/**
+ * Parse argv against `specs`.
+ * @param what the command, for messages (`zb env print`)
+ * @throws {ZbError} USAGE for an unknown option or a missing value
+ */
+export function parseArgs(argv: readonly string[], specs: OptionSpecs, what: string): ParsedArgs {
+  const byShort = new Map<string, string>();
+  for (const [long, s] of Object.entries(specs)) if (s.short) byShort.set(s.short, long);
+  const out: ParsedArgs = { flags: new Set(), values: new Map(), positional: [] };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === "--") {
+      out.positional.push(...argv.slice(i + 1));
+      break;
+    }
+    let name: string | undefined;
+    let inline: string | undefined;
+    if (arg.startsWith("--")) {
+      const eq = arg.indexOf("=");
+      name = eq < 0 ? arg.slice(2) : arg.slice(2, eq);
+      if (eq >= 0) inline = arg.slice(eq + 1);
+      if (!(name in specs)) throw usage(what, `unknown option --${name}`);
+    } else if (arg.startsWith("-") && arg.length > 1 && arg !== "-") {
+      name = byShort.get(arg[1]!);
+      if (name === undefined) throw usage(what, `unknown option ${arg.slice(0, 2)}`);
+      if (arg.length > 2) inline = arg.slice(2);
+    } else {
+      out.positional.push(arg);
+      continue;
+    }
+    const spec = specs[name]!;
+    if (!spec.value) {
+      if (inline !== undefined && arg.startsWith("--")) throw usage(what, `option --${name} takes no value`);
+      if (inline !== undefined) throw usage(what, `unknown option ${arg}`);
+      out.flags.add(name);
+      continue;
+    }
+    const value = inline ?? argv[++i];
+    if (value === undefined) throw usage(what, `option --${name} needs a value`);
+    out.values.set(name, value);
+  }
+  return out;
+}
+
+function usage(what: string, why: string): ZbError {
+  return new ZbError("USAGE", `cannot run ${what}: ${why}`, { hint: `see \`${what} --help\`` });
+}

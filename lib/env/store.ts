@@ -1,0 +1,201 @@
+/**
+ * Reading and writing an env through the injected Sys: the only I/O of
+ * lib/env. Power-safe write order (redundant pair):
+ *
+ *   1. read both copies, pick the active one (redundant.ts)
+ *   2. compute the new vars; if they equal the active copy's, write nothing
+ *      (snapd's dirty check: no flash wear, no mtime change)
+ *   3. encode with flag = active + 1 and write it over the INACTIVE copy only
+ *   4. fsync the file, then its directory
+ *
+ * A cut anywhere in 3–4 leaves the active copy untouched and the inactive one
+ * either complete (the new env, with the higher flag) or failing its CRC (the
+ * old env stays active). test/lib/env/powercut.test.ts checks every boundary.
+ *
+ * A single copy has no such guarantee in place, so a single env that is a whole
+ * regular file is replaced via temp file + fsync + rename + directory fsync, as
+ * U-Boot's fw_env.c does; inside a larger file or on a device it is written in
+ * place (use a redundant pair there).
+ */
+import { basename, dirname, join } from "node:path";
+import { ZbError } from "../errors.ts";
+import type { Sys } from "../sys/sys.ts";
+import { encode, sameVars, tryDecode, type DecodeFailure, type DecodeResult, type Layout, type Vars } from "./codec.ts";
+import { defaultConfig, layoutOf, parseFwEnvConfig, type Location, type StoreConfig } from "./config.ts";
+import { nextFlag, pickActive, type CopyIndex } from "./redundant.ts";
+import { applyChanges, type Change } from "./script.ts";
+
+/** What a read found. */
+export interface EnvState {
+  vars: Vars;
+  /** Which copy was read (always 0 for a single env). */
+  active: CopyIndex;
+  /** The active copy's flag byte (redundant only). */
+  flag?: number;
+  /** Why the other copy of a redundant pair is unusable; absent when both are good. */
+  degraded?: DecodeFailure;
+}
+
+/** What a write did. */
+export interface WriteResult {
+  written: boolean;
+  /** The copy that was written (redundant), or 0. */
+  copy?: CopyIndex;
+  /** The flag the written copy carries (redundant). */
+  flag?: number;
+  vars: Vars;
+}
+
+/** An env bound to its storage. */
+export class EnvStore {
+  readonly layout: Layout;
+
+  constructor(
+    private readonly sys: Sys,
+    readonly config: StoreConfig,
+  ) {
+    this.layout = layoutOf(config);
+  }
+
+  /**
+   * Read the env.
+   * @throws {ZbError} IO when a copy cannot be read; ENV_CRC/ENV_FORMAT when no copy is valid
+   */
+  read(): EnvState {
+    const results = this.config.copies.map((loc) => this.readCopy(loc));
+    if (results.length === 1) {
+      const r = results[0]!;
+      if (!r.ok) throw new ZbError(r.code, r.code === "IO" ? r.why : `cannot read env ${describe(this.config.copies[0])}: ${r.why}`);
+      return { vars: r.vars, active: 0 };
+    }
+    const pair = pickActive(results[0]!, results[1]!);
+    const state: EnvState = { vars: pair.copy.vars, active: pair.active };
+    if (pair.copy.flag !== undefined) state.flag = pair.copy.flag;
+    if (pair.otherFailure) state.degraded = pair.otherFailure;
+    return state;
+  }
+
+  /**
+   * Apply changes in one write (nothing is written when nothing changes).
+   * @throws {ZbError} as {@link read}, ENV_NOSPACE when the result does not fit, IO on write failure
+   */
+  update(changes: readonly Change[]): WriteResult {
+    const state = this.read();
+    const next = applyChanges(state.vars, changes);
+    if (sameVars(next, state.vars)) return { written: false, vars: state.vars };
+    return this.writeOver(state, next);
+  }
+
+  /**
+   * Replace the whole env with `vars`, for `zb env init` and for storing a
+   * default env when no copy is readable. A readable env is kept unless `force`.
+   * @throws {ZbError} USAGE when an env exists and `force` is not set; IO on failure
+   */
+  create(vars: Vars, opts: { force?: boolean } = {}): WriteResult {
+    let existing: EnvState | null = null;
+    try {
+      existing = this.read();
+    } catch (e) {
+      if (!(e instanceof ZbError) || !["ENV_CRC", "ENV_FORMAT", "IO"].includes(e.code)) throw e;
+    }
+    if (existing && !opts.force) {
+      throw new ZbError("USAGE", `cannot create env at ${this.config.source}: a valid env exists already`, {
+        hint: "use `zb env set` to change it, or --force to replace it",
+      });
+    }
+    if (existing) return this.writeOver(existing, vars);
+    // No valid copy: write the second copy first (flag 1), then the first
+    // (flag 2), as snapd's CreateRedundant does, so a cut leaves one copy.
+    const copies = this.config.copies;
+    if (copies.length === 2) this.writeCopy(copies[1], encode(vars, this.layout, { flag: 1 }), true);
+    const flag = copies.length === 2 ? 2 : undefined;
+    this.writeCopy(copies[0], encode(vars, this.layout, flag === undefined ? {} : { flag }), true);
+    return { written: true, copy: 0, ...(flag === undefined ? {} : { flag }), vars };
+  }
+
+  private writeOver(state: EnvState, vars: Vars): WriteResult {
+    if (this.config.copies.length === 1) {
+      this.writeCopy(this.config.copies[0], encode(vars, this.layout), false);
+      return { written: true, copy: 0, vars };
+    }
+    const target: CopyIndex = state.active === 0 ? 1 : 0;
+    const flag = nextFlag(state.flag ?? 0);
+    const loc = this.config.copies[target]!;
+    // A missing twin file is recreated (a user deleted it); never invent a
+    // file under /dev or inside a larger file.
+    const mayCreate = loc.offset === 0 && !loc.path.startsWith("/dev/");
+    this.writeCopy(loc, encode(vars, this.layout, { flag }), mayCreate);
+    return { written: true, copy: target, flag, vars };
+  }
+
+  /** One copy; an unreadable copy is a failure value so its twin can still serve. */
+  private readCopy(loc: Location): DecodeResult {
+    let bytes: Uint8Array;
+    try {
+      bytes = this.sys.readAt(loc.path, this.resolveOffset(loc), loc.size);
+    } catch (e) {
+      if (e instanceof ZbError && e.code === "IO") return { ok: false, code: "IO", why: e.message };
+      throw e;
+    }
+    if (bytes.length < loc.size) {
+      return { ok: false, code: "ENV_FORMAT", why: `${describe(loc)} is short: ${bytes.length} of ${loc.size} bytes` };
+    }
+    return tryDecode(bytes, this.layout);
+  }
+
+  private writeCopy(loc: Location, bytes: Uint8Array, create: boolean): void {
+    const st = this.sys.stat(loc.path);
+    if (!st && !create) throw new ZbError("IO", `cannot write env ${describe(loc)}: no such file`);
+    if (!st) this.sys.mkdirp(dirname(loc.path));
+    const offset = this.resolveOffset(loc);
+    const wholeFile = this.config.copies.length === 1 && offset === 0 && (!st || (st.kind === "file" && st.size === loc.size));
+    if (wholeFile) return this.replaceFile(loc.path, bytes);
+    this.sys.writeAt(loc.path, offset, bytes, { create: !st });
+    this.sys.fsync(loc.path);
+    if (!st || st.kind === "file") this.sys.fsync(dirname(loc.path));
+  }
+
+  /** Single env that is a whole file: temp + fsync + rename + dir fsync (fw_env.c). */
+  private replaceFile(path: string, bytes: Uint8Array): void {
+    const tmp = join(dirname(path), `.${basename(path)}.zb-new`);
+    this.sys.unlink(tmp);
+    this.sys.writeAt(tmp, 0, bytes, { create: true });
+    this.sys.fsync(tmp);
+    this.sys.rename(tmp, path);
+    this.sys.fsync(dirname(path));
+  }
+
+  /** Negative offsets count from the end of the device (libubootenv). */
+  private resolveOffset(loc: Location): number {
+    if (loc.offset >= 0) return loc.offset;
+    const st = this.sys.stat(loc.path);
+    if (!st) throw new ZbError("IO", `cannot read env ${describe(loc)}: no such file or device`);
+    const offset = st.size + loc.offset;
+    if (offset < 0) throw new ZbError("CONFIG", `cannot use env ${describe(loc)}: the offset lies before the start of a ${st.size}-byte device`);
+    return offset;
+  }
+}
+
+/** `path@0xOFFSET` for messages. */
+export function describe(loc: Location): string {
+  return loc.offset === 0 ? loc.path : `${loc.path}@${loc.offset < 0 ? "-0x" + (-loc.offset).toString(16) : "0x" + loc.offset.toString(16)}`;
+}
+
+/** Where to find the env, from the command line. */
+export interface StoreSelector {
+  /** An fw_env.config file; wins over `boot`. */
+  configFile?: string;
+  /** Mount point of the boot partition for zb's default pair. */
+  bootDir?: string;
+}
+
+/**
+ * Open the env named by a config file, or zb's default pair under the boot dir.
+ * @throws {ZbError} IO when the config file cannot be read, CONFIG when it is malformed
+ */
+export function openStore(sys: Sys, where: StoreSelector): EnvStore {
+  if (where.configFile !== undefined) {
+    return new EnvStore(sys, parseFwEnvConfig(sys.readText(where.configFile), where.configFile));
+  }
+  return new EnvStore(sys, defaultConfig(where.bootDir));
+}

@@ -1,0 +1,88 @@
+/**
+ * The one error taxonomy of zb.
+ *
+ * Every failure a stage can report is a {@link ZbError} with a `code` from
+ * {@link CODES}; the code fixes the process exit status. The table is the
+ * single source of truth: `docs/exit-codes.md` documents it and
+ * `test/lib/errors.test.ts` pins it, so scripts may rely on the numbers.
+ *
+ * Messages read `cannot <do X>: <why>` (snapd's convention), optionally
+ * followed by a hint on what to do next.
+ */
+
+/** Error codes and their stable exit statuses. Never renumber; only add. */
+export const CODES = {
+  /** A requested variable or object does not exist (like grep's 1). */
+  NOT_FOUND: 1,
+  /** The command line is wrong, or the stage is not implemented yet. */
+  USAGE: 2,
+  /** Env data failed its CRC (both copies, in redundant mode). */
+  ENV_CRC: 3,
+  /** Env data is malformed: no terminator, entry without '=', bad name. */
+  ENV_FORMAT: 3,
+  /** Reserved for the HSM issue: the HSM is absent (caller may fall back). */
+  HSM_ABSENT: 4,
+  /** Reading or writing a file or device failed. */
+  IO: 5,
+  /** Reserved for the boot state issue: a boot or install loop was detected. */
+  STATE_LOOP: 6,
+  /** The new env does not fit the configured env size. */
+  ENV_NOSPACE: 7,
+  /** A configuration file (fw_env.config) is malformed or inconsistent. */
+  CONFIG: 8,
+  /** A bug: an invariant of zb itself was broken. */
+  INTERNAL: 70,
+} as const;
+
+export type ErrorCode = keyof typeof CODES;
+
+/** Typed error carrying a stable code; its exit status is {@link CODES}[code]. */
+export class ZbError extends Error {
+  readonly code: ErrorCode;
+  /** Optional next step shown to the user after the message. */
+  readonly hint?: string;
+
+  constructor(code: ErrorCode, message: string, options: { cause?: unknown; hint?: string } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = "ZbError";
+    this.code = code;
+    if (options.hint !== undefined) this.hint = options.hint;
+  }
+
+  /** The process exit status for this error. */
+  get exit(): number {
+    return CODES[this.code];
+  }
+}
+
+/** True when `e` is a ZbError, optionally of one of the given codes. */
+export function isZbError(e: unknown, ...codes: ErrorCode[]): e is ZbError {
+  return e instanceof ZbError && (codes.length === 0 || codes.includes(e.code));
+}
+
+/**
+ * Wrap a host error (errno from node:fs) as a ZbError IO with context.
+ * @param what the action, e.g. `read /boot/firmware/zb/zb.env`
+ * @returns a ZbError whose message reads `cannot <what>: <reason>`
+ */
+export function ioError(what: string, cause: unknown): ZbError {
+  if (cause instanceof ZbError) return cause;
+  const reason = describeErrno(cause);
+  return new ZbError("IO", `cannot ${what}: ${reason}`, { cause });
+}
+
+function describeErrno(cause: unknown): string {
+  const e = cause as { code?: string; message?: string } | undefined;
+  const known: Record<string, string> = {
+    ENOENT: "no such file or directory",
+    EACCES: "permission denied",
+    EPERM: "operation not permitted",
+    EROFS: "read-only file system",
+    ENOSPC: "no space left on device",
+    EISDIR: "is a directory",
+    ENOTDIR: "not a directory",
+    EIO: "input/output error",
+  };
+  if (e?.code && known[e.code]) return known[e.code]!;
+  return e?.message ?? String(cause);
+}

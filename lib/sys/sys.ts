@@ -1,0 +1,150 @@
+/**
+ * All host access of zb goes through one injected `Sys` object, so library code
+ * stays testable in a temp root and power cuts can be injected at every write
+ * or fsync (test/fakes/powercut.ts wraps this interface).
+ *
+ * Operations are synchronous and path based: env copies are a few KiB, and a
+ * path-level API gives the fault injector one clear boundary per operation.
+ */
+import * as fs from "node:fs";
+import { basename, dirname } from "node:path";
+import { ioError } from "../errors.ts";
+
+/** What `stat` reports about a path. */
+export interface FileInfo {
+  size: number;
+  kind: "file" | "block" | "char" | "dir" | "other";
+}
+
+/** Host access used by lib/. Every method throws ZbError IO on failure. */
+export interface Sys {
+  /** Read up to `length` bytes at `offset`; fewer at end of file. */
+  readAt(path: string, offset: number, length: number): Uint8Array;
+  /** Write all of `data` at `offset` without truncating; creates the file if `create`. */
+  writeAt(path: string, offset: number, data: Uint8Array, opts?: { create?: boolean; mode?: number }): void;
+  /** fsync a file or a directory (directories make renames and creates durable). */
+  fsync(path: string): void;
+  /** Atomically replace `to` by `from` (same directory). */
+  rename(from: string, to: string): void;
+  unlink(path: string): void;
+  mkdirp(path: string): void;
+  /** Size and kind, or null when the path does not exist. */
+  stat(path: string): FileInfo | null;
+  /** The whole file as text (config files). */
+  readText(path: string): string;
+}
+
+/** The real host, through node:fs. */
+export class HostSys implements Sys {
+  readAt(path: string, offset: number, length: number): Uint8Array {
+    const fd = open(path, "r", "read");
+    try {
+      const buf = new Uint8Array(length);
+      let done = 0;
+      while (done < length) {
+        const n = fs.readSync(fd, buf, done, length - done, offset + done);
+        if (n === 0) break;
+        done += n;
+      }
+      return done === length ? buf : buf.subarray(0, done);
+    } catch (e) {
+      throw ioError(`read ${path}`, e);
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  writeAt(path: string, offset: number, data: Uint8Array, opts: { create?: boolean; mode?: number } = {}): void {
+    // "r+" never truncates; block devices and env files inside larger files need that.
+    const flags = opts.create ? fs.constants.O_RDWR | fs.constants.O_CREAT : fs.constants.O_RDWR;
+    const fd = open(path, flags, "write", opts.mode ?? 0o644);
+    try {
+      let done = 0;
+      while (done < data.length) done += fs.writeSync(fd, data, done, data.length - done, offset + done);
+    } catch (e) {
+      throw ioError(`write ${path}`, e);
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  fsync(path: string): void {
+    const fd = open(path, "r", "sync");
+    try {
+      fs.fsyncSync(fd);
+    } catch (e) {
+      throw ioError(`sync ${path}`, e);
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  rename(from: string, to: string): void {
+    try {
+      fs.renameSync(from, to);
+    } catch (e) {
+      throw ioError(`rename ${from} to ${to}`, e);
+    }
+  }
+
+  unlink(path: string): void {
+    try {
+      fs.unlinkSync(path);
+    } catch (e) {
+      if ((e as { code?: string }).code !== "ENOENT") throw ioError(`remove ${path}`, e);
+    }
+  }
+
+  mkdirp(path: string): void {
+    try {
+      fs.mkdirSync(path, { recursive: true });
+    } catch (e) {
+      throw ioError(`create directory ${path}`, e);
+    }
+  }
+
+  stat(path: string): FileInfo | null {
+    let st: fs.Stats;
+    try {
+      st = fs.statSync(path);
+    } catch (e) {
+      if ((e as { code?: string }).code === "ENOENT") return null;
+      throw ioError(`stat ${path}`, e);
+    }
+    if (st.isBlockDevice()) return { size: blockDeviceSize(path), kind: "block" };
+    const kind = st.isFile() ? "file" : st.isDirectory() ? "dir" : st.isCharacterDevice() ? "char" : "other";
+    return { size: st.size, kind };
+  }
+
+  readText(path: string): string {
+    try {
+      return fs.readFileSync(path, "utf8");
+    } catch (e) {
+      throw ioError(`read ${path}`, e);
+    }
+  }
+}
+
+function open(path: string, flags: string | number, what: string, mode?: number): number {
+  try {
+    return fs.openSync(path, flags, mode);
+  } catch (e) {
+    throw ioError(`${what} ${path}`, e);
+  }
+}
+
+/** stat() reports 0 for block devices; sysfs has the size in 512-byte sectors. */
+function blockDeviceSize(path: string): number {
+  try {
+    const name = basename(fs.realpathSync(path));
+    const sectors = fs.readFileSync(`/sys/class/block/${name}/size`, "utf8").trim();
+    return Number(sectors) * 512;
+  } catch {
+    return 0;
+  }
+}
+
+/** Directory of a path, for fsyncing after create/rename. */
+export function parentDir(path: string): string {
+  return dirname(path);
+}

@@ -1,0 +1,43 @@
+/**
+ * `zb` / `zbcli`: the command line of the running OS and of the publishing
+ * machine. Each command lives in its own file; this one only dispatches.
+ */
+import { ZbError } from "../../lib/errors.ts";
+import { envMain } from "./env.ts";
+import { VERSION } from "../version.ts";
+
+export const USAGE = `usage: zb <command> [options]
+
+Commands:
+  env print [NAME…]        print the boot environment (fw_printenv compatible)
+  env set NAME [VALUE]     set or delete a variable; --script FILE for many in one write
+  env init                 create the environment (redundant pair by default)
+  unlock                   the initramfs stage (same as zbunlock)
+  recover                  the recovery enclave (same as zboot)
+  version                  print the version
+
+Run \`zb <command> --help\` for a command's options.
+The same binary answers as zbunlock, zboot, zbcli, fw_printenv and fw_setenv
+when called through a link of that name.`;
+
+export async function zbMain(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case "env":
+      return envMain(rest);
+    case "version":
+    case "--version":
+      process.stdout.write(`zb ${VERSION}\n`);
+      return 0;
+    case "help":
+    case "--help":
+    case "-h":
+      process.stdout.write(USAGE + "\n");
+      return 0;
+    case undefined:
+      process.stderr.write(USAGE + "\n");
+      throw new ZbError("USAGE", "cannot run zb: no command given");
+    default:
+      throw new ZbError("USAGE", `cannot run zb: unknown command ${JSON.stringify(command)}`, { hint: "see `zb --help`" });
+  }
+}
