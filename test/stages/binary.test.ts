@@ -1,0 +1,116 @@
+/**
+ * The compiled multi-call binary (dist/zb-x64, built by `bun build.ts`):
+ * dispatch on argv[0] and on the first argument, usage exits, and `zb env`
+ * end to end on real files. Runs the binary as users do, through links.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+
+const BIN = resolve(import.meta.dir, "../../dist/zb-x64");
+const ARM = resolve(import.meta.dir, "../../dist/zb-arm64");
+let dir = "";
+
+beforeAll(() => {
+  if (!existsSync(BIN)) throw new Error(`${BIN} is missing: run \`bun build.ts\` first`);
+  dir = mkdtempSync(join(tmpdir(), "zb-bin-"));
+  for (const n of ["zb", "zbcli", "zbunlock", "zboot", "fw_printenv", "fw_setenv"]) symlinkSync(BIN, join(dir, n));
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+function run(name: string, args: string[], stdin?: string) {
+  const p = Bun.spawnSync([join(dir, name), ...args], { stdin: stdin === undefined ? "ignore" : Buffer.from(stdin) });
+  return { code: p.exitCode, out: p.stdout.toString(), err: p.stderr.toString() };
+}
+
+describe("dispatch", () => {
+  test.each([
+    { name: "zbunlock", args: [], code: 2, err: /cannot unlock: the unlock stage is not implemented/ },
+    { name: "zboot", args: [], code: 2, err: /cannot recover: the recovery stage is not implemented/ },
+    { name: "zb", args: ["unlock"], code: 2, err: /usage: zbunlock/ },
+    { name: "zb", args: ["recover"], code: 2, err: /usage: zboot/ },
+    { name: "zbcli", args: ["bogus"], code: 2, err: /cannot run zb: unknown command "bogus"/ },
+    { name: "zb", args: [], code: 2, err: /cannot run zb: no command given/ },
+    { name: "zb", args: ["env", "print", "--bogus"], code: 2, err: /unknown option --bogus/ },
+  ])("$name $args → exit $code", ({ name, args, code, err }) => {
+    const r = run(name, args);
+    expect(r.err).toMatch(err);
+    expect(r.code).toBe(code);
+  });
+
+  test.each([
+    { name: "zb", args: ["--help"], out: /usage: zb <command>/ },
+    { name: "zbunlock", args: ["--help"], out: /usage: zbunlock/ },
+    { name: "zb", args: ["recover", "--help"], out: /usage: zboot/ },
+    { name: "zb", args: ["env", "set", "--help"], out: /--script FILE\|-/ },
+    { name: "fw_setenv", args: ["--help"], out: /Usage fw_setenv/ },
+    { name: "zbcli", args: ["version"], out: /^zb \d+\.\d+\.\d+/ },
+  ])("$name $args prints usage, exit 0", ({ name, args, out }) => {
+    const r = run(name, args);
+    expect(r.out).toMatch(out);
+    expect(r.code).toBe(0);
+  });
+
+  test("dist/zb-arm64 is an aarch64 ELF (run for real by the QEMU test)", () => {
+    const h = readFileSync(ARM).subarray(0, 20);
+    expect(h.subarray(0, 4).toString("latin1")).toBe("\x7fELF");
+    expect(h.readUInt16LE(18)).toBe(183); // EM_AARCH64
+  });
+});
+
+describe("zb env end to end", () => {
+  const boot = () => join(dir, "boot");
+
+  test("print before init: IO error naming the file, exit 5", () => {
+    const r = run("zb", ["env", "print", "--boot", boot()]);
+    expect(r.code).toBe(5);
+    expect(r.err).toContain("zb/zb.env");
+  });
+
+  test("init from a script on stdin, then print, set, delete", () => {
+    expect(run("zb", ["env", "init", "--boot", boot(), "--script", "-"], "zb_slot a\nzb_boot_limit=3\n").code).toBe(0);
+    expect(run("zb", ["env", "print", "--boot", boot()]).out).toBe("zb_boot_limit=3\nzb_slot=a\n");
+    expect(run("zb", ["env", "set", "--boot", boot(), "zb_slot", "b"]).code).toBe(0);
+    expect(run("zb", ["env", "print", "--boot", boot(), "-n", "zb_slot"]).out).toBe("b\n");
+    expect(run("zb", ["env", "set", "--boot", boot(), "zb_boot_limit"]).code).toBe(0);
+    expect(run("zb", ["env", "print", "--boot", boot()]).out).toBe("zb_slot=b\n");
+  });
+
+  test("init refuses to replace a valid env", () => {
+    const r = run("zb", ["env", "init", "--boot", boot()]);
+    expect(r.code).toBe(2);
+    expect(r.err).toMatch(/a valid env exists already/);
+  });
+
+  test("--json print and set", () => {
+    const set = JSON.parse(run("zb", ["env", "set", "--boot", boot(), "--json", "kernel_status", "try"]).out);
+    expect(set).toMatchObject({ written: true });
+    const p = JSON.parse(run("zb", ["env", "print", "--boot", boot(), "--json"]).out);
+    expect(p.vars).toEqual({ kernel_status: "try", zb_slot: "b" });
+    expect(p.storage).toMatchObject({ redundant: true, size: 0x4000, degraded: null });
+  });
+
+  test("unset name: exit 1; two values: usage error", () => {
+    const r = run("zb", ["env", "print", "--boot", boot(), "nope"]);
+    expect(r.code).toBe(1);
+    expect(r.err).toMatch(/cannot print "nope": not defined/);
+    expect(run("zb", ["env", "set", "--boot", boot(), "a", "b", "c"]).code).toBe(2);
+  });
+
+  test("non-UTF-8 value bytes go out unchanged", () => {
+    writeFileSync(join(dir, "bin.script"), Buffer.from("raw \xff\xfe\n", "latin1"));
+    expect(run("zb", ["env", "set", "--boot", boot(), "--script", join(dir, "bin.script")]).code).toBe(0);
+    const p = Bun.spawnSync([join(dir, "zb"), "env", "print", "--boot", boot(), "-n", "raw"]);
+    expect([...p.stdout]).toEqual([0xff, 0xfe, 0x0a]);
+  });
+
+  test("both copies corrupt: ENV_CRC, exit 3", () => {
+    const b = join(dir, "bad");
+    expect(run("zb", ["env", "init", "--boot", b]).code).toBe(0);
+    for (const f of ["zb.env", "zb.env.redund"]) writeFileSync(join(b, "zb", f), new Uint8Array(0x4000).fill(7));
+    const r = run("zb", ["env", "print", "--boot", b]);
+    expect(r.code).toBe(3);
+    expect(r.err).toMatch(/both copies are invalid/);
+  });
+});
