@@ -24,6 +24,7 @@ import { openStore, type EnvStore } from "../../lib/env/store.ts";
 import { ZbError } from "../../lib/errors.ts";
 import { HostSys } from "../../lib/sys/sys.ts";
 import { VERSION } from "../version.ts";
+import { out, err } from "../output.ts";
 
 type Tool = "fw_printenv" | "fw_setenv";
 
@@ -43,8 +44,8 @@ const SPECS = {
 
 export function fwenvMain(tool: Tool, argv: string[]): number {
   const args = parseArgs(argv, SPECS, tool);
-  if (args.flags.has("version")) return out(`${VERSION}\n`);
-  if (args.flags.has("help")) return out(usage(tool));
+  if (args.flags.has("version")) return done(`${VERSION}\n`);
+  if (args.flags.has("help")) return done(usage(tool));
   if (args.values.has("namespace")) throw new ZbError("USAGE", `cannot run ${tool}: YAML namespaces (-m) are not supported`);
   const configFile = args.values.get("config") ?? DEFAULT_FW_ENV_CONFIG;
   const sys = new HostSys();
@@ -63,7 +64,7 @@ export function fwenvMain(tool: Tool, argv: string[]): number {
     vars = store.read().vars;
   } catch (e) {
     if (!(e instanceof ZbError) || !["ENV_CRC", "ENV_FORMAT", "IO"].includes(e.code)) throw e;
-    process.stderr.write("Cannot read environment, using default\n");
+    err("Cannot read environment, using default\n");
     const def = readDefault(args.values.get("defenv") ?? DEFAULT_ENV_FILE);
     if (!def) return fail("Cannot read default environment from file", EXIT.envUnreadable);
     vars = def;
@@ -81,7 +82,7 @@ export function fwenvMain(tool: Tool, argv: string[]): number {
 function printVars(vars: Vars, names: string[], noHeader: boolean): number {
   const shown = names.length > 0 ? names : [...vars.keys()].sort(byteOrder);
   const text = shown.map((n) => (noHeader ? "" : `${n}=`) + (vars.get(n) ?? "") + "\n").join("");
-  process.stdout.write(fromBytes(text));
+  out(fromBytes(text));
   return 0;
 }
 
@@ -120,12 +121,12 @@ ${set ? " -s, --script <filename>          : read variables to be set from a scr
 `;
 }
 
-function out(text: string): number {
-  process.stdout.write(text);
+function done(text: string): number {
+  out(text);
   return 0;
 }
 
 function fail(message: string, status: number): number {
-  process.stderr.write(message + "\n");
+  err(message + "\n");
   return status;
 }

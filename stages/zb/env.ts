@@ -10,6 +10,7 @@ import { parseScript, type Change } from "../../lib/env/script.ts";
 import { describe, openStore, type EnvState, type EnvStore, type WriteResult } from "../../lib/env/store.ts";
 import { ZbError } from "../../lib/errors.ts";
 import { HostSys } from "../../lib/sys/sys.ts";
+import { out, err } from "../output.ts";
 
 const STORAGE = `Storage (one of):
   --boot DIR        zb's pair DIR/zb/zb.env + DIR/zb/zb.env.redund, 0x${DEFAULT_ENV_SIZE.toString(16)} bytes each
@@ -62,10 +63,10 @@ export function envMain(argv: string[]): number {
   if (sub === undefined || sub === "--help" || sub === "-h") {
     const text = `${USAGE.print}\n\n${USAGE.set}\n\n${USAGE.init}\n`;
     if (sub === undefined) {
-      process.stderr.write(text);
+      err(text);
       throw new ZbError("USAGE", "cannot run zb env: no subcommand given (print, set or init)");
     }
-    process.stdout.write(text);
+    out(text);
     return 0;
   }
   throw new ZbError("USAGE", `cannot run zb env: unknown subcommand ${JSON.stringify(sub)}`, { hint: "see `zb env --help`" });
@@ -76,7 +77,7 @@ type Sub = keyof typeof USAGE;
 function run(sub: Sub, argv: string[], extra: OptionSpecs, body: (store: EnvStore, args: ParsedArgs) => number): number {
   const args = parseArgs(argv, { ...COMMON, ...extra }, `zb env ${sub}`);
   if (args.flags.has("help")) {
-    process.stdout.write(USAGE[sub] + "\n");
+    out(USAGE[sub] + "\n");
     return 0;
   }
   const configFile = args.values.get("config");
@@ -107,7 +108,7 @@ function print(store: EnvStore, args: ParsedArgs): number {
   }
   const noHeader = args.flags.has("no-header");
   const lines = shown.map((n) => (noHeader ? "" : `${n}=`) + state.vars.get(n)! + "\n");
-  process.stdout.write(fromBytes(lines.join("")));
+  out(fromBytes(lines.join("")));
   return 0;
 }
 
@@ -168,5 +169,5 @@ function utf8(byteString: string): string {
 }
 
 function writeJson(value: unknown): void {
-  process.stdout.write(JSON.stringify(value, null, 2) + "\n");
+  out(JSON.stringify(value, null, 2) + "\n");
 }

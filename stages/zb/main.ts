@@ -5,6 +5,7 @@
 import { ZbError } from "../../lib/errors.ts";
 import { envMain } from "./env.ts";
 import { VERSION } from "../version.ts";
+import { out, err } from "../output.ts";
 
 export const USAGE = `usage: zb <command> [options]
 
@@ -27,15 +28,15 @@ export async function zbMain(argv: string[]): Promise<number> {
       return envMain(rest);
     case "version":
     case "--version":
-      process.stdout.write(`zb ${VERSION}\n`);
+      out(`zb ${VERSION}\n`);
       return 0;
     case "help":
     case "--help":
     case "-h":
-      process.stdout.write(USAGE + "\n");
+      out(USAGE + "\n");
       return 0;
     case undefined:
-      process.stderr.write(USAGE + "\n");
+      err(USAGE + "\n");
       throw new ZbError("USAGE", "cannot run zb: no command given");
     default:
       throw new ZbError("USAGE", `cannot run zb: unknown command ${JSON.stringify(command)}`, { hint: "see `zb --help`" });

@@ -4,6 +4,7 @@
  * status.
  */
 import { ZbError } from "../../lib/errors.ts";
+import { out, err } from "../output.ts";
 
 export const USAGE = `usage: zboot [--boot DIR] [--root DIR] [--image FILE|URL]
        zb recover [...]
@@ -16,9 +17,9 @@ This build does not implement the recovery stage yet.`;
 
 export function zbootMain(argv: string[]): number {
   if (argv.includes("--help") || argv.includes("-h")) {
-    process.stdout.write(USAGE + "\n");
+    out(USAGE + "\n");
     return 0;
   }
-  process.stderr.write(USAGE + "\n");
+  err(USAGE + "\n");
   throw new ZbError("USAGE", "cannot recover: the recovery stage is not implemented in this build");
 }

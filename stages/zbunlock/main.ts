@@ -4,6 +4,7 @@
  * with the usage status, so no initramfs can mistake it for a working unlock.
  */
 import { ZbError } from "../../lib/errors.ts";
+import { out, err } from "../output.ts";
 
 export const USAGE = `usage: zbunlock [--dry-run] [--boot DIR] [--root DIR]
        zb unlock [...]
@@ -16,9 +17,9 @@ This build does not implement the unlock stage yet.`;
 
 export function zbunlockMain(argv: string[]): number {
   if (argv.includes("--help") || argv.includes("-h")) {
-    process.stdout.write(USAGE + "\n");
+    out(USAGE + "\n");
     return 0;
   }
-  process.stderr.write(USAGE + "\n");
+  err(USAGE + "\n");
   throw new ZbError("USAGE", "cannot unlock: the unlock stage is not implemented in this build");
 }

@@ -19,7 +19,7 @@ beforeAll(() => {
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-function run(name: string, args: string[], stdin?: string) {
+function run(name: string, args: readonly string[], stdin?: string) {
   const p = Bun.spawnSync([join(dir, name), ...args], { stdin: stdin === undefined ? "ignore" : Buffer.from(stdin) });
   return { code: p.exitCode, out: p.stdout.toString(), err: p.stderr.toString() };
 }

@@ -13,8 +13,8 @@ test.each([
 ])("$argv", ({ argv, values, flags, positional }) => {
   const r = parseArgs(argv, SPECS, "zb t");
   expect(Object.fromEntries(r.values)).toEqual(values);
-  expect([...r.flags]).toEqual(flags);
-  expect(r.positional).toEqual(positional);
+  expect([...r.flags]).toEqual([...flags]);
+  expect(r.positional).toEqual([...positional]);
 });
 
 test.each([

@@ -122,9 +122,6 @@ describe("golden env vectors (mkenvimage, libubootenv fw_setenv)", () => {
     expect(Object.keys(manifest.versions).sort()).toEqual(["libubootenv-tool", "u-boot-tools"]);
   });
 
-  let checkedCopies = 0;
-  let comparedBytes = 0;
-
   for (const v of manifest.vectors) {
     const layout: Layout = { size: v.size, redundant: v.redundant };
 
@@ -138,7 +135,6 @@ describe("golden env vectors (mkenvimage, libubootenv fw_setenv)", () => {
             expect(r.ok).toBe(false);
             if (!r.ok) expect(r.code).toBe("ENV_CRC");
             expect(() => decode(bytesOf(c, v.size), layout)).toThrow();
-            checkedCopies++;
           });
           return;
         }
@@ -159,7 +155,6 @@ describe("golden env vectors (mkenvimage, libubootenv fw_setenv)", () => {
             expect(r.flag).toBeUndefined();
             expect(d.flag).toBeUndefined();
           }
-          checkedCopies++;
         });
 
         if (c.compare === "full" || c.compare === "entries") {
@@ -172,7 +167,6 @@ describe("golden env vectors (mkenvimage, libubootenv fw_setenv)", () => {
             const ours = encode(expectedVars(c), layout, { ...flag, pad });
             if (c.compare === "full") {
               expect(hexDiff(ours, tool)).toBe("identical");
-              comparedBytes += tool.length;
             } else {
               // Bytes 4 .. entriesEnd-1: flag (redundant) + entries + the
               // terminating NUL. CRC (0-3) and padding excluded, see above.
@@ -182,7 +176,6 @@ describe("golden env vectors (mkenvimage, libubootenv fw_setenv)", () => {
               expect(hexDiff(ours.subarray(4, end), tool.subarray(4, end))).toBe("identical");
               // After the terminator our encoder writes only padding.
               expect(ours.subarray(end).every((b) => b === pad)).toBe(true);
-              comparedBytes += end - 4;
             }
           });
         }
@@ -204,11 +197,4 @@ describe("golden env vectors (mkenvimage, libubootenv fw_setenv)", () => {
       }
     });
   }
-
-  // bun runs tests in definition order, so this runs after every vector above.
-  test("every copy was checked and bytes were compared", () => {
-    const copies = manifest.vectors.reduce((n, v) => n + v.copies.length, 0);
-    expect(checkedCopies).toBe(copies);
-    expect(comparedBytes).toBeGreaterThan(0);
-  });
 });

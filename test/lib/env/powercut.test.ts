@@ -47,7 +47,7 @@ function writePair(config: StoreConfig, flags: [number, number], active: 0 | 1, 
   const layout = { size: config.copies[0].size, redundant: true };
   config.copies.forEach((loc, i) => {
     const bytes = encode(i === active ? OLD : OLDER, layout, { flag: flags[i]! });
-    if (i !== active && corruptOther) bytes[100] ^= 0xff;
+    if (i !== active && corruptOther) bytes[100]! ^= 0xff;
     host.mkdirp(join(loc.path, ".."));
     host.writeAt(loc.path, loc.offset, bytes, { create: true });
   });

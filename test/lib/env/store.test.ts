@@ -75,7 +75,7 @@ describe("update on a redundant pair", () => {
 
   test("a deleted twin file is recreated by the next write", () => {
     const config = pair([{ a: "1" }, 1], [{ a: "1" }, 1]);
-    rmSync(config.copies[1].path);
+    rmSync(config.copies[1]!.path);
     const store = new EnvStore(sys, config);
     expect(store.read().degraded?.code).toBe("IO");
     store.update([{ name: "a", value: "2" }]);
@@ -84,11 +84,11 @@ describe("update on a redundant pair", () => {
 
   test("an env that does not fit: ENV_NOSPACE, nothing written", () => {
     const config = pair([{ a: "1" }, 1], [{ a: "1" }, 1]);
-    const before = readFileSync(config.copies[1].path);
+    const before = readFileSync(config.copies[1]!.path);
     expect(() => new EnvStore(sys, config).update([{ name: "big", value: "x".repeat(0x4000) }])).toThrow(
       expect.objectContaining({ code: "ENV_NOSPACE" }),
     );
-    expect(readFileSync(config.copies[1].path).equals(before)).toBe(true);
+    expect(readFileSync(config.copies[1]!.path).equals(before)).toBe(true);
   });
 });
 
