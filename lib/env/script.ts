@@ -14,7 +14,11 @@
 import { ZbError } from "../errors.ts";
 import { checkName, checkValue } from "./codec.ts";
 
-/** One change: set a value, or delete (value null). */
+/**
+ * One change: set a value (possibly empty), or delete (value null). Scripts
+ * never produce empty values (`name=` deletes there); fw_setenv's `NAME ''`
+ * stores one, as libubootenv 0.3.2 does.
+ */
 export interface Change {
   name: string;
   value: string | null;
@@ -43,12 +47,15 @@ export function parseScript(text: string): Change[] {
   return changes;
 }
 
-/** Apply changes to a copy of `vars`; a later change to the same name wins. */
+/**
+ * Apply changes to a copy of `vars`; a later change to the same name wins.
+ * @throws {ZbError} ENV_FORMAT for an invalid name or value
+ */
 export function applyChanges(vars: ReadonlyMap<string, string>, changes: readonly Change[]): Map<string, string> {
   const out = new Map(vars);
   for (const c of changes) {
     checkName(c.name);
-    if (c.value === null || c.value === "") out.delete(c.name);
+    if (c.value === null) out.delete(c.name);
     else {
       checkValue(c.name, c.value);
       out.set(c.name, c.value);

@@ -19,7 +19,7 @@ import { readFileSync } from "node:fs";
 import { parseArgs } from "../../lib/cli/args.ts";
 import { byteOrder, fromBytes, toBytes, type Vars } from "../../lib/env/codec.ts";
 import { DEFAULT_FW_ENV_CONFIG } from "../../lib/env/config.ts";
-import { parseScript, type Change } from "../../lib/env/script.ts";
+import { applyChanges, parseScript, type Change } from "../../lib/env/script.ts";
 import { openStore, type EnvStore } from "../../lib/env/store.ts";
 import { ZbError } from "../../lib/errors.ts";
 import { HostSys } from "../../lib/sys/sys.ts";
@@ -74,7 +74,7 @@ export function fwenvMain(tool: Tool, argv: string[]): number {
   if (tool === "fw_printenv") return printVars(vars, names, args.flags.has("no-header"));
   const script = args.values.get("script");
   const changes = script !== undefined ? parseScript(readFileSync(script === "-" ? 0 : script).toString("latin1")) : pairs(names);
-  if (usedDefault) store.create(applyAll(vars, changes), { force: true });
+  if (usedDefault) store.create(applyChanges(vars, changes), { force: true });
   else store.update(changes);
   return 0;
 }
@@ -86,17 +86,11 @@ function printVars(vars: Vars, names: string[], noHeader: boolean): number {
   return 0;
 }
 
-/** `a 1 b 2 c` → set a, set b, delete c (libubootenv 0.3.2). */
+/** `a 1 b '' c` → set a to 1, set b to empty, delete c (libubootenv 0.3.2). */
 function pairs(names: string[]): Change[] {
   const changes: Change[] = [];
   for (let i = 0; i < names.length; i += 2) changes.push({ name: names[i]!, value: names[i + 1] ?? null });
   return changes;
-}
-
-function applyAll(vars: Vars, changes: Change[]): Vars {
-  const next = new Map(vars);
-  for (const c of changes) c.value === null || c.value === "" ? next.delete(c.name) : next.set(c.name, c.value);
-  return next;
 }
 
 /** The default env file: `name=value` lines, as libuboot_load_file reads them. */
@@ -107,7 +101,7 @@ function readDefault(path: string): Vars | null {
   } catch {
     return null;
   }
-  return applyAll(new Map(), parseScript(text));
+  return applyChanges(new Map(), parseScript(text));
 }
 
 function usage(tool: Tool): string {

@@ -6,7 +6,7 @@ import { readFileSync } from "node:fs";
 import { parseArgs, type OptionSpecs, type ParsedArgs } from "../../lib/cli/args.ts";
 import { byteOrder, fromBytes, toBytes, type Vars } from "../../lib/env/codec.ts";
 import { DEFAULT_BOOT_DIR, DEFAULT_ENV_SIZE } from "../../lib/env/config.ts";
-import { parseScript, type Change } from "../../lib/env/script.ts";
+import { applyChanges, parseScript, type Change } from "../../lib/env/script.ts";
 import { describe, openStore, type EnvState, type EnvStore, type WriteResult } from "../../lib/env/store.ts";
 import { ZbError } from "../../lib/errors.ts";
 import { HostSys } from "../../lib/sys/sys.ts";
@@ -124,7 +124,8 @@ function set(store: EnvStore, args: ParsedArgs): number {
     if (extra.length > 0) {
       throw new ZbError("USAGE", `cannot set ${name}: more than one value given`, { hint: "quote a value that contains spaces" });
     }
-    changes = [{ name, value: value ?? null }];
+    // An empty VALUE deletes, as in U-Boot's setenv and snapd.
+    changes = [{ name, value: value === undefined || value === "" ? null : value }];
   }
   report(store.update(changes), args);
   return 0;
@@ -132,8 +133,7 @@ function set(store: EnvStore, args: ParsedArgs): number {
 
 function init(store: EnvStore, args: ParsedArgs): number {
   const script = args.values.get("script");
-  const vars: Vars = new Map();
-  if (script !== undefined) for (const c of parseScript(readInput(script))) c.value === null ? vars.delete(c.name) : vars.set(c.name, c.value);
+  const vars: Vars = script === undefined ? new Map() : applyChanges(new Map(), parseScript(readInput(script)));
   report(store.create(vars, { force: args.flags.has("force") }), args);
   return 0;
 }
