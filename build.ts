@@ -34,7 +34,18 @@ for (const t of only ? [only] : (Object.keys(TARGETS) as Target[])) {
     minify: true,
     bytecode,
     sourcemap: "none",
-    compile: { target: TARGETS[t], outfile },
+    compile: {
+      target: TARGETS[t],
+      outfile,
+      // A compiled Bun binary would otherwise read bunfig.toml, .env,
+      // tsconfig.json and package.json from the working directory at start:
+      // a bunfig `preload` there would run foreign code inside zbunlock, and
+      // the lookups cost start-up time.
+      autoloadBunfig: false,
+      autoloadDotenv: false,
+      autoloadTsconfig: false,
+      autoloadPackageJson: false,
+    },
   });
   if (!result.success) {
     for (const log of result.logs) console.error(log);

@@ -15,6 +15,11 @@
  * two commands so drift hits both alike. Target: median zb ≤ 4 × median
  * fw_printenv. A benchmark never fails a test run; the exit status is 0 unless
  * the benchmark could not be run (missing tool, outputs differ).
+ *
+ * A third row times the floor of any Bun program: a compiled hello-world
+ * built with the same options as dist/zb-x64 (bytecode, no config autoload).
+ * zb minus that floor is what zb's own code costs; the floor over fw_printenv
+ * is what the runtime costs, and no code of ours can go below it.
  */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, copyFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -82,9 +87,11 @@ try {
   if (run([fwSetenv, "-c", cfg, "bootcount", "1"]).status !== 0) die("fw_setenv failed");
   const bytes = readFileSync(a).length + readFileSync(b).length;
 
+  const floor = await buildFloor(dir);
   const commands = [
     { label: "fw_printenv -c CFG", cmd: [fwPrintenv, "-c", cfg] },
     { label: "zb env print -c CFG", cmd: [ZB, "env", "print", "-c", cfg] },
+    { label: "bun floor (hello)", cmd: [floor] },
   ];
   const [fw, zb] = commands.map((c) => run(c.cmd));
   if (fw!.status !== 0) die(`fw_printenv exited ${fw!.status}: ${fw!.err.trim()}`);
@@ -134,11 +141,30 @@ try {
     console.log(`${c.label.padEnd(22)} ${String(s.runs).padStart(5)} ${ms(s.median)} ${ms(s.mean)} ${ms(s.min)} ${ms(s.max)}`);
   });
   console.log(`ratio zb/fw_printenv (medians): ${ratio.toFixed(2)}x   target <= ${TARGET}x: ${pass ? "PASS" : "MISS"}`);
+  const floorRatio = stats[2]!.median / stats[0]!.median;
+  const own = (stats[1]!.median - stats[2]!.median) * 1000;
+  console.log(`bun runtime floor/fw_printenv: ${floorRatio.toFixed(2)}x; zb's own work above the floor: ${own.toFixed(2)} ms`);
   console.log(JSON.stringify({
     bench: "env-print", method, envSize: SIZE, redundant: true, variables: lines, runs: RUNS,
     fwPrintenvMedianMs: +(stats[0]!.median * 1000).toFixed(3), zbMedianMs: +(stats[1]!.median * 1000).toFixed(3),
     ratio: +ratio.toFixed(3), target: TARGET, result: pass ? "PASS" : "MISS",
+    bunFloorMedianMs: +(stats[2]!.median * 1000).toFixed(3), floorRatio: +floorRatio.toFixed(3),
   }));
 } finally {
   rmSync(dir, { recursive: true, force: true });
+}
+
+/** Compile a hello-world with dist/zb-x64's options: the cost of starting any Bun binary. */
+async function buildFloor(dir: string): Promise<string> {
+  const src = join(dir, "hello.ts");
+  const outfile = join(dir, "hello");
+  writeFileSync(src, 'import { writeSync } from "node:fs";\nwriteSync(1, "hello\\n");\n');
+  const r = await Bun.build({
+    entrypoints: [src],
+    minify: true,
+    bytecode: true,
+    compile: { target: "bun-linux-x64", outfile, autoloadBunfig: false, autoloadDotenv: false, autoloadTsconfig: false, autoloadPackageJson: false },
+  });
+  if (!r.success) die("cannot compile the hello-world floor");
+  return outfile;
 }

@@ -52,6 +52,17 @@ describe("dispatch", () => {
     expect(r.code).toBe(0);
   });
 
+  test("ignores bunfig.toml and .env in the working directory (no foreign preload)", () => {
+    const cwd = join(dir, "hostile");
+    Bun.spawnSync(["mkdir", "-p", cwd]);
+    writeFileSync(join(cwd, "bunfig.toml"), 'preload = ["./evil.ts"]\n');
+    writeFileSync(join(cwd, "evil.ts"), 'console.log("EVIL preload ran");\n');
+    writeFileSync(join(cwd, ".env"), "NODE_OPTIONS=--bogus\n");
+    const p = Bun.spawnSync([join(dir, "zb"), "version"], { cwd });
+    expect(p.stdout.toString()).toMatch(/^zb \d+\.\d+\.\d+\n$/);
+    expect(p.exitCode).toBe(0);
+  });
+
   test("dist/zb-arm64 is an aarch64 ELF (run for real by the QEMU test)", () => {
     const h = readFileSync(ARM).subarray(0, 20);
     expect(h.subarray(0, 4).toString("latin1")).toBe("\x7fELF");
