@@ -30,6 +30,12 @@ export const CODES = {
   ENV_NOSPACE: 7,
   /** A configuration file (fw_env.config) is malformed or inconsistent. */
   CONFIG: 8,
+  /** A boot state variable holds a value zb does not understand. */
+  STATE_INVALID: 9,
+  /** The requested state change is not allowed now (e.g. mark-good on a slot that is not the committed one). */
+  STATE_REFUSED: 10,
+  /** A user health check vetoed mark-good. */
+  HEALTH_VETO: 11,
   /** A bug: an invariant of zb itself was broken. */
   INTERNAL: 70,
 } as const;

@@ -17,8 +17,9 @@
  * U-Boot's fw_env.c does; inside a larger file or on a device it is written in
  * place (use a redundant pair there).
  */
-import { basename, dirname, join } from "node:path";
+import { dirname } from "node:path";
 import { ZbError } from "../errors.ts";
+import { writeFileAtomic } from "../sys/atomic.ts";
 import type { Sys } from "../sys/sys.ts";
 import { encode, sameVars, tryDecode, type DecodeFailure, type DecodeResult, type Layout, type Vars } from "./codec.ts";
 import { defaultConfig, layoutOf, parseFwEnvConfig, type Location, type StoreConfig } from "./config.ts";
@@ -149,20 +150,10 @@ export class EnvStore {
     if (!st) this.sys.mkdirp(dirname(loc.path));
     const offset = this.resolveOffset(loc);
     const wholeFile = this.config.copies.length === 1 && offset === 0 && (!st || (st.kind === "file" && st.size === loc.size));
-    if (wholeFile) return this.replaceFile(loc.path, bytes);
+    if (wholeFile) return writeFileAtomic(this.sys, loc.path, bytes);
     this.sys.writeAt(loc.path, offset, bytes, { create: !st });
     this.sys.fsync(loc.path);
     if (!st || st.kind === "file") this.sys.fsync(dirname(loc.path));
-  }
-
-  /** Single env that is a whole file: temp + fsync + rename + dir fsync (fw_env.c). */
-  private replaceFile(path: string, bytes: Uint8Array): void {
-    const tmp = join(dirname(path), `.${basename(path)}.zb-new`);
-    this.sys.unlink(tmp);
-    this.sys.writeAt(tmp, 0, bytes, { create: true });
-    this.sys.fsync(tmp);
-    this.sys.rename(tmp, path);
-    this.sys.fsync(dirname(path));
   }
 
   /** Negative offsets count from the end of the device (libubootenv). */

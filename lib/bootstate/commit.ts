@@ -1,0 +1,73 @@
+/**
+ * Commit a step's effects in the one power-safe order used for every
+ * transition. The env pair is the single source of truth and its write is
+ * the commit point (a redundant-pair save is atomic: lib/env/store.ts);
+ * every firmware file is derived from it and zbunlock re-derives config.txt
+ * on the next boot when a cut left it stale (row N5).
+ *
+ *   1. tryboot.txt (and the try cmdline)  only read under the one-shot flag,
+ *      which only zb sets, after step 2; a stale copy is harmless
+ *   2. the env                             the commit point
+ *   3. config.txt (and the slot cmdline)  stale until written → N5 fixes it
+ *   4. remove tryboot.txt                 after the env no longer wants it
+ *   5. reboot, or report "continue"
+ *
+ * So a cut before 2 leaves the old state in force (its files are intact or
+ * only unread extras), and a cut after 2 leaves the new state in force with
+ * derived files that the next boot repairs. test/lib/bootstate/powercut.test.ts
+ * cuts at every write, fsync and rename of every transition.
+ */
+import type { Vars } from "../env/codec.ts";
+import { ZbError } from "../errors.ts";
+import type { Bootloader, GeneratedConfig, RebootArgs } from "../bootloader/types.ts";
+import { step, type Actor, type Event, type Step } from "./machine.ts";
+import { readState, stateChanges } from "./state.ts";
+
+export type Backend = Bootloader & GeneratedConfig & RebootArgs;
+
+/** What a transition did. */
+export interface Outcome extends Step {
+  /** The env changed (and was written, unless dry-run). */
+  envChanged: boolean;
+  /** The reboot requested, if any: null argument = plain restart. */
+  reboot: { argument: string | null } | null;
+  /** zbunlock may boot on. */
+  proceed: boolean;
+}
+
+export interface RunOptions {
+  actor: Actor;
+  /** Compute and report, write nothing, reboot nothing. */
+  dryRun?: boolean;
+  /** Called last when the step wants a reboot; a real one does not return. */
+  reboot?: (argument: string | null) => void;
+}
+
+/**
+ * Read the state, apply the event, commit the effects in the documented order.
+ * @throws {ZbError} STATE_INVALID, STATE_REFUSED, IO, ENV_*
+ */
+export function runTransition(backend: Backend, event: Event, opts: RunOptions): Outcome {
+  const before: Vars = backend.readVars();
+  const result = step(readState(before), event, opts.actor);
+  const changes = stateChanges(before, result.state);
+  const rebootEffect = result.effects.find((e) => e.kind === "reboot");
+  const outcome: Outcome = {
+    ...result,
+    envChanged: changes.length > 0,
+    reboot: rebootEffect && rebootEffect.kind === "reboot" ? { argument: backend.rebootArgument(rebootEffect.tryboot) } : null,
+    proceed: result.effects.some((e) => e.kind === "continue"),
+  };
+  if (opts.dryRun) return outcome;
+
+  const has = (kind: string) => result.effects.some((e) => e.kind === kind);
+  if (has("write-tryboot")) backend.writeTryboot(result.state);
+  if (changes.length > 0) backend.writeVars(changes);
+  if (has("write-config")) backend.writeConfig(result.state);
+  if (has("delete-tryboot")) backend.removeTryboot();
+  if (outcome.reboot) {
+    if (!opts.reboot) throw new ZbError("INTERNAL", "internal error: a reboot was planned without a way to reboot");
+    opts.reboot(outcome.reboot.argument);
+  }
+  return outcome;
+}

@@ -1,0 +1,56 @@
+/**
+ * Restart the machine, optionally with an argument for the firmware
+ * ("0 tryboot": the Pi firmware reads tryboot.txt once; raspberrypi/linux
+ * drivers/firmware/raspberrypi.c passes it on through the reboot notifier).
+ *
+ * Under systemd (the running OS) `systemctl reboot ARG` stores the argument
+ * in /run/systemd/reboot-param and shuts down cleanly. Without an init
+ * system (initramfs, enclave) zb calls reboot(2) itself with
+ * LINUX_REBOOT_CMD_RESTART2 through bun:ffi, after sync(2).
+ */
+import { existsSync } from "node:fs";
+import { ZbError } from "../errors.ts";
+
+// include/uapi/linux/reboot.h
+const MAGIC1 = 0xfee1dead;
+const MAGIC2 = 672274793;
+const CMD_RESTART = 0x01234567;
+const CMD_RESTART2 = 0xa1b2c3d4;
+/** __NR_reboot: arch/arm64 uses the generic table (142), x86_64 its own (169). */
+const NR_REBOOT: Record<string, number> = { arm64: 142, x64: 169 };
+
+/**
+ * Reboot now. Returns only by throwing.
+ * @throws {ZbError} IO when the reboot could not be started;
+ *   USAGE when ZB_NO_REBOOT=1 is set (test runs set it so no test can reboot the host)
+ */
+export function rebootNow(arg: string | null): never {
+  if (process.env.ZB_NO_REBOOT === "1") {
+    throw new ZbError("USAGE", `cannot reboot${arg ? ` with "${arg}"` : ""}: ZB_NO_REBOOT=1 is set`);
+  }
+  if (existsSync("/run/systemd/system")) return viaSystemd(arg);
+  return viaSyscall(arg);
+}
+
+function viaSystemd(arg: string | null): never {
+  const p = Bun.spawnSync(["systemctl", "reboot", ...(arg ? [arg] : [])], { stderr: "pipe" });
+  if (p.exitCode !== 0) throw new ZbError("IO", `cannot reboot through systemd: ${p.stderr.toString().trim() || `exit ${p.exitCode}`}`);
+  // systemd now stops the system; wait for it rather than returning into the caller.
+  Bun.sleepSync(60_000);
+  throw new ZbError("IO", "cannot reboot: systemd accepted the request but the system is still running after 60 s");
+}
+
+function viaSyscall(arg: string | null): never {
+  const nr = NR_REBOOT[process.arch];
+  if (nr === undefined) throw new ZbError("IO", `cannot reboot: no reboot syscall number for ${process.arch}`);
+  // Imported lazily: bun:ffi is only needed on this path.
+  const { dlopen, FFIType, ptr } = require("bun:ffi") as typeof import("bun:ffi");
+  const libc = dlopen("libc.so.6", {
+    sync: { args: [], returns: FFIType.void },
+    syscall: { args: [FFIType.i64, FFIType.i64, FFIType.i64, FFIType.i64, FFIType.ptr], returns: FFIType.i64 },
+  });
+  libc.symbols.sync();
+  const buf = Buffer.from(`${arg ?? ""}\0`, "latin1");
+  const rc = libc.symbols.syscall(nr, MAGIC1, MAGIC2, arg ? CMD_RESTART2 : CMD_RESTART, ptr(buf));
+  throw new ZbError("IO", `cannot reboot: reboot(2) returned ${rc} (needs CAP_SYS_BOOT)`);
+}
