@@ -36,6 +36,8 @@ export const CODES = {
   STATE_REFUSED: 10,
   /** A user health check vetoed mark-good. */
   HEALTH_VETO: 11,
+  /** zbunlock --no-reboot: a reboot is needed and was not performed; the caller must reboot. */
+  REBOOT_PENDING: 12,
   /** A bug: an invariant of zb itself was broken. */
   INTERNAL: 70,
 } as const;

@@ -41,6 +41,8 @@ export interface RunOptions {
   dryRun?: boolean;
   /** Called last when the step wants a reboot; a real one does not return. */
   reboot?: (argument: string | null) => void;
+  /** Called once everything is written, before any reboot: the last chance to tell the user. */
+  announce?: (outcome: Outcome) => void;
 }
 
 /**
@@ -58,13 +60,17 @@ export function runTransition(backend: Backend, event: Event, opts: RunOptions):
     reboot: rebootEffect && rebootEffect.kind === "reboot" ? { argument: backend.rebootArgument(rebootEffect.tryboot) } : null,
     proceed: result.effects.some((e) => e.kind === "continue"),
   };
-  if (opts.dryRun) return outcome;
+  if (opts.dryRun) {
+    opts.announce?.(outcome);
+    return outcome;
+  }
 
   const has = (kind: string) => result.effects.some((e) => e.kind === kind);
   if (has("write-tryboot")) backend.writeTryboot(result.state);
   if (changes.length > 0) backend.writeVars(changes);
   if (has("write-config")) backend.writeConfig(result.state);
   if (has("delete-tryboot")) backend.removeTryboot();
+  opts.announce?.(outcome);
   if (outcome.reboot) {
     if (!opts.reboot) throw new ZbError("INTERNAL", "internal error: a reboot was planned without a way to reboot");
     opts.reboot(outcome.reboot.argument);

@@ -3,6 +3,7 @@
  * machine. Each command lives in its own file; this one only dispatches.
  */
 import { ZbError } from "../../lib/errors.ts";
+import { bootMain } from "./boot.ts";
 import { envMain } from "./env.ts";
 import { VERSION } from "../version.ts";
 import { out, err } from "../output.ts";
@@ -10,6 +11,12 @@ import { out, err } from "../output.ts";
 export const USAGE = `usage: zb <command> [options]
 
 Commands:
+  status                   committed and booted slot, try state, counters, events
+  mark-good                confirm the booted slot (commits a try)
+  mark-bad [booted|other]  give up on a slot
+  rollback                 boot the other slot from the next boot on
+  reboot [--try SLOT | --recover]  reboot, try a slot once, or enter the enclave
+  init --slot a|b          take over a boot partition (env, config.txt, cmdlines)
   env print [NAME…]        print the boot environment (fw_printenv compatible)
   env set NAME [VALUE]     set or delete a variable; --script FILE for many in one write
   env init                 create the environment (redundant pair by default)
@@ -26,6 +33,13 @@ export async function zbMain(argv: string[]): Promise<number> {
   switch (command) {
     case "env":
       return envMain(rest);
+    case "status":
+    case "mark-good":
+    case "mark-bad":
+    case "rollback":
+    case "reboot":
+    case "init":
+      return bootMain(command, rest);
     case "version":
     case "--version":
       out(`zb ${VERSION}\n`);

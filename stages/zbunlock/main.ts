@@ -1,25 +1,82 @@
 /**
- * zbunlock: the initramfs stage. The boot state machine (issue 3) and the
- * HSM unlock (issue 5) fill it; until then it only prints its usage and exits
- * with the usage status, so no initramfs can mistake it for a working unlock.
+ * zbunlock: the initramfs half of the boot state machine (rows T* and N* of
+ * lib/bootstate/machine.ts). It reads the kernel command line and the env,
+ * makes the one transition for this boot and commits it; then either the
+ * boot goes on (exit 0) or zbunlock reboots the machine itself. Unlocking the
+ * LUKS root comes with the HSM issue.
+ *
+ * The boot partition: --boot DIR when the initramfs script mounted it,
+ * otherwise zbunlock mounts zb.boot=DEV from the cmdline (default
+ * /dev/mmcblk0p1, the Pi's SD card) as vfat on /run/zb/boot.
  */
-import { ZbError } from "../../lib/errors.ts";
-import { out, err } from "../output.ts";
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { parseArgs } from "../../lib/cli/args.ts";
+import { runTransition } from "../../lib/bootstate/commit.ts";
+import { bootedFrom, readPlatform } from "../../lib/bootloader/platform.ts";
+import { CODES, ZbError } from "../../lib/errors.ts";
+import { HostSys } from "../../lib/sys/sys.ts";
+import { BOOT_OPTIONS, BOOT_OPTIONS_HELP, host, rebooter } from "../common.ts";
+import { out } from "../output.ts";
+import { report } from "../zb/boot.ts";
 
-export const USAGE = `usage: zbunlock [--dry-run] [--boot DIR] [--root DIR]
+export const USAGE = `usage: zbunlock [--boot DIR] [--root DIR] [--dry-run] [--no-reboot] [--json]
        zb unlock [...]
 
 Runs in the initramfs of an OS slot: updates the boot state (kernel_status,
-boot counters, rollback), unseals the slot's LUKS key with the HSM and opens
-the root and data partitions.
+boot counters, rollback, recovery) for this boot and commits it. Then either
+the boot goes on, or zbunlock reboots the machine (normally, or with
+"0 tryboot" to re-arm a try).
 
-This build does not implement the unlock stage yet.`;
+  --dry-run      print the transition this boot would make; change nothing
+${BOOT_OPTIONS_HELP}
+Without --boot, zbunlock mounts zb.boot=DEV from the kernel command line
+(default /dev/mmcblk0p1) as vfat on /run/zb/boot.
+
+Exit status: 0 boot on; 12 a reboot is needed (--no-reboot); others: docs/exit-codes.md.`;
+
+const DEFAULT_BOOT_DEVICE = "/dev/mmcblk0p1";
+const MOUNT_POINT = "/run/zb/boot";
 
 export function zbunlockMain(argv: string[]): number {
-  if (argv.includes("--help") || argv.includes("-h")) {
+  const args = parseArgs(argv, { ...BOOT_OPTIONS, "dry-run": {} }, "zbunlock");
+  if (args.flags.has("help")) {
     out(USAGE + "\n");
     return 0;
   }
-  err(USAGE + "\n");
-  throw new ZbError("USAGE", "cannot unlock: the unlock stage is not implemented in this build");
+  const root = args.values.get("root") ?? "/";
+  const p = readPlatform(new HostSys(), root);
+  // Before mounting anything: a kernel not booted through zb's config stops here.
+  const booted = bootedFrom(p);
+  const bootDir = args.values.get("boot") ?? mountBoot(root, p.params.get("zb.boot") ?? DEFAULT_BOOT_DEVICE);
+  const h = host(args, bootDir);
+  const dryRun = args.flags.has("dry-run");
+  const r = rebooter(args, "zbunlock");
+  const outcome = runTransition(
+    h.backend,
+    { kind: "boot", booted: booted.slot, tryboot: booted.tryboot },
+    { actor: "zbunlock", dryRun, reboot: r.reboot, announce: (o) => report(args, "zbunlock", o, args.flags.has("no-reboot"), dryRun) },
+  );
+  if (dryRun) return 0;
+  if (outcome.proceed) {
+    if (!args.flags.has("json")) out(`zbunlock: booting slot ${booted.slot}${booted.tryboot ? " (try)" : ""}\n`);
+    return 0;
+  }
+  if (r.pending() !== null) return CODES.REBOOT_PENDING;
+  throw new ZbError("INTERNAL", "internal error: the transition neither continued nor rebooted");
+}
+
+/** Mount the boot partition unless it is mounted already; returns the mount point. */
+function mountBoot(root: string, device: string): string {
+  const mountPoint = join(root, MOUNT_POINT);
+  const mounts = existsSync(join(root, "proc/mounts")) ? readFileSync(join(root, "proc/mounts"), "utf8") : "";
+  if (mounts.split("\n").some((l) => l.split(" ")[1] === mountPoint)) return mountPoint;
+  mkdirSync(mountPoint, { recursive: true });
+  const p = Bun.spawnSync(["mount", "-t", "vfat", device, mountPoint], { stderr: "pipe" });
+  if (p.exitCode !== 0) {
+    throw new ZbError("IO", `cannot mount the boot partition ${device} on ${mountPoint}: ${p.stderr.toString().trim() || `exit ${p.exitCode}`}`, {
+      hint: "set zb.boot=DEVICE on the kernel command line, or pass --boot DIR",
+    });
+  }
+  return mountPoint;
 }

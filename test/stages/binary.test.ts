@@ -20,15 +20,15 @@ beforeAll(() => {
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 function run(name: string, args: readonly string[], stdin?: string) {
-  const p = Bun.spawnSync([join(dir, name), ...args], { stdin: stdin === undefined ? "ignore" : Buffer.from(stdin) });
+  const p = Bun.spawnSync([join(dir, name), ...args], { stdin: stdin === undefined ? "ignore" : Buffer.from(stdin), env: { ...process.env, ZB_NO_REBOOT: "1" } });
   return { code: p.exitCode, out: p.stdout.toString(), err: p.stderr.toString() };
 }
 
 describe("dispatch", () => {
   test.each([
-    { name: "zbunlock", args: [], code: 2, err: /cannot unlock: the unlock stage is not implemented/ },
+    { name: "zbunlock", args: ["--root", "/nonexistent"], code: 5, err: /cannot read \/nonexistent\/proc\/cmdline/ },
     { name: "zboot", args: [], code: 2, err: /cannot recover: the recovery stage is not implemented/ },
-    { name: "zb", args: ["unlock"], code: 2, err: /usage: zbunlock/ },
+    { name: "zb", args: ["unlock", "--bogus"], code: 2, err: /cannot run zbunlock: unknown option --bogus/ },
     { name: "zb", args: ["recover"], code: 2, err: /usage: zboot/ },
     { name: "zbcli", args: ["bogus"], code: 2, err: /cannot run zb: unknown command "bogus"/ },
     { name: "zb", args: [], code: 2, err: /cannot run zb: no command given/ },

@@ -1,0 +1,157 @@
+/**
+ * The boot-state commands of the running OS: status, mark-good, mark-bad,
+ * rollback, reboot, init. Each parses its options, calls lib/, prints.
+ */
+import { readdirSync, statSync } from "node:fs";
+import { join } from "node:path";
+import { parseArgs, type OptionSpecs, type ParsedArgs } from "../../lib/cli/args.ts";
+import { runTransition, type Outcome } from "../../lib/bootstate/commit.ts";
+import { TABLE, type Event } from "../../lib/bootstate/machine.ts";
+import { initBoot } from "../../lib/bootstate/init.ts";
+import { parseSlot, readState, SLOTS, type Slot } from "../../lib/bootstate/state.ts";
+import { bootedFrom } from "../../lib/bootloader/platform.ts";
+import { ZbError } from "../../lib/errors.ts";
+import { BOOT_OPTIONS, BOOT_OPTIONS_HELP, host, platform, rebooter } from "../common.ts";
+import { out } from "../output.ts";
+import { statusJson, statusText } from "./status.ts";
+
+const USAGE: Record<string, string> = {
+  status: "zb status [--json]\n\nThe committed and booted slot, the try state, counters, versions, mode and the last events.",
+  "mark-good": "zb mark-good [--health-dir DIR]\n\nMark the booted slot good: reset its boot counter; on a try boot, commit the try\n(zb_slot := the try slot, config.txt rewritten, tryboot.txt removed). Idempotent.\nWith --health-dir, every executable in DIR runs first (in name order); one that\nexits non-zero vetoes the mark (exit 11).",
+  "mark-bad": "zb mark-bad [booted|other]\n\nMark a slot bad. booted (default): a try ends as failed; the committed slot hands\nover to the other slot, or to recovery when the other is not valid. other: the\nother slot is invalid and a pending try of it is dropped. Takes effect at the next boot.",
+  rollback: "zb rollback\n\nSwitch to the other valid slot at the next boot.",
+  reboot: "zb reboot [--try SLOT [--rearms N] | --recover]\n\nReboot. --try SLOT: try SLOT once through tryboot (the firmware falls back to the\ncommitted slot on any reset; re-armed up to N times, default 2, when the try never\nreaches its initramfs). --recover: enter the zboot enclave through tryboot.",
+  init: "zb init --slot a|b [--valid a,b] [--boot-limit N] [--force]\n\nTake over the boot partition: keep config.txt and cmdline.txt as zb/config.txt and\nzb/cmdline.txt, create the env pair, generate config.txt and the slot cmdlines.\n--valid lists the slots that hold a working system (default: the --slot one).",
+};
+
+const EXTRA: Record<string, OptionSpecs> = {
+  "mark-good": { "health-dir": { value: true } },
+  reboot: { try: { value: true }, rearms: { value: true }, recover: {} },
+  init: { slot: { value: true }, valid: { value: true }, "boot-limit": { value: true }, force: {} },
+};
+
+
+export function bootMain(command: string, argv: string[]): number {
+  const args = parseArgs(argv, { ...BOOT_OPTIONS, ...(EXTRA[command] ?? {}) }, `zb ${command}`);
+  if (args.flags.has("help")) {
+    out(`usage: ${USAGE[command]}\n\nOptions:\n${BOOT_OPTIONS_HELP}\n`);
+    return 0;
+  }
+  switch (command) {
+    case "status":
+      return status(args);
+    case "mark-good":
+      return markGood(args);
+    case "mark-bad":
+      return markBad(args);
+    case "rollback":
+      return transition(args, "rollback", { kind: "rollback" });
+    case "reboot":
+      return reboot(args);
+    case "init":
+      return init(args);
+  }
+  throw new ZbError("INTERNAL", `internal error: no boot command ${command}`);
+}
+
+function status(args: ParsedArgs): number {
+  const h = host(args);
+  out(args.flags.has("json") ? JSON.stringify(statusJson(h), null, 2) + "\n" : statusText(h));
+  return 0;
+}
+
+function markGood(args: ParsedArgs): number {
+  const dir = args.values.get("health-dir");
+  if (dir !== undefined) runHealthChecks(dir);
+  const booted = bootedFrom(platform(host(args)));
+  return transition(args, "mark-good", { kind: "mark-good", booted: booted.slot, tryboot: booted.tryboot });
+}
+
+function markBad(args: ParsedArgs): number {
+  const which = args.positional[0] ?? "booted";
+  if (which !== "booted" && which !== "other") throw new ZbError("USAGE", `cannot mark bad: expected booted or other, not ${JSON.stringify(which)}`);
+  const booted = bootedFrom(platform(host(args)));
+  return transition(args, "mark-bad", { kind: "mark-bad", which, booted: booted.slot, tryboot: booted.tryboot });
+}
+
+function reboot(args: ParsedArgs): number {
+  const trySlot = args.values.get("try");
+  if (trySlot !== undefined && args.flags.has("recover")) throw new ZbError("USAGE", "cannot reboot: give --try or --recover, not both");
+  if (trySlot !== undefined) {
+    const rearms = args.values.has("rearms") ? count(args.values.get("rearms")!, "--rearms") : undefined;
+    return transition(args, "reboot", { kind: "arm-try", slot: parseSlot(trySlot, "try"), ...(rearms === undefined ? {} : { rearms }) });
+  }
+  if (args.flags.has("recover")) return transition(args, "reboot", { kind: "enter-install" });
+  return transition(args, "reboot", { kind: "reboot" });
+}
+
+function init(args: ParsedArgs): number {
+  const h = host(args);
+  const slot = parseSlot(args.values.get("slot") ?? "", "init");
+  const valid = (args.values.get("valid") ?? slot).split(",").map((s) => parseSlot(s.trim(), "init"));
+  const limit = args.values.has("boot-limit") ? count(args.values.get("boot-limit")!, "--boot-limit") : undefined;
+  const state = initBoot(h.sys, h.bootDir, { slot, valid, force: args.flags.has("force"), ...(limit === undefined ? {} : { bootLimit: limit }) });
+  if (args.flags.has("json")) out(JSON.stringify(statusJson(h), null, 2) + "\n");
+  else out(`zb init: ${h.bootDir}: slot ${state.committed} committed; valid: ${SLOTS.filter((s: Slot) => state.slots[s].valid).join(", ")}\n`);
+  return 0;
+}
+
+/** Run one event through the machine, print what happened, reboot if asked. */
+export function transition(args: ParsedArgs, tool: string, event: Event): number {
+  const h = host(args);
+  const r = rebooter(args, `zb ${tool}`);
+  runTransition(h.backend, event, {
+    actor: event.kind.startsWith("install") ? "zboot" : "zb",
+    reboot: r.reboot,
+    announce: (o) => report(args, `zb ${tool}`, o, args.flags.has("no-reboot")),
+  });
+  return 0;
+}
+
+/** One line per applied row (or JSON), printed before any reboot. Shared with zbunlock. */
+export function report(args: ParsedArgs, tool: string, o: Outcome, rebootSuppressed: boolean, dryRun = false): void {
+  const rows = o.trace.map((id) => TABLE.find((r) => r.id === id)!);
+  if (args.flags.has("json")) {
+    const json = {
+      dryRun,
+      trace: rows.map((r) => ({ id: r.id, actor: r.actor, when: r.when, then: r.then })),
+      effects: o.effects,
+      envChanged: o.envChanged,
+      reboot: o.reboot,
+      rebootPerformed: o.reboot !== null && !rebootSuppressed && !dryRun,
+      proceed: o.proceed,
+      state: { committed: o.state.committed, status: o.state.status, trySlot: o.state.trySlot, mode: o.state.mode },
+    };
+    out(JSON.stringify(json, null, 2) + "\n");
+    return;
+  }
+  for (const r of rows) out(`${tool}: ${dryRun ? "would apply " : ""}${r.id}: ${r.then}\n`);
+  if (!o.envChanged && rows.length > 0 && !o.reboot && !dryRun) out(`${tool}: nothing to change\n`);
+}
+
+function runHealthChecks(dir: string): void {
+  let names: string[];
+  try {
+    names = readdirSync(dir).sort();
+  } catch (e) {
+    throw new ZbError("IO", `cannot run health checks in ${dir}: ${(e as Error).message}`);
+  }
+  for (const name of names) {
+    const path = join(dir, name);
+    const st = statSync(path);
+    if (!st.isFile() || (st.mode & 0o111) === 0) continue;
+    const p = Bun.spawnSync([path], { stdout: "inherit", stderr: "inherit" });
+    if (p.exitCode !== 0) {
+      throw new ZbError("HEALTH_VETO", `cannot mark good: health check ${path} failed (exit ${p.exitCode ?? "signal"})`, {
+        hint: "the slot stays unconfirmed; without mark-good its boot counter keeps rising until rollback",
+      });
+    }
+  }
+}
+
+function count(text: string, what: string): number {
+  if (!/^\d{1,3}$/.test(text)) throw new ZbError("USAGE", `cannot use ${what} ${JSON.stringify(text)}: expected a small number`);
+  return Number(text);
+}
+
+export { readState };

@@ -1,0 +1,87 @@
+/**
+ * `zb status`: the boot state, the booted slot and what the firmware will
+ * read next. The JSON is a stable contract (docs/boot-flow.md, "zb status").
+ */
+import { readState, SLOTS, type BootState, type Mode, type SlotState, type Status } from "../../lib/bootstate/state.ts";
+import { prefixTarget } from "../../lib/bootloader/piconfig.ts";
+import { bootedFrom } from "../../lib/bootloader/platform.ts";
+import { platformOrNull, type Host } from "../common.ts";
+
+export interface FirmwareFile {
+  osPrefix: string;
+  target: "a" | "b" | "zboot" | null;
+  cmdline: string;
+}
+
+export interface StatusJson {
+  version: 1;
+  committed: "a" | "b";
+  booted: { slot: "a" | "b" | null; tryboot: boolean; dtTryboot: boolean | null; dtPartition: number | null } | null;
+  status: Status;
+  try: { slot: "a" | "b"; left: number } | null;
+  mode: Mode;
+  bootLimit: number;
+  serialFloor: number;
+  slots: Record<"a" | "b", SlotState>;
+  firmware: { config: FirmwareFile | null; tryboot: FirmwareFile | null };
+  events: { seq: number; text: string }[];
+}
+
+export function statusJson(h: Host): StatusJson {
+  const s = readState(h.backend.readVars());
+  const sel = h.backend.selections();
+  const file = (f: { osPrefix: string; cmdline: string } | null): FirmwareFile | null =>
+    f ? { osPrefix: f.osPrefix, target: prefixTarget(f.osPrefix), cmdline: f.cmdline } : null;
+  return {
+    version: 1,
+    committed: s.committed,
+    booted: booted(h),
+    status: s.status,
+    try: s.trySlot ? { slot: s.trySlot, left: s.tryLeft } : null,
+    mode: s.mode,
+    bootLimit: s.bootLimit,
+    serialFloor: s.serialFloor,
+    slots: { a: { ...s.slots.a }, b: { ...s.slots.b } },
+    firmware: { config: file(sel.config), tryboot: file(sel.tryboot) },
+    events: s.log.map(parseEvent),
+  };
+}
+
+export function statusText(h: Host): string {
+  const j = statusJson(h);
+  const s: BootState = readState(h.backend.readVars());
+  const fw = j.firmware;
+  const lines = [
+    `committed slot: ${s.committed}${s.mode !== "run" ? `   mode: ${s.mode}` : ""}`,
+    `booted slot:    ${j.booted?.slot ?? "unknown"}${j.booted?.tryboot ? " (try boot)" : ""}`,
+    `try:            ${s.trySlot ? `slot ${s.trySlot}, kernel_status=${s.status}, ${s.tryLeft} re-arms left` : "none"}`,
+    `next boot:      ${fw.config?.target ?? "?"}${fw.tryboot ? `   (tryboot.txt: ${fw.tryboot.target ?? "?"})` : ""}`,
+    ...SLOTS.map((x) => {
+      const st = s.slots[x];
+      return `slot ${x}:         ${st.valid ? "valid" : "INVALID"}, boots ${st.bootCount}/${s.bootLimit}${st.version ? `, version ${st.version}` : ""}${st.serial ? `, serial ${st.serial}` : ""}`;
+    }),
+    `serial floor:   ${s.serialFloor}`,
+    "events:",
+    ...(s.log.length ? s.log.map((e) => `  ${e}`) : ["  (none)"]),
+  ];
+  return lines.join("\n") + "\n";
+}
+
+/** The booted slot from /proc/cmdline; null fields when not booted through zb. */
+function booted(h: Host): StatusJson["booted"] {
+  const p = platformOrNull(h);
+  if (!p) return null;
+  let slot: "a" | "b" | null = null;
+  let tryboot = false;
+  try {
+    ({ slot, tryboot } = bootedFrom(p));
+  } catch {
+    slot = null;
+  }
+  return { slot, tryboot, dtTryboot: p.dtTryboot, dtPartition: p.dtPartition };
+}
+
+function parseEvent(e: string): { seq: number; text: string } {
+  const sp = e.indexOf(" ");
+  return { seq: Number(e.slice(0, sp)), text: e.slice(sp + 1) };
+}
