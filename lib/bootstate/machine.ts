@@ -81,6 +81,20 @@ function endTry(s: BootState, failed: boolean, why: string): void {
 const row = <K extends EventKind>(r: Row<K>): Row => r as unknown as Row;
 
 export const TABLE: readonly Row[] = [
+  // ---- zbunlock, any boot
+  row({
+    id: "Z1", actor: "zbunlock", event: "boot", fallthrough: true,
+    when: "kernel_status holds a value zb does not know",
+    then: "kernel_status=\"\" (snapd: any other non-empty value → \"\"), a pending try failed; then as below",
+    guard: (s) => s.unknownStatus !== null,
+    apply: (s) => {
+      const raw = s.unknownStatus;
+      s.unknownStatus = null;
+      if (s.trySlot) endTry(s, true, `try of ${s.trySlot} failed: kernel_status was ${JSON.stringify(raw)}`);
+      else logEvent(s, `kernel_status was ${JSON.stringify(raw)}, reset`);
+      return [{ kind: "delete-tryboot" }];
+    },
+  }),
   // ---- zbunlock, try boot (tryboot.txt was read: kernel_status=trying on the cmdline)
   row({
     id: "T1", actor: "zbunlock", event: "boot",
@@ -100,7 +114,7 @@ export const TABLE: readonly Row[] = [
     then: "drop the try (tryboot.txt and env disagree), reboot normally",
     guard: (s, e) => e.tryboot && s.status === "try",
     apply: (s, e) => {
-      endTry(s, false, `tryboot started ${e.booted} but the try was of ${s.trySlot}; try dropped`);
+      endTry(s, false, `tryboot started ${e.booted} but the try was of ${s.trySlot}, try dropped`);
       return [{ kind: "delete-tryboot" }, { kind: "reboot", tryboot: false }];
     },
   }),
@@ -132,7 +146,7 @@ export const TABLE: readonly Row[] = [
     guard: (s) => s.status === "try" && s.tryLeft > 0,
     apply: (s) => {
       s.tryLeft -= 1;
-      logEvent(s, `try of ${s.trySlot} did not reach its initramfs; re-armed, ${s.tryLeft} left`);
+      logEvent(s, `try of ${s.trySlot} did not reach its initramfs, re-armed (${s.tryLeft} left)`);
       return [{ kind: "write-tryboot" }, { kind: "reboot", tryboot: true }];
     },
   }),
@@ -163,7 +177,7 @@ export const TABLE: readonly Row[] = [
     guard: (s) => s.mode === "install",
     apply: (s) => {
       s.mode = "run";
-      logEvent(s, "the enclave did not finish; back to run mode");
+      logEvent(s, "the enclave did not finish, back to run mode");
       return [{ kind: "delete-tryboot" }];
     },
   }),
@@ -174,7 +188,7 @@ export const TABLE: readonly Row[] = [
     guard: (s, e) => misdirected(s, e.booted) && s.fixups < MAX_FIXUPS,
     apply: (s, e) => {
       s.fixups += 1;
-      logEvent(s, `config.txt booted ${e.booted}, env says ${s.mode === "recover" ? "zboot" : s.committed}; rewritten`);
+      logEvent(s, `config.txt booted ${e.booted}, env says ${s.mode === "recover" ? "zboot" : s.committed}, rewritten`);
       return [{ kind: "write-config" }, { kind: "reboot", tryboot: false }];
     },
   }),
@@ -185,7 +199,7 @@ export const TABLE: readonly Row[] = [
     guard: (s, e) => misdirected(s, e.booted),
     apply: (s, e) => {
       s.fixups = 0;
-      logEvent(s, `cannot steer the firmware away from ${e.booted}; booting it`);
+      logEvent(s, `cannot steer the firmware away from ${e.booted}, booting it`);
       return [{ kind: "continue" }];
     },
   }),
@@ -197,7 +211,7 @@ export const TABLE: readonly Row[] = [
     apply: (s, e) => {
       const to = otherSlot(e.booted);
       s.committed = to;
-      logEvent(s, `slot ${e.booted} failed ${s.slots[e.booted].bootCount} boots${s.slots[e.booted].valid ? "" : " (invalid)"}; rolled back to ${to}`);
+      logEvent(s, `slot ${e.booted} failed ${s.slots[e.booted].bootCount} boots${s.slots[e.booted].valid ? "" : " (invalid)"}, rolled back to ${to}`);
       return [{ kind: "write-config" }, { kind: "reboot", tryboot: false }];
     },
   }),
@@ -208,7 +222,7 @@ export const TABLE: readonly Row[] = [
     guard: (s, e) => exhausted(s, e.booted),
     apply: (s, e) => {
       s.mode = "recover";
-      logEvent(s, `slot ${e.booted} and ${otherSlot(e.booted)} both failed; entering recovery`);
+      logEvent(s, `slot ${e.booted} and ${otherSlot(e.booted)} both failed, entering recovery`);
       return [{ kind: "write-config" }, { kind: "reboot", tryboot: false }];
     },
   }),
@@ -280,7 +294,7 @@ export const TABLE: readonly Row[] = [
       s.slots[e.booted].valid = false;
       if (s.slots[other].valid) s.committed = other;
       else s.mode = "recover";
-      logEvent(s, `slot ${e.booted} marked bad; next boot: ${s.mode === "recover" ? "recovery" : other}`);
+      logEvent(s, `slot ${e.booted} marked bad, next boot: ${s.mode === "recover" ? "recovery" : other}`);
       return [{ kind: "write-config" }];
     },
   }),

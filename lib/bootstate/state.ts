@@ -29,6 +29,11 @@ export interface SlotState {
 
 export interface BootState {
   status: Status;
+  /**
+   * A kernel_status value zb does not know, read as "" (snapd resets any
+   * unknown value); row Z1 logs it and ends a pending try. Never written.
+   */
+  unknownStatus: string | null;
   committed: Slot;
   trySlot: Slot | null;
   /** Re-arms left for a try lost before its initramfs ran. */
@@ -84,8 +89,11 @@ export function readState(vars: ReadonlyMap<string, string>): BootState {
     };
   }
   const log = get(VAR.log);
+  const rawStatus = get(VAR.status);
+  const known = rawStatus === "" || rawStatus === "try" || rawStatus === "trying";
   return {
-    status: oneOf(VAR.status, get(VAR.status), ["", "try", "trying"] as const, ""),
+    status: known ? rawStatus : "",
+    unknownStatus: known ? null : rawStatus,
     committed: oneOf(VAR.committed, get(VAR.committed), SLOTS, "a"),
     trySlot: get(VAR.trySlot) === "" ? null : oneOf(VAR.trySlot, get(VAR.trySlot), SLOTS, "a"),
     tryLeft: count(VAR.tryLeft, get(VAR.tryLeft), 0),

@@ -1,0 +1,134 @@
+/**
+ * Every row of the transition table, as env text before → env text after
+ * (only the variables that change; `name=` = deleted), with the rows that
+ * applied and the effects. snapd's own kernel_status cases (envspec.md §2.3,
+ * boot/bootstate20.go, boot/initramfs.go) are marked "snapd".
+ */
+import { describe, expect, test } from "bun:test";
+import { step, TABLE, type Event } from "../../../lib/bootstate/machine.ts";
+import { readState, stateChanges } from "../../../lib/bootstate/state.ts";
+
+/** A fresh `zb init --slot a --valid a,b` env, as text. */
+const BASE =
+  "zb_slot=a zb_boot_limit=3 zb_mode=run zb_serial_floor=0 zb_seq=1 " +
+  "zb_valid_a=1 zb_valid_b=1 zb_boot_count_a=0 zb_boot_count_b=0 zb_serial_a=0 zb_serial_b=0";
+
+function env(text: string): Map<string, string> {
+  const vars = new Map<string, string>();
+  for (const w of `${BASE} ${text}`.split(/\s+/).filter(Boolean)) {
+    const eq = w.indexOf("=");
+    const [k, v] = [w.slice(0, eq), w.slice(eq + 1)];
+    if (v === "") vars.delete(k);
+    else vars.set(k, v);
+  }
+  return vars;
+}
+
+/** The changed variables, sorted, without the event log bookkeeping. */
+function after(before: Map<string, string>, e: Event): { diff: string; trace: string[]; effects: string[]; log: string[] } {
+  const r = step(readState(before), e);
+  const diff = stateChanges(before, r.state)
+    .filter((c) => c.name !== "zb_seq" && c.name !== "zb_log")
+    .map((c) => `${c.name}=${c.value ?? ""}`)
+    .sort()
+    .join(" ");
+  const effects = r.effects.map((x) => (x.kind === "reboot" ? `reboot${x.tryboot ? "(tryboot)" : ""}` : x.kind));
+  return { diff, trace: r.trace, effects, log: r.state.log };
+}
+
+const boot = (booted: "a" | "b", tryboot = false): Event => ({ kind: "boot", booted, tryboot });
+const good = (booted: "a" | "b", tryboot = false): Event => ({ kind: "mark-good", booted, tryboot });
+
+interface Case {
+  name: string;
+  before: string;
+  event: Event;
+  trace: string[];
+  after: string;
+  effects: string[];
+  log?: RegExp;
+}
+
+const CASES: Case[] = [
+  // zbunlock
+  { name: "snapd: unknown kernel_status on a normal boot → \"\"", before: "kernel_status=bogus", event: boot("a"), trace: ["Z1", "N9"], after: "kernel_status= zb_boot_count_a=1", effects: ["delete-tryboot", "continue"], log: /kernel_status was "bogus", reset/ },
+  { name: "snapd: unknown kernel_status with a try pending → \"\", the try failed", before: "kernel_status=tryng zb_try_slot=b zb_try_left=1", event: boot("a"), trace: ["Z1", "N9"], after: "kernel_status= zb_boot_count_a=1 zb_try_left= zb_try_slot= zb_valid_b=0", effects: ["delete-tryboot", "continue"] },
+  { name: "snapd: try + kernel_status=trying on the cmdline → trying", before: "kernel_status=try zb_try_slot=b zb_try_left=2", event: boot("b", true), trace: ["T1"], after: "kernel_status=trying zb_boot_count_b=1", effects: ["continue"] },
+  { name: "try boot of another slot than the try", before: "kernel_status=try zb_try_slot=b zb_try_left=2", event: boot("a", true), trace: ["T2"], after: "kernel_status= zb_try_left= zb_try_slot=", effects: ["delete-tryboot", "reboot"] },
+  { name: "snapd: trying + trying cmdline (tried twice) → \"\", failed", before: "kernel_status=trying zb_try_slot=b", event: boot("b", true), trace: ["T3"], after: "kernel_status= zb_try_slot= zb_valid_b=0", effects: ["delete-tryboot", "reboot"] },
+  { name: "snapd: empty status + trying cmdline (stale tryboot) → reboot normally", before: "", event: boot("b", true), trace: ["T4"], after: "", effects: ["delete-tryboot", "reboot"], log: /unexpected try boot of b/ },
+  { name: "try never reached its initramfs, re-arms left → re-arm", before: "kernel_status=try zb_try_slot=b zb_try_left=2", event: boot("a"), trace: ["N1"], after: "zb_try_left=1", effects: ["write-tryboot", "reboot(tryboot)"], log: /re-armed \(1 left\)/ },
+  { name: "snapd: try on a normal boot, no re-arms left → \"\", failed; boot a", before: "kernel_status=try zb_try_slot=b zb_try_left=0", event: boot("a"), trace: ["N2", "N9"], after: "kernel_status= zb_boot_count_a=1 zb_try_left= zb_try_slot= zb_valid_b=0", effects: ["delete-tryboot", "continue"], log: /never reached its initramfs/ },
+  { name: "snapd: trying on a normal boot → \"\", failed, not re-armed", before: "kernel_status=trying zb_try_slot=b zb_try_left=2", event: boot("a"), trace: ["N3", "N9"], after: "kernel_status= zb_boot_count_a=1 zb_try_left= zb_try_slot= zb_valid_b=0", effects: ["delete-tryboot", "continue"], log: /failed after its initramfs/ },
+  { name: "enclave did not finish → run mode", before: "zb_mode=install", event: boot("a"), trace: ["N4", "N9"], after: "zb_boot_count_a=1 zb_mode=run", effects: ["delete-tryboot", "continue"] },
+  { name: "config.txt booted the wrong slot → rewrite it, reboot", before: "zb_slot=b", event: boot("a"), trace: ["N5"], after: "zb_fixups=1", effects: ["write-config", "reboot"] },
+  { name: "recover mode but a slot booted → rewrite config.txt", before: "zb_mode=recover", event: boot("a"), trace: ["N5"], after: "zb_fixups=1", effects: ["write-config", "reboot"] },
+  { name: "fixups used up → boot on", before: "zb_slot=b zb_fixups=2", event: boot("a"), trace: ["N6"], after: "zb_fixups=", effects: ["continue"], log: /cannot steer the firmware/ },
+  { name: "committed slot at the limit, other fine → rollback", before: "zb_boot_count_a=3", event: boot("a"), trace: ["N7"], after: "zb_slot=b", effects: ["write-config", "reboot"], log: /slot a failed 3 boots, rolled back to b/ },
+  { name: "committed slot invalid → rollback", before: "zb_valid_a=0", event: boot("a"), trace: ["N7"], after: "zb_slot=b", effects: ["write-config", "reboot"] },
+  { name: "both at the limit → recover", before: "zb_boot_count_a=3 zb_boot_count_b=3", event: boot("a"), trace: ["N8"], after: "zb_mode=recover", effects: ["write-config", "reboot"] },
+  { name: "at the limit, other invalid → recover", before: "zb_boot_count_a=3 zb_valid_b=0", event: boot("a"), trace: ["N8"], after: "zb_mode=recover", effects: ["write-config", "reboot"] },
+  { name: "snapd: empty status, normal boot → count, boot on", before: "zb_boot_count_a=1 zb_fixups=1", event: boot("a"), trace: ["N9"], after: "zb_boot_count_a=2 zb_fixups=", effects: ["continue"] },
+  // zb
+  { name: "snapd MarkBootSuccessful: trying → \"\", try slot committed", before: "kernel_status=trying zb_try_slot=b zb_try_left=1 zb_boot_count_b=1", event: good("b", true), trace: ["G1"], after: "kernel_status= zb_boot_count_b=0 zb_slot=b zb_try_left= zb_try_slot=", effects: ["write-config", "delete-tryboot"], log: /slot b committed/ },
+  { name: "mark-good on a normal boot resets the counter", before: "zb_boot_count_a=2", event: good("a"), trace: ["G2"], after: "zb_boot_count_a=0", effects: [] },
+  { name: "mark-good twice changes nothing", before: "", event: good("a"), trace: ["G2"], after: "", effects: [] },
+  { name: "mark-bad booted during a try", before: "kernel_status=trying zb_try_slot=b", event: { kind: "mark-bad", which: "booted", booted: "b", tryboot: true }, trace: ["B1"], after: "kernel_status= zb_try_slot= zb_valid_b=0", effects: ["delete-tryboot"] },
+  { name: "mark-bad booted, other valid → hand over", before: "", event: { kind: "mark-bad", which: "booted", booted: "a", tryboot: false }, trace: ["B2"], after: "zb_slot=b zb_valid_a=0", effects: ["write-config"] },
+  { name: "mark-bad booted, other invalid → recover", before: "zb_valid_b=0", event: { kind: "mark-bad", which: "booted", booted: "a", tryboot: false }, trace: ["B2"], after: "zb_mode=recover zb_valid_a=0", effects: ["write-config"] },
+  { name: "mark-bad other drops its pending try", before: "kernel_status=try zb_try_slot=b zb_try_left=2", event: { kind: "mark-bad", which: "other", booted: "a", tryboot: false }, trace: ["B3"], after: "kernel_status= zb_try_left= zb_try_slot= zb_valid_b=0", effects: ["delete-tryboot"] },
+  { name: "rollback by hand", before: "zb_boot_count_b=2", event: { kind: "rollback" }, trace: ["R1"], after: "zb_boot_count_b=0 zb_slot=b", effects: ["write-config"] },
+  { name: "arm a try", before: "zb_boot_count_b=1", event: { kind: "arm-try", slot: "b" }, trace: ["A1"], after: "kernel_status=try zb_boot_count_b=0 zb_try_left=2 zb_try_slot=b", effects: ["write-tryboot", "reboot(tryboot)"] },
+  { name: "arm a try with 5 re-arms", before: "", event: { kind: "arm-try", slot: "b", rearms: 5 }, trace: ["A1"], after: "kernel_status=try zb_try_left=5 zb_try_slot=b", effects: ["write-tryboot", "reboot(tryboot)"] },
+  { name: "plain reboot", before: "", event: { kind: "reboot" }, trace: ["X1"], after: "", effects: ["reboot"] },
+  { name: "enter the enclave", before: "", event: { kind: "enter-install" }, trace: ["I1"], after: "zb_mode=install", effects: ["write-tryboot", "reboot(tryboot)"] },
+  // zboot
+  { name: "install begins: the slot is invalid", before: "zb_version_b=1.0 zb_serial_b=3", event: { kind: "install-begin", slot: "b" }, trace: ["S1"], after: "zb_serial_b=0 zb_valid_b=0 zb_version_b=", effects: [] },
+  { name: "install ends: valid, version, serial", before: "zb_valid_b=0", event: { kind: "install-end", slot: "b", version: "2.0", serial: 9 }, trace: ["S3"], after: "zb_serial_b=9 zb_valid_b=1 zb_version_b=2.0", effects: [] },
+];
+
+describe("transition table, row by row", () => {
+  test.each(CASES)("$trace $name", (c) => {
+    const r = after(env(c.before), c.event);
+    expect(r.trace).toEqual(c.trace);
+    expect(r.diff).toBe(c.after);
+    expect(r.effects).toEqual(c.effects);
+    if (c.log) expect(r.log.at(-1)).toMatch(c.log);
+  });
+});
+
+const REFUSALS: { name: string; before: string; event: Event; row: string; why: RegExp }[] = [
+  { name: "mark-good while kernel_status is still try", before: "kernel_status=try zb_try_slot=b", event: good("b", true), row: "G3", why: /zbunlock did not run/ },
+  { name: "mark-good on a slot that is not committed", before: "", event: good("b"), row: "G3", why: /not the committed slot a/ },
+  { name: "mark-good on a stray try boot", before: "", event: good("b", true), row: "G3", why: /no try of it is pending/ },
+  { name: "mark-bad booted on a non-committed normal boot", before: "", event: { kind: "mark-bad", which: "booted", booted: "b", tryboot: false }, row: "B4", why: /neither the committed/ },
+  { name: "rollback to an invalid slot", before: "zb_valid_b=0", event: { kind: "rollback" }, row: "R2", why: /slot b is not valid/ },
+  { name: "try the committed slot", before: "", event: { kind: "arm-try", slot: "a" }, row: "A2", why: /is the committed slot/ },
+  { name: "try an invalid slot", before: "zb_valid_b=0", event: { kind: "arm-try", slot: "b" }, row: "A2", why: /not valid/ },
+  { name: "try while a try is pending", before: "kernel_status=trying zb_try_slot=b", event: { kind: "arm-try", slot: "b" }, row: "A2", why: /a try of b is pending/ },
+  { name: "enter the enclave twice", before: "zb_mode=install", event: { kind: "enter-install" }, row: "I2", why: /already install/ },
+  { name: "install into the committed slot", before: "", event: { kind: "install-begin", slot: "a" }, row: "S2", why: /is the committed slot/ },
+];
+
+describe("refusals change nothing", () => {
+  test.each(REFUSALS)("$row $name", (c) => {
+    const before = readState(env(c.before));
+    expect(() => step(before, c.event)).toThrow(expect.objectContaining({ code: "STATE_REFUSED", message: expect.stringMatching(c.why) }));
+    expect(readState(env(c.before))).toEqual(before);
+  });
+});
+
+test("every row of the table is exercised above", () => {
+  const used = new Set([...CASES.flatMap((c) => c.trace), ...REFUSALS.map((r) => r.row)]);
+  expect(TABLE.map((r) => r.id).filter((id) => !used.has(id))).toEqual([]);
+});
+
+test("each event kind belongs to one actor", () => {
+  const byEvent = new Map<string, Set<string>>();
+  for (const r of TABLE) byEvent.set(r.event, (byEvent.get(r.event) ?? new Set()).add(r.actor));
+  for (const [event, actors] of byEvent) expect([event, actors.size]).toEqual([event, 1]);
+});
+
+test("an actor cannot apply another actor's row", () => {
+  expect(() => step(readState(env("")), boot("a"), "zb")).toThrow(expect.objectContaining({ code: "INTERNAL" }));
+});
