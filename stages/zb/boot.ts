@@ -17,7 +17,7 @@ import { statusJson, statusText } from "./status.ts";
 
 const USAGE: Record<string, string> = {
   status: "zb status [--json]\n\nThe committed and booted slot, the try state, counters, versions, mode and the last events.",
-  "mark-good": "zb mark-good [--health-dir DIR]\n\nMark the booted slot good: reset its boot counter; on a try boot, commit the try\n(zb_slot := the try slot, config.txt rewritten, tryboot.txt removed). Idempotent.\nWith --health-dir, every executable in DIR runs first (in name order); one that\nexits non-zero vetoes the mark (exit 11).",
+  "mark-good": "zb mark-good [--health-dir DIR]\n\nMark the booted slot good: reset its boot counter; on a try boot, commit the try\n(zb_slot := the try slot, config.txt rewritten, tryboot.txt removed). Idempotent.\nWith --health-dir, every executable in DIR runs first (in name order); one that\nexits non-zero vetoes the mark (exit 11). A missing DIR means no checks.",
   "mark-bad": "zb mark-bad [booted|other]\n\nMark a slot bad. booted (default): a try ends as failed; the committed slot hands\nover to the other slot, or to recovery when the other is not valid. other: the\nother slot is invalid and a pending try of it is dropped. Takes effect at the next boot.",
   rollback: "zb rollback\n\nSwitch to the other valid slot at the next boot.",
   reboot: "zb reboot [--try SLOT [--rearms N] | --recover]\n\nReboot. --try SLOT: try SLOT once through tryboot (the firmware falls back to the\ncommitted slot on any reset; re-armed up to N times, default 2, when the try never\nreaches its initramfs). --recover: enter the zboot enclave through tryboot.",
@@ -134,6 +134,7 @@ function runHealthChecks(dir: string): void {
   try {
     names = readdirSync(dir).sort();
   } catch (e) {
+    if ((e as { code?: string }).code === "ENOENT") return; // no checks installed
     throw new ZbError("IO", `cannot run health checks in ${dir}: ${(e as Error).message}`);
   }
   for (const name of names) {

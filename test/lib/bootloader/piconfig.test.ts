@@ -1,0 +1,54 @@
+/** Rendering and reading the Pi firmware's files: reference before → generated after. */
+import { describe, expect, test } from "bun:test";
+import { GENERATED_HEADER, prefixTarget, readSelection, renderCmdline, renderConfig } from "../../../lib/bootloader/piconfig.ts";
+
+describe("renderConfig", () => {
+  test.each([
+    {
+      name: "user lines kept after zb's two lines",
+      reference: "kernel=vmlinuz\ninitramfs initrd.img followkernel\ndtparam=audio=on\n",
+      after: [GENERATED_HEADER, "os_prefix=slot-a/", "cmdline=cmdline.txt", "kernel=vmlinuz", "initramfs initrd.img followkernel", "dtparam=audio=on"],
+    },
+    {
+      name: "the user's os_prefix and cmdline lines are commented out, also under filters",
+      reference: "os_prefix=old/\n[pi4]\ncmdline=other.txt\n  os_prefix = x/\n[all]\n",
+      after: [GENERATED_HEADER, "os_prefix=slot-a/", "cmdline=cmdline.txt", "# zb: os_prefix=old/", "[pi4]", "# zb: cmdline=other.txt", "# zb: os_prefix = x/", "[all]"],
+    },
+    {
+      name: "CRLF reference, no trailing newline",
+      reference: "kernel=k\r\narm_64bit=1",
+      after: [GENERATED_HEADER, "os_prefix=slot-a/", "cmdline=cmdline.txt", "kernel=k", "arm_64bit=1"],
+    },
+    {
+      name: "rendering a generated file again does not stack headers",
+      reference: renderConfig("kernel=k\n", "slot-b/", "x.txt"),
+      after: [GENERATED_HEADER, "os_prefix=slot-a/", "cmdline=cmdline.txt", "# zb: os_prefix=slot-b/", "# zb: cmdline=x.txt", "kernel=k"],
+    },
+  ])("$name", ({ reference, after }) => {
+    expect(renderConfig(reference, "slot-a/", "cmdline.txt")).toBe(after.join("\n") + "\n");
+  });
+
+  test("the firmware reads back what was rendered", () => {
+    const text = renderConfig("os_prefix=old/\nkernel=k\n", "slot-b/", "cmdline-try.txt");
+    expect(readSelection(text)).toEqual({ osPrefix: "slot-b/", cmdline: "cmdline-try.txt" });
+  });
+});
+
+test.each([
+  { name: "normal", ref: "console=serial0,115200 root=/dev/mapper/root rootwait\n", slot: "a", try: false, after: "console=serial0,115200 root=/dev/mapper/root rootwait zb.slot=a\n" },
+  { name: "try variant carries snapd's marker", ref: "quiet\n", slot: "b", try: true, after: "quiet zb.slot=b kernel_status=trying\n" },
+  { name: "zb's own parameters in the reference are replaced", ref: "quiet zb.slot=b kernel_status=try  splash\nsecond line ignored\n", slot: "a", try: false, after: "quiet splash zb.slot=a\n" },
+])("renderCmdline: $name", ({ ref, slot, try: t, after }) => {
+  expect(renderCmdline(ref, slot, t)).toBe(after);
+});
+
+test.each([
+  { prefix: "slot-a/", target: "a" },
+  { prefix: "/slot-b/", target: "b" },
+  { prefix: "zboot/", target: "zboot" },
+  { prefix: "slot-a", target: null },
+  { prefix: "slot-c/", target: null },
+  { prefix: "", target: null },
+])("prefixTarget($prefix) = $target", ({ prefix, target }) => {
+  expect(prefixTarget(prefix)).toBe(target as never);
+});

@@ -1,0 +1,134 @@
+/**
+ * The boot-state commands end to end through dist/zb-x64, on a temporary
+ * boot folder and a temporary root (--boot, --root) as a user's own checks
+ * would run them. ZB_NO_REBOOT=1 guards the host; --no-reboot reports.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+
+const BIN = resolve(import.meta.dir, "../../dist/zb-x64");
+let dir = "";
+let boot = "";
+let root = "";
+
+beforeAll(() => {
+  if (!existsSync(BIN)) throw new Error(`${BIN} is missing: run \`bun build.ts\` first`);
+  dir = mkdtempSync(join(tmpdir(), "zb-bootcli-"));
+  boot = join(dir, "boot");
+  root = join(dir, "root");
+  for (const d of ["slot-a", "slot-b", "root/proc"]) mkdirSync(join(dir, d === "root/proc" ? d : `boot/${d}`), { recursive: true });
+  writeFileSync(join(boot, "config.txt"), "kernel=vmlinuz\ninitramfs initrd.img followkernel\n");
+  writeFileSync(join(boot, "cmdline.txt"), "console=ttyAMA0 rootwait\n");
+  symlinkSync(BIN, join(dir, "zbunlock"));
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+function zb(args: string[], name = BIN) {
+  const where = args[0] === "env" ? ["--boot", boot] : ["--boot", boot, "--root", root];
+  const p = Bun.spawnSync([name, ...args, ...where], { env: { ...process.env, ZB_NO_REBOOT: "1" } });
+  return { code: p.exitCode, out: p.stdout.toString(), err: p.stderr.toString() };
+}
+const unlock = (...args: string[]) => zb(args, join(dir, "zbunlock"));
+const cmdline = (file: string) => writeFileSync(join(root, "proc/cmdline"), readFileSync(join(boot, file)));
+const envBytes = () => Buffer.concat([readFileSync(join(boot, "zb/zb.env")), readFileSync(join(boot, "zb/zb.env.redund"))]);
+const status = () => JSON.parse(zb(["status", "--json"]).out);
+
+describe("a try, committed, through the CLI", () => {
+  test("init takes over the partition", () => {
+    const r = zb(["init", "--slot", "a", "--valid", "a,b"]);
+    expect(r.err).toBe("");
+    expect(r.code).toBe(0);
+    expect(readFileSync(join(boot, "zb/config.txt"), "utf8")).toBe("kernel=vmlinuz\ninitramfs initrd.img followkernel\n");
+    expect(readFileSync(join(boot, "config.txt"), "utf8")).toContain("os_prefix=slot-a/\ncmdline=cmdline.txt\nkernel=vmlinuz\n");
+    expect(readFileSync(join(boot, "slot-b/cmdline-try.txt"), "utf8")).toBe("console=ttyAMA0 rootwait zb.slot=b kernel_status=trying\n");
+    expect(zb(["init", "--slot", "a"]).code).toBe(2); // refuses to replace the env
+  });
+
+  test("zbunlock --dry-run prints the transition and writes nothing", () => {
+    cmdline("slot-a/cmdline.txt");
+    const before = envBytes();
+    const r = unlock("--dry-run");
+    expect(r.out).toBe("zbunlock: would apply N9: count the boot, boot on\n");
+    expect(r.code).toBe(0);
+    expect(envBytes().equals(before)).toBe(true);
+  });
+
+  test("zbunlock on a normal boot: exit 0, counted", () => {
+    const r = unlock();
+    expect(r.out).toContain("zbunlock: booting slot a\n");
+    expect(r.code).toBe(0);
+    expect(status().slots.a.bootCount).toBe(1);
+  });
+
+  test("a failing health check vetoes mark-good (exit 11), state unchanged", () => {
+    const checks = join(dir, "health.d");
+    mkdirSync(checks);
+    writeFileSync(join(checks, "10-ok"), "#!/bin/sh\nexit 0\n");
+    writeFileSync(join(checks, "20-fail"), "#!/bin/sh\necho disk full >&2\nexit 3\n");
+    writeFileSync(join(checks, "README"), "not executable, skipped\n");
+    chmodSync(join(checks, "10-ok"), 0o755);
+    chmodSync(join(checks, "20-fail"), 0o755);
+    const r = zb(["mark-good", "--health-dir", checks]);
+    expect(r.code).toBe(11);
+    expect(r.err).toMatch(/health check .*20-fail failed \(exit 3\)/);
+    expect(status().slots.a.bootCount).toBe(1);
+    rmSync(join(checks, "20-fail"));
+    expect(zb(["mark-good", "--health-dir", checks]).code).toBe(0);
+    expect(status().slots.a.bootCount).toBe(0);
+  });
+
+  test("reboot --try b: state armed before the reboot, which ZB_NO_REBOOT refuses", () => {
+    const r = zb(["reboot", "--try", "b"]);
+    expect(r.out).toContain('A1: kernel_status=try');
+    expect(r.err).toContain('cannot reboot with "0 tryboot": ZB_NO_REBOOT=1 is set');
+    expect(r.code).toBe(2);
+    expect(status()).toMatchObject({ status: "try", try: { slot: "b", left: 2 }, firmware: { tryboot: { target: "b", cmdline: "cmdline-try.txt" } } });
+  });
+
+  test("the try boot: zbunlock turns try into trying", () => {
+    cmdline("slot-b/cmdline-try.txt");
+    const r = unlock("--json");
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.out)).toMatchObject({ trace: [{ id: "T1", actor: "zbunlock" }], proceed: true, reboot: null, state: { status: "trying" } });
+  });
+
+  test("mark-good commits the try", () => {
+    const r = zb(["mark-good"]);
+    expect(r.out).toMatch(/G1: commit/);
+    expect(status()).toMatchObject({ committed: "b", status: "", try: null, booted: { slot: "b", tryboot: true }, firmware: { config: { target: "b" }, tryboot: null } });
+    expect(existsSync(join(boot, "tryboot.txt"))).toBe(false);
+  });
+});
+
+describe("reboots zbunlock asks for", () => {
+  test("--no-reboot: exit 12 and the reboot argument", () => {
+    cmdline("slot-a/cmdline.txt"); // config.txt says b now: the firmware booted a stale config
+    const r = unlock("--no-reboot");
+    expect(r.out).toContain("zbunlock: reboot (normal) needed, not performed: --no-reboot\n");
+    expect(r.out).toMatch(/N5: rewrite config.txt/);
+    expect(r.code).toBe(12);
+  });
+});
+
+describe("refusals and bad input", () => {
+  test("mark-good without zb.slot on the cmdline: exit 10", () => {
+    writeFileSync(join(root, "proc/cmdline"), "quiet\n");
+    const r = zb(["mark-good"]);
+    expect(r.code).toBe(10);
+    expect(r.err).toMatch(/cannot tell the booted slot/);
+  });
+
+  test("a boot variable zb does not understand: exit 9 with a hint", () => {
+    expect(zb(["env", "set", "zb_slot", "c"]).code).toBe(0);
+    const r = zb(["status"]);
+    expect(r.code).toBe(9);
+    expect(r.err).toMatch(/zb_slot is "c", expected one of "a", "b"/);
+  });
+
+  test("status text names the slots", () => {
+    zb(["env", "set", "zb_slot", "b"]);
+    expect(zb(["status"]).out).toMatch(/committed slot: b\n.*\n.*\nnext boot: +b\nslot a: +valid, boots 0\/3\n/);
+  });
+});
