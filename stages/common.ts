@@ -2,7 +2,6 @@
  * What the boot-state commands share: the --boot/--root options, the host
  * objects they build, and how a planned reboot is carried out or reported.
  */
-import { join } from "node:path";
 import type { ParsedArgs, OptionSpecs } from "../lib/cli/args.ts";
 import { DEFAULT_BOOT_DIR } from "../lib/env/config.ts";
 import { PiBoot } from "../lib/bootloader/piboot.ts";
@@ -68,4 +67,3 @@ export function rebooter(args: ParsedArgs, tool: string): { reboot: (arg: string
   };
 }
 
-export { join };

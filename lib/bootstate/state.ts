@@ -7,7 +7,6 @@
  * does not understand is an error, never guessed around.
  */
 import { ZbError } from "../errors.ts";
-import type { Vars } from "../env/codec.ts";
 import type { Change } from "../env/script.ts";
 
 export type Slot = "a" | "b";
@@ -199,4 +198,3 @@ export function parseSlot(text: string, what: string): Slot {
   throw new ZbError("USAGE", `cannot ${what}: slot must be "a" or "b", not ${JSON.stringify(text)}`);
 }
 
-export type { Vars };

@@ -8,7 +8,7 @@ import { parseArgs, type OptionSpecs, type ParsedArgs } from "../../lib/cli/args
 import { runTransition, type Outcome } from "../../lib/bootstate/commit.ts";
 import { TABLE, type Event } from "../../lib/bootstate/machine.ts";
 import { initBoot } from "../../lib/bootstate/init.ts";
-import { parseSlot, readState, SLOTS, type Slot } from "../../lib/bootstate/state.ts";
+import { parseSlot, SLOTS, type Slot } from "../../lib/bootstate/state.ts";
 import { bootedFrom } from "../../lib/bootloader/platform.ts";
 import { ZbError } from "../../lib/errors.ts";
 import { BOOT_OPTIONS, BOOT_OPTIONS_HELP, host, platform, rebooter } from "../common.ts";
@@ -155,4 +155,3 @@ function count(text: string, what: string): number {
   return Number(text);
 }
 
-export { readState };
