@@ -6,22 +6,25 @@
 #   /lib/modules/KVER/…     virtio-mmio/pci, virtio-blk, vfat + the NLS tables
 #                           FAT mounts need, where Debian builds them as modules
 #   /usr/bin/zb             dist/zb-arm64, plus the argv[0] role symlinks
-#   /init                   qemu/guest/init-skeleton.sh
+#   /init                   INIT (default qemu/guest/init-skeleton.sh)
 #   /etc/fw_env.config      qemu/guest/fw_env.config
-# Output: qemu/.work/initramfs.cpio.{zst,gz} and qemu/.work/guest.env, which
-# names the kernel and initramfs for skeleton.sh.
+# Output: OUTDIR/initramfs.cpio.{zst,gz} and OUTDIR/guest.env, which names the
+# kernel and initramfs for the caller (OUTDIR defaults to qemu/.work; the
+# staging root is OUTDIR/initramfs-root). Paths are relative to the repository.
 #
-# Usage: bash qemu/initramfs.sh   (env: ZB_QEMU_INITRD_COMP=gzip|zstd)
+# Usage: bash qemu/initramfs.sh [INIT [OUTDIR]]   (env: ZB_QEMU_INITRD_COMP=gzip|zstd)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 CACHE=qemu/.cache
-WORK=qemu/.work
+INIT=${1:-qemu/guest/init-skeleton.sh}
+WORK=${2:-qemu/.work}
 ROOT=$WORK/initramfs-root
 BIN=dist/zb-arm64
 
 die() { echo "$*" >&2; exit 1; }
 
+[[ -f "$INIT" ]] || die "cannot build initramfs: the init script $INIT does not exist"
 [[ -f "$BIN" ]] || die "cannot build initramfs: $BIN is missing (run: node_modules/.bin/bun build.ts --target arm64)"
 for tool in readelf cpio gzip find sort; do
   command -v "$tool" >/dev/null || die "cannot build initramfs: '$tool' not found (install: apt-get install binutils cpio gzip)"
@@ -34,7 +37,7 @@ KCONFIG=$KTREE/boot/config-$KVER
 MODDIR=$KTREE/lib/modules/$KVER
 
 rm -rf "$ROOT"
-mkdir -p "$ROOT"/{bin,sbin,usr/bin,usr/sbin,lib,etc,proc,sys,dev,tmp,boot,root,run}
+mkdir -p "$WORK" "$ROOT"/{bin,sbin,usr/bin,usr/sbin,lib,etc,proc,sys,dev,tmp,boot,root,run}
 # The kernel hands /dev/console to /init before anything is mounted; without
 # the node the guest's early output is lost (init re-opens it after devtmpfs
 # anyway, so a non-root build still works).
@@ -119,7 +122,7 @@ install -m 755 "$BIN" "$ROOT/usr/bin/zb"
 for role in zbunlock zboot zbcli fw_printenv fw_setenv; do
   ln -s zb "$ROOT/usr/bin/$role"
 done
-install -m 755 qemu/guest/init-skeleton.sh "$ROOT/init"
+install -m 755 "$INIT" "$ROOT/init"
 install -m 644 qemu/guest/fw_env.config "$ROOT/etc/fw_env.config"
 
 # --- pack ---------------------------------------------------------------------
