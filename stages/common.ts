@@ -61,7 +61,7 @@ export function rebooter(args: ParsedArgs, tool: string): { reboot: (arg: string
         return;
       }
       out(`${tool}: rebooting (${how})\n`);
-      rebootNow(arg);
+      rebootNow(arg, args.values.get("root") ?? "/");
     },
     pending: () => pending,
   };

@@ -9,6 +9,7 @@
  * LINUX_REBOOT_CMD_RESTART2 through bun:ffi, after sync(2).
  */
 import { existsSync } from "node:fs";
+import { join } from "node:path";
 import { ZbError } from "../errors.ts";
 
 // include/uapi/linux/reboot.h
@@ -20,24 +21,25 @@ const CMD_RESTART2 = 0xa1b2c3d4;
 const NR_REBOOT: Record<string, number> = { arm64: 142, x64: 169 };
 
 /**
- * Reboot now. Returns only by throwing.
+ * Reboot now. Under systemd it returns once the reboot job is queued (the
+ * caller exits and systemd stops everything); otherwise it does not return.
+ * @param root prefix for /run (the `--root` option); systemd is detected by
+ *   `<root>/run/systemd/system`, as sd_booted() does
  * @throws {ZbError} IO when the reboot could not be started;
  *   USAGE when ZB_NO_REBOOT=1 is set (test runs set it so no test can reboot the host)
  */
-export function rebootNow(arg: string | null): never {
+export function rebootNow(arg: string | null, root = "/"): void {
   if (process.env.ZB_NO_REBOOT === "1") {
     throw new ZbError("USAGE", `cannot reboot${arg ? ` with "${arg}"` : ""}: ZB_NO_REBOOT=1 is set`);
   }
-  if (existsSync("/run/systemd/system")) return viaSystemd(arg);
-  return viaSyscall(arg);
+  if (existsSync(join(root, "run/systemd/system"))) return viaSystemd(arg);
+  viaSyscall(arg);
 }
 
-function viaSystemd(arg: string | null): never {
+/** `systemctl reboot ARG` stores ARG in /run/systemd/reboot-param for the final reboot(2). */
+function viaSystemd(arg: string | null): void {
   const p = Bun.spawnSync(["systemctl", "reboot", ...(arg ? [arg] : [])], { stderr: "pipe" });
   if (p.exitCode !== 0) throw new ZbError("IO", `cannot reboot through systemd: ${p.stderr.toString().trim() || `exit ${p.exitCode}`}`);
-  // systemd now stops the system; wait for it rather than returning into the caller.
-  Bun.sleepSync(60_000);
-  throw new ZbError("IO", "cannot reboot: systemd accepted the request but the system is still running after 60 s");
 }
 
 function viaSyscall(arg: string | null): never {

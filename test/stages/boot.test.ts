@@ -132,3 +132,22 @@ describe("refusals and bad input", () => {
     expect(zb(["status"]).out).toMatch(/committed slot: b\n.*\n.*\nnext boot: +b\nslot a: +valid, boots 0\/3\n/);
   });
 });
+
+describe("reboot under systemd", () => {
+  test("zb reboot --try hands \"0 tryboot\" to systemctl (in a PID namespace: a bug cannot reboot the host)", () => {
+    const fake = join(dir, "fakebin");
+    mkdirSync(fake, { recursive: true });
+    mkdirSync(join(root, "run/systemd/system"), { recursive: true });
+    writeFileSync(join(fake, "systemctl"), `#!/bin/sh\nprintf '%s\\n' "$@" > ${join(dir, "systemctl.args")}\n`);
+    chmodSync(join(fake, "systemctl"), 0o755);
+    zb(["env", "set", "zb_slot", "a"]);
+    zb(["env", "set", "zb_valid_b", "1"]);
+    const env: Record<string, string | undefined> = { ...process.env, PATH: `${fake}:${process.env.PATH}` };
+    delete env.ZB_NO_REBOOT;
+    const p = Bun.spawnSync(["unshare", "--fork", "--pid", BIN, "reboot", "--try", "b", "--boot", boot, "--root", root], { env });
+    expect(p.stdout.toString()).toContain('zb reboot: rebooting ("0 tryboot")');
+    expect(p.exitCode).toBe(0);
+    expect(readFileSync(join(dir, "systemctl.args"), "utf8")).toBe("reboot\n0 tryboot\n");
+    rmSync(join(root, "run"), { recursive: true });
+  });
+});
