@@ -38,6 +38,18 @@ export const CODES = {
   HEALTH_VETO: 11,
   /** zbunlock --no-reboot: a reboot is needed and was not performed; the caller must reboot. */
   REBOOT_PENDING: 12,
+  /** An image is malformed: tar structure, entry order or names, manifest schema, a limit. */
+  IMG_FORMAT: 13,
+  /** Signatures missing, invalid, by untrusted keys, or fewer than the policy requires. */
+  SIG_INVALID: 14,
+  /** The image is for another product (`compatible` differs). */
+  IMG_INCOMPATIBLE: 15,
+  /** The image's serial is below the anti-rollback floor. */
+  ROLLBACK_REFUSED: 16,
+  /** Payload bytes do not match the signed manifest (a chunk or the whole payload). */
+  PAYLOAD_CORRUPT: 17,
+  /** A key file is malformed or of an unsupported algorithm. */
+  KEY_INVALID: 18,
   /** A bug: an invariant of zb itself was broken. */
   INTERNAL: 70,
 } as const;

@@ -10,6 +10,8 @@ export interface OptionSpec {
   short?: string;
   /** Takes a value (`-c FILE`); otherwise a boolean flag. */
   value?: boolean;
+  /** May be given more than once; every value is kept in `multi`. */
+  multiple?: boolean;
 }
 
 export type OptionSpecs = Record<string, OptionSpec>;
@@ -18,6 +20,8 @@ export type OptionSpecs = Record<string, OptionSpec>;
 export interface ParsedArgs {
   flags: Set<string>;
   values: Map<string, string>;
+  /** All values of options marked `multiple`, in order. */
+  multi: Map<string, string[]>;
   positional: string[];
 }
 
@@ -29,7 +33,7 @@ export interface ParsedArgs {
 export function parseArgs(argv: readonly string[], specs: OptionSpecs, what: string): ParsedArgs {
   const byShort = new Map<string, string>();
   for (const [long, s] of Object.entries(specs)) if (s.short) byShort.set(s.short, long);
-  const out: ParsedArgs = { flags: new Set(), values: new Map(), positional: [] };
+  const out: ParsedArgs = { flags: new Set(), values: new Map(), multi: new Map(), positional: [] };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     if (arg === "--") {
@@ -61,6 +65,7 @@ export function parseArgs(argv: readonly string[], specs: OptionSpecs, what: str
     const value = inline ?? argv[++i];
     if (value === undefined) throw usage(what, `option --${name} needs a value`);
     out.values.set(name, value);
+    if (spec.multiple) out.multi.set(name, [...(out.multi.get(name) ?? []), value]);
   }
   return out;
 }

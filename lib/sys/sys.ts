@@ -32,6 +32,8 @@ export interface Sys {
   stat(path: string): FileInfo | null;
   /** The whole file as text (config files). */
   readText(path: string): string;
+  /** Names in a directory, unsorted. */
+  listDir(path: string): string[];
 }
 
 /** The real host, through node:fs. */
@@ -121,6 +123,14 @@ export class HostSys implements Sys {
       return fs.readFileSync(path, "utf8");
     } catch (e) {
       throw ioError(`read ${path}`, e);
+    }
+  }
+
+  listDir(path: string): string[] {
+    try {
+      return fs.readdirSync(path);
+    } catch (e) {
+      throw ioError(`list ${path}`, e);
     }
   }
 }

@@ -5,6 +5,8 @@
 import { ZbError } from "../../lib/errors.ts";
 import { bootMain } from "./boot.ts";
 import { envMain } from "./env.ts";
+import { imageMain } from "./image.ts";
+import { keyMain } from "./key.ts";
 import { VERSION } from "../version.ts";
 import { out, err } from "../output.ts";
 
@@ -17,6 +19,8 @@ Commands:
   rollback                 boot the other slot from the next boot on
   reboot [--try SLOT | --recover]  reboot, try a slot once, or enter the enclave
   init --slot a|b          take over a boot partition (env, config.txt, cmdlines)
+  image create|sign|info|verify|install   signed images (.zbi)
+  key gen|id               image signing keys
   env print [NAME…]        print the boot environment (fw_printenv compatible)
   env set NAME [VALUE]     set or delete a variable; --script FILE for many in one write
   env init                 create the environment (redundant pair by default)
@@ -33,6 +37,10 @@ export async function zbMain(argv: string[]): Promise<number> {
   switch (command) {
     case "env":
       return envMain(rest);
+    case "image":
+      return imageMain(rest);
+    case "key":
+      return keyMain(rest);
     case "status":
     case "mark-good":
     case "mark-bad":

@@ -86,6 +86,10 @@ export class CuttingSys implements Sys {
     return this.inner.readText(path);
   }
 
+  listDir(path: string): string[] {
+    return this.inner.listDir(path);
+  }
+
   private begin(op: Op): number {
     const index = this.ops.length;
     if ("beforeOp" in this.plan && this.plan.beforeOp === index) throw new PowerCut(`before op #${index} (${op.kind} ${op.path})`);

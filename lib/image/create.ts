@@ -1,0 +1,222 @@
+/**
+ * Publisher side: build, sign and re-sign `.zbi` images.
+ *
+ * create: each payload's raw bytes (a rootfs image file, or a deterministic
+ * tar of a boot folder) are cut into `chunkSize` pieces; each piece becomes
+ * one zstd frame (Bun's native zstd), spooled to a temp file while the chunk
+ * digests and the stored and raw SHA-256 are computed; then the manifest is
+ * signed by every signer and the archive is written in the fixed order.
+ * sign: add signatures to an existing image, copying its payload bytes as
+ * they are (the manifest, and so every digest, is unchanged).
+ */
+import * as fs from "node:fs";
+import { basename, dirname, join, relative } from "node:path";
+import { pack } from "tar-stream";
+import { ZbError, ioError } from "../errors.ts";
+import { MARKER, MARKER_NAME, MANIFEST_NAME, SIGNATURES_NAME, entryHeader } from "./format.ts";
+import { encodeManifest, FORMAT_VERSION, type Digest, type Encoding, type Manifest, type Payload, type PayloadKind } from "./manifest.ts";
+import { openImage } from "./reader.ts";
+import { encodeSignatures, type Signature, type Signer } from "./sign.ts";
+import type { ImageSource } from "./source.ts";
+import { archiveWriter } from "./writer.ts";
+import { encodeFrame } from "./zstd.ts";
+
+export const DEFAULT_CHUNK = 4 << 20;
+export const DEFAULT_LEVEL = 3;
+
+export interface PayloadInput {
+  name: string;
+  kind: PayloadKind;
+  encoding: Encoding;
+  /** A raw image file (rootfs) or a folder to tar (boot). */
+  from: { file: string } | { dir: string };
+}
+
+export interface CreateOptions {
+  compatible: string;
+  version: string;
+  serial: number;
+  created?: Date;
+  chunkSize?: number;
+  level?: number;
+  payloads: PayloadInput[];
+  signers: Signer[];
+  output: string;
+  /** Called after each chunk is encoded. */
+  progress?: (payload: string, rawBytes: number) => void;
+}
+
+/**
+ * @throws {ZbError} IMG_FORMAT for values the manifest refuses, IO, USAGE
+ */
+export async function createImage(opts: CreateOptions): Promise<Manifest> {
+  if (opts.signers.length === 0) throw new ZbError("USAGE", "cannot create an image: no signing key given");
+  const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK;
+  const spools: string[] = [];
+  try {
+    const payloads: Payload[] = [];
+    for (const input of opts.payloads) {
+      const spool = join(dirname(opts.output), `.${basename(opts.output)}.${input.name}.zb-spool`);
+      spools.push(spool);
+      payloads.push(await encodePayload(input, chunkSize, opts.level ?? DEFAULT_LEVEL, spool, opts.progress));
+    }
+    const manifest: Manifest = {
+      format: FORMAT_VERSION,
+      compatible: opts.compatible,
+      version: opts.version,
+      serial: opts.serial,
+      created: (opts.created ?? new Date()).toISOString().replace(/\.\d{3}Z$/, "Z"),
+      chunkSize,
+      payloads,
+    };
+    const manifestBytes = encodeManifest(manifest);
+    // One signature per key, however often a key was given.
+    const signers = [...new Map(opts.signers.map((s) => [s.publicKey.id, s])).values()];
+    const signatures = await Promise.all(signers.map((s) => s.sign(manifestBytes)));
+    const w = archiveWriter(opts.output);
+    try {
+      await w.addBytes(MARKER_NAME, Buffer.from(MARKER, "latin1"));
+      await w.addBytes(MANIFEST_NAME, manifestBytes);
+      await w.addBytes(SIGNATURES_NAME, encodeSignatures(signatures));
+      for (const [i, p] of payloads.entries()) await w.addStream(p.name, p.stored.size, fs.createReadStream(spools[i]!, { highWaterMark: 1 << 20 }));
+      await w.commit();
+    } catch (e) {
+      w.abort();
+      throw e;
+    }
+    return manifest;
+  } finally {
+    for (const s of spools) fs.rmSync(s, { force: true });
+  }
+}
+
+/** Chunk, compress, hash and spool one payload. */
+async function encodePayload(input: PayloadInput, chunkSize: number, level: number, spool: string, progress?: CreateOptions["progress"]): Promise<Payload> {
+  const raw = new Bun.CryptoHasher("sha256");
+  const stored = new Bun.CryptoHasher("sha256");
+  const chunks: Digest[] = [];
+  let rawSize = 0;
+  let storedSize = 0;
+  const fd = fs.openSync(spool, "w", 0o600);
+  try {
+    for await (const piece of rechunk(rawStream(input), chunkSize)) {
+      raw.update(piece);
+      rawSize += piece.length;
+      const out = input.encoding === "zstd" ? encodeFrame(piece, level) : piece;
+      stored.update(out);
+      storedSize += out.length;
+      chunks.push({ size: out.length, sha256: new Bun.CryptoHasher("sha256").update(out).digest("hex") });
+      let done = 0;
+      while (done < out.length) done += fs.writeSync(fd, out, done, out.length - done);
+      progress?.(input.name, rawSize);
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  return {
+    name: input.name, kind: input.kind, encoding: input.encoding,
+    stored: { size: storedSize, sha256: stored.digest("hex") },
+    raw: { size: rawSize, sha256: raw.digest("hex") },
+    chunks,
+  };
+}
+
+function rawStream(input: PayloadInput): AsyncIterable<Uint8Array> {
+  if ("file" in input.from) {
+    const path = input.from.file;
+    try {
+      if (!fs.statSync(path).isFile()) throw new Error("not a regular file");
+    } catch (e) {
+      throw ioError(`read payload ${input.name} from ${path}`, e);
+    }
+    return fs.createReadStream(path, { highWaterMark: 1 << 20 });
+  }
+  return tarFolder(input.from.dir);
+}
+
+/** A deterministic tar of a folder: sorted paths, mtime 0, root-owned; only files and folders. */
+async function* tarFolder(dir: string): AsyncGenerator<Uint8Array> {
+  const files = walk(dir);
+  const t = pack();
+  const writing = (async () => {
+    for (const f of files) {
+      const rel = relative(dir, f.path);
+      const header = { ...entryHeader(rel, f.dir ? 0 : f.size), type: f.dir ? ("directory" as const) : ("file" as const), mode: f.mode };
+      const body = f.dir ? undefined : fs.readFileSync(f.path);
+      await new Promise<void>((resolve, reject) => (body ? t.entry(header, body, (e) => (e ? reject(e) : resolve())) : t.entry(header, (e) => (e ? reject(e) : resolve()))));
+    }
+    t.finalize();
+  })();
+  for await (const part of t as AsyncIterable<Uint8Array>) yield part;
+  await writing;
+}
+
+function walk(dir: string): { path: string; dir: boolean; size: number; mode: number }[] {
+  const out: { path: string; dir: boolean; size: number; mode: number }[] = [];
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir).sort();
+  } catch (e) {
+    throw ioError(`read boot folder ${dir}`, e);
+  }
+  for (const name of names) {
+    const path = join(dir, name);
+    const st = fs.lstatSync(path);
+    if (st.isDirectory()) {
+      out.push({ path, dir: true, size: 0, mode: 0o755 });
+      out.push(...walk(path));
+    } else if (st.isFile()) out.push({ path, dir: false, size: st.size, mode: st.mode & 0o111 ? 0o755 : 0o644 });
+    else throw new ZbError("USAGE", `cannot put ${path} into the boot payload: only files and folders are allowed (the boot partition is FAT)`);
+  }
+  return out;
+}
+
+/** Exactly `size`-byte pieces (the last may be shorter). */
+async function* rechunk(data: AsyncIterable<Uint8Array>, size: number): AsyncGenerator<Uint8Array> {
+  let buf = new Uint8Array(size);
+  let fill = 0;
+  for await (const part of data) {
+    let at = 0;
+    while (at < part.length) {
+      const take = Math.min(size - fill, part.length - at);
+      buf.set(part.subarray(at, at + take), fill);
+      fill += take;
+      at += take;
+      if (fill === size) {
+        yield buf;
+        buf = new Uint8Array(size);
+        fill = 0;
+      }
+    }
+  }
+  if (fill > 0) yield buf.subarray(0, fill);
+}
+
+/**
+ * Add signatures to an image without touching its payloads. A signature by
+ * a key that already signed replaces the old one.
+ * @throws {ZbError} IMG_FORMAT, IO
+ */
+export async function resignImage(source: ImageSource, signers: Signer[], output: string): Promise<Signature[]> {
+  const img = await openImage(await source.open(0), { unverified: true });
+  const w = archiveWriter(output);
+  try {
+    const unique = [...new Map(signers.map((s) => [s.publicKey.id, s])).values()];
+    const added = await Promise.all(unique.map((s) => s.sign(img.header.manifestBytes)));
+    const byKey = new Map<string, Signature>(img.header.signatures.map((s) => [s.keyId, s]));
+    for (const s of added) byKey.set(s.keyId, s);
+    const signatures = [...byKey.values()];
+    await w.addBytes(MARKER_NAME, Buffer.from(MARKER, "latin1"));
+    await w.addBytes(MANIFEST_NAME, img.header.manifestBytes);
+    await w.addBytes(SIGNATURES_NAME, encodeSignatures(signatures));
+    // Payload bytes are copied as they are: the manifest covers them already.
+    for (let e = await img.nextPayload(); e; e = await img.nextPayload()) await w.addStream(e.payload.name, e.payload.stored.size, e.data);
+    await w.commit();
+    return signatures;
+  } catch (e) {
+    w.abort();
+    throw e;
+  } finally {
+    img.close();
+  }
+}

@@ -1,0 +1,272 @@
+/**
+ * The install engine: one payload of a verified image into a file or block
+ * device, verify-before-write, resumable, in constant memory.
+ *
+ *   1. open the image and check marker, manifest, signatures, compatible and
+ *      serial floor (reader.ts) — nothing is written before that passes
+ *   2. write the journal: state "writing" (the target is not installed)
+ *   3. for each chunk: SHA-256 of the stored bytes must equal the manifest's
+ *      *before* the chunk is decompressed or written; decompress into a
+ *      buffer of exactly the chunk's raw size; feed the whole-payload hash;
+ *      write at chunk × chunkSize; every JOURNAL_BYTES start an fdatasync
+ *      of the target in the background and, once it has finished, record
+ *      the chunks it covered in the journal (never more than is durable)
+ *   4. the whole payload's raw SHA-256 must equal the manifest's; fdatasync;
+ *      journal state "complete" — only now is the payload installed
+ *
+ * A failure anywhere stops the install and records it in the journal
+ * ("failed", with the chunk and offset); the target stays not-installed.
+ * `resume` continues from the journal's last durable chunk: the image is
+ * verified again, the bytes already on the target are read back into the
+ * whole-payload hash (so the final check covers them too), and a file or URL
+ * source seeks straight to the first missing chunk.
+ */
+import { ZbError } from "../errors.ts";
+import type { Sys } from "../sys/sys.ts";
+import { openTarget, type Target } from "../sys/target.ts";
+import { exactChunks } from "./chunks.ts";
+import { BLOCK } from "./format.ts";
+import { readJournal, writeJournal, type Journal } from "./journal.ts";
+import type { Payload } from "./manifest.ts";
+import { openImage, type OpenImage, type Policy, type VerifiedImage } from "./reader.ts";
+import type { ImageSource } from "./source.ts";
+import { frameDecoder } from "./zstd.ts";
+
+/** Fsync and journal at most this far apart: the work a power cut can cost. */
+export const JOURNAL_BYTES = 32 << 20;
+
+export interface InstallOptions {
+  payload: string;
+  target: string;
+  journal: string;
+  resume?: boolean;
+  progress?: (e: ProgressEvent) => void;
+  /** Tests: force the fallback zstd decoder. */
+  preferNativeZstd?: boolean;
+}
+
+export type ProgressEvent =
+  | { type: "start"; payload: string; chunks: number; rawTotal: number; storedTotal: number; resumeFrom: number }
+  | { type: "progress"; payload: string; chunk: number; chunks: number; rawBytes: number; rawTotal: number; storedBytes: number; storedTotal: number; elapsedMs: number }
+  | { type: "done"; payload: string; rawBytes: number; rawSha256: string; elapsedMs: number };
+
+export interface InstallResult {
+  payload: string;
+  target: string;
+  rawSize: number;
+  rawSha256: string;
+  chunks: number;
+  resumedFrom: number;
+  alreadyInstalled: boolean;
+  seconds: number;
+}
+
+/**
+ * @throws {ZbError} IMG_FORMAT, SIG_INVALID, IMG_INCOMPATIBLE, ROLLBACK_REFUSED before anything is written;
+ *   PAYLOAD_CORRUPT, IO after (the journal then says "failed"); USAGE for a bad payload name or resume
+ */
+export async function install(sys: Sys, source: ImageSource, policy: Policy, opts: InstallOptions): Promise<InstallResult> {
+  const started = performance.now();
+  const img = await openImage(await source.open(0), { policy });
+  try {
+    const payload = findPayload(img.header, opts.payload);
+    const imageId = sha256hex(img.header.manifestBytes);
+    const previous = readJournal(sys, opts.journal);
+    const from = resumePoint(previous, opts, imageId);
+    if (previous?.state === "complete" && opts.resume) {
+      return result(opts, payload, from, true, started);
+    }
+    const target = openTarget(opts.target, { create: from === 0 });
+    try {
+      checkTargetSize(target, payload);
+      const journal: Journal = {
+        version: 1, image: imageId, payload: payload.name, target: opts.target, state: "writing",
+        chunksDone: from, dataOffset: previous?.dataOffset ?? null,
+      };
+      writeJournal(sys, opts.journal, journal);
+      try {
+        const data = await payloadData(img, source, payload, from, journal, sys, opts.journal);
+        const rawSha = await writeChunks(sys, img.header.manifest.chunkSize, payload, from, data, target, journal, opts);
+        journal.state = "complete";
+        journal.chunksDone = payload.chunks.length;
+        writeJournal(sys, opts.journal, journal);
+        opts.progress?.({ type: "done", payload: payload.name, rawBytes: payload.raw.size, rawSha256: rawSha, elapsedMs: performance.now() - started });
+        return result(opts, payload, from, false, started);
+      } catch (e) {
+        journal.state = "failed";
+        journal.error = e instanceof Error ? e.message : String(e);
+        writeJournal(sys, opts.journal, journal);
+        throw e;
+      }
+    } finally {
+      target.close();
+    }
+  } finally {
+    img.close();
+  }
+}
+
+function findPayload(h: VerifiedImage, name: string): Payload {
+  const p = h.manifest.payloads.find((x) => x.name === name);
+  if (!p) throw new ZbError("USAGE", `cannot install payload ${JSON.stringify(name)}: the image has ${h.manifest.payloads.map((x) => x.name).join(", ")}`);
+  return p;
+}
+
+function resumePoint(j: Journal | null, opts: InstallOptions, imageId: string): number {
+  if (!opts.resume) return 0;
+  if (!j) throw new ZbError("USAGE", `cannot resume: there is no install journal at ${opts.journal}`);
+  const other = j.image !== imageId ? "another image" : j.payload !== opts.payload ? `payload ${j.payload}` : j.target !== opts.target ? `target ${j.target}` : null;
+  if (other) throw new ZbError("USAGE", `cannot resume: the journal ${opts.journal} belongs to ${other}`, { hint: "install without --resume" });
+  return j.chunksDone;
+}
+
+function checkTargetSize(t: Target, p: Payload): void {
+  if (t.blockDevice && t.size() < p.raw.size) {
+    throw new ZbError("IO", `cannot install ${p.name} into ${t.path}: it holds ${t.size()} bytes, the payload needs ${p.raw.size}`);
+  }
+}
+
+/** The stored bytes of the payload from chunk `from` on. */
+async function payloadData(img: OpenImage<VerifiedImage>, source: ImageSource, payload: Payload, from: number, journal: Journal, sys: Sys, journalPath: string): Promise<AsyncIterable<Uint8Array>> {
+  const skipBytes = payload.chunks.slice(0, from).reduce((a, c) => a + c.size, 0);
+  if (from > 0 && source.seekable && journal.dataOffset !== null) {
+    img.close();
+    await checkEntryHeaderAt(source, journal.dataOffset - BLOCK, payload);
+    return take(await source.open(journal.dataOffset + skipBytes), payload.stored.size - skipBytes);
+  }
+  for (;;) {
+    const entry = await img.nextPayload();
+    if (!entry) throw new ZbError("INTERNAL", `internal error: payload ${payload.name} not found in the archive`);
+    if (entry.payload.name !== payload.name) {
+      for await (const _ of entry.data) void _; // an earlier payload: read past it
+      continue;
+    }
+    journal.dataOffset = entry.dataOffset;
+    writeJournal(sys, journalPath, journal);
+    return skip(entry.data, skipBytes);
+  }
+}
+
+async function writeChunks(sys: Sys, chunkSize: number, p: Payload, from: number, data: AsyncIterable<Uint8Array>, target: Target, journal: Journal, opts: InstallOptions): Promise<string> {
+  const started = performance.now();
+  const raw = new Bun.CryptoHasher("sha256");
+  rehashWritten(target, from * chunkSize, raw);
+  const decoder = frameDecoder(opts.preferNativeZstd === false ? { preferNative: false } : {});
+  const rawBuf = new Uint8Array(Math.min(chunkSize, p.raw.size));
+  const storedTotal = p.stored.size;
+  let storedBytes = p.chunks.slice(0, from).reduce((a, c) => a + c.size, 0);
+  let sinceSync = 0;
+  /** The background sync in flight, and the chunk count it will make durable. */
+  let pending: Promise<void> | null = null;
+  const settle = async () => {
+    if (pending) await pending;
+    pending = null;
+  };
+  opts.progress?.({ type: "start", payload: p.name, chunks: p.chunks.length, rawTotal: p.raw.size, storedTotal, resumeFrom: from });
+  try {
+    let i = from;
+    for await (const stored of exactChunks(data, p.chunks.slice(from).map((c) => c.size), `payload ${p.name}`)) {
+      const where = `chunk ${i} of ${p.name} (stored bytes ${storedBytes}–${storedBytes + stored.length - 1})`;
+      if (sha256hex(stored) !== p.chunks[i]!.sha256) {
+        throw new ZbError("PAYLOAD_CORRUPT", `cannot install ${p.name}: ${where} does not match its signed SHA-256; nothing of it was written`);
+      }
+      const rawLen = Math.min(chunkSize, p.raw.size - i * chunkSize);
+      const out = p.encoding === "none" ? stored : rawBuf.subarray(0, rawLen);
+      if (p.encoding === "zstd" && !decoder.decode(stored, out)) {
+        throw new ZbError("IMG_FORMAT", `cannot install ${p.name}: ${where} is not a zstd frame of ${rawLen} bytes`);
+      }
+      raw.update(out);
+      target.write(i * chunkSize, out);
+      storedBytes += stored.length;
+      sinceSync += rawLen;
+      i++;
+      if (sinceSync >= JOURNAL_BYTES) {
+        await settle(); // at most one sync in flight: the journal advances in order
+        const covered = i;
+        pending = target.syncInBackground().then(() => {
+          journal.chunksDone = covered;
+          writeJournal(sys, opts.journal, journal);
+        });
+        sinceSync = 0;
+      }
+      opts.progress?.({ type: "progress", payload: p.name, chunk: i, chunks: p.chunks.length, rawBytes: Math.min(i * chunkSize, p.raw.size), rawTotal: p.raw.size, storedBytes, storedTotal, elapsedMs: performance.now() - started });
+    }
+  } finally {
+    decoder.close();
+    await settle();
+  }
+  const digest = raw.digest("hex");
+  if (digest !== p.raw.sha256) {
+    throw new ZbError("PAYLOAD_CORRUPT", `cannot install ${p.name}: the written payload's SHA-256 ${digest} differs from the signed ${p.raw.sha256}`);
+  }
+  target.sync();
+  return digest;
+}
+
+/** Resume: what is already on the target goes into the whole-payload hash again. */
+function rehashWritten(target: Target, bytes: number, hasher: Bun.CryptoHasher): void {
+  const step = 4 << 20;
+  for (let at = 0; at < bytes; at += step) {
+    const part = target.read(at, Math.min(step, bytes - at));
+    if (part.length === 0) throw new ZbError("IO", `cannot resume: ${target.path} is shorter than the ${bytes} bytes the journal says were written`);
+    hasher.update(part);
+  }
+}
+
+/** A seeking resume checks that the ustar header before the data names this payload. */
+async function checkEntryHeaderAt(source: ImageSource, offset: number, p: Payload): Promise<void> {
+  const head = await readExactly(await source.open(offset), BLOCK);
+  const name = Buffer.from(head.subarray(0, 100)).toString("latin1").replace(/\0.*$/s, "");
+  const size = parseInt(Buffer.from(head.subarray(124, 136)).toString("latin1").replace(/[\0 ]+$/, "") || "x", 8);
+  if (name !== p.name || size !== p.stored.size || head[156] !== 0x30) {
+    throw new ZbError("IMG_FORMAT", `cannot resume: the image has no entry ${p.name} at byte ${offset}`, { hint: "install without --resume" });
+  }
+}
+
+async function readExactly(data: AsyncIterable<Uint8Array>, n: number): Promise<Uint8Array> {
+  const out = new Uint8Array(n);
+  let fill = 0;
+  for await (const part of data) {
+    const take = Math.min(n - fill, part.length);
+    out.set(part.subarray(0, take), fill);
+    fill += take;
+    if (fill === n) break;
+  }
+  if (fill < n) throw new ZbError("IMG_FORMAT", "cannot resume: the image ends early");
+  return out;
+}
+
+/** The first `n` bytes of a stream. */
+async function* take(data: AsyncIterable<Uint8Array>, n: number): AsyncGenerator<Uint8Array> {
+  let left = n;
+  for await (const part of data) {
+    if (left <= 0) break;
+    const piece = part.length <= left ? part : part.subarray(0, left);
+    left -= piece.length;
+    yield piece;
+  }
+}
+
+/** Everything after the first `n` bytes of a stream. */
+async function* skip(data: AsyncIterable<Uint8Array>, n: number): AsyncGenerator<Uint8Array> {
+  let left = n;
+  for await (const part of data) {
+    if (left >= part.length) {
+      left -= part.length;
+      continue;
+    }
+    yield left > 0 ? part.subarray(left) : part;
+    left = 0;
+  }
+}
+
+export function sha256hex(data: Uint8Array): string {
+  return new Bun.CryptoHasher("sha256").update(data).digest("hex");
+}
+
+function result(opts: InstallOptions, p: Payload, from: number, already: boolean, started: number): InstallResult {
+  return {
+    payload: p.name, target: opts.target, rawSize: p.raw.size, rawSha256: p.raw.sha256, chunks: p.chunks.length,
+    resumedFrom: from, alreadyInstalled: already, seconds: (performance.now() - started) / 1000,
+  };
+}

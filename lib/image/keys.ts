@@ -1,0 +1,519 @@
+/**
+ * Signing keys of the image format, in the encodings openssl reads and writes,
+ * so a publisher can keep using `openssl genpkey` keys and a device trusts the
+ * same `PUBLIC KEY` files. Two algorithms:
+ *
+ *   ed25519  RFC 8032 pure Ed25519; secret = 32-byte seed, public = 32 bytes
+ *   p256     ECDSA over NIST P-256 (FIPS 186-4/5, SEC1); secret = 32-byte scalar,
+ *            public = 65-byte uncompressed SEC1 point (04 ‖ X ‖ Y)
+ *
+ * Encodings (DER inside RFC 7468 PEM):
+ *
+ *   PUBLIC KEY       SubjectPublicKeyInfo (RFC 5280 §4.1): RFC 8410 §4 (Ed25519),
+ *                    RFC 5480 §2 (id-ecPublicKey + namedCurve prime256v1)
+ *   PRIVATE KEY      PKCS#8 PrivateKeyInfo / OneAsymmetricKey (RFC 5958): RFC 8410 §7
+ *                    for Ed25519; for P-256 an ECPrivateKey (RFC 5915) with the public
+ *                    key and no inner parameters, byte for byte what openssl writes
+ *   EC PRIVATE KEY   SEC1 / RFC 5915 ECPrivateKey, P-256 only, read but never written
+ *
+ * The DER reader understands exactly these structures and refuses anything else
+ * (other tags, BER lengths, trailing bytes, unknown OIDs) with a precise reason;
+ * it is not an ASN.1 library.
+ *
+ * Key handling: DER buffers that held a secret are wiped (`fill(0)`) once used.
+ * What JS cannot guarantee: the PEM text is an immutable string, the engine's
+ * GC may have copied any buffer before the wipe, and noble's scalar arithmetic
+ * runs on bigints that cannot be wiped at all. Keep signing keys off devices.
+ */
+import { ed25519 } from "@noble/curves/ed25519.js";
+import { p256 } from "@noble/curves/nist.js";
+import { ZbError } from "../errors.ts";
+
+export type Alg = "ed25519" | "p256";
+
+/** A public key; `id` is {@link keyId} of it, computed on construction. */
+export interface PublicKey {
+  alg: Alg;
+  /** ed25519: 32 bytes (RFC 8032 §5.1.5); p256: 65-byte uncompressed SEC1 point. */
+  raw: Uint8Array;
+  id: string;
+}
+
+/** A private key with its public half. Wipe `secret` with `fill(0)` when done. */
+export interface PrivateKey {
+  alg: Alg;
+  /** 32 bytes: the Ed25519 seed (RFC 8032 §5.1.5), or the P-256 scalar d. */
+  secret: Uint8Array;
+  publicKey: PublicKey;
+}
+
+// DER tags (X.690 §8): universal, and the context tags of RFC 5915 / RFC 5958.
+const INTEGER = 0x02;
+const BIT_STRING = 0x03;
+const OCTET_STRING = 0x04;
+const OID = 0x06;
+const SEQUENCE = 0x30;
+const CTX0 = 0xa0; // [0] constructed: ECPrivateKey parameters, PKCS#8 attributes
+const CTX1 = 0xa1; // [1] constructed: ECPrivateKey publicKey
+const CTX1_IMPLICIT = 0x81; // [1] IMPLICIT BIT STRING: OneAsymmetricKey publicKey (RFC 5958 §2)
+
+// OID contents (DER, without tag and length).
+const OID_ED25519 = hex("2b6570"); // 1.3.101.112 id-Ed25519 (RFC 8410 §3)
+const OID_EC_PUBLIC_KEY = hex("2a8648ce3d0201"); // 1.2.840.10045.2.1 (RFC 5480 §2.1.1)
+const OID_P256 = hex("2a8648ce3d030107"); // 1.2.840.10045.3.1.7 prime256v1 / secp256r1 (RFC 5480 §2.1.1.1)
+
+/** Names for OIDs a user is likely to feed us by mistake, for the error message. */
+const OID_NAMES: Record<string, string> = {
+  "1.2.840.113549.1.1.1": "RSA",
+  "1.2.840.10040.4.1": "DSA",
+  "1.3.101.110": "X25519",
+  "1.3.101.111": "X448",
+  "1.3.101.113": "Ed448",
+  "1.3.132.0.34": "secp384r1 (P-384)",
+  "1.3.132.0.35": "secp521r1 (P-521)",
+  "1.3.132.0.10": "secp256k1",
+  "1.2.840.113549.1.5.13": "PBES2 (encrypted)",
+};
+
+const MAX_LEN = 0xffff; // our structures are < 200 bytes; two length octets are plenty
+
+/** Throws KEY_INVALID naming the key source; the one failure path of this module. */
+type Fail = (why: string) => never;
+
+function failFor(source: string): Fail {
+  return (why) => {
+    throw new ZbError("KEY_INVALID", `cannot read key ${source}: ${why}`);
+  };
+}
+
+/** A cursor over DER content; `next` checks one TLV and returns a cursor over its content. */
+class Der {
+  private pos: number;
+  constructor(
+    private readonly buf: Uint8Array,
+    private readonly fail: Fail,
+    private readonly what: string,
+  ) {
+    this.pos = 0;
+  }
+
+  peek(): number | undefined {
+    return this.buf[this.pos];
+  }
+
+  /** Read one TLV of tag `tag` (X.690 §10.1: definite, minimal length). */
+  next(tag: number, what: string): Der {
+    const b = this.buf;
+    const at = this.pos;
+    if (at >= b.length) this.fail(`${what} missing (truncated ${this.what})`);
+    if (b[at] !== tag) this.fail(`${what}: expected tag 0x${byteHex(tag)}, found 0x${byteHex(b[at]!)}`);
+    if (at + 1 >= b.length) this.fail(`${what}: truncated length`);
+    let len = b[at + 1]!;
+    let start = at + 2;
+    if (len === 0x80) this.fail(`${what}: indefinite length (BER, not DER)`);
+    if (len > 0x80) {
+      const n = len & 0x7f;
+      if (n > 2 || start + n > b.length) this.fail(`${what}: bad length`);
+      len = 0;
+      for (let i = 0; i < n; i++) len = len * 256 + b[start + i]!;
+      // DER: the shortest form; long form only from 128, no leading zero octet.
+      if (len < 0x80 || (n === 2 && len < 0x100)) this.fail(`${what}: length not minimally encoded (not DER)`);
+      start += n;
+    }
+    if (len > MAX_LEN || start + len > b.length) this.fail(`${what}: truncated (needs ${len} bytes)`);
+    this.pos = start + len;
+    return new Der(b.subarray(start, start + len), this.fail, what);
+  }
+
+  /** The remaining content bytes (a view; callers copy what they keep). */
+  rest(): Uint8Array {
+    const r = this.buf.subarray(this.pos);
+    this.pos = this.buf.length;
+    return r;
+  }
+
+  /** Read a TLV whose content must equal `content` exactly (versions, OIDs). */
+  expect(tag: number, content: Uint8Array, what: string, why: (got: Uint8Array) => string): void {
+    const got = this.next(tag, what).rest();
+    if (!equal(got, content)) this.fail(why(got));
+  }
+
+  /** BIT STRING holding whole bytes (unused-bits octet 0, X.690 §8.6.2). */
+  bits(tag: number, what: string): Uint8Array {
+    const c = this.next(tag, what).rest();
+    if (c.length === 0 || c[0] !== 0) this.fail(`${what}: BIT STRING with unused bits`);
+    return c.subarray(1);
+  }
+
+  end(): void {
+    if (this.pos !== this.buf.length) {
+      this.fail(`${this.buf.length - this.pos} unexpected trailing byte(s) after ${this.what}`);
+    }
+  }
+}
+
+/** One DER TLV, for the writer. */
+function tlv(tag: number, ...parts: Uint8Array[]): Uint8Array {
+  const len = parts.reduce((n, p) => n + p.length, 0);
+  if (len > MAX_LEN) throw new ZbError("INTERNAL", `internal error: DER value of ${len} bytes`);
+  const head = len < 0x80 ? [tag, len] : len < 0x100 ? [tag, 0x81, len] : [tag, 0x82, len >> 8, len & 0xff];
+  const out = new Uint8Array(head.length + len);
+  out.set(head, 0);
+  let at = head.length;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+const bitString = (bytes: Uint8Array) => tlv(BIT_STRING, Uint8Array.of(0), bytes);
+const int = (v: number) => tlv(INTEGER, Uint8Array.of(v));
+
+/** AlgorithmIdentifier: RFC 8410 §3 (no parameters) or RFC 5480 §2.1.1 (namedCurve). */
+function algorithmId(alg: Alg): Uint8Array {
+  return alg === "ed25519"
+    ? tlv(SEQUENCE, tlv(OID, OID_ED25519))
+    : tlv(SEQUENCE, tlv(OID, OID_EC_PUBLIC_KEY), tlv(OID, OID_P256));
+}
+
+function readAlgorithmId(r: Der, fail: Fail): Alg {
+  const a = r.next(SEQUENCE, "AlgorithmIdentifier");
+  const oid = a.next(OID, "algorithm OID").rest();
+  if (equal(oid, OID_ED25519)) {
+    if (a.peek() !== undefined) fail("Ed25519 AlgorithmIdentifier must have no parameters (RFC 8410 §3)");
+    return "ed25519";
+  }
+  if (!equal(oid, OID_EC_PUBLIC_KEY)) fail(`unsupported key algorithm ${oidName(oid)} (supported: Ed25519, EC P-256)`);
+  if (a.peek() !== OID) fail("EC parameters must be a namedCurve OID (RFC 5480 §2.1.1)");
+  const curve = a.next(OID, "namedCurve").rest();
+  if (!equal(curve, OID_P256)) fail(`unsupported EC curve ${oidName(curve)} (supported: P-256 / prime256v1)`);
+  a.end();
+  return "p256";
+}
+
+/** Check the encoding and the point itself; returns the raw key. */
+function checkPublicRaw(alg: Alg, raw: Uint8Array, fail: Fail): Uint8Array {
+  if (alg === "ed25519") {
+    if (raw.length !== 32) fail(`Ed25519 public key must be 32 bytes, got ${raw.length}`);
+    let small = false;
+    try {
+      small = ed25519.Point.fromBytes(raw, false).isSmallOrder();
+    } catch {
+      fail("Ed25519 public key is not a valid curve point (RFC 8032 §5.1.3)");
+    }
+    if (small) fail("Ed25519 public key is a small-order point (no one knows its secret)");
+    return raw;
+  }
+  if (raw.length === 33 && (raw[0] === 2 || raw[0] === 3)) {
+    fail("compressed EC point; re-export with `openssl pkey -pubin -ec_conv_form uncompressed`");
+  }
+  if (raw.length !== 65 || raw[0] !== 4) fail(`P-256 public key must be a 65-byte uncompressed SEC1 point, got ${raw.length} bytes`);
+  if (!p256.utils.isValidPublicKey(raw, false)) fail("P-256 public key is not on the curve (SEC1 §3.2.2)");
+  return raw;
+}
+
+/**
+ * A public key from its raw bytes, validated.
+ * @param raw ed25519: 32 bytes; p256: 65-byte uncompressed point
+ * @returns the key with its {@link keyId}; `raw` is copied
+ * @throws {ZbError} KEY_INVALID when the bytes are not a valid point of that curve
+ * @example publicKeyFromRaw("ed25519", bytes32).id
+ */
+export function publicKeyFromRaw(alg: Alg, raw: Uint8Array): PublicKey {
+  const key = new Uint8Array(checkPublicRaw(alg, raw, failFor(`(raw ${alg})`)));
+  const pub = { alg, raw: key, id: "" };
+  pub.id = keyId(pub);
+  return pub;
+}
+
+/**
+ * The private key for a secret, with its public half derived.
+ * @param secret 32 bytes: Ed25519 seed or P-256 scalar (1 ≤ d < n); copied (wipe yours)
+ * @throws {ZbError} KEY_INVALID for a wrong length or an out-of-range scalar
+ * @example privateKeyFromSecret("ed25519", seed).publicKey.id
+ */
+export function privateKeyFromSecret(alg: Alg, secret: Uint8Array, source = "(raw secret)"): PrivateKey {
+  const fail = failFor(source);
+  if (secret.length !== 32) fail(`${alg} secret must be 32 bytes, got ${secret.length}`);
+  if (alg === "p256" && !p256.utils.isValidSecretKey(secret)) fail("P-256 scalar out of range 1..n-1 (SEC1 §3.2.1)");
+  const raw = alg === "ed25519" ? ed25519.getPublicKey(secret) : p256.getPublicKey(secret, false);
+  return { alg, secret: new Uint8Array(secret), publicKey: publicKeyFromRaw(alg, raw) };
+}
+
+/**
+ * A fresh random key (crypto.getRandomValues through noble).
+ * @example encodePrivatePem(generateKey("ed25519"))
+ */
+export function generateKey(alg: Alg): PrivateKey {
+  const secret = alg === "ed25519" ? ed25519.utils.randomSecretKey() : p256.utils.randomSecretKey();
+  try {
+    return privateKeyFromSecret(alg, secret);
+  } finally {
+    secret.fill(0);
+  }
+}
+
+/**
+ * SubjectPublicKeyInfo DER: RFC 8410 §4 for Ed25519 (`302a300506032b6570032100` ‖ key),
+ * RFC 5480 for P-256 (id-ecPublicKey, prime256v1, uncompressed point).
+ * @example spkiDer(pub).length // 44 (ed25519) or 91 (p256)
+ */
+export function spkiDer(pub: PublicKey): Uint8Array {
+  return tlv(SEQUENCE, algorithmId(pub.alg), bitString(pub.raw));
+}
+
+/**
+ * The key id: lowercase hex SHA-256 of {@link spkiDer}, i.e. of the DER form of the
+ * `PUBLIC KEY` file, so `openssl pkey -pubin -in k.pub -outform DER | sha256sum`
+ * prints the same id. One id form for both algorithms, and no zb tool is needed
+ * to compute it.
+ * @example keyId(pub) // "3f2a…" (64 hex digits)
+ */
+export function keyId(pub: PublicKey): string {
+  return new Bun.CryptoHasher("sha256").update(spkiDer(pub)).digest("hex");
+}
+
+/**
+ * RFC 7468 `PUBLIC KEY` PEM of {@link spkiDer}, 64-character lines, as openssl writes it.
+ * @example Bun.write("release.pub", encodePublicPem(key.publicKey))
+ */
+export function encodePublicPem(pub: PublicKey): string {
+  return pem("PUBLIC KEY", spkiDer(pub));
+}
+
+/**
+ * Parse a `PUBLIC KEY` PEM (SubjectPublicKeyInfo) of an Ed25519 or P-256 key.
+ * @param source where the text came from, for messages (a path)
+ * @throws {ZbError} KEY_INVALID: not PEM, another label (a private key, a certificate),
+ *   bad DER, trailing bytes, an unsupported algorithm or curve, an invalid point
+ * @example decodePublicPem(sys.readText(path), path).id
+ */
+export function decodePublicPem(text: string, source: string): PublicKey {
+  const fail = failFor(source);
+  const block = onlyBlock(text, fail, ["PUBLIC KEY"]);
+  const spki = new Der(block.der, fail, "key file");
+  const body = spki.next(SEQUENCE, "SubjectPublicKeyInfo");
+  spki.end();
+  const alg = readAlgorithmId(body, fail);
+  const raw = body.bits(BIT_STRING, "subjectPublicKey");
+  body.end();
+  const pub = { alg, raw: new Uint8Array(checkPublicRaw(alg, raw, fail)), id: "" };
+  pub.id = keyId(pub);
+  return pub;
+}
+
+/**
+ * PKCS#8 `PRIVATE KEY` PEM, unencrypted: RFC 8410 §7 for Ed25519 (what `openssl genpkey
+ * -algorithm ed25519` writes); for P-256 an RFC 5915 ECPrivateKey with the public key
+ * (what `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256` writes).
+ * Protect the file (mode 0600); this function does not encrypt.
+ * @example Bun.write("release.key", encodePrivatePem(generateKey("p256")), { mode: 0o600 })
+ */
+export function encodePrivatePem(key: PrivateKey): string {
+  const temps: Uint8Array[] = [];
+  const t = (b: Uint8Array) => (temps.push(b), b);
+  try {
+    const secret = t(tlv(OCTET_STRING, key.secret));
+    const inner =
+      key.alg === "ed25519"
+        ? secret // CurvePrivateKey ::= OCTET STRING (RFC 8410 §7)
+        : t(tlv(SEQUENCE, int(1), secret, tlv(CTX1, bitString(key.publicKey.raw))));
+    return pem("PRIVATE KEY", t(tlv(SEQUENCE, int(0), algorithmId(key.alg), t(tlv(OCTET_STRING, inner)))));
+  } finally {
+    for (const b of temps) b.fill(0);
+  }
+}
+
+/**
+ * Parse an unencrypted private key: PKCS#8 `PRIVATE KEY` (Ed25519 or EC P-256, version 0,
+ * or version 1 with a public key that must match), or SEC1 `EC PRIVATE KEY` (P-256; an
+ * `EC PARAMETERS` block before it, as `openssl ecparam -genkey` writes, is allowed).
+ * @param source where the text came from, for messages (a path)
+ * @throws {ZbError} KEY_INVALID: encrypted keys (decrypt with openssl first), other labels,
+ *   bad DER, unsupported algorithms, a secret out of range, a public key that does not match
+ * @example keySigner(decodePrivatePem(readFileSync(path, "utf8"), path))
+ */
+export function decodePrivatePem(text: string, source: string): PrivateKey {
+  const fail = failFor(source);
+  const block = onlyBlock(text, fail, ["PRIVATE KEY", "EC PRIVATE KEY"]);
+  try {
+    if (block.label === "EC PRIVATE KEY") return readEcPrivateKey(block.der, fail, { topLevel: true }, source);
+    return readPkcs8(block.der, fail, source);
+  } finally {
+    block.der.fill(0);
+  }
+}
+
+function readPkcs8(der: Uint8Array, fail: Fail, source: string): PrivateKey {
+  const top = new Der(der, fail, "key file");
+  const info = top.next(SEQUENCE, "PrivateKeyInfo");
+  top.end();
+  const version = info.next(INTEGER, "version").rest();
+  if (version.length !== 1 || version[0]! > 1) fail("PKCS#8 version must be 0 or 1 (RFC 5958 §2)");
+  const alg = readAlgorithmId(info, fail);
+  const privateKey = info.next(OCTET_STRING, "privateKey").rest();
+  if (info.peek() === CTX0) fail("PKCS#8 attributes are not supported");
+  let pubRaw: Uint8Array | undefined;
+  if (info.peek() === CTX1_IMPLICIT) {
+    if (version[0] !== 1) fail("a PKCS#8 publicKey needs version 1 (RFC 5958 §2)");
+    pubRaw = info.bits(CTX1_IMPLICIT, "publicKey");
+  }
+  info.end();
+  let key: PrivateKey;
+  if (alg === "p256") {
+    key = readEcPrivateKey(privateKey, fail, { topLevel: false }, source);
+  } else {
+    const curveKey = new Der(privateKey, fail, "CurvePrivateKey");
+    key = privateKeyFromSecret("ed25519", curveKey.next(OCTET_STRING, "CurvePrivateKey").rest(), source);
+    curveKey.end();
+  }
+  if (pubRaw && !equal(pubRaw, key.publicKey.raw)) fail("the public key does not match the private key");
+  return key;
+}
+
+/** RFC 5915 §3 ECPrivateKey; inside PKCS#8 the curve is in the AlgorithmIdentifier. */
+function readEcPrivateKey(der: Uint8Array, fail: Fail, at: { topLevel: boolean }, source: string): PrivateKey {
+  const outer = new Der(der, fail, "key file");
+  const ec = outer.next(SEQUENCE, "ECPrivateKey");
+  outer.end();
+  ec.expect(INTEGER, Uint8Array.of(1), "ECPrivateKey version", () => "ECPrivateKey version must be 1 (RFC 5915 §3)");
+  const d = ec.next(OCTET_STRING, "privateKey").rest();
+  // RFC 5915 §3: ceiling(log2(n)/8) octets, leading zeros kept; openssl always writes 32.
+  if (d.length !== 32) fail(`P-256 private key must be 32 bytes, got ${d.length}`);
+  if (ec.peek() === CTX0) {
+    const params = ec.next(CTX0, "parameters");
+    const curve = params.next(OID, "namedCurve").rest();
+    if (!equal(curve, OID_P256)) fail(`unsupported EC curve ${oidName(curve)} (supported: P-256 / prime256v1)`);
+    params.end();
+  } else if (at.topLevel) {
+    fail("EC PRIVATE KEY without curve parameters");
+  }
+  const pubRaw = ec.peek() === CTX1 ? ec.next(CTX1, "publicKey").bits(BIT_STRING, "publicKey") : undefined;
+  ec.end();
+  const key = privateKeyFromSecret("p256", d, source);
+  if (pubRaw && !equal(pubRaw, key.publicKey.raw)) fail("the public key does not match the private key");
+  return key;
+}
+
+// ---- PEM (RFC 7468) ----
+
+interface PemBlock {
+  label: string;
+  der: Uint8Array;
+}
+
+/** The one key block of `text`; text outside blocks is ignored (RFC 7468 §2). */
+function onlyBlock(text: string, fail: Fail, labels: string[]): PemBlock {
+  const blocks: PemBlock[] = [];
+  try {
+    pemBlocks(text, fail, blocks);
+    // `openssl ecparam -genkey` writes the curve as its own block before the key.
+    const keys = blocks.filter((b) => !(b.label === "EC PARAMETERS" && equal(b.der, tlv(OID, OID_P256))));
+    const want = `-----BEGIN ${labels[0]}-----`;
+    if (keys.length === 0) fail(blocks.length ? `no key block (expected ${want})` : `not PEM text (expected ${want})`);
+    if (keys.length > 1) fail("more than one PEM block; one key per file");
+    if (!labels.includes(keys[0]!.label)) fail(wrongLabel(keys[0]!.label, labels));
+    return keys[0]!;
+  } catch (e) {
+    for (const b of blocks) b.der.fill(0); // a private key may have been decoded before the failure
+    throw e;
+  }
+}
+
+function wrongLabel(label: string, labels: string[]): string {
+  const expected = labels.map((l) => `"${l}"`).join(" or ");
+  if (label === "ENCRYPTED PRIVATE KEY") {
+    return "the private key is encrypted; decrypt it first: openssl pkey -in KEY -out PLAIN.pem (and keep PLAIN.pem mode 0600)";
+  }
+  if (label.endsWith("PRIVATE KEY") && labels.includes("PUBLIC KEY")) {
+    return `expected a public key but found "${label}"; extract it with: openssl pkey -in KEY -pubout`;
+  }
+  if (label === "PUBLIC KEY") return `expected a private key but found "PUBLIC KEY"`;
+  return `PEM label "${label}" is not ${expected}`;
+}
+
+/** Append every BEGIN/END block of `text` to `blocks` (the caller wipes them). */
+function pemBlocks(text: string, fail: Fail, blocks: PemBlock[]): void {
+  let label: string | null = null;
+  let body: string[] = [];
+  let encrypted = false;
+  for (const line of text.split(/\r?\n/)) {
+    if (label === null) {
+      const m = /^-----BEGIN ([A-Z0-9 ]+)-----\s*$/.exec(line);
+      if (m) {
+        label = m[1]!;
+        body = [];
+        encrypted = false;
+      }
+      continue;
+    }
+    const end = /^-----END ([A-Z0-9 ]+)-----\s*$/.exec(line);
+    if (end) {
+      if (end[1] !== label) fail(`PEM block "${label}" ends with "${end[1]}"`);
+      if (encrypted) fail("the private key is encrypted (Proc-Type 4,ENCRYPTED); decrypt it first: openssl pkey -in KEY -out PLAIN.pem");
+      blocks.push({ label, der: base64Strict(body.join(""), fail) });
+      label = null;
+      continue;
+    }
+    if (line.includes(":")) {
+      // RFC 1421 headers only appear in legacy encrypted keys.
+      if (/^Proc-Type:.*ENCRYPTED/.test(line)) encrypted = true;
+      else if (!/^DEK-Info:/.test(line)) fail(`unexpected PEM header "${line.slice(0, 40)}"`);
+      continue;
+    }
+    body.push(line.trim());
+  }
+  if (label !== null) fail(`PEM block "${label}" has no END line`);
+}
+
+/** Canonical base64 only (RFC 4648 §4): Buffer's decoder silently skips junk. */
+function base64Strict(b64: string, fail: Fail): Uint8Array {
+  if (b64.length % 4 !== 0 || !/^[A-Za-z0-9+/]*={0,2}$/.test(b64)) fail("PEM body is not valid base64");
+  const der = Buffer.from(b64, "base64");
+  if (der.toString("base64") !== b64) {
+    der.fill(0);
+    fail("PEM body is not canonical base64");
+  }
+  if (der.length === 0) fail("empty PEM body");
+  // A plain Uint8Array: Buffer#slice is a view, so copies taken later would alias the wiped bytes.
+  const out = new Uint8Array(der);
+  der.fill(0);
+  return out;
+}
+
+function pem(label: string, der: Uint8Array): string {
+  const b64 = Buffer.from(der.buffer, der.byteOffset, der.length).toString("base64");
+  const lines = b64.match(/.{1,64}/g) ?? [];
+  return `-----BEGIN ${label}-----\n${lines.join("\n")}\n-----END ${label}-----\n`;
+}
+
+// ---- small helpers ----
+
+function oidName(oid: Uint8Array): string {
+  const arcs: number[] = [];
+  let v = 0;
+  for (const b of oid) {
+    v = v * 128 + (b & 0x7f);
+    if ((b & 0x80) !== 0) continue;
+    arcs.push(v);
+    v = 0;
+  }
+  if (arcs.length === 0) return "(empty OID)";
+  const first = arcs[0]!;
+  const dotted = [first < 80 ? Math.floor(first / 40) : 2, first < 80 ? first % 40 : first - 80, ...arcs.slice(1)].join(".");
+  const name = OID_NAMES[dotted];
+  return name ? `${name} (${dotted})` : dotted;
+}
+
+function equal(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
+function hex(s: string): Uint8Array {
+  return Uint8Array.from(Buffer.from(s, "hex"));
+}
+
+function byteHex(b: number): string {
+  return b.toString(16).padStart(2, "0");
+}

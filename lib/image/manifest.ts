@@ -1,0 +1,178 @@
+/**
+ * The signed manifest of a `.zbi` image (docs/image-format.md): what the
+ * image is for, its version and anti-rollback serial, and for each payload
+ * its sizes, SHA-256 digests and per-chunk digests. Pure.
+ *
+ * Bytes are canonical JSON — object keys sorted, no whitespace, UTF-8 — so
+ * the signed bytes are reproducible and a reader can demand that re-encoding
+ * what it parsed gives back exactly what was signed (that also refuses
+ * duplicate keys, which JSON.parse would silently merge).
+ *
+ * Chunks: payload bytes are cut into `chunkSize` pieces of *raw* data. With
+ * encoding `zstd` each piece is one independent zstd frame, so a chunk's
+ * stored size varies and is listed with its digest; with `none` the stored
+ * bytes are the raw bytes. Every chunk is checked against its digest before
+ * it is decompressed or written, and an install can resume at any chunk.
+ * The frames concatenate into a valid zstd stream (`zstd -d` reads it).
+ */
+import { ZbError } from "../errors.ts";
+
+export const FORMAT_VERSION = 1;
+export const PAYLOAD_KINDS = ["boot", "rootfs"] as const;
+export const ENCODINGS = ["zstd", "none"] as const;
+export type PayloadKind = (typeof PAYLOAD_KINDS)[number];
+export type Encoding = (typeof ENCODINGS)[number];
+
+/** Hard limits: anything beyond them is refused before it is used. */
+export const LIMITS = {
+  manifestBytes: 4 << 20,
+  payloads: 8,
+  minChunk: 64 << 10,
+  maxChunk: 64 << 20,
+  /** 2^20 chunks of at most 64 MiB: far beyond any slot. */
+  chunks: 1 << 20,
+  payloadBytes: 2 ** 46,
+  compatible: 128,
+  version: 64,
+  nameLength: 64,
+} as const;
+
+export interface Digest {
+  size: number;
+  sha256: string;
+}
+
+export interface Payload {
+  name: string;
+  kind: PayloadKind;
+  encoding: Encoding;
+  stored: Digest;
+  raw: Digest;
+  /** One entry per chunk of `chunkSize` raw bytes: its stored size and the SHA-256 of its stored bytes. */
+  chunks: Digest[];
+}
+
+export interface Manifest {
+  format: number;
+  compatible: string;
+  version: string;
+  serial: number;
+  /** RFC 3339 UTC, seconds. */
+  created: string;
+  chunkSize: number;
+  payloads: Payload[];
+}
+
+/** Canonical JSON: sorted keys, no whitespace. */
+export function canonicalJson(value: unknown): Uint8Array {
+  return new TextEncoder().encode(JSON.stringify(sortKeys(value)));
+}
+
+function sortKeys(v: unknown): unknown {
+  if (Array.isArray(v)) return v.map(sortKeys);
+  if (v && typeof v === "object") {
+    return Object.fromEntries(Object.keys(v as object).sort().map((k) => [k, sortKeys((v as Record<string, unknown>)[k])]));
+  }
+  return v;
+}
+
+/** @throws {ZbError} IMG_FORMAT when the manifest breaks a rule */
+export function encodeManifest(m: Manifest): Uint8Array {
+  validate(m);
+  const bytes = canonicalJson(m);
+  if (bytes.length > LIMITS.manifestBytes) throw bad(`it is ${bytes.length} bytes, more than ${LIMITS.manifestBytes}`);
+  return bytes;
+}
+
+/**
+ * Parse and validate signed manifest bytes.
+ * @throws {ZbError} IMG_FORMAT for invalid JSON, non-canonical bytes, or any rule broken
+ */
+export function decodeManifest(bytes: Uint8Array): Manifest {
+  if (bytes.length > LIMITS.manifestBytes) throw bad(`it is ${bytes.length} bytes, more than ${LIMITS.manifestBytes}`);
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
+  } catch (e) {
+    throw bad(`it is not UTF-8 JSON (${(e as Error).message})`);
+  }
+  const again = canonicalJson(parsed);
+  if (again.length !== bytes.length || !again.every((b, i) => b === bytes[i])) throw bad("it is not canonical JSON (sorted keys, no whitespace, no duplicate keys)");
+  validate(parsed);
+  return parsed as Manifest;
+}
+
+/** Every structural rule, with the path of the first offending field. */
+function validate(m: unknown): asserts m is Manifest {
+  const o = object(m, "manifest", ["chunkSize", "compatible", "created", "format", "payloads", "serial", "version"]);
+  if (o.format !== FORMAT_VERSION) throw bad(`format is ${JSON.stringify(o.format)}; this zb reads format ${FORMAT_VERSION}`);
+  text(o.compatible, "compatible", /^[A-Za-z0-9._+-]+$/, LIMITS.compatible);
+  text(o.version, "version", /^[\x21-\x7e]+$/, LIMITS.version);
+  integer(o.serial, "serial", 0, Number.MAX_SAFE_INTEGER);
+  text(o.created, "created", /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/, 20);
+  integer(o.chunkSize, "chunkSize", LIMITS.minChunk, LIMITS.maxChunk);
+  const chunk = o.chunkSize as number;
+  if ((chunk & (chunk - 1)) !== 0) throw bad("chunkSize is not a power of two");
+  if (!Array.isArray(o.payloads) || o.payloads.length === 0 || o.payloads.length > LIMITS.payloads) {
+    throw bad(`payloads must be a list of 1 to ${LIMITS.payloads}`);
+  }
+  const names = new Set<string>();
+  o.payloads.forEach((p, i) => {
+    const name = validatePayload(p, `payloads[${i}]`, chunk);
+    if (names.has(name)) throw bad(`payload name ${name} appears twice`);
+    names.add(name);
+  });
+}
+
+function validatePayload(v: unknown, at: string, chunkSize: number): string {
+  const p = object(v, at, ["chunks", "encoding", "kind", "name", "raw", "stored"]);
+  text(p.name, `${at}.name`, /^[a-z0-9][a-z0-9._-]*$/, LIMITS.nameLength);
+  if (!PAYLOAD_KINDS.includes(p.kind as PayloadKind)) throw bad(`${at}.kind ${JSON.stringify(p.kind)} is not one of ${PAYLOAD_KINDS.join(", ")}`);
+  if (!ENCODINGS.includes(p.encoding as Encoding)) throw bad(`${at}.encoding ${JSON.stringify(p.encoding)} is not one of ${ENCODINGS.join(", ")}`);
+  const stored = digest(p.stored, `${at}.stored`);
+  const raw = digest(p.raw, `${at}.raw`);
+  if (!Array.isArray(p.chunks) || p.chunks.length > LIMITS.chunks) throw bad(`${at}.chunks must be a list of at most ${LIMITS.chunks}`);
+  const want = Math.ceil(raw.size / chunkSize);
+  if (p.chunks.length !== want) throw bad(`${at} has ${p.chunks.length} chunks; ${raw.size} raw bytes in chunks of ${chunkSize} make ${want}`);
+  let sum = 0;
+  p.chunks.forEach((c, i) => {
+    const d = digest(c, `${at}.chunks[${i}]`);
+    if (d.size === 0) throw bad(`${at}.chunks[${i}] is empty`);
+    sum += d.size;
+  });
+  if (sum !== stored.size) throw bad(`${at} chunks add up to ${sum} bytes, stored size is ${stored.size}`);
+  if (p.encoding === "none") {
+    if (stored.size !== raw.size || stored.sha256 !== raw.sha256) throw bad(`${at} is not encoded, so stored and raw must be equal`);
+    p.chunks.forEach((c, i) => {
+      const expect = Math.min(chunkSize, raw.size - i * chunkSize);
+      if ((c as Digest).size !== expect) throw bad(`${at}.chunks[${i}] is ${(c as Digest).size} bytes, expected ${expect}`);
+    });
+  }
+  return p.name as string;
+}
+
+function digest(v: unknown, at: string): Digest {
+  const d = object(v, at, ["sha256", "size"]);
+  integer(d.size, `${at}.size`, 0, LIMITS.payloadBytes);
+  text(d.sha256, `${at}.sha256`, /^[0-9a-f]{64}$/, 64);
+  return d as unknown as Digest;
+}
+
+function object(v: unknown, at: string, keys: string[]): Record<string, unknown> {
+  if (!v || typeof v !== "object" || Array.isArray(v)) throw bad(`${at} is not an object`);
+  const have = Object.keys(v).sort();
+  if (have.join(",") !== keys.join(",")) throw bad(`${at} has fields ${have.join(", ") || "(none)"}; expected ${keys.join(", ")}`);
+  return v as Record<string, unknown>;
+}
+
+function integer(v: unknown, at: string, min: number, max: number): void {
+  if (typeof v !== "number" || !Number.isSafeInteger(v) || v < min || v > max) throw bad(`${at} must be an integer from ${min} to ${max}`);
+}
+
+function text(v: unknown, at: string, pattern: RegExp, max: number): void {
+  if (typeof v !== "string" || v.length === 0 || v.length > max || !pattern.test(v)) throw bad(`${at} must be 1 to ${max} characters matching ${pattern}`);
+}
+
+function bad(why: string): ZbError {
+  return new ZbError("IMG_FORMAT", `cannot read the image manifest: ${why}`);
+}

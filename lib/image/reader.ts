@@ -1,0 +1,148 @@
+/**
+ * Read a `.zbi` from a byte stream (file, stdin, HTTP body) in one pass:
+ * marker, manifest, signatures — all checked, with the trust policy,
+ * `compatible` and the serial floor, before the first payload byte is read —
+ * then the payloads as streams of verified chunks.
+ *
+ * `openImage` with a policy is the only producer of a `VerifiedImage`, and
+ * the install engine accepts nothing else (style guide: verification is a
+ * type). `{ unverified: true }` is the explicit escape hatch for `image info`
+ * and `image sign`, which never write a payload anywhere.
+ */
+import { extract, type Extract, type Header } from "tar-stream";
+import { ZbError } from "../errors.ts";
+import { checkEntry, LIMITS, MANIFEST_NAME, MARKER, MARKER_NAME, readSmallEntry, SIGNATURES_NAME, bad } from "./format.ts";
+import { decodeManifest, LIMITS as MANIFEST_LIMITS, type Manifest, type Payload } from "./manifest.ts";
+import { checkSignatures, decodeSignatures, type Signature, type TrustStore } from "./sign.ts";
+
+/** An entry as tar-stream hands it out (its Source type is not exported). */
+type Source = AsyncIterable<Uint8Array> & { header: Header; offset: number };
+
+/** What a device accepts. */
+export interface Policy {
+  trust: TrustStore;
+  /** Distinct trusted keys that must have signed (default 1). */
+  required?: number;
+  /** When set, the manifest's `compatible` must equal it. */
+  compatible?: string;
+  /** When set, the manifest's serial must be at least this. */
+  serialFloor?: number;
+}
+
+export interface ImageHeader {
+  manifest: Manifest;
+  manifestBytes: Uint8Array;
+  signatures: Signature[];
+  /** Key ids of the trusted keys whose signatures verified (empty when unverified). */
+  signedBy: string[];
+}
+
+declare const verifiedBrand: unique symbol;
+/** An image whose signatures, compatible and serial passed the policy. */
+export type VerifiedImage = ImageHeader & { readonly [verifiedBrand]: true };
+
+/** One payload entry being read. */
+export interface PayloadEntry {
+  payload: Payload;
+  index: number;
+  /** Byte offset of the entry's data in the archive. */
+  dataOffset: number;
+  data: AsyncIterable<Uint8Array>;
+}
+
+export interface OpenImage<H extends ImageHeader> {
+  header: H;
+  /** The next payload entry in manifest order, or null after the last (then no entry may follow). */
+  nextPayload(): Promise<PayloadEntry | null>;
+  /** Stop reading (on error or when done early). */
+  close(): void;
+}
+
+/**
+ * Open an image stream and check everything that comes before the payloads.
+ * @throws {ZbError} IMG_FORMAT, SIG_INVALID, IMG_INCOMPATIBLE, ROLLBACK_REFUSED, IO
+ */
+export async function openImage(input: AsyncIterable<Uint8Array>, check: { policy: Policy }): Promise<OpenImage<VerifiedImage>>;
+export async function openImage(input: AsyncIterable<Uint8Array>, check: { unverified: true }): Promise<OpenImage<ImageHeader>>;
+export async function openImage(input: AsyncIterable<Uint8Array>, check: { policy: Policy } | { unverified: true }): Promise<OpenImage<ImageHeader>> {
+  const tar = extract();
+  const feeding = feed(input, tar);
+  const entries = tar[Symbol.asyncIterator]() as AsyncIterator<Source>;
+  let index = 0;
+  const next = async (expected: string): Promise<Source> => {
+    const r = await entries.next().catch((e: unknown) => {
+      throw tarError(e);
+    });
+    if (r.done) throw bad(`the archive ends where ${JSON.stringify(expected)} should follow`);
+    checkEntry(r.value.header, expected, index++);
+    return r.value;
+  };
+  const close = () => tar.destroy();
+  try {
+    const marker = await readSmallEntry(await next(MARKER_NAME), MARKER_NAME, LIMITS.marker);
+    if (Buffer.from(marker).toString("latin1") !== MARKER) throw bad(`${MARKER_NAME} says ${JSON.stringify(Buffer.from(marker).toString("latin1"))}, expected ${JSON.stringify(MARKER)}`);
+    const manifestBytes = await readSmallEntry(await next(MANIFEST_NAME), MANIFEST_NAME, MANIFEST_LIMITS.manifestBytes);
+    const manifest = decodeManifest(manifestBytes);
+    const sigBytes = await readSmallEntry(await next(SIGNATURES_NAME), SIGNATURES_NAME, LIMITS.signatures);
+    const signatures = decodeSignatures(sigBytes, { maxCount: LIMITS.signatureCount });
+    const header: ImageHeader = { manifest, manifestBytes, signatures, signedBy: [] };
+    if ("policy" in check) applyPolicy(header, check.policy);
+    let payloadIndex = 0;
+    return {
+      header,
+      close,
+      async nextPayload() {
+        if (payloadIndex === manifest.payloads.length) {
+          const r = await entries.next().catch((e: unknown) => {
+            throw tarError(e);
+          });
+          if (!r.done) throw bad(`an unexpected entry ${JSON.stringify(r.value.header.name)} follows the last payload`);
+          await feeding;
+          return null;
+        }
+        const payload = manifest.payloads[payloadIndex]!;
+        const entry = await next(payload.name);
+        if (entry.header.size !== payload.stored.size) {
+          throw bad(`payload ${payload.name} is ${entry.header.size} bytes in the archive, the manifest says ${payload.stored.size}`);
+        }
+        const dataOffset = (entry.header as Header & { byteOffset?: number }).byteOffset ?? entry.offset + 512;
+        return { payload, index: payloadIndex++, dataOffset, data: entry };
+      },
+    };
+  } catch (e) {
+    close();
+    throw e;
+  }
+}
+
+/** Signatures, then compatible, then the serial floor: the order a user would fix them in. */
+function applyPolicy(h: ImageHeader, p: Policy): void {
+  h.signedBy = checkSignatures(h.manifestBytes, h.signatures, p.trust, p.required ?? 1).trustedSigners;
+  if (p.compatible !== undefined && h.manifest.compatible !== p.compatible) {
+    throw new ZbError("IMG_INCOMPATIBLE", `cannot accept the image: it is for ${JSON.stringify(h.manifest.compatible)}, this device is ${JSON.stringify(p.compatible)}`);
+  }
+  if (p.serialFloor !== undefined && h.manifest.serial < p.serialFloor) {
+    throw new ZbError("ROLLBACK_REFUSED", `cannot accept the image: serial ${h.manifest.serial} is below the anti-rollback floor ${p.serialFloor}`, {
+      hint: `version ${h.manifest.version} is older than what this device has accepted`,
+    });
+  }
+}
+
+/** Pump the input into the tar parser with backpressure; errors surface through the parser. */
+async function feed(input: AsyncIterable<Uint8Array>, tar: Extract): Promise<void> {
+  try {
+    for await (const chunk of input) {
+      if (tar.destroyed) return;
+      if (!tar.write(chunk)) await new Promise<void>((resolve) => tar.once("drain", () => resolve()));
+    }
+    (tar.end as unknown as () => void).call(tar);
+  } catch (e) {
+    tar.destroy(e instanceof Error ? e : new Error(String(e)));
+  }
+}
+
+function tarError(e: unknown): ZbError {
+  if (e instanceof ZbError) return e;
+  const msg = e instanceof Error ? e.message : String(e);
+  return bad(`the tar structure is broken (${msg})`);
+}

@@ -1,0 +1,95 @@
+/**
+ * A file or block device receiving a payload: reads and writes on one open
+ * descriptor, fdatasync, and its size (block devices report 0 to stat; sysfs
+ * tells). Injected into the install engine so tests can use files and the
+ * engine never opens the target twice.
+ *
+ * Access at the descriptor's current offset uses plain read(2)/write(2): in
+ * Bun 1.4 fs.readSync/writeSync with a position argument run 7–14× slower
+ * for 4 MiB buffers than without (measured; the kernel sees one pread64/
+ * pwrite64 either way). The install engine reads and writes sequentially,
+ * so it always takes the fast path; other offsets still work.
+ */
+import * as fs from "node:fs";
+import { ioError } from "../errors.ts";
+
+export interface Target {
+  readonly path: string;
+  readonly blockDevice: boolean;
+  /** Bytes available: the device size, or the file's current length. */
+  size(): number;
+  read(offset: number, length: number): Uint8Array;
+  write(offset: number, data: Uint8Array): void;
+  /** Data durable on the medium (fdatasync). */
+  sync(): void;
+  /** fdatasync on the I/O thread pool, so decompression goes on meanwhile. */
+  syncInBackground(): Promise<void>;
+  close(): void;
+}
+
+/** @throws {ZbError} IO */
+export function openTarget(path: string, opts: { create: boolean }): Target {
+  let fd: number;
+  try {
+    fd = fs.openSync(path, opts.create ? fs.constants.O_RDWR | fs.constants.O_CREAT : fs.constants.O_RDWR, 0o600);
+  } catch (e) {
+    throw ioError(`open the install target ${path}`, e);
+  }
+  const st = fs.fstatSync(fd);
+  /** The kernel's file offset: moved by plain read/write, not by positioned ones. */
+  let pos = 0;
+  const blockDevice = st.isBlockDevice();
+  if (!blockDevice && !st.isFile()) {
+    fs.closeSync(fd);
+    throw ioError(`use ${path} as an install target`, new Error("not a regular file or block device"));
+  }
+  return {
+    path,
+    blockDevice,
+    size: () => (blockDevice ? deviceSize(path) : fs.fstatSync(fd).size),
+    read(offset, length) {
+      const buf = new Uint8Array(length);
+      let done = 0;
+      const sequential = offset === pos;
+      try {
+        while (done < length) {
+          const n = fs.readSync(fd, buf, done, length - done, sequential ? null : offset + done);
+          if (n === 0) break;
+          done += n;
+        }
+        if (sequential) pos += done;
+      } catch (e) {
+        throw ioError(`read ${path}`, e);
+      }
+      return buf.subarray(0, done);
+    },
+    write(offset, data) {
+      const sequential = offset === pos;
+      try {
+        let done = 0;
+        while (done < data.length) done += fs.writeSync(fd, data, done, data.length - done, sequential ? null : offset + done);
+        if (sequential) pos += done;
+      } catch (e) {
+        throw ioError(`write ${path} at byte ${offset}`, e);
+      }
+    },
+    sync() {
+      try {
+        fs.fdatasyncSync(fd);
+      } catch (e) {
+        throw ioError(`sync ${path}`, e);
+      }
+    },
+    syncInBackground() {
+      return new Promise((resolve, reject) => fs.fdatasync(fd, (e) => (e ? reject(ioError(`sync ${path}`, e)) : resolve())));
+    },
+    close() {
+      fs.closeSync(fd);
+    },
+  };
+}
+
+function deviceSize(path: string): number {
+  const name = fs.realpathSync(path).split("/").pop()!;
+  return Number(fs.readFileSync(`/sys/class/block/${name}/size`, "utf8").trim()) * 512;
+}

@@ -1,0 +1,181 @@
+/**
+ * `zb image create|sign|info|verify|install`: signed images (docs/image-format.md).
+ */
+import { parseArgs, type ParsedArgs } from "../../lib/cli/args.ts";
+import { ZbError } from "../../lib/errors.ts";
+import { createImage, DEFAULT_CHUNK, DEFAULT_LEVEL, resignImage, type PayloadInput } from "../../lib/image/create.ts";
+import { install, type ProgressEvent } from "../../lib/image/install.ts";
+import type { Encoding } from "../../lib/image/manifest.ts";
+import { openImage, type Policy } from "../../lib/image/reader.ts";
+import { keySigner, loadTrustDir } from "../../lib/image/sign.ts";
+import { sourceFor } from "../../lib/image/source.ts";
+import { verifyImage } from "../../lib/image/verify.ts";
+import { HostSys } from "../../lib/sys/sys.ts";
+import { out } from "../output.ts";
+import { bar, jsonEvent, progressMode } from "../progress.ts";
+import { readPrivateKey } from "./key.ts";
+
+export const DEFAULT_TRUST = "/etc/zb/trust";
+
+const POLICY = `  --trust DIR          public keys (*.pem, *.pub) to trust (default ${DEFAULT_TRUST})
+  --required N         distinct trusted signatures needed (default 1)
+  --compatible C       refuse images for another product
+  --serial-floor N     refuse images whose serial is below N (anti-rollback)`;
+
+const USAGE: Record<string, string> = {
+  create: `zb image create --compatible C --version V --serial N [--rootfs IMG] [--boot DIR]
+                --key K [--key K2 …] -o OUT.zbi [--encoding zstd|none] [--level L] [--chunk-size BYTES]
+  Build and sign an image: the rootfs image file and/or the boot folder, each cut into
+  chunks of ${DEFAULT_CHUNK} bytes (one zstd frame each, level ${DEFAULT_LEVEL}).`,
+  sign: `zb image sign IN.zbi --key K [--key K2 …] -o OUT.zbi
+  Add signatures; payload bytes are copied unchanged.`,
+  info: `zb image info IMAGE|URL|- [--json]
+  The manifest and who signed it, without checking trust.`,
+  verify: `zb image verify IMAGE|URL|- [--deep] [--json]
+${POLICY}
+  Check signatures, compatible, serial floor and every chunk's SHA-256; --deep also
+  decompresses every chunk and checks the raw SHA-256. Exit status names the failure
+  class (docs/exit-codes.md).`,
+  install: `zb image install IMAGE|URL|- --payload NAME --to FILE|BLOCKDEV [--journal FILE] [--resume]
+                [--progress=bar|json|none] [--json]
+${POLICY}
+  Verify everything before writing anything; then each chunk is checked before it is
+  decompressed and written, and the whole payload at the end. The journal (default
+  TARGET.zb-journal for a file; required for a block device) says how far it got:
+  --resume continues there (HTTP sources use Range). Only a journal in state
+  "complete" means installed.`,
+};
+
+const SPECS = {
+  compatible: { value: true }, version: { value: true }, serial: { value: true }, rootfs: { value: true }, boot: { value: true },
+  key: { value: true, multiple: true }, output: { short: "o", value: true }, encoding: { value: true }, level: { value: true },
+  "chunk-size": { value: true }, trust: { value: true }, required: { value: true }, "serial-floor": { value: true },
+  deep: {}, payload: { value: true }, to: { value: true }, journal: { value: true }, resume: {}, progress: { value: true },
+  json: {}, help: { short: "h" },
+};
+
+export async function imageMain(argv: string[]): Promise<number> {
+  const [sub, ...rest] = argv;
+  if (sub === undefined || sub === "--help" || sub === "-h" || !(sub in USAGE)) {
+    out(`usage:\n${Object.values(USAGE).map((u) => "  " + u).join("\n\n")}\n`);
+    if (sub === undefined || sub === "--help" || sub === "-h") return sub === undefined ? 2 : 0;
+    throw new ZbError("USAGE", `cannot run zb image: unknown subcommand ${JSON.stringify(sub)}`);
+  }
+  const args = parseArgs(rest, SPECS, `zb image ${sub}`);
+  if (args.flags.has("help")) {
+    out(`usage: ${USAGE[sub]}\n`);
+    return 0;
+  }
+  if (sub === "create") return create(args);
+  if (sub === "sign") return sign(args);
+  if (sub === "info") return info(args);
+  if (sub === "verify") return verify(args);
+  return installCmd(args);
+}
+
+async function create(args: ParsedArgs): Promise<number> {
+  const need = (k: string) => args.values.get(k) ?? usage("create", `--${k} is required`);
+  const encoding = (args.values.get("encoding") ?? "zstd") as Encoding;
+  if (encoding !== "zstd" && encoding !== "none") usage("create", "--encoding must be zstd or none");
+  const payloads: PayloadInput[] = [];
+  if (args.values.has("boot")) payloads.push({ name: "boot", kind: "boot", encoding, from: { dir: args.values.get("boot")! } });
+  if (args.values.has("rootfs")) payloads.push({ name: "rootfs", kind: "rootfs", encoding, from: { file: args.values.get("rootfs")! } });
+  if (payloads.length === 0) usage("create", "give --rootfs IMG and/or --boot DIR");
+  const signers = keys(args).map((k) => keySigner(readPrivateKey(k)));
+  const mode = progressMode(args.values.get("progress"));
+  const b = mode === "bar" ? bar("create") : null;
+  const m = await createImage({
+    compatible: need("compatible"), version: need("version"), serial: number(need("serial"), "--serial"), payloads, signers,
+    output: need("output"),
+    ...(args.values.has("level") ? { level: number(args.values.get("level")!, "--level") } : {}),
+    ...(args.values.has("chunk-size") ? { chunkSize: number(args.values.get("chunk-size")!, "--chunk-size") } : {}),
+    progress: (payload, rawBytes) => (mode === "json" ? jsonEvent({ type: "progress", payload, rawBytes }) : b?.update(rawBytes, rawBytes)),
+  });
+  b?.finish();
+  if (args.flags.has("json")) out(JSON.stringify({ output: args.values.get("output"), manifest: m }) + "\n");
+  else out(`zb image create: ${args.values.get("output")}: ${m.compatible} ${m.version} serial ${m.serial}, ${m.payloads.map((p) => `${p.name} ${p.raw.size} → ${p.stored.size} bytes`).join(", ")}\n`);
+  return 0;
+}
+
+async function sign(args: ParsedArgs): Promise<number> {
+  const input = args.positional[0] ?? usage("sign", "no input image given");
+  const output = args.values.get("output") ?? usage("sign", "-o OUT is required");
+  const sigs = await resignImage(sourceFor(input), keys(args).map((k) => keySigner(readPrivateKey(k))), output);
+  out(args.flags.has("json") ? JSON.stringify({ output, signatures: sigs.map((s) => ({ alg: s.alg, keyId: s.keyId })) }) + "\n" : `zb image sign: ${output}: ${sigs.length} signature(s)\n`);
+  return 0;
+}
+
+async function info(args: ParsedArgs): Promise<number> {
+  const input = args.positional[0] ?? usage("info", "no image given");
+  const img = await openImage(await sourceFor(input).open(0), { unverified: true });
+  img.close();
+  const { manifest: m, signatures } = img.header;
+  if (args.flags.has("json")) {
+    out(JSON.stringify({ manifest: m, signatures: signatures.map((s) => ({ alg: s.alg, keyId: s.keyId })) }, null, 2) + "\n");
+    return 0;
+  }
+  const lines = [
+    `compatible: ${m.compatible}`, `version:    ${m.version}`, `serial:     ${m.serial}`, `created:    ${m.created}`, `chunk size: ${m.chunkSize}`,
+    ...m.payloads.map((p) => `payload:    ${p.name} (${p.kind}, ${p.encoding}): ${p.raw.size} bytes raw, ${p.stored.size} stored, ${p.chunks.length} chunks, raw sha256 ${p.raw.sha256}`),
+    ...signatures.map((s) => `signature:  ${s.alg} ${s.keyId}`),
+  ];
+  out(lines.join("\n") + "\n");
+  return 0;
+}
+
+async function verify(args: ParsedArgs): Promise<number> {
+  const input = args.positional[0] ?? usage("verify", "no image given");
+  const mode = progressMode(args.values.get("progress"));
+  const b = mode === "bar" ? bar("verify") : null;
+  const r = await verifyImage(sourceFor(input), policy(args), {
+    deep: args.flags.has("deep"),
+    progress: (done, total) => (mode === "json" ? jsonEvent({ type: "progress", storedBytes: done, storedTotal: total }) : b?.update(done, total)),
+  });
+  b?.finish();
+  if (args.flags.has("json")) out(JSON.stringify({ ok: true, ...r }) + "\n");
+  else out(`zb image verify: ${input}: OK: ${r.compatible} ${r.version} serial ${r.serial}, signed by ${r.signedBy.join(", ")}; ${r.payloads.map((p) => `${p.name} ${p.chunks} chunks`).join(", ")}${args.flags.has("deep") ? " (deep)" : ""}\n`);
+  return 0;
+}
+
+async function installCmd(args: ParsedArgs): Promise<number> {
+  const input = args.positional[0] ?? usage("install", "no image given");
+  const payload = args.values.get("payload") ?? usage("install", "--payload NAME is required");
+  const target = args.values.get("to") ?? usage("install", "--to FILE|BLOCKDEV is required");
+  const sys = new HostSys();
+  const isDevice = sys.stat(target)?.kind === "block";
+  const journal = args.values.get("journal") ?? (isDevice ? usage("install", "--journal FILE is required for a block device") : `${target}.zb-journal`);
+  const mode = progressMode(args.values.get("progress"));
+  const b = mode === "bar" ? bar(`install ${payload}`) : null;
+  const onProgress = (e: ProgressEvent) => {
+    if (mode === "json") jsonEvent(e);
+    else if (b && e.type === "progress") b.update(e.rawBytes, e.rawTotal);
+  };
+  const r = await install(sys, sourceFor(input), policy(args), { payload, target, journal, resume: args.flags.has("resume"), progress: onProgress });
+  b?.finish();
+  if (args.flags.has("json") || mode === "json") out(JSON.stringify({ type: "result", ok: true, ...r }) + "\n");
+  else out(`zb image install: ${payload} → ${target}: ${r.alreadyInstalled ? "already installed" : `${r.rawSize} bytes verified and written in ${r.seconds.toFixed(1)} s`}${r.resumedFrom ? ` (resumed at chunk ${r.resumedFrom})` : ""}\n`);
+  return 0;
+}
+
+function policy(args: ParsedArgs): Policy {
+  const p: Policy = { trust: loadTrustDir(new HostSys(), args.values.get("trust") ?? DEFAULT_TRUST) };
+  if (args.values.has("required")) p.required = number(args.values.get("required")!, "--required");
+  if (args.values.has("compatible")) p.compatible = args.values.get("compatible")!;
+  if (args.values.has("serial-floor")) p.serialFloor = number(args.values.get("serial-floor")!, "--serial-floor");
+  return p;
+}
+
+function keys(args: ParsedArgs): string[] {
+  const k = [...new Set(args.multi.get("key") ?? [])];
+  if (k.length === 0) throw new ZbError("USAGE", "cannot sign: give at least one --key FILE");
+  return k;
+}
+
+function number(text: string, what: string): number {
+  if (!/^\d{1,15}$/.test(text)) throw new ZbError("USAGE", `cannot use ${what} ${JSON.stringify(text)}: expected a whole number`);
+  return Number(text);
+}
+
+function usage(sub: string, why: string): never {
+  throw new ZbError("USAGE", `cannot run zb image ${sub}: ${why}`, { hint: `see \`zb image ${sub} --help\`` });
+}

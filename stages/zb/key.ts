@@ -1,0 +1,79 @@
+/**
+ * `zb key gen|id`: signing keys for images. Private keys are PKCS#8 PEM files
+ * created 0600 (openssl reads them); public keys SPKI PEM beside them.
+ */
+import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { parseArgs } from "../../lib/cli/args.ts";
+import { decodePrivatePem, decodePublicPem, encodePrivatePem, encodePublicPem, generateKey, type Alg } from "../../lib/image/keys.ts";
+import { ZbError, ioError } from "../../lib/errors.ts";
+import { err, out } from "../output.ts";
+
+const USAGE = `usage: zb key gen --alg ed25519|p256 -o NAME [--json]
+       zb key id KEYFILE [--json]
+
+gen: a new signing key: NAME (private, PKCS#8 PEM, mode 0600) and NAME.pub
+     (public, SPKI PEM: copy it into the devices' trust directory).
+id:  the key id of a public or private key file: SHA-256 of the public key's
+     SubjectPublicKeyInfo DER, in hex (the id signatures name).`;
+
+export function keyMain(argv: string[]): number {
+  const [sub, ...rest] = argv;
+  const args = parseArgs(rest, { alg: { value: true }, output: { short: "o", value: true }, json: {}, help: { short: "h" } }, `zb key ${sub ?? ""}`.trim());
+  if (sub === undefined || sub === "--help" || sub === "-h" || args.flags.has("help")) {
+    out(USAGE + "\n");
+    return sub === undefined ? 2 : 0;
+  }
+  if (sub === "gen") return gen(args.values.get("alg"), args.values.get("output"), args.flags.has("json"));
+  if (sub === "id") return id(args.positional[0], args.flags.has("json"));
+  throw new ZbError("USAGE", `cannot run zb key: unknown subcommand ${JSON.stringify(sub)}`, { hint: "see `zb key --help`" });
+}
+
+function gen(alg: string | undefined, name: string | undefined, json: boolean): number {
+  if (alg !== "ed25519" && alg !== "p256") throw new ZbError("USAGE", "cannot generate a key: --alg must be ed25519 or p256");
+  if (!name) throw new ZbError("USAGE", "cannot generate a key: -o NAME is required");
+  for (const f of [name, `${name}.pub`]) if (existsSync(f)) throw new ZbError("USAGE", `cannot generate a key: ${f} exists already (zb never overwrites a key)`);
+  const key = generateKey(alg as Alg);
+  try {
+    writeFileSync(name, encodePrivatePem(key), { mode: 0o600, flag: "wx" });
+    writeFileSync(`${name}.pub`, encodePublicPem(key.publicKey), { mode: 0o644, flag: "wx" });
+  } catch (e) {
+    throw ioError(`write key ${name}`, e);
+  } finally {
+    key.secret.fill(0);
+  }
+  out(json ? JSON.stringify({ alg, id: key.publicKey.id, private: name, public: `${name}.pub` }) + "\n" : `${key.publicKey.id}  ${alg}  ${name}.pub\n`);
+  return 0;
+}
+
+function id(file: string | undefined, json: boolean): number {
+  if (!file) throw new ZbError("USAGE", "cannot print a key id: no key file given");
+  const pub = readKeyFile(file);
+  out(json ? JSON.stringify({ alg: pub.alg, id: pub.id }) + "\n" : `${pub.id}\n`);
+  return 0;
+}
+
+/** A public key from a public or private key file. @throws {ZbError} IO, KEY_INVALID */
+function readKeyFile(file: string) {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (e) {
+    throw ioError(`read key ${file}`, e);
+  }
+  if (!text.includes("PRIVATE KEY")) return decodePublicPem(text, file);
+  const key = decodePrivatePem(text, file);
+  key.secret.fill(0);
+  return key.publicKey;
+}
+
+/** A private key for signing; warns when others can read it. @throws {ZbError} IO, KEY_INVALID */
+export function readPrivateKey(file: string) {
+  let text: string;
+  try {
+    if ((statSync(file).mode & 0o077) !== 0) err(`zb: warning: private key ${file} is readable by other users (chmod 600 it)\n`);
+    text = readFileSync(file, "utf8");
+  } catch (e) {
+    throw ioError(`read key ${file}`, e);
+  }
+  return decodePrivatePem(text, file);
+}
