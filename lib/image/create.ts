@@ -141,7 +141,8 @@ async function* tarFolder(dir: string): AsyncGenerator<Uint8Array> {
   const writing = (async () => {
     for (const f of files) {
       const rel = relative(dir, f.path);
-      const header = { ...entryHeader(rel, f.dir ? 0 : f.size), type: f.dir ? ("directory" as const) : ("file" as const), mode: f.mode };
+      // Directories end in "/", as tar(1) writes and lists them.
+      const header = { ...entryHeader(f.dir ? `${rel}/` : rel, f.dir ? 0 : f.size), type: f.dir ? ("directory" as const) : ("file" as const), mode: f.mode };
       const body = f.dir ? undefined : fs.readFileSync(f.path);
       await new Promise<void>((resolve, reject) => (body ? t.entry(header, body, (e) => (e ? reject(e) : resolve())) : t.entry(header, (e) => (e ? reject(e) : resolve()))));
     }

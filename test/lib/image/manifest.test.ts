@@ -1,0 +1,70 @@
+/** Manifest rules, row by row: a valid manifest, then one change each. */
+import { describe, expect, test } from "bun:test";
+import { canonicalJson, decodeManifest, encodeManifest, type Manifest } from "../../../lib/image/manifest.ts";
+
+const H = (c: string) => c.repeat(64);
+function valid(): Manifest {
+  return {
+    format: 1, compatible: "acme-pi4", version: "1.2", serial: 5, created: "2026-11-22T04:36:48Z", chunkSize: 65536,
+    payloads: [
+      { name: "rootfs", kind: "rootfs", encoding: "zstd", stored: { size: 300, sha256: H("a") }, raw: { size: 100000, sha256: H("b") },
+        chunks: [{ size: 200, sha256: H("c") }, { size: 100, sha256: H("d") }] },
+      { name: "boot", kind: "boot", encoding: "none", stored: { size: 70000, sha256: H("e") }, raw: { size: 70000, sha256: H("e") },
+        chunks: [{ size: 65536, sha256: H("f") }, { size: 4464, sha256: H("0") }] },
+    ],
+  };
+}
+
+test("a valid manifest round-trips through canonical bytes", () => {
+  const bytes = encodeManifest(valid());
+  expect(new TextDecoder().decode(bytes).startsWith('{"chunkSize":65536,"compatible":"acme-pi4","created"')).toBe(true);
+  expect(decodeManifest(bytes)).toEqual(valid());
+});
+
+describe("refused, with the field named", () => {
+  test.each([
+    { name: "format 2", edit: (m: any) => (m.format = 2), why: /format is 2/ },
+    { name: "compatible with a space", edit: (m: any) => (m.compatible = "acme pi"), why: /compatible must be/ },
+    { name: "negative serial", edit: (m: any) => (m.serial = -1), why: /serial must be an integer/ },
+    { name: "fractional serial", edit: (m: any) => (m.serial = 1.5), why: /serial must be an integer/ },
+    { name: "created not RFC 3339 UTC", edit: (m: any) => (m.created = "2026-11-22 04:36"), why: /created must be/ },
+    { name: "chunk size not a power of two", edit: (m: any) => (m.chunkSize = 65537), why: /power of two/ },
+    { name: "chunk size below 64 KiB", edit: (m: any) => (m.chunkSize = 4096), why: /chunkSize must be/ },
+    { name: "no payloads", edit: (m: any) => (m.payloads = []), why: /payloads must be a list of 1 to 8/ },
+    { name: "unknown kind", edit: (m: any) => (m.payloads[0].kind = "firmware"), why: /kind "firmware"/ },
+    { name: "unknown encoding", edit: (m: any) => (m.payloads[0].encoding = "xz"), why: /encoding "xz"/ },
+    { name: "a name with a slash", edit: (m: any) => (m.payloads[0].name = "../rootfs"), why: /name must be/ },
+    { name: "duplicate payload names", edit: (m: any) => (m.payloads[1].name = "rootfs"), why: /appears twice/ },
+    { name: "an extra field", edit: (m: any) => (m.payloads[0].extra = 1), why: /has fields .*extra/ },
+    { name: "a missing field", edit: (m: any) => delete m.version, why: /manifest has fields/ },
+    { name: "an upper-case digest", edit: (m: any) => (m.payloads[0].chunks[0].sha256 = H("A")), why: /sha256 must be/ },
+    { name: "too few chunks for the raw size", edit: (m: any) => m.payloads[0].chunks.pop(), why: /make 2/ },
+    { name: "chunks not adding up to the stored size", edit: (m: any) => (m.payloads[0].stored.size = 301), why: /add up to 300 bytes, stored size is 301/ },
+    { name: "an empty chunk", edit: (m: any) => { m.payloads[0].chunks[1].size = 0; m.payloads[0].stored.size = 200; }, why: /is empty/ },
+    { name: "unencoded payload whose stored and raw differ", edit: (m: any) => (m.payloads[1].raw.sha256 = H("9")), why: /stored and raw must be equal/ },
+    { name: "unencoded chunk of the wrong size", edit: (m: any) => { m.payloads[1].chunks[0].size = 65535; m.payloads[1].chunks[1].size = 4465; }, why: /is 65535 bytes, expected 65536/ },
+  ])("$name", ({ edit, why }) => {
+    const m = valid();
+    edit(m);
+    expect(() => encodeManifest(m)).toThrow(expect.objectContaining({ code: "IMG_FORMAT", message: expect.stringMatching(why) }));
+    expect(() => decodeManifest(canonicalJson(m))).toThrow(expect.objectContaining({ code: "IMG_FORMAT" }));
+  });
+});
+
+describe("only the exact canonical bytes are read", () => {
+  const canon = new TextDecoder().decode(encodeManifest(valid()));
+  test.each([
+    { name: "whitespace", text: canon.replace(",", ", ") },
+    { name: "keys out of order", text: canon.replace('{"chunkSize":65536,"compatible":"acme-pi4"', '{"compatible":"acme-pi4","chunkSize":65536') },
+    { name: "a duplicate key (JSON.parse would keep the last)", text: canon.replace('"serial":5', '"serial":1,"serial":5') },
+    { name: "not JSON", text: canon.slice(0, -1) },
+    { name: "invalid UTF-8", text: "\uFFFD" },
+  ])("$name", ({ text }) => {
+    const bytes = text === "\uFFFD" ? new Uint8Array([0xff, 0xfe]) : new TextEncoder().encode(text);
+    expect(() => decodeManifest(bytes)).toThrow(expect.objectContaining({ code: "IMG_FORMAT" }));
+  });
+});
+
+test("a manifest over 4 MiB is refused before parsing", () => {
+  expect(() => decodeManifest(new Uint8Array((4 << 20) + 1))).toThrow(expect.objectContaining({ code: "IMG_FORMAT", message: expect.stringMatching(/more than 4194304/) }));
+});

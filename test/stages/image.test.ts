@@ -1,0 +1,109 @@
+/**
+ * The image commands end to end through dist/zb-x64, and the format read
+ * by other tools: GNU tar lists and extracts a .zbi, openssl verifies its
+ * signatures over the extracted manifest.json, zstd decompresses a payload.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, copyFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+
+const BIN = resolve(import.meta.dir, "../../dist/zb-x64");
+let dir = "";
+const zb = (...args: string[]) => {
+  const p = Bun.spawnSync([BIN, ...args], { cwd: dir });
+  return { code: p.exitCode, out: p.stdout.toString(), err: p.stderr.toString() };
+};
+const sh = (cmd: string[]) => Bun.spawnSync(cmd, { cwd: dir });
+
+beforeAll(() => {
+  if (!existsSync(BIN)) throw new Error(`${BIN} is missing: run \`bun build.ts\` first`);
+  dir = mkdtempSync(join(tmpdir(), "zb-imgcli-"));
+  mkdirSync(join(dir, "boot/overlays"), { recursive: true });
+  mkdirSync(join(dir, "trust"));
+  writeFileSync(join(dir, "boot/vmlinuz"), "kernel image ".repeat(5000));
+  writeFileSync(join(dir, "boot/overlays/README"), "overlays\n");
+  // A rootfs of varied, compressible content: ~1.3 MiB, 21 chunks of 64 KiB.
+  const raw = new Uint8Array(1_300_000);
+  for (let i = 0; i < raw.length; i++) raw[i] = (i * 7 + (i >> 9)) % 251 < 40 ? (i * 131) & 0xff : 0x41 + (i % 26);
+  writeFileSync(join(dir, "rootfs.img"), raw);
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+describe("publish and install", () => {
+  test("key gen writes a 0600 private key and its public half", () => {
+    for (const [name, alg] of [["ed", "ed25519"], ["ec", "p256"]] as const) {
+      const r = zb("key", "gen", "--alg", alg, "-o", name);
+      expect(r.code).toBe(0);
+      expect(r.out).toMatch(new RegExp(`^[0-9a-f]{64}  ${alg}  ${name}.pub\\n$`));
+      expect(Bun.spawnSync(["stat", "-c", "%a", join(dir, name)]).stdout.toString().trim()).toBe("600");
+    }
+    expect(zb("key", "gen", "--alg", "ed25519", "-o", "ed").code).toBe(2); // never overwrites
+    copyFileSync(join(dir, "ed.pub"), join(dir, "trust/ed.pub"));
+  });
+
+  test("create, then info", () => {
+    const r = zb("image", "create", "--compatible", "acme-pi4", "--version", "1.0", "--serial", "7", "--rootfs", "rootfs.img", "--boot", "boot", "--key", "ed", "--chunk-size", "65536", "-o", "a.zbi");
+    expect(r.err).toBe("");
+    expect(r.code).toBe(0);
+    const info = JSON.parse(zb("image", "info", "a.zbi", "--json").out);
+    expect(info.manifest).toMatchObject({ compatible: "acme-pi4", serial: 7, chunkSize: 65536 });
+    expect(info.manifest.payloads.map((p: { name: string }) => p.name)).toEqual(["boot", "rootfs"]);
+    expect(info.manifest.payloads[1].chunks.length).toBe(20);
+  });
+
+  test("GNU tar sees the entries in order; openssl verifies both signature kinds over manifest.json", () => {
+    expect(zb("image", "sign", "a.zbi", "--key", "ec", "-o", "b.zbi").code).toBe(0);
+    expect(sh(["tar", "-tf", "b.zbi"]).stdout.toString()).toBe("zbi-format\nmanifest.json\nsignatures.json\nboot\nrootfs\n");
+    mkdirSync(join(dir, "x"));
+    expect(sh(["tar", "-xf", "b.zbi", "-C", "x"]).exitCode).toBe(0);
+    const sigs = JSON.parse(readFileSync(join(dir, "x/signatures.json"), "utf8")).signatures as { alg: string; sig: string }[];
+    expect(sigs.map((s) => s.alg).sort()).toEqual(["ed25519", "p256"]);
+    for (const s of sigs) {
+      writeFileSync(join(dir, `x/${s.alg}.sig`), Buffer.from(s.sig, "base64"));
+      const cmd = s.alg === "ed25519"
+        ? ["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", "ed.pub", "-rawin", "-in", "x/manifest.json", "-sigfile", `x/${s.alg}.sig`]
+        : ["openssl", "dgst", "-sha256", "-verify", "ec.pub", "-signature", `x/${s.alg}.sig`, "x/manifest.json"];
+      const p = sh(cmd);
+      expect(`${s.alg}: ${p.stdout.toString().trim()}`).toMatch(/Verified OK|Signature Verified Successfully/);
+    }
+    // The rootfs entry is a plain zstd stream of the raw image.
+    expect(sh(["sh", "-c", "zstd -dc x/rootfs | cmp - rootfs.img"]).exitCode).toBe(0);
+  });
+
+  test.each([
+    { name: "trusted and compatible", args: ["--compatible", "acme-pi4", "--serial-floor", "7"], code: 0, err: /^$/ },
+    { name: "another product", args: ["--compatible", "acme-pi5"], code: 15, err: /it is for "acme-pi4", this device is "acme-pi5"/ },
+    { name: "below the anti-rollback floor", args: ["--serial-floor", "8"], code: 16, err: /serial 7 is below the anti-rollback floor 8/ },
+    { name: "two signatures required, one trusted", args: ["--required", "2"], code: 14, err: /1 of 2 required trusted signatures/ },
+  ])("verify: $name → exit $code", ({ args, code, err }) => {
+    const r = zb("image", "verify", "b.zbi", "--trust", "trust", ...args);
+    expect(r.err).toMatch(err);
+    expect(r.code).toBe(code);
+  });
+
+  test("a flipped payload byte: verify exits 17 naming the chunk", () => {
+    const bytes = readFileSync(join(dir, "b.zbi"));
+    const at = bytes.length - 1024 * 40;
+    bytes[at]! ^= 1;
+    writeFileSync(join(dir, "bad.zbi"), bytes);
+    const r = zb("image", "verify", "bad.zbi", "--trust", "trust");
+    expect(r.code).toBe(17);
+    expect(r.err).toMatch(/rootfs: chunk \d+ .* does not match its signed SHA-256/);
+  });
+
+  test("install with JSON progress: start, progress…, done, result; byte-identical", () => {
+    const r = zb("image", "install", "b.zbi", "--trust", "trust", "--payload", "rootfs", "--to", "slot.img", "--progress=json");
+    expect(r.code).toBe(0);
+    const events = r.out.trim().split("\n").map((l) => JSON.parse(l));
+    expect(events.map((e) => e.type)).toEqual(["start", ...Array(20).fill("progress"), "done", "result"]);
+    expect(readFileSync(join(dir, "slot.img")).equals(readFileSync(join(dir, "rootfs.img")))).toBe(true);
+    expect(JSON.parse(readFileSync(join(dir, "slot.img.zb-journal"), "utf8"))).toMatchObject({ state: "complete", chunksDone: 20 });
+  });
+
+  test("install from stdin, and the boot payload", () => {
+    const p = Bun.spawnSync(["sh", "-c", `${BIN} image install - --trust trust --payload boot --to boot.tar < b.zbi`], { cwd: dir });
+    expect(p.exitCode).toBe(0);
+    expect(sh(["tar", "-tf", "boot.tar"]).stdout.toString()).toBe("overlays/\noverlays/README\nvmlinuz\n");
+  });
+});
