@@ -87,6 +87,9 @@ export async function install(sys: Sys, source: ImageSource, policy: Policy, opt
       try {
         const data = await payloadData(img, source, payload, from, journal, sys, opts.journal);
         const rawSha = await writeChunks(sys, img.header.manifest.chunkSize, payload, from, data, target, journal, opts);
+        const last = img.header.manifest.payloads.at(-1) === payload;
+        // Read sequentially to its end, the archive must end with the last payload.
+        if (last && !(from > 0 && source.seekable && journal.dataOffset !== null)) await img.nextPayload();
         journal.state = "complete";
         journal.chunksDone = payload.chunks.length;
         writeJournal(sys, opts.journal, journal);
@@ -150,7 +153,7 @@ async function payloadData(img: OpenImage<VerifiedImage>, source: ImageSource, p
 async function writeChunks(sys: Sys, chunkSize: number, p: Payload, from: number, data: AsyncIterable<Uint8Array>, target: Target, journal: Journal, opts: InstallOptions): Promise<string> {
   const started = performance.now();
   const raw = new Bun.CryptoHasher("sha256");
-  rehashWritten(target, from * chunkSize, raw);
+  rehashWritten(target, Math.min(from * chunkSize, p.raw.size), raw);
   const decoder = frameDecoder(opts.preferNativeZstd === false ? { preferNative: false } : {});
   const rawBuf = new Uint8Array(Math.min(chunkSize, p.raw.size));
   const storedTotal = p.stored.size;
@@ -207,8 +210,9 @@ async function writeChunks(sys: Sys, chunkSize: number, p: Payload, from: number
 function rehashWritten(target: Target, bytes: number, hasher: Bun.CryptoHasher): void {
   const step = 4 << 20;
   for (let at = 0; at < bytes; at += step) {
-    const part = target.read(at, Math.min(step, bytes - at));
-    if (part.length === 0) throw new ZbError("IO", `cannot resume: ${target.path} is shorter than the ${bytes} bytes the journal says were written`);
+    const want = Math.min(step, bytes - at);
+    const part = target.read(at, want);
+    if (part.length < want) throw new ZbError("IO", `cannot resume: ${target.path} holds ${at + part.length} bytes, fewer than the ${bytes} the journal says were written`);
     hasher.update(part);
   }
 }

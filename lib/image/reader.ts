@@ -11,7 +11,7 @@
  */
 import { extract, type Extract, type Header } from "tar-stream";
 import { ZbError } from "../errors.ts";
-import { checkEntry, LIMITS, MANIFEST_NAME, MARKER, MARKER_NAME, readSmallEntry, SIGNATURES_NAME, bad } from "./format.ts";
+import { checkEntry, entrySpan, LIMITS, MANIFEST_NAME, MARKER, MARKER_NAME, readSmallEntry, SIGNATURES_NAME, bad } from "./format.ts";
 import { decodeManifest, LIMITS as MANIFEST_LIMITS, type Manifest, type Payload } from "./manifest.ts";
 import { checkSignatures, decodeSignatures, type Signature, type TrustStore } from "./sign.ts";
 
@@ -69,21 +69,28 @@ export async function openImage(input: AsyncIterable<Uint8Array>, check: { polic
   const feeding = feed(input, tar);
   const entries = tar[Symbol.asyncIterator]() as AsyncIterator<Source>;
   let index = 0;
+  /** Where the next header must start: zb's layout has nothing between entries. */
+  let expectedOffset = 0;
   const next = async (expected: string): Promise<Source> => {
     const r = await entries.next().catch((e: unknown) => {
       throw tarError(e);
     });
     if (r.done) throw bad(`the archive ends where ${JSON.stringify(expected)} should follow`);
-    checkEntry(r.value.header, expected, index++);
+    checkEntry(r.value.header, expected, index);
+    // tar-stream applies pax global and GNU long-name/link headers silently;
+    // they show up only as a header that starts later than expected.
+    if (r.value.offset !== expectedOffset) throw bad(`entry ${index + 1} (${JSON.stringify(r.value.header.name)}) is preceded by extension headers`);
+    expectedOffset += entrySpan(r.value.header.size);
+    index++;
     return r.value;
   };
   const close = () => tar.destroy();
   try {
-    const marker = await readSmallEntry(await next(MARKER_NAME), MARKER_NAME, LIMITS.marker);
+    const marker = await readSmallEntry(guard(await next(MARKER_NAME)), MARKER_NAME, LIMITS.marker);
     if (Buffer.from(marker).toString("latin1") !== MARKER) throw bad(`${MARKER_NAME} says ${JSON.stringify(Buffer.from(marker).toString("latin1"))}, expected ${JSON.stringify(MARKER)}`);
-    const manifestBytes = await readSmallEntry(await next(MANIFEST_NAME), MANIFEST_NAME, MANIFEST_LIMITS.manifestBytes);
+    const manifestBytes = await readSmallEntry(guard(await next(MANIFEST_NAME)), MANIFEST_NAME, MANIFEST_LIMITS.manifestBytes);
     const manifest = decodeManifest(manifestBytes);
-    const sigBytes = await readSmallEntry(await next(SIGNATURES_NAME), SIGNATURES_NAME, LIMITS.signatures);
+    const sigBytes = await readSmallEntry(guard(await next(SIGNATURES_NAME)), SIGNATURES_NAME, LIMITS.signatures);
     const signatures = decodeSignatures(sigBytes, { maxCount: LIMITS.signatureCount });
     const header: ImageHeader = { manifest, manifestBytes, signatures, signedBy: [] };
     if ("policy" in check) applyPolicy(header, check.policy);
@@ -106,7 +113,7 @@ export async function openImage(input: AsyncIterable<Uint8Array>, check: { polic
           throw bad(`payload ${payload.name} is ${entry.header.size} bytes in the archive, the manifest says ${payload.stored.size}`);
         }
         const dataOffset = (entry.header as Header & { byteOffset?: number }).byteOffset ?? entry.offset + 512;
-        return { payload, index: payloadIndex++, dataOffset, data: entry };
+        return { payload, index: payloadIndex++, dataOffset, data: guard(entry) };
       },
     };
   } catch (e) {
@@ -128,7 +135,12 @@ function applyPolicy(h: ImageHeader, p: Policy): void {
   }
 }
 
-/** Pump the input into the tar parser with backpressure; errors surface through the parser. */
+/**
+ * Pump the input into the tar parser with backpressure. A failure of the
+ * source (a reset connection, a read error) becomes ZbError IO and reaches
+ * the reader through the parser; anything the parser raises by itself is a
+ * broken archive (tarError).
+ */
 async function feed(input: AsyncIterable<Uint8Array>, tar: Extract): Promise<void> {
   try {
     for await (const chunk of input) {
@@ -137,7 +149,17 @@ async function feed(input: AsyncIterable<Uint8Array>, tar: Extract): Promise<voi
     }
     (tar.end as unknown as () => void).call(tar);
   } catch (e) {
-    tar.destroy(e instanceof Error ? e : new Error(String(e)));
+    const why = e instanceof Error ? e.message : String(e);
+    tar.destroy(e instanceof ZbError ? e : new ZbError("IO", `cannot read the image: ${why}`, { cause: e }));
+  }
+}
+
+/** An entry's bytes, with the parser's own errors turned into ZbErrors. */
+async function* guard(data: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
+  try {
+    yield* data;
+  } catch (e) {
+    throw tarError(e);
   }
 }
 

@@ -1,0 +1,239 @@
+/**
+ * The install engine (lib/image/install.ts) on real files: a clean install is
+ * the raw payload byte for byte; the journal comes first and says "complete"
+ * last; resume continues at the journal's chunk (seeking or streaming) and
+ * ends identical; resumes that do not belong are refused; bytes corrupted on
+ * the target before a resume fail the final raw check; `none` encoding;
+ * progress events; the fallback zstd decoder gives the same bytes.
+ */
+import { afterAll, describe, expect, test } from "bun:test";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { install, type InstallOptions, type ProgressEvent } from "../../../lib/image/install.ts";
+import type { Journal } from "../../../lib/image/journal.ts";
+import type { Policy } from "../../../lib/image/reader.ts";
+import { loadTrustDir } from "../../../lib/image/sign.ts";
+import { fileSource, type ImageSource } from "../../../lib/image/source.ts";
+import { frameDecoder } from "../../../lib/image/zstd.ts";
+import { HostSys } from "../../../lib/sys/sys.ts";
+import { buildImage, KEYS, listTar, outcome, RecordingSys, sentinel, sha256, trustDir, variedBytes, writtenChunks } from "./fixture.ts";
+
+const root = mkdtempSync(join(tmpdir(), "zb-install-"));
+afterAll(() => rmSync(root, { recursive: true, force: true }));
+const host = new HostSys();
+const policy: Policy = { trust: loadTrustDir(host, trustDir(root, "trust", [KEYS.k1])), compatible: "pi4", serialFloor: 5 };
+const zstdImg = await buildImage(join(root, "zstd"), { rootfs: variedBytes(400 * 1024 + 1234, 11) });
+const noneImg = await buildImage(join(root, "none"), { rootfs: variedBytes(300 * 1024 + 7, 12), encoding: "none" });
+const otherImg = await buildImage(join(root, "other"), { rootfs: variedBytes(400 * 1024 + 1234, 11), version: "1.0.1" });
+const CHUNK = zstdImg.manifest.chunkSize;
+const N = zstdImg.manifest.payloads[1]!.chunks.length;
+const rootfsAt = listTar(zstdImg.bytes).find((e) => e.name === "rootfs")!.dataAt;
+
+let seq = 0;
+/** A fresh target pre-filled with the sentinel (3000 bytes longer than the payload) and a journal path beside it. */
+function place(rawLength: number) {
+  const base = join(root, `t${seq++}`);
+  const before = sentinel(rawLength + 3000);
+  writeFileSync(base, before);
+  return { target: base, journal: `${base}.journal`, before };
+}
+/** The journal's image id: SHA-256 of the signed manifest bytes. */
+function imageId(bytes: Uint8Array): string {
+  const m = listTar(bytes)[1]!;
+  return sha256(bytes.slice(m.dataAt, m.dataAt + m.size));
+}
+const read = (p: string) => new Uint8Array(readFileSync(p));
+const readJournal = (p: string) => JSON.parse(readFileSync(p, "utf8")) as Journal;
+/** A source that records where it was opened; `seekable: false` streams like stdin. */
+function recorded(path: string, seekable = true): ImageSource & { offsets: number[] } {
+  const inner = fileSource(path);
+  const offsets: number[] = [];
+  return { name: path, seekable, offsets, open: (o) => (offsets.push(o), inner.open(o)) };
+}
+function opts(t: { target: string; journal: string }, payload = "rootfs", more: Partial<InstallOptions> = {}): InstallOptions {
+  return { payload, target: t.target, journal: t.journal, ...more };
+}
+
+describe("clean install", () => {
+  test.each([
+    { image: "zstd", payload: "rootfs" },
+    { image: "zstd", payload: "boot" },
+    { image: "none", payload: "rootfs" },
+    { image: "none", payload: "boot" },
+  ])("$image image, $payload: the target is the raw payload, journal first and 'complete' last", async ({ image, payload }) => {
+    const img = image === "zstd" ? zstdImg : noneImg;
+    const raw = img.raw[payload]!;
+    const p = img.manifest.payloads.find((x) => x.name === payload)!;
+    const t = place(raw.length);
+    const sys = new RecordingSys(t.journal, t.target);
+    const r = await install(sys, fileSource(img.path), policy, opts(t, payload));
+    expect(r).toMatchObject({ payload, rawSize: raw.length, rawSha256: p.raw.sha256, chunks: p.chunks.length, resumedFrom: 0, alreadyInstalled: false });
+    const after = read(t.target);
+    expect(sha256(after.subarray(0, raw.length))).toBe(sha256(raw));
+    expect(writtenChunks(after, raw, t.before, CHUNK)).toBe(p.chunks.length); // the tail past the payload is untouched
+    const states = sys.journals.map((j) => j.state);
+    expect(sys.journals[0]).toMatchObject({ state: "writing", chunksDone: 0 }); // the journal comes first
+    expect(states.slice(1, -1).every((s) => s === "writing")).toBe(true);
+    expect(states.at(-1)).toBe("complete"); // and says complete last
+    expect(sha256(sys.targetAt[0]!)).toBe(sha256(t.before)); // nothing written before the first journal
+    expect(sha256(sys.targetAt.at(-1)!.subarray(0, raw.length))).toBe(sha256(raw)); // everything written before "complete"
+    expect(readJournal(t.journal)).toMatchObject({ state: "complete", chunksDone: p.chunks.length, payload, target: t.target, image: imageId(img.bytes) });
+    if (image === "none") expect(p.chunks.every((c, i) => c.size === Math.min(CHUNK, raw.length - i * CHUNK))).toBe(true);
+  });
+
+  test("a target that does not exist is created; a wrong payload name is USAGE and creates nothing", async () => {
+    const target = join(root, "fresh.img");
+    await install(host, fileSource(zstdImg.path), policy, { payload: "rootfs", target, journal: `${target}.j` });
+    expect(sha256(read(target))).toBe(sha256(zstdImg.raw.rootfs!));
+    const missing = join(root, "never.img");
+    expect(await outcome(install(host, fileSource(zstdImg.path), policy, { payload: "kernel", target: missing, journal: `${missing}.j` }))).toBe("USAGE");
+    expect([existsSync(missing), existsSync(`${missing}.j`)]).toEqual([false, false]);
+  });
+});
+
+describe("resume", () => {
+  /** Before: a journal at chunk k (its dataOffset as a real install recorded it, or null) and the target holding exactly chunks 0..k-1. */
+  test.each([
+    { k: 1, state: "writing", seekable: true, dataOffset: true },
+    { k: 3, state: "failed", seekable: true, dataOffset: true },
+    { k: N - 1, state: "writing", seekable: true, dataOffset: true },
+    { k: N, state: "writing", seekable: true, dataOffset: true },
+    { k: 3, state: "writing", seekable: true, dataOffset: false },
+    { k: 4, state: "failed", seekable: false, dataOffset: true },
+    { k: 0, state: "writing", seekable: true, dataOffset: true },
+  ] as const)("journal chunksDone=$k ($state), seekable=$seekable, dataOffset known=$dataOffset → continues at $k, identical bytes", async ({ k, state, seekable, dataOffset }) => {
+    const raw = zstdImg.raw.rootfs!;
+    const t = place(raw.length);
+    const clean = await install(host, fileSource(zstdImg.path), policy, opts(t));
+    expect(clean.resumedFrom).toBe(0);
+    const full = readJournal(t.journal);
+    expect(full.dataOffset).toBe(rootfsAt);
+    const target = t.before.slice();
+    target.set(raw.subarray(0, k * CHUNK));
+    writeFileSync(t.target, target);
+    writeFileSync(t.journal, JSON.stringify({ ...full, state, chunksDone: k, dataOffset: dataOffset ? full.dataOffset : null }));
+    const src = recorded(zstdImg.path, seekable);
+    const events: ProgressEvent[] = [];
+    const r = await install(host, src, policy, opts(t, "rootfs", { resume: true, progress: (e) => events.push(e) }));
+    expect(r).toMatchObject({ resumedFrom: k, alreadyInstalled: false });
+    expect(writtenChunks(read(t.target), raw, t.before, CHUNK)).toBe(N);
+    expect(readJournal(t.journal)).toMatchObject({ state: "complete", chunksDone: N });
+    expect(events[0]).toMatchObject({ type: "start", resumeFrom: k, chunks: N });
+    expect(events.filter((e) => e.type === "progress").map((e) => (e as { chunk: number }).chunk)).toEqual(Array.from({ length: N - k }, (_, i) => k + i + 1));
+    const skipped = zstdImg.manifest.payloads[1]!.chunks.slice(0, k).reduce((a, c) => a + c.size, 0);
+    // A seeking resume reads the entry header again and starts at the first missing chunk; otherwise one pass from byte 0.
+    expect(src.offsets).toEqual(seekable && dataOffset && k > 0 ? [0, rootfsAt - 512, rootfsAt + skipped] : [0]);
+  });
+
+  test.each([
+    { what: "no journal", journal: null, code: "USAGE" },
+    { what: "a journal of another image", journal: "other", code: "USAGE" },
+    { what: "a journal of another payload", journal: { payload: "boot" }, code: "USAGE" },
+    { what: "a journal of another target", journal: { target: "/dev/mmcblk0p3" }, code: "USAGE" },
+    { what: "a journal that is not JSON", journal: "garbage", code: "IO" },
+    { what: "a journal with a negative chunk count", journal: { chunksDone: -1 }, code: "IO" },
+  ] as const)("$what → $code; target and journal untouched", async ({ journal, code }) => {
+    const raw = zstdImg.raw.rootfs!;
+    const t = place(raw.length);
+    const mine = { version: 1, image: "", payload: "rootfs", target: t.target, state: "writing", chunksDone: 2, dataOffset: rootfsAt };
+    mine.image = imageId(journal === "other" ? otherImg.bytes : zstdImg.bytes);
+    if (journal && typeof journal === "object") Object.assign(mine, journal);
+    if (journal === "garbage") writeFileSync(t.journal, "{not json");
+    else if (journal !== null) writeFileSync(t.journal, JSON.stringify(mine));
+    const before = existsSync(t.journal) ? readFileSync(t.journal, "utf8") : null;
+    expect(await outcome(install(host, fileSource(zstdImg.path), policy, opts(t, "rootfs", { resume: true })))).toBe(code);
+    expect(sha256(read(t.target))).toBe(sha256(t.before));
+    expect(existsSync(t.journal) ? readFileSync(t.journal, "utf8") : null).toBe(before);
+  });
+
+  test("bytes corrupted on the target before the resume point fail the final raw check (PAYLOAD_CORRUPT); a fresh install repairs them", async () => {
+    const raw = zstdImg.raw.rootfs!;
+    const t = place(raw.length);
+    await install(host, fileSource(zstdImg.path), policy, opts(t));
+    const j = readJournal(t.journal);
+    const bad = read(t.target);
+    bad[CHUNK + 100]! ^= 0x01; // chunk 1, before the resume point 3
+    writeFileSync(t.target, bad);
+    writeFileSync(t.journal, JSON.stringify({ ...j, state: "writing", chunksDone: 3 }));
+    expect(await outcome(install(host, fileSource(zstdImg.path), policy, opts(t, "rootfs", { resume: true })))).toBe("PAYLOAD_CORRUPT");
+    expect(readJournal(t.journal)).toMatchObject({ state: "failed", chunksDone: 3 });
+    expect(readJournal(t.journal).error).toMatch(/SHA-256 .* differs from the signed/);
+    await install(host, fileSource(zstdImg.path), policy, opts(t));
+    expect(sha256(read(t.target).subarray(0, raw.length))).toBe(sha256(raw));
+  });
+
+  test("a target shorter than the journal claims is IO", async () => {
+    const t = place(0);
+    await install(host, fileSource(zstdImg.path), policy, opts(t));
+    const j = readJournal(t.journal);
+    writeFileSync(t.target, zstdImg.raw.rootfs!.subarray(0, CHUNK));
+    writeFileSync(t.journal, JSON.stringify({ ...j, state: "writing", chunksDone: 4 }));
+    expect(await outcome(install(host, fileSource(zstdImg.path), policy, opts(t, "rootfs", { resume: true })))).toBe("IO");
+  });
+
+  test("a journal that says complete: --resume reports 'already installed' and writes nothing; without --resume it installs again", async () => {
+    const raw = zstdImg.raw.rootfs!;
+    const t = place(raw.length);
+    await install(host, fileSource(zstdImg.path), policy, opts(t));
+    writeFileSync(t.target, t.before);
+    const r = await install(host, fileSource(zstdImg.path), policy, opts(t, "rootfs", { resume: true }));
+    expect(r).toMatchObject({ alreadyInstalled: true, resumedFrom: N });
+    expect(sha256(read(t.target))).toBe(sha256(t.before));
+    const again = await install(host, fileSource(zstdImg.path), policy, opts(t));
+    expect(again).toMatchObject({ alreadyInstalled: false, resumedFrom: 0 });
+    expect(writtenChunks(read(t.target), raw, t.before, CHUNK)).toBe(N);
+  });
+});
+
+describe("progress and decoders", () => {
+  test.each(["zstd", "none"] as const)("%s: start, one monotonic progress event per chunk, done with the raw SHA-256", async (image) => {
+    const img = image === "zstd" ? zstdImg : noneImg;
+    const p = img.manifest.payloads[1]!;
+    const events: ProgressEvent[] = [];
+    await install(host, fileSource(img.path), policy, opts(place(p.raw.size), "rootfs", { progress: (e) => events.push(structuredClone(e)) }));
+    expect(events[0]).toEqual({ type: "start", payload: "rootfs", chunks: p.chunks.length, rawTotal: p.raw.size, storedTotal: p.stored.size, resumeFrom: 0 });
+    const prog = events.slice(1, -1) as Extract<ProgressEvent, { type: "progress" }>[];
+    expect(prog.length).toBe(p.chunks.length);
+    prog.forEach((e, i) => {
+      expect(e).toMatchObject({ type: "progress", chunk: i + 1, chunks: p.chunks.length, rawTotal: p.raw.size, storedTotal: p.stored.size });
+      if (i > 0) {
+        expect(e.rawBytes).toBeGreaterThan(prog[i - 1]!.rawBytes);
+        expect(e.storedBytes).toBeGreaterThan(prog[i - 1]!.storedBytes);
+        expect(e.elapsedMs).toBeGreaterThanOrEqual(prog[i - 1]!.elapsedMs);
+      }
+    });
+    expect([prog.at(-1)!.rawBytes, prog.at(-1)!.storedBytes]).toEqual([p.raw.size, p.stored.size]);
+    expect(events.at(-1)).toMatchObject({ type: "done", payload: "rootfs", rawBytes: p.raw.size, rawSha256: p.raw.sha256 });
+  });
+
+  test("the fallback zstd decoder (no libzstd) installs identical bytes", async () => {
+    expect(frameDecoder().native).toBe(true); // libzstd.so.1 is installed: the default is the FFI decoder
+    expect(frameDecoder({ preferNative: false }).native).toBe(false);
+    for (const payload of ["rootfs", "boot"]) {
+      const raw = zstdImg.raw[payload]!;
+      const [a, b] = [place(raw.length), place(raw.length)];
+      await install(host, fileSource(zstdImg.path), policy, opts(a, payload));
+      await install(host, fileSource(zstdImg.path), policy, opts(b, payload, { preferNativeZstd: false }));
+      expect(sha256(read(b.target))).toBe(sha256(read(a.target)));
+      expect(sha256(read(b.target).subarray(0, raw.length))).toBe(sha256(raw));
+    }
+  });
+
+  test.each([
+    { what: "a frame of the right size", frame: () => Bun.zstdCompressSync(variedBytes(CHUNK, 5)), size: CHUNK, ok: true },
+    { what: "a frame one byte short", frame: () => Bun.zstdCompressSync(variedBytes(CHUNK - 1, 5)), size: CHUNK, ok: false },
+    { what: "a frame one byte long", frame: () => Bun.zstdCompressSync(variedBytes(CHUNK + 1, 5)), size: CHUNK, ok: false },
+    { what: "a 16 MiB bomb", frame: () => Bun.zstdCompressSync(new Uint8Array(16 << 20)), size: CHUNK, ok: false },
+    { what: "not zstd", frame: () => variedBytes(4000, 6, 1), size: CHUNK, ok: false },
+    { what: "an empty frame for an empty chunk", frame: () => new Uint8Array(0), size: 0, ok: true },
+  ])("both decoders agree on $what → $ok", ({ frame, size, ok }) => {
+    const f = frame();
+    for (const d of [frameDecoder(), frameDecoder({ preferNative: false })]) {
+      const out = new Uint8Array(size);
+      expect(d.decode(f, out)).toBe(ok);
+      if (ok && size > 0) expect(sha256(out)).toBe(sha256(Bun.zstdDecompressSync(f)));
+      d.close();
+    }
+  });
+});
