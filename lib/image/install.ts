@@ -90,6 +90,9 @@ export async function install(sys: Sys, source: ImageSource, policy: Policy, opt
         const last = img.header.manifest.payloads.at(-1) === payload;
         // Read sequentially to its end, the archive must end with the last payload.
         if (last && !(from > 0 && source.seekable && journal.dataOffset !== null)) await img.nextPayload();
+        // Everything checked: a file target that was longer keeps no stale tail (a device keeps its size).
+        target.truncate(payload.raw.size);
+        target.sync();
         journal.state = "complete";
         journal.chunksDone = payload.chunks.length;
         writeJournal(sys, opts.journal, journal);

@@ -24,6 +24,8 @@ export interface Target {
   sync(): void;
   /** fdatasync on the I/O thread pool, so decompression goes on meanwhile. */
   syncInBackground(): Promise<void>;
+  /** Cut a regular file to `size` bytes (no-op for a block device). */
+  truncate(size: number): void;
   close(): void;
 }
 
@@ -82,6 +84,14 @@ export function openTarget(path: string, opts: { create: boolean }): Target {
     },
     syncInBackground() {
       return new Promise((resolve, reject) => fs.fdatasync(fd, (e) => (e ? reject(ioError(`sync ${path}`, e)) : resolve())));
+    },
+    truncate(size) {
+      if (blockDevice) return;
+      try {
+        fs.ftruncateSync(fd, size);
+      } catch (e) {
+        throw ioError(`truncate ${path}`, e);
+      }
     },
     close() {
       fs.closeSync(fd);

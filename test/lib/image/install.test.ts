@@ -71,7 +71,7 @@ describe("clean install", () => {
     expect(r).toMatchObject({ payload, rawSize: raw.length, rawSha256: p.raw.sha256, chunks: p.chunks.length, resumedFrom: 0, alreadyInstalled: false });
     const after = read(t.target);
     expect(sha256(after.subarray(0, raw.length))).toBe(sha256(raw));
-    expect(writtenChunks(after, raw, t.before, CHUNK)).toBe(p.chunks.length); // the tail past the payload is untouched
+    expect(after.length).toBe(raw.length); // a file target 3000 bytes longer is cut to the payload
     const states = sys.journals.map((j) => j.state);
     expect(sys.journals[0]).toMatchObject({ state: "writing", chunksDone: 0 }); // the journal comes first
     expect(states.slice(1, -1).every((s) => s === "writing")).toBe(true);
@@ -117,7 +117,7 @@ describe("resume", () => {
     const events: ProgressEvent[] = [];
     const r = await install(host, src, policy, opts(t, "rootfs", { resume: true, progress: (e) => events.push(e) }));
     expect(r).toMatchObject({ resumedFrom: k, alreadyInstalled: false });
-    expect(writtenChunks(read(t.target), raw, t.before, CHUNK)).toBe(N);
+    expect(sha256(read(t.target))).toBe(sha256(raw)); // complete: exactly the payload, the longer file cut
     expect(readJournal(t.journal)).toMatchObject({ state: "complete", chunksDone: N });
     expect(events[0]).toMatchObject({ type: "start", resumeFrom: k, chunks: N });
     expect(events.filter((e) => e.type === "progress").map((e) => (e as { chunk: number }).chunk)).toEqual(Array.from({ length: N - k }, (_, i) => k + i + 1));
@@ -182,7 +182,7 @@ describe("resume", () => {
     expect(sha256(read(t.target))).toBe(sha256(t.before));
     const again = await install(host, fileSource(zstdImg.path), policy, opts(t));
     expect(again).toMatchObject({ alreadyInstalled: false, resumedFrom: 0 });
-    expect(writtenChunks(read(t.target), raw, t.before, CHUNK)).toBe(N);
+    expect(sha256(read(t.target))).toBe(sha256(raw)); // complete: exactly the payload, the longer file cut
   });
 });
 
@@ -237,3 +237,4 @@ describe("progress and decoders", () => {
     }
   });
 });
+
