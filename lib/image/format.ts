@@ -53,6 +53,25 @@ export function checkEntry(h: Header, expected: string, index: number): void {
   if (h.name !== expected) throw bad(`${what} is out of place: expected ${JSON.stringify(expected)}`);
 }
 
+/**
+ * Check a raw ustar header block when tar-stream is not reading it (the
+ * direct payload path and a seeking resume): checksum, magic, name, size and
+ * a regular-file typeflag.
+ * @throws {ZbError} IMG_FORMAT
+ */
+export function checkUstarHeader(block: Uint8Array, name: string, size: number): void {
+  const field = (at: number, len: number) => Buffer.from(block.subarray(at, at + len)).toString("latin1").replace(/\0.*$/s, "");
+  let sum = 0;
+  for (let i = 0; i < BLOCK; i++) sum += i >= 148 && i < 156 ? 0x20 : block[i]!;
+  const stored = parseInt(field(148, 8).trim() || "x", 8);
+  const what = `the header of ${JSON.stringify(name)}`;
+  if (block.length !== BLOCK || stored !== sum) throw bad(`${what} has a bad checksum`);
+  if (field(257, 6) !== "ustar") throw bad(`${what} is not a ustar header`);
+  if (field(345, 155) !== "" || field(0, 100) !== name) throw bad(`${what} names ${JSON.stringify(field(0, 100))}`);
+  if (block[156] !== 0x30) throw bad(`${what} is not a regular file`);
+  if (parseInt(field(124, 12).trim() || "x", 8) !== size) throw bad(`${what} gives another size than the manifest`);
+}
+
 /** The header zb writes for an entry: deterministic (mtime 0, root-owned, 0644). */
 export function entryHeader(name: string, size: number): Header {
   return { name, size, type: "file", mode: 0o644, uid: 0, gid: 0, uname: "", gname: "", mtime: new Date(0), linkname: "", devmajor: 0, devminor: 0 };

@@ -25,7 +25,7 @@ import { ZbError } from "../errors.ts";
 import type { Sys } from "../sys/sys.ts";
 import { openTarget, type Target } from "../sys/target.ts";
 import { exactChunks } from "./chunks.ts";
-import { BLOCK } from "./format.ts";
+import { BLOCK, checkUstarHeader } from "./format.ts";
 import { readJournal, writeJournal, type Journal } from "./journal.ts";
 import type { Payload } from "./manifest.ts";
 import { openImage, type OpenImage, type Policy, type VerifiedImage } from "./reader.ts";
@@ -67,7 +67,7 @@ export interface InstallResult {
  */
 export async function install(sys: Sys, source: ImageSource, policy: Policy, opts: InstallOptions): Promise<InstallResult> {
   const started = performance.now();
-  const img = await openImage(await source.open(0), { policy });
+  const img = await openImage(await source.open(0), { policy }, source.direct?.());
   try {
     const payload = findPayload(img.header, opts.payload);
     const imageId = sha256hex(img.header.manifestBytes);
@@ -223,10 +223,10 @@ function rehashWritten(target: Target, bytes: number, hasher: Bun.CryptoHasher):
 /** A seeking resume checks that the ustar header before the data names this payload. */
 async function checkEntryHeaderAt(source: ImageSource, offset: number, p: Payload): Promise<void> {
   const head = await readExactly(await source.open(offset), BLOCK);
-  const name = Buffer.from(head.subarray(0, 100)).toString("latin1").replace(/\0.*$/s, "");
-  const size = parseInt(Buffer.from(head.subarray(124, 136)).toString("latin1").replace(/[\0 ]+$/, "") || "x", 8);
-  if (name !== p.name || size !== p.stored.size || head[156] !== 0x30) {
-    throw new ZbError("IMG_FORMAT", `cannot resume: the image has no entry ${p.name} at byte ${offset}`, { hint: "install without --resume" });
+  try {
+    checkUstarHeader(head, p.name, p.stored.size);
+  } catch (e) {
+    throw new ZbError("IMG_FORMAT", `cannot resume: the image has no entry ${p.name} at byte ${offset} (${(e as Error).message})`, { hint: "install without --resume" });
   }
 }
 

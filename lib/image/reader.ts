@@ -11,7 +11,8 @@
  */
 import { extract, type Extract, type Header } from "tar-stream";
 import { ZbError } from "../errors.ts";
-import { checkEntry, entrySpan, LIMITS, MANIFEST_NAME, MARKER, MARKER_NAME, readSmallEntry, SIGNATURES_NAME, bad } from "./format.ts";
+import { BLOCK, checkEntry, checkUstarHeader, entrySpan, LIMITS, MANIFEST_NAME, MARKER, MARKER_NAME, payloadOffsets, readSmallEntry, SIGNATURES_NAME, bad } from "./format.ts";
+import type { DirectReader } from "./source.ts";
 import { decodeManifest, LIMITS as MANIFEST_LIMITS, type Manifest, type Payload } from "./manifest.ts";
 import { checkSignatures, decodeSignatures, type Signature, type TrustStore } from "./sign.ts";
 
@@ -62,9 +63,15 @@ export interface OpenImage<H extends ImageHeader> {
  * Open an image stream and check everything that comes before the payloads.
  * @throws {ZbError} IMG_FORMAT, SIG_INVALID, IMG_INCOMPATIBLE, ROLLBACK_REFUSED, IO
  */
-export async function openImage(input: AsyncIterable<Uint8Array>, check: { policy: Policy }): Promise<OpenImage<VerifiedImage>>;
+/**
+ * `direct` (files only): after the header, payload bytes are read with
+ * read(2) into one reused buffer instead of through the stream and tar
+ * parser — each yielded chunk is valid until the next is pulled, so the
+ * consumer must be done with it by then (install and verify are).
+ */
+export async function openImage(input: AsyncIterable<Uint8Array>, check: { policy: Policy }, direct?: DirectReader): Promise<OpenImage<VerifiedImage>>;
 export async function openImage(input: AsyncIterable<Uint8Array>, check: { unverified: true }): Promise<OpenImage<ImageHeader>>;
-export async function openImage(input: AsyncIterable<Uint8Array>, check: { policy: Policy } | { unverified: true }): Promise<OpenImage<ImageHeader>> {
+export async function openImage(input: AsyncIterable<Uint8Array>, check: { policy: Policy } | { unverified: true }, direct?: DirectReader): Promise<OpenImage<ImageHeader>> {
   const tar = extract();
   const feeding = feed(input, tar);
   const entries = tar[Symbol.asyncIterator]() as AsyncIterator<Source>;
@@ -84,7 +91,10 @@ export async function openImage(input: AsyncIterable<Uint8Array>, check: { polic
     index++;
     return r.value;
   };
-  const close = () => tar.destroy();
+  const close = () => {
+    tar.destroy();
+    direct?.close();
+  };
   try {
     const marker = await readSmallEntry(guard(await next(MARKER_NAME)), MARKER_NAME, LIMITS.marker);
     if (Buffer.from(marker).toString("latin1") !== MARKER) throw bad(`${MARKER_NAME} says ${JSON.stringify(Buffer.from(marker).toString("latin1"))}, expected ${JSON.stringify(MARKER)}`);
@@ -94,6 +104,10 @@ export async function openImage(input: AsyncIterable<Uint8Array>, check: { polic
     const signatures = decodeSignatures(sigBytes, { maxCount: LIMITS.signatureCount });
     const header: ImageHeader = { manifest, manifestBytes, signatures, signedBy: [] };
     if ("policy" in check) applyPolicy(header, check.policy);
+    if (direct) {
+      tar.destroy();
+      return { header, close, nextPayload: directPayloads(direct, manifest, manifestBytes.length, sigBytes.length) };
+    }
     let payloadIndex = 0;
     return {
       header,
@@ -120,6 +134,42 @@ export async function openImage(input: AsyncIterable<Uint8Array>, check: { polic
     close();
     throw e;
   }
+}
+
+/** Payloads read with read(2): each preceded by its checked ustar header; only zeros after the last. */
+function directPayloads(r: DirectReader, m: Manifest, manifestSize: number, sigSize: number): () => Promise<PayloadEntry | null> {
+  const offsets = payloadOffsets(manifestSize, sigSize, m.payloads.map((p) => p.stored.size));
+  const buf = new Uint8Array(Math.max(BLOCK, ...m.payloads.flatMap((p) => p.chunks.map((c) => c.size))));
+  const skipTo = (offset: number) => {
+    while (r.position < offset) {
+      const want = Math.min(buf.length, offset - r.position);
+      if (r.read(buf.subarray(0, want)) < want) throw bad("the archive ends early");
+    }
+  };
+  let index = 0;
+  return async () => {
+    if (index === m.payloads.length) {
+      skipTo(offsets.at(-1)! + entrySpan(m.payloads.at(-1)!.stored.size) - BLOCK);
+      for (let n = r.read(buf); n > 0; n = r.read(buf)) {
+        if (buf.subarray(0, n).some((b) => b !== 0)) throw bad("data follows the last payload");
+      }
+      return null;
+    }
+    const payload = m.payloads[index]!;
+    const dataOffset = offsets[index]!;
+    skipTo(dataOffset - BLOCK);
+    const head = buf.subarray(0, BLOCK);
+    if (r.read(head) < BLOCK) throw bad(`the archive ends where ${JSON.stringify(payload.name)} should follow`);
+    checkUstarHeader(head, payload.name, payload.stored.size);
+    async function* data(): AsyncGenerator<Uint8Array> {
+      for (const c of payload.chunks) {
+        const view = buf.subarray(0, c.size);
+        if (r.read(view) < c.size) throw bad(`the archive ends inside payload ${payload.name}`);
+        yield view;
+      }
+    }
+    return { payload, index: index++, dataOffset, data: data() };
+  };
 }
 
 /** Signatures, then compatible, then the serial floor: the order a user would fix them in. */

@@ -3,8 +3,8 @@
  * URLs can start at an offset (a file seeks, HTTP asks for `Range`), which
  * is how an interrupted install resumes without reading the image again.
  */
-import { createReadStream, statSync } from "node:fs";
-import { ZbError } from "../errors.ts";
+import { closeSync, createReadStream, openSync, readSync, statSync } from "node:fs";
+import { ZbError, ioError } from "../errors.ts";
 
 export interface ImageSource {
   readonly name: string;
@@ -12,6 +12,21 @@ export interface ImageSource {
   readonly seekable: boolean;
   /** The image's bytes from `offset` on. @throws {ZbError} IO */
   open(offset: number): Promise<AsyncIterable<Uint8Array>>;
+  /** Files only: synchronous sequential reads from byte 0 (the payload fast path, reader.ts). */
+  direct?(): DirectReader;
+}
+
+/**
+ * Sequential read(2) into the caller's buffer: no stream buffers to collect
+ * (constant memory) and no positioned reads (slow in Bun 1.4, see
+ * lib/sys/target.ts).
+ */
+export interface DirectReader {
+  /** Bytes consumed so far. */
+  readonly position: number;
+  /** Fill `buf` completely; @returns the bytes read (fewer only at the end of the file). */
+  read(buf: Uint8Array): number;
+  close(): void;
 }
 
 /** Read size per request: large reads keep the per-read overhead out of the hashing rate. */
@@ -34,6 +49,39 @@ export function fileSource(path: string): ImageSource {
         throw new ZbError("IO", `cannot read image ${path}: ${(e as { code?: string }).code === "ENOENT" ? "no such file" : (e as Error).message}`);
       }
       return createReadStream(path, { start: offset, highWaterMark: READ_SIZE });
+    },
+    direct() {
+      let fd: number;
+      try {
+        fd = openSync(path, "r");
+      } catch (e) {
+        throw ioError(`read image ${path}`, e);
+      }
+      let position = 0;
+      let open = true;
+      return {
+        get position() {
+          return position;
+        },
+        read(buf) {
+          let done = 0;
+          try {
+            while (done < buf.length) {
+              const n = readSync(fd, buf, done, buf.length - done, null);
+              if (n === 0) break;
+              done += n;
+            }
+          } catch (e) {
+            throw ioError(`read image ${path}`, e);
+          }
+          position += done;
+          return done;
+        },
+        close() {
+          if (open) closeSync(fd);
+          open = false;
+        },
+      };
     },
   };
 }

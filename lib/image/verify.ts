@@ -28,7 +28,7 @@ export interface VerifyResult {
  */
 export async function verifyImage(source: ImageSource, policy: Policy, opts: { deep?: boolean; progress?: (storedBytes: number, storedTotal: number) => void } = {}): Promise<VerifyResult> {
   const started = performance.now();
-  const img = await openImage(await source.open(0), { policy });
+  const img = await openImage(await source.open(0), { policy }, source.direct?.());
   const decoder = opts.deep ? frameDecoder() : null;
   try {
     const m = img.header.manifest;
