@@ -30,6 +30,7 @@ import { readJournal, writeJournal, type Journal } from "./journal.ts";
 import type { Payload } from "./manifest.ts";
 import { openImage, type OpenImage, type Policy, type VerifiedImage } from "./reader.ts";
 import type { ImageSource } from "./source.ts";
+import { rawHasher, type RawHasher } from "./rawhash.ts";
 import { frameDecoder } from "./zstd.ts";
 
 /** Fsync and journal at most this far apart: the work a power cut can cost. */
@@ -43,6 +44,8 @@ export interface InstallOptions {
   progress?: (e: ProgressEvent) => void;
   /** Tests: force the fallback zstd decoder. */
   preferNativeZstd?: boolean;
+  /** Tests: hash on the main thread instead of a worker. */
+  hashThreads?: boolean;
 }
 
 export type ProgressEvent =
@@ -155,10 +158,8 @@ async function payloadData(img: OpenImage<VerifiedImage>, source: ImageSource, p
 
 async function writeChunks(sys: Sys, chunkSize: number, p: Payload, from: number, data: AsyncIterable<Uint8Array>, target: Target, journal: Journal, opts: InstallOptions): Promise<string> {
   const started = performance.now();
-  const raw = new Bun.CryptoHasher("sha256");
-  rehashWritten(target, Math.min(from * chunkSize, p.raw.size), raw);
+  const raw = rawHasher(Math.min(chunkSize, p.raw.size), opts.hashThreads === false ? { threads: false } : {});
   const decoder = frameDecoder(opts.preferNativeZstd === false ? { preferNative: false } : {});
-  const rawBuf = new Uint8Array(Math.min(chunkSize, p.raw.size));
   const storedTotal = p.stored.size;
   let storedBytes = p.chunks.slice(0, from).reduce((a, c) => a + c.size, 0);
   let sinceSync = 0;
@@ -169,7 +170,9 @@ async function writeChunks(sys: Sys, chunkSize: number, p: Payload, from: number
     pending = null;
   };
   opts.progress?.({ type: "start", payload: p.name, chunks: p.chunks.length, rawTotal: p.raw.size, storedTotal, resumeFrom: from });
+  let digest: string;
   try {
+    rehashWritten(target, Math.min(from * chunkSize, p.raw.size), raw);
     let i = from;
     for await (const stored of exactChunks(data, p.chunks.slice(from).map((c) => c.size), `payload ${p.name}`)) {
       const where = `chunk ${i} of ${p.name} (stored bytes ${storedBytes}–${storedBytes + stored.length - 1})`;
@@ -177,12 +180,13 @@ async function writeChunks(sys: Sys, chunkSize: number, p: Payload, from: number
         throw new ZbError("PAYLOAD_CORRUPT", `cannot install ${p.name}: ${where} does not match its signed SHA-256; nothing of it was written`);
       }
       const rawLen = Math.min(chunkSize, p.raw.size - i * chunkSize);
-      const out = p.encoding === "none" ? stored : rawBuf.subarray(0, rawLen);
-      if (p.encoding === "zstd" && !decoder.decode(stored, out)) {
+      const out = raw.slot(rawLen);
+      if (p.encoding === "none") out.set(stored);
+      else if (!decoder.decode(stored, out)) {
         throw new ZbError("IMG_FORMAT", `cannot install ${p.name}: ${where} is not a zstd frame of ${rawLen} bytes`);
       }
-      raw.update(out);
       target.write(i * chunkSize, out);
+      raw.commit(out);
       storedBytes += stored.length;
       sinceSync += rawLen;
       i++;
@@ -197,11 +201,12 @@ async function writeChunks(sys: Sys, chunkSize: number, p: Payload, from: number
       }
       opts.progress?.({ type: "progress", payload: p.name, chunk: i, chunks: p.chunks.length, rawBytes: Math.min(i * chunkSize, p.raw.size), rawTotal: p.raw.size, storedBytes, storedTotal, elapsedMs: performance.now() - started });
     }
+    digest = await raw.digest();
   } finally {
     decoder.close();
+    raw.close();
     await settle();
   }
-  const digest = raw.digest("hex");
   if (digest !== p.raw.sha256) {
     throw new ZbError("PAYLOAD_CORRUPT", `cannot install ${p.name}: the written payload's SHA-256 ${digest} differs from the signed ${p.raw.sha256}`);
   }
@@ -210,7 +215,7 @@ async function writeChunks(sys: Sys, chunkSize: number, p: Payload, from: number
 }
 
 /** Resume: what is already on the target goes into the whole-payload hash again. */
-function rehashWritten(target: Target, bytes: number, hasher: Bun.CryptoHasher): void {
+function rehashWritten(target: Target, bytes: number, hasher: RawHasher): void {
   const step = 4 << 20;
   for (let at = 0; at < bytes; at += step) {
     const want = Math.min(step, bytes - at);
