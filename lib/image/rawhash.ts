@@ -25,11 +25,15 @@ export interface RawHasher {
 
 const RING = 3;
 
-// The worker: one message per slot to hash, in order; counts each in ctrl[0].
+/** How long a worker may take to start before hashing stays on this thread. */
+const READY_MS = 2000;
+
+// The worker: one message per slot to hash, in order; counts each in ctrl[0];
+// ctrl[1] = 1 once it runs (the start-up handshake).
 const WORKER = `let hasher = new Bun.CryptoHasher("sha256"), ring, ctrl;
 self.onmessage = (e) => {
   const m = e.data;
-  if (m.init) { ring = m.ring; ctrl = new Int32Array(m.ctrl); return; }
+  if (m.init) { ring = m.ring; ctrl = new Int32Array(m.ctrl); Atomics.store(ctrl, 1, 1); Atomics.notify(ctrl, 1); return; }
   if (m.digest) { postMessage({ digest: hasher.digest("hex") }); return; }
   hasher.update(new Uint8Array(ring, m.off, m.len));
   Atomics.add(ctrl, 0, 1);
@@ -62,7 +66,7 @@ function local(maxChunk: number): RawHasher {
 
 function threaded(maxChunk: number): RawHasher {
   const ring = new SharedArrayBuffer(RING * maxChunk);
-  const ctrl = new Int32Array(new SharedArrayBuffer(4));
+  const ctrl = new Int32Array(new SharedArrayBuffer(8));
   const url = URL.createObjectURL(new Blob([WORKER], { type: "application/javascript" }));
   // The URL stays valid for the process: the worker loads it asynchronously.
   const worker = new Worker(url);
@@ -71,6 +75,13 @@ function threaded(maxChunk: number): RawHasher {
     failed = (e as ErrorEvent).message ?? "the hashing worker failed";
   };
   worker.postMessage({ init: true, ring, ctrl: ctrl.buffer });
+  // A worker that cannot start fails asynchronously; find out now, not mid-install.
+  const deadline = performance.now() + READY_MS;
+  while (Atomics.load(ctrl, 1) === 0 && !failed && performance.now() < deadline) Atomics.wait(ctrl, 1, 0, 50);
+  if (Atomics.load(ctrl, 1) === 0) {
+    worker.terminate();
+    throw new Error(failed ?? "the hashing worker did not start");
+  }
   let issued = 0;
   /** Block until the worker has hashed at least `n` slots. */
   const waitHashed = (n: number) => {
