@@ -28,7 +28,7 @@
 import { ed25519 } from "@noble/curves/ed25519.js";
 import { p256 } from "@noble/curves/nist.js";
 import { join } from "node:path";
-import { ZbError, ioError } from "../errors.ts";
+import { ZbError } from "../errors.ts";
 import type { Sys } from "../sys/sys.ts";
 import { decodePublicPem, type Alg, type PrivateKey, type PublicKey } from "./keys.ts";
 

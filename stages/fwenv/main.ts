@@ -24,6 +24,7 @@ import { openStore, type EnvStore } from "../../lib/env/store.ts";
 import { ZbError } from "../../lib/errors.ts";
 import { HostSys } from "../../lib/sys/sys.ts";
 import { VERSION } from "../version.ts";
+import { readInput } from "../input.ts";
 import { out, err } from "../output.ts";
 
 type Tool = "fw_printenv" | "fw_setenv";
@@ -73,7 +74,7 @@ export function fwenvMain(tool: Tool, argv: string[]): number {
   const names = args.positional.map(toBytes);
   if (tool === "fw_printenv") return printVars(vars, names, args.flags.has("no-header"));
   const script = args.values.get("script");
-  const changes = script !== undefined ? parseScript(readFileSync(script === "-" ? 0 : script).toString("latin1")) : pairs(names);
+  const changes = script !== undefined ? parseScript(readInput(script)) : pairs(names);
   if (usedDefault) store.create(applyChanges(vars, changes), { force: true });
   else store.update(changes);
   return 0;

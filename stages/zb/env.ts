@@ -2,7 +2,6 @@
  * `zb env print|set|init`: the boot environment from the command line.
  * Output of `print` is byte-for-byte what fw_printenv prints for the same env.
  */
-import { readFileSync } from "node:fs";
 import { parseArgs, type OptionSpecs, type ParsedArgs } from "../../lib/cli/args.ts";
 import { byteOrder, fromBytes, toBytes, type Vars } from "../../lib/env/codec.ts";
 import { DEFAULT_BOOT_DIR, DEFAULT_ENV_SIZE } from "../../lib/env/config.ts";
@@ -10,6 +9,7 @@ import { applyChanges, parseScript, type Change } from "../../lib/env/script.ts"
 import { describe, openStore, type EnvState, type EnvStore, type WriteResult } from "../../lib/env/store.ts";
 import { ZbError } from "../../lib/errors.ts";
 import { HostSys } from "../../lib/sys/sys.ts";
+import { readInput } from "../input.ts";
 import { out, err } from "../output.ts";
 
 const STORAGE = `Storage (one of):
@@ -153,15 +153,6 @@ function storageJson(store: EnvStore, state: EnvState): object {
     flag: state.flag ?? null,
     degraded: state.degraded ? state.degraded.why : null,
   };
-}
-
-/** A script file or stdin, as a byte string. */
-function readInput(path: string): string {
-  try {
-    return readFileSync(path === "-" ? 0 : path).toString("latin1");
-  } catch (e) {
-    throw new ZbError("IO", `cannot read script ${path === "-" ? "from stdin" : path}: ${(e as Error).message}`, { cause: e });
-  }
 }
 
 function utf8(byteString: string): string {

@@ -2,7 +2,7 @@
  * `zb status`: the boot state, the booted slot and what the firmware will
  * read next. The JSON is a stable contract (docs/boot-flow.md, "zb status").
  */
-import { readState, SLOTS, type BootState, type Mode, type SlotState, type Status } from "../../lib/bootstate/state.ts";
+import { readState, SLOTS, type Mode, type SlotState, type Status } from "../../lib/bootstate/state.ts";
 import { prefixTarget } from "../../lib/bootloader/piconfig.ts";
 import { bootedFrom } from "../../lib/bootloader/platform.ts";
 import { platformOrNull, type Host } from "../common.ts";
@@ -47,22 +47,22 @@ export function statusJson(h: Host): StatusJson {
   };
 }
 
+/** The same facts as text: rendered from the JSON, so both always agree. */
 export function statusText(h: Host): string {
   const j = statusJson(h);
-  const s: BootState = readState(h.backend.readVars());
   const fw = j.firmware;
   const lines = [
-    `committed slot: ${s.committed}${s.mode !== "run" ? `   mode: ${s.mode}` : ""}`,
+    `committed slot: ${j.committed}${j.mode !== "run" ? `   mode: ${j.mode}` : ""}`,
     `booted slot:    ${j.booted?.slot ?? "unknown"}${j.booted?.tryboot ? " (try boot)" : ""}`,
-    `try:            ${s.trySlot ? `slot ${s.trySlot}, kernel_status=${s.status}, ${s.tryLeft} re-arms left` : "none"}`,
+    `try:            ${j.try ? `slot ${j.try.slot}, kernel_status=${j.status}, ${j.try.left} re-arms left` : "none"}`,
     `next boot:      ${fw.config?.target ?? "?"}${fw.tryboot ? `   (tryboot.txt: ${fw.tryboot.target ?? "?"})` : ""}`,
     ...SLOTS.map((x) => {
-      const st = s.slots[x];
-      return `slot ${x}:         ${st.valid ? "valid" : "INVALID"}, boots ${st.bootCount}/${s.bootLimit}${st.version ? `, version ${st.version}` : ""}${st.serial ? `, serial ${st.serial}` : ""}`;
+      const st = j.slots[x];
+      return `slot ${x}:         ${st.valid ? "valid" : "INVALID"}, boots ${st.bootCount}/${j.bootLimit}${st.version ? `, version ${st.version}` : ""}${st.serial ? `, serial ${st.serial}` : ""}`;
     }),
-    `serial floor:   ${s.serialFloor}`,
+    `serial floor:   ${j.serialFloor}`,
     "events:",
-    ...(s.log.length ? s.log.map((e) => `  ${e}`) : ["  (none)"]),
+    ...(j.events.length ? j.events.map((e) => `  ${e.seq} ${e.text}`) : ["  (none)"]),
   ];
   return lines.join("\n") + "\n";
 }
