@@ -20,7 +20,7 @@ export const CODES = {
   ENV_CRC: 3,
   /** Env data is malformed: no terminator, entry without '=', bad name. */
   ENV_FORMAT: 3,
-  /** Reserved for the HSM issue: the HSM is absent (caller may fall back). */
+  /** The HSM is absent: no device node, library or token (it may appear later; the caller may wait or fall back). */
   HSM_ABSENT: 4,
   /** Reading or writing a file or device failed. */
   IO: 5,
@@ -50,6 +50,16 @@ export const CODES = {
   PAYLOAD_CORRUPT: 17,
   /** A key file is malformed or of an unsupported algorithm. */
   KEY_INVALID: 18,
+  /** The HSM is there but the sealed blob is not for it (another TPM, key not on the token, another host). */
+  HSM_NO_MATCH: 19,
+  /** The HSM refused by policy: PCR values changed, wrong PIN, dictionary-attack lockout. */
+  HSM_DENIED: 20,
+  /** The HSM failed otherwise: a malformed blob, a protocol or integrity error, an unexpected response. */
+  HSM_FAILED: 21,
+  /** cryptsetup failed: wrong key for the LUKS header, missing device-mapper, bad device. */
+  LUKS_FAILED: 22,
+  /** Credentials (sealed keys + metadata in the initramfs) are missing or malformed. */
+  CRED_INVALID: 23,
   /** A bug: an invariant of zb itself was broken. */
   INTERNAL: 70,
 } as const;
