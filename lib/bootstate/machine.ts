@@ -20,6 +20,13 @@ export type Actor = "zbunlock" | "zb" | "zboot";
 /** What happened, as the actor sees it. `tryboot` = `kernel_status=trying` is on the kernel cmdline. */
 export type Event =
   | { kind: "boot"; booted: Slot; tryboot: boolean }
+  /**
+   * zbunlock could not unlock the root after the boot event let the boot go on.
+   * `permanent`: the HSM answered no-match/denied (another TPM, PCRs changed,
+   * wrong PIN) — retrying this slot cannot help; otherwise (absent, failed)
+   * it may be transient.
+   */
+  | { kind: "unlock-failed"; booted: Slot; tryboot: boolean; permanent: boolean; why: string }
   | { kind: "mark-good"; booted: Slot; tryboot: boolean }
   | { kind: "mark-bad"; which: "booted" | "other"; booted: Slot; tryboot: boolean }
   | { kind: "rollback" }
@@ -235,6 +242,41 @@ export const TABLE: readonly Row[] = [
       s.slots[e.booted].bootCount += 1;
       s.fixups = 0;
       return [{ kind: "continue" }];
+    },
+  }),
+  // ---- zbunlock, after "boot on": the root could not be unlocked
+  row({
+    id: "U1", actor: "zbunlock", event: "unlock-failed",
+    when: "try boot of zb_try_slot (kernel_status=trying)",
+    then: "the try failed: kernel_status=\"\", slot invalid, remove tryboot.txt, reboot normally (back to zb_slot)",
+    guard: (s, e) => e.tryboot && s.trySlot === e.booted,
+    apply: (s, e) => {
+      endTry(s, true, `try of ${e.booted} failed: cannot unlock: ${e.why}`);
+      return [{ kind: "delete-tryboot" }, { kind: "reboot", tryboot: false }];
+    },
+  }),
+  row({
+    id: "U2", actor: "zbunlock", event: "unlock-failed",
+    when: "the HSM refused for good (no-match, denied): this slot's credentials cannot work",
+    then: "slot invalid; zb_slot = other if it is valid and below the limit, else zb_mode=recover; rewrite config.txt, reboot normally",
+    guard: (_s, e) => e.permanent,
+    apply: (s, e) => {
+      const other = otherSlot(e.booted);
+      s.slots[e.booted].valid = false;
+      if (usable(s, other)) s.committed = other;
+      else s.mode = "recover";
+      logEvent(s, `cannot unlock slot ${e.booted}: ${e.why}, next boot: ${s.mode === "recover" ? "recovery" : other}`);
+      return [{ kind: "write-config" }, { kind: "reboot", tryboot: false }];
+    },
+  }),
+  row({
+    id: "U3", actor: "zbunlock", event: "unlock-failed",
+    when: "the HSM was absent or failed (may be transient)",
+    then: "reboot normally; the boot counter (N7/N8) decides when to give up on the slot",
+    guard: () => true,
+    apply: (s, e) => {
+      logEvent(s, `cannot unlock slot ${e.booted}: ${e.why}, retrying (boot ${s.slots[e.booted].bootCount} of ${s.bootLimit})`);
+      return [{ kind: "reboot", tryboot: false }];
     },
   }),
   // ---- zb, in the running OS

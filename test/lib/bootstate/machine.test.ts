@@ -37,6 +37,7 @@ function after(before: Map<string, string>, e: Event): { diff: string; trace: st
 }
 
 const boot = (booted: "a" | "b", tryboot = false): Event => ({ kind: "boot", booted, tryboot });
+const unlockFailed = (booted: "a" | "b", tryboot: boolean, permanent: boolean): Event => ({ kind: "unlock-failed", booted, tryboot, permanent, why: permanent ? "no-match" : "absent" });
 const good = (booted: "a" | "b", tryboot = false): Event => ({ kind: "mark-good", booted, tryboot });
 
 interface Case {
@@ -69,6 +70,12 @@ const CASES: Case[] = [
   { name: "both at the limit → recover", before: "zb_boot_count_a=3 zb_boot_count_b=3", event: boot("a"), trace: ["N8"], after: "zb_mode=recover", effects: ["write-config", "reboot"] },
   { name: "at the limit, other invalid → recover", before: "zb_boot_count_a=3 zb_valid_b=0", event: boot("a"), trace: ["N8"], after: "zb_mode=recover", effects: ["write-config", "reboot"] },
   { name: "snapd: empty status, normal boot → count, boot on", before: "zb_boot_count_a=1 zb_fixups=1", event: boot("a"), trace: ["N9"], after: "zb_boot_count_a=2 zb_fixups=", effects: ["continue"] },
+  // zbunlock, unlock failed after "boot on"
+  { name: "unlock fails on the try boot → try failed, back to a", before: "kernel_status=trying zb_try_slot=b zb_try_left=1 zb_boot_count_b=1", event: unlockFailed("b", true, true), trace: ["U1"], after: "kernel_status= zb_try_left= zb_try_slot= zb_valid_b=0", effects: ["delete-tryboot", "reboot"], log: /try of b failed: cannot unlock: no-match/ },
+  { name: "unlock refused for good, other valid → roll back", before: "zb_boot_count_a=1", event: unlockFailed("a", false, true), trace: ["U2"], after: "zb_slot=b zb_valid_a=0", effects: ["write-config", "reboot"], log: /cannot unlock slot a: no-match, next boot: b/ },
+  { name: "unlock refused for good, other invalid → recover", before: "zb_boot_count_a=1 zb_valid_b=0", event: unlockFailed("a", false, true), trace: ["U2"], after: "zb_mode=recover zb_valid_a=0", effects: ["write-config", "reboot"], log: /next boot: recovery/ },
+  { name: "unlock refused for good, other exhausted → recover", before: "zb_boot_count_a=1 zb_boot_count_b=3", event: unlockFailed("a", false, true), trace: ["U2"], after: "zb_mode=recover zb_valid_a=0", effects: ["write-config", "reboot"] },
+  { name: "HSM absent → reboot, the counter decides", before: "zb_boot_count_a=2", event: unlockFailed("a", false, false), trace: ["U3"], after: "", effects: ["reboot"], log: /retrying \(boot 2 of 3\)/ },
   // zb
   { name: "snapd MarkBootSuccessful: trying → \"\", try slot committed", before: "kernel_status=trying zb_try_slot=b zb_try_left=1 zb_boot_count_b=1", event: good("b", true), trace: ["G1"], after: "kernel_status= zb_boot_count_b=0 zb_slot=b zb_try_left= zb_try_slot=", effects: ["write-config", "delete-tryboot"], log: /slot b committed/ },
   { name: "mark-good on a normal boot resets the counter", before: "zb_boot_count_a=2", event: good("a"), trace: ["G2"], after: "zb_boot_count_a=0", effects: [] },

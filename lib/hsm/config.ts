@@ -1,0 +1,132 @@
+/**
+ * The HSM configuration file, `/etc/zb/hsm.conf` (docs/hsm.md): one
+ * `key = value` per line, `#` comments, blank lines ignored. Unknown keys are
+ * refused so a typo cannot silently select a weaker setup. Every key can
+ * also be given as a flag; flags win (stages/zb/hsm.ts).
+ *
+ *   backend = tpm2                 # tpm2 | pkcs11 | zymkey | soft
+ *   wait = 10                      # seconds zbunlock waits for the HSM to appear
+ *   tpm2.device = /dev/tpmrm0      # or swtpm:host=127.0.0.1,port=2321
+ *   tpm2.pcrs = 7                  # PCRs (sha256 bank) new seals bind to; empty: none
+ *   pkcs11.module = /usr/lib/…/libsofthsm2.so
+ *   pkcs11.token = zb              # token label
+ *   pkcs11.key-label = zb-luks     # RSA key pair on the token
+ *   pkcs11.key-id = 01             # (hex) alternative to the label
+ *   pkcs11.pin-file = /etc/zb/pin  # else zb asks on the terminal
+ *   zymkey.library = libzk_app_utils.so
+ *   soft.enable = yes              # development only
+ *   soft.key-file = /var/lib/zb/soft.key
+ *
+ * Pure: text in, values out; readHsmConfig() is the one place that reads.
+ */
+import { ZbError } from "../errors.ts";
+import type { Sys } from "../sys/sys.ts";
+import { BACKENDS, type BackendName } from "./types.ts";
+
+export const DEFAULT_HSM_CONFIG = "/etc/zb/hsm.conf";
+export const DEFAULT_TPM_DEVICE = "/dev/tpmrm0";
+export const DEFAULT_WAIT_SECONDS = 10;
+const MAX_WAIT_SECONDS = 600;
+
+export interface HsmConfig {
+  backend: BackendName | null;
+  waitSeconds: number;
+  tpm2: { device: string; pcrs: number[] };
+  pkcs11: { module: string | null; token: string | null; keyLabel: string | null; keyId: string | null; pinFile: string | null };
+  zymkey: { library: string | null };
+  soft: { enabled: boolean; keyFile: string | null };
+}
+
+export function defaultHsmConfig(): HsmConfig {
+  return {
+    backend: null,
+    waitSeconds: DEFAULT_WAIT_SECONDS,
+    tpm2: { device: DEFAULT_TPM_DEVICE, pcrs: [] },
+    pkcs11: { module: null, token: null, keyLabel: null, keyId: null, pinFile: null },
+    zymkey: { library: null },
+    soft: { enabled: false, keyFile: null },
+  };
+}
+
+type Setter = (c: HsmConfig, v: string, bad: (why: string) => ZbError) => void;
+
+const str = (v: string) => (v === "" ? null : v);
+
+/** The keys of the file and of `--set`-like flags; each validates its value. */
+export const KEYS: Record<string, Setter> = {
+  backend: (c, v, bad) => {
+    if (!(BACKENDS as readonly string[]).includes(v)) throw bad(`unknown backend ${JSON.stringify(v)} (known: ${BACKENDS.join(", ")})`);
+    c.backend = v as BackendName;
+  },
+  wait: (c, v, bad) => {
+    const n = Number(v);
+    if (!/^\d+(\.\d+)?$/.test(v) || n > MAX_WAIT_SECONDS) throw bad(`wait must be seconds between 0 and ${MAX_WAIT_SECONDS}`);
+    c.waitSeconds = n;
+  },
+  "tpm2.device": (c, v, bad) => {
+    if (v === "") throw bad("tpm2.device is empty");
+    c.tpm2.device = v;
+  },
+  "tpm2.pcrs": (c, v, bad) => {
+    c.tpm2.pcrs = parsePcrs(v, bad);
+  },
+  "pkcs11.module": (c, v) => void (c.pkcs11.module = str(v)),
+  "pkcs11.token": (c, v) => void (c.pkcs11.token = str(v)),
+  "pkcs11.key-label": (c, v) => void (c.pkcs11.keyLabel = str(v)),
+  "pkcs11.key-id": (c, v, bad) => {
+    if (v !== "" && !/^([0-9a-fA-F]{2})+$/.test(v)) throw bad("pkcs11.key-id must be hex bytes");
+    c.pkcs11.keyId = str(v.toLowerCase());
+  },
+  "pkcs11.pin-file": (c, v) => void (c.pkcs11.pinFile = str(v)),
+  "zymkey.library": (c, v) => void (c.zymkey.library = str(v)),
+  "soft.enable": (c, v, bad) => {
+    if (!["yes", "no", "1", "0", "true", "false"].includes(v)) throw bad("soft.enable must be yes or no");
+    c.soft.enabled = ["yes", "1", "true"].includes(v);
+  },
+  "soft.key-file": (c, v) => void (c.soft.keyFile = str(v)),
+};
+
+/**
+ * PCR list `0,7` or `sha256:0,7` (tpm2-tools spelling; only the sha256 bank).
+ * @throws {ZbError} from `bad` when malformed
+ */
+export function parsePcrs(v: string, bad: (why: string) => ZbError = (w) => new ZbError("USAGE", `cannot read the PCR list: ${w}`)): number[] {
+  const list = v.startsWith("sha256:") ? v.slice(7) : v;
+  if (list.trim() === "") return [];
+  const out = new Set<number>();
+  for (const part of list.split(",")) {
+    const t = part.trim();
+    if (!/^\d{1,2}$/.test(t) || Number(t) > 23) throw bad(`PCR ${JSON.stringify(t)} is not 0…23 (bank sha256 only)`);
+    out.add(Number(t));
+  }
+  return [...out].sort((a, b) => a - b);
+}
+
+/**
+ * Parse the config text on top of `base` (defaults when absent).
+ * @throws {ZbError} CONFIG on a malformed line, an unknown key or a bad value
+ */
+export function parseHsmConfig(text: string, path: string, base = defaultHsmConfig()): HsmConfig {
+  const c = structuredClone(base);
+  text.split("\n").forEach((raw, i) => {
+    const line = raw.replace(/#.*$/, "").trim();
+    if (line === "") return;
+    const bad = (why: string) => new ZbError("CONFIG", `cannot read ${path}:${i + 1}: ${why}`);
+    const eq = line.indexOf("=");
+    if (eq < 0) throw bad("expected key = value");
+    const key = line.slice(0, eq).trim();
+    const set = KEYS[key];
+    if (!set) throw bad(`unknown key ${JSON.stringify(key)}`);
+    set(c, line.slice(eq + 1).trim(), bad);
+  });
+  return c;
+}
+
+/**
+ * Read `path`; a missing file gives the defaults (a config file is optional).
+ * @throws {ZbError} CONFIG when malformed; IO when unreadable
+ */
+export function readHsmConfig(sys: Sys, path = DEFAULT_HSM_CONFIG): HsmConfig {
+  if (!sys.stat(path)) return defaultHsmConfig();
+  return parseHsmConfig(sys.readText(path), path);
+}

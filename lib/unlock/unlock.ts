@@ -1,0 +1,149 @@
+/**
+ * The unlock half of zbunlock: unseal each volume key of a slot with its
+ * HSM and open the LUKS device with it (BRIEF §3 step 3, §4).
+ *
+ * Order and waiting: the HSM and the block devices may appear after the
+ * initramfs starts (module probe, SPI/I²C bring-up, a slow SD card), so
+ * every wait is bounded by one deadline shared by the whole unlock. Expected
+ * failures are returned, not thrown, classified for the state machine
+ * (lib/bootstate/machine.ts rows U1–U3): `permanent` when retrying this slot
+ * cannot help (the HSM is another one or refuses by policy, the key does not
+ * open the header, the credentials are malformed).
+ *
+ * Secrets: each unsealed key lives in one Uint8Array from unseal() to
+ * cryptsetup's stdin and is wiped right after, also on errors.
+ */
+import { isZbError, ZbError } from "../errors.ts";
+import { decodeBlob, unsealError } from "../hsm/blob.ts";
+import type { BackendName, Hsm, UnsealFailure } from "../hsm/types.ts";
+import { wipe } from "../secret.ts";
+
+/** The parts of a slot's credentials unlock needs (lib/luks/credentials.ts). */
+export interface SlotCredentials {
+  meta: { backend: BackendName; root: Volume; data?: Volume };
+  root: Uint8Array;
+  data?: Uint8Array;
+}
+
+export interface Volume {
+  uuid: string;
+  name: string;
+}
+
+/** cryptsetup, as far as unlock needs it (lib/luks/cryptsetup.ts). */
+export interface LuksOpener {
+  /** @throws {ZbError} LUKS_FAILED */
+  open(device: string, name: string, key: Uint8Array): Promise<void>;
+  close(name: string): Promise<void>;
+}
+
+export interface UnlockEnv {
+  hsm: Hsm;
+  luks: LuksOpener;
+  /** The block device holding the LUKS header with this UUID, or null (not yet). */
+  findDevice(uuid: string): string | null;
+  /** True when a LUKS_FAILED error means "this key does not open this header". */
+  wrongKey(e: ZbError): boolean;
+  /** Epoch ms after which nothing is waited for any more. */
+  deadline: number;
+  now(): number;
+  sleep(ms: number): Promise<void>;
+  /** Console lines (never secret). */
+  log(line: string): void;
+}
+
+export type FailureKind = UnsealFailure["kind"] | "device" | "luks" | "credentials";
+
+export type UnlockOutcome =
+  | { ok: true; opened: { name: string; device: string }[] }
+  | { ok: false; kind: FailureKind; permanent: boolean; why: string; error: ZbError };
+
+const POLL_MS = 100;
+
+/** Unlock root (and data) of a slot. Never throws for expected failures. */
+export async function unlockSlot(creds: SlotCredentials, env: UnlockEnv): Promise<UnlockOutcome> {
+  const opened: { name: string; device: string }[] = [];
+  const volumes: [Volume, Uint8Array][] = [[creds.meta.root, creds.root]];
+  if (creds.meta.data && creds.data) volumes.push([creds.meta.data, creds.data]);
+  const ready = await waitForHsm(env);
+  if (ready) return ready;
+  for (const [vol, blob] of volumes) {
+    const r = await unlockVolume(creds.meta.backend, vol, blob, env);
+    if (!r.ok) {
+      for (const o of opened.reverse()) await env.luks.close(o.name).catch(() => undefined);
+      return r;
+    }
+    opened.push({ name: vol.name, device: r.device });
+  }
+  return { ok: true, opened };
+}
+
+async function waitForHsm(env: UnlockEnv): Promise<UnlockOutcome | null> {
+  let logged = false;
+  for (;;) {
+    const p = await env.hsm.probe();
+    if (p.present) {
+      env.log(`HSM ${env.hsm.name}: ${p.detail}`);
+      return null;
+    }
+    if (env.now() >= env.deadline) {
+      return fail("absent", false, `the ${env.hsm.name} HSM did not appear before the deadline: ${p.detail}`, "HSM_ABSENT");
+    }
+    if (!logged) env.log(`waiting for the ${env.hsm.name} HSM: ${p.detail}`);
+    logged = true;
+    await env.sleep(POLL_MS);
+  }
+}
+
+async function unlockVolume(backend: BackendName, vol: Volume, blobBytes: Uint8Array, env: UnlockEnv): Promise<{ ok: true; device: string } | Extract<UnlockOutcome, { ok: false }>> {
+  let blob;
+  try {
+    blob = decodeBlob(blobBytes, `the sealed key of ${vol.name}`);
+  } catch (e) {
+    return fail("credentials", true, (e as Error).message, "CRED_INVALID");
+  }
+  if (blob.backend !== backend || blob.backend !== env.hsm.name) {
+    return fail("credentials", true, `the sealed key of ${vol.name} is for ${blob.backend}, the credentials name ${backend}, the HSM is ${env.hsm.name}`, "CRED_INVALID");
+  }
+  const device = await waitForDevice(vol, env);
+  if (device === null) return fail("device", false, `no block device has the LUKS UUID ${vol.uuid} of ${vol.name}`, "LUKS_FAILED");
+  let secret: Uint8Array | undefined;
+  try {
+    for (;;) {
+      const r = await env.hsm.unseal(blob.data);
+      if (r.kind === "ok") {
+        secret = r.secret;
+        break;
+      }
+      if (r.kind === "absent" && env.now() < env.deadline) {
+        await env.sleep(POLL_MS);
+        continue;
+      }
+      const e = unsealError(r, env.hsm.name);
+      return { ok: false, kind: r.kind, permanent: r.kind === "no-match" || r.kind === "denied", why: `${vol.name}: ${r.why}`, error: e };
+    }
+    await env.luks.open(device, vol.name, secret);
+    env.log(`unlocked ${vol.name} (${device})`);
+    return { ok: true, device };
+  } catch (e) {
+    if (!isZbError(e)) throw e;
+    return { ok: false, kind: "luks", permanent: e.code === "LUKS_FAILED" && env.wrongKey(e), why: e.message, error: e };
+  } finally {
+    wipe(secret);
+  }
+}
+
+async function waitForDevice(vol: Volume, env: UnlockEnv): Promise<string | null> {
+  let logged = false;
+  for (;;) {
+    const dev = env.findDevice(vol.uuid);
+    if (dev !== null || env.now() >= env.deadline) return dev;
+    if (!logged) env.log(`waiting for the device of ${vol.name} (LUKS UUID ${vol.uuid})`);
+    logged = true;
+    await env.sleep(POLL_MS);
+  }
+}
+
+function fail(kind: FailureKind, permanent: boolean, why: string, code: ZbError["code"]): Extract<UnlockOutcome, { ok: false }> {
+  return { ok: false, kind, permanent, why, error: new ZbError(code, `cannot unlock: ${why}`) };
+}

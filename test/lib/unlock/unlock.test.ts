@@ -1,0 +1,126 @@
+/**
+ * The unlock flow's decisions, with an in-memory HSM and opener that satisfy
+ * the real interfaces (the real backends and cryptsetup are tested in
+ * test/lib/hsm and test/lib/luks, the whole path in test/qemu/unlock.test.ts).
+ */
+import { describe, expect, test } from "bun:test";
+import { ZbError } from "../../../lib/errors.ts";
+import { encodeBlob } from "../../../lib/hsm/blob.ts";
+import type { Hsm, SealedData, UnsealResult } from "../../../lib/hsm/types.ts";
+import { unlockSlot, type SlotCredentials, type UnlockEnv } from "../../../lib/unlock/unlock.ts";
+
+const ROOT_UUID = "11111111-2222-3333-4444-555555555555";
+const DATA_UUID = "66666666-7777-8888-9999-000000000000";
+
+interface Script {
+  /** probe() answers present from this call on (0 = at once; Infinity = never). */
+  presentFrom?: number;
+  /** unseal() answers, in order; the last repeats. */
+  unseal?: UnsealResult["kind"][];
+  /** findDevice() finds the device from this call on. */
+  deviceFrom?: number;
+  /** open() throws this for the given volume name. */
+  openFails?: { name: string; error: ZbError };
+  deadlineMs?: number;
+}
+
+function world(s: Script) {
+  let clock = 0;
+  let probes = 0;
+  let unseals = 0;
+  let finds = 0;
+  const opened: string[] = [];
+  const closed: string[] = [];
+  const keysSeen: Uint8Array[] = [];
+  const log: string[] = [];
+  const hsm: Hsm = {
+    name: "soft",
+    probe: async () => ({ backend: "soft", present: probes++ >= (s.presentFrom ?? 0), detail: "test" }),
+    seal: async () => ({}),
+    unseal: async (d: SealedData): Promise<UnsealResult> => {
+      const list = s.unseal ?? ["ok"];
+      const kind = list[Math.min(unseals++, list.length - 1)]!;
+      if (kind === "ok") return { kind, secret: new TextEncoder().encode(`key-of-${d.v}`) };
+      return { kind, why: `test ${kind}` };
+    },
+    close: async () => undefined,
+  };
+  const env: UnlockEnv = {
+    hsm,
+    luks: {
+      open: async (device, name, key) => {
+        keysSeen.push(key);
+        if (s.openFails?.name === name) throw s.openFails.error;
+        opened.push(`${name}<-${device}:${new TextDecoder().decode(key)}`);
+      },
+      close: async (name) => void closed.push(name),
+    },
+    findDevice: (uuid) => (finds++ >= (s.deviceFrom ?? 0) ? `/dev/${uuid === ROOT_UUID ? "vda2" : "vda4"}` : null),
+    wrongKey: (e) => /No key available/.test(e.message),
+    deadline: s.deadlineMs ?? 1000,
+    now: () => clock,
+    sleep: async (ms) => void (clock += ms),
+    log: (l) => void log.push(l),
+  };
+  return { env, opened, closed, keysSeen, log, probes: () => probes };
+}
+
+const blob = (v: string, backend: "soft" | "tpm2" = "soft") => encodeBlob({ backend, data: { v } });
+const CREDS: SlotCredentials = {
+  meta: { backend: "soft", root: { uuid: ROOT_UUID, name: "zb-root" }, data: { uuid: DATA_UUID, name: "zb-data" } },
+  root: blob("root"),
+  data: blob("data"),
+};
+
+describe("unlockSlot", () => {
+  test("opens root then data with their own keys, and wipes both", async () => {
+    const w = world({});
+    const r = await unlockSlot(CREDS, w.env);
+    expect(r).toEqual({ ok: true, opened: [{ name: "zb-root", device: "/dev/vda2" }, { name: "zb-data", device: "/dev/vda4" }] });
+    expect(w.opened).toEqual(["zb-root<-/dev/vda2:key-of-root", "zb-data<-/dev/vda4:key-of-data"]);
+    for (const k of w.keysSeen) expect(k.every((b) => b === 0)).toBe(true);
+  });
+
+  const FAILURES: { name: string; script: Script; creds?: SlotCredentials; kind: string; permanent: boolean; code: string; closed?: string[] }[] = [
+    { name: "HSM never appears → absent, transient", script: { presentFrom: Infinity }, kind: "absent", permanent: false, code: "HSM_ABSENT" },
+    { name: "blob for another TPM → no-match, permanent", script: { unseal: ["no-match"] }, kind: "no-match", permanent: true, code: "HSM_NO_MATCH" },
+    { name: "PCRs changed → denied, permanent", script: { unseal: ["denied"] }, kind: "denied", permanent: true, code: "HSM_DENIED" },
+    { name: "response integrity failed → failed, transient", script: { unseal: ["failed"] }, kind: "failed", permanent: false, code: "HSM_FAILED" },
+    { name: "device never appears → device, transient", script: { deviceFrom: Infinity }, kind: "device", permanent: false, code: "LUKS_FAILED" },
+    { name: "key does not open the header → luks, permanent", script: { openFails: { name: "zb-root", error: new ZbError("LUKS_FAILED", "cannot open: No key available with this passphrase") } }, kind: "luks", permanent: true, code: "LUKS_FAILED" },
+    { name: "no device-mapper → luks, transient", script: { openFails: { name: "zb-root", error: new ZbError("LUKS_FAILED", "cannot open: Cannot initialize device-mapper") } }, kind: "luks", permanent: false, code: "LUKS_FAILED" },
+    { name: "data fails after root opened → root closed again", script: { openFails: { name: "zb-data", error: new ZbError("LUKS_FAILED", "cannot open: No key available with this passphrase") } }, kind: "luks", permanent: true, code: "LUKS_FAILED", closed: ["zb-root"] },
+    { name: "malformed sealed key → credentials, permanent", script: {}, creds: { ...CREDS, root: new TextEncoder().encode("{]") }, kind: "credentials", permanent: true, code: "CRED_INVALID" },
+    { name: "sealed by another backend → credentials, permanent", script: {}, creds: { ...CREDS, root: blob("root", "tpm2") }, kind: "credentials", permanent: true, code: "CRED_INVALID" },
+  ];
+  test.each(FAILURES)("$name", async (c) => {
+    const w = world(c.script);
+    const r = await unlockSlot(c.creds ?? CREDS, w.env);
+    expect(r.ok).toBe(false);
+    if (r.ok) return;
+    expect([r.kind, r.permanent, r.error.code]).toEqual([c.kind, c.permanent, c.code] as never);
+    expect(r.error.message).toMatch(/^cannot /);
+    expect(w.closed).toEqual(c.closed ?? []);
+    for (const k of w.keysSeen) expect(k.every((b) => b === 0)).toBe(true);
+  });
+
+  test("waits for a late HSM and a late device within the deadline, logging once each", async () => {
+    const w = world({ presentFrom: 5, deviceFrom: 3 });
+    const r = await unlockSlot({ meta: { backend: "soft", root: CREDS.meta.root }, root: CREDS.root }, w.env);
+    expect(r.ok).toBe(true);
+    expect(w.log.filter((l) => l.startsWith("waiting for the soft HSM"))).toHaveLength(1);
+    expect(w.log.filter((l) => l.startsWith("waiting for the device"))).toHaveLength(1);
+  });
+
+  test("an HSM that answers absent while present is retried until it unseals", async () => {
+    const w = world({ unseal: ["absent", "absent", "ok"] });
+    const r = await unlockSlot(CREDS, w.env);
+    expect(r.ok).toBe(true);
+  });
+
+  test("the deadline bounds the wait (no endless loop)", async () => {
+    const w = world({ presentFrom: Infinity, deadlineMs: 500 });
+    await unlockSlot(CREDS, w.env);
+    expect(w.probes()).toBeLessThanOrEqual(7);
+  });
+});
