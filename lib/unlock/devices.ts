@@ -3,26 +3,17 @@
  * initramfs without udev (no /dev/disk/by-uuid): list /sys/class/block and
  * read the first bytes of each /dev node.
  *
- * LUKS1 and LUKS2 both start with the magic "LUKS\xba\xbe" and keep the UUID
- * as a NUL-padded ASCII string of 40 bytes at offset 168 (LUKS2 on-disk
- * format spec §2.1 "binary header"; LUKS1 spec "phdr" layout). A LUKS2
- * device also has a second header at 16 KiB; the primary is enough to name it.
+ * The header is parsed by lib/luks/header.ts (UUID at offset 168 in LUKS1
+ * and LUKS2); only a primary header names a device.
  */
 import { join } from "node:path";
+import { LUKS_PROBE_BYTES, parseLuksHeader } from "../luks/header.ts";
 import type { Sys } from "../sys/sys.ts";
 
-const MAGIC = [0x4c, 0x55, 0x4b, 0x53, 0xba, 0xbe];
-const UUID_OFFSET = 168;
-const UUID_LENGTH = 40;
-
-/** The UUID of a LUKS header, or null when `head` is not one. Pure. */
+/** The UUID of a primary LUKS header, or null when `head` is not one. Pure. */
 export function luksUuidOf(head: Uint8Array): string | null {
-  if (head.byteLength < UUID_OFFSET + UUID_LENGTH) return null;
-  if (!MAGIC.every((b, i) => head[i] === b)) return null;
-  const raw = head.subarray(UUID_OFFSET, UUID_OFFSET + UUID_LENGTH);
-  const end = raw.indexOf(0);
-  const text = new TextDecoder().decode(end < 0 ? raw : raw.subarray(0, end));
-  return /^[0-9a-fA-F-]{8,40}$/.test(text) ? text.toLowerCase() : null;
+  const h = parseLuksHeader(head);
+  return h && !h.secondary ? h.uuid.toLowerCase() : null;
 }
 
 /** Block device nodes the kernel knows, as /dev paths under `root` (partitions included). */
@@ -42,7 +33,7 @@ export function findLuksDevice(sys: Sys, root: string, uuid: string): string | n
     let head: Uint8Array;
     try {
       if (!sys.stat(dev)) continue;
-      head = sys.readAt(dev, 0, UUID_OFFSET + UUID_LENGTH);
+      head = sys.readAt(dev, 0, LUKS_PROBE_BYTES);
     } catch {
       continue;
     }

@@ -1,0 +1,105 @@
+/**
+ * The three libc calls a bun:ffi binding needs to take ownership of a buffer
+ * that a C library allocated with malloc() and handed back through a
+ * `uint8_t**` out-parameter (Zymbit's zk_app_utils does this for every
+ * output; the caller owns the buffer): copy it out, wipe it, free it.
+ *
+ * The copy is made with memcpy into a fresh JS buffer rather than through
+ * bun:ffi's toArrayBuffer(), so no JS object ever aliases C memory that is
+ * about to be freed. Wiping uses explicit_bzero(3) (glibc ≥ 2.25, musl ≥ 1.1.20),
+ * which the compiler may not elide, so a secret does not linger in the freed
+ * heap chunk. libc is the one zb itself runs on: the compiled Bun binary links
+ * glibc's libc.so.6, so the `free` found here is the one the library's malloc
+ * pairs with.
+ *
+ * Host access: dlopen of libc, lazily on first use.
+ */
+import type { Pointer } from "bun:ffi";
+import { ZbError } from "../errors.ts";
+
+/** A C pointer as bun:ffi passes it: a number from a `ptr` return, or a bigint read from an out-cell. */
+export type CPtr = Pointer | bigint;
+
+const LIBC_NAME = "libc.so.6";
+
+const LIBC_SYMBOLS = {
+  free: { args: ["ptr"], returns: "void" },
+  memcpy: { args: ["ptr", "ptr", "u64"], returns: "ptr" },
+  explicit_bzero: { args: ["ptr", "u64"], returns: "void" },
+} as const;
+
+type LibcSymbols = {
+  free(p: CPtr): void;
+  memcpy(dst: Uint8Array, src: CPtr, n: number): unknown;
+  explicit_bzero(p: CPtr, n: number): void;
+};
+
+let cached: LibcSymbols | undefined;
+
+function libc(): LibcSymbols {
+  if (cached) return cached;
+  try {
+    const { dlopen } = require("bun:ffi") as typeof import("bun:ffi");
+    cached = dlopen(LIBC_NAME, LIBC_SYMBOLS).symbols as unknown as LibcSymbols;
+  } catch (e) {
+    throw new ZbError("INTERNAL", `internal error: cannot load ${LIBC_NAME}: ${(e as Error).message}`, { cause: e });
+  }
+  return cached;
+}
+
+/** True for a NULL pointer in either representation. */
+export function isNull(p: CPtr | null | undefined): p is null | undefined {
+  return p === null || p === undefined || p === 0 || p === 0n;
+}
+
+/**
+ * free(3) a buffer a C library malloc'd. NULL is a no-op, as in C.
+ * @throws {ZbError} INTERNAL when libc cannot be loaded
+ * @example cFree(cell[0]!)
+ */
+export function cFree(p: CPtr | null): void {
+  if (isNull(p)) return;
+  libc().free(p);
+}
+
+/**
+ * Overwrite `n` bytes at `p` with zeros (explicit_bzero(3)).
+ * @throws {ZbError} INTERNAL when libc cannot be loaded
+ * @example cWipe(p, 32)
+ */
+export function cWipe(p: CPtr, n: number): void {
+  if (isNull(p) || n <= 0) return;
+  libc().explicit_bzero(p, n);
+}
+
+/**
+ * A JS copy of `n` bytes at `p` (memcpy into a new buffer).
+ * @throws {ZbError} INTERNAL when libc cannot be loaded
+ * @example const bytes = cCopy(p, n)
+ */
+export function cCopy(p: CPtr, n: number): Uint8Array {
+  const out = new Uint8Array(n);
+  if (n > 0 && !isNull(p)) libc().memcpy(out, p, n);
+  return out;
+}
+
+/**
+ * Take ownership of a malloc'd output buffer: copy `n` bytes out, wipe the C
+ * copy when it held a secret, and free it — the free happens whatever else
+ * fails. The returned copy belongs to the caller (who wipes it if secret).
+ * @param n the size the library reported; out of [0, maxBytes] means the
+ *   buffer is freed without being read (its real size is unknown, so it
+ *   cannot be wiped either) and null is returned
+ * @throws {ZbError} INTERNAL when libc cannot be loaded
+ * @example const ct = takeMalloced(cell[0]!, size[0]!, { secret: false, maxBytes: 65536 })
+ */
+export function takeMalloced(p: CPtr, n: number, opts: { secret: boolean; maxBytes: number }): Uint8Array | null {
+  try {
+    if (isNull(p) || !Number.isSafeInteger(n) || n < 0 || n > opts.maxBytes) return null;
+    const out = cCopy(p, n);
+    if (opts.secret) cWipe(p, n);
+    return out;
+  } finally {
+    cFree(p);
+  }
+}

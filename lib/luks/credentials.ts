@@ -1,0 +1,321 @@
+/**
+ * Credentials: what a slot needs to open its LUKS volumes at boot — the
+ * sealed root key, the sealed data key (optional) and metadata — packed as a
+ * newc cpio archive that is appended to the slot's initramfs. The kernel
+ * unpacks concatenated archives into the same rootfs (Documentation/
+ * driver-api/early-userspace/buffer-format.rst), so zbunlock finds them
+ * under /zb/credentials/ without the initramfs ever being rebuilt on the
+ * device. Layout, schema and lifecycle: docs/credentials.md.
+ *
+ * Packing, parsing and locating are pure; readCredentials (the unpacked
+ * initramfs at boot) and appendCredentials (the boot partition) go through
+ * the injected Sys.
+ */
+import { basename, dirname, join } from "node:path";
+import type { Slot } from "../bootstate/state.ts";
+import { ZbError } from "../errors.ts";
+import { decodeBlob, MAX_BLOB_BYTES, type SealedBlob } from "../hsm/blob.ts";
+import { BACKENDS, type BackendName } from "../hsm/types.ts";
+import type { Sys } from "../sys/sys.ts";
+import { readCpio, readOneArchive, writeCpio, NEWC_MAGIC, type CpioEntry, type CpioInput, type CpioLimits } from "./cpio.ts";
+
+export const CRED_FORMAT = "zb-credentials/1";
+export const CRED_DIR = "zb/credentials";
+export const META_PATH = `${CRED_DIR}/meta.json`;
+export const ROOT_BLOB_PATH = `${CRED_DIR}/root.sealed`;
+export const DATA_BLOB_PATH = `${CRED_DIR}/data.sealed`;
+/** device-mapper names zbunlock opens the volumes as (/dev/mapper/zb-root, /dev/mapper/zb-data). */
+export const ROOT_MAPPING = "zb-root";
+export const DATA_MAPPING = "zb-data";
+export const MAX_META_BYTES = 16 * 1024;
+/** A credentials archive is at most this long (meta + two blobs + headers, padded); also how far back from the end of an initramfs we look. */
+export const MAX_CRED_ARCHIVE_BYTES = 256 * 1024;
+
+/** meta.json. Every field is documented in docs/credentials.md. */
+export interface CredentialMeta {
+  format: typeof CRED_FORMAT;
+  slot: Slot;
+  /** The backend that sealed both keys. */
+  backend: BackendName;
+  /** When the slot was enrolled: ISO 8601, UTC. */
+  created: string;
+  root: { uuid: string; name: typeof ROOT_MAPPING };
+  data?: { uuid: string; name: typeof DATA_MAPPING };
+}
+
+/** The three parts; the blobs are the canonical bytes of lib/hsm/blob.ts's envelope. */
+export interface Credentials {
+  meta: CredentialMeta;
+  root: Uint8Array;
+  data?: Uint8Array;
+}
+
+/** Credentials whose blobs were decoded and checked against the metadata. */
+export interface LoadedCredentials extends Credentials {
+  rootBlob: SealedBlob;
+  dataBlob?: SealedBlob;
+}
+
+const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+const ISO_UTC_RE = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,3})?Z$/;
+
+const CRED_LIMITS: CpioLimits = { maxEntries: 8, maxNameBytes: 64, maxFileBytes: MAX_BLOB_BYTES, maxArchives: 1 };
+
+function invalid(why: string, hint?: string): ZbError {
+  return new ZbError("CRED_INVALID", `cannot read credentials: ${why}`, hint === undefined ? {} : { hint });
+}
+
+/**
+ * meta.json bytes: fixed key order, two-space indent, final newline.
+ * @throws {ZbError} CRED_INVALID when `meta` breaks the schema
+ * @example encodeMeta({ format: "zb-credentials/1", slot: "a", backend: "tpm2", created: new Date().toISOString(), root: { uuid, name: "zb-root" } })
+ */
+export function encodeMeta(meta: CredentialMeta): Uint8Array {
+  const m = parseMetaObject(meta);
+  const ordered: Record<string, unknown> = { format: m.format, slot: m.slot, backend: m.backend, created: m.created, root: m.root };
+  if (m.data) ordered.data = m.data;
+  return new TextEncoder().encode(`${JSON.stringify(ordered, ["format", "slot", "backend", "created", "root", "data", "uuid", "name"], 2)}\n`);
+}
+
+/**
+ * Parse and check meta.json.
+ * @throws {ZbError} CRED_INVALID naming the first field that is wrong
+ */
+export function parseMeta(bytes: Uint8Array): CredentialMeta {
+  if (bytes.length > MAX_META_BYTES) throw invalid(`meta.json is larger than ${MAX_META_BYTES} bytes`);
+  let v: unknown;
+  try {
+    v = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
+  } catch {
+    throw invalid("meta.json is not JSON");
+  }
+  return parseMetaObject(v);
+}
+
+function parseMetaObject(v: unknown): CredentialMeta {
+  const o = plainObject(v, "meta.json");
+  onlyKeys(o, ["format", "slot", "backend", "created", "root", "data"], "meta.json");
+  if (o.format !== CRED_FORMAT) throw invalid(`meta.json format is ${JSON.stringify(o.format)}, expected ${JSON.stringify(CRED_FORMAT)}`);
+  if (o.slot !== "a" && o.slot !== "b") throw invalid(`meta.json slot is ${JSON.stringify(o.slot)}, expected "a" or "b"`);
+  if (typeof o.backend !== "string" || !(BACKENDS as readonly string[]).includes(o.backend)) {
+    throw invalid(`meta.json backend ${JSON.stringify(o.backend)} is not one of ${BACKENDS.join(", ")}`);
+  }
+  if (typeof o.created !== "string" || !ISO_UTC_RE.test(o.created) || Number.isNaN(Date.parse(o.created))) {
+    throw invalid(`meta.json created ${JSON.stringify(o.created)} is not an ISO 8601 UTC time`);
+  }
+  const meta: CredentialMeta = {
+    format: CRED_FORMAT, slot: o.slot, backend: o.backend as BackendName, created: o.created,
+    root: volume(o.root, "root", ROOT_MAPPING) as CredentialMeta["root"],
+  };
+  if (o.data !== undefined) meta.data = volume(o.data, "data", DATA_MAPPING) as NonNullable<CredentialMeta["data"]>;
+  if (meta.data && meta.data.uuid === meta.root.uuid) throw invalid("meta.json root and data have the same UUID");
+  return meta;
+}
+
+function volume(v: unknown, field: string, name: string): { uuid: string; name: string } {
+  const o = plainObject(v, `meta.json ${field}`);
+  onlyKeys(o, ["uuid", "name"], `meta.json ${field}`);
+  if (typeof o.uuid !== "string" || !UUID_RE.test(o.uuid)) throw invalid(`meta.json ${field}.uuid ${JSON.stringify(o.uuid)} is not a lower-case LUKS UUID`);
+  if (o.name !== name) throw invalid(`meta.json ${field}.name is ${JSON.stringify(o.name)}, expected ${JSON.stringify(name)}`);
+  return { uuid: o.uuid, name };
+}
+
+function plainObject(v: unknown, what: string): Record<string, unknown> {
+  if (typeof v !== "object" || v === null || Array.isArray(v)) throw invalid(`${what} is not a JSON object`);
+  return v as Record<string, unknown>;
+}
+
+function onlyKeys(o: Record<string, unknown>, keys: string[], what: string): void {
+  for (const k of Object.keys(o)) if (!keys.includes(k)) throw invalid(`${what} has an unknown field ${JSON.stringify(k)}`);
+}
+
+/**
+ * Decode both blobs and check them against the metadata: the data blob is
+ * there exactly when meta.data is, and both were sealed by meta.backend.
+ * @throws {ZbError} CRED_INVALID
+ */
+export function checkCredentials(c: Credentials): LoadedCredentials {
+  const meta = parseMetaObject(c.meta);
+  const rootBlob = decodeBlob(c.root, "root.sealed");
+  if (rootBlob.backend !== meta.backend) throw invalid(`root.sealed was sealed by ${rootBlob.backend}, meta.json says ${meta.backend}`);
+  if (!meta.data !== !c.data) throw invalid(meta.data ? "meta.json names a data volume but data.sealed is missing" : "data.sealed is present but meta.json names no data volume");
+  const out: LoadedCredentials = { meta, root: c.root, rootBlob };
+  if (c.data) {
+    out.data = c.data;
+    out.dataBlob = decodeBlob(c.data, "data.sealed");
+    if (out.dataBlob.backend !== meta.backend) throw invalid(`data.sealed was sealed by ${out.dataBlob.backend}, meta.json says ${meta.backend}`);
+  }
+  return out;
+}
+
+/**
+ * The credentials as one newc archive: directories `zb` (0755) and
+ * `zb/credentials` (0700), files `meta.json`, `root.sealed` and optionally
+ * `data.sealed` (0400), owner root, mtime 0 — reproducible bytes.
+ * @throws {ZbError} CRED_INVALID when the parts are inconsistent (see checkCredentials)
+ * @example appendCredentials(sys, "/boot/firmware/slot-b/initramfs", packCredentials(creds))
+ */
+export function packCredentials(c: Credentials): Uint8Array {
+  const checked = checkCredentials(c);
+  const entries: CpioInput[] = [
+    { name: "zb", kind: "dir", mode: 0o755 },
+    { name: CRED_DIR, kind: "dir", mode: 0o700 },
+    { name: META_PATH, kind: "file", mode: 0o400, data: encodeMeta(checked.meta) },
+    { name: ROOT_BLOB_PATH, kind: "file", mode: 0o400, data: c.root },
+  ];
+  if (c.data) entries.push({ name: DATA_BLOB_PATH, kind: "file", mode: 0o400, data: c.data });
+  return writeCpio(entries);
+}
+
+/**
+ * Read a credentials archive (a `.cpio` made by packCredentials).
+ * @throws {ZbError} CRED_INVALID
+ */
+export function unpackCredentials(cpio: Uint8Array): LoadedCredentials {
+  const archives = readCpio(cpio, CRED_LIMITS);
+  return fromEntries(archives[0]!.entries);
+}
+
+/** Strip "./" and "/" prefixes, as the kernel resolves names relative to the rootfs. */
+function normalName(name: string): string {
+  return name.replace(/^(\.\/|\/)+/, "");
+}
+
+const CRED_NAMES = new Set(["zb", CRED_DIR, META_PATH, ROOT_BLOB_PATH, DATA_BLOB_PATH]);
+
+function fromEntries(entries: CpioEntry[]): LoadedCredentials {
+  const files = new Map<string, Uint8Array>();
+  for (const e of entries) {
+    const name = normalName(e.name);
+    if (!CRED_NAMES.has(name)) throw invalid(`unexpected entry ${JSON.stringify(e.name)} in the credentials archive`);
+    const dir = name === "zb" || name === CRED_DIR;
+    if (e.kind !== (dir ? "dir" : "file")) throw invalid(`${JSON.stringify(e.name)} is a ${e.kind}, expected a ${dir ? "dir" : "file"}`);
+    if (!dir) {
+      if (files.has(name)) throw invalid(`${JSON.stringify(e.name)} appears twice in the credentials archive`);
+      files.set(name, e.data);
+    }
+  }
+  const meta = files.get(META_PATH);
+  const root = files.get(ROOT_BLOB_PATH);
+  if (!meta || !root) throw invalid(`the archive has no ${meta ? "root.sealed" : "meta.json"}`);
+  const data = files.get(DATA_BLOB_PATH);
+  return checkCredentials({ meta: parseMeta(meta), root, ...(data ? { data } : {}) });
+}
+
+/**
+ * Read the credentials the kernel unpacked from the initramfs (at boot
+ * `root` is "/": /zb/credentials/meta.json, root.sealed, data.sealed).
+ * @throws {ZbError} CRED_INVALID when they are missing, too large or malformed; IO when a read fails
+ * @example const creds = readCredentials(new HostSys(), "/")
+ */
+export function readCredentials(sys: Sys, root = "/"): LoadedCredentials {
+  const read = (rel: string, max: number, required: boolean): Uint8Array | undefined => {
+    const path = join(root, rel);
+    const st = sys.stat(path);
+    if (!st) {
+      if (!required) return undefined;
+      throw invalid(`${path} does not exist`, "this initramfs carries no credentials: enrol the slot (zb cred create) and append the archive to the slot's initramfs");
+    }
+    if (st.kind !== "file") throw invalid(`${path} is not a regular file`);
+    if (st.size > max) throw invalid(`${path} is larger than ${max} bytes`);
+    return sys.readAt(path, 0, st.size);
+  };
+  const meta = parseMeta(read(META_PATH, MAX_META_BYTES, true)!);
+  const rootBlob = read(ROOT_BLOB_PATH, MAX_BLOB_BYTES, true)!;
+  const data = read(DATA_BLOB_PATH, MAX_BLOB_BYTES, false);
+  return checkCredentials({ meta, root: rootBlob, ...(data ? { data } : {}) });
+}
+
+/** Where a trailing credentials archive sits in an initramfs. */
+export interface AppendedCredentials {
+  /** Offset of its first header (4-byte aligned). */
+  offset: number;
+  /** Offset just past its trailer; only NUL padding follows. */
+  end: number;
+  credentials: LoadedCredentials;
+}
+
+/**
+ * Find the uncompressed credentials archive at the end of an initramfs
+ * (what appendCredentials wrote): the last newc archive, followed only by
+ * NUL padding, whose entries all lie under zb/credentials.
+ * @param initramfs the whole file, or its tail (offsets are then relative to the tail)
+ * @returns null when the initramfs ends in something else (no credentials appended)
+ * @throws {ZbError} CRED_INVALID when such an archive is there but its content is malformed
+ * @example findAppendedCredentials(readFileSync("slot-a/initramfs"))?.credentials.meta
+ */
+export function findAppendedCredentials(initramfs: Uint8Array): AppendedCredentials | null {
+  const found = locateCredentialArchive(initramfs);
+  if (!found) return null;
+  return { offset: found.offset, end: found.end, credentials: fromEntries(found.entries) };
+}
+
+/**
+ * The trailing archive whose entries are all credential paths, unvalidated otherwise.
+ * Candidate headers are tried from the end backwards: parsing from any entry
+ * of the last archive reaches its trailer at the end of the input, so the
+ * archive starts at the earliest such candidate. A candidate inside file data
+ * or an earlier archive does not parse to the end and is skipped.
+ */
+function locateCredentialArchive(bytes: Uint8Array): { offset: number; end: number; entries: CpioEntry[] } | null {
+  let last = bytes.length;
+  while (last > 0 && bytes[last - 1] === 0) last--;
+  const lo = Math.max(0, last - MAX_CRED_ARCHIVE_BYTES);
+  const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  let best: { offset: number; end: number; entries: CpioEntry[] } | null = null;
+  for (let p = buf.lastIndexOf(NEWC_MAGIC, last - 1, "latin1"); p >= lo; p = p > 0 ? buf.lastIndexOf(NEWC_MAGIC, p - 1, "latin1") : -1) {
+    if (p % 4 !== 0) continue;
+    let archive;
+    try {
+      archive = readOneArchive(bytes, p, CRED_LIMITS);
+    } catch {
+      continue;
+    }
+    if (archive.end < last || archive.entries.length === 0) continue;
+    // Reaches the end but holds other files: credentials inside someone else's archive, not appended ones.
+    if (!archive.entries.every((e) => CRED_NAMES.has(normalName(e.name)))) return null;
+    best = archive;
+  }
+  return best;
+}
+
+/**
+ * Append a credentials archive to an initramfs file, replacing credentials
+ * appended earlier. The existing content is padded with NULs to a 4-byte
+ * boundary (the kernel looks for a cpio header only at aligned offsets), then
+ * the archive follows. Durable and atomic: a copy is written next to the file,
+ * fsynced and renamed over it, so a power cut leaves the old or the new file.
+ * @param cpio an archive from packCredentials (checked before anything is written)
+ * @returns the offset of the archive in the new file, and whether older credentials were replaced
+ * @throws {ZbError} CRED_INVALID when `cpio` is not a credentials archive; IO when the file cannot be read or written
+ * @example appendCredentials(sys, "/boot/firmware/slot-b/initramfs", packCredentials(creds))
+ */
+export function appendCredentials(sys: Sys, initramfsPath: string, cpio: Uint8Array): { offset: number; replaced: boolean } {
+  unpackCredentials(cpio);
+  if (cpio[0] !== NEWC_MAGIC.charCodeAt(0)) throw invalid("the archive to append starts with padding");
+  const st = sys.stat(initramfsPath);
+  if (!st || st.kind !== "file") throw new ZbError("IO", `cannot append credentials to ${initramfsPath}: ${st ? "not a regular file" : "no such file"}`);
+  const tailStart = Math.max(0, st.size - MAX_CRED_ARCHIVE_BYTES - 4096);
+  const old = locateCredentialArchive(sys.readAt(initramfsPath, tailStart, st.size - tailStart));
+  const keep = old ? tailStart + old.offset : st.size;
+  const offset = (keep + 3) & ~3;
+  const tmp = join(dirname(initramfsPath), `.${basename(initramfsPath)}.zb-new`);
+  sys.unlink(tmp);
+  copyPrefix(sys, initramfsPath, tmp, keep);
+  const tail = new Uint8Array(offset - keep + cpio.length);
+  tail.set(cpio, offset - keep);
+  sys.writeAt(tmp, keep, tail, { create: true });
+  sys.fsync(tmp);
+  sys.rename(tmp, initramfsPath);
+  sys.fsync(dirname(initramfsPath));
+  return { offset, replaced: old !== null };
+}
+
+const COPY_CHUNK = 1 << 20;
+
+function copyPrefix(sys: Sys, from: string, to: string, length: number): void {
+  for (let at = 0; at < length; at += COPY_CHUNK) {
+    const chunk = sys.readAt(from, at, Math.min(COPY_CHUNK, length - at));
+    sys.writeAt(to, at, chunk, { create: true });
+  }
+}

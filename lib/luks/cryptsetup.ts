@@ -1,0 +1,388 @@
+/**
+ * LUKS2 through the cryptsetup program: format, add/remove a key, open,
+ * test a key, close, read the UUID and keyslots.
+ *
+ * Host access: runs `cryptsetup` (cryptsetup(8), 2.6) and creates pipes
+ * with pipe2(2) through bun:ffi. Keys travel only through pipes: the first
+ * key on stdin (`--key-file=-`, read to EOF, so any byte including `\n` and
+ * NUL is part of it — without `--key-file=-` cryptsetup stops at the first
+ * newline), a second key on an inherited pipe opened as `/dev/fd/3`. Bun's
+ * own "pipe" for extra stdio slots is a socketpair, and open(2) of
+ * /dev/fd/N on a socket fails with ENXIO, hence real pipes. A key is at most
+ * 4096 bytes, so it fits the pipe buffer (at least one page) and is written
+ * before the child starts. Keys are never in argv, the environment (the
+ * child gets only PATH and LC_ALL=C), logs or files, and never in error
+ * messages: cryptsetup's stderr is scrubbed of every form of the key.
+ *
+ * Random 256-bit keys need no password stretching, so keyslots use PBKDF2-
+ * SHA512 with 1000 iterations, as systemd-cryptenroll
+ * (cryptsetup_set_minimal_pbkdf) and clevis do for machine keys; the argon2id
+ * default costs seconds and up to 1 GiB of RAM per unlock (docs/luks.md has
+ * the measured figures).
+ */
+import { closeSync, writeSync } from "node:fs";
+import { ZbError } from "../errors.ts";
+
+/** Largest key accepted: fits any pipe buffer, so writing it never blocks. */
+export const MAX_KEY_BYTES = 4096;
+
+export interface FormatOptions {
+  /** LUKS2 label (blkid's LABEL). */
+  label?: string;
+  /** A fixed UUID instead of a random one. */
+  uuid?: string;
+  /** Default aes-xts-plain64 (on a Pi 4 without AES instructions consider xchacha12,aes-adiantum-plain64, docs/luks.md). */
+  cipher?: string;
+  /** Bits; default 512 (AES-256 in XTS mode). */
+  keySize?: number;
+  /** Encryption sector size in bytes (512 or 4096); default: cryptsetup's choice. */
+  sectorSize?: number;
+  /**
+   * Keyslot KDF. Default "pbkdf2-1000": PBKDF2-SHA512, 1000 iterations, no
+   * benchmark. "argon2id-benchmarked" is cryptsetup's own default, for
+   * comparison only (bench/luks-pbkdf.ts); never needed for random keys.
+   */
+  pbkdf?: "pbkdf2-1000" | "argon2id-benchmarked";
+}
+
+export interface AddKeyOptions {
+  /** Keyslot number for the new key; default the first free one. */
+  keySlot?: number;
+}
+
+export interface RemoveKeyOptions {
+  /**
+   * cryptsetup removes the last keyslot without asking when stdin is not a
+   * terminal, which makes the device unusable; refused unless this is true.
+   */
+  allowLastKeyslot?: boolean;
+}
+
+export interface OpenOptions {
+  readOnly?: boolean;
+  /** Pass TRIM through (leaks which blocks are free; off by default). */
+  allowDiscards?: boolean;
+}
+
+/** One keyslot as `luksDump --dump-json-metadata` reports it. */
+export interface Keyslot {
+  slot: number;
+  kdf: string;
+  hash?: string;
+  iterations?: number;
+  /** argon2: memory cost in KiB, time cost, parallel threads. */
+  memoryKiB?: number;
+  time?: number;
+  cpus?: number;
+}
+
+/** LUKS operations zb needs. Every method throws ZbError LUKS_FAILED when cryptsetup fails. */
+export interface Cryptsetup {
+  /** Make `device` a fresh LUKS2 volume whose only keyslot opens with `key`. Destroys the device's content. */
+  format(device: string, key: Uint8Array, opts?: FormatOptions): Promise<void>;
+  /** Add a keyslot for `newKey`, authorised by `existingKey`. */
+  addKey(device: string, existingKey: Uint8Array, newKey: Uint8Array, opts?: AddKeyOptions): Promise<void>;
+  /** Remove the keyslot `key` opens. */
+  removeKey(device: string, key: Uint8Array, opts?: RemoveKeyOptions): Promise<void>;
+  /** Map the decrypted device at /dev/mapper/`name` (needs device-mapper and dm-crypt). */
+  open(device: string, name: string, key: Uint8Array, opts?: OpenOptions): Promise<void>;
+  /** Does `key` open a keyslot of `device`? (`open --test-passphrase`: no mapping made.) */
+  testKey(device: string, key: Uint8Array): Promise<boolean>;
+  /** Remove the mapping /dev/mapper/`name`. */
+  close(name: string): Promise<void>;
+  /** The LUKS UUID (lower-case 8-4-4-4-12). */
+  uuid(device: string): Promise<string>;
+  /** Is `device` a LUKS volume? False for other content; throws when it cannot be read. */
+  isLuks(device: string): Promise<boolean>;
+  /** Active keyslots, by number. */
+  keyslots(device: string): Promise<Keyslot[]>;
+}
+
+/** Exit statuses documented in cryptsetup(8) "RETURN CODES". */
+const EXIT_REASONS: Record<number, string> = {
+  1: "wrong parameters",
+  2: "the key does not open any keyslot",
+  3: "out of memory",
+  4: "wrong device (missing, unreadable or not LUKS)",
+  5: "the device already exists or is busy",
+};
+
+const PBKDF2_1000 = ["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--hash", "sha512"];
+const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+/** device-mapper names: no '/', at most 127 bytes (DM_NAME_LEN - 1). */
+const NAME_RE = /^[A-Za-z0-9_.+][A-Za-z0-9_.+-]{0,126}$/;
+
+interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+interface RunSpec {
+  /** What failed, for the message: `cannot <what>: …`. */
+  what: string;
+  args: string[];
+  stdinKey?: Uint8Array;
+  fd3Key?: Uint8Array;
+  /** Exit statuses that are answers, not failures. */
+  accept?: number[];
+}
+
+/** The real cryptsetup program. */
+export class CryptsetupCli implements Cryptsetup {
+  private readonly binary: string;
+  private readonly timeoutMs: number;
+
+  /**
+   * @param opts.binary program name or path; default `cryptsetup` on PATH (plus /usr/sbin, /sbin)
+   * @param opts.timeoutMs kill cryptsetup after this long; default 120 s (an argon2id format takes ~11 s here)
+   */
+  constructor(opts: { binary?: string; timeoutMs?: number } = {}) {
+    this.binary = opts.binary ?? "cryptsetup";
+    this.timeoutMs = opts.timeoutMs ?? 120_000;
+  }
+
+  /** @throws {ZbError} LUKS_FAILED */
+  async format(device: string, key: Uint8Array, opts: FormatOptions = {}): Promise<void> {
+    const args = ["luksFormat", "--batch-mode", "--type", "luks2", "--cipher", opts.cipher ?? "aes-xts-plain64"];
+    args.push("--key-size", String(opts.keySize ?? 512));
+    if ((opts.pbkdf ?? "pbkdf2-1000") === "pbkdf2-1000") args.push(...PBKDF2_1000);
+    else args.push("--pbkdf", "argon2id");
+    if (opts.label !== undefined) args.push("--label", opts.label);
+    if (opts.uuid !== undefined) args.push("--uuid", opts.uuid);
+    if (opts.sectorSize !== undefined) args.push("--sector-size", String(opts.sectorSize));
+    args.push("--key-file=-", checkDevice(device));
+    await this.run({ what: `format ${device} as LUKS2`, args, stdinKey: key });
+  }
+
+  /** @throws {ZbError} LUKS_FAILED (exit 2: `existingKey` does not open the device) */
+  async addKey(device: string, existingKey: Uint8Array, newKey: Uint8Array, opts: AddKeyOptions = {}): Promise<void> {
+    const args = ["luksAddKey", "--batch-mode", ...PBKDF2_1000, "--key-file=-"];
+    if (opts.keySlot !== undefined) args.push("--new-key-slot", String(opts.keySlot));
+    // The new key file as the positional argument works with every cryptsetup 2.x (--new-keyfile came later).
+    args.push(checkDevice(device), "/dev/fd/3");
+    await this.run({ what: `add a key to ${device}`, args, stdinKey: existingKey, fd3Key: newKey });
+  }
+
+  /** @throws {ZbError} LUKS_FAILED, also when it would remove the last keyslot without `allowLastKeyslot` */
+  async removeKey(device: string, key: Uint8Array, opts: RemoveKeyOptions = {}): Promise<void> {
+    if (!opts.allowLastKeyslot && (await this.keyslots(device)).length <= 1) {
+      throw new ZbError("LUKS_FAILED", `cannot remove a key from ${device}: it is the only keyslot, the device would become unusable`);
+    }
+    await this.run({ what: `remove a key from ${device}`, args: ["luksRemoveKey", "--key-file=-", checkDevice(device)], stdinKey: key });
+  }
+
+  /** @throws {ZbError} LUKS_FAILED; USAGE for a name device-mapper cannot hold */
+  async open(device: string, name: string, key: Uint8Array, opts: OpenOptions = {}): Promise<void> {
+    // --type luks: never plain mode, where any key "opens" the device into garbage.
+    const args = ["open", "--type", "luks", "--key-file=-"];
+    if (opts.readOnly) args.push("--readonly");
+    if (opts.allowDiscards) args.push("--allow-discards");
+    args.push(checkDevice(device), checkName(name));
+    await this.run({ what: `open ${device} as ${name}`, args, stdinKey: key });
+  }
+
+  /** @throws {ZbError} LUKS_FAILED when the device cannot be read (a wrong key is `false`) */
+  async testKey(device: string, key: Uint8Array): Promise<boolean> {
+    const args = ["open", "--type", "luks", "--test-passphrase", "--key-file=-", checkDevice(device)];
+    const r = await this.run({ what: `test a key on ${device}`, args, stdinKey: key, accept: [2] });
+    return r.code === 0;
+  }
+
+  /** @throws {ZbError} LUKS_FAILED (exit 4: no such mapping; 5: still in use) */
+  async close(name: string): Promise<void> {
+    await this.run({ what: `close ${name}`, args: ["close", checkName(name)] });
+  }
+
+  /** @throws {ZbError} LUKS_FAILED when the device is not LUKS */
+  async uuid(device: string): Promise<string> {
+    const what = `read the LUKS UUID of ${device}`;
+    const r = await this.run({ what, args: ["luksUUID", checkDevice(device)], accept: [1] });
+    // luksUUID exits 1, silently, for a readable device without a LUKS header.
+    if (r.code === 1) throw new ZbError("LUKS_FAILED", `cannot ${what}: not a LUKS device`);
+    const uuid = r.stdout.trim().toLowerCase();
+    if (!UUID_RE.test(uuid)) throw new ZbError("LUKS_FAILED", `cannot ${what}: cryptsetup printed ${JSON.stringify(r.stdout.slice(0, 80))}`);
+    return uuid;
+  }
+
+  /** @throws {ZbError} LUKS_FAILED when the device is missing or unreadable */
+  async isLuks(device: string): Promise<boolean> {
+    const r = await this.run({ what: `check ${device} for a LUKS header`, args: ["isLuks", checkDevice(device)], accept: [1] });
+    return r.code === 0;
+  }
+
+  /** @throws {ZbError} LUKS_FAILED */
+  async keyslots(device: string): Promise<Keyslot[]> {
+    const what = `read the keyslots of ${device}`;
+    const r = await this.run({ what, args: ["luksDump", "--dump-json-metadata", checkDevice(device)] });
+    return parseKeyslots(r.stdout, what);
+  }
+
+  private async run(spec: RunSpec): Promise<RunResult> {
+    const keys = [spec.stdinKey, spec.fd3Key].filter((k): k is Uint8Array => k !== undefined);
+    keys.forEach((k) => checkKey(k, spec.what));
+    const exe = resolveBinary(this.binary, spec.what);
+    const fds: number[] = [];
+    try {
+      const stdin = spec.stdinKey ? track(fds, keyPipe(spec.stdinKey, spec.what)) : "ignore";
+      const stdio: [number | "ignore", "pipe", "pipe", ...number[]] = [stdin, "pipe", "pipe"];
+      if (spec.fd3Key) stdio.push(track(fds, keyPipe(spec.fd3Key, spec.what)));
+      const started = performance.now();
+      const proc = Bun.spawn([exe, ...spec.args], { stdio, env: childEnv(), timeout: this.timeoutMs, killSignal: "SIGKILL" });
+      // The child holds its own copies of the read ends now.
+      fds.splice(0).forEach((fd) => closeSync(fd));
+      const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+      if (proc.signalCode) {
+        const timedOut = performance.now() - started >= this.timeoutMs;
+        throw new ZbError("LUKS_FAILED", `cannot ${spec.what}: cryptsetup was killed by ${proc.signalCode}${timedOut ? ` (timeout ${this.timeoutMs / 1000} s)` : ""}`);
+      }
+      if (code === 0 || spec.accept?.includes(code)) return { code, stdout, stderr };
+      throw exitError(spec.what, code, scrub(stderr, keys));
+    } catch (e) {
+      if (e instanceof ZbError) throw e;
+      throw new ZbError("LUKS_FAILED", `cannot ${spec.what}: cannot run ${exe}: ${(e as Error).message}`, { cause: e });
+    } finally {
+      fds.forEach((fd) => closeSync(fd));
+    }
+  }
+}
+
+/**
+ * The ZbError for a cryptsetup exit status, with its stderr and a hint for the
+ * failures an initramfs typically hits (missing kernel modules, hsm.md §4).
+ * @param stderr cryptsetup's stderr, already scrubbed of keys
+ * @returns a LUKS_FAILED error: `cannot <what>: <reason> (cryptsetup exit N: <stderr>)`
+ * @example exitError("open /dev/mmcblk0p2 as zb-root", 2, "No key available with this passphrase.")
+ */
+export function exitError(what: string, code: number, stderr: string): ZbError {
+  const reason = EXIT_REASONS[code] ?? `unexpected exit status ${code}`;
+  // cryptsetup repeats some lines (once per retry); keep each once.
+  const lines = [...new Set(stderr.split("\n").map((l) => l.trim()).filter((l) => l.length > 0))];
+  const detail = lines.slice(-4).join("; ").slice(0, 600);
+  let hint: string | undefined;
+  if (/device-mapper/i.test(stderr)) hint = "load the dm_mod and dm_crypt kernel modules (modprobe dm_crypt)";
+  else if (/algif_skcipher|AF_ALG|kernel crypto/i.test(stderr)) hint = "load the af_alg and algif_skcipher kernel modules";
+  const msg = `cannot ${what}: ${reason} (cryptsetup exit ${code}${detail ? `: ${detail}` : ""})`;
+  return new ZbError("LUKS_FAILED", msg, hint === undefined ? {} : { hint });
+}
+
+/** True when a LUKS_FAILED error says the key opens no keyslot (cryptsetup exit 2, "No key available with this passphrase"). */
+export function isWrongKey(e: ZbError): boolean {
+  return e.code === "LUKS_FAILED" && /\(cryptsetup exit 2[:)]/.test(e.message);
+}
+
+/** Parse the keyslots of `luksDump --dump-json-metadata` (LUKS2 spec §3.2 "keyslots"). */
+export function parseKeyslots(json: string, what: string): Keyslot[] {
+  const bad = (why: string) => new ZbError("LUKS_FAILED", `cannot ${what}: ${why}`);
+  let meta: unknown;
+  try {
+    meta = JSON.parse(json);
+  } catch {
+    throw bad("cryptsetup printed no JSON metadata");
+  }
+  const slots = (meta as { keyslots?: unknown })?.keyslots;
+  if (typeof slots !== "object" || slots === null) throw bad("the metadata has no keyslots object");
+  const out: Keyslot[] = [];
+  for (const [n, v] of Object.entries(slots as Record<string, { kdf?: Record<string, unknown> }>)) {
+    const kdf = v?.kdf ?? {};
+    const k: Keyslot = { slot: Number(n), kdf: String(kdf.type ?? "unknown") };
+    if (typeof kdf.hash === "string") k.hash = kdf.hash;
+    if (typeof kdf.iterations === "number") k.iterations = kdf.iterations;
+    if (typeof kdf.memory === "number") k.memoryKiB = kdf.memory;
+    if (typeof kdf.time === "number") k.time = kdf.time;
+    if (typeof kdf.cpus === "number") k.cpus = kdf.cpus;
+    out.push(k);
+  }
+  return out.sort((a, b) => a.slot - b.slot);
+}
+
+function checkKey(key: Uint8Array, what: string): void {
+  if (key.length === 0 || key.length > MAX_KEY_BYTES) {
+    throw new ZbError("LUKS_FAILED", `cannot ${what}: the key is ${key.length} bytes, expected 1 to ${MAX_KEY_BYTES}`);
+  }
+}
+
+/** A leading '-' would be read as an option. */
+function checkDevice(device: string): string {
+  if (device.length === 0 || device.startsWith("-") || device.includes("\0")) {
+    throw new ZbError("USAGE", `cannot use ${JSON.stringify(device)} as a LUKS device: not a device path`);
+  }
+  return device;
+}
+
+function checkName(name: string): string {
+  if (!NAME_RE.test(name)) throw new ZbError("USAGE", `cannot use ${JSON.stringify(name)} as a mapping name: letters, digits, '_.+-' only, at most 127`);
+  return name;
+}
+
+function track(fds: number[], fd: number): number {
+  fds.push(fd);
+  return fd;
+}
+
+/** Only what cryptsetup needs: a PATH for its helpers, and untranslated messages (we match on them). */
+function childEnv(): Record<string, string> {
+  return { PATH: process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL: "C" };
+}
+
+function resolveBinary(binary: string, what: string): string {
+  if (binary.includes("/")) return binary;
+  const found = Bun.which(binary, { PATH: `${process.env.PATH ?? ""}:/usr/sbin:/sbin:/usr/bin:/bin` });
+  if (!found) throw new ZbError("LUKS_FAILED", `cannot ${what}: ${binary} not found`, { hint: "install cryptsetup (Debian: cryptsetup-bin)" });
+  return found;
+}
+
+/** Remove every printable form of the keys (raw, hex, base64) from a message. */
+export function scrub(text: string, keys: Uint8Array[]): string {
+  let out = text;
+  for (const k of keys) {
+    const b = Buffer.from(k.buffer, k.byteOffset, k.byteLength);
+    for (const form of [b.toString("latin1"), b.toString("hex"), b.toString("hex").toUpperCase(), b.toString("base64")]) {
+      if (form.length >= 4) out = out.split(form).join("[key]");
+    }
+  }
+  return out;
+}
+
+// ---- pipes (pipe2(2) through bun:ffi) ----
+
+/** O_CLOEXEC on Linux (asm-generic/fcntl.h, same on x86_64 and arm64): no other child inherits our end. */
+const O_CLOEXEC = 0o2000000;
+
+type Pipe2 = (fds: unknown, flags: number) => number;
+let pipe2Fn: Pipe2 | undefined;
+
+function pipe2(): Pipe2 {
+  if (pipe2Fn) return pipe2Fn;
+  const { dlopen, FFIType } = require("bun:ffi") as typeof import("bun:ffi");
+  const lib = dlopen("libc.so.6", { pipe2: { args: [FFIType.ptr, FFIType.i32], returns: FFIType.i32 } });
+  pipe2Fn = lib.symbols.pipe2 as unknown as Pipe2;
+  return pipe2Fn;
+}
+
+/**
+ * A pipe holding `key` and then EOF; returns its read end (the caller closes
+ * it). The key fits the pipe buffer (≤ 4096 bytes), so the write never blocks.
+ */
+function keyPipe(key: Uint8Array, what: string): number {
+  const { ptr } = require("bun:ffi") as typeof import("bun:ffi");
+  const fds = new Int32Array(2);
+  let rc: number;
+  try {
+    rc = pipe2()(ptr(fds), O_CLOEXEC);
+  } catch (e) {
+    throw new ZbError("LUKS_FAILED", `cannot ${what}: cannot create a pipe for the key: ${(e as Error).message}`, { cause: e });
+  }
+  if (rc !== 0) throw new ZbError("LUKS_FAILED", `cannot ${what}: pipe2() failed`);
+  const [readEnd, writeEnd] = [fds[0]!, fds[1]!];
+  try {
+    let done = 0;
+    while (done < key.length) done += writeSync(writeEnd, key, done, key.length - done);
+  } catch (e) {
+    closeSync(readEnd);
+    throw new ZbError("LUKS_FAILED", `cannot ${what}: cannot write the key to a pipe`, { cause: e });
+  } finally {
+    closeSync(writeEnd);
+  }
+  return readEnd;
+}

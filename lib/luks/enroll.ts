@@ -1,0 +1,125 @@
+/**
+ * Slot enrolment: give a slot's root volume a fresh random key, seal it with
+ * the HSM, carry the shared data volume's key over (or create it), and
+ * return the credentials to append to the slot's initramfs (BRIEF §4,
+ * docs/credentials.md "Lifecycle").
+ *
+ * Semantics:
+ * - root `{ device, format: true }`: a fresh 256-bit key and a fresh LUKS2
+ *   format. This is the slot install: the root is rewritten anyway, and a
+ *   key never outlives the install it was made for, so one slot's
+ *   credentials cannot open the other slot.
+ * - root `{ device, format: false, key }`: the caller formatted the device
+ *   itself (e.g. zboot formats, writes the image, then enrols once the image
+ *   is verified); `key` must open it, and is sealed as is.
+ * - data `{ device, format: true }`: first provisioning — a fresh key, format.
+ * - data `{ device, key }`: the data volume already exists; `key` is its
+ *   current key, which the caller unsealed from the running slot's
+ *   credentials. It is sealed again for the new slot; the volume is untouched.
+ *
+ * Order: every key that must already work is tested first, then every key is
+ * sealed, and only then is anything formatted — so an absent HSM or a wrong
+ * data key leaves the disks as they were. Each format is followed by a
+ * testKey of the key just used. Keys made here are wiped before returning
+ * (also on errors); keys passed in belong to the caller, who wipes them.
+ */
+import type { Slot } from "../bootstate/state.ts";
+import { ZbError } from "../errors.ts";
+import { encodeBlob } from "../hsm/blob.ts";
+import type { Hsm, SealOptions } from "../hsm/types.ts";
+import { randomSecret, wipe } from "../secret.ts";
+import { checkCredentials, CRED_FORMAT, DATA_MAPPING, ROOT_MAPPING, type CredentialMeta, type Credentials } from "./credentials.ts";
+import type { Cryptsetup, FormatOptions } from "./cryptsetup.ts";
+
+/** LUKS key length: 256 random bits (BRIEF §4). */
+export const KEY_BYTES = 32;
+
+export type RootTarget = { device: string; format: true } | { device: string; format: false; key: Uint8Array };
+export type DataTarget = { device: string; format: true } | { device: string; format?: false; key: Uint8Array };
+
+export interface EnrollOptions {
+  hsm: Hsm;
+  crypt: Cryptsetup;
+  slot: Slot;
+  root: RootTarget;
+  data?: DataTarget;
+  sealOptions?: SealOptions;
+  /** luksFormat options (label, cipher, sector size); PBKDF2-1000 always. */
+  formatOptions?: Omit<FormatOptions, "pbkdf">;
+  /** For `created`; default the current time. */
+  now?: () => Date;
+}
+
+/**
+ * Enrol a slot: keys, LUKS formats, sealing, metadata.
+ * @returns credentials for packCredentials (blobs already checked)
+ * @throws {ZbError} USAGE for a bad slot or the same device twice; LUKS_FAILED when cryptsetup
+ *   fails or a given key does not open its device; HSM_ABSENT / HSM_FAILED from sealing
+ * @example const creds = await enrollSlot({ hsm, crypt: new CryptsetupCli(), slot: "b", root: { device: "/dev/mmcblk0p3", format: true }, data: { device: "/dev/mmcblk0p4", key } })
+ */
+export async function enrollSlot(opts: EnrollOptions): Promise<Credentials> {
+  checkTargets(opts);
+  const made: Uint8Array[] = [];
+  try {
+    const rootKey = opts.root.format ? keep(made, randomSecret(KEY_BYTES)) : opts.root.key;
+    const dataKey = opts.data ? (opts.data.format ? keep(made, randomSecret(KEY_BYTES)) : opts.data.key) : undefined;
+
+    if (!opts.root.format) await mustOpen(opts.crypt, opts.root.device, rootKey, "root");
+    if (opts.data && !opts.data.format) await mustOpen(opts.crypt, opts.data.device, dataKey!, "data");
+
+    const root = await seal(opts, rootKey);
+    const data = dataKey ? await seal(opts, dataKey) : undefined;
+
+    if (opts.root.format) await formatAndCheck(opts, opts.root.device, rootKey, "root");
+    if (opts.data?.format) await formatAndCheck(opts, opts.data.device, dataKey!, "data");
+
+    const meta: CredentialMeta = {
+      format: CRED_FORMAT,
+      slot: opts.slot,
+      backend: opts.hsm.name,
+      created: (opts.now?.() ?? new Date()).toISOString(),
+      root: { uuid: await opts.crypt.uuid(opts.root.device), name: ROOT_MAPPING },
+    };
+    if (opts.data) meta.data = { uuid: await opts.crypt.uuid(opts.data.device), name: DATA_MAPPING };
+    const creds: Credentials = { meta, root, ...(data ? { data } : {}) };
+    checkCredentials(creds);
+    return creds;
+  } finally {
+    wipe(...made);
+  }
+}
+
+function keep(made: Uint8Array[], key: Uint8Array): Uint8Array {
+  made.push(key);
+  return key;
+}
+
+function checkTargets(opts: EnrollOptions): void {
+  if (opts.slot !== "a" && opts.slot !== "b") throw new ZbError("USAGE", `cannot enrol slot ${JSON.stringify(opts.slot)}: expected a or b`);
+  if (opts.data && opts.data.device === opts.root.device) {
+    throw new ZbError("USAGE", `cannot enrol slot ${opts.slot}: root and data are the same device ${opts.root.device}`);
+  }
+  for (const t of [opts.root, opts.data]) {
+    if (t && !t.format && t.key.length === 0) throw new ZbError("USAGE", `cannot enrol slot ${opts.slot}: the key given for ${t.device} is empty`);
+  }
+}
+
+/** A key the caller vouches for must open its device before anything is sealed or formatted. */
+async function mustOpen(crypt: Cryptsetup, device: string, key: Uint8Array, role: string): Promise<void> {
+  if (await crypt.testKey(device, key)) return;
+  const msg = `cannot enrol the ${role} volume ${device}: the given key does not open it`;
+  if (role !== "data") throw new ZbError("LUKS_FAILED", msg);
+  throw new ZbError("LUKS_FAILED", msg, { hint: "the data key comes from the running slot's credentials: unseal them on this device" });
+}
+
+async function seal(opts: EnrollOptions, key: Uint8Array): Promise<Uint8Array> {
+  const data = await opts.hsm.seal(key, opts.sealOptions);
+  return encodeBlob({ backend: opts.hsm.name, data });
+}
+
+async function formatAndCheck(opts: EnrollOptions, device: string, key: Uint8Array, role: string): Promise<void> {
+  await opts.crypt.format(device, key, { ...opts.formatOptions, pbkdf: "pbkdf2-1000" });
+  if (!(await opts.crypt.testKey(device, key))) {
+    throw new ZbError("LUKS_FAILED", `cannot enrol the ${role} volume ${device}: the new key does not open it after formatting`);
+  }
+}

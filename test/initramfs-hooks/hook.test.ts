@@ -1,0 +1,268 @@
+/**
+ * initramfs-hooks/hooks/zb in a fake initramfs-tools environment: the hook
+ * sources test/initramfs-hooks/fake-hook-functions.sh (through
+ * ZB_HOOK_FUNCTIONS), which logs every copy_exec/copy_file/manual_add_modules/
+ * force_load call and creates the files under DESTDIR. Each row is an /etc/zb
+ * before and what the hook put into the initramfs after.
+ */
+import { afterAll, beforeEach, describe, expect, test } from "bun:test";
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+
+const HOOK = resolve(import.meta.dir, "../../initramfs-hooks/hooks/zb");
+const FAKE = resolve(import.meta.dir, "fake-hook-functions.sh");
+const PIN = "246813579";
+
+/** What every configuration gets (the hook's lists, written out). */
+const BASE_MODULES = [
+  "af_alg", "algif_skcipher", "xts", "ecb", "aes", "aes-ce-blk", "aes-neon-blk", "aes-neon-bs",
+  "tpm_tis_core", "tpm_tis", "tpm_tis_spi", "tpm_tis_i2c_cr50", "tpm_i2c_infineon",
+  "vfat", "nls_cp437", "nls_ascii", "nls_utf8", "dm-mod", "dm-crypt",
+];
+const BASE_TREE = ["conf/modules", "sbin/cryptsetup", "usr/bin/zb", "usr/bin/zbunlock -> zb"];
+
+const roots: string[] = [];
+afterAll(() => {
+  for (const r of roots) rmSync(r, { recursive: true, force: true });
+});
+
+interface Before {
+  /** /etc/zb/initramfs.conf; "$T" is the temp root. null: no file. */
+  initramfsConf: string | null;
+  /** /etc/zb/hsm.conf; null: no file. */
+  hsmConf: string | null;
+  /** Files in /etc/zb/trust. */
+  trust: readonly string[];
+}
+
+/** What the hook put into DESTDIR; "$T" is the temp root. */
+interface After {
+  tree: readonly string[];
+  /** Modules beyond BASE_MODULES. */
+  extraModules: readonly string[];
+  loaded: readonly string[];
+  err: string;
+}
+
+interface Run {
+  code: number | null;
+  out: string;
+  err: string;
+  /** Files under DESTDIR, "path -> target" for links. */
+  tree: string[];
+  /** Every module name handed to manual_add_modules. */
+  modules: string[];
+  /** ${DESTDIR}/conf/modules, the modules init loads at boot. */
+  loaded: string[];
+}
+
+/** A temp root with the fake binary, PKCS#11 module, Zymkey library and a PIN file. */
+function makeRoot(): string {
+  const t = mkdtempSync(join(tmpdir(), "zb-hook-"));
+  roots.push(t);
+  for (const d of ["etc/trust", "dest", "bin", "lib", "secret"]) mkdirSync(join(t, d), { recursive: true });
+  writeFileSync(join(t, "bin/zb"), "#!/bin/sh\n", { mode: 0o755 });
+  writeFileSync(join(t, "lib/libfake-pkcs11.so"), "pkcs11 module\n");
+  writeFileSync(join(t, "lib/libzk_app_utils.so"), "zymkey library\n");
+  writeFileSync(join(t, "secret/pin"), PIN + "\n", { mode: 0o600 });
+  return t;
+}
+
+function setUp(t: string, before: Before): void {
+  const fill = (s: string) => s.replaceAll("$T", t);
+  if (before.initramfsConf !== null) writeFileSync(join(t, "etc/initramfs.conf"), fill(before.initramfsConf));
+  if (before.hsmConf !== null) writeFileSync(join(t, "etc/hsm.conf"), fill(before.hsmConf));
+  for (const k of before.trust) writeFileSync(join(t, "etc/trust", k), `key ${k}\n`);
+}
+
+function listTree(dir: string, prefix = ""): string[] {
+  if (!existsSync(dir)) return [];
+  return readdirSync(dir).sort().flatMap((name) => {
+    const path = join(dir, name);
+    const rel = prefix + name;
+    const st = lstatSync(path);
+    if (st.isSymbolicLink()) return [`${rel} -> ${readlinkSync(path)}`];
+    if (st.isDirectory()) return listTree(path, rel + "/");
+    return [rel];
+  });
+}
+
+function runHook(t: string, opts: { args?: string[]; destdir?: boolean; verbose?: boolean } = {}): Run {
+  const log = join(t, "log");
+  const env: Record<string, string> = {
+    PATH: "/usr/sbin:/usr/bin:/sbin:/bin",
+    ZB_HOOK_FUNCTIONS: FAKE,
+    ZB_CONFDIR: join(t, "etc"),
+    ZB_FAKE_LOG: log,
+    verbose: opts.verbose ? "y" : "n",
+    version: "6.1.0-test",
+  };
+  if (opts.destdir !== false) env.DESTDIR = join(t, "dest");
+  const p = Bun.spawnSync(["sh", HOOK, ...(opts.args ?? [])], { env, stdin: "ignore" });
+  const calls = existsSync(log) ? readFileSync(log, "utf8").split("\n").filter(Boolean) : [];
+  const modules = calls.filter((c) => c.startsWith("manual_add_modules ")).flatMap((c) => c.split(" ").slice(1));
+  const loadedFile = join(t, "dest/conf/modules");
+  return {
+    code: p.exitCode,
+    out: p.stdout.toString(),
+    err: p.stderr.toString(),
+    tree: listTree(join(t, "dest")),
+    modules,
+    loaded: existsSync(loadedFile) ? readFileSync(loadedFile, "utf8").split("\n").filter(Boolean) : [],
+  };
+}
+
+/** Every regular file under dir, for the "nothing secret" check. */
+function allContents(dir: string): string {
+  return listTree(dir).filter((f) => !f.includes(" -> ")).map((f) => readFileSync(join(dir, f), "utf8")).join("\n");
+}
+
+const rel = (t: string, p: string) => p.replaceAll("$T", t.slice(1));
+
+describe("the hook copies", () => {
+  const rows: { name: string; before: Before; after: After }[] = [
+    {
+      name: "tpm2: binary, zbunlock link, cryptsetup, modules, trust keys and hsm.conf; other files in trust/ stay",
+      before: { initramfsConf: "ZB_BINARY=$T/bin/zb\n", hsmConf: "backend=tpm2\ntpm2.device=/dev/tpmrm0\n", trust: ["a.pub", "b.pub", "notes.txt"] },
+      after: { tree: [...BASE_TREE, "etc/zb/hsm.conf", "etc/zb/trust/a.pub", "etc/zb/trust/b.pub"], extraModules: [], loaded: ["dm-mod", "dm-crypt"], err: "" },
+    },
+    {
+      name: "no hsm.conf, no trust keys: binary, cryptsetup and modules only",
+      before: { initramfsConf: "ZB_BINARY=$T/bin/zb\n", hsmConf: null, trust: [] },
+      after: { tree: BASE_TREE, extraModules: [], loaded: ["dm-mod", "dm-crypt"], err: "" },
+    },
+    {
+      name: "ZB_EXTRA_MODULES in initramfs.conf: added to the module list",
+      before: { initramfsConf: 'ZB_BINARY=$T/bin/zb\nZB_EXTRA_MODULES="spi-bcm2835 mmc_block"\n', hsmConf: "backend=tpm2\n", trust: [] },
+      after: { tree: [...BASE_TREE, "etc/zb/hsm.conf"], extraModules: ["spi-bcm2835", "mmc_block"], loaded: ["dm-mod", "dm-crypt"], err: "" },
+    },
+    {
+      name: "pkcs11: the module at its own path; the PIN file skipped with a warning",
+      before: {
+        initramfsConf: "ZB_BINARY=$T/bin/zb\n",
+        hsmConf: "backend=pkcs11\npkcs11.module=$T/lib/libfake-pkcs11.so\npkcs11.token=zb\npkcs11.pin-file=$T/secret/pin\n",
+        trust: ["a.pub"],
+      },
+      after: {
+        tree: [...BASE_TREE, "$T/lib/libfake-pkcs11.so", "etc/zb/hsm.conf", "etc/zb/trust/a.pub"],
+        extraModules: [],
+        loaded: ["dm-mod", "dm-crypt"],
+        err: "W: zb: not copying pkcs11.pin-file=$T/secret/pin into the initramfs: it would be readable by anyone with the boot medium\n",
+      },
+    },
+    {
+      name: "zymkey: I2C modules, i2c-dev loaded at boot, the configured library",
+      before: { initramfsConf: "ZB_BINARY=$T/bin/zb\n", hsmConf: "backend=zymkey\nzymkey.library=$T/lib/libzk_app_utils.so\n", trust: [] },
+      after: {
+        tree: [...BASE_TREE, "$T/lib/libzk_app_utils.so", "etc/zb/hsm.conf"],
+        extraModules: ["i2c-bcm2835", "i2c-bcm2708", "i2c-dev"],
+        loaded: ["dm-mod", "dm-crypt", "i2c-dev"],
+        err: "",
+      },
+    },
+    {
+      name: "soft: nothing more, and a warning that its key file stays on the host",
+      before: { initramfsConf: "ZB_BINARY=$T/bin/zb\n", hsmConf: "backend=soft\nsoft.enable=yes\nsoft.key-file=$T/secret/pin\n", trust: [] },
+      after: {
+        tree: [...BASE_TREE, "etc/zb/hsm.conf"],
+        extraModules: [],
+        loaded: ["dm-mod", "dm-crypt"],
+        err: "W: zb: backend=soft: not copying soft.key-file into the initramfs; zbunlock cannot unseal there (soft is for development only)\n",
+      },
+    },
+  ];
+  test.each(rows)("$name", ({ before, after }) => {
+    const t = makeRoot();
+    setUp(t, before);
+    const r = runHook(t);
+    expect(r.err).toBe(after.err.replaceAll("$T", t));
+    expect(r.code).toBe(0);
+    expect(r.tree).toEqual([...after.tree].map((p) => rel(t, p)).sort());
+    expect([...r.modules].sort()).toEqual([...BASE_MODULES, ...after.extraModules].sort());
+    expect(r.loaded).toEqual([...after.loaded]);
+    expect(r.out).toBe("");
+    expect(allContents(join(t, "dest"))).not.toContain(PIN);
+  });
+});
+
+describe("the hook refuses", () => {
+  const rows: { name: string; before: Before; err: string }[] = [
+    {
+      name: "no initramfs.conf: the default /usr/bin/zb, absent here",
+      before: { initramfsConf: null, hsmConf: "backend=tpm2\n", trust: [] },
+      err: "E: zb: cannot add the zb binary to the initramfs: /usr/bin/zb does not exist\n",
+    },
+    {
+      name: "ZB_BINARY names a missing file",
+      before: { initramfsConf: "ZB_BINARY=$T/bin/nothing\n", hsmConf: null, trust: [] },
+      err: "E: zb: cannot add the zb binary to the initramfs: $T/bin/nothing does not exist\n",
+    },
+    {
+      name: "ZB_CRYPTSETUP names a missing file",
+      before: { initramfsConf: "ZB_BINARY=$T/bin/zb\nZB_CRYPTSETUP=$T/bin/cryptsetup\n", hsmConf: null, trust: [] },
+      err: "E: zb: cannot add cryptsetup to the initramfs: $T/bin/cryptsetup does not exist\n",
+    },
+    {
+      name: "pkcs11 without pkcs11.module",
+      before: { initramfsConf: "ZB_BINARY=$T/bin/zb\n", hsmConf: "backend=pkcs11\npkcs11.token=zb\n", trust: [] },
+      err: "E: zb: cannot add the PKCS#11 module: $T/etc/hsm.conf has backend=pkcs11 but no pkcs11.module=\n",
+    },
+    {
+      name: "pkcs11.module as a bare library name",
+      before: { initramfsConf: "ZB_BINARY=$T/bin/zb\n", hsmConf: "backend=pkcs11\npkcs11.module=libsofthsm2.so\n", trust: [] },
+      err: "E: zb: cannot add the PKCS#11 module: pkcs11.module=libsofthsm2.so is not an absolute path, so the hook cannot tell which file zbunlock would load\n",
+    },
+    {
+      name: "zymkey, blanks around '=', a commented-out line: the default library, absent here",
+      before: { initramfsConf: "ZB_BINARY=$T/bin/zb\n", hsmConf: "# backend=pkcs11\n  backend = zymkey  \n", trust: [] },
+      err: "E: zb: cannot add the Zymkey library to the initramfs: /usr/lib/libzk_app_utils.so does not exist\n",
+    },
+  ];
+  test.each(rows)("$name", ({ before, err }) => {
+    const t = makeRoot();
+    setUp(t, before);
+    const r = runHook(t);
+    expect(r.err).toBe(err.replaceAll("$T", t));
+    expect(r.code).toBe(1);
+  });
+
+  test("no DESTDIR: fails before copying anything", () => {
+    const t = makeRoot();
+    setUp(t, { initramfsConf: "ZB_BINARY=$T/bin/zb\n", hsmConf: "backend=tpm2\n", trust: ["a.pub"] });
+    const r = runHook(t, { destdir: false });
+    expect(r.err).toBe("E: zb: cannot add zb to the initramfs: DESTDIR is not set (run this hook through mkinitramfs)\n");
+    expect(r.code).toBe(1);
+    expect(existsSync(join(t, "log"))).toBe(false);
+  });
+});
+
+describe("the hook's protocol", () => {
+  let t = "";
+  beforeEach(() => {
+    t = makeRoot();
+    setUp(t, { initramfsConf: "ZB_BINARY=$T/bin/zb\n", hsmConf: "backend=tpm2\n", trust: ["a.pub"] });
+  });
+
+  test("prereqs prints the empty PREREQ and copies nothing", () => {
+    const r = runHook(t, { args: ["prereqs"] });
+    expect(r.code).toBe(0);
+    expect(r.out).toBe("\n");
+    expect(r.tree).toEqual([]);
+    expect(existsSync(join(t, "log"))).toBe(false);
+  });
+
+  test("a second run into the same DESTDIR succeeds (copy_file says 'exists')", () => {
+    expect(runHook(t).code).toBe(0);
+    const again = runHook(t);
+    expect(again.err).toBe("");
+    expect(again.code).toBe(0);
+    expect(again.tree).toEqual(["conf/modules", "etc/zb/hsm.conf", "etc/zb/trust/a.pub", "sbin/cryptsetup", "usr/bin/zb", "usr/bin/zbunlock -> zb"]);
+  });
+
+  test("verbose=y says what it added", () => {
+    const r = runHook(t, { verbose: true });
+    expect(r.code).toBe(0);
+    expect(r.out).toBe(`zb: added ${t}/bin/zb as /usr/bin/zb, link /usr/bin/zbunlock\nzb: added cryptsetup, modules and configuration for backend tpm2\n`);
+  });
+});

@@ -1,0 +1,46 @@
+/**
+ * shellcheck on the two initramfs-tools scripts, as POSIX sh: mkinitramfs
+ * runs the hook with /bin/sh (dash on Debian) and the initramfs runs the
+ * boot script with busybox sh. Also checks the executable bit, without which
+ * mkinitramfs skips a script silently (hook-functions, set_initlist()).
+ */
+import { expect, test } from "bun:test";
+import { mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+
+const REPO = resolve(import.meta.dir, "../..");
+const HOOKS = join(REPO, "initramfs-hooks");
+
+function shellcheck(path: string, dialect: string) {
+  const p = Bun.spawnSync(["shellcheck", "--shell", dialect, "--format", "gcc", path], { stdin: "ignore" });
+  return { code: p.exitCode, out: p.stdout.toString() + p.stderr.toString() };
+}
+
+test.each([
+  { file: "initramfs-hooks/hooks/zb", dialect: "sh" },
+  { file: "initramfs-hooks/scripts/local-top/zb", dialect: "sh" },
+  { file: "initramfs-hooks/scripts/local-top/zb", dialect: "dash" },
+  { file: "test/initramfs-hooks/fake-hook-functions.sh", dialect: "sh" },
+  { file: "test/initramfs-hooks/fake-functions.sh", dialect: "sh" },
+])("shellcheck -s $dialect $file: no findings", ({ file, dialect }) => {
+  expect(shellcheck(join(REPO, file), dialect)).toEqual({ code: 0, out: "" });
+});
+
+test("shellcheck does report a finding (the check above can fail)", () => {
+  const dir = mkdtempSync(join(tmpdir(), "zb-shellcheck-"));
+  try {
+    const bad = join(dir, "bad");
+    writeFileSync(bad, '#!/bin/sh\nlocal x=1\nrm -rf $1/\n');
+    const r = shellcheck(bad, "sh");
+    expect(r.code).toBe(1);
+    expect(r.out).toContain("SC3043");
+    expect(r.out).toContain("SC2086");
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test.each(["hooks/zb", "scripts/local-top/zb"])("%s is executable", (file) => {
+  expect(statSync(join(HOOKS, file)).mode & 0o111).toBe(0o111);
+});

@@ -1,0 +1,327 @@
+/**
+ * lib/hsm/zymkey.ts through bun:ffi against a stub libzk_app_utils.so that
+ * the test builds with g++ (test/lib/hsm/zymkey-stub/zk_stub.cpp): same C
+ * signatures, a per-"device" key from a file, a call log of use_shared_key,
+ * and counters for contexts and output buffers. g++ missing makes the tests
+ * fail, not skip. The stub reads its settings with getenv at call time; Bun's
+ * process.env does not reach the C environment, so the test sets them with
+ * libc setenv(3) (Bun's dlopen is per process: one stub, shared globals).
+ *
+ * Also lib/hsm/libc.ts, whose only user so far is this backend.
+ */
+import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
+import { dlopen, ptr } from "bun:ffi";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { ZbError } from "../../../lib/errors.ts";
+import { b64 } from "../../../lib/hsm/blob.ts";
+import { cCopy, cFree, cWipe, takeMalloced } from "../../../lib/hsm/libc.ts";
+import type { SealedData, UnsealResult } from "../../../lib/hsm/types.ts";
+import { ZYMKEY_DATA_VERSION, ZYMKEY_SEARCH, ZymkeyHsm, type ZymkeyOptions } from "../../../lib/hsm/zymkey.ts";
+import { randomSecret } from "../../../lib/secret.ts";
+
+const STUB_SRC = join(import.meta.dir, "zymkey-stub/zk_stub.cpp");
+const HEADER = 4 + 8; // stub blob: magic, nonce
+const MAC = 8;
+
+let dir = "";
+let stubPath = "";
+let keyA = "";
+let keyB = "";
+let logPath = "";
+
+const cstr = (s: string) => Buffer.from(`${s}\0`);
+const LIBC = dlopen("libc.so.6", {
+  setenv: { args: ["ptr", "ptr", "i32"], returns: "i32" },
+  unsetenv: { args: ["ptr"], returns: "i32" },
+  malloc: { args: ["u64"], returns: "ptr" },
+  memcpy: { args: ["ptr", "ptr", "u64"], returns: "ptr" },
+}).symbols;
+function setCEnv(name: string, value: string | null): void {
+  const rc = value === null ? LIBC.unsetenv(cstr(name)) : LIBC.setenv(cstr(name), cstr(value), 1);
+  if (rc !== 0) throw new Error(`setenv ${name} failed`);
+}
+
+/** The stub opened by the test itself: raw calls and counters. */
+let stub: {
+  zkOpen(cell: BigUint64Array): number;
+  zkClose(ctx: bigint): number;
+  zkLockDataB2B(ctx: bigint, src: Uint8Array, n: number, dst: BigUint64Array, sz: Int32Array, shared: boolean): number;
+  zkStubLiveContexts(): number;
+  zkStubOutputs(): number;
+  zkStubMmappedChunks(): number | bigint;
+};
+const mmapped = () => Number(stub.zkStubMmappedChunks());
+
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), "zb-zymkey-"));
+  stubPath = join(dir, "libzk_app_utils.so");
+  const cc = Bun.spawnSync(["g++", "-shared", "-fPIC", "-O2", "-Wall", "-o", stubPath, STUB_SRC], { stderr: "pipe" });
+  if (cc.exitCode !== 0) throw new Error(`cannot build the stub: ${cc.stderr.toString()}`);
+  keyA = join(dir, "device-a.key");
+  keyB = join(dir, "device-b.key");
+  logPath = join(dir, "calls.log");
+  writeFileSync(keyA, randomSecret(32));
+  writeFileSync(keyB, randomSecret(32));
+  stub = dlopen(stubPath, {
+    zkOpen: { args: ["ptr"], returns: "i32" },
+    zkClose: { args: ["u64"], returns: "i32" },
+    zkLockDataB2B: { args: ["u64", "ptr", "i32", "ptr", "ptr", "bool"], returns: "i32" },
+    zkStubLiveContexts: { args: [], returns: "i32" },
+    zkStubOutputs: { args: [], returns: "i32" },
+    zkStubMmappedChunks: { args: [], returns: "i64" },
+  }).symbols as unknown as typeof stub;
+});
+
+afterAll(() => {
+  for (const k of ["ZK_STUB_DEVICE_KEY", "ZK_STUB_LOG", "ZK_STUB_OPEN_FAIL", "ZK_STUB_LOCK_FAIL"]) setCEnv(k, null);
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+beforeEach(() => {
+  setCEnv("ZK_STUB_DEVICE_KEY", keyA);
+  setCEnv("ZK_STUB_LOG", logPath);
+  setCEnv("ZK_STUB_OPEN_FAIL", null);
+  setCEnv("ZK_STUB_LOCK_FAIL", null);
+  writeFileSync(logPath, "");
+});
+
+const calls = () => readFileSync(logPath, "utf8").split("\n").filter(Boolean);
+const hsm = (opts: ZymkeyOptions = { library: stubPath }) => new ZymkeyHsm(opts);
+
+async function sealed(secret = randomSecret(32)): Promise<{ secret: Uint8Array; data: SealedData }> {
+  const h = hsm();
+  try {
+    return { secret, data: await h.seal(secret) };
+  } finally {
+    await h.close();
+  }
+}
+
+async function unsealWith(data: SealedData, opts?: ZymkeyOptions): Promise<UnsealResult> {
+  const h = hsm(opts);
+  try {
+    return await h.unseal(data);
+  } finally {
+    await h.close();
+  }
+}
+
+async function sealError(opts: ZymkeyOptions, secret = randomSecret(32)): Promise<ZbError> {
+  const h = hsm(opts);
+  try {
+    await h.seal(secret);
+  } catch (e) {
+    return e as ZbError;
+  } finally {
+    await h.close();
+  }
+  throw new Error("seal did not throw");
+}
+
+describe("seal and unseal", () => {
+  test("round trip with the one-way key (use_shared_key = false on every call)", async () => {
+    const { secret, data } = await sealed();
+    const copy = secret.slice();
+    expect(Object.keys(data).sort()).toEqual(["locked", "version"]);
+    expect(data.version).toBe(ZYMKEY_DATA_VERSION);
+    const locked = Buffer.from(data.locked as string, "base64");
+    expect(locked.length).toBe(HEADER + 32 + MAC);
+    expect(locked.includes(Buffer.from(secret))).toBe(false);
+    const r = await unsealWith(data);
+    expect(r).toEqual({ kind: "ok", secret: copy });
+    expect(secret).toEqual(copy); // seal did not modify its input
+    expect(calls()).toEqual(["lock use_shared_key=0 src_sz=32", `unlock use_shared_key=0 src_sz=${locked.length}`]);
+  });
+
+  test("two seals of the same secret give different locked data", async () => {
+    const secret = randomSecret(32);
+    const a = await sealed(secret.slice());
+    const b = await sealed(secret.slice());
+    expect(a.data.locked).not.toBe(b.data.locked);
+    expect(await unsealWith(b.data)).toEqual({ kind: "ok", secret });
+  });
+
+  test("data locked by another device is no-match", async () => {
+    const { data } = await sealed();
+    setCEnv("ZK_STUB_DEVICE_KEY", keyB);
+    const r = await unsealWith(data);
+    expect(r.kind).toBe("no-match");
+    if (r.kind !== "ok") expect(r.why).toContain("another Zymkey");
+    setCEnv("ZK_STUB_DEVICE_KEY", keyA);
+    expect((await unsealWith(data)).kind).toBe("ok");
+  });
+
+  test("data locked with the shared key does not unlock (the backend unlocks with the one-way key)", async () => {
+    const ctx = new BigUint64Array(1);
+    expect(stub.zkOpen(ctx)).toBe(0);
+    const dst = new BigUint64Array(1);
+    const sz = new Int32Array(1);
+    expect(stub.zkLockDataB2B(ctx[0]!, randomSecret(32), 32, dst, sz, true)).toBe(0);
+    stub.zkClose(ctx[0]!);
+    const locked = takeMalloced(dst[0]!, sz[0]!, { secret: false, maxBytes: 1024 })!;
+    expect((await unsealWith({ version: 1, locked: b64(locked) })).kind).toBe("no-match");
+  });
+
+  test("an empty secret is refused before the library is called", async () => {
+    const e = await sealError({ library: stubPath }, new Uint8Array(0));
+    expect(e).toBeInstanceOf(ZbError);
+    expect(e.code).toBe("USAGE");
+    expect(calls()).toEqual([]);
+  });
+
+  test("zkLockDataB2B failing makes seal throw HSM_FAILED", async () => {
+    setCEnv("ZK_STUB_LOCK_FAIL", "1");
+    const e = await sealError({ library: stubPath });
+    expect(e.code).toBe("HSM_FAILED");
+    expect(e.message).toMatch(/^cannot seal with zymkey: zkLockDataB2B failed \(rc -5\)/);
+    expect(stub.zkStubLiveContexts()).toBe(0);
+  });
+});
+
+describe("unseal of altered sealed data", () => {
+  type Row = { name: string; edit: (d: SealedData) => SealedData; after: UnsealResult["kind"]; reachesLibrary: boolean };
+  const flip = (d: SealedData, at: number) => {
+    const b = Buffer.from(d.locked as string, "base64");
+    b[at]! ^= 0x01;
+    return { ...d, locked: b.toString("base64") };
+  };
+  const rows: Row[] = [
+    { name: "unchanged", edit: (d) => d, after: "ok", reachesLibrary: true },
+    { name: "one ciphertext bit flipped", edit: (d) => flip(d, HEADER + 3), after: "no-match", reachesLibrary: true },
+    { name: "one nonce bit flipped", edit: (d) => flip(d, 5), after: "no-match", reachesLibrary: true },
+    { name: "MAC cut off", edit: (d) => ({ ...d, locked: b64(Buffer.from(d.locked as string, "base64").subarray(0, -MAC)) }), after: "no-match", reachesLibrary: true },
+    { name: "version 2", edit: (d) => ({ ...d, version: 2 }), after: "failed", reachesLibrary: false },
+    { name: "version as a string", edit: (d) => ({ ...d, version: "1" }), after: "failed", reachesLibrary: false },
+    { name: "locked not base64", edit: (d) => ({ ...d, locked: "not base64!" }), after: "failed", reachesLibrary: false },
+    { name: "locked empty", edit: (d) => ({ ...d, locked: "" }), after: "failed", reachesLibrary: false },
+    { name: "locked missing", edit: ({ version }) => ({ version: version! }), after: "failed", reachesLibrary: false },
+    { name: "an extra field", edit: (d) => ({ ...d, pcrs: [7] }), after: "failed", reachesLibrary: false },
+  ];
+  test.each(rows)("$name → $after", async ({ edit, after, reachesLibrary }) => {
+    const { secret, data } = await sealed();
+    writeFileSync(logPath, "");
+    const r = await unsealWith(edit(data));
+    expect(r.kind).toBe(after);
+    if (r.kind === "ok") expect(r.secret).toEqual(secret);
+    expect(calls().length).toBe(reachesLibrary ? 1 : 0);
+    expect(stub.zkStubLiveContexts()).toBe(0);
+  });
+});
+
+describe("absent", () => {
+  type Row = { name: string; opts: () => ZymkeyOptions; env?: Record<string, string | null>; why: RegExp };
+  const rows: Row[] = [
+    { name: "library file missing", opts: () => ({ library: join(dir, "missing.so") }), why: /^cannot load .*missing\.so/ },
+    { name: "library without the zk functions", opts: () => ({ library: "libc.so.6" }), why: /^cannot load libc\.so\.6: .*zkOpen/ },
+    { name: "zkOpen fails (no daemon, no device)", opts: () => ({ library: stubPath }), env: { ZK_STUB_OPEN_FAIL: "1" }, why: /^zkOpen failed \(rc -1\)/ },
+    { name: "device not bound (no device key)", opts: () => ({ library: stubPath }), env: { ZK_STUB_DEVICE_KEY: null }, why: /^zkOpen failed \(rc -2\)/ },
+  ];
+  test.each(rows)("$name → probe false, seal HSM_ABSENT, unseal absent", async ({ opts, env, why }) => {
+    const { data } = await sealed();
+    for (const [k, v] of Object.entries(env ?? {})) setCEnv(k, v);
+    const h = hsm(opts());
+    try {
+      const p = await h.probe();
+      expect(p.present).toBe(false);
+      expect(p.detail).toMatch(why);
+      const u = await h.unseal(data);
+      expect(u.kind).toBe("absent");
+      if (u.kind !== "ok") expect(u.why).toMatch(why);
+    } finally {
+      await h.close();
+    }
+    const e = await sealError(opts());
+    expect(e.code).toBe("HSM_ABSENT");
+    expect(e.message.startsWith("cannot seal with zymkey: ")).toBe(true);
+    expect(stub.zkStubLiveContexts()).toBe(0);
+  });
+
+  test("default search on this host (no Zymbit software installed) → absent, naming every candidate", async () => {
+    for (const p of ZYMKEY_SEARCH.slice(1)) expect(existsSync(p)).toBe(false);
+    const ldcache = Bun.spawnSync(["/sbin/ldconfig", "-p"]).stdout.toString();
+    expect(ldcache).not.toContain("libzk_app_utils");
+    const p = await hsm({}).probe();
+    expect(p.present).toBe(false);
+    for (const c of ZYMKEY_SEARCH) expect(p.detail).toContain(c);
+  });
+});
+
+describe("resources", () => {
+  test("probe opens and closes a context and reports the library", async () => {
+    const h = hsm();
+    const p = await h.probe();
+    expect(p).toEqual({ backend: "zymkey", present: true, detail: `Zymkey reachable through ${stubPath}`, info: { library: stubPath } });
+    expect(stub.zkStubLiveContexts()).toBe(0);
+    await h.close();
+    await h.close(); // idempotent
+    expect((await h.probe()).present).toBe(true); // reloads after close
+    await h.close();
+  });
+
+  test("every output buffer is freed and every context closed", async () => {
+    const chunks0 = mmapped();
+    const outputs0 = stub.zkStubOutputs();
+    for (let i = 0; i < 5; i++) {
+      const { secret, data } = await sealed();
+      expect(await unsealWith(data)).toEqual({ kind: "ok", secret });
+    }
+    expect(stub.zkStubOutputs() - outputs0).toBe(10);
+    expect(mmapped()).toBe(chunks0);
+    expect(stub.zkStubLiveContexts()).toBe(0);
+  });
+
+  test("the counter sees an unfreed output buffer (the check above can fail)", () => {
+    const chunks0 = mmapped();
+    const ctx = new BigUint64Array(1);
+    expect(stub.zkOpen(ctx)).toBe(0);
+    const dst = new BigUint64Array(1);
+    const sz = new Int32Array(1);
+    expect(stub.zkLockDataB2B(ctx[0]!, randomSecret(16), 16, dst, sz, false)).toBe(0);
+    expect(stub.zkStubLiveContexts()).toBe(1);
+    stub.zkClose(ctx[0]!);
+    expect(mmapped()).toBe(chunks0 + 1);
+    cFree(dst[0]!);
+    expect(mmapped()).toBe(chunks0);
+  });
+});
+
+describe("lib/hsm/libc.ts", () => {
+  function cBuffer(bytes: Uint8Array): bigint {
+    const p = LIBC.malloc(bytes.length);
+    if (!p) throw new Error("malloc failed");
+    LIBC.memcpy(p, ptr(bytes), bytes.length);
+    return BigInt(p);
+  }
+
+  test("cCopy copies, cWipe zeroes, cFree(NULL) is a no-op", () => {
+    const bytes = Uint8Array.of(1, 2, 3, 4, 5, 6, 7, 8);
+    const p = cBuffer(bytes);
+    expect(cCopy(p, 8)).toEqual(bytes);
+    cWipe(p + 2n, 4);
+    expect(cCopy(p, 8)).toEqual(Uint8Array.of(1, 2, 0, 0, 0, 0, 7, 8));
+    cFree(p);
+    expect(() => cFree(null)).not.toThrow();
+    expect(cCopy(0n, 4)).toEqual(new Uint8Array(4));
+  });
+
+  test.each([
+    { name: "size in range", size: 16, after: "copied" },
+    { name: "negative size", size: -1, after: "null" },
+    { name: "size above the limit", size: 1025, after: "null" },
+  ])("takeMalloced, $name → $after, and freed either way", ({ size, after }) => {
+    const chunks0 = mmapped();
+    const ctx = new BigUint64Array(1);
+    expect(stub.zkOpen(ctx)).toBe(0);
+    const dst = new BigUint64Array(1);
+    const sz = new Int32Array(1);
+    expect(stub.zkLockDataB2B(ctx[0]!, randomSecret(4), 4, dst, sz, false)).toBe(0);
+    stub.zkClose(ctx[0]!);
+    expect(mmapped()).toBe(chunks0 + 1);
+    const out = takeMalloced(dst[0]!, size, { secret: true, maxBytes: 1024 });
+    expect(out === null ? "null" : "copied").toBe(after);
+    if (out) expect(out.length).toBe(size);
+    expect(mmapped()).toBe(chunks0);
+  });
+});
