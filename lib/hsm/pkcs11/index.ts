@@ -1,0 +1,260 @@
+/**
+ * The `pkcs11` HSM backend: wrap a secret to an RSA key pair on a PKCS#11
+ * token (SoftHSM2, smartcards, network HSMs, any module), unwrap it on the
+ * token after C_Login with the user PIN.
+ *
+ * - seal: read the public key without logging in (a CKO_PUBLIC_KEY object,
+ *   else a certificate with the same CKA_ID/CKA_LABEL) and RSA-OAEP encrypt
+ *   on the host (why on the host: lib/hsm/pkcs11/rsa.ts). The OAEP hash is
+ *   SHA-256 unless the token refuses it (see {@link Pkcs11Options.oaep}).
+ * - unseal: check the token's key against the recorded fingerprint, ask for
+ *   the PIN, C_Login(CKU_USER), C_DecryptInit(CKM_RSA_PKCS_OAEP) + C_Decrypt,
+ *   C_Logout, C_CloseSession, C_Finalize.
+ *
+ * Sealed data: lib/hsm/pkcs11/sealed.ts and docs/hsm/pkcs11.md.
+ */
+import { ZbError, type ErrorCode } from "../../errors.ts";
+import { wipe } from "../../secret.ts";
+import type { BackendOptions, Hsm, ProbeResult, SealedData, SealOptions, UnsealFailure, UnsealResult } from "../types.ts";
+import { addressOf, CkError, type Cryptoki } from "./ffi.ts";
+import { CKM, CKR, CKU_USER, encodeMechanism, encodeOaepParams, rvName, type OaepHash } from "./layout.ts";
+import { fingerprint, modulusBytes, oaepCapacity, oaepEncrypt, sameBytes, type RsaPublic } from "./rsa.ts";
+import { oaepMechanism, parseSelector, readSealed, writeSealed, type KeySelector, type Mechanism, type Sealed } from "./sealed.ts";
+import { describeKey, findPrivateKey, findPublicKey, tokens, withCryptoki, withSession, type FoundPublicKey, type Token } from "./token.ts";
+
+export { readPinFile } from "./pin.ts";
+
+/** Options of {@link Pkcs11Hsm}, from `pkcs11.*` lines of /etc/zb/hsm.conf or flags. */
+export interface Pkcs11Options extends BackendOptions {
+  /** Path of the PKCS#11 module (e.g. /usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so). */
+  module: string;
+  /** Token label to seal to; default: the one token holding the key. */
+  token?: string;
+  /** CKA_LABEL of the key pair. */
+  keyLabel?: string;
+  /** CKA_ID of the key pair, hex. */
+  keyId?: string;
+  /** The user PIN, asked only by unseal; the backend wipes the returned buffer after C_Login. */
+  pin: () => Promise<Uint8Array>;
+  /**
+   * OAEP hash for seal. `auto` (default): SHA-256 unless the token's
+   * C_EncryptInit on the public key refuses SHA-256 parameters and accepts
+   * SHA-1 (SoftHSM 2.6 does OAEP with SHA-1 only).
+   */
+  oaep?: OaepHash | "auto";
+}
+
+/** The CK_MECHANISM for C_DecryptInit, and the parameter buffer it points into. */
+function mechanismFor(m: Mechanism): { mechanism: Uint8Array; keep: Uint8Array[] } {
+  if (m === "rsa-pkcs1") return { mechanism: encodeMechanism(CKM.RSA_PKCS), keep: [] };
+  const params = encodeOaepParams(m === "rsa-oaep-sha256" ? "sha256" : "sha1");
+  return { mechanism: encodeMechanism(CKM.RSA_PKCS_OAEP, addressOf(params), params.byteLength), keep: [params] };
+}
+
+/** RSA key pair on a PKCS#11 token. See the file comment for the protocol. */
+export class Pkcs11Hsm implements Hsm {
+  readonly name = "pkcs11" as const;
+  private readonly sel: KeySelector;
+
+  /** @throws {ZbError} CONFIG when the module path is empty or keyId is not hex */
+  constructor(private readonly opts: Pkcs11Options) {
+    if (!opts.module) throw new ZbError("CONFIG", "cannot use pkcs11: no module path given (pkcs11.module=)");
+    this.sel = parseSelector(opts.keyId, opts.keyLabel, (why) => new ZbError("CONFIG", `cannot use pkcs11: ${why}`));
+  }
+
+  /** Module and token facts, without logging in. Never throws. */
+  async probe(): Promise<ProbeResult> {
+    try {
+      return await withCryptoki(this.opts.module, (ck) => this.probeWith(ck));
+    } catch (e) {
+      return { backend: "pkcs11", present: false, detail: (e as Error).message, info: { module: this.opts.module } };
+    }
+  }
+
+  private async probeWith(ck: Cryptoki): Promise<ProbeResult> {
+    const m = ck.info();
+    const all = tokens(ck);
+    const info: Record<string, string | number | boolean> = {
+      module: this.opts.module, manufacturer: m.manufacturer, library: m.library,
+      libraryVersion: m.libraryVersion, cryptokiVersion: m.cryptokiVersion, tokens: all.length,
+    };
+    const lib = `${m.library} ${m.libraryVersion} (${m.manufacturer})`;
+    const tok = this.opts.token === undefined ? all[0] : all.find((t) => t.info.label === this.opts.token);
+    if (!tok) {
+      const what = this.opts.token === undefined ? "no token present" : `no token labelled ${JSON.stringify(this.opts.token)}`;
+      return { backend: "pkcs11", present: false, detail: `${lib}: ${what}`, info };
+    }
+    Object.assign(info, { token: tok.info.label, model: tok.info.model, serial: tok.info.serial, tokenManufacturer: tok.info.manufacturer });
+    let detail = `${lib}: token ${JSON.stringify(tok.info.label)} (${tok.info.model}, serial ${tok.info.serial})`;
+    if (this.sel.id !== undefined || this.sel.label !== undefined) {
+      const found = await withSession(ck, tok.slot, (s) => findPublicKey(ck, s, this.sel)).catch(() => undefined);
+      info.key = found !== undefined;
+      detail += found ? `, key ${describeKey(this.sel)}` : `, no public key ${describeKey(this.sel)}`;
+    }
+    return { backend: "pkcs11", present: true, detail, info };
+  }
+
+  /**
+   * Encrypt `secret` to the token's public key; no PIN needed.
+   * @throws {ZbError} CONFIG when no key is named; HSM_ABSENT when the module
+   *   or token is missing; HSM_NO_MATCH when no (or more than one) key matches;
+   *   HSM_FAILED otherwise (a module error, no usable OAEP, a secret too long)
+   */
+  async seal(secret: Uint8Array, opts: SealOptions = {}): Promise<SealedData> {
+    if (this.sel.id === undefined && this.sel.label === undefined) {
+      throw new ZbError("CONFIG", "cannot seal with pkcs11: name the key (pkcs11.key-label= or pkcs11.key-id=)");
+    }
+    if (opts.pcrs?.length) (this.opts.warn ?? console.error)("zb: pkcs11 does not bind to PCRs; --pcrs ignored");
+    try {
+      const { token, found, hash } = await withCryptoki(this.opts.module, (ck) => this.keyForSeal(ck));
+      const max = oaepCapacity(found.key, hash);
+      if (secret.byteLength > max) throw new ZbError("HSM_FAILED", `secret is ${secret.byteLength} bytes, OAEP under this key takes at most ${max}`);
+      return writeSealed({
+        mechanism: oaepMechanism(hash), token: token.info.label, sel: this.sel,
+        pubkeySha256: fingerprint(found.key), ciphertext: oaepEncrypt(found.key, secret, hash),
+      });
+    } catch (e) {
+      throw sealError(e);
+    }
+  }
+
+  /** The one token and public key the options name (tokens are searched when no label is given), and the OAEP hash. */
+  private async keyForSeal(ck: Cryptoki): Promise<{ token: Token; found: FoundPublicKey; hash: OaepHash }> {
+    const label = this.opts.token;
+    const candidates = tokens(ck).filter((t) => label === undefined || t.info.label === label);
+    if (candidates.length === 0) {
+      throw new ZbError("HSM_ABSENT", label === undefined ? "no token present" : `no token labelled ${JSON.stringify(label)}`);
+    }
+    const hits: { token: Token; found: FoundPublicKey; hash: OaepHash }[] = [];
+    for (const token of candidates) {
+      await withSession(ck, token.slot, (s) => {
+        const found = findPublicKey(ck, s, this.sel);
+        if (found) hits.push({ token, found, hash: this.oaepHash(ck, s, found) });
+      });
+    }
+    const names = candidates.map((t) => JSON.stringify(t.info.label)).join(", ");
+    if (hits.length === 0) throw new ZbError("HSM_NO_MATCH", `no RSA public key or certificate with ${describeKey(this.sel)} on token ${names}`);
+    if (hits.length > 1) throw new ZbError("HSM_NO_MATCH", `a key with ${describeKey(this.sel)} is on tokens ${names}; name the token (pkcs11.token=)`);
+    return hits[0]!;
+  }
+
+  /**
+   * The OAEP hash to seal with. `auto` asks the token, without login, through
+   * C_EncryptInit on the public-key object: modules check mechanism
+   * parameters the same way for both directions (SoftHSM 2.6 answers
+   * CKR_ARGUMENTS_BAD to SHA-256). Inconclusive answers keep SHA-256.
+   * Modules that do public-key operations in software (OpenSC) may accept
+   * SHA-256 the card cannot decrypt: configure `oaep` for those.
+   */
+  private oaepHash(ck: Cryptoki, session: bigint, found: FoundPublicKey): OaepHash {
+    const choice = this.opts.oaep ?? "auto";
+    if (choice !== "auto") return choice;
+    if (found.handle === undefined) return "sha256"; // only a certificate: nothing to ask
+    const refused = [CKR.ARGUMENTS_BAD, CKR.MECHANISM_PARAM_INVALID, CKR.MECHANISM_INVALID];
+    const ask = (h: OaepHash) => {
+      const { mechanism, keep } = mechanismFor(oaepMechanism(h));
+      return ck.tryEncryptInit(session, found.handle!, mechanism, keep);
+    };
+    const rv = ask("sha256");
+    if (!refused.includes(rv)) return "sha256";
+    const rv1 = ask("sha1");
+    if (rv1 === CKR.OK) return "sha1";
+    throw new ZbError("HSM_FAILED", `the token refuses RSA-OAEP with SHA-256 and SHA-1 (C_EncryptInit returned ${rvName(rv1)})`);
+  }
+
+  /**
+   * Decrypt on the token named in `data`. Never throws: absent (module or
+   * token missing), no-match (key missing or another key), denied (PIN
+   * refused), failed (anything else, including a damaged ciphertext).
+   */
+  async unseal(data: SealedData): Promise<UnsealResult> {
+    try {
+      const sealed = readSealed(data);
+      return await withCryptoki(this.opts.module, (ck) => this.unsealWith(ck, sealed));
+    } catch (e) {
+      return failure(e);
+    }
+  }
+
+  private async unsealWith(ck: Cryptoki, sealed: Sealed): Promise<UnsealResult> {
+    const token = tokens(ck).find((t) => t.info.label === sealed.token);
+    if (!token) throw new ZbError("HSM_ABSENT", `no token labelled ${JSON.stringify(sealed.token)}`);
+    return withSession(ck, token.slot, async (s) => {
+      // Before asking for the PIN: a token whose key differs is no-match, not a PIN prompt.
+      const pub = findPublicKey(ck, s, sealed.sel);
+      if (pub) checkKey(pub.key, sealed);
+      await this.login(ck, s);
+      try {
+        const key = findPrivateKey(ck, s, sealed.sel);
+        if (!key) throw new ZbError("HSM_NO_MATCH", `token ${JSON.stringify(sealed.token)} has no private key with ${describeKey(sealed.sel)}`);
+        if (key.pub) checkKey(key.pub, sealed);
+        const { mechanism, keep } = mechanismFor(sealed.mechanism);
+        return { kind: "ok" as const, secret: ck.decrypt(s, key.handle, mechanism, keep, sealed.ciphertext) };
+      } finally {
+        try {
+          ck.logout(s);
+        } catch {
+          /* the session is closed next anyway, which ends the login (v2.40 §5.6) */
+        }
+      }
+    });
+  }
+
+  /** C_Login from the callback's buffer, wiped right after. */
+  private async login(ck: Cryptoki, session: bigint): Promise<void> {
+    let pin: Uint8Array;
+    try {
+      pin = await this.opts.pin();
+    } catch (e) {
+      throw new ZbError("HSM_FAILED", `cannot get the token PIN: ${(e as Error).message}`, { cause: e });
+    }
+    try {
+      ck.login(session, CKU_USER, pin);
+    } catch (e) {
+      // Already logged in through another session of this process: that login serves us too.
+      if (!(e instanceof CkError && e.rv === CKR.USER_ALREADY_LOGGED_IN)) throw e;
+    } finally {
+      wipe(pin);
+    }
+  }
+
+  /** Nothing is held between calls: every operation finalizes the module. */
+  async close(): Promise<void> {}
+}
+
+/** The key found must be the one sealed to, and its size must fit the ciphertext. */
+function checkKey(key: RsaPublic, sealed: Sealed): void {
+  if (sealed.pubkeySha256 && !sameBytes(fingerprint(key), sealed.pubkeySha256)) {
+    throw new ZbError("HSM_NO_MATCH", `the key with ${describeKey(sealed.sel)} on token ${JSON.stringify(sealed.token)} is not the key the secret was sealed to`);
+  }
+  if (modulusBytes(key) !== sealed.ciphertext.byteLength) {
+    throw new ZbError("HSM_FAILED", `ciphertext is ${sealed.ciphertext.byteLength} bytes, the key's modulus ${modulusBytes(key)}`);
+  }
+}
+
+const PIN_REFUSED = [CKR.PIN_INCORRECT, CKR.PIN_INVALID, CKR.PIN_LEN_RANGE, CKR.PIN_EXPIRED, CKR.PIN_LOCKED];
+/** The token went away mid-operation: it may come back (hot-plug). */
+const TOKEN_GONE = [CKR.TOKEN_NOT_PRESENT, CKR.TOKEN_NOT_RECOGNIZED, CKR.DEVICE_REMOVED];
+const KINDS: Partial<Record<ErrorCode, UnsealFailure["kind"]>> = { HSM_ABSENT: "absent", HSM_NO_MATCH: "no-match", HSM_DENIED: "denied" };
+
+/**
+ * Failure class of an error raised during unseal. A decrypt error after the
+ * key's fingerprint matched (e.g. CKR_ENCRYPTED_DATA_INVALID) is `failed`:
+ * the right key could not decrypt, so the blob is damaged, not foreign.
+ */
+function failure(e: unknown): UnsealFailure {
+  if (e instanceof CkError) {
+    if (PIN_REFUSED.includes(e.rv)) return { kind: "denied", why: e.message };
+    if (TOKEN_GONE.includes(e.rv)) return { kind: "absent", why: e.message };
+    return { kind: "failed", why: e.message };
+  }
+  if (e instanceof ZbError) return { kind: KINDS[e.code] ?? "failed", why: e.message };
+  return { kind: "failed", why: e instanceof Error ? e.message : String(e) };
+}
+
+/** Seal errors keep their class; CK errors of a vanished token become HSM_ABSENT. */
+function sealError(e: unknown): ZbError {
+  const f = failure(e);
+  const code: ErrorCode = e instanceof ZbError && !(e instanceof CkError) ? e.code : f.kind === "absent" ? "HSM_ABSENT" : "HSM_FAILED";
+  return new ZbError(code, `cannot seal with pkcs11: ${f.why}`, { cause: e });
+}

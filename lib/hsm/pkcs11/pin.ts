@@ -1,0 +1,67 @@
+/**
+ * Reading a token PIN from a file (`pkcs11.pin-file=` in /etc/zb/hsm.conf),
+ * the unattended alternative to a prompt. The PIN never goes through argv
+ * or the environment; it is read into a Uint8Array the backend wipes after
+ * C_Login.
+ */
+import { closeSync, fstatSync, openSync, readSync } from "node:fs";
+import { ioError, ZbError } from "../../errors.ts";
+import { wipe } from "../../secret.ts";
+
+/** PKCS#11 PINs are short (SoftHSM allows 255 bytes); anything larger is not a PIN file. */
+export const MAX_PIN_BYTES = 1024;
+
+/**
+ * Read a PIN file: the whole file, minus one trailing `\n` (or `\r\n`) so
+ * `echo 1234 > pin` works. The file must be a regular file that neither group
+ * nor others can read — a PIN readable by any local user is no second factor.
+ * The checks use fstat on the open descriptor, so they apply to the bytes read.
+ * @param path the PIN file (a plain host path)
+ * @returns a fresh buffer; the caller wipes it
+ * @throws {ZbError} IO when the file cannot be opened or read; CONFIG when it
+ *   is not a regular file, is group/world-readable, is empty or is too large
+ * @example const pin = readPinFile("/etc/zb/token.pin");
+ */
+export function readPinFile(path: string): Uint8Array {
+  let fd: number;
+  try {
+    fd = openSync(path, "r");
+  } catch (e) {
+    throw ioError(`read PIN file ${path}`, e);
+  }
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile()) throw new ZbError("CONFIG", `cannot use PIN file ${path}: not a regular file`);
+    if ((st.mode & 0o044) !== 0) {
+      throw new ZbError("CONFIG", `cannot use PIN file ${path}: it is readable by group or others (mode ${(st.mode & 0o777).toString(8).padStart(4, "0")})`, {
+        hint: `run: chmod 600 ${path}`,
+      });
+    }
+    if (st.size > MAX_PIN_BYTES) throw new ZbError("CONFIG", `cannot use PIN file ${path}: larger than ${MAX_PIN_BYTES} bytes`);
+    return readAll(fd, path);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function readAll(fd: number, path: string): Uint8Array {
+  // One byte more than allowed, to notice a file that grew after fstat.
+  const buf = new Uint8Array(MAX_PIN_BYTES + 1);
+  try {
+    let n = 0;
+    for (;;) {
+      const got = readSync(fd, buf, n, buf.length - n, null);
+      if (got === 0) break;
+      n += got;
+      if (n === buf.length) throw new ZbError("CONFIG", `cannot use PIN file ${path}: larger than ${MAX_PIN_BYTES} bytes`);
+    }
+    if (n > 0 && buf[n - 1] === 0x0a) n--;
+    if (n > 0 && buf[n - 1] === 0x0d) n--;
+    if (n === 0) throw new ZbError("CONFIG", `cannot use PIN file ${path}: it is empty`);
+    return buf.slice(0, n);
+  } catch (e) {
+    throw e instanceof ZbError ? e : ioError(`read PIN file ${path}`, e);
+  } finally {
+    wipe(buf);
+  }
+}
