@@ -13,6 +13,7 @@
  *   pkcs11.key-label = zb-luks     # RSA key pair on the token
  *   pkcs11.key-id = 01             # (hex) alternative to the label
  *   pkcs11.pin-file = /etc/zb/pin  # else zb asks on the terminal
+ *   pkcs11.oaep = auto             # sha256 | sha1 | auto (ask the token)
  *   zymkey.library = libzk_app_utils.so
  *   soft.enable = yes              # development only
  *   soft.key-file = /var/lib/zb/soft.key
@@ -32,7 +33,7 @@ export interface HsmConfig {
   backend: BackendName | null;
   waitSeconds: number;
   tpm2: { device: string; pcrs: number[] };
-  pkcs11: { module: string | null; token: string | null; keyLabel: string | null; keyId: string | null; pinFile: string | null };
+  pkcs11: { module: string | null; token: string | null; keyLabel: string | null; keyId: string | null; pinFile: string | null; oaep: "sha256" | "sha1" | "auto" };
   zymkey: { library: string | null };
   soft: { enabled: boolean; keyFile: string | null };
 }
@@ -42,7 +43,7 @@ export function defaultHsmConfig(): HsmConfig {
     backend: null,
     waitSeconds: DEFAULT_WAIT_SECONDS,
     tpm2: { device: DEFAULT_TPM_DEVICE, pcrs: [] },
-    pkcs11: { module: null, token: null, keyLabel: null, keyId: null, pinFile: null },
+    pkcs11: { module: null, token: null, keyLabel: null, keyId: null, pinFile: null, oaep: "auto" },
     zymkey: { library: null },
     soft: { enabled: false, keyFile: null },
   };
@@ -78,6 +79,10 @@ export const KEYS: Record<string, Setter> = {
     c.pkcs11.keyId = str(v.toLowerCase());
   },
   "pkcs11.pin-file": (c, v) => void (c.pkcs11.pinFile = str(v)),
+  "pkcs11.oaep": (c, v, bad) => {
+    if (v !== "sha256" && v !== "sha1" && v !== "auto") throw bad("pkcs11.oaep must be sha256, sha1 or auto");
+    c.pkcs11.oaep = v;
+  },
   "zymkey.library": (c, v) => void (c.zymkey.library = str(v)),
   "soft.enable": (c, v, bad) => {
     if (!["yes", "no", "1", "0", "true", "false"].includes(v)) throw bad("soft.enable must be yes or no");

@@ -4,7 +4,9 @@
  */
 import { ZbError } from "../../lib/errors.ts";
 import { bootMain } from "./boot.ts";
+import { credMain } from "./cred.ts";
 import { envMain } from "./env.ts";
+import { hsmMain } from "./hsm.ts";
 import { imageMain } from "./image.ts";
 import { keyMain } from "./key.ts";
 import { VERSION } from "../version.ts";
@@ -21,6 +23,8 @@ Commands:
   init --slot a|b          take over a boot partition (env, config.txt, cmdlines)
   image create|sign|info|verify|install   signed images (.zbi)
   key gen|id               image signing keys
+  hsm probe|seal|unseal    HSM backends: diagnostics and sealing (tpm2, pkcs11, zymkey, soft)
+  cred create|show         a slot's credentials: fresh LUKS key, sealed, for its initramfs
   env print [NAME…]        print the boot environment (fw_printenv compatible)
   env set NAME [VALUE]     set or delete a variable; --script FILE for many in one write
   env init                 create the environment (redundant pair by default)
@@ -41,6 +45,10 @@ export async function zbMain(argv: string[]): Promise<number> {
       return imageMain(rest);
     case "key":
       return keyMain(rest);
+    case "hsm":
+      return hsmMain(rest);
+    case "cred":
+      return credMain(rest);
     case "status":
     case "mark-good":
     case "mark-bad":

@@ -2,8 +2,11 @@
  * zbunlock: the initramfs half of the boot state machine (rows T* and N* of
  * lib/bootstate/machine.ts). It reads the kernel command line and the env,
  * makes the one transition for this boot and commits it; then either the
- * boot goes on (exit 0) or zbunlock reboots the machine itself. Unlocking the
- * LUKS root comes with the HSM issue.
+ * boot goes on or zbunlock reboots the machine itself. When the boot goes on
+ * and the initramfs carries credentials (/zb/credentials), zbunlock unseals
+ * the slot's LUKS keys with the HSM and opens root (and data) as
+ * /dev/mapper/zb-root (zb-data); a failed unlock is a second transition
+ * (rows U1–U3), which reboots to retry, roll back or recover.
  *
  * The boot partition: --boot DIR when the initramfs script mounted it,
  * otherwise zbunlock mounts zb.boot=DEV from the cmdline (default
@@ -17,29 +20,39 @@ import { bootedFrom, readPlatform } from "../../lib/bootloader/platform.ts";
 import { CODES, ZbError } from "../../lib/errors.ts";
 import { HostSys } from "../../lib/sys/sys.ts";
 import { BOOT_OPTIONS, BOOT_OPTIONS_HELP, host, rebooter } from "../common.ts";
-import { out } from "../output.ts";
+import { err, out } from "../output.ts";
 import { report } from "../zb/boot.ts";
+import { HSM_OPTIONS } from "../zb/hsm.ts";
+import { unlockStep } from "./unlock.ts";
 
-export const USAGE = `usage: zbunlock [--boot DIR] [--root DIR] [--dry-run] [--no-reboot] [--json]
+export const USAGE = `usage: zbunlock [--boot DIR] [--root DIR] [--dry-run] [--no-unlock] [--no-reboot] [--json]
+                [--credentials DIR] [--config FILE] [--tpm ADDR] [--pin-file FILE]
        zb unlock [...]
 
 Runs in the initramfs of an OS slot: updates the boot state (kernel_status,
 boot counters, rollback, recovery) for this boot and commits it. Then either
 the boot goes on, or zbunlock reboots the machine (normally, or with
-"0 tryboot" to re-arm a try).
+"0 tryboot" to re-arm a try). When the boot goes on, it unseals this slot's
+LUKS keys (credentials in DIR/zb/credentials, default /zb/credentials) with
+the HSM of /etc/zb/hsm.conf, waiting up to zb.hsm_wait=SECONDS (cmdline) or
+its wait= for the HSM and the devices, and opens /dev/mapper/zb-root (and
+zb-data). A failed unlock reboots: to retry, to the other slot, or to
+recovery (docs/boot-flow.md rows U1–U3).
 
   --dry-run      print the transition this boot would make; change nothing
+  --no-unlock    only the boot state, no unlock
 ${BOOT_OPTIONS_HELP}
 Without --boot, zbunlock mounts zb.boot=DEV from the kernel command line
 (default /dev/mmcblk0p1) as vfat on /run/zb/boot.
 
-Exit status: 0 boot on; 12 a reboot is needed (--no-reboot); others: docs/exit-codes.md.`;
+Exit status: 0 boot on (root unlocked, or no credentials); 12 a reboot is
+needed (--no-reboot); others: docs/exit-codes.md.`;
 
 const DEFAULT_BOOT_DEVICE = "/dev/mmcblk0p1";
 const MOUNT_POINT = "/run/zb/boot";
 
-export function zbunlockMain(argv: string[]): number {
-  const args = parseArgs(argv, { ...BOOT_OPTIONS, "dry-run": {} }, "zbunlock");
+export async function zbunlockMain(argv: string[]): Promise<number> {
+  const args = parseArgs(argv, { ...BOOT_OPTIONS, ...HSM_OPTIONS, "dry-run": {}, "no-unlock": {}, credentials: { value: true } }, "zbunlock");
   if (args.flags.has("help")) {
     out(USAGE + "\n");
     return 0;
@@ -60,7 +73,19 @@ export function zbunlockMain(argv: string[]): number {
   if (dryRun) return 0;
   if (outcome.proceed) {
     if (!args.flags.has("json")) out(`zbunlock: booting slot ${booted.slot}${booted.tryboot ? " (try)" : ""}\n`);
-    return 0;
+    if (args.flags.has("no-unlock")) return 0;
+    const step = await unlockStep(args, h.sys, root, p);
+    if (step.outcome === null || step.outcome.ok) return 0;
+    const f = step.outcome;
+    err(`zbunlock: ${f.error.message}\n`);
+    if (f.error.hint) err(`zbunlock: hint: ${f.error.hint}\n`);
+    runTransition(
+      h.backend,
+      { kind: "unlock-failed", booted: booted.slot, tryboot: booted.tryboot, permanent: f.permanent, why: f.kind },
+      { actor: "zbunlock", dryRun: false, reboot: r.reboot, announce: (o) => report(args, "zbunlock", o, args.flags.has("no-reboot"), false) },
+    );
+    if (r.pending() !== null) return CODES.REBOOT_PENDING;
+    return f.error.exit;
   }
   if (r.pending() !== null) return CODES.REBOOT_PENDING;
   throw new ZbError("INTERNAL", "internal error: the transition neither continued nor rebooted");

@@ -1,0 +1,49 @@
+/**
+ * Build the configured HSM backend. The only place that knows every
+ * backend's class; stages and zbunlock go through it.
+ */
+import { ZbError } from "../errors.ts";
+import type { HsmConfig } from "./config.ts";
+import { Pkcs11Hsm } from "./pkcs11/index.ts";
+import { SoftHsm } from "./soft.ts";
+import { Tpm2Hsm } from "./tpm2/index.ts";
+import type { BackendName, Hsm } from "./types.ts";
+import { ZymkeyHsm } from "./zymkey.ts";
+
+/** Default key file of the soft backend (development only). */
+export const DEFAULT_SOFT_KEY_FILE = "/var/lib/zb/soft-hsm.key";
+
+/** What a backend may need from the caller's terminal or files. */
+export interface HsmIo {
+  /** A PIN (PKCS#11 login), freshly read; the backend wipes it. */
+  pin: () => Promise<Uint8Array>;
+  warn: (line: string) => void;
+}
+
+/**
+ * The backend `name`, configured from `cfg`.
+ * @throws {ZbError} CONFIG when a required setting is missing (pkcs11.module)
+ */
+export function openHsm(name: BackendName, cfg: HsmConfig, io: HsmIo): Hsm {
+  switch (name) {
+    case "tpm2":
+      return new Tpm2Hsm({ device: cfg.tpm2.device, warn: io.warn });
+    case "pkcs11": {
+      const p = cfg.pkcs11;
+      if (!p.module) throw new ZbError("CONFIG", "cannot use the pkcs11 backend: no module configured", { hint: "set pkcs11.module in /etc/zb/hsm.conf or pass --pkcs11-module" });
+      return new Pkcs11Hsm({
+        module: p.module,
+        pin: io.pin,
+        oaep: p.oaep,
+        warn: io.warn,
+        ...(p.token ? { token: p.token } : {}),
+        ...(p.keyLabel ? { keyLabel: p.keyLabel } : {}),
+        ...(p.keyId ? { keyId: p.keyId } : {}),
+      });
+    }
+    case "zymkey":
+      return new ZymkeyHsm({ warn: io.warn, ...(cfg.zymkey.library ? { library: cfg.zymkey.library } : {}) });
+    case "soft":
+      return new SoftHsm({ enabled: cfg.soft.enabled, keyFile: cfg.soft.keyFile ?? DEFAULT_SOFT_KEY_FILE, warn: io.warn });
+  }
+}

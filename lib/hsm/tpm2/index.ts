@@ -1,0 +1,224 @@
+/**
+ * The tpm2 HSM backend: seals a secret to the TPM's storage key under a
+ * policy, and unseals it over a salted session with response encryption, so
+ * the secret never crosses the TPM bus (SPI/I²C/LPC) in clear. Speaks the
+ * TPM 2.0 command protocol itself (no TSS library, no tpm2-tools needed in
+ * the initramfs). docs/hsm/tpm2.md explains the design and the blob format.
+ *
+ * Every operation opens its own connection and flushes every handle it
+ * created before closing it: swtpm over TCP has no resource manager, and
+ * swtpm serves one connection at a time.
+ */
+import { isZbError, ZbError } from "../../errors.ts";
+import type { BackendOptions, Hsm, ProbeResult, SealedData, SealOptions, UnsealResult } from "../types.ts";
+import { nameOfPublic2b, Tpm, TpmRcError } from "./commands.ts";
+import { sealedTemplate } from "./objects.ts";
+import { normalizePcrs, policyPcrDigest, unsealOnlyPolicy } from "./policy.ts";
+import { decodeSealed, encodeSealed, type Tpm2Sealed } from "./sealed.ts";
+import { SE_HMAC, SE_POLICY, SESSION_ATTR, type Session } from "./session.ts";
+import { ensureSrk, readSrk, SRK_HANDLE, type Srk } from "./srk.ts";
+import { connect, DEFAULT_DEVICE, formatAddress, parseAddress, type Tpm2Address, type TransportFactory } from "./transport.ts";
+import { CC, decodeRc, describeRc, equalBytes, hex } from "./wire.ts";
+
+/** Options of {@link Tpm2Hsm}. */
+export interface Tpm2Options extends BackendOptions {
+  /** `/dev/tpmrm0` (default), any path, `device:PATH`, or `swtpm:host=H,port=N` (control port N+1, unused). */
+  device?: string;
+  /** Persistent handle of the storage key (default 0x81000001). */
+  srkHandle?: number;
+  /** Opens the connection; tests wrap the default to record or corrupt traffic. */
+  connect?: TransportFactory;
+}
+
+/** A KEYEDHASH sealed object holds at most MAX_SYM_DATA = 128 bytes (Part 2 §10.4.4). */
+const MAX_SECRET = 128;
+
+/** Response codes worth one more try (Part 2 §6.6.3): PCR_CHANGED, YIELDED, RETRY. */
+const RETRYABLE = new Set([0x128, 0x908, 0x922]);
+/** Refusals by policy or lockout: POLICY_FAIL, EXPIRED, POLICY_CC, AUTH_FAIL, POLICY, PCR, LOCKOUT. */
+const DENIED = new Set([0x9d, 0xa3, 0xa4, 0x8e, 0x126, 0x127, 0x921]);
+/** Load failures that mean "not sealed under this key": INTEGRITY, and a private area the parent cannot decrypt. */
+const NOT_OURS = new Set([0x9f, 0x10b]);
+
+/** The outcome classes of a failed unseal, carried as ZbError codes until unseal() returns. */
+function refuse(code: "HSM_NO_MATCH" | "HSM_DENIED", why: string): ZbError {
+  return new ZbError(code, why);
+}
+
+/** Run `fn`, once more if the TPM asked to retry. */
+async function retryOnce<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    if (e instanceof TpmRcError && RETRYABLE.has(e.rc)) return await fn();
+    throw e;
+  }
+}
+
+/** A TPM error during unseal, classified by the step it happened in. */
+function classify(e: unknown, step: "load" | "unseal"): unknown {
+  if (!(e instanceof TpmRcError)) return e;
+  const base = decodeRc(e.rc).base;
+  if (DENIED.has(base)) return refuse("HSM_DENIED", `the TPM refused: ${e.command} returned ${describeRc(e.rc)}`);
+  if (step === "load" && NOT_OURS.has(base)) {
+    return refuse("HSM_NO_MATCH", `the sealed object does not belong to this TPM's storage key: ${e.command} returned ${describeRc(e.rc)}`);
+  }
+  return e;
+}
+
+/** TPM_PT_FIXED properties (Part 2 §6.13). */
+const PT = { family: 0x100, revision: 0x102, manufacturer: 0x105, vendor1: 0x106, fw1: 0x10b, fw2: 0x10c } as const;
+
+function ascii(...words: (number | undefined)[]): string {
+  const bytes = words.flatMap((w) => (w === undefined ? [] : [w >>> 24, (w >>> 16) & 0xff, (w >>> 8) & 0xff, w & 0xff]));
+  return String.fromCharCode(...bytes.filter((b) => b >= 0x20 && b < 0x7f)).replace(/\s+/g, " ").trim();
+}
+
+/** The tpm2 backend. */
+export class Tpm2Hsm implements Hsm {
+  readonly name = "tpm2" as const;
+  private readonly address: Tpm2Address;
+  private readonly srkHandle: number;
+  private readonly open: TransportFactory;
+  private queue: Promise<unknown> = Promise.resolve();
+
+  /**
+   * @throws {ZbError} USAGE when `device` is not a TPM address
+   * @example new Tpm2Hsm({ device: "swtpm:host=127.0.0.1,port=2321" })
+   */
+  constructor(opts: Tpm2Options = {}) {
+    this.address = parseAddress(opts.device ?? DEFAULT_DEVICE);
+    this.srkHandle = opts.srkHandle ?? SRK_HANDLE;
+    this.open = opts.connect ?? connect;
+  }
+
+  /** One connection per operation, operations one at a time. */
+  private withTpm<T>(fn: (tpm: Tpm) => Promise<T>): Promise<T> {
+    const run = async () => {
+      const transport = await this.open(this.address);
+      try {
+        return await fn(new Tpm(transport));
+      } finally {
+        transport.close();
+      }
+    };
+    const p = this.queue.then(run, run);
+    this.queue = p.catch(() => undefined);
+    return p;
+  }
+
+  /** Present: the TPM answers GetCapability; info has manufacturer, firmware and the storage key. Never throws. */
+  async probe(): Promise<ProbeResult> {
+    const where = formatAddress(this.address);
+    try {
+      return await this.withTpm(async (tpm) => {
+        const p = await tpm.properties(PT.family, 0x0d);
+        const info: Record<string, string | number | boolean> = {
+          address: where,
+          family: ascii(p.get(PT.family)),
+          revision: (p.get(PT.revision) ?? 0) / 100,
+          manufacturer: ascii(p.get(PT.manufacturer)),
+          vendor: ascii(...[0, 1, 2, 3].map((i) => p.get(PT.vendor1 + i))),
+          firmware: [(p.get(PT.fw1) ?? 0) >>> 16, (p.get(PT.fw1) ?? 0) & 0xffff, (p.get(PT.fw2) ?? 0) >>> 16, (p.get(PT.fw2) ?? 0) & 0xffff].join("."),
+        };
+        const srk = await readSrk(tpm, this.srkHandle).catch((e: unknown) => (e as Error).message);
+        info.srk = typeof srk === "string" ? `unusable: ${srk}` : srk ? "present" : "absent (created by the first seal)";
+        if (srk && typeof srk !== "string") info.srkName = hex(srk.name);
+        const detail = `TPM ${info.family} at ${where}: ${info.manufacturer} (${info.vendor}), firmware ${info.firmware}, storage key ${info.srk}`;
+        return { backend: this.name, present: true, detail, info };
+      });
+    } catch (e) {
+      return { backend: this.name, present: false, detail: (e as Error).message ?? String(e) };
+    }
+  }
+
+  /**
+   * Seal `secret` to the storage key (created at 0x81000001 if missing), bound to `opts.pcrs`
+   * (sha256 bank, current values) or, without PCRs, to PolicyCommandCode(TPM2_Unseal).
+   * The sensitive data travels encrypted (salted session, decrypt attribute).
+   * @throws {ZbError} HSM_ABSENT when the TPM is not there; USAGE for bad PCR indices; HSM_FAILED otherwise
+   */
+  async seal(secret: Uint8Array, opts: SealOptions = {}): Promise<SealedData> {
+    if (secret.length === 0 || secret.length > MAX_SECRET) {
+      throw new ZbError("HSM_FAILED", `cannot seal with tpm2: the secret is ${secret.length} bytes; a TPM seals 1 to ${MAX_SECRET} bytes`);
+    }
+    const pcrs = normalizePcrs(opts.pcrs ?? []);
+    return this.withTpm((tpm) => retryOnce(() => this.sealOnce(tpm, secret, pcrs)));
+  }
+
+  private async sealOnce(tpm: Tpm, secret: Uint8Array, pcrs: number[]): Promise<SealedData> {
+    const srk = await ensureSrk(tpm, this.srkHandle);
+    const policyDigest = pcrs.length ? policyPcrDigest(pcrs, await tpm.pcrRead(pcrs)) : unsealOnlyPolicy();
+    const session = await tpm.startSession(SE_HMAC, srk);
+    try {
+      const auth = { kind: "session" as const, session, attrs: SESSION_ATTR.decrypt };
+      const { priv, pub } = await tpm.create(srk, auth, secret, sealedTemplate(policyDigest));
+      return encodeSealed({
+        srkHandle: srk.handle, srkName: srk.name, policy: pcrs.length ? "pcr" : "command-code", pcrs, policyDigest, public: pub, private: priv,
+      });
+    } finally {
+      await this.endSession(tpm, session);
+    }
+  }
+
+  /** Unseal sealed data (made by seal() or imported from tpm2-tools). Never throws. */
+  async unseal(data: SealedData): Promise<UnsealResult> {
+    let sealed: Tpm2Sealed;
+    try {
+      sealed = decodeSealed(data);
+    } catch (e) {
+      return { kind: "failed", why: (e as Error).message };
+    }
+    try {
+      const secret = await this.withTpm((tpm) => retryOnce(() => this.unsealOnce(tpm, sealed)));
+      return { kind: "ok", secret };
+    } catch (e) {
+      const why = (e as Error).message ?? String(e);
+      if (isZbError(e, "HSM_ABSENT")) return { kind: "absent", why };
+      if (isZbError(e, "HSM_NO_MATCH")) return { kind: "no-match", why };
+      if (isZbError(e, "HSM_DENIED")) return { kind: "denied", why };
+      return { kind: "failed", why };
+    }
+  }
+
+  private async pinnedSrk(tpm: Tpm, s: Tpm2Sealed): Promise<Srk> {
+    const at = `0x${s.srkHandle.toString(16)}`;
+    const srk = await readSrk(tpm, s.srkHandle);
+    if (!srk) throw refuse("HSM_NO_MATCH", `this TPM has no storage key at ${at} (another TPM, or it was cleared)`);
+    if (!equalBytes(srk.name, s.srkName)) {
+      throw refuse("HSM_NO_MATCH", `the storage key at ${at} is not the one sealed to (name ${hex(srk.name)}, pinned ${hex(s.srkName)}): another TPM, or it was cleared`);
+    }
+    return srk;
+  }
+
+  private async unsealOnce(tpm: Tpm, s: Tpm2Sealed): Promise<Uint8Array> {
+    const srk = await this.pinnedSrk(tpm, s);
+    const name = nameOfPublic2b(s.public);
+    let item: number | undefined;
+    let session: Session | undefined;
+    try {
+      const loaded = await tpm.load(srk.handle, s.private, s.public).catch((e: unknown) => Promise.reject(classify(e, "load")));
+      item = loaded.handle;
+      if (!equalBytes(loaded.name, name)) throw new ZbError("HSM_FAILED", "cannot trust the TPM: the loaded object's name differs from its public area's");
+      session = await tpm.startSession(SE_POLICY, srk);
+      if (s.policy === "pcr") await tpm.policyPcr(session, s.pcrs);
+      else await tpm.policyCommandCode(session, CC.Unseal);
+      // continueSession clear: the TPM flushes the session after a successful Unseal.
+      const auth = { kind: "session" as const, session, attrs: SESSION_ATTR.encrypt };
+      return await tpm.unseal({ handle: item, name }, auth).catch((e: unknown) => Promise.reject(classify(e, "unseal")));
+    } finally {
+      if (session) await this.endSession(tpm, session);
+      await tpm.flush(item);
+    }
+  }
+
+  private async endSession(tpm: Tpm, session: Session): Promise<void> {
+    if (session.live) await tpm.flush(session.handle);
+    session.forget();
+  }
+
+  /** Waits for running operations; nothing stays open between them. */
+  async close(): Promise<void> {
+    await this.queue;
+  }
+}

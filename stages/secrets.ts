@@ -1,0 +1,143 @@
+/**
+ * Secrets in and out of the stages: read from stdin or a file into a
+ * Uint8Array, written to a new 0600 file or stdout, PINs asked on the
+ * terminal without echo. Never through argv or the environment
+ * (DEVELOPERS.md "Secrets"); every buffer returned is the caller's to wipe.
+ */
+import { closeSync, fstatSync, openSync, readSync, statSync, writeSync } from "node:fs";
+import { ZbError, ioError } from "../lib/errors.ts";
+import { wipe } from "../lib/secret.ts";
+import { out } from "./output.ts";
+
+/** Largest secret zb reads (LUKS keys are 32 bytes; PINs are short). */
+export const MAX_SECRET_BYTES = 4096;
+
+/**
+ * All bytes of fd (stdin by default) up to EOF, at most MAX_SECRET_BYTES.
+ * @throws {ZbError} USAGE when empty or too large; IO on read errors
+ */
+export function readSecretFd(fd = 0, what = "the secret on stdin"): Uint8Array {
+  const buf = new Uint8Array(MAX_SECRET_BYTES + 1);
+  let n = 0;
+  try {
+    for (;;) {
+      let got: number;
+      try {
+        got = readSync(fd, buf, n, buf.length - n, null);
+      } catch (e) {
+        if ((e as { code?: string }).code === "EAGAIN") continue;
+        throw e;
+      }
+      if (got === 0) break;
+      n += got;
+      if (n > MAX_SECRET_BYTES) throw new ZbError("USAGE", `cannot read ${what}: longer than ${MAX_SECRET_BYTES} bytes`);
+    }
+  } catch (e) {
+    wipe(buf);
+    throw e instanceof ZbError ? e : ioError(`read ${what}`, e);
+  }
+  if (n === 0) {
+    wipe(buf);
+    throw new ZbError("USAGE", `cannot read ${what}: it is empty`, { hint: "pipe the secret into stdin, e.g. from another zb command" });
+  }
+  const secret = buf.slice(0, n);
+  wipe(buf);
+  return secret;
+}
+
+/**
+ * A secret file (PIN file, key file): refused when group/other can read it.
+ * A trailing newline is not part of the secret.
+ * @throws {ZbError} IO, USAGE
+ */
+export function readSecretFile(path: string, what: string): Uint8Array {
+  let fd: number;
+  try {
+    fd = openSync(path, "r");
+  } catch (e) {
+    throw ioError(`read ${what} ${path}`, e);
+  }
+  try {
+    const mode = fstatSync(fd).mode;
+    if ((mode & 0o077) !== 0) {
+      throw new ZbError("USAGE", `cannot read ${what} ${path}: it is readable by group or others (mode ${(mode & 0o777).toString(8)})`, { hint: `chmod 600 ${path}` });
+    }
+    const s = readSecretFd(fd, `${what} ${path}`);
+    let end = s.length;
+    while (end > 0 && (s[end - 1] === 0x0a || s[end - 1] === 0x0d)) end--;
+    const trimmed = s.slice(0, end);
+    wipe(s);
+    return trimmed;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * Write a secret to a new file created 0600 (never replacing one), or to stdout for "-".
+ * @throws {ZbError} USAGE when the file exists; IO otherwise
+ */
+export function writeSecretOutput(path: string, secret: Uint8Array): void {
+  if (path === "-") {
+    out(secret);
+    return;
+  }
+  let exists = false;
+  try {
+    statSync(path);
+    exists = true;
+  } catch {
+    /* the usual case */
+  }
+  if (exists) throw new ZbError("USAGE", `cannot write the secret to ${path}: the file exists (zb never overwrites a secret file)`);
+  let fd: number;
+  try {
+    fd = openSync(path, "wx", 0o600);
+  } catch (e) {
+    throw ioError(`create ${path}`, e);
+  }
+  try {
+    let done = 0;
+    while (done < secret.length) done += writeSync(fd, secret, done, secret.length - done);
+  } catch (e) {
+    throw ioError(`write ${path}`, e);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * Ask for a PIN on the controlling terminal (or the console in an
+ * initramfs), echo off. @throws {ZbError} USAGE when there is no terminal
+ */
+export function promptPin(prompt: string, tty = "/dev/tty"): Uint8Array {
+  let fd: number;
+  try {
+    fd = openSync(tty, "r+");
+  } catch {
+    throw new ZbError("USAGE", `cannot ask for the PIN: no terminal (${tty})`, { hint: "give a PIN file (pkcs11.pin-file or --pin-file)" });
+  }
+  const stty = (arg: string) => Bun.spawnSync(["stty", arg], { stdin: fd, stdout: "ignore", stderr: "ignore" });
+  try {
+    writeSync(fd, prompt);
+    stty("-echo");
+    const buf = new Uint8Array(256);
+    let n = 0;
+    while (n < buf.length) {
+      const got = readSync(fd, buf, n, 1, null);
+      if (got === 0 || buf[n] === 0x0a || buf[n] === 0x0d) break;
+      n += got;
+    }
+    const pin = buf.slice(0, n);
+    wipe(buf);
+    return pin;
+  } finally {
+    stty("echo");
+    try {
+      writeSync(fd, "\n");
+    } catch {
+      /* terminal gone */
+    }
+    closeSync(fd);
+  }
+}

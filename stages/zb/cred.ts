@@ -1,0 +1,164 @@
+/**
+ * `zb cred create|show`: a slot's credentials — its root (and data) LUKS
+ * keys sealed by the HSM, packed as a newc cpio archive for the slot's
+ * initramfs (docs/credentials.md). `create` is the enrolment a slot install
+ * performs: a fresh random root key, luksFormat, seal, pack.
+ */
+import { readFileSync, statSync, writeFileSync } from "node:fs";
+import { parseArgs, type ParsedArgs } from "../../lib/cli/args.ts";
+import { ZbError, ioError } from "../../lib/errors.ts";
+import { unsealError } from "../../lib/hsm/blob.ts";
+import { parsePcrs, type HsmConfig } from "../../lib/hsm/config.ts";
+import { appendCredentials, findAppendedCredentials, packCredentials, readCredentials, type LoadedCredentials } from "../../lib/luks/credentials.ts";
+import { CryptsetupCli } from "../../lib/luks/cryptsetup.ts";
+import { enrollSlot, type DataTarget } from "../../lib/luks/enroll.ts";
+import { wipe } from "../../lib/secret.ts";
+import { HostSys } from "../../lib/sys/sys.ts";
+import { out } from "../output.ts";
+import { HSM_OPTIONS, HSM_OPTIONS_HELP, hsmConfigFrom, hsmFor } from "./hsm.ts";
+
+const USAGE = `usage: zb cred create --slot a|b --root DEVICE --format [--data DEVICE (--format-data | --data-key-from CRED)]
+                      [--pcrs LIST] [HSM options] (-o CRED.cpio | --initramfs FILE) [--json]
+       zb cred show CRED [--json]
+
+create: enrol a slot. Makes a fresh random 256-bit key, luksFormats DEVICE
+        with it (PBKDF2-SHA512, 1000 iterations: the key is random), seals it
+        with the HSM and writes the credentials archive (newc cpio).
+          --format            required: DEVICE is formatted (its data is lost)
+          --data DEVICE       the shared data volume, sealed for this slot too:
+          --format-data       first provisioning: a fresh key, DEVICE formatted
+          --data-key-from CRED  keep the volume: unseal its key from CRED (the
+                              running slot's credentials) and seal it again
+          --pcrs LIST         tpm2: bind to these PCRs (default tpm2.pcrs)
+          -o CRED.cpio        write the archive
+          --initramfs FILE    append it to the slot's initramfs (replacing
+                              credentials appended earlier)
+show:   the metadata of credentials: a directory holding zb/credentials/
+        (as unpacked at boot), an archive, or an initramfs with one appended.
+
+${HSM_OPTIONS_HELP}`;
+
+export async function credMain(argv: string[]): Promise<number> {
+  const [sub, ...rest] = argv;
+  const args = parseArgs(rest, {
+    ...HSM_OPTIONS, slot: { value: true }, root: { value: true }, data: { value: true }, format: {}, "format-data": {},
+    "data-key-from": { value: true }, pcrs: { value: true }, output: { short: "o", value: true }, initramfs: { value: true },
+    json: {}, help: { short: "h" },
+  }, `zb cred ${sub ?? ""}`.trim());
+  if (sub === undefined || sub === "--help" || sub === "-h" || args.flags.has("help")) {
+    out(USAGE + "\n");
+    return sub === undefined ? 2 : 0;
+  }
+  if (sub === "create") return create(args);
+  if (sub === "show") return show(args);
+  throw new ZbError("USAGE", `cannot run zb cred: unknown subcommand ${JSON.stringify(sub)}`, { hint: "see `zb cred --help`" });
+}
+
+/**
+ * Credentials from a directory (the unpacked initramfs root), an archive or an initramfs.
+ * @throws {ZbError} CRED_INVALID when none are found; IO
+ */
+export function loadCredentials(path: string): LoadedCredentials {
+  let isDir = false;
+  try {
+    isDir = statSync(path).isDirectory();
+  } catch (e) {
+    throw ioError(`read credentials ${path}`, e);
+  }
+  if (isDir) return readCredentials(new HostSys(), path);
+  let bytes: Uint8Array;
+  try {
+    bytes = new Uint8Array(readFileSync(path));
+  } catch (e) {
+    throw ioError(`read credentials ${path}`, e);
+  }
+  const found = findAppendedCredentials(bytes);
+  if (!found) throw new ZbError("CRED_INVALID", `cannot read credentials: ${path} is not a credentials archive and carries none at its end`);
+  return found.credentials;
+}
+
+function need(args: ParsedArgs, name: string, why: string): string {
+  const v = args.values.get(name);
+  if (!v) throw new ZbError("USAGE", `cannot create credentials: --${name} is required (${why})`);
+  return v;
+}
+
+async function create(args: ParsedArgs): Promise<number> {
+  const slot = need(args, "slot", "a or b");
+  if (slot !== "a" && slot !== "b") throw new ZbError("USAGE", `cannot create credentials: --slot must be a or b, not ${JSON.stringify(slot)}`);
+  const rootDev = need(args, "root", "the slot's LUKS root device");
+  if (!args.flags.has("format")) {
+    throw new ZbError("USAGE", `cannot create credentials: pass --format to confirm that ${rootDev} is formatted with a fresh key (its data is lost)`);
+  }
+  const output = args.values.get("output");
+  const initramfs = args.values.get("initramfs");
+  if (!output && !initramfs) throw new ZbError("USAGE", "cannot create credentials: give -o CRED.cpio and/or --initramfs FILE");
+  const cfg = hsmConfigFrom(args);
+  if (!cfg.backend) throw new ZbError("USAGE", "cannot create credentials: no backend given", { hint: "pass --backend or set backend= in the HSM config" });
+  const pcrs = args.values.has("pcrs") ? parsePcrs(args.values.get("pcrs")!) : cfg.tpm2.pcrs;
+  const dataKey = await dataKeyFrom(args, cfg);
+  const hsm = hsmFor(cfg.backend, cfg);
+  try {
+    const data = dataTarget(args, dataKey);
+    const creds = await enrollSlot({
+      hsm, crypt: new CryptsetupCli(), slot, root: { device: rootDev, format: true },
+      ...(data ? { data } : {}), sealOptions: { pcrs },
+    });
+    const cpio = packCredentials(creds);
+    if (output) {
+      try {
+        writeFileSync(output, cpio, { mode: 0o644 });
+      } catch (e) {
+        throw ioError(`write ${output}`, e);
+      }
+    }
+    if (initramfs) appendCredentials(new HostSys(), initramfs, cpio);
+    out(args.flags.has("json") ? JSON.stringify(creds.meta) + "\n" : describe(creds.meta));
+    return 0;
+  } finally {
+    wipe(dataKey);
+    await hsm.close();
+  }
+}
+
+function dataTarget(args: ParsedArgs, key: Uint8Array | undefined): DataTarget | undefined {
+  const device = args.values.get("data");
+  const fresh = args.flags.has("format-data");
+  if (!device) {
+    if (fresh || key) throw new ZbError("USAGE", "cannot create credentials: --format-data and --data-key-from need --data DEVICE");
+    return undefined;
+  }
+  if (fresh === (key !== undefined)) throw new ZbError("USAGE", "cannot create credentials: with --data give exactly one of --format-data and --data-key-from");
+  return fresh ? { device, format: true } : { device, key: key! };
+}
+
+/** The data key, unsealed from the running slot's credentials with the backend they name. */
+async function dataKeyFrom(args: ParsedArgs, cfg: HsmConfig): Promise<Uint8Array | undefined> {
+  const from = args.values.get("data-key-from");
+  if (!from) return undefined;
+  const creds = loadCredentials(from);
+  if (!creds.dataBlob) throw new ZbError("CRED_INVALID", `cannot read the data key: the credentials in ${from} have no data.sealed`);
+  const hsm = hsmFor(creds.dataBlob.backend, cfg);
+  try {
+    const r = await hsm.unseal(creds.dataBlob.data);
+    if (r.kind !== "ok") throw unsealError(r, creds.dataBlob.backend);
+    return r.secret;
+  } finally {
+    await hsm.close();
+  }
+}
+
+function describe(meta: LoadedCredentials["meta"]): string {
+  const lines = [`slot ${meta.slot}, sealed by ${meta.backend}, created ${meta.created}`, `root  ${meta.root.name}  LUKS UUID ${meta.root.uuid}`];
+  if (meta.data) lines.push(`data  ${meta.data.name}  LUKS UUID ${meta.data.uuid}`);
+  return lines.join("\n") + "\n";
+}
+
+function show(args: ParsedArgs): number {
+  const path = args.positional[0];
+  if (!path) throw new ZbError("USAGE", "cannot show credentials: no CRED given");
+  const c = loadCredentials(path);
+  if (args.flags.has("json")) out(JSON.stringify({ meta: c.meta, root: { backend: c.rootBlob.backend, bytes: c.root.length }, ...(c.data ? { data: { backend: c.dataBlob!.backend, bytes: c.data.length } } : {}) }) + "\n");
+  else out(describe(c.meta));
+  return 0;
+}

@@ -1,0 +1,187 @@
+/**
+ * `zb hsm probe|seal|unseal`: enrolment and diagnostics for the HSM
+ * backends (docs/hsm.md). Settings come from /etc/zb/hsm.conf; flags win.
+ * Secrets enter on stdin and leave into a new 0600 file or stdout.
+ */
+import { readFileSync, writeFileSync } from "node:fs";
+import { parseArgs, type OptionSpecs, type ParsedArgs } from "../../lib/cli/args.ts";
+import { ZbError, ioError } from "../../lib/errors.ts";
+import { decodeBlob, encodeBlob, unsealError } from "../../lib/hsm/blob.ts";
+import { DEFAULT_HSM_CONFIG, KEYS, parsePcrs, readHsmConfig, type HsmConfig } from "../../lib/hsm/config.ts";
+import { openHsm } from "../../lib/hsm/open.ts";
+import { BACKENDS, type BackendName, type Hsm, type ProbeResult } from "../../lib/hsm/types.ts";
+import { wipe } from "../../lib/secret.ts";
+import { HostSys } from "../../lib/sys/sys.ts";
+import { err, out } from "../output.ts";
+import { promptPin, readSecretFd, readSecretFile, writeSecretOutput } from "../secrets.ts";
+
+export const HSM_OPTIONS_HELP = `HSM options (override ${DEFAULT_HSM_CONFIG}; see docs/hsm.md):
+  --config FILE            the HSM config file (default ${DEFAULT_HSM_CONFIG})
+  --backend B              tpm2 | pkcs11 | zymkey | soft
+  --tpm ADDR               TPM device (/dev/tpmrm0) or swtpm:host=127.0.0.1,port=N
+  --pkcs11-module PATH     the PKCS#11 module (.so)
+  --pkcs11-token LABEL     the token's label
+  --pkcs11-key-label L     the RSA key pair on the token (or --pkcs11-key-id HEX)
+  --pin-file FILE          the token PIN (mode 0600); without it zb asks on the terminal
+  --zymkey-library PATH    libzk_app_utils.so
+  --soft-enable            allow the development-only soft backend
+  --soft-key-file FILE     its key file`;
+
+/** The HSM flags; shared by `zb hsm`, `zb cred` and zbunlock. */
+export const HSM_OPTIONS: OptionSpecs = {
+  config: { value: true },
+  backend: { value: true },
+  tpm: { value: true },
+  "pkcs11-module": { value: true },
+  "pkcs11-token": { value: true },
+  "pkcs11-key-label": { value: true },
+  "pkcs11-key-id": { value: true },
+  "pin-file": { value: true },
+  "zymkey-library": { value: true },
+  "soft-enable": {},
+  "soft-key-file": { value: true },
+};
+
+const FLAG_KEYS: Record<string, string> = {
+  backend: "backend",
+  tpm: "tpm2.device",
+  "pkcs11-module": "pkcs11.module",
+  "pkcs11-token": "pkcs11.token",
+  "pkcs11-key-label": "pkcs11.key-label",
+  "pkcs11-key-id": "pkcs11.key-id",
+  "pin-file": "pkcs11.pin-file",
+  "zymkey-library": "zymkey.library",
+  "soft-key-file": "soft.key-file",
+};
+
+/**
+ * The config file, then the flags on top.
+ * @throws {ZbError} CONFIG for the file, USAGE for a bad flag value
+ */
+export function hsmConfigFrom(args: ParsedArgs, configPath?: string): HsmConfig {
+  const cfg = readHsmConfig(new HostSys(), args.values.get("config") ?? configPath ?? DEFAULT_HSM_CONFIG);
+  for (const [flag, key] of Object.entries(FLAG_KEYS)) {
+    const v = args.values.get(flag);
+    if (v !== undefined) KEYS[key]!(cfg, v, (why) => new ZbError("USAGE", `cannot use --${flag}: ${why}`));
+  }
+  if (args.flags.has("soft-enable")) cfg.soft.enabled = true;
+  return cfg;
+}
+
+/** Open backend `name` with PINs from the PIN file or the terminal, warnings to stderr. */
+export function hsmFor(name: BackendName, cfg: HsmConfig, tty?: string): Hsm {
+  return openHsm(name, cfg, {
+    pin: async () => (cfg.pkcs11.pinFile ? readSecretFile(cfg.pkcs11.pinFile, "the PIN file") : promptPin(`PIN for ${cfg.pkcs11.token ?? "the token"}: `, tty)),
+    warn: (line) => err(line.endsWith("\n") ? line : `${line}\n`),
+  });
+}
+
+const USAGE = `usage: zb hsm probe [--backend B] [--json] [HSM options]
+       zb hsm seal [--backend B] [--pcrs LIST] -o BLOB [HSM options]  < SECRET
+       zb hsm unseal BLOB|- -o FILE|- [HSM options]
+
+probe:   is each HSM there? (exit 4 when --backend B is given and absent)
+seal:    seal the secret read from stdin (at most 4096 bytes; a TPM takes
+         up to 128) to the HSM; BLOB is a zb sealed blob (docs/credentials.md)
+         --pcrs 0,7  tpm2: bind to these PCRs of the sha256 bank (default tpm2.pcrs)
+unseal:  unseal BLOB with the backend it names; the secret goes to a new
+         file created 0600 (never replaced), or stdout with -o -
+         exit 4 absent, 19 another HSM, 20 refused by policy/PIN, 21 failed
+
+${HSM_OPTIONS_HELP}`;
+
+export async function hsmMain(argv: string[]): Promise<number> {
+  const [sub, ...rest] = argv;
+  const specs: OptionSpecs = { ...HSM_OPTIONS, pcrs: { value: true }, output: { short: "o", value: true }, json: {}, help: { short: "h" } };
+  const args = parseArgs(rest, specs, `zb hsm ${sub ?? ""}`.trim());
+  if (sub === undefined || sub === "--help" || sub === "-h" || args.flags.has("help")) {
+    out(USAGE + "\n");
+    return sub === undefined ? 2 : 0;
+  }
+  const cfg = hsmConfigFrom(args);
+  if (sub === "probe") return probe(args, cfg);
+  if (sub === "seal") return seal(args, cfg);
+  if (sub === "unseal") return unseal(args, cfg);
+  throw new ZbError("USAGE", `cannot run zb hsm: unknown subcommand ${JSON.stringify(sub)}`, { hint: "see `zb hsm --help`" });
+}
+
+async function probe(args: ParsedArgs, cfg: HsmConfig): Promise<number> {
+  const only = args.values.get("backend") as BackendName | undefined;
+  const names = only ? [only] : [...BACKENDS];
+  const results: ProbeResult[] = [];
+  for (const name of names) {
+    if (!only && name === "pkcs11" && !cfg.pkcs11.module) {
+      results.push({ backend: name, present: false, detail: "not configured (pkcs11.module)" });
+      continue;
+    }
+    if (!only && name === "soft" && !cfg.soft.enabled) {
+      results.push({ backend: name, present: false, detail: "not enabled (development only)" });
+      continue;
+    }
+    const hsm = hsmFor(name, cfg);
+    try {
+      results.push(await hsm.probe());
+    } finally {
+      await hsm.close();
+    }
+  }
+  if (args.flags.has("json")) out(JSON.stringify({ configured: cfg.backend, backends: results }) + "\n");
+  else for (const r of results) out(`${r.backend.padEnd(7)} ${r.present ? "present" : "absent "}  ${r.detail}${r.backend === cfg.backend ? "  (configured)" : ""}\n`);
+  return only && !results[0]!.present ? 4 : 0;
+}
+
+async function seal(args: ParsedArgs, cfg: HsmConfig): Promise<number> {
+  const name = cfg.backend;
+  if (!name) throw new ZbError("USAGE", "cannot seal: no backend given", { hint: "pass --backend tpm2|pkcs11|zymkey|soft or set backend= in the config" });
+  const output = args.values.get("output");
+  if (!output) throw new ZbError("USAGE", "cannot seal: -o BLOB is required");
+  const pcrsFlag = args.values.get("pcrs");
+  const pcrs = pcrsFlag !== undefined ? parsePcrs(pcrsFlag) : cfg.tpm2.pcrs;
+  if (name !== "tpm2" && pcrsFlag !== undefined) throw new ZbError("USAGE", `cannot seal: --pcrs applies to tpm2 only, not ${name}`);
+  const secret = readSecretFd(0);
+  const hsm = hsmFor(name, cfg);
+  let blob: Uint8Array;
+  try {
+    blob = encodeBlob({ backend: name, data: await hsm.seal(secret, { pcrs }) });
+  } finally {
+    wipe(secret);
+    await hsm.close();
+  }
+  if (output === "-") out(blob);
+  else {
+    try {
+      writeFileSync(output, blob, { mode: 0o600 });
+    } catch (e) {
+      throw ioError(`write ${output}`, e);
+    }
+  }
+  if (args.flags.has("json")) err(JSON.stringify({ backend: name, bytes: blob.length, output, pcrs: name === "tpm2" ? pcrs : undefined }) + "\n");
+  return 0;
+}
+
+async function unseal(args: ParsedArgs, cfg: HsmConfig): Promise<number> {
+  const file = args.positional[0];
+  if (!file) throw new ZbError("USAGE", "cannot unseal: no BLOB given");
+  const output = args.values.get("output");
+  if (!output) throw new ZbError("USAGE", "cannot unseal: -o FILE|- is required");
+  let bytes: Uint8Array;
+  try {
+    bytes = new Uint8Array(readFileSync(file === "-" ? 0 : file));
+  } catch (e) {
+    throw ioError(`read ${file}`, e);
+  }
+  const blob = decodeBlob(bytes, file);
+  const hsm = hsmFor(blob.backend, cfg);
+  try {
+    const r = await hsm.unseal(blob.data);
+    if (r.kind !== "ok") throw unsealError(r, blob.backend);
+    try {
+      writeSecretOutput(output, r.secret);
+    } finally {
+      wipe(r.secret);
+    }
+  } finally {
+    await hsm.close();
+  }
+  return 0;
+}

@@ -1,0 +1,62 @@
+/**
+ * zbunlock's unlock step: after the boot transition let the boot go on,
+ * find this slot's credentials in the initramfs, unseal the keys with the
+ * HSM and open the LUKS volumes (lib/unlock/unlock.ts). A failure is handed
+ * to the state machine as an `unlock-failed` event (rows U1–U3), which
+ * decides between retrying, rolling back and recovery.
+ */
+import { join } from "node:path";
+import type { ParsedArgs } from "../../lib/cli/args.ts";
+import type { Platform } from "../../lib/bootloader/platform.ts";
+import { CRED_DIR, readCredentials } from "../../lib/luks/credentials.ts";
+import { CryptsetupCli, isWrongKey } from "../../lib/luks/cryptsetup.ts";
+import { findLuksDevice } from "../../lib/unlock/devices.ts";
+import { unlockSlot, type UnlockOutcome } from "../../lib/unlock/unlock.ts";
+import type { Sys } from "../../lib/sys/sys.ts";
+import { hsmConfigFrom, hsmFor } from "../zb/hsm.ts";
+import { err, out } from "../output.ts";
+
+export interface UnlockStep {
+  /** null: this initramfs carries no credentials (an unencrypted root): nothing to do. */
+  outcome: UnlockOutcome | null;
+}
+
+/** Parse zb.hsm_wait=SECONDS from the cmdline, if valid. */
+function cmdlineWait(p: Platform): number | null {
+  const v = p.params.get("zb.hsm_wait");
+  return v !== undefined && /^\d+(\.\d+)?$/.test(v) && Number(v) <= 600 ? Number(v) : null;
+}
+
+/** Run the unlock of this slot. Throws only for bugs and bad configuration. */
+export async function unlockStep(args: ParsedArgs, sys: Sys, root: string, p: Platform): Promise<UnlockStep> {
+  const credRoot = args.values.get("credentials") ?? root;
+  if (!sys.stat(join(credRoot, CRED_DIR))) {
+    if (!args.flags.has("json")) out(`zbunlock: no credentials in ${join(credRoot, CRED_DIR)}: nothing to unlock\n`);
+    return { outcome: null };
+  }
+  const creds = readCredentials(sys, credRoot);
+  const cfg = hsmConfigFrom(args, join(root, "etc/zb/hsm.conf"));
+  const wait = cmdlineWait(p) ?? cfg.waitSeconds;
+  const hsm = hsmFor(creds.meta.backend, cfg, existsTty(sys, root));
+  const crypt = new CryptsetupCli();
+  try {
+    const outcome = await unlockSlot(creds, {
+      hsm,
+      luks: crypt,
+      findDevice: (uuid) => findLuksDevice(sys, root, uuid),
+      wrongKey: isWrongKey,
+      deadline: Date.now() + wait * 1000,
+      now: Date.now,
+      sleep: (ms) => Bun.sleep(ms),
+      log: (line) => err(`zbunlock: ${line}\n`),
+    });
+    return { outcome };
+  } finally {
+    await hsm.close();
+  }
+}
+
+/** Where to ask for a PIN: the console in an initramfs, else the terminal. */
+function existsTty(sys: Sys, root: string): string {
+  return sys.stat(join(root, "dev/console")) && !sys.stat(join(root, "dev/tty")) ? join(root, "dev/console") : join(root, "dev/tty");
+}

@@ -1,0 +1,47 @@
+/** /etc/zb/hsm.conf: text before → values after, and the refusals. */
+import { describe, expect, test } from "bun:test";
+import { defaultHsmConfig, parseHsmConfig, parsePcrs } from "../../../lib/hsm/config.ts";
+
+describe("parseHsmConfig", () => {
+  const ROWS: { text: string; after: (c: ReturnType<typeof defaultHsmConfig>) => void }[] = [
+    { text: "", after: () => undefined },
+    { text: "# only a comment\n\n", after: () => undefined },
+    { text: "backend = tpm2\ntpm2.device = swtpm:host=127.0.0.1,port=2321\ntpm2.pcrs = sha256:7,0", after: (c) => { c.backend = "tpm2"; c.tpm2.device = "swtpm:host=127.0.0.1,port=2321"; c.tpm2.pcrs = [0, 7]; } },
+    { text: "backend=pkcs11\npkcs11.module=/usr/lib/libx.so # the module\npkcs11.token=zb\npkcs11.key-label=zb-luks\npkcs11.key-id=0A\npkcs11.pin-file=/etc/zb/pin\npkcs11.oaep=sha1", after: (c) => { c.backend = "pkcs11"; c.pkcs11 = { module: "/usr/lib/libx.so", token: "zb", keyLabel: "zb-luks", keyId: "0a", pinFile: "/etc/zb/pin", oaep: "sha1" }; } },
+    { text: "backend=zymkey\nzymkey.library=/opt/zk/libzk_app_utils.so\nwait=2.5", after: (c) => { c.backend = "zymkey"; c.zymkey.library = "/opt/zk/libzk_app_utils.so"; c.waitSeconds = 2.5; } },
+    { text: "backend=soft\nsoft.enable=yes\nsoft.key-file=/var/lib/zb/soft.key", after: (c) => { c.backend = "soft"; c.soft = { enabled: true, keyFile: "/var/lib/zb/soft.key" }; } },
+    { text: "soft.enable=no", after: () => undefined },
+    { text: "tpm2.pcrs=", after: () => undefined },
+  ];
+  test.each(ROWS)("%#: $text", ({ text, after }) => {
+    const want = defaultHsmConfig();
+    after(want);
+    expect(parseHsmConfig(text, "hsm.conf")).toEqual(want);
+  });
+
+  const BAD: [string, RegExp][] = [
+    ["backend = tpm3", /hsm.conf:1: unknown backend "tpm3"/],
+    ["\n\nbakend = tpm2", /hsm.conf:3: unknown key "bakend"/],
+    ["backend", /expected key = value/],
+    ["tpm2.pcrs = 24", /PCR "24" is not 0…23/],
+    ["tpm2.pcrs = sha1:7", /PCR "sha1:7"/],
+    ["wait = -1", /wait must be seconds/],
+    ["wait = 9999", /wait must be seconds/],
+    ["soft.enable = maybe", /soft.enable must be yes or no/],
+    ["pkcs11.oaep = md5", /pkcs11.oaep must be sha256, sha1 or auto/],
+    ["pkcs11.key-id = xyz", /pkcs11.key-id must be hex bytes/],
+    ["tpm2.device =", /tpm2.device is empty/],
+  ];
+  test.each(BAD)("refuses %j", (text, why) => {
+    expect(() => parseHsmConfig(text, "hsm.conf")).toThrow(expect.objectContaining({ code: "CONFIG", message: expect.stringMatching(why) }));
+  });
+});
+
+test.each([
+  ["0,7", [0, 7]],
+  ["sha256:7,0,7", [0, 7]],
+  ["", []],
+  ["23", [23]],
+] as [string, number[]][])("parsePcrs(%j) → %j", (text, want) => {
+  expect(parsePcrs(text)).toEqual(want);
+});

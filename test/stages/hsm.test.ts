@@ -1,0 +1,142 @@
+/**
+ * `zb hsm` and `zb cred` through dist/zb-x64 with the soft backend (the
+ * other backends' CLI round trips are in the backend tests' CLI rows).
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { startSwtpm } from "../peers/swtpm.ts";
+
+const BIN = resolve(import.meta.dir, "../../dist/zb-x64");
+let dir = "";
+const SECRET = new Uint8Array([0, 1, 2, 10, 13, 255, 0x3d, 0x0a, 7, 0]);
+
+function zb(argv: string[], stdin?: Uint8Array) {
+  const p = Bun.spawnSync([BIN, ...argv], { env: { ...process.env, ZB_NO_REBOOT: "1" }, ...(stdin ? { stdin } : {}) });
+  return { code: p.exitCode, out: p.stdout.toString(), raw: new Uint8Array(p.stdout), err: p.stderr.toString() };
+}
+const soft = () => ["--config", join(dir, "none.conf"), "--soft-enable", "--soft-key-file", join(dir, "soft.key")];
+
+beforeAll(() => {
+  if (!existsSync(BIN)) throw new Error(`${BIN} is missing: run \`bun build.ts\` first`);
+  dir = mkdtempSync(join(tmpdir(), "zb-hsmcli-"));
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+describe("zb hsm", () => {
+  test("seal reads stdin, unseal gives back every byte (NUL, newline included) in a new 0600 file", () => {
+    const s = zb(["hsm", "seal", "--backend", "soft", ...soft(), "-o", join(dir, "a.sealed")], SECRET);
+    expect(s.err).toContain("WARNING: the soft HSM backend is for development only");
+    expect(s.code).toBe(0);
+    const blob = JSON.parse(readFileSync(join(dir, "a.sealed"), "utf8"));
+    expect([blob.format, blob.backend]).toEqual(["zb-sealed/1", "soft"]);
+    const u = zb(["hsm", "unseal", join(dir, "a.sealed"), "-o", join(dir, "a.out"), ...soft()]);
+    expect(u.code).toBe(0);
+    expect(new Uint8Array(readFileSync(join(dir, "a.out")))).toEqual(SECRET);
+    expect(statSync(join(dir, "a.out")).mode & 0o777).toBe(0o600);
+    expect(zb(["hsm", "unseal", join(dir, "a.sealed"), "-o", "-", ...soft()]).raw).toEqual(SECRET);
+  });
+
+  const REFUSALS: { name: string; argv: () => string[]; stdin?: Uint8Array; code: number; err: RegExp }[] = [
+    { name: "unseal never replaces a file", argv: () => ["hsm", "unseal", join(dir, "a.sealed"), "-o", join(dir, "a.out"), ...soft()], code: 2, err: /the file exists/ },
+    { name: "soft backend not enabled", argv: () => ["hsm", "seal", "--backend", "soft", "--config", join(dir, "none.conf"), "-o", join(dir, "b.sealed")], stdin: SECRET, code: 8, err: /soft/ },
+    { name: "empty secret", argv: () => ["hsm", "seal", "--backend", "soft", ...soft(), "-o", join(dir, "b.sealed")], stdin: new Uint8Array(0), code: 2, err: /it is empty/ },
+    { name: "no backend", argv: () => ["hsm", "seal", "--config", join(dir, "none.conf"), "-o", join(dir, "b.sealed")], stdin: SECRET, code: 2, err: /no backend given/ },
+    { name: "--pcrs for a backend without PCRs", argv: () => ["hsm", "seal", "--backend", "soft", ...soft(), "--pcrs", "7", "-o", join(dir, "b.sealed")], stdin: SECRET, code: 2, err: /--pcrs applies to tpm2 only/ },
+    { name: "unknown backend", argv: () => ["hsm", "probe", "--backend", "tpm3"], code: 2, err: /unknown backend "tpm3"/ },
+    { name: "not a sealed blob", argv: () => ["hsm", "unseal", join(dir, "none.conf"), "-o", "-"], code: 23, err: /cannot read .*none.conf: not JSON/ },
+    { name: "sealed with another key file → no-match (19)", argv: () => ["hsm", "unseal", join(dir, "a.sealed"), "-o", "-", "--soft-enable", "--soft-key-file", join(dir, "other.key")], code: 19, err: /cannot unseal with soft/ },
+    { name: "key file missing → absent (4)", argv: () => ["hsm", "unseal", join(dir, "a.sealed"), "-o", "-", "--soft-enable", "--soft-key-file", join(dir, "missing.key")], code: 4, err: /cannot unseal with soft/ },
+    { name: "bad config file", argv: () => ["hsm", "probe", "--config", join(dir, "bad.conf")], code: 8, err: /bad.conf:1: unknown key "colour"/ },
+  ];
+  test.each(REFUSALS)("$name → exit $code", (c) => {
+    writeFileSync(join(dir, "none.conf"), "# nothing\n");
+    writeFileSync(join(dir, "bad.conf"), "colour = blue\n");
+    if (c.name.startsWith("sealed with another")) zb(["hsm", "seal", "--backend", "soft", "--soft-enable", "--soft-key-file", join(dir, "other.key"), "-o", join(dir, "o.sealed")], SECRET);
+    const r = zb(c.argv(), c.stdin);
+    expect(r.err).toMatch(c.err);
+    expect(r.code).toBe(c.code);
+  });
+
+  test("probe --json lists every backend; --backend B absent exits 4", () => {
+    const r = zb(["hsm", "probe", "--json", "--config", join(dir, "none.conf"), "--tpm", join(dir, "no-tpm")]);
+    expect(r.code).toBe(0);
+    const j = JSON.parse(r.out);
+    expect(j.backends.map((b: { backend: string }) => b.backend)).toEqual(["tpm2", "pkcs11", "zymkey", "soft"]);
+    expect(j.backends.every((b: { present: boolean }) => b.present === false)).toBe(true);
+    expect(zb(["hsm", "probe", "--backend", "tpm2", "--tpm", join(dir, "no-tpm")]).code).toBe(4);
+    expect(zb(["hsm", "probe", "--backend", "soft", ...soft()]).code).toBe(0);
+  });
+
+  test("--help shows real usage", () => {
+    const r = zb(["hsm", "--help"]);
+    expect(r.code).toBe(0);
+    expect(r.out).toContain("zb hsm seal [--backend B] [--pcrs LIST] -o BLOB");
+    expect(r.out).toContain("--tpm ADDR");
+  });
+});
+
+describe("zb hsm with tpm2 (swtpm on 127.0.0.1)", () => {
+  test("probe, seal bound to PCR 7, unseal; a PCR extend then refuses (20)", async () => {
+    const tpm = await startSwtpm();
+    try {
+      const addr = tpm.address;
+      const p = zb(["hsm", "probe", "--backend", "tpm2", "--tpm", addr, "--json", "--config", join(dir, "none.conf")]);
+      expect(p.code).toBe(0);
+      expect(JSON.parse(p.out).backends[0]).toMatchObject({ backend: "tpm2", present: true });
+      const s = zb(["hsm", "seal", "--backend", "tpm2", "--tpm", addr, "--pcrs", "7", "-o", join(dir, "t.sealed"), "--config", join(dir, "none.conf")], SECRET);
+      expect(s.err).toBe("");
+      expect(s.code).toBe(0);
+      expect(JSON.parse(readFileSync(join(dir, "t.sealed"), "utf8")).data.pcrs).toEqual([7]);
+      const u = zb(["hsm", "unseal", join(dir, "t.sealed"), "-o", "-", "--tpm", addr, "--config", join(dir, "none.conf")]);
+      expect(u.code).toBe(0);
+      expect(u.raw).toEqual(SECRET);
+      const ext = Bun.spawnSync(["tpm2_pcrextend", "7:sha256=" + "01".repeat(32)], { env: { ...process.env, TPM2TOOLS_TCTI: `swtpm:host=127.0.0.1,port=${tpm.port}` } });
+      expect(ext.exitCode).toBe(0);
+      const d = zb(["hsm", "unseal", join(dir, "t.sealed"), "-o", "-", "--tpm", addr, "--config", join(dir, "none.conf")]);
+      expect(d.code).toBe(20);
+      expect(d.raw.length).toBe(0);
+    } finally {
+      await tpm.stop();
+    }
+  });
+});
+
+describe("zb cred", () => {
+  test("create formats the root, seals its fresh key, packs the archive; show reads it back; the key opens the volume", () => {
+    const img = join(dir, "root.img");
+    writeFileSync(img, new Uint8Array(16 << 20));
+    expect(zb(["cred", "create", "--slot", "b", "--root", img, "--backend", "soft", ...soft(), "-o", join(dir, "c.cpio")]).err).toMatch(/pass --format to confirm/);
+    const c = zb(["cred", "create", "--slot", "b", "--root", img, "--format", "--backend", "soft", ...soft(), "-o", join(dir, "c.cpio")]);
+    expect(c.code).toBe(0);
+    expect(c.out).toMatch(/^slot b, sealed by soft, created .*\nroot  zb-root  LUKS UUID [0-9a-f-]{36}\n$/);
+    const s = zb(["cred", "show", join(dir, "c.cpio"), "--json"]);
+    expect(s.code).toBe(0);
+    const j = JSON.parse(s.out);
+    expect([j.meta.slot, j.meta.backend, j.root.backend]).toEqual(["b", "soft", "soft"]);
+    const uuid = Bun.spawnSync(["cryptsetup", "luksUUID", img]).stdout.toString().trim();
+    expect(j.meta.root.uuid).toBe(uuid);
+    // The sealed key, unsealed, opens the header (the real cryptsetup).
+    const x = Bun.spawnSync(["cpio", "-i", "--quiet", "--to-stdout", "zb/credentials/root.sealed"], { stdin: readFileSync(join(dir, "c.cpio")) });
+    writeFileSync(join(dir, "root.sealed"), x.stdout);
+    const key = zb(["hsm", "unseal", join(dir, "root.sealed"), "-o", "-", ...soft()]).raw;
+    expect(key.length).toBe(32);
+    expect(Bun.spawnSync(["cryptsetup", "open", "--test-passphrase", "--key-file=-", img], { stdin: key }).exitCode).toBe(0);
+    expect(Bun.spawnSync(["cryptsetup", "open", "--test-passphrase", "--key-file=-", img], { stdin: new Uint8Array(32) }).exitCode).toBe(2);
+  });
+
+  test("a data volume: first provisioning, then re-sealed for the next slot from the running slot's credentials", () => {
+    const [ra, rb, data] = ["ra.img", "rb.img", "data.img"].map((n) => join(dir, n)) as [string, string, string];
+    for (const f of [ra, rb, data]) writeFileSync(f, new Uint8Array(16 << 20));
+    const a = zb(["cred", "create", "--slot", "a", "--root", ra, "--format", "--data", data, "--format-data", "--backend", "soft", ...soft(), "-o", join(dir, "a.cpio"), "--json"]);
+    expect(a.code).toBe(0);
+    const dataUuid = JSON.parse(a.out).data.uuid;
+    const b = zb(["cred", "create", "--slot", "b", "--root", rb, "--format", "--data", data, "--data-key-from", join(dir, "a.cpio"), "--backend", "soft", ...soft(), "-o", join(dir, "b.cpio"), "--json"]);
+    expect(b.err).not.toContain("cannot");
+    expect(b.code).toBe(0);
+    expect(JSON.parse(b.out).data.uuid).toBe(dataUuid); // the volume was kept
+    const bad = zb(["cred", "create", "--slot", "b", "--root", rb, "--format", "--data", data, "--format-data", "--data-key-from", join(dir, "a.cpio"), "--backend", "soft", ...soft(), "-o", join(dir, "x.cpio")]);
+    expect([bad.code, /exactly one of/.test(bad.err)]).toEqual([2, true]);
+  });
+});

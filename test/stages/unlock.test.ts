@@ -1,0 +1,181 @@
+/**
+ * zbunlock's unlock end to end on the host, through dist/zb-x64: enrolment
+ * with `zb cred create` (real cryptsetup luksFormat on a file), credentials
+ * unpacked into a temp root as the kernel would, the soft backend as the HSM
+ * (the real backends are tested against their peers in test/lib/hsm, the
+ * TPM path under QEMU in test/qemu/unlock.test.ts).
+ *
+ * This host has no device-mapper, so zbunlock's `cryptsetup open` goes to a
+ * wrapper that pauses (while the key is in flight the test scans every
+ * process's cmdline and environ for it), then checks the key with the real
+ * `cryptsetup open --test-passphrase`.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+
+const BIN = resolve(import.meta.dir, "../../dist/zb-x64");
+const REAL_CRYPTSETUP = Bun.which("cryptsetup", { PATH: "/usr/sbin:/sbin:/usr/bin:/bin" });
+let dir = "";
+let boot = "";
+let root = "";
+let fakeBin = "";
+let key = new Uint8Array();
+
+function run(argv: string[], opts: { env?: Record<string, string>; stdin?: Uint8Array } = {}) {
+  const p = Bun.spawnSync([BIN, ...argv], { env: { ...process.env, ZB_NO_REBOOT: "1", ...opts.env }, ...(opts.stdin ? { stdin: opts.stdin } : {}) });
+  return { code: p.exitCode, out: p.stdout.toString(), raw: new Uint8Array(p.stdout), err: p.stderr.toString() };
+}
+
+const softFlags = (keyFile: string) => ["--backend", "soft", "--soft-enable", "--soft-key-file", keyFile];
+const hsmConf = (keyFile: string) => writeFileSync(join(root, "etc/zb/hsm.conf"), `backend = soft\nsoft.enable = yes\nsoft.key-file = ${keyFile}\nwait = 1\n`);
+const env = () => run(["env", "print", "--boot", boot]).out;
+
+beforeAll(() => {
+  if (!existsSync(BIN)) throw new Error(`${BIN} is missing: run \`bun build.ts\` first`);
+  if (!REAL_CRYPTSETUP) throw new Error("cryptsetup is missing: run .ci/setup");
+  dir = mkdtempSync(join(tmpdir(), "zb-unlockcli-"));
+  boot = join(dir, "boot");
+  root = join(dir, "root");
+  fakeBin = join(dir, "bin");
+  for (const d of [boot, join(root, "proc"), join(root, "etc/zb"), join(root, "sys/class/block/vdb"), join(root, "sys/class/block/vda1"), join(root, "dev"), fakeBin]) mkdirSync(d, { recursive: true });
+  writeFileSync(join(boot, "config.txt"), "kernel=vmlinuz\n");
+  writeFileSync(join(boot, "cmdline.txt"), "console=ttyAMA0\n");
+  expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b"]).code).toBe(0);
+  writeFileSync(join(root, "proc/cmdline"), `${readFileSync(join(boot, "slot-a/cmdline.txt"), "utf8").trim()} zb.hsm_wait=1\n`);
+  // The slot's root volume: a 16 MiB file, seen by zbunlock as /dev/vdb.
+  const img = join(dir, "root.img");
+  writeFileSync(img, new Uint8Array(16 << 20));
+  symlinkSync(img, join(root, "dev/vdb"));
+  writeFileSync(join(root, "dev/vda1"), new Uint8Array(4096));
+  const soft = join(dir, "soft.key");
+  const c = run(["cred", "create", "--slot", "a", "--root", img, "--format", ...softFlags(soft), "-o", join(dir, "cred.cpio"), "--json"]);
+  expect(c.err).toContain("WARNING: the soft HSM backend is for development only");
+  expect(c.code).toBe(0);
+  const meta = JSON.parse(c.out);
+  expect(meta.root.uuid).toMatch(/^[0-9a-f-]{36}$/);
+  // Unpack the archive the way the kernel does, into the initramfs root.
+  const x = Bun.spawnSync(["cpio", "-idm", "--quiet"], { cwd: root, stdin: readFileSync(join(dir, "cred.cpio")) });
+  expect(x.exitCode).toBe(0);
+  // The key itself, for the scans below (unsealed once, by the test).
+  const u = run(["hsm", "unseal", join(root, "zb/credentials/root.sealed"), "-o", "-", ...softFlags(soft).slice(2)]);
+  expect(u.code).toBe(0);
+  key = u.raw;
+  expect(key.length).toBe(32);
+  // cryptsetup for zbunlock: pauses on `open` until the test says go, then checks the key for real.
+  writeFileSync(join(fakeBin, "cryptsetup"), `#!/bin/sh
+if [ "$1" = open ]; then
+  for last; do :; done
+  dev=$(eval echo "\\\${$(($# - 1))}")
+  echo "$*" >> ${dir}/open.log
+  touch ${dir}/ready
+  i=0; while [ ! -e ${dir}/go ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
+  exec ${REAL_CRYPTSETUP} open --type luks --test-passphrase --key-file=- "$dev"
+fi
+exec ${REAL_CRYPTSETUP} "$@"
+`);
+  chmodSync(join(fakeBin, "cryptsetup"), 0o755);
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+/** Every form of the key a leak could take. */
+function forms(k: Uint8Array): Buffer[] {
+  const b = Buffer.from(k);
+  return [b, Buffer.from(b.toString("hex")), Buffer.from(b.toString("hex").toUpperCase()), Buffer.from(b.toString("base64")), Buffer.from(b.toString("base64url"))];
+}
+
+/** Processes whose cmdline or environ holds a form of the key. */
+function scanProcesses(k: Uint8Array): string[] {
+  const hits: string[] = [];
+  for (const pid of readdirSync("/proc").filter((n) => /^\d+$/.test(n))) {
+    for (const f of ["cmdline", "environ"]) {
+      let bytes: Buffer;
+      try {
+        bytes = readFileSync(`/proc/${pid}/${f}`);
+      } catch {
+        continue; // gone, or not ours to read
+      }
+      if (forms(k).some((x) => bytes.includes(x))) hits.push(`${pid}/${f}`);
+    }
+  }
+  return hits;
+}
+
+async function zbunlock(extra: string[] = [], during?: () => void) {
+  rmSync(join(dir, "ready"), { force: true });
+  rmSync(join(dir, "go"), { force: true });
+  const p = Bun.spawn([BIN, "unlock", "--boot", boot, "--root", root, "--no-reboot", ...extra], {
+    env: { ...process.env, ZB_NO_REBOOT: "1", PATH: `${fakeBin}:${process.env.PATH}` }, stdout: "pipe", stderr: "pipe",
+  });
+  if (during) {
+    for (let i = 0; i < 400 && !existsSync(join(dir, "ready")); i++) await Bun.sleep(25);
+    during();
+  }
+  writeFileSync(join(dir, "go"), "");
+  const [out, err, code] = [await new Response(p.stdout).text(), await new Response(p.stderr).text(), await p.exited];
+  return { code, out, err };
+}
+
+describe("zbunlock unlocks the slot's root", () => {
+  test("the scanner finds a key that is in a process's argv (it can fail)", async () => {
+    const hex = Buffer.from(key).toString("hex");
+    const p = Bun.spawn(["sh", "-c", "sleep 5", "leak", hex]);
+    await Bun.sleep(50);
+    try {
+      expect(scanProcesses(key)).toContain(`${p.pid}/cmdline`);
+    } finally {
+      p.kill();
+    }
+  });
+
+  test("unseals with the configured HSM, opens the device found by its LUKS UUID; the key is in no argv, environ or log", async () => {
+    hsmConf(join(dir, "soft.key"));
+    let hits: string[] = ["not scanned"];
+    const r = await zbunlock([], () => {
+      expect(existsSync(join(dir, "ready"))).toBe(true);
+      hits = scanProcesses(key);
+    });
+    expect(hits).toEqual([]);
+    expect(r.err).toContain("zbunlock: unlocked zb-root");
+    expect(r.code).toBe(0);
+    expect(readFileSync(join(dir, "open.log"), "utf8")).toBe(`open --type luks --key-file=- ${join(root, "dev/vdb")} zb-root\n`);
+    for (const f of forms(key)) expect(Buffer.from(r.out + r.err, "latin1").includes(f)).toBe(false);
+    expect(env()).toContain("zb_boot_count_a=1");
+  });
+
+  test("another HSM (other soft key) → no-match: slot a invalid, rolled back to b, reboot requested", async () => {
+    const other = join(dir, "other.key");
+    expect(run(["hsm", "seal", ...softFlags(other), "-o", join(dir, "x.sealed")], { stdin: new Uint8Array(32).fill(1) }).code).toBe(0);
+    hsmConf(other);
+    const r = await zbunlock();
+    expect(r.err).toMatch(/zbunlock: cannot unseal with soft: .*key/);
+    expect(r.code).toBe(12);
+    expect(r.out).toContain("reboot (normal) needed");
+    const e = env();
+    expect(e).toContain("zb_slot=b");
+    expect(e).toContain("zb_valid_a=0");
+    expect(e).toMatch(/cannot unlock slot a: no-match, next boot: b/);
+  });
+
+  test("HSM absent until the deadline → reboot to retry, the slot stays", async () => {
+    // back to a committed, valid a
+    expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b", "--force"]).code).toBe(0);
+    hsmConf(join(dir, "missing.key"));
+    const t0 = performance.now();
+    const r = await zbunlock();
+    expect(performance.now() - t0).toBeGreaterThan(900); // it waited (zb.hsm_wait=1)
+    expect(r.err).toContain("waiting for the soft HSM");
+    expect(r.code).toBe(12);
+    const e = env();
+    expect(e).toContain("zb_slot=a");
+    expect(e).not.toContain("zb_valid_a=0");
+    expect(e).toMatch(/cannot unlock slot a: absent, retrying \(boot 1 of 3\)/);
+  });
+
+  test("--no-unlock only runs the boot state", async () => {
+    const r = await zbunlock(["--no-unlock"]);
+    expect(r.code).toBe(0);
+    expect(r.err).not.toContain("unlocked");
+  });
+});
