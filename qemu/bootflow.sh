@@ -126,15 +126,9 @@ sequence() {
 env_after() { jq -r --argjson n "$2" --arg k "$3" 'select(.boot == $n) | .envAfter[$k] // ""' "$1"; }
 host_env() { fw_printenv -c "$FINAL/fw_env.config" -n "$1" 2>/dev/null || true; }
 
-# check DESCRIPTION CMD…: run CMD as a test; collect failures instead of
-# stopping, so one run reports every mismatch.
-FAILED=""
-check() {
-  local what=$1
-  shift
-  if "$@"; then echo "bootflow: ok   $what"; else echo "bootflow: FAIL $what" >&2; FAILED="$FAILED; $what"; fi
-}
-is() { check "$1 ('$2')" test "$2" == "$3"; }
+CHECK_PREFIX=bootflow
+# shellcheck source=qemu/checks.sh
+. qemu/checks.sh
 not() { ! "$@"; }
 # Every boot that read tryboot.txt had kernel_status=trying on its cmdline.
 try_cmdlines() { jq -se 'map(select(.config == "tryboot.txt") | .cmdline | test("(^| )kernel_status=trying( |$)")) | all' "$1" >/dev/null; }

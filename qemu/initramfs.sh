@@ -12,6 +12,18 @@
 # kernel and initramfs for the caller (OUTDIR defaults to qemu/.work; the
 # staging root is OUTDIR/initramfs-root). Paths are relative to the repository.
 #
+# Optional extras (all unset by default; space-separated lists):
+#   ZB_QEMU_EXTRA_MODULES  more in-tree modules as NAME:CONFIG_SYMBOL, handled
+#                          like the built-in list (=y skipped, =m added with
+#                          its modules.dep dependencies)
+#   ZB_QEMU_EXTRA_KO       out-of-tree .ko files (host paths), installed under
+#                          /lib/modules/KVER/extra/ and loaded after the rest
+#   ZB_QEMU_EXTRA_BINS     arm64 executables as SRC:DEST (DEST an absolute
+#                          guest path); their NEEDED libraries are looked up in
+#                          libc6:arm64 and then in ZB_QEMU_EXTRA_LIBDIRS
+#   ZB_QEMU_EXTRA_LIBDIRS  host directories holding arm64 shared libraries
+#   ZB_QEMU_EXTRA_TREE     a host directory copied over the root as is
+#
 # Usage: bash qemu/initramfs.sh [INIT [OUTDIR]]   (env: ZB_QEMU_INITRD_COMP=gzip|zstd)
 set -euo pipefail
 
@@ -46,19 +58,33 @@ if [[ $EUID -eq 0 ]]; then mknod -m 600 "$ROOT/dev/console" c 5 1; fi
 install -m 755 "$CACHE/busybox/bin/busybox" "$ROOT/bin/busybox"
 
 # --- glibc: everything dist/zb-arm64 needs, transitively, from libc6:arm64 --
+# (and what the extra binaries need, from ZB_QEMU_EXTRA_LIBDIRS as well)
 LIBSRC=$CACHE/libc6/lib/aarch64-linux-gnu
+# words NAME TEXT: split TEXT on any whitespace (newlines too) into array NAME.
+words() { read -r -d '' -a "$1" <<<"${2:-}" || true; }
+words EXTRA_BINS "${ZB_QEMU_EXTRA_BINS:-}"
+words LIBDIRS "$LIBSRC ${ZB_QEMU_EXTRA_LIBDIRS:-}"
 needed() { readelf -d "$1" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'; }
+find_lib() { # $1 = soname → host path, first match in LIBDIRS
+  local d
+  for d in "${LIBDIRS[@]}"; do [[ -f "$d/$1" ]] && { echo "$d/$1"; return 0; }; done
+  return 1
+}
 declare -A have=()
 queue=("$BIN")
+for pair in "${EXTRA_BINS[@]}"; do
+  [[ "$pair" == *:/* && -f "${pair%%:*}" ]] || die "cannot build initramfs: ZB_QEMU_EXTRA_BINS entry '$pair' is not SRC:/DEST with an existing SRC"
+  queue+=("${pair%%:*}")
+done
 while [[ ${#queue[@]} -gt 0 ]]; do
   elf=${queue[0]}; queue=("${queue[@]:1}")
   for lib in $(needed "$elf"); do
     [[ -n "${have[$lib]:-}" ]] && continue
-    [[ -f "$LIBSRC/$lib" ]] || die "cannot build initramfs: $elf needs $lib, which libc6:arm64 does not ship"
+    src=$(find_lib "$lib") || die "cannot build initramfs: $elf needs $lib, which neither libc6:arm64 nor ZB_QEMU_EXTRA_LIBDIRS ships"
     have[$lib]=1
     mkdir -p "$ROOT/lib/aarch64-linux-gnu"
-    install -m 755 "$LIBSRC/$lib" "$ROOT/lib/aarch64-linux-gnu/$lib"
-    queue+=("$LIBSRC/$lib")
+    install -m 755 "$src" "$ROOT/lib/aarch64-linux-gnu/$lib"
+    queue+=("$src")
   done
 done
 # The program interpreter must sit at the exact path baked into the binary.
@@ -77,6 +103,8 @@ WANT=(virtio:VIRTIO virtio_ring:VIRTIO virtio_mmio:VIRTIO_MMIO
       virtio_pci:VIRTIO_PCI virtio_blk:VIRTIO_BLK fat:FAT_FS vfat:VFAT_FS
       nls_cp437:NLS_CODEPAGE_437 nls_ascii:NLS_ASCII nls_utf8:NLS_UTF8
       nls_iso8859-1:NLS_ISO8859_1)
+words EXTRA_WANT "${ZB_QEMU_EXTRA_MODULES:-}"
+WANT+=("${EXTRA_WANT[@]}")
 [[ -f "$KCONFIG" && -f "$MODDIR/modules.dep" ]] || die "cannot build initramfs: $KCONFIG or modules.dep missing (run: bash qemu/fetch.sh --refresh)"
 declare -A loaded=()
 ORDER=()
@@ -115,6 +143,15 @@ for path in "${ORDER[@]}"; do
   esac >"$ROOT/lib/modules/$KVER/$plain"
   echo "/lib/modules/$KVER/$plain" >>"$ROOT/etc/modules.order"
 done
+# Out-of-tree modules (e.g. qemu/tpm-module.sh's tpm_tis.ko) load last, after
+# the in-tree modules they depend on.
+words EXTRA_KO "${ZB_QEMU_EXTRA_KO:-}"
+for ko in "${EXTRA_KO[@]}"; do
+  [[ -f "$ko" && "$ko" == *.ko ]] || die "cannot build initramfs: ZB_QEMU_EXTRA_KO entry '$ko' is not an existing .ko file"
+  mkdir -p "$ROOT/lib/modules/$KVER/extra"
+  install -m 644 "$ko" "$ROOT/lib/modules/$KVER/extra/$(basename "$ko")"
+  echo "/lib/modules/$KVER/extra/$(basename "$ko")" >>"$ROOT/etc/modules.order"
+done
 echo "initramfs: modules $(sed 's|.*/||' "$ROOT/etc/modules.order" | tr '\n' ' ')"
 
 # --- zb and its role names ----------------------------------------------------
@@ -124,6 +161,16 @@ for role in zbunlock zboot zbcli fw_printenv fw_setenv; do
 done
 install -m 755 "$INIT" "$ROOT/init"
 install -m 644 qemu/guest/fw_env.config "$ROOT/etc/fw_env.config"
+for pair in "${EXTRA_BINS[@]}"; do
+  mkdir -p "$ROOT$(dirname "${pair#*:}")"
+  install -m 755 "${pair%%:*}" "$ROOT${pair#*:}"
+done
+[[ ${#EXTRA_BINS[@]} -eq 0 ]] || echo "initramfs: extra binaries ${EXTRA_BINS[*]#*:}"
+if [[ -n "${ZB_QEMU_EXTRA_TREE:-}" ]]; then
+  [[ -d "$ZB_QEMU_EXTRA_TREE" ]] || die "cannot build initramfs: ZB_QEMU_EXTRA_TREE '$ZB_QEMU_EXTRA_TREE' is not a directory"
+  cp -a "$ZB_QEMU_EXTRA_TREE/." "$ROOT/"
+  echo "initramfs: extra tree $ZB_QEMU_EXTRA_TREE"
+fi
 
 # --- pack ---------------------------------------------------------------------
 # zstd decompresses several times faster than gzip under TCG; use it when the

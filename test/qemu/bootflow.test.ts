@@ -6,48 +6,20 @@
  * and `zb status --json`. Never skipped: a missing binary or host tool fails.
  */
 import { expect, test } from "bun:test";
-import { spawn } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { resolve } from "node:path";
+import { ROOT, runScript, tail } from "./script.ts";
 
-const ROOT = resolve(import.meta.dir, "../..");
 /** Several boots of about 8 s each; the script bounds each boot (ZB_QEMU_TIMEOUT, 120 s). */
 const SCRIPT_MS = 580_000;
 
-function tail(text: string, lines: number): string {
-  return text.replace(/\r/g, "").trimEnd().split("\n").slice(-lines).join("\n");
-}
 
-/**
- * Run bootflow.sh in its own process group, so that at the deadline the
- * script, the emulator and QEMU all die together (killing only bash would
- * leave the emulator booting on).
- */
-function runScript(name: string): Promise<{ code: number | null; signal: string | null; out: string; err: string }> {
-  return new Promise((done, fail) => {
-    const p = spawn("bash", [resolve(ROOT, "qemu/bootflow.sh"), name], {
-      cwd: ROOT,
-      detached: true,
-      stdio: ["ignore", "pipe", "pipe"],
-      env: { ...process.env, ZB_QEMU_TIMEOUT: process.env.ZB_QEMU_TIMEOUT ?? "120" },
-    });
-    let out = "", err = "";
-    p.stdout?.on("data", (d: Buffer) => (out += d.toString()));
-    p.stderr?.on("data", (d: Buffer) => (err += d.toString()));
-    const timer = setTimeout(() => p.pid !== undefined && process.kill(-p.pid, "SIGKILL"), SCRIPT_MS);
-    p.on("error", fail);
-    p.on("close", (code, signal) => {
-      clearTimeout(timer);
-      done({ code, signal, out, err });
-    });
-  });
-}
 
 async function scenario(name: string): Promise<void> {
   for (const bin of ["dist/zb-arm64", "dist/zb-x64"]) {
     if (!existsSync(resolve(ROOT, bin))) throw new Error(`${bin} is missing: run \`node_modules/.bin/bun build.ts\` first`);
   }
-  const { code, signal, out, err } = await runScript(name);
+  const { code, signal, out, err } = await runScript("bootflow.sh", [name], { ZB_QEMU_TIMEOUT: process.env.ZB_QEMU_TIMEOUT ?? "120" }, SCRIPT_MS);
   const ok = code === 0 && out.split("\n").includes(`ZB-BOOTFLOW-OK ${name}`);
   if (!ok) {
     const how = code === null ? `was killed (${signal ?? "?"}; limit ${SCRIPT_MS / 1000} s)` : `exited ${code}`;

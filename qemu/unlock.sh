@@ -1,0 +1,434 @@
+#!/usr/bin/env bash
+# QEMU aarch64 unlock scenarios: a LUKS2 root whose key is sealed to a TPM
+# (swtpm, seen by the guest as `-device tpm-tis-device` through the
+# qemu/tpm-module.sh build of tpm_tis.ko), unlocked by zbunlock in the
+# initramfs.
+#   1. guest parts: fetch.sh (kernel, busybox, glibc), tpm-module.sh
+#      (tpm_tis.ko), and cryptsetup-bin:arm64 with its libraries (apt-get
+#      download + dpkg-deb -x into qemu/.cache/cryptsetup/, once)
+#   2. one initramfs (guest/init-unlock.sh as /init, dist/zb-arm64, cryptsetup,
+#      the TPM, dm-crypt, AF_ALG, AES-XTS and ext4 modules, /etc/zb/hsm.conf)
+#   3. provisioning on the host, against swtpm on 127.0.0.1:
+#      `zb cred create --slot a --backend tpm2 --tpm swtpm:… --root root.img
+#      --format` makes the LUKS2 container and the credentials cpio; a second
+#      keyslot gets a plain key file for the baseline; the ext4 root (with a
+#      random marker token) is encrypted into the container offline (see
+#      "Filling the LUKS root" in qemu/README.md); `zb init` writes the env on
+#      the FAT partition; an MBR disk gets both partitions
+#   4. the scenarios, each on its own copy of the disk and of the TPM state:
+#      zb         initramfs + credentials cpio, the enrolled TPM: zbunlock
+#                 opens the root, the guest prints the marker
+#      baseline   initramfs + /key.bin, `cryptsetup open --key-file`: the
+#                 reference time
+#      fresh-tpm  as zb, with a never-provisioned TPM: zbunlock must fail and
+#                 take the failure path, which the host checks in the env with
+#                 the real fw_printenv
+# Prints the times from /init to the mounted root and the ratio
+# zbunlock/baseline; on failure the console tail, and exits non-zero.
+#
+# Usage: bash qemu/unlock.sh [zb|baseline|fresh-tpm|all]   (default all;
+#        env: ZB_QEMU_TIMEOUT seconds per boot, default 120)
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+W=qemu/.work/unlock
+ZB=dist/zb-x64
+CS=qemu/.cache/cryptsetup
+TIMEOUT=${ZB_QEMU_TIMEOUT:-120}
+PART_START=2048 # sectors: the FAT starts at 1 MiB, as on Pi images
+FAT_OFF=$((PART_START * 512))
+FAT_MIB=64
+ROOT_MIB=64 # the LUKS2 partition: header (16 MiB by default) + ext4
+# The host-side zb must never reboot this machine.
+export ZB_NO_REBOOT=1
+
+die() { echo "cannot run the unlock scenarios: $*" >&2; exit 1; }
+now() { date +%s.%N; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
+
+case "${1:-all}" in
+  zb | baseline | fresh-tpm) SCENARIOS=("$1") ;;
+  all) SCENARIOS=(zb baseline fresh-tpm) ;;
+  *) die "usage: bash qemu/unlock.sh [zb|baseline|fresh-tpm|all]" ;;
+esac
+for tool in qemu-system-aarch64 swtpm swtpm_ioctl cryptsetup mke2fs sfdisk mkfs.vfat mcopy fw_printenv jq cpio ss sha256sum; do
+  command -v "$tool" >/dev/null || die "'$tool' not found (install: apt-get install qemu-system-arm swtpm swtpm-tools cryptsetup-bin e2fsprogs fdisk dosfstools mtools libubootenv-tool jq cpio iproute2)"
+done
+[[ -x $ZB && -f dist/zb-arm64 ]] || die "$ZB or dist/zb-arm64 is missing (run: node_modules/.bin/bun build.ts)"
+
+# --- cleanup: every swtpm and QEMU we start, and the secrets' temp dir -------
+PIDS=()
+SECRETS=$(mktemp -d "${TMPDIR:-/tmp}/zb-unlock.XXXXXX")
+# shellcheck disable=SC2317 # called by the EXIT trap
+cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$SECRETS"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+# stop PID: end one process we started and forget it, so that cleanup never
+# signals a process ID that may have been reused since.
+stop() {
+  local i
+  kill "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+  for i in "${!PIDS[@]}"; do [[ ${PIDS[$i]} != "$1" ]] || unset 'PIDS[i]'; done
+}
+
+# --- guest parts: cryptsetup-bin:arm64 and the libraries it needs ------------
+# The package list follows `apt-cache depends` of cryptsetup-bin,
+# libcryptsetup12 and libdevmapper1.02.1 (libc6 comes from fetch.sh);
+# initramfs.sh then copies only the sonames readelf says are NEEDED and fails
+# if one is missing, so a change in Debian shows up as a clear error here.
+CS_PKGS=(cryptsetup-bin libcryptsetup12 libdevmapper1.02.1 libssl3 libargon2-1 libjson-c5
+  libuuid1 libblkid1 libpopt0 libudev1 libselinux1 libpcre2-8-0)
+fetch_cryptsetup() {
+  if [[ -f $CS/cryptsetup.env && -x $CS/root/sbin/cryptsetup ]]; then
+    echo "unlock: cached cryptsetup-bin:arm64 $(sed -n 's/^CRYPTSETUP_VERSION=//p' "$CS/cryptsetup.env")"
+    return 0
+  fi
+  rm -rf "$CS"
+  mkdir -p "$CS/debs" "$CS/root"
+  (cd "$CS/debs" && apt-get download -q -o APT::Sandbox::User=root "${CS_PKGS[@]/%/:arm64}") >/dev/null \
+    || die "apt-get download ${CS_PKGS[*]} (arm64) failed (try: apt-get update)"
+  local f
+  for f in "$CS"/debs/*.deb; do dpkg-deb -x "$f" "$CS/root" || die "cannot unpack $f"; done
+  [[ -x $CS/root/sbin/cryptsetup ]] || die "cryptsetup-bin:arm64 has no /sbin/cryptsetup"
+  f=$(find "$CS/debs" -name 'cryptsetup-bin_*.deb' | head -n1)
+  echo "CRYPTSETUP_VERSION=$(dpkg-deb -f "$f" Version)" >"$CS/cryptsetup.env" # last: the cache is complete
+  rm -rf "$CS/debs"
+  echo "unlock: fetched cryptsetup-bin:arm64 $(sed -n 's/^CRYPTSETUP_VERSION=//p' "$CS/cryptsetup.env")"
+}
+
+# --- the initramfs, shared by all runs ---------------------------------------
+# Modules as NAME:CONFIG (initramfs.sh skips =y and adds =m with their
+# dependencies): the TPM TIS core (tpm_tis.ko itself is out of tree),
+# dm-crypt, AF_ALG for cryptsetup's keyslot decryption, XTS on the ARMv8
+# crypto extensions (QEMU's -cpu max has them), SHA-512 for the LUKS2
+# digest and ext4 with the crc32c its metadata checksums need.
+GUEST_MODULES="tpm_tis_core:TCG_TIS_CORE dm-mod:BLK_DEV_DM dm-crypt:DM_CRYPT af_alg:CRYPTO_USER_API
+  algif_skcipher:CRYPTO_USER_API_SKCIPHER ecb:CRYPTO_ECB xts:CRYPTO_XTS aes-ce-blk:CRYPTO_AES_ARM64_CE_BLK
+  sha512_generic:CRYPTO_SHA512 crc32c_generic:CRYPTO_CRC32C ext4:EXT4_FS"
+build_initramfs() {
+  local tree=$W/initramfs-extra
+  rm -rf "$tree"
+  mkdir -p "$tree/etc/zb"
+  # The guest's HSM: the kernel's resource manager in front of tpm_tis.
+  printf 'backend=tpm2\ntpm2.device=/dev/tpmrm0\n' >"$tree/etc/zb/hsm.conf"
+  ZB_QEMU_EXTRA_MODULES="$GUEST_MODULES" ZB_QEMU_EXTRA_KO=qemu/.cache/tpm/tpm_tis.ko \
+    ZB_QEMU_EXTRA_BINS="$CS/root/sbin/cryptsetup:/sbin/cryptsetup" \
+    ZB_QEMU_EXTRA_LIBDIRS="$CS/root/lib/aarch64-linux-gnu $CS/root/usr/lib/aarch64-linux-gnu" \
+    ZB_QEMU_EXTRA_TREE=$tree bash qemu/initramfs.sh qemu/guest/init-unlock.sh "$W" \
+    || die "qemu/initramfs.sh failed"
+}
+
+# cpio_of DIR OUT: an uncompressed newc archive of DIR's contents.
+cpio_of() { (cd "$1" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --reproducible --quiet) >"$2"; }
+# append_initrd BASE EXTRA OUT: the kernel unpacks concatenated archives; it
+# skips zero padding between them, and a newc header must start 4-aligned.
+append_initrd() {
+  local size
+  size=$(stat -c %s "$1")
+  { cat "$1"; head -c $(((4 - size % 4) % 4)) /dev/zero; cat "$2"; } >"$3"
+}
+
+# --- swtpm -----------------------------------------------------------------
+# free_port: a port P with P and P+1 (swtpm's control channel) free on loopback.
+free_port() {
+  local p
+  for _ in $(seq 1 50); do
+    p=$((20000 + RANDOM % 40000))
+    [[ -z "$(ss -Hltn "( sport = :$p or sport = :$((p + 1)) )")" ]] && { echo "$p"; return 0; }
+  done
+  return 1
+}
+# tpm_tcp_start DIR: swtpm on DIR's state, data on 127.0.0.1:TPM_PORT, control
+# on TPM_PORT+1, started up (TPM2_Startup(CLEAR)) as firmware would. Retries
+# with another port if the chosen one was taken meanwhile.
+tpm_tcp_start() {
+  for _ in 1 2 3; do
+    TPM_PORT=$(free_port) || die "no free pair of TCP ports on 127.0.0.1"
+    swtpm socket --tpm2 --tpmstate "dir=$1" --flags not-need-init,startup-clear \
+      --server "type=tcp,port=$TPM_PORT,bindaddr=127.0.0.1" --ctrl "type=tcp,port=$((TPM_PORT + 1)),bindaddr=127.0.0.1" \
+      --log "file=$1.log,level=1" &
+    TPM_PID=$!
+    PIDS+=("$TPM_PID")
+    for _ in $(seq 1 50); do
+      kill -0 "$TPM_PID" 2>/dev/null || break
+      swtpm_ioctl --tcp "127.0.0.1:$((TPM_PORT + 1))" -g >/dev/null 2>&1 && return 0
+      sleep 0.1
+    done
+    stop "$TPM_PID"
+  done
+  die "swtpm did not start on 127.0.0.1 (log: $1.log)"
+}
+# tpm_tcp_stop: shut swtpm down through its control channel (it saves its
+# state and exits), or kill it.
+tpm_tcp_stop() {
+  if swtpm_ioctl --tcp "127.0.0.1:$((TPM_PORT + 1))" -s >/dev/null 2>&1; then
+    for _ in $(seq 1 50); do kill -0 "$TPM_PID" 2>/dev/null || break; sleep 0.1; done
+  fi
+  stop "$TPM_PID"
+}
+
+# --- provisioning --------------------------------------------------------------
+# luks_json IMG FILTER: a field of the LUKS2 JSON metadata.
+luks_json() { cryptsetup luksDump --dump-json-metadata "$1" | jq -r "$2"; }
+
+# enrol: the credentials for slot a, sealed to the TPM in $W/tpm-enrolled,
+# and root.img formatted by zb. Then a second keyslot for the baseline key.
+enrol() {
+  local tpm=swtpm:host=127.0.0.1,port=$TPM_PORT sealed kdf
+  # shellcheck disable=SC2153 # INITRD comes from guest.env
+  cp "$INITRD" "$W/initrd-zb.img"
+  # -o keeps a copy of the archive for the checks; --initramfs appends it to
+  # the slot's initramfs the way an install does.
+  echo "unlock: \$ $ZB cred create --slot a --backend tpm2 --tpm $tpm --pcrs 0,7 --root $W/root.img --format -o $W/cred.cpio --initramfs $W/initrd-zb.img"
+  "$ZB" cred create --slot a --backend tpm2 --tpm "$tpm" --pcrs 0,7 --root "$W/root.img" --format \
+    -o "$W/cred.cpio" --initramfs "$W/initrd-zb.img" 2>&1 | sed 's/^/unlock: | /'
+  [[ ${PIPESTATUS[0]} -eq 0 ]] || die "$ZB cred create failed"
+  "$ZB" cred show "$W/initrd-zb.img" >/dev/null || die "$ZB cred show finds no credentials at the end of $W/initrd-zb.img"
+  mkdir -p "$W/cred"
+  (cd "$W/cred" && cpio -idm --quiet <../cred.cpio) || die "$W/cred.cpio is not a cpio archive"
+  sealed=$(find "$W/cred" -name root.sealed | head -n1)
+  [[ -n "$sealed" ]] || die "$W/cred.cpio has no root.sealed"
+  echo "unlock: credentials: $(cd "$W/cred" && find . -type f | sort | tr '\n' ' ')"
+  # The baseline's keyslot costs what zb's does: the same KDF and parameters.
+  kdf=$(luks_json "$W/root.img" '.keyslots."0".kdf | if .type == "pbkdf2" then
+    "--pbkdf pbkdf2 --hash \(.hash) --pbkdf-force-iterations \(.iterations)" else
+    "--pbkdf \(.type) --pbkdf-force-iterations \(.time) --pbkdf-memory \(.memory) --pbkdf-parallel \(.cpus)" end')
+  head -c 32 /dev/urandom >"$W/keys/base.key"
+  # zb's key goes from the TPM to cryptsetup through a pipe, never a file.
+  # shellcheck disable=SC2086 # $kdf is a list of options
+  "$ZB" hsm unseal "$sealed" --tpm "$tpm" -o - \
+    | cryptsetup luksAddKey --batch-mode $kdf --key-file=- --new-keyfile="$W/keys/base.key" "$W/root.img" \
+    || die "cannot add the baseline keyslot: zb hsm unseal | cryptsetup luksAddKey failed"
+}
+
+# fill_root: encrypt an ext4 image holding /etc/zb-marker into root.img's
+# data segment, offline. cryptsetup cannot open a file here (no
+# device-mapper), but `reencrypt --encrypt` works in user space: with a
+# detached header, the volume key of zb's container and the same segment
+# parameters it turns the plaintext image into exactly the ciphertext
+# dm-crypt will read. A round trip through `reencrypt --decrypt` checks it.
+fill_root() {
+  local off sector cipher vkbits size sum
+  [[ $(luks_json "$W/root.img" '.segments."0" | has("integrity")') == false ]] || die "zb's LUKS2 segment has integrity; cannot fill it offline"
+  off=$(luks_json "$W/root.img" '.segments."0".offset')
+  sector=$(luks_json "$W/root.img" '.segments."0".sector_size')
+  cipher=$(luks_json "$W/root.img" '.segments."0".encryption')
+  cryptsetup luksDump --batch-mode --dump-volume-key --volume-key-file "$SECRETS/vk" \
+    --key-file "$W/keys/base.key" "$W/root.img" >/dev/null || die "cannot read the volume key back"
+  vkbits=$(($(stat -c %s "$SECRETS/vk") * 8))
+  size=$(($(stat -c %s "$W/root.img") - off))
+  mkdir -p "$W/rootfs/etc"
+  printf '%s\n' "$TOKEN" >"$W/rootfs/etc/zb-marker"
+  rm -f "$SECRETS/root.ext4"
+  truncate -s "$size" "$SECRETS/root.ext4"
+  mke2fs -q -F -t ext4 -b 4096 -L zbroot -d "$W/rootfs" "$SECRETS/root.ext4" $((size / 4096)) || die "mke2fs failed"
+  sum=$(sha256sum <"$SECRETS/root.ext4")
+  truncate -s 16M "$SECRETS/hdr"
+  cryptsetup reencrypt --encrypt --batch-mode --type luks2 --header "$SECRETS/hdr" \
+    --volume-key-file "$SECRETS/vk" --key-size "$vkbits" --cipher "$cipher" --sector-size "$sector" \
+    --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --key-file "$W/keys/base.key" "$SECRETS/root.ext4" \
+    || die "cryptsetup reencrypt --encrypt of the ext4 image failed"
+  dd if="$SECRETS/root.ext4" of="$W/root.img" bs=1M seek=$((off / 1048576)) conv=notrunc,fsync status=none
+  # Round trip: decrypt what is now in root.img and compare with the plaintext.
+  dd if="$W/root.img" of="$SECRETS/check" bs=1M skip=$((off / 1048576)) status=none
+  cryptsetup reencrypt --decrypt --batch-mode --force-offline-reencrypt --header "$SECRETS/hdr" \
+    --key-file "$W/keys/base.key" "$SECRETS/check" >/dev/null || die "the round-trip decryption failed"
+  [[ "$(sha256sum <"$SECRETS/check")" == "$sum" ]] || die "the encrypted root does not decrypt to the ext4 image"
+  rm -f "$SECRETS/vk" "$SECRETS/hdr" "$SECRETS/check" "$SECRETS/root.ext4"
+  echo "unlock: root.img: LUKS2 $cipher, ${sector}-byte sectors," \
+    "data at $((off / 1048576)) MiB, ext4 of $((size / 1048576)) MiB with /etc/zb-marker; round trip ok"
+}
+
+# make_disk: the boot partition (env by `zb init`) and the LUKS2 root on one
+# MBR disk, without loop devices.
+make_disk() {
+  local st=$W/stage root_start=$((PART_START + FAT_MIB * 2048))
+  mkdir -p "$st/zb"
+  printf 'arm_64bit=1\nkernel=vmlinuz\ninitramfs initrd.img followkernel\n' >"$st/zb/config.txt"
+  echo "console=ttyAMA0 panic=-1 rdinit=/init zb.boot=/dev/vda1" >"$st/zb/cmdline.txt"
+  "$ZB" init --boot "$st" --slot a --valid a 2>&1 | sed 's/^/unlock: | /'
+  [[ ${PIPESTATUS[0]} -eq 0 && -f $st/slot-a/cmdline.txt ]] || die "$ZB init --boot $st failed"
+  truncate -s $((1 + FAT_MIB + ROOT_MIB))M "$W/disk.img"
+  printf 'label: dos\nlabel-id: 0x2b0a0002\nstart=%s, size=%s, type=c, bootable\nstart=%s, type=83\n' \
+    "$PART_START" $((FAT_MIB * 2048)) "$root_start" | sfdisk -q "$W/disk.img" || die "sfdisk failed"
+  mkfs.vfat -F 32 -n ZBBOOT --offset "$PART_START" "$W/disk.img" $((FAT_MIB * 1024)) >/dev/null 2>&1 || die "mkfs.vfat failed"
+  mcopy -s -i "$W/disk.img@@$FAT_OFF" "$st"/* ::/ || die "mcopy into the boot partition failed"
+  dd if="$W/root.img" of="$W/disk.img" bs=512 seek="$root_start" conv=notrunc,sparse status=none
+}
+
+provision() {
+  local t0
+  t0=$(now)
+  rm -rf "$W"
+  mkdir -p "$W/tpm-enrolled" "$W/keys"
+  build_initramfs
+  # shellcheck source=/dev/null
+  . "$W/guest.env"
+  T_PACK=$(secs "$t0" "$(now)")
+  t0=$(now)
+  TOKEN=zb-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  truncate -s "${ROOT_MIB}M" "$W/root.img"
+  tpm_tcp_start "$W/tpm-enrolled"
+  enrol
+  tpm_tcp_stop
+  fill_root
+  make_disk
+  # The baseline's initramfs: the same one with the plain key file appended.
+  mkdir -p "$SECRETS/keytree"
+  install -m 400 "$W/keys/base.key" "$SECRETS/keytree/key.bin"
+  cpio_of "$SECRETS/keytree" "$W/key.cpio"
+  rm -rf "$SECRETS/keytree"
+  append_initrd "$INITRD" "$W/key.cpio" "$W/initrd-baseline.img"
+  T_PROV=$(secs "$t0" "$(now)")
+  echo "unlock: provisioned in $T_PROV s (initramfs $T_PACK s); marker token $TOKEN"
+}
+
+# --- one boot ------------------------------------------------------------------
+# boot NAME MODE TPMDIR INITRD: boot a copy of the disk with swtpm on TPMDIR
+# behind tpm-tis-device; the console goes to $W/NAME/console.log.
+boot() {
+  local mode=$2 tpm=$3 initrd=$4 d=$W/$1 sock tpid qpid rc=0
+  mkdir -p "$d"
+  cp --sparse=always "$W/disk.img" "$d/disk.img"
+  sock=$d/swtpm.sock
+  # QEMU's emulator backend sends CMD_INIT itself and the kernel driver sends
+  # TPM2_Startup, so no --flags startup-* here.
+  swtpm socket --tpm2 --tpmstate "dir=$tpm" --ctrl "type=unixio,path=$sock" --log "file=$d/swtpm.log,level=1" &
+  tpid=$!
+  PIDS+=("$tpid")
+  for _ in $(seq 1 50); do [[ -S $sock ]] && break; sleep 0.1; done
+  [[ -S $sock ]] || die "swtpm did not create $sock (log: $d/swtpm.log)"
+  : >"$d/console.log"
+  timeout -k 5 "$TIMEOUT" qemu-system-aarch64 -M virt -cpu "max,pauth-impdef=on" -smp 2 -m 1024 \
+    -nodefaults -nic none -display none -monitor none -no-reboot -serial "file:$d/console.log" \
+    -kernel "$KERNEL" -initrd "$initrd" -append "$(cat "$W/stage/slot-a/cmdline.txt") zbtest.mode=$mode" \
+    -drive "file=$d/disk.img,format=raw,if=none,id=d0" -device virtio-blk-device,drive=d0 \
+    -chardev "socket,id=chrtpm,path=$sock" -tpmdev emulator,id=tpm0,chardev=chrtpm -device tpm-tis-device,tpmdev=tpm0 &
+  qpid=$!
+  PIDS+=("$qpid")
+  wait "$qpid" || rc=$?
+  QEMU_RC=$rc
+  stop "$qpid"
+  stop "$tpid"
+  # Read the env pair back from the boot partition, for the checks.
+  mkdir -p "$d/boot"
+  mcopy -s -n -i "$d/disk.img@@$FAT_OFF" '::/*' "$d/boot/" || die "cannot copy the boot partition back from $d/disk.img"
+  printf '%s 0x0 0x4000\n' "$d/boot/zb/zb.env" "$d/boot/zb/zb.env.redund" >"$d/fw_env.config"
+}
+
+# --- checks ----------------------------------------------------------------------
+CHECK_PREFIX=unlock
+# shellcheck source=qemu/checks.sh
+. qemu/checks.sh
+con() { tr -d '\r' <"$W/$1/console.log"; }
+# stamp NAME T: the guest's ZB-T-T uptime, or empty.
+stamp() { con "$1" | sed -n "s/^ZB-T-$2 \([0-9.]*\)\$/\1/p" | head -n1; }
+host_env() { fw_printenv -c "$W/$1/fw_env.config" -n "$2" 2>/dev/null || true; }
+console_tail() {
+  echo "---- last 40 lines of the guest console ($W/$1/console.log) ----" >&2
+  con "$1" | tail -n 40 >&2 || true
+  echo "---- end of console ----" >&2
+}
+# Phases from the stamps: init→modules, →devices, →unlocked, →root mounted.
+timing() {
+  local a b c d e
+  a=$(stamp "$1" INIT) b=$(stamp "$1" MODS) c=$(stamp "$1" DEV) d=$(stamp "$1" UNLOCK) e=$(stamp "$1" ROOT)
+  [[ -n $a && -n $e ]] || { echo "unlock: $1: no timing (the root was not mounted)"; return 0; }
+  echo "unlock: $1: /init at $a s; /init -> root mounted $(secs "$a" "$e") s" \
+    "(modules $(secs "$a" "$b"), disks $(secs "$b" "$c"), unlock $(secs "$c" "$d"), mount $(secs "$d" "$e"))"
+}
+
+# transcript NAME: the guest's markers; the stamped lines of zbunlock or
+# cryptsetup as "+S s" after the disks appeared (when the unlock began).
+transcript() {
+  con "$1" | grep -E '^(ZB\||ZB-UNLOCK|ZB-DIAG)' | awk -v n="$1" -v d="$(stamp "$1" DEV)" '
+    /^ZB\| [0-9.]+ / && d != "" { t = $2; $1 = ""; $2 = ""; sub(/^  /, ""); printf "unlock: %s guest: +%.2f s %s\n", n, t - d, $0; next }
+    { print "unlock: " n " guest: " $0 }' || true
+}
+
+# unlocked NAME: the guest opened the root and printed the marker token.
+unlocked() {
+  local n=$1
+  check "QEMU exited 0 after the guest powered off ($QEMU_RC)" test "$QEMU_RC" -eq 0
+  check "no ZB-UNLOCK-FAIL" not grep -q '^ZB-UNLOCK-FAIL' <(con "$n")
+  is "the marker read from the unlocked root" "$(con "$n" | sed -n 's/^ZB-UNLOCK-MARKER //p')" "$TOKEN"
+  check "the guest stamped /init and the mounted root" test -n "$(stamp "$n" INIT)" -a -n "$(stamp "$n" ROOT)"
+}
+# shellcheck disable=SC2317 # called through check
+not() { ! "$@"; }
+
+run_zb() {
+  cp -a "$W/tpm-enrolled" "$W/tpm-zb"
+  boot zb zb "$W/tpm-zb" "$W/initrd-zb.img"
+  unlocked zb
+  check "the kernel found the TPM (tpm_tis 2.0 TPM)" grep -q 'tpm_tis .*2\.0 TPM' <(con zb)
+  # zbunlock's boot transition (N9) counted the boot on the FAT partition.
+  is "env after the boot: zb_boot_count_a" "$(host_env zb zb_boot_count_a)" "1"
+  is "env after the boot: zb_mode" "$(host_env zb zb_mode)" "run"
+  is "env after the boot: zb_slot" "$(host_env zb zb_slot)" "a"
+}
+run_baseline() {
+  cp -a "$W/tpm-enrolled" "$W/tpm-baseline"
+  boot baseline baseline "$W/tpm-baseline" "$W/initrd-baseline.img"
+  unlocked baseline
+}
+run_fresh_tpm() {
+  local rc log
+  mkdir -p "$W/tpm-fresh" # an empty state dir: swtpm manufactures a new TPM
+  boot fresh-tpm zb "$W/tpm-fresh" "$W/initrd-zb.img"
+  check "QEMU exited 0 after the guest powered off ($QEMU_RC)" test "$QEMU_RC" -eq 0
+  check "the kernel found the TPM (tpm_tis 2.0 TPM)" grep -q 'tpm_tis .*2\.0 TPM' <(con fresh-tpm)
+  rc=$(con fresh-tpm | sed -n 's/^ZB-UNLOCK-FAIL \([0-9]*\) zb unlock$/\1/p' | head -n1)
+  is "zbunlock failed and asked for a reboot (exit 12, REBOOT_PENDING with --no-reboot)" "$rc" "12"
+  check "no marker: the root stayed locked" not grep -q '^ZB-UNLOCK-MARKER' <(con fresh-tpm)
+  check "no /dev/mapper/zb-root stamp" test -z "$(stamp fresh-tpm UNLOCK)"
+  # The failure path, as the real fw_printenv reads the env zbunlock wrote:
+  # slot a was the only valid slot, so the unlock failure enters recovery.
+  is "env after the boot: zb_mode" "$(host_env fresh-tpm zb_mode)" "recover"
+  is "env after the boot: zb_valid_a" "$(host_env fresh-tpm zb_valid_a)" "0"
+  log=$(host_env fresh-tpm zb_log)
+  check "env zb_log records the unlock failure ('$log')" grep -q 'cannot unlock slot a' <<<"$log"
+}
+
+# --- main ------------------------------------------------------------------------
+T0=$(now)
+bash qemu/fetch.sh
+bash qemu/tpm-module.sh
+fetch_cryptsetup
+provision
+rc=0
+for s in "${SCENARIOS[@]}"; do
+  echo "===== unlock scenario $s ====="
+  FAILED=""
+  t=$(now)
+  case "$s" in
+    zb) run_zb ;;
+    baseline) run_baseline ;;
+    fresh-tpm) run_fresh_tpm ;;
+  esac
+  echo "unlock: $s: QEMU $(secs "$t" "$(now)") s"
+  timing "$s"
+  transcript "$s"
+  if [[ -n $FAILED ]]; then
+    echo "unlock: $s FAILED:${FAILED#;}" >&2
+    console_tail "$s"
+    rc=1
+  else
+    echo "ZB-UNLOCK-OK $s"
+  fi
+done
+# The benchmark: the same kernel, modules and disk; only the unlock differs.
+if [[ -n "$(stamp zb ROOT 2>/dev/null)" && -n "$(stamp baseline ROOT 2>/dev/null)" ]]; then
+  z=$(secs "$(stamp zb INIT)" "$(stamp zb ROOT)")
+  b=$(secs "$(stamp baseline INIT)" "$(stamp baseline ROOT)")
+  echo "unlock: /init -> root mounted: zbunlock $z s, cryptsetup --key-file $b s," \
+    "ratio $(awk -v z="$z" -v b="$b" 'BEGIN { printf "%.2f", z / b }') (target <= 1.25)"
+fi
+echo "unlock: total $(secs "$T0" "$(now)") s"
+exit "$rc"
