@@ -185,8 +185,10 @@ enrol() {
   cp "$INITRD" "$W/initrd-zb.img"
   # -o keeps a copy of the archive for the checks; --initramfs appends it to
   # the slot's initramfs the way an install does.
-  echo "unlock: \$ $ZB cred create --slot a --backend tpm2 --tpm $tpm --pcrs 0,7 --root $W/root.img --format -o $W/cred.cpio --initramfs $W/initrd-zb.img"
-  "$ZB" cred create --slot a --backend tpm2 --tpm "$tpm" --pcrs 0,7 --root "$W/root.img" --format \
+  # --lock-pcr 15: zbunlock extends PCR 15 after unlocking, so the guest's
+  # later `zb hsm unseal` must be refused (checked in run_zb).
+  echo "unlock: \$ $ZB cred create --slot a --backend tpm2 --tpm $tpm --pcrs 0,7 --lock-pcr 15 --root $W/root.img --format -o $W/cred.cpio --initramfs $W/initrd-zb.img"
+  "$ZB" cred create --slot a --backend tpm2 --tpm "$tpm" --pcrs 0,7 --lock-pcr 15 --root "$W/root.img" --format \
     -o "$W/cred.cpio" --initramfs "$W/initrd-zb.img" 2>&1 | sed 's/^/unlock: | /'
   [[ ${PIPESTATUS[0]} -eq 0 ]] || die "$ZB cred create failed"
   "$ZB" cred show "$W/initrd-zb.img" >/dev/null || die "$ZB cred show finds no credentials at the end of $W/initrd-zb.img"
@@ -372,6 +374,9 @@ run_zb() {
   is "env after the boot: zb_boot_count_a" "$(host_env zb zb_boot_count_a)" "1"
   is "env after the boot: zb_mode" "$(host_env zb zb_mode)" "run"
   is "env after the boot: zb_slot" "$(host_env zb zb_slot)" "a"
+  check "zbunlock locked the keys (PCR 15 extended)" grep -q 'locked: PCR 15 extended' <(con zb)
+  check "after zbunlock the key cannot be unsealed again (zb hsm unseal exit 20, denied)" \
+    grep -q '^ZB-DIAG .* s: zb hsm unseal /zb/credentials/root.sealed -o - (exit 20)' <(con zb)
 }
 run_baseline() {
   cp -a "$W/tpm-enrolled" "$W/tpm-baseline"

@@ -8,6 +8,7 @@
  *   wait = 10                      # seconds zbunlock waits for the HSM to appear
  *   tpm2.device = /dev/tpmrm0      # or swtpm:host=127.0.0.1,port=2321
  *   tpm2.pcrs = 7                  # PCRs (sha256 bank) new seals bind to; empty: none
+ *   tpm2.lock-pcr = 15             # zbunlock extends it after unlocking: no unseal until reboot
  *   pkcs11.module = /usr/lib/…/libsofthsm2.so
  *   pkcs11.token = zb              # token label
  *   pkcs11.key-label = zb-luks     # RSA key pair on the token
@@ -32,7 +33,7 @@ const MAX_WAIT_SECONDS = 600;
 export interface HsmConfig {
   backend: BackendName | null;
   waitSeconds: number;
-  tpm2: { device: string; pcrs: number[] };
+  tpm2: { device: string; pcrs: number[]; lockPcr: number | null };
   pkcs11: { module: string | null; token: string | null; keyLabel: string | null; keyId: string | null; pinFile: string | null; oaep: "sha256" | "sha1" | "auto" };
   zymkey: { library: string | null };
   soft: { enabled: boolean; keyFile: string | null };
@@ -42,7 +43,7 @@ export function defaultHsmConfig(): HsmConfig {
   return {
     backend: null,
     waitSeconds: DEFAULT_WAIT_SECONDS,
-    tpm2: { device: DEFAULT_TPM_DEVICE, pcrs: [] },
+    tpm2: { device: DEFAULT_TPM_DEVICE, pcrs: [], lockPcr: null },
     pkcs11: { module: null, token: null, keyLabel: null, keyId: null, pinFile: null, oaep: "auto" },
     zymkey: { library: null },
     soft: { enabled: false, keyFile: null },
@@ -70,6 +71,15 @@ export const KEYS: Record<string, Setter> = {
   },
   "tpm2.pcrs": (c, v, bad) => {
     c.tpm2.pcrs = parsePcrs(v, bad);
+  },
+  "tpm2.lock-pcr": (c, v, bad) => {
+    if (v === "") {
+      c.tpm2.lockPcr = null;
+      return;
+    }
+    const [pcr] = parsePcrs(v, bad);
+    if (pcr === undefined || v.includes(",")) throw bad("tpm2.lock-pcr is one PCR");
+    c.tpm2.lockPcr = pcr;
   },
   "pkcs11.module": (c, v) => void (c.pkcs11.module = str(v)),
   "pkcs11.token": (c, v) => void (c.pkcs11.token = str(v)),

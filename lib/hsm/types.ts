@@ -45,6 +45,12 @@ export type UnsealFailure = Exclude<UnsealResult, { kind: "ok" }>;
 export interface SealOptions {
   /** TPM2: PCR indices the sealed object's policy binds to (sha256 bank). Empty or absent: no PCRs (policy still required). */
   pcrs?: number[];
+  /**
+   * TPM2: a PCR (sha256 bank) that must still hold its boot value (zeros) at
+   * unseal time; lock() extends it after the boot's unlock, so nothing can
+   * unseal the blob again until the next reboot (docs/hsm/tpm2.md).
+   */
+  lockPcr?: number;
 }
 
 /** A signing key held by the HSM (for `zb image sign` later); same shape as lib/image/sign.ts's Signer. */
@@ -65,6 +71,12 @@ export interface Hsm extends HsmSignerHook {
   seal(secret: Uint8Array, opts?: SealOptions): Promise<SealedData>;
   /** Unseal data produced by seal() (or imported from a peer tool). Never throws for the classes above. */
   unseal(data: SealedData): Promise<UnsealResult>;
+  /**
+   * After the boot's unseals: make this blob unsealable no more until the
+   * next reboot (tpm2: extend its lock PCR). A no-op for blobs without a lock
+   * and for backends that cannot do it. @throws {ZbError} HSM_* when it fails
+   */
+  lock?(data: SealedData): Promise<boolean>;
   /** Release handles (sockets, fds, sessions, library contexts). Idempotent. */
   close(): Promise<void>;
 }

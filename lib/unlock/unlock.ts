@@ -15,7 +15,7 @@
  */
 import { isZbError, ZbError } from "../errors.ts";
 import { decodeBlob, unsealError } from "../hsm/blob.ts";
-import type { BackendName, Hsm, UnsealFailure } from "../hsm/types.ts";
+import type { BackendName, Hsm, SealedData, UnsealFailure } from "../hsm/types.ts";
 import { wipe } from "../secret.ts";
 
 /** The parts of a slot's credentials unlock needs (lib/luks/credentials.ts). */
@@ -67,6 +67,7 @@ export async function unlockSlot(creds: SlotCredentials, env: UnlockEnv): Promis
   if (creds.meta.data && creds.data) volumes.push([creds.meta.data, creds.data]);
   const ready = await waitForHsm(env);
   if (ready) return ready;
+  const locks: SealedData[] = [];
   for (const [vol, blob] of volumes) {
     const r = await unlockVolume(creds.meta.backend, vol, blob, env);
     if (!r.ok) {
@@ -74,8 +75,30 @@ export async function unlockSlot(creds: SlotCredentials, env: UnlockEnv): Promis
       return r;
     }
     opened.push({ name: vol.name, device: r.device });
+    locks.push(r.data);
   }
+  await lockAll(locks, env);
   return { ok: true, opened };
+}
+
+/**
+ * After every volume is open: lock the blobs (tpm2: extend their lock PCR)
+ * so userspace cannot unseal them again this boot. The root is open either
+ * way; a failed lock is reported loudly, not turned into a failed boot.
+ */
+async function lockAll(blobs: SealedData[], env: UnlockEnv): Promise<void> {
+  if (!env.hsm.lock) return;
+  const seen = new Set<string>();
+  for (const data of blobs) {
+    const key = JSON.stringify(data.lockPcr ?? null);
+    if (seen.has(key)) continue; // one extend per lock PCR
+    seen.add(key);
+    try {
+      if (await env.hsm.lock(data)) env.log(`locked: PCR ${data.lockPcr} extended, the keys cannot be unsealed again until reboot`);
+    } catch (e) {
+      env.log(`WARNING: cannot lock the sealed keys after the unlock (${(e as Error).message}); they stay unsealable until reboot`);
+    }
+  }
 }
 
 async function waitForHsm(env: UnlockEnv): Promise<UnlockOutcome | null> {
@@ -95,7 +118,7 @@ async function waitForHsm(env: UnlockEnv): Promise<UnlockOutcome | null> {
   }
 }
 
-async function unlockVolume(backend: BackendName, vol: Volume, blobBytes: Uint8Array, env: UnlockEnv): Promise<{ ok: true; device: string } | Extract<UnlockOutcome, { ok: false }>> {
+async function unlockVolume(backend: BackendName, vol: Volume, blobBytes: Uint8Array, env: UnlockEnv): Promise<{ ok: true; device: string; data: SealedData } | Extract<UnlockOutcome, { ok: false }>> {
   let blob;
   try {
     blob = decodeBlob(blobBytes, `the sealed key of ${vol.name}`);
@@ -124,7 +147,7 @@ async function unlockVolume(backend: BackendName, vol: Volume, blobBytes: Uint8A
     }
     await env.luks.open(device, vol.name, secret);
     env.log(`unlocked ${vol.name} (${device})`);
-    return { ok: true, device };
+    return { ok: true, device, data: blob.data };
   } catch (e) {
     if (!isZbError(e)) throw e;
     return { ok: false, kind: "luks", permanent: e.code === "LUKS_FAILED" && env.wrongKey(e), why: e.message, error: e };

@@ -15,7 +15,7 @@ import { enrollSlot, type DataTarget } from "../../lib/luks/enroll.ts";
 import { wipe } from "../../lib/secret.ts";
 import { HostSys } from "../../lib/sys/sys.ts";
 import { out } from "../output.ts";
-import { HSM_OPTIONS, HSM_OPTIONS_HELP, hsmConfigFrom, hsmFor } from "./hsm.ts";
+import { HSM_OPTIONS, HSM_OPTIONS_HELP, hsmConfigFrom, hsmFor, sealOptions } from "./hsm.ts";
 
 const USAGE = `usage: zb cred create --slot a|b --root DEVICE --format [--data DEVICE (--format-data | --data-key-from CRED)]
                       [--pcrs LIST] [HSM options] (-o CRED.cpio | --initramfs FILE) [--json]
@@ -30,6 +30,8 @@ create: enrol a slot. Makes a fresh random 256-bit key, luksFormats DEVICE
           --data-key-from CRED  keep the volume: unseal its key from CRED (the
                               running slot's credentials) and seal it again
           --pcrs LIST         tpm2: bind to these PCRs (default tpm2.pcrs)
+          --lock-pcr N        tpm2: and to PCR N at zero, extended after each
+                              boot's unlock (default tpm2.lock-pcr)
           -o CRED.cpio        write the archive
           --initramfs FILE    append it to the slot's initramfs (replacing
                               credentials appended earlier)
@@ -102,7 +104,7 @@ async function create(args: ParsedArgs): Promise<number> {
     const data = dataTarget(args, dataKey);
     const creds = await enrollSlot({
       hsm, crypt: new CryptsetupCli(), slot, root: { device: rootDev, format: true },
-      ...(data ? { data } : {}), sealOptions: { pcrs },
+      ...(data ? { data } : {}), sealOptions: sealOptions(cfg.backend, cfg, pcrs),
     });
     const cpio = packCredentials(creds);
     if (output) {

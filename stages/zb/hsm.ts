@@ -9,7 +9,7 @@ import { ZbError, ioError } from "../../lib/errors.ts";
 import { decodeBlob, encodeBlob, unsealError } from "../../lib/hsm/blob.ts";
 import { DEFAULT_HSM_CONFIG, KEYS, parsePcrs, readHsmConfig, type HsmConfig } from "../../lib/hsm/config.ts";
 import { openHsm } from "../../lib/hsm/open.ts";
-import { BACKENDS, type BackendName, type Hsm, type ProbeResult } from "../../lib/hsm/types.ts";
+import { BACKENDS, type BackendName, type Hsm, type ProbeResult, type SealOptions } from "../../lib/hsm/types.ts";
 import { wipe } from "../../lib/secret.ts";
 import { HostSys } from "../../lib/sys/sys.ts";
 import { err, out } from "../output.ts";
@@ -19,6 +19,8 @@ export const HSM_OPTIONS_HELP = `HSM options (override ${DEFAULT_HSM_CONFIG}; se
   --config FILE            the HSM config file (default ${DEFAULT_HSM_CONFIG})
   --backend B              tpm2 | pkcs11 | zymkey | soft
   --tpm ADDR               TPM device (/dev/tpmrm0) or swtpm:host=127.0.0.1,port=N
+  --lock-pcr N             tpm2: also bind to PCR N at zero; zbunlock extends it
+                           after unlocking, so nothing unseals again until reboot
   --pkcs11-module PATH     the PKCS#11 module (.so)
   --pkcs11-token LABEL     the token's label
   --pkcs11-key-label L     the RSA key pair on the token (or --pkcs11-key-id HEX)
@@ -40,6 +42,7 @@ export const HSM_OPTIONS: OptionSpecs = {
   "zymkey-library": { value: true },
   "soft-enable": {},
   "soft-key-file": { value: true },
+  "lock-pcr": { value: true },
 };
 
 const FLAG_KEYS: Record<string, string> = {
@@ -52,6 +55,7 @@ const FLAG_KEYS: Record<string, string> = {
   "pin-file": "pkcs11.pin-file",
   "zymkey-library": "zymkey.library",
   "soft-key-file": "soft.key-file",
+  "lock-pcr": "tpm2.lock-pcr",
 };
 
 /**
@@ -105,6 +109,12 @@ export async function hsmMain(argv: string[]): Promise<number> {
   throw new ZbError("USAGE", `cannot run zb hsm: unknown subcommand ${JSON.stringify(sub)}`, { hint: "see `zb hsm --help`" });
 }
 
+/** Seal options for a backend: PCRs and the lock PCR are the TPM's. */
+export function sealOptions(name: BackendName, cfg: HsmConfig, pcrs: number[]): SealOptions {
+  if (name !== "tpm2") return {};
+  return cfg.tpm2.lockPcr === null ? { pcrs } : { pcrs, lockPcr: cfg.tpm2.lockPcr };
+}
+
 async function probe(args: ParsedArgs, cfg: HsmConfig): Promise<number> {
   const only = args.values.get("backend") as BackendName | undefined;
   const names = only ? [only] : [...BACKENDS];
@@ -137,12 +147,12 @@ async function seal(args: ParsedArgs, cfg: HsmConfig): Promise<number> {
   if (!output) throw new ZbError("USAGE", "cannot seal: -o BLOB is required");
   const pcrsFlag = args.values.get("pcrs");
   const pcrs = pcrsFlag !== undefined ? parsePcrs(pcrsFlag) : cfg.tpm2.pcrs;
-  if (name !== "tpm2" && pcrsFlag !== undefined) throw new ZbError("USAGE", `cannot seal: --pcrs applies to tpm2 only, not ${name}`);
+  if (name !== "tpm2" && (pcrsFlag !== undefined || args.values.has("lock-pcr"))) throw new ZbError("USAGE", `cannot seal: --pcrs and --lock-pcr apply to tpm2 only, not ${name}`);
   const secret = readSecretFd(0);
   const hsm = hsmFor(name, cfg);
   let blob: Uint8Array;
   try {
-    blob = encodeBlob({ backend: name, data: await hsm.seal(secret, { pcrs }) });
+    blob = encodeBlob({ backend: name, data: await hsm.seal(secret, sealOptions(name, cfg, pcrs)) });
   } finally {
     wipe(secret);
     await hsm.close();

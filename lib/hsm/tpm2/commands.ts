@@ -124,6 +124,15 @@ export class Tpm {
   }
 
   /**
+   * TPM2_PCR_Extend of the sha256 bank (Part 3 §22.2) with empty-password
+   * authorization (PCRs 0–15 have no authValue by default, Part 1 §17.6).
+   */
+  async pcrExtend(pcr: number, digest: Uint8Array): Promise<void> {
+    const params = marshal((w) => w.u32(1).u16(ALG.SHA256).bytes(digest));
+    await this.call({ cc: CC.PCR_Extend, handles: [pcr], auth: { kind: "password" }, params });
+  }
+
+  /**
    * TPM2_PCR_Read of the sha256 bank (Part 3 §22.4), repeated until every
    * selected PCR came back (a response carries at most 8 digests).
    * @returns values in the order of the sorted `pcrs`

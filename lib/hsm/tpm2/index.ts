@@ -9,6 +9,7 @@
  * created before closing it: swtpm over TCP has no resource manager, and
  * swtpm serves one connection at a time.
  */
+import { createHash } from "node:crypto";
 import { isZbError, ZbError } from "../../errors.ts";
 import type { BackendOptions, Hsm, ProbeResult, SealedData, SealOptions, UnsealResult } from "../types.ts";
 import { nameOfPublic2b, Tpm, TpmRcError } from "./commands.ts";
@@ -75,6 +76,12 @@ function ascii(...words: (number | undefined)[]): string {
 }
 
 /** The tpm2 backend. */
+/** PCRs that TPM2_Startup(CLEAR) resets to zeros (Part 1 §17.5; 17–22 reset to ones for DRTM). */
+export const LOCKABLE_PCRS = [...Array(17).keys(), 23];
+
+/** What lock() extends: SHA-256 of a fixed text, so the event is recognisable in an event log. */
+const LOCK_EVENT = new Uint8Array(createHash("sha256").update("zb: volumes unlocked, no more unseals until reboot").digest());
+
 export class Tpm2Hsm implements Hsm {
   readonly name = "tpm2" as const;
   private readonly address: Tpm2Address;
@@ -134,7 +141,8 @@ export class Tpm2Hsm implements Hsm {
 
   /**
    * Seal `secret` to the storage key (created at 0x81000001 if missing), bound to `opts.pcrs`
-   * (sha256 bank, current values) or, without PCRs, to PolicyCommandCode(TPM2_Unseal).
+   * (sha256 bank, current values) and `opts.lockPcr` (at zero), or, without PCRs, to
+   * PolicyCommandCode(TPM2_Unseal).
    * The sensitive data travels encrypted (salted session, decrypt attribute).
    * @throws {ZbError} HSM_ABSENT when the TPM is not there; USAGE for bad PCR indices; HSM_FAILED otherwise
    */
@@ -142,23 +150,47 @@ export class Tpm2Hsm implements Hsm {
     if (secret.length === 0 || secret.length > MAX_SECRET) {
       throw new ZbError("HSM_FAILED", `cannot seal with tpm2: the secret is ${secret.length} bytes; a TPM seals 1 to ${MAX_SECRET} bytes`);
     }
-    const pcrs = normalizePcrs(opts.pcrs ?? []);
-    return this.withTpm((tpm) => retryOnce(() => this.sealOnce(tpm, secret, pcrs)));
+    const lock = opts.lockPcr;
+    if (lock !== undefined && !LOCKABLE_PCRS.includes(lock)) {
+      throw new ZbError("USAGE", `cannot use PCR ${lock} as the lock PCR: it must reset to zero at boot (${LOCKABLE_PCRS.join(", ")})`);
+    }
+    const pcrs = normalizePcrs([...new Set([...(opts.pcrs ?? []), ...(lock !== undefined ? [lock] : [])])]);
+    return this.withTpm((tpm) => retryOnce(() => this.sealOnce(tpm, secret, pcrs, lock)));
   }
 
-  private async sealOnce(tpm: Tpm, secret: Uint8Array, pcrs: number[]): Promise<SealedData> {
+  private async sealOnce(tpm: Tpm, secret: Uint8Array, pcrs: number[], lockPcr: number | undefined): Promise<SealedData> {
     const srk = await ensureSrk(tpm, this.srkHandle);
-    const policyDigest = pcrs.length ? policyPcrDigest(pcrs, await tpm.pcrRead(pcrs)) : unsealOnlyPolicy();
+    // The lock PCR is sealed at its boot value, zeros (Part 1 §17.5: TPM2_Startup(CLEAR)
+    // resets it), whatever it holds now: after this boot's unlock it was extended already.
+    const values = pcrs.length ? (await tpm.pcrRead(pcrs)).map((v, i) => (pcrs[i] === lockPcr ? new Uint8Array(v.length) : v)) : [];
+    const policyDigest = pcrs.length ? policyPcrDigest(pcrs, values) : unsealOnlyPolicy();
     const session = await tpm.startSession(SE_HMAC, srk);
     try {
       const auth = { kind: "session" as const, session, attrs: SESSION_ATTR.decrypt };
       const { priv, pub } = await tpm.create(srk, auth, secret, sealedTemplate(policyDigest));
       return encodeSealed({
         srkHandle: srk.handle, srkName: srk.name, policy: pcrs.length ? "pcr" : "command-code", pcrs, policyDigest, public: pub, private: priv,
+        ...(lockPcr !== undefined ? { lockPcr } : {}),
       });
     } finally {
       await this.endSession(tpm, session);
     }
+  }
+
+  /**
+   * Extend the blob's lock PCR (if it has one) with a fixed "unlocked" event,
+   * so its PolicyPCR fails until the next reboot resets the PCR.
+   * @returns true when a PCR was extended
+   * @throws {ZbError} CRED_INVALID for malformed data; HSM_ABSENT / HSM_FAILED when the TPM fails
+   */
+  async lock(data: SealedData): Promise<boolean> {
+    const sealed = decodeSealed(data);
+    if (sealed.lockPcr === undefined) return false;
+    const pcr = sealed.lockPcr;
+    await this.withTpm((tpm) => retryOnce(() => tpm.pcrExtend(pcr, LOCK_EVENT))).catch((e: unknown) => {
+      throw isZbError(e, "HSM_ABSENT") ? e : new ZbError("HSM_FAILED", `cannot extend PCR ${pcr} after the unlock: ${(e as Error).message}`);
+    });
+    return true;
   }
 
   /** Unseal sealed data (made by seal() or imported from tpm2-tools). Never throws. */

@@ -8,6 +8,7 @@
  *   pcrBank       string    "sha256"
  *   pcrs          int[]     PCR indices of a "pcr" policy, sorted; [] otherwise
  *   policyDigest  hex       the object's authPolicy
+ *   lockPcr       integer   optional: a PCR of `pcrs` sealed at its boot value (zeros), extended by lock()
  *   public        base64    TPM2B_PUBLIC of the sealed object (= tpm2_create -u FILE)
  *   private       base64    TPM2B_PRIVATE of the sealed object (= tpm2_create -r FILE)
  *
@@ -31,9 +32,11 @@ export interface Tpm2Sealed {
   public: Uint8Array;
   /** TPM2B_PRIVATE, verbatim. */
   private: Uint8Array;
+  /** A PCR of `pcrs` sealed at its boot value (zeros); lock() extends it. */
+  lockPcr?: number;
 }
 
-const FIELDS = ["srkHandle", "srkName", "policy", "pcrBank", "pcrs", "policyDigest", "public", "private"];
+const FIELDS = ["srkHandle", "srkName", "policy", "pcrBank", "pcrs", "policyDigest", "public", "private", "lockPcr"];
 
 /** Persistent handles of the owner hierarchy (Part 2 §7.6, TCG handle registry). */
 const PERSISTENT_MIN = 0x81000000;
@@ -54,6 +57,7 @@ export function encodeSealed(s: Tpm2Sealed): SealedData {
     policyDigest: hex(s.policyDigest),
     public: b64(s.public),
     private: b64(s.private),
+    ...(s.lockPcr !== undefined ? { lockPcr: s.lockPcr } : {}),
   };
 }
 
@@ -119,7 +123,9 @@ export function decodeSealed(d: SealedData): Tpm2Sealed {
   const { authPolicy } = checkPublic(pub);
   if (!equalBytes(authPolicy, policyDigest)) throw invalid("policyDigest differs from the sealed object's authPolicy");
   if (policy === "command-code" && !equalBytes(policyDigest, unsealOnlyPolicy())) throw invalid("policyDigest is not PolicyCommandCode(TPM2_Unseal)");
-  return { srkHandle, srkName, policy, pcrs, policyDigest, public: pub, private: priv };
+  const lockPcr = d.lockPcr;
+  if (lockPcr !== undefined && (typeof lockPcr !== "number" || !pcrs.includes(lockPcr))) throw invalid("lockPcr is not one of the policy's PCRs");
+  return { srkHandle, srkName, policy, pcrs, policyDigest, public: pub, private: priv, ...(lockPcr !== undefined ? { lockPcr } : {}) };
 }
 
 /**

@@ -27,6 +27,7 @@ export const CC = {
   PCR_Read: 0x17e,
   PolicyPCR: 0x17f,
   PolicyGetDigest: 0x189,
+  PCR_Extend: 0x182,
 } as const;
 
 /** Part 2 §7.4 permanent handles. */

@@ -21,6 +21,8 @@ interface Script {
   deviceFrom?: number;
   /** open() throws this for the given volume name. */
   openFails?: { name: string; error: ZbError };
+  /** lock(): absent = the backend has none; "throw" = it fails. */
+  lock?: "ok" | "throw";
   deadlineMs?: number;
 }
 
@@ -33,6 +35,7 @@ function world(s: Script) {
   const closed: string[] = [];
   const keysSeen: Uint8Array[] = [];
   const log: string[] = [];
+  const locked: unknown[] = [];
   const hsm: Hsm = {
     name: "soft",
     probe: async () => ({ backend: "soft", present: probes++ >= (s.presentFrom ?? 0), detail: "test" }),
@@ -44,6 +47,13 @@ function world(s: Script) {
       return { kind, why: `test ${kind}` };
     },
     close: async () => undefined,
+    ...(s.lock ? {
+      lock: async (d: SealedData) => {
+        if (s.lock === "throw") throw new ZbError("HSM_FAILED", "cannot extend PCR 15: test");
+        locked.push(d.lockPcr);
+        return d.lockPcr !== undefined;
+      },
+    } : {}),
   };
   const env: UnlockEnv = {
     hsm,
@@ -62,10 +72,10 @@ function world(s: Script) {
     sleep: async (ms) => void (clock += ms),
     log: (l) => void log.push(l),
   };
-  return { env, opened, closed, keysSeen, log, probes: () => probes };
+  return { env, opened, closed, keysSeen, log, locked, probes: () => probes };
 }
 
-const blob = (v: string, backend: "soft" | "tpm2" = "soft") => encodeBlob({ backend, data: { v } });
+const blob = (v: string, backend: "soft" | "tpm2" = "soft", extra: SealedData = {}) => encodeBlob({ backend, data: { v, ...extra } });
 const CREDS: SlotCredentials = {
   meta: { backend: "soft", root: { uuid: ROOT_UUID, name: "zb-root" }, data: { uuid: DATA_UUID, name: "zb-data" } },
   root: blob("root"),
@@ -116,6 +126,28 @@ describe("unlockSlot", () => {
     const w = world({ unseal: ["absent", "absent", "ok"] });
     const r = await unlockSlot(CREDS, w.env);
     expect(r.ok).toBe(true);
+  });
+
+  test("after both volumes are open the blobs are locked, one extend per lock PCR", async () => {
+    const w = world({ lock: "ok" });
+    const r = await unlockSlot({ ...CREDS, root: blob("root", "soft", { lockPcr: 15 }), data: blob("data", "soft", { lockPcr: 15 }) }, w.env);
+    expect(r.ok).toBe(true);
+    expect(w.locked).toEqual([15]);
+    expect(w.log.at(-1)).toMatch(/locked: PCR 15 extended/);
+  });
+
+  test("nothing is locked when an unlock fails (the next boot retries)", async () => {
+    const w = world({ lock: "ok", openFails: { name: "zb-data", error: new ZbError("LUKS_FAILED", "cannot open: No key available with this passphrase") } });
+    const r = await unlockSlot({ ...CREDS, root: blob("root", "soft", { lockPcr: 15 }) }, w.env);
+    expect(r.ok).toBe(false);
+    expect(w.locked).toEqual([]);
+  });
+
+  test("a failed lock is a loud warning, not a failed boot (the root is open)", async () => {
+    const w = world({ lock: "throw" });
+    const r = await unlockSlot({ ...CREDS, root: blob("root", "soft", { lockPcr: 15 }) }, w.env);
+    expect(r.ok).toBe(true);
+    expect(w.log.at(-1)).toMatch(/^WARNING: cannot lock the sealed keys after the unlock \(cannot extend PCR 15: test\)/);
   });
 
   test("the deadline bounds the wait (no endless loop)", async () => {

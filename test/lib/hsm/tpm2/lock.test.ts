@@ -1,0 +1,74 @@
+/**
+ * The lock PCR against a real swtpm: a blob sealed with `lockPcr` unseals
+ * while the PCR is at zero (a fresh boot), and no more once lock() extended
+ * it; a restart of the TPM (a reboot: TPM2_Startup(CLEAR)) resets it. A seal
+ * made after the lock (PCR already extended) still binds to zero.
+ */
+import { afterAll, beforeAll, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { LOCKABLE_PCRS, Tpm2Hsm } from "../../../../lib/hsm/tpm2/index.ts";
+import { startSwtpm, type Swtpm } from "../../../peers/swtpm.ts";
+
+const state = mkdtempSync(join(tmpdir(), "zb-lockpcr-"));
+let tpm: Swtpm;
+const secret = crypto.getRandomValues(new Uint8Array(32));
+
+beforeAll(async () => {
+  tpm = await startSwtpm({ stateDir: state });
+});
+afterAll(async () => {
+  await tpm.stop();
+  rmSync(state, { recursive: true, force: true });
+});
+
+/** A reboot of the TPM: same NV state (storage key), PCRs back to their reset values. */
+async function reboot(): Promise<void> {
+  await tpm.stop();
+  tpm = await startSwtpm({ stateDir: state });
+}
+
+test("sealed with lockPcr 15: unseals at boot, denied after lock(), again after a reboot", async () => {
+  const hsm = new Tpm2Hsm({ device: tpm.address });
+  const data = await hsm.seal(secret, { pcrs: [7], lockPcr: 15 });
+  expect([data.pcrs, data.lockPcr]).toEqual([[7, 15], 15]);
+  expect(await hsm.unseal(data)).toEqual({ kind: "ok", secret });
+  expect(await hsm.lock(data)).toBe(true);
+  const after = await hsm.unseal(data);
+  expect(after.kind).toBe("denied");
+  // The extend is visible from outside, with tpm2-tools.
+  expect(tpm.toolsOk(["tpm2_pcrread", "sha256:15"])).not.toContain("0x0000000000000000000000000000000000000000000000000000000000000000");
+  // Sealing now (PCR 15 extended) still binds to the boot value, zeros.
+  const later = await hsm.seal(secret, { lockPcr: 15 });
+  expect((await hsm.unseal(later)).kind).toBe("denied");
+  await hsm.close();
+  await reboot();
+  const fresh = new Tpm2Hsm({ device: tpm.address });
+  expect(await fresh.unseal(data)).toEqual({ kind: "ok", secret });
+  expect(await fresh.unseal(later)).toEqual({ kind: "ok", secret });
+  await fresh.close();
+});
+
+test("lock() of a blob without a lock PCR does nothing", async () => {
+  const hsm = new Tpm2Hsm({ device: tpm.address });
+  const data = await hsm.seal(secret, { pcrs: [7] });
+  expect(data.lockPcr).toBeUndefined();
+  expect(await hsm.lock(data)).toBe(false);
+  expect(await hsm.unseal(data)).toEqual({ kind: "ok", secret });
+  await hsm.close();
+});
+
+test.each([[17], [22], [24]])("PCR %d cannot be the lock PCR (not zero after a reset)", async (pcr) => {
+  expect(LOCKABLE_PCRS).not.toContain(pcr);
+  const hsm = new Tpm2Hsm({ device: tpm.address });
+  await expect(hsm.seal(secret, { lockPcr: pcr })).rejects.toMatchObject({ code: "USAGE" });
+  await hsm.close();
+});
+
+test("a lockPcr that is not among the policy's PCRs is malformed data", async () => {
+  const hsm = new Tpm2Hsm({ device: tpm.address });
+  const data = await hsm.seal(secret, { pcrs: [7] });
+  expect((await hsm.unseal({ ...data, lockPcr: 15 })).kind).toBe("failed");
+  await hsm.close();
+});
