@@ -43,13 +43,16 @@ recovery (docs/boot-flow.md rows U1–U3).
   --no-unlock    only the boot state, no unlock
 ${BOOT_OPTIONS_HELP}
 Without --boot, zbunlock mounts zb.boot=DEV from the kernel command line
-(default /dev/mmcblk0p1) as vfat on /run/zb/boot.
+(default /dev/mmcblk0p1) as vfat on /run/zb/boot, waiting up to
+zb.boot_wait=SECONDS (default 10) for the device to appear.
 
 Exit status: 0 boot on (root unlocked, or no credentials); 12 a reboot is
 needed (--no-reboot); others: docs/exit-codes.md.`;
 
 const DEFAULT_BOOT_DEVICE = "/dev/mmcblk0p1";
 const MOUNT_POINT = "/run/zb/boot";
+/** How long zbunlock waits for the boot device node to appear (zb.boot_wait=). */
+const DEFAULT_BOOT_WAIT_S = 10;
 
 export async function zbunlockMain(argv: string[]): Promise<number> {
   const args = parseArgs(argv, { ...BOOT_OPTIONS, ...HSM_OPTIONS, "dry-run": {}, "no-unlock": {}, credentials: { value: true } }, "zbunlock");
@@ -61,7 +64,7 @@ export async function zbunlockMain(argv: string[]): Promise<number> {
   const p = readPlatform(new HostSys(), root);
   // Before mounting anything: a kernel not booted through zb's config stops here.
   const booted = bootedFrom(p);
-  const bootDir = args.values.get("boot") ?? mountBoot(root, p.params.get("zb.boot") ?? DEFAULT_BOOT_DEVICE);
+  const bootDir = args.values.get("boot") ?? mountBoot(root, p.params.get("zb.boot") ?? DEFAULT_BOOT_DEVICE, bootWait(p.params.get("zb.boot_wait")));
   const h = host(args, bootDir);
   const dryRun = args.flags.has("dry-run");
   const r = rebooter(args, "zbunlock");
@@ -91,11 +94,27 @@ export async function zbunlockMain(argv: string[]): Promise<number> {
   throw new ZbError("INTERNAL", "internal error: the transition neither continued nor rebooted");
 }
 
+/** zb.boot_wait=SECONDS from the cmdline, if valid; else the default. */
+function bootWait(v: string | undefined): number {
+  return v !== undefined && /^\d+(\.\d+)?$/.test(v) && Number(v) <= 600 ? Number(v) : DEFAULT_BOOT_WAIT_S;
+}
+
 /** Mount the boot partition unless it is mounted already; returns the mount point. */
-function mountBoot(root: string, device: string): string {
+function mountBoot(root: string, device: string, waitS: number): string {
   const mountPoint = join(root, MOUNT_POINT);
   const mounts = existsSync(join(root, "proc/mounts")) ? readFileSync(join(root, "proc/mounts"), "utf8") : "";
   if (mounts.split("\n").some((l) => l.split(" ")[1] === mountPoint)) return mountPoint;
+  // The boot medium may be probed after the initramfs starts (USB, a slow
+  // SD card): wait for its node like the kernel's rootwait/rootdelay do.
+  const deadline = performance.now() + waitS * 1000;
+  while (!existsSync(device)) {
+    if (performance.now() >= deadline) {
+      throw new ZbError("IO", `cannot mount the boot partition: ${device} did not appear within ${waitS} s`, {
+        hint: "set zb.boot=DEVICE (and zb.boot_wait=SECONDS) on the kernel command line, or pass --boot DIR",
+      });
+    }
+    Bun.sleepSync(50);
+  }
   mkdirSync(mountPoint, { recursive: true });
   const p = Bun.spawnSync(["mount", "-t", "vfat", device, mountPoint], { stderr: "pipe" });
   if (p.exitCode !== 0) {
