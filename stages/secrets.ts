@@ -119,8 +119,8 @@ export function promptPin(prompt: string, tty = "/dev/tty"): Uint8Array {
   }
   const stty = (arg: string) => Bun.spawnSync(["stty", arg], { stdin: fd, stdout: "ignore", stderr: "ignore" });
   try {
+    stty("-echo"); // before the prompt: whatever is typed after it must not echo
     writeSync(fd, prompt);
-    stty("-echo");
     const buf = new Uint8Array(256);
     let n = 0;
     while (n < buf.length) {

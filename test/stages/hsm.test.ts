@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { startSoftHsm, USER_PIN } from "../peers/softhsm.ts";
 import { startSwtpm } from "../peers/swtpm.ts";
 
 const BIN = resolve(import.meta.dir, "../../dist/zb-x64");
@@ -99,6 +100,69 @@ describe("zb hsm with tpm2 (swtpm on 127.0.0.1)", () => {
       expect(d.raw.length).toBe(0);
     } finally {
       await tpm.stop();
+    }
+  });
+});
+
+describe("zb hsm with pkcs11 (SoftHSM2): the PIN from a file or the terminal, never argv", () => {
+  /** Run `cmd` on a pty (util-linux script), type `input` once `prompt` shows. */
+  async function typeAtPrompt(cmd: string, env: Record<string, string>, prompt: string, input: string) {
+    const p = Bun.spawn(["script", "-qec", cmd, "/dev/null"], { env: { ...process.env, ...env }, stdin: "pipe", stdout: "pipe" });
+    let transcript = "";
+    const reader = p.stdout.getReader();
+    const deadline = Date.now() + 10_000;
+    while (!transcript.includes(prompt) && Date.now() < deadline) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      transcript += new TextDecoder().decode(value);
+    }
+    p.stdin.write(input);
+    p.stdin.flush();
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      transcript += new TextDecoder().decode(value);
+    }
+    p.stdin.end();
+    return { code: await p.exited, transcript };
+  }
+
+  test("seal needs no PIN; unseal reads a 0600 PIN file, refuses a 0644 one, or asks on the terminal without echo", async () => {
+    const hsm = startSoftHsm();
+    try {
+      hsm.initToken("zb");
+      hsm.keypair("zb", { id: "01", label: "zb-luks" });
+      const env = { SOFTHSM2_CONF: hsm.conf };
+      const conf = join(dir, "p11.conf");
+      writeFileSync(conf, `backend = pkcs11\npkcs11.module = ${hsm.module}\npkcs11.token = zb\npkcs11.key-label = zb-luks\npkcs11.oaep = sha1\n`);
+      const run = (argv: string[], stdin?: Uint8Array) => {
+        const p = Bun.spawnSync([BIN, ...argv], { env: { ...process.env, ...env }, ...(stdin ? { stdin } : {}) });
+        return { code: p.exitCode, raw: new Uint8Array(p.stdout), err: p.stderr.toString() };
+      };
+      const s = run(["hsm", "seal", "--config", conf, "-o", join(dir, "p.sealed")], SECRET);
+      expect(s.err).toBe("");
+      expect(s.code).toBe(0);
+      const pin = join(dir, "pin");
+      writeFileSync(pin, `${USER_PIN}\n`, { mode: 0o600 });
+      const u = run(["hsm", "unseal", join(dir, "p.sealed"), "-o", "-", "--config", conf, "--pin-file", pin]);
+      expect(u.code).toBe(0);
+      expect(u.raw).toEqual(SECRET);
+      writeFileSync(join(dir, "pin.open"), `${USER_PIN}\n`, { mode: 0o644 });
+      const loose = run(["hsm", "unseal", join(dir, "p.sealed"), "-o", "-", "--config", conf, "--pin-file", join(dir, "pin.open")]);
+      expect(loose.code).not.toBe(0);
+      expect(loose.err).toMatch(/readable by group or others/);
+      // No PIN file: zb asks on the terminal. `script` gives it a pty; the PIN is typed after the prompt.
+      const out = join(dir, "p.out");
+      const t = await typeAtPrompt(`${BIN} hsm unseal ${join(dir, "p.sealed")} -o ${out} --config ${conf}`, env, "PIN for zb: ", `${USER_PIN}\n`);
+      expect(t.transcript).toContain("PIN for zb: ");
+      expect(t.transcript).not.toContain(USER_PIN); // echo was off while it was typed
+      expect(t.code).toBe(0);
+      expect(new Uint8Array(readFileSync(out))).toEqual(SECRET);
+      // A wrong PIN on the terminal → denied (20).
+      const w = await typeAtPrompt(`${BIN} hsm unseal ${join(dir, "p.sealed")} -o - --config ${conf}`, env, "PIN for zb: ", "9999\n");
+      expect(w.code).toBe(20);
+    } finally {
+      hsm.close();
     }
   });
 });
