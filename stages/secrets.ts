@@ -1,10 +1,10 @@
 /**
- * Secrets in and out of the stages: read from stdin or a file into a
- * Uint8Array, written to a new 0600 file or stdout, PINs asked on the
- * terminal without echo. Never through argv or the environment
+ * Secrets in and out of the stages: read from stdin into a Uint8Array,
+ * written to a new 0600 file or stdout, PINs asked on the terminal without
+ * echo (PIN files: lib/hsm/pkcs11/pin.ts). Never through argv or the environment
  * (DEVELOPERS.md "Secrets"); every buffer returned is the caller's to wipe.
  */
-import { closeSync, fstatSync, openSync, readSync, statSync, writeSync } from "node:fs";
+import { closeSync, openSync, readSync, statSync, writeSync } from "node:fs";
 import { ZbError, ioError } from "../lib/errors.ts";
 import { wipe } from "../lib/secret.ts";
 import { out } from "./output.ts";
@@ -43,34 +43,6 @@ export function readSecretFd(fd = 0, what = "the secret on stdin"): Uint8Array {
   const secret = buf.slice(0, n);
   wipe(buf);
   return secret;
-}
-
-/**
- * A secret file (PIN file, key file): refused when group/other can read it.
- * A trailing newline is not part of the secret.
- * @throws {ZbError} IO, USAGE
- */
-export function readSecretFile(path: string, what: string): Uint8Array {
-  let fd: number;
-  try {
-    fd = openSync(path, "r");
-  } catch (e) {
-    throw ioError(`read ${what} ${path}`, e);
-  }
-  try {
-    const mode = fstatSync(fd).mode;
-    if ((mode & 0o077) !== 0) {
-      throw new ZbError("USAGE", `cannot read ${what} ${path}: it is readable by group or others (mode ${(mode & 0o777).toString(8)})`, { hint: `chmod 600 ${path}` });
-    }
-    const s = readSecretFd(fd, `${what} ${path}`);
-    let end = s.length;
-    while (end > 0 && (s[end - 1] === 0x0a || s[end - 1] === 0x0d)) end--;
-    const trimmed = s.slice(0, end);
-    wipe(s);
-    return trimmed;
-  } finally {
-    closeSync(fd);
-  }
 }
 
 /**

@@ -17,7 +17,7 @@
  *
  * Host access: the key file (read; created 0600 on first seal).
  */
-import { createCipheriv, createDecipheriv, createHash } from "node:crypto";
+import { nodeCrypto } from "../sys/lazy.ts";
 import * as fs from "node:fs";
 import { dirname } from "node:path";
 import { ioError, ZbError } from "../errors.ts";
@@ -48,7 +48,7 @@ export function softWarning(keyFile: string): string {
 
 /** The first 8 bytes of SHA-256(key): tells key files apart without revealing them. */
 export function softKeyId(key: Uint8Array): Uint8Array {
-  return new Uint8Array(createHash("sha256").update(key).digest().subarray(0, KEY_ID_BYTES));
+  return new Uint8Array(nodeCrypto().createHash("sha256").update(key).digest().subarray(0, KEY_ID_BYTES));
 }
 
 /**
@@ -162,7 +162,7 @@ function parseSealed(data: SealedData): Parsed {
 
 function encrypt(key: Uint8Array, secret: Uint8Array): SealedData {
   const nonce = randomSecret(NONCE_BYTES);
-  const c = createCipheriv("aes-256-gcm", key, nonce, { authTagLength: TAG_BYTES });
+  const c = nodeCrypto().createCipheriv("aes-256-gcm", key, nonce, { authTagLength: TAG_BYTES });
   c.setAAD(AAD);
   const ciphertext = Buffer.concat([c.update(secret), c.final()]);
   return { version: SOFT_DATA_VERSION, keyId: b64(softKeyId(key)), nonce: b64(nonce), ciphertext: b64(ciphertext), tag: b64(c.getAuthTag()) };
@@ -172,7 +172,7 @@ function decrypt(key: Uint8Array, p: Parsed): UnsealResult {
   if (!Buffer.from(softKeyId(key)).equals(p.keyId)) {
     return { kind: "no-match", why: "the data was sealed with another soft key file (key id differs)" };
   }
-  const d = createDecipheriv("aes-256-gcm", key, p.nonce, { authTagLength: TAG_BYTES });
+  const d = nodeCrypto().createDecipheriv("aes-256-gcm", key, p.nonce, { authTagLength: TAG_BYTES });
   d.setAAD(AAD);
   d.setAuthTag(p.tag);
   const plain = d.update(p.ciphertext);

@@ -12,7 +12,7 @@
  * Every operation opens its own context and closes it again (zkOpen/zkClose),
  * so a restarted zkifc daemon or a re-bound device is picked up on the next
  * call. Output buffers are malloc'd by the library; they are copied, wiped
- * when they held plaintext, and freed with libc free (lib/hsm/libc.ts).
+ * when they held plaintext, and freed with libc free (lib/sys/libc.ts).
  *
  * FFI calls are synchronous: a lock or unlock blocks the event loop for as
  * long as the device takes (an I²C round trip through the daemon), which is
@@ -24,7 +24,7 @@ import type { Pointer } from "bun:ffi";
 import { ZbError } from "../errors.ts";
 import { wipe } from "../secret.ts";
 import { b64, b64field } from "./blob.ts";
-import { takeMalloced } from "./libc.ts";
+import { takeMalloced } from "../sys/libc.ts";
 import type { BackendOptions, Hsm, ProbeResult, SealedData, SealOptions, UnsealResult } from "./types.ts";
 
 /** The library's name, as dlopen searches it (LD_LIBRARY_PATH, ld.so.cache, /lib, /usr/lib). */

@@ -22,6 +22,7 @@
  */
 import { closeSync, writeSync } from "node:fs";
 import { ZbError } from "../errors.ts";
+import { libc } from "../sys/libc.ts";
 
 /** Largest key accepted: fits any pipe buffer, so writing it never blocks. */
 export const MAX_KEY_BYTES = 4096;
@@ -349,17 +350,6 @@ export function scrub(text: string, keys: Uint8Array[]): string {
 /** O_CLOEXEC on Linux (asm-generic/fcntl.h, same on x86_64 and arm64): no other child inherits our end. */
 const O_CLOEXEC = 0o2000000;
 
-type Pipe2 = (fds: unknown, flags: number) => number;
-let pipe2Fn: Pipe2 | undefined;
-
-function pipe2(): Pipe2 {
-  if (pipe2Fn) return pipe2Fn;
-  const { dlopen, FFIType } = require("bun:ffi") as typeof import("bun:ffi");
-  const lib = dlopen("libc.so.6", { pipe2: { args: [FFIType.ptr, FFIType.i32], returns: FFIType.i32 } });
-  pipe2Fn = lib.symbols.pipe2 as unknown as Pipe2;
-  return pipe2Fn;
-}
-
 /**
  * A pipe holding `key` and then EOF; returns its read end (the caller closes
  * it). The key fits the pipe buffer (≤ 4096 bytes), so the write never blocks.
@@ -369,7 +359,7 @@ function keyPipe(key: Uint8Array, what: string): number {
   const fds = new Int32Array(2);
   let rc: number;
   try {
-    rc = pipe2()(ptr(fds), O_CLOEXEC);
+    rc = libc().pipe2(ptr(fds), O_CLOEXEC);
   } catch (e) {
     throw new ZbError("LUKS_FAILED", `cannot ${what}: cannot create a pipe for the key: ${(e as Error).message}`, { cause: e });
   }

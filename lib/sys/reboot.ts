@@ -11,6 +11,7 @@
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { ZbError } from "../errors.ts";
+import { libc } from "./libc.ts";
 
 // include/uapi/linux/reboot.h
 const MAGIC1 = 0xfee1dead;
@@ -46,13 +47,10 @@ function viaSyscall(arg: string | null): never {
   const nr = NR_REBOOT[process.arch];
   if (nr === undefined) throw new ZbError("IO", `cannot reboot: no reboot syscall number for ${process.arch}`);
   // Imported lazily: bun:ffi is only needed on this path.
-  const { dlopen, FFIType, ptr } = require("bun:ffi") as typeof import("bun:ffi");
-  const libc = dlopen("libc.so.6", {
-    sync: { args: [], returns: FFIType.void },
-    syscall: { args: [FFIType.i64, FFIType.i64, FFIType.i64, FFIType.i64, FFIType.ptr], returns: FFIType.i64 },
-  });
-  libc.symbols.sync();
+  const { ptr } = require("bun:ffi") as typeof import("bun:ffi");
+  const c = libc();
+  c.sync();
   const buf = Buffer.from(`${arg ?? ""}\0`, "latin1");
-  const rc = libc.symbols.syscall(nr, MAGIC1, MAGIC2, arg ? CMD_RESTART2 : CMD_RESTART, ptr(buf));
+  const rc = c.syscall(nr, MAGIC1, MAGIC2, arg ? CMD_RESTART2 : CMD_RESTART, ptr(buf));
   throw new ZbError("IO", `cannot reboot: reboot(2) returned ${rc} (needs CAP_SYS_BOOT)`);
 }

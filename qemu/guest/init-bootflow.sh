@@ -22,41 +22,16 @@
 # Commands that may reboot (zbunlock, zb reboot) write straight to the
 # console: output captured in a pipe would be lost when the kernel restarts.
 
-/bin/busybox mkdir -p /proc /sys /dev /tmp /boot
-/bin/busybox mount -t devtmpfs devtmpfs /dev
-exec </dev/console >/dev/console 2>&1
-/bin/busybox --install -s
-export PATH=/usr/bin:/usr/sbin:/bin:/sbin HOME=/root TMPDIR=/tmp
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
+# shellcheck source=qemu/guest/lib.sh
+. /lib/zb-guest.sh
+guest_early /boot
+guest_applets
 
 STEPS=/boot/scenario/steps
 VISITS=/boot/scenario/visits
 
-up() { cut -d' ' -f1 /proc/uptime; }
-since() { awk -v a="$1" -v b="$(up)" 'BEGIN { printf "%.2f", b - a }'; }
-
-# Power off cleanly: sync first, because reboot(2) and poweroff -f do not.
-off() {
-  sync
-  umount /boot 2>/dev/null
-  sync
-  poweroff -f
-  sleep 5 # not reached; if it were, exiting PID 1 panics and panic=-1 with
-  exit 1  # QEMU's -no-reboot still ends the run
-}
-fail() { echo "ZB-BOOTFLOW-FAIL: $*"; off; }
-
-# run CMD…: echo it, then its output prefixed, then its exit status.
-run() {
-  echo "ZB\$ $*"
-  t0=$(up)
-  OUT=$("$@" 2>&1)
-  rc=$?
-  [ -n "$OUT" ] && printf '%s\n' "$OUT" | sed 's/^/ZB| /'
-  echo "ZB# exit $rc in $(since "$t0") s"
-  return "$rc"
-}
+fail() { echo "ZB-BOOTFLOW-FAIL: $*"; power_off; }
+run() { echo_run "$@"; }
 # direct CMD…: like run, for commands that may reboot: output unprefixed.
 direct() {
   echo "ZB\$ $*"
@@ -137,8 +112,7 @@ for action in "$@"; do
       fail "zb reboot returned (exit $rc) instead of rebooting"
       ;;
     poweroff)
-      echo "ZB-BOOTFLOW-DONE at $(up) s"
-      off
+      power_off "ZB-BOOTFLOW-DONE at $(up) s"
       ;;
     *) fail "unknown action '$action' in $STEPS" ;;
   esac

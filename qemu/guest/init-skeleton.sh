@@ -11,45 +11,20 @@
 # Expected `zb env print` output comes from the disk (skeleton/expect-print.txt)
 # so the scenario's variables live in one place, skeleton.sh.
 
-/bin/busybox mkdir -p /proc /sys /dev /tmp /boot
-/bin/busybox mount -t devtmpfs devtmpfs /dev
-# Re-open the console on devtmpfs's node in case the initramfs had none.
-exec </dev/console >/dev/console 2>&1
-/bin/busybox --install -s
-export PATH=/usr/bin:/usr/sbin:/bin:/sbin HOME=/root TMPDIR=/tmp
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
+# shellcheck source=qemu/guest/lib.sh
+. /lib/zb-guest.sh
+guest_early /boot
+guest_applets
 
 ENV=/boot/zb/zb.env
 RED=/boot/zb/zb.env.redund
 SNAP=/boot/skeleton/after-set1
 
-up() { cut -d' ' -f1 /proc/uptime; }
-# Seconds since $1 (an uptime), with two decimals; busybox awk has floats.
-since() { awk -v a="$1" -v b="$(up)" 'BEGIN { printf "%.2f", b - a }'; }
-
-finish() {
-  sync
-  umount /boot 2>/dev/null
-  sync
-  poweroff -f
-  sleep 5 # poweroff -f does not return; if it does, exiting init panics and
-  exit 1  # panic=-1 plus QEMU's -no-reboot end the run either way.
-}
-fail() { echo "ZB-SKELETON-FAIL: $*"; finish; }
+fail() { echo "ZB-SKELETON-FAIL: $*"; power_off ""; }
 ok() { echo "ZB-SKELETON: $*"; }
 
-# run CMD…: echo it, capture its output in $OUT (trailing newlines dropped, as
-# $(…) does), echo that output prefixed, and fail the step on a non-zero exit.
-run() {
-  echo "ZB\$ $*"
-  t0=$(up)
-  OUT=$("$@" 2>&1)
-  rc=$?
-  [ -n "$OUT" ] && printf '%s\n' "$OUT" | sed 's/^/ZB| /'
-  echo "ZB# exit $rc in $(since "$t0") s"
-  [ "$rc" -eq 0 ] || fail "$STEP: '$*' exited $rc"
-}
+# run CMD…: echo_run, and fail the step on a non-zero exit.
+run() { echo_run "$@" || fail "$STEP: '$*' exited $rc"; }
 # expect TEXT: the last command's output must equal TEXT exactly.
 expect() {
   [ "$OUT" = "$1" ] && return 0

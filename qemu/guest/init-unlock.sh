@@ -23,30 +23,14 @@
 #   ZB-UNLOCK-DONE             just before the power-off
 # then the guest powers off (QEMU runs with -no-reboot).
 
-/bin/busybox mkdir -p /proc /sys /dev /tmp /mnt /run
-/bin/busybox mount -t devtmpfs devtmpfs /dev
-exec </dev/console >/dev/console 2>&1
-/bin/busybox mount -t proc proc /proc
+# shellcheck source=qemu/guest/lib.sh
+. /lib/zb-guest.sh
+guest_early /mnt /run
 echo "ZB-T-INIT $(/bin/busybox cut -d' ' -f1 /proc/uptime)"
-/bin/busybox --install -s
-export PATH=/usr/bin:/usr/sbin:/bin:/sbin HOME=/root TMPDIR=/tmp
-mount -t sysfs sysfs /sys
+guest_applets
 
-up() { cut -d' ' -f1 /proc/uptime; }
 stamp() { echo "ZB-T-$1 $(up)"; }
-
-# Power off cleanly: unmount what zbunlock or we mounted (the boot partition
-# holds the env zbunlock just wrote), then poweroff -f, which does not sync.
-off() {
-  sync
-  umount /mnt 2>/dev/null
-  awk '$3 == "vfat" { print $2 }' /proc/mounts | while read -r m; do umount "$m"; done
-  sync
-  echo "ZB-UNLOCK-DONE"
-  poweroff -f
-  sleep 5 # not reached; if it were, exiting PID 1 panics, and panic=-1 plus
-  exit 1  # QEMU's -no-reboot end the run either way
-}
+off() { power_off "ZB-UNLOCK-DONE"; }
 fail() { echo "ZB-UNLOCK-FAIL $1 $2"; off; }
 # show TEXT: print captured output to the console, one prefixed line each.
 show() { [ -n "$1" ] && printf '%s\n' "$1" | sed 's/^/ZB| /'; }

@@ -13,7 +13,8 @@ import { BACKENDS, type BackendName, type Hsm, type ProbeResult, type SealOption
 import { wipe } from "../../lib/secret.ts";
 import { HostSys } from "../../lib/sys/sys.ts";
 import { err, out } from "../output.ts";
-import { promptPin, readSecretFd, readSecretFile, writeSecretOutput } from "../secrets.ts";
+import { readPinFile } from "../../lib/hsm/pkcs11/pin.ts";
+import { promptPin, readSecretFd, writeSecretOutput } from "../secrets.ts";
 
 export const HSM_OPTIONS_HELP = `HSM options (override ${DEFAULT_HSM_CONFIG}; see docs/hsm.md):
   --config FILE            the HSM config file (default ${DEFAULT_HSM_CONFIG})
@@ -75,7 +76,7 @@ export function hsmConfigFrom(args: ParsedArgs, configPath?: string): HsmConfig 
 /** Open backend `name` with PINs from the PIN file or the terminal, warnings to stderr. */
 export function hsmFor(name: BackendName, cfg: HsmConfig, tty?: string): Hsm {
   return openHsm(name, cfg, {
-    pin: async () => (cfg.pkcs11.pinFile ? readSecretFile(cfg.pkcs11.pinFile, "the PIN file") : promptPin(`PIN for ${cfg.pkcs11.token ?? "the token"}: `, tty)),
+    pin: async () => (cfg.pkcs11.pinFile ? readPinFile(cfg.pkcs11.pinFile) : promptPin(`PIN for ${cfg.pkcs11.token ?? "the token"}: `, tty)),
     warn: (line) => err(line.endsWith("\n") ? line : `${line}\n`),
   });
 }

@@ -37,7 +37,7 @@ export async function unlockStep(args: ParsedArgs, sys: Sys, root: string, p: Pl
   const creds = readCredentials(sys, credRoot);
   const cfg = hsmConfigFrom(args, join(root, "etc/zb/hsm.conf"));
   const wait = cmdlineWait(p) ?? cfg.waitSeconds;
-  const hsm = hsmFor(creds.meta.backend, cfg, existsTty(sys, root));
+  const hsm = hsmFor(creds.meta.backend, cfg, pinTerminal(sys, root));
   const crypt = new CryptsetupCli();
   try {
     const outcome = await unlockSlot(creds, {
@@ -57,6 +57,6 @@ export async function unlockStep(args: ParsedArgs, sys: Sys, root: string, p: Pl
 }
 
 /** Where to ask for a PIN: the console in an initramfs, else the terminal. */
-function existsTty(sys: Sys, root: string): string {
+function pinTerminal(sys: Sys, root: string): string {
   return sys.stat(join(root, "dev/console")) && !sys.stat(join(root, "dev/tty")) ? join(root, "dev/console") : join(root, "dev/tty");
 }

@@ -2,15 +2,14 @@
  * A throwaway SoftHSM2 for tests: a temp token directory and softhsm2.conf,
  * tokens made with `softhsm2-util --init-token`, keys with `pkcs11-tool`.
  *
- * SoftHSM reads SOFTHSM2_CONF with getenv() at C_Initialize. Bun's
- * process.env is a copy that does not reach the C environment of this
- * process, so {@link startSoftHsm} also calls libc setenv() (and restores the
- * old value on close); child processes get it through process.env.
+ * SoftHSM reads SOFTHSM2_CONF with getenv() at C_Initialize, so
+ * {@link startSoftHsm} sets it in the C environment too (native-env.ts) and
+ * restores the old value on close; child processes get it through process.env.
  *
  * PINs here are test-only constants in a temp token; pkcs11-tool gets them
  * through `--pin env:VAR`, softhsm2-util (which has no other way) in argv.
  */
-import { dlopen, FFIType } from "bun:ffi";
+import { setNativeEnv } from "./native-env.ts";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -21,22 +20,7 @@ export const SOFTHSM_MODULE = `/usr/lib/${TRIPLET}/softhsm/libsofthsm2.so`;
 export const USER_PIN = "1234";
 export const SO_PIN = "12345678";
 
-const libc = dlopen("libc.so.6", {
-  setenv: { args: [FFIType.ptr, FFIType.ptr, FFIType.i32], returns: FFIType.i32 },
-  unsetenv: { args: [FFIType.ptr], returns: FFIType.i32 },
-});
-const cstr = (s: string) => Buffer.from(`${s}\0`);
-
-/** Set (or with undefined, unset) a variable in both the C environment and process.env. */
-export function setNativeEnv(name: string, value: string | undefined): void {
-  if (value === undefined) {
-    libc.symbols.unsetenv(cstr(name));
-    delete process.env[name];
-  } else {
-    libc.symbols.setenv(cstr(name), cstr(value), 1);
-    process.env[name] = value;
-  }
-}
+export { setNativeEnv };
 
 export interface Run {
   code: number;

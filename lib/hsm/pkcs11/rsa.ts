@@ -10,7 +10,8 @@
  * (OpenSSL/BoringSSL under node:crypto) whatever the module. Only unseal
  * needs the token.
  */
-import { constants, createHash, createPublicKey, publicEncrypt, X509Certificate, type KeyObject } from "node:crypto";
+import type { KeyObject } from "node:crypto";
+import { nodeCrypto } from "../../sys/lazy.ts";
 import type { OaepHash } from "./layout.ts";
 
 /** An RSA public key as the token stores it: big-endian unsigned integers (v2.40 §2.1.2 of Current Mechanisms). */
@@ -34,7 +35,7 @@ export function modulusBytes(k: RsaPublic): number {
 /** The key as a node:crypto KeyObject (through JWK, which wants base64url integers, RFC 7518 §6.3.1). */
 export function publicKeyObject(k: RsaPublic): KeyObject {
   const u = (b: Uint8Array) => Buffer.from(minimal(b)).toString("base64url");
-  return createPublicKey({ key: { kty: "RSA", n: u(k.n), e: u(k.e) }, format: "jwk" });
+  return nodeCrypto().createPublicKey({ key: { kty: "RSA", n: u(k.n), e: u(k.e) }, format: "jwk" });
 }
 
 /**
@@ -44,7 +45,7 @@ export function publicKeyObject(k: RsaPublic): KeyObject {
  */
 export function fingerprint(k: RsaPublic): Uint8Array {
   const spki = publicKeyObject(k).export({ type: "spki", format: "der" });
-  return new Uint8Array(createHash("sha256").update(spki).digest());
+  return new Uint8Array(nodeCrypto().createHash("sha256").update(spki).digest());
 }
 
 /**
@@ -54,7 +55,7 @@ export function fingerprint(k: RsaPublic): Uint8Array {
  * asks of the token on unseal.
  */
 export function oaepEncrypt(k: RsaPublic, secret: Uint8Array, hash: OaepHash): Uint8Array {
-  const ct = publicEncrypt({ key: publicKeyObject(k), padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: hash }, secret);
+  const ct = nodeCrypto().publicEncrypt({ key: publicKeyObject(k), padding: nodeCrypto().constants.RSA_PKCS1_OAEP_PADDING, oaepHash: hash }, secret);
   return new Uint8Array(ct.buffer, ct.byteOffset, ct.byteLength);
 }
 
@@ -70,7 +71,7 @@ export function oaepCapacity(k: RsaPublic, hash: OaepHash): number {
  * @throws {Error} when the bytes are not a certificate
  */
 export function rsaFromCertificate(der: Uint8Array): RsaPublic | null {
-  const key = new X509Certificate(der).publicKey;
+  const key = new (nodeCrypto().X509Certificate)(der).publicKey;
   if (key.asymmetricKeyType !== "rsa") return null;
   const jwk = key.export({ format: "jwk" });
   if (typeof jwk.n !== "string" || typeof jwk.e !== "string") return null;

@@ -7,7 +7,7 @@
  * (session key, HMAC), §21 (parameter encryption), Annex B.10.3 (RSA salt,
  * OAEP label "SECRET"), Annex C.6.1 (ECC salt: one-pass Diffie-Hellman).
  */
-import { constants, createCipheriv, createDecipheriv, createECDH, createHash, createHmac, createPublicKey, publicEncrypt } from "node:crypto";
+import { nodeCrypto } from "../../sys/lazy.ts";
 import { ZbError } from "../../errors.ts";
 import { randomSecret, wipe } from "../../secret.ts";
 import { marshal } from "./wire.ts";
@@ -17,14 +17,14 @@ export const DIGEST_SIZE = 32;
 
 /** SHA-256 over the concatenation of `parts`. */
 export function sha256(...parts: Uint8Array[]): Uint8Array {
-  const h = createHash("sha256");
+  const h = nodeCrypto().createHash("sha256");
   for (const p of parts) h.update(p);
   return new Uint8Array(h.digest());
 }
 
 /** HMAC-SHA-256 over the concatenation of `parts`. */
 export function hmacSha256(key: Uint8Array, ...parts: Uint8Array[]): Uint8Array {
-  const h = createHmac("sha256", key);
+  const h = nodeCrypto().createHmac("sha256", key);
   for (const p of parts) h.update(p);
   return new Uint8Array(h.digest());
 }
@@ -101,7 +101,7 @@ export function makeSalt(key: SaltKey): Salt {
 }
 
 function eccSalt(x: Uint8Array, y: Uint8Array): Salt {
-  const ecdh = createECDH("prime256v1");
+  const ecdh = nodeCrypto().createECDH("prime256v1");
   const qe = new Uint8Array(ecdh.generateKeys());
   const qs = new Uint8Array(65);
   qs[0] = 4;
@@ -133,10 +133,10 @@ function rsaSalt(n: Uint8Array, exponent: number): Salt {
   const e = exponent === 0 ? 65537 : exponent;
   let eBytes = marshal((w) => w.u32(e));
   while (eBytes.length > 1 && eBytes[0] === 0) eBytes = eBytes.subarray(1);
-  const key = createPublicKey({ key: { kty: "RSA", n: b64url(n), e: b64url(eBytes) }, format: "jwk" });
+  const key = nodeCrypto().createPublicKey({ key: { kty: "RSA", n: b64url(n), e: b64url(eBytes) }, format: "jwk" });
   const salt = randomSecret(DIGEST_SIZE);
-  const encrypted = publicEncrypt(
-    { key, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: "sha256", oaepLabel: label("SECRET") },
+  const encrypted = nodeCrypto().publicEncrypt(
+    { key, padding: nodeCrypto().constants.RSA_PKCS1_OAEP_PADDING, oaepHash: "sha256", oaepLabel: label("SECRET") },
     salt,
   );
   return { salt, encrypted: new Uint8Array(encrypted) };
@@ -152,7 +152,7 @@ export function cfbParam(sessionValue: Uint8Array, nonceNewer: Uint8Array, nonce
   const key = keyIv.subarray(0, 16);
   const iv = keyIv.subarray(16, 32);
   try {
-    const c = decrypt ? createDecipheriv("aes-128-cfb", key, iv) : createCipheriv("aes-128-cfb", key, iv);
+    const c = decrypt ? nodeCrypto().createDecipheriv("aes-128-cfb", key, iv) : nodeCrypto().createCipheriv("aes-128-cfb", key, iv);
     const head = c.update(data);
     const tail = c.final();
     const out = new Uint8Array(head.length + tail.length);

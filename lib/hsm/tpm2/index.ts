@@ -9,7 +9,7 @@
  * created before closing it: swtpm over TCP has no resource manager, and
  * swtpm serves one connection at a time.
  */
-import { createHash } from "node:crypto";
+import { nodeCrypto } from "../../sys/lazy.ts";
 import { isZbError, ZbError } from "../../errors.ts";
 import type { BackendOptions, Hsm, ProbeResult, SealedData, SealOptions, UnsealResult } from "../types.ts";
 import { nameOfPublic2b, Tpm, TpmRcError } from "./commands.ts";
@@ -80,7 +80,7 @@ function ascii(...words: (number | undefined)[]): string {
 export const LOCKABLE_PCRS = [...Array(17).keys(), 23];
 
 /** What lock() extends: SHA-256 of a fixed text, so the event is recognisable in an event log. */
-const LOCK_EVENT = new Uint8Array(createHash("sha256").update("zb: volumes unlocked, no more unseals until reboot").digest());
+const lockEvent = () => new Uint8Array(nodeCrypto().createHash("sha256").update("zb: volumes unlocked, no more unseals until reboot").digest());
 
 export class Tpm2Hsm implements Hsm {
   readonly name = "tpm2" as const;
@@ -187,7 +187,7 @@ export class Tpm2Hsm implements Hsm {
     const sealed = decodeSealed(data);
     if (sealed.lockPcr === undefined) return false;
     const pcr = sealed.lockPcr;
-    await this.withTpm((tpm) => retryOnce(() => tpm.pcrExtend(pcr, LOCK_EVENT))).catch((e: unknown) => {
+    await this.withTpm((tpm) => retryOnce(() => tpm.pcrExtend(pcr, lockEvent()))).catch((e: unknown) => {
       throw isZbError(e, "HSM_ABSENT") ? e : new ZbError("HSM_FAILED", `cannot extend PCR ${pcr} after the unlock: ${(e as Error).message}`);
     });
     return true;

@@ -14,7 +14,8 @@
  * port + 1) is not needed when swtpm runs with `--flags startup-clear`.
  */
 import * as fs from "node:fs";
-import * as net from "node:net";
+import type * as net from "node:net";
+import { nodeNet } from "../../sys/lazy.ts";
 import { ZbError } from "../../errors.ts";
 import { MAX_RESPONSE } from "./wire.ts";
 
@@ -142,7 +143,7 @@ function openDevice(path: string): Transport {
 function connectTcp(host: string, port: number): Promise<Transport> {
   const address = `swtpm:host=${host},port=${port}`;
   return new Promise((resolve, reject) => {
-    const sock = net.connect({ host, port });
+    const sock = nodeNet().connect({ host, port });
     const onError = (e: Error) => {
       sock.destroy();
       reject(connectError(address, e));

@@ -7,7 +7,7 @@
  * process.env does not reach the C environment, so the test sets them with
  * libc setenv(3) (Bun's dlopen is per process: one stub, shared globals).
  *
- * Also lib/hsm/libc.ts, whose only user so far is this backend.
+ * Also lib/sys/libc.ts's malloc'd-buffer helpers, whose only user is this backend.
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { dlopen, ptr } from "bun:ffi";
@@ -16,10 +16,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ZbError } from "../../../lib/errors.ts";
 import { b64 } from "../../../lib/hsm/blob.ts";
-import { cCopy, cFree, cWipe, takeMalloced } from "../../../lib/hsm/libc.ts";
+import { cCopy, cFree, cWipe, takeMalloced } from "../../../lib/sys/libc.ts";
 import type { SealedData, UnsealResult } from "../../../lib/hsm/types.ts";
 import { ZYMKEY_DATA_VERSION, ZYMKEY_SEARCH, ZymkeyHsm, type ZymkeyOptions } from "../../../lib/hsm/zymkey.ts";
 import { randomSecret } from "../../../lib/secret.ts";
+import { setNativeEnv } from "../../peers/native-env.ts";
 
 const STUB_SRC = join(import.meta.dir, "zymkey-stub/zk_stub.cpp");
 const HEADER = 4 + 8; // stub blob: magic, nonce
@@ -31,17 +32,11 @@ let keyA = "";
 let keyB = "";
 let logPath = "";
 
-const cstr = (s: string) => Buffer.from(`${s}\0`);
 const LIBC = dlopen("libc.so.6", {
-  setenv: { args: ["ptr", "ptr", "i32"], returns: "i32" },
-  unsetenv: { args: ["ptr"], returns: "i32" },
   malloc: { args: ["u64"], returns: "ptr" },
   memcpy: { args: ["ptr", "ptr", "u64"], returns: "ptr" },
 }).symbols;
-function setCEnv(name: string, value: string | null): void {
-  const rc = value === null ? LIBC.unsetenv(cstr(name)) : LIBC.setenv(cstr(name), cstr(value), 1);
-  if (rc !== 0) throw new Error(`setenv ${name} failed`);
-}
+const setCEnv = (name: string, value: string | null) => setNativeEnv(name, value ?? undefined);
 
 /** The stub opened by the test itself: raw calls and counters. */
 let stub: {
@@ -287,7 +282,7 @@ describe("resources", () => {
   });
 });
 
-describe("lib/hsm/libc.ts", () => {
+describe("lib/sys/libc.ts", () => {
   function cBuffer(bytes: Uint8Array): bigint {
     const p = LIBC.malloc(bytes.length);
     if (!p) throw new Error("malloc failed");

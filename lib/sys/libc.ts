@@ -1,8 +1,12 @@
 /**
- * The three libc calls a bun:ffi binding needs to take ownership of a buffer
- * that a C library allocated with malloc() and handed back through a
- * `uint8_t**` out-parameter (Zymbit's zk_app_utils does this for every
- * output; the caller owns the buffer): copy it out, wipe it, free it.
+ * zb's one binding of libc through bun:ffi, opened lazily on first use (no
+ * start-up cost for commands that never need it):
+ * - pipe2(2), for passing keys to cryptsetup on an inherited pipe;
+ * - sync(2) and syscall(2), for reboot(2) with LINUX_REBOOT_CMD_RESTART2;
+ * - free/memcpy/explicit_bzero, to take ownership of a buffer a C library
+ *   allocated with malloc() and handed back through a `uint8_t**`
+ *   out-parameter (Zymbit's zk_app_utils does this for every output; the
+ *   caller owns the buffer): copy it out, wipe it, free it.
  *
  * The copy is made with memcpy into a fresh JS buffer rather than through
  * bun:ffi's toArrayBuffer(), so no JS object ever aliases C memory that is
@@ -26,17 +30,27 @@ const LIBC_SYMBOLS = {
   free: { args: ["ptr"], returns: "void" },
   memcpy: { args: ["ptr", "ptr", "u64"], returns: "ptr" },
   explicit_bzero: { args: ["ptr", "u64"], returns: "void" },
+  pipe2: { args: ["ptr", "i32"], returns: "i32" },
+  sync: { args: [], returns: "void" },
+  syscall: { args: ["i64", "i64", "i64", "i64", "ptr"], returns: "i64" },
 } as const;
 
-type LibcSymbols = {
+export type LibcSymbols = {
   free(p: CPtr): void;
   memcpy(dst: Uint8Array, src: CPtr, n: number): unknown;
   explicit_bzero(p: CPtr, n: number): void;
+  pipe2(fds: Pointer, flags: number): number;
+  sync(): void;
+  syscall(nr: number, a: number, b: number, c: number, p: Pointer): number | bigint;
 };
 
 let cached: LibcSymbols | undefined;
 
-function libc(): LibcSymbols {
+/**
+ * The libc symbols zb uses.
+ * @throws {ZbError} INTERNAL when libc cannot be loaded
+ */
+export function libc(): LibcSymbols {
   if (cached) return cached;
   try {
     const { dlopen } = require("bun:ffi") as typeof import("bun:ffi");
