@@ -6,10 +6,12 @@
  *
  *   node_modules/.bin/bun bench/image-profile.ts [--size-mib N] [--zb PATH] [--runs N] [--no-verify] [--no-install]
  *
- * The instrumented loop is a copy of lib/image/install.ts writeChunks (same
- * library calls: openImage, exactChunks, sha256hex, frameDecoder, openTarget,
- * writeJournal; same 32 MiB background fdatasync + journal) — if install.ts
- * changes, this copy must follow. It runs from source under `bun`, not the
+ * The instrumented loop is lib/image/install.ts writeChunks on one thread
+ * (as with `threads: false`; same library calls: openImage, exactChunks,
+ * sha256hex, frameDecoder, openTarget, writeJournal; same 32 MiB background
+ * fdatasync + journal): it measures what each stage costs, which is what
+ * lib/image/pipeline.ts balances over two threads. If the stages in
+ * install.ts change, this copy must follow. It runs from source under `bun`, not the
  * compiled binary, so its totals are ~0.05 s below the binary's wall time
  * (process start-up).
  *
@@ -167,7 +169,7 @@ export async function profileInstall(image: string, trust: string, target: strin
   tgt.close();
   img.close();
   fs.rmSync(journalPath, { force: true });
-  return c.profile(rawSha ? "install loop as in lib/image/install.ts" : "what-if: without the raw whole-payload SHA-256", performance.now() - t0, INSTALL_STAGES);
+  return c.profile(rawSha ? "install loop on one thread (lib/image/install.ts stages)" : "what-if: without the raw whole-payload SHA-256", performance.now() - t0, INSTALL_STAGES);
 }
 
 /** A worker from image-profile-worker.ts with a promise per request. */

@@ -8,7 +8,8 @@
  *   3. for each chunk: SHA-256 of the stored bytes must equal the manifest's
  *      *before* the chunk is decompressed or written; decompress into a
  *      buffer of exactly the chunk's raw size; feed the whole-payload hash;
- *      write at chunk × chunkSize; every JOURNAL_BYTES start an fdatasync
+ *      write it next on the target (pipeline.ts spreads this over two
+ *      threads); every JOURNAL_BYTES of written chunks start an fdatasync
  *      of the target in the background and, once it has finished, record
  *      the chunks it covered in the journal (never more than is durable)
  *   4. the whole payload's raw SHA-256 must equal the manifest's; fdatasync;
@@ -28,9 +29,9 @@ import { exactChunks } from "./chunks.ts";
 import { BLOCK, checkUstarHeader } from "./format.ts";
 import { readJournal, writeJournal, type Journal } from "./journal.ts";
 import type { Payload } from "./manifest.ts";
-import { openImage, type OpenImage, type Policy, type VerifiedImage } from "./reader.ts";
+import { openImage, type OpenImage, type PayloadEntry, type Policy, type VerifiedImage } from "./reader.ts";
 import type { ImageSource } from "./source.ts";
-import { rawHasher, type RawHasher } from "./rawhash.ts";
+import { chunkPipeline, type ChunkPipeline } from "./pipeline.ts";
 import { frameDecoder } from "./zstd.ts";
 
 /** Fsync and journal at most this far apart: the work a power cut can cost. */
@@ -135,13 +136,19 @@ function checkTargetSize(t: Target, p: Payload): void {
   }
 }
 
+/** The stored bytes of the payload from chunk `from` on (and, reading directly, where to read them to). */
+interface PayloadBytes {
+  data: AsyncIterable<Uint8Array>;
+  readInto?: PayloadEntry["readInto"];
+}
+
 /** The stored bytes of the payload from chunk `from` on. */
-async function payloadData(img: OpenImage<VerifiedImage>, source: ImageSource, payload: Payload, from: number, journal: Journal, sys: Sys, journalPath: string): Promise<AsyncIterable<Uint8Array>> {
+async function payloadData(img: OpenImage<VerifiedImage>, source: ImageSource, payload: Payload, from: number, journal: Journal, sys: Sys, journalPath: string): Promise<PayloadBytes> {
   const skipBytes = payload.chunks.slice(0, from).reduce((a, c) => a + c.size, 0);
   if (from > 0 && source.seekable && journal.dataOffset !== null) {
     img.close();
     await checkEntryHeaderAt(source, journal.dataOffset - BLOCK, payload);
-    return take(await source.open(journal.dataOffset + skipBytes), payload.stored.size - skipBytes);
+    return { data: take(await source.open(journal.dataOffset + skipBytes), payload.stored.size - skipBytes) };
   }
   for (;;) {
     const entry = await img.nextPayload();
@@ -152,59 +159,73 @@ async function payloadData(img: OpenImage<VerifiedImage>, source: ImageSource, p
     }
     journal.dataOffset = entry.dataOffset;
     writeJournal(sys, journalPath, journal);
-    return skip(entry.data, skipBytes);
+    return { data: skip(entry.data, skipBytes), readInto: skipBytes === 0 ? entry.readInto : undefined };
   }
 }
 
-async function writeChunks(sys: Sys, chunkSize: number, p: Payload, from: number, data: AsyncIterable<Uint8Array>, target: Target, journal: Journal, opts: InstallOptions): Promise<string> {
+async function writeChunks(sys: Sys, chunkSize: number, p: Payload, from: number, input: PayloadBytes, target: Target, journal: Journal, opts: InstallOptions): Promise<string> {
   const started = performance.now();
-  const raw = rawHasher(Math.min(chunkSize, p.raw.size), opts.hashThreads === false ? { threads: false } : {});
+  const sizes = { raw: Math.min(chunkSize, p.raw.size), stored: p.chunks.reduce((m, c) => Math.max(m, c.size), 0) };
+  const pipe = chunkPipeline(target, sizes, opts.hashThreads === false ? { threads: false } : {});
   const decoder = frameDecoder(opts.preferNativeZstd === false ? { preferNative: false } : {});
   const storedTotal = p.stored.size;
-  let storedBytes = p.chunks.slice(0, from).reduce((a, c) => a + c.size, 0);
-  let sinceSync = 0;
+  /** Stored bytes before chunk `i` (for progress and error messages). */
+  const storedBefore = (i: number) => p.chunks.slice(0, i).reduce((a, c) => a + c.size, 0);
+  let storedBytes = storedBefore(from);
+  // The journal advances in steps of whole chunks, once they are written
+  // (the worker writes a chunk or two behind the decoder).
+  const perSync = Math.max(1, Math.floor(JOURNAL_BYTES / chunkSize));
+  let mark = from + perSync;
   /** The background sync in flight, and the chunk count it will make durable. */
   let pending: Promise<void> | null = null;
   const settle = async () => {
     if (pending) await pending;
     pending = null;
   };
+  let next = from; // the next chunk to decompress and write
+  /** Decompress and write the oldest checked chunk (its SHA-256 is compared first). */
+  const writeNext = async () => {
+    const i = next;
+    const { stored, ok } = pipe.take();
+    const where = `chunk ${i} of ${p.name} (stored bytes ${storedBytes}–${storedBytes + stored.length - 1})`;
+    if (!ok) throw new ZbError("PAYLOAD_CORRUPT", `cannot install ${p.name}: ${where} does not match its signed SHA-256; nothing of it was written`);
+    const rawLen = Math.min(chunkSize, p.raw.size - i * chunkSize);
+    const out = pipe.rawSlot(rawLen);
+    if (p.encoding === "none") out.set(stored);
+    else if (!decoder.decode(stored, out)) {
+      throw new ZbError("IMG_FORMAT", `cannot install ${p.name}: ${where} is not a zstd frame of ${rawLen} bytes`);
+    }
+    pipe.commit(out);
+    storedBytes += stored.length;
+    next++;
+    // Only chunks whose write(2) has returned before the sync starts: it covers them.
+    if (from + pipe.written() >= mark) {
+      await settle(); // at most one sync in flight: the journal advances in order
+      const covered = mark;
+      pending = target.syncInBackground().then(() => {
+        journal.chunksDone = covered;
+        writeJournal(sys, opts.journal, journal);
+      });
+      mark += perSync;
+    }
+    opts.progress?.({ type: "progress", payload: p.name, chunk: next, chunks: p.chunks.length, rawBytes: Math.min(next * chunkSize, p.raw.size), rawTotal: p.raw.size, storedBytes, storedTotal, elapsedMs: performance.now() - started });
+  };
   opts.progress?.({ type: "start", payload: p.name, chunks: p.chunks.length, rawTotal: p.raw.size, storedTotal, resumeFrom: from });
   let digest: string;
   try {
-    rehashWritten(target, Math.min(from * chunkSize, p.raw.size), raw);
+    rehashWritten(target, Math.min(from * chunkSize, p.raw.size), pipe);
+    input.readInto?.((n) => pipe.storedSlot(n));
     let i = from;
-    for await (const stored of exactChunks(data, p.chunks.slice(from).map((c) => c.size), `payload ${p.name}`)) {
-      const where = `chunk ${i} of ${p.name} (stored bytes ${storedBytes}–${storedBytes + stored.length - 1})`;
-      if (sha256hex(stored) !== p.chunks[i]!.sha256) {
-        throw new ZbError("PAYLOAD_CORRUPT", `cannot install ${p.name}: ${where} does not match its signed SHA-256; nothing of it was written`);
-      }
-      const rawLen = Math.min(chunkSize, p.raw.size - i * chunkSize);
-      const out = raw.slot(rawLen);
-      if (p.encoding === "none") out.set(stored);
-      else if (!decoder.decode(stored, out)) {
-        throw new ZbError("IMG_FORMAT", `cannot install ${p.name}: ${where} is not a zstd frame of ${rawLen} bytes`);
-      }
-      target.write(i * chunkSize, out);
-      raw.commit(out);
-      storedBytes += stored.length;
-      sinceSync += rawLen;
+    for await (const stored of exactChunks(input.data, p.chunks.slice(from).map((c) => c.size), `payload ${p.name}`)) {
+      pipe.check(stored, p.chunks[i]!.sha256);
       i++;
-      if (sinceSync >= JOURNAL_BYTES) {
-        await settle(); // at most one sync in flight: the journal advances in order
-        const covered = i;
-        pending = target.syncInBackground().then(() => {
-          journal.chunksDone = covered;
-          writeJournal(sys, opts.journal, journal);
-        });
-        sinceSync = 0;
-      }
-      opts.progress?.({ type: "progress", payload: p.name, chunk: i, chunks: p.chunks.length, rawBytes: Math.min(i * chunkSize, p.raw.size), rawTotal: p.raw.size, storedBytes, storedTotal, elapsedMs: performance.now() - started });
+      while (pipe.queued > pipe.ahead) await writeNext();
     }
-    digest = await raw.digest();
+    while (pipe.queued > 0) await writeNext();
+    digest = await pipe.finish();
   } finally {
+    pipe.close();
     decoder.close();
-    raw.close();
     await settle();
   }
   if (digest !== p.raw.sha256) {
@@ -215,13 +236,13 @@ async function writeChunks(sys: Sys, chunkSize: number, p: Payload, from: number
 }
 
 /** Resume: what is already on the target goes into the whole-payload hash again. */
-function rehashWritten(target: Target, bytes: number, hasher: RawHasher): void {
+function rehashWritten(target: Target, bytes: number, pipe: ChunkPipeline): void {
   const step = 4 << 20;
   for (let at = 0; at < bytes; at += step) {
     const want = Math.min(step, bytes - at);
     const part = target.read(at, want);
     if (part.length < want) throw new ZbError("IO", `cannot resume: ${target.path} holds ${at + part.length} bytes, fewer than the ${bytes} the journal says were written`);
-    hasher.update(part);
+    pipe.rehash(part);
   }
 }
 

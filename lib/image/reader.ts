@@ -49,6 +49,12 @@ export interface PayloadEntry {
   /** Byte offset of the entry's data in the archive. */
   dataOffset: number;
   data: AsyncIterable<Uint8Array>;
+  /**
+   * Direct reads only: read each following chunk into the buffer `next(size)`
+   * returns instead of the reader's own (the install pipeline's shared slots,
+   * which saves a copy per chunk); null there means the reader's own.
+   */
+  readInto?(next: (size: number) => Uint8Array | null): void;
 }
 
 export interface OpenImage<H extends ImageHeader> {
@@ -161,14 +167,15 @@ function directPayloads(r: DirectReader, m: Manifest, manifestSize: number, sigS
     const head = buf.subarray(0, BLOCK);
     if (r.read(head) < BLOCK) throw bad(`the archive ends where ${JSON.stringify(payload.name)} should follow`);
     checkUstarHeader(head, payload.name, payload.stored.size);
+    let into: ((size: number) => Uint8Array | null) | null = null;
     async function* data(): AsyncGenerator<Uint8Array> {
       for (const c of payload.chunks) {
-        const view = buf.subarray(0, c.size);
+        const view = into?.(c.size) ?? buf.subarray(0, c.size);
         if (r.read(view) < c.size) throw bad(`the archive ends inside payload ${payload.name}`);
         yield view;
       }
     }
-    return { payload, index: index++, dataOffset, data: data() };
+    return { payload, index: index++, dataOffset, data: data(), readInto: (next) => void (into = next) };
   };
 }
 

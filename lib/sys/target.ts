@@ -18,6 +18,14 @@ export interface Target {
   readonly blockDevice: boolean;
   /** Bytes available: the device size, or the file's current length. */
   size(): number;
+  /** The byte the next sequential write(2) lands on (the descriptor's file offset). */
+  readonly offset: number;
+  /**
+   * Lend the descriptor to another thread that writes sequentially from
+   * `offset` on; no other access until `handBack(bytes it wrote)`.
+   */
+  handOff(): number;
+  handBack(written: number): void;
   read(offset: number, length: number): Uint8Array;
   write(offset: number, data: Uint8Array): void;
   /** Data durable on the medium (fdatasync). */
@@ -45,11 +53,28 @@ export function openTarget(path: string, opts: { create: boolean }): Target {
     fs.closeSync(fd);
     throw ioError(`use ${path} as an install target`, new Error("not a regular file or block device"));
   }
+  let lent = false;
+  const own = () => {
+    if (lent) throw new Error(`internal error: ${path} is lent to another thread`);
+  };
   return {
     path,
     blockDevice,
+    get offset() {
+      return pos;
+    },
+    handOff() {
+      own();
+      lent = true;
+      return fd;
+    },
+    handBack(written) {
+      lent = false;
+      pos += written;
+    },
     size: () => (blockDevice ? deviceSize(path) : fs.fstatSync(fd).size),
     read(offset, length) {
+      own();
       const buf = new Uint8Array(length);
       let done = 0;
       const sequential = offset === pos;
@@ -66,6 +91,7 @@ export function openTarget(path: string, opts: { create: boolean }): Target {
       return buf.subarray(0, done);
     },
     write(offset, data) {
+      own();
       const sequential = offset === pos;
       try {
         let done = 0;
