@@ -67,30 +67,36 @@ const RAW_SLOTS = 3;
 /** How long a worker may take to start before everything stays on this thread. */
 const READY_MS = 2000;
 
-// ctrl (Int32Array) cells: counters the worker bumps, and the job queue's head.
+// ctrl (Int32Array) cells: counters the worker bumps, the two queues' heads
+// and a wake-up counter bumped on every post.
 const READY = 0;
 const STORED_DONE = 1;
 const RAW_DONE = 2;
 const FAILED = 3;
 const ERR_LEN = 4;
-const POSTED = 5;
-const DIGESTED = 6;
-const CTRL_CELLS = 8;
+const DIGESTED = 5;
+const POSTED_STORED = 6;
+const POSTED_RAW = 7;
+const WAKE = 8;
+const CTRL_CELLS = 9;
 const ERR_BYTES = 512;
-// Jobs: [kind, offset, length, fd] in a ring of JOBS; never more than
-// STORED_SLOTS + RAW_SLOTS + 1 outstanding, so the ring cannot overrun.
+// Jobs: [kind, offset, length, extra] in two rings of JOBS each (stored
+// checks, then raw chunks); never more than STORED_SLOTS resp. RAW_SLOTS + 1
+// outstanding, so a ring cannot overrun.
 const JOBS = 16;
 const JOB_STORED = 1;
 const JOB_RAW = 2;
 const JOB_HASH = 3;
 const JOB_DIGEST = 4;
 
-// The worker takes jobs from a shared ring, not from postMessage: a message
+// The worker takes jobs from shared rings, not from postMessage: a message
 // wakes the worker's event loop (tens of µs, twice per chunk); a futex wait
-// on the queue head does not. JOB_STORED hashes a stored slot into dig[slot];
-// JOB_RAW adds a raw slot to the whole-payload hash and writes it to the fd;
-// JOB_HASH only hashes (a resume's re-read); JOB_DIGEST publishes the final
-// digest and ends the loop. Errors: text in err, FAILED set, all woken.
+// does not. Stored checks go first: the main thread waits for them before it
+// can decompress, while raw chunks have slots to spare. JOB_STORED hashes a
+// stored slot into dig[slot]; JOB_RAW adds a raw slot to the whole-payload
+// hash and writes it to the fd; JOB_HASH only hashes (a resume's re-read);
+// JOB_DIGEST publishes the final digest and ends the loop. Errors: text in
+// err, FAILED set, every cell woken.
 const WORKER = `import { writeSync } from "node:fs";
 self.onmessage = (e) => {
   const { ring, stored } = e.data, dig = new Uint8Array(e.data.dig), err = new Uint8Array(e.data.err);
@@ -99,22 +105,24 @@ self.onmessage = (e) => {
   const bump = (i) => { Atomics.add(ctrl, i, 1); Atomics.notify(ctrl, i); };
   bump(${READY});
   try {
-    for (let n = 0; ; n++) {
-      while (Atomics.load(ctrl, ${POSTED}) <= n) Atomics.wait(ctrl, ${POSTED}, n);
-      const j = (n % ${JOBS}) * 4, kind = jobs[j], off = jobs[j + 1], len = jobs[j + 2];
-      if (kind === ${JOB_STORED}) {
-        dig.set(new Bun.CryptoHasher("sha256").update(new Uint8Array(stored, off, len)).digest(), jobs[j + 3] * 32);
+    for (let ns = 0, nr = 0; ; ) {
+      const wake = Atomics.load(ctrl, ${WAKE});
+      if (Atomics.load(ctrl, ${POSTED_STORED}) > ns) {
+        const j = (ns++ % ${JOBS}) * 4;
+        dig.set(new Bun.CryptoHasher("sha256").update(new Uint8Array(stored, jobs[j + 1], jobs[j + 2])).digest(), jobs[j + 3] * 32);
         bump(${STORED_DONE});
-      } else if (kind === ${JOB_RAW} || kind === ${JOB_HASH}) {
-        const v = new Uint8Array(ring, off, len);
+      } else if (Atomics.load(ctrl, ${POSTED_RAW}) > nr) {
+        const j = (${JOBS} + (nr++ % ${JOBS})) * 4, kind = jobs[j], len = jobs[j + 2];
+        if (kind === ${JOB_DIGEST}) {
+          dig.set(raw.digest(), ${STORED_SLOTS} * 32);
+          bump(${DIGESTED});
+          return;
+        }
+        const v = new Uint8Array(ring, jobs[j + 1], len);
         raw.update(v);
         if (kind === ${JOB_RAW}) for (let done = 0; done < len; ) done += writeSync(jobs[j + 3], v, done, len - done);
         bump(${RAW_DONE});
-      } else {
-        dig.set(raw.digest(), ${STORED_SLOTS} * 32);
-        bump(${DIGESTED});
-        return;
-      }
+      } else Atomics.wait(ctrl, ${WAKE}, wake);
     }
   } catch (x) {
     const text = new TextEncoder().encode(JSON.stringify({ code: x && x.code, message: String((x && x.message) || x) }).slice(0, ${ERR_BYTES} / 4));
@@ -188,7 +196,7 @@ function threaded(target: Target, sizes: PipelineSizes): ChunkPipeline | null {
   const dig = new Uint8Array(new SharedArrayBuffer((STORED_SLOTS + 1) * 32)); // + the final digest
   const errBytes = new Uint8Array(new SharedArrayBuffer(ERR_BYTES));
   const ctrl = new Int32Array(new SharedArrayBuffer(CTRL_CELLS * 4));
-  const jobs = new Int32Array(new SharedArrayBuffer(JOBS * 4 * 4));
+  const jobs = new Int32Array(new SharedArrayBuffer(2 * JOBS * 4 * 4));
   let worker: Worker;
   let startError: string | null = null;
   try {
@@ -230,16 +238,18 @@ function threaded(target: Target, sizes: PipelineSizes): ChunkPipeline | null {
       Atomics.wait(ctrl, cell, now, 1000);
     }
   };
-  let posted = 0;
-  const post = (kind: number, off: number, len: number, extra: number) => {
-    const j = (posted % JOBS) * 4;
+  const posted = [0, 0];
+  /** Queue a job on ring 0 (stored checks) or 1 (raw chunks, digest). */
+  const post = (queue: 0 | 1, kind: number, off: number, len: number, extra: number) => {
+    const j = (queue * JOBS + (posted[queue]! % JOBS)) * 4;
     jobs[j] = kind;
     jobs[j + 1] = off;
     jobs[j + 2] = len;
     jobs[j + 3] = extra;
-    posted++;
-    Atomics.store(ctrl, POSTED, posted); // publishes the job (Atomics order the plain stores before it)
-    Atomics.notify(ctrl, POSTED);
+    posted[queue]!++;
+    Atomics.store(ctrl, queue === 0 ? POSTED_STORED : POSTED_RAW, posted[queue]!); // publishes the job: Atomics order the plain stores before it
+    Atomics.add(ctrl, WAKE, 1);
+    Atomics.notify(ctrl, WAKE);
   };
 
   const expected: Uint8Array[] = [];
@@ -271,7 +281,7 @@ function threaded(target: Target, sizes: PipelineSizes): ChunkPipeline | null {
       if (bytes.buffer !== stored || bytes.byteOffset !== off) new Uint8Array(stored, off, bytes.length).set(bytes);
       expected[slot] = hexBytes(sha256);
       lengths[slot] = bytes.length;
-      post(JOB_STORED, off, bytes.length, slot);
+      post(0, JOB_STORED, off, bytes.length, slot);
       checked++;
     },
     take() {
@@ -289,7 +299,7 @@ function threaded(target: Target, sizes: PipelineSizes): ChunkPipeline | null {
     commit(view) {
       // The descriptor is lent on the first write: a resume reads the target before.
       if (fd === null) fd = target.handOff();
-      post(JOB_RAW, view.byteOffset, view.length, fd);
+      post(1, JOB_RAW, view.byteOffset, view.length, fd);
       issued++;
       bytesOut += view.length;
     },
@@ -300,14 +310,14 @@ function threaded(target: Target, sizes: PipelineSizes): ChunkPipeline | null {
         const part = bytes.subarray(at, at + sizes.raw);
         const s = self.rawSlot(part.length);
         s.set(part);
-        post(JOB_HASH, s.byteOffset, s.length, 0);
+        post(1, JOB_HASH, s.byteOffset, s.length, 0);
         issued++;
         rehashed++;
       }
     },
     async finish() {
       waitFor(RAW_DONE, issued);
-      post(JOB_DIGEST, 0, 0, 0);
+      post(1, JOB_DIGEST, 0, 0, 0);
       waitFor(DIGESTED, 1);
       return Buffer.from(dig.subarray(STORED_SLOTS * 32, STORED_SLOTS * 32 + 32)).toString("hex");
     },
