@@ -64,6 +64,13 @@ export interface PipelineSizes {
 
 const STORED_SLOTS = 2;
 const RAW_SLOTS = 3;
+/**
+ * Raw chunks the worker may have queued before the main thread checks the
+ * next stored chunk itself: the threads' loads differ with the image's
+ * compression ratio, so the split adapts (measured: the worker carried
+ * ~0.95 s per GiB against the main thread's ~0.75 s when it took every check).
+ */
+const BACKLOG = 2;
 /** How long a worker may take to start before everything stays on this thread. */
 const READY_MS = 2000;
 
@@ -254,6 +261,9 @@ function threaded(target: Target, sizes: PipelineSizes): ChunkPipeline | null {
 
   const expected: Uint8Array[] = [];
   const lengths: number[] = [];
+  /** Per stored slot: which of the worker's checks it is (1-based), or 0 when checked on this thread. */
+  const ordinal: number[] = [];
+  let workerChecks = 0;
   let checked = 0; // chunks queued by check()
   let taken = 0;
   let issued = 0; // raw chunks handed to the worker
@@ -278,16 +288,24 @@ function threaded(target: Target, sizes: PipelineSizes): ChunkPipeline | null {
       const off = slot * sizes.stored;
       // Read straight into the slot (storedSlot), or copied here: either way
       // the worker hashes, and the decoder later reads, these very bytes.
-      if (bytes.buffer !== stored || bytes.byteOffset !== off) new Uint8Array(stored, off, bytes.length).set(bytes);
+      const view = new Uint8Array(stored, off, bytes.length);
+      if (bytes.buffer !== stored || bytes.byteOffset !== off) view.set(bytes);
       expected[slot] = hexBytes(sha256);
       lengths[slot] = bytes.length;
-      post(0, JOB_STORED, off, bytes.length, slot);
+      if (issued - Atomics.load(ctrl, RAW_DONE) >= BACKLOG) {
+        // The worker is behind on raw chunks: check this one here instead.
+        dig.set(new Bun.CryptoHasher("sha256").update(view).digest() as Uint8Array, slot * 32);
+        ordinal[slot] = 0;
+      } else {
+        ordinal[slot] = ++workerChecks;
+        post(0, JOB_STORED, off, bytes.length, slot);
+      }
       checked++;
     },
     take() {
       if (taken === checked) throw new ZbError("INTERNAL", "internal error: no chunk to take");
-      waitFor(STORED_DONE, taken + 1);
       const slot = taken % STORED_SLOTS;
+      if (ordinal[slot]! > 0) waitFor(STORED_DONE, ordinal[slot]!);
       const ok = sameDigest(dig.subarray(slot * 32, slot * 32 + 32), expected[slot]!);
       taken++;
       return { stored: new Uint8Array(stored, slot * sizes.stored, lengths[slot]), ok };

@@ -58,8 +58,11 @@ interface Run {
   stderr: string;
 }
 
-/** Run one install; SIGKILL it after `afterEvents` progress events or `afterMs` milliseconds (if it is still running). */
-async function run(target: string, o: { resume?: boolean; afterEvents?: number; afterMs?: number } = {}): Promise<Run & { startMs: number }> {
+/**
+ * Run one install; SIGKILL it after `afterEvents` progress events, after `afterMs` milliseconds,
+ * or at the first progress event that finds the journal at `afterJournal` chunks or more (if it is still running).
+ */
+async function run(target: string, o: { resume?: boolean; afterEvents?: number; afterMs?: number; afterJournal?: number } = {}): Promise<Run & { startMs: number }> {
   const t0 = performance.now();
   let started = 0;
   const args = [bin, "image", "install", image, "--payload", "rootfs", "--to", target, "--trust", trust, "--progress=json"];
@@ -71,6 +74,12 @@ async function run(target: string, o: { resume?: boolean; afterEvents?: number; 
     if (o.afterMs === 0) kill();
     else setTimeout(kill, o.afterMs);
   }
+  // The journal can reach its last steps after the last progress event (the
+  // final syncs): watch the file itself.
+  const watch = o.afterJournal === undefined ? null : setInterval(() => {
+    const j = journalOf(target);
+    if (j && j.state === "writing" && j.chunksDone >= o.afterJournal!) kill();
+  }, 1);
   const events: Record<string, unknown>[] = [];
   let progress = 0;
   let buf = "";
@@ -87,6 +96,7 @@ async function run(target: string, o: { resume?: boolean; afterEvents?: number; 
     }
   }
   const exit = await p.exited;
+  if (watch) clearInterval(watch);
   const stderr = await new Response(p.stderr).text();
   return { exit, killed: p.signalCode === "SIGKILL", events, stderr, startMs: started };
 }
@@ -113,13 +123,13 @@ function checkAfterKill(target: string): Journal | null {
  * fraction of the time this run should take (the clean install's time, scaled to the chunks
  * still to do) — then resume until done; the result must equal the clean install.
  */
-async function chain(name: string, plan: { afterEvents?: number; atFraction?: number }[]): Promise<void> {
+async function chain(name: string, plan: { afterEvents?: number; atFraction?: number; afterJournal?: number }[]): Promise<void> {
   const target = join(root, `${name}.img`);
-  for (const { afterEvents, atFraction } of plan) {
+  for (const { afterEvents, atFraction, afterJournal } of plan) {
     const before = journalOf(target);
     const todo = (N - (before?.chunksDone ?? 0)) / N;
     const afterMs = atFraction === undefined ? undefined : Math.round(atFraction * (startMs + (cleanMs - startMs) * todo));
-    const r = await run(target, { resume: before !== null, ...(afterEvents === undefined ? {} : { afterEvents }), ...(afterMs === undefined ? {} : { afterMs }) });
+    const r = await run(target, { resume: before !== null, ...(afterEvents === undefined ? {} : { afterEvents }), ...(afterMs === undefined ? {} : { afterMs }), ...(afterJournal === undefined ? {} : { afterJournal }) });
     if (!r.killed) {
       expect(r.exit).toBe(0); // it finished before the kill landed
       continue;
@@ -186,6 +196,12 @@ test.each([
 ])("repeated kills: $name", async ({ name, plan }) => {
   await chain(`repeat-${name.replace(/\W+/g, "-")}`, plan.map((afterEvents) => ({ afterEvents })));
 }, 60_000);
+
+// The journal advances once the writes of a step are synced, a few chunks
+// after the decoder passed the step; these kills wait for the journal itself.
+test.each([1, 2, 3])("SIGKILL as soon as the journal says %i × 32 MiB, then --resume from there", async (k) => {
+  await chain(`journal-${k}`, [{ afterJournal: k * PER_JOURNAL }]);
+}, 30_000);
 
 test("SIGKILL at seeded random times (fresh install and resumes), then --resume", async () => {
   let x = 0x2545f491;
