@@ -8,14 +8,16 @@
  * CPU, the raw SHA-256 ~0.65 s, writes ~0.2 s, stored SHA-256 ~0.17 s and
  * reading ~0.14 s (bench/image-profile.ts). The raw hash must run in order
  * on one thread; with the stored hashes and the writes beside it, the two
- * threads carry about the same load.
+ * threads carry about the same load. The balance shifts with the compression
+ * ratio, so while the worker is behind on raw chunks (BACKLOG) the main
+ * thread checks the next stored chunk itself.
  *
- * The rule "a chunk is checked before it is decompressed" still holds: the
- * main thread copies chunk i's stored bytes into a shared slot, the worker
- * hashes that slot and publishes the digest, and the main thread compares
- * it with the manifest and only then decompresses *the same slot* (nothing
- * writes a slot between its hash and its decompression). Memory stays
- * constant: 2 stored slots and 3 raw slots, reused under Atomics counters.
+ * The rule "a chunk is checked before it is decompressed" still holds: chunk
+ * i's stored bytes sit in a shared slot (read there, or copied), one thread
+ * hashes that slot, the main thread compares the digest with the manifest
+ * and only then decompresses *the same slot* (nothing writes a slot between
+ * its hash and its decompression). Memory stays constant: 2 stored slots and
+ * 3 raw slots, reused under Atomics counters.
  *
  * Without workers (or `threads: false`) everything runs on the main thread
  * through the same interface.
@@ -71,6 +73,8 @@ const RAW_SLOTS = 3;
  * ~0.95 s per GiB against the main thread's ~0.75 s when it took every check).
  */
 const BACKLOG = 2;
+/** A worker whose counters stand still this long is taken as dead (a write(2) can block for seconds on a slow card, not minutes). */
+const STALL_MS = 120_000;
 /** How long a worker may take to start before everything stays on this thread. */
 const READY_MS = 2000;
 
@@ -141,9 +145,9 @@ self.onmessage = (e) => {
 };`;
 
 /** @throws {ZbError} IO when the target cannot be handed to the worker */
-export function chunkPipeline(target: Target, sizes: PipelineSizes, opts: { threads?: boolean } = {}): ChunkPipeline {
+export function chunkPipeline(target: Target, sizes: PipelineSizes, opts: { threads?: boolean; stallMs?: number } = {}): ChunkPipeline {
   if (opts.threads !== false && sizes.raw > 0) {
-    const t = threaded(target, sizes);
+    const t = threaded(target, sizes, opts.stallMs ?? STALL_MS);
     if (t) return t;
   }
   return local(target, sizes);
@@ -197,7 +201,7 @@ function local(target: Target, sizes: PipelineSizes): ChunkPipeline {
   };
 }
 
-function threaded(target: Target, sizes: PipelineSizes): ChunkPipeline | null {
+function threaded(target: Target, sizes: PipelineSizes, stallMs: number): ChunkPipeline | null {
   const ring = new SharedArrayBuffer(RAW_SLOTS * sizes.raw);
   const stored = new SharedArrayBuffer(STORED_SLOTS * Math.max(1, sizes.stored));
   const dig = new Uint8Array(new SharedArrayBuffer((STORED_SLOTS + 1) * 32)); // + the final digest
@@ -237,12 +241,22 @@ function threaded(target: Target, sizes: PipelineSizes): ChunkPipeline | null {
   };
   /** Block until counter `cell` reaches `n`. @throws {ZbError} once the worker has failed */
   const waitFor = (cell: number, n: number) => {
+    // The worker's error events cannot reach this thread while it blocks
+    // here, so a worker that died without reporting must not hang the
+    // install: give up when its counters stop moving for STALL_MS.
+    let seen = Atomics.load(ctrl, STORED_DONE) + Atomics.load(ctrl, RAW_DONE);
+    let since = performance.now();
     for (;;) {
       const now = Atomics.load(ctrl, cell);
       if (now >= n) return;
       const f = failure();
       if (f) throw f;
-      Atomics.wait(ctrl, cell, now, 1000);
+      Atomics.wait(ctrl, cell, now, Math.min(1000, stallMs));
+      const moved = Atomics.load(ctrl, STORED_DONE) + Atomics.load(ctrl, RAW_DONE);
+      if (moved !== seen) [seen, since] = [moved, performance.now()];
+      else if (performance.now() - since > stallMs) {
+        throw new ZbError("INTERNAL", `internal error: the install worker made no progress for ${stallMs / 1000} s`);
+      }
     }
   };
   const posted = [0, 0];

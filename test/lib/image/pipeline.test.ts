@@ -4,7 +4,8 @@
  * the whole-payload digest; a chunk whose stored bytes do not match is
  * reported before anything of it could be decoded; a resume's re-read is
  * hashed but not written; a failed write in the worker reaches the caller
- * as IO; closing waits for writes still in flight.
+ * as IO; closing waits for writes still in flight; a worker that stops
+ * making progress fails the install instead of hanging it.
  */
 import { afterAll, describe, expect, test } from "bun:test";
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from "node:fs";
@@ -152,4 +153,26 @@ test("threaded: close() right after commits waits for the worker's writes (the d
   pipe.close(); // no finish(): an install that failed after its last commit
   t.close();
   expect(sha256(readFileSync(t.path))).toBe(sha256(raw));
+});
+
+test("threaded: a worker stuck in write(2) (a FIFO nobody reads) fails the install after the stall limit instead of hanging it", async () => {
+  const fifo = join(root, `fifo${seq++}`);
+  expect(Bun.spawnSync(["mkfifo", fifo]).exitCode).toBe(0);
+  const fd = openSync(fifo, "r+"); // O_RDWR: opening does not wait for a reader
+  const t: Target = { ...freshTarget(), path: fifo, handOff: () => fd, handBack: () => {} };
+  const pipe = chunkPipeline(t, { raw: CHUNK, stored: CHUNK }, { stallMs: 300 });
+  let err: unknown;
+  try {
+    // The pipe holds 64 KiB: the worker blocks on chunk 2. Without the limit this test hangs until its timeout.
+    await drive(pipe, chunksOf(variedBytes(8 * CHUNK, 33, 0.4)));
+  } catch (e) {
+    err = e;
+  }
+  expect(err).toBeInstanceOf(ZbError);
+  expect((err as ZbError).message).toMatch(/install worker made no progress for 0.3 s/);
+  // Drain the FIFO so the worker's write returns and close() can finish.
+  const drain = Bun.spawn(["cat", fifo], { stdout: "ignore" });
+  pipe.close();
+  drain.kill();
+  closeSync(fd);
 });
