@@ -114,20 +114,6 @@ try {
   if (jr.state !== "complete") die(`zb's journal says ${JSON.stringify(jr.state)} after the check run`);
 
   // ---- timing
-  // zb writes with O_DIRECT, which drops the target's cached pages; a
-  // buffered writer that then has to allocate 1 GiB of fresh page cache pays
-  // this VM's host page faults (seconds, see bench/README.md). Reading the
-  // target first gives every buffered writer the cached overwrite it would
-  // otherwise find after its own previous run.
-  for (const c of commands) {
-    if (c.short !== "zb" && c.short !== "zstdNull") {
-      const before = c.prepare;
-      c.prepare = () => {
-        before?.();
-        warm(target);
-      };
-    }
-  }
   const s = timeAlternating(commands, RUNS);
   const by = Object.fromEntries(commands.map((c, i) => [c.short, s[i]!]));
   const speed = (ref: string) => by[ref]!.median / by.zb!.median; // zb's speed relative to ref

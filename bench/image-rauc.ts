@@ -182,20 +182,6 @@ try {
     if (sha256File(target) !== rawSha) die(`${c.label} did not write the rootfs into ${target}:\n${r.out}${r.err}\n${fs.readFileSync(serviceLog, "latin1").split("\n").slice(-15).join("\n")}`);
   }
 
-  // zb writes with O_DIRECT, which drops the target's cached pages; a
-  // buffered writer that then has to allocate 1 GiB of fresh page cache pays
-  // this VM's host page faults (seconds, see bench/README.md). Reading the
-  // target first gives every buffered writer the cached overwrite it would
-  // otherwise find after its own previous run.
-  for (const c of commands) {
-    if (c.short !== "zb") {
-      const before = c.prepare;
-      c.prepare = () => {
-        before?.();
-        warm(target);
-      };
-    }
-  }
   const s = timeAlternating(commands, RUNS);
   const by = Object.fromEntries(commands.map((c, i) => [c.short, s[i]!]));
   const phases = raucPhases(fs.readFileSync(serviceLog, "latin1"));

@@ -190,12 +190,12 @@ async function writeChunks(sys: Sys, chunkSize: number, p: Payload, from: number
     const where = `chunk ${i} of ${p.name} (stored bytes ${storedBytes}–${storedBytes + stored.length - 1})`;
     if (!ok) throw new ZbError("PAYLOAD_CORRUPT", `cannot install ${p.name}: ${where} does not match its signed SHA-256; nothing of it was written`);
     const rawLen = Math.min(chunkSize, p.raw.size - i * chunkSize);
-    const out = await pipe.rawSlot(rawLen);
+    const out = pipe.rawSlot(rawLen);
     if (p.encoding === "none") out.set(stored);
     else if (!decoder.decode(stored, out)) {
       throw new ZbError("IMG_FORMAT", `cannot install ${p.name}: ${where} is not a zstd frame of ${rawLen} bytes`);
     }
-    pipe.commit(out, i * chunkSize);
+    pipe.commit(out);
     storedBytes += stored.length;
     next++;
     // Only chunks whose write(2) has returned before the sync starts: it covers them.
@@ -213,7 +213,7 @@ async function writeChunks(sys: Sys, chunkSize: number, p: Payload, from: number
   opts.progress?.({ type: "start", payload: p.name, chunks: p.chunks.length, rawTotal: p.raw.size, storedTotal, resumeFrom: from });
   let digest: string;
   try {
-    await rehashWritten(target, Math.min(from * chunkSize, p.raw.size), pipe);
+    rehashWritten(target, Math.min(from * chunkSize, p.raw.size), pipe);
     input.readInto?.((n) => pipe.storedSlot(n));
     let i = from;
     for await (const stored of exactChunks(input.data, p.chunks.slice(from).map((c) => c.size), `payload ${p.name}`)) {
@@ -224,7 +224,7 @@ async function writeChunks(sys: Sys, chunkSize: number, p: Payload, from: number
     while (pipe.queued > 0) await writeNext();
     digest = await pipe.finish();
   } finally {
-    await pipe.close();
+    pipe.close();
     decoder.close();
     await settle();
   }
@@ -236,13 +236,13 @@ async function writeChunks(sys: Sys, chunkSize: number, p: Payload, from: number
 }
 
 /** Resume: what is already on the target goes into the whole-payload hash again. */
-async function rehashWritten(target: Target, bytes: number, pipe: ChunkPipeline): Promise<void> {
+function rehashWritten(target: Target, bytes: number, pipe: ChunkPipeline): void {
   const step = 4 << 20;
   for (let at = 0; at < bytes; at += step) {
     const want = Math.min(step, bytes - at);
     const part = target.read(at, want);
     if (part.length < want) throw new ZbError("IO", `cannot resume: ${target.path} holds ${at + part.length} bytes, fewer than the ${bytes} the journal says were written`);
-    await pipe.rehash(part);
+    pipe.rehash(part);
   }
 }
 

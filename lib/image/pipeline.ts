@@ -1,16 +1,14 @@
 /**
  * The install's chunk pipeline, split over two threads so that both cores
  * work: the main thread reads and decompresses; a Worker checks each stored
- * chunk's SHA-256 one chunk ahead and feeds every decompressed chunk into
- * the whole-payload SHA-256, while the I/O thread pool writes it to the
- * target (O_DIRECT where it can: Target.writeAt).
+ * chunk's SHA-256 one chunk ahead, and feeds every decompressed chunk into
+ * the whole-payload SHA-256 and writes it to the target.
  *
  * Why this split: per GiB of a typical rootfs, decompression costs ~0.8 s of
- * CPU, the raw SHA-256 ~0.65 s, stored SHA-256 ~0.17 s and reading ~0.14 s
- * (bench/image-profile.ts); buffered writes cost ~0.2 s more plus the
- * kernel's writeback, O_DIRECT writes ~0.1 s. The raw hash must run in order
- * on one thread; with the stored hashes beside it, the two threads carry
- * about the same load. The balance shifts with the compression
+ * CPU, the raw SHA-256 ~0.65 s, writes ~0.2 s, stored SHA-256 ~0.17 s and
+ * reading ~0.14 s (bench/image-profile.ts). The raw hash must run in order
+ * on one thread; with the stored hashes and the writes beside it, the two
+ * threads carry about the same load. The balance shifts with the compression
  * ratio, so while the worker is behind on raw chunks (BACKLOG) the main
  * thread checks the next stored chunk itself.
  *
@@ -24,7 +22,7 @@
  * Without workers (or `threads: false`) everything runs on the main thread
  * through the same interface.
  */
-import { ZbError } from "../errors.ts";
+import { ioError, ZbError } from "../errors.ts";
 import type { Target } from "../sys/target.ts";
 
 export interface ChunkPipeline {
@@ -46,18 +44,17 @@ export interface ChunkPipeline {
   check(stored: Uint8Array, sha256: string): void;
   /** The oldest queued chunk once hashed: its stored bytes (valid until the next `take`) and whether they match. */
   take(): { stored: Uint8Array; ok: boolean };
-  /** A buffer of `n` bytes for the next raw chunk (once its previous chunk is hashed and written). @throws {ZbError} IO */
-  rawSlot(n: number): Promise<Uint8Array>;
-  /** Hash the raw chunk just decoded into `rawSlot`'s buffer and write it at `offset` on the target. */
-  commit(view: Uint8Array, offset: number): void;
-  /** Raw chunks written so far, in order (their writes have completed). */
+  /** A buffer of `n` bytes for the next raw chunk. */
+  rawSlot(n: number): Uint8Array;
+  /** Hash the raw chunk just decoded into `rawSlot`'s buffer and write it at the target's current offset. */
+  commit(view: Uint8Array): void;
+  /** Raw chunks hashed and written so far (their write(2) has returned). */
   written(): number;
   /** Hash bytes already on the target (a resume's re-read) without writing them. */
-  rehash(bytes: Uint8Array): Promise<void>;
+  rehash(bytes: Uint8Array): void;
   /** Wait for every queued write; the whole payload's SHA-256. @throws {ZbError} IO, INTERNAL */
   finish(): Promise<string>;
-  /** Stop; waits for writes in flight, so the target can be closed after. */
-  close(): Promise<void>;
+  close(): void;
 }
 
 export interface PipelineSizes {
@@ -99,17 +96,20 @@ const ERR_BYTES = 512;
 // outstanding, so a ring cannot overrun.
 const JOBS = 16;
 const JOB_STORED = 1;
-const JOB_HASH = 2;
-const JOB_DIGEST = 3;
+const JOB_RAW = 2;
+const JOB_HASH = 3;
+const JOB_DIGEST = 4;
 
 // The worker takes jobs from shared rings, not from postMessage: a message
 // wakes the worker's event loop (tens of µs, twice per chunk); a futex wait
 // does not. Stored checks go first: the main thread waits for them before it
 // can decompress, while raw chunks have slots to spare. JOB_STORED hashes a
-// stored slot into dig[slot]; JOB_HASH adds a raw slot to the whole-payload
-// hash; JOB_DIGEST publishes the final digest and ends the loop. Errors:
-// text in err, FAILED set, every cell woken.
-const WORKER = `self.onmessage = (e) => {
+// stored slot into dig[slot]; JOB_RAW adds a raw slot to the whole-payload
+// hash and writes it to the fd; JOB_HASH only hashes (a resume's re-read);
+// JOB_DIGEST publishes the final digest and ends the loop. Errors: text in
+// err, FAILED set, every cell woken.
+const WORKER = `import { writeSync } from "node:fs";
+self.onmessage = (e) => {
   const { ring, stored } = e.data, dig = new Uint8Array(e.data.dig), err = new Uint8Array(e.data.err);
   const ctrl = new Int32Array(e.data.ctrl), jobs = new Int32Array(e.data.jobs);
   const raw = new Bun.CryptoHasher("sha256");
@@ -123,18 +123,20 @@ const WORKER = `self.onmessage = (e) => {
         dig.set(new Bun.CryptoHasher("sha256").update(new Uint8Array(stored, jobs[j + 1], jobs[j + 2])).digest(), jobs[j + 3] * 32);
         bump(${STORED_DONE});
       } else if (Atomics.load(ctrl, ${POSTED_RAW}) > nr) {
-        const j = (${JOBS} + (nr++ % ${JOBS})) * 4;
-        if (jobs[j] === ${JOB_DIGEST}) {
+        const j = (${JOBS} + (nr++ % ${JOBS})) * 4, kind = jobs[j], len = jobs[j + 2];
+        if (kind === ${JOB_DIGEST}) {
           dig.set(raw.digest(), ${STORED_SLOTS} * 32);
           bump(${DIGESTED});
           return;
         }
-        raw.update(new Uint8Array(ring, jobs[j + 1], jobs[j + 2]));
+        const v = new Uint8Array(ring, jobs[j + 1], len);
+        raw.update(v);
+        if (kind === ${JOB_RAW}) for (let done = 0; done < len; ) done += writeSync(jobs[j + 3], v, done, len - done);
         bump(${RAW_DONE});
       } else Atomics.wait(ctrl, ${WAKE}, wake);
     }
   } catch (x) {
-    const text = new TextEncoder().encode(String((x && x.message) || x).slice(0, ${ERR_BYTES} / 4));
+    const text = new TextEncoder().encode(JSON.stringify({ code: x && x.code, message: String((x && x.message) || x) }).slice(0, ${ERR_BYTES} / 4));
     err.set(text);
     Atomics.store(ctrl, ${ERR_LEN}, text.length);
     Atomics.store(ctrl, ${FAILED}, 1);
@@ -143,19 +145,10 @@ const WORKER = `self.onmessage = (e) => {
 };`;
 
 /** @throws {ZbError} IO when the target cannot be handed to the worker */
-export interface PipelineOptions {
-  /** false: everything on this thread. */
-  threads?: boolean;
-  /** Tests: the stall limit, and a look at the worker (to stop it). */
-  stallMs?: number;
-  onWorker?: (w: Worker) => void;
-}
-
-export function chunkPipeline(target: Target, sizes: PipelineSizes, opts: PipelineOptions = {}): ChunkPipeline {
+export function chunkPipeline(target: Target, sizes: PipelineSizes, opts: { threads?: boolean; stallMs?: number } = {}): ChunkPipeline {
   if (opts.threads !== false && sizes.raw > 0) {
     const t = threaded(target, sizes, opts.stallMs ?? STALL_MS);
-    if (t) opts.onWorker?.(t.worker);
-    if (t) return t.pipe;
+    if (t) return t;
   }
   return local(target, sizes);
 }
@@ -195,20 +188,20 @@ function local(target: Target, sizes: PipelineSizes): ChunkPipeline {
       pending = null;
       return p;
     },
-    rawSlot: async (n) => buf.subarray(0, n),
-    commit(view, offset) {
+    rawSlot: (n) => buf.subarray(0, n),
+    commit(view) {
       h.update(view);
-      target.write(offset, view);
+      target.write(target.offset, view);
       count++;
     },
     written: () => count,
-    rehash: async (bytes) => void h.update(bytes),
+    rehash: (bytes) => void h.update(bytes),
     finish: async () => h.digest("hex"),
-    close: async () => {},
+    close() {},
   };
 }
 
-function threaded(target: Target, sizes: PipelineSizes, stallMs: number): { pipe: ChunkPipeline; worker: Worker } | null {
+function threaded(target: Target, sizes: PipelineSizes, stallMs: number): ChunkPipeline | null {
   const ring = new SharedArrayBuffer(RAW_SLOTS * sizes.raw);
   const stored = new SharedArrayBuffer(STORED_SLOTS * Math.max(1, sizes.stored));
   const dig = new Uint8Array(new SharedArrayBuffer((STORED_SLOTS + 1) * 32)); // + the final digest
@@ -237,8 +230,14 @@ function threaded(target: Target, sizes: PipelineSizes, stallMs: number): { pipe
 
   const failure = (): ZbError | null => {
     if (Atomics.load(ctrl, FAILED) === 0) return startError ? new ZbError("INTERNAL", `internal error: ${startError}`) : null;
-    const why = new TextDecoder().decode(errBytes.slice(0, Atomics.load(ctrl, ERR_LEN)));
-    return new ZbError("INTERNAL", `internal error: the install worker failed: ${why}`);
+    // The worker's error as {code, message}, so ENOSPC or EIO read as they do on this thread.
+    let cause: { code?: string; message?: string } = {};
+    try {
+      cause = JSON.parse(new TextDecoder().decode(errBytes.slice(0, Atomics.load(ctrl, ERR_LEN)))) as typeof cause;
+    } catch {
+      cause = { message: "the install worker failed" };
+    }
+    return ioError(`write ${target.path}`, Object.assign(new Error(cause.message), { code: cause.code }));
   };
   /** Block until counter `cell` reaches `n`. @throws {ZbError} once the worker has failed */
   const waitFor = (cell: number, n: number) => {
@@ -281,13 +280,10 @@ function threaded(target: Target, sizes: PipelineSizes, stallMs: number): { pipe
   let workerChecks = 0;
   let checked = 0; // chunks queued by check()
   let taken = 0;
-  let issued = 0; // raw slots handed to the worker for hashing
-  // Writes run one after another on the I/O pool (in order, so `written`
-  // is a prefix); each raw slot remembers the write that still reads it.
-  let writes: Promise<void> = Promise.resolve();
-  const slotWrite: Promise<void>[] = [];
-  let writeError: unknown = null;
-  let writtenCount = 0;
+  let issued = 0; // raw chunks handed to the worker
+  let rehashed = 0; // of which a resume's re-read, hashed only
+  let bytesOut = 0; // raw bytes handed to the worker for writing
+  let fd: number | null = null;
   let closed = false;
   const self: ChunkPipeline = {
     threaded: true,
@@ -305,7 +301,7 @@ function threaded(target: Target, sizes: PipelineSizes, stallMs: number): { pipe
       const slot = checked % STORED_SLOTS;
       const off = slot * sizes.stored;
       // Read straight into the slot (storedSlot), or copied here: either way
-      // the digest is taken of, and the decoder later reads, these very bytes.
+      // the worker hashes, and the decoder later reads, these very bytes.
       const view = new Uint8Array(stored, off, bytes.length);
       if (bytes.buffer !== stored || bytes.byteOffset !== off) view.set(bytes);
       expected[slot] = hexBytes(sha256);
@@ -328,48 +324,48 @@ function threaded(target: Target, sizes: PipelineSizes, stallMs: number): { pipe
       taken++;
       return { stored: new Uint8Array(stored, slot * sizes.stored, lengths[slot]), ok };
     },
-    async rawSlot(n) {
-      const slot = issued % RAW_SLOTS;
-      await slotWrite[slot]; // the slot's previous chunk is written…
-      if (writeError) throw writeError;
-      waitFor(RAW_DONE, issued - RAW_SLOTS + 1); // …and hashed
-      return new Uint8Array(ring, slot * sizes.raw, n);
+    rawSlot(n) {
+      waitFor(RAW_DONE, issued - RAW_SLOTS + 1); // the slot's previous chunk is hashed and written
+      return new Uint8Array(ring, (issued % RAW_SLOTS) * sizes.raw, n);
     },
-    commit(view, offset) {
-      if (writeError) throw writeError;
-      post(1, JOB_HASH, view.byteOffset, view.length, 0);
+    commit(view) {
+      // The descriptor is lent on the first write: a resume reads the target before.
+      if (fd === null) fd = target.handOff();
+      post(1, JOB_RAW, view.byteOffset, view.length, fd);
       issued++;
-      const w = writes.then(() => (writeError ? undefined : target.writeAt(offset, view))).then(
-        () => void (writeError ? undefined : writtenCount++),
-        (e: unknown) => void (writeError ??= e),
-      );
-      writes = w;
-      slotWrite[(issued - 1) % RAW_SLOTS] = w;
+      bytesOut += view.length;
     },
-    written: () => writtenCount,
-    async rehash(bytes) {
+    // RAW_DONE also counts a resume's re-hashed chunks, which were not written now.
+    written: () => Math.min(Atomics.load(ctrl, RAW_DONE), issued) - rehashed,
+    rehash(bytes) {
       for (let at = 0; at < bytes.length; at += sizes.raw) {
         const part = bytes.subarray(at, at + sizes.raw);
-        const s = await self.rawSlot(part.length);
+        const s = self.rawSlot(part.length);
         s.set(part);
         post(1, JOB_HASH, s.byteOffset, s.length, 0);
         issued++;
+        rehashed++;
       }
     },
     async finish() {
-      await writes;
-      if (writeError) throw writeError;
       waitFor(RAW_DONE, issued);
       post(1, JOB_DIGEST, 0, 0, 0);
       waitFor(DIGESTED, 1);
       return Buffer.from(dig.subarray(STORED_SLOTS * 32, STORED_SLOTS * 32 + 32)).toString("hex");
     },
-    async close() {
+    close() {
       if (closed) return;
       closed = true;
-      await writes; // the pool must not write to a descriptor the caller closes next
+      // The worker may still be writing: the descriptor must not be closed
+      // (and its number reused by another file) under it. Writes end in a
+      // bounded time, or the worker has failed and stopped writing.
+      const until = performance.now() + 30_000;
+      while (Atomics.load(ctrl, RAW_DONE) < issued && Atomics.load(ctrl, FAILED) === 0 && !startError && performance.now() < until) {
+        Atomics.wait(ctrl, RAW_DONE, Atomics.load(ctrl, RAW_DONE), 100);
+      }
       worker.terminate();
+      if (fd !== null) target.handBack(bytesOut);
     },
   };
-  return { pipe: self, worker };
+  return self;
 }

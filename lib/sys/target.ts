@@ -1,37 +1,31 @@
 /**
  * A file or block device receiving a payload: reads and writes on one open
  * descriptor, fdatasync, and its size (block devices report 0 to stat; sysfs
- * tells). Injected into the install engine so tests can use files.
+ * tells). Injected into the install engine so tests can use files and the
+ * engine never opens the target twice.
  *
- * Synchronous access at the descriptor's current offset uses plain
- * read(2)/write(2): in Bun 1.4 fs.readSync/writeSync with a position argument
- * run 7–14× slower for 4 MiB buffers than without (measured; the kernel sees
- * one pread64/pwrite64 either way), so sequential access takes the fast path.
- * The asynchronous writeAt is positioned (no such penalty measured) and may
- * use a second, O_DIRECT descriptor on the same open file.
+ * Access at the descriptor's current offset uses plain read(2)/write(2): in
+ * Bun 1.4 fs.readSync/writeSync with a position argument run 7–14× slower
+ * for 4 MiB buffers than without (measured; the kernel sees one pread64/
+ * pwrite64 either way). The install engine reads and writes sequentially,
+ * so it always takes the fast path; other offsets still work.
  */
 import * as fs from "node:fs";
 import { ioError } from "../errors.ts";
-
-/** O_DIRECT needs buffer, offset and length aligned to the logical block size: 4096 covers 512-byte and 4K devices. */
-export const DIRECT_ALIGN = 4096;
 
 export interface Target {
   readonly path: string;
   readonly blockDevice: boolean;
   /** Bytes available: the device size, or the file's current length. */
   size(): number;
+  /** The byte the next sequential write(2) lands on (the descriptor's file offset). */
+  readonly offset: number;
   /**
-   * Write `data` at `offset` on the I/O thread pool. Aligned writes
-   * (DIRECT_ALIGN) go through a second descriptor opened with O_DIRECT:
-   * no copy into the page cache and no writeback later — a fraction of the
-   * CPU, and the running system's cache is not evicted by a slot's worth of
-   * image. Unaligned writes, or a file system without O_DIRECT (tmpfs),
-   * use the normal descriptor. `data` must not change until this settles.
+   * Lend the descriptor to another thread that writes sequentially from
+   * `offset` on; no other access until `handBack(bytes it wrote)`.
    */
-  writeAt(offset: number, data: Uint8Array): Promise<void>;
-  /** Whether writeAt has used O_DIRECT (reporting, tests). */
-  readonly direct: boolean;
+  handOff(): number;
+  handBack(written: number): void;
   read(offset: number, length: number): Uint8Array;
   write(offset: number, data: Uint8Array): void;
   /** Data durable on the medium (fdatasync). */
@@ -59,49 +53,28 @@ export function openTarget(path: string, opts: { create: boolean }): Target {
     fs.closeSync(fd);
     throw ioError(`use ${path} as an install target`, new Error("not a regular file or block device"));
   }
-  /** The O_DIRECT descriptor: undefined until first needed, null when not available. */
-  let directFd: number | null | undefined;
-  let usedDirect = false;
-  const direct = (): number | null => {
-    if (directFd === undefined) {
-      try {
-        // The same open file, not whatever the path names now.
-        directFd = fs.openSync(`/proc/self/fd/${fd}`, fs.constants.O_WRONLY | fs.constants.O_DIRECT);
-      } catch {
-        directFd = null;
-      }
-    }
-    return directFd;
+  let lent = false;
+  const own = () => {
+    if (lent) throw new Error(`internal error: ${path} is lent to another thread`);
   };
   return {
     path,
     blockDevice,
-    get direct() {
-      return usedDirect;
+    get offset() {
+      return pos;
     },
-    writeAt(offset, data) {
-      const aligned = offset % DIRECT_ALIGN === 0 && data.length % DIRECT_ALIGN === 0 && data.byteOffset % DIRECT_ALIGN === 0;
-      return new Promise<void>((resolve, reject) => {
-        const attempt = (viaDirect: boolean, done: number): void => {
-          const d = viaDirect ? direct() : null;
-          fs.write(d ?? fd, data, done, data.length - done, offset + done, (e, n) => {
-            if (e && d !== null && (e as NodeJS.ErrnoException).code === "EINVAL") {
-              // O_DIRECT refused after all (buffer or device alignment): plain writes from now on.
-              fs.closeSync(d);
-              directFd = null;
-              return attempt(false, done);
-            }
-            if (e) return reject(ioError(`write ${path} at byte ${offset + done}`, e));
-            if (d !== null) usedDirect = true;
-            if (done + n < data.length) return attempt(viaDirect, done + n);
-            resolve();
-          });
-        };
-        attempt(aligned, 0);
-      });
+    handOff() {
+      own();
+      lent = true;
+      return fd;
+    },
+    handBack(written) {
+      lent = false;
+      pos += written;
     },
     size: () => (blockDevice ? deviceSize(path) : fs.fstatSync(fd).size),
     read(offset, length) {
+      own();
       const buf = new Uint8Array(length);
       let done = 0;
       const sequential = offset === pos;
@@ -118,6 +91,7 @@ export function openTarget(path: string, opts: { create: boolean }): Target {
       return buf.subarray(0, done);
     },
     write(offset, data) {
+      own();
       const sequential = offset === pos;
       try {
         let done = 0;
@@ -146,8 +120,6 @@ export function openTarget(path: string, opts: { create: boolean }): Target {
       }
     },
     close() {
-      if (typeof directFd === "number") fs.closeSync(directFd);
-      directFd = null;
       fs.closeSync(fd);
     },
   };
