@@ -4,7 +4,8 @@
  * last; resume continues at the journal's chunk (seeking or streaming) and
  * ends identical; resumes that do not belong are refused; bytes corrupted on
  * the target before a resume fail the final raw check; `none` encoding;
- * progress events; the fallback zstd decoder gives the same bytes.
+ * progress events; the fallback zstd decoder gives the same bytes; a loop
+ * block device as the target keeps its size and its bytes after the payload.
  */
 import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -89,6 +90,50 @@ describe("clean install", () => {
     const missing = join(root, "never.img");
     expect(await outcome(install(host, fileSource(zstdImg.path), policy, { payload: "kernel", target: missing, journal: `${missing}.j` }))).toBe("USAGE");
     expect([existsSync(missing), existsSync(`${missing}.j`)]).toEqual([false, false]);
+  });
+});
+
+describe("block device target (a loop device)", () => {
+  const loops: string[] = [];
+  afterAll(() => loops.forEach((l) => Bun.spawnSync(["losetup", "-d", l])));
+  /** A loop device over a file of `size` bytes filled with the sentinel. */
+  function loopOf(size: number) {
+    const file = join(root, `loop${seq++}.img`);
+    const before = sentinel(size);
+    writeFileSync(file, before);
+    const r = Bun.spawnSync(["losetup", "--find", "--show", file], { stderr: "pipe" });
+    expect({ exit: r.exitCode, err: r.stderr.toString() }).toEqual({ exit: 0, err: "" });
+    const dev = r.stdout.toString().trim();
+    loops.push(dev);
+    return { dev, file, before };
+  }
+
+  test("the payload lands at the start of the device; the device keeps its size and the bytes after the payload", async () => {
+    const raw = zstdImg.raw.rootfs!;
+    const size = (Math.ceil(raw.length / 65536) + 4) * 65536;
+    const { dev, file, before } = loopOf(size);
+    const journal = join(root, `loop${seq++}.journal`);
+    const r = await install(host, fileSource(zstdImg.path), policy, { payload: "rootfs", target: dev, journal });
+    expect(r).toMatchObject({ rawSize: raw.length, alreadyInstalled: false });
+    expect(readJournal(journal)).toMatchObject({ state: "complete", target: dev });
+    Bun.spawnSync(["losetup", "-d", dev]); // flush the loop device's view into the backing file
+    loops.splice(loops.indexOf(dev), 1);
+    const after = read(file);
+    expect(after.length).toBe(size);
+    expect(sha256(after.subarray(0, raw.length))).toBe(sha256(raw));
+    expect(sha256(after.subarray(raw.length))).toBe(sha256(before.subarray(raw.length)));
+  });
+
+  test("a device smaller than the payload is IO before anything is written", async () => {
+    const raw = zstdImg.raw.rootfs!;
+    const { dev, file, before } = loopOf(Math.floor(raw.length / 2 / 512) * 512);
+    const journal = join(root, `loop${seq++}.journal`);
+    const e = await install(host, fileSource(zstdImg.path), policy, { payload: "rootfs", target: dev, journal }).catch((x: unknown) => x);
+    expect((e as { code?: string }).code).toBe("IO");
+    expect((e as Error).message).toMatch(/holds \d+ bytes, the payload needs/);
+    Bun.spawnSync(["losetup", "-d", dev]);
+    loops.splice(loops.indexOf(dev), 1);
+    expect(sha256(read(file))).toBe(sha256(before));
   });
 });
 
