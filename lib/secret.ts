@@ -12,15 +12,6 @@ export function wipe(...bufs: (Uint8Array | undefined | null)[]): void {
   }
 }
 
-/** Run `fn` with `secret` and wipe it afterwards, whatever happens. */
-export async function withSecret<T>(secret: Uint8Array, fn: (s: Uint8Array) => Promise<T> | T): Promise<T> {
-  try {
-    return await fn(secret);
-  } finally {
-    wipe(secret);
-  }
-}
-
 /** `n` bytes from the kernel CSPRNG. */
 export function randomSecret(n: number): Uint8Array {
   const b = new Uint8Array(n);

@@ -129,7 +129,6 @@ host_env() { fw_printenv -c "$FINAL/fw_env.config" -n "$1" 2>/dev/null || true; 
 CHECK_PREFIX=bootflow
 # shellcheck source=qemu/checks.sh
 . qemu/checks.sh
-not() { ! "$@"; }
 # Every boot that read tryboot.txt had kernel_status=trying on its cmdline.
 try_cmdlines() { jq -se 'map(select(.config == "tryboot.txt") | .cmdline | test("(^| )kernel_status=trying( |$)")) | all' "$1" >/dev/null; }
 # No boot that read tryboot.txt printed a guest marker (none reached /init).
@@ -146,11 +145,6 @@ events_failure() { jq -e '[.events[] | tostring | test("fail"; "i") and test("\\
 # Every boot that read tryboot.txt failed to unpack its initramfs.
 try_unpack_failed() { jq -se 'map(select(.config == "tryboot.txt") | has("initramfsFailed")) | all' "$1" >/dev/null; }
 
-console_tail() {
-  echo "---- last 40 lines of the guest console ($1/fw/console.log) ----" >&2
-  tr -d '\r' <"$1/fw/console.log" | tail -n 40 >&2 || true
-  echo "---- end of console ----" >&2
-}
 
 run_scenario() {
   local s=$1 w=$BASE/$1 t0 t1 t2 rc=0 seq want budget report status guest
@@ -165,7 +159,7 @@ run_scenario() {
   "$BUN" qemu/firmware.ts --disk "$w/disk.img" --work "$w/fw" --report "$report" \
     --max-boots 12 --timeout "${ZB_QEMU_TIMEOUT:-120}" || rc=$?
   t2=$(now)
-  [[ -s $report ]] || { echo "bootflow: the emulator wrote no report (exit $rc)" >&2; console_tail "$w"; return 1; }
+  [[ -s $report ]] || { echo "bootflow: the emulator wrote no report (exit $rc)" >&2; console_tail "$w/fw/console.log"; return 1; }
 
   FAILED=""
   check "the emulator stopped at a guest power-off (exit $rc)" test "$rc" -eq 0
@@ -228,7 +222,7 @@ run_scenario() {
     "(per boot: $(jq -r '"\(.seconds)"' "$report" | tr '\n' ' ' | sed 's/ $//') s), total $(secs "$t0" "$(now)") s"
   if [[ -n $FAILED ]]; then
     echo "bootflow: $s FAILED:${FAILED#;}" >&2
-    console_tail "$w"
+    console_tail "$w/fw/console.log"
     return 1
   fi
   echo "ZB-BOOTFLOW-OK $s"

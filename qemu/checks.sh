@@ -10,3 +10,11 @@ check() {
 }
 # is DESCRIPTION ACTUAL EXPECTED
 is() { check "$1 ('$2')" test "$2" == "$3"; }
+# not CMD…: CMD must fail (for check).
+not() { ! "$@"; }
+# console_tail LOG: the last 40 lines of a guest console log on stderr, after a failure.
+console_tail() {
+  echo "---- last 40 lines of the guest console ($1) ----" >&2
+  tr -d '\r' <"$1" | tail -n 40 >&2 || true
+  echo "---- end of console ----" >&2
+}

@@ -332,11 +332,6 @@ con() { tr -d '\r' <"$W/$1/console.log"; }
 # stamp NAME T: the guest's ZB-T-T uptime, or empty.
 stamp() { con "$1" | sed -n "s/^ZB-T-$2 \([0-9.]*\)\$/\1/p" | head -n1; }
 host_env() { fw_printenv -c "$W/$1/fw_env.config" -n "$2" 2>/dev/null || true; }
-console_tail() {
-  echo "---- last 40 lines of the guest console ($W/$1/console.log) ----" >&2
-  con "$1" | tail -n 40 >&2 || true
-  echo "---- end of console ----" >&2
-}
 # Phases from the stamps: init→modules, →devices, →unlocked, →root mounted.
 timing() {
   local a b c d e
@@ -363,7 +358,6 @@ unlocked() {
   check "the guest stamped /init and the mounted root" test -n "$(stamp "$n" INIT)" -a -n "$(stamp "$n" ROOT)"
 }
 # shellcheck disable=SC2317 # called through check
-not() { ! "$@"; }
 
 run_zb() {
   cp -a "$W/tpm-enrolled" "$W/tpm-zb"
@@ -422,7 +416,7 @@ for s in "${SCENARIOS[@]}"; do
   transcript "$s"
   if [[ -n $FAILED ]]; then
     echo "unlock: $s FAILED:${FAILED#;}" >&2
-    console_tail "$s"
+    console_tail "$W/$s/console.log"
     rc=1
   else
     echo "ZB-UNLOCK-OK $s"

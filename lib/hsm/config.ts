@@ -24,9 +24,11 @@
 import { ZbError } from "../errors.ts";
 import type { Sys } from "../sys/sys.ts";
 import { BACKENDS, type BackendName } from "./types.ts";
+import { DEFAULT_DEVICE } from "./tpm2/transport.ts";
 
 export const DEFAULT_HSM_CONFIG = "/etc/zb/hsm.conf";
-export const DEFAULT_TPM_DEVICE = "/dev/tpmrm0";
+/** The kernel resource manager, as tpm2/transport.ts names it. */
+export const DEFAULT_TPM_DEVICE = DEFAULT_DEVICE;
 export const DEFAULT_WAIT_SECONDS = 10;
 const MAX_WAIT_SECONDS = 600;
 

@@ -169,9 +169,7 @@ async function writeChunks(sys: Sys, chunkSize: number, p: Payload, from: number
   const pipe = chunkPipeline(target, sizes, opts.hashThreads === false ? { threads: false } : {});
   const decoder = frameDecoder(opts.preferNativeZstd === false ? { preferNative: false } : {});
   const storedTotal = p.stored.size;
-  /** Stored bytes before chunk `i` (for progress and error messages). */
-  const storedBefore = (i: number) => p.chunks.slice(0, i).reduce((a, c) => a + c.size, 0);
-  let storedBytes = storedBefore(from);
+  let storedBytes = p.chunks.slice(0, from).reduce((a, c) => a + c.size, 0);
   // The journal advances in steps of whole chunks, once they are written
   // (the worker writes a chunk or two behind the decoder).
   const perSync = Math.max(1, Math.floor(JOURNAL_BYTES / chunkSize));

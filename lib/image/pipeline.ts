@@ -144,24 +144,13 @@ self.onmessage = (e) => {
   }
 };`;
 
-/** @throws {ZbError} IO when the target cannot be handed to the worker */
+/** Two threads when a worker starts (within READY_MS), else one. */
 export function chunkPipeline(target: Target, sizes: PipelineSizes, opts: { threads?: boolean; stallMs?: number } = {}): ChunkPipeline {
   if (opts.threads !== false && sizes.raw > 0) {
     const t = threaded(target, sizes, opts.stallMs ?? STALL_MS);
     if (t) return t;
   }
   return local(target, sizes);
-}
-
-function hexBytes(hex: string): Uint8Array {
-  return Uint8Array.from(Buffer.from(hex, "hex"));
-}
-
-function sameDigest(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== 32 || b.length !== 32) return false;
-  let diff = 0;
-  for (let i = 0; i < 32; i++) diff |= a[i]! ^ b[i]!;
-  return diff === 0;
 }
 
 function local(target: Target, sizes: PipelineSizes): ChunkPipeline {
@@ -179,7 +168,7 @@ function local(target: Target, sizes: PipelineSizes): ChunkPipeline {
     check(stored, sha256) {
       if (pending) throw new ZbError("INTERNAL", "internal error: a checked chunk was not taken");
       // Checked now: the view stays valid until the caller pulls the next chunk, which is after `take`.
-      const ok = sameDigest(new Bun.CryptoHasher("sha256").update(stored).digest() as Uint8Array, hexBytes(sha256));
+      const ok = new Bun.CryptoHasher("sha256").update(stored).digest("hex") === sha256;
       pending = { stored, ok };
     },
     take() {
@@ -273,7 +262,7 @@ function threaded(target: Target, sizes: PipelineSizes, stallMs: number): ChunkP
     Atomics.notify(ctrl, WAKE);
   };
 
-  const expected: Uint8Array[] = [];
+  const expected: string[] = [];
   const lengths: number[] = [];
   /** Per stored slot: which of the worker's checks it is (1-based), or 0 when checked on this thread. */
   const ordinal: number[] = [];
@@ -304,7 +293,7 @@ function threaded(target: Target, sizes: PipelineSizes, stallMs: number): ChunkP
       // the worker hashes, and the decoder later reads, these very bytes.
       const view = new Uint8Array(stored, off, bytes.length);
       if (bytes.buffer !== stored || bytes.byteOffset !== off) view.set(bytes);
-      expected[slot] = hexBytes(sha256);
+      expected[slot] = sha256;
       lengths[slot] = bytes.length;
       if (issued - Atomics.load(ctrl, RAW_DONE) >= BACKLOG) {
         // The worker is behind on raw chunks: check this one here instead.
@@ -320,7 +309,7 @@ function threaded(target: Target, sizes: PipelineSizes, stallMs: number): ChunkP
       if (taken === checked) throw new ZbError("INTERNAL", "internal error: no chunk to take");
       const slot = taken % STORED_SLOTS;
       if (ordinal[slot]! > 0) waitFor(STORED_DONE, ordinal[slot]!);
-      const ok = sameDigest(dig.subarray(slot * 32, slot * 32 + 32), expected[slot]!);
+      const ok = Buffer.from(dig.subarray(slot * 32, slot * 32 + 32)).toString("hex") === expected[slot];
       taken++;
       return { stored: new Uint8Array(stored, slot * sizes.stored, lengths[slot]), ok };
     },

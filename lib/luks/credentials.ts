@@ -251,6 +251,17 @@ export function findAppendedCredentials(initramfs: Uint8Array): AppendedCredenti
 }
 
 /**
+ * The end of a file that can hold appended credentials (the largest archive
+ * plus padding), read without the rest. Offsets stay 4-aligned: a file that
+ * ends in appended credentials has a size divisible by 4.
+ * @throws {ZbError} IO
+ */
+export function credentialTail(sys: Sys, path: string, size: number): { start: number; bytes: Uint8Array } {
+  const start = Math.max(0, size - MAX_CRED_ARCHIVE_BYTES - 4096);
+  return { start, bytes: sys.readAt(path, start, size - start) };
+}
+
+/**
  * The trailing archive whose entries are all credential paths, unvalidated otherwise.
  * Candidate headers are tried from the end backwards: parsing from any entry
  * of the last archive reaches its trailer at the end of the input, so the
@@ -295,16 +306,16 @@ export function appendCredentials(sys: Sys, initramfsPath: string, cpio: Uint8Ar
   if (cpio[0] !== NEWC_MAGIC.charCodeAt(0)) throw invalid("the archive to append starts with padding");
   const st = sys.stat(initramfsPath);
   if (!st || st.kind !== "file") throw new ZbError("IO", `cannot append credentials to ${initramfsPath}: ${st ? "not a regular file" : "no such file"}`);
-  const tailStart = Math.max(0, st.size - MAX_CRED_ARCHIVE_BYTES - 4096);
-  const old = locateCredentialArchive(sys.readAt(initramfsPath, tailStart, st.size - tailStart));
-  const keep = old ? tailStart + old.offset : st.size;
+  const tail = credentialTail(sys, initramfsPath, st.size);
+  const old = locateCredentialArchive(tail.bytes);
+  const keep = old ? tail.start + old.offset : st.size;
   const offset = (keep + 3) & ~3;
   const tmp = join(dirname(initramfsPath), `.${basename(initramfsPath)}.zb-new`);
   sys.unlink(tmp);
   copyPrefix(sys, initramfsPath, tmp, keep);
-  const tail = new Uint8Array(offset - keep + cpio.length);
-  tail.set(cpio, offset - keep);
-  sys.writeAt(tmp, keep, tail, { create: true });
+  const added = new Uint8Array(offset - keep + cpio.length);
+  added.set(cpio, offset - keep);
+  sys.writeAt(tmp, keep, added, { create: true });
   sys.fsync(tmp);
   sys.rename(tmp, initramfsPath);
   sys.fsync(dirname(initramfsPath));

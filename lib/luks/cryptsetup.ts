@@ -264,12 +264,13 @@ export function exitError(what: string, code: number, stderr: string): ZbError {
   if (/device-mapper/i.test(stderr)) hint = "load the dm_mod and dm_crypt kernel modules (modprobe dm_crypt)";
   else if (/algif_skcipher|AF_ALG|kernel crypto/i.test(stderr)) hint = "load the af_alg and algif_skcipher kernel modules";
   const msg = `cannot ${what}: ${reason} (cryptsetup exit ${code}${detail ? `: ${detail}` : ""})`;
-  return new ZbError("LUKS_FAILED", msg, hint === undefined ? {} : { hint });
+  // The exit status rides along as the cause, so isWrongKey need not read the message back.
+  return new ZbError("LUKS_FAILED", msg, { cause: { cryptsetupExit: code }, ...(hint === undefined ? {} : { hint }) });
 }
 
 /** True when a LUKS_FAILED error says the key opens no keyslot (cryptsetup exit 2, "No key available with this passphrase"). */
 export function isWrongKey(e: ZbError): boolean {
-  return e.code === "LUKS_FAILED" && /\(cryptsetup exit 2[:)]/.test(e.message);
+  return e.code === "LUKS_FAILED" && (e.cause as { cryptsetupExit?: number } | undefined)?.cryptsetupExit === 2;
 }
 
 /** Parse the keyslots of `luksDump --dump-json-metadata` (LUKS2 spec §3.2 "keyslots"). */

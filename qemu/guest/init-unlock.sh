@@ -102,7 +102,7 @@ diag() {
   t0=$(up)
   "$@" >/dev/null 2>&1
   rc=$?
-  echo "ZB-DIAG $(awk -v a="$t0" -v b="$(up)" 'BEGIN { printf "%.2f", b - a }') s: $* (exit $rc)"
+  echo "ZB-DIAG $(since "$t0") s: $* (exit $rc)"
 }
 diag zb version
 diag zb version

@@ -4,12 +4,12 @@
  * initramfs (docs/credentials.md). `create` is the enrolment a slot install
  * performs: a fresh random root key, luksFormat, seal, pack.
  */
-import { readFileSync, statSync, writeFileSync } from "node:fs";
+import { statSync, writeFileSync } from "node:fs";
 import { parseArgs, type ParsedArgs } from "../../lib/cli/args.ts";
 import { ZbError, ioError } from "../../lib/errors.ts";
 import { unsealError } from "../../lib/hsm/blob.ts";
 import { parsePcrs, type HsmConfig } from "../../lib/hsm/config.ts";
-import { appendCredentials, findAppendedCredentials, packCredentials, readCredentials, type LoadedCredentials } from "../../lib/luks/credentials.ts";
+import { appendCredentials, credentialTail, findAppendedCredentials, packCredentials, readCredentials, type LoadedCredentials } from "../../lib/luks/credentials.ts";
 import { CryptsetupCli } from "../../lib/luks/cryptsetup.ts";
 import { enrollSlot, type DataTarget } from "../../lib/luks/enroll.ts";
 import { wipe } from "../../lib/secret.ts";
@@ -61,20 +61,15 @@ export async function credMain(argv: string[]): Promise<number> {
  * @throws {ZbError} CRED_INVALID when none are found; IO
  */
 export function loadCredentials(path: string): LoadedCredentials {
-  let isDir = false;
+  const sys = new HostSys();
+  let st;
   try {
-    isDir = statSync(path).isDirectory();
+    st = statSync(path);
   } catch (e) {
     throw ioError(`read credentials ${path}`, e);
   }
-  if (isDir) return readCredentials(new HostSys(), path);
-  let bytes: Uint8Array;
-  try {
-    bytes = new Uint8Array(readFileSync(path));
-  } catch (e) {
-    throw ioError(`read credentials ${path}`, e);
-  }
-  const found = findAppendedCredentials(bytes);
+  if (st.isDirectory()) return readCredentials(sys, path);
+  const found = findAppendedCredentials(credentialTail(sys, path, st.size).bytes);
   if (!found) throw new ZbError("CRED_INVALID", `cannot read credentials: ${path} is not a credentials archive and carries none at its end`);
   return found.credentials;
 }

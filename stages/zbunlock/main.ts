@@ -23,7 +23,7 @@ import { BOOT_OPTIONS, BOOT_OPTIONS_HELP, host, rebooter } from "../common.ts";
 import { err, out } from "../output.ts";
 import { report } from "../zb/boot.ts";
 import { HSM_OPTIONS } from "../zb/hsm.ts";
-import { unlockStep } from "./unlock.ts";
+import { secondsParam, unlockStep } from "./unlock.ts";
 
 export const USAGE = `usage: zbunlock [--boot DIR] [--root DIR] [--dry-run] [--no-unlock] [--no-reboot] [--json]
                 [--credentials DIR] [--config FILE] [--tpm ADDR] [--pin-file FILE]
@@ -64,7 +64,7 @@ export async function zbunlockMain(argv: string[]): Promise<number> {
   const p = readPlatform(new HostSys(), root);
   // Before mounting anything: a kernel not booted through zb's config stops here.
   const booted = bootedFrom(p);
-  const bootDir = args.values.get("boot") ?? mountBoot(root, p.params.get("zb.boot") ?? DEFAULT_BOOT_DEVICE, bootWait(p.params.get("zb.boot_wait")));
+  const bootDir = args.values.get("boot") ?? mountBoot(root, p.params.get("zb.boot") ?? DEFAULT_BOOT_DEVICE, secondsParam(p, "zb.boot_wait") ?? DEFAULT_BOOT_WAIT_S);
   const h = host(args, bootDir);
   const dryRun = args.flags.has("dry-run");
   const r = rebooter(args, "zbunlock");
@@ -92,11 +92,6 @@ export async function zbunlockMain(argv: string[]): Promise<number> {
   }
   if (r.pending() !== null) return CODES.REBOOT_PENDING;
   throw new ZbError("INTERNAL", "internal error: the transition neither continued nor rebooted");
-}
-
-/** zb.boot_wait=SECONDS from the cmdline, if valid; else the default. */
-function bootWait(v: string | undefined): number {
-  return v !== undefined && /^\d+(\.\d+)?$/.test(v) && Number(v) <= 600 ? Number(v) : DEFAULT_BOOT_WAIT_S;
 }
 
 /** Mount the boot partition unless it is mounted already; returns the mount point. */

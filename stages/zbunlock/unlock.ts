@@ -21,9 +21,9 @@ export interface UnlockStep {
   outcome: UnlockOutcome | null;
 }
 
-/** Parse zb.hsm_wait=SECONDS from the cmdline, if valid. */
-function cmdlineWait(p: Platform): number | null {
-  const v = p.params.get("zb.hsm_wait");
+/** A SECONDS kernel parameter (zb.hsm_wait=, zb.boot_wait=): a number up to 600, else null. */
+export function secondsParam(p: Platform, name: string): number | null {
+  const v = p.params.get(name);
   return v !== undefined && /^\d+(\.\d+)?$/.test(v) && Number(v) <= 600 ? Number(v) : null;
 }
 
@@ -36,7 +36,7 @@ export async function unlockStep(args: ParsedArgs, sys: Sys, root: string, p: Pl
   }
   const creds = readCredentials(sys, credRoot);
   const cfg = hsmConfigFrom(args, join(root, "etc/zb/hsm.conf"));
-  const wait = cmdlineWait(p) ?? cfg.waitSeconds;
+  const wait = secondsParam(p, "zb.hsm_wait") ?? cfg.waitSeconds;
   const hsm = hsmFor(creds.meta.backend, cfg, pinTerminal(sys, root));
   const crypt = new CryptsetupCli();
   try {

@@ -74,9 +74,6 @@ export function addressOf(b: Uint8Array): number {
 
 /** One loaded module and its function table. Obtain with {@link loadModule}. */
 export class Cryptoki {
-  /** Nesting depth of initialize() calls made through this object (see token.ts withCryptoki). */
-  users = 0;
-
   constructor(readonly path: string, private readonly fns: Record<Name, Fn>) {}
 
   private call(name: Name, what: string, ...args: unknown[]): void {

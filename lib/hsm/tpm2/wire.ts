@@ -132,10 +132,6 @@ export function sized(fn: (w: Writer) => void): Uint8Array {
 export class Reader {
   constructor(private readonly buf: Uint8Array, private off = 0) {}
 
-  get offset(): number {
-    return this.off;
-  }
-
   get remaining(): number {
     return this.buf.length - this.off;
   }
@@ -226,12 +222,6 @@ export interface Response {
   handles: number[];
   params: Uint8Array;
   auths: AuthResponse[];
-}
-
-/** The response code of a response (its bytes 6..10), or throws when it is shorter than a header. */
-export function responseCode(bytes: Uint8Array): number {
-  if (bytes.length < 10) throw malformed(`response of ${bytes.length} bytes is shorter than its header`);
-  return new DataView(bytes.buffer, bytes.byteOffset).getUint32(6);
 }
 
 /**

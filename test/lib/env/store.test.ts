@@ -2,23 +2,17 @@
  * EnvStore against real files in a temp dir: which copy a save writes, the
  * dirty check, degraded pairs, creation, layouts inside one file.
  */
-import { afterAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { describe, expect, test } from "bun:test";
+import { readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { decode, encode, type Vars } from "../../../lib/env/codec.ts";
 import { defaultConfig, type StoreConfig } from "../../../lib/env/config.ts";
 import { EnvStore } from "../../../lib/env/store.ts";
 import { HostSys } from "../../../lib/sys/sys.ts";
+import { tempDirs } from "../../tempdirs.ts";
 
 const sys = new HostSys();
-const dirs: string[] = [];
-afterAll(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
-function tmp(): string {
-  const d = mkdtempSync(join(tmpdir(), "zb-store-"));
-  dirs.push(d);
-  return d;
-}
+const tmp = tempDirs("zb-store-");
 const L = { size: 0x4000, redundant: true };
 const vars = (o: Record<string, string>): Vars => new Map(Object.entries(o));
 

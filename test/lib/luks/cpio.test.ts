@@ -8,21 +8,15 @@
  * malformed input rows (before: a mutation, after: the CRED_INVALID reason)
  * and a property test that mutated archives never escape as anything but a ZbError.
  */
-import { afterAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { chmodSync, mkdirSync, readFileSync, statSync, utimesSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { readCpio, readOneArchive, writeCpio, type CpioInput, type CpioLimits, DEFAULT_LIMITS } from "../../../lib/luks/cpio.ts";
 import { ZbError } from "../../../lib/errors.ts";
+import { tempDirs } from "../../tempdirs.ts";
 
-const dirs: string[] = [];
-afterAll(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
-function tempDir(): string {
-  const d = mkdtempSync(join(tmpdir(), "zb-cpio-"));
-  dirs.push(d);
-  return d;
-}
+const tempDir = tempDirs("zb-cpio-");
 
 const bytes = (s: string) => new TextEncoder().encode(s);
 

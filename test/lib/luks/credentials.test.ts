@@ -8,9 +8,8 @@
  * reported offset extracts the credentials. Power cuts at every write and
  * fsync leave the old or the new initramfs, never a mix.
  */
-import { afterAll, describe, expect, test } from "bun:test";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { describe, expect, test } from "bun:test";
+import { mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ZbError } from "../../../lib/errors.ts";
 import { encodeBlob } from "../../../lib/hsm/blob.ts";
@@ -21,15 +20,10 @@ import {
 } from "../../../lib/luks/credentials.ts";
 import { HostSys } from "../../../lib/sys/sys.ts";
 import { CuttingSys, cutPoints, PowerCut } from "../../fakes/powercut.ts";
+import { tempDirs } from "../../tempdirs.ts";
 
 const host = new HostSys();
-const dirs: string[] = [];
-afterAll(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
-function tempDir(): string {
-  const d = mkdtempSync(join(tmpdir(), "zb-cred-"));
-  dirs.push(d);
-  return d;
-}
+const tempDir = tempDirs("zb-cred-");
 
 const META: CredentialMeta = {
   format: "zb-credentials/1",

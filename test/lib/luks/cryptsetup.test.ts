@@ -10,21 +10,15 @@
  * every real cryptsetup run and the test asserts that no form of any key is
  * in them.
  */
-import { afterAll, describe, expect, test } from "bun:test";
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { describe, expect, test } from "bun:test";
+import { chmodSync, existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ZbError, type ErrorCode } from "../../../lib/errors.ts";
-import { CryptsetupCli, MAX_KEY_BYTES, scrub } from "../../../lib/luks/cryptsetup.ts";
+import { CryptsetupCli, exitError, isWrongKey, MAX_KEY_BYTES, scrub } from "../../../lib/luks/cryptsetup.ts";
+import { tempDirs } from "../../tempdirs.ts";
 
 const REAL = Bun.which("cryptsetup", { PATH: `${process.env.PATH}:/usr/sbin:/sbin` })!;
-const dirs: string[] = [];
-afterAll(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
-function tempDir(): string {
-  const d = mkdtempSync(join(tmpdir(), "zb-luks-"));
-  dirs.push(d);
-  return d;
-}
+const tempDir = tempDirs("zb-luks-");
 
 /** A sparse 32 MiB file (LUKS2's default 16 MiB header area + room for data). */
 function volume(dir: string, name = "vol.img"): string {
@@ -308,4 +302,12 @@ describe("messages never carry a key", () => {
     expect((err as ZbError).message).toMatch(/cannot open \/dev\/sdz1 as zb-x: the key does not open any keyslot \(cryptsetup exit 2: raw \[key\]; \[key\]\)/);
     for (const form of [b.toString("latin1"), b.toString("hex"), b.toString("base64")]) expect((err as ZbError).message).not.toContain(form);
   });
+});
+
+test.each([
+  { before: "exit 2 (no keyslot opens)", err: () => exitError("open /dev/sdz1 as zb-x", 2, "No key available with this passphrase."), wrongKey: true },
+  { before: "exit 1 (bad parameters)", err: () => exitError("open /dev/sdz1 as zb-x", 1, "Device /dev/sdz1 does not exist."), wrongKey: false },
+  { before: "another error whose text merely mentions exit 2", err: () => new ZbError("LUKS_FAILED", "cannot open: (cryptsetup exit 2)"), wrongKey: false },
+])("isWrongKey: $before → $wrongKey", ({ err, wrongKey }) => {
+  expect(isWrongKey(err())).toBe(wrongKey);
 });

@@ -8,10 +8,9 @@
  * the disks as they were; every key made by enrollSlot is zero afterwards,
  * the caller's keys are untouched.
  */
-import { afterAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ZbError, type ErrorCode } from "../../../lib/errors.ts";
 import { b64, b64field, decodeBlob } from "../../../lib/hsm/blob.ts";
@@ -20,6 +19,7 @@ import { packCredentials, unpackCredentials, type Credentials } from "../../../l
 import { CryptsetupCli } from "../../../lib/luks/cryptsetup.ts";
 import { enrollSlot, KEY_BYTES, type EnrollOptions } from "../../../lib/luks/enroll.ts";
 import { parseLuksHeader } from "../../../lib/luks/header.ts";
+import { tempDirs } from "../../tempdirs.ts";
 
 /** Seals with AES-256-GCM under a key only this object knows; `absent` makes seal fail like a missing TPM. */
 class BoxHsm implements Hsm {
@@ -53,12 +53,10 @@ class BoxHsm implements Hsm {
 }
 
 const crypt = new CryptsetupCli();
-const dirs: string[] = [];
-afterAll(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
+const tempDir = tempDirs("zb-enroll-");
 
 function disks(): { root: string; rootB: string; data: string } {
-  const d = mkdtempSync(join(tmpdir(), "zb-enroll-"));
-  dirs.push(d);
+  const d = tempDir();
   const mk = (n: string) => {
     const p = join(d, n);
     writeFileSync(p, "");
