@@ -200,6 +200,10 @@ run_scenario() {
       is "boot sequence (1 + $budget tryboot attempts)" "$seq" "$want"
       for ((i = 1; i <= budget; i++)); do
         is "after re-arm $i: zb_try_left" "$(env_after "$report" $((2 * i + 1)) zb_try_left)" "$((budget - i))"
+        # zbunlock runs without the JIT, so bun:ffi (reboot(2)) is not at hand:
+        # it hands the tryboot reboot to `zb reboot --raw` (lib/sys/jit.ts).
+        check "re-arm $i: zbunlock handed the reboot to zb reboot --raw" \
+          has_marker "$report" $((2 * i + 1)) 'zb reboot: rebooting ("0 tryboot"), boot state untouched'
       done
       check "no try boot printed a guest marker (none reached its initramfs)" try_silent "$report"
       check "every try kernel reported 'Initramfs unpacking failed'" try_unpack_failed "$report"

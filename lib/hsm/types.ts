@@ -14,6 +14,9 @@
 export const BACKENDS = ["tpm2", "pkcs11", "zymkey", "soft"] as const;
 export type BackendName = (typeof BACKENDS)[number];
 
+/** Backends that are C libraries reached through bun:ffi: they need the JIT (lib/sys/jit.ts). */
+export const FFI_BACKENDS: ReadonlySet<BackendName> = new Set(["pkcs11", "zymkey"]);
+
 /** Backend-specific sealed data: flat JSON (strings, numbers, arrays of numbers). Binary fields are base64. */
 export type SealedData = Record<string, string | number | number[]>;
 

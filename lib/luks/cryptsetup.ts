@@ -2,15 +2,18 @@
  * LUKS2 through the cryptsetup program: format, add/remove a key, open,
  * test a key, close, read the UUID and keyslots.
  *
- * Host access: runs `cryptsetup` (cryptsetup(8), 2.6) and creates pipes
- * with pipe2(2) through bun:ffi. Keys travel only through pipes: the first
- * key on stdin (`--key-file=-`, read to EOF, so any byte including `\n` and
- * NUL is part of it — without `--key-file=-` cryptsetup stops at the first
- * newline), a second key on an inherited pipe opened as `/dev/fd/3`. Bun's
- * own "pipe" for extra stdio slots is a socketpair, and open(2) of
- * /dev/fd/N on a socket fails with ENXIO, hence real pipes. A key is at most
- * 4096 bytes, so it fits the pipe buffer (at least one page) and is written
- * before the child starts. Keys are never in argv, the environment (the
+ * Host access: runs `cryptsetup` (cryptsetup(8), 2.6); creates pipes with
+ * pipe2(2) through bun:ffi for a second key. Keys travel only through the
+ * child's inherited descriptors: the first key on stdin (`--key-file=-`,
+ * read to EOF, so any byte including `\n` and NUL is part of it — without
+ * `--key-file=-` cryptsetup stops at the first newline), written into Bun's
+ * stdin socket and closed; a second key (add-key) on an inherited pipe
+ * opened as `/dev/fd/3`. Bun's own "pipe" is a socketpair, which is fine to
+ * read(2) from but open(2) of /dev/fd/N on a socket fails with ENXIO, hence
+ * a real pipe there. Opening a volume needs only stdin, so zbunlock, which
+ * runs without the JIT and hence without bun:ffi (lib/sys/jit.ts), never
+ * needs pipe2. A key is at most 4096 bytes, so it fits the socket or pipe
+ * buffer and is written at once. Keys are never in argv, the environment (the
  * child gets only PATH and LC_ALL=C), logs or files, and never in error
  * messages: cryptsetup's stderr is scrubbed of every form of the key.
  *
@@ -21,6 +24,7 @@
  * the measured figures).
  */
 import { closeSync, writeSync } from "node:fs";
+import type { FileSink } from "bun";
 import { ZbError } from "../errors.ts";
 import { libc } from "../sys/libc.ts";
 
@@ -225,13 +229,13 @@ export class CryptsetupCli implements Cryptsetup {
     const exe = resolveBinary(this.binary, spec.what);
     const fds: number[] = [];
     try {
-      const stdin = spec.stdinKey ? track(fds, keyPipe(spec.stdinKey, spec.what)) : "ignore";
-      const stdio: [number | "ignore", "pipe", "pipe", ...number[]] = [stdin, "pipe", "pipe"];
+      const stdio: ["pipe" | "ignore", "pipe", "pipe", ...number[]] = [spec.stdinKey ? "pipe" : "ignore", "pipe", "pipe"];
       if (spec.fd3Key) stdio.push(track(fds, keyPipe(spec.fd3Key, spec.what)));
       const started = performance.now();
       const proc = Bun.spawn([exe, ...spec.args], { stdio, env: childEnv(), timeout: this.timeoutMs, killSignal: "SIGKILL" });
       // The child holds its own copies of the read ends now.
       fds.splice(0).forEach((fd) => closeSync(fd));
+      if (spec.stdinKey) await sendKey(proc.stdin as FileSink, spec.stdinKey);
       const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
       if (proc.signalCode) {
         const timedOut = performance.now() - started >= this.timeoutMs;
@@ -346,7 +350,21 @@ export function scrub(text: string, keys: Uint8Array[]): string {
   return out;
 }
 
-// ---- pipes (pipe2(2) through bun:ffi) ----
+// ---- key transport ----
+
+/**
+ * Write the key into the child's stdin and close it (EOF ends the key). A
+ * child that exits without reading makes the write fail with EPIPE; its exit
+ * status says why, so that failure is not reported on its own.
+ */
+async function sendKey(sink: FileSink, key: Uint8Array): Promise<void> {
+  try {
+    sink.write(key);
+    await sink.end();
+  } catch {
+    // see above: the exit status is the error
+  }
+}
 
 /** O_CLOEXEC on Linux (asm-generic/fcntl.h, same on x86_64 and arm64): no other child inherits our end. */
 const O_CLOEXEC = 0o2000000;

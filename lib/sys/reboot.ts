@@ -6,11 +6,15 @@
  * Under systemd (the running OS) `systemctl reboot ARG` stores the argument
  * in /run/systemd/reboot-param and shuts down cleanly. Without an init
  * system (initramfs, enclave) zb calls reboot(2) itself with
- * LINUX_REBOOT_CMD_RESTART2 through bun:ffi, after sync(2).
+ * LINUX_REBOOT_CMD_RESTART2 through bun:ffi, after sync(2). A process
+ * started without the JIT (zbunlock, lib/sys/jit.ts) cannot use bun:ffi: it
+ * hands the reboot to `zb reboot --raw [--param ARG]`, the same binary with
+ * the JIT on, which does exactly that and never returns.
  */
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { ZbError } from "../errors.ts";
+import { jitOff, runWithJit, type JitSpawner } from "./jit.ts";
 import { libc } from "./libc.ts";
 
 // include/uapi/linux/reboot.h
@@ -29,12 +33,31 @@ const NR_REBOOT: Record<string, number> = { arm64: 142, x64: 169 };
  * @throws {ZbError} IO when the reboot could not be started;
  *   USAGE when ZB_NO_REBOOT=1 is set (test runs set it so no test can reboot the host)
  */
-export function rebootNow(arg: string | null, root = "/"): void {
+export function rebootNow(arg: string | null, root = "/", seams: RebootSeams = {}): void {
   if (process.env.ZB_NO_REBOOT === "1") {
     throw new ZbError("USAGE", `cannot reboot${arg ? ` with "${arg}"` : ""}: ZB_NO_REBOOT=1 is set`);
   }
   if (existsSync(join(root, "run/systemd/system"))) return viaSystemd(arg);
-  viaSyscall(arg);
+  if (jitOff()) viaChild(arg, root, seams.spawn);
+  (seams.syscall ?? viaSyscall)(arg);
+}
+
+/** Tests replace the two ways out of the process. */
+export interface RebootSeams {
+  spawn?: JitSpawner;
+  syscall?: (arg: string | null) => never;
+}
+
+/** Without the JIT: the same binary with the JIT on makes the syscall; it returns only on failure. */
+function viaChild(arg: string | null, root: string, spawn?: JitSpawner): never {
+  const args = ["reboot", "--raw", ...(arg ? ["--param", arg] : []), ...(root === "/" ? [] : ["--root", root])];
+  let code: number;
+  try {
+    code = runWithJit({ argv0: "zb", args }, spawn);
+  } catch (e) {
+    throw new ZbError("IO", `cannot reboot: cannot start \`zb ${args.join(" ")}\`: ${(e as Error).message}`, { cause: e });
+  }
+  throw new ZbError("IO", `cannot reboot: \`zb ${args.join(" ")}\` returned (exit ${code})`);
 }
 
 /** `systemctl reboot ARG` stores ARG in /run/systemd/reboot-param for the final reboot(2). */

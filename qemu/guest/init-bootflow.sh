@@ -67,8 +67,10 @@ done
 mount -t vfat /dev/vda1 /boot || fail "mount -t vfat /dev/vda1 /boot failed"
 
 # What zbunlock is about to do, without doing it (informational).
-run zbunlock --boot /boot --dry-run
-direct zbunlock --boot /boot || fail "zbunlock exited $rc"
+# Without the JIT, as initramfs-hooks/scripts/local-top/zb starts it: a
+# reboot with "0 tryboot" (row N1) then goes through `zb reboot --raw`.
+run env BUN_JSC_useJIT=0 zbunlock --boot /boot --dry-run
+direct env BUN_JSC_useJIT=0 zbunlock --boot /boot || fail "zbunlock exited $rc"
 
 # --- userspace ------------------------------------------------------------
 [ -f "$STEPS" ] || fail "$STEPS is missing"

@@ -77,7 +77,8 @@ if [ "$MODE" = zb ]; then
   # zbunlock mounts zb.boot=/dev/vda1 itself (on /run/zb/boot), reads
   # /etc/zb/hsm.conf and /zb/credentials/, waits for /dev/tpmrm0 and opens
   # the LUKS device whose UUID meta.json names.
-  OUT=$(stamped zbunlock --no-reboot)
+  # Without the JIT, as initramfs-hooks/scripts/local-top/zb starts it.
+  OUT=$(stamped env BUN_JSC_useJIT=0 zbunlock --no-reboot)
 else
   OUT=$(stamped cryptsetup open --key-file /key.bin /dev/vda2 zb-root)
 fi

@@ -19,11 +19,13 @@ import { runTransition } from "../../lib/bootstate/commit.ts";
 import { bootedFrom, readPlatform } from "../../lib/bootloader/platform.ts";
 import { CODES, ZbError } from "../../lib/errors.ts";
 import { HostSys } from "../../lib/sys/sys.ts";
+import { jitOff, runWithJit } from "../../lib/sys/jit.ts";
+import { FFI_BACKENDS } from "../../lib/hsm/types.ts";
 import { BOOT_OPTIONS, BOOT_OPTIONS_HELP, host, rebooter } from "../common.ts";
 import { err, out } from "../output.ts";
 import { report } from "../zb/boot.ts";
 import { HSM_OPTIONS } from "../zb/hsm.ts";
-import { secondsParam, unlockStep } from "./unlock.ts";
+import { credentialBackend, secondsParam, unlockStep } from "./unlock.ts";
 
 export const USAGE = `usage: zbunlock [--boot DIR] [--root DIR] [--dry-run] [--no-unlock] [--no-reboot] [--json]
                 [--credentials DIR] [--config FILE] [--tpm ADDR] [--pin-file FILE]
@@ -61,7 +63,15 @@ export async function zbunlockMain(argv: string[]): Promise<number> {
     return 0;
   }
   const root = args.values.get("root") ?? "/";
-  const p = readPlatform(new HostSys(), root);
+  const sys = new HostSys();
+  // Started without the JIT (the initramfs script does so for a faster start,
+  // lib/sys/jit.ts): a backend that is a C library needs it back, so the whole
+  // run happens in a child with the JIT on, before any state is touched.
+  if (jitOff() && !args.flags.has("no-unlock")) {
+    const backend = credentialBackend(sys, args.values.get("credentials") ?? root);
+    if (backend !== null && FFI_BACKENDS.has(backend)) return rerunWithJit(argv, backend);
+  }
+  const p = readPlatform(sys, root);
   // Before mounting anything: a kernel not booted through zb's config stops here.
   const booted = bootedFrom(p);
   const bootDir = args.values.get("boot") ?? mountBoot(root, p.params.get("zb.boot") ?? DEFAULT_BOOT_DEVICE, secondsParam(p, "zb.boot_wait") ?? DEFAULT_BOOT_WAIT_S);
@@ -92,6 +102,15 @@ export async function zbunlockMain(argv: string[]): Promise<number> {
   }
   if (r.pending() !== null) return CODES.REBOOT_PENDING;
   throw new ZbError("INTERNAL", "internal error: the transition neither continued nor rebooted");
+}
+
+/** zbunlock again, with the JIT on; its exit status is ours. */
+function rerunWithJit(argv: string[], backend: string): number {
+  try {
+    return runWithJit({ argv0: "zbunlock", args: argv });
+  } catch (e) {
+    throw new ZbError("INTERNAL", `cannot run zbunlock with the JIT on for the ${backend} backend: ${(e as Error).message}`, { cause: e });
+  }
 }
 
 /** Mount the boot partition unless it is mounted already; returns the mount point. */

@@ -13,6 +13,7 @@ import { CryptsetupCli, isWrongKey } from "../../lib/luks/cryptsetup.ts";
 import { findLuksDevice } from "../../lib/unlock/devices.ts";
 import { unlockSlot, type UnlockOutcome } from "../../lib/unlock/unlock.ts";
 import type { Sys } from "../../lib/sys/sys.ts";
+import type { BackendName } from "../../lib/hsm/types.ts";
 import { hsmConfigFrom, hsmFor } from "../zb/hsm.ts";
 import { err, out } from "../output.ts";
 
@@ -25,6 +26,18 @@ export interface UnlockStep {
 export function secondsParam(p: Platform, name: string): number | null {
   const v = p.params.get(name);
   return v !== undefined && /^\d+(\.\d+)?$/.test(v) && Number(v) <= 600 ? Number(v) : null;
+}
+
+/**
+ * The backend this initramfs's credentials were sealed with, or null when
+ * there are none or they cannot be read (the unlock step reports why).
+ */
+export function credentialBackend(sys: Sys, credRoot: string): BackendName | null {
+  try {
+    return readCredentials(sys, credRoot).meta.backend;
+  } catch {
+    return null;
+  }
 }
 
 /** Run the unlock of this slot. Throws only for bugs and bad configuration. */

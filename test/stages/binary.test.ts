@@ -33,6 +33,10 @@ describe("dispatch", () => {
     { name: "zbcli", args: ["bogus"], code: 2, err: /cannot run zb: unknown command "bogus"/ },
     { name: "zb", args: [], code: 2, err: /cannot run zb: no command given/ },
     { name: "zb", args: ["env", "print", "--bogus"], code: 2, err: /unknown option --bogus/ },
+    // zb reboot --raw: the reboot a JIT-less zbunlock hands over (lib/sys/jit.ts); ZB_NO_REBOOT=1 stops it here
+    { name: "zb", args: ["reboot", "--raw", "--param", "0 tryboot"], code: 2, err: /cannot reboot with "0 tryboot": ZB_NO_REBOOT=1 is set/ },
+    { name: "zb", args: ["reboot", "--param", "0 tryboot"], code: 2, err: /cannot reboot: --param needs --raw/ },
+    { name: "zb", args: ["reboot", "--raw", "--recover"], code: 2, err: /cannot reboot: --raw takes no --try or --recover/ },
   ])("$name $args → exit $code", ({ name, args, code, err }) => {
     const r = run(name, args);
     expect(r.err).toMatch(err);

@@ -102,11 +102,12 @@ function scanProcesses(k: Uint8Array): string[] {
   return hits;
 }
 
-async function zbunlock(extra: string[] = [], during?: () => void) {
+/** Run zbunlock; `env` adds variables (BUN_JSC_useJIT=0: as the initramfs script starts it). */
+async function zbunlock(extra: string[] = [], during?: () => void, env: Record<string, string> = {}) {
   rmSync(join(dir, "ready"), { force: true });
   rmSync(join(dir, "go"), { force: true });
   const p = Bun.spawn([BIN, "unlock", "--boot", boot, "--root", root, "--no-reboot", ...extra], {
-    env: { ...process.env, ZB_NO_REBOOT: "1", PATH: `${fakeBin}:${process.env.PATH}` }, stdout: "pipe", stderr: "pipe",
+    env: { ...process.env, ZB_NO_REBOOT: "1", PATH: `${fakeBin}:${process.env.PATH}`, ...env }, stdout: "pipe", stderr: "pipe",
   });
   if (during) {
     for (let i = 0; i < 400 && !existsSync(join(dir, "ready")); i++) await Bun.sleep(25);
@@ -141,6 +142,46 @@ describe("zbunlock unlocks the slot's root", () => {
     expect(r.code).toBe(0);
     expect(readFileSync(join(dir, "open.log"), "utf8")).toBe(`open --type luks --key-file=- ${join(root, "dev/vdb")} zb-root\n`);
     for (const f of forms(key)) expect(Buffer.from(r.out + r.err, "latin1").includes(f)).toBe(false);
+    expect(env()).toContain("zb_boot_count_a=1");
+  });
+
+  test("without the JIT (BUN_JSC_useJIT=0, as initramfs-hooks/scripts/local-top/zb starts it): same unlock, the key only on cryptsetup's stdin", async () => {
+    expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b", "--force"]).code).toBe(0);
+    hsmConf(join(dir, "soft.key"));
+    let hits: string[] = ["not scanned"];
+    const r = await zbunlock([], () => {
+      hits = scanProcesses(key);
+    }, { BUN_JSC_useJIT: "0" });
+    expect(hits).toEqual([]);
+    expect(r.err).not.toContain("requires the JIT");
+    expect(r.err).toContain("zbunlock: unlocked zb-root");
+    expect(r.code).toBe(0);
+    for (const f of forms(key)) expect(Buffer.from(r.out + r.err, "latin1").includes(f)).toBe(false);
+    expect(env()).toContain("zb_boot_count_a=1");
+  });
+
+  test("without the JIT, keys sealed by a C-library backend (zymkey): zbunlock runs again with the JIT, once", async () => {
+    expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b", "--force"]).code).toBe(0);
+    // The zymkey stub library of test/lib/hsm (same C signatures as libzk_app_utils.so).
+    const stub = join(dir, "libzk_stub.so");
+    const cc = Bun.spawnSync(["g++", "-shared", "-fPIC", "-O2", "-o", stub, resolve(import.meta.dir, "../lib/hsm/zymkey-stub/zk_stub.cpp")], { stderr: "pipe" });
+    expect(cc.stderr.toString()).toBe("");
+    // Credentials that name zymkey; the blob's data is the soft backend's, so the stub cannot unlock it.
+    const creds = join(dir, "zk-creds");
+    mkdirSync(join(creds, "zb/credentials"), { recursive: true });
+    const src = join(root, "zb/credentials");
+    const asZymkey = (f: string) => readFileSync(join(src, f), "utf8").replace(/"backend": *"soft"/, '"backend":"zymkey"');
+    writeFileSync(join(creds, "zb/credentials/meta.json"), asZymkey("meta.json"));
+    writeFileSync(join(creds, "zb/credentials/root.sealed"), asZymkey("root.sealed"));
+    writeFileSync(join(root, "etc/zb/hsm.conf"), `backend = zymkey\nzymkey.library = ${stub}\nwait = 1\n`);
+    const r = await zbunlock(["--credentials", creds], undefined, { BUN_JSC_useJIT: "0" });
+    // Without the JIT bun:ffi refuses to bind the library's functions; with it
+    // the stub's zkOpen runs (and fails: no stub state, so "absent" until the deadline).
+    expect(r.err).not.toContain("requires the JIT");
+    expect(r.err).toContain("zkOpen failed");
+    expect(r.code).toBe(12);
+    // One run of the boot transition: the parent touched no state before handing over.
+    expect(r.out.match(/N9/g)?.length ?? 0).toBe(1);
     expect(env()).toContain("zb_boot_count_a=1");
   });
 

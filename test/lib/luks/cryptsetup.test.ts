@@ -207,13 +207,13 @@ describe("no key byte reaches argv or the environment", () => {
 });
 
 describe("open/close argv (recording fake binary)", () => {
-  /** A fake cryptsetup: writes its argv, the byte counts of stdin and fd 3, and exits with $FAKE_RC from a file. */
+  /** A fake cryptsetup: writes its argv, the byte counts of stdin (read from fd 0 as cryptsetup does: a socket cannot be opened as /dev/stdin) and fd 3, and exits with $FAKE_RC from a file. */
   function fake(dir: string, rc = 0, stderr = ""): { bin: string; record: () => { argv: string[]; stdin: number; fd3: number } } {
     const bin = join(dir, "cryptsetup-fake");
     const out = join(dir, "record");
     writeFileSync(
       bin,
-      `#!/bin/sh\nprintf '%s\\n' "$@" > '${out}.argv'\nwc -c < /dev/stdin > '${out}.stdin' 2>/dev/null || echo -1 > '${out}.stdin'\nif [ -e /dev/fd/3 ]; then wc -c < /dev/fd/3 > '${out}.fd3'; else echo -1 > '${out}.fd3'; fi\nprintf '%s' '${stderr}' >&2\nexit ${rc}\n`,
+      `#!/bin/sh\nprintf '%s\\n' "$@" > '${out}.argv'\nwc -c > '${out}.stdin' 2>/dev/null || echo -1 > '${out}.stdin'\nif [ -e /dev/fd/3 ]; then wc -c < /dev/fd/3 > '${out}.fd3'; else echo -1 > '${out}.fd3'; fi\nprintf '%s' '${stderr}' >&2\nexit ${rc}\n`,
     );
     chmodSync(bin, 0o755);
     const num = (p: string) => Number(readFileSync(p, "utf8").trim());
