@@ -28,6 +28,9 @@
 #
 # Usage: bash qemu/unlock.sh [zb|baseline|fresh-tpm|all]   (default all;
 #        env: ZB_QEMU_TIMEOUT seconds per boot, default 120)
+#        bash qemu/unlock.sh bench [RUNS]   the benchmark: RUNS (default 5)
+#        boots of zb and baseline, alternating so drift hits both alike;
+#        medians and their ratio (this VM's single runs swing ±15 %)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -46,10 +49,17 @@ die() { echo "cannot run the unlock scenarios: $*" >&2; exit 1; }
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 
+RUNS=0
 case "${1:-all}" in
   zb | baseline | fresh-tpm) SCENARIOS=("$1") ;;
   all) SCENARIOS=(zb baseline fresh-tpm) ;;
-  *) die "usage: bash qemu/unlock.sh [zb|baseline|fresh-tpm|all]" ;;
+  bench)
+    RUNS=${2:-5}
+    [[ $RUNS =~ ^[1-9][0-9]?$ ]] || die "bench RUNS must be 1-99, not '$RUNS'"
+    SCENARIOS=()
+    for ((i = 1; i <= RUNS; i++)); do SCENARIOS+=("zb-$i" "baseline-$i"); done
+    ;;
+  *) die "usage: bash qemu/unlock.sh [zb|baseline|fresh-tpm|all|bench [RUNS]]" ;;
 esac
 for tool in qemu-system-aarch64 swtpm swtpm_ioctl cryptsetup mke2fs sfdisk mkfs.vfat mcopy fw_printenv jq cpio ss sha256sum; do
   command -v "$tool" >/dev/null || die "'$tool' not found (install: apt-get install qemu-system-arm swtpm swtpm-tools cryptsetup-bin e2fsprogs fdisk dosfstools mtools libubootenv-tool jq cpio iproute2)"
@@ -359,23 +369,29 @@ unlocked() {
 }
 # shellcheck disable=SC2317 # called through check
 
+# run_zb [NAME], run_baseline [NAME]: one boot each, on a fresh copy of the
+# enrolled TPM state (NAME: zb-3 etc. in the bench).
 run_zb() {
-  cp -a "$W/tpm-enrolled" "$W/tpm-zb"
-  boot zb zb "$W/tpm-zb" "$W/initrd-zb.img"
-  unlocked zb
-  check "the kernel found the TPM (tpm_tis 2.0 TPM)" grep -q 'tpm_tis .*2\.0 TPM' <(con zb)
+  local n=${1:-zb}
+  rm -rf "$W/tpm-$n"
+  cp -a "$W/tpm-enrolled" "$W/tpm-$n"
+  boot "$n" zb "$W/tpm-$n" "$W/initrd-zb.img"
+  unlocked "$n"
+  check "the kernel found the TPM (tpm_tis 2.0 TPM)" grep -q 'tpm_tis .*2\.0 TPM' <(con "$n")
   # zbunlock's boot transition (N9) counted the boot on the FAT partition.
-  is "env after the boot: zb_boot_count_a" "$(host_env zb zb_boot_count_a)" "1"
-  is "env after the boot: zb_mode" "$(host_env zb zb_mode)" "run"
-  is "env after the boot: zb_slot" "$(host_env zb zb_slot)" "a"
-  check "zbunlock locked the keys (PCR 15 extended)" grep -q 'locked: PCR 15 extended' <(con zb)
+  is "env after the boot: zb_boot_count_a" "$(host_env "$n" zb_boot_count_a)" "1"
+  is "env after the boot: zb_mode" "$(host_env "$n" zb_mode)" "run"
+  is "env after the boot: zb_slot" "$(host_env "$n" zb_slot)" "a"
+  check "zbunlock locked the keys (PCR 15 extended)" grep -q 'locked: PCR 15 extended' <(con "$n")
   check "after zbunlock the key cannot be unsealed again (zb hsm unseal exit 20, denied)" \
-    grep -q '^ZB-DIAG .* s: zb hsm unseal /zb/credentials/root.sealed -o - (exit 20)' <(con zb)
+    grep -q '^ZB-DIAG .* s: zb hsm unseal /zb/credentials/root.sealed -o - (exit 20)' <(con "$n")
 }
 run_baseline() {
-  cp -a "$W/tpm-enrolled" "$W/tpm-baseline"
-  boot baseline baseline "$W/tpm-baseline" "$W/initrd-baseline.img"
-  unlocked baseline
+  local n=${1:-baseline}
+  rm -rf "$W/tpm-$n"
+  cp -a "$W/tpm-enrolled" "$W/tpm-$n"
+  boot "$n" baseline "$W/tpm-$n" "$W/initrd-baseline.img"
+  unlocked "$n"
 }
 run_fresh_tpm() {
   local rc log
@@ -407,8 +423,8 @@ for s in "${SCENARIOS[@]}"; do
   FAILED=""
   t=$(now)
   case "$s" in
-    zb) run_zb ;;
-    baseline) run_baseline ;;
+    zb | zb-*) run_zb "$s" ;;
+    baseline | baseline-*) run_baseline "$s" ;;
     fresh-tpm) run_fresh_tpm ;;
   esac
   echo "unlock: $s: QEMU $(secs "$t" "$(now)") s"
@@ -422,6 +438,25 @@ for s in "${SCENARIOS[@]}"; do
     echo "ZB-UNLOCK-OK $s"
   fi
 done
+# window NAME: /init -> root mounted, seconds (empty when the root was not mounted).
+window() {
+  local a e
+  a=$(stamp "$1" INIT 2>/dev/null) e=$(stamp "$1" ROOT 2>/dev/null)
+  [[ -n $a && -n $e ]] && secs "$a" "$e"
+}
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR) printf "%.2f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+if ((RUNS > 0)); then
+  zs=() bs=()
+  for ((i = 1; i <= RUNS; i++)); do
+    zs+=("$(window "zb-$i" || true)") bs+=("$(window "baseline-$i" || true)")
+  done
+  echo "unlock: bench, /init -> root mounted, $RUNS alternating boots each: zbunlock ${zs[*]} s; cryptsetup --key-file ${bs[*]} s"
+  zm=$(printf '%s\n' "${zs[@]}" | grep . | median) bm=$(printf '%s\n' "${bs[@]}" | grep . | median)
+  if [[ -n $zm && -n $bm ]]; then
+    echo "unlock: bench medians: zbunlock $zm s, cryptsetup --key-file $bm s," \
+      "ratio $(awk -v z="$zm" -v b="$bm" 'BEGIN { printf "%.2f", z / b }') (target <= 1.25)"
+  fi
+fi
 # The benchmark: the same kernel, modules and disk; only the unlock differs.
 if [[ -n "$(stamp zb ROOT 2>/dev/null)" && -n "$(stamp baseline ROOT 2>/dev/null)" ]]; then
   z=$(secs "$(stamp zb INIT)" "$(stamp zb ROOT)")

@@ -1,7 +1,7 @@
 /**
  * shellcheck on the two initramfs-tools scripts, as POSIX sh: mkinitramfs
  * runs the hook with /bin/sh (dash on Debian) and the initramfs runs the
- * boot script with busybox sh. Also checks the executable bit, without which
+ * boot script with busybox sh; and on the QEMU harness and CI scripts. Also checks the executable bit, without which
  * mkinitramfs skips a script silently (hook-functions, set_initlist()).
  */
 import { expect, test } from "bun:test";
@@ -25,6 +25,25 @@ test.each([
   { file: "test/initramfs-hooks/fake-functions.sh", dialect: "sh" },
 ])("shellcheck -s $dialect $file: no findings", ({ file, dialect }) => {
   expect(shellcheck(join(REPO, file), dialect)).toEqual({ code: 0, out: "" });
+});
+
+// The harness, CI and golden-vector generator scripts: bash, except the guests' /init scripts (busybox
+// sh, checked as POSIX sh). -x follows their `. qemu/checks.sh`-style
+// sources, which are relative to the repository root.
+const SCRIPTS = [
+  ...[".ci/setup", ".ci/test", ".ci/run"].map((file) => ({ file, dialect: "bash" })),
+  ...[...new Bun.Glob("qemu/*.sh").scanSync(REPO)].sort().map((file) => ({ file, dialect: "bash" })),
+  ...[...new Bun.Glob("test/vectors/*/gen.sh").scanSync(REPO)].sort().map((file) => ({ file, dialect: "bash" })),
+  ...[...new Bun.Glob("qemu/guest/*.sh").scanSync(REPO)].sort().map((file) => ({ file, dialect: "sh" })),
+];
+
+test("the script list found the harness (qemu/unlock.sh, qemu/guest/init-unlock.sh)", () => {
+  expect(SCRIPTS.map((s) => s.file)).toEqual(expect.arrayContaining(["qemu/unlock.sh", "qemu/guest/init-unlock.sh", ".ci/run"]));
+});
+
+test.each(SCRIPTS)("shellcheck -x -s $dialect $file: no findings", ({ file, dialect }) => {
+  const p = Bun.spawnSync(["shellcheck", "-x", "--shell", dialect, "--format", "gcc", file], { cwd: REPO, stdin: "ignore" });
+  expect({ code: p.exitCode, out: p.stdout.toString() + p.stderr.toString() }).toEqual({ code: 0, out: "" });
 });
 
 test("shellcheck does report a finding (the check above can fail)", () => {

@@ -82,4 +82,4 @@ done >ids.txt
   dpkg-query -W openssl
   openssl version
 } >VERSIONS
-echo "gen.sh: wrote $(ls | wc -l) files to $OUT"
+echo "gen.sh: wrote $(find . -maxdepth 1 -type f | wc -l) files to $OUT"
