@@ -451,7 +451,7 @@ if ((RUNS > 0)); then
     zs+=("$(window "zb-$i" || true)") bs+=("$(window "baseline-$i" || true)")
   done
   echo "unlock: bench, /init -> root mounted, $RUNS alternating boots each: zbunlock ${zs[*]} s; cryptsetup --key-file ${bs[*]} s"
-  zm=$(printf '%s\n' "${zs[@]}" | grep . | median) bm=$(printf '%s\n' "${bs[@]}" | grep . | median)
+  zm=$(printf '%s\n' "${zs[@]}" | { grep . || true; } | median) bm=$(printf '%s\n' "${bs[@]}" | { grep . || true; } | median)
   if [[ -n $zm && -n $bm ]]; then
     echo "unlock: bench medians: zbunlock $zm s, cryptsetup --key-file $bm s," \
       "ratio $(awk -v z="$zm" -v b="$bm" 'BEGIN { printf "%.2f", z / b }') (target <= 1.25)"

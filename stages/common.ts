@@ -8,7 +8,8 @@ import { PiBoot } from "../lib/bootloader/piboot.ts";
 import { readPlatform, type Platform } from "../lib/bootloader/platform.ts";
 import { rebootNow } from "../lib/sys/reboot.ts";
 import { HostSys, type Sys } from "../lib/sys/sys.ts";
-import { out } from "./output.ts";
+import { isZbError } from "../lib/errors.ts";
+import { err, out } from "./output.ts";
 
 export const BOOT_OPTIONS: OptionSpecs = {
   boot: { value: true },
@@ -49,9 +50,23 @@ export function platform(h: Host): Platform {
   return readPlatform(h.sys, h.root);
 }
 
+/** How a stage's reboots behave beyond the default (throw when the reboot fails). */
+export interface RebooterOptions {
+  /**
+   * zbunlock: a reboot that cannot be started (IO, e.g. the JIT-less
+   * hand-over to `zb reboot --raw` failed) becomes a pending reboot, exit 12,
+   * on which the initramfs script reboots plainly; the state is committed
+   * already and a plain reboot starts the committed slot.
+   */
+  pendOnFailure?: boolean;
+  /** Tests: instead of lib/sys/reboot.ts. */
+  rebootNow?: (arg: string | null, root: string) => void;
+}
+
 /** The reboot hook for runTransition: reboot for real, or record it under --no-reboot. */
-export function rebooter(args: ParsedArgs, tool: string): { reboot: (arg: string | null) => void; pending: () => string | null } {
+export function rebooter(args: ParsedArgs, tool: string, opts: RebooterOptions = {}): { reboot: (arg: string | null) => void; pending: () => string | null } {
   let pending: string | null = null;
+  const now = opts.rebootNow ?? rebootNow;
   return {
     reboot: (arg) => {
       const how = arg === null ? "normal" : `"${arg}"`;
@@ -61,7 +76,13 @@ export function rebooter(args: ParsedArgs, tool: string): { reboot: (arg: string
         return;
       }
       out(`${tool}: rebooting (${how})\n`);
-      rebootNow(arg, args.values.get("root") ?? "/");
+      try {
+        now(arg, args.values.get("root") ?? "/");
+      } catch (e) {
+        if (!opts.pendOnFailure || !isZbError(e, "IO")) throw e;
+        err(`${tool}: ${e.message}: exit 12, a plain reboot is needed\n`);
+        pending = how;
+      }
     },
     pending: () => pending,
   };

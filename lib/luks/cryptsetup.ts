@@ -235,7 +235,12 @@ export class CryptsetupCli implements Cryptsetup {
       const proc = Bun.spawn([exe, ...spec.args], { stdio, env: childEnv(), timeout: this.timeoutMs, killSignal: "SIGKILL" });
       // The child holds its own copies of the read ends now.
       fds.splice(0).forEach((fd) => closeSync(fd));
-      if (spec.stdinKey) await sendKey(proc.stdin as FileSink, spec.stdinKey);
+      if (spec.stdinKey) {
+        await sendKey(proc.stdin as FileSink, spec.stdinKey, spec.what).catch((e: unknown) => {
+          proc.kill("SIGKILL"); // it would wait for a key that is not coming
+          throw e;
+        });
+      }
       const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
       if (proc.signalCode) {
         const timedOut = performance.now() - started >= this.timeoutMs;
@@ -354,15 +359,23 @@ export function scrub(text: string, keys: Uint8Array[]): string {
 
 /**
  * Write the key into the child's stdin and close it (EOF ends the key). A
- * child that exits without reading makes the write fail with EPIPE; its exit
- * status says why, so that failure is not reported on its own.
+ * child that exits without reading (a bad device, a missing module) makes
+ * the write fail with EPIPE or ECONNRESET: its exit status says why, so that
+ * failure is not reported on its own. Anything else is.
+ * @throws {ZbError} LUKS_FAILED when the key could not be handed over
  */
-async function sendKey(sink: FileSink, key: Uint8Array): Promise<void> {
+async function sendKey(sink: FileSink, key: Uint8Array, what: string): Promise<void> {
   try {
-    sink.write(key);
+    // A write the socket cannot take at once returns a Promise (Bun then
+    // holds the rest); keys fit the socket buffer, so that means the child is gone.
+    const n = sink.write(key);
+    if (n instanceof Promise) await n;
+    else if (n !== key.length) throw new Error(`wrote ${n} of ${key.length} bytes`);
     await sink.end();
-  } catch {
-    // see above: the exit status is the error
+  } catch (e) {
+    const code = (e as { code?: string }).code;
+    if (code === "EPIPE" || code === "ECONNRESET") return;
+    throw new ZbError("LUKS_FAILED", `cannot ${what}: cannot hand the key to cryptsetup: ${(e as Error).message}`, { cause: e });
   }
 }
 

@@ -6,9 +6,10 @@
  * it can save. The initramfs script therefore starts it with
  * `BUN_JSC_useJIT=0`; JavaScriptCore reads its options from `BUN_JSC_*`
  * variables when the runtime starts (there is no way to switch later).
- * Measured: `zb version` starts ~14 % faster on x86-64
- * (bench/zbunlock-start.ts); under QEMU TCG zbunlock's unlock phase took
- * 2.00 s instead of 2.68 s (docs/boot-flow.md, "Process environment").
+ * Measured (docs/boot-flow.md, "Process environment"): natively a small,
+ * noisy gain (`zb version` 0.87× the time, median of six runs of
+ * bench/zbunlock-start.ts); under QEMU TCG zbunlock's unlock phase took
+ * 2.00 s instead of 2.68 s.
  *
  * Without the JIT, bun:ffi cannot load a library ("bun:ffi requires the
  * JIT"). The few steps that need a C library therefore run in a child of the
@@ -25,11 +26,12 @@ export const JIT_VAR = "BUN_JSC_useJIT";
 
 /**
  * True when this process runs without the JIT (BUN_JSC_useJIT set to a
- * false value as JavaScriptCore parses booleans: 0, false, no).
+ * false value as JavaScriptCore parses booleans: 0, false, no; any other
+ * spelling but a true one makes Bun refuse to start).
  */
 export function jitOff(env: Record<string, string | undefined> = process.env): boolean {
   const v = env[JIT_VAR];
-  return v !== undefined && /^(0|false|no)$/i.test(v.trim());
+  return v !== undefined && /^(0|false|no)$/i.test(v);
 }
 
 /** The environment for a child that needs the JIT: this one without BUN_JSC_useJIT. */
@@ -57,8 +59,10 @@ const spawnInherit: JitSpawner = (cmd, argv0, env) => {
 
 /**
  * Run this same binary again as `argv0 args…` with the JIT on, sharing stdin,
- * stdout and stderr, and wait for it (synchronous: the callers have nothing
- * else to do meanwhile, and reboot hooks are synchronous).
+ * stdout and stderr, and wait for it. Meant for the compiled binary: under
+ * `bun run` process.execPath is bun itself, which would not understand the
+ * arguments. Synchronous: the callers have nothing else to do meanwhile,
+ * and reboot hooks are synchronous.
  * @returns its exit status (128 + N when killed by signal N, as a shell reports it)
  * @throws {Error} when the executable cannot be started (the caller maps it)
  */

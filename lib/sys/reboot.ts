@@ -34,22 +34,31 @@ const NR_REBOOT: Record<string, number> = { arm64: 142, x64: 169 };
  *   USAGE when ZB_NO_REBOOT=1 is set (test runs set it so no test can reboot the host)
  */
 export function rebootNow(arg: string | null, root = "/", seams: RebootSeams = {}): void {
-  if (process.env.ZB_NO_REBOOT === "1") {
-    throw new ZbError("USAGE", `cannot reboot${arg ? ` with "${arg}"` : ""}: ZB_NO_REBOOT=1 is set`);
-  }
   if (existsSync(join(root, "run/systemd/system"))) return viaSystemd(arg);
   if (jitOff()) viaChild(arg, root, seams.spawn);
   (seams.syscall ?? viaSyscall)(arg);
 }
 
-/** Tests replace the two ways out of the process. */
+/**
+ * Tests replace the two ways out of the process; ZB_NO_REBOOT=1 guards each
+ * real one (not rebootNow itself), so tests keep it set while they run the
+ * logic above with stand-ins.
+ */
 export interface RebootSeams {
   spawn?: JitSpawner;
   syscall?: (arg: string | null) => never;
 }
 
+/** @throws {ZbError} USAGE when ZB_NO_REBOOT=1 is set */
+function guard(arg: string | null): void {
+  if (process.env.ZB_NO_REBOOT === "1") {
+    throw new ZbError("USAGE", `cannot reboot${arg ? ` with "${arg}"` : ""}: ZB_NO_REBOOT=1 is set`);
+  }
+}
+
 /** Without the JIT: the same binary with the JIT on makes the syscall; it returns only on failure. */
 function viaChild(arg: string | null, root: string, spawn?: JitSpawner): never {
+  if (!spawn) guard(arg); // the real child: it would reboot
   const args = ["reboot", "--raw", ...(arg ? ["--param", arg] : []), ...(root === "/" ? [] : ["--root", root])];
   let code: number;
   try {
@@ -62,11 +71,13 @@ function viaChild(arg: string | null, root: string, spawn?: JitSpawner): never {
 
 /** `systemctl reboot ARG` stores ARG in /run/systemd/reboot-param for the final reboot(2). */
 function viaSystemd(arg: string | null): void {
+  guard(arg);
   const p = Bun.spawnSync(["systemctl", "reboot", ...(arg ? [arg] : [])], { stderr: "pipe" });
   if (p.exitCode !== 0) throw new ZbError("IO", `cannot reboot through systemd: ${p.stderr.toString().trim() || `exit ${p.exitCode}`}`);
 }
 
 function viaSyscall(arg: string | null): never {
+  guard(arg);
   const nr = NR_REBOOT[process.arch];
   if (nr === undefined) throw new ZbError("IO", `cannot reboot: no reboot syscall number for ${process.arch}`);
   // Imported lazily: bun:ffi is only needed on this path.

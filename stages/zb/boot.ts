@@ -13,7 +13,7 @@ import { bootedFrom } from "../../lib/bootloader/platform.ts";
 import { ZbError } from "../../lib/errors.ts";
 import { BOOT_OPTIONS, BOOT_OPTIONS_HELP, host, platform, rebooter } from "../common.ts";
 import { rebootNow } from "../../lib/sys/reboot.ts";
-import { out } from "../output.ts";
+import { err, out } from "../output.ts";
 import { statusJson, statusText } from "./status.ts";
 
 const USAGE: Record<string, string> = {
@@ -21,7 +21,7 @@ const USAGE: Record<string, string> = {
   "mark-good": "zb mark-good [--health-dir DIR]\n\nMark the booted slot good: reset its boot counter; on a try boot, commit the try\n(zb_slot := the try slot, config.txt rewritten, tryboot.txt removed). Idempotent.\nWith --health-dir, every executable in DIR runs first (in name order); one that\nexits non-zero vetoes the mark (exit 11). A missing DIR means no checks.",
   "mark-bad": "zb mark-bad [booted|other]\n\nMark a slot bad. booted (default): a try ends as failed; the committed slot hands\nover to the other slot, or to recovery when the other is not valid. other: the\nother slot is invalid and a pending try of it is dropped. Takes effect at the next boot.",
   rollback: "zb rollback\n\nSwitch to the other valid slot at the next boot.",
-  reboot: "zb reboot [--try SLOT [--rearms N] | --recover | --raw [--param ARG]]\n\nReboot. --try SLOT: try SLOT once through tryboot (the firmware falls back to the\ncommitted slot on any reset; re-armed up to N times, default 2, when the try never\nreaches its initramfs). --recover: enter the zboot enclave through tryboot.\n--raw: restart at once, passing ARG to the firmware (e.g. \"0 tryboot\"), without\nreading or changing the boot state (zbunlock, started without the JIT, uses it).",
+  reboot: "zb reboot [--try SLOT [--rearms N] | --recover | --raw [--param ARG]]\n\nReboot. --try SLOT: try SLOT once through tryboot (the firmware falls back to the\ncommitted slot on any reset; re-armed up to N times, default 2, when the try never\nreaches its initramfs). --recover: enter the zboot enclave through tryboot.\n--raw: reboot now, passing ARG to the firmware (e.g. \"0 tryboot\"), without reading\nor changing the boot state (under systemd the reboot is queued); zbunlock, started\nwithout the JIT, hands its reboots to it.",
   init: "zb init --slot a|b [--valid a,b] [--boot-limit N] [--force]\n\nTake over the boot partition: keep config.txt and cmdline.txt as zb/config.txt and\nzb/cmdline.txt, create the env pair, generate config.txt and the slot cmdlines.\n--valid lists the slots that hold a working system (default: the --slot one).",
 };
 
@@ -79,8 +79,11 @@ function reboot(args: ParsedArgs): number {
   const trySlot = args.values.get("try");
   const param = args.values.get("param");
   if (args.flags.has("raw")) {
-    if (trySlot !== undefined || args.flags.has("recover")) throw new ZbError("USAGE", "cannot reboot: --raw takes no --try or --recover");
-    out(`zb reboot: rebooting (${param === undefined ? "normal" : `"${param}"`}), boot state untouched\n`);
+    const extra = ["try", "rearms", "boot"].filter((o) => args.values.has(o)).concat(["recover", "no-reboot", "json"].filter((f) => args.flags.has(f)));
+    if (extra.length > 0) throw new ZbError("USAGE", `cannot reboot: --raw takes only --param and --root, not --${extra.join(", --")}`);
+    if (args.positional.length > 0) throw new ZbError("USAGE", `cannot reboot: unexpected argument ${JSON.stringify(args.positional[0])}`);
+    // stderr: a JIT-less zbunlock runs this as its child, and its stdout may be --json.
+    err(`zb reboot: rebooting (${param === undefined ? "normal" : `"${param}"`}), boot state untouched\n`);
     rebootNow(param ?? null, args.values.get("root") ?? "/");
     return 0; // under systemd: the reboot job is queued
   }

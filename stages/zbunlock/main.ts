@@ -67,7 +67,7 @@ export async function zbunlockMain(argv: string[]): Promise<number> {
   // Started without the JIT (the initramfs script does so for a faster start,
   // lib/sys/jit.ts): a backend that is a C library needs it back, so the whole
   // run happens in a child with the JIT on, before any state is touched.
-  if (jitOff() && !args.flags.has("no-unlock")) {
+  if (jitOff() && !args.flags.has("no-unlock") && !args.flags.has("dry-run")) {
     const backend = credentialBackend(sys, args.values.get("credentials") ?? root);
     if (backend !== null && FFI_BACKENDS.has(backend)) return rerunWithJit(argv, backend);
   }
@@ -77,7 +77,7 @@ export async function zbunlockMain(argv: string[]): Promise<number> {
   const bootDir = args.values.get("boot") ?? mountBoot(root, p.params.get("zb.boot") ?? DEFAULT_BOOT_DEVICE, secondsParam(p, "zb.boot_wait") ?? DEFAULT_BOOT_WAIT_S);
   const h = host(args, bootDir);
   const dryRun = args.flags.has("dry-run");
-  const r = rebooter(args, "zbunlock");
+  const r = rebooter(args, "zbunlock", { pendOnFailure: true });
   const outcome = runTransition(
     h.backend,
     { kind: "boot", booted: booted.slot, tryboot: booted.tryboot },
@@ -109,7 +109,7 @@ function rerunWithJit(argv: string[], backend: string): number {
   try {
     return runWithJit({ argv0: "zbunlock", args: argv });
   } catch (e) {
-    throw new ZbError("INTERNAL", `cannot run zbunlock with the JIT on for the ${backend} backend: ${(e as Error).message}`, { cause: e });
+    throw new ZbError("IO", `cannot run zbunlock with the JIT on for the ${backend} backend: ${(e as Error).message}`, { cause: e });
   }
 }
 

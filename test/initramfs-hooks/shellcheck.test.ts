@@ -1,8 +1,10 @@
 /**
  * shellcheck on the two initramfs-tools scripts, as POSIX sh: mkinitramfs
  * runs the hook with /bin/sh (dash on Debian) and the initramfs runs the
- * boot script with busybox sh; and on the QEMU harness and CI scripts. Also checks the executable bit, without which
- * mkinitramfs skips a script silently (hook-functions, set_initlist()).
+ * boot script with busybox sh. Also checks the executable bit, without
+ * which mkinitramfs skips a script silently (hook-functions,
+ * set_initlist()). And shellcheck on every other script of the repository:
+ * the QEMU harness, CI and the golden-vector generators.
  */
 import { expect, test } from "bun:test";
 import { mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";

@@ -36,7 +36,10 @@ describe("dispatch", () => {
     // zb reboot --raw: the reboot a JIT-less zbunlock hands over (lib/sys/jit.ts); ZB_NO_REBOOT=1 stops it here
     { name: "zb", args: ["reboot", "--raw", "--param", "0 tryboot"], code: 2, err: /cannot reboot with "0 tryboot": ZB_NO_REBOOT=1 is set/ },
     { name: "zb", args: ["reboot", "--param", "0 tryboot"], code: 2, err: /cannot reboot: --param needs --raw/ },
-    { name: "zb", args: ["reboot", "--raw", "--recover"], code: 2, err: /cannot reboot: --raw takes no --try or --recover/ },
+    { name: "zb", args: ["reboot", "--raw", "--recover"], code: 2, err: /cannot reboot: --raw takes only --param and --root, not --recover/ },
+    { name: "zb", args: ["reboot", "--raw", "--no-reboot"], code: 2, err: /cannot reboot: --raw takes only --param and --root, not --no-reboot/ },
+    { name: "zb", args: ["reboot", "--raw", "--try", "b", "--json"], code: 2, err: /not --try, --json/ },
+    { name: "zb", args: ["reboot", "--raw", "now"], code: 2, err: /cannot reboot: unexpected argument "now"/ },
   ])("$name $args → exit $code", ({ name, args, code, err }) => {
     const r = run(name, args);
     expect(r.err).toMatch(err);
@@ -54,6 +57,23 @@ describe("dispatch", () => {
     const r = run(name, args);
     expect(r.out).toMatch(out);
     expect(r.code).toBe(0);
+  });
+
+  // initramfs-hooks/scripts/local-top/zb starts zbunlock with BUN_JSC_useJIT=0
+  // (lib/sys/jit.ts). Bun calls the BUN_JSC_* variables unstable: a Bun upgrade
+  // that dropped or renamed the option must fail here, not at boot.
+  test("BUN_JSC_useJIT=0 starts the binary and turns the JIT off (bun:ffi then refuses, as lib/sys/jit.ts expects)", () => {
+    const stub = join(dir, "libzk_stub.so");
+    const cc = Bun.spawnSync(["g++", "-shared", "-fPIC", "-O2", "-o", stub, resolve(import.meta.dir, "../lib/hsm/zymkey-stub/zk_stub.cpp")], { stderr: "pipe" });
+    expect(cc.stderr.toString()).toBe("");
+    const probe = (env: Record<string, string>) => {
+      const p = Bun.spawnSync([BIN, "hsm", "probe", "--backend", "zymkey", "--zymkey-library", stub, "--json"], { env: { ...process.env, ZB_NO_REBOOT: "1", ...env } });
+      return JSON.parse(p.stdout.toString() || "{}").backends?.[0]?.detail ?? p.stderr.toString();
+    };
+    expect(probe({})).toContain("zkOpen failed"); // with the JIT: the stub's function ran
+    expect(probe({ BUN_JSC_useJIT: "0" })).toContain("bun:ffi requires the JIT");
+    const v = Bun.spawnSync([BIN, "version"], { env: { ...process.env, BUN_JSC_useJIT: "0" } });
+    expect([v.exitCode, v.stdout.toString()]).toEqual([0, expect.stringMatching(/^zb \d+\.\d+\.\d+/)]);
   });
 
   test("ignores bunfig.toml and .env in the working directory (no foreign preload)", () => {

@@ -273,6 +273,17 @@ describe("open/close argv (recording fake binary)", () => {
     expect(performance.now() - t0).toBeLessThan(10_000);
   });
 
+  test("a cryptsetup that exits without reading its key: its exit status is the error, never EPIPE (largest key, 50 runs)", async () => {
+    // /bin/false exits at once: the key write races the close of the child's
+    // end of the socket (EPIPE/ECONNRESET, sometimes from a pending write).
+    const seen = new Set<string>();
+    for (let i = 0; i < 50; i++) {
+      const e = await new CryptsetupCli({ binary: "/bin/false" }).open("/dev/x", "zb-root", new Uint8Array(MAX_KEY_BYTES).fill(0x5a)).catch((x: unknown) => x);
+      seen.add(`${(e as ZbError).code}: ${(e as ZbError).message}`);
+    }
+    expect([...seen]).toEqual([expect.stringMatching(/^LUKS_FAILED: cannot open \/dev\/x as zb-root: .*\(cryptsetup exit 1\)$/)]);
+  });
+
   test("a missing binary is LUKS_FAILED with an install hint", async () => {
     const err = await new CryptsetupCli({ binary: "zb-no-such-cryptsetup" }).close("zb-root").catch((e: unknown) => e);
     expect([(err as ZbError).code, (err as ZbError).hint]).toEqual(["LUKS_FAILED", expect.stringMatching(/cryptsetup-bin/)]);
