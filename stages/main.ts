@@ -1,26 +1,32 @@
 /**
  * Entry point of the multi-call binary: dispatch on basename(argv[0]), or on
  * the first argument when called as `zb`/`zbcli` (`zb unlock`, `zb recover`).
+ *
+ * Each role is loaded with require() when it runs, so the bundler evaluates
+ * only that role's modules: zbunlock, which starts on every boot, does not
+ * evaluate the image tools, curves and tar code of `zb` (natively ~15 → ~10 ms
+ * for `zbunlock --help` without the JIT; docs/boot-flow.md, "Process environment").
  */
 import { basename } from "node:path";
 import { runStage } from "./run.ts";
-import { zbMain } from "./zb/main.ts";
-import { zbunlockMain } from "./zbunlock/main.ts";
-import { zbootMain } from "./zboot/main.ts";
-import { fwenvMain } from "./fwenv/main.ts";
+
+type Role = (argv: string[]) => Promise<number> | number;
+const zbunlock: Role = (argv) => (require("./zbunlock/main.ts") as typeof import("./zbunlock/main.ts")).zbunlockMain(argv);
+const zboot: Role = (argv) => (require("./zboot/main.ts") as typeof import("./zboot/main.ts")).zbootMain(argv);
+const fwenv = (tool: "fw_printenv" | "fw_setenv"): Role => (argv) => (require("./fwenv/main.ts") as typeof import("./fwenv/main.ts")).fwenvMain(tool, argv);
 
 /** Role names recognised in argv[0]; anything else behaves as `zb`. */
-const byName: Record<string, (argv: string[]) => Promise<number> | number> = {
-  zbunlock: zbunlockMain,
-  zboot: zbootMain,
-  fw_printenv: (argv) => fwenvMain("fw_printenv", argv),
-  fw_setenv: (argv) => fwenvMain("fw_setenv", argv),
+const byName: Record<string, Role> = {
+  zbunlock,
+  zboot,
+  fw_printenv: fwenv("fw_printenv"),
+  fw_setenv: fwenv("fw_setenv"),
 };
 
 /** Subcommands of `zb` that are whole roles. */
-const byRole: Record<string, (argv: string[]) => Promise<number> | number> = {
-  unlock: zbunlockMain,
-  recover: zbootMain,
+const byRole: Record<string, Role> = {
+  unlock: zbunlock,
+  recover: zboot,
 };
 
 // A compiled Bun binary reports its own path in argv[0] only through
@@ -33,5 +39,5 @@ void runStage(() => {
   if (named) return named(rest);
   const role = rest[0] !== undefined ? byRole[rest[0]] : undefined;
   if (role) return role(rest.slice(1));
-  return zbMain(rest);
+  return (require("./zb/main.ts") as typeof import("./zb/main.ts")).zbMain(rest);
 });

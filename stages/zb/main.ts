@@ -1,14 +1,13 @@
 /**
  * `zb` / `zbcli`: the command line of the running OS and of the publishing
  * machine. Each command lives in its own file; this one only dispatches.
+ *
+ * The command files are loaded with require() when their command runs: the
+ * bundler then evaluates a module on first use instead of at start-up, so
+ * `zb env print` does not pay for the image tools' curves and tar code
+ * (start-up figures: docs/boot-flow.md, "Process environment").
  */
 import { ZbError } from "../../lib/errors.ts";
-import { bootMain } from "./boot.ts";
-import { credMain } from "./cred.ts";
-import { envMain } from "./env.ts";
-import { hsmMain } from "./hsm.ts";
-import { imageMain } from "./image.ts";
-import { keyMain } from "./key.ts";
 import { VERSION } from "../version.ts";
 import { out, err } from "../output.ts";
 
@@ -40,22 +39,22 @@ export async function zbMain(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   switch (command) {
     case "env":
-      return envMain(rest);
+      return (require("./env.ts") as typeof import("./env.ts")).envMain(rest);
     case "image":
-      return imageMain(rest);
+      return (require("./image.ts") as typeof import("./image.ts")).imageMain(rest);
     case "key":
-      return keyMain(rest);
+      return (require("./key.ts") as typeof import("./key.ts")).keyMain(rest);
     case "hsm":
-      return hsmMain(rest);
+      return (require("./hsm.ts") as typeof import("./hsm.ts")).hsmMain(rest);
     case "cred":
-      return credMain(rest);
+      return (require("./cred.ts") as typeof import("./cred.ts")).credMain(rest);
     case "status":
     case "mark-good":
     case "mark-bad":
     case "rollback":
     case "reboot":
     case "init":
-      return bootMain(command, rest);
+      return (require("./boot.ts") as typeof import("./boot.ts")).bootMain(command, rest);
     case "version":
     case "--version":
       out(`zb ${VERSION}\n`);
