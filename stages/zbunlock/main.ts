@@ -25,7 +25,7 @@ import { BOOT_OPTIONS, BOOT_OPTIONS_HELP, host, rebooter } from "../common.ts";
 import { err, out } from "../output.ts";
 import { report } from "../zb/boot.ts";
 import { HSM_OPTIONS } from "../zb/hsm.ts";
-import { credentialBackend, secondsParam, unlockStep } from "./unlock.ts";
+import { credentialBackend, credentialsOnce, secondsParam, unlockStep } from "./unlock.ts";
 
 export const USAGE = `usage: zbunlock [--boot DIR] [--root DIR] [--dry-run] [--no-unlock] [--no-reboot] [--json]
                 [--credentials DIR] [--config FILE] [--tpm ADDR] [--pin-file FILE]
@@ -64,11 +64,12 @@ export async function zbunlockMain(argv: string[]): Promise<number> {
   }
   const root = args.values.get("root") ?? "/";
   const sys = new HostSys();
+  const creds = credentialsOnce(sys, args.values.get("credentials") ?? root);
   // Started without the JIT (the initramfs script does so for a faster start,
   // lib/sys/jit.ts): a backend that is a C library needs it back, so the whole
   // run happens in a child with the JIT on, before any state is touched.
   if (jitOff() && !args.flags.has("no-unlock") && !args.flags.has("dry-run")) {
-    const backend = credentialBackend(sys, args.values.get("credentials") ?? root);
+    const backend = credentialBackend(creds);
     if (backend !== null && FFI_BACKENDS.has(backend)) return rerunWithJit(argv, backend);
   }
   const p = readPlatform(sys, root);
@@ -87,7 +88,7 @@ export async function zbunlockMain(argv: string[]): Promise<number> {
   if (outcome.proceed) {
     if (!args.flags.has("json")) out(`zbunlock: booting slot ${booted.slot}${booted.tryboot ? " (try)" : ""}\n`);
     if (args.flags.has("no-unlock")) return 0;
-    const step = await unlockStep(args, h.sys, root, p);
+    const step = await unlockStep(args, h.sys, root, p, creds);
     if (step.outcome === null || step.outcome.ok) return 0;
     const f = step.outcome;
     err(`zbunlock: ${f.error.message}\n`);

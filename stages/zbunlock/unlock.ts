@@ -8,7 +8,7 @@
 import { join } from "node:path";
 import type { ParsedArgs } from "../../lib/cli/args.ts";
 import type { Platform } from "../../lib/bootloader/platform.ts";
-import { CRED_DIR, readCredentials } from "../../lib/luks/credentials.ts";
+import { CRED_DIR, readCredentials, type LoadedCredentials } from "../../lib/luks/credentials.ts";
 import { CryptsetupCli, isWrongKey } from "../../lib/luks/cryptsetup.ts";
 import { findLuksDevice } from "../../lib/unlock/devices.ts";
 import { unlockSlot, type UnlockOutcome } from "../../lib/unlock/unlock.ts";
@@ -29,25 +29,44 @@ export function secondsParam(p: Platform, name: string): number | null {
 }
 
 /**
- * The backend this initramfs's credentials were sealed with, or null when
- * there are none or they cannot be read (the unlock step reports why).
+ * This initramfs's credentials, read at most once per run: null when it
+ * carries none (no DIR/zb/credentials). A read error is kept and thrown
+ * again on each call, so it surfaces where the unlock step reports it.
  */
-export function credentialBackend(sys: Sys, credRoot: string): BackendName | null {
+export function credentialsOnce(sys: Sys, credRoot: string): () => LoadedCredentials | null {
+  let r: { creds: LoadedCredentials | null } | { error: unknown } | undefined;
+  return () => {
+    if (r === undefined) {
+      try {
+        r = { creds: sys.stat(join(credRoot, CRED_DIR)) ? readCredentials(sys, credRoot) : null };
+      } catch (error) {
+        r = { error };
+      }
+    }
+    if ("error" in r) throw r.error;
+    return r.creds;
+  };
+}
+
+/**
+ * The backend the credentials were sealed with, or null when there are none
+ * or they cannot be read (the unlock step reports why).
+ */
+export function credentialBackend(creds: () => LoadedCredentials | null): BackendName | null {
   try {
-    return readCredentials(sys, credRoot).meta.backend;
+    return creds()?.meta.backend ?? null;
   } catch {
     return null;
   }
 }
 
 /** Run the unlock of this slot. Throws only for bugs and bad configuration. */
-export async function unlockStep(args: ParsedArgs, sys: Sys, root: string, p: Platform): Promise<UnlockStep> {
-  const credRoot = args.values.get("credentials") ?? root;
-  if (!sys.stat(join(credRoot, CRED_DIR))) {
-    if (!args.flags.has("json")) out(`zbunlock: no credentials in ${join(credRoot, CRED_DIR)}: nothing to unlock\n`);
+export async function unlockStep(args: ParsedArgs, sys: Sys, root: string, p: Platform, credentials: () => LoadedCredentials | null): Promise<UnlockStep> {
+  const creds = credentials();
+  if (creds === null) {
+    if (!args.flags.has("json")) out(`zbunlock: no credentials in ${join(args.values.get("credentials") ?? root, CRED_DIR)}: nothing to unlock\n`);
     return { outcome: null };
   }
-  const creds = readCredentials(sys, credRoot);
   const cfg = hsmConfigFrom(args, join(root, "etc/zb/hsm.conf"));
   const wait = secondsParam(p, "zb.hsm_wait") ?? cfg.waitSeconds;
   const hsm = hsmFor(creds.meta.backend, cfg, pinTerminal(sys, root));

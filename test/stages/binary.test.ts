@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { buildZymkeyStub } from "../peers/zymkey-stub.ts";
 
 const BIN = resolve(import.meta.dir, "../../dist/zb-x64");
 const ARM = resolve(import.meta.dir, "../../dist/zb-arm64");
@@ -64,8 +65,7 @@ describe("dispatch", () => {
   // that dropped or renamed the option must fail here, not at boot.
   test("BUN_JSC_useJIT=0 starts the binary and turns the JIT off (bun:ffi then refuses, as lib/sys/jit.ts expects)", () => {
     const stub = join(dir, "libzk_stub.so");
-    const cc = Bun.spawnSync(["g++", "-shared", "-fPIC", "-O2", "-o", stub, resolve(import.meta.dir, "../lib/hsm/zymkey-stub/zk_stub.cpp")], { stderr: "pipe" });
-    expect(cc.stderr.toString()).toBe("");
+    buildZymkeyStub(stub);
     const probe = (env: Record<string, string>) => {
       const p = Bun.spawnSync([BIN, "hsm", "probe", "--backend", "zymkey", "--zymkey-library", stub, "--json"], { env: { ...process.env, ZB_NO_REBOOT: "1", ...env } });
       return JSON.parse(p.stdout.toString() || "{}").backends?.[0]?.detail ?? p.stderr.toString();

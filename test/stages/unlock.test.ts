@@ -14,6 +14,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { buildZymkeyStub } from "../peers/zymkey-stub.ts";
 
 const BIN = resolve(import.meta.dir, "../../dist/zb-x64");
 const REAL_CRYPTSETUP = Bun.which("cryptsetup", { PATH: "/usr/sbin:/sbin:/usr/bin:/bin" });
@@ -164,8 +165,7 @@ describe("zbunlock unlocks the slot's root", () => {
     expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b", "--force"]).code).toBe(0);
     // The zymkey stub library of test/lib/hsm (same C signatures as libzk_app_utils.so).
     const stub = join(dir, "libzk_stub.so");
-    const cc = Bun.spawnSync(["g++", "-shared", "-fPIC", "-O2", "-o", stub, resolve(import.meta.dir, "../lib/hsm/zymkey-stub/zk_stub.cpp")], { stderr: "pipe" });
-    expect(cc.stderr.toString()).toBe("");
+    buildZymkeyStub(stub);
     // Credentials that name zymkey; the blob's data is the soft backend's, so the stub cannot unlock it.
     const creds = join(dir, "zk-creds");
     mkdirSync(join(creds, "zb/credentials"), { recursive: true });

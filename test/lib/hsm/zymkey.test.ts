@@ -21,8 +21,8 @@ import type { SealedData, UnsealResult } from "../../../lib/hsm/types.ts";
 import { ZYMKEY_DATA_VERSION, ZYMKEY_SEARCH, ZymkeyHsm, type ZymkeyOptions } from "../../../lib/hsm/zymkey.ts";
 import { randomSecret } from "../../../lib/secret.ts";
 import { setNativeEnv } from "../../peers/native-env.ts";
+import { buildZymkeyStub } from "../../peers/zymkey-stub.ts";
 
-const STUB_SRC = join(import.meta.dir, "zymkey-stub/zk_stub.cpp");
 const HEADER = 4 + 8; // stub blob: magic, nonce
 const MAC = 8;
 
@@ -52,8 +52,7 @@ const mmapped = () => Number(stub.zkStubMmappedChunks());
 beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), "zb-zymkey-"));
   stubPath = join(dir, "libzk_app_utils.so");
-  const cc = Bun.spawnSync(["g++", "-shared", "-fPIC", "-O2", "-Wall", "-o", stubPath, STUB_SRC], { stderr: "pipe" });
-  if (cc.exitCode !== 0) throw new Error(`cannot build the stub: ${cc.stderr.toString()}`);
+  buildZymkeyStub(stubPath);
   keyA = join(dir, "device-a.key");
   keyB = join(dir, "device-b.key");
   logPath = join(dir, "calls.log");
