@@ -60,6 +60,8 @@ export const CODES = {
   LUKS_FAILED: 22,
   /** Credentials (sealed keys + metadata in the initramfs) are missing or malformed. */
   CRED_INVALID: 23,
+  /** zbunlock --go-file: the go file did not appear in time; zbunlock did nothing (the boot script runs it itself). */
+  NOT_STARTED: 24,
   /** A bug: an invariant of zb itself was broken. */
   INTERNAL: 70,
 } as const;

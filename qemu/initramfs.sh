@@ -8,6 +8,8 @@
 #   /usr/bin/zb             dist/zb-arm64, plus the argv[0] role symlinks
 #   /init                   INIT (default qemu/guest/init-skeleton.sh)
 #   /lib/zb-guest.sh        qemu/guest/lib.sh, the helpers every guest init sources
+#   /scripts/zb-functions   initramfs-hooks/scripts/zb-functions, the boot-script
+#                           helpers (zb_prestart, zb_unlock) a real initramfs has
 #   /etc/fw_env.config      qemu/guest/fw_env.config
 # Output: OUTDIR/initramfs.cpio.{zst,gz} and OUTDIR/guest.env, which names the
 # kernel and initramfs for the caller (OUTDIR defaults to qemu/.work; the
@@ -162,6 +164,7 @@ for role in zbunlock zboot zbcli fw_printenv fw_setenv; do
 done
 install -m 755 "$INIT" "$ROOT/init"
 install -D -m 644 qemu/guest/lib.sh "$ROOT/lib/zb-guest.sh"
+install -D -m 644 initramfs-hooks/scripts/zb-functions "$ROOT/scripts/zb-functions"
 install -m 644 qemu/guest/fw_env.config "$ROOT/etc/fw_env.config"
 for pair in "${EXTRA_BINS[@]}"; do
   mkdir -p "$ROOT$(dirname "${pair#*:}")"

@@ -378,6 +378,8 @@ run_zb() {
   boot "$n" zb "$W/tpm-$n" "$W/initrd-zb.img"
   unlocked "$n"
   check "the kernel found the TPM (tpm_tis 2.0 TPM)" grep -q 'tpm_tis .*2\.0 TPM' <(con "$n")
+  check "the zbunlock started before the modules did the unlock (zb_prestart, zb_unlock)" \
+    grep -q '^ZB| [0-9.]* zbunlock: started early, going on after' <(con "$n")
   # zbunlock's boot transition (N9) counted the boot on the FAT partition.
   is "env after the boot: zb_boot_count_a" "$(host_env "$n" zb_boot_count_a)" "1"
   is "env after the boot: zb_mode" "$(host_env "$n" zb_mode)" "run"

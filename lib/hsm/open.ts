@@ -19,6 +19,23 @@ export interface HsmIo {
   warn: (line: string) => void;
 }
 
+/** Each backend's module, evaluated on first use (see above). */
+const modules = {
+  tpm2: () => require("./tpm2/index.ts") as typeof import("./tpm2/index.ts"),
+  pkcs11: () => require("./pkcs11/index.ts") as typeof import("./pkcs11/index.ts"),
+  zymkey: () => require("./zymkey.ts") as typeof import("./zymkey.ts"),
+  soft: () => require("./soft.ts") as typeof import("./soft.ts"),
+} satisfies Record<BackendName, () => unknown>;
+
+/**
+ * Evaluate backend `name`'s code now, without opening anything: a zbunlock
+ * started early (--go-file) does this while it waits, so the wait, not the
+ * boot, pays for it.
+ */
+export function loadBackend(name: BackendName): void {
+  modules[name]();
+}
+
 /**
  * The backend `name`, configured from `cfg`.
  * @throws {ZbError} CONFIG when a required setting is missing (pkcs11.module)
@@ -26,11 +43,11 @@ export interface HsmIo {
 export function openHsm(name: BackendName, cfg: HsmConfig, io: HsmIo): Hsm {
   switch (name) {
     case "tpm2":
-      return new (require("./tpm2/index.ts") as typeof import("./tpm2/index.ts")).Tpm2Hsm({ device: cfg.tpm2.device, warn: io.warn });
+      return new (modules.tpm2().Tpm2Hsm)({ device: cfg.tpm2.device, warn: io.warn });
     case "pkcs11": {
       const p = cfg.pkcs11;
       if (!p.module) throw new ZbError("CONFIG", "cannot use the pkcs11 backend: no module configured", { hint: "set pkcs11.module in /etc/zb/hsm.conf or pass --pkcs11-module" });
-      return new (require("./pkcs11/index.ts") as typeof import("./pkcs11/index.ts")).Pkcs11Hsm({
+      return new (modules.pkcs11().Pkcs11Hsm)({
         module: p.module,
         pin: io.pin,
         oaep: p.oaep,
@@ -41,8 +58,8 @@ export function openHsm(name: BackendName, cfg: HsmConfig, io: HsmIo): Hsm {
       });
     }
     case "zymkey":
-      return new (require("./zymkey.ts") as typeof import("./zymkey.ts")).ZymkeyHsm({ warn: io.warn, ...(cfg.zymkey.library ? { library: cfg.zymkey.library } : {}) });
+      return new (modules.zymkey().ZymkeyHsm)({ warn: io.warn, ...(cfg.zymkey.library ? { library: cfg.zymkey.library } : {}) });
     case "soft":
-      return new (require("./soft.ts") as typeof import("./soft.ts")).SoftHsm({ enabled: cfg.soft.enabled, keyFile: cfg.soft.keyFile ?? DEFAULT_SOFT_KEY_FILE, warn: io.warn });
+      return new (modules.soft().SoftHsm)({ enabled: cfg.soft.enabled, keyFile: cfg.soft.keyFile ?? DEFAULT_SOFT_KEY_FILE, warn: io.warn });
   }
 }

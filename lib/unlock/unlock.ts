@@ -65,8 +65,6 @@ export async function unlockSlot(creds: SlotCredentials, env: UnlockEnv): Promis
   const opened: { name: string; device: string }[] = [];
   const volumes: [Volume, Uint8Array][] = [[creds.meta.root, creds.root]];
   if (creds.meta.data && creds.data) volumes.push([creds.meta.data, creds.data]);
-  const ready = await waitForHsm(env);
-  if (ready) return ready;
   const locks: SealedData[] = [];
   for (const [vol, blob] of volumes) {
     const r = await unlockVolume(creds.meta.backend, vol, blob, env);
@@ -101,23 +99,6 @@ async function lockAll(blobs: SealedData[], env: UnlockEnv): Promise<void> {
   }
 }
 
-async function waitForHsm(env: UnlockEnv): Promise<UnlockOutcome | null> {
-  let logged = false;
-  for (;;) {
-    const p = await env.hsm.probe();
-    if (p.present) {
-      env.log(`HSM ${env.hsm.name}: ${p.detail}`);
-      return null;
-    }
-    if (env.now() >= env.deadline) {
-      return fail("absent", false, `the ${env.hsm.name} HSM did not appear before the deadline: ${p.detail}`, "HSM_ABSENT");
-    }
-    if (!logged) env.log(`waiting for the ${env.hsm.name} HSM: ${p.detail}`);
-    logged = true;
-    await env.sleep(POLL_MS);
-  }
-}
-
 async function unlockVolume(backend: BackendName, vol: Volume, blobBytes: Uint8Array, env: UnlockEnv): Promise<{ ok: true; device: string; data: SealedData } | Extract<UnlockOutcome, { ok: false }>> {
   let blob;
   try {
@@ -132,13 +113,19 @@ async function unlockVolume(backend: BackendName, vol: Volume, blobBytes: Uint8A
   if (device === null) return fail("device", false, `no block device has the LUKS UUID ${vol.uuid} of ${vol.name}`, "LUKS_FAILED");
   let secret: Uint8Array | undefined;
   try {
-    for (;;) {
+    // No probe first: the unseal itself says whether the HSM is there
+    // ("absent"), and a probe costs TPM commands on every boot (GetCapability
+    // and ReadPublic, ~0.15 s under QEMU; `zb hsm probe` shows the details).
+    for (let logged = false; ; ) {
       const r = await env.hsm.unseal(blob.data);
       if (r.kind === "ok") {
         secret = r.secret;
         break;
       }
-      if (r.kind === "absent" && env.now() < env.deadline) {
+      if (r.kind === "absent") {
+        if (env.now() >= env.deadline) return fail("absent", false, `the ${env.hsm.name} HSM did not appear before the deadline: ${r.why}`, "HSM_ABSENT");
+        if (!logged) env.log(`waiting for the ${env.hsm.name} HSM: ${r.why}`);
+        logged = true;
         await env.sleep(POLL_MS);
         continue;
       }
@@ -146,7 +133,7 @@ async function unlockVolume(backend: BackendName, vol: Volume, blobBytes: Uint8A
       return { ok: false, kind: r.kind, permanent: r.kind === "no-match" || r.kind === "denied", why: `${vol.name}: ${r.why}`, error: e };
     }
     await env.luks.open(device, vol.name, secret);
-    env.log(`unlocked ${vol.name} (${device})`);
+    env.log(`unlocked ${vol.name} (${device}) with the ${env.hsm.name} HSM`);
     return { ok: true, device, data: blob.data };
   } catch (e) {
     if (!isZbError(e)) throw e;

@@ -3,10 +3,13 @@
 # serves both runs of a scenario; the host appends a second, uncompressed cpio
 # that makes the difference, and says on the kernel cmdline which run this is:
 #   zbtest.mode=zb        the credentials cpio (/zb/credentials/: meta.json,
-#                         root.sealed) is appended; `zbunlock --no-reboot`
-#                         runs the boot state machine, unseals the LUKS key
-#                         with the TPM (swtpm behind tpm-tis-device) and opens
-#                         /dev/mapper/zb-root
+#                         root.sealed) is appended; `zbunlock --no-reboot`,
+#                         started before the modules load and let go once
+#                         the disks are there (the real initramfs's
+#                         init-top/prestart-zb and local-top/zb, through the
+#                         same /scripts/zb-functions), runs the boot state
+#                         machine, unseals the LUKS key with the TPM (swtpm
+#                         behind tpm-tis-device) and opens /dev/mapper/zb-root
 #   zbtest.mode=baseline  /key.bin is appended; a plain
 #                         `cryptsetup open --key-file /key.bin` opens the same
 #                         LUKS2 root: the reference zbunlock is measured
@@ -46,6 +49,18 @@ case "$MODE" in
   *) fail 2 "no zbtest.mode=zb|baseline on the kernel cmdline: $CMDLINE" ;;
 esac
 
+# zb: the sequence of a real initramfs (initramfs-hooks/): init-top/prestart-zb
+# starts zbunlock before udev loads the drivers (here: before the insmod
+# loop), and it waits for local-top/zb's go. Its lines are stamped as they
+# arrive.
+if [ "$MODE" = zb ]; then
+  # shellcheck source=initramfs-hooks/scripts/zb-functions
+  . /scripts/zb-functions
+  (zb_prestart --no-reboot 2>&1 | while IFS= read -r line; do
+    read -r t _ </proc/uptime
+    echo "ZB| $t $line"
+  done) &
+fi
 while read -r ko; do
   insmod "$ko" || fail 1 "insmod $ko failed"
 done </etc/modules.order
@@ -74,11 +89,11 @@ stamped() {
   done
 }
 if [ "$MODE" = zb ]; then
-  # zbunlock mounts zb.boot=/dev/vda1 itself (on /run/zb/boot), reads
-  # /etc/zb/hsm.conf and /zb/credentials/, waits for /dev/tpmrm0 and opens
-  # the LUKS device whose UUID meta.json names.
-  # Without the JIT, as initramfs-hooks/scripts/local-top/zb starts it.
-  OUT=$(stamped env BUN_JSC_useJIT=0 zbunlock --no-reboot)
+  # local-top/zb's zb_unlock: go for the zbunlock started above (or a new
+  # one, as a fallback), which mounts zb.boot=/dev/vda1 itself (on
+  # /run/zb/boot), reads /etc/zb/hsm.conf and /zb/credentials/, unseals with
+  # /dev/tpmrm0 and opens the LUKS device whose UUID meta.json names.
+  OUT=$(stamped zb_unlock --no-reboot)
 else
   OUT=$(stamped cryptsetup open --key-file /key.bin /dev/vda2 zb-root)
 fi

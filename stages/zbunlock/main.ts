@@ -21,14 +21,16 @@ import { CODES, ZbError } from "../../lib/errors.ts";
 import { HostSys } from "../../lib/sys/sys.ts";
 import { jitOff, runWithJit } from "../../lib/sys/jit.ts";
 import { FFI_BACKENDS } from "../../lib/hsm/types.ts";
+import { loadBackend } from "../../lib/hsm/open.ts";
 import { BOOT_OPTIONS, BOOT_OPTIONS_HELP, host, rebooter } from "../common.ts";
 import { err, out } from "../output.ts";
 import { report } from "../zb/boot.ts";
 import { HSM_OPTIONS } from "../zb/hsm.ts";
 import { credentialBackend, credentialsOnce, secondsParam, unlockStep } from "./unlock.ts";
+import { awaitGo, DEFAULT_GO_WAIT_S } from "./prestart.ts";
 
 export const USAGE = `usage: zbunlock [--boot DIR] [--root DIR] [--dry-run] [--no-unlock] [--no-reboot] [--json]
-                [--credentials DIR] [--config FILE] [--tpm ADDR] [--pin-file FILE]
+                [--credentials DIR] [--config FILE] [--tpm ADDR] [--pin-file FILE] [--go-file FILE]
        zb unlock [...]
 
 Runs in the initramfs of an OS slot: updates the boot state (kernel_status,
@@ -43,6 +45,9 @@ recovery (docs/boot-flow.md rows U1–U3).
 
   --dry-run      print the transition this boot would make; change nothing
   --no-unlock    only the boot state, no unlock
+  --go-file FILE load, then wait until FILE exists before doing anything (the
+                 initramfs starts zbunlock early this way; up to
+                 zb.prestart_wait=SECONDS, default ${DEFAULT_GO_WAIT_S}, then exit 24 having done nothing)
 ${BOOT_OPTIONS_HELP}
 Without --boot, zbunlock mounts zb.boot=DEV from the kernel command line
 (default /dev/mmcblk0p1) as vfat on /run/zb/boot, waiting up to
@@ -57,7 +62,7 @@ const MOUNT_POINT = "/run/zb/boot";
 const DEFAULT_BOOT_WAIT_S = 10;
 
 export async function zbunlockMain(argv: string[]): Promise<number> {
-  const args = parseArgs(argv, { ...BOOT_OPTIONS, ...HSM_OPTIONS, "dry-run": {}, "no-unlock": {}, credentials: { value: true } }, "zbunlock");
+  const args = parseArgs(argv, { ...BOOT_OPTIONS, ...HSM_OPTIONS, "dry-run": {}, "no-unlock": {}, credentials: { value: true }, "go-file": { value: true } }, "zbunlock");
   if (args.flags.has("help")) {
     out(USAGE + "\n");
     return 0;
@@ -67,12 +72,22 @@ export async function zbunlockMain(argv: string[]): Promise<number> {
   const creds = credentialsOnce(sys, args.values.get("credentials") ?? root);
   // Started without the JIT (the initramfs script does so for a faster start,
   // lib/sys/jit.ts): a backend that is a C library needs it back, so the whole
-  // run happens in a child with the JIT on, before any state is touched.
+  // run happens in a child with the JIT on, before any state is touched (a
+  // --go-file is passed on: the child waits for it).
   if (jitOff() && !args.flags.has("no-unlock") && !args.flags.has("dry-run")) {
     const backend = credentialBackend(creds);
     if (backend !== null && FFI_BACKENDS.has(backend)) return rerunWithJit(argv, backend);
   }
   const p = readPlatform(sys, root);
+  const goFile = args.values.get("go-file");
+  if (goFile !== undefined) {
+    // Started early (stages/zbunlock/prestart.ts): evaluate the HSM backend
+    // too, then wait. Nothing above touched a device or the env.
+    const backend = args.flags.has("no-unlock") ? null : credentialBackend(creds);
+    if (backend !== null) loadBackend(backend);
+    const waited = awaitGo(goFile, secondsParam(p, "zb.prestart_wait") ?? DEFAULT_GO_WAIT_S);
+    if (!args.flags.has("json")) out(`zbunlock: started early, going on after ${waited.toFixed(2)} s\n`);
+  }
   // Before mounting anything: a kernel not booted through zb's config stops here.
   const booted = bootedFrom(p);
   const bootDir = args.values.get("boot") ?? mountBoot(root, p.params.get("zb.boot") ?? DEFAULT_BOOT_DEVICE, secondsParam(p, "zb.boot_wait") ?? DEFAULT_BOOT_WAIT_S);

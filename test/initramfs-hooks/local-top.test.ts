@@ -1,16 +1,21 @@
 /**
- * initramfs-hooks/scripts/local-top/zb under dash and busybox sh, with a
- * fake zbunlock and reboot on PATH. The script's two fixed paths,
- * /scripts/functions and /proc/cmdline, are rewritten to files in a temp
- * dir: first the recording fake-functions.sh, then the real
- * scripts/functions of initramfs-tools-core.
+ * initramfs-hooks/scripts/local-top/zb and init-top/prestart-zb under dash
+ * and busybox sh, with a fake zbunlock and reboot on PATH. The fixed paths
+ * (/scripts/functions, /scripts/zb-functions, /proc/cmdline,
+ * /run/zb/prestart) are rewritten to files in a temp dir: first the
+ * recording fake-functions.sh, then the real scripts/functions of
+ * initramfs-tools-core. zb-functions itself is the real file, paths
+ * rewritten the same way.
  */
 import { afterAll, describe, expect, test } from "bun:test";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
-const SCRIPT = resolve(import.meta.dir, "../../initramfs-hooks/scripts/local-top/zb");
+const HOOKS = resolve(import.meta.dir, "../../initramfs-hooks/scripts");
+const SCRIPT = join(HOOKS, "local-top/zb");
+const PRESTART = join(HOOKS, "init-top/prestart-zb");
+const ZB_FUNCTIONS = join(HOOKS, "zb-functions");
 const FAKE_FUNCTIONS = resolve(import.meta.dir, "fake-functions.sh");
 const REAL_FUNCTIONS = "/usr/share/initramfs-tools/scripts/functions";
 const EXIT_CODES = resolve(import.meta.dir, "../../docs/exit-codes.md");
@@ -30,52 +35,88 @@ interface Setup {
   status: number | null;
   /** "kill": reboot never returns (it kills the script, as reboot(2) would); "fail": it returns 1. */
   reboot: "kill" | "fail" | "return";
+  /**
+   * Run init-top/prestart-zb first: "run" with a zbunlock that waits for
+   * the go; "gave-up": one that exits 24 at once (NOT_STARTED);
+   * "vanished": a pid file whose process is gone and no status.
+   */
+  prestart?: "run" | "gave-up" | "vanished" | undefined;
   env?: Record<string, string>;
 }
 
-/** The script with its fixed paths pointing into t; each must occur exactly once. */
-function rewritten(t: string, functions: string): string {
-  let text = readFileSync(SCRIPT, "utf8");
-  for (const [from, to] of [[". /scripts/functions\n", `. ${functions}\n`], ["$(cat /proc/cmdline)", `$(cat ${t}/cmdline)`]] as const) {
-    expect(text.split(from).length).toBe(2);
-    text = text.replace(from, to);
+/** Replace each `from` (which must occur) by `to`. */
+function rewrite(text: string, pairs: [string, string][]): string {
+  for (const [from, to] of pairs) {
+    expect(text.includes(from)).toBe(true);
+    text = text.split(from).join(to);
   }
   return text;
 }
 
-function run(shell: string[], s: Setup): { code: number | null; signal: string | null; out: string; calls: string[] } {
+/** A boot script with its fixed paths pointing into t. */
+function rewritten(t: string, script: string, functions: string): string {
+  return rewrite(readFileSync(script, "utf8"), [[". /scripts/functions\n", `. ${functions}\n`], [". /scripts/zb-functions\n", `. ${t}/zb-functions\n`]]);
+}
+
+function run(shell: string[], s: Setup): { code: number | null; signal: string | null; out: string; err: string; calls: string[] } {
   const t = mkdtempSync(join(tmpdir(), "zb-localtop-"));
   roots.push(t);
   const log = join(t, "log");
   mkdirSync(join(t, "bin"));
   writeFileSync(join(t, "cmdline"), s.cmdline + "\n");
-  writeFileSync(join(t, "local-top-zb"), rewritten(t, s.functions));
+  writeFileSync(join(t, "zb-functions"), rewrite(readFileSync(ZB_FUNCTIONS, "utf8"), [["/proc/cmdline", `${t}/cmdline`], ["/run/zb/prestart", `${t}/prestart`]]));
+  writeFileSync(join(t, "local-top-zb"), rewritten(t, SCRIPT, s.functions));
+  writeFileSync(join(t, "prestart-zb"), rewritten(t, PRESTART, s.functions));
   if (s.status !== null) {
-    writeFileSync(join(t, "bin/zbunlock"), `#!/bin/sh\necho "zbunlock args=$# BUN_JSC_useJIT=\${BUN_JSC_useJIT-unset}" >>"${log}"\nexit ${s.status}\n`, { mode: 0o755 });
+    // With --go-file: wait for it (at most 10 s), as stages/zbunlock/prestart.ts does.
+    const early = s.prestart === "gave-up" ? "exit 24" : `i=0; while [ ! -e "$2" ] && [ $i -lt 500 ]; do sleep 0.02; i=$((i+1)); done; echo "zbunlock went on" >>"${log}"`;
+    writeFileSync(
+      join(t, "bin/zbunlock"),
+      `#!/bin/sh\necho "zbunlock args=$#\${1:+ $1} BUN_JSC_useJIT=\${BUN_JSC_useJIT-unset}" >>"${log}"\nif [ "\${1:-}" = --go-file ]; then ${early}; fi\nexit ${s.status}\n`,
+      { mode: 0o755 },
+    );
   }
   const reboot = { kill: 'kill -KILL "$PPID"', fail: "exit 1", return: "exit 0" }[s.reboot];
   writeFileSync(join(t, "bin/reboot"), `#!/bin/sh\necho "reboot $*" >>"${log}"\n${reboot}\n`, { mode: 0o755 });
-  const p = Bun.spawnSync([...shell, join(t, "local-top-zb")], {
-    env: { PATH: `${join(t, "bin")}:/usr/bin:/bin`, ZB_FAKE_LOG: log, ...s.env },
-    stdin: "ignore",
-  });
+  const env = { PATH: `${join(t, "bin")}:/usr/bin:/bin`, ZB_FAKE_LOG: log, ...s.env };
+  if (s.prestart === "run" || s.prestart === "gave-up") {
+    // Output to files: the background zbunlock keeps them open after the script exits.
+    const p = Bun.spawnSync([...shell, join(t, "prestart-zb")], { env, stdin: "ignore", stdout: Bun.file(join(t, "prestart.out")), stderr: Bun.file(join(t, "prestart.err")) });
+    expect(p.exitCode).toBe(0);
+    if (s.cmdline.split(" ").includes("zb.skip=1")) expect(existsSync(join(t, "prestart"))).toBe(false);
+    // The background zbunlock has started (run) or exited (gave-up) before local-top runs.
+    const ready = () => (s.prestart === "gave-up" ? existsSync(join(t, "prestart/status")) : existsSync(log) && readFileSync(log, "utf8").includes("--go-file"));
+    if (!s.cmdline.split(" ").includes("zb.skip=1")) for (let i = 0; i < 500 && !ready(); i++) Bun.sleepSync(10);
+  } else if (s.prestart === "vanished") {
+    // A "wrapper" that lives on after the go and then dies without a status:
+    // zb_unlock's watchdog must wake it (about a second later).
+    mkdirSync(join(t, "prestart"));
+    expect(Bun.spawnSync(["mkfifo", join(t, "prestart/done")]).exitCode).toBe(0);
+    const doomed = Bun.spawn(["sleep", "1"]);
+    writeFileSync(join(t, "prestart/pid"), `${doomed.pid}\n`);
+  }
+  const p = Bun.spawnSync([...shell, join(t, "local-top-zb")], { env, stdin: "ignore" });
   let calls: string[] = [];
   try {
     calls = readFileSync(log, "utf8").split("\n").filter(Boolean);
   } catch {
     // no call logged at all
   }
-  return { code: p.exitCode, signal: p.signalCode == null ? null : String(p.signalCode), out: p.stdout.toString(), calls };
+  return { code: p.exitCode, signal: p.signalCode == null ? null : String(p.signalCode), out: p.stdout.toString(), err: p.stderr.toString(), calls };
 }
 
 const BEGIN = "begin zb: running zbunlock";
 // zbunlock starts without the JIT (lib/sys/jit.ts): a faster start for a one-second process.
 const ZB = "zbunlock args=0 BUN_JSC_useJIT=0";
 
+// Started by init-top/prestart-zb: --go-file, also without the JIT.
+const PRE = "zbunlock args=2 --go-file BUN_JSC_useJIT=0";
+const WENT = "zbunlock went on";
+
 /** zbunlock's status and the command line before; the calls logged and how the script ended after. */
 interface Row {
   name: string;
-  before: { cmdline: string; status: number | null; reboot: Setup["reboot"] };
+  before: { cmdline: string; status: number | null; reboot: Setup["reboot"]; prestart?: Setup["prestart"] };
   after: { code: number | null; signal: string | null; calls: string[] };
 }
 
@@ -139,6 +180,35 @@ describe.each(SHELLS)("with the fake functions, under %s", (shellName) => {
       after: { code: 0, signal: null, calls: ["warning zb: zb.skip=1 on the kernel command line: not running zbunlock"] },
     },
     {
+      name: "started by init-top, exits 0 after the go: the boot goes on, zbunlock is not run again",
+      before: { cmdline: CMDLINE, status: 0, reboot: "kill", prestart: "run" },
+      after: { code: 0, signal: null, calls: [PRE, BEGIN, WENT, "end", "success zb: the root is open at /dev/mapper/zb-root"] },
+    },
+    {
+      name: "started by init-top, exits 20 after the go: panic naming the code, not run again",
+      before: { cmdline: CMDLINE, status: 20, reboot: "kill", prestart: "run" },
+      after: {
+        code: 1,
+        signal: null,
+        calls: [PRE, BEGIN, WENT, "failure zb: zbunlock failed (exit 20)", "panic zbunlock failed (exit 20, HSM_DENIED): the root is not open; the messages above say why"],
+      },
+    },
+    {
+      name: "started by init-top, gave up before the go (24, NOT_STARTED): zbunlock runs here",
+      before: { cmdline: CMDLINE, status: 0, reboot: "kill", prestart: "gave-up" },
+      after: { code: 0, signal: null, calls: [PRE, BEGIN, ZB, "end", "success zb: the root is open at /dev/mapper/zb-root"] },
+    },
+    {
+      name: "the early zbunlock's wrapper vanished without a status: zbunlock runs here",
+      before: { cmdline: CMDLINE, status: 0, reboot: "kill", prestart: "vanished" },
+      after: { code: 0, signal: null, calls: [BEGIN, ZB, "end", "success zb: the root is open at /dev/mapper/zb-root"] },
+    },
+    {
+      name: "zb.skip=1: init-top starts nothing, local-top runs nothing",
+      before: { cmdline: `${CMDLINE} zb.skip=1`, status: 0, reboot: "kill", prestart: "run" },
+      after: { code: 0, signal: null, calls: ["warning zb: zb.skip=1 on the kernel command line: not running zbunlock"] },
+    },
+    {
       name: "zb.skip=10 and xzb.skip=1 are other words: zbunlock runs",
       before: { cmdline: `${CMDLINE} zb.skip=10 xzb.skip=1`, status: 0, reboot: "kill" },
       after: { code: 0, signal: null, calls: [BEGIN, ZB, "end", "success zb: the root is open at /dev/mapper/zb-root"] },
@@ -147,6 +217,7 @@ describe.each(SHELLS)("with the fake functions, under %s", (shellName) => {
   test.each(rows)("$name", ({ before, after }) => {
     const r = run(shell, { functions: FAKE_FUNCTIONS, ...before });
     expect(r.calls).toEqual(after.calls);
+    if (before.prestart === "vanished") expect(r.err).toContain("zb: the zbunlock started early vanished without an exit status; running it again");
     expect(r.signal).toBe(after.signal);
     expect(r.code).toBe(after.code);
   });
@@ -184,6 +255,6 @@ describe.each(SHELLS)("with the real scripts/functions, under %s", (shellName) =
 test("every exit status the script names has that name in docs/exit-codes.md", () => {
   const named = [...readFileSync(SCRIPT, "utf8").matchAll(/^\t(\d+)\) echo ([A-Z_]+) ;;$/gm)].map((m) => [m[1], m[2]]);
   const documented = new Set([...readFileSync(EXIT_CODES, "utf8").matchAll(/^\| (\d+) \| `([A-Z_]+)` \|/gm)].map((m) => `${m[1]} ${m[2]}`));
-  expect(named.length).toBe(9);
+  expect(named.length).toBe(10);
   for (const [code, name] of named) expect(documented.has(`${code} ${name}`)).toBe(true);
 });

@@ -40,13 +40,15 @@ beforeAll(() => {
   kernel = findKernel();
   t = mkdtempSync(join(tmpdir(), "zb-mkinitramfs-"));
   const conf = join(t, "initramfs-tools");
-  for (const d of ["initramfs-tools/hooks", "initramfs-tools/scripts/local-top", "etc-zb/trust", "tmp", "x"]) mkdirSync(join(t, d), { recursive: true });
+  for (const d of ["initramfs-tools/hooks", "initramfs-tools/scripts/local-top", "initramfs-tools/scripts/init-top", "etc-zb/trust", "tmp", "x"]) mkdirSync(join(t, d), { recursive: true });
   // MODULES=list: only what hooks and the modules file ask for, so the
   // image shows what our hook added; level 1 keeps the 100 MB binary quick.
   writeFileSync(join(conf, "initramfs.conf"), "MODULES=list\nBUSYBOX=n\nKEYMAP=n\nCOMPRESS=zstd\nCOMPRESSLEVEL=1\nFSTYPE=auto\nRUNSIZE=10%\n");
   writeFileSync(join(conf, "modules"), "");
   expect(sh(["cp", "-p", join(REPO, "initramfs-hooks/hooks/zb"), join(conf, "hooks/zb")]).code).toBe(0);
-  expect(sh(["cp", "-p", join(REPO, "initramfs-hooks/scripts/local-top/zb"), join(conf, "scripts/local-top/zb")]).code).toBe(0);
+  for (const f of ["local-top/zb", "init-top/prestart-zb", "zb-functions"]) {
+    expect(sh(["cp", "-p", join(REPO, "initramfs-hooks/scripts", f), join(conf, "scripts", f)]).code).toBe(0);
+  }
   writeFileSync(join(t, "etc-zb/initramfs.conf"), `ZB_BINARY=${BIN}\n`);
   writeFileSync(join(t, "etc-zb/hsm.conf"), HSM_CONF);
   writeFileSync(join(t, "etc-zb/trust/test.pub"), "a public key\n");
@@ -84,6 +86,18 @@ describe("the image holds", () => {
     { path: "etc/zb/trust/test.pub", is: "the trust key", check: (p: string) => expect(readFileSync(p, "utf8")).toBe("a public key\n") },
     { path: "scripts/local-top/zb", is: "our boot script", check: (p: string) => expect(readFileSync(p, "utf8")).toBe(readFileSync(join(REPO, "initramfs-hooks/scripts/local-top/zb"), "utf8")) },
     { path: "scripts/local-top/ORDER", is: "an order that runs it", check: (p: string) => expect(readFileSync(p, "utf8")).toContain('/scripts/local-top/zb "$@"\n') },
+    { path: "scripts/zb-functions", is: "the helpers both boot scripts source", check: (p: string) => expect(readFileSync(p, "utf8")).toBe(readFileSync(join(REPO, "initramfs-hooks/scripts/zb-functions"), "utf8")) },
+    { path: "scripts/init-top/prestart-zb", is: "the prestart script", check: (p: string) => expect(statSync(p).mode & 0o111).toBe(0o111) },
+    {
+      path: "scripts/init-top/ORDER",
+      is: "an order that runs prestart-zb before udev starts udevd (by name: tsort)",
+      check: (p: string) => {
+        const order = [...readFileSync(p, "utf8").matchAll(/^\/scripts\/init-top\/(\S+) "\$@"$/gm)].map((m) => m[1]);
+        expect(order).toContain("udev");
+        expect(order.indexOf("prestart-zb")).toBeGreaterThanOrEqual(0);
+        expect(order.indexOf("prestart-zb")).toBeLessThan(order.indexOf("udev"));
+      },
+    },
     { path: "conf/modules", is: "dm-mod and dm-crypt, loaded at boot", check: (p: string) => expect(readFileSync(p, "utf8").split("\n")).toEqual(expect.arrayContaining(["dm-mod", "dm-crypt"])) },
   ])("$path: $is", ({ path, check }) => {
     expect(lstatSync(join(root, path))).toBeTruthy();

@@ -166,13 +166,12 @@ describe("zbunlock unlocks the slot's root", () => {
     // The zymkey stub library of test/lib/hsm (same C signatures as libzk_app_utils.so).
     const stub = join(dir, "libzk_stub.so");
     buildZymkeyStub(stub);
-    // Credentials that name zymkey; the blob's data is the soft backend's, so the stub cannot unlock it.
+    // Credentials that name zymkey, with well-formed locked data that the stub cannot unlock.
     const creds = join(dir, "zk-creds");
     mkdirSync(join(creds, "zb/credentials"), { recursive: true });
-    const src = join(root, "zb/credentials");
-    const asZymkey = (f: string) => readFileSync(join(src, f), "utf8").replace(/"backend": *"soft"/, '"backend":"zymkey"');
-    writeFileSync(join(creds, "zb/credentials/meta.json"), asZymkey("meta.json"));
-    writeFileSync(join(creds, "zb/credentials/root.sealed"), asZymkey("root.sealed"));
+    const meta = readFileSync(join(root, "zb/credentials/meta.json"), "utf8").replace(/"backend": *"soft"/, '"backend":"zymkey"');
+    writeFileSync(join(creds, "zb/credentials/meta.json"), meta);
+    writeFileSync(join(creds, "zb/credentials/root.sealed"), `{"backend":"zymkey","data":{"locked":"${Buffer.alloc(64, 7).toString("base64")}","version":1},"format":"zb-sealed/1"}\n`);
     writeFileSync(join(root, "etc/zb/hsm.conf"), `backend = zymkey\nzymkey.library = ${stub}\nwait = 1\n`);
     const r = await zbunlock(["--credentials", creds], undefined, { BUN_JSC_useJIT: "0" });
     // Without the JIT bun:ffi refuses to bind the library's functions; with it
@@ -212,6 +211,45 @@ describe("zbunlock unlocks the slot's root", () => {
     expect(e).toContain("zb_slot=a");
     expect(e).not.toContain("zb_valid_a=0");
     expect(e).toMatch(/cannot unlock slot a: absent, retrying \(boot 1 of 3\)/);
+  });
+
+  test("--go-file (started early, without the JIT): nothing happens until the file exists, then the same unlock", async () => {
+    expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b", "--force"]).code).toBe(0);
+    hsmConf(join(dir, "soft.key"));
+    const go = join(dir, "prestart-go");
+    rmSync(go, { force: true });
+    rmSync(join(dir, "go"), { force: true }); // the fake cryptsetup's own go, given below
+    const p = Bun.spawn([BIN, "unlock", "--boot", boot, "--root", root, "--no-reboot", "--go-file", go], {
+      env: { ...process.env, ZB_NO_REBOOT: "1", BUN_JSC_useJIT: "0", PATH: `${fakeBin}:${process.env.PATH}` }, stdout: "pipe", stderr: "pipe",
+    });
+    await Bun.sleep(700);
+    // Waiting: the env is untouched and cryptsetup was not started.
+    expect(p.exitCode).toBeNull();
+    expect(env()).not.toContain("zb_boot_count_a=1");
+    expect(existsSync(join(dir, "ready"))).toBe(false);
+    writeFileSync(go, "");
+    writeFileSync(join(dir, "go"), "");
+    const [out, err, code] = [await new Response(p.stdout).text(), await new Response(p.stderr).text(), await p.exited];
+    expect(out).toMatch(/^zbunlock: started early, going on after \d+\.\d\d s\n/);
+    expect(err).toContain("zbunlock: unlocked zb-root");
+    expect(code).toBe(0);
+    expect(env()).toContain("zb_boot_count_a=1");
+  });
+
+  test("--go-file that never appears: exit 24 (NOT_STARTED) after zb.prestart_wait=, nothing done", async () => {
+    expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b", "--force"]).code).toBe(0);
+    const before = env();
+    const cmdline = readFileSync(join(root, "proc/cmdline"), "utf8");
+    writeFileSync(join(root, "proc/cmdline"), `${cmdline.trim()} zb.prestart_wait=0.3\n`);
+    try {
+      const r = await zbunlock(["--go-file", join(dir, "never")], undefined, { BUN_JSC_useJIT: "0" });
+      expect(r.err).toContain(`zb: cannot go on: ${join(dir, "never")} did not appear within 0.3 s; zbunlock did nothing`);
+      expect(r.code).toBe(24);
+      expect(r.out).toBe("");
+      expect(env()).toBe(before);
+    } finally {
+      writeFileSync(join(root, "proc/cmdline"), cmdline);
+    }
   });
 
   test("--no-unlock only runs the boot state", async () => {

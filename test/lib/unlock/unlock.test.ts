@@ -13,8 +13,6 @@ const ROOT_UUID = "11111111-2222-3333-4444-555555555555";
 const DATA_UUID = "66666666-7777-8888-9999-000000000000";
 
 interface Script {
-  /** probe() answers present from this call on (0 = at once; Infinity = never). */
-  presentFrom?: number;
   /** unseal() answers, in order; the last repeats. */
   unseal?: UnsealResult["kind"][];
   /** findDevice() finds the device from this call on. */
@@ -28,7 +26,6 @@ interface Script {
 
 function world(s: Script) {
   let clock = 0;
-  let probes = 0;
   let unseals = 0;
   let finds = 0;
   const opened: string[] = [];
@@ -38,7 +35,10 @@ function world(s: Script) {
   const locked: unknown[] = [];
   const hsm: Hsm = {
     name: "soft",
-    probe: async () => ({ backend: "soft", present: probes++ >= (s.presentFrom ?? 0), detail: "test" }),
+    // unlockSlot never probes: the unseal says whether the HSM is there.
+    probe: async () => {
+      throw new Error("unlockSlot must not probe");
+    },
     seal: async () => ({}),
     unseal: async (d: SealedData): Promise<UnsealResult> => {
       const list = s.unseal ?? ["ok"];
@@ -72,7 +72,7 @@ function world(s: Script) {
     sleep: async (ms) => void (clock += ms),
     log: (l) => void log.push(l),
   };
-  return { env, opened, closed, keysSeen, log, locked, probes: () => probes };
+  return { env, opened, closed, keysSeen, log, locked, unseals: () => unseals };
 }
 
 const blob = (v: string, backend: "soft" | "tpm2" = "soft", extra: SealedData = {}) => encodeBlob({ backend, data: { v, ...extra } });
@@ -92,7 +92,7 @@ describe("unlockSlot", () => {
   });
 
   const FAILURES: { name: string; script: Script; creds?: SlotCredentials; kind: string; permanent: boolean; code: string; closed?: string[] }[] = [
-    { name: "HSM never appears → absent, transient", script: { presentFrom: Infinity }, kind: "absent", permanent: false, code: "HSM_ABSENT" },
+    { name: "HSM never appears → absent, transient", script: { unseal: ["absent"] }, kind: "absent", permanent: false, code: "HSM_ABSENT" },
     { name: "blob for another TPM → no-match, permanent", script: { unseal: ["no-match"] }, kind: "no-match", permanent: true, code: "HSM_NO_MATCH" },
     { name: "PCRs changed → denied, permanent", script: { unseal: ["denied"] }, kind: "denied", permanent: true, code: "HSM_DENIED" },
     { name: "response integrity failed → failed, transient", script: { unseal: ["failed"] }, kind: "failed", permanent: false, code: "HSM_FAILED" },
@@ -115,11 +115,19 @@ describe("unlockSlot", () => {
   });
 
   test("waits for a late HSM and a late device within the deadline, logging once each", async () => {
-    const w = world({ presentFrom: 5, deviceFrom: 3 });
+    const w = world({ unseal: ["absent", "absent", "absent", "absent", "absent", "ok"], deviceFrom: 3 });
     const r = await unlockSlot({ meta: { backend: "soft", root: CREDS.meta.root }, root: CREDS.root }, w.env);
     expect(r.ok).toBe(true);
     expect(w.log.filter((l) => l.startsWith("waiting for the soft HSM"))).toHaveLength(1);
     expect(w.log.filter((l) => l.startsWith("waiting for the device"))).toHaveLength(1);
+    expect(w.log).toContain("waiting for the soft HSM: test absent");
+    expect(w.log).toContain("unlocked zb-root (/dev/vda2) with the soft HSM");
+  });
+
+  test("an HSM still absent at the deadline: HSM_ABSENT naming the backend's reason", async () => {
+    const w = world({ unseal: ["absent"], deadlineMs: 300 });
+    const r = await unlockSlot(CREDS, w.env);
+    expect(r.ok ? null : [r.kind, r.error.code, r.error.message]).toEqual(["absent", "HSM_ABSENT", "cannot unlock: the soft HSM did not appear before the deadline: test absent"]);
   });
 
   test("an HSM that answers absent while present is retried until it unseals", async () => {
@@ -151,8 +159,8 @@ describe("unlockSlot", () => {
   });
 
   test("the deadline bounds the wait (no endless loop)", async () => {
-    const w = world({ presentFrom: Infinity, deadlineMs: 500 });
+    const w = world({ unseal: ["absent"], deadlineMs: 500 });
     await unlockSlot(CREDS, w.env);
-    expect(w.probes()).toBeLessThanOrEqual(7);
+    expect(w.unseals()).toBeLessThanOrEqual(7);
   });
 });

@@ -1,0 +1,45 @@
+/**
+ * zbunlock started early: `zbunlock --go-file FILE` loads everything it will
+ * need and then waits, touching nothing, until FILE exists.
+ *
+ * Why: the initramfs script init-top/prestart-zb starts zbunlock before udev
+ * loads the drivers, and local-top/zb creates FILE when the devices are
+ * there (initramfs-hooks/scripts/zb-functions). The runtime's start and the
+ * module evaluation then overlap udev's work instead of following it: on a
+ * Pi that is tens of milliseconds, under QEMU's TCG most of zbunlock's time
+ * (every instruction the runtime executes the first time is translated).
+ *
+ * Polling, not a FIFO: opening a FIFO blocks one side until the other comes,
+ * and a boot script must never hang on a zbunlock that died early. A 10 ms
+ * poll costs nothing measurable and bounds the added latency.
+ */
+import { existsSync } from "node:fs";
+import { ZbError } from "../../lib/errors.ts";
+
+/** How often the go file is looked for. */
+export const GO_POLL_MS = 10;
+/** How long zbunlock waits for the go file unless zb.prestart_wait= says otherwise (udev's settle alone may take 120 s). */
+export const DEFAULT_GO_WAIT_S = 180;
+
+export interface GoSeams {
+  exists(path: string): boolean;
+  now(): number;
+  sleep(ms: number): void;
+}
+
+const host: GoSeams = { exists: existsSync, now: () => performance.now(), sleep: (ms) => Bun.sleepSync(ms) };
+
+/**
+ * Wait until `file` exists; the seconds waited.
+ * @throws {ZbError} NOT_STARTED when it does not appear within `waitS` (nothing was done)
+ */
+export function awaitGo(file: string, waitS: number, seams: GoSeams = host): number {
+  const start = seams.now();
+  for (;;) {
+    if (seams.exists(file)) return (seams.now() - start) / 1000;
+    if (seams.now() - start >= waitS * 1000) {
+      throw new ZbError("NOT_STARTED", `cannot go on: ${file} did not appear within ${waitS} s; zbunlock did nothing (the boot script runs it again)`);
+    }
+    seams.sleep(GO_POLL_MS);
+  }
+}

@@ -1,0 +1,44 @@
+/**
+ * awaitGo (stages/zbunlock/prestart.ts) with a fake clock: when the go file
+ * appears it returns the wait; when it does not, NOT_STARTED at the
+ * deadline, after a bounded number of polls.
+ */
+import { describe, expect, test } from "bun:test";
+import { isZbError } from "../../lib/errors.ts";
+import { awaitGo, GO_POLL_MS, type GoSeams } from "../../stages/zbunlock/prestart.ts";
+
+function fake(appearsAtMs: number): GoSeams & { polls: () => number } {
+  let clock = 0;
+  let polls = 0;
+  return {
+    exists: (path) => {
+      polls++;
+      expect(path).toBe("/run/zb/prestart/go");
+      return clock >= appearsAtMs;
+    },
+    now: () => clock,
+    sleep: (ms) => void (clock += ms),
+    polls: () => polls,
+  };
+}
+
+describe("awaitGo", () => {
+  const rows = [
+    { name: "the file is there at once: no wait", before: { appearsAtMs: 0, waitS: 1 }, after: { waited: 0, polls: 1 } },
+    { name: "it appears after 0.5 s: waited 0.5 s", before: { appearsAtMs: 500, waitS: 1 }, after: { waited: 0.5, polls: 500 / GO_POLL_MS + 1 } },
+    { name: "it appears exactly at the deadline: still taken", before: { appearsAtMs: 1000, waitS: 1 }, after: { waited: 1, polls: 1000 / GO_POLL_MS + 1 } },
+    { name: "never: NOT_STARTED at the deadline", before: { appearsAtMs: Infinity, waitS: 1 }, after: { waited: null, polls: 1000 / GO_POLL_MS + 1 } },
+  ];
+  test.each(rows)("$name", ({ before, after }) => {
+    const s = fake(before.appearsAtMs);
+    let waited: number | null = null;
+    try {
+      waited = awaitGo("/run/zb/prestart/go", before.waitS, s);
+    } catch (e) {
+      expect(isZbError(e, "NOT_STARTED")).toBe(true);
+      expect((e as Error).message).toBe("cannot go on: /run/zb/prestart/go did not appear within 1 s; zbunlock did nothing (the boot script runs it again)");
+    }
+    expect(waited).toBe(after.waited);
+    expect(s.polls()).toBe(after.polls);
+  });
+});
