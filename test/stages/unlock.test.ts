@@ -252,6 +252,47 @@ describe("zbunlock unlocks the slot's root", () => {
     }
   });
 
+  test("a transition that reboots (slot a at its boot limit → roll back to b): nothing is unsealed or opened", async () => {
+    expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b", "--force"]).code).toBe(0);
+    expect(run(["env", "set", "--boot", boot, "zb_boot_count_a", "3"]).code).toBe(0);
+    hsmConf(join(dir, "soft.key"));
+    rmSync(join(dir, "open.log"), { force: true });
+    const r = await zbunlock([], undefined, { BUN_JSC_useJIT: "0" });
+    expect(r.out).toContain("N7");
+    expect(r.code).toBe(12);
+    expect(r.err).not.toContain("unlocked");
+    expect(existsSync(join(dir, "open.log"))).toBe(false);
+    expect(env()).toContain("zb_slot=b");
+  });
+
+  test("a malformed hsm.conf is reported after the transition was committed (exit 8, CONFIG)", async () => {
+    expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b", "--force"]).code).toBe(0);
+    writeFileSync(join(root, "etc/zb/hsm.conf"), "backend = nonsense\n");
+    const r = await zbunlock();
+    expect(r.out).toContain("N9");
+    expect(r.err).toMatch(/^zb: cannot .*hsm\.conf/m);
+    expect(r.code).toBe(8);
+    expect(env()).toContain("zb_boot_count_a=1");
+  });
+
+  test("the boot partition cannot be mounted: exit 5 (IO) at once, without waiting for an absent HSM (zb.hsm_wait)", async () => {
+    expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b", "--force"]).code).toBe(0);
+    hsmConf(join(dir, "missing.key"));
+    const cmdline = readFileSync(join(root, "proc/cmdline"), "utf8");
+    writeFileSync(join(root, "proc/cmdline"), `${cmdline.trim().replace("zb.hsm_wait=1", "zb.hsm_wait=60")} zb.boot=${join(dir, "no-such-disk")} zb.boot_wait=0.2\n`);
+    try {
+      const t0 = performance.now();
+      const p = Bun.spawn([BIN, "unlock", "--root", root, "--no-reboot"], { env: { ...process.env, ZB_NO_REBOOT: "1" }, stdout: "pipe", stderr: "pipe" });
+      const [err, code] = [await new Response(p.stderr).text(), await p.exited];
+      expect(err).toContain("cannot mount the boot partition");
+      expect(code).toBe(5);
+      // Not the 60 s of zb.hsm_wait: nothing waits for the HSM before the transition.
+      expect(performance.now() - t0).toBeLessThan(15_000);
+    } finally {
+      writeFileSync(join(root, "proc/cmdline"), cmdline);
+    }
+  }, 30_000);
+
   test("--no-unlock only runs the boot state", async () => {
     const r = await zbunlock(["--no-unlock"]);
     expect(r.code).toBe(0);
