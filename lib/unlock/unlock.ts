@@ -15,7 +15,7 @@
  */
 import { isZbError, ZbError } from "../errors.ts";
 import { decodeBlob, unsealError } from "../hsm/blob.ts";
-import type { BackendName, Hsm, SealedData, UnsealFailure } from "../hsm/types.ts";
+import type { BackendName, Hsm, SealedData, UnsealFailure, UnsealResult } from "../hsm/types.ts";
 import { wipe } from "../secret.ts";
 
 /** The parts of a slot's credentials unlock needs (lib/luks/credentials.ts). */
@@ -117,7 +117,7 @@ async function unlockVolume(backend: BackendName, vol: Volume, blobBytes: Uint8A
     // ("absent"), and a probe costs TPM commands on every boot (GetCapability
     // and ReadPublic, ~0.15 s under QEMU; `zb hsm probe` shows the details).
     for (let logged = false; ; ) {
-      const r = await env.hsm.unseal(blob.data);
+      const r = await unsealOnce(env.hsm, blob.data);
       if (r.kind === "ok") {
         secret = r.secret;
         break;
@@ -140,6 +140,19 @@ async function unlockVolume(backend: BackendName, vol: Volume, blobBytes: Uint8A
     return { ok: false, kind: "luks", permanent: e.code === "LUKS_FAILED" && env.wrongKey(e), why: e.message, error: e };
   } finally {
     wipe(secret);
+  }
+}
+
+/**
+ * One unseal; a backend that throws instead of answering (the soft backend
+ * when it is not enabled: CONFIG) is a failed unseal, never a LUKS failure.
+ */
+async function unsealOnce(hsm: Hsm, data: SealedData): Promise<UnsealResult> {
+  try {
+    return await hsm.unseal(data);
+  } catch (e) {
+    if (!isZbError(e)) throw e;
+    return { kind: e.code === "HSM_ABSENT" ? "absent" : "failed", why: e.message };
   }
 }
 

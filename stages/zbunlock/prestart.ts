@@ -12,8 +12,12 @@
  * Polling, not a FIFO: opening a FIFO blocks one side until the other comes,
  * and a boot script must never hang on a zbunlock that died early. A 10 ms
  * poll costs nothing measurable and bounds the added latency.
+ *
+ * Taking the go renames FILE to FILE.taken: from then on zbunlock may change
+ * state, so the boot script must not run a second zbunlock even if it never
+ * learns this one's exit status; without FILE.taken it knows nothing was done.
  */
-import { existsSync } from "node:fs";
+import { existsSync, renameSync } from "node:fs";
 import { ZbError } from "../../lib/errors.ts";
 
 /** How often the go file is looked for. */
@@ -23,20 +27,29 @@ export const DEFAULT_GO_WAIT_S = 180;
 
 export interface GoSeams {
   exists(path: string): boolean;
+  rename(from: string, to: string): void;
   now(): number;
   sleep(ms: number): void;
 }
 
-const host: GoSeams = { exists: existsSync, now: () => performance.now(), sleep: (ms) => Bun.sleepSync(ms) };
+const host: GoSeams = { exists: existsSync, rename: renameSync, now: () => performance.now(), sleep: (ms) => Bun.sleepSync(ms) };
 
 /**
- * Wait until `file` exists; the seconds waited.
- * @throws {ZbError} NOT_STARTED when it does not appear within `waitS` (nothing was done)
+ * Wait until `file` exists, then take it (rename to `file`.taken); the seconds waited.
+ * @throws {ZbError} NOT_STARTED when it does not appear within `waitS` (nothing was done); IO when it cannot be taken
  */
 export function awaitGo(file: string, waitS: number, seams: GoSeams = host): number {
   const start = seams.now();
   for (;;) {
-    if (seams.exists(file)) return (seams.now() - start) / 1000;
+    if (seams.exists(file)) {
+      try {
+        seams.rename(file, `${file}.taken`);
+      } catch (e) {
+        // Without the mark the boot script would take this run for one that did nothing.
+        throw new ZbError("IO", `cannot take the go: renaming ${file}: ${(e as Error).message}; zbunlock did nothing`, { cause: e });
+      }
+      return (seams.now() - start) / 1000;
+    }
     if (seams.now() - start >= waitS * 1000) {
       throw new ZbError("NOT_STARTED", `cannot go on: ${file} did not appear within ${waitS} s; zbunlock did nothing (the boot script runs it again)`);
     }

@@ -19,8 +19,9 @@ const ZB_FUNCTIONS = join(HOOKS, "zb-functions");
 const FAKE_FUNCTIONS = resolve(import.meta.dir, "fake-functions.sh");
 const REAL_FUNCTIONS = "/usr/share/initramfs-tools/scripts/functions";
 const EXIT_CODES = resolve(import.meta.dir, "../../docs/exit-codes.md");
-/** The initramfs runs boot scripts with busybox sh; Debian's /bin/sh is dash. */
-const SHELLS = ["dash", "busybox sh"];
+/** The initramfs runs boot scripts with busybox sh, or klibc's sh without busybox (BUSYBOX=n); Debian's /bin/sh is dash. */
+const KLIBC_SH = "/usr/lib/klibc/bin/sh";
+const SHELLS = ["dash", "busybox sh", KLIBC_SH];
 const CMDLINE = "console=ttyAMA0 root=/dev/mapper/zb-root zb.boot=/dev/mmcblk0p1 rootwait";
 
 const roots: string[] = [];
@@ -37,10 +38,12 @@ interface Setup {
   reboot: "kill" | "fail" | "return";
   /**
    * Run init-top/prestart-zb first: "run" with a zbunlock that waits for
-   * the go; "gave-up": one that exits 24 at once (NOT_STARTED);
-   * "vanished": a pid file whose process is gone and no status.
+   * the go; "gave-up": one that exits 24 at once (NOT_STARTED); "old": one
+   * that exits 2 at once (a binary without --go-file); "wrapper-killed":
+   * the wrapper shell is killed, zbunlock goes on alone; "vanished": a
+   * wrapper PID that dies a second after the go, no zbunlock, no status.
    */
-  prestart?: "run" | "gave-up" | "vanished" | undefined;
+  prestart?: "run" | "gave-up" | "old" | "wrapper-killed" | "vanished" | undefined;
   env?: Record<string, string>;
 }
 
@@ -68,25 +71,33 @@ function run(shell: string[], s: Setup): { code: number | null; signal: string |
   writeFileSync(join(t, "local-top-zb"), rewritten(t, SCRIPT, s.functions));
   writeFileSync(join(t, "prestart-zb"), rewritten(t, PRESTART, s.functions));
   if (s.status !== null) {
-    // With --go-file: wait for it (at most 10 s), as stages/zbunlock/prestart.ts does.
-    const early = s.prestart === "gave-up" ? "exit 24" : `i=0; while [ ! -e "$2" ] && [ $i -lt 500 ]; do sleep 0.02; i=$((i+1)); done; echo "zbunlock went on" >>"${log}"`;
+    // With --go-file: wait for it (at most 10 s) and take it, as
+    // stages/zbunlock/prestart.ts does; "gave-up"/"old" end at once. Either
+    // way it reports a descriptor of the boot scripts' FIFO leaking into it.
+    const early = { "gave-up": "exit 24", old: "exit 2" }[s.prestart as string] ??
+      `i=0; while [ ! -e "$2" ] && [ $i -lt 500 ]; do sleep 0.02; i=$((i+1)); done; [ -e "$2" ] || exit 24; mv "$2" "$2.taken"; echo "${"zbunlock went on"}" >>"${log}"` +
+        (s.prestart === "wrapper-killed" ? "; sleep 1" : "");
     writeFileSync(
       join(t, "bin/zbunlock"),
-      `#!/bin/sh\necho "zbunlock args=$#\${1:+ $1} BUN_JSC_useJIT=\${BUN_JSC_useJIT-unset}" >>"${log}"\nif [ "\${1:-}" = --go-file ]; then ${early}; fi\nexit ${s.status}\n`,
+      `#!/bin/sh\necho "zbunlock args=$#\${1:+ $1} BUN_JSC_useJIT=\${BUN_JSC_useJIT-unset}" >>"${log}"\n` +
+        `for fd in 3 4; do [ -e /proc/$$/fd/$fd ] && echo "fd $fd leaked" >>"${log}"; done\n` +
+        `if [ "\${1:-}" = --go-file ]; then ${early}; fi\nexit ${s.status}\n`,
       { mode: 0o755 },
     );
   }
   const reboot = { kill: 'kill -KILL "$PPID"', fail: "exit 1", return: "exit 0" }[s.reboot];
   writeFileSync(join(t, "bin/reboot"), `#!/bin/sh\necho "reboot $*" >>"${log}"\n${reboot}\n`, { mode: 0o755 });
   const env = { PATH: `${join(t, "bin")}:/usr/bin:/bin`, ZB_FAKE_LOG: log, ...s.env };
-  if (s.prestart === "run" || s.prestart === "gave-up") {
+  if (s.prestart === "run" || s.prestart === "gave-up" || s.prestart === "old" || s.prestart === "wrapper-killed") {
     // Output to files: the background zbunlock keeps them open after the script exits.
     const p = Bun.spawnSync([...shell, join(t, "prestart-zb")], { env, stdin: "ignore", stdout: Bun.file(join(t, "prestart.out")), stderr: Bun.file(join(t, "prestart.err")) });
     expect(p.exitCode).toBe(0);
     if (s.cmdline.split(" ").includes("zb.skip=1")) expect(existsSync(join(t, "prestart"))).toBe(false);
     // The background zbunlock has started (run) or exited (gave-up) before local-top runs.
-    const ready = () => (s.prestart === "gave-up" ? existsSync(join(t, "prestart/status")) : existsSync(log) && readFileSync(log, "utf8").includes("--go-file"));
+    const exitsAtOnce = s.prestart === "gave-up" || s.prestart === "old";
+    const ready = () => (exitsAtOnce ? existsSync(join(t, "prestart/status")) : existsSync(join(t, "prestart/zpid")) && existsSync(log) && readFileSync(log, "utf8").includes("--go-file"));
     if (!s.cmdline.split(" ").includes("zb.skip=1")) for (let i = 0; i < 500 && !ready(); i++) Bun.sleepSync(10);
+    if (s.prestart === "wrapper-killed") process.kill(Number(readFileSync(join(t, "prestart/pid"), "utf8")), "SIGKILL");
   } else if (s.prestart === "vanished") {
     // A "wrapper" that lives on after the go and then dies without a status:
     // zb_unlock's watchdog must wake it (about a second later).
@@ -95,7 +106,8 @@ function run(shell: string[], s: Setup): { code: number | null; signal: string |
     const doomed = Bun.spawn(["sleep", "1"]);
     writeFileSync(join(t, "prestart/pid"), `${doomed.pid}\n`);
   }
-  const p = Bun.spawnSync([...shell, join(t, "local-top-zb")], { env, stdin: "ignore" });
+  // Bounded: a zb_unlock that never wakes fails this test instead of hanging the run.
+  const p = Bun.spawnSync([...shell, join(t, "local-top-zb")], { env, stdin: "ignore", timeout: 20_000 });
   let calls: string[] = [];
   try {
     calls = readFileSync(log, "utf8").split("\n").filter(Boolean);
@@ -199,9 +211,23 @@ describe.each(SHELLS)("with the fake functions, under %s", (shellName) => {
       after: { code: 0, signal: null, calls: [PRE, BEGIN, ZB, "end", "success zb: the root is open at /dev/mapper/zb-root"] },
     },
     {
-      name: "the early zbunlock's wrapper vanished without a status: zbunlock runs here",
+      name: "the early zbunlock's wrapper vanished before zbunlock took the go: zbunlock runs here",
       before: { cmdline: CMDLINE, status: 0, reboot: "kill", prestart: "vanished" },
       after: { code: 0, signal: null, calls: [BEGIN, ZB, "end", "success zb: the root is open at /dev/mapper/zb-root"] },
+    },
+    {
+      name: "started by init-top, exits 2 before the go (a zbunlock without --go-file): nothing was done, zbunlock runs here",
+      before: { cmdline: CMDLINE, status: 0, reboot: "kill", prestart: "old" },
+      after: { code: 0, signal: null, calls: [PRE, BEGIN, ZB, "end", "success zb: the root is open at /dev/mapper/zb-root"] },
+    },
+    {
+      name: "the wrapper is killed, zbunlock took the go and ends alone: its status is lost, so panic (70), never a second zbunlock",
+      before: { cmdline: CMDLINE, status: 0, reboot: "kill", prestart: "wrapper-killed" },
+      after: {
+        code: 1,
+        signal: null,
+        calls: [PRE, BEGIN, WENT, "failure zb: zbunlock failed (exit 70)", "panic zbunlock failed (exit 70, INTERNAL): the root is not open; the messages above say why"],
+      },
     },
     {
       name: "zb.skip=1: init-top starts nothing, local-top runs nothing",
@@ -217,7 +243,12 @@ describe.each(SHELLS)("with the fake functions, under %s", (shellName) => {
   test.each(rows)("$name", ({ before, after }) => {
     const r = run(shell, { functions: FAKE_FUNCTIONS, ...before });
     expect(r.calls).toEqual(after.calls);
-    if (before.prestart === "vanished") expect(r.err).toContain("zb: the zbunlock started early vanished without an exit status; running it again");
+    const says: Partial<Record<NonNullable<Setup["prestart"]>, string>> = {
+      vanished: "zb: the zbunlock started early ended before the go (status unknown); running it here",
+      old: "zb: the zbunlock started early ended before the go (status 2); running it here",
+      "wrapper-killed": "zb: the zbunlock started early went on, but its exit status is lost; not running it a second time",
+    };
+    if (before.prestart && says[before.prestart]) expect(r.err).toContain(says[before.prestart]!);
     expect(r.signal).toBe(after.signal);
     expect(r.code).toBe(after.code);
   });

@@ -7,10 +7,13 @@ import { describe, expect, test } from "bun:test";
 import { isZbError } from "../../lib/errors.ts";
 import { awaitGo, GO_POLL_MS, type GoSeams } from "../../stages/zbunlock/prestart.ts";
 
-function fake(appearsAtMs: number): GoSeams & { polls: () => number } {
+function fake(appearsAtMs: number): GoSeams & { polls: () => number; renamed: () => string[] } {
   let clock = 0;
   let polls = 0;
+  const renamed: string[] = [];
   return {
+    rename: (from, to) => void renamed.push(`${from} -> ${to}`),
+    renamed: () => renamed,
     exists: (path) => {
       polls++;
       expect(path).toBe("/run/zb/prestart/go");
@@ -24,10 +27,10 @@ function fake(appearsAtMs: number): GoSeams & { polls: () => number } {
 
 describe("awaitGo", () => {
   const rows = [
-    { name: "the file is there at once: no wait", before: { appearsAtMs: 0, waitS: 1 }, after: { waited: 0, polls: 1 } },
-    { name: "it appears after 0.5 s: waited 0.5 s", before: { appearsAtMs: 500, waitS: 1 }, after: { waited: 0.5, polls: 500 / GO_POLL_MS + 1 } },
-    { name: "it appears exactly at the deadline: still taken", before: { appearsAtMs: 1000, waitS: 1 }, after: { waited: 1, polls: 1000 / GO_POLL_MS + 1 } },
-    { name: "never: NOT_STARTED at the deadline", before: { appearsAtMs: Infinity, waitS: 1 }, after: { waited: null, polls: 1000 / GO_POLL_MS + 1 } },
+    { name: "the file is there at once: no wait, taken", before: { appearsAtMs: 0, waitS: 1 }, after: { waited: 0, polls: 1, taken: true } },
+    { name: "it appears after 0.5 s: waited 0.5 s, taken", before: { appearsAtMs: 500, waitS: 1 }, after: { waited: 0.5, polls: 500 / GO_POLL_MS + 1, taken: true } },
+    { name: "it appears exactly at the deadline: still taken", before: { appearsAtMs: 1000, waitS: 1 }, after: { waited: 1, polls: 1000 / GO_POLL_MS + 1, taken: true } },
+    { name: "never: NOT_STARTED at the deadline, nothing taken", before: { appearsAtMs: Infinity, waitS: 1 }, after: { waited: null, polls: 1000 / GO_POLL_MS + 1, taken: false } },
   ];
   test.each(rows)("$name", ({ before, after }) => {
     const s = fake(before.appearsAtMs);
@@ -40,5 +43,11 @@ describe("awaitGo", () => {
     }
     expect(waited).toBe(after.waited);
     expect(s.polls()).toBe(after.polls);
+    expect(s.renamed()).toEqual(after.taken ? ["/run/zb/prestart/go -> /run/zb/prestart/go.taken"] : []);
+  });
+
+  test("a go that cannot be taken (rename fails): IO, nothing done", () => {
+    const s = { ...fake(0), rename: () => { throw new Error("EROFS: read-only file system"); } };
+    expect(() => awaitGo("/run/zb/prestart/go", 1, s)).toThrow("cannot take the go: renaming /run/zb/prestart/go: EROFS: read-only file system; zbunlock did nothing");
   });
 });

@@ -222,18 +222,24 @@ describe("zbunlock unlocks the slot's root", () => {
     const p = Bun.spawn([BIN, "unlock", "--boot", boot, "--root", root, "--no-reboot", "--go-file", go], {
       env: { ...process.env, ZB_NO_REBOOT: "1", BUN_JSC_useJIT: "0", PATH: `${fakeBin}:${process.env.PATH}` }, stdout: "pipe", stderr: "pipe",
     });
-    await Bun.sleep(700);
-    // Waiting: the env is untouched and cryptsetup was not started.
-    expect(p.exitCode).toBeNull();
-    expect(env()).not.toContain("zb_boot_count_a=1");
-    expect(existsSync(join(dir, "ready"))).toBe(false);
-    writeFileSync(go, "");
-    writeFileSync(join(dir, "go"), "");
-    const [out, err, code] = [await new Response(p.stdout).text(), await new Response(p.stderr).text(), await p.exited];
-    expect(out).toMatch(/^zbunlock: started early, going on after \d+\.\d\d s\n/);
-    expect(err).toContain("zbunlock: unlocked zb-root");
-    expect(code).toBe(0);
-    expect(env()).toContain("zb_boot_count_a=1");
+    try {
+      await Bun.sleep(700);
+      // Waiting: the env is untouched and cryptsetup was not started.
+      expect(p.exitCode).toBeNull();
+      expect(env()).not.toContain("zb_boot_count_a=1");
+      expect(existsSync(join(dir, "ready"))).toBe(false);
+      writeFileSync(go, "");
+      writeFileSync(join(dir, "go"), "");
+      const [out, err, code] = [await new Response(p.stdout).text(), await new Response(p.stderr).text(), await p.exited];
+      expect(out).toMatch(/^zbunlock: started early, going on after \d+\.\d\d s\n/);
+      expect(err).toContain("zbunlock: unlocked zb-root");
+      expect(code).toBe(0);
+      expect(env()).toContain("zb_boot_count_a=1");
+      // Taken: renamed, so the boot script knows this run may have changed state.
+      expect([existsSync(go), existsSync(`${go}.taken`)]).toEqual([false, true]);
+    } finally {
+      p.kill(); // a failed assertion above must not leave it waiting 180 s
+    }
   });
 
   test("--go-file that never appears: exit 24 (NOT_STARTED) after zb.prestart_wait=, nothing done", async () => {

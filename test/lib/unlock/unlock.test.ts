@@ -13,8 +13,8 @@ const ROOT_UUID = "11111111-2222-3333-4444-555555555555";
 const DATA_UUID = "66666666-7777-8888-9999-000000000000";
 
 interface Script {
-  /** unseal() answers, in order; the last repeats. */
-  unseal?: UnsealResult["kind"][];
+  /** unseal() answers, in order; the last repeats. "throw": it throws ZbError CONFIG (the soft backend, not enabled). */
+  unseal?: (UnsealResult["kind"] | "throw")[];
   /** findDevice() finds the device from this call on. */
   deviceFrom?: number;
   /** open() throws this for the given volume name. */
@@ -43,6 +43,7 @@ function world(s: Script) {
     unseal: async (d: SealedData): Promise<UnsealResult> => {
       const list = s.unseal ?? ["ok"];
       const kind = list[Math.min(unseals++, list.length - 1)]!;
+      if (kind === "throw") throw new ZbError("CONFIG", "cannot use the soft HSM backend: it is not enabled");
       if (kind === "ok") return { kind, secret: new TextEncoder().encode(`key-of-${d.v}`) };
       return { kind, why: `test ${kind}` };
     },
@@ -96,6 +97,7 @@ describe("unlockSlot", () => {
     { name: "blob for another TPM → no-match, permanent", script: { unseal: ["no-match"] }, kind: "no-match", permanent: true, code: "HSM_NO_MATCH" },
     { name: "PCRs changed → denied, permanent", script: { unseal: ["denied"] }, kind: "denied", permanent: true, code: "HSM_DENIED" },
     { name: "response integrity failed → failed, transient", script: { unseal: ["failed"] }, kind: "failed", permanent: false, code: "HSM_FAILED" },
+    { name: "the backend throws (soft, not enabled) → failed, transient, not a LUKS failure", script: { unseal: ["throw"] }, kind: "failed", permanent: false, code: "HSM_FAILED" },
     { name: "device never appears → device, transient", script: { deviceFrom: Infinity }, kind: "device", permanent: false, code: "LUKS_FAILED" },
     { name: "key does not open the header → luks, permanent", script: { openFails: { name: "zb-root", error: new ZbError("LUKS_FAILED", "cannot open: No key available with this passphrase") } }, kind: "luks", permanent: true, code: "LUKS_FAILED" },
     { name: "no device-mapper → luks, transient", script: { openFails: { name: "zb-root", error: new ZbError("LUKS_FAILED", "cannot open: Cannot initialize device-mapper") } }, kind: "luks", permanent: false, code: "LUKS_FAILED" },
