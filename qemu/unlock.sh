@@ -446,6 +446,8 @@ window() {
   a=$(stamp "$1" INIT 2>/dev/null) e=$(stamp "$1" ROOT 2>/dev/null)
   [[ -n $a && -n $e ]] && secs "$a" "$e"
 }
+# ratio Z B: Z / B to two places.
+ratio() { awk -v z="$1" -v b="$2" 'BEGIN { printf "%.2f", z / b }'; }
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR) printf "%.2f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 if ((RUNS > 0)); then
   zs=() bs=()
@@ -456,15 +458,13 @@ if ((RUNS > 0)); then
   zm=$(printf '%s\n' "${zs[@]}" | { grep . || true; } | median) bm=$(printf '%s\n' "${bs[@]}" | { grep . || true; } | median)
   if [[ -n $zm && -n $bm ]]; then
     echo "unlock: bench medians: zbunlock $zm s, cryptsetup --key-file $bm s," \
-      "ratio $(awk -v z="$zm" -v b="$bm" 'BEGIN { printf "%.2f", z / b }') (target <= 1.25)"
+      "ratio $(ratio "$zm" "$bm") (target <= 1.25)"
   fi
 fi
 # The benchmark: the same kernel, modules and disk; only the unlock differs.
-if [[ -n "$(stamp zb ROOT 2>/dev/null)" && -n "$(stamp baseline ROOT 2>/dev/null)" ]]; then
-  z=$(secs "$(stamp zb INIT)" "$(stamp zb ROOT)")
-  b=$(secs "$(stamp baseline INIT)" "$(stamp baseline ROOT)")
-  echo "unlock: /init -> root mounted: zbunlock $z s, cryptsetup --key-file $b s," \
-    "ratio $(awk -v z="$z" -v b="$b" 'BEGIN { printf "%.2f", z / b }') (target <= 1.25)"
+z=$(window zb || true) b=$(window baseline || true)
+if [[ -n $z && -n $b ]]; then
+  echo "unlock: /init -> root mounted: zbunlock $z s, cryptsetup --key-file $b s, ratio $(ratio "$z" "$b") (target <= 1.25)"
 fi
 echo "unlock: total $(secs "$T0" "$(now)") s"
 exit "$rc"

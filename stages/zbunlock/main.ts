@@ -74,16 +74,13 @@ export async function zbunlockMain(argv: string[]): Promise<number> {
   // lib/sys/jit.ts): a backend that is a C library needs it back, so the whole
   // run happens in a child with the JIT on, before any state is touched (a
   // --go-file is passed on: the child waits for it).
-  if (jitOff() && !args.flags.has("no-unlock") && !args.flags.has("dry-run")) {
-    const backend = credentialBackend(creds);
-    if (backend !== null && FFI_BACKENDS.has(backend)) return rerunWithJit(argv, backend);
-  }
+  const backend = args.flags.has("no-unlock") || args.flags.has("dry-run") ? null : credentialBackend(creds);
+  if (jitOff() && backend !== null && FFI_BACKENDS.has(backend)) return rerunWithJit(argv, backend);
   const p = readPlatform(sys, root);
   const goFile = args.values.get("go-file");
   if (goFile !== undefined) {
     // Started early (stages/zbunlock/prestart.ts): evaluate the HSM backend
     // too, then wait. Nothing above touched a device or the env.
-    const backend = args.flags.has("no-unlock") ? null : credentialBackend(creds);
     if (backend !== null) loadBackend(backend);
     const waited = awaitGo(goFile, secondsParam(p, "zb.prestart_wait") ?? DEFAULT_GO_WAIT_S);
     if (!args.flags.has("json")) out(`zbunlock: started early, going on after ${waited.toFixed(2)} s\n`);

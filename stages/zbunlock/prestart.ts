@@ -9,9 +9,9 @@
  * Pi that is tens of milliseconds, under QEMU's TCG most of zbunlock's time
  * (every instruction the runtime executes the first time is translated).
  *
- * Polling, not a FIFO: opening a FIFO blocks one side until the other comes,
- * and a boot script must never hang on a zbunlock that died early. A 10 ms
- * poll costs nothing measurable and bounds the added latency.
+ * Polling a file, not reading a FIFO: a blocking read has no timeout, and
+ * zbunlock must give up by itself after zb.prestart_wait. A 10 ms poll costs
+ * nothing measurable and bounds the added latency.
  *
  * Taking the go renames FILE to FILE.taken: from then on zbunlock may change
  * state, so the boot script must not run a second zbunlock even if it never

@@ -124,6 +124,13 @@ const ZB = "zbunlock args=0 BUN_JSC_useJIT=0";
 // Started by init-top/prestart-zb: --go-file, also without the JIT.
 const PRE = "zbunlock args=2 --go-file BUN_JSC_useJIT=0";
 const WENT = "zbunlock went on";
+/** The script's lines after exit 0. */
+const OPEN = ["end", "success zb: the root is open at /dev/mapper/zb-root"];
+/** The script's lines after exit CODE (NAME in docs/exit-codes.md). */
+const failed = (code: number, name: string) => [
+  `failure zb: zbunlock failed (exit ${code})`,
+  `panic zbunlock failed (exit ${code}, ${name}): the root is not open; the messages above say why`,
+];
 
 /** zbunlock's status and the command line before; the calls logged and how the script ended after. */
 interface Row {
@@ -138,7 +145,7 @@ describe.each(SHELLS)("with the fake functions, under %s", (shellName) => {
     {
       name: "zbunlock exits 0: the boot goes on",
       before: { cmdline: CMDLINE, status: 0, reboot: "kill" },
-      after: { code: 0, signal: null, calls: [BEGIN, ZB, "end", "success zb: the root is open at /dev/mapper/zb-root"] },
+      after: { code: 0, signal: null, calls: [BEGIN, ZB, ...OPEN] },
     },
     {
       name: "exits 12 (REBOOT_PENDING): reboot -f, which never returns",
@@ -160,7 +167,7 @@ describe.each(SHELLS)("with the fake functions, under %s", (shellName) => {
       after: {
         code: 1,
         signal: null,
-        calls: [BEGIN, ZB, "failure zb: zbunlock failed (exit 20)", "panic zbunlock failed (exit 20, HSM_DENIED): the root is not open; the messages above say why"],
+        calls: [BEGIN, ZB, ...failed(20, "HSM_DENIED")],
       },
     },
     {
@@ -169,7 +176,7 @@ describe.each(SHELLS)("with the fake functions, under %s", (shellName) => {
       after: {
         code: 1,
         signal: null,
-        calls: [BEGIN, ZB, "failure zb: zbunlock failed (exit 99)", "panic zbunlock failed (exit 99, see docs/exit-codes.md): the root is not open; the messages above say why"],
+        calls: [BEGIN, ZB, ...failed(99, "see docs/exit-codes.md")],
       },
     },
     {
@@ -178,7 +185,7 @@ describe.each(SHELLS)("with the fake functions, under %s", (shellName) => {
       after: {
         code: 1,
         signal: null,
-        calls: [BEGIN, "failure zb: zbunlock failed (exit 127)", "panic zbunlock failed (exit 127, zbunlock not found): the root is not open; the messages above say why"],
+        calls: [BEGIN, ...failed(127, "zbunlock not found")],
       },
     },
     {
@@ -194,7 +201,7 @@ describe.each(SHELLS)("with the fake functions, under %s", (shellName) => {
     {
       name: "started by init-top, exits 0 after the go: the boot goes on, zbunlock is not run again",
       before: { cmdline: CMDLINE, status: 0, reboot: "kill", prestart: "run" },
-      after: { code: 0, signal: null, calls: [PRE, BEGIN, WENT, "end", "success zb: the root is open at /dev/mapper/zb-root"] },
+      after: { code: 0, signal: null, calls: [PRE, BEGIN, WENT, ...OPEN] },
     },
     {
       name: "started by init-top, exits 20 after the go: panic naming the code, not run again",
@@ -202,23 +209,23 @@ describe.each(SHELLS)("with the fake functions, under %s", (shellName) => {
       after: {
         code: 1,
         signal: null,
-        calls: [PRE, BEGIN, WENT, "failure zb: zbunlock failed (exit 20)", "panic zbunlock failed (exit 20, HSM_DENIED): the root is not open; the messages above say why"],
+        calls: [PRE, BEGIN, WENT, ...failed(20, "HSM_DENIED")],
       },
     },
     {
       name: "started by init-top, gave up before the go (24, NOT_STARTED): zbunlock runs here",
       before: { cmdline: CMDLINE, status: 0, reboot: "kill", prestart: "gave-up" },
-      after: { code: 0, signal: null, calls: [PRE, BEGIN, ZB, "end", "success zb: the root is open at /dev/mapper/zb-root"] },
+      after: { code: 0, signal: null, calls: [PRE, BEGIN, ZB, ...OPEN] },
     },
     {
       name: "the early zbunlock's wrapper vanished before zbunlock took the go: zbunlock runs here",
       before: { cmdline: CMDLINE, status: 0, reboot: "kill", prestart: "vanished" },
-      after: { code: 0, signal: null, calls: [BEGIN, ZB, "end", "success zb: the root is open at /dev/mapper/zb-root"] },
+      after: { code: 0, signal: null, calls: [BEGIN, ZB, ...OPEN] },
     },
     {
       name: "started by init-top, exits 2 before the go (a zbunlock without --go-file): nothing was done, zbunlock runs here",
       before: { cmdline: CMDLINE, status: 0, reboot: "kill", prestart: "old" },
-      after: { code: 0, signal: null, calls: [PRE, BEGIN, ZB, "end", "success zb: the root is open at /dev/mapper/zb-root"] },
+      after: { code: 0, signal: null, calls: [PRE, BEGIN, ZB, ...OPEN] },
     },
     {
       name: "the wrapper is killed, zbunlock took the go and ends alone: its status is lost, so panic (70), never a second zbunlock",
@@ -226,7 +233,7 @@ describe.each(SHELLS)("with the fake functions, under %s", (shellName) => {
       after: {
         code: 1,
         signal: null,
-        calls: [PRE, BEGIN, WENT, "failure zb: zbunlock failed (exit 70)", "panic zbunlock failed (exit 70, INTERNAL): the root is not open; the messages above say why"],
+        calls: [PRE, BEGIN, WENT, ...failed(70, "INTERNAL")],
       },
     },
     {
@@ -237,7 +244,7 @@ describe.each(SHELLS)("with the fake functions, under %s", (shellName) => {
     {
       name: "zb.skip=10 and xzb.skip=1 are other words: zbunlock runs",
       before: { cmdline: `${CMDLINE} zb.skip=10 xzb.skip=1`, status: 0, reboot: "kill" },
-      after: { code: 0, signal: null, calls: [BEGIN, ZB, "end", "success zb: the root is open at /dev/mapper/zb-root"] },
+      after: { code: 0, signal: null, calls: [BEGIN, ZB, ...OPEN] },
     },
   ];
   test.each(rows)("$name", ({ before, after }) => {
