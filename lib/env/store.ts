@@ -6,7 +6,9 @@
  *   2. compute the new vars; if they equal the active copy's, write nothing
  *      (snapd's dirty check: no flash wear, no mtime change)
  *   3. encode with flag = active + 1 and write it over the INACTIVE copy only
- *   4. fsync the file, then its directory
+ *   4. fsync the file; its directory only when the file was created (an
+ *      overwrite in place changes no directory entry; the file's fsync also
+ *      writes its own metadata, on FAT its directory entry: fat_file_fsync)
  *
  * A cut anywhere in 3–4 leaves the active copy untouched and the inactive one
  * either complete (the new env, with the higher flag) or failing its CRC (the
@@ -153,7 +155,7 @@ export class EnvStore {
     if (wholeFile) return writeFileAtomic(this.sys, loc.path, bytes);
     this.sys.writeAt(loc.path, offset, bytes, { create: !st });
     this.sys.fsync(loc.path);
-    if (!st || st.kind === "file") this.sys.fsync(dirname(loc.path));
+    if (!st) this.sys.fsync(dirname(loc.path));
   }
 
   /** Negative offsets count from the end of the device (libubootenv). */

@@ -28,12 +28,14 @@ const modules = {
 } satisfies Record<BackendName, () => unknown>;
 
 /**
- * Evaluate backend `name`'s code now, without opening anything: a zbunlock
- * started early (--go-file) does this while it waits, so the wait, not the
- * boot, pays for it.
+ * Evaluate backend `name`'s code now, and run its `warmUp()` if it has one
+ * (tpm2: its session cryptography on throwaway data), without opening
+ * anything: a zbunlock started early (--go-file) does this while it waits,
+ * so the wait, not the boot, pays for the first use.
  */
 export function loadBackend(name: BackendName): void {
-  modules[name]();
+  const m = modules[name]();
+  if ("warmUp" in m) m.warmUp();
 }
 
 /**

@@ -80,7 +80,8 @@ export async function zbunlockMain(argv: string[]): Promise<number> {
   const goFile = args.values.get("go-file");
   if (goFile !== undefined) {
     // Started early (stages/zbunlock/prestart.ts): evaluate the HSM backend
-    // too, then wait. Nothing above touched a device or the env.
+    // and warm up its cryptography too, then wait. Nothing above touched a
+    // device, the HSM or the env.
     if (backend !== null) loadBackend(backend);
     const waited = awaitGo(goFile, secondsParam(p, "zb.prestart_wait") ?? DEFAULT_GO_WAIT_S);
     if (!args.flags.has("json")) out(`zbunlock: started early, going on after ${waited.toFixed(2)} s\n`);

@@ -164,3 +164,23 @@ export function cfbParam(sessionValue: Uint8Array, nonceNewer: Uint8Array, nonce
     wipe(keyIv);
   }
 }
+
+/**
+ * Run every primitive of an unseal once on throwaway data: ECDH on P-256,
+ * KDFe, KDFa, HMAC, SHA-256 and AES-128-CFB both ways. Their first use loads
+ * node:crypto and sets up the native code behind it; a zbunlock started early
+ * calls this while it waits for the go, so the boot does not pay for it
+ * (under QEMU TCG the first unseal took 0.23 s, after a warm-up 0.10 s).
+ * Touches no TPM; every output is wiped.
+ */
+export function warmUp(): void {
+  const peer = nodeCrypto().createECDH("prime256v1");
+  const point = new Uint8Array(peer.generateKeys());
+  const { salt, encrypted } = makeSalt({ kind: "ecc", x: point.subarray(1, 33), y: point.subarray(33, 65) });
+  const nonce = new Uint8Array(DIGEST_SIZE);
+  const key = kdfa(salt, "ATH", nonce, nonce, 256);
+  const mac = hmacSha256(key, sha256(encrypted));
+  const sealed = cfbParam(key, nonce, nonce, mac, false);
+  const opened = cfbParam(key, nonce, nonce, sealed, true);
+  [point, salt, key, mac, sealed, opened].forEach((b) => wipe(b));
+}

@@ -21,6 +21,8 @@ import { ensureSrk, readSrk, SRK_HANDLE, type Srk } from "./srk.ts";
 import { connect, DEFAULT_DEVICE, formatAddress, parseAddress, type Tpm2Address, type TransportFactory } from "./transport.ts";
 import { CC, decodeRc, describeRc, equalBytes, hex } from "./wire.ts";
 
+export { warmUp } from "./crypto.ts";
+
 /** Options of {@link Tpm2Hsm}. */
 export interface Tpm2Options extends BackendOptions {
   /** `/dev/tpmrm0` (default), any path, `device:PATH`, or `swtpm:host=H,port=N` (control port N+1, unused). */

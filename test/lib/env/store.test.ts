@@ -4,11 +4,12 @@
  */
 import { describe, expect, test } from "bun:test";
 import { readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { decode, encode, type Vars } from "../../../lib/env/codec.ts";
 import { defaultConfig, type StoreConfig } from "../../../lib/env/config.ts";
 import { EnvStore } from "../../../lib/env/store.ts";
 import { HostSys } from "../../../lib/sys/sys.ts";
+import { CuttingSys } from "../../fakes/powercut.ts";
 import { tempDirs } from "../../tempdirs.ts";
 
 const sys = new HostSys();
@@ -73,6 +74,21 @@ describe("update on a redundant pair", () => {
     const store = new EnvStore(sys, config);
     expect(store.read().degraded?.code).toBe("IO");
     store.update([{ name: "a", value: "2" }]);
+    expect(copyOf(config, 1)).toEqual({ vars: vars({ a: "2" }), flag: 2 });
+  });
+
+  // What reaches the disk, in order: an overwrite in place needs only the
+  // file's fsync (it covers the file's own metadata, on FAT its directory
+  // entry); a recreated file needs its directory's too.
+  test.each([
+    { name: "twin in place: write, fsync the file, no directory fsync", remove: false, ops: ["write zb.env.redund", "fsync zb.env.redund"] },
+    { name: "recreated twin: write, fsync the file, then its directory", remove: true, ops: ["mkdir zb", "write zb.env.redund", "fsync zb.env.redund", "fsync zb"] },
+  ])("$name", ({ remove, ops }) => {
+    const config = pair([{ a: "1" }, 1], [{ a: "1" }, 1]);
+    if (remove) rmSync(config.copies[1]!.path);
+    const recording = new CuttingSys(sys, { never: true });
+    new EnvStore(recording, config).update([{ name: "a", value: "2" }]);
+    expect(recording.ops.map((o) => `${o.kind} ${basename(o.path)}`)).toEqual([...ops]);
     expect(copyOf(config, 1)).toEqual({ vars: vars({ a: "2" }), flag: 2 });
   });
 
