@@ -405,6 +405,9 @@ run_fresh_tpm() {
   is "zbunlock failed and asked for a reboot (exit 12, REBOOT_PENDING with --no-reboot)" "$rc" "12"
   check "no marker: the root stayed locked" not grep -q '^ZB-UNLOCK-MARKER' <(con fresh-tpm)
   check "no /dev/mapper/zb-root stamp" test -z "$(stamp fresh-tpm UNLOCK)"
+  # A boot that ends without the unlock locks the keys all the same: the
+  # shell initramfs-tools' panic may leave must not unseal them.
+  check "zbunlock locked the keys after the failure (PCR 15 extended)" grep -q 'zbunlock: locked: PCR 15 extended' <(con fresh-tpm)
   # The failure path, as the real fw_printenv reads the env zbunlock wrote:
   # slot a was the only valid slot, so the unlock failure enters recovery.
   is "env after the boot: zb_mode" "$(host_env fresh-tpm zb_mode)" "recover"

@@ -75,16 +75,19 @@ export async function unlockSlot(creds: SlotCredentials, env: UnlockEnv): Promis
     opened.push({ name: vol.name, device: r.device });
     locks.push(r.data);
   }
-  await lockAll(locks, env);
+  await lockKeys(locks, env);
   return { ok: true, opened };
 }
 
 /**
- * After every volume is open: lock the blobs (tpm2: extend their lock PCR)
- * so userspace cannot unseal them again this boot. The root is open either
- * way; a failed lock is reported loudly, not turned into a failed boot.
+ * Lock sealed keys (tpm2: extend their lock PCR, once per PCR) so nothing
+ * can unseal them again this boot: after every volume is open, and after a
+ * boot that did not unlock (keys from {@link lockableKeys}), since the shell
+ * initramfs-tools' panic may leave must not unseal them either. Never throws:
+ * a failed lock is reported loudly (the root is open already, or the boot
+ * failed anyway), not turned into a failure.
  */
-async function lockAll(blobs: SealedData[], env: UnlockEnv): Promise<void> {
+export async function lockKeys(blobs: SealedData[], env: Pick<UnlockEnv, "hsm" | "log">): Promise<void> {
   if (!env.hsm.lock) return;
   const seen = new Set<string>();
   for (const data of blobs) {
@@ -94,9 +97,28 @@ async function lockAll(blobs: SealedData[], env: UnlockEnv): Promise<void> {
     try {
       if (await env.hsm.lock(data)) env.log(`locked: PCR ${data.lockPcr} extended, the keys cannot be unsealed again until reboot`);
     } catch (e) {
-      env.log(`WARNING: cannot lock the sealed keys after the unlock (${(e as Error).message}); they stay unsealable until reboot`);
+      env.log(`WARNING: cannot lock the sealed keys (${(e as Error).message}); they stay unsealable until reboot`);
     }
   }
+}
+
+/**
+ * The sealed keys of a slot that name a lock PCR (tpm2 with `lockPcr`), for
+ * locking them after a boot that did not unlock. Blobs that do not decode or
+ * name another backend than the credentials are skipped. Pure.
+ */
+export function lockableKeys(creds: SlotCredentials): SealedData[] {
+  const keys: SealedData[] = [];
+  for (const bytes of [creds.root, creds.data]) {
+    if (!bytes) continue;
+    try {
+      const blob = decodeBlob(bytes, "a sealed key");
+      if (blob.backend === creds.meta.backend && blob.data.lockPcr !== undefined) keys.push(blob.data);
+    } catch {
+      // Malformed: nothing can unseal it either.
+    }
+  }
+  return keys;
 }
 
 async function unlockVolume(backend: BackendName, vol: Volume, blobBytes: Uint8Array, env: UnlockEnv): Promise<{ ok: true; device: string; data: SealedData } | Extract<UnlockOutcome, { ok: false }>> {

@@ -14,9 +14,10 @@
  */
 import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { parseArgs } from "../../lib/cli/args.ts";
+import { parseArgs, type ParsedArgs } from "../../lib/cli/args.ts";
 import { runTransition } from "../../lib/bootstate/commit.ts";
-import { bootedFrom, readPlatform } from "../../lib/bootloader/platform.ts";
+import { bootedFrom, readPlatform, type Platform } from "../../lib/bootloader/platform.ts";
+import type { LoadedCredentials } from "../../lib/luks/credentials.ts";
 import { CODES, ZbError } from "../../lib/errors.ts";
 import { HostSys } from "../../lib/sys/sys.ts";
 import { jitOff, runWithJit } from "../../lib/sys/jit.ts";
@@ -26,7 +27,7 @@ import { BOOT_OPTIONS, BOOT_OPTIONS_HELP, host, rebooter } from "../common.ts";
 import { err, out } from "../output.ts";
 import { report } from "../zb/boot.ts";
 import { HSM_OPTIONS } from "../zb/hsm.ts";
-import { credentialBackend, credentialsOnce, secondsParam, unlockStep } from "./unlock.ts";
+import { credentialBackend, credentialsOnce, lockAfterFailureStep, secondsParam, unlockStep } from "./unlock.ts";
 import { awaitGo, DEFAULT_GO_WAIT_S } from "./prestart.ts";
 
 export const USAGE = `usage: zbunlock [--boot DIR] [--root DIR] [--dry-run] [--no-unlock] [--no-reboot] [--json]
@@ -86,6 +87,20 @@ export async function zbunlockMain(argv: string[]): Promise<number> {
     const waited = awaitGo(goFile, secondsParam(p, "zb.prestart_wait") ?? DEFAULT_GO_WAIT_S);
     if (!args.flags.has("json")) out(`zbunlock: started early, going on after ${waited.toFixed(2)} s\n`);
   }
+  // From here on zbunlock acts. When the boot ends without the unlock
+  // (a failure, or a reboot it could not make), the slot's keys are locked
+  // all the same: initramfs-tools' panic may leave a shell on the console.
+  let status: number | undefined;
+  try {
+    status = await act(args, sys, root, p, creds);
+    return status;
+  } finally {
+    if (backend !== null && status !== 0) await lockAfterFailureStep(args, sys, root, creds);
+  }
+}
+
+/** The boot transition and, when the boot goes on, the unlock; the exit status. */
+async function act(args: ParsedArgs, sys: HostSys, root: string, p: Platform, creds: () => LoadedCredentials | null): Promise<number> {
   // Before mounting anything: a kernel not booted through zb's config stops here.
   const booted = bootedFrom(p);
   const bootDir = args.values.get("boot") ?? mountBoot(root, p.params.get("zb.boot") ?? DEFAULT_BOOT_DEVICE, secondsParam(p, "zb.boot_wait") ?? DEFAULT_BOOT_WAIT_S);

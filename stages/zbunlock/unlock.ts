@@ -11,9 +11,9 @@ import type { Platform } from "../../lib/bootloader/platform.ts";
 import { CRED_DIR, readCredentials, type LoadedCredentials } from "../../lib/luks/credentials.ts";
 import { CryptsetupCli, isWrongKey } from "../../lib/luks/cryptsetup.ts";
 import { findLuksDevice } from "../../lib/unlock/devices.ts";
-import { unlockSlot, type UnlockOutcome } from "../../lib/unlock/unlock.ts";
+import { lockableKeys, lockKeys, unlockSlot, type UnlockOutcome } from "../../lib/unlock/unlock.ts";
 import type { Sys } from "../../lib/sys/sys.ts";
-import type { BackendName } from "../../lib/hsm/types.ts";
+import type { BackendName, Hsm } from "../../lib/hsm/types.ts";
 import { hsmConfigFrom, hsmFor } from "../zb/hsm.ts";
 import { err, out } from "../output.ts";
 
@@ -85,6 +85,28 @@ export async function unlockStep(args: ParsedArgs, sys: Sys, root: string, p: Pl
     return { outcome };
   } finally {
     await hsm.close();
+  }
+}
+
+/**
+ * After a boot that ends without the unlock (zbunlock fails or needs a
+ * reboot it did not make): lock this slot's keys anyway (tpm2: extend the
+ * lock PCR), so initramfs-tools' panic shell cannot unseal them. Best
+ * effort: never throws; the console says what happened.
+ */
+export async function lockAfterFailureStep(args: ParsedArgs, sys: Sys, root: string, credentials: () => LoadedCredentials | null): Promise<void> {
+  const log = (line: string) => err(`zbunlock: ${line}\n`);
+  let hsm: Hsm | undefined;
+  try {
+    const creds = credentials();
+    const keys = creds === null ? [] : lockableKeys(creds);
+    if (creds === null || keys.length === 0) return; // nothing names a lock PCR
+    hsm = hsmFor(creds.meta.backend, hsmConfigFrom(args, join(root, "etc/zb/hsm.conf")), pinTerminal(sys, root));
+    await lockKeys(keys, { hsm, log });
+  } catch (e) {
+    log(`WARNING: cannot lock the sealed keys (${(e as Error).message}); they stay unsealable until reboot`);
+  } finally {
+    await hsm?.close();
   }
 }
 

@@ -198,6 +198,26 @@ describe("zbunlock unlocks the slot's root", () => {
     expect(e).toMatch(/cannot unlock slot a: no-match, next boot: b/);
   });
 
+  // A boot that ends without the unlock locks the keys that name a lock PCR
+  // (the real extend is checked in the QEMU guest, qemu/unlock.sh fresh-tpm):
+  // here the TPM is missing, so the attempt shows as a warning.
+  test.each([
+    { name: "tpm2 keys with a lock PCR: zbunlock tries to lock them after the failure", lockPcr: true, tried: true },
+    { name: "tpm2 keys without one: no lock attempt, no HSM opened for it", lockPcr: false, tried: false },
+  ])("$name", async ({ lockPcr, tried }) => {
+    expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b", "--force"]).code).toBe(0);
+    const creds = join(dir, "tpm-creds");
+    mkdirSync(join(creds, "zb/credentials"), { recursive: true });
+    const meta = readFileSync(join(root, "zb/credentials/meta.json"), "utf8").replace(/"backend": *"soft"/, '"backend":"tpm2"');
+    writeFileSync(join(creds, "zb/credentials/meta.json"), meta);
+    writeFileSync(join(creds, "zb/credentials/root.sealed"), JSON.stringify({ backend: "tpm2", data: lockPcr ? { lockPcr: 15 } : {}, format: "zb-sealed/1" }) + "\n");
+    writeFileSync(join(root, "etc/zb/hsm.conf"), `backend = tpm2\ntpm2.device = ${join(dir, "no-tpmrm0")}\nwait = 1\n`);
+    const r = await zbunlock(["--credentials", creds]);
+    expect(r.code).toBe(12);
+    expect(r.err).not.toContain("unlocked zb-root");
+    expect(r.err.includes("zbunlock: WARNING: cannot lock the sealed keys")).toBe(tried);
+  });
+
   test("HSM absent until the deadline → reboot to retry, the slot stays", async () => {
     // back to a committed, valid a
     expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b", "--force"]).code).toBe(0);

@@ -7,7 +7,7 @@ import { describe, expect, test } from "bun:test";
 import { ZbError } from "../../../lib/errors.ts";
 import { encodeBlob } from "../../../lib/hsm/blob.ts";
 import type { Hsm, SealedData, UnsealResult } from "../../../lib/hsm/types.ts";
-import { unlockSlot, type SlotCredentials, type UnlockEnv } from "../../../lib/unlock/unlock.ts";
+import { lockableKeys, lockKeys, unlockSlot, type SlotCredentials, type UnlockEnv } from "../../../lib/unlock/unlock.ts";
 
 const ROOT_UUID = "11111111-2222-3333-4444-555555555555";
 const DATA_UUID = "66666666-7777-8888-9999-000000000000";
@@ -146,7 +146,7 @@ describe("unlockSlot", () => {
     expect(w.log.at(-1)).toMatch(/locked: PCR 15 extended/);
   });
 
-  test("nothing is locked when an unlock fails (the next boot retries)", async () => {
+  test("unlockSlot locks nothing when an unlock fails (zbunlock locks after its failure transition, lockableKeys below)", async () => {
     const w = world({ lock: "ok", openFails: { name: "zb-data", error: new ZbError("LUKS_FAILED", "cannot open: No key available with this passphrase") } });
     const r = await unlockSlot({ ...CREDS, root: blob("root", "soft", { lockPcr: 15 }) }, w.env);
     expect(r.ok).toBe(false);
@@ -157,12 +157,40 @@ describe("unlockSlot", () => {
     const w = world({ lock: "throw" });
     const r = await unlockSlot({ ...CREDS, root: blob("root", "soft", { lockPcr: 15 }) }, w.env);
     expect(r.ok).toBe(true);
-    expect(w.log.at(-1)).toMatch(/^WARNING: cannot lock the sealed keys after the unlock \(cannot extend PCR 15: test\)/);
+    expect(w.log.at(-1)).toMatch(/^WARNING: cannot lock the sealed keys \(cannot extend PCR 15: test\)/);
   });
 
   test("the deadline bounds the wait (no endless loop)", async () => {
     const w = world({ unseal: ["absent"], deadlineMs: 500 });
     await unlockSlot(CREDS, w.env);
     expect(w.unseals()).toBeLessThanOrEqual(7);
+  });
+});
+
+describe("locking after a boot that did not unlock", () => {
+  const bad = new TextEncoder().encode("not a blob");
+  test.each([
+    { name: "root and data name PCR 15: both", root: blob("root", "soft", { lockPcr: 15 }), data: blob("data", "soft", { lockPcr: 15 }), want: [15, 15] },
+    { name: "only root names one: root", root: blob("root", "soft", { lockPcr: 15 }), data: blob("data"), want: [15] },
+    { name: "no lock PCR anywhere: none (the stage opens no HSM)", root: blob("root"), data: blob("data"), want: [] },
+    { name: "a malformed blob is skipped", root: bad, data: blob("data", "soft", { lockPcr: 7 }), want: [7] },
+    { name: "a blob of another backend is skipped", root: blob("root", "tpm2", { lockPcr: 15 }), data: undefined, want: [] },
+  ])("lockableKeys: $name", ({ root, data, want }) => {
+    const { data: _, ...rest } = CREDS;
+    const keys = lockableKeys({ ...rest, root, ...(data ? { data } : {}) });
+    expect(keys.map((k) => k.lockPcr)).toEqual([...want]);
+  });
+
+  test("lockKeys extends each lock PCR once and says so", async () => {
+    const w = world({ lock: "ok" });
+    await lockKeys(lockableKeys({ ...CREDS, root: blob("root", "soft", { lockPcr: 15 }), data: blob("data", "soft", { lockPcr: 15 }) }), w.env);
+    expect(w.locked).toEqual([15]);
+    expect(w.log).toEqual(["locked: PCR 15 extended, the keys cannot be unsealed again until reboot"]);
+  });
+
+  test("lockKeys never throws: a failed extend is a warning", async () => {
+    const w = world({ lock: "throw" });
+    await lockKeys([{ v: "root", lockPcr: 15 }], w.env);
+    expect(w.log).toEqual([expect.stringMatching(/^WARNING: cannot lock the sealed keys \(cannot extend PCR 15: test\); they stay unsealable until reboot$/)]);
   });
 });
