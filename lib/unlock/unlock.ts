@@ -97,9 +97,14 @@ export async function lockKeys(blobs: SealedData[], env: Pick<UnlockEnv, "hsm" |
     try {
       if (await env.hsm.lock(data)) env.log(`locked: PCR ${data.lockPcr} extended, the keys cannot be unsealed again until reboot`);
     } catch (e) {
-      env.log(`WARNING: cannot lock the sealed keys (${(e as Error).message}); they stay unsealable until reboot`);
+      env.log(lockWarning(e));
     }
   }
+}
+
+/** The console line for a lock that failed. */
+export function lockWarning(e: unknown): string {
+  return `WARNING: cannot lock the sealed keys (${(e as Error).message ?? String(e)}); they stay unsealable until reboot`;
 }
 
 /**

@@ -11,7 +11,7 @@ import type { Platform } from "../../lib/bootloader/platform.ts";
 import { CRED_DIR, readCredentials, type LoadedCredentials } from "../../lib/luks/credentials.ts";
 import { CryptsetupCli, isWrongKey } from "../../lib/luks/cryptsetup.ts";
 import { findLuksDevice } from "../../lib/unlock/devices.ts";
-import { lockableKeys, lockKeys, unlockSlot, type UnlockOutcome } from "../../lib/unlock/unlock.ts";
+import { lockableKeys, lockKeys, lockWarning, unlockSlot, type UnlockOutcome } from "../../lib/unlock/unlock.ts";
 import type { Sys } from "../../lib/sys/sys.ts";
 import type { BackendName, Hsm } from "../../lib/hsm/types.ts";
 import { hsmConfigFrom, hsmFor } from "../zb/hsm.ts";
@@ -104,7 +104,7 @@ export async function lockAfterFailureStep(args: ParsedArgs, sys: Sys, root: str
     hsm = hsmFor(creds.meta.backend, hsmConfigFrom(args, join(root, "etc/zb/hsm.conf")), pinTerminal(sys, root));
     await lockKeys(keys, { hsm, log });
   } catch (e) {
-    log(`WARNING: cannot lock the sealed keys (${(e as Error).message}); they stay unsealable until reboot`);
+    log(lockWarning(e));
   } finally {
     await hsm?.close();
   }

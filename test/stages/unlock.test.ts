@@ -200,7 +200,8 @@ describe("zbunlock unlocks the slot's root", () => {
 
   // A boot that ends without the unlock locks the keys that name a lock PCR
   // (the real extend is checked in the QEMU guest, qemu/unlock.sh fresh-tpm):
-  // here the TPM is missing, so the attempt shows as a warning.
+  // here the sealed data names only the lock PCR, so lock() refuses it and
+  // the attempt shows as a warning.
   test.each([
     { name: "tpm2 keys with a lock PCR: zbunlock tries to lock them after the failure", lockPcr: true, tried: true },
     { name: "tpm2 keys without one: no lock attempt, no HSM opened for it", lockPcr: false, tried: false },
