@@ -24,7 +24,7 @@
  * the measured figures).
  */
 import { closeSync, writeSync } from "node:fs";
-import type { FileSink } from "bun";
+import type { FileSink, Subprocess } from "bun";
 import { ZbError } from "../errors.ts";
 import { libc } from "../sys/libc.ts";
 
@@ -91,6 +91,8 @@ export interface Cryptsetup {
   removeKey(device: string, key: Uint8Array, opts?: RemoveKeyOptions): Promise<void>;
   /** Map the decrypted device at /dev/mapper/`name` (needs device-mapper and dm-crypt). */
   open(device: string, name: string, key: Uint8Array, opts?: OpenOptions): Promise<void>;
+  /** `open`, started before the key is known; the key follows through the result. */
+  prepareOpen(device: string, name: string, opts?: OpenOptions): PreparedOpen;
   /** Does `key` open a keyslot of `device`? (`open --test-passphrase`: no mapping made.) */
   testKey(device: string, key: Uint8Array): Promise<boolean>;
   /** Remove the mapping /dev/mapper/`name`. */
@@ -101,6 +103,14 @@ export interface Cryptsetup {
   isLuks(device: string): Promise<boolean>;
   /** Active keyslots, by number. */
   keyslots(device: string): Promise<Keyslot[]>;
+}
+
+/** A cryptsetup `open` started before its key is known (CryptsetupCli.prepareOpen). */
+export interface PreparedOpen {
+  /** Hand over the key (then wipe it: only the child's stdin holds it) and wait for the mapping. @throws {ZbError} LUKS_FAILED */
+  open(key: Uint8Array): Promise<void>;
+  /** No key is coming: kill cryptsetup (nothing was mapped) and wait for it. Never throws. */
+  cancel(): Promise<void>;
 }
 
 /** Exit statuses documented in cryptsetup(8) "RETURN CODES". */
@@ -179,12 +189,29 @@ export class CryptsetupCli implements Cryptsetup {
 
   /** @throws {ZbError} LUKS_FAILED; USAGE for a name device-mapper cannot hold */
   async open(device: string, name: string, key: Uint8Array, opts: OpenOptions = {}): Promise<void> {
+    checkKey(key, `open ${device} as ${name}`);
+    await this.prepareOpen(device, name, opts).open(key);
+  }
+
+  /**
+   * Start `open` before the key is there: cryptsetup loads its libraries and
+   * reads the LUKS header while the caller unseals the key (under QEMU that
+   * start-up is ~0.1 s of its ~0.45 s), then blocks reading stdin, where
+   * `open(key)` writes the key. `cancel()` kills it when no key comes; it has
+   * mapped nothing then (the mapping is made only after a keyslot opened).
+   * @throws {ZbError} LUKS_FAILED when cryptsetup cannot be started; USAGE for a bad name
+   */
+  prepareOpen(device: string, name: string, opts: OpenOptions = {}): PreparedOpen {
     // --type luks: never plain mode, where any key "opens" the device into garbage.
     const args = ["open", "--type", "luks", "--key-file=-"];
     if (opts.readOnly) args.push("--readonly");
     if (opts.allowDiscards) args.push("--allow-discards");
     args.push(checkDevice(device), checkName(name));
-    await this.run({ what: `open ${device} as ${name}`, args, stdinKey: key });
+    const child = this.start({ what: `open ${device} as ${name}`, args, stdin: true });
+    return {
+      open: async (key) => void (await child.finish(key)),
+      cancel: () => child.kill(),
+    };
   }
 
   /** @throws {ZbError} LUKS_FAILED when the device cannot be read (a wrong key is `false`) */
@@ -224,37 +251,80 @@ export class CryptsetupCli implements Cryptsetup {
   }
 
   private async run(spec: RunSpec): Promise<RunResult> {
-    const keys = [spec.stdinKey, spec.fd3Key].filter((k): k is Uint8Array => k !== undefined);
-    keys.forEach((k) => checkKey(k, spec.what));
-    const exe = resolveBinary(this.binary, spec.what);
     const fds: number[] = [];
     try {
-      const stdio: ["pipe" | "ignore", "pipe", "pipe", ...number[]] = [spec.stdinKey ? "pipe" : "ignore", "pipe", "pipe"];
-      if (spec.fd3Key) stdio.push(track(fds, keyPipe(spec.fd3Key, spec.what)));
-      const started = performance.now();
-      const proc = Bun.spawn([exe, ...spec.args], { stdio, env: childEnv(), timeout: this.timeoutMs, killSignal: "SIGKILL" });
+      if (spec.fd3Key) {
+        checkKey(spec.fd3Key, spec.what);
+        track(fds, keyPipe(spec.fd3Key, spec.what));
+      }
+      if (spec.stdinKey) checkKey(spec.stdinKey, spec.what);
+      const child = this.start({ ...spec, stdin: spec.stdinKey !== undefined }, fds, spec.fd3Key ? [spec.fd3Key] : []);
       // The child holds its own copies of the read ends now.
       fds.splice(0).forEach((fd) => closeSync(fd));
-      if (spec.stdinKey) {
-        await sendKey(proc.stdin as FileSink, spec.stdinKey, spec.what).catch((e: unknown) => {
-          proc.kill("SIGKILL"); // it would wait for a key that is not coming
-          throw e;
-        });
-      }
-      const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
-      if (proc.signalCode) {
-        const timedOut = performance.now() - started >= this.timeoutMs;
-        throw new ZbError("LUKS_FAILED", `cannot ${spec.what}: cryptsetup was killed by ${proc.signalCode}${timedOut ? ` (timeout ${this.timeoutMs / 1000} s)` : ""}`);
-      }
-      if (code === 0 || spec.accept?.includes(code)) return { code, stdout, stderr };
-      throw exitError(spec.what, code, scrub(stderr, keys));
-    } catch (e) {
-      if (e instanceof ZbError) throw e;
-      throw new ZbError("LUKS_FAILED", `cannot ${spec.what}: cannot run ${exe}: ${(e as Error).message}`, { cause: e });
+      return await child.finish(spec.stdinKey);
     } finally {
       fds.forEach((fd) => closeSync(fd));
     }
   }
+
+  /**
+   * Spawn cryptsetup; `finish` hands it the stdin key (if the spec takes
+   * one), waits for it and maps its exit status.
+   * @param extraFds descriptors the child inherits as fd 3, 4, …
+   * @param otherKeys keys it gets another way, scrubbed from its messages too
+   * @throws {ZbError} LUKS_FAILED when it cannot be started
+   */
+  private start(spec: Omit<RunSpec, "stdinKey" | "fd3Key"> & { stdin: boolean }, extraFds: number[] = [], otherKeys: Uint8Array[] = []): Running {
+    const exe = resolveBinary(this.binary, spec.what);
+    const started = performance.now();
+    let proc: Subprocess<"pipe" | "ignore", "pipe", "pipe">;
+    try {
+      proc = Bun.spawn([exe, ...spec.args], { stdio: [spec.stdin ? "pipe" : "ignore", "pipe", "pipe", ...extraFds], env: childEnv(), timeout: this.timeoutMs, killSignal: "SIGKILL" });
+    } catch (e) {
+      throw new ZbError("LUKS_FAILED", `cannot ${spec.what}: cannot run ${exe}: ${(e as Error).message}`, { cause: e });
+    }
+    // Read its output from the start: a child blocked writing to a full pipe would never ask for its key.
+    const output = Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+    let state: "new" | "finishing" | "killed" = "new";
+    const timeoutMs = this.timeoutMs;
+    const kill = async () => {
+      if (state !== "new") return;
+      state = "killed";
+      proc.kill("SIGKILL");
+      await output.catch(() => undefined);
+    };
+    const finish = async (key?: Uint8Array): Promise<RunResult> => {
+      if (state !== "new") throw new ZbError("INTERNAL", `internal error: cryptsetup (${spec.what}) was already ${state === "killed" ? "cancelled" : "given its key"}`);
+      if (key && !keyFits(key)) {
+        await kill(); // it would wait for a key that is not coming
+        checkKey(key, spec.what);
+      }
+      state = "finishing";
+      const keys = key ? [key, ...otherKeys] : otherKeys;
+      if (key) {
+        await sendKey(proc.stdin as FileSink, key, spec.what).catch((e: unknown) => {
+          proc.kill("SIGKILL");
+          throw e;
+        });
+      } else if (spec.stdin) void (proc.stdin as FileSink).end();
+      const [stdout, stderr, code] = await output;
+      if (proc.signalCode) {
+        const timedOut = performance.now() - started >= timeoutMs;
+        throw new ZbError("LUKS_FAILED", `cannot ${spec.what}: cryptsetup was killed by ${proc.signalCode}${timedOut ? ` (timeout ${timeoutMs / 1000} s)` : ""}`);
+      }
+      if (code === 0 || spec.accept?.includes(code)) return { code, stdout, stderr };
+      throw exitError(spec.what, code, scrub(stderr, keys));
+    };
+    return { finish, kill };
+  }
+}
+
+/** A started cryptsetup (CryptsetupCli's start). */
+interface Running {
+  /** @throws {ZbError} LUKS_FAILED; INTERNAL when called twice or after kill */
+  finish(stdinKey?: Uint8Array): Promise<RunResult>;
+  /** Kill it (SIGKILL) unless it was given its key; wait for it to end. */
+  kill(): Promise<void>;
 }
 
 /**
@@ -307,8 +377,12 @@ export function parseKeyslots(json: string, what: string): Keyslot[] {
   return out.sort((a, b) => a.slot - b.slot);
 }
 
+function keyFits(key: Uint8Array): boolean {
+  return key.length > 0 && key.length <= MAX_KEY_BYTES;
+}
+
 function checkKey(key: Uint8Array, what: string): void {
-  if (key.length === 0 || key.length > MAX_KEY_BYTES) {
+  if (!keyFits(key)) {
     throw new ZbError("LUKS_FAILED", `cannot ${what}: the key is ${key.length} bytes, expected 1 to ${MAX_KEY_BYTES}`);
   }
 }

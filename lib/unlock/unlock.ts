@@ -34,6 +34,11 @@ export interface Volume {
 export interface LuksOpener {
   /** @throws {ZbError} LUKS_FAILED */
   open(device: string, name: string, key: Uint8Array): Promise<void>;
+  /**
+   * Optional: start the open before the key is unsealed, so that the opener
+   * starts up meanwhile. @throws {ZbError} LUKS_FAILED
+   */
+  prepareOpen?(device: string, name: string): { open(key: Uint8Array): Promise<void>; cancel(): Promise<void> };
   close(name: string): Promise<void>;
 }
 
@@ -139,7 +144,13 @@ async function unlockVolume(backend: BackendName, vol: Volume, blobBytes: Uint8A
   const device = await waitForDevice(vol, env);
   if (device === null) return fail("device", false, `no block device has the LUKS UUID ${vol.uuid} of ${vol.name}`, "LUKS_FAILED");
   let secret: Uint8Array | undefined;
+  // cryptsetup starts (loads its libraries, reads the header) while the key
+  // is unsealed: the boot transition is durable by now, so nothing here runs
+  // before the boot is counted. It is cancelled as soon as the unseal does
+  // not answer at once (a wait for the HSM may outlast its timeout) or fails.
+  let prepared: ReturnType<NonNullable<LuksOpener["prepareOpen"]>> | null = null;
   try {
+    prepared = env.luks.prepareOpen?.(device, vol.name) ?? null;
     // No probe first: the unseal itself says whether the HSM is there
     // ("absent"), and a probe costs TPM commands on every boot (GetCapability
     // and ReadPublic, ~0.15 s under QEMU; `zb hsm probe` shows the details).
@@ -149,6 +160,8 @@ async function unlockVolume(backend: BackendName, vol: Volume, blobBytes: Uint8A
         secret = r.secret;
         break;
       }
+      await prepared?.cancel();
+      prepared = null;
       if (r.kind === "absent") {
         if (env.now() >= env.deadline) return fail("absent", false, `the ${env.hsm.name} HSM did not appear before the deadline: ${r.why}`, "HSM_ABSENT");
         if (!logged) env.log(`waiting for the ${env.hsm.name} HSM: ${r.why}`);
@@ -159,7 +172,9 @@ async function unlockVolume(backend: BackendName, vol: Volume, blobBytes: Uint8A
       const e = unsealError(r, env.hsm.name);
       return { ok: false, kind: r.kind, permanent: r.kind === "no-match" || r.kind === "denied", why: `${vol.name}: ${r.why}`, error: e };
     }
-    await env.luks.open(device, vol.name, secret);
+    const opener = prepared ?? { open: (key: Uint8Array) => env.luks.open(device, vol.name, key) };
+    prepared = null; // given its key: from here on it ends by itself
+    await opener.open(secret);
     env.log(`unlocked ${vol.name} (${device}) with the ${env.hsm.name} HSM`);
     return { ok: true, device, data: blob.data };
   } catch (e) {
@@ -167,6 +182,7 @@ async function unlockVolume(backend: BackendName, vol: Volume, blobBytes: Uint8A
     return { ok: false, kind: "luks", permanent: e.code === "LUKS_FAILED" && env.wrongKey(e), why: e.message, error: e };
   } finally {
     wipe(secret);
+    await prepared?.cancel();
   }
 }
 

@@ -28,10 +28,11 @@ import { err, out } from "../output.ts";
 import { report } from "../zb/boot.ts";
 import { HSM_OPTIONS } from "../zb/hsm.ts";
 import { credentialBackend, credentialsOnce, lockAfterFailureStep, secondsParam, unlockStep } from "./unlock.ts";
-import { awaitGo, DEFAULT_GO_WAIT_S } from "./prestart.ts";
+import { awaitGo, DEFAULT_GO_WAIT_S, reportExitTo } from "./prestart.ts";
 
 export const USAGE = `usage: zbunlock [--boot DIR] [--root DIR] [--dry-run] [--no-unlock] [--no-reboot] [--json]
                 [--credentials DIR] [--config FILE] [--tpm ADDR] [--pin-file FILE] [--go-file FILE]
+                [--status-fd N]
        zb unlock [...]
 
 Runs in the initramfs of an OS slot: updates the boot state (kernel_status,
@@ -49,6 +50,9 @@ recovery (docs/boot-flow.md rows U1–U3).
   --go-file FILE load, then wait until FILE exists before doing anything (the
                  initramfs starts zbunlock early this way; up to
                  zb.prestart_wait=SECONDS, default ${DEFAULT_GO_WAIT_S}, then exit 24 having done nothing)
+  --status-fd N  also write "exited STATUS" to descriptor N as the process
+                 exits, before the runtime's teardown (the initramfs script
+                 waits for that line)
 ${BOOT_OPTIONS_HELP}
 Without --boot, zbunlock mounts zb.boot=DEV from the kernel command line
 (default /dev/mmcblk0p1) as vfat on /run/zb/boot, waiting up to
@@ -63,11 +67,13 @@ const MOUNT_POINT = "/run/zb/boot";
 const DEFAULT_BOOT_WAIT_S = 10;
 
 export async function zbunlockMain(argv: string[]): Promise<number> {
-  const args = parseArgs(argv, { ...BOOT_OPTIONS, ...HSM_OPTIONS, "dry-run": {}, "no-unlock": {}, credentials: { value: true }, "go-file": { value: true } }, "zbunlock");
+  const args = parseArgs(argv, { ...BOOT_OPTIONS, ...HSM_OPTIONS, "dry-run": {}, "no-unlock": {}, credentials: { value: true }, "go-file": { value: true }, "status-fd": { value: true } }, "zbunlock");
   if (args.flags.has("help")) {
     out(USAGE + "\n");
     return 0;
   }
+  const statusFd = args.values.get("status-fd");
+  if (statusFd !== undefined) reportExitTo(statusFd);
   const root = args.values.get("root") ?? "/";
   const sys = new HostSys();
   const creds = credentialsOnce(sys, args.values.get("credentials") ?? root);
@@ -76,7 +82,7 @@ export async function zbunlockMain(argv: string[]): Promise<number> {
   // run happens in a child with the JIT on, before any state is touched (a
   // --go-file is passed on: the child waits for it).
   const backend = args.flags.has("no-unlock") || args.flags.has("dry-run") ? null : credentialBackend(creds);
-  if (jitOff() && backend !== null && FFI_BACKENDS.has(backend)) return rerunWithJit(argv, backend);
+  if (jitOff() && backend !== null && FFI_BACKENDS.has(backend)) return rerunWithJit(withoutStatusFd(argv), backend);
   const p = readPlatform(sys, root);
   const goFile = args.values.get("go-file");
   if (goFile !== undefined) {
@@ -140,6 +146,16 @@ function rerunWithJit(argv: string[], backend: string): number {
   } catch (e) {
     throw new ZbError("IO", `cannot run zbunlock with the JIT on for the ${backend} backend: ${(e as Error).message}`, { cause: e });
   }
+}
+
+/** The child does not inherit the descriptor: only this process reports its status (which is the child's). */
+function withoutStatusFd(argv: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === "--status-fd") i++;
+    else if (!argv[i]!.startsWith("--status-fd=")) out.push(argv[i]!);
+  }
+  return out;
 }
 
 /** Mount the boot partition unless it is mounted already; returns the mount point. */

@@ -41,9 +41,12 @@ interface Setup {
    * the go; "gave-up": one that exits 24 at once (NOT_STARTED); "old": one
    * that exits 2 at once (a binary without --go-file); "wrapper-killed":
    * the wrapper shell is killed, zbunlock goes on alone; "vanished": a
-   * wrapper PID that dies a second after the go, no zbunlock, no status.
+   * wrapper PID that dies a second after the go, no zbunlock, no status;
+   * "wrapper-killed-mute": as "wrapper-killed", and zbunlock dies without
+   * writing its status; "slow-exit": zbunlock writes its status to
+   * --status-fd, then takes 3 s to end (the runtime's teardown).
    */
-  prestart?: "run" | "gave-up" | "old" | "wrapper-killed" | "vanished" | undefined;
+  prestart?: "run" | "gave-up" | "old" | "wrapper-killed" | "wrapper-killed-mute" | "vanished" | "slow-exit" | undefined;
   env?: Record<string, string>;
 }
 
@@ -72,23 +75,29 @@ function run(shell: string[], s: Setup): { code: number | null; signal: string |
   writeFileSync(join(t, "prestart-zb"), rewritten(t, PRESTART, s.functions));
   if (s.status !== null) {
     // With --go-file: wait for it (at most 10 s) and take it, as
-    // stages/zbunlock/prestart.ts does; "gave-up"/"old" end at once. Either
-    // way it reports a descriptor of the boot scripts' FIFO leaking into it.
+    // stages/zbunlock/prestart.ts does; "gave-up"/"old" end at once. With
+    // --status-fd N it writes "exited STATUS" there as it exits, as the real
+    // one's exit handler does. Either way it reports a descriptor of the
+    // boot scripts' FIFO leaking into it (other than the one named).
+    const mute = s.prestart === "wrapper-killed-mute";
     const early = { "gave-up": "exit 24", old: "exit 2" }[s.prestart as string] ??
       `i=0; while [ ! -e "$2" ] && [ $i -lt 500 ]; do sleep 0.02; i=$((i+1)); done; [ -e "$2" ] || exit 24; mv "$2" "$2.taken"; echo "${"zbunlock went on"}" >>"${log}"` +
-        (s.prestart === "wrapper-killed" ? "; sleep 1" : "");
+        (s.prestart === "wrapper-killed" || mute ? "; sleep 1" : "");
+    const report = mute ? "" : `[ -n "$sfd" ] && echo "exited ${s.status}" >&"$sfd"; `;
+    const linger = s.prestart === "slow-exit" ? `sleep 3; echo "zbunlock ended" >>"${log}"; ` : "";
     writeFileSync(
       join(t, "bin/zbunlock"),
-      `#!/bin/sh\necho "zbunlock args=$#\${1:+ $1} BUN_JSC_useJIT=\${BUN_JSC_useJIT-unset}" >>"${log}"\n` +
-        `for fd in 3 4; do [ -e /proc/$$/fd/$fd ] && echo "fd $fd leaked" >>"${log}"; done\n` +
-        `if [ "\${1:-}" = --go-file ]; then ${early}; fi\nexit ${s.status}\n`,
+      `#!/bin/sh\necho "zbunlock args=$#\${1:+ $1}\${3:+ $3 $4} BUN_JSC_useJIT=\${BUN_JSC_useJIT-unset}" >>"${log}"\n` +
+        `sfd=; [ "\${3:-}" = --status-fd ] && sfd=$4\n` +
+        `for fd in 3 4; do [ "$fd" != "$sfd" ] && [ -e /proc/$$/fd/$fd ] && echo "fd $fd leaked" >>"${log}"; done\n` +
+        `if [ "\${1:-}" = --go-file ]; then ${early}; ${report}${linger}fi\nexit ${s.status}\n`,
       { mode: 0o755 },
     );
   }
   const reboot = { kill: 'kill -KILL "$PPID"', fail: "exit 1", return: "exit 0" }[s.reboot];
   writeFileSync(join(t, "bin/reboot"), `#!/bin/sh\necho "reboot $*" >>"${log}"\n${reboot}\n`, { mode: 0o755 });
   const env = { PATH: `${join(t, "bin")}:/usr/bin:/bin`, ZB_FAKE_LOG: log, ...s.env };
-  if (s.prestart === "run" || s.prestart === "gave-up" || s.prestart === "old" || s.prestart === "wrapper-killed") {
+  if (s.prestart !== undefined && s.prestart !== "vanished") {
     // Output to files: the background zbunlock keeps them open after the script exits.
     const p = Bun.spawnSync([...shell, join(t, "prestart-zb")], { env, stdin: "ignore", stdout: Bun.file(join(t, "prestart.out")), stderr: Bun.file(join(t, "prestart.err")) });
     expect(p.exitCode).toBe(0);
@@ -97,7 +106,7 @@ function run(shell: string[], s: Setup): { code: number | null; signal: string |
     const exitsAtOnce = s.prestart === "gave-up" || s.prestart === "old";
     const ready = () => (exitsAtOnce ? existsSync(join(t, "prestart/status")) : existsSync(join(t, "prestart/zpid")) && existsSync(log) && readFileSync(log, "utf8").includes("--go-file"));
     if (!s.cmdline.split(" ").includes("zb.skip=1")) for (let i = 0; i < 500 && !ready(); i++) Bun.sleepSync(10);
-    if (s.prestart === "wrapper-killed") process.kill(Number(readFileSync(join(t, "prestart/pid"), "utf8")), "SIGKILL");
+    if (s.prestart === "wrapper-killed" || s.prestart === "wrapper-killed-mute") process.kill(Number(readFileSync(join(t, "prestart/pid"), "utf8")), "SIGKILL");
   } else if (s.prestart === "vanished") {
     // A "wrapper" that lives on after the go and then dies without a status:
     // zb_unlock's watchdog must wake it (about a second later).
@@ -121,8 +130,8 @@ const BEGIN = "begin zb: running zbunlock";
 // zbunlock starts without the JIT (lib/sys/jit.ts): a faster start for a one-second process.
 const ZB = "zbunlock args=0 BUN_JSC_useJIT=0";
 
-// Started by init-top/prestart-zb: --go-file, also without the JIT.
-const PRE = "zbunlock args=2 --go-file BUN_JSC_useJIT=0";
+// Started by init-top/prestart-zb: --go-file and --status-fd 3 (the FIFO), also without the JIT.
+const PRE = "zbunlock args=4 --go-file --status-fd 3 BUN_JSC_useJIT=0";
 const WENT = "zbunlock went on";
 /** The script's lines after exit 0. */
 const OPEN = ["end", "success zb: the root is open at /dev/mapper/zb-root"];
@@ -228,13 +237,23 @@ describe.each(SHELLS)("with the fake functions, under %s", (shellName) => {
       after: { code: 0, signal: null, calls: [PRE, BEGIN, ZB, ...OPEN] },
     },
     {
-      name: "the wrapper is killed, zbunlock took the go and ends alone: its status is lost, so panic (70), never a second zbunlock",
+      name: "the wrapper is killed, zbunlock took the go and ends alone: its own status line counts",
       before: { cmdline: CMDLINE, status: 0, reboot: "kill", prestart: "wrapper-killed" },
+      after: { code: 0, signal: null, calls: [PRE, BEGIN, WENT, ...OPEN] },
+    },
+    {
+      name: "the wrapper is killed, zbunlock took the go and dies without a status: it is lost, so panic (70), never a second zbunlock",
+      before: { cmdline: CMDLINE, status: 0, reboot: "kill", prestart: "wrapper-killed-mute" },
       after: {
         code: 1,
         signal: null,
         calls: [PRE, BEGIN, WENT, ...failed(70, "INTERNAL")],
       },
+    },
+    {
+      name: "zbunlock writes its status, then takes seconds to end: the boot goes on without waiting for the end",
+      before: { cmdline: CMDLINE, status: 0, reboot: "kill", prestart: "slow-exit" },
+      after: { code: 0, signal: null, calls: [PRE, BEGIN, WENT, ...OPEN] },
     },
     {
       name: "zb.skip=1: init-top starts nothing, local-top runs nothing",
@@ -253,7 +272,7 @@ describe.each(SHELLS)("with the fake functions, under %s", (shellName) => {
     const says: Partial<Record<NonNullable<Setup["prestart"]>, string>> = {
       vanished: "zb: the zbunlock started early ended before the go (status unknown); running it here",
       old: "zb: the zbunlock started early ended before the go (status 2); running it here",
-      "wrapper-killed": "zb: the zbunlock started early went on, but its exit status is lost; not running it a second time",
+      "wrapper-killed-mute": "zb: the zbunlock started early went on, but its exit status is lost; not running it a second time",
     };
     if (before.prestart && says[before.prestart]) expect(r.err).toContain(says[before.prestart]!);
     expect(r.signal).toBe(after.signal);

@@ -11,7 +11,7 @@
  * `cryptsetup open --test-passphrase`.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { buildZymkeyStub } from "../peers/zymkey-stub.ts";
@@ -64,15 +64,20 @@ beforeAll(() => {
   expect(u.code).toBe(0);
   key = u.raw;
   expect(key.length).toBe(32);
-  // cryptsetup for zbunlock: pauses on `open` until the test says go, then checks the key for real.
+  // cryptsetup for zbunlock: once the key's first byte has arrived (zbunlock
+  // started it before the unseal; the key is live in zbunlock now), says
+  // ready and pauses until the test says go, then checks the key for real.
+  // (A fake killed before its key came leaves the group below behind: it
+  // reads EOF and must not say ready during a later test.)
   writeFileSync(join(fakeBin, "cryptsetup"), `#!/bin/sh
 if [ "$1" = open ]; then
   for last; do :; done
   dev=$(eval echo "\\\${$(($# - 1))}")
   echo "$*" >> ${dir}/open.log
-  touch ${dir}/ready
-  i=0; while [ ! -e ${dir}/go ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
-  exec ${REAL_CRYPTSETUP} open --type luks --test-passphrase --key-file=- "$dev"
+  { dd bs=1 count=1 2>${dir}/dd.$$; grep -q '^1+0 records in' ${dir}/dd.$$ || exit 1; touch ${dir}/ready
+    i=0; while [ ! -e ${dir}/go ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
+    cat; } | ${REAL_CRYPTSETUP} open --type luks --test-passphrase --key-file=- "$dev"
+  exit
 fi
 exec ${REAL_CRYPTSETUP} "$@"
 `);
@@ -240,6 +245,7 @@ describe("zbunlock unlocks the slot's root", () => {
     const go = join(dir, "prestart-go");
     rmSync(go, { force: true });
     rmSync(join(dir, "go"), { force: true }); // the fake cryptsetup's own go, given below
+    rmSync(join(dir, "ready"), { force: true });
     const p = Bun.spawn([BIN, "unlock", "--boot", boot, "--root", root, "--no-reboot", "--go-file", go], {
       env: { ...process.env, ZB_NO_REBOOT: "1", BUN_JSC_useJIT: "0", PATH: `${fakeBin}:${process.env.PATH}` }, stdout: "pipe", stderr: "pipe",
     });
@@ -274,6 +280,37 @@ describe("zbunlock unlocks the slot's root", () => {
       expect(r.code).toBe(24);
       expect(r.out).toBe("");
       expect(env()).toBe(before);
+    } finally {
+      writeFileSync(join(root, "proc/cmdline"), cmdline);
+    }
+  });
+
+  test("--status-fd: the exit status is written to that descriptor as zbunlock exits (success and NOT_STARTED)", async () => {
+    expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b", "--force"]).code).toBe(0);
+    hsmConf(join(dir, "soft.key"));
+    const cmdline = readFileSync(join(root, "proc/cmdline"), "utf8");
+    writeFileSync(join(root, "proc/cmdline"), `${cmdline.trim()} zb.prestart_wait=0.3\n`);
+    try {
+      const rows = [
+        { name: "success", before: [] as string[], after: { code: 0, line: "exited 0\n" } },
+        { name: "no go", before: ["--go-file", join(dir, "never")], after: { code: 24, line: "exited 24\n" } },
+      ];
+      for (const row of rows) {
+        const file = join(dir, `status-${row.name.replace(/ /g, "-")}`);
+        const fd = openSync(file, "w");
+        try {
+          rmSync(join(dir, "go"), { force: true });
+          writeFileSync(join(dir, "go"), ""); // the fake cryptsetup's go
+          const p = Bun.spawn([BIN, "unlock", "--boot", boot, "--root", root, "--no-reboot", "--status-fd", "3", ...row.before], {
+            env: { ...process.env, ZB_NO_REBOOT: "1", BUN_JSC_useJIT: "0", PATH: `${fakeBin}:${process.env.PATH}` }, stdio: ["ignore", "pipe", "pipe", fd],
+          });
+          const [err, code] = [await new Response(p.stderr).text(), await p.exited];
+          expect([row.name, code, readFileSync(file, "utf8")]).toEqual([row.name, row.after.code, row.after.line] as never);
+          if (row.after.code === 0) expect(err).toContain("zbunlock: unlocked zb-root");
+        } finally {
+          closeSync(fd);
+        }
+      }
     } finally {
       writeFileSync(join(root, "proc/cmdline"), cmdline);
     }

@@ -290,6 +290,65 @@ describe("open/close argv (recording fake binary)", () => {
   });
 });
 
+describe("prepareOpen: cryptsetup started before the key (recording fake binary)", () => {
+  /** A fake that records its argv at once, then (once stdin reaches EOF) the byte count it read; exits RC. */
+  function fake(dir: string, rc = 0): { bin: string; started: () => string[] | null; read: () => number | null } {
+    const bin = join(dir, "cryptsetup-fake");
+    const out = join(dir, "record");
+    writeFileSync(bin, `#!/bin/sh\nprintf '%s\\n' "$@" > '${out}.argv.tmp' && mv '${out}.argv.tmp' '${out}.argv'\nn=$(wc -c)\necho "$n" > '${out}.stdin'\nexit ${rc}\n`);
+    chmodSync(bin, 0o755);
+    return {
+      bin,
+      started: () => (existsSync(`${out}.argv`) ? readFileSync(`${out}.argv`, "utf8").trimEnd().split("\n") : null),
+      read: () => (existsSync(`${out}.stdin`) ? Number(readFileSync(`${out}.stdin`, "utf8").trim()) : null),
+    };
+  }
+  /** Wait (bounded) until the fake has started: it runs before any key exists. */
+  async function startedArgv(f: ReturnType<typeof fake>): Promise<string[] | null> {
+    for (let i = 0; i < 500 && f.started() === null; i++) await Bun.sleep(10);
+    return f.started();
+  }
+
+  test("it runs before the key is handed over, then reads exactly the key", async () => {
+    const f = fake(tempDir());
+    const p = new CryptsetupCli({ binary: f.bin }).prepareOpen("/dev/mmcblk0p2", "zb-root");
+    expect(await startedArgv(f)).toEqual(["open", "--type", "luks", "--key-file=-", "/dev/mmcblk0p2", "zb-root"]);
+    expect(f.read()).toBeNull(); // still waiting for its key
+    await p.open(awkwardKey(40));
+    expect(f.read()).toBe(32);
+  });
+
+  test("cancel kills it before it read anything, and the prepared open cannot be used afterwards", async () => {
+    const f = fake(tempDir());
+    const p = new CryptsetupCli({ binary: f.bin }).prepareOpen("/dev/mmcblk0p2", "zb-root");
+    expect(await startedArgv(f)).not.toBeNull();
+    await p.cancel();
+    await p.cancel(); // twice is harmless
+    expect(f.read()).toBeNull();
+    const e = await p.open(awkwardKey(41)).catch((x: unknown) => x);
+    expect((e as ZbError).code).toBe("INTERNAL");
+  });
+
+  const refused: { name: string; before: { key: Uint8Array; rc: number }; after: { code: string; message: RegExp; read: number | null } }[] = [
+    { name: "an empty key: refused, cryptsetup killed unread", before: { key: new Uint8Array(0), rc: 0 }, after: { code: "LUKS_FAILED", message: /the key is 0 bytes/, read: null } },
+    { name: "an oversize key: refused, cryptsetup killed unread", before: { key: new Uint8Array(MAX_KEY_BYTES + 1), rc: 0 }, after: { code: "LUKS_FAILED", message: /the key is 4097 bytes/, read: null } },
+    { name: "cryptsetup fails after reading the key: its exit status", before: { key: awkwardKey(42), rc: 2 }, after: { code: "LUKS_FAILED", message: /the key does not open any keyslot \(cryptsetup exit 2\)/, read: 32 } },
+  ];
+  test.each(refused)("$name", async ({ before, after }) => {
+    const f = fake(tempDir(), before.rc);
+    const p = new CryptsetupCli({ binary: f.bin }).prepareOpen("/dev/mmcblk0p2", "zb-root");
+    const e = await p.open(before.key).catch((x: unknown) => x);
+    expect([(e as ZbError).code, (e as ZbError).message]).toEqual([after.code, expect.stringMatching(after.message)]);
+    expect(f.read()).toBe(after.read);
+  });
+
+  test("a bad mapping name or device is refused before anything starts", () => {
+    const cs = new CryptsetupCli({ binary: "/bin/false" });
+    expect(() => cs.prepareOpen("/dev/x", "zb/root")).toThrow(/cannot use "zb\/root" as a mapping name/);
+    expect(() => cs.prepareOpen("-x", "zb-root")).toThrow(/not a device path/);
+  });
+});
+
 describe("messages never carry a key", () => {
   const key = Uint8Array.from({ length: 32 }, (_, i) => 0x41 + (i % 26));
   const b = Buffer.from(key);

@@ -22,6 +22,8 @@ interface Script {
   /** lock(): absent = the backend has none; "throw" = it fails. */
   lock?: "ok" | "throw";
   deadlineMs?: number;
+  /** The opener can be started before the key (as cryptsetup can); "throw": starting it fails (no cryptsetup). */
+  prepare?: "yes" | "throw";
 }
 
 function world(s: Script) {
@@ -33,6 +35,8 @@ function world(s: Script) {
   const keysSeen: Uint8Array[] = [];
   const log: string[] = [];
   const locked: unknown[] = [];
+  /** What happened, in order: unseal, prepare/cancel/open of prepared openers, plain opens. */
+  const events: string[] = [];
   const hsm: Hsm = {
     name: "soft",
     // unlockSlot never probes: the unseal says whether the HSM is there.
@@ -43,6 +47,7 @@ function world(s: Script) {
     unseal: async (d: SealedData): Promise<UnsealResult> => {
       const list = s.unseal ?? ["ok"];
       const kind = list[Math.min(unseals++, list.length - 1)]!;
+      events.push(`unseal ${d.v}: ${kind}`);
       if (kind === "throw") throw new ZbError("CONFIG", "cannot use the soft HSM backend: it is not enabled");
       if (kind === "ok") return { kind, secret: new TextEncoder().encode(`key-of-${d.v}`) };
       return { kind, why: `test ${kind}` };
@@ -56,15 +61,39 @@ function world(s: Script) {
       },
     } : {}),
   };
+  const open = async (device: string, name: string, key: Uint8Array) => {
+    keysSeen.push(key);
+    if (s.openFails?.name === name) throw s.openFails.error;
+    opened.push(`${name}<-${device}:${new TextDecoder().decode(key)}`);
+  };
   const env: UnlockEnv = {
     hsm,
     luks: {
       open: async (device, name, key) => {
-        keysSeen.push(key);
-        if (s.openFails?.name === name) throw s.openFails.error;
-        opened.push(`${name}<-${device}:${new TextDecoder().decode(key)}`);
+        events.push(`open ${name}`);
+        await open(device, name, key);
       },
       close: async (name) => void closed.push(name),
+      ...(s.prepare ? {
+        prepareOpen: (device: string, name: string) => {
+          if (s.prepare === "throw") throw new ZbError("LUKS_FAILED", `cannot open ${device} as ${name}: cannot run cryptsetup: not found`);
+          events.push(`prepare ${name}`);
+          let done = false;
+          return {
+            open: async (key: Uint8Array) => {
+              if (done) throw new Error("prepared open used twice");
+              done = true;
+              events.push(`prepared open ${name}`);
+              await open(device, name, key);
+            },
+            cancel: async () => {
+              if (done) return;
+              done = true;
+              events.push(`cancel ${name}`);
+            },
+          };
+        },
+      } : {}),
     },
     findDevice: (uuid) => (finds++ >= (s.deviceFrom ?? 0) ? `/dev/${uuid === ROOT_UUID ? "vda2" : "vda4"}` : null),
     wrongKey: (e) => /No key available/.test(e.message),
@@ -73,7 +102,7 @@ function world(s: Script) {
     sleep: async (ms) => void (clock += ms),
     log: (l) => void log.push(l),
   };
-  return { env, opened, closed, keysSeen, log, locked, unseals: () => unseals };
+  return { env, opened, closed, keysSeen, log, locked, events, unseals: () => unseals };
 }
 
 const blob = (v: string, backend: "soft" | "tpm2" = "soft", extra: SealedData = {}) => encodeBlob({ backend, data: { v, ...extra } });
@@ -164,6 +193,53 @@ describe("unlockSlot", () => {
     const w = world({ unseal: ["absent"], deadlineMs: 500 });
     await unlockSlot(CREDS, w.env);
     expect(w.unseals()).toBeLessThanOrEqual(7);
+  });
+});
+
+describe("an opener started before the key (cryptsetup's start overlaps the unseal)", () => {
+  const wrong = new ZbError("LUKS_FAILED", "cannot open: No key available with this passphrase");
+  const rows: { name: string; before: Script; after: { ok: boolean; kind?: string; permanent?: boolean; events: string[] } }[] = [
+    {
+      name: "unsealed: each volume's opener starts before its unseal and gets the key",
+      before: { prepare: "yes" },
+      after: { ok: true, events: ["prepare zb-root", "unseal root: ok", "prepared open zb-root", "prepare zb-data", "unseal data: ok", "prepared open zb-data"] },
+    },
+    {
+      name: "denied: the opener is cancelled, nothing opened",
+      before: { prepare: "yes", unseal: ["denied"] },
+      after: { ok: false, kind: "denied", permanent: true, events: ["prepare zb-root", "unseal root: denied", "cancel zb-root"] },
+    },
+    {
+      name: "the backend throws: cancelled",
+      before: { prepare: "yes", unseal: ["throw"] },
+      after: { ok: false, kind: "failed", permanent: false, events: ["prepare zb-root", "unseal root: throw", "cancel zb-root"] },
+    },
+    {
+      name: "the HSM is late: cancelled at once (the wait may outlast cryptsetup's timeout), then a plain open",
+      before: { prepare: "yes", unseal: ["absent", "absent", "ok"] },
+      after: {
+        ok: true,
+        events: ["prepare zb-root", "unseal root: absent", "cancel zb-root", "unseal root: absent", "unseal root: ok", "open zb-root", "prepare zb-data", "unseal data: ok", "prepared open zb-data"],
+      },
+    },
+    {
+      name: "the key does not open the header: luks, permanent, as with a plain open",
+      before: { prepare: "yes", openFails: { name: "zb-root", error: wrong } },
+      after: { ok: false, kind: "luks", permanent: true, events: ["prepare zb-root", "unseal root: ok", "prepared open zb-root"] },
+    },
+    {
+      name: "the opener cannot start (no cryptsetup): luks, transient, nothing unsealed",
+      before: { prepare: "throw" },
+      after: { ok: false, kind: "luks", permanent: false, events: [] },
+    },
+  ];
+  test.each(rows)("$name", async ({ before, after }) => {
+    const w = world(before);
+    const r = await unlockSlot(CREDS, w.env);
+    expect(w.events).toEqual(after.events);
+    expect(r.ok).toBe(after.ok);
+    if (!r.ok) expect([r.kind, r.permanent]).toEqual([after.kind, after.permanent] as never);
+    for (const k of w.keysSeen) expect(k.every((b) => b === 0)).toBe(true);
   });
 });
 
