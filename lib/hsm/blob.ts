@@ -69,13 +69,19 @@ export function unsealError(f: UnsealFailure, backend: BackendName): ZbError {
   return new ZbError(FAILURE_CODES[f.kind], `cannot unseal with ${backend}: ${f.why}`);
 }
 
-/** Strict base64 decode for sealed-data fields. @throws {ZbError} CRED_INVALID */
+/**
+ * Strict base64 decode for sealed-data fields: padded standard base64 in its
+ * one canonical form (RFC 4648 §3.5: the pad bits are zero), so one blob has
+ * one spelling; "AB==" and "AA==" would otherwise both decode to one 0x00.
+ * @throws {ZbError} CRED_INVALID
+ */
 export function b64field(data: SealedData, name: string): Uint8Array {
   const v = data[name];
-  if (typeof v !== "string" || !/^[A-Za-z0-9+/]*={0,2}$/.test(v) || v.length % 4 !== 0) {
+  const bytes = typeof v === "string" && /^[A-Za-z0-9+/]*={0,2}$/.test(v) && v.length % 4 === 0 ? Buffer.from(v, "base64") : null;
+  if (bytes === null || bytes.toString("base64") !== v) {
     throw new ZbError("CRED_INVALID", `cannot read sealed data: field ${JSON.stringify(name)} is not base64`);
   }
-  return new Uint8Array(Buffer.from(v, "base64"));
+  return new Uint8Array(bytes);
 }
 
 /** Base64 of bytes, for sealed-data fields. */
