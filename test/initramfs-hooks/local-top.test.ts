@@ -44,9 +44,11 @@ interface Setup {
    * wrapper PID that dies a second after the go, no zbunlock, no status;
    * "wrapper-killed-mute": as "wrapper-killed", and zbunlock dies without
    * writing its status; "slow-exit": zbunlock writes its status to
-   * --status-fd, then takes 3 s to end (the runtime's teardown).
+   * --status-fd, then takes 3 s to end (the runtime's teardown); "reused":
+   * the wrapper's PID now belongs to another, long-lived process (its start
+   * time differs from the one recorded).
    */
-  prestart?: "run" | "gave-up" | "old" | "wrapper-killed" | "wrapper-killed-mute" | "vanished" | "slow-exit" | undefined;
+  prestart?: "run" | "gave-up" | "old" | "wrapper-killed" | "wrapper-killed-mute" | "vanished" | "slow-exit" | "reused" | undefined;
   env?: Record<string, string>;
 }
 
@@ -97,7 +99,8 @@ function run(shell: string[], s: Setup): { code: number | null; signal: string |
   const reboot = { kill: 'kill -KILL "$PPID"', fail: "exit 1", return: "exit 0" }[s.reboot];
   writeFileSync(join(t, "bin/reboot"), `#!/bin/sh\necho "reboot $*" >>"${log}"\n${reboot}\n`, { mode: 0o755 });
   const env = { PATH: `${join(t, "bin")}:/usr/bin:/bin`, ZB_FAKE_LOG: log, ...s.env };
-  if (s.prestart !== undefined && s.prestart !== "vanished") {
+  let other: ReturnType<typeof Bun.spawn> | null = null;
+  if (s.prestart !== undefined && s.prestart !== "vanished" && s.prestart !== "reused") {
     // Output to files: the background zbunlock keeps them open after the script exits.
     const p = Bun.spawnSync([...shell, join(t, "prestart-zb")], { env, stdin: "ignore", stdout: Bun.file(join(t, "prestart.out")), stderr: Bun.file(join(t, "prestart.err")) });
     expect(p.exitCode).toBe(0);
@@ -106,7 +109,7 @@ function run(shell: string[], s: Setup): { code: number | null; signal: string |
     const exitsAtOnce = s.prestart === "gave-up" || s.prestart === "old";
     const ready = () => (exitsAtOnce ? existsSync(join(t, "prestart/status")) : existsSync(join(t, "prestart/zpid")) && existsSync(log) && readFileSync(log, "utf8").includes("--go-file"));
     if (!s.cmdline.split(" ").includes("zb.skip=1")) for (let i = 0; i < 500 && !ready(); i++) Bun.sleepSync(10);
-    if (s.prestart === "wrapper-killed" || s.prestart === "wrapper-killed-mute") process.kill(Number(readFileSync(join(t, "prestart/pid"), "utf8")), "SIGKILL");
+    if (s.prestart === "wrapper-killed" || s.prestart === "wrapper-killed-mute") process.kill(Number(readFileSync(join(t, "prestart/pid"), "utf8").split(" ")[0]), "SIGKILL");
   } else if (s.prestart === "vanished") {
     // A "wrapper" that lives on after the go and then dies without a status:
     // zb_unlock's watchdog must wake it (about a second later).
@@ -114,9 +117,17 @@ function run(shell: string[], s: Setup): { code: number | null; signal: string |
     expect(Bun.spawnSync(["mkfifo", join(t, "prestart/done")]).exitCode).toBe(0);
     const doomed = Bun.spawn(["sleep", "1"]);
     writeFileSync(join(t, "prestart/pid"), `${doomed.pid}\n`);
+  } else if (s.prestart === "reused") {
+    // The wrapper is long gone; its PID was given to a process that lives
+    // on: only the recorded start time (1 tick after boot) tells them apart.
+    mkdirSync(join(t, "prestart"));
+    expect(Bun.spawnSync(["mkfifo", join(t, "prestart/done")]).exitCode).toBe(0);
+    other = Bun.spawn(["sleep", "60"]);
+    writeFileSync(join(t, "prestart/pid"), `${other.pid} 1\n`);
   }
   // Bounded: a zb_unlock that never wakes fails this test instead of hanging the run.
   const p = Bun.spawnSync([...shell, join(t, "local-top-zb")], { env, stdin: "ignore", timeout: 20_000 });
+  other?.kill();
   let calls: string[] = [];
   try {
     calls = readFileSync(log, "utf8").split("\n").filter(Boolean);
@@ -232,6 +243,11 @@ describe.each(SHELLS)("with the fake functions, under %s", (shellName) => {
       after: { code: 0, signal: null, calls: [BEGIN, ZB, ...OPEN] },
     },
     {
+      name: "the wrapper's PID was reused by a process that lives on: the start time differs, so it counts as gone and zbunlock runs here",
+      before: { cmdline: CMDLINE, status: 0, reboot: "kill", prestart: "reused" },
+      after: { code: 0, signal: null, calls: [BEGIN, ZB, ...OPEN] },
+    },
+    {
       name: "started by init-top, exits 2 before the go (a zbunlock without --go-file): nothing was done, zbunlock runs here",
       before: { cmdline: CMDLINE, status: 0, reboot: "kill", prestart: "old" },
       after: { code: 0, signal: null, calls: [PRE, BEGIN, ZB, ...OPEN] },
@@ -271,6 +287,7 @@ describe.each(SHELLS)("with the fake functions, under %s", (shellName) => {
     expect(r.calls).toEqual(after.calls);
     const says: Partial<Record<NonNullable<Setup["prestart"]>, string>> = {
       vanished: "zb: the zbunlock started early ended before the go (status unknown); running it here",
+      reused: "zb: the zbunlock started early ended before the go (status unknown); running it here",
       old: "zb: the zbunlock started early ended before the go (status 2); running it here",
       "wrapper-killed-mute": "zb: the zbunlock started early went on, but its exit status is lost; not running it a second time",
     };
