@@ -16,6 +16,7 @@
 import { isZbError, ZbError } from "../errors.ts";
 import { decodeBlob, unsealError } from "../hsm/blob.ts";
 import type { BackendName, Hsm, SealedData, UnsealFailure, UnsealResult } from "../hsm/types.ts";
+import type { PreparedOpen } from "../luks/cryptsetup.ts";
 import { wipe } from "../secret.ts";
 
 /** The parts of a slot's credentials unlock needs (lib/luks/credentials.ts). */
@@ -38,7 +39,7 @@ export interface LuksOpener {
    * Optional: start the open before the key is unsealed, so that the opener
    * starts up meanwhile. @throws {ZbError} LUKS_FAILED
    */
-  prepareOpen?(device: string, name: string): { open(key: Uint8Array): Promise<void>; cancel(): Promise<void> };
+  prepareOpen?(device: string, name: string): PreparedOpen;
   close(name: string): Promise<void>;
 }
 
@@ -148,7 +149,7 @@ async function unlockVolume(backend: BackendName, vol: Volume, blobBytes: Uint8A
   // is unsealed: the boot transition is durable by now, so nothing here runs
   // before the boot is counted. It is cancelled as soon as the unseal does
   // not answer at once (a wait for the HSM may outlast its timeout) or fails.
-  let prepared: ReturnType<NonNullable<LuksOpener["prepareOpen"]>> | null = null;
+  let prepared: PreparedOpen | null = null;
   try {
     prepared = env.luks.prepareOpen?.(device, vol.name) ?? null;
     // No probe first: the unseal itself says whether the HSM is there
@@ -172,9 +173,9 @@ async function unlockVolume(backend: BackendName, vol: Volume, blobBytes: Uint8A
       const e = unsealError(r, env.hsm.name);
       return { ok: false, kind: r.kind, permanent: r.kind === "no-match" || r.kind === "denied", why: `${vol.name}: ${r.why}`, error: e };
     }
-    const opener = prepared ?? { open: (key: Uint8Array) => env.luks.open(device, vol.name, key) };
+    const given = prepared;
     prepared = null; // given its key: from here on it ends by itself
-    await opener.open(secret);
+    await (given ? given.open(secret) : env.luks.open(device, vol.name, secret));
     env.log(`unlocked ${vol.name} (${device}) with the ${env.hsm.name} HSM`);
     return { ok: true, device, data: blob.data };
   } catch (e) {
