@@ -33,9 +33,9 @@ const modules = {
  * anything: a zbunlock started early (--go-file) does this while it waits,
  * so the wait, not the boot, pays for the first use.
  */
-export function loadBackend(name: BackendName): void {
+export async function loadBackend(name: BackendName): Promise<void> {
   const m = modules[name]();
-  if ("warmUp" in m) m.warmUp();
+  if ("warmUp" in m) await m.warmUp();
 }
 
 /**

@@ -10,7 +10,6 @@
  * Format Specification" §2.4 (phdr). Both versions keep the magic at 0, the
  * version (big-endian u16) at 6 and the 40-byte NUL-padded UUID at 168.
  */
-import { nodeCrypto } from "../sys/lazy.ts";
 
 /** How many bytes to read from a device to recognise it. */
 export const LUKS_PROBE_BYTES = 4096;
@@ -96,7 +95,7 @@ export function verifyLuks2Checksum(bytes: Uint8Array): boolean {
   const area = new Uint8Array(bytes.subarray(0, h.hdrSize!));
   const stored = area.slice(OFF_CSUM, OFF_CSUM + CSUM_LEN);
   area.fill(0, OFF_CSUM, OFF_CSUM + CSUM_LEN);
-  const digest = nodeCrypto().createHash("sha256").update(area).digest();
+  const digest = new Bun.CryptoHasher("sha256").update(area).digest();
   // The 64-byte field holds the 32-byte digest followed by zeros.
   return digest.every((b, i) => b === stored[i]) && stored.subarray(digest.length).every((b) => b === 0);
 }

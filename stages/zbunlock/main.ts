@@ -89,7 +89,7 @@ export async function zbunlockMain(argv: string[]): Promise<number> {
     // Started early (stages/zbunlock/prestart.ts): evaluate the HSM backend
     // and warm up its cryptography too, then wait. Nothing above touched a
     // device, the HSM or the env.
-    if (backend !== null) loadBackend(backend);
+    if (backend !== null) await loadBackend(backend);
     const waited = awaitGo(goFile, secondsParam(p, "zb.prestart_wait") ?? DEFAULT_GO_WAIT_S);
     if (!args.flags.has("json")) out(`zbunlock: started early, going on after ${waited.toFixed(2)} s\n`);
   }

@@ -89,7 +89,7 @@ function run(shell: string[], s: Setup): { code: number | null; signal: string |
     const linger = s.prestart === "slow-exit" ? `sleep 3; echo "zbunlock ended" >>"${log}"; ` : "";
     writeFileSync(
       join(t, "bin/zbunlock"),
-      `#!/bin/sh\necho "zbunlock args=$#\${1:+ $1}\${3:+ $3 $4} BUN_JSC_useJIT=\${BUN_JSC_useJIT-unset}" >>"${log}"\n` +
+      `#!/bin/sh\necho "zbunlock args=$#\${1:+ $1}\${3:+ $3 $4} BUN_JSC_useJIT=\${BUN_JSC_useJIT-unset} BUN_GC_TIMER_DISABLE=\${BUN_GC_TIMER_DISABLE-unset}" >>"${log}"\n` +
         `sfd=; [ "\${3:-}" = --status-fd ] && sfd=$4\n` +
         `for fd in 3 4; do [ "$fd" != "$sfd" ] && [ -e /proc/$$/fd/$fd ] && echo "fd $fd leaked" >>"${log}"; done\n` +
         `if [ "\${1:-}" = --go-file ]; then ${early}; ${report}${linger}fi\nexit ${s.status}\n`,
@@ -138,11 +138,13 @@ function run(shell: string[], s: Setup): { code: number | null; signal: string |
 }
 
 const BEGIN = "begin zb: running zbunlock";
-// zbunlock starts without the JIT (lib/sys/jit.ts): a faster start for a one-second process.
-const ZB = "zbunlock args=0 BUN_JSC_useJIT=0";
+// zbunlock starts without the JIT (lib/sys/jit.ts): a faster start for a
+// one-second process; and without Bun's idle GC timer (a full collection
+// about 1 s in, in the middle of the unlock).
+const ZB = "zbunlock args=0 BUN_JSC_useJIT=0 BUN_GC_TIMER_DISABLE=1";
 
-// Started by init-top/prestart-zb: --go-file and --status-fd 3 (the FIFO), also without the JIT.
-const PRE = "zbunlock args=4 --go-file --status-fd 3 BUN_JSC_useJIT=0";
+// Started by init-top/prestart-zb: --go-file and --status-fd 3 (the FIFO), also without the JIT and the GC timer.
+const PRE = "zbunlock args=4 --go-file --status-fd 3 BUN_JSC_useJIT=0 BUN_GC_TIMER_DISABLE=1";
 const WENT = "zbunlock went on";
 /** The script's lines after exit 0. */
 const OPEN = ["end", "success zb: the root is open at /dev/mapper/zb-root"];

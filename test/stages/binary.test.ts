@@ -76,6 +76,21 @@ describe("dispatch", () => {
     expect([v.exitCode, v.stdout.toString()]).toEqual([0, expect.stringMatching(/^zb \d+\.\d+\.\d+/)]);
   });
 
+  // The initramfs scripts also set BUN_GC_TIMER_DISABLE=1: Bun's idle timer
+  // would run a full collection about 1 s after the start, in the middle of
+  // the unlock (docs/boot-flow.md, "Process environment"). The same check
+  // against an upgrade that renames it; BUN_BE_BUN=1 runs the binary as bun.
+  test("BUN_GC_TIMER_DISABLE=1 stops the idle collection that runs after 1 s", () => {
+    const script = 'globalThis.keep = Array.from({ length: 20000 }, (_, i) => ({ i, s: "x" + i })); await Bun.sleep(1600);';
+    const collections = (env: Record<string, string>) => {
+      const p = Bun.spawnSync([BIN, "-e", script], { env: { ...process.env, BUN_BE_BUN: "1", BUN_JSC_useJIT: "0", BUN_JSC_logGC: "1", ...env }, stderr: "pipe", stdout: "pipe" });
+      expect(p.exitCode).toBe(0);
+      return (`${p.stdout}${p.stderr}`.match(/=> (Full|Eden)Collection/g) ?? []).length;
+    };
+    expect(collections({ BUN_GC_TIMER_DISABLE: "" })).toBeGreaterThan(0);
+    expect(collections({ BUN_GC_TIMER_DISABLE: "1" })).toBe(0);
+  }, 20_000);
+
   test("ignores bunfig.toml and .env in the working directory (no foreign preload)", () => {
     const cwd = join(dir, "hostile");
     Bun.spawnSync(["mkdir", "-p", cwd]);

@@ -49,7 +49,7 @@ export class Tpm {
    */
   async call(c: Call): Promise<CallResult> {
     const params = c.params ?? new Uint8Array(0);
-    const prepared = c.auth ? prepare(c.auth, c.cc, c.names ?? [], params) : undefined;
+    const prepared = c.auth ? await prepare(c.auth, c.cc, c.names ?? [], params) : undefined;
     const cmd = frameCommand(c.cc, c.handles ?? [], prepared ? [prepared.auth] : [], prepared?.params ?? params);
     let bytes: Uint8Array;
     try {
@@ -60,7 +60,7 @@ export class Tpm {
     }
     const r = parseResponse(bytes, c.outHandles ?? 0, prepared ? 1 : 0);
     if (r.rc !== 0) throw new TpmRcError(r.rc, CC_NAMES.get(c.cc) ?? `command 0x${c.cc.toString(16)}`);
-    const out = c.auth && prepared ? finish(c.auth, prepared, c.cc, r.params, r.auths[0]) : r.params;
+    const out = c.auth && prepared ? await finish(c.auth, prepared, c.cc, r.params, r.auths[0]) : r.params;
     if (out !== r.params) wipe(bytes);
     return { handles: r.handles, params: out };
   }
@@ -93,7 +93,7 @@ export class Tpm {
    */
   async startSession(type: number, salt?: { handle: number; key: SaltKey }): Promise<Session> {
     const nonceCaller = randomSecret(DIGEST_SIZE);
-    const s = salt ? makeSalt(salt.key) : undefined;
+    const s = salt ? await makeSalt(salt.key) : undefined;
     try {
       const params = marshal((w) => {
         w.tpm2b(nonceCaller).tpm2b(s?.encrypted ?? new Uint8Array(0)).u8(type);

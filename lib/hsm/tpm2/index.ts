@@ -9,10 +9,10 @@
  * created before closing it: swtpm over TCP has no resource manager, and
  * swtpm serves one connection at a time.
  */
-import { nodeCrypto } from "../../sys/lazy.ts";
 import { isZbError, ZbError } from "../../errors.ts";
 import type { BackendOptions, Hsm, ProbeResult, SealedData, SealOptions, UnsealResult } from "../types.ts";
 import { nameOfPublic2b, Tpm, TpmRcError } from "./commands.ts";
+import { sha256 } from "./crypto.ts";
 import { sealedTemplate } from "./objects.ts";
 import { normalizePcrs, policyPcrDigest, unsealOnlyPolicy } from "./policy.ts";
 import { decodeSealed, encodeSealed, type Tpm2Sealed } from "./sealed.ts";
@@ -77,13 +77,13 @@ function ascii(...words: (number | undefined)[]): string {
   return String.fromCharCode(...bytes.filter((b) => b >= 0x20 && b < 0x7f)).replace(/\s+/g, " ").trim();
 }
 
-/** The tpm2 backend. */
 /** PCRs that TPM2_Startup(CLEAR) resets to zeros (Part 1 §17.5; 17–22 reset to ones for DRTM). */
 export const LOCKABLE_PCRS = [...Array(17).keys(), 23];
 
 /** What lock() extends: SHA-256 of a fixed text, so the event is recognisable in an event log. */
-const lockEvent = () => new Uint8Array(nodeCrypto().createHash("sha256").update("zb: volumes unlocked, no more unseals until reboot").digest());
+const lockEvent = () => sha256(new TextEncoder().encode("zb: volumes unlocked, no more unseals until reboot"));
 
+/** The tpm2 backend. */
 export class Tpm2Hsm implements Hsm {
   readonly name = "tpm2" as const;
   private readonly address: Tpm2Address;

@@ -61,10 +61,10 @@ function firstTpm2b(params: Uint8Array, what: string): [number, number] {
 }
 
 /** Copy of `params` with the first TPM2B's data en- or decrypted. */
-function cryptFirst(params: Uint8Array, key: Uint8Array, newer: Uint8Array, older: Uint8Array, decrypt: boolean, what: string): Uint8Array {
+async function cryptFirst(params: Uint8Array, key: Uint8Array, newer: Uint8Array, older: Uint8Array, decrypt: boolean, what: string): Promise<Uint8Array> {
   const [start, end] = firstTpm2b(params, what);
   const out = params.slice();
-  const data = cfbParam(key, newer, older, params.subarray(start, end), decrypt);
+  const data = await cfbParam(key, newer, older, params.subarray(start, end), decrypt);
   out.set(data, start);
   wipe(data);
   return out;
@@ -74,7 +74,7 @@ function cryptFirst(params: Uint8Array, key: Uint8Array, newer: Uint8Array, olde
  * Build the authorization area for a command and encrypt its first parameter if asked.
  * @param names the names of all handles of the command, in order (for cpHash)
  */
-export function prepare(auth: Auth, cc: number, names: Uint8Array[], params: Uint8Array): Prepared {
+export async function prepare(auth: Auth, cc: number, names: Uint8Array[], params: Uint8Array): Promise<Prepared> {
   if (auth.kind === "password") {
     // TPM_RS_PW with an empty password (Part 1 §19.8.4).
     const empty = new Uint8Array(0);
@@ -84,7 +84,7 @@ export function prepare(auth: Auth, cc: number, names: Uint8Array[], params: Uin
   if (!session.live) throw new ZbError("INTERNAL", "internal error: session used after it was flushed");
   const nonceCaller = randomSecret(DIGEST_SIZE);
   const sent = attrs & SESSION_ATTR.decrypt
-    ? cryptFirst(params, session.key, nonceCaller, session.nonceTPM, false, "the command parameter")
+    ? await cryptFirst(params, session.key, nonceCaller, session.nonceTPM, false, "the command parameter")
     : params;
   const cpHash = sha256(marshal((w) => w.u32(cc)), ...names, sent);
   const hmac = hmacSha256(session.key, cpHash, nonceCaller, session.nonceTPM, Uint8Array.of(attrs));
@@ -97,7 +97,7 @@ export function prepare(auth: Auth, cc: number, names: Uint8Array[], params: Uin
  * @returns the (decrypted) parameters; a fresh copy when decrypted, which the caller wipes
  * @throws {ZbError} HSM_FAILED when the response HMAC does not verify
  */
-export function finish(auth: Auth, prepared: Prepared, cc: number, params: Uint8Array, reply: AuthResponse | undefined): Uint8Array {
+export async function finish(auth: Auth, prepared: Prepared, cc: number, params: Uint8Array, reply: AuthResponse | undefined): Promise<Uint8Array> {
   if (auth.kind === "password") return params;
   const { session, attrs } = auth;
   if (!reply) throw new ZbError("HSM_FAILED", "cannot check the TPM response: no authorization area");
@@ -109,5 +109,5 @@ export function finish(auth: Auth, prepared: Prepared, cc: number, params: Uint8
   session.nonceTPM = reply.nonce.slice();
   if (!(attrs & SESSION_ATTR.continueSession)) session.live = false;
   if (!(attrs & SESSION_ATTR.encrypt)) return params;
-  return cryptFirst(params, session.key, session.nonceTPM, prepared.nonceCaller, true, "the response parameter");
+  return await cryptFirst(params, session.key, session.nonceTPM, prepared.nonceCaller, true, "the response parameter");
 }
