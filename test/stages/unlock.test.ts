@@ -65,8 +65,9 @@ beforeAll(() => {
   key = u.raw;
   expect(key.length).toBe(32);
   // cryptsetup for zbunlock: once the key's first byte has arrived (zbunlock
-  // started it before the unseal; the key is live in zbunlock now), says
-  // ready and pauses until the test says go, then checks the key for real.
+  // started it before the unseal; the key is live in zbunlock now), notes
+  // the env as it is then, says ready and pauses until the test says go,
+  // then checks the key for real.
   // (A fake killed before its key came leaves the group below behind: it
   // reads EOF and must not say ready during a later test.)
   writeFileSync(join(fakeBin, "cryptsetup"), `#!/bin/sh
@@ -74,7 +75,8 @@ if [ "$1" = open ]; then
   for last; do :; done
   dev=$(eval echo "\\\${$(($# - 1))}")
   echo "$*" >> ${dir}/open.log
-  { dd bs=1 count=1 2>${dir}/dd.$$; grep -q '^1+0 records in' ${dir}/dd.$$ || exit 1; touch ${dir}/ready
+  { dd bs=1 count=1 2>${dir}/dd.$$; grep -q '^1+0 records in' ${dir}/dd.$$ || exit 1
+    ${BIN} env print --boot ${boot} >${dir}/env-at-key; touch ${dir}/ready
     i=0; while [ ! -e ${dir}/go ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
     cat; } | ${REAL_CRYPTSETUP} open --type luks --test-passphrase --key-file=- "$dev"
   exit
@@ -149,6 +151,8 @@ describe("zbunlock unlocks the slot's root", () => {
     expect(readFileSync(join(dir, "open.log"), "utf8")).toBe(`open --type luks --key-file=- ${join(root, "dev/vdb")} zb-root\n`);
     for (const f of forms(key)) expect(Buffer.from(r.out + r.err, "latin1").includes(f)).toBe(false);
     expect(env()).toContain("zb_boot_count_a=1");
+    // The key comes only once the boot is counted (the transition is durable).
+    expect(readFileSync(join(dir, "env-at-key"), "utf8")).toContain("zb_boot_count_a=1");
   });
 
   test("without the JIT (BUN_JSC_useJIT=0, as initramfs-hooks/scripts/local-top/zb starts it): same unlock, the key only on cryptsetup's stdin", async () => {
@@ -327,6 +331,15 @@ describe("zbunlock unlocks the slot's root", () => {
     expect(r.err).not.toContain("unlocked");
     expect(existsSync(join(dir, "open.log"))).toBe(false);
     expect(env()).toContain("zb_slot=b");
+  });
+
+  test("--dry-run and --no-unlock start no cryptsetup", async () => {
+    for (const flag of ["--dry-run", "--no-unlock"]) {
+      expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b", "--force"]).code).toBe(0);
+      rmSync(join(dir, "open.log"), { force: true });
+      const r = await zbunlock([flag], undefined, { BUN_JSC_useJIT: "0" });
+      expect([flag, r.code, existsSync(join(dir, "open.log"))]).toEqual([flag, 0, false] as never);
+    }
   });
 
   test("a malformed hsm.conf is reported after the transition was committed (exit 8, CONFIG)", async () => {
