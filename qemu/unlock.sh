@@ -449,6 +449,12 @@ window() {
   a=$(stamp "$1" INIT 2>/dev/null) e=$(stamp "$1" ROOT 2>/dev/null)
   [[ -n $a && -n $e ]] && secs "$a" "$e"
 }
+# phase NAME FROM TO: seconds between two stamps (empty when one is missing).
+phase() {
+  local a e
+  a=$(stamp "$1" "$2" 2>/dev/null) e=$(stamp "$1" "$3" 2>/dev/null)
+  [[ -n $a && -n $e ]] && secs "$a" "$e"
+}
 # ratio Z B: Z / B to two places.
 ratio() { awk -v z="$1" -v b="$2" 'BEGIN { printf "%.2f", z / b }'; }
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR) printf "%.2f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
@@ -463,6 +469,15 @@ if ((RUNS > 0)); then
     echo "unlock: bench medians: zbunlock $zm s, cryptsetup --key-file $bm s," \
       "ratio $(ratio "$zm" "$bm") (target <= 1.25)"
   fi
+  # The phases, for reading a noisy run: the module loading (where the early
+  # zbunlock's start competes for the vCPUs) and the unlock (disks present ->
+  # mapping open), which single boots show steadier than the whole window.
+  for p in "modules INIT MODS" "unlock DEV UNLOCK"; do
+    read -r label from to <<<"$p"
+    zp=$(for ((i = 1; i <= RUNS; i++)); do phase "zb-$i" "$from" "$to" || true; done | { grep . || true; } | median)
+    bp=$(for ((i = 1; i <= RUNS; i++)); do phase "baseline-$i" "$from" "$to" || true; done | { grep . || true; } | median)
+    [[ -n $zp && -n $bp ]] && echo "unlock: bench $label phase medians: zbunlock $zp s, cryptsetup --key-file $bp s"
+  done
 fi
 # The benchmark: the same kernel, modules and disk; only the unlock differs.
 z=$(window zb || true) b=$(window baseline || true)
