@@ -18,7 +18,7 @@ import { ZbError } from "../errors.ts";
 import type { Vars } from "../env/codec.ts";
 import type { Change } from "../env/script.ts";
 import { defaultConfig } from "../env/config.ts";
-import { EnvStore } from "../env/store.ts";
+import { EnvStore, type EnvState } from "../env/store.ts";
 import { removeFileDurably, writeFileAtomic } from "../sys/atomic.ts";
 import type { Sys } from "../sys/sys.ts";
 import type { BootState, Slot } from "../bootstate/state.ts";
@@ -45,12 +45,19 @@ export class PiBoot implements Bootloader, GeneratedConfig, RebootArgs {
     return this.sys.stat(this.path(REFERENCE_CONFIG)) !== null;
   }
 
+  /** The last read, for a write computed from it (writeVars' `from`). */
+  private lastRead: EnvState | null = null;
+
   readVars(): Vars {
-    return this.store.read().vars;
+    this.lastRead = this.store.read();
+    return this.lastRead.vars;
   }
 
-  writeVars(changes: readonly Change[]): void {
-    this.store.update(changes);
+  writeVars(changes: readonly Change[], from?: Vars): void {
+    // Only the very object the last read returned counts; anything else reads again.
+    const basis = from !== undefined && this.lastRead?.vars === from ? this.lastRead : undefined;
+    this.lastRead = null;
+    this.store.update(changes, basis);
   }
 
   writeConfig(state: BootState): void {

@@ -16,8 +16,13 @@ export interface Bootloader {
   /** True when this backend's files are on the boot partition. */
   present(): boolean;
   readVars(): Vars;
-  /** One atomic write of many changes; nothing is written when nothing changes. */
-  writeVars(changes: readonly Change[]): void;
+  /**
+   * One atomic write of many changes; nothing is written when nothing changes.
+   * @param from the Vars this backend's readVars() just returned, when
+   *   `changes` were computed from them: the write may build on that read
+   *   instead of reading the env again
+   */
+  writeVars(changes: readonly Change[], from?: Vars): void;
 }
 
 /**

@@ -67,7 +67,8 @@ export function runTransition(backend: Backend, event: Event, opts: RunOptions):
 
   const has = (kind: string) => result.effects.some((e) => e.kind === kind);
   if (has("write-tryboot")) backend.writeTryboot(result.state);
-  if (changes.length > 0) backend.writeVars(changes);
+  // Built on the read above: the env is read once per transition.
+  if (changes.length > 0) backend.writeVars(changes, before);
   if (has("write-config")) backend.writeConfig(result.state);
   if (has("delete-tryboot")) backend.removeTryboot();
   opts.announce?.(outcome);

@@ -80,10 +80,13 @@ export class EnvStore {
 
   /**
    * Apply changes in one write (nothing is written when nothing changes).
+   * @param basis what {@link read} returned when the caller computed
+   *   `changes` from it moments ago (a boot transition): built on instead of
+   *   reading both copies again
    * @throws {ZbError} as {@link read}, ENV_NOSPACE when the result does not fit, IO on write failure
    */
-  update(changes: readonly Change[]): WriteResult {
-    const state = this.read();
+  update(changes: readonly Change[], basis?: EnvState): WriteResult {
+    const state = basis ?? this.read();
     const next = applyChanges(state.vars, changes);
     if (sameVars(next, state.vars)) return { written: false, vars: state.vars };
     return this.writeOver(state, next);

@@ -1,0 +1,68 @@
+/**
+ * runTransition reads the env once: the write builds on the read the step
+ * was computed from (PiBoot.writeVars' `from`), instead of reading both
+ * copies again. Counted on real files through a Sys that counts reads.
+ */
+import { afterAll, describe, expect, test } from "bun:test";
+import { rmSync } from "node:fs";
+import { join } from "node:path";
+import { runTransition } from "../../../lib/bootstate/commit.ts";
+import { readState } from "../../../lib/bootstate/state.ts";
+import { HostSys } from "../../../lib/sys/sys.ts";
+import { Device } from "../../fakes/device.ts";
+
+/** HostSys that counts readAt calls per path. */
+class CountingSys extends HostSys {
+  reads = new Map<string, number>();
+  override readAt(path: string, offset: number, length: number): Uint8Array {
+    this.reads.set(path, (this.reads.get(path) ?? 0) + 1);
+    return super.readAt(path, offset, length);
+  }
+  envReads(boot: string): number {
+    return [...this.reads].filter(([p]) => p.startsWith(join(boot, "zb/"))).reduce((n, [, c]) => n + c, 0);
+  }
+}
+
+const devices: Device[] = [];
+afterAll(() => devices.forEach((d) => rmSync(d.boot, { recursive: true, force: true })));
+
+describe("one env read per transition", () => {
+  test("a boot (N9, boot count 0 → 1): both copies read once, the count written", () => {
+    const sys = new CountingSys();
+    const d = new Device(sys);
+    devices.push(d);
+    const before = sys.envReads(d.boot);
+    const rec = d.powerOn();
+    expect(rec.outcome?.trace).toContain("N9");
+    expect(sys.envReads(d.boot) - before).toBe(2);
+    expect(d.state().slots.a.bootCount).toBe(1);
+  });
+
+  test.each([
+    { name: "the Vars the last read returned: no second read", from: "last", reads: 2 },
+    { name: "an equal copy of them: read again", from: "copy", reads: 4 },
+    { name: "none: read again", from: "none", reads: 4 },
+  ] as const)("writeVars with $name", ({ from, reads }) => {
+    const sys = new CountingSys();
+    const d = new Device(sys);
+    devices.push(d);
+    const b = d.backend();
+    const start = sys.envReads(d.boot);
+    const vars = b.readVars();
+    const basis = from === "last" ? vars : from === "copy" ? new Map(vars) : undefined;
+    b.writeVars([{ name: "zb_boot_count_a", value: "2" }], basis);
+    expect(sys.envReads(d.boot) - start).toBe(reads);
+    expect(readState(b.readVars()).slots.a.bootCount).toBe(2);
+  });
+
+  test("dry run: one read, nothing written", () => {
+    const sys = new CountingSys();
+    const d = new Device(sys);
+    devices.push(d);
+    const start = sys.envReads(d.boot);
+    const o = runTransition(d.backend(), { kind: "boot", booted: "a", tryboot: false }, { actor: "zbunlock", dryRun: true });
+    expect(o.envChanged).toBe(true);
+    expect(sys.envReads(d.boot) - start).toBe(2);
+    expect(d.state().slots.a.bootCount).toBe(0);
+  });
+});
