@@ -62,6 +62,8 @@ export const CODES = {
   CRED_INVALID: 23,
   /** zbunlock --go-file: the go file did not appear in time; zbunlock did nothing (the boot script runs it itself). */
   NOT_STARTED: 24,
+  /** The install target is in use: a mounted file system, an open LUKS/device-mapper volume, another install. */
+  TARGET_BUSY: 25,
   /** A bug: an invariant of zb itself was broken. */
   INTERNAL: 70,
 } as const;

@@ -10,7 +10,7 @@
  * they are (the manifest, and so every digest, is unchanged).
  */
 import * as fs from "node:fs";
-import { basename, dirname, join, relative } from "node:path";
+import { basename, dirname, isAbsolute, join, relative, sep } from "node:path";
 import { pack } from "tar-stream";
 import { ZbError, ioError } from "../errors.ts";
 import { MARKER, MARKER_NAME, MANIFEST_NAME, SIGNATURES_NAME, entryHeader } from "./format.ts";
@@ -51,6 +51,7 @@ export interface CreateOptions {
  */
 export async function createImage(opts: CreateOptions): Promise<Manifest> {
   if (opts.signers.length === 0) throw new ZbError("USAGE", "cannot create an image: no signing key given");
+  checkOutput(opts);
   const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK;
   const spools: string[] = [];
   try {
@@ -87,6 +88,49 @@ export async function createImage(opts: CreateOptions): Promise<Manifest> {
     return manifest;
   } finally {
     for (const s of spools) fs.rmSync(s, { force: true });
+  }
+}
+
+/**
+ * The output must not be an input. It is renamed into place at the end, so
+ * an output that is the rootfs file replaces it; inside a boot folder, the
+ * output and its spool files would be packed into the image itself.
+ * @throws {ZbError} USAGE
+ */
+function checkOutput(opts: CreateOptions): void {
+  const output = fileId(opts.output);
+  const outDir = realDir(dirname(opts.output));
+  for (const p of opts.payloads) {
+    if ("file" in p.from) {
+      if (output !== null && output === fileId(p.from.file)) {
+        throw new ZbError("USAGE", `cannot create ${opts.output}: it is the ${p.name} input itself`, { hint: "write the image to another path" });
+      }
+      continue;
+    }
+    const dir = realDir(p.from.dir);
+    if (outDir === null || dir === null) continue; // reading or writing reports it
+    const rel = relative(dir, outDir);
+    if (rel === "" || (!isAbsolute(rel) && rel.split(sep)[0] !== "..")) {
+      throw new ZbError("USAGE", `cannot create ${opts.output}: it lies inside the ${p.name} folder ${p.from.dir}, which would pack it into itself`, { hint: "write the image outside that folder" });
+    }
+  }
+}
+
+/** "dev:ino" of a path, or null when it does not exist. */
+function fileId(path: string): string | null {
+  try {
+    const st = fs.statSync(path);
+    return `${st.dev}:${st.ino}`;
+  } catch {
+    return null;
+  }
+}
+
+function realDir(path: string): string | null {
+  try {
+    return fs.realpathSync(path);
+  } catch {
+    return null;
   }
 }
 

@@ -22,6 +22,7 @@
  * whole-payload hash (so the final check covers them too), and a file or URL
  * source seeks straight to the first missing chunk.
  */
+import { resolve } from "node:path";
 import { ZbError } from "../errors.ts";
 import type { Sys } from "../sys/sys.ts";
 import { openTarget, type Target } from "../sys/target.ts";
@@ -66,11 +67,13 @@ export interface InstallResult {
 }
 
 /**
- * @throws {ZbError} IMG_FORMAT, SIG_INVALID, IMG_INCOMPATIBLE, ROLLBACK_REFUSED before anything is written;
+ * @throws {ZbError} USAGE when the target, the journal and the image are not three separate files;
+ *   TARGET_BUSY for a block device in use; IMG_FORMAT, SIG_INVALID, IMG_INCOMPATIBLE, ROLLBACK_REFUSED before anything is written;
  *   PAYLOAD_CORRUPT, IO after (the journal then says "failed"); USAGE for a bad payload name or resume
  */
 export async function install(sys: Sys, source: ImageSource, policy: Policy, opts: InstallOptions): Promise<InstallResult> {
   const started = performance.now();
+  checkSeparateFiles(sys, source, opts);
   const img = await openImage(await source.open(0), { policy }, source.direct?.());
   try {
     const payload = findPayload(img.header, opts.payload);
@@ -113,6 +116,36 @@ export async function install(sys: Sys, source: ImageSource, policy: Policy, opt
     }
   } finally {
     img.close();
+  }
+}
+
+/**
+ * The image, the target and the journal must be three files. Writing the
+ * target over the image being read destroys the image half-way; a journal
+ * written over the target replaces the installed payload once it is complete
+ * (and renaming it over a block device's node would replace the node); a
+ * journal over the image destroys the image. Compared by device and inode, so
+ * links and other spellings of a path count, or by absolute path where a
+ * file does not exist yet. A journal that exists must be a regular file: it
+ * is read whole and replaced by rename.
+ * @throws {ZbError} USAGE
+ */
+function checkSeparateFiles(sys: Sys, source: ImageSource, opts: InstallOptions): void {
+  const files = [
+    { role: "the target", path: opts.target },
+    { role: "the journal", path: opts.journal },
+    ...(source.file !== undefined ? [{ role: "the image", path: source.file }] : []),
+  ].map((f) => ({ ...f, info: sys.stat(f.path) }));
+  const journal = files[1]!.info;
+  if (journal && journal.kind !== "file") {
+    throw new ZbError("USAGE", `cannot use ${opts.journal} as the install journal: it is not a regular file`, { hint: "give --journal a file path of its own" });
+  }
+  const key = (f: (typeof files)[number]) => f.info?.id ?? `path:${resolve(f.path)}`;
+  for (const [i, a] of files.entries()) {
+    for (const b of files.slice(i + 1)) {
+      if (key(a) !== key(b)) continue;
+      throw new ZbError("USAGE", `cannot install ${opts.payload} into ${opts.target}: ${a.role} (${a.path}) and ${b.role} (${b.path}) are the same file`);
+    }
   }
 }
 

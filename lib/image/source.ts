@@ -10,6 +10,8 @@ export interface ImageSource {
   readonly name: string;
   /** Can `open` start at an offset other than 0? */
   readonly seekable: boolean;
+  /** The local file a file source reads (the install keeps its target and journal off it). */
+  readonly file?: string;
   /** The image's bytes from `offset` on. @throws {ZbError} IO */
   open(offset: number): Promise<AsyncIterable<Uint8Array>>;
   /** Files only: synchronous sequential reads from byte 0 (the payload fast path, reader.ts). */
@@ -42,6 +44,7 @@ export function fileSource(path: string): ImageSource {
   return {
     name: path,
     seekable: true,
+    file: path,
     async open(offset) {
       try {
         if (!statSync(path).isFile() && offset > 0) throw new Error("not a regular file");

@@ -14,6 +14,8 @@ import { ioError } from "../errors.ts";
 export interface FileInfo {
   size: number;
   kind: "file" | "block" | "char" | "dir" | "other";
+  /** Device and inode ("dev:ino"): equal for two paths of one file (links, other spellings). */
+  id?: string;
 }
 
 /** Host access used by lib/. Every method throws ZbError IO on failure. */
@@ -113,9 +115,10 @@ export class HostSys implements Sys {
       if ((e as { code?: string }).code === "ENOENT") return null;
       throw ioError(`stat ${path}`, e);
     }
-    if (st.isBlockDevice()) return { size: blockDeviceSize(path), kind: "block" };
+    const id = `${st.dev}:${st.ino}`;
+    if (st.isBlockDevice()) return { size: blockDeviceSize(path), kind: "block", id };
     const kind = st.isFile() ? "file" : st.isDirectory() ? "dir" : st.isCharacterDevice() ? "char" : "other";
-    return { size: st.size, kind };
+    return { size: st.size, kind, id };
   }
 
   readText(path: string): string {

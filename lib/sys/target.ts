@@ -11,7 +11,7 @@
  * so it always takes the fast path; other offsets still work.
  */
 import * as fs from "node:fs";
-import { ioError } from "../errors.ts";
+import { ioError, ZbError } from "../errors.ts";
 
 export interface Target {
   readonly path: string;
@@ -37,12 +37,26 @@ export interface Target {
   close(): void;
 }
 
-/** @throws {ZbError} IO */
+/**
+ * Open the target for reading and writing. A block device is opened with
+ * O_EXCL, which Linux turns into an exclusive claim: it fails with EBUSY
+ * while the device is mounted, is held by device-mapper (an open LUKS volume,
+ * LVM) or claimed by another exclusive opener such as a second install
+ * (open(2), "O_EXCL … block devices"). So the running system's slot is never
+ * written under its file system.
+ * @throws {ZbError} IO, TARGET_BUSY
+ */
 export function openTarget(path: string, opts: { create: boolean }): Target {
   let fd: number;
+  const device = isBlockDevice(path);
+  // O_EXCL with O_CREAT would mean "must not exist": a device is never created.
+  const flags = fs.constants.O_RDWR | (device ? fs.constants.O_EXCL : opts.create ? fs.constants.O_CREAT : 0);
   try {
-    fd = fs.openSync(path, opts.create ? fs.constants.O_RDWR | fs.constants.O_CREAT : fs.constants.O_RDWR, 0o600);
+    fd = fs.openSync(path, flags, 0o600);
   } catch (e) {
+    if (device && (e as { code?: string }).code === "EBUSY") {
+      throw new ZbError("TARGET_BUSY", `cannot install into ${path}: it is in use (mounted, an open LUKS or device-mapper volume, or opened by another install)`, { cause: e });
+    }
     throw ioError(`open the install target ${path}`, e);
   }
   const st = fs.fstatSync(fd);
@@ -123,6 +137,14 @@ export function openTarget(path: string, opts: { create: boolean }): Target {
       fs.closeSync(fd);
     },
   };
+}
+
+function isBlockDevice(path: string): boolean {
+  try {
+    return fs.statSync(path).isBlockDevice();
+  } catch {
+    return false; // opening it reports why
+  }
 }
 
 function deviceSize(path: string): number {

@@ -1,0 +1,157 @@
+/**
+ * The files an install and a create touch stay apart, and a target in use is
+ * not written: an install whose target or journal is the image (or each
+ * other, by any path or link) is USAGE and leaves every file as it was; a
+ * journal path that is not a regular file is refused before it is read; a
+ * block device that is mounted or claimed by another opener is TARGET_BUSY
+ * with its bytes unchanged; `createImage` refuses an output that is its
+ * rootfs input or lies inside its boot folder.
+ */
+import { afterAll, describe, expect, test } from "bun:test";
+import { closeSync, constants, existsSync, linkSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync, writeSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createImage } from "../../../lib/image/create.ts";
+import { install } from "../../../lib/image/install.ts";
+import type { Policy } from "../../../lib/image/reader.ts";
+import { keySigner, loadTrustDir } from "../../../lib/image/sign.ts";
+import { fileSource } from "../../../lib/image/source.ts";
+import { HostSys } from "../../../lib/sys/sys.ts";
+import { buildImage, KEYS, MIN_CHUNK, sentinel, sha256, trustDir, variedBytes } from "./fixture.ts";
+
+const root = mkdtempSync(join(tmpdir(), "zb-files-"));
+afterAll(() => rmSync(root, { recursive: true, force: true }));
+const host = new HostSys();
+const policy: Policy = { trust: loadTrustDir(host, trustDir(root, "trust", [KEYS.k1])) };
+const img = await buildImage(join(root, "img"), { rootfs: variedBytes(300 * 1024 + 17, 41) });
+const raw = img.raw.rootfs!;
+const read = (p: string) => sha256(new Uint8Array(readFileSync(p)));
+let seq = 0;
+
+/** A copy of the image, a sentinel-filled target and a journal path, each in a folder of its own. */
+function place() {
+  const dir = join(root, `case${seq++}`);
+  mkdirSync(dir);
+  const image = join(dir, "update.zbi");
+  writeFileSync(image, img.bytes);
+  const target = join(dir, "slot.img");
+  writeFileSync(target, sentinel(raw.length));
+  return { dir, image, target, journal: join(dir, "install.journal") };
+}
+
+describe("install: image, target and journal must be three files", () => {
+  test.each([
+    { files: "target = the image", to: (c: ReturnType<typeof place>) => ({ target: c.image, journal: c.journal }), says: /the target \(.*update\.zbi\) and the image \(.*update\.zbi\) are the same file/ },
+    { files: "target = a hard link of the image", to: (c: ReturnType<typeof place>) => (linkSync(c.image, join(c.dir, "link.img")), { target: join(c.dir, "link.img"), journal: c.journal }), says: /the target .* and the image .* are the same file/ },
+    { files: "target = a symlink to the image", to: (c: ReturnType<typeof place>) => (symlinkSync(c.image, join(c.dir, "sym.img")), { target: join(c.dir, "sym.img"), journal: c.journal }), says: /the target .* and the image .* are the same file/ },
+    { files: "journal = the target", to: (c: ReturnType<typeof place>) => ({ target: c.target, journal: c.target }), says: /the target .* and the journal .* are the same file/ },
+    { files: "journal = the target by another spelling", to: (c: ReturnType<typeof place>) => ({ target: c.target, journal: join(c.dir, ".", "slot.img") }), says: /the target .* and the journal .* are the same file/ },
+    { files: "journal = the image", to: (c: ReturnType<typeof place>) => ({ target: c.target, journal: c.image }), says: /the journal .* and the image .* are the same file/ },
+    { files: "target and journal both new, same path", to: (c: ReturnType<typeof place>) => ({ target: join(c.dir, "new.img"), journal: join(c.dir, "new.img") }), says: /the target .* and the journal .* are the same file/ },
+    { files: "journal = a folder", to: (c: ReturnType<typeof place>) => ({ target: c.target, journal: c.dir }), says: /cannot use .* as the install journal: it is not a regular file/ },
+    { files: "journal = /dev/null", to: (c: ReturnType<typeof place>) => ({ target: c.target, journal: "/dev/null" }), says: /cannot use \/dev\/null as the install journal: it is not a regular file/ },
+  ])("$files: USAGE, and the image, the target and the folder are as before", async ({ to, says }) => {
+    const c = place();
+    const { target, journal } = to(c);
+    const before = { image: read(c.image), target: read(c.target), names: readdirSync(c.dir).sort() };
+    const e = (await install(host, fileSource(c.image), policy, { payload: "rootfs", target, journal }).catch((x: unknown) => x)) as { code?: string; message?: string };
+    expect({ code: e.code, says: says.test(e.message ?? "") }).toEqual({ code: "USAGE", says: true });
+    expect({ image: read(c.image), target: read(c.target), names: readdirSync(c.dir).sort() }).toEqual(before);
+  });
+
+  test("three separate files: the install goes ahead (the check refuses only what it should)", async () => {
+    const c = place();
+    await install(host, fileSource(c.image), policy, { payload: "rootfs", target: c.target, journal: c.journal });
+    expect(read(c.target)).toBe(sha256(raw));
+  });
+});
+
+describe("install: a block device in use is TARGET_BUSY and keeps its bytes", () => {
+  const loops: string[] = [];
+  const mounts: string[] = [];
+  afterAll(() => {
+    mounts.forEach((m) => Bun.spawnSync(["umount", m]));
+    loops.forEach((l) => Bun.spawnSync(["losetup", "-d", l]));
+  });
+  /** A loop device over an ext4 file system image of 8 MiB (what a slot holds), a sentinel in its boot block. */
+  function loopWithFs() {
+    const file = join(root, `fs${seq++}.img`);
+    writeFileSync(file, new Uint8Array(8 << 20));
+    expect(Bun.spawnSync(["mke2fs", "-q", "-F", "-t", "ext4", file]).exitCode).toBe(0);
+    // ext4 never writes its first KiB (the boot block), where a payload would start: a sentinel there shows any write.
+    const fd = openSync(file, "r+");
+    writeSync(fd, sentinel(1024), 0, 1024, 0);
+    closeSync(fd);
+    const r = Bun.spawnSync(["losetup", "--find", "--show", file], { stderr: "pipe" });
+    expect({ exit: r.exitCode, err: r.stderr.toString() }).toEqual({ exit: 0, err: "" });
+    const dev = r.stdout.toString().trim();
+    loops.push(dev);
+    return { file, dev };
+  }
+  /** The first KiB: mount and umount write the superblock after it, an install would start here. */
+  const devBytes = (dev: string) => sha256(new Uint8Array(readFileSync(dev)).subarray(0, 1024));
+
+  test.each([
+    { holder: "its file system is mounted (the running slot)" },
+    { holder: "another program holds it open exclusively (a second install)" },
+  ])("$holder", async ({ holder }) => {
+    const { dev } = loopWithFs();
+    let release = () => {};
+    if (holder.startsWith("its file system")) {
+      const at = join(root, `mnt${seq++}`);
+      mkdirSync(at);
+      expect(Bun.spawnSync(["mount", dev, at]).exitCode).toBe(0);
+      mounts.push(at);
+      release = () => void (Bun.spawnSync(["umount", at]), mounts.splice(mounts.indexOf(at), 1));
+    } else {
+      const fd = openSync(dev, constants.O_RDONLY | constants.O_EXCL);
+      release = () => closeSync(fd);
+    }
+    const before = devBytes(dev);
+    const journal = join(root, `busy${seq++}.journal`);
+    const e = (await install(host, fileSource(img.path), policy, { payload: "rootfs", target: dev, journal }).catch((x: unknown) => x)) as { code?: string; message?: string };
+    release();
+    expect(e.code).toBe("TARGET_BUSY");
+    expect(e.message).toBe(`cannot install into ${dev}: it is in use (mounted, an open LUKS or device-mapper volume, or opened by another install)`);
+    expect(devBytes(dev)).toBe(before);
+    expect(before).toBe(sha256(sentinel(1024)));
+    expect(existsSync(journal)).toBe(false); // refused before the journal's first write
+  });
+});
+
+describe("create: the output is not an input", () => {
+  const signers = [keySigner(KEYS.k1)];
+  const base = { compatible: "pi4", version: "1", serial: 1, chunkSize: MIN_CHUNK, signers };
+
+  test("output = the rootfs input (by another spelling): USAGE, the rootfs is untouched and no temp file stays", async () => {
+    const dir = join(root, `create${seq++}`);
+    mkdirSync(dir);
+    const rootfs = join(dir, "rootfs.img");
+    writeFileSync(rootfs, raw);
+    const e = (await createImage({ ...base, output: join(dir, ".", "rootfs.img"), payloads: [{ name: "rootfs", kind: "rootfs", encoding: "zstd", from: { file: rootfs } }] }).catch((x: unknown) => x)) as { code?: string; message?: string };
+    expect({ code: e.code, message: e.message }).toEqual({ code: "USAGE", message: `cannot create ${join(dir, ".", "rootfs.img")}: it is the rootfs input itself` });
+    expect(read(rootfs)).toBe(sha256(raw));
+    expect(readdirSync(dir)).toEqual(["rootfs.img"]);
+  });
+
+  test.each([
+    { where: "in the boot folder", out: "boot/update.zbi" },
+    { where: "in a sub-folder of it", out: "boot/overlays/update.zbi" },
+  ])("output $where: USAGE, nothing is written into the folder", async ({ out }) => {
+    const dir = join(root, `create${seq++}`);
+    mkdirSync(join(dir, "boot/overlays"), { recursive: true });
+    writeFileSync(join(dir, "boot/vmlinuz"), "kernel");
+    const e = (await createImage({ ...base, output: join(dir, out), payloads: [{ name: "boot", kind: "boot", encoding: "zstd", from: { dir: join(dir, "boot") } }] }).catch((x: unknown) => x)) as { code?: string; message?: string };
+    expect(e.code).toBe("USAGE");
+    expect(e.message).toMatch(/it lies inside the boot folder .*boot, which would pack it into itself$/);
+    expect([readdirSync(join(dir, "boot")).sort(), readdirSync(join(dir, "boot/overlays"))]).toEqual([["overlays", "vmlinuz"], []]);
+  });
+
+  test("output beside the boot folder (a name that starts like it): created", async () => {
+    const dir = join(root, `create${seq++}`);
+    mkdirSync(join(dir, "boot"), { recursive: true });
+    writeFileSync(join(dir, "boot/vmlinuz"), "kernel");
+    await createImage({ ...base, output: join(dir, "boot-update.zbi"), payloads: [{ name: "boot", kind: "boot", encoding: "zstd", from: { dir: join(dir, "boot") } }] });
+    expect(existsSync(join(dir, "boot-update.zbi"))).toBe(true);
+  });
+});
