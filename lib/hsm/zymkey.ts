@@ -24,10 +24,11 @@ import type { Pointer } from "bun:ffi";
 import { ZbError } from "../errors.ts";
 import { wipe } from "../secret.ts";
 import { b64, b64field } from "./blob.ts";
+import { libraryDirs, systemLibrary } from "../sys/dlopen.ts";
 import { takeMalloced } from "../sys/libc.ts";
 import type { BackendOptions, Hsm, ProbeResult, SealedData, SealOptions, UnsealResult } from "./types.ts";
 
-/** The library's name, as dlopen searches it (LD_LIBRARY_PATH, ld.so.cache, /lib, /usr/lib). */
+/** The library's name, looked up in the system's library folders (lib/sys/dlopen.ts). */
 export const ZYMKEY_LIBRARY = "libzk_app_utils.so";
 
 /** Where the library is looked for when no `library` option is given, in order. */
@@ -187,7 +188,16 @@ function unlockOutcome({ rc, out }: B2BResult): UnsealResult {
 function loadLibrary(candidates: readonly string[]): Loaded {
   const { dlopen } = require("bun:ffi") as typeof import("bun:ffi");
   const errors: string[] = [];
-  for (const path of candidates) {
+  const tried = new Set<string>();
+  for (const name of candidates) {
+    // A bare name only from the system's library folders, never the working directory (lib/sys/dlopen.ts).
+    const path = systemLibrary(name);
+    if (path === null) {
+      errors.push(`${name}: not in ${libraryDirs().join(", ")}`);
+      continue;
+    }
+    if (tried.has(path)) continue;
+    tried.add(path);
     try {
       const h = dlopen(path, ZK_SYMBOLS);
       const s = h.symbols as unknown as Omit<ZkLib, "path" | "close">;

@@ -9,6 +9,7 @@
  * the size afterwards. Compression (publishing side) uses Bun's native zstd.
  */
 import { ZbError } from "../errors.ts";
+import { systemLibrary } from "../sys/dlopen.ts";
 
 export interface FrameDecoder {
   readonly native: boolean;
@@ -35,7 +36,10 @@ function loadLib(): Lib | null {
   if (lib !== undefined) return lib;
   try {
     const { dlopen, FFIType } = require("bun:ffi") as typeof import("bun:ffi");
-    lib = dlopen("libzstd.so.1", {
+    // From the system's library folders only: never a libzstd planted in the working directory.
+    const path = systemLibrary("libzstd.so.1");
+    if (path === null) return (lib = null);
+    lib = dlopen(path, {
       ZSTD_createDCtx: { args: [], returns: FFIType.ptr },
       ZSTD_freeDCtx: { args: [FFIType.ptr], returns: FFIType.u64 },
       ZSTD_decompressDCtx: { args: [FFIType.ptr, FFIType.ptr, FFIType.u64, FFIType.ptr, FFIType.u64], returns: FFIType.u64 },

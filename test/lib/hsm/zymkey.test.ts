@@ -208,7 +208,7 @@ describe("absent", () => {
   type Row = { name: string; opts: () => ZymkeyOptions; env?: Record<string, string | null>; why: RegExp };
   const rows: Row[] = [
     { name: "library file missing", opts: () => ({ library: join(dir, "missing.so") }), why: /^cannot load .*missing\.so/ },
-    { name: "library without the zk functions", opts: () => ({ library: "libc.so.6" }), why: /^cannot load libc\.so\.6: .*zkOpen/ },
+    { name: "library without the zk functions", opts: () => ({ library: "libc.so.6" }), why: /^cannot load \/.*\/libc\.so\.6: .*zkOpen/ },
     { name: "zkOpen fails (no daemon, no device)", opts: () => ({ library: stubPath }), env: { ZK_STUB_OPEN_FAIL: "1" }, why: /^zkOpen failed \(rc -1\)/ },
     { name: "device not bound (no device key)", opts: () => ({ library: stubPath }), env: { ZK_STUB_DEVICE_KEY: null }, why: /^zkOpen failed \(rc -2\)/ },
   ];
@@ -239,6 +239,22 @@ describe("absent", () => {
     const p = await hsm({}).probe();
     expect(p.present).toBe(false);
     for (const c of ZYMKEY_SEARCH) expect(p.detail).toContain(c);
+  });
+
+  test.each([
+    { given: "the default search", library: undefined },
+    { given: "library = the bare name", library: "libzk_app_utils.so" },
+  ])("$given, run from a folder holding a libzk_app_utils.so: that file is never loaded (Bun's dlopen would try it)", ({ library }) => {
+    // A fresh process whose working directory is the stub's folder; the stub would answer present.
+    const script = `const { ZymkeyHsm } = await import(${JSON.stringify(join(import.meta.dir, "../../../lib/hsm/zymkey.ts"))});
+      const p = await new ZymkeyHsm(${JSON.stringify(library === undefined ? {} : { library })}).probe();
+      console.log(JSON.stringify(p));`;
+    const r = Bun.spawnSync([process.execPath, "-e", script], { cwd: join(stubPath, ".."), stderr: "pipe", env: { ...process.env, BUN_BE_BUN: "1" } });
+    expect(r.stderr.toString()).toBe("");
+    const p = JSON.parse(r.stdout.toString()) as { present: boolean; detail: string };
+    expect(p.present).toBe(false);
+    expect(p.detail).toContain("libzk_app_utils.so: not in /lib/");
+    expect(p.detail).not.toContain(stubPath);
   });
 });
 
