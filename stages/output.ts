@@ -1,13 +1,20 @@
 /**
- * Synchronous output for the stages. process.stdout in Bun builds a Node
- * stream on first use, which costs ~10 ms of start-up — more than the whole
- * run of `zb env print` otherwise (bench/env-print.ts measures it). Plain
- * write(2) on fd 1/2 also needs no draining before process.exit.
+ * Output of the stages: stdout, stderr and new output files.
+ *
+ * Synchronous write(2): process.stdout in Bun builds a Node stream on first
+ * use, which costs ~10 ms of start-up — more than the whole run of
+ * `zb env print` otherwise (bench/env-print.ts measures it). Plain write(2)
+ * on fd 1/2 also needs no draining before process.exit.
  */
-import { writeSync } from "node:fs";
+import { closeSync, fchmodSync, fsyncSync, openSync, rmSync, writeSync } from "node:fs";
+import { ZbError, ioError } from "../lib/errors.ts";
 
-/** Write all bytes to a file descriptor, retrying short writes and EAGAIN. */
-function writeAll(fd: number, data: Uint8Array): void {
+/**
+ * Write all bytes to a file descriptor, retrying short writes and EAGAIN.
+ * A reader that went away (EPIPE, `| head`) ends the output quietly unless
+ * the bytes must arrive (a secret or a sealed blob on stdout).
+ */
+function writeAll(fd: number, data: Uint8Array, what: string, mustArrive: boolean): void {
   let done = 0;
   while (done < data.length) {
     try {
@@ -15,18 +22,75 @@ function writeAll(fd: number, data: Uint8Array): void {
     } catch (e) {
       const code = (e as { code?: string }).code;
       if (code === "EAGAIN") continue; // a non-blocking pipe that is full
-      if (code === "EPIPE") return; // the reader went away (`| head`): not our failure
-      throw e;
+      if (code === "EPIPE" && !mustArrive) return;
+      if (code === "EPIPE") throw new ZbError("IO", `cannot write to ${what}: the reader went away (broken pipe); nothing was delivered in full`);
+      throw ioError(`write to ${what}`, e);
     }
   }
 }
 
-/** Text (UTF-8) or raw bytes to stdout. */
-export function out(data: string | Uint8Array): void {
-  writeAll(1, typeof data === "string" ? Buffer.from(data, "utf8") : data);
+/**
+ * Text (UTF-8) or raw bytes to stdout.
+ * @throws {ZbError} IO when stdout fails (a full disk), or is a closed pipe and `mustArrive`
+ */
+export function out(data: string | Uint8Array, opts: { mustArrive?: boolean } = {}): void {
+  writeAll(1, typeof data === "string" ? Buffer.from(data, "utf8") : data, "stdout", opts.mustArrive === true);
 }
 
-/** Text to stderr. */
+/** Text to stderr; a stderr that cannot be written has nobody to tell. */
 export function err(text: string): void {
-  writeAll(2, Buffer.from(text, "utf8"));
+  try {
+    writeAll(2, Buffer.from(text, "utf8"), "stderr", false);
+  } catch {
+    /* nowhere to report it */
+  }
+}
+
+/** An output file claimed before the work that fills it. */
+export interface NewFile {
+  /** Write `data`, fsync and close. @throws {ZbError} IO (the file is removed) */
+  finish(data: Uint8Array): void;
+  /** The work failed: close and remove the file. */
+  abandon(): void;
+}
+
+/**
+ * Create `path` for output, exclusively: an existing file (a key, a device,
+ * an input of the same command, a dangling link) is never replaced. Commands
+ * claim their output this way before they do work that cannot be undone, so
+ * a path that cannot be written fails first. The mode is set exactly
+ * (umask-independent).
+ * @throws {ZbError} USAGE when the path exists; IO when it cannot be created
+ */
+export function createNew(path: string, mode: number, what: string): NewFile {
+  let fd: number;
+  try {
+    fd = openSync(path, "wx", mode);
+    fchmodSync(fd, mode);
+  } catch (e) {
+    if ((e as { code?: string }).code === "EEXIST") {
+      throw new ZbError("USAGE", `cannot write ${what} to ${path}: the file exists (zb never replaces an output file)`, { hint: "choose a new path, or remove the old file first" });
+    }
+    throw ioError(`create ${path}`, e);
+  }
+  let open = true;
+  const drop = () => {
+    if (open) closeSync(fd);
+    open = false;
+    rmSync(path, { force: true });
+  };
+  return {
+    finish(data) {
+      try {
+        writeAll(fd, data, path, true);
+        fsyncSync(fd);
+        closeSync(fd);
+        open = false;
+      } catch (e) {
+        drop();
+        throw e instanceof ZbError ? e : ioError(`write ${path}`, e);
+      }
+    },
+    abandon: drop,
+  };
 }

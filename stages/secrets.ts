@@ -4,10 +4,10 @@
  * echo (PIN files: lib/hsm/pkcs11/pin.ts). Never through argv or the environment
  * (DEVELOPERS.md "Secrets"); every buffer returned is the caller's to wipe.
  */
-import { closeSync, openSync, readSync, statSync, writeSync } from "node:fs";
+import { closeSync, openSync, readSync, writeSync } from "node:fs";
 import { ZbError, ioError } from "../lib/errors.ts";
 import { wipe } from "../lib/secret.ts";
-import { out } from "./output.ts";
+import { createNew, out } from "./output.ts";
 
 /** Largest secret zb reads (LUKS keys are 32 bytes; PINs are short). */
 export const MAX_SECRET_BYTES = 4096;
@@ -47,35 +47,11 @@ export function readSecretFd(fd = 0, what = "the secret on stdin"): Uint8Array {
 
 /**
  * Write a secret to a new file created 0600 (never replacing one), or to stdout for "-".
- * @throws {ZbError} USAGE when the file exists; IO otherwise
+ * @throws {ZbError} USAGE when the file exists; IO otherwise (stdout included: a secret must arrive)
  */
 export function writeSecretOutput(path: string, secret: Uint8Array): void {
-  if (path === "-") {
-    out(secret);
-    return;
-  }
-  let exists = false;
-  try {
-    statSync(path);
-    exists = true;
-  } catch {
-    /* the usual case */
-  }
-  if (exists) throw new ZbError("USAGE", `cannot write the secret to ${path}: the file exists (zb never overwrites a secret file)`);
-  let fd: number;
-  try {
-    fd = openSync(path, "wx", 0o600);
-  } catch (e) {
-    throw ioError(`create ${path}`, e);
-  }
-  try {
-    let done = 0;
-    while (done < secret.length) done += writeSync(fd, secret, done, secret.length - done);
-  } catch (e) {
-    throw ioError(`write ${path}`, e);
-  } finally {
-    closeSync(fd);
-  }
+  if (path === "-") out(secret, { mustArrive: true });
+  else createNew(path, 0o600, "the secret").finish(secret);
 }
 
 /**

@@ -296,6 +296,8 @@ function locateCredentialArchive(bytes: Uint8Array): { offset: number; end: numb
  * boundary (the kernel looks for a cpio header only at aligned offsets), then
  * the archive follows. Durable and atomic: a copy is written next to the file,
  * fsynced and renamed over it, so a power cut leaves the old or the new file.
+ * The copy gets the file's mode and owner. `initramfsPath` must be the real
+ * file, not a symbolic link (the rename would replace the link).
  * @param cpio an archive from packCredentials (checked before anything is written)
  * @returns the offset of the archive in the new file, and whether older credentials were replaced
  * @throws {ZbError} CRED_INVALID when `cpio` is not a credentials archive; IO when the file cannot be read or written
@@ -304,29 +306,50 @@ function locateCredentialArchive(bytes: Uint8Array): { offset: number; end: numb
 export function appendCredentials(sys: Sys, initramfsPath: string, cpio: Uint8Array): { offset: number; replaced: boolean } {
   unpackCredentials(cpio);
   if (cpio[0] !== NEWC_MAGIC.charCodeAt(0)) throw invalid("the archive to append starts with padding");
-  const st = sys.stat(initramfsPath);
-  if (!st || st.kind !== "file") throw new ZbError("IO", `cannot append credentials to ${initramfsPath}: ${st ? "not a regular file" : "no such file"}`);
-  const tail = credentialTail(sys, initramfsPath, st.size);
-  const old = locateCredentialArchive(tail.bytes);
-  const keep = old ? tail.start + old.offset : st.size;
+  const { st, keep, old, tmp } = appendPlan(sys, initramfsPath);
   const offset = (keep + 3) & ~3;
-  const tmp = join(dirname(initramfsPath), `.${basename(initramfsPath)}.zb-new`);
+  // The new file keeps the old one's permissions and owner (an initramfs made 0600 stays 0600).
+  const like = { create: true, ...(st.mode !== undefined ? { mode: st.mode } : {}), ...(st.uid !== undefined && st.gid !== undefined ? { owner: { uid: st.uid, gid: st.gid } } : {}) };
   sys.unlink(tmp);
-  copyPrefix(sys, initramfsPath, tmp, keep);
+  copyPrefix(sys, initramfsPath, tmp, keep, like);
   const added = new Uint8Array(offset - keep + cpio.length);
   added.set(cpio, offset - keep);
-  sys.writeAt(tmp, keep, added, { create: true });
+  sys.writeAt(tmp, keep, added, like);
   sys.fsync(tmp);
   sys.rename(tmp, initramfsPath);
   sys.fsync(dirname(initramfsPath));
   return { offset, replaced: old !== null };
 }
 
+/**
+ * Check, without changing anything, that credentials can be appended to
+ * `initramfsPath`: a regular file whose tail reads, in a folder where the
+ * temp copy can be created. `zb cred create` calls it before it formats a
+ * device, so a wrong path fails while the disks are still as they were.
+ * @throws {ZbError} IO
+ */
+export function checkAppendable(sys: Sys, initramfsPath: string): void {
+  const { tmp } = appendPlan(sys, initramfsPath);
+  sys.unlink(tmp);
+  sys.writeAt(tmp, 0, new Uint8Array(0), { create: true, mode: 0o600 });
+  sys.unlink(tmp);
+}
+
+/** The file's state, how much of it stays (older credentials cut off) and the temp copy's path. */
+function appendPlan(sys: Sys, initramfsPath: string) {
+  const st = sys.stat(initramfsPath);
+  if (!st || st.kind !== "file") throw new ZbError("IO", `cannot append credentials to ${initramfsPath}: ${st ? "not a regular file" : "no such file"}`);
+  const tail = credentialTail(sys, initramfsPath, st.size);
+  const old = locateCredentialArchive(tail.bytes);
+  const keep = old ? tail.start + old.offset : st.size;
+  return { st, old, keep, tmp: join(dirname(initramfsPath), `.${basename(initramfsPath)}.zb-new`) };
+}
+
 const COPY_CHUNK = 1 << 20;
 
-function copyPrefix(sys: Sys, from: string, to: string, length: number): void {
+function copyPrefix(sys: Sys, from: string, to: string, length: number, opts: Parameters<Sys["writeAt"]>[3]): void {
   for (let at = 0; at < length; at += COPY_CHUNK) {
     const chunk = sys.readAt(from, at, Math.min(COPY_CHUNK, length - at));
-    sys.writeAt(to, at, chunk, { create: true });
+    sys.writeAt(to, at, chunk, opts);
   }
 }

@@ -16,6 +16,19 @@ export interface FileInfo {
   kind: "file" | "block" | "char" | "dir" | "other";
   /** Device and inode ("dev:ino"): equal for two paths of one file (links, other spellings). */
   id?: string;
+  /** Permission bits (mode & 0o7777) and owner. */
+  mode?: number;
+  uid?: number;
+  gid?: number;
+}
+
+/** How `writeAt` opens the file. */
+export interface WriteOptions {
+  create?: boolean;
+  /** Permission bits of a file it creates, set exactly (whatever the umask). */
+  mode?: number;
+  /** Owner given to the file (root only): a copy that replaces a file keeps its owner. */
+  owner?: { uid: number; gid: number };
 }
 
 /** Host access used by lib/. Every method throws ZbError IO on failure. */
@@ -23,7 +36,7 @@ export interface Sys {
   /** Read up to `length` bytes at `offset`; fewer at end of file. */
   readAt(path: string, offset: number, length: number): Uint8Array;
   /** Write all of `data` at `offset` without truncating; creates the file if `create`. */
-  writeAt(path: string, offset: number, data: Uint8Array, opts?: { create?: boolean; mode?: number }): void;
+  writeAt(path: string, offset: number, data: Uint8Array, opts?: WriteOptions): void;
   /** fsync a file or a directory (directories make renames and creates durable). */
   fsync(path: string): void;
   /** Atomically replace `to` by `from` (same directory). */
@@ -58,11 +71,13 @@ export class HostSys implements Sys {
     }
   }
 
-  writeAt(path: string, offset: number, data: Uint8Array, opts: { create?: boolean; mode?: number } = {}): void {
+  writeAt(path: string, offset: number, data: Uint8Array, opts: WriteOptions = {}): void {
     // "r+" never truncates; block devices and env files inside larger files need that.
     const flags = opts.create ? fs.constants.O_RDWR | fs.constants.O_CREAT : fs.constants.O_RDWR;
     const fd = open(path, flags, "write", opts.mode ?? 0o644);
     try {
+      if (opts.create && opts.mode !== undefined) fs.fchmodSync(fd, opts.mode);
+      if (opts.owner) fs.fchownSync(fd, opts.owner.uid, opts.owner.gid);
       let done = 0;
       while (done < data.length) done += fs.writeSync(fd, data, done, data.length - done, offset + done);
     } catch (e) {
@@ -115,10 +130,10 @@ export class HostSys implements Sys {
       if ((e as { code?: string }).code === "ENOENT") return null;
       throw ioError(`stat ${path}`, e);
     }
-    const id = `${st.dev}:${st.ino}`;
-    if (st.isBlockDevice()) return { size: blockDeviceSize(path), kind: "block", id };
+    const who = { id: `${st.dev}:${st.ino}`, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid };
+    if (st.isBlockDevice()) return { size: blockDeviceSize(path), kind: "block", ...who };
     const kind = st.isFile() ? "file" : st.isDirectory() ? "dir" : st.isCharacterDevice() ? "char" : "other";
-    return { size: st.size, kind, id };
+    return { size: st.size, kind, ...who };
   }
 
   readText(path: string): string {

@@ -4,17 +4,17 @@
  * initramfs (docs/credentials.md). `create` is the enrolment a slot install
  * performs: a fresh random root key, luksFormat, seal, pack.
  */
-import { statSync, writeFileSync } from "node:fs";
+import { realpathSync, statSync } from "node:fs";
 import { parseArgs, type ParsedArgs } from "../../lib/cli/args.ts";
 import { ZbError, ioError } from "../../lib/errors.ts";
 import { unsealError } from "../../lib/hsm/blob.ts";
 import { parsePcrs, type HsmConfig } from "../../lib/hsm/config.ts";
-import { appendCredentials, credentialTail, findAppendedCredentials, packCredentials, readCredentials, type LoadedCredentials } from "../../lib/luks/credentials.ts";
+import { appendCredentials, checkAppendable, credentialTail, findAppendedCredentials, packCredentials, readCredentials, type LoadedCredentials } from "../../lib/luks/credentials.ts";
 import { CryptsetupCli } from "../../lib/luks/cryptsetup.ts";
 import { enrollSlot, type DataTarget } from "../../lib/luks/enroll.ts";
 import { wipe } from "../../lib/secret.ts";
 import { HostSys } from "../../lib/sys/sys.ts";
-import { out } from "../output.ts";
+import { createNew, out } from "../output.ts";
 import { HSM_OPTIONS, HSM_OPTIONS_HELP, hsmConfigFrom, hsmFor, sealOptions } from "./hsm.ts";
 
 const USAGE = `usage: zb cred create --slot a|b --root DEVICE --format [--data DEVICE (--format-data | --data-key-from CRED)]
@@ -93,29 +93,56 @@ async function create(args: ParsedArgs): Promise<number> {
   const cfg = hsmConfigFrom(args);
   if (!cfg.backend) throw new ZbError("USAGE", "cannot create credentials: no backend given", { hint: "pass --backend or set backend= in the HSM config" });
   const pcrs = args.values.has("pcrs") ? parsePcrs(args.values.get("pcrs")!) : cfg.tpm2.pcrs;
-  const dataKey = await dataKeyFrom(args, cfg);
+  const options = sealOptions(cfg.backend, cfg, pcrs, args, "create credentials");
+  // Everything that can fail without touching a disk fails before the format:
+  // a formatted device whose new key was never saved is lost.
+  const sys = new HostSys();
+  const target = initramfs === undefined ? null : appendTarget(sys, initramfs, [rootDev, args.values.get("data")]);
+  const file = output === undefined ? null : createNew(output, 0o644, "the credentials archive");
+  const dataKey = await dataKeyFrom(args, cfg).catch((e: unknown) => {
+    file?.abandon();
+    throw e;
+  });
   const hsm = hsmFor(cfg.backend, cfg);
   try {
     const data = dataTarget(args, dataKey);
     const creds = await enrollSlot({
       hsm, crypt: new CryptsetupCli(), slot, root: { device: rootDev, format: true },
-      ...(data ? { data } : {}), sealOptions: sealOptions(cfg.backend, cfg, pcrs),
+      ...(data ? { data } : {}), sealOptions: options,
     });
     const cpio = packCredentials(creds);
-    if (output) {
-      try {
-        writeFileSync(output, cpio, { mode: 0o644 });
-      } catch (e) {
-        throw ioError(`write ${output}`, e);
-      }
-    }
-    if (initramfs) appendCredentials(new HostSys(), initramfs, cpio);
+    file?.finish(cpio);
+    if (target) appendCredentials(sys, target, cpio);
     out(args.flags.has("json") ? JSON.stringify(creds.meta) + "\n" : describe(creds.meta));
     return 0;
+  } catch (e) {
+    file?.abandon();
+    throw e;
   } finally {
     wipe(dataKey);
     await hsm.close();
   }
+}
+
+/**
+ * The initramfs to append to, checked before any disk is formatted: its real
+ * path (the file a symbolic link points to, which is what boots), a regular
+ * file that is not one of the devices, in a folder where the copy can be made.
+ * @throws {ZbError} IO, USAGE
+ */
+function appendTarget(sys: HostSys, initramfs: string, devices: (string | undefined)[]): string {
+  let real: string;
+  try {
+    real = realpathSync(initramfs);
+  } catch (e) {
+    throw ioError(`append credentials to ${initramfs}`, e);
+  }
+  const id = sys.stat(real)?.id;
+  for (const d of devices) {
+    if (d !== undefined && id !== undefined && sys.stat(d)?.id === id) throw new ZbError("USAGE", `cannot create credentials: --initramfs ${initramfs} is the device ${d}`);
+  }
+  checkAppendable(sys, real);
+  return real;
 }
 
 function dataTarget(args: ParsedArgs, key: Uint8Array | undefined): DataTarget | undefined {

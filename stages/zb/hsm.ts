@@ -12,7 +12,7 @@ import { openHsm } from "../../lib/hsm/open.ts";
 import { BACKENDS, type BackendName, type Hsm, type ProbeResult, type SealOptions } from "../../lib/hsm/types.ts";
 import { wipe } from "../../lib/secret.ts";
 import { HostSys } from "../../lib/sys/sys.ts";
-import { err, out } from "../output.ts";
+import { createNew, err, out } from "../output.ts";
 import { readPinFile } from "../../lib/hsm/pkcs11/pin.ts";
 import { promptPin, readSecretFd, writeSecretOutput } from "../secrets.ts";
 
@@ -60,11 +60,17 @@ const FLAG_KEYS: Record<string, string> = {
 };
 
 /**
- * The config file, then the flags on top.
+ * The config file, then the flags on top. The default file (`configPath`, else
+ * /etc/zb/hsm.conf) may be absent; a file named by --config must exist.
  * @throws {ZbError} CONFIG for the file, USAGE for a bad flag value
  */
 export function hsmConfigFrom(args: ParsedArgs, configPath?: string): HsmConfig {
-  const cfg = readHsmConfig(new HostSys(), args.values.get("config") ?? configPath ?? DEFAULT_HSM_CONFIG);
+  const named = args.values.get("config");
+  // The default file is optional; one named by --config that is not there is a typo, not "no settings".
+  if (named !== undefined && !new HostSys().stat(named)) {
+    throw new ZbError("CONFIG", `cannot read the HSM config ${named}: no such file`, { hint: `without --config, zb reads ${configPath ?? DEFAULT_HSM_CONFIG} if it exists` });
+  }
+  const cfg = readHsmConfig(new HostSys(), named ?? configPath ?? DEFAULT_HSM_CONFIG);
   for (const [flag, key] of Object.entries(FLAG_KEYS)) {
     const v = args.values.get(flag);
     if (v !== undefined) KEYS[key]!(cfg, v, (why) => new ZbError("USAGE", `cannot use --${flag}: ${why}`));
@@ -110,10 +116,23 @@ export async function hsmMain(argv: string[]): Promise<number> {
   throw new ZbError("USAGE", `cannot run zb hsm: unknown subcommand ${JSON.stringify(sub)}`, { hint: "see `zb hsm --help`" });
 }
 
-/** Seal options for a backend: PCRs and the lock PCR are the TPM's. */
-export function sealOptions(name: BackendName, cfg: HsmConfig, pcrs: number[]): SealOptions {
-  if (name !== "tpm2") return {};
-  return cfg.tpm2.lockPcr === null ? { pcrs } : { pcrs, lockPcr: cfg.tpm2.lockPcr };
+/**
+ * Seal options for a backend: PCRs and the lock PCR are the TPM's.
+ * @throws {ZbError} USAGE when --pcrs or --lock-pcr is given for another
+ *   backend (it would be ignored: no PCR binding), or when the lock PCR is
+ *   one of the PCRs: the policy would want its current value and zero at
+ *   once, so the blob could never be unsealed
+ */
+export function sealOptions(name: BackendName, cfg: HsmConfig, pcrs: number[], args: ParsedArgs, what: string): SealOptions {
+  if (name !== "tpm2") {
+    if (args.values.has("pcrs") || args.values.has("lock-pcr")) throw new ZbError("USAGE", `cannot ${what}: --pcrs and --lock-pcr apply to tpm2 only, not ${name}`);
+    return {};
+  }
+  const lock = cfg.tpm2.lockPcr;
+  if (lock !== null && pcrs.includes(lock)) {
+    throw new ZbError("USAGE", `cannot ${what}: PCR ${lock} is both a bound PCR and the lock PCR, so the sealed key could never be unsealed`, { hint: "leave the lock PCR out of --pcrs (docs/hsm/tpm2.md)" });
+  }
+  return lock === null ? { pcrs } : { pcrs, lockPcr: lock };
 }
 
 async function probe(args: ParsedArgs, cfg: HsmConfig): Promise<number> {
@@ -148,24 +167,23 @@ async function seal(args: ParsedArgs, cfg: HsmConfig): Promise<number> {
   if (!output) throw new ZbError("USAGE", "cannot seal: -o BLOB is required");
   const pcrsFlag = args.values.get("pcrs");
   const pcrs = pcrsFlag !== undefined ? parsePcrs(pcrsFlag) : cfg.tpm2.pcrs;
-  if (name !== "tpm2" && (pcrsFlag !== undefined || args.values.has("lock-pcr"))) throw new ZbError("USAGE", `cannot seal: --pcrs and --lock-pcr apply to tpm2 only, not ${name}`);
+  const options = sealOptions(name, cfg, pcrs, args, "seal");
+  // Claimed before the secret is read and sealed: an existing file (a key, another blob) is never replaced.
+  const file = output === "-" ? null : createNew(output, 0o600, "the sealed blob");
   const secret = readSecretFd(0);
   const hsm = hsmFor(name, cfg);
   let blob: Uint8Array;
   try {
-    blob = encodeBlob({ backend: name, data: await hsm.seal(secret, sealOptions(name, cfg, pcrs)) });
+    blob = encodeBlob({ backend: name, data: await hsm.seal(secret, options) });
+  } catch (e) {
+    file?.abandon();
+    throw e;
   } finally {
     wipe(secret);
     await hsm.close();
   }
-  if (output === "-") out(blob);
-  else {
-    try {
-      writeFileSync(output, blob, { mode: 0o600 });
-    } catch (e) {
-      throw ioError(`write ${output}`, e);
-    }
-  }
+  if (file) file.finish(blob);
+  else out(blob, { mustArrive: true });
   if (args.flags.has("json")) err(JSON.stringify({ backend: name, bytes: blob.length, output, pcrs: name === "tpm2" ? pcrs : undefined }) + "\n");
   return 0;
 }

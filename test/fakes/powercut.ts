@@ -6,7 +6,7 @@
  * when the board loses power. The file system is the real one, so the state
  * after a cut is read back by the ordinary, uninstrumented code.
  */
-import type { FileInfo, Sys } from "../../lib/sys/sys.ts";
+import type { FileInfo, Sys, WriteOptions } from "../../lib/sys/sys.ts";
 
 /** Thrown at the cut; no code after it runs. */
 export class PowerCut extends Error {
@@ -47,7 +47,7 @@ export class CuttingSys implements Sys {
     return this.inner.readAt(path, offset, length);
   }
 
-  writeAt(path: string, offset: number, data: Uint8Array, opts?: { create?: boolean; mode?: number }): void {
+  writeAt(path: string, offset: number, data: Uint8Array, opts?: WriteOptions): void {
     const index = this.begin({ kind: "write", path, length: data.length });
     const p = this.plan;
     if ("op" in p && p.op === index) {

@@ -3,7 +3,7 @@
  * other backends' CLI round trips are in the backend tests' CLI rows).
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, closeSync, existsSync, lstatSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { startSoftHsm, USER_PIN } from "../peers/softhsm.ts";
@@ -22,6 +22,8 @@ const soft = () => ["--config", join(dir, "none.conf"), "--soft-enable", "--soft
 beforeAll(() => {
   if (!existsSync(BIN)) throw new Error(`${BIN} is missing: run \`bun build.ts\` first`);
   dir = mkdtempSync(join(tmpdir(), "zb-hsmcli-"));
+  writeFileSync(join(dir, "none.conf"), "# no settings: the rows give theirs as flags\n");
+  symlinkSync(join(dir, "nowhere"), join(dir, "dangling"));
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -39,7 +41,7 @@ describe("zb hsm", () => {
     expect(zb(["hsm", "unseal", join(dir, "a.sealed"), "-o", "-", ...soft()]).raw).toEqual(SECRET);
   });
 
-  const REFUSALS: { name: string; argv: () => string[]; stdin?: Uint8Array; code: number; err: RegExp }[] = [
+  const REFUSALS: { name: string; argv: () => string[]; stdin?: Uint8Array; code: number; err: RegExp; keeps?: string }[] = [
     { name: "unseal never replaces a file", argv: () => ["hsm", "unseal", join(dir, "a.sealed"), "-o", join(dir, "a.out"), ...soft()], code: 2, err: /the file exists/ },
     { name: "soft backend not enabled", argv: () => ["hsm", "seal", "--backend", "soft", "--config", join(dir, "none.conf"), "-o", join(dir, "b.sealed")], stdin: SECRET, code: 8, err: /soft/ },
     { name: "empty secret", argv: () => ["hsm", "seal", "--backend", "soft", ...soft(), "-o", join(dir, "b.sealed")], stdin: new Uint8Array(0), code: 2, err: /it is empty/ },
@@ -50,14 +52,44 @@ describe("zb hsm", () => {
     { name: "sealed with another key file → no-match (19)", argv: () => ["hsm", "unseal", join(dir, "a.sealed"), "-o", "-", "--soft-enable", "--soft-key-file", join(dir, "other.key")], code: 19, err: /cannot unseal with soft/ },
     { name: "key file missing → absent (4)", argv: () => ["hsm", "unseal", join(dir, "a.sealed"), "-o", "-", "--soft-enable", "--soft-key-file", join(dir, "missing.key")], code: 4, err: /cannot unseal with soft/ },
     { name: "bad config file", argv: () => ["hsm", "probe", "--config", join(dir, "bad.conf")], code: 8, err: /bad.conf:1: unknown key "colour"/ },
+    { name: "--config names a file that is not there", argv: () => ["hsm", "probe", "--config", join(dir, "missing.conf")], code: 8, err: /cannot read the HSM config .*missing.conf: no such file/ },
+    { name: "seal never replaces a file (here the soft key itself)", argv: () => ["hsm", "seal", "--backend", "soft", ...soft(), "-o", join(dir, "soft.key")], stdin: SECRET, code: 2, err: /cannot write the sealed blob to .*soft.key: the file exists/, keeps: "soft.key" },
+    { name: "unseal to a dangling link", argv: () => ["hsm", "unseal", join(dir, "a.sealed"), "-o", join(dir, "dangling"), ...soft()], code: 2, err: /the file exists/ },
+    { name: "the lock PCR among the bound PCRs (never unsealable)", argv: () => ["hsm", "seal", "--backend", "tpm2", "--tpm", "swtpm:host=127.0.0.1,port=1", "--pcrs", "0,7", "--lock-pcr", "7", "--config", join(dir, "none.conf"), "-o", join(dir, "l.sealed")], stdin: SECRET, code: 2, err: /PCR 7 is both a bound PCR and the lock PCR/ },
   ];
   test.each(REFUSALS)("$name → exit $code", (c) => {
     writeFileSync(join(dir, "none.conf"), "# nothing\n");
     writeFileSync(join(dir, "bad.conf"), "colour = blue\n");
     if (c.name.startsWith("sealed with another")) zb(["hsm", "seal", "--backend", "soft", "--soft-enable", "--soft-key-file", join(dir, "other.key"), "-o", join(dir, "o.sealed")], SECRET);
+    const kept = c.keeps ? readFileSync(join(dir, c.keeps)) : null;
     const r = zb(c.argv(), c.stdin);
     expect(r.err).toMatch(c.err);
     expect(r.code).toBe(c.code);
+    if (kept) expect(readFileSync(join(dir, c.keeps!))).toEqual(kept);
+    expect(existsSync(join(dir, "nowhere"))).toBe(false);
+  });
+
+  test.each([
+    { stdout: "/dev/full", err: /cannot write to stdout: no space left on device/ },
+    { stdout: "a pipe its reader closed", err: /cannot write to stdout: the reader went away \(broken pipe\)/ },
+  ])("a secret on stdout must arrive: $stdout → exit 5, no stack trace", ({ stdout, err }) => {
+    const argv = [BIN, "hsm", "unseal", join(dir, "a.sealed"), "-o", "-", ...soft()];
+    let r: { code: number; err: string };
+    if (stdout === "/dev/full") {
+      const fd = openSync("/dev/full", "w");
+      const p = Bun.spawnSync(argv, { stdout: fd });
+      closeSync(fd);
+      r = { code: p.exitCode, err: p.stderr.toString() };
+    } else {
+      // The reader closes its end at once; PIPESTATUS keeps zb's own status.
+      const q = argv.map((a) => `'${a}'`).join(" ");
+      const p = Bun.spawnSync(["bash", "-c", `${q} | { exec 0<&-; sleep 0.5; }; echo "zb=\${PIPESTATUS[0]}" >&2`]);
+      const text = p.stderr.toString();
+      r = { code: Number(/zb=(\d+)/.exec(text)?.[1]), err: text };
+    }
+    expect(r.err).toMatch(err);
+    expect(r.code).toBe(5);
+    expect(r.err).not.toContain("    at ");
   });
 
   test("probe --json lists every backend; --backend B absent exits 4", () => {
@@ -202,5 +234,40 @@ describe("zb cred", () => {
     expect(JSON.parse(b.out).data.uuid).toBe(dataUuid); // the volume was kept
     const bad = zb(["cred", "create", "--slot", "b", "--root", rb, "--format", "--data", data, "--format-data", "--data-key-from", join(dir, "a.cpio"), "--backend", "soft", ...soft(), "-o", join(dir, "x.cpio")]);
     expect([bad.code, /exactly one of/.test(bad.err)]).toEqual([2, true]);
+  });
+
+  // Each fails before any disk is formatted: a formatted volume whose fresh key was never saved would be lost.
+  test.each([
+    { where: "-o in a folder that does not exist", to: () => ["-o", join(dir, "nodir/c.cpio")], code: 5, err: /cannot create .*nodir\/c.cpio: no such file or directory/ },
+    { where: "-o naming the root device itself", to: () => ["-o", join(dir, "fresh-root.img")], code: 2, err: /cannot write the credentials archive to .*fresh-root.img: the file exists/ },
+    { where: "-o naming an existing file", to: () => ["-o", join(dir, "none.conf")], code: 2, err: /the file exists/ },
+    { where: "--initramfs that does not exist", to: () => ["--initramfs", join(dir, "nope/initrd.img")], code: 5, err: /cannot append credentials to .*nope\/initrd.img: no such file or directory/ },
+    { where: "--initramfs naming the data device", to: () => ["--initramfs", join(dir, "fresh-data.img")], code: 2, err: /--initramfs .*fresh-data.img is the device/ },
+    { where: "--pcrs with the soft backend", to: () => ["--pcrs", "7", "-o", join(dir, "p.cpio")], code: 2, err: /--pcrs and --lock-pcr apply to tpm2 only, not soft/ },
+  ])("$where → exit $code, root and data not formatted, no archive left", ({ to, code, err }) => {
+    const [root, data] = ["fresh-root.img", "fresh-data.img"].map((n) => join(dir, n)) as [string, string];
+    for (const f of [root, data]) writeFileSync(f, new Uint8Array(16 << 20));
+    const conf = readFileSync(join(dir, "none.conf"));
+    const r = zb(["cred", "create", "--slot", "a", "--root", root, "--format", "--data", data, "--format-data", "--backend", "soft", ...soft(), ...to()]);
+    expect(r.err).toMatch(err);
+    expect(r.code).toBe(code);
+    for (const f of [root, data]) expect(Bun.spawnSync(["cryptsetup", "isLuks", f]).exitCode).not.toBe(0);
+    expect([existsSync(join(dir, "p.cpio")), readFileSync(join(dir, "none.conf"))]).toEqual([false, conf]);
+  });
+
+  test("--initramfs through a symbolic link: the file it points to gets the credentials and keeps its mode and owner", () => {
+    const root = join(dir, "link-root.img");
+    writeFileSync(root, new Uint8Array(16 << 20));
+    const real = join(dir, "initrd-real.img");
+    writeFileSync(real, Bun.gzipSync(new Uint8Array(5000).fill(7)));
+    chmodSync(real, 0o600);
+    chownSync(real, 1, 1);
+    symlinkSync(real, join(dir, "initrd-link.img"));
+    const r = zb(["cred", "create", "--slot", "a", "--root", root, "--format", "--backend", "soft", ...soft(), "--initramfs", join(dir, "initrd-link.img")]);
+    expect(r.code).toBe(0);
+    expect(lstatSync(join(dir, "initrd-link.img")).isSymbolicLink()).toBe(true);
+    const st = statSync(real);
+    expect({ mode: st.mode & 0o7777, uid: st.uid, gid: st.gid }).toEqual({ mode: 0o600, uid: 1, gid: 1 });
+    expect(zb(["cred", "show", real]).code).toBe(0);
   });
 });

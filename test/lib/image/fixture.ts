@@ -13,7 +13,7 @@ import type { Journal } from "../../../lib/image/journal.ts";
 import { encodePublicPem, privateKeyFromSecret, type PrivateKey } from "../../../lib/image/keys.ts";
 import type { Encoding, Manifest } from "../../../lib/image/manifest.ts";
 import { keySigner } from "../../../lib/image/sign.ts";
-import { HostSys } from "../../../lib/sys/sys.ts";
+import { HostSys, type WriteOptions } from "../../../lib/sys/sys.ts";
 
 export const BIN = resolve(import.meta.dir, "../../../dist/zb-x64");
 export const MIN_CHUNK = 64 << 10;
@@ -289,7 +289,7 @@ export class RecordingSys extends HostSys {
   constructor(private readonly journalPath: string, private readonly snapshotTarget?: string) {
     super();
   }
-  override writeAt(path: string, offset: number, data: Uint8Array, opts?: { create?: boolean; mode?: number }): void {
+  override writeAt(path: string, offset: number, data: Uint8Array, opts?: WriteOptions): void {
     if (basename(path) === `.${basename(this.journalPath)}.zb-new`) {
       this.journals.push(JSON.parse(Buffer.from(data).toString("utf8")) as Journal);
       if (this.snapshotTarget) this.targetAt.push(existsSync(this.snapshotTarget) ? new Uint8Array(readFileSync(this.snapshotTarget)) : null);
