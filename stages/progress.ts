@@ -2,6 +2,7 @@
  * Progress for long work: a bar on stderr when it is a terminal,
  * newline-delimited JSON events on stdout with --progress=json, or nothing.
  */
+import { ZbError } from "../lib/errors.ts";
 import { isatty } from "node:tty";
 import { err, out } from "./output.ts";
 
@@ -10,6 +11,7 @@ export type ProgressMode = "bar" | "json" | "none";
 /** --progress=bar|json|none; default: a bar when stderr is a terminal. */
 export function progressMode(value: string | undefined): ProgressMode {
   if (value === "bar" || value === "json" || value === "none") return value;
+  if (value !== undefined) throw new ZbError("USAGE", `cannot use --progress=${value}: it is bar, json or none`);
   return isatty(2) ? "bar" : "none";
 }
 

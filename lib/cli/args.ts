@@ -28,7 +28,7 @@ export interface ParsedArgs {
 /**
  * Parse argv against `specs`.
  * @param what the command, for messages (`zb env print`)
- * @throws {ZbError} USAGE for an unknown option or a missing value
+ * @throws {ZbError} USAGE for an unknown option, a missing value, or an option that takes one value given twice
  */
 export function parseArgs(argv: readonly string[], specs: OptionSpecs, what: string): ParsedArgs {
   const byShort = new Map<string, string>();
@@ -64,10 +64,28 @@ export function parseArgs(argv: readonly string[], specs: OptionSpecs, what: str
     }
     const value = inline ?? argv[++i];
     if (value === undefined) throw usage(what, `option --${name} needs a value`);
+    // Last-one-wins would quietly drop one of two targets, keys or algorithms.
+    if (!spec.multiple && out.values.has(name)) throw usage(what, `option --${name} is given twice (${JSON.stringify(out.values.get(name))} and ${JSON.stringify(value)})`);
     out.values.set(name, value);
     if (spec.multiple) out.multi.set(name, [...(out.multi.get(name) ?? []), value]);
   }
   return out;
+}
+
+/**
+ * Refuse what a subcommand that shares its option table with others does not
+ * take: options it has no use for, and more positional arguments than it reads
+ * (`zb image verify a.zbi b.zbi` must not check only a.zbi and say OK).
+ * @throws {ZbError} USAGE
+ */
+export function onlyThese(args: ParsedArgs, options: readonly string[], positionals: number, what: string): void {
+  for (const name of [...args.flags, ...args.values.keys()]) {
+    if (!options.includes(name)) throw usage(what, `option --${name} does not apply here`);
+  }
+  if (args.positional.length > positionals) {
+    const extra = args.positional[positionals]!;
+    throw usage(what, positionals === 0 ? `unexpected argument ${JSON.stringify(extra)}` : `unexpected argument ${JSON.stringify(extra)} (it takes ${positionals === 1 ? "one" : positionals})`);
+  }
 }
 
 function usage(what: string, why: string): ZbError {

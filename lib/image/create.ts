@@ -12,17 +12,19 @@
 import * as fs from "node:fs";
 import { basename, dirname, isAbsolute, join, relative, sep } from "node:path";
 import { pack } from "tar-stream";
-import { ZbError, ioError } from "../errors.ts";
+import { ZbError, ioError, isZbError } from "../errors.ts";
 import { MARKER, MARKER_NAME, MANIFEST_NAME, SIGNATURES_NAME, entryHeader } from "./format.ts";
 import { encodeManifest, FORMAT_VERSION, type Digest, type Encoding, type Manifest, type Payload, type PayloadKind } from "./manifest.ts";
 import { openImage } from "./reader.ts";
 import { encodeSignatures, type Signature, type Signer } from "./sign.ts";
 import type { ImageSource } from "./source.ts";
-import { archiveWriter } from "./writer.ts";
+import { archiveWriter, checkReplaceable } from "./writer.ts";
 import { encodeFrame } from "./zstd.ts";
 
 export const DEFAULT_CHUNK = 4 << 20;
 export const DEFAULT_LEVEL = 3;
+/** zstd's highest level (ZSTD_maxCLevel). */
+export const MAX_LEVEL = 22;
 
 export interface PayloadInput {
   name: string;
@@ -52,14 +54,18 @@ export interface CreateOptions {
 export async function createImage(opts: CreateOptions): Promise<Manifest> {
   if (opts.signers.length === 0) throw new ZbError("USAGE", "cannot create an image: no signing key given");
   checkOutput(opts);
+  checkReplaceable(opts.output);
   const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK;
+  checkHeader(opts, chunkSize);
+  const level = opts.level ?? DEFAULT_LEVEL;
+  if (!Number.isInteger(level) || level < 1 || level > MAX_LEVEL) throw new ZbError("USAGE", `cannot create an image: --level ${level} is not a zstd level from 1 to ${MAX_LEVEL}`);
   const spools: string[] = [];
   try {
     const payloads: Payload[] = [];
     for (const input of opts.payloads) {
       const spool = join(dirname(opts.output), `.${basename(opts.output)}.${input.name}.zb-spool`);
       spools.push(spool);
-      payloads.push(await encodePayload(input, chunkSize, opts.level ?? DEFAULT_LEVEL, spool, opts.progress));
+      payloads.push(await encodePayload(input, chunkSize, level, spool, opts.progress));
     }
     const manifest: Manifest = {
       format: FORMAT_VERSION,
@@ -113,6 +119,25 @@ function checkOutput(opts: CreateOptions): void {
     if (rel === "" || (!isAbsolute(rel) && rel.split(sep)[0] !== "..")) {
       throw new ZbError("USAGE", `cannot create ${opts.output}: it lies inside the ${p.name} folder ${p.from.dir}, which would pack it into itself`, { hint: "write the image outside that folder" });
     }
+  }
+}
+
+/**
+ * The manifest's own fields, checked before the payloads are compressed: a
+ * bad --compatible, --version or --chunk-size is the command line's mistake,
+ * found in a moment, not after the whole rootfs went through zstd.
+ * @throws {ZbError} USAGE
+ */
+function checkHeader(opts: CreateOptions, chunkSize: number): void {
+  const empty = { size: 0, sha256: new Bun.CryptoHasher("sha256").update(new Uint8Array(0)).digest("hex") };
+  try {
+    encodeManifest({
+      format: FORMAT_VERSION, compatible: opts.compatible, version: opts.version, serial: opts.serial,
+      created: "2000-01-01T00:00:00Z", chunkSize, payloads: [{ name: "probe", kind: "rootfs", encoding: "none", stored: empty, raw: empty, chunks: [] }],
+    });
+  } catch (e) {
+    if (isZbError(e, "IMG_FORMAT")) throw new ZbError("USAGE", e.message.replace(/^cannot read the image manifest: /, "cannot create an image: "));
+    throw e;
   }
 }
 
@@ -200,7 +225,7 @@ function walk(dir: string): { path: string; dir: boolean; size: number; mode: nu
   const out: { path: string; dir: boolean; size: number; mode: number }[] = [];
   let names: string[];
   try {
-    names = fs.readdirSync(dir).sort();
+    names = fs.readdirSync(dir, { encoding: "buffer" }).map((raw) => utf8Name(dir, raw)).sort();
   } catch (e) {
     throw ioError(`read boot folder ${dir}`, e);
   }
@@ -263,5 +288,14 @@ export async function resignImage(source: ImageSource, signers: Signer[], output
     throw e;
   } finally {
     img.close();
+  }
+}
+
+/** A file name as text; the payload's tar and the FAT partition need UTF-8 names. @throws {ZbError} USAGE */
+function utf8Name(dir: string, raw: Buffer): string {
+  try {
+    return new TextDecoder("utf-8", { fatal: true }).decode(raw);
+  } catch {
+    throw new ZbError("USAGE", `cannot put a file of ${dir} into the boot payload: its name is not UTF-8 (${JSON.stringify(raw.toString("latin1"))})`);
   }
 }

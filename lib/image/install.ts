@@ -22,7 +22,7 @@
  * whole-payload hash (so the final check covers them too), and a file or URL
  * source seeks straight to the first missing chunk.
  */
-import { resolve } from "node:path";
+import { dirname, resolve } from "node:path";
 import { ZbError } from "../errors.ts";
 import type { Sys } from "../sys/sys.ts";
 import { openTarget, type Target } from "../sys/target.ts";
@@ -79,9 +79,12 @@ export async function install(sys: Sys, source: ImageSource, policy: Policy, opt
     const payload = findPayload(img.header, opts.payload);
     const imageId = sha256hex(img.header.manifestBytes);
     const previous = readJournal(sys, opts.journal);
-    const from = resumePoint(previous, opts, imageId);
+    let from = resumePoint(previous, opts, imageId);
+    if (opts.resume) checkChunksDone(previous, payload, opts.journal);
     if (previous?.state === "complete" && opts.resume) {
-      return result(opts, payload, from, true, started);
+      // "complete" is a claim about the target: it only counts while the target still holds the payload.
+      if (targetHolds(opts.target, payload)) return result(opts, payload, from, true, started);
+      from = 0; // removed, cut short or changed since: install it again
     }
     const target = openTarget(opts.target, { create: from === 0 });
     try {
@@ -140,6 +143,9 @@ function checkSeparateFiles(sys: Sys, source: ImageSource, opts: InstallOptions)
   if (journal && journal.kind !== "file") {
     throw new ZbError("USAGE", `cannot use ${opts.journal} as the install journal: it is not a regular file`, { hint: "give --journal a file path of its own" });
   }
+  if (sys.stat(dirname(opts.journal))?.kind !== "dir") {
+    throw new ZbError("IO", `cannot write the install journal ${opts.journal}: the folder ${dirname(opts.journal)} does not exist`);
+  }
   const key = (f: (typeof files)[number]) => f.info?.id ?? `path:${resolve(f.path)}`;
   for (const [i, a] of files.entries()) {
     for (const b of files.slice(i + 1)) {
@@ -161,6 +167,11 @@ function resumePoint(j: Journal | null, opts: InstallOptions, imageId: string): 
   const other = j.image !== imageId ? "another image" : j.payload !== opts.payload ? `payload ${j.payload}` : j.target !== opts.target ? `target ${j.target}` : null;
   if (other) throw new ZbError("USAGE", `cannot resume: the journal ${opts.journal} belongs to ${other}`, { hint: "install without --resume" });
   return j.chunksDone;
+}
+
+/** A journal of this image that claims more chunks than the payload has was not written by zb. @throws {ZbError} IO */
+function checkChunksDone(j: Journal | null, p: Payload, path: string): void {
+  if (j && j.chunksDone > p.chunks.length) throw new ZbError("IO", `cannot read install journal ${path}: it says ${j.chunksDone} chunks are done, the payload has ${p.chunks.length}`, { hint: "install without --resume" });
 }
 
 function checkTargetSize(t: Target, p: Payload): void {
@@ -264,6 +275,32 @@ async function writeChunks(sys: Sys, chunkSize: number, p: Payload, from: number
   }
   target.sync();
   return digest;
+}
+
+/**
+ * Does the target hold the payload, byte for byte (its raw SHA-256 over the
+ * payload's length)? Read-only; a target that is missing or shorter does not.
+ */
+function targetHolds(path: string, p: Payload): boolean {
+  let t: Target;
+  try {
+    t = openTarget(path, { create: false });
+  } catch {
+    return false;
+  }
+  try {
+    if (t.size() < p.raw.size) return false;
+    const h = new Bun.CryptoHasher("sha256");
+    const step = 4 << 20;
+    for (let at = 0; at < p.raw.size; at += step) {
+      const part = t.read(at, Math.min(step, p.raw.size - at));
+      if (part.length === 0) return false;
+      h.update(part);
+    }
+    return h.digest("hex") === p.raw.sha256;
+  } finally {
+    t.close();
+  }
 }
 
 /** Resume: what is already on the target goes into the whole-payload hash again. */

@@ -223,5 +223,7 @@ async function* guard(data: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Arra
 function tarError(e: unknown): ZbError {
   if (e instanceof ZbError) return e;
   const msg = e instanceof Error ? e.message : String(e);
+  // tar-stream's text suggests gunzip; a .zbi is never compressed as a whole, so say what was found.
+  if (msg.startsWith("Invalid tar header")) return bad("it is not a zb image: no valid tar header where one must start");
   return bad(`the tar structure is broken (${msg})`);
 }

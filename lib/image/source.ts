@@ -34,9 +34,12 @@ export interface DirectReader {
 /** Read size per request: large reads keep the per-read overhead out of the hashing rate. */
 const READ_SIZE = 1 << 20;
 
-export function sourceFor(spec: string): ImageSource {
+/** How long an HTTP server may send nothing (headers or body) before the download fails. */
+export const DEFAULT_IDLE_SECONDS = 60;
+
+export function sourceFor(spec: string, opts: { idleSeconds?: number } = {}): ImageSource {
   if (spec === "-") return stdinSource();
-  if (/^https?:\/\//.test(spec)) return httpSource(spec);
+  if (/^https?:\/\//i.test(spec)) return httpSource(spec, opts);
   return fileSource(spec);
 }
 
@@ -102,23 +105,67 @@ export function stdinSource(): ImageSource {
   };
 }
 
-export function httpSource(url: string): ImageSource {
+/**
+ * An HTTP(S) source. A server that stops sending (a stalled connection, a
+ * proxy that holds it open) fails the download after `idleSeconds` without a
+ * byte, instead of after the runtime's own limit of several minutes; time
+ * the install spends on the bytes it has does not count.
+ */
+export function httpSource(url: string, opts: { idleSeconds?: number } = {}): ImageSource {
+  const idleMs = (opts.idleSeconds ?? DEFAULT_IDLE_SECONDS) * 1000;
+  const stalled = () => new ZbError("IO", `cannot download ${url}: the server sent nothing for ${idleMs / 1000} s`);
   return {
     name: url,
     seekable: true,
     async open(offset) {
+      const abort = new AbortController();
       let res: Response;
+      const timer = setTimeout(() => abort.abort(), idleMs);
       try {
-        res = await fetch(url, { headers: offset > 0 ? { Range: `bytes=${offset}-` } : {} });
+        res = await fetch(url, { headers: offset > 0 ? { Range: `bytes=${offset}-` } : {}, signal: abort.signal });
       } catch (e) {
-        throw new ZbError("IO", `cannot download ${url}: ${(e as Error).message}`);
+        throw abort.signal.aborted ? stalled() : new ZbError("IO", `cannot download ${url}: ${fetchReason(e)}`);
+      } finally {
+        clearTimeout(timer);
       }
       if (offset > 0 && res.status !== 206) {
         throw new ZbError("IO", `cannot resume ${url} at byte ${offset}: the server answered ${res.status} instead of 206 Partial Content`);
       }
       if (offset === 0 && res.status !== 200) throw new ZbError("IO", `cannot download ${url}: HTTP ${res.status}`);
       if (!res.body) throw new ZbError("IO", `cannot download ${url}: empty response`);
-      return res.body as unknown as AsyncIterable<Uint8Array>;
+      return watched(res.body as unknown as AsyncIterable<Uint8Array>, idleMs, abort, stalled, url);
     },
   };
+}
+
+/** The body's parts, each awaited under the idle timer (started when the next part is asked for). */
+async function* watched(body: AsyncIterable<Uint8Array>, idleMs: number, abort: AbortController, stalled: () => ZbError, url: string): AsyncGenerator<Uint8Array> {
+  const it = body[Symbol.asyncIterator]();
+  for (;;) {
+    const timer = setTimeout(() => abort.abort(), idleMs);
+    let r: IteratorResult<Uint8Array>;
+    try {
+      r = await it.next();
+    } catch (e) {
+      throw abort.signal.aborted ? stalled() : new ZbError("IO", `cannot download ${url}: ${fetchReason(e)}`);
+    } finally {
+      clearTimeout(timer);
+    }
+    if (r.done) return;
+    yield r.value;
+  }
+}
+
+/** A fetch error in a few words: the errno name's meaning, without the runtime's advice on fetch() options. */
+function fetchReason(e: unknown): string {
+  const x = e as { code?: string; message?: string };
+  const known: Record<string, string> = {
+    ECONNRESET: "the connection was reset",
+    ECONNREFUSED: "the connection was refused",
+    ConnectionRefused: "the connection was refused",
+    ConnectionClosed: "the connection was closed early",
+    ENOTFOUND: "the host name does not resolve",
+  };
+  if (x?.code && known[x.code]) return known[x.code]!;
+  return String(x?.message ?? e).replace(/\s*For more information, pass `verbose: true`.*$/s, "");
 }

@@ -7,8 +7,8 @@
 import * as fs from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { pack, type Pack } from "tar-stream";
-import { ioError } from "../errors.ts";
-import { entryHeader } from "./format.ts";
+import { ioError, ZbError } from "../errors.ts";
+import { BLOCK, entryHeader, MARKER_NAME } from "./format.ts";
 
 export interface ArchiveWriter {
   addBytes(name: string, bytes: Uint8Array): Promise<void>;
@@ -20,8 +20,12 @@ export interface ArchiveWriter {
   abort(): void;
 }
 
-/** @throws {ZbError} IO */
+/**
+ * @throws {ZbError} USAGE when `output` is "-" or an existing file that is not
+ *   a `.zbi` image (see {@link checkReplaceable}); IO
+ */
 export function archiveWriter(output: string): ArchiveWriter {
+  checkReplaceable(output);
   const tmp = join(dirname(output), `.${basename(output)}.zb-new`);
   let fd: number;
   try {
@@ -85,4 +89,46 @@ export function archiveWriter(output: string): ArchiveWriter {
       fs.rmSync(tmp, { force: true });
     },
   };
+}
+
+/**
+ * An image may replace an older image of the same name (a rebuild, or `image
+ * sign` in place), never another file: `-o` naming a signing key, a trusted
+ * public key or a rootfs by mistake would destroy it. An existing output must
+ * be a regular file that starts with the marker entry of a `.zbi`.
+ * @throws {ZbError} USAGE; IO when the output folder cannot be used
+ */
+export function checkReplaceable(output: string): void {
+  if (output === "-") throw new ZbError("USAGE", "cannot write an image to stdout: give -o a file name");
+  try {
+    if (!fs.statSync(dirname(output)).isDirectory()) throw Object.assign(new Error("not a directory"), { code: "ENOTDIR" });
+  } catch (e) {
+    throw ioError(`create ${output}`, e);
+  }
+  let st: fs.Stats;
+  try {
+    st = fs.lstatSync(output);
+  } catch {
+    return; // a new file
+  }
+  if (st.isFile() && startsLikeImage(output)) return;
+  throw new ZbError("USAGE", `cannot write the image to ${output}: the file exists and is not a zb image (zb replaces only an older image)`, { hint: "choose another output path" });
+}
+
+/** The first tar header names the marker entry and carries the ustar magic. */
+function startsLikeImage(path: string): boolean {
+  const head = new Uint8Array(BLOCK);
+  let fd: number;
+  try {
+    fd = fs.openSync(path, "r");
+  } catch {
+    return false;
+  }
+  try {
+    if (fs.readSync(fd, head, 0, BLOCK, 0) < BLOCK) return false;
+  } finally {
+    fs.closeSync(fd);
+  }
+  const text = (from: number, to: number) => Buffer.from(head.subarray(from, to)).toString("latin1");
+  return text(0, 100).split("\0")[0] === MARKER_NAME && text(257, 262) === "ustar";
 }

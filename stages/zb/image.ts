@@ -1,7 +1,7 @@
 /**
  * `zb image create|sign|info|verify|install`: signed images (docs/image-format.md).
  */
-import { parseArgs, type ParsedArgs } from "../../lib/cli/args.ts";
+import { onlyThese, parseArgs, type ParsedArgs } from "../../lib/cli/args.ts";
 import { ZbError } from "../../lib/errors.ts";
 import { createImage, DEFAULT_CHUNK, DEFAULT_LEVEL, resignImage, type PayloadInput } from "../../lib/image/create.ts";
 import { install, type ProgressEvent } from "../../lib/image/install.ts";
@@ -20,16 +20,18 @@ export const DEFAULT_TRUST = "/etc/zb/trust";
 const POLICY = `  --trust DIR          public keys (*.pem, *.pub) to trust (default ${DEFAULT_TRUST})
   --required N         distinct trusted signatures needed (default 1)
   --compatible C       refuse images for another product
-  --serial-floor N     refuse images whose serial is below N (anti-rollback)`;
+  --serial-floor N     refuse images whose serial is below N (anti-rollback)
+  --timeout S          a URL source fails when the server sends nothing for S seconds (default 60)`;
 
 const USAGE: Record<string, string> = {
   create: `zb image create --compatible C --version V --serial N [--rootfs IMG] [--boot DIR]
                 --key K [--key K2 …] -o OUT.zbi [--encoding zstd|none] [--level L] [--chunk-size BYTES]
   Build and sign an image: the rootfs image file and/or the boot folder, each cut into
   chunks of ${DEFAULT_CHUNK} bytes (one zstd frame each, level ${DEFAULT_LEVEL}).`,
-  sign: `zb image sign IN.zbi --key K [--key K2 …] -o OUT.zbi
-  Add signatures; payload bytes are copied unchanged.`,
-  info: `zb image info IMAGE|URL|- [--json]
+  sign: `zb image sign IN.zbi|URL|- --key K [--key K2 …] -o OUT.zbi [--timeout S]
+  Add signatures; payload bytes are copied unchanged. OUT may be IN (re-signed in place);
+  an existing OUT that is not an image is never replaced.`,
+  info: `zb image info IMAGE|URL|- [--json] [--timeout S]
   The manifest and who signed it, without checking trust.`,
   verify: `zb image verify IMAGE|URL|- [--deep] [--json]
 ${POLICY}
@@ -51,8 +53,18 @@ const SPECS = {
   key: { value: true, multiple: true }, output: { short: "o", value: true }, encoding: { value: true }, level: { value: true },
   "chunk-size": { value: true }, trust: { value: true }, required: { value: true }, "serial-floor": { value: true },
   deep: {}, payload: { value: true }, to: { value: true }, journal: { value: true }, resume: {}, progress: { value: true },
-  json: {}, help: { short: "h" },
+  json: {}, help: { short: "h" }, timeout: { value: true },
 };
+
+const POLICY_OPTIONS = ["trust", "required", "compatible", "serial-floor"];
+/** Which options each subcommand reads, and how many positional arguments. */
+const TAKES = {
+  create: [["compatible", "version", "serial", "rootfs", "boot", "key", "output", "encoding", "level", "chunk-size", "progress", "json"], 0],
+  sign: [["key", "output", "json", "timeout"], 1],
+  info: [["json", "timeout"], 1],
+  verify: [[...POLICY_OPTIONS, "deep", "progress", "json", "timeout"], 1],
+  install: [[...POLICY_OPTIONS, "payload", "to", "journal", "resume", "progress", "json", "timeout"], 1],
+} as const satisfies Record<string, readonly [readonly string[], number]>;
 
 export async function imageMain(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
@@ -66,11 +78,22 @@ export async function imageMain(argv: string[]): Promise<number> {
     out(`usage: ${USAGE[sub]}\n`);
     return 0;
   }
-  if (sub === "create") return create(args);
-  if (sub === "sign") return sign(args);
-  if (sub === "info") return info(args);
-  if (sub === "verify") return verify(args);
-  return installCmd(args);
+  const [options, positionals] = TAKES[sub as keyof typeof TAKES];
+  onlyThese(args, [...options, "help"], positionals, `zb image ${sub}`);
+  try {
+    if (sub === "create") return await create(args);
+    if (sub === "sign") return await sign(args);
+    if (sub === "info") return await info(args);
+    if (sub === "verify") return await verify(args);
+    return await installCmd(args);
+  } catch (e) {
+    // A JSON consumer reads stdout: it gets the failure there too, as the last line (stderr and the exit status as always).
+    if (args.flags.has("json") || args.values.get("progress") === "json") {
+      const z = e instanceof ZbError ? e : new ZbError("INTERNAL", `internal error: ${(e as Error)?.message ?? String(e)}`);
+      out(JSON.stringify({ type: "result", ok: false, code: z.code, exit: z.exit, message: z.message }) + "\n");
+    }
+    throw e;
+  }
 }
 
 async function create(args: ParsedArgs): Promise<number> {
@@ -100,14 +123,14 @@ async function create(args: ParsedArgs): Promise<number> {
 async function sign(args: ParsedArgs): Promise<number> {
   const input = args.positional[0] ?? usage("sign", "no input image given");
   const output = args.values.get("output") ?? usage("sign", "-o OUT is required");
-  const sigs = await resignImage(sourceFor(input), keys(args).map((k) => keySigner(readPrivateKey(k))), output);
+  const sigs = await resignImage(sourceFor(input, source(args)), keys(args).map((k) => keySigner(readPrivateKey(k))), output);
   out(args.flags.has("json") ? JSON.stringify({ output, signatures: sigs.map((s) => ({ alg: s.alg, keyId: s.keyId })) }) + "\n" : `zb image sign: ${output}: ${sigs.length} signature(s)\n`);
   return 0;
 }
 
 async function info(args: ParsedArgs): Promise<number> {
   const input = args.positional[0] ?? usage("info", "no image given");
-  const img = await openImage(await sourceFor(input).open(0), { unverified: true });
+  const img = await openImage(await sourceFor(input, source(args)).open(0), { unverified: true });
   img.close();
   const { manifest: m, signatures } = img.header;
   if (args.flags.has("json")) {
@@ -127,7 +150,7 @@ async function verify(args: ParsedArgs): Promise<number> {
   const input = args.positional[0] ?? usage("verify", "no image given");
   const mode = progressMode(args.values.get("progress"));
   const b = mode === "bar" ? bar("verify") : null;
-  const r = await verifyImage(sourceFor(input), policy(args), {
+  const r = await verifyImage(sourceFor(input, source(args)), policy(args), {
     deep: args.flags.has("deep"),
     progress: (done, total) => (mode === "json" ? jsonEvent({ type: "progress", storedBytes: done, storedTotal: total }) : b?.update(done, total)),
   });
@@ -150,7 +173,7 @@ async function installCmd(args: ParsedArgs): Promise<number> {
     if (mode === "json") jsonEvent(e);
     else if (b && e.type === "progress") b.update(e.rawBytes, e.rawTotal);
   };
-  const r = await install(sys, sourceFor(input), policy(args), { payload, target, journal, resume: args.flags.has("resume"), progress: onProgress });
+  const r = await install(sys, sourceFor(input, source(args)), policy(args), { payload, target, journal, resume: args.flags.has("resume"), progress: onProgress });
   b?.finish();
   if (args.flags.has("json") || mode === "json") out(JSON.stringify({ type: "result", ok: true, ...r }) + "\n");
   else out(`zb image install: ${payload} → ${target}: ${r.alreadyInstalled ? "already installed" : `${r.rawSize} bytes verified and written in ${r.seconds.toFixed(1)} s`}${r.resumedFrom ? ` (resumed at chunk ${r.resumedFrom})` : ""}\n`);
@@ -159,10 +182,22 @@ async function installCmd(args: ParsedArgs): Promise<number> {
 
 function policy(args: ParsedArgs): Policy {
   const p: Policy = { trust: loadTrustDir(new HostSys(), args.values.get("trust") ?? DEFAULT_TRUST) };
-  if (args.values.has("required")) p.required = number(args.values.get("required")!, "--required");
+  if (args.values.has("required")) {
+    p.required = number(args.values.get("required")!, "--required");
+    if (p.required < 1) throw new ZbError("USAGE", "cannot use --required 0: at least one trusted signature is always required");
+  }
   if (args.values.has("compatible")) p.compatible = args.values.get("compatible")!;
   if (args.values.has("serial-floor")) p.serialFloor = number(args.values.get("serial-floor")!, "--serial-floor");
   return p;
+}
+
+/** Source options: the HTTP idle limit (--timeout SECONDS). */
+function source(args: ParsedArgs): { idleSeconds?: number } {
+  const t = args.values.get("timeout");
+  if (t === undefined) return {};
+  const n = number(t, "--timeout");
+  if (n < 1) throw new ZbError("USAGE", "cannot use --timeout 0: give at least 1 second");
+  return { idleSeconds: n };
 }
 
 function keys(args: ParsedArgs): string[] {

@@ -2,8 +2,8 @@
  * `zb key gen|id`: signing keys for images. Private keys are PKCS#8 PEM files
  * created 0600 (openssl reads them); public keys SPKI PEM beside them.
  */
-import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
-import { parseArgs } from "../../lib/cli/args.ts";
+import { lstatSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { onlyThese, parseArgs } from "../../lib/cli/args.ts";
 import { decodePrivatePem, decodePublicPem, encodePrivatePem, encodePublicPem, generateKey, type Alg } from "../../lib/image/keys.ts";
 import { ZbError, ioError } from "../../lib/errors.ts";
 import { err, out } from "../output.ts";
@@ -23,15 +23,22 @@ export function keyMain(argv: string[]): number {
     out(USAGE + "\n");
     return sub === undefined ? 2 : 0;
   }
-  if (sub === "gen") return gen(args.values.get("alg"), args.values.get("output"), args.flags.has("json"));
-  if (sub === "id") return id(args.positional[0], args.flags.has("json"));
+  if (sub === "gen") {
+    onlyThese(args, ["alg", "output", "json"], 0, "zb key gen");
+    return gen(args.values.get("alg"), args.values.get("output"), args.flags.has("json"));
+  }
+  if (sub === "id") {
+    onlyThese(args, ["json"], 1, "zb key id");
+    return id(args.positional[0], args.flags.has("json"));
+  }
   throw new ZbError("USAGE", `cannot run zb key: unknown subcommand ${JSON.stringify(sub)}`, { hint: "see `zb key --help`" });
 }
 
 function gen(alg: string | undefined, name: string | undefined, json: boolean): number {
   if (alg !== "ed25519" && alg !== "p256") throw new ZbError("USAGE", "cannot generate a key: --alg must be ed25519 or p256");
   if (!name) throw new ZbError("USAGE", "cannot generate a key: -o NAME is required");
-  for (const f of [name, `${name}.pub`]) if (existsSync(f)) throw new ZbError("USAGE", `cannot generate a key: ${f} exists already (zb never overwrites a key)`);
+  // lstat: a dangling link counts as there (writing through it would fail half-way, after the private key).
+  for (const f of [name, `${name}.pub`]) if (lexists(f)) throw new ZbError("USAGE", `cannot generate a key: ${f} exists already (zb never overwrites a key)`);
   const key = generateKey(alg as Alg);
   try {
     writeFileSync(name, encodePrivatePem(key), { mode: 0o600, flag: "wx" });
@@ -76,4 +83,13 @@ export function readPrivateKey(file: string) {
     throw ioError(`read key ${file}`, e);
   }
   return decodePrivatePem(text, file);
+}
+
+function lexists(path: string): boolean {
+  try {
+    lstatSync(path);
+    return true;
+  } catch {
+    return false;
+  }
 }

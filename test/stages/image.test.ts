@@ -4,7 +4,7 @@
  * signatures over the extracted manifest.json, zstd decompresses a payload.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, copyFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync, copyFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
@@ -15,6 +15,7 @@ const zb = (...args: string[]) => {
   return { code: p.exitCode, out: p.stdout.toString(), err: p.stderr.toString() };
 };
 const sh = (cmd: string[]) => Bun.spawnSync(cmd, { cwd: dir });
+const sha256 = (path: string) => new Bun.CryptoHasher("sha256").update(readFileSync(path)).digest("hex");
 
 beforeAll(() => {
   if (!existsSync(BIN)) throw new Error(`${BIN} is missing: run \`bun build.ts\` first`);
@@ -99,6 +100,50 @@ describe("publish and install", () => {
     expect(events.map((e) => e.type)).toEqual(["start", ...Array(20).fill("progress"), "done", "result"]);
     expect(readFileSync(join(dir, "slot.img")).equals(readFileSync(join(dir, "rootfs.img")))).toBe(true);
     expect(JSON.parse(readFileSync(join(dir, "slot.img.zb-journal"), "utf8"))).toMatchObject({ state: "complete", chunksDone: 20 });
+  });
+
+  // Each is refused with its exit status and a plain message (no stack trace), and changes no file.
+  test.each([
+    { name: "create -o the signing key", argv: ["image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--rootfs", "rootfs.img", "--key", "ed", "-o", "ed"], code: 2, err: /cannot write the image to ed: the file exists and is not a zb image/ },
+    { name: "sign -o a trusted public key", argv: ["image", "sign", "a.zbi", "--key", "ed", "-o", "trust/ed.pub"], code: 2, err: /cannot write the image to trust\/ed.pub: the file exists and is not a zb image/ },
+    { name: "sign -o - (stdout)", argv: ["image", "sign", "a.zbi", "--key", "ed", "-o", "-"], code: 2, err: /cannot write an image to stdout/ },
+    { name: "create -o into a missing folder", argv: ["image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--rootfs", "rootfs.img", "--key", "ed", "-o", "nodir/x.zbi"], code: 5, err: /^zb: cannot create nodir\/x.zbi: no such file or directory\n$/ },
+    { name: "create --level 99", argv: ["image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--rootfs", "rootfs.img", "--key", "ed", "--level", "99", "-o", "l.zbi"], code: 2, err: /--level 99 is not a zstd level from 1 to 22/ },
+    { name: "create --compatible with a space", argv: ["image", "create", "--compatible", "acme pi", "--version", "1", "--serial", "1", "--rootfs", "rootfs.img", "--key", "ed", "-o", "l.zbi"], code: 2, err: /^zb: cannot create an image: compatible must be/ },
+    { name: "create --chunk-size 1000", argv: ["image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--rootfs", "rootfs.img", "--key", "ed", "--chunk-size", "1000", "-o", "l.zbi"], code: 2, err: /cannot create an image: chunkSize must be/ },
+    { name: "verify of two images", argv: ["image", "verify", "a.zbi", "b.zbi", "--trust", "trust"], code: 2, err: /unexpected argument "b.zbi"/ },
+    { name: "verify --required 0", argv: ["image", "verify", "a.zbi", "--trust", "trust", "--required", "0"], code: 2, err: /--required 0/ },
+    { name: "info with a verify option", argv: ["image", "info", "a.zbi", "--trust", "trust"], code: 2, err: /option --trust does not apply here/ },
+    { name: "install --to given twice", argv: ["image", "install", "a.zbi", "--trust", "trust", "--payload", "rootfs", "--to", "z1.img", "--to", "z2.img"], code: 2, err: /option --to is given twice \("z1.img" and "z2.img"\)/ },
+    { name: "install --progress=bogus", argv: ["image", "install", "a.zbi", "--trust", "trust", "--payload", "rootfs", "--to", "z1.img", "--progress=bogus"], code: 2, err: /--progress=bogus: it is bar, json or none/ },
+    { name: "key gen --alg twice", argv: ["key", "gen", "--alg", "ed25519", "--alg", "p256", "-o", "k2"], code: 2, err: /option --alg is given twice/ },
+    { name: "key gen over a dangling .pub link", argv: ["key", "gen", "--alg", "ed25519", "-o", "dl"], code: 2, err: /dl.pub exists already/ },
+    { name: "create from a boot folder with a file name that is not UTF-8", argv: ["image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--boot", "latin1", "--key", "ed", "-o", "l.zbi"], code: 2, err: /its name is not UTF-8/ },
+  ])("$name → exit $code, nothing changed", ({ argv, code, err }) => {
+    if (!existsSync(join(dir, "latin1"))) {
+      mkdirSync(join(dir, "latin1"));
+      writeFileSync(Buffer.concat([Buffer.from(join(dir, "latin1/")), Buffer.from([0xe9, 0x74, 0xe9])]), "x");
+      symlinkSync(join(dir, "nowhere.pub"), join(dir, "dl.pub"));
+    }
+    const snapshot = () => Object.fromEntries(["ed", "trust/ed.pub", "a.zbi", "rootfs.img"].map((f) => [f, sha256(join(dir, f))]));
+    const before = snapshot();
+    const r = zb(...argv);
+    expect(r.err).toMatch(err);
+    expect(r.err).not.toContain("    at ");
+    expect(r.code).toBe(code);
+    expect(snapshot()).toEqual(before);
+    for (const f of ["l.zbi", "z1.img", "z2.img", "k2", "dl", "nowhere.pub"]) expect(existsSync(join(dir, f))).toBe(false);
+  });
+
+  test("--json: a failure ends stdout with a result line naming the code", () => {
+    const r = zb("image", "verify", "a.zbi", "--trust", "trust", "--required", "2", "--json");
+    expect(r.code).toBe(14);
+    expect(JSON.parse(r.out.trim().split("\n").at(-1)!)).toMatchObject({ type: "result", ok: false, code: "SIG_INVALID", exit: 14 });
+    const i = zb("image", "install", "bad.zbi", "--trust", "trust", "--payload", "rootfs", "--to", "slot-bad.img", "--progress=json");
+    expect(i.code).toBe(17);
+    const events = i.out.trim().split("\n").map((l) => JSON.parse(l));
+    expect(events.at(-1)).toMatchObject({ type: "result", ok: false, code: "PAYLOAD_CORRUPT", exit: 17 });
+    expect(events[0].type).toBe("start");
   });
 
   test("install from stdin, and the boot payload", () => {

@@ -59,6 +59,26 @@ describe("install: image, target and journal must be three files", () => {
     expect({ image: read(c.image), target: read(c.target), names: readdirSync(c.dir).sort() }).toEqual(before);
   });
 
+  test("a journal in a folder that does not exist: IO naming the folder, and no target is created", async () => {
+    const c = place();
+    const target = join(c.dir, "new-slot.img");
+    const e = (await install(host, fileSource(c.image), policy, { payload: "rootfs", target, journal: join(c.dir, "nodir/j") }).catch((x: unknown) => x)) as { code?: string; message?: string };
+    expect({ code: e.code, message: e.message }).toEqual({ code: "IO", message: `cannot write the install journal ${join(c.dir, "nodir/j")}: the folder ${join(c.dir, "nodir")} does not exist` });
+    expect(existsSync(target)).toBe(false);
+  });
+
+  test("a journal of this image that claims more chunks than the payload has: --resume is IO, the target untouched", async () => {
+    const c = place();
+    await install(host, fileSource(c.image), policy, { payload: "rootfs", target: c.target, journal: c.journal });
+    const j = JSON.parse(readFileSync(c.journal, "utf8")) as { chunksDone: number; state: string };
+    writeFileSync(c.journal, JSON.stringify({ ...j, state: "failed", chunksDone: 999 }));
+    const before = read(c.target);
+    const e = (await install(host, fileSource(c.image), policy, { payload: "rootfs", target: c.target, journal: c.journal, resume: true }).catch((x: unknown) => x)) as { code?: string; message?: string };
+    expect(e.code).toBe("IO");
+    expect(e.message).toMatch(/it says 999 chunks are done, the payload has \d+$/);
+    expect(read(c.target)).toBe(before);
+  });
+
   test("three separate files: the install goes ahead (the check refuses only what it should)", async () => {
     const c = place();
     await install(host, fileSource(c.image), policy, { payload: "rootfs", target: c.target, journal: c.journal });

@@ -7,6 +7,7 @@
  *   /norange/…  ignores Range (always 200 and the whole file)
  *   /cut-N/…    sends N bytes, then resets the connection — the first request only;
  *               later requests are served as /range/ (a flaky link)
+ *   /stall-N/…  sends N bytes, then nothing, with the connection left open
  *
  * and records every request with its Range header.
  */
@@ -41,6 +42,24 @@ beforeAll(async () => {
       const path = new URL(req.url).pathname;
       const range = req.headers.get("range");
       const log = (r: Response) => (requests.push({ path, range, status: r.status }), r);
+      const stall = /^\/stall-(\d+)\//.exec(path);
+      if (stall) {
+        // N bytes, then nothing: the connection stays open until the client gives up.
+        const n = Number(stall[1]);
+        let sent = false;
+        const body = new ReadableStream({
+          type: "bytes",
+          async pull(c) {
+            if (!sent) {
+              sent = true;
+              c.enqueue(bytes.slice(0, n));
+              return;
+            }
+            await new Promise(() => {});
+          },
+        });
+        return log(new Response(body, { status: 200 }));
+      }
       const cut = /^\/cut-(\d+)\//.exec(path);
       if (cut && !cutDone.has(path)) {
         cutDone.add(path);
@@ -82,8 +101,8 @@ const target = () => join(root, `t${seq++}.img`);
 const journalOf = (t: string): Journal | null => (existsSync(`${t}.zb-journal`) ? (JSON.parse(readFileSync(`${t}.zb-journal`, "utf8")) as Journal) : null);
 
 /** `zb image install SOURCE --to T …` (async: the server runs in this process). */
-async function zb(source: string, to: string, o: { resume?: boolean; stdin?: string } = {}) {
-  const args = [bin, "image", "install", source, "--payload", "rootfs", "--to", to, "--trust", trust, "--json", ...(o.resume ? ["--resume"] : [])];
+async function zb(source: string, to: string, o: { resume?: boolean; stdin?: string; more?: string[] } = {}) {
+  const args = [bin, "image", "install", source, "--payload", "rootfs", "--to", to, "--trust", trust, "--json", ...(o.resume ? ["--resume"] : []), ...(o.more ?? [])];
   const p = Bun.spawn(args, { stdin: o.stdin ? Bun.file(o.stdin) : "ignore", stdout: "pipe", stderr: "pipe", env: { ...process.env, ZB_NO_REBOOT: "1" } });
   const [out, err, exit] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
   return { exit, err, result: exit === 0 ? (JSON.parse(out) as Record<string, unknown>) : null };
@@ -162,6 +181,20 @@ describe("install over HTTP", () => {
     const again = await zb(url("/range/image.zbi"), t, { resume: true });
     expect(again.exit).toBe(0);
     expect(sha256(readFileSync(t))).toBe(rawSha());
+  }, 30_000);
+});
+
+describe("a server that stops sending", () => {
+  test.each([
+    { where: "inside the manifest", at: () => 2000, journal: null },
+    { where: "mid-payload", at: payloadCut, journal: "failed" },
+  ])("$where: --timeout 1 gives up after ~1 s without a byte, IO (exit 5), not marked complete", async ({ at, journal }) => {
+    const t = target();
+    // Without zb's own limit the runtime waits minutes: the test's 30 s timeout fails it.
+    const r = await zb(url(`/stall-${at()}/image.zbi`), t, { more: ["--timeout", "1"] });
+    expect(r.err).toMatch(/^zb: cannot download http:\/\/127\.0\.0\.1:\d+\/stall-\d+\/image\.zbi: the server sent nothing for 1 s\n/);
+    expect(r.exit).toBe(5);
+    expect(journalOf(t)?.state ?? null).toBe(journal);
   }, 30_000);
 });
 

@@ -8,7 +8,7 @@
  * block device as the target keeps its size and its bytes after the payload.
  */
 import { afterAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { install, type InstallOptions, type ProgressEvent } from "../../../lib/image/install.ts";
@@ -221,13 +221,32 @@ describe("resume", () => {
     const raw = zstdImg.raw.rootfs!;
     const t = place(raw.length);
     await install(host, fileSource(zstdImg.path), policy, opts(t));
-    writeFileSync(t.target, t.before);
+    const journalBefore = readFileSync(t.journal, "utf8");
+    const mtime = statSync(t.target).mtimeMs;
     const r = await install(host, fileSource(zstdImg.path), policy, opts(t, "rootfs", { resume: true }));
     expect(r).toMatchObject({ alreadyInstalled: true, resumedFrom: N });
-    expect(sha256(read(t.target))).toBe(sha256(t.before));
+    expect([sha256(read(t.target)), statSync(t.target).mtimeMs, readFileSync(t.journal, "utf8")]).toEqual([sha256(raw), mtime, journalBefore]);
     const again = await install(host, fileSource(zstdImg.path), policy, opts(t));
     expect(again).toMatchObject({ alreadyInstalled: false, resumedFrom: 0 });
     expect(sha256(read(t.target))).toBe(sha256(raw)); // complete: exactly the payload, the longer file cut
+  });
+});
+
+describe("a journal that says complete, a target that no longer holds the payload", () => {
+  test.each([
+    { target: "overwritten", spoil: (path: string) => writeFileSync(path, sentinel(zstdImg.raw.rootfs!.length)) },
+    { target: "cut short", spoil: (path: string) => writeFileSync(path, read(path).subarray(0, 1000)) },
+    { target: "one byte changed", spoil: (path: string) => writeFileSync(path, read(path).map((b, i) => (i === 5000 ? b ^ 1 : b))) },
+    { target: "removed", spoil: (path: string) => rmSync(path) },
+  ])("$target: --resume installs it again (not 'already installed'), ending complete and byte for byte", async ({ spoil }) => {
+    const raw = zstdImg.raw.rootfs!;
+    const t = place(raw.length);
+    await install(host, fileSource(zstdImg.path), policy, opts(t));
+    spoil(t.target);
+    const r = await install(host, fileSource(zstdImg.path), policy, opts(t, "rootfs", { resume: true }));
+    expect(r).toMatchObject({ alreadyInstalled: false, resumedFrom: 0 });
+    expect(sha256(read(t.target))).toBe(sha256(raw));
+    expect(readJournal(t.journal)).toMatchObject({ state: "complete", chunksDone: N });
   });
 });
 
