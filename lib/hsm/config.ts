@@ -97,7 +97,7 @@ export const KEYS: Record<string, Setter> = {
   },
   "zymkey.library": (c, v) => void (c.zymkey.library = str(v)),
   "soft.enable": (c, v, bad) => {
-    if (!["yes", "no", "1", "0", "true", "false"].includes(v)) throw bad("soft.enable must be yes or no");
+    if (!["yes", "no", "1", "0", "true", "false"].includes(v)) throw bad("soft.enable must be yes or no (1/0 and true/false are read the same)");
     c.soft.enabled = ["yes", "1", "true"].includes(v);
   },
   "soft.key-file": (c, v) => void (c.soft.keyFile = str(v)),
@@ -121,10 +121,11 @@ export function parsePcrs(v: string, bad: (why: string) => ZbError = (w) => new 
 
 /**
  * Parse the config text on top of `base` (defaults when absent).
- * @throws {ZbError} CONFIG on a malformed line, an unknown key or a bad value
+ * @throws {ZbError} CONFIG on a malformed line, an unknown key, a key set twice or a bad value
  */
 export function parseHsmConfig(text: string, path: string, base = defaultHsmConfig()): HsmConfig {
   const c = structuredClone(base);
+  const seen = new Map<string, number>();
   text.split("\n").forEach((raw, i) => {
     const line = raw.replace(/#.*$/, "").trim();
     if (line === "") return;
@@ -134,6 +135,9 @@ export function parseHsmConfig(text: string, path: string, base = defaultHsmConf
     const key = line.slice(0, eq).trim();
     const set = KEYS[key];
     if (!set) throw bad(`unknown key ${JSON.stringify(key)}`);
+    // Twice is a leftover or a typo: which one was meant is not ours to guess.
+    if (seen.has(key)) throw bad(`${key} is set again (first on line ${seen.get(key)})`);
+    seen.set(key, i + 1);
     set(c, line.slice(eq + 1).trim(), bad);
   });
   return c;

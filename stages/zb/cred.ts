@@ -5,7 +5,7 @@
  * performs: a fresh random root key, luksFormat, seal, pack.
  */
 import { realpathSync, statSync } from "node:fs";
-import { parseArgs, type ParsedArgs } from "../../lib/cli/args.ts";
+import { onlyThese, parseArgs, type ParsedArgs } from "../../lib/cli/args.ts";
 import { ZbError, ioError } from "../../lib/errors.ts";
 import { unsealError } from "../../lib/hsm/blob.ts";
 import { parsePcrs, type HsmConfig } from "../../lib/hsm/config.ts";
@@ -52,7 +52,10 @@ export async function credMain(argv: string[]): Promise<number> {
     return sub === undefined ? 2 : 0;
   }
   if (sub === "create") return create(args);
-  if (sub === "show") return show(args);
+  if (sub === "show") {
+    onlyThese(args, ["json"], 1, "zb cred show");
+    return show(args);
+  }
   throw new ZbError("USAGE", `cannot run zb cred: unknown subcommand ${JSON.stringify(sub)}`, { hint: "see `zb cred --help`" });
 }
 

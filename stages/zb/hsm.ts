@@ -4,7 +4,7 @@
  * Secrets enter on stdin and leave into a new 0600 file or stdout.
  */
 import { readFileSync, writeFileSync } from "node:fs";
-import { parseArgs, type OptionSpecs, type ParsedArgs } from "../../lib/cli/args.ts";
+import { onlyThese, parseArgs, type OptionSpecs, type ParsedArgs } from "../../lib/cli/args.ts";
 import { ZbError, ioError } from "../../lib/errors.ts";
 import { decodeBlob, encodeBlob, unsealError } from "../../lib/hsm/blob.ts";
 import { DEFAULT_HSM_CONFIG, KEYS, parsePcrs, readHsmConfig, type HsmConfig } from "../../lib/hsm/config.ts";
@@ -109,6 +109,8 @@ export async function hsmMain(argv: string[]): Promise<number> {
     out(USAGE + "\n");
     return sub === undefined ? 2 : 0;
   }
+  const positionals: Record<string, number> = { probe: 0, seal: 0, unseal: 1 };
+  if (sub in positionals) onlyThese(args, Object.keys(specs), positionals[sub]!, `zb hsm ${sub}`);
   const cfg = hsmConfigFrom(args);
   if (sub === "probe") return probe(args, cfg);
   if (sub === "seal") return seal(args, cfg);
