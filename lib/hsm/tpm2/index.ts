@@ -146,11 +146,12 @@ export class Tpm2Hsm implements Hsm {
    * (sha256 bank, current values) and `opts.lockPcr` (at zero), or, without PCRs, to
    * PolicyCommandCode(TPM2_Unseal).
    * The sensitive data travels encrypted (salted session, decrypt attribute).
-   * @throws {ZbError} HSM_ABSENT when the TPM is not there; USAGE for bad PCR indices; HSM_FAILED otherwise
+   * @throws {ZbError} HSM_ABSENT when the TPM is not there; USAGE for bad PCR indices or a secret that is empty or over 128 bytes; HSM_FAILED otherwise
    */
   async seal(secret: Uint8Array, opts: SealOptions = {}): Promise<SealedData> {
     if (secret.length === 0 || secret.length > MAX_SECRET) {
-      throw new ZbError("HSM_FAILED", `cannot seal with tpm2: the secret is ${secret.length} bytes; a TPM seals 1 to ${MAX_SECRET} bytes`);
+      // The caller's input, not the TPM, is wrong: USAGE, like an empty secret on stdin.
+      throw new ZbError("USAGE", `cannot seal with tpm2: the secret is ${secret.length} bytes; a TPM seals 1 to ${MAX_SECRET} bytes`);
     }
     const lock = opts.lockPcr;
     if (lock !== undefined && !LOCKABLE_PCRS.includes(lock)) {

@@ -85,9 +85,22 @@ export const connect: TransportFactory = async (address) =>
 /** errno codes that mean "no TPM here (yet)". */
 const ABSENT_ERRNO = new Set(["ENOENT", "ENODEV", "ENXIO", "EBUSY", "ECONNREFUSED", "EHOSTUNREACH", "ENETUNREACH", "ETIMEDOUT"]);
 
+/** What the errno means for a TPM, instead of the runtime's "ENOENT: …, open '…'" text. */
+const ERRNO_TEXT: Record<string, string> = {
+  ENOENT: "no such device (no TPM driver loaded, or no TPM)",
+  ENODEV: "no such device",
+  ENXIO: "no such device",
+  EBUSY: "the device is busy (another program holds it)",
+  EACCES: "permission denied",
+  ECONNREFUSED: "the connection was refused (is swtpm running?)",
+  EHOSTUNREACH: "the host is unreachable",
+  ENETUNREACH: "the network is unreachable",
+  ETIMEDOUT: "the connection timed out",
+};
+
 function connectError(address: string, e: unknown): ZbError {
   const code = (e as { code?: string }).code ?? "";
-  const reason = (e as Error).message ?? String(e);
+  const reason = ERRNO_TEXT[code] ?? (e as Error).message ?? String(e);
   return new ZbError(ABSENT_ERRNO.has(code) ? "HSM_ABSENT" : "HSM_FAILED", `cannot open TPM ${address}: ${reason}`, { cause: e });
 }
 

@@ -94,8 +94,8 @@ describe("round trip: secret and PCRs before → the same secret after", () => {
   });
 
   test.each([
-    { name: "an empty secret", secret: new Uint8Array(0), pcrs: [], code: "HSM_FAILED", why: /0 bytes; a TPM seals 1 to 128/ },
-    { name: "129 bytes", secret: new Uint8Array(129), pcrs: [], code: "HSM_FAILED", why: /129 bytes/ },
+    { name: "an empty secret", secret: new Uint8Array(0), pcrs: [], code: "USAGE", why: /0 bytes; a TPM seals 1 to 128/ },
+    { name: "129 bytes", secret: new Uint8Array(129), pcrs: [], code: "USAGE", why: /129 bytes/ },
     { name: "PCR 24", secret: new Uint8Array(32), pcrs: [24], code: "USAGE", why: /PCR 24/ },
   ])("seal refuses $name", async ({ secret, pcrs, code, why }) => {
     await expect(hsm.seal(secret, { pcrs: [...pcrs] })).rejects.toMatchObject({ code, message: expect.stringMatching(why) });
