@@ -28,9 +28,13 @@ export interface ParsedArgs {
 /**
  * Parse argv against `specs`.
  * @param what the command, for messages (`zb env print`)
- * @throws {ZbError} USAGE for an unknown option, a missing value, or an option that takes one value given twice
+ * @param opts.repeats "refuse": an option that takes one value may be given
+ *   once (the publishing and enrolment commands); "last" (default): the last
+ *   one wins, as getopt does — the fw_printenv/fw_setenv personalities keep
+ *   libubootenv's behaviour, and the boot path does not fail on a repeat
+ * @throws {ZbError} USAGE for an unknown option, a missing value, or (repeats: "refuse") a single-value option given twice
  */
-export function parseArgs(argv: readonly string[], specs: OptionSpecs, what: string): ParsedArgs {
+export function parseArgs(argv: readonly string[], specs: OptionSpecs, what: string, opts: { repeats?: "refuse" | "last" } = {}): ParsedArgs {
   const byShort = new Map<string, string>();
   for (const [long, s] of Object.entries(specs)) if (s.short) byShort.set(s.short, long);
   const out: ParsedArgs = { flags: new Set(), values: new Map(), multi: new Map(), positional: [] };
@@ -65,7 +69,7 @@ export function parseArgs(argv: readonly string[], specs: OptionSpecs, what: str
     const value = inline ?? argv[++i];
     if (value === undefined) throw usage(what, `option --${name} needs a value`);
     // Last-one-wins would quietly drop one of two targets, keys or algorithms.
-    if (!spec.multiple && out.values.has(name)) throw usage(what, `option --${name} is given twice (${JSON.stringify(out.values.get(name))} and ${JSON.stringify(value)})`);
+    if (opts.repeats === "refuse" && !spec.multiple && out.values.has(name)) throw usage(what, `option --${name} is given twice (${JSON.stringify(out.values.get(name))} and ${JSON.stringify(value)})`);
     out.values.set(name, value);
     if (spec.multiple) out.multi.set(name, [...(out.multi.get(name) ?? []), value]);
   }

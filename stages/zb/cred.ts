@@ -18,7 +18,7 @@ import { createNew, out } from "../output.ts";
 import { HSM_OPTIONS, HSM_OPTIONS_HELP, hsmConfigFrom, hsmFor, sealOptions } from "./hsm.ts";
 
 const USAGE = `usage: zb cred create --slot a|b --root DEVICE --format [--data DEVICE (--format-data | --data-key-from CRED)]
-                      [--pcrs LIST] [HSM options] (-o CRED.cpio | --initramfs FILE) [--json]
+                      [--pcrs LIST] [HSM options] [-o CRED.cpio] [--initramfs FILE] [--json]
        zb cred show CRED [--json]
 
 create: enrol a slot. Makes a fresh random 256-bit key, luksFormats DEVICE
@@ -46,12 +46,15 @@ export async function credMain(argv: string[]): Promise<number> {
     ...HSM_OPTIONS, slot: { value: true }, root: { value: true }, data: { value: true }, format: {}, "format-data": {},
     "data-key-from": { value: true }, pcrs: { value: true }, output: { short: "o", value: true }, initramfs: { value: true },
     json: {}, help: { short: "h" },
-  }, `zb cred ${sub ?? ""}`.trim());
+  }, `zb cred ${sub ?? ""}`.trim(), { repeats: "refuse" });
   if (sub === undefined || sub === "--help" || sub === "-h" || args.flags.has("help")) {
     out(USAGE + "\n");
     return sub === undefined ? 2 : 0;
   }
-  if (sub === "create") return create(args);
+  if (sub === "create") {
+    onlyThese(args, [...args.flags, ...args.values.keys()], 0, "zb cred create");
+    return create(args);
+  }
   if (sub === "show") {
     onlyThese(args, ["json"], 1, "zb cred show");
     return show(args);
@@ -63,7 +66,7 @@ export async function credMain(argv: string[]): Promise<number> {
  * Credentials from a directory (the unpacked initramfs root), an archive or an initramfs.
  * @throws {ZbError} CRED_INVALID when none are found; IO
  */
-export function loadCredentials(path: string): LoadedCredentials {
+export function loadCredentials(path: string): LoadedCredentials & { offset: number | null } {
   const sys = new HostSys();
   let st;
   try {
@@ -71,10 +74,11 @@ export function loadCredentials(path: string): LoadedCredentials {
   } catch (e) {
     throw ioError(`read credentials ${path}`, e);
   }
-  if (st.isDirectory()) return readCredentials(sys, path);
-  const found = findAppendedCredentials(credentialTail(sys, path, st.size).bytes);
+  if (st.isDirectory()) return { ...readCredentials(sys, path), offset: null };
+  const tail = credentialTail(sys, path, st.size);
+  const found = findAppendedCredentials(tail.bytes);
   if (!found) throw new ZbError("CRED_INVALID", `cannot read credentials: ${path} is not a credentials archive and carries none at its end`);
-  return found.credentials;
+  return { ...found.credentials, offset: tail.start + found.offset };
 }
 
 function need(args: ParsedArgs, name: string, why: string): string {
@@ -185,7 +189,7 @@ function show(args: ParsedArgs): number {
   const path = args.positional[0];
   if (!path) throw new ZbError("USAGE", "cannot show credentials: no CRED given");
   const c = loadCredentials(path);
-  if (args.flags.has("json")) out(JSON.stringify({ meta: c.meta, root: { backend: c.rootBlob.backend, bytes: c.root.length }, ...(c.data ? { data: { backend: c.dataBlob!.backend, bytes: c.data.length } } : {}) }) + "\n");
-  else out(describe(c.meta));
+  if (args.flags.has("json")) out(JSON.stringify({ meta: c.meta, offset: c.offset, root: { backend: c.rootBlob.backend, bytes: c.root.length }, ...(c.data ? { data: { backend: c.dataBlob!.backend, bytes: c.data.length } } : {}) }) + "\n");
+  else out(describe(c.meta) + (c.offset === null ? "" : `archive at byte ${c.offset} of ${path}\n`));
   return 0;
 }

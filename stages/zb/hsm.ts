@@ -104,7 +104,7 @@ ${HSM_OPTIONS_HELP}`;
 export async function hsmMain(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
   const specs: OptionSpecs = { ...HSM_OPTIONS, pcrs: { value: true }, output: { short: "o", value: true }, json: {}, help: { short: "h" } };
-  const args = parseArgs(rest, specs, `zb hsm ${sub ?? ""}`.trim());
+  const args = parseArgs(rest, specs, `zb hsm ${sub ?? ""}`.trim(), { repeats: "refuse" });
   if (sub === undefined || sub === "--help" || sub === "-h" || args.flags.has("help")) {
     out(USAGE + "\n");
     return sub === undefined ? 2 : 0;
@@ -186,7 +186,7 @@ async function seal(args: ParsedArgs, cfg: HsmConfig): Promise<number> {
   }
   if (file) file.finish(blob);
   else out(blob, { mustArrive: true });
-  if (args.flags.has("json")) err(JSON.stringify({ backend: name, bytes: blob.length, output, pcrs: name === "tpm2" ? pcrs : undefined }) + "\n");
+  if (args.flags.has("json")) err(JSON.stringify({ backend: name, bytes: blob.length, output, pcrs: name === "tpm2" ? pcrs : undefined, lockPcr: options.lockPcr }) + "\n");
   return 0;
 }
 

@@ -73,7 +73,7 @@ export async function imageMain(argv: string[]): Promise<number> {
     if (sub === undefined || sub === "--help" || sub === "-h") return sub === undefined ? 2 : 0;
     throw new ZbError("USAGE", `cannot run zb image: unknown subcommand ${JSON.stringify(sub)}`);
   }
-  const args = parseArgs(rest, SPECS, `zb image ${sub}`);
+  const args = parseArgs(rest, SPECS, `zb image ${sub}`, { repeats: "refuse" });
   if (args.flags.has("help")) {
     out(`usage: ${USAGE[sub]}\n`);
     return 0;

@@ -18,7 +18,7 @@ id:  the key id of a public or private key file: SHA-256 of the public key's
 
 export function keyMain(argv: string[]): number {
   const [sub, ...rest] = argv;
-  const args = parseArgs(rest, { alg: { value: true }, output: { short: "o", value: true }, json: {}, help: { short: "h" } }, `zb key ${sub ?? ""}`.trim());
+  const args = parseArgs(rest, { alg: { value: true }, output: { short: "o", value: true }, json: {}, help: { short: "h" } }, `zb key ${sub ?? ""}`.trim(), { repeats: "refuse" });
   if (sub === undefined || sub === "--help" || sub === "-h" || args.flags.has("help")) {
     out(USAGE + "\n");
     return sub === undefined ? 2 : 0;

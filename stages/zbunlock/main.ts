@@ -31,8 +31,8 @@ import { credentialBackend, credentialsOnce, lockAfterFailureStep, secondsParam,
 import { awaitGo, DEFAULT_GO_WAIT_S, reportExitTo } from "./prestart.ts";
 
 export const USAGE = `usage: zbunlock [--boot DIR] [--root DIR] [--dry-run] [--no-unlock] [--no-reboot] [--json]
-                [--credentials DIR] [--config FILE] [--tpm ADDR] [--pin-file FILE] [--go-file FILE]
-                [--status-fd N]
+                [--credentials DIR] [--go-file FILE] [--status-fd N] [HSM options: --config FILE,
+                --tpm ADDR, --pin-file FILE, … as \`zb hsm --help\` lists them]
        zb unlock [...]
 
 Runs in the initramfs of an OS slot: updates the boot state (kernel_status,

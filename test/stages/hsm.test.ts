@@ -270,6 +270,11 @@ describe("zb cred", () => {
     expect(lstatSync(join(dir, "initrd-link.img")).isSymbolicLink()).toBe(true);
     const st = statSync(real);
     expect({ mode: st.mode & 0o7777, uid: st.uid, gid: st.gid }).toEqual({ mode: 0o600, uid: 1, gid: 1 });
-    expect(zb(["cred", "show", real]).code).toBe(0);
+    // The offset `cred show` gives is where `cpio` finds the archive (docs/credentials.md).
+    const shown = JSON.parse(zb(["cred", "show", real, "--json"]).out) as { offset: number };
+    expect(shown.offset % 4).toBe(0);
+    const list = Bun.spawnSync(["cpio", "-t", "--quiet"], { stdin: readFileSync(real).subarray(shown.offset) }).stdout.toString();
+    expect(list).toContain("zb/credentials/root.sealed");
+    expect(zb(["cred", "show", real]).out).toContain(`archive at byte ${shown.offset} of ${real}\n`);
   });
 });
