@@ -111,7 +111,12 @@ export async function install(sys: Sys, source: ImageSource, policy: Policy, opt
       } catch (e) {
         journal.state = "failed";
         journal.error = e instanceof Error ? e.message : String(e);
-        writeJournal(sys, opts.journal, journal);
+        try {
+          writeJournal(sys, opts.journal, journal);
+        } catch {
+          // The journal's disk failed too (often the same full disk): the original error is the one to report,
+          // and the journal still says "writing", which also means not installed.
+        }
         throw e;
       }
     } finally {
@@ -146,6 +151,7 @@ function checkSeparateFiles(sys: Sys, source: ImageSource, opts: InstallOptions)
   if (sys.stat(dirname(opts.journal))?.kind !== "dir") {
     throw new ZbError("IO", `cannot write the install journal ${opts.journal}: the folder ${dirname(opts.journal)} does not exist`);
   }
+  sys.checkWritableDir(dirname(opts.journal)); // a read-only mount or folder: said before the target is touched
   const key = (f: (typeof files)[number]) => f.info?.id ?? `path:${resolve(f.path)}`;
   for (const [i, a] of files.entries()) {
     for (const b of files.slice(i + 1)) {
@@ -271,7 +277,9 @@ async function writeChunks(sys: Sys, chunkSize: number, p: Payload, from: number
     await settle();
   }
   if (digest !== p.raw.sha256) {
-    throw new ZbError("PAYLOAD_CORRUPT", `cannot install ${p.name}: the written payload's SHA-256 ${digest} differs from the signed ${p.raw.sha256}`);
+    // Every chunk matched the manifest on its way in: after a resume the bytes read back from before it are the suspects.
+    const hint = from > 0 ? { hint: `the ${from} chunks already on the target before the resume do not hold what was written: install again without --resume` } : {};
+    throw new ZbError("PAYLOAD_CORRUPT", `cannot install ${p.name}: the written payload's SHA-256 ${digest} differs from the signed ${p.raw.sha256}`, hint);
   }
   target.sync();
   return digest;

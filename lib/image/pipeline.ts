@@ -73,7 +73,7 @@ const RAW_SLOTS = 3;
  * ~0.95 s per GiB against the main thread's ~0.75 s when it took every check).
  */
 const BACKLOG = 2;
-/** A worker whose counters stand still this long is taken as dead (a write(2) can block for seconds on a slow card, not minutes). */
+/** A worker whose counters stand still this long fails the install as IO: a write(2) can block for seconds on a slow card, not minutes. */
 const STALL_MS = 120_000;
 /** How long a worker may take to start before everything stays on this thread. */
 const READY_MS = 2000;
@@ -244,7 +244,8 @@ function threaded(target: Target, sizes: PipelineSizes, stallMs: number): ChunkP
       const moved = Atomics.load(ctrl, STORED_DONE) + Atomics.load(ctrl, RAW_DONE);
       if (moved !== seen) [seen, since] = [moved, performance.now()];
       else if (performance.now() - since > stallMs) {
-        throw new ZbError("INTERNAL", `internal error: the install worker made no progress for ${stallMs / 1000} s`);
+        // A write(2) or read(2) that does not return is the medium (failing, or throttled far beyond normal), not a bug in zb.
+        throw new ZbError("IO", `cannot write ${target.path}: the install worker made no progress for ${stallMs / 1000} s (a write to the device did not return; it may be failing or extremely slow)`);
       }
     }
   };

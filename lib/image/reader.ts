@@ -10,7 +10,7 @@
  * and `image sign`, which never write a payload anywhere.
  */
 import { extract, type Extract, type Header } from "tar-stream";
-import { ZbError } from "../errors.ts";
+import { ioError, ZbError } from "../errors.ts";
 import { BLOCK, checkEntry, checkUstarHeader, entrySpan, LIMITS, MANIFEST_NAME, MARKER, MARKER_NAME, payloadOffsets, readSmallEntry, SIGNATURES_NAME, bad } from "./format.ts";
 import type { DirectReader } from "./source.ts";
 import { decodeManifest, LIMITS as MANIFEST_LIMITS, type Manifest, type Payload } from "./manifest.ts";
@@ -206,8 +206,7 @@ async function feed(input: AsyncIterable<Uint8Array>, tar: Extract): Promise<voi
     }
     (tar.end as unknown as () => void).call(tar);
   } catch (e) {
-    const why = e instanceof Error ? e.message : String(e);
-    tar.destroy(e instanceof ZbError ? e : new ZbError("IO", `cannot read the image: ${why}`, { cause: e }));
+    tar.destroy(ioError("read the image", e)); // a ZbError stays as it is; an errno reads as words ("input/output error")
   }
 }
 

@@ -49,6 +49,8 @@ export interface Sys {
   readText(path: string): string;
   /** Names in a directory, unsorted. */
   listDir(path: string): string[];
+  /** Can this process create and replace files in `dir`? @throws {ZbError} IO with the reason when not (read-only mount, permissions) */
+  checkWritableDir(dir: string): void;
 }
 
 /** The real host, through node:fs. */
@@ -151,6 +153,14 @@ export class HostSys implements Sys {
       throw ioError(`list ${path}`, e);
     }
   }
+  checkWritableDir(dir: string): void {
+    try {
+      fs.accessSync(dir, fs.constants.W_OK);
+    } catch (e) {
+      throw ioError(`write in ${dir}`, e);
+    }
+  }
+
 }
 
 function open(path: string, flags: string | number, what: string, mode?: number): number {

@@ -86,6 +86,10 @@ export class CuttingSys implements Sys {
     return this.inner.readText(path);
   }
 
+  checkWritableDir(dir: string): void {
+    this.inner.checkWritableDir(dir);
+  }
+
   listDir(path: string): string[] {
     return this.inner.listDir(path);
   }

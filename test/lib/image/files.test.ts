@@ -16,7 +16,8 @@ import { install } from "../../../lib/image/install.ts";
 import type { Policy } from "../../../lib/image/reader.ts";
 import { keySigner, loadTrustDir } from "../../../lib/image/sign.ts";
 import { fileSource } from "../../../lib/image/source.ts";
-import { HostSys } from "../../../lib/sys/sys.ts";
+import { HostSys, type WriteOptions } from "../../../lib/sys/sys.ts";
+import { ioError } from "../../../lib/errors.ts";
 import { buildImage, KEYS, MIN_CHUNK, sentinel, sha256, trustDir, variedBytes } from "./fixture.ts";
 
 const root = mkdtempSync(join(tmpdir(), "zb-files-"));
@@ -173,5 +174,41 @@ describe("create: the output is not an input", () => {
     writeFileSync(join(dir, "boot/vmlinuz"), "kernel");
     await createImage({ ...base, output: join(dir, "boot-update.zbi"), payloads: [{ name: "boot", kind: "boot", encoding: "zstd", from: { dir: join(dir, "boot") } }] });
     expect(existsSync(join(dir, "boot-update.zbi"))).toBe(true);
+  });
+});
+
+describe("install: the journal's own failures", () => {
+  test("a journal folder on a read-only mount: IO naming why, before the target is created", async () => {
+    const c = place();
+    const ro = join(c.dir, "ro");
+    mkdirSync(ro);
+    expect(Bun.spawnSync(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", ro]).exitCode).toBe(0);
+    try {
+      const target = join(c.dir, "new-slot.img");
+      const e = (await install(host, fileSource(c.image), policy, { payload: "rootfs", target, journal: join(ro, "j") }).catch((x: unknown) => x)) as { code?: string; message?: string };
+      expect({ code: e.code, message: e.message }).toEqual({ code: "IO", message: `cannot write in ${ro}: read-only file system` });
+      expect(existsSync(target)).toBe(false);
+    } finally {
+      Bun.spawnSync(["umount", ro]);
+    }
+  });
+
+  test("the journal cannot record the failure (its disk is full too): the install's own error is reported, the journal still says writing", async () => {
+    // A corrupt chunk fails the install; then writing "failed" into the journal fails as well.
+    const c = place();
+    const bytes = new Uint8Array(readFileSync(c.image));
+    bytes[bytes.length - 2048]! ^= 1; // inside the last payload chunk
+    writeFileSync(c.image, bytes);
+    class FullAfterStart extends HostSys {
+      override writeAt(path: string, offset: number, data: Uint8Array, opts?: WriteOptions): void {
+        if (path.includes("install.journal") && Buffer.from(data).toString().includes('"failed"')) {
+          throw ioError(`write ${path}`, Object.assign(new Error("ENOSPC"), { code: "ENOSPC" }));
+        }
+        super.writeAt(path, offset, data, opts);
+      }
+    }
+    const e = (await install(new FullAfterStart(), fileSource(c.image), policy, { payload: "rootfs", target: c.target, journal: c.journal }).catch((x: unknown) => x)) as { code?: string; message?: string };
+    expect(e.code).toBe("PAYLOAD_CORRUPT");
+    expect(JSON.parse(readFileSync(c.journal, "utf8"))).toMatchObject({ state: "writing" });
   });
 });

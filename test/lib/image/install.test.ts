@@ -201,7 +201,8 @@ describe("resume", () => {
     bad[CHUNK + 100]! ^= 0x01; // chunk 1, before the resume point 3
     writeFileSync(t.target, bad);
     writeFileSync(t.journal, JSON.stringify({ ...j, state: "writing", chunksDone: 3 }));
-    expect(await outcome(install(host, fileSource(zstdImg.path), policy, opts(t, "rootfs", { resume: true })))).toBe("PAYLOAD_CORRUPT");
+    const e = (await install(host, fileSource(zstdImg.path), policy, opts(t, "rootfs", { resume: true })).catch((x: unknown) => x)) as { code?: string; hint?: string };
+    expect({ code: e.code, hint: e.hint }).toEqual({ code: "PAYLOAD_CORRUPT", hint: "the 3 chunks already on the target before the resume do not hold what was written: install again without --resume" });
     expect(readJournal(t.journal)).toMatchObject({ state: "failed", chunksDone: 3 });
     expect(readJournal(t.journal).error).toMatch(/SHA-256 .* differs from the signed/);
     await install(host, fileSource(zstdImg.path), policy, opts(t));
