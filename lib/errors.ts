@@ -105,18 +105,30 @@ export function ioError(what: string, cause: unknown): ZbError {
   return new ZbError("IO", `cannot ${what}: ${reason}`, { cause });
 }
 
-function describeErrno(cause: unknown): string {
+const ERRNO_TEXT: Record<string, string> = {
+  ENOENT: "no such file or directory",
+  EACCES: "permission denied",
+  EPERM: "operation not permitted",
+  EROFS: "read-only file system",
+  ENOSPC: "no space left on device",
+  EISDIR: "is a directory",
+  ENOTDIR: "not a directory",
+  EIO: "input/output error",
+  ECONNRESET: "the connection was reset",
+  ECONNREFUSED: "the connection was refused",
+  ENOTFOUND: "the host name does not resolve",
+  EHOSTUNREACH: "the host is unreachable",
+  ENETUNREACH: "the network is unreachable",
+  ETIMEDOUT: "the connection timed out",
+};
+
+/**
+ * A host error in words: the errno's meaning when it is a known one, else the error's own message.
+ * @param overrides words for some codes that say more in the caller's context (a TPM device node, say)
+ */
+export function describeErrno(cause: unknown, overrides: Record<string, string> = {}): string {
   const e = cause as { code?: string; message?: string } | undefined;
-  const known: Record<string, string> = {
-    ENOENT: "no such file or directory",
-    EACCES: "permission denied",
-    EPERM: "operation not permitted",
-    EROFS: "read-only file system",
-    ENOSPC: "no space left on device",
-    EISDIR: "is a directory",
-    ENOTDIR: "not a directory",
-    EIO: "input/output error",
-  };
-  if (e?.code && known[e.code]) return known[e.code]!;
+  const code = e?.code;
+  if (code && (overrides[code] ?? ERRNO_TEXT[code])) return overrides[code] ?? ERRNO_TEXT[code]!;
   return e?.message ?? String(cause);
 }

@@ -80,11 +80,12 @@ export function parseArgs(argv: readonly string[], specs: OptionSpecs, what: str
  * Refuse what a subcommand that shares its option table with others does not
  * take: options it has no use for, and more positional arguments than it reads
  * (`zb image verify a.zbi b.zbi` must not check only a.zbi and say OK).
+ * @param options the options it takes; null: any in its table (only the positionals are checked)
  * @throws {ZbError} USAGE
  */
-export function onlyThese(args: ParsedArgs, options: readonly string[], positionals: number, what: string): void {
-  for (const name of [...args.flags, ...args.values.keys()]) {
-    if (!options.includes(name)) throw usage(what, `option --${name} does not apply here`);
+export function onlyThese(args: ParsedArgs, options: readonly string[] | null, positionals: number, what: string): void {
+  for (const name of options === null ? [] : [...args.flags, ...args.values.keys()]) {
+    if (!options!.includes(name)) throw usage(what, `option --${name} does not apply here`);
   }
   if (args.positional.length > positionals) {
     const extra = args.positional[positionals]!;

@@ -20,6 +20,7 @@ import { encodeSignatures, type Signature, type Signer } from "./sign.ts";
 import type { ImageSource } from "./source.ts";
 import { archiveWriter, checkReplaceable } from "./writer.ts";
 import { encodeFrame } from "./zstd.ts";
+import { HostSys } from "../sys/sys.ts";
 
 export const DEFAULT_CHUNK = 4 << 20;
 export const DEFAULT_LEVEL = 3;
@@ -141,15 +142,8 @@ function checkHeader(opts: CreateOptions, chunkSize: number): void {
   }
 }
 
-/** "dev:ino" of a path, or null when it does not exist. */
-function fileId(path: string): string | null {
-  try {
-    const st = fs.statSync(path);
-    return `${st.dev}:${st.ino}`;
-  } catch {
-    return null;
-  }
-}
+/** "dev:ino" of a path (HostSys.stat), or null when it does not exist. */
+const fileId = (path: string): string | null => new HostSys().stat(path)?.id ?? null;
 
 function realDir(path: string): string | null {
   try {

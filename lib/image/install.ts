@@ -79,8 +79,7 @@ export async function install(sys: Sys, source: ImageSource, policy: Policy, opt
     const payload = findPayload(img.header, opts.payload);
     const imageId = sha256hex(img.header.manifestBytes);
     const previous = readJournal(sys, opts.journal);
-    let from = resumePoint(previous, opts, imageId);
-    if (opts.resume) checkChunksDone(previous, payload, opts.journal);
+    let from = resumePoint(previous, opts, imageId, payload);
     if (previous?.state === "complete" && opts.resume) {
       // "complete" is a claim about the target: it only counts while the target still holds the payload.
       if (targetHolds(opts.target, payload)) return result(opts, payload, from, true, started);
@@ -167,17 +166,14 @@ function findPayload(h: VerifiedImage, name: string): Payload {
   return p;
 }
 
-function resumePoint(j: Journal | null, opts: InstallOptions, imageId: string): number {
+function resumePoint(j: Journal | null, opts: InstallOptions, imageId: string, p: Payload): number {
   if (!opts.resume) return 0;
   if (!j) throw new ZbError("USAGE", `cannot resume: there is no install journal at ${opts.journal}`);
   const other = j.image !== imageId ? "another image" : j.payload !== opts.payload ? `payload ${j.payload}` : j.target !== opts.target ? `target ${j.target}` : null;
   if (other) throw new ZbError("USAGE", `cannot resume: the journal ${opts.journal} belongs to ${other}`, { hint: "install without --resume" });
+  // A journal of this image that claims more chunks than the payload has was not written by zb.
+  if (j.chunksDone > p.chunks.length) throw new ZbError("IO", `cannot read install journal ${opts.journal}: it says ${j.chunksDone} chunks are done, the payload has ${p.chunks.length}`, { hint: "install without --resume" });
   return j.chunksDone;
-}
-
-/** A journal of this image that claims more chunks than the payload has was not written by zb. @throws {ZbError} IO */
-function checkChunksDone(j: Journal | null, p: Payload, path: string): void {
-  if (j && j.chunksDone > p.chunks.length) throw new ZbError("IO", `cannot read install journal ${path}: it says ${j.chunksDone} chunks are done, the payload has ${p.chunks.length}`, { hint: "install without --resume" });
 }
 
 function checkTargetSize(t: Target, p: Payload): void {
@@ -299,13 +295,7 @@ function targetHolds(path: string, p: Payload): boolean {
   try {
     if (t.size() < p.raw.size) return false;
     const h = new Bun.CryptoHasher("sha256");
-    const step = 4 << 20;
-    for (let at = 0; at < p.raw.size; at += step) {
-      const part = t.read(at, Math.min(step, p.raw.size - at));
-      if (part.length === 0) return false;
-      h.update(part);
-    }
-    return h.digest("hex") === p.raw.sha256;
+    return readBack(t, p.raw.size, (part) => void h.update(part)) === p.raw.size && h.digest("hex") === p.raw.sha256;
   } finally {
     t.close();
   }
@@ -313,13 +303,20 @@ function targetHolds(path: string, p: Payload): boolean {
 
 /** Resume: what is already on the target goes into the whole-payload hash again. */
 function rehashWritten(target: Target, bytes: number, pipe: ChunkPipeline): void {
+  const held = readBack(target, bytes, (part) => pipe.rehash(part));
+  if (held < bytes) throw new ZbError("IO", `cannot resume: ${target.path} holds ${held} bytes, fewer than the ${bytes} the journal says were written`);
+}
+
+/** Pass the target's first `bytes` bytes to `use` in 4 MiB parts. @returns how many there were (fewer at its end) */
+function readBack(target: Target, bytes: number, use: (part: Uint8Array) => void): number {
   const step = 4 << 20;
   for (let at = 0; at < bytes; at += step) {
     const want = Math.min(step, bytes - at);
     const part = target.read(at, want);
-    if (part.length < want) throw new ZbError("IO", `cannot resume: ${target.path} holds ${at + part.length} bytes, fewer than the ${bytes} the journal says were written`);
-    pipe.rehash(part);
+    if (part.length > 0) use(part);
+    if (part.length < want) return at + part.length;
   }
+  return bytes;
 }
 
 /** A seeking resume checks that the ustar header before the data names this payload. */

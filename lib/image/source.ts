@@ -4,7 +4,7 @@
  * is how an interrupted install resumes without reading the image again.
  */
 import { closeSync, createReadStream, openSync, readSync, statSync } from "node:fs";
-import { ZbError, ioError } from "../errors.ts";
+import { describeErrno, ZbError, ioError } from "../errors.ts";
 
 export interface ImageSource {
   readonly name: string;
@@ -156,16 +156,13 @@ async function* watched(body: AsyncIterable<Uint8Array>, idleMs: number, abort: 
   }
 }
 
-/** A fetch error in a few words: the errno name's meaning, without the runtime's advice on fetch() options. */
+/** Bun's own codes for fetch failures, beside the errno names lib/errors.ts knows. */
+const FETCH_CODES: Record<string, string> = {
+  ConnectionRefused: "the connection was refused",
+  ConnectionClosed: "the connection was closed early",
+};
+
+/** A fetch error in a few words, without the runtime's advice on fetch() options. */
 function fetchReason(e: unknown): string {
-  const x = e as { code?: string; message?: string };
-  const known: Record<string, string> = {
-    ECONNRESET: "the connection was reset",
-    ECONNREFUSED: "the connection was refused",
-    ConnectionRefused: "the connection was refused",
-    ConnectionClosed: "the connection was closed early",
-    ENOTFOUND: "the host name does not resolve",
-  };
-  if (x?.code && known[x.code]) return known[x.code]!;
-  return String(x?.message ?? e).replace(/\s*For more information, pass `verbose: true`.*$/s, "");
+  return describeErrno(e, FETCH_CODES).replace(/\s*For more information, pass `verbose: true`.*$/s, "");
 }

@@ -52,7 +52,7 @@ export async function credMain(argv: string[]): Promise<number> {
     return sub === undefined ? 2 : 0;
   }
   if (sub === "create") {
-    onlyThese(args, [...args.flags, ...args.values.keys()], 0, "zb cred create");
+    onlyThese(args, null, 0, "zb cred create");
     return create(args);
   }
   if (sub === "show") {

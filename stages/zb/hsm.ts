@@ -110,7 +110,7 @@ export async function hsmMain(argv: string[]): Promise<number> {
     return sub === undefined ? 2 : 0;
   }
   const positionals: Record<string, number> = { probe: 0, seal: 0, unseal: 1 };
-  if (sub in positionals) onlyThese(args, Object.keys(specs), positionals[sub]!, `zb hsm ${sub}`);
+  if (sub in positionals) onlyThese(args, null, positionals[sub]!, `zb hsm ${sub}`);
   const cfg = hsmConfigFrom(args);
   if (sub === "probe") return probe(args, cfg);
   if (sub === "seal") return seal(args, cfg);

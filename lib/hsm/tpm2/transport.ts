@@ -16,7 +16,7 @@
 import * as fs from "node:fs";
 import type * as net from "node:net";
 import { nodeNet } from "../../sys/lazy.ts";
-import { ZbError } from "../../errors.ts";
+import { describeErrno, ZbError } from "../../errors.ts";
 import { MAX_RESPONSE } from "./wire.ts";
 
 /** One TPM connection: send a command, get its response. Not re-entrant. */
@@ -85,22 +85,18 @@ export const connect: TransportFactory = async (address) =>
 /** errno codes that mean "no TPM here (yet)". */
 const ABSENT_ERRNO = new Set(["ENOENT", "ENODEV", "ENXIO", "EBUSY", "ECONNREFUSED", "EHOSTUNREACH", "ENETUNREACH", "ETIMEDOUT"]);
 
-/** What the errno means for a TPM, instead of the runtime's "ENOENT: …, open '…'" text. */
-const ERRNO_TEXT: Record<string, string> = {
+/** What an errno means for a TPM, where the general words (lib/errors.ts) say less. */
+const TPM_ERRNO_TEXT: Record<string, string> = {
   ENOENT: "no such device (no TPM driver loaded, or no TPM)",
   ENODEV: "no such device",
   ENXIO: "no such device",
   EBUSY: "the device is busy (another program holds it)",
-  EACCES: "permission denied",
   ECONNREFUSED: "the connection was refused (is swtpm running?)",
-  EHOSTUNREACH: "the host is unreachable",
-  ENETUNREACH: "the network is unreachable",
-  ETIMEDOUT: "the connection timed out",
 };
 
 function connectError(address: string, e: unknown): ZbError {
   const code = (e as { code?: string }).code ?? "";
-  const reason = ERRNO_TEXT[code] ?? (e as Error).message ?? String(e);
+  const reason = describeErrno(e, TPM_ERRNO_TEXT);
   return new ZbError(ABSENT_ERRNO.has(code) ? "HSM_ABSENT" : "HSM_FAILED", `cannot open TPM ${address}: ${reason}`, { cause: e });
 }
 
