@@ -64,6 +64,8 @@ export const CODES = {
   NOT_STARTED: 24,
   /** The install target is in use: a mounted file system, an open LUKS/device-mapper volume, another install. */
   TARGET_BUSY: 25,
+  /** install --read-back: the medium does not return what was written to it (a failing or fake-capacity device). */
+  TARGET_MISMATCH: 26,
   /** A bug: an invariant of zb itself was broken. */
   INTERNAL: 70,
 } as const;

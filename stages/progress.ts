@@ -25,7 +25,8 @@ export function bar(label: string): { update(done: number, total: number): void;
     const width = 30;
     const fill = Math.round(frac * width);
     const secs = (performance.now() - started) / 1000;
-    const rate = secs > 0 ? done / secs / 1e6 : 0;
+    // The first draw comes right after the start: a rate over a few ms would be noise.
+    const rate = secs >= 0.2 ? done / secs / 1e6 : 0;
     err(`\r${label} [${"#".repeat(fill)}${".".repeat(width - fill)}] ${Math.floor(frac * 100).toString().padStart(3)}% ${gib(done)}/${gib(total)} GiB ${rate.toFixed(0)} MB/s `);
     drawn = true;
   };

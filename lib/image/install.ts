@@ -33,6 +33,8 @@ import type { Payload } from "./manifest.ts";
 import { openImage, type OpenImage, type PayloadEntry, type Policy, type VerifiedImage } from "./reader.ts";
 import type { ImageSource } from "./source.ts";
 import { chunkPipeline, type ChunkPipeline } from "./pipeline.ts";
+import { checkOnMedium, targetHolds } from "./readback.ts";
+import type { UncachedMode } from "../sys/uncached.ts";
 import { frameDecoder } from "./zstd.ts";
 
 /** Fsync and journal at most this far apart: the work a power cut can cost. */
@@ -43,6 +45,8 @@ export interface InstallOptions {
   target: string;
   journal: string;
   resume?: boolean;
+  /** After the install, read the payload back from the medium past the page cache (readback.ts). */
+  readBack?: boolean;
   progress?: (e: ProgressEvent) => void;
   /** Tests: force the fallback zstd decoder. */
   preferNativeZstd?: boolean;
@@ -53,6 +57,7 @@ export interface InstallOptions {
 export type ProgressEvent =
   | { type: "start"; payload: string; chunks: number; rawTotal: number; storedTotal: number; resumeFrom: number }
   | { type: "progress"; payload: string; chunk: number; chunks: number; rawBytes: number; rawTotal: number; storedBytes: number; storedTotal: number; elapsedMs: number }
+  | { type: "read-back"; payload: string; rawBytes: number; rawTotal: number; elapsedMs: number }
   | { type: "done"; payload: string; rawBytes: number; rawSha256: string; elapsedMs: number };
 
 export interface InstallResult {
@@ -63,6 +68,8 @@ export interface InstallResult {
   chunks: number;
   resumedFrom: number;
   alreadyInstalled: boolean;
+  /** How the payload was read back (--read-back, or the check of a "complete" journal), else null. */
+  readBack: UncachedMode | null;
   seconds: number;
 }
 
@@ -82,7 +89,8 @@ export async function install(sys: Sys, source: ImageSource, policy: Policy, opt
     let from = resumePoint(previous, opts, imageId, payload);
     if (previous?.state === "complete" && opts.resume) {
       // "complete" is a claim about the target: it only counts while the target still holds the payload.
-      if (targetHolds(opts.target, payload)) return result(opts, payload, from, true, started);
+      const held = await targetHolds(opts.target, payload);
+      if (held !== null) return result(opts, payload, from, true, started, held);
       from = 0; // removed, cut short or changed since: install it again
     }
     const target = openTarget(opts.target, { create: from === 0 });
@@ -102,11 +110,12 @@ export async function install(sys: Sys, source: ImageSource, policy: Policy, opt
         // Everything checked: a file target that was longer keeps no stale tail (a device keeps its size).
         target.truncate(payload.raw.size);
         target.sync();
+        const readBack = opts.readBack ? await checkOnMedium(opts.target, payload, (n) => opts.progress?.({ type: "read-back", payload: payload.name, rawBytes: n, rawTotal: payload.raw.size, elapsedMs: performance.now() - started })) : null;
         journal.state = "complete";
         journal.chunksDone = payload.chunks.length;
         writeJournal(sys, opts.journal, journal);
         opts.progress?.({ type: "done", payload: payload.name, rawBytes: payload.raw.size, rawSha256: rawSha, elapsedMs: performance.now() - started });
-        return result(opts, payload, from, false, started);
+        return result(opts, payload, from, false, started, readBack);
       } catch (e) {
         journal.state = "failed";
         journal.error = e instanceof Error ? e.message : String(e);
@@ -281,34 +290,14 @@ async function writeChunks(sys: Sys, chunkSize: number, p: Payload, from: number
   return digest;
 }
 
-/**
- * Does the target hold the payload, byte for byte (its raw SHA-256 over the
- * payload's length)? Read-only; a target that is missing or shorter does not.
- */
-function targetHolds(path: string, p: Payload): boolean {
-  let t: Target;
-  try {
-    t = openTarget(path, { create: false });
-  } catch {
-    return false;
-  }
-  try {
-    if (t.size() < p.raw.size) return false;
-    const h = new Bun.CryptoHasher("sha256");
-    return readBack(t, p.raw.size, (part) => void h.update(part)) === p.raw.size && h.digest("hex") === p.raw.sha256;
-  } finally {
-    t.close();
-  }
-}
-
 /** Resume: what is already on the target goes into the whole-payload hash again. */
 function rehashWritten(target: Target, bytes: number, pipe: ChunkPipeline): void {
-  const held = readBack(target, bytes, (part) => pipe.rehash(part));
+  const held = readTarget(target, bytes, (part) => pipe.rehash(part));
   if (held < bytes) throw new ZbError("IO", `cannot resume: ${target.path} holds ${held} bytes, fewer than the ${bytes} the journal says were written`);
 }
 
 /** Pass the target's first `bytes` bytes to `use` in 4 MiB parts. @returns how many there were (fewer at its end) */
-function readBack(target: Target, bytes: number, use: (part: Uint8Array) => void): number {
+function readTarget(target: Target, bytes: number, use: (part: Uint8Array) => void): number {
   const step = 4 << 20;
   for (let at = 0; at < bytes; at += step) {
     const want = Math.min(step, bytes - at);
@@ -370,9 +359,9 @@ export function sha256hex(data: Uint8Array): string {
   return new Bun.CryptoHasher("sha256").update(data).digest("hex");
 }
 
-function result(opts: InstallOptions, p: Payload, from: number, already: boolean, started: number): InstallResult {
+function result(opts: InstallOptions, p: Payload, from: number, already: boolean, started: number, readBack: UncachedMode | null = null): InstallResult {
   return {
     payload: p.name, target: opts.target, rawSize: p.raw.size, rawSha256: p.raw.sha256, chunks: p.chunks.length,
-    resumedFrom: from, alreadyInstalled: already, seconds: (performance.now() - started) / 1000,
+    resumedFrom: from, alreadyInstalled: already, readBack, seconds: (performance.now() - started) / 1000,
   };
 }

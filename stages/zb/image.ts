@@ -11,7 +11,7 @@ import { keySigner, loadTrustDir } from "../../lib/image/sign.ts";
 import { sourceFor } from "../../lib/image/source.ts";
 import { verifyImage } from "../../lib/image/verify.ts";
 import { HostSys } from "../../lib/sys/sys.ts";
-import { out } from "../output.ts";
+import { err, out } from "../output.ts";
 import { bar, jsonEvent, progressMode } from "../progress.ts";
 import { readPrivateKey } from "./key.ts";
 
@@ -39,20 +39,21 @@ ${POLICY}
   decompresses every chunk and checks the raw SHA-256. Exit status names the failure
   class (docs/exit-codes.md).`,
   install: `zb image install IMAGE|URL|- --payload NAME --to FILE|BLOCKDEV [--journal FILE] [--resume]
-                [--progress=bar|json|none] [--json]
+                [--read-back] [--progress=bar|json|none] [--json]
 ${POLICY}
   Verify everything before writing anything; then each chunk is checked before it is
   decompressed and written, and the whole payload at the end. The journal (default
   TARGET.zb-journal for a file; required for a block device) says how far it got:
   --resume continues there (HTTP sources use Range). Only a journal in state
-  "complete" means installed.`,
+  "complete" means installed. --read-back then reads the payload back from the
+  medium, past the page cache, and fails (exit 26) when the device did not keep it.`,
 };
 
 const SPECS = {
   compatible: { value: true }, version: { value: true }, serial: { value: true }, rootfs: { value: true }, boot: { value: true },
   key: { value: true, multiple: true }, output: { short: "o", value: true }, encoding: { value: true }, level: { value: true },
   "chunk-size": { value: true }, trust: { value: true }, required: { value: true }, "serial-floor": { value: true },
-  deep: {}, payload: { value: true }, to: { value: true }, journal: { value: true }, resume: {}, progress: { value: true },
+  deep: {}, payload: { value: true }, to: { value: true }, journal: { value: true }, resume: {}, "read-back": {}, progress: { value: true },
   json: {}, help: { short: "h" }, timeout: { value: true },
 };
 
@@ -63,7 +64,7 @@ const TAKES = {
   sign: [["key", "output", "json", "timeout"], 1],
   info: [["json", "timeout"], 1],
   verify: [[...POLICY_OPTIONS, "deep", "progress", "json", "timeout"], 1],
-  install: [[...POLICY_OPTIONS, "payload", "to", "journal", "resume", "progress", "json", "timeout"], 1],
+  install: [[...POLICY_OPTIONS, "payload", "to", "journal", "resume", "read-back", "progress", "json", "timeout"], 1],
 } as const satisfies Record<string, readonly [readonly string[], number]>;
 
 export async function imageMain(argv: string[]): Promise<number> {
@@ -169,14 +170,21 @@ async function installCmd(args: ParsedArgs): Promise<number> {
   const journal = args.values.get("journal") ?? (isDevice ? usage("install", "--journal FILE is required for a block device") : `${target}.zb-journal`);
   const mode = progressMode(args.values.get("progress"));
   const b = mode === "bar" ? bar(`install ${payload}`) : null;
+  let back: ReturnType<typeof bar> | null = null;
   const onProgress = (e: ProgressEvent) => {
     if (mode === "json") jsonEvent(e);
     else if (b && e.type === "progress") b.update(e.rawBytes, e.rawTotal);
+    else if (b && e.type === "read-back") {
+      if (!back) b.finish();
+      (back ??= bar(`read back ${payload}`)).update(e.rawBytes, e.rawTotal);
+    }
   };
-  const r = await install(sys, sourceFor(input, source(args)), policy(args), { payload, target, journal, resume: args.flags.has("resume"), progress: onProgress });
-  b?.finish();
+  const readBack = args.flags.has("read-back");
+  const r = await install(sys, sourceFor(input, source(args)), policy(args), { payload, target, journal, resume: args.flags.has("resume"), readBack, progress: onProgress });
+  (back ?? b)?.finish();
   if (args.flags.has("json") || mode === "json") out(JSON.stringify({ type: "result", ok: true, ...r }) + "\n");
-  else out(`zb image install: ${payload} → ${target}: ${r.alreadyInstalled ? "already installed" : `${r.rawSize} bytes verified and written in ${r.seconds.toFixed(1)} s`}${r.resumedFrom ? ` (resumed at chunk ${r.resumedFrom})` : ""}\n`);
+  else out(`zb image install: ${payload} → ${target}: ${r.alreadyInstalled ? "already installed" : `${r.rawSize} bytes verified and written${r.readBack ? " and read back" : ""} in ${r.seconds.toFixed(1)} s`}${r.resumedFrom ? ` (resumed at chunk ${r.resumedFrom})` : ""}\n`);
+  if (r.readBack === "cached") err(`zb image install: warning: ${target} was read back through the page cache (its file system refuses O_DIRECT and posix_fadvise failed)\n`);
   return 0;
 }
 
