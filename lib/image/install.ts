@@ -93,6 +93,7 @@ export async function install(sys: Sys, source: ImageSource, policy: Policy, opt
       if (held !== null) return result(opts, payload, from, true, started, held);
       from = 0; // removed, cut short or changed since: install it again
     }
+    const existed = sys.stat(opts.target) !== null;
     const target = openTarget(opts.target, { create: from === 0 });
     try {
       checkTargetSize(target, payload);
@@ -100,7 +101,12 @@ export async function install(sys: Sys, source: ImageSource, policy: Policy, opt
         version: 1, image: imageId, payload: payload.name, target: opts.target, state: "writing",
         chunksDone: from, dataOffset: previous?.dataOffset ?? null,
       };
-      writeJournal(sys, opts.journal, journal);
+      try {
+        writeJournal(sys, opts.journal, journal);
+      } catch (e) {
+        if (!existed) sys.unlink(opts.target); // created just now and still empty: leave nothing behind
+        throw e;
+      }
       try {
         const data = await payloadData(img, source, payload, from, journal, sys, opts.journal);
         const rawSha = await writeChunks(sys, img.header.manifest.chunkSize, payload, from, data, target, journal, opts);

@@ -8,15 +8,25 @@
 import { basename, dirname, join } from "node:path";
 import type { Sys } from "./sys.ts";
 
-/** @throws {ZbError} IO */
+/** On failure the old file is kept and the temp file removed. @throws {ZbError} IO */
 export function writeFileAtomic(sys: Sys, path: string, data: Uint8Array | string): void {
   const bytes = typeof data === "string" ? Buffer.from(data, "utf8") : data;
   const dir = dirname(path);
   const tmp = join(dir, `.${basename(path)}.zb-new`);
   sys.unlink(tmp);
-  sys.writeAt(tmp, 0, bytes, { create: true });
-  sys.fsync(tmp);
-  sys.rename(tmp, path);
+  try {
+    sys.writeAt(tmp, 0, bytes, { create: true });
+    sys.fsync(tmp);
+    sys.rename(tmp, path);
+  } catch (e) {
+    // Leave no half-written temp file behind (a full disk would keep it); the old file is untouched.
+    try {
+      sys.unlink(tmp);
+    } catch {
+      // The first error is the one to report.
+    }
+    throw e;
+  }
   sys.fsync(dir);
 }
 

@@ -193,6 +193,23 @@ describe("install: the journal's own failures", () => {
     }
   });
 
+  test("the journal's first write fails (its disk is full): IO, no empty target file and no temp journal are left", async () => {
+    const c = place();
+    const target = join(c.dir, "new-slot.img");
+    // ext4 allocates at writeback: a full disk shows up at fsync, after the temp file was written.
+    class FullFromStart extends HostSys {
+      override fsync(path: string): void {
+        if (path.includes("install.journal")) throw ioError(`sync ${path}`, Object.assign(new Error("ENOSPC"), { code: "ENOSPC" }));
+        super.fsync(path);
+      }
+    }
+    const before = readdirSync(c.dir).sort();
+    const e = (await install(new FullFromStart(), fileSource(c.image), policy, { payload: "rootfs", target, journal: c.journal }).catch((x: unknown) => x)) as { code?: string; message?: string };
+    expect(e.code).toBe("IO");
+    expect(e.message).toContain("no space left on device");
+    expect(readdirSync(c.dir).sort()).toEqual(before);
+  });
+
   test("the journal cannot record the failure (its disk is full too): the install's own error is reported, the journal still says writing", async () => {
     // A corrupt chunk fails the install; then writing "failed" into the journal fails as well.
     const c = place();
