@@ -95,7 +95,8 @@ probe:   is each HSM there? (exit 4 when --backend B is given and absent)
 seal:    seal the secret read from stdin (at most 4096 bytes; a TPM takes
          up to 128) to the HSM; BLOB is a zb sealed blob (docs/credentials.md)
          --pcrs 0,7  tpm2: bind to these PCRs of the sha256 bank (default tpm2.pcrs)
-unseal:  unseal BLOB with the backend it names; the secret goes to a new
+unseal:  unseal BLOB with the backend, token, key and PCRs it names (the flags
+         that choose them for a seal are refused); the secret goes to a new
          file created 0600 (never replaced), or stdout with -o -
          exit 4 absent, 19 another HSM, 20 refused by policy/PIN, 21 failed
 
@@ -190,9 +191,18 @@ async function seal(args: ParsedArgs, cfg: HsmConfig): Promise<number> {
   return 0;
 }
 
+/** What a blob records itself: given to unseal, these flags would be ignored, so they are refused. */
+const SEALED_IN_BLOB = ["backend", "pkcs11-token", "pkcs11-key-label", "pkcs11-key-id", "pcrs", "lock-pcr"];
+
 async function unseal(args: ParsedArgs, cfg: HsmConfig): Promise<number> {
   const file = args.positional[0];
   if (!file) throw new ZbError("USAGE", "cannot unseal: no BLOB given");
+  const ignored = SEALED_IN_BLOB.filter((f) => args.values.has(f));
+  if (ignored.length > 0) {
+    throw new ZbError("USAGE", `cannot unseal: ${ignored.map((f) => `--${f}`).join(", ")} ${ignored.length > 1 ? "apply" : "applies"} to seal; the blob names its backend, token, key and PCRs`, {
+      hint: "the blob is JSON: it shows what it was sealed to",
+    });
+  }
   const output = args.values.get("output");
   if (!output) throw new ZbError("USAGE", "cannot unseal: -o FILE|- is required");
   let bytes: Uint8Array;
