@@ -76,13 +76,17 @@ function readKeyFile(file: string) {
 /** A private key for signing; warns when others can read it. @throws {ZbError} IO, KEY_INVALID */
 export function readPrivateKey(file: string) {
   let text: string;
+  let loose: boolean;
   try {
-    if ((statSync(file).mode & 0o077) !== 0) err(`zb: warning: private key ${file} is readable by other users (chmod 600 it)\n`);
+    loose = (statSync(file).mode & 0o077) !== 0;
     text = readFileSync(file, "utf8");
   } catch (e) {
     throw ioError(`read key ${file}`, e);
   }
-  return decodePrivatePem(text, file);
+  // Decoded first: a public key given as --key is an error, and a warning about its mode would only mislead.
+  const key = decodePrivatePem(text, file);
+  if (loose) err(`zb: warning: private key ${file} is readable by other users (chmod 600 it)\n`);
+  return key;
 }
 
 function lexists(path: string): boolean {

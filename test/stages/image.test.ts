@@ -118,6 +118,7 @@ describe("publish and install", () => {
     { name: "install --progress=bogus", argv: ["image", "install", "a.zbi", "--trust", "trust", "--payload", "rootfs", "--to", "z1.img", "--progress=bogus"], code: 2, err: /--progress=bogus: it is bar, json or none/ },
     { name: "key gen --alg twice", argv: ["key", "gen", "--alg", "ed25519", "--alg", "p256", "-o", "k2"], code: 2, err: /option --alg is given twice/ },
     { name: "key gen over a dangling .pub link", argv: ["key", "gen", "--alg", "ed25519", "-o", "dl"], code: 2, err: /dl.pub exists already/ },
+    { name: "sign --key with a public key (0644): said plainly, no warning about its mode", argv: ["image", "sign", "a.zbi", "--key", "ed.pub", "-o", "l.zbi"], code: 18, err: /^zb: cannot [^\n]*ed\.pub[^\n]*\n(zb: hint: [^\n]*\n)?$/ },
     { name: "create from a boot folder with a file name that is not UTF-8", argv: ["image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--boot", "latin1", "--key", "ed", "-o", "l.zbi"], code: 2, err: /its name is not UTF-8/ },
   ])("$name → exit $code, nothing changed", ({ argv, code, err }) => {
     if (!existsSync(join(dir, "latin1"))) {
