@@ -120,8 +120,10 @@ export async function openImage(input: AsyncIterable<Uint8Array>, check: { polic
       close,
       async nextPayload() {
         if (payloadIndex === manifest.payloads.length) {
+          // Past the last payload only end-of-archive zeros may come: what the parser cannot read
+          // there is trailing data, the same finding as the file path's (directPayloads).
           const r = await entries.next().catch((e: unknown) => {
-            throw tarError(e);
+            throw e instanceof ZbError ? e : bad("data follows the last payload");
           });
           if (!r.done) throw bad(`an unexpected entry ${JSON.stringify(r.value.header.name)} follows the last payload`);
           await feeding;

@@ -15,7 +15,7 @@ import { createImage } from "../../../lib/image/create.ts";
 import { install } from "../../../lib/image/install.ts";
 import type { Policy } from "../../../lib/image/reader.ts";
 import { keySigner, loadTrustDir } from "../../../lib/image/sign.ts";
-import { fileSource } from "../../../lib/image/source.ts";
+import { fileSource, type ImageSource } from "../../../lib/image/source.ts";
 import { HostSys, type WriteOptions } from "../../../lib/sys/sys.ts";
 import { ioError } from "../../../lib/errors.ts";
 import { buildImage, KEYS, MIN_CHUNK, sentinel, sha256, trustDir, variedBytes } from "./fixture.ts";
@@ -228,4 +228,26 @@ describe("install: the journal's own failures", () => {
     expect(e.code).toBe("PAYLOAD_CORRUPT");
     expect(JSON.parse(readFileSync(c.journal, "utf8"))).toMatchObject({ state: "writing" });
   });
+});
+
+describe("bytes after the archive: the same finding from a file and from a stream", () => {
+  const streamOf = (bytes: Uint8Array): ImageSource => ({ name: "stdin", seekable: false, open: async () => (async function* () { yield bytes; })() });
+  const rows = [
+    { after: "7 bytes of text", tail: new Uint8Array(Buffer.from("garbage")) },
+    { after: "a 512-byte block of text", tail: new Uint8Array(512).fill(0x41) },
+    { after: "two zero blocks, then text", tail: new Uint8Array(Buffer.concat([new Uint8Array(1024), Buffer.from("garbage")])) },
+  ];
+  for (const row of rows) {
+    for (const via of ["file", "stream"] as const) {
+      test(`${row.after}, read as a ${via}: IMG_FORMAT "data follows the last payload", nothing complete`, async () => {
+        const c = place();
+        const bytes = new Uint8Array(Buffer.concat([img.bytes, row.tail]));
+        writeFileSync(c.image, bytes);
+        const source = via === "file" ? fileSource(c.image) : streamOf(bytes);
+        const e = (await install(host, source, policy, { payload: "rootfs", target: c.target, journal: c.journal }).catch((x: unknown) => x)) as { code?: string; message?: string };
+        expect({ code: e.code, message: e.message }).toEqual({ code: "IMG_FORMAT", message: "cannot read the image: data follows the last payload" });
+        expect(JSON.parse(readFileSync(c.journal, "utf8"))).toMatchObject({ state: "failed" });
+      });
+    }
+  }
 });
