@@ -31,11 +31,12 @@ export interface ReadBack {
  */
 export async function readBackSha256(path: string, bytes: number, progress?: (done: number) => void, opts: { direct?: boolean } = {}): Promise<ReadBack> {
   const reader = openUncached(path, opts);
+  let inFlight: Promise<number> | null = null;
   try {
     const bufs = [alignedBuffer(STEP), alignedBuffer(STEP)];
     const hash = new Bun.CryptoHasher("sha256");
     let at = 0;
-    let inFlight = bytes > 0 ? reader.read(bufs[0]!, 0) : null;
+    inFlight = bytes > 0 ? reader.read(bufs[0]!, 0) : null;
     for (let i = 0; inFlight; i++) {
       const got = await inFlight;
       const want = Math.min(STEP, bytes - at);
@@ -48,6 +49,9 @@ export async function readBackSha256(path: string, bytes: number, progress?: (do
     }
     return { bytes: at, sha256: hash.digest("hex"), mode: reader.mode };
   } finally {
+    // A read still out on the thread pool (the hash or the progress callback threw) must end before
+    // the descriptor is closed: its number could be reused by another file under it.
+    await inFlight?.catch(() => undefined);
     reader.close();
   }
 }
