@@ -204,12 +204,27 @@ async function feed(input: AsyncIterable<Uint8Array>, tar: Extract): Promise<voi
   try {
     for await (const chunk of input) {
       if (tar.destroyed) return;
-      if (!tar.write(chunk)) await new Promise<void>((resolve) => tar.once("drain", () => resolve()));
+      // A parser destroyed meanwhile (the image closed early) never drains: stop, which ends the source's request.
+      if (!tar.write(chunk)) await drainedOrClosed(tar);
+      if (tar.destroyed) return;
     }
     (tar.end as unknown as () => void).call(tar);
   } catch (e) {
     tar.destroy(ioError("read the image", e)); // a ZbError stays as it is; an errno reads as words ("input/output error")
   }
+}
+
+/** Until the parser wants more input or is gone (each wait removes both of its listeners). */
+function drainedOrClosed(tar: Extract): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const done = () => {
+      tar.off("drain", done);
+      tar.off("close", done);
+      resolve();
+    };
+    tar.on("drain", done);
+    tar.on("close", done);
+  });
 }
 
 /** An entry's bytes, with the parser's own errors turned into ZbErrors. */

@@ -37,10 +37,31 @@ const READ_SIZE = 1 << 20;
 /** How long an HTTP server may send nothing (headers or body) before the download fails. */
 export const DEFAULT_IDLE_SECONDS = 60;
 
+/** @throws {ZbError} USAGE for a URL that does not parse */
 export function sourceFor(spec: string, opts: { idleSeconds?: number } = {}): ImageSource {
   if (spec === "-") return stdinSource();
   if (/^https?:\/\//i.test(spec)) return httpSource(spec, opts);
   return fileSource(spec);
+}
+
+/**
+ * A URL as zb shows it (messages, the journal, JSON output): without
+ * `user:password@` and without the query, where pre-signed URLs carry their
+ * tokens. The request itself uses the whole URL.
+ */
+export function displayUrl(url: string): string {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    return url.replace(/\/\/[^/?#]*@/, "//").replace(/[?#].*$/s, "");
+  }
+  const query = u.search !== "" ? "?…" : "";
+  u.username = "";
+  u.password = "";
+  u.search = "";
+  u.hash = "";
+  return u.toString() + query;
 }
 
 export function fileSource(path: string): ImageSource {
@@ -112,47 +133,87 @@ export function stdinSource(): ImageSource {
  * the install spends on the bytes it has does not count.
  */
 export function httpSource(url: string, opts: { idleSeconds?: number } = {}): ImageSource {
-  const idleMs = (opts.idleSeconds ?? DEFAULT_IDLE_SECONDS) * 1000;
-  const stalled = () => new ZbError("IO", `cannot download ${url}: the server sent nothing for ${idleMs / 1000} s`);
+  const shown = displayUrl(url);
+  if (!URL.canParse(url)) throw new ZbError("USAGE", `cannot download ${shown}: it is not a valid URL`);
+  // Timers hold at most 2^31 - 1 ms (~24.8 days); a larger value would fire at once.
+  const idleMs = Math.min((opts.idleSeconds ?? DEFAULT_IDLE_SECONDS) * 1000, MAX_TIMER_MS);
+  const stalled = () => new ZbError("IO", `cannot download ${shown}: the server sent nothing for ${Math.round(idleMs / 1000)} s`);
   return {
-    name: url,
+    name: shown,
     seekable: true,
     async open(offset) {
       const abort = new AbortController();
       let res: Response;
       const timer = setTimeout(() => abort.abort(), idleMs);
+      // identity: a .zbi is compressed already, and a Range must count the bytes zb counts
+      // (a server with a gzip-encoded copy would apply it to the encoded bytes).
+      const headers: Record<string, string> = { "Accept-Encoding": "identity", ...(offset > 0 ? { Range: `bytes=${offset}-` } : {}) };
       try {
-        res = await fetch(url, { headers: offset > 0 ? { Range: `bytes=${offset}-` } : {}, signal: abort.signal });
+        res = await fetch(url, { headers, signal: abort.signal });
       } catch (e) {
-        throw abort.signal.aborted ? stalled() : new ZbError("IO", `cannot download ${url}: ${fetchReason(e)}`);
+        throw abort.signal.aborted ? stalled() : new ZbError("IO", `cannot download ${shown}: ${fetchReason(e)}`);
       } finally {
         clearTimeout(timer);
       }
-      if (offset > 0 && res.status !== 206) {
-        throw new ZbError("IO", `cannot resume ${url} at byte ${offset}: the server answered ${res.status} instead of 206 Partial Content`);
+      try {
+        checkResponse(res, url, shown, offset);
+      } catch (e) {
+        abort.abort(); // the body is not wanted: close the connection now
+        throw e;
       }
-      if (offset === 0 && res.status !== 200) throw new ZbError("IO", `cannot download ${url}: HTTP ${res.status}`);
-      if (!res.body) throw new ZbError("IO", `cannot download ${url}: empty response`);
-      return watched(res.body as unknown as AsyncIterable<Uint8Array>, idleMs, abort, stalled, url);
+      return watched(res.body as unknown as AsyncIterable<Uint8Array>, idleMs, abort, stalled, shown);
     },
   };
 }
 
-/** The body's parts, each awaited under the idle timer (started when the next part is asked for). */
-async function* watched(body: AsyncIterable<Uint8Array>, idleMs: number, abort: AbortController, stalled: () => ZbError, url: string): AsyncGenerator<Uint8Array> {
-  const it = body[Symbol.asyncIterator]();
-  for (;;) {
-    const timer = setTimeout(() => abort.abort(), idleMs);
-    let r: IteratorResult<Uint8Array>;
-    try {
-      r = await it.next();
-    } catch (e) {
-      throw abort.signal.aborted ? stalled() : new ZbError("IO", `cannot download ${url}: ${fetchReason(e)}`);
-    } finally {
-      clearTimeout(timer);
+/** setTimeout's largest delay. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** @throws {ZbError} IO when the response is not the one asked for */
+function checkResponse(res: Response, url: string, shown: string, offset: number): void {
+  // Signatures protect the bytes, not their secrecy: an https download never continues over plain http.
+  if (url.toLowerCase().startsWith("https:") && res.url.toLowerCase().startsWith("http:")) {
+    throw new ZbError("IO", `cannot download ${shown}: the server redirected it to plain http (${displayUrl(res.url)})`);
+  }
+  if (offset > 0) {
+    if (res.status !== 206) throw new ZbError("IO", `cannot resume ${shown} at byte ${offset}: the server answered ${res.status} instead of 206 Partial Content`);
+    // RFC 9110 §14.4: the range sent. A server that starts elsewhere would shift every byte after it.
+    const start = /^bytes (\d+)-/.exec(res.headers.get("content-range") ?? "")?.[1];
+    if (start !== undefined && Number(start) !== offset) {
+      throw new ZbError("IO", `cannot resume ${shown} at byte ${offset}: the server sent the bytes from ${start} on`);
     }
-    if (r.done) return;
-    yield r.value;
+  } else if (res.status !== 200) throw new ZbError("IO", `cannot download ${shown}: HTTP ${res.status}`);
+  if (!res.body) throw new ZbError("IO", `cannot download ${shown}: empty response`);
+}
+
+/**
+ * The body's parts, each awaited under the idle timer (started when the next
+ * part is asked for). A reader that stops early (a resume's header check, an
+ * image closed before its end) ends the request, so no connection stays open
+ * behind it.
+ */
+async function* watched(body: AsyncIterable<Uint8Array>, idleMs: number, abort: AbortController, stalled: () => ZbError, shown: string): AsyncGenerator<Uint8Array> {
+  const it = body[Symbol.asyncIterator]();
+  let finished = false;
+  try {
+    for (;;) {
+      const timer = setTimeout(() => abort.abort(), idleMs);
+      let r: IteratorResult<Uint8Array>;
+      try {
+        r = await it.next();
+      } catch (e) {
+        throw abort.signal.aborted ? stalled() : new ZbError("IO", `cannot download ${shown}: ${fetchReason(e)}`);
+      } finally {
+        clearTimeout(timer);
+      }
+      if (r.done) {
+        finished = true;
+        return;
+      }
+      yield r.value;
+    }
+  } finally {
+    if (!finished) abort.abort();
   }
 }
 
@@ -160,6 +221,9 @@ async function* watched(body: AsyncIterable<Uint8Array>, idleMs: number, abort: 
 const FETCH_CODES: Record<string, string> = {
   ConnectionRefused: "the connection was refused",
   ConnectionClosed: "the connection was closed early",
+  UnsupportedRedirectProtocol: "the server redirected to a scheme other than http or https",
+  TooManyRedirects: "the server redirected too many times",
+  ERR_TLS_CERT_ALTNAME_INVALID: "the server's TLS certificate is for another host name",
 };
 
 /** A fetch error in a few words, without the runtime's advice on fetch() options. */

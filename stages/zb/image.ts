@@ -151,13 +151,14 @@ async function verify(args: ParsedArgs): Promise<number> {
   const input = args.positional[0] ?? usage("verify", "no image given");
   const mode = progressMode(args.values.get("progress"));
   const b = mode === "bar" ? bar("verify") : null;
-  const r = await verifyImage(sourceFor(input, source(args)), policy(args), {
+  const src = sourceFor(input, source(args));
+  const r = await verifyImage(src, policy(args), {
     deep: args.flags.has("deep"),
     progress: (done, total) => (mode === "json" ? jsonEvent({ type: "progress", storedBytes: done, storedTotal: total }) : b?.update(done, total)),
   });
   b?.finish();
   if (args.flags.has("json")) out(JSON.stringify({ ok: true, ...r }) + "\n");
-  else out(`zb image verify: ${input}: OK: ${r.compatible} ${r.version} serial ${r.serial}, signed by ${r.signedBy.join(", ")}; ${r.payloads.map((p) => `${p.name} ${p.chunks} chunks`).join(", ")}${args.flags.has("deep") ? " (deep)" : ""}\n`);
+  else out(`zb image verify: ${src.name}: OK: ${r.compatible} ${r.version} serial ${r.serial}, signed by ${r.signedBy.join(", ")}; ${r.payloads.map((p) => `${p.name} ${p.chunks} chunks`).join(", ")}${args.flags.has("deep") ? " (deep)" : ""}\n`);
   return 0;
 }
 
@@ -205,6 +206,7 @@ function source(args: ParsedArgs): { idleSeconds?: number } {
   if (t === undefined) return {};
   const n = number(t, "--timeout");
   if (n < 1) throw new ZbError("USAGE", "cannot use --timeout 0: give at least 1 second");
+  if (n > 2147483) throw new ZbError("USAGE", `cannot use --timeout ${n}: the longest idle time is 2147483 s (24.8 days)`);
   return { idleSeconds: n };
 }
 

@@ -8,11 +8,16 @@
  *   /cut-N/…    sends N bytes, then resets the connection — the first request only;
  *               later requests are served as /range/ (a flaky link)
  *   /stall-N/…  sends N bytes, then nothing, with the connection left open
+ *   /shift-N/…  answers a Range with 206 from N bytes further on (and says so in Content-Range)
+ *   /watch/…    honours Range; records when each response was cancelled by the client or ended
  *
- * and records every request with its Range header.
+ * and records every request with its Range and Accept-Encoding headers. A
+ * second server speaks HTTPS (a certificate made by openssl for 127.0.0.1,
+ * trusted by the client through NODE_EXTRA_CA_CERTS) and redirects to the
+ * plain one.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Journal } from "../../../lib/image/journal.ts";
@@ -25,8 +30,12 @@ let img: Built;
 let trust = "";
 let dataOffset = 0;
 let server: ReturnType<typeof Bun.serve>;
-const requests: { path: string; range: string | null; status: number }[] = [];
+const requests: { path: string; range: string | null; status: number; encoding: string | null }[] = [];
 const cutDone = new Set<string>();
+/** /watch/ responses in order: when the client cancelled each (null: never) and when it was sent to its end. */
+const watched: { range: string | null; cancelledAt: number | null; endedAt: number | null }[] = [];
+let tls: ReturnType<typeof Bun.serve>;
+let caFile = "";
 
 beforeAll(async () => {
   bin = requireBinary();
@@ -41,7 +50,7 @@ beforeAll(async () => {
     fetch(req) {
       const path = new URL(req.url).pathname;
       const range = req.headers.get("range");
-      const log = (r: Response) => (requests.push({ path, range, status: r.status }), r);
+      const log = (r: Response) => (requests.push({ path, range, status: r.status, encoding: req.headers.get("accept-encoding") }), r);
       const stall = /^\/stall-(\d+)\//.exec(path);
       if (stall) {
         // N bytes, then nothing: the connection stays open until the client gives up.
@@ -80,7 +89,34 @@ beforeAll(async () => {
         });
         return log(new Response(body, { status: 200 }));
       }
-      if (!/^\/(range|norange|cut-\d+)\/image\.zbi$/.test(path)) return log(new Response("not found\n", { status: 404 }));
+      if (path === "/watch/image.zbi") {
+        const from = Number(/^bytes=(\d+)-$/.exec(range ?? "")?.[1] ?? 0);
+        const rec = { range, cancelledAt: null as number | null, endedAt: null as number | null };
+        watched.push(rec);
+        let at = from;
+        const body = new ReadableStream({
+          type: "bytes",
+          pull(c) {
+            if (at >= bytes.length) {
+              rec.endedAt = performance.now();
+              c.close();
+              return;
+            }
+            c.enqueue(bytes.slice(at, at + (256 << 10)));
+            at += 256 << 10;
+          },
+          cancel() {
+            rec.cancelledAt = performance.now();
+          },
+        });
+        return log(new Response(body, from > 0 ? { status: 206, headers: { "content-range": `bytes ${from}-${bytes.length - 1}/${bytes.length}` } } : { status: 200 }));
+      }
+      const shift = /^\/shift-(\d+)\//.exec(path);
+      if (shift && range) {
+        const from = Number(/^bytes=(\d+)-$/.exec(range)![1]) + Number(shift[1]);
+        return log(new Response(bytes.slice(from), { status: 206, headers: { "content-range": `bytes ${from}-${bytes.length - 1}/${bytes.length}` } }));
+      }
+      if (!/^\/(range|norange|cut-\d+|shift-\d+)\/image\.zbi$/.test(path)) return log(new Response("not found\n", { status: 404 }));
       const m = /^bytes=(\d+)-$/.exec(range ?? "");
       if (m && !path.startsWith("/norange/")) {
         const from = Number(m[1]);
@@ -89,9 +125,26 @@ beforeAll(async () => {
       return log(new Response(bytes, { status: 200 }));
     },
   });
+  // HTTPS on 127.0.0.1 with a certificate of our own, trusted by the client through NODE_EXTRA_CA_CERTS.
+  const key = join(root, "tls.key");
+  caFile = join(root, "tls.crt");
+  const mk = Bun.spawnSync(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", caFile]);
+  if (mk.exitCode !== 0) throw new Error(`openssl req failed: ${mk.stderr}`);
+  tls = Bun.serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    tls: { key: Bun.file(key), cert: Bun.file(caFile) },
+    fetch(req) {
+      const path = new URL(req.url).pathname;
+      if (path === "/range/image.zbi") return new Response(bytes, { status: 200 });
+      if (path === "/to-http/image.zbi") return Response.redirect(`http://127.0.0.1:${server.port}/range/image.zbi`, 302);
+      return new Response("not found\n", { status: 404 });
+    },
+  });
 }, 60_000);
 afterAll(() => {
   server?.stop(true);
+  tls?.stop(true);
   if (root) rmSync(root, { recursive: true, force: true });
 });
 
@@ -101,11 +154,11 @@ const target = () => join(root, `t${seq++}.img`);
 const journalOf = (t: string): Journal | null => (existsSync(`${t}.zb-journal`) ? (JSON.parse(readFileSync(`${t}.zb-journal`, "utf8")) as Journal) : null);
 
 /** `zb image install SOURCE --to T …` (async: the server runs in this process). */
-async function zb(source: string, to: string, o: { resume?: boolean; stdin?: string; more?: string[] } = {}) {
+async function zb(source: string, to: string, o: { resume?: boolean; stdin?: string; more?: string[]; env?: Record<string, string> } = {}) {
   const args = [bin, "image", "install", source, "--payload", "rootfs", "--to", to, "--trust", trust, "--json", ...(o.resume ? ["--resume"] : []), ...(o.more ?? [])];
-  const p = Bun.spawn(args, { stdin: o.stdin ? Bun.file(o.stdin) : "ignore", stdout: "pipe", stderr: "pipe", env: { ...process.env, ZB_NO_REBOOT: "1" } });
+  const p = Bun.spawn(args, { stdin: o.stdin ? Bun.file(o.stdin) : "ignore", stdout: "pipe", stderr: "pipe", env: { ...process.env, ZB_NO_REBOOT: "1", ...o.env } });
   const [out, err, exit] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
-  return { exit, err, result: exit === 0 ? (JSON.parse(out) as Record<string, unknown>) : null };
+  return { exit, err, out, result: exit === 0 ? (JSON.parse(out) as Record<string, unknown>) : null };
 }
 /** The requests made since `mark`. */
 const since = (mark: number) => requests.slice(mark).map(({ path, range, status }) => ({ path, range, status }));
@@ -216,5 +269,77 @@ describe("install from stdin", () => {
     expect({ exit: r.exit, err: r.err }).toEqual({ exit: 0, err: "" });
     expect(r.result).toMatchObject({ ok: true, resumedFrom: j.chunksDone });
     expect(sha256(readFileSync(t))).toBe(rawSha());
+  }, 30_000);
+});
+
+describe("what the client asks for and what it shows", () => {
+  test("every request says Accept-Encoding: identity (a Range counts the bytes zb counts)", async () => {
+    const mark = requests.length;
+    expect((await zb(url("/range/image.zbi"), target())).exit).toBe(0);
+    expect(requests.slice(mark).map((r) => r.encoding)).toEqual(["identity"]);
+  }, 30_000);
+
+  test("user:password@ and the query never reach stderr, the JSON result or the journal", async () => {
+    const secretUrl = (path: string) => `http://alice:s3cret@127.0.0.1:${server.port}${path}?X-Token=t0ken`;
+    const shown = (path: string) => `http://127.0.0.1:${server.port}${path}?…`;
+    const miss = await zb(secretUrl("/missing.zbi"), target());
+    expect(miss.exit).toBe(5);
+    expect(miss.err).toContain(`cannot download ${shown("/missing.zbi")}: HTTP 404`);
+    const t = target();
+    const cut = await zb(secretUrl(`/cut-${payloadCut() + 4}/image.zbi`), t);
+    expect(cut.exit).not.toBe(0);
+    const journal = readFileSync(`${t}.zb-journal`, "utf8");
+    expect(JSON.parse(journal)).toMatchObject({ state: "failed" });
+    for (const text of [miss.err, miss.out, cut.err, cut.out, journal]) {
+      expect(text).not.toContain("s3cret");
+      expect(text).not.toContain("t0ken");
+    }
+  }, 30_000);
+
+  test("--timeout beyond the longest timer (2147483 s) is USAGE, not an instant failure", async () => {
+    const r = await zb(url("/range/image.zbi"), target(), { more: ["--timeout", "99999999"] });
+    expect(r.exit).toBe(2);
+    expect(r.err).toContain("cannot use --timeout 99999999: the longest idle time is 2147483 s");
+  });
+
+  test("a 206 that starts elsewhere than asked: IO naming both offsets, still resumable", async () => {
+    const t = target();
+    await zb(url(`/cut-${payloadCut() + 5}/image.zbi`), t);
+    const j = journalOf(t)!;
+    expect(j.chunksDone).toBeGreaterThanOrEqual(32);
+    const r = await zb(url("/shift-4096/image.zbi"), t, { resume: true });
+    expect(r.exit).toBe(5);
+    expect(r.err).toMatch(/cannot resume http:\/\/127\.0\.0\.1:\d+\/shift-4096\/image\.zbi at byte (\d+): the server sent the bytes from (\d+) on/);
+    const [, asked, got] = /at byte (\d+): the server sent the bytes from (\d+) on/.exec(r.err)!;
+    expect(Number(got) - Number(asked)).toBe(4096);
+    expect(journalOf(t)).toMatchObject({ state: "failed", chunksDone: j.chunksDone });
+  }, 30_000);
+
+  test("--resume ends the requests it reads only in part before the payload is fetched (no connection held open behind it)", async () => {
+    const t = target();
+    await zb(url(`/cut-${payloadCut() + 6}/image.zbi`), t);
+    expect(journalOf(t)!.chunksDone).toBeGreaterThanOrEqual(32);
+    watched.length = 0;
+    const r = await zb(url("/watch/image.zbi"), t, { resume: true });
+    expect(r.exit).toBe(0);
+    // The header from byte 0, the entry header before the payload, then the payload to its end.
+    expect(watched.map((w) => w.range === null ? "whole" : "range")).toEqual(["whole", "range", "range"]);
+    const payload = watched[2]!;
+    expect(payload.endedAt).not.toBeNull();
+    for (const early of watched.slice(0, 2)) {
+      expect(early.cancelledAt).not.toBeNull();
+      expect(early.cancelledAt!).toBeLessThan(payload.endedAt!);
+    }
+  }, 30_000);
+
+  test("https redirected to plain http is refused (IO); https itself works with the trusted certificate", async () => {
+    const env = { NODE_EXTRA_CA_CERTS: caFile };
+    const ok = await zb(`https://127.0.0.1:${tls.port}/range/image.zbi`, target(), { env });
+    expect({ exit: ok.exit, err: ok.err }).toEqual({ exit: 0, err: "" });
+    const t = target();
+    const r = await zb(`https://127.0.0.1:${tls.port}/to-http/image.zbi`, t, { env });
+    expect(r.exit).toBe(5);
+    expect(r.err).toContain(`cannot download https://127.0.0.1:${tls.port}/to-http/image.zbi: the server redirected it to plain http (http://127.0.0.1:${server.port}/range/image.zbi)`);
+    expect([existsSync(t), journalOf(t)]).toEqual([false, null]);
   }, 30_000);
 });
