@@ -55,15 +55,23 @@ export function writeSecretOutput(path: string, secret: Uint8Array): void {
 }
 
 /**
- * Ask for a PIN on the controlling terminal (or the console in an
- * initramfs), echo off. @throws {ZbError} USAGE when there is no terminal
+ * Ask for a PIN on the first of `tty` that opens (the controlling terminal,
+ * then the console in an initramfs), echo off. @throws {ZbError} USAGE when none opens
  */
-export function promptPin(prompt: string, tty = "/dev/tty"): Uint8Array {
-  let fd: number;
-  try {
-    fd = openSync(tty, "r+");
-  } catch {
-    throw new ZbError("USAGE", `cannot ask for the PIN: no terminal (${tty})`, { hint: "give a PIN file (pkcs11.pin-file or --pin-file)" });
+export function promptPin(prompt: string, tty: string | readonly string[] = "/dev/tty"): Uint8Array {
+  const ttys = typeof tty === "string" ? [tty] : tty;
+  // The first that opens: an initramfs has a /dev/tty node but no controlling terminal (ENXIO), the console still works.
+  let fd: number | null = null;
+  for (const path of ttys) {
+    try {
+      fd = openSync(path, "r+");
+      break;
+    } catch {
+      // the next one
+    }
+  }
+  if (fd === null) {
+    throw new ZbError("USAGE", `cannot ask for the PIN: no terminal (${ttys.join(", ")})`, { hint: "give a PIN file (pkcs11.pin-file or --pin-file)" });
   }
   const stty = (arg: string) => Bun.spawnSync(["stty", arg], { stdin: fd, stdout: "ignore", stderr: "ignore" });
   try {

@@ -80,7 +80,7 @@ export function hsmConfigFrom(args: ParsedArgs, configPath?: string): HsmConfig 
 }
 
 /** Open backend `name` with PINs from the PIN file or the terminal, warnings to stderr. */
-export function hsmFor(name: BackendName, cfg: HsmConfig, tty?: string): Hsm {
+export function hsmFor(name: BackendName, cfg: HsmConfig, tty?: string | readonly string[]): Hsm {
   return openHsm(name, cfg, {
     pin: async () => (cfg.pkcs11.pinFile ? readPinFile(cfg.pkcs11.pinFile) : promptPin(`PIN for ${cfg.pkcs11.token ?? "the token"}: `, tty)),
     warn: (line) => err(line.endsWith("\n") ? line : `${line}\n`),

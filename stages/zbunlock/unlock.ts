@@ -69,7 +69,7 @@ export async function unlockStep(args: ParsedArgs, sys: Sys, root: string, p: Pl
   }
   const cfg = hsmConfigFrom(args, join(root, "etc/zb/hsm.conf"));
   const wait = secondsParam(p, "zb.hsm_wait") ?? cfg.waitSeconds;
-  const hsm = hsmFor(creds.meta.backend, cfg, pinTerminal(sys, root));
+  const hsm = hsmFor(creds.meta.backend, cfg, pinTerminal(root));
   const crypt = new CryptsetupCli();
   try {
     const outcome = await unlockSlot(creds, {
@@ -101,7 +101,7 @@ export async function lockAfterFailureStep(args: ParsedArgs, sys: Sys, root: str
     const creds = credentials();
     const keys = creds === null ? [] : lockableKeys(creds);
     if (creds === null || keys.length === 0) return; // nothing names a lock PCR
-    hsm = hsmFor(creds.meta.backend, hsmConfigFrom(args, join(root, "etc/zb/hsm.conf")), pinTerminal(sys, root));
+    hsm = hsmFor(creds.meta.backend, hsmConfigFrom(args, join(root, "etc/zb/hsm.conf")), pinTerminal(root));
     await lockKeys(keys, { hsm, log });
   } catch (e) {
     log(lockWarning(e));
@@ -110,7 +110,11 @@ export async function lockAfterFailureStep(args: ParsedArgs, sys: Sys, root: str
   }
 }
 
-/** Where to ask for a PIN: the console in an initramfs, else the terminal. */
-function pinTerminal(sys: Sys, root: string): string {
-  return sys.stat(join(root, "dev/console")) && !sys.stat(join(root, "dev/tty")) ? join(root, "dev/console") : join(root, "dev/tty");
+/**
+ * Where to ask for a PIN, in order: the controlling terminal, then the
+ * console. In an initramfs /dev/tty exists (devtmpfs makes it) but /init has
+ * no controlling terminal, so opening it fails (ENXIO) and the console is used.
+ */
+function pinTerminal(root: string): string[] {
+  return [join(root, "dev/tty"), join(root, "dev/console")];
 }
