@@ -152,6 +152,15 @@ describe("the hook copies", () => {
       },
     },
     {
+      name: "pkcs11 with comments after the values (as lib/hsm/config.ts reads them): the module is still copied",
+      before: {
+        initramfsConf: "ZB_BINARY=$T/bin/zb\n",
+        hsmConf: "backend = pkcs11   # the token on USB\npkcs11.module=$T/lib/libfake-pkcs11.so# a comment right after\npkcs11.token=zb\n",
+        trust: [],
+      },
+      after: { tree: [...BASE_TREE, "$T/lib/libfake-pkcs11.so", "etc/zb/hsm.conf"], extraModules: [], loaded: ["dm-mod", "dm-crypt"], err: "" },
+    },
+    {
       name: "zymkey: I2C modules, i2c-dev loaded at boot, the configured library",
       before: { initramfsConf: "ZB_BINARY=$T/bin/zb\n", hsmConf: "backend=zymkey\nzymkey.library=$T/lib/libzk_app_utils.so\n", trust: [] },
       after: {
