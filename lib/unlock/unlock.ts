@@ -211,6 +211,15 @@ async function waitForDevice(vol: Volume, env: UnlockEnv): Promise<string | null
   }
 }
 
+/**
+ * An unlock that cannot start because of the credentials themselves (missing
+ * where the root needs them, unreadable, or another slot's): `permanent`
+ * makes it row U2 (this slot cannot unlock, fail over), else U3.
+ */
+export function credentialsFailure(why: string, permanent: boolean, code: ZbError["code"] = "CRED_INVALID"): Extract<UnlockOutcome, { ok: false }> {
+  return fail("credentials", permanent, why, code);
+}
+
 function fail(kind: FailureKind, permanent: boolean, why: string, code: ZbError["code"]): Extract<UnlockOutcome, { ok: false }> {
   return { ok: false, kind, permanent, why, error: new ZbError(code, `cannot unlock: ${why}`) };
 }

@@ -122,7 +122,7 @@ async function act(args: ParsedArgs, sys: HostSys, root: string, p: Platform, cr
   if (outcome.proceed) {
     if (!args.flags.has("json")) out(`zbunlock: booting slot ${booted.slot}${booted.tryboot ? " (try)" : ""}\n`);
     if (args.flags.has("no-unlock")) return 0;
-    const step = await unlockStep(args, h.sys, root, p, creds);
+    const step = await unlockStep(args, h.sys, root, p, creds, booted.slot);
     if (step.outcome === null || step.outcome.ok) return 0;
     const f = step.outcome;
     err(`zbunlock: ${f.error.message}\n`);

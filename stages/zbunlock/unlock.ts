@@ -8,10 +8,11 @@
 import { join } from "node:path";
 import type { ParsedArgs } from "../../lib/cli/args.ts";
 import type { Platform } from "../../lib/bootloader/platform.ts";
-import { CRED_DIR, readCredentials, type LoadedCredentials } from "../../lib/luks/credentials.ts";
+import { CRED_DIR, readCredentials, ROOT_MAPPING, type LoadedCredentials } from "../../lib/luks/credentials.ts";
+import { ZbError } from "../../lib/errors.ts";
 import { CryptsetupCli, isWrongKey } from "../../lib/luks/cryptsetup.ts";
 import { findLuksDevice } from "../../lib/unlock/devices.ts";
-import { lockableKeys, lockKeys, lockWarning, unlockSlot, type UnlockOutcome } from "../../lib/unlock/unlock.ts";
+import { credentialsFailure, lockableKeys, lockKeys, lockWarning, unlockSlot, type UnlockOutcome } from "../../lib/unlock/unlock.ts";
 import type { Sys } from "../../lib/sys/sys.ts";
 import type { BackendName, Hsm } from "../../lib/hsm/types.ts";
 import { hsmConfigFrom, hsmFor } from "../zb/hsm.ts";
@@ -60,12 +61,31 @@ export function credentialBackend(creds: () => LoadedCredentials | null): Backen
   }
 }
 
-/** Run the unlock of this slot. Throws only for bugs and bad configuration. */
-export async function unlockStep(args: ParsedArgs, sys: Sys, root: string, p: Platform, credentials: () => LoadedCredentials | null): Promise<UnlockStep> {
-  const creds = credentials();
+/**
+ * Run the unlock of `slot` (the booted one). Throws only for bugs and bad
+ * configuration. Credentials that cannot work are a failure for the state
+ * machine like an HSM that refuses: unreadable (CRED_INVALID: U2, IO: U3),
+ * another slot's (U2), or none although the command line mounts the root
+ * zbunlock opens (U2: an initramfs rebuilt without its credentials).
+ */
+export async function unlockStep(args: ParsedArgs, sys: Sys, root: string, p: Platform, credentials: () => LoadedCredentials | null, slot: string): Promise<UnlockStep> {
+  let creds: LoadedCredentials | null;
+  const where = join(args.values.get("credentials") ?? root, CRED_DIR);
+  try {
+    creds = credentials();
+  } catch (e) {
+    if (!(e instanceof ZbError)) throw e;
+    return { outcome: credentialsFailure(`the credentials in ${where}: ${e.message}`, e.code === "CRED_INVALID", e.code) };
+  }
   if (creds === null) {
-    if (!args.flags.has("json")) out(`zbunlock: no credentials in ${join(args.values.get("credentials") ?? root, CRED_DIR)}: nothing to unlock\n`);
+    if (p.params.get("root") === `/dev/mapper/${ROOT_MAPPING}`) {
+      return { outcome: credentialsFailure(`the command line mounts root=/dev/mapper/${ROOT_MAPPING}, but there are no credentials in ${where} (an initramfs rebuilt without them?)`, true) };
+    }
+    if (!args.flags.has("json")) out(`zbunlock: no credentials in ${where}: nothing to unlock\n`);
     return { outcome: null };
+  }
+  if (creds.meta.slot !== slot) {
+    return { outcome: credentialsFailure(`the credentials in ${where} are for slot ${creds.meta.slot}, this is slot ${slot}`, true) };
   }
   const cfg = hsmConfigFrom(args, join(root, "etc/zb/hsm.conf"));
   const wait = secondsParam(p, "zb.hsm_wait") ?? cfg.waitSeconds;

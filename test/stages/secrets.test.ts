@@ -16,7 +16,7 @@ const BUN = process.execPath;
  * terminal), with "CONSOLE" in `ttys` replaced by a pty slave; type 4321 on
  * the pty once "PIN: " shows there. @returns the PIN as hex, or "ERR code message"; and what the pty showed
  */
-function promptDetached(ttys: string[]): { out: string; screen: string } {
+function promptDetached(ttys: readonly string[]): { out: string; screen: string } {
   const code = `const { promptPin } = await import(${JSON.stringify(SECRETS)});
 const ttys = JSON.parse(process.argv.at(-1));
 try { const pin = promptPin("PIN: ", ttys); process.stdout.write(Buffer.from(pin).toString("hex")); }

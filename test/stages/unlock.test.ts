@@ -376,3 +376,58 @@ describe("zbunlock unlocks the slot's root", () => {
     expect(r.err).not.toContain("unlocked");
   });
 });
+
+describe("credentials that cannot work fail over like a refusing HSM (U2: slot invalid, boot the other)", () => {
+  /** Credentials in a folder of their own: the good ones copied, then `change` applied. */
+  function credentials(change: (credDir: string) => void): string {
+    const creds = join(dir, `creds-${Math.random().toString(36).slice(2)}`);
+    mkdirSync(join(creds, "zb/credentials"), { recursive: true });
+    for (const f of readdirSync(join(root, "zb/credentials"))) writeFileSync(join(creds, "zb/credentials", f), readFileSync(join(root, "zb/credentials", f)));
+    change(join(creds, "zb/credentials"));
+    return creds;
+  }
+  const rows: { name: string; args: () => string[]; cmdline?: string; says: RegExp }[] = [
+    {
+      name: "a sealed key that is not a zb blob",
+      args: () => ["--credentials", credentials((d) => writeFileSync(join(d, "root.sealed"), '{"garbage":1}\n'))],
+      says: /zbunlock: cannot unlock: the credentials in .*zb\/credentials: cannot read root\.sealed: /,
+    },
+    {
+      name: "another slot's credentials (meta.json says b, slot a booted)",
+      args: () => ["--credentials", credentials((d) => writeFileSync(join(d, "meta.json"), readFileSync(join(d, "meta.json"), "utf8").replace(/"slot": *"a"/, '"slot":"b"')))],
+      says: /zbunlock: cannot unlock: the credentials in .*zb\/credentials are for slot b, this is slot a\n/,
+    },
+    {
+      name: "no credentials while the command line mounts root=/dev/mapper/zb-root",
+      args: () => ["--credentials", join(dir, "no-credentials-here")],
+      cmdline: "root=/dev/mapper/zb-root",
+      says: /zbunlock: cannot unlock: the command line mounts root=\/dev\/mapper\/zb-root, but there are no credentials in .*no-credentials-here\/zb\/credentials/,
+    },
+  ];
+  test.each(rows)("$name → U2, exit 12 (reboot pending), nothing opened", async ({ args, cmdline, says }) => {
+    expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b", "--force"]).code).toBe(0);
+    hsmConf(join(dir, "soft.key"));
+    rmSync(join(dir, "open.log"), { force: true });
+    const before = readFileSync(join(root, "proc/cmdline"), "utf8");
+    if (cmdline) writeFileSync(join(root, "proc/cmdline"), `${before.trim()} ${cmdline}\n`);
+    try {
+      const r = await zbunlock(args(), undefined, { BUN_JSC_useJIT: "0" });
+      expect(r.err).toMatch(says);
+      expect(r.code).toBe(12);
+      const e = env();
+      expect(e).toContain("zb_valid_a=0");
+      expect(e).toContain("zb_slot=b");
+      expect(existsSync(join(dir, "open.log"))).toBe(false);
+    } finally {
+      writeFileSync(join(root, "proc/cmdline"), before);
+    }
+  });
+
+  test("no credentials and no zb root on the command line: nothing to unlock, exit 0 (an unencrypted root)", async () => {
+    expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b", "--force"]).code).toBe(0);
+    const r = await zbunlock(["--credentials", join(dir, "no-credentials-here")], undefined, { BUN_JSC_useJIT: "0" });
+    expect(r.out).toContain("no credentials in");
+    expect(r.code).toBe(0);
+    expect(env()).toContain("zb_valid_a=1");
+  });
+});
