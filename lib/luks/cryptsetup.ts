@@ -27,6 +27,7 @@ import { closeSync, writeSync } from "node:fs";
 import type { FileSink, Subprocess } from "bun";
 import { ZbError } from "../errors.ts";
 import { libc } from "../sys/libc.ts";
+import { wipe } from "../secret.ts";
 
 /** Largest key accepted: fits any pipe buffer, so writing it never blocks. */
 export const MAX_KEY_BYTES = 4096;
@@ -417,16 +418,60 @@ function resolveBinary(binary: string, what: string): string {
   return found;
 }
 
-/** Remove every printable form of the keys (raw, hex, base64) from a message. */
+/**
+ * Remove every printable form of the keys (raw, hex, HEX, base64) from a
+ * message. The search runs on bytes: the forms are built into buffers that
+ * are wiped afterwards, never into JavaScript strings, which cannot be wiped
+ * and live until the garbage collector frees them (docs/credentials.md).
+ */
 export function scrub(text: string, keys: Uint8Array[]): string {
-  let out = text;
+  if (text === "") return text;
+  let out: Buffer = Buffer.from(text, "utf8");
   for (const k of keys) {
-    const b = Buffer.from(k.buffer, k.byteOffset, k.byteLength);
-    for (const form of [b.toString("latin1"), b.toString("hex"), b.toString("hex").toUpperCase(), b.toString("base64")]) {
-      if (form.length >= 4) out = out.split(form).join("[key]");
+    const forms = [Uint8Array.from(k), hexBytes(k, HEX_LOWER), hexBytes(k, HEX_UPPER), base64Bytes(k)];
+    for (const form of forms) {
+      if (form.length >= 4) out = replaceAll(out, form, KEY_MARK);
+      wipe(form);
     }
   }
+  return out.toString("utf8");
+}
+
+const KEY_MARK = Buffer.from("[key]");
+const HEX_LOWER = Buffer.from("0123456789abcdef");
+const HEX_UPPER = Buffer.from("0123456789ABCDEF");
+const BASE64 = Buffer.from("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/");
+
+function hexBytes(k: Uint8Array, digits: Uint8Array): Uint8Array {
+  const out = new Uint8Array(k.length * 2);
+  k.forEach((b, i) => {
+    out[2 * i] = digits[b >> 4]!;
+    out[2 * i + 1] = digits[b & 15]!;
+  });
   return out;
+}
+
+/** RFC 4648 base64 with padding, as `base64` and Buffer print it. */
+function base64Bytes(k: Uint8Array): Uint8Array {
+  const out = new Uint8Array(Math.ceil(k.length / 3) * 4).fill(0x3d); // "="
+  for (let i = 0, o = 0; i < k.length; i += 3, o += 4) {
+    const n = (k[i]! << 16) | ((k[i + 1] ?? 0) << 8) | (k[i + 2] ?? 0);
+    const have = Math.min(3, k.length - i) + 1; // output characters this group yields
+    for (let c = 0; c < have; c++) out[o + c] = BASE64[(n >> (18 - 6 * c)) & 63]!;
+  }
+  return out;
+}
+
+function replaceAll(hay: Buffer, needle: Uint8Array, mark: Uint8Array): Buffer {
+  const parts: Uint8Array[] = [];
+  let from = 0;
+  for (let at = hay.indexOf(needle, from); at >= 0; at = hay.indexOf(needle, from)) {
+    parts.push(hay.subarray(from, at), mark);
+    from = at + needle.length;
+  }
+  if (from === 0) return hay;
+  parts.push(hay.subarray(from));
+  return Buffer.concat(parts);
 }
 
 // ---- key transport ----

@@ -363,6 +363,18 @@ describe("messages never carry a key", () => {
     expect(scrub(before, [key])).toBe(after);
   });
 
+  // Every base64 padding and every byte value: the forms are built by hand (no strings of the key), so they must match Buffer's.
+  test.each([31, 32, 33])("a %i-byte key of bytes 0x00–0xff: hex, HEX and base64 forms all found", (n) => {
+    const k = Uint8Array.from({ length: n }, (_, i) => (i * 73 + 200) & 0xff);
+    const kb = Buffer.from(k);
+    const text = `a ${kb.toString("hex")} b ${kb.toString("hex").toUpperCase()} c ${kb.toString("base64")} d`;
+    expect(scrub(text, [k])).toBe("a [key] b [key] c [key] d");
+  });
+
+  test("an empty message stays empty", () => {
+    expect(scrub("", [key])).toBe("");
+  });
+
   test("a cryptsetup that prints the key it read (raw, hex, base64) on stderr: the error has none of it", async () => {
     const dir = tempDir();
     const bin = join(dir, "echo-key");
