@@ -385,6 +385,7 @@ run_zb() {
   is "env after the boot: zb_mode" "$(host_env "$n" zb_mode)" "run"
   is "env after the boot: zb_slot" "$(host_env "$n" zb_slot)" "a"
   check "zbunlock locked the keys (PCR 15 extended)" grep -q 'locked: PCR 15 extended' <(con "$n")
+  is "zbunlock unmounted the boot partition it had mounted (/run/zb/boot)" "$(con "$n" | sed -n 's/^ZB-BOOT-MOUNTED //p')" "no"
   check "after zbunlock the key cannot be unsealed again (zb hsm unseal exit 20, denied)" \
     grep -q '^ZB-DIAG .* s: zb hsm unseal /zb/credentials/root.sealed -o - (exit 20)' <(con "$n")
 }

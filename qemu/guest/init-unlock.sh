@@ -21,6 +21,7 @@
 #   ZB-T-ROOT <s>   root mounted
 #   ZB| <s> <line>             output of zbunlock / cryptsetup, stamped
 #   ZB-UNLOCK-MARKER <token>   the content of /etc/zb-marker on the root
+#   ZB-BOOT-MOUNTED yes|no     (zb) is the boot partition still mounted on /run/zb/boot
 #   ZB-UNLOCK-FAIL <exit> <what>   the unlock (or a step) failed
 #   ZB-DIAG <s> s: <command> (exit N)   timings after the measured window
 #   ZB-UNLOCK-DONE             just before the power-off
@@ -108,6 +109,11 @@ mount -t ext4 -o ro /dev/mapper/zb-root /mnt || fail 1 "mount -t ext4 /dev/mappe
 stamp ROOT
 [ -f /mnt/etc/zb-marker ] || fail 1 "the root has no /etc/zb-marker"
 echo "ZB-UNLOCK-MARKER $(cat /mnt/etc/zb-marker)"
+# zbunlock mounted the boot partition itself: it must be gone again, or
+# initramfs-tools would carry it into the booted system with /run.
+if [ "$MODE" = zb ]; then
+  if grep -q ' /run/zb/boot ' /proc/mounts; then echo "ZB-BOOT-MOUNTED yes"; else echo "ZB-BOOT-MOUNTED no"; fi
+fi
 
 # Where zbunlock's time goes, measured after the timed window: Bun's start-up
 # (in the baseline run the first `zb` ever started, so the 110 MB binary is

@@ -109,7 +109,18 @@ export async function zbunlockMain(argv: string[]): Promise<number> {
 async function act(args: ParsedArgs, sys: HostSys, root: string, p: Platform, creds: () => LoadedCredentials | null): Promise<number> {
   // Before mounting anything: a kernel not booted through zb's config stops here.
   const booted = bootedFrom(p);
-  const bootDir = args.values.get("boot") ?? mountBoot(root, p.params.get("zb.boot") ?? DEFAULT_BOOT_DEVICE, secondsParam(p, "zb.boot_wait") ?? DEFAULT_BOOT_WAIT_S);
+  const given = args.values.get("boot");
+  const mount = given !== undefined ? null : mountBoot(root, p.params.get("zb.boot") ?? DEFAULT_BOOT_DEVICE, secondsParam(p, "zb.boot_wait") ?? DEFAULT_BOOT_WAIT_S);
+  try {
+    return await actOn(args, root, p, creds, booted, given ?? mount!.dir);
+  } finally {
+    // initramfs-tools moves /run into the root it boots, submounts and all: a boot partition
+    // left mounted here would stay mounted, read-write, under /run/zb/boot in the running system.
+    mount?.unmount();
+  }
+}
+
+async function actOn(args: ParsedArgs, root: string, p: Platform, creds: () => LoadedCredentials | null, booted: ReturnType<typeof bootedFrom>, bootDir: string): Promise<number> {
   const h = host(args, bootDir);
   const dryRun = args.flags.has("dry-run");
   const r = rebooter(args, "zbunlock", { pendOnFailure: true });
@@ -158,11 +169,14 @@ function withoutStatusFd(argv: string[]): string[] {
   return out;
 }
 
-/** Mount the boot partition unless it is mounted already; returns the mount point. */
-function mountBoot(root: string, device: string, waitS: number): string {
+/**
+ * Mount the boot partition unless it is mounted already.
+ * @returns the mount point, and how to unmount it again (a no-op when it was mounted before)
+ */
+function mountBoot(root: string, device: string, waitS: number): { dir: string; unmount: () => void } {
   const mountPoint = join(root, MOUNT_POINT);
   const mounts = existsSync(join(root, "proc/mounts")) ? readFileSync(join(root, "proc/mounts"), "utf8") : "";
-  if (mounts.split("\n").some((l) => l.split(" ")[1] === mountPoint)) return mountPoint;
+  if (mounts.split("\n").some((l) => l.split(" ")[1] === mountPoint)) return { dir: mountPoint, unmount: () => undefined };
   // The boot medium may be probed after the initramfs starts (USB, a slow
   // SD card): wait for its node like the kernel's rootwait/rootdelay do.
   const deadline = performance.now() + waitS * 1000;
@@ -181,5 +195,10 @@ function mountBoot(root: string, device: string, waitS: number): string {
       hint: "set zb.boot=DEVICE on the kernel command line, or pass --boot DIR",
     });
   }
-  return mountPoint;
+  const unmount = () => {
+    const u = Bun.spawnSync(["umount", mountPoint], { stderr: "pipe" });
+    // The boot goes on either way: what was written is synced by the umount or by the reboot.
+    if (u.exitCode !== 0) err(`zbunlock: warning: cannot unmount the boot partition ${mountPoint}: ${u.stderr.toString().trim() || `exit ${u.exitCode}`}\n`);
+  };
+  return { dir: mountPoint, unmount };
 }
