@@ -142,7 +142,14 @@ async function unlockVolume(backend: BackendName, vol: Volume, blobBytes: Uint8A
   if (blob.backend !== backend || blob.backend !== env.hsm.name) {
     return fail("credentials", true, `the sealed key of ${vol.name} is for ${blob.backend}, the credentials name ${backend}, the HSM is ${env.hsm.name}`, "CRED_INVALID");
   }
-  const device = await waitForDevice(vol, env);
+  let device: string | null;
+  try {
+    device = await waitForDevice(vol, env);
+  } catch (e) {
+    // Two devices carry the UUID: not this slot's fault, and it may be undone (the copy removed): U3.
+    if (e instanceof ZbError) return { ok: false, kind: "device", permanent: false, why: e.message, error: e };
+    throw e;
+  }
   if (device === null) return fail("device", false, `no block device has the LUKS UUID ${vol.uuid} of ${vol.name}`, "LUKS_FAILED");
   let secret: Uint8Array | undefined;
   // cryptsetup starts (loads its libraries, reads the header) while the key

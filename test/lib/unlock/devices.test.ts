@@ -52,3 +52,19 @@ test("findLuksDevice scans /sys/class/block and reads /dev nodes", () => {
   expect(findLuksDevice(sys, root, "00000000-0000-0000-0000-000000000000")).toBeNull();
   expect(findLuksDevice(sys, join(dir, "nothing"), uuid)).toBeNull();
 });
+
+test("findLuksDevice: two devices with the UUID (a copy of the disk) are refused; a RAID member held by its array is skipped", () => {
+  const root = join(dir, "root-dup");
+  for (const d of ["sda2", "sdb1", "md0", "sdc1"]) mkdirSync(join(root, "sys/class/block", d), { recursive: true });
+  mkdirSync(join(root, "dev"), { recursive: true });
+  const { head, uuid } = realHeader("luks2");
+  const sys = new HostSys();
+  // Before: only the array and its member carry the header; the member is held by md0.
+  writeFileSync(join(root, "dev/md0"), head);
+  writeFileSync(join(root, "dev/sdc1"), head);
+  mkdirSync(join(root, "sys/class/block/sdc1/holders/md0"), { recursive: true });
+  expect(findLuksDevice(sys, root, uuid)).toBe(join(root, "dev/md0"));
+  // After: a dd copy on another disk, whose name sorts first.
+  writeFileSync(join(root, "dev/sda2"), head);
+  expect(() => findLuksDevice(sys, root, uuid)).toThrow(`cannot choose the device with LUKS UUID ${uuid}: 2 devices carry it (${join(root, "dev/md0")}, ${join(root, "dev/sda2")})`);
+});

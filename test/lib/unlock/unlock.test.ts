@@ -17,6 +17,8 @@ interface Script {
   unseal?: (UnsealResult["kind"] | "throw")[];
   /** findDevice() finds the device from this call on. */
   deviceFrom?: number;
+  /** findDevice() throws this (two devices carry the UUID). */
+  deviceThrows?: ZbError;
   /** open() throws this for the given volume name. */
   openFails?: { name: string; error: ZbError };
   /** lock(): absent = the backend has none; "throw" = it fails. */
@@ -95,7 +97,10 @@ function world(s: Script) {
         },
       } : {}),
     },
-    findDevice: (uuid) => (finds++ >= (s.deviceFrom ?? 0) ? `/dev/${uuid === ROOT_UUID ? "vda2" : "vda4"}` : null),
+    findDevice: (uuid) => {
+      if (s.deviceThrows) throw s.deviceThrows;
+      return finds++ >= (s.deviceFrom ?? 0) ? `/dev/${uuid === ROOT_UUID ? "vda2" : "vda4"}` : null;
+    },
     wrongKey: (e) => /No key available/.test(e.message),
     deadline: s.deadlineMs ?? 1000,
     now: () => clock,
@@ -128,6 +133,7 @@ describe("unlockSlot", () => {
     { name: "response integrity failed → failed, transient", script: { unseal: ["failed"] }, kind: "failed", permanent: false, code: "HSM_FAILED" },
     { name: "the backend throws (soft, not enabled) → failed, transient, not a LUKS failure", script: { unseal: ["throw"] }, kind: "failed", permanent: false, code: "HSM_FAILED" },
     { name: "device never appears → device, transient", script: { deviceFrom: Infinity }, kind: "device", permanent: false, code: "LUKS_FAILED" },
+    { name: "two devices carry the UUID → device, transient (nothing opened)", script: { deviceThrows: new ZbError("LUKS_FAILED", "cannot choose the device with LUKS UUID x: 2 devices carry it") }, kind: "device", permanent: false, code: "LUKS_FAILED" },
     { name: "key does not open the header → luks, permanent", script: { openFails: { name: "zb-root", error: new ZbError("LUKS_FAILED", "cannot open: No key available with this passphrase") } }, kind: "luks", permanent: true, code: "LUKS_FAILED" },
     { name: "no device-mapper → luks, transient", script: { openFails: { name: "zb-root", error: new ZbError("LUKS_FAILED", "cannot open: Cannot initialize device-mapper") } }, kind: "luks", permanent: false, code: "LUKS_FAILED" },
     { name: "data fails after root opened → root closed again", script: { openFails: { name: "zb-data", error: new ZbError("LUKS_FAILED", "cannot open: No key available with this passphrase") } }, kind: "luks", permanent: true, code: "LUKS_FAILED", closed: ["zb-root"] },
