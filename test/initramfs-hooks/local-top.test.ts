@@ -193,6 +193,15 @@ describe.each(SHELLS)("with the fake functions, under %s", (shellName) => {
       },
     },
     {
+      name: "exits 10 (STATE_REFUSED, e.g. no zb.slot= on the command line): panic naming the code",
+      before: { cmdline: CMDLINE, status: 10, reboot: "kill" },
+      after: {
+        code: 1,
+        signal: null,
+        calls: [BEGIN, ZB, ...failed(10, "STATE_REFUSED")],
+      },
+    },
+    {
       name: "exits 99 (no such code): panic pointing at the table",
       before: { cmdline: CMDLINE, status: 99, reboot: "kill" },
       after: {
@@ -331,6 +340,6 @@ describe.each(SHELLS)("with the real scripts/functions, under %s", (shellName) =
 test("every exit status the script names has that name in docs/exit-codes.md", () => {
   const named = [...readFileSync(SCRIPT, "utf8").matchAll(/^\t(\d+)\) echo ([A-Z_]+) ;;$/gm)].map((m) => [m[1], m[2]]);
   const documented = new Set([...readFileSync(EXIT_CODES, "utf8").matchAll(/^\| (\d+) \| `([A-Z_]+)` \|/gm)].map((m) => `${m[1]} ${m[2]}`));
-  expect(named.length).toBe(10);
+  expect(named.length).toBe(16);
   for (const [code, name] of named) expect(documented.has(`${code} ${name}`)).toBe(true);
 });
