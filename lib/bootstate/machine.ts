@@ -257,7 +257,7 @@ export const TABLE: readonly Row[] = [
   }),
   row({
     id: "U2", actor: "zbunlock", event: "unlock-failed",
-    when: "the HSM refused for good (no-match, denied): this slot's credentials cannot work",
+    when: "the HSM refused for good (no-match, denied), or the credentials are malformed, another slot's, or missing while the command line has `root=/dev/mapper/zb-root`: this slot's credentials cannot work",
     then: "slot invalid; zb_slot = other if it is valid and below the limit, else zb_mode=recover; rewrite config.txt, reboot normally",
     guard: (_s, e) => e.permanent,
     apply: (s, e) => {
@@ -271,7 +271,7 @@ export const TABLE: readonly Row[] = [
   }),
   row({
     id: "U3", actor: "zbunlock", event: "unlock-failed",
-    when: "the HSM was absent or failed (may be transient)",
+    when: "the HSM was absent or failed, the device is missing or ambiguous, or the credentials could not be read (I/O): may be transient",
     then: "reboot normally; the boot counter (N7/N8) decides when to give up on the slot",
     guard: () => true,
     apply: (s, e) => {

@@ -12,6 +12,11 @@ afterAll(() => rmSync(root, { recursive: true, force: true }));
 test.each([
   { cmdline: "console=ttyAMA0 zb.slot=b kernel_status=trying quiet", params: { console: "ttyAMA0", "zb.slot": "b", kernel_status: "trying", quiet: "" } },
   { cmdline: 'a=1 a=2 dyndbg="file x.c +p"', params: { a: "2", dyndbg: "file x.c +p" } },
+  // An open quote runs to the end, as in the kernel: no zb.slot here.
+  { cmdline: 'quiet foo="bar zb.slot=a', params: { quiet: "", foo: "bar zb.slot=a" } },
+  // After "--" the words are init's, not parameters.
+  { cmdline: "zb.slot=b -- zb.slot=a single", params: { "zb.slot": "b" } },
+  { cmdline: '  x=""  "y=1 2"\tz ', params: { x: "", y: "1 2", z: "" } },
 ])("parseCmdline($cmdline)", ({ cmdline, params }) => {
   expect(Object.fromEntries(parseCmdline(cmdline))).toEqual(params);
 });
