@@ -27,7 +27,7 @@ import { BOOT_OPTIONS, BOOT_OPTIONS_HELP, host, rebooter } from "../common.ts";
 import { err, out } from "../output.ts";
 import { report } from "../zb/boot.ts";
 import { HSM_OPTIONS } from "../zb/hsm.ts";
-import { credentialBackend, credentialsOnce, lockAfterFailureStep, secondsParam, unlockStep } from "./unlock.ts";
+import { credentialBackend, credentialsOnce, lockAfterFailureStep, secondsParam, unknownParamWarnings, unlockStep } from "./unlock.ts";
 import { awaitGo, DEFAULT_GO_WAIT_S, reportExitTo } from "./prestart.ts";
 
 export const USAGE = `usage: zbunlock [--boot DIR] [--root DIR] [--dry-run] [--no-unlock] [--no-reboot] [--json]
@@ -84,6 +84,7 @@ export async function zbunlockMain(argv: string[]): Promise<number> {
   const backend = args.flags.has("no-unlock") || args.flags.has("dry-run") ? null : credentialBackend(creds);
   if (jitOff() && backend !== null && FFI_BACKENDS.has(backend)) return rerunWithJit(withoutStatusFd(argv), backend);
   const p = readPlatform(sys, root);
+  for (const line of unknownParamWarnings(p)) err(`${line}\n`);
   const goFile = args.values.get("go-file");
   if (goFile !== undefined) {
     // Started early (stages/zbunlock/prestart.ts): evaluate the HSM backend

@@ -23,11 +23,28 @@ export interface UnlockStep {
   outcome: UnlockOutcome | null;
 }
 
-/** A SECONDS kernel parameter (zb.hsm_wait=, zb.boot_wait=): a number up to 600, else null. */
+/** The zb.* kernel parameters zbunlock and the initramfs scripts read (docs/boot-flow.md). */
+const KNOWN_PARAMS = new Set(["zb.slot", "zb.boot", "zb.boot_wait", "zb.hsm_wait", "zb.prestart_wait", "zb.skip"]);
+
+/** Console lines for zb.* words of the command line nobody reads (a typo would otherwise go unnoticed). */
+export function unknownParamWarnings(p: Platform): string[] {
+  return [...p.params.keys()].filter((k) => k.startsWith("zb.") && !KNOWN_PARAMS.has(k)).map((k) => `zbunlock: warning: ignoring the unknown kernel parameter ${k}= (docs/boot-flow.md lists those zb reads)`);
+}
+
+/**
+ * A SECONDS kernel parameter (zb.hsm_wait=, zb.boot_wait=): a number up to
+ * 600, else null (the default applies; a value that is given but unusable
+ * is said once on the console).
+ */
 export function secondsParam(p: Platform, name: string): number | null {
   const v = p.params.get(name);
-  return v !== undefined && /^\d+(\.\d+)?$/.test(v) && Number(v) <= 600 ? Number(v) : null;
+  if (v === undefined) return null;
+  if (/^\d+(\.\d+)?$/.test(v) && Number(v) <= 600) return Number(v);
+  if (!warnedParams.has(name)) err(`zbunlock: warning: ignoring ${name}=${v.slice(0, 40)}: expected seconds, at most 600; the default applies\n`);
+  warnedParams.add(name);
+  return null;
 }
+const warnedParams = new Set<string>();
 
 /**
  * This initramfs's credentials, read at most once per run: null when it

@@ -431,3 +431,19 @@ describe("credentials that cannot work fail over like a refusing HSM (U2: slot i
     expect(env()).toContain("zb_valid_a=1");
   });
 });
+
+test("a misspelt or unusable zb.* kernel parameter is said on the console, and the unlock goes on with the default", async () => {
+  expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b", "--force"]).code).toBe(0);
+  hsmConf(join(dir, "soft.key"));
+  const before = readFileSync(join(root, "proc/cmdline"), "utf8");
+  writeFileSync(join(root, "proc/cmdline"), `${before.trim().replace(/ zb\.hsm_wait=\S+/, "")} zb.hsm_wiat=5 zb.hsm_wait=abc\n`);
+  try {
+    const r = await zbunlock([], undefined, { BUN_JSC_useJIT: "0" });
+    expect(r.err).toContain("zbunlock: warning: ignoring the unknown kernel parameter zb.hsm_wiat= (docs/boot-flow.md lists those zb reads)\n");
+    expect(r.err).toContain("zbunlock: warning: ignoring zb.hsm_wait=abc: expected seconds, at most 600; the default applies\n");
+    expect(r.err).toContain("zbunlock: unlocked zb-root");
+    expect(r.code).toBe(0);
+  } finally {
+    writeFileSync(join(root, "proc/cmdline"), before);
+  }
+});
