@@ -16,6 +16,8 @@ export const DEFAULT_SOFT_KEY_FILE = "/var/lib/zb/soft-hsm.key";
 export interface HsmIo {
   /** A PIN (PKCS#11 login), freshly read; the backend wipes it. */
   pin: () => Promise<Uint8Array>;
+  /** How many PINs may be asked for after wrong ones (a person at a prompt: 3; a PIN file: 1). */
+  pinAttempts?: number;
   warn: (line: string) => void;
 }
 
@@ -52,6 +54,7 @@ export function openHsm(name: BackendName, cfg: HsmConfig, io: HsmIo): Hsm {
       return new (modules.pkcs11().Pkcs11Hsm)({
         module: p.module,
         pin: io.pin,
+        ...(io.pinAttempts !== undefined ? { pinAttempts: io.pinAttempts } : {}),
         oaep: p.oaep,
         warn: io.warn,
         ...(p.token ? { token: p.token } : {}),

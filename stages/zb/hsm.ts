@@ -79,10 +79,15 @@ export function hsmConfigFrom(args: ParsedArgs, configPath?: string): HsmConfig 
   return cfg;
 }
 
+/** PINs a person may type at the prompt before a wrong one counts as a refusal. */
+const PROMPT_PIN_ATTEMPTS = 3;
+
 /** Open backend `name` with PINs from the PIN file or the terminal, warnings to stderr. */
 export function hsmFor(name: BackendName, cfg: HsmConfig, tty?: string | readonly string[]): Hsm {
   return openHsm(name, cfg, {
     pin: async () => (cfg.pkcs11.pinFile ? readPinFile(cfg.pkcs11.pinFile) : promptPin(`PIN for ${cfg.pkcs11.token ?? "the token"}: `, tty)),
+    // A typing error at the prompt is not a refusal for good (zbunlock would mark the slot invalid): three tries.
+    pinAttempts: cfg.pkcs11.pinFile ? 1 : PROMPT_PIN_ATTEMPTS,
     warn: (line) => err(line.endsWith("\n") ? line : `${line}\n`),
   });
 }

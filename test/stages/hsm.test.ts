@@ -141,19 +141,22 @@ describe("zb hsm with tpm2 (swtpm on 127.0.0.1)", () => {
 });
 
 describe("zb hsm with pkcs11 (SoftHSM2): the PIN from a file or the terminal, never argv", () => {
-  /** Run `cmd` on a pty (util-linux script), type `input` once `prompt` shows. */
-  async function typeAtPrompt(cmd: string, env: Record<string, string>, prompt: string, input: string) {
+  /** Run `cmd` on a pty (util-linux script), type each of `inputs` once `prompt` shows (again). */
+  async function typeAtPrompt(cmd: string, env: Record<string, string>, prompt: string, ...inputs: string[]) {
     const p = Bun.spawn(["script", "-qec", cmd, "/dev/null"], { env: { ...process.env, ...env }, stdin: "pipe", stdout: "pipe" });
     let transcript = "";
     const reader = p.stdout.getReader();
     const deadline = Date.now() + 10_000;
-    while (!transcript.includes(prompt) && Date.now() < deadline) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      transcript += new TextDecoder().decode(value);
+    const prompts = () => transcript.split(prompt).length - 1;
+    for (const [i, input] of inputs.entries()) {
+      while (prompts() <= i && Date.now() < deadline) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        transcript += new TextDecoder().decode(value);
+      }
+      p.stdin.write(input);
+      p.stdin.flush();
     }
-    p.stdin.write(input);
-    p.stdin.flush();
     for (;;) {
       const { value, done } = await reader.read();
       if (done) break;
@@ -194,9 +197,19 @@ describe("zb hsm with pkcs11 (SoftHSM2): the PIN from a file or the terminal, ne
       expect(t.transcript).not.toContain(USER_PIN); // echo was off while it was typed
       expect(t.code).toBe(0);
       expect(new Uint8Array(readFileSync(out))).toEqual(SECRET);
-      // A wrong PIN on the terminal → denied (20).
-      const w = await typeAtPrompt(`${BIN} hsm unseal ${join(dir, "p.sealed")} -o - --config ${conf}`, env, "PIN for zb: ", "9999\n");
+      // A mistyped PIN is asked for again; three wrong ones → denied (20).
+      const again = await typeAtPrompt(`${BIN} hsm unseal ${join(dir, "p.sealed")} -o ${join(dir, "p2.out")} --config ${conf}`, env, "PIN for zb: ", "9999\n", `${USER_PIN}\n`);
+      expect(again.transcript).toContain("zb: the token refused the PIN; 2 more tries");
+      expect(again.code).toBe(0);
+      expect(new Uint8Array(readFileSync(join(dir, "p2.out")))).toEqual(SECRET);
+      const w = await typeAtPrompt(`${BIN} hsm unseal ${join(dir, "p.sealed")} -o - --config ${conf}`, env, "PIN for zb: ", "9999\n", "9998\n", "9997\n");
+      expect(w.transcript.split("PIN for zb: ").length - 1).toBe(3);
       expect(w.code).toBe(20);
+      // A wrong PIN from a file is not tried again (tokens lock after a few).
+      writeFileSync(join(dir, "pin.wrong"), "9999\n", { mode: 0o600 });
+      const f = run(["hsm", "unseal", join(dir, "p.sealed"), "-o", "-", "--config", conf, "--pin-file", join(dir, "pin.wrong")]);
+      expect(f.code).toBe(20);
+      expect(f.err).not.toContain("more tries");
     } finally {
       hsm.close();
     }

@@ -37,6 +37,12 @@ export interface Pkcs11Options extends BackendOptions {
   /** The user PIN, asked only by unseal; the backend wipes the returned buffer after C_Login. */
   pin: () => Promise<Uint8Array>;
   /**
+   * How many PINs `pin` may be asked for when the token says one was wrong
+   * (default 1). More only for a person at a prompt: a PIN file asked again
+   * gives the same wrong PIN, and tokens lock after a few.
+   */
+  pinAttempts?: number;
+  /**
    * OAEP hash for seal. `auto` (default): SHA-256 unless the token's
    * C_EncryptInit on the public key refuses SHA-256 parameters and accepts
    * SHA-1 (SoftHSM 2.6 does OAEP with SHA-1 only).
@@ -200,21 +206,30 @@ export class Pkcs11Hsm implements Hsm {
     });
   }
 
-  /** C_Login from the callback's buffer, wiped right after. */
+  /** C_Login from the callback's buffer, wiped right after; a wrong PIN is asked again while attempts are left. */
   private async login(ck: Cryptoki, session: bigint): Promise<void> {
-    let pin: Uint8Array;
-    try {
-      pin = await this.opts.pin();
-    } catch (e) {
-      throw new ZbError("HSM_FAILED", `cannot get the token PIN: ${(e as Error).message}`, { cause: e });
-    }
-    try {
-      ck.login(session, CKU_USER, pin);
-    } catch (e) {
-      // Already logged in through another session of this process: that login serves us too.
-      if (!(e instanceof CkError && e.rv === CKR.USER_ALREADY_LOGGED_IN)) throw e;
-    } finally {
-      wipe(pin);
+    const attempts = Math.max(1, this.opts.pinAttempts ?? 1);
+    for (let attempt = 1; ; attempt++) {
+      let pin: Uint8Array;
+      try {
+        pin = await this.opts.pin();
+      } catch (e) {
+        throw new ZbError("HSM_FAILED", `cannot get the token PIN: ${(e as Error).message}`, { cause: e });
+      }
+      try {
+        ck.login(session, CKU_USER, pin);
+        return;
+      } catch (e) {
+        // Already logged in through another session of this process: that login serves us too.
+        if (e instanceof CkError && e.rv === CKR.USER_ALREADY_LOGGED_IN) return;
+        if (e instanceof CkError && e.rv === CKR.PIN_INCORRECT && attempt < attempts) {
+          this.opts.warn?.(`zb: the token refused the PIN; ${attempts - attempt} more ${attempts - attempt === 1 ? "try" : "tries"}`);
+          continue;
+        }
+        throw e;
+      } finally {
+        wipe(pin);
+      }
     }
   }
 
