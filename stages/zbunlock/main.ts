@@ -111,18 +111,18 @@ async function act(args: ParsedArgs, sys: HostSys, root: string, p: Platform, cr
   // Before mounting anything: a kernel not booted through zb's config stops here.
   const booted = bootedFrom(p);
   const given = args.values.get("boot");
-  const mount = given !== undefined ? null : mountBoot(root, p.params.get("zb.boot") ?? DEFAULT_BOOT_DEVICE, secondsParam(p, "zb.boot_wait") ?? DEFAULT_BOOT_WAIT_S);
+  const mount = given !== undefined ? givenBoot(given) : mountBoot(root, p.params.get("zb.boot") ?? DEFAULT_BOOT_DEVICE, secondsParam(p, "zb.boot_wait") ?? DEFAULT_BOOT_WAIT_S);
   try {
-    return await actOn(args, root, p, creds, booted, given ?? mount!.dir);
+    return await actOn(args, root, p, creds, booted, mount);
   } finally {
     // initramfs-tools moves /run into the root it boots, submounts and all: a boot partition
     // left mounted here would stay mounted, read-write, under /run/zb/boot in the running system.
-    mount?.unmount();
+    await mount.close();
   }
 }
 
-async function actOn(args: ParsedArgs, root: string, p: Platform, creds: () => LoadedCredentials | null, booted: ReturnType<typeof bootedFrom>, bootDir: string): Promise<number> {
-  const h = host(args, bootDir);
+async function actOn(args: ParsedArgs, root: string, p: Platform, creds: () => LoadedCredentials | null, booted: ReturnType<typeof bootedFrom>, mount: BootMount): Promise<number> {
+  const h = host(args, mount.dir);
   const dryRun = args.flags.has("dry-run");
   const r = rebooter(args, "zbunlock", { pendOnFailure: true });
   const outcome = runTransition(
@@ -134,11 +134,15 @@ async function actOn(args: ParsedArgs, root: string, p: Platform, creds: () => L
   if (outcome.proceed) {
     if (!args.flags.has("json")) out(`zbunlock: booting slot ${booted.slot}${booted.tryboot ? " (try)" : ""}\n`);
     if (args.flags.has("no-unlock")) return 0;
+    // The boot is counted: the partition is not needed unless the unlock fails, so it is
+    // unmounted while the key is unsealed, not after (the unmount is a process of its own).
+    mount.release();
     const step = await unlockStep(args, h.sys, root, p, creds, booted.slot);
     if (step.outcome === null || step.outcome.ok) return 0;
     const f = step.outcome;
     err(`zbunlock: ${f.error.message}\n`);
     if (f.error.hint) err(`zbunlock: hint: ${f.error.hint}\n`);
+    await mount.ensure(); // the failure is recorded on the partition
     runTransition(
       h.backend,
       { kind: "unlock-failed", booted: booted.slot, tryboot: booted.tryboot, permanent: f.permanent, why: f.kind },
@@ -171,13 +175,28 @@ function withoutStatusFd(argv: string[]): string[] {
 }
 
 /**
- * Mount the boot partition unless it is mounted already.
- * @returns the mount point, and how to unmount it again (a no-op when it was mounted before)
+ * The boot partition for one run: where it is, and the mount zbunlock made
+ * (none when it was given with --boot or mounted before zbunlock started).
  */
-function mountBoot(root: string, device: string, waitS: number): { dir: string; unmount: () => void } {
+interface BootMount {
+  readonly dir: string;
+  /** Start unmounting it in the background (a mount of zbunlock's own). */
+  release(): void;
+  /** Mounted again, if release() unmounted it. @throws {ZbError} IO */
+  ensure(): Promise<void>;
+  /** Unmounted, if zbunlock mounted it; never throws (a warning at worst). */
+  close(): Promise<void>;
+}
+
+function givenBoot(dir: string): BootMount {
+  return { dir, release: () => undefined, ensure: async () => undefined, close: async () => undefined };
+}
+
+/** Mount the boot partition unless it is mounted already. @throws {ZbError} IO */
+function mountBoot(root: string, device: string, waitS: number): BootMount {
   const mountPoint = join(root, MOUNT_POINT);
   const mounts = existsSync(join(root, "proc/mounts")) ? readFileSync(join(root, "proc/mounts"), "utf8") : "";
-  if (mounts.split("\n").some((l) => l.split(" ")[1] === mountPoint)) return { dir: mountPoint, unmount: () => undefined };
+  if (mounts.split("\n").some((l) => l.split(" ")[1] === mountPoint)) return givenBoot(mountPoint);
   // The boot medium may be probed after the initramfs starts (USB, a slow
   // SD card): wait for its node like the kernel's rootwait/rootdelay do.
   const deadline = performance.now() + waitS * 1000;
@@ -190,16 +209,42 @@ function mountBoot(root: string, device: string, waitS: number): { dir: string; 
     Bun.sleepSync(50);
   }
   mkdirSync(mountPoint, { recursive: true });
-  const p = Bun.spawnSync(["mount", "-t", "vfat", device, mountPoint], { stderr: "pipe" });
-  if (p.exitCode !== 0) {
-    throw new ZbError("IO", `cannot mount the boot partition ${device} on ${mountPoint}: ${p.stderr.toString().trim() || `exit ${p.exitCode}`}`, {
-      hint: "set zb.boot=DEVICE on the kernel command line, or pass --boot DIR",
-    });
-  }
-  const unmount = () => {
-    const u = Bun.spawnSync(["umount", mountPoint], { stderr: "pipe" });
-    // The boot goes on either way: what was written is synced by the umount or by the reboot.
-    if (u.exitCode !== 0) err(`zbunlock: warning: cannot unmount the boot partition ${mountPoint}: ${u.stderr.toString().trim() || `exit ${u.exitCode}`}\n`);
+  const mount = () => {
+    const p = Bun.spawnSync(["mount", "-t", "vfat", device, mountPoint], { stderr: "pipe" });
+    if (p.exitCode !== 0) {
+      throw new ZbError("IO", `cannot mount the boot partition ${device} on ${mountPoint}: ${p.stderr.toString().trim() || `exit ${p.exitCode}`}`, {
+        hint: "set zb.boot=DEVICE on the kernel command line, or pass --boot DIR",
+      });
+    }
   };
-  return { dir: mountPoint, unmount };
+  mount();
+  let mounted = true;
+  let unmounting: Promise<void> | null = null;
+  const warn = (why: string) => err(`zbunlock: warning: cannot unmount the boot partition ${mountPoint}: ${why}\n`);
+  const unmount = async () => {
+    const u = Bun.spawn(["umount", mountPoint], { stdout: "ignore", stderr: "pipe" });
+    const [code, text] = [await u.exited, await new Response(u.stderr).text()];
+    // The boot goes on either way: what was written is synced by the umount or by the reboot.
+    if (code === 0) mounted = false;
+    else warn(text.trim() || `exit ${code}`);
+  };
+  return {
+    dir: mountPoint,
+    release() {
+      if (mounted && !unmounting) unmounting = unmount();
+    },
+    async ensure() {
+      if (unmounting) await unmounting;
+      unmounting = null;
+      if (!mounted) {
+        mount();
+        mounted = true;
+      }
+    },
+    async close() {
+      if (unmounting) await unmounting;
+      unmounting = null;
+      if (mounted) await unmount();
+    },
+  };
 }
