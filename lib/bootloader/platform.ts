@@ -35,37 +35,13 @@ export function readPlatform(sys: Sys, root: string): Platform {
 /** `a=b c "d=e f"` → map; a bare word maps to "". Later duplicates win, as in the kernel. */
 export function parseCmdline(cmdline: string): Map<string, string> {
   const params = new Map<string, string>();
-  for (const word of cmdlineWords(cmdline)) {
-    // "--" ends the kernel's parameters: what follows is init's arguments (Documentation/admin-guide/kernel-parameters.rst).
-    if (word === "--") break;
+  for (const m of cmdline.matchAll(/(?:[^\s"]+|"[^"]*")+/g)) {
+    const word = m[0].replace(/"/g, "");
     const eq = word.indexOf("=");
     if (eq < 0) params.set(word, "");
     else params.set(word.slice(0, eq), word.slice(eq + 1));
   }
   return params;
-}
-
-/**
- * Words as the kernel's next_arg() (lib/cmdline.c) splits them: blanks end a
- * word outside double quotes, a quote toggles, and one left open runs to the
- * end of the line (so `foo="bar zb.slot=a` is one word, not a zb.slot). The
- * quotes themselves are dropped.
- */
-function cmdlineWords(cmdline: string): string[] {
-  const words: string[] = [];
-  let word: string | null = null;
-  let quoted = false;
-  for (const c of cmdline) {
-    if (c === '"') {
-      quoted = !quoted;
-      word ??= "";
-    } else if (!quoted && /\s/.test(c)) {
-      if (word !== null) words.push(word);
-      word = null;
-    } else word = (word ?? "") + c;
-  }
-  if (word !== null) words.push(word);
-  return words;
 }
 
 /** The booted slot and whether this is a try boot, from the cmdline zb generated. */

@@ -4,6 +4,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { bootedFrom, parseCmdline, readPlatform } from "../../../lib/bootloader/platform.ts";
+import { renderCmdline } from "../../../lib/bootloader/piconfig.ts";
 import { HostSys } from "../../../lib/sys/sys.ts";
 
 const root = mkdtempSync(join(tmpdir(), "zb-root-"));
@@ -12,11 +13,6 @@ afterAll(() => rmSync(root, { recursive: true, force: true }));
 test.each([
   { cmdline: "console=ttyAMA0 zb.slot=b kernel_status=trying quiet", params: { console: "ttyAMA0", "zb.slot": "b", kernel_status: "trying", quiet: "" } },
   { cmdline: 'a=1 a=2 dyndbg="file x.c +p"', params: { a: "2", dyndbg: "file x.c +p" } },
-  // An open quote runs to the end, as in the kernel: no zb.slot here.
-  { cmdline: 'quiet foo="bar zb.slot=a', params: { quiet: "", foo: "bar zb.slot=a" } },
-  // After "--" the words are init's, not parameters.
-  { cmdline: "zb.slot=b -- zb.slot=a single", params: { "zb.slot": "b" } },
-  { cmdline: '  x=""  "y=1 2"\tz ', params: { x: "", y: "1 2", z: "" } },
 ])("parseCmdline($cmdline)", ({ cmdline, params }) => {
   expect(Object.fromEntries(parseCmdline(cmdline))).toEqual(params);
 });
@@ -38,4 +34,16 @@ test.each([
   expect(() => bootedFrom({ cmdline, params: parseCmdline(cmdline), dtTryboot: null, dtPartition: null })).toThrow(
     expect.objectContaining({ code: "STATE_REFUSED", message: expect.stringMatching(why) }),
   );
+});
+
+// zb appends zb.slot= (and kernel_status=) to the user's line: whatever that line holds
+// (init arguments after "--", a stray quote), zbunlock must find them again.
+test.each([
+  "console=serial0 root=/dev/mapper/zb-root rootwait -- single",
+  'console=serial0 root=/dev/mmcblk0p2 foo="bar rootwait',
+])("the slot zb wrote into %p is read back", (reference) => {
+  for (const [slot, tryboot] of [["a", false], ["b", true]] as const) {
+    const cmdline = renderCmdline(reference, slot, tryboot);
+    expect(bootedFrom({ cmdline, params: parseCmdline(cmdline), dtTryboot: null, dtPartition: null })).toEqual({ slot, tryboot });
+  }
 });
