@@ -142,14 +142,10 @@ async function unlockVolume(backend: BackendName, vol: Volume, blobBytes: Uint8A
   if (blob.backend !== backend || blob.backend !== env.hsm.name) {
     return fail("credentials", true, `the sealed key of ${vol.name} is for ${blob.backend}, the credentials name ${backend}, the HSM is ${env.hsm.name}`, "CRED_INVALID");
   }
-  let device: string | null;
-  try {
-    device = await waitForDevice(vol, env);
-  } catch (e) {
-    // Two devices carry the UUID: not this slot's fault, and it may be undone (the copy removed): U3.
-    if (e instanceof ZbError) return { ok: false, kind: "device", permanent: false, why: e.message, error: e };
-    throw e;
-  }
+  const found = await waitForDevice(vol, env);
+  // Two devices still carried the UUID at the deadline: not this slot's fault, and it may be undone (the copy removed): U3.
+  if (found instanceof ZbError) return { ok: false, kind: "device", permanent: false, why: found.message, error: found };
+  const device = found;
   if (device === null) return fail("device", false, `no block device has the LUKS UUID ${vol.uuid} of ${vol.name}`, "LUKS_FAILED");
   let secret: Uint8Array | undefined;
   // cryptsetup starts (loads its libraries, reads the header) while the key
@@ -207,11 +203,22 @@ async function unsealOnce(hsm: Hsm, data: SealedData): Promise<UnsealResult> {
   }
 }
 
-async function waitForDevice(vol: Volume, env: UnlockEnv): Promise<string | null> {
+/**
+ * Poll for the volume's device until the deadline. Two devices with its UUID
+ * count as not there yet (RAID members seen before their array is assembled
+ * have no holders yet); still two at the deadline, that error is returned.
+ */
+async function waitForDevice(vol: Volume, env: UnlockEnv): Promise<string | null | ZbError> {
   let logged = false;
   for (;;) {
-    const dev = env.findDevice(vol.uuid);
-    if (dev !== null || env.now() >= env.deadline) return dev;
+    let dev: string | null | ZbError;
+    try {
+      dev = env.findDevice(vol.uuid);
+    } catch (e) {
+      if (!(e instanceof ZbError)) throw e;
+      dev = e;
+    }
+    if (typeof dev === "string" || env.now() >= env.deadline) return dev;
     if (!logged) env.log(`waiting for the device of ${vol.name} (LUKS UUID ${vol.uuid})`);
     logged = true;
     await env.sleep(POLL_MS);

@@ -98,7 +98,11 @@ function world(s: Script) {
       } : {}),
     },
     findDevice: (uuid) => {
-      if (s.deviceThrows) throw s.deviceThrows;
+      // deviceThrows: every call before deviceFrom throws it (two devices carry the UUID), then the device is found.
+      if (s.deviceThrows && finds < (s.deviceFrom ?? Infinity)) {
+        finds++;
+        throw s.deviceThrows;
+      }
       return finds++ >= (s.deviceFrom ?? 0) ? `/dev/${uuid === ROOT_UUID ? "vda2" : "vda4"}` : null;
     },
     wrongKey: (e) => /No key available/.test(e.message),
@@ -149,6 +153,13 @@ describe("unlockSlot", () => {
     expect(r.error.message).toMatch(/^cannot /);
     expect(w.closed).toEqual(c.closed ?? []);
     for (const k of w.keysSeen) expect(k.every((b) => b === 0)).toBe(true);
+  });
+
+  test("two devices with the UUID for a while (RAID members before their array): waited for like a late device, then opened", async () => {
+    const w = world({ deviceThrows: new ZbError("LUKS_FAILED", "cannot choose the device with LUKS UUID x: 2 devices carry it"), deviceFrom: 3 });
+    const r = await unlockSlot(CREDS, w.env);
+    expect(r.ok).toBe(true);
+    expect(w.log.filter((l) => l.startsWith("waiting for the device"))).toHaveLength(1);
   });
 
   test("waits for a late HSM and a late device within the deadline, logging once each", async () => {
