@@ -142,7 +142,15 @@ async function actOn(args: ParsedArgs, root: string, p: Platform, creds: () => L
     const f = step.outcome;
     err(`zbunlock: ${f.error.message}\n`);
     if (f.error.hint) err(`zbunlock: hint: ${f.error.hint}\n`);
-    await mount.ensure(); // the failure is recorded on the partition
+    try {
+      await mount.ensure(); // the failure is recorded on the partition
+    } catch (e) {
+      // It mounted minutes ago; if it will not now, the boot is counted all the same (N9): reboot
+      // unrecorded, like a failure the boot counter catches (U3), rather than stop at a shell.
+      err(`zbunlock: cannot record the failed unlock: ${(e as Error).message}\n`);
+      r.reboot(null);
+      return r.pending() !== null ? CODES.REBOOT_PENDING : f.error.exit;
+    }
     runTransition(
       h.backend,
       { kind: "unlock-failed", booted: booted.slot, tryboot: booted.tryboot, permanent: f.permanent, why: f.kind },
@@ -221,12 +229,16 @@ function mountBoot(root: string, device: string, waitS: number): BootMount {
   let mounted = true;
   let unmounting: Promise<void> | null = null;
   const warn = (why: string) => err(`zbunlock: warning: cannot unmount the boot partition ${mountPoint}: ${why}\n`);
+  /** Never rejects: the boot goes on either way (what was written is synced by the umount or by the reboot). */
   const unmount = async () => {
-    const u = Bun.spawn(["umount", mountPoint], { stdout: "ignore", stderr: "pipe" });
-    const [code, text] = [await u.exited, await new Response(u.stderr).text()];
-    // The boot goes on either way: what was written is synced by the umount or by the reboot.
-    if (code === 0) mounted = false;
-    else warn(text.trim() || `exit ${code}`);
+    try {
+      const u = Bun.spawn(["umount", mountPoint], { stdout: "ignore", stderr: "pipe" });
+      const [code, text] = [await u.exited, await new Response(u.stderr).text()];
+      if (code === 0) mounted = false;
+      else warn(text.trim() || `exit ${code}`);
+    } catch (e) {
+      warn((e as Error).message); // no umount to run
+    }
   };
   return {
     dir: mountPoint,

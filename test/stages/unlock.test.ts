@@ -447,3 +447,70 @@ test("a misspelt or unusable zb.* kernel parameter is said on the console, and t
     writeFileSync(join(root, "proc/cmdline"), before);
   }
 });
+
+describe("the boot partition zbunlock mounts itself (zb.boot=; a bind mount stands in for vfat, which this kernel lacks)", () => {
+  /** A PATH of only what the run needs, with `mount` (failing from call `failFrom` on) and, if `withUmount`, `umount`. */
+  function tools(name: string, o: { failFrom?: number; withUmount: boolean }): string {
+    const t = join(dir, `tools-${name}`);
+    mkdirSync(t, { recursive: true });
+    for (const tool of ["sh", "dd", "grep", "cat", "sleep", "touch"]) symlinkSync(Bun.which(tool)!, join(t, tool));
+    writeFileSync(join(t, "mount"), `#!/bin/sh
+n=$(cat ${t}/mount.calls 2>/dev/null || echo 0); n=$((n+1)); echo $n > ${t}/mount.calls
+[ $n -ge ${o.failFrom ?? 1000} ] && { echo "mount: no such device" >&2; exit 32; }
+for last; do :; done
+exec ${Bun.which("mount")} --bind ${boot} "$last"
+`);
+    chmodSync(join(t, "mount"), 0o755);
+    if (o.withUmount) {
+      writeFileSync(join(t, "umount"), `#!/bin/sh\nexec ${Bun.which("umount")} "$@"\n`);
+      chmodSync(join(t, "umount"), 0o755);
+    }
+    symlinkSync(join(fakeBin, "cryptsetup"), join(t, "cryptsetup"));
+    return t;
+  }
+  const mountPoint = () => join(root, "run/zb/boot");
+  const mounted = () => readFileSync("/proc/self/mounts", "utf8").split("\n").some((l) => l.split(" ")[1] === mountPoint());
+  async function withBootDevice(pathDir: string, keyFile: string) {
+    expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b", "--force"]).code).toBe(0);
+    hsmConf(keyFile);
+    const dev = join(dir, "fake-bootdev");
+    writeFileSync(dev, "");
+    const before = readFileSync(join(root, "proc/cmdline"), "utf8");
+    writeFileSync(join(root, "proc/cmdline"), `${before.trim()} zb.boot=${dev}\n`);
+    rmSync(join(dir, "go"), { force: true });
+    writeFileSync(join(dir, "go"), "");
+    try {
+      const p = Bun.spawn([BIN, "unlock", "--root", root, "--no-reboot"], { env: { ZB_NO_REBOOT: "1", BUN_JSC_useJIT: "0", PATH: pathDir }, stdout: "pipe", stderr: "pipe" });
+      const [out, err, code] = [await new Response(p.stdout).text(), await new Response(p.stderr).text(), await p.exited];
+      return { out, err, code };
+    } finally {
+      writeFileSync(join(root, "proc/cmdline"), before);
+      if (mounted()) Bun.spawnSync(["umount", mountPoint()]);
+    }
+  }
+
+  test("mounted, the boot counted, unmounted again before the exit", async () => {
+    const r = await withBootDevice(tools("ok", { withUmount: true }), join(dir, "soft.key"));
+    expect(r.err).toContain("zbunlock: unlocked zb-root");
+    expect(r.err).not.toContain("cannot unmount");
+    expect(r.code).toBe(0);
+    expect(env()).toContain("zb_boot_count_a=1");
+    expect(mounted()).toBe(false);
+  });
+
+  test("no umount to run: a warning, and the unlock goes on (exit 0), no crash", async () => {
+    const r = await withBootDevice(tools("no-umount", { withUmount: false }), join(dir, "soft.key"));
+    expect(r.err).toContain(`zbunlock: warning: cannot unmount the boot partition ${mountPoint()}: `);
+    expect(r.err).toContain("zbunlock: unlocked zb-root");
+    expect(r.code).toBe(0);
+  });
+
+  test("the unlock fails and the partition will not mount again to record it: said, and a reboot asked for (exit 12), not a stop at IO", async () => {
+    const r = await withBootDevice(tools("no-remount", { failFrom: 2, withUmount: true }), join(dir, "missing.key"));
+    expect(r.err).toContain("zbunlock: cannot record the failed unlock: cannot mount the boot partition");
+    expect(r.code).toBe(12);
+    const e = env();
+    expect(e).toContain("zb_boot_count_a=1"); // counted before the unlock: the boot counter takes it from here
+    expect(e).not.toContain("cannot unlock slot a");
+  });
+});
