@@ -120,10 +120,14 @@ export async function openImage(input: AsyncIterable<Uint8Array>, check: { polic
       close,
       async nextPayload() {
         if (payloadIndex === manifest.payloads.length) {
-          // Past the last payload only end-of-archive zeros may come: what the parser cannot read
-          // there is trailing data, the same finding as the file path's (directPayloads).
+          // Past the last payload only end-of-archive zeros may come. A block the parser cannot read
+          // there is trailing data (as the file path finds, directPayloads); a stream that ends inside
+          // a block was cut short or had bytes added, which the parser cannot tell apart.
           const r = await entries.next().catch((e: unknown) => {
-            throw e instanceof ZbError ? e : bad("data follows the last payload");
+            if (e instanceof ZbError) throw e;
+            throw /^Invalid tar header/.test((e as Error)?.message ?? "")
+              ? bad("data follows the last payload")
+              : bad("the archive ends inside a block after the last payload (cut short, or bytes added after it)");
           });
           if (!r.done) throw bad(`an unexpected entry ${JSON.stringify(r.value.header.name)} follows the last payload`);
           await feeding;

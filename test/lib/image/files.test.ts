@@ -230,24 +230,38 @@ describe("install: the journal's own failures", () => {
   });
 });
 
-describe("bytes after the archive: the same finding from a file and from a stream", () => {
+describe("bytes after the archive, from a file and from a stream", () => {
   const streamOf = (bytes: Uint8Array): ImageSource => ({ name: "stdin", seekable: false, open: async () => (async function* () { yield bytes; })() });
+  const FOLLOWS = "cannot read the image: data follows the last payload";
+  const PART = "cannot read the image: the archive ends inside a block after the last payload (cut short, or bytes added after it)";
+  // A file is read to its end (only zeros may follow); a stream through the tar parser, which sees whole blocks.
   const rows = [
-    { after: "7 bytes of text", tail: new Uint8Array(Buffer.from("garbage")) },
-    { after: "a 512-byte block of text", tail: new Uint8Array(512).fill(0x41) },
-    { after: "two zero blocks, then text", tail: new Uint8Array(Buffer.concat([new Uint8Array(1024), Buffer.from("garbage")])) },
+    { after: "7 bytes of text", tail: new Uint8Array(Buffer.from("garbage")), file: FOLLOWS, stream: PART },
+    { after: "a 512-byte block of text", tail: new Uint8Array(512).fill(0x41), file: FOLLOWS, stream: FOLLOWS },
+    { after: "two zero blocks, then a block of text", tail: new Uint8Array(Buffer.concat([new Uint8Array(1024), new Uint8Array(512).fill(0x41)])), file: FOLLOWS, stream: FOLLOWS },
   ];
   for (const row of rows) {
     for (const via of ["file", "stream"] as const) {
-      test(`${row.after}, read as a ${via}: IMG_FORMAT "data follows the last payload", nothing complete`, async () => {
+      test(`${row.after}, read as a ${via}: IMG_FORMAT "${row[via].replace("cannot read the image: ", "")}", nothing complete`, async () => {
         const c = place();
         const bytes = new Uint8Array(Buffer.concat([img.bytes, row.tail]));
         writeFileSync(c.image, bytes);
         const source = via === "file" ? fileSource(c.image) : streamOf(bytes);
         const e = (await install(host, source, policy, { payload: "rootfs", target: c.target, journal: c.journal }).catch((x: unknown) => x)) as { code?: string; message?: string };
-        expect({ code: e.code, message: e.message }).toEqual({ code: "IMG_FORMAT", message: "cannot read the image: data follows the last payload" });
+        expect({ code: e.code, message: e.message }).toEqual({ code: "IMG_FORMAT", message: row[via] });
         expect(JSON.parse(readFileSync(c.journal, "utf8"))).toMatchObject({ state: "failed" });
       });
     }
   }
+
+  test("cut 100 bytes short, inside the end-of-archive zeros: a file installs (only zeros were missing), a stream says it ends inside a block", async () => {
+    const bytes = img.bytes.subarray(0, img.bytes.length - 100);
+    const c = place();
+    writeFileSync(c.image, bytes);
+    await install(host, fileSource(c.image), policy, { payload: "rootfs", target: c.target, journal: c.journal });
+    expect(JSON.parse(readFileSync(c.journal, "utf8"))).toMatchObject({ state: "complete" });
+    const d = place();
+    const e = (await install(host, streamOf(bytes), policy, { payload: "rootfs", target: d.target, journal: d.journal }).catch((x: unknown) => x)) as { code?: string; message?: string };
+    expect({ code: e.code, message: e.message }).toEqual({ code: "IMG_FORMAT", message: PART });
+  });
 });
