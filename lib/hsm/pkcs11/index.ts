@@ -17,7 +17,7 @@ import { ZbError, type ErrorCode } from "../../errors.ts";
 import { wipe } from "../../secret.ts";
 import type { BackendOptions, Hsm, ProbeResult, SealedData, SealOptions, UnsealFailure, UnsealResult } from "../types.ts";
 import { addressOf, CkError, type Cryptoki } from "./ffi.ts";
-import { CKM, CKR, CKU_USER, encodeMechanism, encodeOaepParams, rvName, type OaepHash } from "./layout.ts";
+import { CKF_USER_PIN_FINAL_TRY, CKM, CKR, CKU_USER, encodeMechanism, encodeOaepParams, rvName, type OaepHash } from "./layout.ts";
 import { fingerprint, modulusBytes, oaepCapacity, oaepEncrypt, sameBytes, type RsaPublic } from "./rsa.ts";
 import { oaepMechanism, parseSelector, readSealed, writeSealed, type KeySelector, type Mechanism, type Sealed } from "./sealed.ts";
 import { describeKey, findPrivateKey, findPublicKey, tokens, withCryptoki, withSession, type FoundPublicKey, type Token } from "./token.ts";
@@ -189,7 +189,7 @@ export class Pkcs11Hsm implements Hsm {
       // Before asking for the PIN: a token whose key differs is no-match, not a PIN prompt.
       const pub = findPublicKey(ck, s, sealed.sel);
       if (pub) checkKey(pub.key, sealed);
-      await this.login(ck, s);
+      await this.login(ck, s, token.slot);
       try {
         const key = findPrivateKey(ck, s, sealed.sel);
         if (!key) throw new ZbError("HSM_NO_MATCH", `token ${JSON.stringify(sealed.token)} has no private key with ${describeKey(sealed.sel)}`);
@@ -206,8 +206,13 @@ export class Pkcs11Hsm implements Hsm {
     });
   }
 
-  /** C_Login from the callback's buffer, wiped right after; a wrong PIN is asked again while attempts are left. */
-  private async login(ck: Cryptoki, session: bigint): Promise<void> {
+  /**
+   * C_Login from the callback's buffer, wiped right after. A PIN the token
+   * refuses as wrong (incorrect, or of a length or form it does not take: a
+   * typing error) is asked again while attempts are left, unless the token
+   * says the next wrong one locks it.
+   */
+  private async login(ck: Cryptoki, session: bigint, slot: bigint): Promise<void> {
     const attempts = Math.max(1, this.opts.pinAttempts ?? 1);
     for (let attempt = 1; ; attempt++) {
       let pin: Uint8Array;
@@ -222,7 +227,7 @@ export class Pkcs11Hsm implements Hsm {
       } catch (e) {
         // Already logged in through another session of this process: that login serves us too.
         if (e instanceof CkError && e.rv === CKR.USER_ALREADY_LOGGED_IN) return;
-        if (e instanceof CkError && e.rv === CKR.PIN_INCORRECT && attempt < attempts) {
+        if (e instanceof CkError && attempt < attempts && pinRetryable(e.rv, tokenFlags(ck, slot))) {
           this.opts.warn?.(`zb: the token refused the PIN; ${attempts - attempt} more ${attempts - attempt === 1 ? "try" : "tries"}`);
           continue;
         }
@@ -248,6 +253,24 @@ function checkKey(key: RsaPublic, sealed: Sealed): void {
 }
 
 const PIN_REFUSED = [CKR.PIN_INCORRECT, CKR.PIN_INVALID, CKR.PIN_LEN_RANGE, CKR.PIN_EXPIRED, CKR.PIN_LOCKED];
+/** Refusals a person's typing error gives (OpenSC tokens answer a short PIN with PIN_LEN_RANGE). */
+const MISTYPED = [CKR.PIN_INCORRECT, CKR.PIN_INVALID, CKR.PIN_LEN_RANGE];
+
+/**
+ * May a PIN refused with `rv` be asked for again? Only a typing error, and
+ * not when the token's flags (null: unknown) say the next wrong PIN locks it. Pure.
+ */
+export function pinRetryable(rv: number, flags: number | null): boolean {
+  return MISTYPED.includes(rv) && ((flags ?? 0) & CKF_USER_PIN_FINAL_TRY) === 0;
+}
+
+function tokenFlags(ck: Cryptoki, slot: bigint): number | null {
+  try {
+    return ck.tokenInfo(slot).flags;
+  } catch {
+    return null;
+  }
+}
 /** The token went away mid-operation: it may come back (hot-plug). */
 const TOKEN_GONE = [CKR.TOKEN_NOT_PRESENT, CKR.TOKEN_NOT_RECOGNIZED, CKR.DEVICE_REMOVED];
 const KINDS: Partial<Record<ErrorCode, UnsealFailure["kind"]>> = { HSM_ABSENT: "absent", HSM_NO_MATCH: "no-match", HSM_DENIED: "denied" };

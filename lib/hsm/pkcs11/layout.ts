@@ -72,6 +72,8 @@ export const CKF_SERIAL_SESSION = 0x4;
 export const CKF_TOKEN_PRESENT = 0x1;
 /** CK_TOKEN_INFO.flags: the token has been initialized (C_InitToken) and can hold keys (§3.2). */
 export const CKF_TOKEN_INITIALIZED = 0x400;
+/** CK_TOKEN_INFO.flags: one more wrong user PIN locks the token (§3.2). */
+export const CKF_USER_PIN_FINAL_TRY = 0x20000;
 
 /** Return values zb tells apart or names in messages (v2.40 base spec §5.1). */
 export const CKR: Record<string, number> = {

@@ -17,7 +17,8 @@ import { createHash } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { isZbError } from "../../../../lib/errors.ts";
-import { Pkcs11Hsm, type Pkcs11Options } from "../../../../lib/hsm/pkcs11/index.ts";
+import { pinRetryable, Pkcs11Hsm, type Pkcs11Options } from "../../../../lib/hsm/pkcs11/index.ts";
+import { CKR } from "../../../../lib/hsm/pkcs11/layout.ts";
 import type { SealedData, UnsealResult } from "../../../../lib/hsm/types.ts";
 import { randomSecret } from "../../../../lib/secret.ts";
 import { runTool, setNativeEnv, SOFTHSM_MODULE, startSoftHsm, USER_PIN, type SoftHsm } from "../../../peers/softhsm.ts";
@@ -172,6 +173,28 @@ describe("unseal failure classes", () => {
     expect(pinCalls).toBe(pins);
   });
 
+  test.each([
+    { typed: ["12", "9999", USER_PIN], attempts: 3, kind: "ok", calls: 3 },
+    { typed: ["9999", "9998", "9997", USER_PIN], attempts: 3, kind: "denied", calls: 3 },
+    { typed: ["9999", USER_PIN], attempts: undefined, kind: "denied", calls: 1 },
+  ])("PINs $typed with pinAttempts $attempts → $kind after $calls", async ({ typed, attempts, kind, calls }) => {
+    pinCalls = 0;
+    const given: Uint8Array[] = [];
+    const b = backend({
+      pinAttempts: attempts,
+      pin: async () => {
+        pinCalls++;
+        const p = new TextEncoder().encode(typed[Math.min(pinCalls, typed.length) - 1]!);
+        given.push(p);
+        return p;
+      },
+    });
+    const r = await b.unseal(sealed);
+    expect(r.kind).toBe(kind as UnsealResult["kind"]);
+    expect(pinCalls).toBe(calls);
+    for (const p of given) expect(p.every((x) => x === 0)).toBe(true); // every PIN wiped, the wrong ones too
+  });
+
   test("C_Initialize failing (SOFTHSM2_CONF names a missing file) → absent, and the module recovers", async () => {
     setNativeEnv("SOFTHSM2_CONF", join(hsm.dir, "missing.conf"));
     let r: UnsealResult;
@@ -286,4 +309,16 @@ describe("timing", () => {
     console.log(`pkcs11 unseal on SoftHSM2: median ${median.toFixed(2)} ms (min ${times[0]!.toFixed(2)}, max ${times[19]!.toFixed(2)})`);
     expect(median).toBeGreaterThan(0);
   });
+});
+
+test.each([
+  { rv: "PIN_INCORRECT", flags: 0, again: true },
+  { rv: "PIN_LEN_RANGE", flags: 0, again: true },
+  { rv: "PIN_INVALID", flags: null, again: true },
+  { rv: "PIN_INCORRECT", flags: 0x20000, again: false }, // CKF_USER_PIN_FINAL_TRY: the next wrong one locks the token
+  { rv: "PIN_LOCKED", flags: 0, again: false },
+  { rv: "PIN_EXPIRED", flags: 0, again: false },
+  { rv: "DEVICE_ERROR", flags: 0, again: false },
+])("pinRetryable($rv, flags $flags) → $again", ({ rv, flags, again }) => {
+  expect(pinRetryable(CKR[rv]!, flags)).toBe(again);
 });
