@@ -12,7 +12,7 @@
 import { extract, type Extract, type Header } from "tar-stream";
 import { ioError, ZbError } from "../errors.ts";
 import { BLOCK, checkEntry, checkUstarHeader, entrySpan, LIMITS, MANIFEST_NAME, MARKER, MARKER_NAME, payloadOffsets, readSmallEntry, SIGNATURES_NAME, bad } from "./format.ts";
-import type { DirectReader } from "./source.ts";
+import type { Cancelable, DirectReader } from "./source.ts";
 import { decodeManifest, LIMITS as MANIFEST_LIMITS, type Manifest, type Payload } from "./manifest.ts";
 import { checkSignatures, decodeSignatures, type Signature, type TrustStore } from "./sign.ts";
 
@@ -99,6 +99,7 @@ export async function openImage(input: AsyncIterable<Uint8Array>, check: { polic
   };
   const close = () => {
     tar.destroy();
+    (input as Cancelable).cancel?.(); // an HTTP body not read to its end: its connection goes now
     direct?.close();
   };
   try {

@@ -6,6 +6,11 @@
 import { closeSync, createReadStream, openSync, readSync, statSync } from "node:fs";
 import { describeErrno, ZbError, ioError } from "../errors.ts";
 
+/** A stream of image bytes that can be ended early (HTTP: the request is aborted). */
+export interface Cancelable {
+  cancel?(): void;
+}
+
 export interface ImageSource {
   readonly name: string;
   /** Can `open` start at an offset other than 0? */
@@ -143,38 +148,65 @@ export function httpSource(url: string, opts: { idleSeconds?: number } = {}): Im
     seekable: true,
     async open(offset) {
       const abort = new AbortController();
-      let res: Response;
-      const timer = setTimeout(() => abort.abort(), idleMs);
-      // identity: a .zbi is compressed already, and a Range must count the bytes zb counts
-      // (a server with a gzip-encoded copy would apply it to the encoded bytes).
-      const headers: Record<string, string> = { "Accept-Encoding": "identity", ...(offset > 0 ? { Range: `bytes=${offset}-` } : {}) };
+      const res = await follow(url, shown, offset, abort, idleMs, stalled);
       try {
-        res = await fetch(url, { headers, signal: abort.signal });
-      } catch (e) {
-        throw abort.signal.aborted ? stalled() : new ZbError("IO", `cannot download ${shown}: ${fetchReason(e)}`);
-      } finally {
-        clearTimeout(timer);
-      }
-      try {
-        checkResponse(res, url, shown, offset);
+        checkResponse(res, shown, offset);
       } catch (e) {
         abort.abort(); // the body is not wanted: close the connection now
         throw e;
       }
-      return watched(res.body as unknown as AsyncIterable<Uint8Array>, idleMs, abort, stalled, shown);
+      // cancel(): a reader that stops early ends the request at once, even while a read is pending
+      // (a generator's return() would wait for that read).
+      return Object.assign(watched(res.body as unknown as AsyncIterable<Uint8Array>, idleMs, abort, stalled, shown), { cancel: () => abort.abort() });
     },
   };
 }
 
 /** setTimeout's largest delay. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
+/** Redirects followed before giving up (what browsers allow: 20; an update server needs one or two). */
+const MAX_REDIRECTS = 10;
+const REDIRECTS = [301, 302, 303, 307, 308];
+
+/**
+ * GET `url`, following redirects one by one so each target is checked
+ * before it is asked for: only http and https, and never from https down to
+ * plain http (signatures protect the bytes, not their secrecy, and the
+ * request itself may carry a token). Each hop has the idle limit.
+ * @throws {ZbError} IO
+ */
+async function follow(url: string, shown: string, offset: number, abort: AbortController, idleMs: number, stalled: () => ZbError): Promise<Response> {
+  // identity: a .zbi is compressed already, and a Range must count the bytes zb counts
+  // (a server with a gzip-encoded copy would apply it to the encoded bytes).
+  const headers: Record<string, string> = { "Accept-Encoding": "identity", ...(offset > 0 ? { Range: `bytes=${offset}-` } : {}) };
+  let current = url;
+  for (let hop = 0; ; hop++) {
+    let res: Response;
+    const timer = setTimeout(() => abort.abort(), idleMs);
+    try {
+      res = await fetch(current, { headers, signal: abort.signal, redirect: "manual" });
+    } catch (e) {
+      throw abort.signal.aborted ? stalled() : new ZbError("IO", `cannot download ${shown}: ${fetchReason(e)}`);
+    } finally {
+      clearTimeout(timer);
+    }
+    const location = REDIRECTS.includes(res.status) ? res.headers.get("location") : null;
+    if (location === null) return res;
+    await res.body?.cancel().catch(() => undefined);
+    const next = URL.parse(location, current);
+    const why =
+      next === null ? `it redirected to ${JSON.stringify(location.slice(0, 80))}, which is not a URL`
+      : next.protocol !== "http:" && next.protocol !== "https:" ? "the server redirected to a scheme other than http or https"
+      : current.toLowerCase().startsWith("https:") && next.protocol === "http:" ? `the server redirected it to plain http (${displayUrl(next.href)})`
+      : hop >= MAX_REDIRECTS ? `the server redirected more than ${MAX_REDIRECTS} times`
+      : null;
+    if (why !== null) throw new ZbError("IO", `cannot download ${shown}: ${why}`);
+    current = next!.href;
+  }
+}
 
 /** @throws {ZbError} IO when the response is not the one asked for */
-function checkResponse(res: Response, url: string, shown: string, offset: number): void {
-  // Signatures protect the bytes, not their secrecy: an https download never continues over plain http.
-  if (url.toLowerCase().startsWith("https:") && res.url.toLowerCase().startsWith("http:")) {
-    throw new ZbError("IO", `cannot download ${shown}: the server redirected it to plain http (${displayUrl(res.url)})`);
-  }
+function checkResponse(res: Response, shown: string, offset: number): void {
   if (offset > 0) {
     if (res.status !== 206) throw new ZbError("IO", `cannot resume ${shown} at byte ${offset}: the server answered ${res.status} instead of 206 Partial Content`);
     // RFC 9110 §14.4: the range sent. A server that starts elsewhere would shift every byte after it.

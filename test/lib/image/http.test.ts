@@ -89,6 +89,7 @@ beforeAll(async () => {
         });
         return log(new Response(body, { status: 200 }));
       }
+      if (path === "/rel/image.zbi") return log(new Response(null, { status: 302, headers: { location: "/range/image.zbi" } }));
       if (path === "/watch/image.zbi") {
         const from = Number(/^bytes=(\d+)-$/.exec(range ?? "")?.[1] ?? 0);
         const rec = { range, cancelledAt: null as number | null, endedAt: null as number | null };
@@ -138,6 +139,7 @@ beforeAll(async () => {
       const path = new URL(req.url).pathname;
       if (path === "/range/image.zbi") return new Response(bytes, { status: 200 });
       if (path === "/to-http/image.zbi") return Response.redirect(`http://127.0.0.1:${server.port}/range/image.zbi`, 302);
+      if (path === "/via-https/image.zbi") return Response.redirect(`https://127.0.0.1:${tls.port}/to-http/image.zbi`, 307);
       return new Response("not found\n", { status: 404 });
     },
   });
@@ -336,10 +338,23 @@ describe("what the client asks for and what it shows", () => {
     const env = { NODE_EXTRA_CA_CERTS: caFile };
     const ok = await zb(`https://127.0.0.1:${tls.port}/range/image.zbi`, target(), { env });
     expect({ exit: ok.exit, err: ok.err }).toEqual({ exit: 0, err: "" });
+    for (const first of ["/to-http/image.zbi", "/via-https/image.zbi"]) {
+      const t = target();
+      const mark = requests.length;
+      const r = await zb(`https://127.0.0.1:${tls.port}${first}`, t, { env });
+      expect(r.exit).toBe(5);
+      expect(r.err).toContain(`cannot download https://127.0.0.1:${tls.port}${first}: the server redirected it to plain http (http://127.0.0.1:${server.port}/range/image.zbi)`);
+      expect([existsSync(t), journalOf(t)]).toEqual([false, null]);
+      expect(since(mark)).toEqual([]); // refused before the plain request went out
+    }
+  }, 30_000);
+
+  test("a relative redirect is followed (to the same server), and the install is the raw rootfs", async () => {
     const t = target();
-    const r = await zb(`https://127.0.0.1:${tls.port}/to-http/image.zbi`, t, { env });
-    expect(r.exit).toBe(5);
-    expect(r.err).toContain(`cannot download https://127.0.0.1:${tls.port}/to-http/image.zbi: the server redirected it to plain http (http://127.0.0.1:${server.port}/range/image.zbi)`);
-    expect([existsSync(t), journalOf(t)]).toEqual([false, null]);
+    const mark = requests.length;
+    const r = await zb(url("/rel/image.zbi"), t);
+    expect({ exit: r.exit, err: r.err }).toEqual({ exit: 0, err: "" });
+    expect(sha256(readFileSync(t))).toBe(rawSha());
+    expect(since(mark)).toEqual([{ path: "/rel/image.zbi", range: null, status: 302 }, { path: "/range/image.zbi", range: null, status: 200 }]);
   }, 30_000);
 });
