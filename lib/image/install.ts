@@ -104,7 +104,14 @@ export async function install(sys: Sys, source: ImageSource, policy: Policy, opt
       try {
         writeJournal(sys, opts.journal, journal);
       } catch (e) {
-        if (!existed) sys.unlink(opts.target); // created just now and still empty: leave nothing behind
+        // Created just now and still empty: leave nothing behind (best effort; the journal's error is the one to report).
+        if (!existed) {
+          try {
+            sys.unlink(opts.target);
+          } catch {
+            // an empty file stays
+          }
+        }
         throw e;
       }
       try {

@@ -230,8 +230,9 @@ async function waitForDevice(vol: Volume, env: UnlockEnv): Promise<string | null
  * where the root needs them, unreadable, or another slot's): `permanent`
  * makes it row U2 (this slot cannot unlock, fail over), else U3.
  */
-export function credentialsFailure(why: string, permanent: boolean, code: ZbError["code"] = "CRED_INVALID"): Extract<UnlockOutcome, { ok: false }> {
-  return fail("credentials", permanent, why, code);
+export function credentialsFailure(why: string, permanent: boolean, code: ZbError["code"] = "CRED_INVALID", hint?: string): Extract<UnlockOutcome, { ok: false }> {
+  const f = fail("credentials", permanent, why, code);
+  return hint === undefined ? f : { ...f, error: new ZbError(code, f.error.message, { hint }) };
 }
 
 function fail(kind: FailureKind, permanent: boolean, why: string, code: ZbError["code"]): Extract<UnlockOutcome, { ok: false }> {

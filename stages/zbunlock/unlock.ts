@@ -92,7 +92,7 @@ export async function unlockStep(args: ParsedArgs, sys: Sys, root: string, p: Pl
     creds = credentials();
   } catch (e) {
     if (!(e instanceof ZbError)) throw e;
-    return { outcome: credentialsFailure(`the credentials in ${where}: ${e.message}`, e.code === "CRED_INVALID", e.code) };
+    return { outcome: credentialsFailure(`the credentials in ${where}: ${e.message}`, e.code === "CRED_INVALID", e.code, e.hint) };
   }
   if (creds === null) {
     if (p.params.get("root") === `/dev/mapper/${ROOT_MAPPING}`) {
