@@ -22,7 +22,7 @@
 import * as fs from "node:fs";
 import { join } from "node:path";
 import { frameDecoder } from "../lib/image/zstd.ts";
-import { buildRootfs, createZbi, GiB, machine, makeKeys, MiB, setBenchName, workDir, zbPath } from "./image-fixture.ts";
+import { buildRootfs, createZbi, GiB, machine, makeKeys, MiB, setBenchName, stats, workDir, zbPath, zstdFrames } from "./image-fixture.ts";
 
 setBenchName("decode-contention");
 const args = process.argv.slice(2);
@@ -40,7 +40,7 @@ try {
   const stored = new Uint8Array(img.storedSize);
   fs.readSync(fd, stored, 0, stored.length, img.dataOffset);
   fs.closeSync(fd);
-  const frames = splitFrames(stored);
+  const frames = zstdFrames(stored);
   const ring = new SharedArrayBuffer(3 * SLOT);
   const outs = [0, 1, 2].map((i) => new Uint8Array(ring, i * SLOT, SLOT));
   const last = new Int32Array(new SharedArrayBuffer(4));
@@ -70,23 +70,13 @@ try {
   await dd.exited;
 
   console.log(`\ndecompressing ${frames.length} frames (${(rootfs.size / MiB).toFixed(0)} MiB raw) into a 3 × 4 MiB ring, ms per pass:`);
-  const base = median(rows[0]![1]);
-  for (const [label, t] of rows) console.log(`  ${label.padEnd(32)} ${t.map((x) => x.toFixed(0).padStart(6)).join("")}   median ${median(t).toFixed(0)} (${((median(t) / base - 1) * 100).toFixed(0).padStart(3)} %)`);
+  const base = stats(rows[0]![1]).median;
+  for (const [label, t] of rows) {
+    const m = stats(t).median;
+    console.log(`  ${label.padEnd(32)} ${t.map((x) => x.toFixed(0).padStart(6)).join("")}   median ${m.toFixed(0)} (${((m / base - 1) * 100).toFixed(0).padStart(3)} %)`);
+  }
 } finally {
   work.cleanup();
-}
-
-/** [offset, length] of each zstd frame (ZSTD_findFrameCompressedSize). */
-function splitFrames(bytes: Uint8Array): [number, number][] {
-  const { dlopen, FFIType, ptr } = require("bun:ffi") as typeof import("bun:ffi");
-  const { symbols } = dlopen("/usr/lib/x86_64-linux-gnu/libzstd.so.1", { ZSTD_findFrameCompressedSize: { args: [FFIType.ptr, FFIType.u64], returns: FFIType.u64 } });
-  const out: [number, number][] = [];
-  for (let o = 0; o < bytes.length; ) {
-    const n = Number(symbols.ZSTD_findFrameCompressedSize(ptr(bytes, o), bytes.length - o));
-    out.push([o, n]);
-    o += n;
-  }
-  return out;
 }
 
 /** A Worker hashing, over and over, the slot after the one the decoder filled last. */
@@ -98,9 +88,4 @@ function hashingWorker(ring: SharedArrayBuffer, last: SharedArrayBuffer): Worker
   const w = new Worker(URL.createObjectURL(new Blob([src])));
   w.postMessage({ ring, last });
   return w;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
 }

@@ -25,6 +25,7 @@
 import * as fs from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { systemLibrary } from "../lib/sys/dlopen.ts";
 
 export const MiB = 1 << 20;
 export const GiB = 1 << 30;
@@ -358,6 +359,20 @@ export interface Stats {
   mean: number;
   min: number;
   max: number;
+}
+
+/** [offset, length] of each zstd frame in `bytes` (ZSTD_findFrameCompressedSize of the system's libzstd). */
+export function zstdFrames(bytes: Uint8Array): [number, number][] {
+  const { dlopen, FFIType, ptr } = require("bun:ffi") as typeof import("bun:ffi");
+  const lib = systemLibrary("libzstd.so.1") ?? die("libzstd.so.1 not found: apt-get install -y libzstd1");
+  const { symbols } = dlopen(lib, { ZSTD_findFrameCompressedSize: { args: [FFIType.ptr, FFIType.u64], returns: FFIType.u64 } });
+  const out: [number, number][] = [];
+  for (let o = 0; o < bytes.length; ) {
+    const n = Number(symbols.ZSTD_findFrameCompressedSize(ptr(bytes, o), bytes.length - o));
+    out.push([o, n]);
+    o += n;
+  }
+  return out;
 }
 
 export function stats(times: number[]): Stats {

@@ -29,14 +29,16 @@
 import * as fs from "node:fs";
 import { join } from "node:path";
 import { frameDecoder } from "../lib/image/zstd.ts";
-import { buildRootfs, createZbi, die, GiB, machine, makeKeys, MiB, mustRun, setBenchName, sha256File, workDir, zbPath } from "./image-fixture.ts";
+import { systemLibrary } from "../lib/sys/dlopen.ts";
+import { buildRootfs, createZbi, die, GiB, machine, makeKeys, MiB, mustRun, setBenchName, sha256File, stats, workDir, zbPath, zstdFrames } from "./image-fixture.ts";
 
 setBenchName("sha-chain");
 const args = process.argv.slice(2);
 const opt = (name: string): string | undefined => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
 const SIZE = Number(opt("--size-mib") ?? 1024) * MiB;
 const ZB = zbPath(opt("--zb"));
-const LIBDIR = "/usr/lib/x86_64-linux-gnu";
+const LIBZSTD = systemLibrary("libzstd.so.1") ?? die("libzstd.so.1 not found");
+const LIBCRYPTO = systemLibrary("libcrypto.so.3") ?? die("libcrypto.so.3 not found: apt-get install -y libssl3");
 const SLOT = 4 * MiB;
 const NO_SYNC = args.includes("--no-sync");
 const NO_STORED = args.includes("--no-stored");
@@ -81,22 +83,17 @@ try {
     Bun.spawnSync(["sync"]);
   }
   console.log(`\n${frames.length / 2} frames, ${(rootfs.size / MiB).toFixed(0)} MiB raw; ms per pass (decompression + raw SHA-256 only):`);
-  for (const [label, t] of rows) console.log(`  ${label.padEnd(50)} ${t.map((x) => x.toFixed(0).padStart(6)).join("")}   median ${[...t].sort((a, b) => a - b)[1]!.toFixed(0)}`);
+  for (const [label, t] of rows) console.log(`  ${label.padEnd(50)} ${t.map((x) => x.toFixed(0).padStart(6)).join("")}   median ${stats(t).median.toFixed(0)}`);
 } finally {
   work.cleanup();
 }
 
-/** [offset, length, …] of each zstd frame, as doubles for a shared table. */
+/** [offset, length, …] of each zstd frame, as doubles in shared memory (the Workers read the table). */
 function frameTable(bytes: Uint8Array): Float64Array {
-  const { dlopen, FFIType, ptr } = require("bun:ffi") as typeof import("bun:ffi");
-  const { symbols } = dlopen(`${LIBDIR}/libzstd.so.1`, { ZSTD_findFrameCompressedSize: { args: [FFIType.ptr, FFIType.u64], returns: FFIType.u64 } });
-  const out: number[] = [];
-  for (let o = 0; o < bytes.length; ) {
-    const n = Number(symbols.ZSTD_findFrameCompressedSize(ptr(bytes, o), bytes.length - o));
-    out.push(o, n);
-    o += n;
-  }
-  return new Float64Array(new SharedArrayBuffer(out.length * 8)).fill(0).map((_, i) => out[i]!);
+  const flat = zstdFrames(bytes).flat();
+  const table = new Float64Array(new SharedArrayBuffer(flat.length * 8));
+  table.set(flat);
+  return table;
 }
 
 function oneThread(input: Uint8Array, f: Float64Array, want: string): number {
@@ -122,15 +119,15 @@ function timed(cmd: string[]): number {
 
 async function chain(input: SharedArrayBuffer, f: Float64Array, want: string, full: { target: string; stored: string[] | null; periodicSync: boolean } | null): Promise<number> {
   const { dlopen, FFIType, ptr } = require("bun:ffi") as typeof import("bun:ffi");
-  const c = dlopen(`${LIBDIR}/libcrypto.so.3`, { SHA256_Init: { args: [FFIType.ptr], returns: FFIType.i32 }, SHA256_Final: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.i32 } }).symbols;
+  const c = dlopen(LIBCRYPTO, { SHA256_Init: { args: [FFIType.ptr], returns: FFIType.i32 }, SHA256_Final: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.i32 } }).symbols;
   const ctx = new Uint8Array(new SharedArrayBuffer(256)); // sizeof(SHA256_CTX) is 112
   c.SHA256_Init(ptr(ctx));
   const turn = new Int32Array(new SharedArrayBuffer(4));
   const fd = full ? fs.openSync(full.target, "r+") : -1;
   const src = `
     const { ptr, dlopen } = require("bun:ffi");
-    const z = dlopen("${LIBDIR}/libzstd.so.1", { ZSTD_createDCtx: { args: [], returns: "ptr" }, ZSTD_decompressDCtx: { args: ["ptr", "ptr", "u64", "ptr", "u64"], returns: "u64" } }).symbols;
-    const s = dlopen("${LIBDIR}/libcrypto.so.3", { SHA256_Update: { args: ["ptr", "ptr", "u64"], returns: "i32" } }).symbols;
+    const z = dlopen("${LIBZSTD}", { ZSTD_createDCtx: { args: [], returns: "ptr" }, ZSTD_decompressDCtx: { args: ["ptr", "ptr", "u64", "ptr", "u64"], returns: "u64" } }).symbols;
+    const s = dlopen("${LIBCRYPTO}", { SHA256_Update: { args: ["ptr", "ptr", "u64"], returns: "i32" } }).symbols;
     const fs = require("node:fs");
     self.onmessage = (e) => {
       const { id, input, f, ctx, turn, fd, stored, periodicSync } = e.data, inp = new Uint8Array(input), out = new Uint8Array(${SLOT}), d = z.ZSTD_createDCtx();

@@ -82,9 +82,8 @@ export async function checkOnMedium(target: string, p: Payload, progress?: (done
  */
 export async function targetHolds(path: string, p: Payload): Promise<UncachedMode | null> {
   try {
-    const back = await readBackSha256(path, p.raw.size);
-    return back.bytes === p.raw.size && back.sha256 === p.raw.sha256 ? back.mode : null;
+    return await checkOnMedium(path, p);
   } catch {
-    return null;
+    return null; // TARGET_MISMATCH, or IO: missing or unreadable
   }
 }

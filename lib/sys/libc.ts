@@ -3,6 +3,7 @@
  * start-up cost for commands that never need it):
  * - pipe2(2), for passing keys to cryptsetup on an inherited pipe;
  * - sync(2) and syscall(2), for reboot(2) with LINUX_REBOOT_CMD_RESTART2;
+ * - posix_fadvise(2), to drop a file's cached pages before reading it back;
  * - free/memcpy/explicit_bzero, to take ownership of a buffer a C library
  *   allocated with malloc() and handed back through a `uint8_t**`
  *   out-parameter (Zymbit's zk_app_utils does this for every output; the
@@ -33,6 +34,7 @@ const LIBC_SYMBOLS = {
   pipe2: { args: ["ptr", "i32"], returns: "i32" },
   sync: { args: [], returns: "void" },
   syscall: { args: ["i64", "i64", "i64", "i64", "ptr"], returns: "i64" },
+  posix_fadvise: { args: ["i32", "i64", "i64", "i32"], returns: "i32" },
 } as const;
 
 export type LibcSymbols = {
@@ -42,6 +44,7 @@ export type LibcSymbols = {
   pipe2(fds: Pointer, flags: number): number;
   sync(): void;
   syscall(nr: number, a: number, b: number, c: number, p: Pointer): number | bigint;
+  posix_fadvise(fd: number, offset: number, len: number, advice: number): number;
 };
 
 let cached: LibcSymbols | undefined;

@@ -16,13 +16,13 @@
  *  - "dropped": where O_DIRECT is refused (EINVAL: tmpfs, some FUSE and
  *    network file systems), posix_fadvise(POSIX_FADV_DONTNEED) over the whole
  *    file first; the kernel drops the clean pages, so the reads that follow
- *    go to the device (posix_fadvise(2)). Called through bun:ffi from libc.
- *  - "cached": neither worked (no libc found); the reads may come from the
+ *    go to the device (posix_fadvise(2), through lib/sys/libc.ts).
+ *  - "cached": neither worked (libc could not be loaded); the reads may come from the
  *    cache, and callers say so.
  */
 import * as fs from "node:fs";
 import { ioError } from "../errors.ts";
-import { systemLibrary } from "./dlopen.ts";
+import { libc } from "./libc.ts";
 
 export type UncachedMode = "direct" | "dropped" | "cached";
 
@@ -88,20 +88,12 @@ export function openUncached(path: string, opts: { direct?: boolean } = {}): Unc
 
 const POSIX_FADV_DONTNEED = 4; // <linux/fadvise.h>, the same on every architecture Debian builds
 
-type Libc = { symbols: { posix_fadvise: (fd: number, offset: number, len: number, advice: number) => number } };
-let libc: Libc | null | undefined;
-
 /** posix_fadvise(fd, 0, 0, DONTNEED): drop the file's clean cached pages. @returns false when it could not be asked */
 function dropCache(fd: number): boolean {
-  if (libc === undefined) {
-    try {
-      const { dlopen, FFIType } = require("bun:ffi") as typeof import("bun:ffi");
-      const path = systemLibrary("libc.so.6");
-      libc = path === null ? null : (dlopen(path, { posix_fadvise: { args: [FFIType.i32, FFIType.i64, FFIType.i64, FFIType.i32], returns: FFIType.i32 } }) as unknown as Libc);
-    } catch {
-      libc = null;
-    }
+  try {
+    // It returns the error number itself (not -1 and errno).
+    return libc().posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED) === 0;
+  } catch {
+    return false; // libc could not be loaded
   }
-  // It returns the error number itself (not -1 and errno).
-  return libc !== null && libc.symbols.posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED) === 0;
 }

@@ -34,17 +34,15 @@ export function unknownParamWarnings(p: Platform): string[] {
 /**
  * A SECONDS kernel parameter (zb.hsm_wait=, zb.boot_wait=): a number up to
  * 600, else null (the default applies; a value that is given but unusable
- * is said once on the console).
+ * is said on the console: each is read once per run).
  */
 export function secondsParam(p: Platform, name: string): number | null {
   const v = p.params.get(name);
   if (v === undefined) return null;
   if (/^\d+(\.\d+)?$/.test(v) && Number(v) <= 600) return Number(v);
-  if (!warnedParams.has(name)) err(`zbunlock: warning: ignoring ${name}=${v.slice(0, 40)}: expected seconds, at most 600; the default applies\n`);
-  warnedParams.add(name);
+  err(`zbunlock: warning: ignoring ${name}=${v.slice(0, 40)}: expected seconds, at most 600; the default applies\n`);
   return null;
 }
-const warnedParams = new Set<string>();
 
 /**
  * This initramfs's credentials, read at most once per run: null when it

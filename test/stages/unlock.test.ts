@@ -33,6 +33,18 @@ const softFlags = (keyFile: string) => ["--backend", "soft", "--soft-enable", "-
 const hsmConf = (keyFile: string) => writeFileSync(join(root, "etc/zb/hsm.conf"), `backend = soft\nsoft.enable = yes\nsoft.key-file = ${keyFile}\nwait = 1\n`);
 const env = () => run(["env", "print", "--boot", boot]).out;
 
+/** Run `fn` with the initramfs's /proc/cmdline rewritten by `edit` (its words in, the new words out); put back after. */
+async function withCmdline<T>(edit: (words: string) => string, fn: () => Promise<T>): Promise<T> {
+  const path = join(root, "proc/cmdline");
+  const before = readFileSync(path, "utf8");
+  writeFileSync(path, `${edit(before.trim())}\n`);
+  try {
+    return await fn();
+  } finally {
+    writeFileSync(path, before);
+  }
+}
+
 beforeAll(() => {
   if (!existsSync(BIN)) throw new Error(`${BIN} is missing: run \`bun build.ts\` first`);
   if (!REAL_CRYPTSETUP) throw new Error("cryptsetup is missing: run .ci/setup");
@@ -276,25 +288,19 @@ describe("zbunlock unlocks the slot's root", () => {
   test("--go-file that never appears: exit 24 (NOT_STARTED) after zb.prestart_wait=, nothing done", async () => {
     expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b", "--force"]).code).toBe(0);
     const before = env();
-    const cmdline = readFileSync(join(root, "proc/cmdline"), "utf8");
-    writeFileSync(join(root, "proc/cmdline"), `${cmdline.trim()} zb.prestart_wait=0.3\n`);
-    try {
+    await withCmdline((c) => `${c} zb.prestart_wait=0.3`, async () => {
       const r = await zbunlock(["--go-file", join(dir, "never")], undefined, { BUN_JSC_useJIT: "0" });
       expect(r.err).toContain(`zb: cannot go on: ${join(dir, "never")} did not appear within 0.3 s; zbunlock did nothing`);
       expect(r.code).toBe(24);
       expect(r.out).toBe("");
       expect(env()).toBe(before);
-    } finally {
-      writeFileSync(join(root, "proc/cmdline"), cmdline);
-    }
+    });
   });
 
   test("--status-fd: the exit status is written to that descriptor as zbunlock exits (success and NOT_STARTED)", async () => {
     expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b", "--force"]).code).toBe(0);
     hsmConf(join(dir, "soft.key"));
-    const cmdline = readFileSync(join(root, "proc/cmdline"), "utf8");
-    writeFileSync(join(root, "proc/cmdline"), `${cmdline.trim()} zb.prestart_wait=0.3\n`);
-    try {
+    await withCmdline((c) => `${c} zb.prestart_wait=0.3`, async () => {
       const rows = [
         { name: "success", before: [] as string[], after: { code: 0, line: "exited 0\n" } },
         { name: "no go", before: ["--go-file", join(dir, "never")], after: { code: 24, line: "exited 24\n" } },
@@ -315,9 +321,7 @@ describe("zbunlock unlocks the slot's root", () => {
           closeSync(fd);
         }
       }
-    } finally {
-      writeFileSync(join(root, "proc/cmdline"), cmdline);
-    }
+    });
   });
 
   test("a transition that reboots (slot a at its boot limit → roll back to b): nothing is unsealed or opened", async () => {
@@ -355,9 +359,7 @@ describe("zbunlock unlocks the slot's root", () => {
   test("the boot partition cannot be mounted: exit 5 (IO) at once, without waiting for an absent HSM (zb.hsm_wait)", async () => {
     expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b", "--force"]).code).toBe(0);
     hsmConf(join(dir, "missing.key"));
-    const cmdline = readFileSync(join(root, "proc/cmdline"), "utf8");
-    writeFileSync(join(root, "proc/cmdline"), `${cmdline.trim().replace("zb.hsm_wait=1", "zb.hsm_wait=60")} zb.boot=${join(dir, "no-such-disk")} zb.boot_wait=0.2\n`);
-    try {
+    await withCmdline((c) => `${c.replace("zb.hsm_wait=1", "zb.hsm_wait=60")} zb.boot=${join(dir, "no-such-disk")} zb.boot_wait=0.2`, async () => {
       const t0 = performance.now();
       const p = Bun.spawn([BIN, "unlock", "--root", root, "--no-reboot"], { env: { ...process.env, ZB_NO_REBOOT: "1" }, stdout: "pipe", stderr: "pipe" });
       const [err, code] = [await new Response(p.stderr).text(), await p.exited];
@@ -365,9 +367,7 @@ describe("zbunlock unlocks the slot's root", () => {
       expect(code).toBe(5);
       // Not the 60 s of zb.hsm_wait: nothing waits for the HSM before the transition.
       expect(performance.now() - t0).toBeLessThan(15_000);
-    } finally {
-      writeFileSync(join(root, "proc/cmdline"), cmdline);
-    }
+    });
   }, 30_000);
 
   test("--no-unlock only runs the boot state", async () => {
@@ -408,9 +408,7 @@ describe("credentials that cannot work fail over like a refusing HSM (U2: slot i
     expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b", "--force"]).code).toBe(0);
     hsmConf(join(dir, "soft.key"));
     rmSync(join(dir, "open.log"), { force: true });
-    const before = readFileSync(join(root, "proc/cmdline"), "utf8");
-    if (cmdline) writeFileSync(join(root, "proc/cmdline"), `${before.trim()} ${cmdline}\n`);
-    try {
+    await withCmdline((c) => (cmdline ? `${c} ${cmdline}` : c), async () => {
       const r = await zbunlock(args(), undefined, { BUN_JSC_useJIT: "0" });
       expect(r.err).toMatch(says);
       expect(r.code).toBe(12);
@@ -418,9 +416,7 @@ describe("credentials that cannot work fail over like a refusing HSM (U2: slot i
       expect(e).toContain("zb_valid_a=0");
       expect(e).toContain("zb_slot=b");
       expect(existsSync(join(dir, "open.log"))).toBe(false);
-    } finally {
-      writeFileSync(join(root, "proc/cmdline"), before);
-    }
+    });
   });
 
   test("no credentials and no zb root on the command line: nothing to unlock, exit 0 (an unencrypted root)", async () => {
@@ -435,17 +431,13 @@ describe("credentials that cannot work fail over like a refusing HSM (U2: slot i
 test("a misspelt or unusable zb.* kernel parameter is said on the console, and the unlock goes on with the default", async () => {
   expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b", "--force"]).code).toBe(0);
   hsmConf(join(dir, "soft.key"));
-  const before = readFileSync(join(root, "proc/cmdline"), "utf8");
-  writeFileSync(join(root, "proc/cmdline"), `${before.trim().replace(/ zb\.hsm_wait=\S+/, "")} zb.hsm_wiat=5 zb.hsm_wait=abc\n`);
-  try {
+  await withCmdline((c) => `${c.replace(/ zb\.hsm_wait=\S+/, "")} zb.hsm_wiat=5 zb.hsm_wait=abc`, async () => {
     const r = await zbunlock([], undefined, { BUN_JSC_useJIT: "0" });
     expect(r.err).toContain("zbunlock: warning: ignoring the unknown kernel parameter zb.hsm_wiat= (docs/boot-flow.md lists those zb reads)\n");
     expect(r.err).toContain("zbunlock: warning: ignoring zb.hsm_wait=abc: expected seconds, at most 600; the default applies\n");
     expect(r.err).toContain("zbunlock: unlocked zb-root");
     expect(r.code).toBe(0);
-  } finally {
-    writeFileSync(join(root, "proc/cmdline"), before);
-  }
+  });
 });
 
 describe("the boot partition zbunlock mounts itself (zb.boot=; a bind mount stands in for vfat, which this kernel lacks)", () => {
@@ -475,18 +467,17 @@ exec ${Bun.which("mount")} --bind ${boot} "$last"
     hsmConf(keyFile);
     const dev = join(dir, "fake-bootdev");
     writeFileSync(dev, "");
-    const before = readFileSync(join(root, "proc/cmdline"), "utf8");
-    writeFileSync(join(root, "proc/cmdline"), `${before.trim()} zb.boot=${dev}\n`);
     rmSync(join(dir, "go"), { force: true });
     writeFileSync(join(dir, "go"), "");
-    try {
-      const p = Bun.spawn([BIN, "unlock", "--root", root, "--no-reboot"], { env: { ZB_NO_REBOOT: "1", BUN_JSC_useJIT: "0", PATH: pathDir }, stdout: "pipe", stderr: "pipe" });
-      const [out, err, code] = [await new Response(p.stdout).text(), await new Response(p.stderr).text(), await p.exited];
-      return { out, err, code };
-    } finally {
-      writeFileSync(join(root, "proc/cmdline"), before);
-      if (mounted()) Bun.spawnSync(["umount", mountPoint()]);
-    }
+    return withCmdline((c) => `${c} zb.boot=${dev}`, async () => {
+      try {
+        const p = Bun.spawn([BIN, "unlock", "--root", root, "--no-reboot"], { env: { ZB_NO_REBOOT: "1", BUN_JSC_useJIT: "0", PATH: pathDir }, stdout: "pipe", stderr: "pipe" });
+        const [out, err, code] = [await new Response(p.stdout).text(), await new Response(p.stderr).text(), await p.exited];
+        return { out, err, code };
+      } finally {
+        if (mounted()) Bun.spawnSync(["umount", mountPoint()]);
+      }
+    });
   }
 
   test("mounted, the boot counted, unmounted again before the exit", async () => {

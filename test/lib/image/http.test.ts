@@ -167,6 +167,18 @@ const since = (mark: number) => requests.slice(mark).map(({ path, range, status 
 const rawSha = () => sha256(img.raw.rootfs!);
 /** Cut the payload well past chunk 32 (the first journal update), at 85 % of the image. */
 const payloadCut = () => Math.floor(img.bytes.length * 0.85);
+/**
+ * A target left by a reset mid-payload, its journal past chunk 32 (so a
+ * resume has something to skip); `n` keeps the URL its own (/cut-N/ resets
+ * only the first request to it).
+ */
+async function cutMidPayload(n: number): Promise<{ t: string; j: Journal }> {
+  const t = target();
+  await zb(url(`/cut-${payloadCut() + n}/image.zbi`), t);
+  const j = journalOf(t)!;
+  expect(j.chunksDone).toBeGreaterThanOrEqual(32);
+  return { t, j };
+}
 
 describe("install over HTTP", () => {
   test("from a URL: one plain GET, the target is the raw rootfs", async () => {
@@ -225,10 +237,7 @@ describe("install over HTTP", () => {
   }, 30_000);
 
   test("--resume from a server that ignores Range fails with a clear IO error (exit 5) and stays resumable", async () => {
-    const t = target();
-    await zb(url(`/cut-${payloadCut() + 2}/image.zbi`), t);
-    const j = journalOf(t)!;
-    expect(j.chunksDone).toBeGreaterThanOrEqual(32);
+    const { t, j } = await cutMidPayload(2);
     const r = await zb(url("/norange/image.zbi"), t, { resume: true });
     expect(r.exit).toBe(5);
     expect(r.err).toMatch(/cannot resume http:\/\/127\.0\.0\.1:\d+\/norange\/image\.zbi at byte \d+: the server answered 200 instead of 206 Partial Content/);
@@ -263,10 +272,7 @@ describe("install from stdin", () => {
   }, 30_000);
 
   test("--resume from stdin reads past the chunks already written (no seeking) and ends identical", async () => {
-    const t = target();
-    await zb(url(`/cut-${payloadCut() + 3}/image.zbi`), t);
-    const j = journalOf(t)!;
-    expect(j.chunksDone).toBeGreaterThanOrEqual(32);
+    const { t, j } = await cutMidPayload(3);
     const r = await zb("-", t, { resume: true, stdin: img.path });
     expect({ exit: r.exit, err: r.err }).toEqual({ exit: 0, err: "" });
     expect(r.result).toMatchObject({ ok: true, resumedFrom: j.chunksDone });
@@ -305,10 +311,7 @@ describe("what the client asks for and what it shows", () => {
   });
 
   test("a 206 that starts elsewhere than asked: IO naming both offsets, still resumable", async () => {
-    const t = target();
-    await zb(url(`/cut-${payloadCut() + 5}/image.zbi`), t);
-    const j = journalOf(t)!;
-    expect(j.chunksDone).toBeGreaterThanOrEqual(32);
+    const { t, j } = await cutMidPayload(5);
     const r = await zb(url("/shift-4096/image.zbi"), t, { resume: true });
     expect(r.exit).toBe(5);
     expect(r.err).toMatch(/cannot resume http:\/\/127\.0\.0\.1:\d+\/shift-4096\/image\.zbi at byte (\d+): the server sent the bytes from (\d+) on/);
@@ -318,9 +321,7 @@ describe("what the client asks for and what it shows", () => {
   }, 30_000);
 
   test("--resume ends the requests it reads only in part before the payload is fetched (no connection held open behind it)", async () => {
-    const t = target();
-    await zb(url(`/cut-${payloadCut() + 6}/image.zbi`), t);
-    expect(journalOf(t)!.chunksDone).toBeGreaterThanOrEqual(32);
+    const { t } = await cutMidPayload(6);
     watched.length = 0;
     const r = await zb(url("/watch/image.zbi"), t, { resume: true });
     expect(r.exit).toBe(0);
