@@ -131,35 +131,200 @@ export function stdinSource(): ImageSource {
   };
 }
 
+/** Options of a URL source. */
+export interface HttpOptions {
+  /** How long the server may send nothing (headers or body) before the download fails. */
+  idleSeconds?: number;
+  /** Reconnections after the body broke off, before the download fails (default 0). */
+  retries?: number;
+  /** Told before each reconnection's wait (a warning, a progress event). */
+  onRetry?: (r: RetryEvent) => void;
+  /** The wait before reconnection `attempt` (1, 2, …), in ms (default: `retryDelayMs`). */
+  delayMs?: (attempt: number) => number;
+}
+
+/** A body that broke off and is about to be asked for again from `at`. */
+export interface RetryEvent {
+  type: "retry";
+  /** The displayed URL (no credentials, no query). */
+  url: string;
+  /** Image bytes received before the break; the next request asks from here on. */
+  at: number;
+  attempt: number;
+  of: number;
+  waitS: number;
+  why: string;
+}
+
+/** The default of `zb image … --retries`: a flaky link survives, a dead server fails within a minute. */
+export const DEFAULT_RETRIES = 5;
+/** Data received after a reconnection that counts as progress again: the attempts start over. */
+const PROGRESS_RESETS_ATTEMPTS = 1 << 20;
+
+/** 1, 2, 4, 8, 16, then 30 s: a server restarting gets time, a dead one costs ~30 s with 5 retries. */
+export function retryDelayMs(attempt: number): number {
+  return Math.min(2 ** (attempt - 1), 30) * 1000;
+}
+
 /**
  * An HTTP(S) source. A server that stops sending (a stalled connection, a
  * proxy that holds it open) fails the download after `idleSeconds` without a
  * byte, instead of after the runtime's own limit of several minutes; time
- * the install spends on the bytes it has does not count.
+ * the install spends on the bytes it has does not count. A body that breaks
+ * off (a reset, a stall, a connection closed before the length the server
+ * announced) is asked for again from where it stopped, up to `retries`
+ * times, with `If-Range` so that an image replaced on the server meanwhile
+ * is an error instead of a splice (the chunk hashes would catch that too,
+ * later and less clearly).
  */
-export function httpSource(url: string, opts: { idleSeconds?: number } = {}): ImageSource {
+export function httpSource(url: string, opts: HttpOptions = {}): ImageSource {
   const shown = displayUrl(url);
   if (!URL.canParse(url)) throw new ZbError("USAGE", `cannot download ${shown}: it is not a valid URL`);
   // Timers hold at most 2^31 - 1 ms (~24.8 days); a larger value would fire at once.
   const idleMs = Math.min((opts.idleSeconds ?? DEFAULT_IDLE_SECONDS) * 1000, MAX_TIMER_MS);
-  const stalled = () => new ZbError("IO", `cannot download ${shown}: the server sent nothing for ${Math.round(idleMs / 1000)} s`);
+  const stalled = () => transient(new ZbError("IO", `cannot download ${shown}: the server sent nothing for ${Math.round(idleMs / 1000)} s`));
+  const request = async (offset: number, ifRange: string | null): Promise<Opened> => {
+    const abort = new AbortController();
+    const res = await follow(url, shown, offset, ifRange, abort, idleMs, stalled);
+    try {
+      checkResponse(res, shown, offset, ifRange);
+    } catch (e) {
+      abort.abort(); // the body is not wanted: close the connection now
+      throw e;
+    }
+    return { res, abort };
+  };
   return {
     name: shown,
     seekable: true,
     async open(offset) {
-      const abort = new AbortController();
-      const res = await follow(url, shown, offset, abort, idleMs, stalled);
-      try {
-        checkResponse(res, shown, offset);
-      } catch (e) {
-        abort.abort(); // the body is not wanted: close the connection now
-        throw e;
-      }
-      // cancel(): a reader that stops early ends the request at once, even while a read is pending
-      // (a generator's return() would wait for that read).
-      return Object.assign(watched(res.body as unknown as AsyncIterable<Uint8Array>, idleMs, abort, stalled, shown), { cancel: () => abort.abort() });
+      const first = await request(offset, null);
+      const ifRange = validator(first.res);
+      const total = totalLength(first.res, offset);
+      let current = first;
+      let closed = false;
+      let wake = () => {};
+      const link: Link = {
+        current: () => current,
+        closed: () => closed,
+        reopen: async (at) => {
+          const next = await request(at, ifRange);
+          const length = totalLength(next.res, at);
+          if (total !== null && length !== null && length !== total) {
+            next.abort.abort();
+            throw new ZbError("IO", `cannot resume ${shown} at byte ${at}: the image changed on the server since the download began (${total} bytes then, ${length} now)`);
+          }
+          return (current = next);
+        },
+        sleep: (ms) => new Promise<void>((done) => {
+          const timer = setTimeout(done, ms);
+          wake = () => (clearTimeout(timer), done());
+        }),
+      };
+      const body = resumable(link, offset, total, { shown, idleMs, stalled, retries: opts.retries ?? 0, onRetry: opts.onRetry, delayMs: opts.delayMs ?? retryDelayMs });
+      // cancel(): a reader that stops early ends the request at once, even while a read or a
+      // retry's wait is pending (a generator's return() would wait for them).
+      return Object.assign(body, { cancel: () => ((closed = true), current.abort.abort(), wake()) });
     },
   };
+}
+
+interface Opened {
+  res: Response;
+  abort: AbortController;
+}
+
+/** The connection a body is read from, replaced on each reconnection. */
+interface Link {
+  current(): Opened;
+  closed(): boolean;
+  reopen(at: number): Promise<Opened>;
+  sleep(ms: number): Promise<void>;
+}
+
+/** Errors a reconnection may cure: the link broke, not the server's answer. */
+const TRANSIENT = new WeakSet<ZbError>();
+function transient(e: ZbError): ZbError {
+  TRANSIENT.add(e);
+  return e;
+}
+
+/**
+ * The image's bytes from `offset` on, across reconnections: after a
+ * transient failure it waits, asks for the rest (`Range` from the bytes
+ * received so far) and goes on; any other failure, or the last attempt's,
+ * is thrown. The attempts start over once a reconnection has brought 1 MiB.
+ */
+async function* resumable(
+  link: Link,
+  offset: number,
+  total: number | null,
+  o: { shown: string; idleMs: number; stalled: () => ZbError; retries: number; onRetry: ((r: RetryEvent) => void) | undefined; delayMs: (attempt: number) => number },
+): AsyncGenerator<Uint8Array> {
+  let at = offset;
+  let attempt = 0;
+  let since = 0;
+  for (;;) {
+    try {
+      const { res, abort } = link.current();
+      for await (const part of watched(res.body as unknown as AsyncIterable<Uint8Array>, o.idleMs, abort, o.stalled, o.shown)) {
+        at += part.length;
+        since += part.length;
+        if (since >= PROGRESS_RESETS_ATTEMPTS) attempt = 0;
+        yield part;
+      }
+      // RFC 9112 §6.3: a body shorter than its Content-Length is incomplete, not an end.
+      if (total === null || at >= total) return;
+      throw transient(new ZbError("IO", `cannot download ${o.shown}: the connection closed at byte ${at} of ${total}`));
+    } catch (e) {
+      if (!(e instanceof ZbError) || !TRANSIENT.has(e) || attempt >= o.retries || link.closed()) throw e;
+      attempt++;
+      since = 0;
+      const waitMs = o.delayMs(attempt);
+      o.onRetry?.({ type: "retry", url: o.shown, at, attempt, of: o.retries, waitS: waitMs / 1000, why: reason(e, o.shown) });
+      await link.sleep(waitMs);
+      if (link.closed()) return;
+      // A reconnection that fails the same way counts as the next attempt.
+      for (;;) {
+        try {
+          await link.reopen(at);
+          break;
+        } catch (again) {
+          if (!(again instanceof ZbError) || !TRANSIENT.has(again) || attempt >= o.retries || link.closed()) throw again;
+          attempt++;
+          const next = o.delayMs(attempt);
+          o.onRetry?.({ type: "retry", url: o.shown, at, attempt, of: o.retries, waitS: next / 1000, why: reason(again, o.shown) });
+          await link.sleep(next);
+          if (link.closed()) return;
+        }
+      }
+    }
+  }
+}
+
+/** A transient error's cause, without the "cannot download URL: " it starts with. */
+function reason(e: ZbError, shown: string): string {
+  const prefix = `cannot download ${shown}: `;
+  return e.message.startsWith(prefix) ? e.message.slice(prefix.length) : e.message;
+}
+
+/**
+ * What `If-Range` can carry (RFC 9110 §13.1.5): a strong entity tag, else the
+ * Last-Modified date; null when the server gives neither (a reconnection then
+ * relies on the chunk hashes alone).
+ */
+function validator(res: Response): string | null {
+  const etag = res.headers.get("etag");
+  if (etag !== null && !etag.startsWith("W/")) return etag;
+  return res.headers.get("last-modified");
+}
+
+/** The image's whole length from a response starting at `offset`, when the server says it. */
+function totalLength(res: Response, offset: number): number | null {
+  const range = /\/(\d+)\s*$/.exec(res.headers.get("content-range") ?? "")?.[1];
+  if (range !== undefined) return Number(range);
+  const length = res.headers.get("content-length");
+  return length !== null && /^\d+$/.test(length) ? offset + Number(length) : null;
 }
 
 /** setTimeout's largest delay. */
@@ -175,10 +340,12 @@ const REDIRECTS = [301, 302, 303, 307, 308];
  * request itself may carry a token). Each hop has the idle limit.
  * @throws {ZbError} IO
  */
-async function follow(url: string, shown: string, offset: number, abort: AbortController, idleMs: number, stalled: () => ZbError): Promise<Response> {
+async function follow(url: string, shown: string, offset: number, ifRange: string | null, abort: AbortController, idleMs: number, stalled: () => ZbError): Promise<Response> {
   // identity: a .zbi is compressed already, and a Range must count the bytes zb counts
   // (a server with a gzip-encoded copy would apply it to the encoded bytes).
-  const headers: Record<string, string> = { "Accept-Encoding": "identity", ...(offset > 0 ? { Range: `bytes=${offset}-` } : {}) };
+  const headers: Record<string, string> = { "Accept-Encoding": "identity" };
+  if (offset > 0) headers.Range = `bytes=${offset}-`;
+  if (offset > 0 && ifRange !== null) headers["If-Range"] = ifRange;
   let current = url;
   for (let hop = 0; ; hop++) {
     let res: Response;
@@ -186,7 +353,7 @@ async function follow(url: string, shown: string, offset: number, abort: AbortCo
     try {
       res = await fetch(current, { headers, signal: abort.signal, redirect: "manual" });
     } catch (e) {
-      throw abort.signal.aborted ? stalled() : new ZbError("IO", `cannot download ${shown}: ${fetchReason(e)}`);
+      throw abort.signal.aborted ? stalled() : transient(new ZbError("IO", `cannot download ${shown}: ${fetchReason(e)}`));
     } finally {
       clearTimeout(timer);
     }
@@ -205,9 +372,18 @@ async function follow(url: string, shown: string, offset: number, abort: AbortCo
   }
 }
 
-/** @throws {ZbError} IO when the response is not the one asked for */
-function checkResponse(res: Response, shown: string, offset: number): void {
+/** Answers of a proxy or a server that is restarting: a reconnection may get through. */
+const TRANSIENT_STATUS = [502, 503, 504];
+
+/**
+ * `ifRange`: this is a reconnection, and a `200` means the image changed on
+ * the server (RFC 9110 §13.1.5: the whole new representation instead of the range).
+ * @throws {ZbError} IO when the response is not the one asked for
+ */
+function checkResponse(res: Response, shown: string, offset: number, ifRange: string | null): void {
+  if (TRANSIENT_STATUS.includes(res.status)) throw transient(new ZbError("IO", `cannot download ${shown}: HTTP ${res.status}`));
   if (offset > 0) {
+    if (res.status === 200 && ifRange !== null) throw new ZbError("IO", `cannot resume ${shown} at byte ${offset}: the image changed on the server since the download began (it no longer matches ${ifRange})`);
     if (res.status !== 206) throw new ZbError("IO", `cannot resume ${shown} at byte ${offset}: the server answered ${res.status} instead of 206 Partial Content`);
     // RFC 9110 §14.4: the range sent. A server that starts elsewhere would shift every byte after it.
     const start = /^bytes (\d+)-/.exec(res.headers.get("content-range") ?? "")?.[1];
@@ -234,7 +410,7 @@ async function* watched(body: AsyncIterable<Uint8Array>, idleMs: number, abort: 
       try {
         r = await it.next();
       } catch (e) {
-        throw abort.signal.aborted ? stalled() : new ZbError("IO", `cannot download ${shown}: ${fetchReason(e)}`);
+        throw abort.signal.aborted ? stalled() : transient(new ZbError("IO", `cannot download ${shown}: ${fetchReason(e)}`));
       } finally {
         clearTimeout(timer);
       }

@@ -8,11 +8,11 @@ import { install, type ProgressEvent } from "../../lib/image/install.ts";
 import type { Encoding } from "../../lib/image/manifest.ts";
 import { openImage, type Policy } from "../../lib/image/reader.ts";
 import { keySigner, loadTrustDir } from "../../lib/image/sign.ts";
-import { sourceFor } from "../../lib/image/source.ts";
+import { DEFAULT_RETRIES, sourceFor, type HttpOptions, type RetryEvent } from "../../lib/image/source.ts";
 import { verifyImage } from "../../lib/image/verify.ts";
 import { HostSys } from "../../lib/sys/sys.ts";
 import { err, out } from "../output.ts";
-import { bar, jsonEvent, progressMode } from "../progress.ts";
+import { bar, jsonEvent, progressMode, type ProgressMode } from "../progress.ts";
 import { readPrivateKey } from "./key.ts";
 
 export const DEFAULT_TRUST = "/etc/zb/trust";
@@ -21,17 +21,19 @@ const POLICY = `  --trust DIR          public keys (*.pem, *.pub) to trust (defa
   --required N         distinct trusted signatures needed (default 1)
   --compatible C       refuse images for another product
   --serial-floor N     refuse images whose serial is below N (anti-rollback)
-  --timeout S          a URL source fails when the server sends nothing for S seconds (default 60)`;
+  --timeout S          a URL source fails when the server sends nothing for S seconds (default 60)
+  --retries N          a URL download that breaks off is asked for again from where it
+                       stopped, up to N times in a row (default ${DEFAULT_RETRIES}; 0: fail at once)`;
 
 const USAGE: Record<string, string> = {
   create: `zb image create --compatible C --version V --serial N [--rootfs IMG] [--boot DIR]
                 --key K [--key K2 …] -o OUT.zbi [--encoding zstd|none] [--level L] [--chunk-size BYTES]
   Build and sign an image: the rootfs image file and/or the boot folder, each cut into
   chunks of ${DEFAULT_CHUNK} bytes (one zstd frame each, level ${DEFAULT_LEVEL}).`,
-  sign: `zb image sign IN.zbi|URL|- --key K [--key K2 …] -o OUT.zbi [--timeout S]
+  sign: `zb image sign IN.zbi|URL|- --key K [--key K2 …] -o OUT.zbi [--timeout S] [--retries N]
   Add signatures; payload bytes are copied unchanged. OUT may be IN (re-signed in place);
   an existing OUT that is not an image is never replaced.`,
-  info: `zb image info IMAGE|URL|- [--json] [--timeout S]
+  info: `zb image info IMAGE|URL|- [--json] [--timeout S] [--retries N]
   The manifest and who signed it, without checking trust.`,
   verify: `zb image verify IMAGE|URL|- [--deep] [--json]
 ${POLICY}
@@ -54,17 +56,18 @@ const SPECS = {
   key: { value: true, multiple: true }, output: { short: "o", value: true }, encoding: { value: true }, level: { value: true },
   "chunk-size": { value: true }, trust: { value: true }, required: { value: true }, "serial-floor": { value: true },
   deep: {}, payload: { value: true }, to: { value: true }, journal: { value: true }, resume: {}, "read-back": {}, progress: { value: true },
-  json: {}, help: { short: "h" }, timeout: { value: true },
+  json: {}, help: { short: "h" }, timeout: { value: true }, retries: { value: true },
 };
 
 const POLICY_OPTIONS = ["trust", "required", "compatible", "serial-floor"];
+const SOURCE_OPTIONS = ["timeout", "retries"];
 /** Which options each subcommand reads, and how many positional arguments. */
 const TAKES = {
   create: [["compatible", "version", "serial", "rootfs", "boot", "key", "output", "encoding", "level", "chunk-size", "progress", "json"], 0],
-  sign: [["key", "output", "json", "timeout"], 1],
-  info: [["json", "timeout"], 1],
-  verify: [[...POLICY_OPTIONS, "deep", "progress", "json", "timeout"], 1],
-  install: [[...POLICY_OPTIONS, "payload", "to", "journal", "resume", "read-back", "progress", "json", "timeout"], 1],
+  sign: [["key", "output", "json", ...SOURCE_OPTIONS], 1],
+  info: [["json", ...SOURCE_OPTIONS], 1],
+  verify: [[...POLICY_OPTIONS, "deep", "progress", "json", ...SOURCE_OPTIONS], 1],
+  install: [[...POLICY_OPTIONS, "payload", "to", "journal", "resume", "read-back", "progress", "json", ...SOURCE_OPTIONS], 1],
 } as const satisfies Record<string, readonly [readonly string[], number]>;
 
 export async function imageMain(argv: string[]): Promise<number> {
@@ -151,7 +154,7 @@ async function verify(args: ParsedArgs): Promise<number> {
   const input = args.positional[0] ?? usage("verify", "no image given");
   const mode = progressMode(args.values.get("progress"));
   const b = mode === "bar" ? bar("verify") : null;
-  const src = sourceFor(input, source(args));
+  const src = sourceFor(input, source(args, mode));
   const r = await verifyImage(src, policy(args), {
     deep: args.flags.has("deep"),
     progress: (done, total) => (mode === "json" ? jsonEvent({ type: "progress", storedBytes: done, storedTotal: total }) : b?.update(done, total)),
@@ -181,7 +184,7 @@ async function installCmd(args: ParsedArgs): Promise<number> {
     }
   };
   const readBack = args.flags.has("read-back");
-  const r = await install(sys, sourceFor(input, source(args)), policy(args), { payload, target, journal, resume: args.flags.has("resume"), readBack, progress: onProgress });
+  const r = await install(sys, sourceFor(input, source(args, mode)), policy(args), { payload, target, journal, resume: args.flags.has("resume"), readBack, progress: onProgress });
   (back ?? b)?.finish();
   if (args.flags.has("json") || mode === "json") out(JSON.stringify({ type: "result", ok: true, ...r }) + "\n");
   else out(`zb image install: ${payload} → ${target}: ${r.alreadyInstalled ? "already installed" : `${r.rawSize} bytes verified and written${r.readBack ? " and read back" : ""} in ${r.seconds.toFixed(1)} s`}${r.resumedFrom ? ` (resumed at chunk ${r.resumedFrom})` : ""}\n`);
@@ -200,14 +203,31 @@ function policy(args: ParsedArgs): Policy {
   return p;
 }
 
-/** Source options: the HTTP idle limit (--timeout SECONDS). */
-function source(args: ParsedArgs): { idleSeconds?: number } {
+/**
+ * Source options: the HTTP idle limit (--timeout SECONDS) and the
+ * reconnections (--retries N), each announced as a warning on stderr, or as
+ * a `retry` event with --progress=json.
+ */
+function source(args: ParsedArgs, mode: ProgressMode = "none"): HttpOptions {
+  const o: HttpOptions = { retries: DEFAULT_RETRIES };
   const t = args.values.get("timeout");
-  if (t === undefined) return {};
-  const n = number(t, "--timeout");
-  if (n < 1) throw new ZbError("USAGE", "cannot use --timeout 0: give at least 1 second");
-  if (n > 2147483) throw new ZbError("USAGE", `cannot use --timeout ${n}: the longest idle time is 2147483 s (24.8 days)`);
-  return { idleSeconds: n };
+  if (t !== undefined) {
+    const n = number(t, "--timeout");
+    if (n < 1) throw new ZbError("USAGE", "cannot use --timeout 0: give at least 1 second");
+    if (n > 2147483) throw new ZbError("USAGE", `cannot use --timeout ${n}: the longest idle time is 2147483 s (24.8 days)`);
+    o.idleSeconds = n;
+  }
+  const r = args.values.get("retries");
+  if (r !== undefined) {
+    o.retries = number(r, "--retries");
+    if (o.retries > 100) throw new ZbError("USAGE", `cannot use --retries ${o.retries}: at most 100 (each waits up to 30 s)`);
+  }
+  o.onRetry = (e: RetryEvent) => {
+    if (mode === "json") jsonEvent(e);
+    // A bar is mid-line: the warning goes on a line of its own, and the bar redraws after it.
+    else err(`${mode === "bar" ? "\n" : ""}zb: warning: the download of ${e.url} broke off at byte ${e.at} (${e.why}); asking again in ${e.waitS} s (retry ${e.attempt} of ${e.of})\n`);
+  };
+  return o;
 }
 
 function keys(args: ParsedArgs): string[] {

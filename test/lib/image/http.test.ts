@@ -10,8 +10,13 @@
  *   /stall-N/…  sends N bytes, then nothing, with the connection left open
  *   /shift-N/…  answers a Range with 206 from N bytes further on (and says so in Content-Range)
  *   /watch/…    honours Range; records when each response was cancelled by the client or ended
+ *   /cutall-N/… honours Range, and every response resets after N bytes of its own
+ *   /etag-N/…   like /cut-N/, with an ETag ("v1") that later requests' If-Range match
+ *   /changed-N/… like /etag-N/, but the image "changed" after the first request (ETag "v2"):
+ *               an If-Range "v1" gets 200 and the whole file, as RFC 9110 §13.1.5 says
+ *   /busy-N/…   the first request resets after N bytes, the second gets 503, later ones as /range/
  *
- * and records every request with its Range and Accept-Encoding headers. A
+ * and records every request with its Range, If-Range and Accept-Encoding headers. A
  * second server speaks HTTPS (a certificate made by openssl for 127.0.0.1,
  * trusted by the client through NODE_EXTRA_CA_CERTS) and redirects to the
  * plain one.
@@ -30,8 +35,31 @@ let img: Built;
 let trust = "";
 let dataOffset = 0;
 let server: ReturnType<typeof Bun.serve>;
-const requests: { path: string; range: string | null; status: number; encoding: string | null }[] = [];
+const requests: { path: string; range: string | null; status: number; encoding: string | null; ifRange: string | null }[] = [];
 const cutDone = new Set<string>();
+const busyCount = new Map<string, number>();
+
+/** A body of `bytes` from `from` on that resets the connection after `n` bytes. */
+function resetAfter(bytes: Uint8Array, from: number, n: number): ReadableStream {
+  let sent = 0;
+  return new ReadableStream({
+    type: "bytes",
+    async pull(c) {
+      if (from + sent >= bytes.length) {
+        c.close();
+        return;
+      }
+      if (sent >= n) {
+        await Bun.sleep(200); // let the bytes sent so far reach the client, then reset the connection
+        c.error();
+        return;
+      }
+      const k = Math.min(n - sent, 256 << 10);
+      c.enqueue(bytes.slice(from + sent, from + sent + k));
+      sent += k;
+    },
+  });
+}
 /** /watch/ responses in order: when the client cancelled each (null: never) and when it was sent to its end. */
 const watched: { range: string | null; cancelledAt: number | null; endedAt: number | null }[] = [];
 let tls: ReturnType<typeof Bun.serve>;
@@ -50,7 +78,10 @@ beforeAll(async () => {
     fetch(req) {
       const path = new URL(req.url).pathname;
       const range = req.headers.get("range");
-      const log = (r: Response) => (requests.push({ path, range, status: r.status, encoding: req.headers.get("accept-encoding") }), r);
+      const log = (r: Response) => (requests.push({ path, range, status: r.status, encoding: req.headers.get("accept-encoding"), ifRange: req.headers.get("if-range") }), r);
+      const from = Number(/^bytes=(\d+)-$/.exec(range ?? "")?.[1] ?? 0);
+      const rest = (headers: Record<string, string> = {}) =>
+        from > 0 ? new Response(bytes.slice(from), { status: 206, headers: { ...headers, "content-range": `bytes ${from}-${bytes.length - 1}/${bytes.length}` } }) : new Response(bytes, { status: 200, headers });
       const stall = /^\/stall-(\d+)\//.exec(path);
       if (stall) {
         // N bytes, then nothing: the connection stays open until the client gives up.
@@ -72,26 +103,32 @@ beforeAll(async () => {
       const cut = /^\/cut-(\d+)\//.exec(path);
       if (cut && !cutDone.has(path)) {
         cutDone.add(path);
-        const n = Number(cut[1]);
-        let sent = 0;
-        const body = new ReadableStream({
-          type: "bytes",
-          async pull(c) {
-            if (sent >= n) {
-              await Bun.sleep(200); // let the bytes sent so far reach the client, then reset the connection
-              c.error();
-              return;
-            }
-            const k = Math.min(n - sent, 256 << 10);
-            c.enqueue(bytes.slice(sent, sent + k));
-            sent += k;
-          },
-        });
-        return log(new Response(body, { status: 200 }));
+        return log(new Response(resetAfter(bytes, 0, Number(cut[1])), { status: 200 }));
+      }
+      const every = /^\/cutall-(\d+)\//.exec(path);
+      if (every) {
+        const headers = from > 0 ? { "content-range": `bytes ${from}-${bytes.length - 1}/${bytes.length}` } : undefined;
+        return log(new Response(resetAfter(bytes, from, Number(every[1])), { status: from > 0 ? 206 : 200, headers }));
+      }
+      const tagged = /^\/(etag|changed)-(\d+)\//.exec(path);
+      if (tagged) {
+        const first = !cutDone.has(path);
+        cutDone.add(path);
+        const etag = tagged[1] === "changed" && !first ? '"v2"' : '"v1"';
+        if (first) return log(new Response(resetAfter(bytes, 0, Number(tagged[2])), { status: 200, headers: { etag } }));
+        const ifRange = req.headers.get("if-range");
+        return log(ifRange === null || ifRange === etag ? rest({ etag }) : new Response(bytes, { status: 200, headers: { etag } }));
+      }
+      const busy = /^\/busy-(\d+)\//.exec(path);
+      if (busy) {
+        const seen = (busyCount.get(path) ?? 0) + 1;
+        busyCount.set(path, seen);
+        if (seen === 1) return log(new Response(resetAfter(bytes, 0, Number(busy[1])), { status: 200 }));
+        if (seen === 2) return log(new Response("busy\n", { status: 503 }));
+        return log(rest());
       }
       if (path === "/rel/image.zbi") return log(new Response(null, { status: 302, headers: { location: "/range/image.zbi" } }));
       if (path === "/watch/image.zbi") {
-        const from = Number(/^bytes=(\d+)-$/.exec(range ?? "")?.[1] ?? 0);
         const rec = { range, cancelledAt: null as number | null, endedAt: null as number | null };
         watched.push(rec);
         let at = from;
@@ -114,16 +151,11 @@ beforeAll(async () => {
       }
       const shift = /^\/shift-(\d+)\//.exec(path);
       if (shift && range) {
-        const from = Number(/^bytes=(\d+)-$/.exec(range)![1]) + Number(shift[1]);
-        return log(new Response(bytes.slice(from), { status: 206, headers: { "content-range": `bytes ${from}-${bytes.length - 1}/${bytes.length}` } }));
+        const at = from + Number(shift[1]);
+        return log(new Response(bytes.slice(at), { status: 206, headers: { "content-range": `bytes ${at}-${bytes.length - 1}/${bytes.length}` } }));
       }
       if (!/^\/(range|norange|cut-\d+|shift-\d+)\/image\.zbi$/.test(path)) return log(new Response("not found\n", { status: 404 }));
-      const m = /^bytes=(\d+)-$/.exec(range ?? "");
-      if (m && !path.startsWith("/norange/")) {
-        const from = Number(m[1]);
-        return log(new Response(bytes.slice(from), { status: 206, headers: { "content-range": `bytes ${from}-${bytes.length - 1}/${bytes.length}` } }));
-      }
-      return log(new Response(bytes, { status: 200 }));
+      return log(path.startsWith("/norange/") ? new Response(bytes, { status: 200 }) : rest());
     },
   });
   // HTTPS on 127.0.0.1 with a certificate of our own, trusted by the client through NODE_EXTRA_CA_CERTS.
@@ -160,11 +192,14 @@ async function zb(source: string, to: string, o: { resume?: boolean; stdin?: str
   const args = [bin, "image", "install", source, "--payload", "rootfs", "--to", to, "--trust", trust, "--json", ...(o.resume ? ["--resume"] : []), ...(o.more ?? [])];
   const p = Bun.spawn(args, { stdin: o.stdin ? Bun.file(o.stdin) : "ignore", stdout: "pipe", stderr: "pipe", env: { ...process.env, ZB_NO_REBOOT: "1", ...o.env } });
   const [out, err, exit] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
-  return { exit, err, out, result: exit === 0 ? (JSON.parse(out) as Record<string, unknown>) : null };
+  // The result is the last line (with --progress=json, events come before it).
+  return { exit, err, out, result: exit === 0 ? (JSON.parse(out.trim().split("\n").at(-1)!) as Record<string, unknown>) : null };
 }
 /** The requests made since `mark`. */
 const since = (mark: number) => requests.slice(mark).map(({ path, range, status }) => ({ path, range, status }));
 const rawSha = () => sha256(img.raw.rootfs!);
+/** A reset fails the run (the reconnections are tested on their own below). */
+const NO_RETRY = ["--retries", "0"];
 /** Cut the payload well past chunk 32 (the first journal update), at 85 % of the image. */
 const payloadCut = () => Math.floor(img.bytes.length * 0.85);
 /**
@@ -174,7 +209,7 @@ const payloadCut = () => Math.floor(img.bytes.length * 0.85);
  */
 async function cutMidPayload(n: number): Promise<{ t: string; j: Journal }> {
   const t = target();
-  await zb(url(`/cut-${payloadCut() + n}/image.zbi`), t);
+  await zb(url(`/cut-${payloadCut() + n}/image.zbi`), t, { more: NO_RETRY });
   const j = journalOf(t)!;
   expect(j.chunksDone).toBeGreaterThanOrEqual(32);
   return { t, j };
@@ -202,9 +237,9 @@ describe("install over HTTP", () => {
   test.each([
     { where: "inside the manifest", at: () => 2000, journal: false },
     { where: "mid-payload (85 % of the image)", at: payloadCut, journal: true },
-  ])("a connection reset $where fails with IO or IMG_FORMAT, and the target is not marked complete", async ({ at, journal }) => {
+  ])("with --retries 0, a connection reset $where fails with IO or IMG_FORMAT, and the target is not marked complete", async ({ at, journal }) => {
     const t = target();
-    const r = await zb(url(`/cut-${at()}/image.zbi`), t);
+    const r = await zb(url(`/cut-${at()}/image.zbi`), t, { more: NO_RETRY });
     expect(r.exit).not.toBe(0);
     if (journal) expect(journalOf(t)).toMatchObject({ state: "failed" });
     else expect(journalOf(t)).toBeNull();
@@ -215,7 +250,7 @@ describe("install over HTTP", () => {
   test("--resume after a reset asks for the rest with Range and ends identical", async () => {
     const t = target();
     const cutUrl = url(`/cut-${payloadCut() + 1}/image.zbi`);
-    const cut = await zb(cutUrl, t);
+    const cut = await zb(cutUrl, t, { more: NO_RETRY });
     expect(cut.exit).not.toBe(0);
     const j = journalOf(t)!;
     expect(j).toMatchObject({ state: "failed", dataOffset });
@@ -255,7 +290,7 @@ describe("a server that stops sending", () => {
   ])("$where: --timeout 1 gives up after ~1 s without a byte, IO (exit 5), not marked complete", async ({ at, journal }) => {
     const t = target();
     // Without zb's own limit the runtime waits minutes: the test's 30 s timeout fails it.
-    const r = await zb(url(`/stall-${at()}/image.zbi`), t, { more: ["--timeout", "1"] });
+    const r = await zb(url(`/stall-${at()}/image.zbi`), t, { more: ["--timeout", "1", ...NO_RETRY] });
     expect(r.err).toMatch(/^zb: cannot download http:\/\/127\.0\.0\.1:\d+\/stall-\d+\/image\.zbi: the server sent nothing for 1 s\n/);
     expect(r.exit).toBe(5);
     expect(journalOf(t)?.state ?? null).toBe(journal);
@@ -294,7 +329,7 @@ describe("what the client asks for and what it shows", () => {
     expect(miss.exit).toBe(5);
     expect(miss.err).toContain(`cannot download ${shown("/missing.zbi")}: HTTP 404`);
     const t = target();
-    const cut = await zb(secretUrl(`/cut-${payloadCut() + 4}/image.zbi`), t);
+    const cut = await zb(secretUrl(`/cut-${payloadCut() + 4}/image.zbi`), t, { more: NO_RETRY });
     expect(cut.exit).not.toBe(0);
     const journal = readFileSync(`${t}.zb-journal`, "utf8");
     expect(JSON.parse(journal)).toMatchObject({ state: "failed" });
@@ -358,4 +393,139 @@ describe("what the client asks for and what it shows", () => {
     expect(sha256(readFileSync(t))).toBe(rawSha());
     expect(since(mark)).toEqual([{ path: "/rel/image.zbi", range: null, status: 302 }, { path: "/range/image.zbi", range: null, status: 200 }]);
   }, 30_000);
+});
+
+describe("a download that breaks off is asked for again (--retries, default 5)", () => {
+  /** The byte the client had when the first response reset, as its second request asks. */
+  const rangeOf = (n: number) => `bytes=${n}-`;
+  const warning = (path: string, at: number, why: string, wait: number, attempt: number) =>
+    `zb: warning: the download of ${url(path)} broke off at byte ${at} (${why}); asking again in ${wait} s (retry ${attempt} of 5)\n`;
+
+  test.each([
+    { where: "inside the manifest", at: () => 2000 },
+    { where: "mid-payload", at: payloadCut },
+  ])("a reset $where: one run, the rest asked for with Range from the byte reached, identical result", async ({ at }) => {
+    const n = at() + 7; // a URL of its own: /cut-N/ resets only the first request to it
+    const path = `/cut-${n}/image.zbi`;
+    const t = target();
+    const mark = requests.length;
+    const r = await zb(url(path), t);
+    expect(r.exit).toBe(0);
+    expect(r.err).toMatch(new RegExp(`^zb: warning: the download of ${url(path).replace(/[.]/g, "\\.")} broke off at byte ${n} \\(.+\\); asking again in 1 s \\(retry 1 of 5\\)\\n$`));
+    expect(r.result).toMatchObject({ ok: true, resumedFrom: 0, rawSha256: rawSha() });
+    expect(sha256(readFileSync(t))).toBe(rawSha());
+    expect(journalOf(t)).toMatchObject({ state: "complete" });
+    expect(since(mark)).toEqual([
+      { path, range: null, status: 200 },
+      { path, range: rangeOf(n), status: 206 },
+    ]);
+  }, 30_000);
+
+  test("--progress=json reports the reconnection as a retry event", async () => {
+    const n = payloadCut() + 8;
+    const path = `/cut-${n}/image.zbi`;
+    const r = await zb(url(path), target(), { more: ["--progress=json"] });
+    expect(r.exit).toBe(0);
+    const events = r.out.trim().split("\n").map((l) => JSON.parse(l) as Record<string, unknown>);
+    const retries = events.filter((e) => e.type === "retry");
+    expect(retries).toEqual([{ type: "retry", url: url(path), at: n, attempt: 1, of: 5, waitS: 1, why: expect.any(String) }]);
+    expect(r.err).toBe("");
+  }, 30_000);
+
+  test("a link that breaks on every response: --retries 2 makes three requests, then IO (exit 5), journal failed; --resume finishes", async () => {
+    const each = 512 << 10; // less than the 1 MiB after which the attempts start over
+    const path = `/cutall-${each}/image.zbi`;
+    const t = target();
+    const mark = requests.length;
+    const r = await zb(url(path), t, { more: ["--retries", "2"] });
+    expect(r.exit).toBe(5);
+    expect(since(mark)).toEqual([
+      { path, range: null, status: 200 },
+      { path, range: rangeOf(each), status: 206 },
+      { path, range: rangeOf(2 * each), status: 206 },
+    ]);
+    const lines = r.err.trim().split("\n");
+    expect(lines.slice(0, 2).map((l) => l.replace(/ \(.*\); /, " (…); "))).toEqual([
+      warning(path, each, "…", 1, 1).trim().replace("of 5", "of 2"),
+      warning(path, 2 * each, "…", 2, 2).trim().replace("of 5", "of 2"),
+    ]);
+    expect(lines[2]).toMatch(new RegExp(`^zb: cannot download ${url(path).replace(/[.]/g, "\\.")}: `));
+    expect(journalOf(t)?.state ?? "none").not.toBe("complete");
+    const again = await zb(url("/range/image.zbi"), t, { resume: true });
+    expect(again.exit).toBe(0);
+    expect(sha256(readFileSync(t))).toBe(rawSha());
+  }, 30_000);
+
+  test("the attempts start over after 1 MiB: a link that breaks every 3 MiB still completes with --retries 1", async () => {
+    const each = 3 << 20;
+    const path = `/cutall-${each}/image.zbi`;
+    const t = target();
+    const mark = requests.length;
+    const r = await zb(url(path), t, { more: ["--retries", "1"] });
+    expect(r.exit).toBe(0);
+    const asked = since(mark).map((q) => q.range);
+    expect(asked.length).toBe(Math.ceil(img.bytes.length / each));
+    expect(asked).toEqual(asked.map((_, i) => (i === 0 ? null : rangeOf(i * each))));
+    expect(sha256(readFileSync(t))).toBe(rawSha());
+  }, 60_000);
+
+  test("a reconnection asks If-Range with the first response's ETag; the image unchanged, the install completes", async () => {
+    const n = payloadCut() + 9;
+    const path = `/etag-${n}/image.zbi`;
+    const t = target();
+    const mark = requests.length;
+    const r = await zb(url(path), t);
+    expect(r.exit).toBe(0);
+    expect(requests.slice(mark).map(({ range, ifRange, status }) => ({ range, ifRange, status }))).toEqual([
+      { range: null, ifRange: null, status: 200 },
+      { range: rangeOf(n), ifRange: '"v1"', status: 206 },
+    ]);
+    expect(sha256(readFileSync(t))).toBe(rawSha());
+  }, 30_000);
+
+  test("the image replaced on the server between the two requests: IO (exit 5) naming it, nothing spliced, not complete", async () => {
+    const n = payloadCut() + 10;
+    const path = `/changed-${n}/image.zbi`;
+    const t = target();
+    const mark = requests.length;
+    const r = await zb(url(path), t);
+    expect(r.exit).toBe(5);
+    expect(r.err).toContain(`zb: cannot resume ${url(path)} at byte ${n}: the image changed on the server since the download began (it no longer matches "v1")`);
+    expect(since(mark).map((q) => q.status)).toEqual([200, 200]); // not retried: another try would get the same answer
+    expect(journalOf(t)).toMatchObject({ state: "failed" });
+  }, 30_000);
+
+  test("a 503 while reconnecting counts as the next attempt, with a longer wait; the third request gets the rest", async () => {
+    const n = payloadCut() + 11;
+    const path = `/busy-${n}/image.zbi`;
+    const t = target();
+    const mark = requests.length;
+    const r = await zb(url(path), t);
+    expect(r.exit).toBe(0);
+    expect(since(mark)).toEqual([
+      { path, range: null, status: 200 },
+      { path, range: rangeOf(n), status: 503 },
+      { path, range: rangeOf(n), status: 206 },
+    ]);
+    expect(r.err.split("\n")[1]).toBe(warning(path, n, "HTTP 503", 2, 2).trim());
+    expect(sha256(readFileSync(t))).toBe(rawSha());
+  }, 30_000);
+
+  test("the warning leaves out user:password@ and the query", async () => {
+    const n = payloadCut() + 12;
+    const r = await zb(`http://alice:s3cret@127.0.0.1:${server.port}/cut-${n}/image.zbi?X-Token=t0ken`, target());
+    expect(r.exit).toBe(0);
+    expect(r.err).toContain(`the download of http://127.0.0.1:${server.port}/cut-${n}/image.zbi?… broke off`);
+    expect(r.err).not.toContain("s3cret");
+    expect(r.err).not.toContain("t0ken");
+  }, 30_000);
+
+  test.each([
+    { value: "x", why: 'cannot use --retries "x": expected a whole number' },
+    { value: "101", why: "cannot use --retries 101: at most 100" },
+  ])("--retries $value is USAGE (exit 2)", async ({ value, why }) => {
+    const r = await zb(url("/range/image.zbi"), target(), { more: ["--retries", value] });
+    expect(r.exit).toBe(2);
+    expect(r.err).toContain(why);
+  });
 });
