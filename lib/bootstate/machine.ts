@@ -314,7 +314,11 @@ export const TABLE: readonly Row[] = [
         ? `kernel_status is still "try" on a try boot of ${e.booted}: zbunlock did not run in this slot's initramfs`
         : e.tryboot
           ? `this is a try boot of ${e.booted} but no try of it is pending (kernel_status=${JSON.stringify(s.status)}, zb_try_slot=${s.trySlot ?? ""})`
-          : `the booted slot ${e.booted} is not the committed slot ${s.committed}${s.mode === "run" ? "" : ` (zb_mode=${s.mode})`}`,
+          : s.committed !== e.booted
+            ? `the booted slot ${e.booted} is not the committed slot ${s.committed}${s.mode === "run" ? "" : ` (zb_mode=${s.mode})`}`
+            : s.status !== ""
+              ? `a try of slot ${s.trySlot ?? "?"} is armed (kernel_status=${JSON.stringify(s.status)}): this normal boot of ${e.booted} is not the one to confirm`
+              : `zb_mode is ${s.mode}, not run`,
   }),
   row({
     id: "B1", actor: "zb", event: "mark-bad",

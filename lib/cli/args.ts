@@ -32,7 +32,7 @@ export interface ParsedArgs {
  *   once (the publishing and enrolment commands); "last" (default): the last
  *   one wins, as getopt does — the fw_printenv/fw_setenv personalities keep
  *   libubootenv's behaviour, and the boot path does not fail on a repeat
- * @throws {ZbError} USAGE for an unknown option, a missing value, or (repeats: "refuse") a single-value option given twice
+ * @throws {ZbError} USAGE for an unknown option, a missing or empty value, or (repeats: "refuse") a single-value option given twice
  */
 export function parseArgs(argv: readonly string[], specs: OptionSpecs, what: string, opts: { repeats?: "refuse" | "last" } = {}): ParsedArgs {
   const byShort = new Map<string, string>();
@@ -68,6 +68,9 @@ export function parseArgs(argv: readonly string[], specs: OptionSpecs, what: str
     }
     const value = inline ?? argv[++i];
     if (value === undefined) throw usage(what, `option --${name} needs a value`);
+    // An empty value is never a path, key or number zb can use: `--boot=` would
+    // otherwise mean "the current directory" and `-c ""` a file named "".
+    if (value === "") throw usage(what, `option --${name} needs a value, not an empty one`);
     // Last-one-wins would quietly drop one of two targets, keys or algorithms.
     if (opts.repeats === "refuse" && !spec.multiple && out.values.has(name)) throw usage(what, `option --${name} is given twice (${JSON.stringify(out.values.get(name))} and ${JSON.stringify(value)})`);
     out.values.set(name, value);

@@ -39,7 +39,8 @@ export interface Copy {
  * Why a copy is unusable; returned, not thrown, by {@link tryDecode}. The store
  * also reports an unreadable copy file this way (code IO).
  */
-export type DecodeFailure = { ok: false; code: "ENV_CRC" | "ENV_FORMAT" | "IO"; why: string };
+/** `missing`: the copy's file does not exist at all (not a damaged copy). */
+export type DecodeFailure = { ok: false; code: "ENV_CRC" | "ENV_FORMAT" | "IO"; why: string; missing?: true };
 export type DecodeResult = ({ ok: true } & Copy) | DecodeFailure;
 
 /** Smallest copy that can hold a header and an empty env. */

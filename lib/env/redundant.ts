@@ -37,6 +37,13 @@ export function pickActive(first: DecodeResult, second: DecodeResult): PairState
   }
   if (first.ok) return { active: 0, copy: asCopy(first), otherFailure: second as DecodeFailure };
   if (second.ok) return { active: 1, copy: asCopy(second), otherFailure: first as DecodeFailure };
+  if (first.missing && second.missing) {
+    // Nothing there at all: a --boot or fw_env.config that names the wrong place, or a
+    // partition zb has not taken over yet; not a damaged env to restore.
+    throw new ZbError("IO", `cannot read env: there is none (${first.why}; ${second.why})`, {
+      hint: "check --boot (the boot partition's mount point) or fw_env.config; a new partition is taken over with `zb init` (boot state) or `zb env init` (env only)",
+    });
+  }
   const codes = [first.code, second.code];
   const code = codes.includes("IO") ? "IO" : codes.every((c) => c === "ENV_CRC") ? "ENV_CRC" : "ENV_FORMAT";
   throw new ZbError(code, `cannot read env: both copies are invalid (first: ${first.why}; second: ${second.why})`, {

@@ -140,7 +140,7 @@ export class EnvStore {
     try {
       bytes = this.sys.readAt(loc.path, this.resolveOffset(loc), loc.size);
     } catch (e) {
-      if (e instanceof ZbError && e.code === "IO") return { ok: false, code: "IO", why: e.message };
+      if (e instanceof ZbError && e.code === "IO") return { ok: false, code: "IO", why: e.message, ...(this.sys.stat(loc.path) ? {} : { missing: true as const }) };
       throw e;
     }
     if (bytes.length < loc.size) {

@@ -4,13 +4,13 @@
  */
 import { readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { parseArgs, type OptionSpecs, type ParsedArgs } from "../../lib/cli/args.ts";
+import { onlyThese, parseArgs, type OptionSpecs, type ParsedArgs } from "../../lib/cli/args.ts";
 import { runTransition, type Outcome } from "../../lib/bootstate/commit.ts";
 import { TABLE, type Event } from "../../lib/bootstate/machine.ts";
 import { initBoot } from "../../lib/bootstate/init.ts";
 import { parseSlot, SLOTS, type Slot } from "../../lib/bootstate/state.ts";
 import { bootedFrom } from "../../lib/bootloader/platform.ts";
-import { ZbError } from "../../lib/errors.ts";
+import { describeErrno, ZbError } from "../../lib/errors.ts";
 import { BOOT_OPTIONS, BOOT_OPTIONS_HELP, host, platform, rebooter } from "../common.ts";
 import { rebootNow } from "../../lib/sys/reboot.ts";
 import { err, out } from "../output.ts";
@@ -18,7 +18,7 @@ import { statusJson, statusText } from "./status.ts";
 
 const USAGE: Record<string, string> = {
   status: "zb status [--json]\n\nThe committed and booted slot, the try state, counters, versions, mode and the last events.",
-  "mark-good": "zb mark-good [--health-dir DIR]\n\nMark the booted slot good: reset its boot counter; on a try boot, commit the try\n(zb_slot := the try slot, config.txt rewritten, tryboot.txt removed). Idempotent.\nWith --health-dir, every executable in DIR runs first (in name order); one that\nexits non-zero vetoes the mark (exit 11). A missing DIR means no checks.",
+  "mark-good": "zb mark-good [--health-dir DIR]\n\nMark the booted slot good: reset its boot counter; on a try boot, commit the try\n(zb_slot := the try slot, config.txt rewritten, tryboot.txt removed). Idempotent.\nWith --health-dir, every executable in DIR runs first (in name order); one that\nexits non-zero or cannot be run vetoes the mark (exit 11). A missing DIR means no checks.",
   "mark-bad": "zb mark-bad [booted|other]\n\nMark a slot bad. booted (default): a try ends as failed; the committed slot hands\nover to the other slot, or to recovery when the other is not valid. other: the\nother slot is invalid and a pending try of it is dropped. Takes effect at the next boot.",
   rollback: "zb rollback\n\nSwitch to the other valid slot at the next boot.",
   reboot: "zb reboot [--try SLOT [--rearms N] | --recover | --raw [--param ARG]]\n\nReboot. --try SLOT: try SLOT once through tryboot (the firmware falls back to the\ncommitted slot on any reset; re-armed up to N times, default 2, when the try never\nreaches its initramfs). --recover: enter the zboot enclave through tryboot.\n--raw: reboot now, passing ARG to the firmware (e.g. \"0 tryboot\"), without reading\nor changing the boot state (under systemd the reboot is queued); zbunlock, started\nwithout the JIT, hands its reboots to it.",
@@ -38,6 +38,8 @@ export function bootMain(command: string, argv: string[]): number {
     out(`usage: ${USAGE[command]}\n\nOptions:\n${BOOT_OPTIONS_HELP}\n`);
     return 0;
   }
+  // `zb rollback b` must not roll back to whatever the other slot is and say nothing.
+  onlyThese(args, null, command === "mark-bad" ? 1 : 0, `zb ${command}`);
   switch (command) {
     case "status":
       return status(args);
@@ -81,7 +83,6 @@ function reboot(args: ParsedArgs): number {
   if (args.flags.has("raw")) {
     const extra = ["try", "rearms", "boot"].filter((o) => args.values.has(o)).concat(["recover", "no-reboot", "json"].filter((f) => args.flags.has(f)));
     if (extra.length > 0) throw new ZbError("USAGE", `cannot reboot: --raw takes only --param and --root, not --${extra.join(", --")}`);
-    if (args.positional.length > 0) throw new ZbError("USAGE", `cannot reboot: unexpected argument ${JSON.stringify(args.positional[0])}`);
     // stderr: a JIT-less zbunlock runs this as its child, and its stdout may be --json.
     err(`zb reboot: rebooting (${param === undefined ? "normal" : `"${param}"`}), boot state untouched\n`);
     rebootNow(param ?? null, args.values.get("root") ?? "/");
@@ -102,6 +103,8 @@ function init(args: ParsedArgs): number {
   const slot = parseSlot(args.values.get("slot") ?? "", "init");
   const valid = (args.values.get("valid") ?? slot).split(",").map((s) => parseSlot(s.trim(), "init"));
   const limit = args.values.has("boot-limit") ? count(args.values.get("boot-limit")!, "--boot-limit") : undefined;
+  // 0 would count every boot out before it starts: the first boot would go to recovery.
+  if (limit === 0) throw new ZbError("USAGE", "cannot use --boot-limit 0: a slot needs at least one boot to be confirmed");
   const state = initBoot(h.sys, h.bootDir, { slot, valid, force: args.flags.has("force"), ...(limit === undefined ? {} : { bootLimit: limit }) });
   if (args.flags.has("json")) out(JSON.stringify(statusJson(h), null, 2) + "\n");
   else out(`zb init: ${h.bootDir}: slot ${state.committed} committed; valid: ${SLOTS.filter((s: Slot) => state.slots[s].valid).join(", ")}\n`);
@@ -141,24 +144,44 @@ export function report(args: ParsedArgs, tool: string, o: Outcome, rebootSuppres
   if (!o.envChanged && rows.length > 0 && !o.reboot && !dryRun) out(`${tool}: nothing to change\n`);
 }
 
+/**
+ * Run every executable in `dir`, in name order; the first that fails, or
+ * cannot be run at all (a dangling link, no interpreter line, a directory
+ * named like a check is skipped), vetoes the mark: a check that was meant to
+ * run and did not has not said the system is healthy.
+ * @throws {ZbError} HEALTH_VETO, or USAGE/IO when `dir` cannot be listed
+ */
 function runHealthChecks(dir: string): void {
   let names: string[];
   try {
     names = readdirSync(dir).sort();
   } catch (e) {
-    if ((e as { code?: string }).code === "ENOENT") return; // no checks installed
-    throw new ZbError("IO", `cannot run health checks in ${dir}: ${(e as Error).message}`);
+    const code = (e as { code?: string }).code;
+    if (code === "ENOENT") return; // no checks installed
+    if (code === "ENOTDIR") throw new ZbError("USAGE", `cannot run health checks in ${dir}: it is not a directory`);
+    throw new ZbError("IO", `cannot run health checks in ${dir}: ${describeErrno(e)}`);
   }
+  const veto = (path: string, why: string) =>
+    new ZbError("HEALTH_VETO", `cannot mark good: health check ${path} ${why}`, {
+      hint: "the slot stays unconfirmed; without mark-good its boot counter keeps rising until rollback",
+    });
   for (const name of names) {
     const path = join(dir, name);
-    const st = statSync(path);
-    if (!st.isFile() || (st.mode & 0o111) === 0) continue;
-    const p = Bun.spawnSync([path], { stdout: "inherit", stderr: "inherit" });
-    if (p.exitCode !== 0) {
-      throw new ZbError("HEALTH_VETO", `cannot mark good: health check ${path} failed (exit ${p.exitCode ?? "signal"})`, {
-        hint: "the slot stays unconfirmed; without mark-good its boot counter keeps rising until rollback",
-      });
+    let st: ReturnType<typeof statSync>;
+    try {
+      st = statSync(path);
+    } catch (e) {
+      throw veto(path, `cannot run: ${(e as { code?: string }).code === "ENOENT" ? "it is a link to nothing" : describeErrno(e)}`);
     }
+    if (!st.isFile() || (st.mode & 0o111) === 0) continue;
+    let p: ReturnType<typeof Bun.spawnSync>;
+    try {
+      p = Bun.spawnSync([path], { stdout: "inherit", stderr: "inherit" });
+    } catch (e) {
+      const code = (e as { code?: string }).code;
+      throw veto(path, `cannot run: ${code === "ENOEXEC" ? "it is not a program the kernel can start (no #! line?)" : describeErrno(e)}`);
+    }
+    if (p.exitCode !== 0) throw veto(path, `failed (${p.exitCode === null ? `killed by ${p.signalCode ?? "a signal"}` : `exit ${p.exitCode}`})`);
   }
 }
 

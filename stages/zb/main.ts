@@ -60,6 +60,10 @@ export async function zbMain(argv: string[]): Promise<number> {
       out(`zb ${VERSION}\n`);
       return 0;
     case "help":
+      // `zb help image` is `zb image --help`, as git and systemctl do it.
+      if (rest[0] !== undefined && rest[0] !== "help") return helpOn(rest[0]);
+      out(USAGE + "\n");
+      return 0;
     case "--help":
     case "-h":
       out(USAGE + "\n");
@@ -70,4 +74,11 @@ export async function zbMain(argv: string[]): Promise<number> {
     default:
       throw new ZbError("USAGE", `cannot run zb: unknown command ${JSON.stringify(command)}`, { hint: "see `zb --help`" });
   }
+}
+
+/** A command's own help; the two whole roles (`zb unlock`, `zb recover`) answer for themselves. */
+async function helpOn(topic: string): Promise<number> {
+  if (topic === "unlock") return (require("../zbunlock/main.ts") as typeof import("../zbunlock/main.ts")).zbunlockMain(["--help"]);
+  if (topic === "recover") return (require("../zboot/main.ts") as typeof import("../zboot/main.ts")).zbootMain(["--help"]);
+  return zbMain([topic, "--help"]);
 }

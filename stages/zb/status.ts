@@ -24,7 +24,7 @@ export interface StatusJson {
   serialFloor: number;
   slots: Record<"a" | "b", SlotState>;
   firmware: { config: FirmwareFile | null; tryboot: FirmwareFile | null };
-  events: { seq: number; text: string }[];
+  events: { seq: number | null; text: string }[];
 }
 
 export function statusJson(h: Host): StatusJson {
@@ -62,7 +62,7 @@ export function statusText(h: Host): string {
     }),
     `serial floor:   ${j.serialFloor}`,
     "events:",
-    ...(j.events.length ? j.events.map((e) => `  ${e.seq} ${e.text}`) : ["  (none)"]),
+    ...(j.events.length ? j.events.map((e) => `  ${e.seq ?? "-"} ${e.text}`) : ["  (none)"]),
   ];
   return lines.join("\n") + "\n";
 }
@@ -81,7 +81,8 @@ function booted(h: Host): StatusJson["booted"] {
   return { slot, tryboot, dtTryboot: p.dtTryboot, dtPartition: p.dtPartition };
 }
 
-function parseEvent(e: string): { seq: number; text: string } {
-  const sp = e.indexOf(" ");
-  return { seq: Number(e.slice(0, sp)), text: e.slice(sp + 1) };
+/** `<seq> <text>` as zb logs it; an entry written by hand without its number keeps all its text, seq null. */
+function parseEvent(e: string): { seq: number | null; text: string } {
+  const m = /^(\d{1,15}) (.*)$/s.exec(e);
+  return m ? { seq: Number(m[1]), text: m[2]! } : { seq: null, text: e };
 }

@@ -40,7 +40,7 @@ describe("dispatch", () => {
     { name: "zb", args: ["reboot", "--raw", "--recover"], code: 2, err: /cannot reboot: --raw takes only --param and --root, not --recover/ },
     { name: "zb", args: ["reboot", "--raw", "--no-reboot"], code: 2, err: /cannot reboot: --raw takes only --param and --root, not --no-reboot/ },
     { name: "zb", args: ["reboot", "--raw", "--try", "b", "--json"], code: 2, err: /not --try, --json/ },
-    { name: "zb", args: ["reboot", "--raw", "now"], code: 2, err: /cannot reboot: unexpected argument "now"/ },
+    { name: "zb", args: ["reboot", "--raw", "now"], code: 2, err: /cannot run zb reboot: unexpected argument "now"/ },
   ])("$name $args → exit $code", ({ name, args, code, err }) => {
     const r = run(name, args);
     expect(r.err).toMatch(err);
@@ -162,5 +162,19 @@ describe("zb env end to end", () => {
     const r = run("zb", ["env", "print", "--boot", b]);
     expect(r.code).toBe(3);
     expect(r.err).toMatch(/both copies are invalid/);
+  });
+
+  test.each([["image"], ["env"], ["status"], ["unlock"]])("zb help %s prints that command's own help (zb %s --help)", (topic) => {
+    const help = run("zb", ["help", topic]);
+    const own = topic === "unlock" ? run("zbunlock", ["--help"]) : run("zb", [topic, "--help"]);
+    expect(help.code).toBe(0);
+    expect(help.out).toBe(own.out);
+    expect(help.out).not.toBe(run("zb", ["--help"]).out);
+  });
+
+  test("no env at all where --boot points: IO (5), says there is none and how to take a partition over", () => {
+    const r = run("zb", ["status", "--boot", join(dir, "nothing-here")]);
+    expect(r.code).toBe(5);
+    expect(r.err).toMatch(/^zb: cannot read env: there is none \(cannot read .*nothing-here\/zb\/zb\.env: no such file or directory; .*\)\nzb: hint: check --boot .*`zb init`/);
   });
 });

@@ -34,6 +34,10 @@ const unlock = (...args: string[]) => zb(args, join(dir, "zbunlock"));
 const cmdline = (file: string) => writeFileSync(join(root, "proc/cmdline"), readFileSync(join(boot, file)));
 const envBytes = () => Buffer.concat([readFileSync(join(boot, "zb/zb.env")), readFileSync(join(boot, "zb/zb.env.redund"))]);
 const status = () => JSON.parse(zb(["status", "--json"]).out);
+function writeCheck(d: string, name: string, text: string): void {
+  writeFileSync(join(d, name), text);
+  chmodSync(join(d, name), 0o755);
+}
 
 describe("a try, committed, through the CLI", () => {
   test("init takes over the partition", () => {
@@ -77,6 +81,22 @@ describe("a try, committed, through the CLI", () => {
     rmSync(join(checks, "20-fail"));
     expect(zb(["mark-good", "--health-dir", checks]).code).toBe(0);
     expect(status().slots.a.bootCount).toBe(0);
+  });
+
+  test.each([
+    { name: "a link to nothing", make: (d: string) => symlinkSync(join(d, "gone"), join(d, "10-check")), code: 11, why: /health check .*10-check cannot run: it is a link to nothing/ },
+    { name: "an executable without a #! line", make: (d: string) => writeCheck(d, "10-check", "echo hi\n"), code: 11, why: /health check .*10-check cannot run: it is not a program the kernel can start/ },
+    { name: "a check killed by a signal", make: (d: string) => writeCheck(d, "10-check", "#!/bin/sh\nkill -KILL $$\n"), code: 11, why: /health check .*10-check failed \(killed by SIGKILL\)/ },
+    { name: "a --health-dir that is a file", make: (d: string) => (rmSync(d, { recursive: true }), writeFileSync(d, "")), code: 2, why: /cannot run health checks in .*: it is not a directory/ },
+  ])("$name: mark-good refused (exit $code) with the reason, state unchanged", ({ make, code, why }) => {
+    const checks = join(dir, `health-${Math.random().toString(36).slice(2)}`);
+    mkdirSync(checks);
+    make(checks);
+    const before = envBytes();
+    const r = zb(["mark-good", "--health-dir", checks]);
+    expect({ code: r.code, internal: r.err.includes("internal error") }).toEqual({ code, internal: false });
+    expect(r.err).toMatch(why);
+    expect(envBytes().equals(before)).toBe(true);
   });
 
   test("reboot --try b: state armed before the reboot, which ZB_NO_REBOOT refuses", () => {
@@ -127,9 +147,43 @@ describe("refusals and bad input", () => {
     expect(r.err).toMatch(/zb_slot is "c", expected one of "a", "b"/);
   });
 
+  test.each([
+    { argv: ["rollback", "b"], extra: "b" },
+    { argv: ["status", "extra"], extra: "extra" },
+    { argv: ["mark-bad", "other", "extra"], extra: "extra" },
+  ])("zb $argv: an argument the command does not read is USAGE, nothing changed", ({ argv, extra }) => {
+    const before = envBytes();
+    const r = zb(argv);
+    expect(r.code).toBe(2);
+    expect(r.err).toContain(`unexpected argument ${JSON.stringify(extra)}`);
+    expect(envBytes().equals(before)).toBe(true);
+  });
+
+  test("init --boot-limit 0 is USAGE (every boot would be counted out) and writes nothing", () => {
+    const fresh = join(dir, "boot-limit0");
+    mkdirSync(fresh);
+    writeFileSync(join(fresh, "config.txt"), "kernel=vmlinuz\n");
+    writeFileSync(join(fresh, "cmdline.txt"), "quiet\n");
+    const p = Bun.spawnSync([BIN, "init", "--slot", "a", "--valid", "a,b", "--boot-limit", "0", "--boot", fresh, "--root", root], { env: { ...process.env, ZB_NO_REBOOT: "1" } });
+    expect(p.exitCode).toBe(2);
+    expect(p.stderr.toString()).toContain("cannot use --boot-limit 0: a slot needs at least one boot to be confirmed");
+    expect(existsSync(join(fresh, "zb"))).toBe(false);
+  });
+
   test("status text names the slots", () => {
     zb(["env", "set", "zb_slot", "b"]);
     expect(zb(["status"]).out).toMatch(/committed slot: b\n.*\n.*\nnext boot: +b\nslot a: +valid, boots 0\/3\n/);
+  });
+
+  test("a zb_log entry set by hand without its number: status shows it whole, seq null, no NaN", () => {
+    const before = zb(["env", "print", "zb_log"]).out.replace(/^zb_log=/, "").trimEnd();
+    zb(["env", "set", "zb_log", `${before};garbage x y`]);
+    const j = status();
+    expect(j.events.at(-1)).toEqual({ seq: null, text: "garbage x y" });
+    expect(j.events.slice(0, -1).every((e: { seq: unknown }) => typeof e.seq === "number")).toBe(true);
+    const text = zb(["status"]).out;
+    expect(text).toContain("  - garbage x y\n");
+    expect(text).not.toContain("NaN");
   });
 });
 

@@ -108,6 +108,8 @@ const REFUSALS: { name: string; before: string; event: Event; row: string; why: 
   { name: "mark-good while kernel_status is still try", before: "kernel_status=try zb_try_slot=b", event: good("b", true), row: "G3", why: /zbunlock did not run/ },
   { name: "mark-good on a slot that is not committed", before: "", event: good("b"), row: "G3", why: /not the committed slot a/ },
   { name: "mark-good on a stray try boot", before: "", event: good("b", true), row: "G3", why: /no try of it is pending/ },
+  { name: "mark-good on a normal boot while a try of the other slot is armed", before: "kernel_status=try zb_try_slot=b", event: good("a"), row: "G3", why: /a try of slot b is armed \(kernel_status="try"\): this normal boot of a is not the one to confirm/ },
+  { name: "mark-good of the committed slot in recovery mode", before: "zb_mode=recover", event: good("a"), row: "G3", why: /: zb_mode is recover, not run$/ },
   { name: "mark-bad booted on a non-committed normal boot", before: "", event: { kind: "mark-bad", which: "booted", booted: "b", tryboot: false }, row: "B4", why: /neither the committed/ },
   { name: "rollback to an invalid slot", before: "zb_valid_b=0", event: { kind: "rollback" }, row: "R2", why: /slot b is not valid/ },
   { name: "try the committed slot", before: "", event: { kind: "arm-try", slot: "a" }, row: "A2", why: /is the committed slot/ },

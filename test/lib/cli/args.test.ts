@@ -22,6 +22,8 @@ test.each([
   { argv: ["-x"], why: "unknown option -x" },
   { argv: ["-c"], why: "option --config needs a value" },
   { argv: ["--json=1"], why: "option --json takes no value" },
+  { argv: ["--config="], why: "option --config needs a value, not an empty one" },
+  { argv: ["-c", ""], why: "option --config needs a value, not an empty one" },
 ])("rejects $argv: $why", ({ argv, why }) => {
   expect(() => parseArgs(argv, SPECS, "zb t")).toThrow(expect.objectContaining({ code: "USAGE", message: `cannot run zb t: ${why}` }));
 });

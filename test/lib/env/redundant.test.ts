@@ -44,6 +44,13 @@ describe("pickActive", () => {
   ] as const)("both bad ($a, $b) → ZbError $code, no default env", ({ a, b, code }) => {
     expect(() => pickActive(bad(a), bad(b))).toThrow(expect.objectContaining({ code }));
   });
+  test.each([
+    { name: "both files missing", a: true, b: true, message: /^cannot read env: there is none \(x; y\)$/, hint: /zb init/ },
+    { name: "one missing, one unreadable", a: true, b: false, message: /^cannot read env: both copies are invalid/, hint: /backup/ },
+  ])("$name → IO with a message and hint for that case", ({ a, b, message, hint }) => {
+    const io = (why: string, missing: boolean) => ({ ok: false as const, code: "IO" as const, why, ...(missing ? { missing: true as const } : {}) });
+    expect(() => pickActive(io("x", a), io("y", b))).toThrow(expect.objectContaining({ code: "IO", message: expect.stringMatching(message), hint: expect.stringMatching(hint) }));
+  });
 });
 
 test.each([

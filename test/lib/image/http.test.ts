@@ -107,7 +107,7 @@ beforeAll(async () => {
       }
       const every = /^\/cutall-(\d+)\//.exec(path);
       if (every) {
-        const headers = from > 0 ? { "content-range": `bytes ${from}-${bytes.length - 1}/${bytes.length}` } : undefined;
+        const headers: Record<string, string> = from > 0 ? { "content-range": `bytes ${from}-${bytes.length - 1}/${bytes.length}` } : {};
         return log(new Response(resetAfter(bytes, from, Number(every[1])), { status: from > 0 ? 206 : 200, headers }));
       }
       const tagged = /^\/(etag|changed)-(\d+)\//.exec(path);
