@@ -52,9 +52,9 @@ export const CODES = {
   KEY_INVALID: 18,
   /** The HSM is there but the sealed blob is not for it (another TPM, key not on the token, another host). */
   HSM_NO_MATCH: 19,
-  /** The HSM refused by policy: PCR values changed, wrong PIN, dictionary-attack lockout. */
+  /** The HSM refused by policy: PCR values changed, wrong PIN. */
   HSM_DENIED: 20,
-  /** The HSM failed otherwise: a malformed blob, a protocol or integrity error, an unexpected response. */
+  /** The HSM failed otherwise: a malformed blob, a protocol or integrity error, an unexpected response, a TPM lockout (it heals). */
   HSM_FAILED: 21,
   /** cryptsetup failed: wrong key for the LUKS header, missing device-mapper, bad device. */
   LUKS_FAILED: 22,

@@ -11,6 +11,7 @@
  *   tpm2.lock-pcr = 15             # zbunlock extends it after unlocking: no unseal until reboot
  *   pkcs11.module = /usr/lib/…/libsofthsm2.so
  *   pkcs11.token = zb              # token label
+ *   pkcs11.token-serial = 4f3a…    # seal: which of several tokens with that label
  *   pkcs11.key-label = zb-luks     # RSA key pair on the token
  *   pkcs11.key-id = 01             # (hex) alternative to the label
  *   pkcs11.pin-file = /etc/zb/pin  # else zb asks on the terminal
@@ -36,7 +37,7 @@ export interface HsmConfig {
   backend: BackendName | null;
   waitSeconds: number;
   tpm2: { device: string; pcrs: number[]; lockPcr: number | null };
-  pkcs11: { module: string | null; token: string | null; keyLabel: string | null; keyId: string | null; pinFile: string | null; oaep: "sha256" | "sha1" | "auto" };
+  pkcs11: { module: string | null; token: string | null; tokenSerial: string | null; keyLabel: string | null; keyId: string | null; pinFile: string | null; oaep: "sha256" | "sha1" | "auto" };
   zymkey: { library: string | null };
   soft: { enabled: boolean; keyFile: string | null };
 }
@@ -46,7 +47,7 @@ export function defaultHsmConfig(): HsmConfig {
     backend: null,
     waitSeconds: DEFAULT_WAIT_SECONDS,
     tpm2: { device: DEFAULT_TPM_DEVICE, pcrs: [], lockPcr: null },
-    pkcs11: { module: null, token: null, keyLabel: null, keyId: null, pinFile: null, oaep: "auto" },
+    pkcs11: { module: null, token: null, tokenSerial: null, keyLabel: null, keyId: null, pinFile: null, oaep: "auto" },
     zymkey: { library: null },
     soft: { enabled: false, keyFile: null },
   };
@@ -85,6 +86,11 @@ export const KEYS: Record<string, Setter> = {
   },
   "pkcs11.module": (c, v) => void (c.pkcs11.module = str(v)),
   "pkcs11.token": (c, v) => void (c.pkcs11.token = str(v)),
+  "pkcs11.token-serial": (c, v, bad) => {
+    // CK_TOKEN_INFO.serialNumber is 16 blank-padded printable characters (v2.40 §3.2).
+    if (v.length > 16 || !/^[\x21-\x7e]*$/.test(v)) throw bad("pkcs11.token-serial must be the token's serial number: at most 16 printable characters, no blanks");
+    c.pkcs11.tokenSerial = str(v);
+  },
   "pkcs11.key-label": (c, v) => void (c.pkcs11.keyLabel = str(v)),
   "pkcs11.key-id": (c, v, bad) => {
     if (v !== "" && !/^([0-9a-fA-F]{2})+$/.test(v)) throw bad("pkcs11.key-id must be hex bytes");

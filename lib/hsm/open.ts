@@ -58,6 +58,7 @@ export function openHsm(name: BackendName, cfg: HsmConfig, io: HsmIo): Hsm {
         oaep: p.oaep,
         warn: io.warn,
         ...(p.token ? { token: p.token } : {}),
+        ...(p.tokenSerial ? { tokenSerial: p.tokenSerial } : {}),
         ...(p.keyLabel ? { keyLabel: p.keyLabel } : {}),
         ...(p.keyId ? { keyId: p.keyId } : {}),
       });

@@ -34,8 +34,9 @@ export interface ProbeResult {
  * The outcome of an unseal, by failure class:
  * - `absent`: the HSM is not there (no device node, no module, no token) — may appear later;
  * - `no-match`: the HSM is there but the blob is not for it (another TPM, key not on the token, another host);
- * - `denied`: the HSM refused by policy (PCR values changed, wrong PIN, lockout);
- * - `failed`: anything else (malformed blob, I/O error, an integrity check on the response failed).
+ * - `denied`: the HSM refused by policy (PCR values changed, wrong PIN), for good as far as zbunlock is concerned;
+ * - `failed`: anything else (malformed blob, I/O error, an integrity check on the response failed,
+ *   a TPM in dictionary-attack lockout, which heals after its recovery time).
  * `secret` belongs to the caller, who wipes it after use.
  */
 export type UnsealResult =

@@ -43,9 +43,22 @@ const MAX_BYTES = 64 * 1024;
 /** use_shared_key = false: the one-way key, bound to this host (Zymbit C API, zkLockDataF2F). */
 const ONE_WAY_KEY = false;
 
+/**
+ * zkUnlockDataB2B attempts before a failure (rc < 0) counts as no-match, and
+ * the pause between them. The library answers every failure with a negative
+ * rc, a signature that does not verify (another device: for good) and a
+ * daemon or I²C hiccup (zkifc restarting, a bus error: gone a moment later)
+ * alike; no-match makes zbunlock mark the slot invalid (row U2), so one
+ * hiccup must not. A genuine no-match costs (attempts - 1) × delay more.
+ */
+export const UNLOCK_ATTEMPTS = 3;
+export const UNLOCK_RETRY_DELAY_MS = 250;
+
 export interface ZymkeyOptions extends BackendOptions {
   /** Path or name of libzk_app_utils.so; default: search {@link ZYMKEY_SEARCH}. */
   library?: string;
+  /** Pause between unlock attempts; default {@link UNLOCK_RETRY_DELAY_MS} (tests shorten it). */
+  retryDelayMs?: number;
 }
 
 const ZK_SYMBOLS = {
@@ -82,10 +95,14 @@ interface B2BResult {
 export class ZymkeyHsm implements Hsm {
   readonly name = "zymkey" as const;
   readonly #candidates: readonly string[];
+  readonly #warn: (line: string) => void;
+  readonly #retryDelayMs: number;
   #lib: ZkLib | null = null;
 
   constructor(opts: ZymkeyOptions = {}) {
     this.#candidates = opts.library ? [opts.library] : ZYMKEY_SEARCH;
+    this.#warn = opts.warn ?? ((line) => console.error(line));
+    this.#retryDelayMs = opts.retryDelayMs ?? UNLOCK_RETRY_DELAY_MS;
   }
 
   /** Loads the library and opens (then closes) a context. Never throws. */
@@ -117,7 +134,11 @@ export class ZymkeyHsm implements Hsm {
     return { version: ZYMKEY_DATA_VERSION, locked: b64(out) };
   }
 
-  /** Verify and decrypt data from seal(). Never throws. */
+  /**
+   * Verify and decrypt data from seal(). A failed unlock (rc < 0) is tried
+   * again, in a new context, {@link UNLOCK_ATTEMPTS} times in all before it
+   * counts as no-match (see there). Never throws.
+   */
   async unseal(data: SealedData): Promise<UnsealResult> {
     let locked: Uint8Array;
     try {
@@ -128,14 +149,22 @@ export class ZymkeyHsm implements Hsm {
     const loaded = this.#load();
     if (!loaded.ok) return { kind: "absent", why: loaded.why };
     const lib = loaded.lib;
-    let r: Ctx<B2BResult>;
-    try {
-      r = withContext(lib, (ctx) => callB2B(lib.zkUnlockDataB2B, ctx, locked, true));
-    } catch (e) {
-      return { kind: "failed", why: (e as Error).message };
+    const failures: number[] = [];
+    for (let attempt = 1; ; attempt++) {
+      let r: Ctx<B2BResult>;
+      try {
+        r = withContext(lib, (ctx) => callB2B(lib.zkUnlockDataB2B, ctx, locked, true));
+      } catch (e) {
+        return { kind: "failed", why: (e as Error).message };
+      }
+      if (!r.ok) return { kind: "absent", why: r.why };
+      if (r.value.rc >= 0 || attempt >= UNLOCK_ATTEMPTS) {
+        if (r.value.rc >= 0 && failures.length > 0) this.#warn(`zb: zkUnlockDataB2B succeeded on attempt ${attempt} (before: rc ${failures.join(", rc ")})`);
+        return unlockOutcome(r.value, attempt);
+      }
+      failures.push(r.value.rc);
+      await Bun.sleep(this.#retryDelayMs);
     }
-    if (!r.ok) return { kind: "absent", why: r.why };
-    return unlockOutcome(r.value);
   }
 
   /** Unload the library. Idempotent; a later call loads it again. */
@@ -173,11 +202,12 @@ function parseSealed(data: SealedData): Uint8Array {
  * Anything else is `no-match`: the Zymkey checks the signature with the
  * one-way key before decrypting, so data locked by another device and
  * corrupted data fail the same way and cannot be told apart.
+ * @param attempts how many unlocks were tried (all failed when this one did)
  */
-function unlockOutcome({ rc, out }: B2BResult): UnsealResult {
+function unlockOutcome({ rc, out }: B2BResult, attempts: number): UnsealResult {
   if (rc >= 0 && out && out.length > 0) return { kind: "ok", secret: out };
   wipe(out);
-  const how = rc < 0 ? `zkUnlockDataB2B failed (rc ${rc})` : `zkUnlockDataB2B returned ${rc} without data`;
+  const how = rc < 0 ? `zkUnlockDataB2B failed (rc ${rc}${attempts > 1 ? `, ${attempts} attempts` : ""})` : `zkUnlockDataB2B returned ${rc} without data`;
   return {
     kind: "no-match",
     why: `${how}: the data was locked by another Zymkey or host binding, or it is corrupted (the two cannot be told apart)`,

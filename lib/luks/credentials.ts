@@ -30,6 +30,8 @@ export const DATA_MAPPING = "zb-data";
 export const MAX_META_BYTES = 16 * 1024;
 /** A credentials archive is at most this long (meta + two blobs + headers, padded); also how far back from the end of an initramfs we look. */
 export const MAX_CRED_ARCHIVE_BYTES = 256 * 1024;
+/** Room for NUL padding after the archive (its 512-byte block, a tool's padding) in the tail that is read. */
+const TAIL_PADDING_BYTES = 4096;
 
 /** meta.json. Every field is documented in docs/credentials.md. */
 export interface CredentialMeta {
@@ -239,7 +241,8 @@ export interface AppendedCredentials {
  * Find the uncompressed credentials archive at the end of an initramfs
  * (what appendCredentials wrote): the last newc archive, followed only by
  * NUL padding, whose entries all lie under zb/credentials.
- * @param initramfs the whole file, or its tail (offsets are then relative to the tail)
+ * @param initramfs the whole file, or its tail from a 4-aligned offset, as
+ *   credentialTail reads it (offsets are then relative to the tail)
  * @returns null when the initramfs ends in something else (no credentials appended)
  * @throws {ZbError} CRED_INVALID when such an archive is there but its content is malformed
  * @example findAppendedCredentials(readFileSync("slot-a/initramfs"))?.credentials.meta
@@ -251,13 +254,16 @@ export function findAppendedCredentials(initramfs: Uint8Array): AppendedCredenti
 }
 
 /**
- * The end of a file that can hold appended credentials (the largest archive
- * plus padding), read without the rest. Offsets stay 4-aligned: a file that
- * ends in appended credentials has a size divisible by 4.
+ * The end of a file that can hold appended credentials: its last 260 KiB
+ * (the largest archive plus 4 KiB of padding), read without the rest.
+ * `start` is rounded down to a multiple of 4, so an offset that is 4-aligned
+ * in the tail is 4-aligned in the file, where the kernel looks for headers
+ * (buffer-format.rst). The file's size need not be: a tool may have padded
+ * it with any number of NULs, which the kernel skips.
  * @throws {ZbError} IO
  */
 export function credentialTail(sys: Sys, path: string, size: number): { start: number; bytes: Uint8Array } {
-  const start = Math.max(0, size - MAX_CRED_ARCHIVE_BYTES - 4096);
+  const start = Math.max(0, size - MAX_CRED_ARCHIVE_BYTES - TAIL_PADDING_BYTES) & ~3;
   return { start, bytes: sys.readAt(path, start, size - start) };
 }
 
@@ -269,13 +275,9 @@ export function credentialTail(sys: Sys, path: string, size: number): { start: n
  * or an earlier archive does not parse to the end and is skipped.
  */
 function locateCredentialArchive(bytes: Uint8Array): { offset: number; end: number; entries: CpioEntry[] } | null {
-  let last = bytes.length;
-  while (last > 0 && bytes[last - 1] === 0) last--;
-  const lo = Math.max(0, last - MAX_CRED_ARCHIVE_BYTES);
-  const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const last = contentEnd(bytes);
   let best: { offset: number; end: number; entries: CpioEntry[] } | null = null;
-  for (let p = buf.lastIndexOf(NEWC_MAGIC, last - 1, "latin1"); p >= lo; p = p > 0 ? buf.lastIndexOf(NEWC_MAGIC, p - 1, "latin1") : -1) {
-    if (p % 4 !== 0) continue;
+  for (const p of headerCandidates(bytes, last)) {
     let archive;
     try {
       archive = readOneArchive(bytes, p, CRED_LIMITS);
@@ -290,6 +292,53 @@ function locateCredentialArchive(bytes: Uint8Array): { offset: number; end: numb
   return best;
 }
 
+/** Where the content ends: trailing NULs are padding, which the kernel skips at any length. */
+function contentEnd(bytes: Uint8Array): number {
+  let last = bytes.length;
+  while (last > 0 && bytes[last - 1] === 0) last--;
+  return last;
+}
+
+/**
+ * Offsets of possible newc headers in the 256 KiB before `last`, from the end
+ * backwards: 4-aligned ones only, since the kernel reads a header nowhere
+ * else (bytes must start 4-aligned in the file: credentialTail).
+ */
+function* headerCandidates(bytes: Uint8Array, last: number): Generator<number> {
+  const lo = Math.max(0, last - MAX_CRED_ARCHIVE_BYTES);
+  const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  for (let p = buf.lastIndexOf(NEWC_MAGIC, last - 1, "latin1"); p >= lo; p = p > 0 ? buf.lastIndexOf(NEWC_MAGIC, p - 1, "latin1") : -1) {
+    if (p % 4 === 0) yield p;
+  }
+}
+
+/**
+ * A credentials archive that does not end the file (bytes other than NULs
+ * follow it): the offset of the last one, or null. Appending after it would
+ * leave two sets for the kernel to unpack, the old files mixed with the new
+ * (a data.sealed the new credentials do not have would stay).
+ */
+function strandedCredentials(bytes: Uint8Array): { offset: number; other: number } | null {
+  const last = contentEnd(bytes);
+  let found: { offset: number; end: number } | null = null;
+  for (const p of headerCandidates(bytes, last)) {
+    let a;
+    try {
+      a = readOneArchive(bytes, p, CRED_LIMITS);
+    } catch {
+      continue; // not the start of an archive
+    }
+    if (a.end >= last || a.entries.length === 0 || !a.entries.every((e) => CRED_NAMES.has(normalName(e.name)))) continue;
+    // Each entry of an archive parses to its trailer: the archive starts at the earliest of them.
+    if (found !== null && a.end !== found.end) break;
+    found = { offset: p, end: a.end };
+  }
+  if (found === null) return null;
+  let other = found.end;
+  while (bytes[other] === 0) other++; // the archive's own padding
+  return { offset: found.offset, other };
+}
+
 /**
  * Append a credentials archive to an initramfs file, replacing credentials
  * appended earlier. The existing content is padded with NULs to a 4-byte
@@ -300,7 +349,10 @@ function locateCredentialArchive(bytes: Uint8Array): { offset: number; end: numb
  * file, not a symbolic link (the rename would replace the link).
  * @param cpio an archive from packCredentials (checked before anything is written)
  * @returns the offset of the archive in the new file, and whether older credentials were replaced
- * @throws {ZbError} CRED_INVALID when `cpio` is not a credentials archive; IO when the file cannot be read or written
+ * @throws {ZbError} CRED_INVALID when `cpio` is not a credentials archive, or
+ *   when credentials appended earlier are followed by other data (they could
+ *   not be replaced, and the kernel would unpack both sets); IO when the file
+ *   cannot be read or written
  * @example appendCredentials(sys, "/boot/firmware/slot-b/initramfs", packCredentials(creds))
  */
 export function appendCredentials(sys: Sys, initramfsPath: string, cpio: Uint8Array): { offset: number; replaced: boolean } {
@@ -326,7 +378,8 @@ export function appendCredentials(sys: Sys, initramfsPath: string, cpio: Uint8Ar
  * `initramfsPath`: a regular file whose tail reads, in a folder where the
  * temp copy can be created. `zb cred create` calls it before it formats a
  * device, so a wrong path fails while the disks are still as they were.
- * @throws {ZbError} IO
+ * @throws {ZbError} IO; CRED_INVALID when credentials appended earlier are
+ *   followed by other data (appendCredentials would refuse)
  */
 export function checkAppendable(sys: Sys, initramfsPath: string): void {
   const { tmp } = appendPlan(sys, initramfsPath);
@@ -335,12 +388,23 @@ export function checkAppendable(sys: Sys, initramfsPath: string): void {
   sys.unlink(tmp);
 }
 
-/** The file's state, how much of it stays (older credentials cut off) and the temp copy's path. */
+/**
+ * The file's state, how much of it stays (older credentials cut off) and the temp copy's path.
+ * @throws {ZbError} IO; CRED_INVALID when credentials appended earlier are followed by other data
+ */
 function appendPlan(sys: Sys, initramfsPath: string) {
   const st = sys.stat(initramfsPath);
   if (!st || st.kind !== "file") throw new ZbError("IO", `cannot append credentials to ${initramfsPath}: ${st ? "not a regular file" : "no such file"}`);
   const tail = credentialTail(sys, initramfsPath, st.size);
   const old = locateCredentialArchive(tail.bytes);
+  if (!old) {
+    const stranded = strandedCredentials(tail.bytes);
+    if (stranded) {
+      throw new ZbError("CRED_INVALID", `cannot append credentials to ${initramfsPath}: the credentials at byte ${tail.start + stranded.offset} are followed by data zb does not recognise (from byte ${tail.start + stranded.other}); appending more would make the kernel unpack both`, {
+        hint: "rebuild the initramfs (update-initramfs -u), then append the credentials again",
+      });
+    }
+  }
   const keep = old ? tail.start + old.offset : st.size;
   return { st, old, keep, tmp: join(dirname(initramfsPath), `.${basename(initramfsPath)}.zb-new`) };
 }

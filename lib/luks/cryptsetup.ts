@@ -151,7 +151,11 @@ export class CryptsetupCli implements Cryptsetup {
 
   /**
    * @param opts.binary program name or path; default `cryptsetup` on PATH (plus /usr/sbin, /sbin)
-   * @param opts.timeoutMs kill cryptsetup after this long; default 120 s (an argon2id format takes ~11 s here)
+   * @param opts.timeoutMs kill cryptsetup after this long; default 120 s (an argon2id format takes ~11 s here).
+   *   The clock starts when cryptsetup is given its key (or its stdin is
+   *   closed), not when it is spawned: a prepared open waits for a key that
+   *   may take a person minutes to unlock (a PIN prompt), and that wait is
+   *   not cryptsetup's work
    */
   constructor(opts: { binary?: string; timeoutMs?: number } = {}) {
     this.binary = opts.binary ?? "cryptsetup";
@@ -200,6 +204,8 @@ export class CryptsetupCli implements Cryptsetup {
    * part was 0.11–0.16 s of an open of 0.39–0.53 s), then blocks reading stdin, where
    * `open(key)` writes the key. `cancel()` kills it when no key comes; it has
    * mapped nothing then (the mapping is made only after a keyslot opened).
+   * The timeout counts from `open(key)`: the unseal before it may wait for a
+   * PIN for as long as the person takes.
    * @throws {ZbError} LUKS_FAILED when cryptsetup cannot be started; USAGE for a bad name
    */
   prepareOpen(device: string, name: string, opts: OpenOptions = {}): PreparedOpen {
@@ -277,10 +283,10 @@ export class CryptsetupCli implements Cryptsetup {
    */
   private start(spec: Omit<RunSpec, "stdinKey" | "fd3Key"> & { stdin: boolean }, extraFds: number[] = [], otherKeys: Uint8Array[] = []): Running {
     const exe = resolveBinary(this.binary, spec.what);
-    const started = performance.now();
     let proc: Subprocess<"pipe" | "ignore", "pipe", "pipe">;
     try {
-      proc = Bun.spawn([exe, ...spec.args], { stdio: [spec.stdin ? "pipe" : "ignore", "pipe", "pipe", ...extraFds], env: childEnv(), timeout: this.timeoutMs, killSignal: "SIGKILL" });
+      // No spawn timeout: its clock would start now, before a prepared open's key exists (see `finish`).
+      proc = Bun.spawn([exe, ...spec.args], { stdio: [spec.stdin ? "pipe" : "ignore", "pipe", "pipe", ...extraFds], env: childEnv() });
     } catch (e) {
       throw new ZbError("LUKS_FAILED", `cannot ${spec.what}: cannot run ${exe}: ${(e as Error).message}`, { cause: e });
     }
@@ -288,6 +294,8 @@ export class CryptsetupCli implements Cryptsetup {
     const output = Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
     let state: "new" | "finishing" | "killed" = "new";
     const timeoutMs = this.timeoutMs;
+    let timedOut = false;
+    let timer: ReturnType<typeof setTimeout> | undefined;
     const kill = async () => {
       if (state !== "new") return;
       state = "killed";
@@ -301,16 +309,26 @@ export class CryptsetupCli implements Cryptsetup {
         checkKey(key, spec.what);
       }
       state = "finishing";
+      // cryptsetup's own work starts now: the timeout counts from here (constructor).
+      timer = setTimeout(() => {
+        timedOut = true;
+        proc.kill("SIGKILL");
+      }, timeoutMs);
       const keys = key ? [key, ...otherKeys] : otherKeys;
-      if (key) {
-        await sendKey(proc.stdin as FileSink, key, spec.what).catch((e: unknown) => {
-          proc.kill("SIGKILL");
-          throw e;
-        });
-      } else if (spec.stdin) void (proc.stdin as FileSink).end();
-      const [stdout, stderr, code] = await output;
+      let stdout: string, stderr: string, code: number;
+      try {
+        // A child that already ended (a missing device) is not sent the key: its exit status says why.
+        if (key && proc.exitCode === null && proc.signalCode === null) {
+          await sendKey(proc.stdin as FileSink, key, spec.what).catch((e: unknown) => {
+            proc.kill("SIGKILL");
+            throw e;
+          });
+        } else if (spec.stdin) void (proc.stdin as FileSink).end();
+        [stdout, stderr, code] = await output;
+      } finally {
+        clearTimeout(timer);
+      }
       if (proc.signalCode) {
-        const timedOut = performance.now() - started >= timeoutMs;
         throw new ZbError("LUKS_FAILED", `cannot ${spec.what}: cryptsetup was killed by ${proc.signalCode}${timedOut ? ` (timeout ${timeoutMs / 1000} s)` : ""}`);
       }
       if (code === 0 || spec.accept?.includes(code)) return { code, stdout, stderr };
@@ -479,17 +497,19 @@ function replaceAll(hay: Buffer, needle: Uint8Array, mark: Uint8Array): Buffer {
 /**
  * Write the key into the child's stdin and close it (EOF ends the key). A
  * child that exits without reading (a bad device, a missing module) makes
- * the write fail with EPIPE or ECONNRESET: its exit status says why, so that
- * failure is not reported on its own. Anything else is.
+ * the write fail with EPIPE or ECONNRESET, or (Bun 1.4, once the child is
+ * gone) return `true` instead of a byte count: its exit status says why, so
+ * that failure is not reported on its own. Anything else is.
  * @throws {ZbError} LUKS_FAILED when the key could not be handed over
  */
 async function sendKey(sink: FileSink, key: Uint8Array, what: string): Promise<void> {
   try {
     // A write the socket cannot take at once returns a Promise (Bun then
     // holds the rest); keys fit the socket buffer, so that means the child is gone.
-    const n = sink.write(key);
+    const n: unknown = sink.write(key);
     if (n instanceof Promise) await n;
-    else if (n !== key.length) throw new Error(`wrote ${n} of ${key.length} bytes`);
+    else if (typeof n !== "number") return; // the sink is closed: the child is gone
+    else if (n !== key.length) throw new Error(`only ${n} of its ${key.length} bytes were written`);
     await sink.end();
   } catch (e) {
     const code = (e as { code?: string }).code;

@@ -32,6 +32,13 @@ const OFF_CSUM = 448;
 const CSUM_LEN = 64;
 /** Valid hdr_size values: 16 KiB … 4 MiB, powers of two (spec §2.1). */
 const HDR_SIZES = [16, 32, 64, 128, 256, 512, 1024, 2048, 4096].map((k) => k * 1024);
+/**
+ * Where a LUKS2 secondary header can be: at the primary's hdr_size (spec
+ * §2.1), so one of the valid sizes. When the primary is unreadable its size
+ * is unknown and each is tried, as cryptsetup does (hdr2_offsets in
+ * lib/luks2/luks2_disk_metadata.c).
+ */
+export const LUKS2_SECONDARY_OFFSETS: readonly number[] = HDR_SIZES;
 
 export interface LuksHeader {
   version: 1 | 2;
@@ -78,6 +85,9 @@ export function parseLuksHeader(bytes: Uint8Array): LuksHeader | null {
   const subsystem = cString(bytes, OFF_SUBSYSTEM, 48);
   const checksumAlg = cString(bytes, OFF_CSUM_ALG, 32);
   if (hdrSize === null || !HDR_SIZES.includes(hdrSize) || seqid === null || hdrOffset === null) return null;
+  // hdr_offset is where this copy sits: 0 for the primary, hdr_size for the
+  // secondary; cryptsetup refuses a copy whose field disagrees (hdr_read_disk).
+  if (hdrOffset !== (primary ? 0 : hdrSize)) return null;
   if (label === null || subsystem === null || checksumAlg === null) return null;
   return { version: 2, uuid, secondary: !primary, label, subsystem, hdrSize, seqid, checksumAlg, hdrOffset };
 }
@@ -117,4 +127,28 @@ function cString(bytes: Uint8Array, off: number, len: number): string | null {
 function safeU64(dv: DataView, off: number): number | null {
   const v = dv.getBigUint64(off, false);
   return v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : null;
+}
+
+/**
+ * A valid LUKS2 secondary header (the copy cryptsetup falls back to when the
+ * primary is damaged): tried at each of {@link LUKS2_SECONDARY_OFFSETS}; the
+ * first whose magic, version, hdr_offset (= the offset it was read at) and
+ * checksum are right. Pure apart from `read`.
+ * @param read `length` bytes at `offset` of the device, or fewer at its end; may throw to skip
+ * @returns the header (marked `secondary`), or null when there is none
+ * @example secondaryLuksHeader((off, n) => sys.readAt(dev, off, n))?.uuid
+ */
+export function secondaryLuksHeader(read: (offset: number, length: number) => Uint8Array): LuksHeader | null {
+  for (const off of LUKS2_SECONDARY_OFFSETS) {
+    let h: LuksHeader | null;
+    try {
+      h = parseLuksHeader(read(off, LUKS_PROBE_BYTES));
+      // A secondary sits at its hdr_size; its checksum covers hdr_size bytes from there.
+      if (!h?.secondary || h.hdrOffset !== off || !verifyLuks2Checksum(read(off, off))) continue;
+    } catch {
+      continue; // shorter than the offset, or unreadable there
+    }
+    return h;
+  }
+  return null;
 }

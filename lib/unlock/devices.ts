@@ -4,11 +4,13 @@
  * read the first bytes of each /dev node.
  *
  * The header is parsed by lib/luks/header.ts (UUID at offset 168 in LUKS1
- * and LUKS2); only a primary header names a device.
+ * and LUKS2). A device whose primary header is damaged is still found by a
+ * valid LUKS2 secondary copy, since cryptsetup opens it from that copy
+ * (LUKS2 on-disk format §2.1).
  */
 import { basename, join } from "node:path";
 import { ZbError } from "../errors.ts";
-import { LUKS_PROBE_BYTES, parseLuksHeader } from "../luks/header.ts";
+import { LUKS_PROBE_BYTES, parseLuksHeader, secondaryLuksHeader } from "../luks/header.ts";
 import type { Sys } from "../sys/sys.ts";
 
 /** The UUID of a primary LUKS header, or null when `head` is not one. Pure. */
@@ -30,6 +32,11 @@ export function blockDevices(sys: Sys, root: string): string[] {
  * are devices held by another (a member of a RAID1 whose metadata sits at
  * its end shows the array's header too; /sys/class/block/X/holders names
  * the array).
+ *
+ * Primary headers are looked at first (one 4 KiB read per device). Only when
+ * none has the UUID are the devices without a LUKS primary searched for a
+ * valid LUKS2 secondary header (up to nine reads each, at 16 KiB … 4 MiB):
+ * cryptsetup opens such a device from its secondary, so zbunlock must find it.
  * @throws {ZbError} LUKS_FAILED when two devices carry the UUID: a copy of
  *   the disk (a dd backup on a USB stick) must not be opened as the root
  *   because its name sorts first
@@ -37,6 +44,7 @@ export function blockDevices(sys: Sys, root: string): string[] {
 export function findLuksDevice(sys: Sys, root: string, uuid: string): string | null {
   const want = uuid.toLowerCase();
   const found: string[] = [];
+  const noPrimary: string[] = [];
   for (const dev of blockDevices(sys, root)) {
     let head: Uint8Array;
     try {
@@ -45,7 +53,15 @@ export function findLuksDevice(sys: Sys, root: string, uuid: string): string | n
     } catch {
       continue;
     }
-    if (luksUuidOf(head) === want) found.push(dev);
+    const primary = parseLuksHeader(head);
+    if (primary && !primary.secondary) {
+      if (primary.uuid.toLowerCase() === want) found.push(dev);
+    } else noPrimary.push(dev);
+  }
+  if (found.length === 0) {
+    for (const dev of noPrimary) {
+      if (secondaryLuksHeader((off, n) => sys.readAt(dev, off, n))?.uuid.toLowerCase() === want) found.push(dev);
+    }
   }
   if (found.length > 1) {
     throw new ZbError("LUKS_FAILED", `cannot choose the device with LUKS UUID ${want}: ${found.length} devices carry it (${found.join(", ")})`, {

@@ -151,7 +151,9 @@ async function unlockVolume(backend: BackendName, vol: Volume, blobBytes: Uint8A
   // cryptsetup starts (loads its libraries, reads the header) while the key
   // is unsealed: the boot transition is durable by now, so nothing here runs
   // before the boot is counted. It is cancelled as soon as the unseal does
-  // not answer at once (a wait for the HSM may outlast its timeout) or fails.
+  // not answer at once (the HSM is not there yet: no point keeping it) or
+  // fails. Its timeout counts from the key, not from here: an unseal may wait
+  // for a typed PIN for minutes (lib/luks/cryptsetup.ts, prepareOpen).
   let prepared: PreparedOpen | null = null;
   try {
     prepared = env.luks.prepareOpen?.(device, vol.name) ?? null;
@@ -173,7 +175,8 @@ async function unlockVolume(backend: BackendName, vol: Volume, blobBytes: Uint8A
         await env.sleep(POLL_MS);
         continue;
       }
-      const e = unsealError(r, env.hsm.name);
+      // A backend's own typed error (a PIN file with a loose mode: CONFIG) keeps its code and hint.
+      const e = "error" in r ? r.error : unsealError(r, env.hsm.name);
       return { ok: false, kind: r.kind, permanent: r.kind === "no-match" || r.kind === "denied", why: `${vol.name}: ${r.why}`, error: e };
     }
     const given = prepared;
@@ -192,14 +195,16 @@ async function unlockVolume(backend: BackendName, vol: Volume, blobBytes: Uint8A
 
 /**
  * One unseal; a backend that throws instead of answering (the soft backend
- * when it is not enabled: CONFIG) is a failed unseal, never a LUKS failure.
+ * when it is not enabled, a pkcs11 PIN file with a loose mode: CONFIG) is a
+ * failed unseal, never a LUKS failure, that keeps the thrown error: its code
+ * is the exit status (docs/exit-codes.md).
  */
-async function unsealOnce(hsm: Hsm, data: SealedData): Promise<UnsealResult> {
+async function unsealOnce(hsm: Hsm, data: SealedData): Promise<UnsealResult | (UnsealFailure & { error: ZbError })> {
   try {
     return await hsm.unseal(data);
   } catch (e) {
     if (!isZbError(e)) throw e;
-    return { kind: e.code === "HSM_ABSENT" ? "absent" : "failed", why: e.message };
+    return { kind: e.code === "HSM_ABSENT" ? "absent" : "failed", why: e.message, error: e };
   }
 }
 

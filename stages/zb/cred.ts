@@ -9,6 +9,7 @@ import { onlyThese, parseArgs, type ParsedArgs } from "../../lib/cli/args.ts";
 import { ZbError, ioError } from "../../lib/errors.ts";
 import { unsealError } from "../../lib/hsm/blob.ts";
 import { parsePcrs, type HsmConfig } from "../../lib/hsm/config.ts";
+import type { Hsm } from "../../lib/hsm/types.ts";
 import { appendCredentials, checkAppendable, credentialTail, findAppendedCredentials, packCredentials, readCredentials, type LoadedCredentials } from "../../lib/luks/credentials.ts";
 import { CryptsetupCli } from "../../lib/luks/cryptsetup.ts";
 import { enrollSlot, type DataTarget } from "../../lib/luks/enroll.ts";
@@ -105,13 +106,17 @@ async function create(args: ParsedArgs): Promise<number> {
   // a formatted device whose new key was never saved is lost.
   const sys = new HostSys();
   const target = initramfs === undefined ? null : appendTarget(sys, initramfs, [rootDev, args.values.get("data")]);
-  const file = output === undefined ? null : createNew(output, 0o644, "the credentials archive");
-  const dataKey = await dataKeyFrom(args, cfg).catch((e: unknown) => {
-    file?.abandon();
-    throw e;
-  });
-  const hsm = hsmFor(cfg.backend, cfg);
+  // 0600 like `zb hsm seal -o` blobs: the archive is the sealed keys, which only the HSM opens,
+  // but it also says which volumes, backend and slot; nobody else needs to read it.
+  const file = output === undefined ? null : createNew(output, 0o600, "the credentials archive");
+  let written = false;
+  let dataKey: Uint8Array | undefined;
+  let hsm: Hsm | undefined;
   try {
+    // Inside the try: a backend that cannot be opened (CONFIG) removes the claimed
+    // file again and wipes a data key already unsealed.
+    dataKey = await dataKeyFrom(args, cfg);
+    hsm = hsmFor(cfg.backend, cfg);
     const data = dataTarget(args, dataKey);
     const creds = await enrollSlot({
       hsm, crypt: new CryptsetupCli(), slot, root: { device: rootDev, format: true },
@@ -119,15 +124,17 @@ async function create(args: ParsedArgs): Promise<number> {
     });
     const cpio = packCredentials(creds);
     file?.finish(cpio);
+    written = true;
     if (target) appendCredentials(sys, target, cpio);
     out(args.flags.has("json") ? JSON.stringify(creds.meta) + "\n" : describe(creds.meta));
     return 0;
   } catch (e) {
-    file?.abandon();
+    // A written archive stays: the root is formatted by then and the archive holds its only sealed key.
+    if (!written) file?.abandon();
     throw e;
   } finally {
     wipe(dataKey);
-    await hsm.close();
+    await hsm?.close();
   }
 }
 

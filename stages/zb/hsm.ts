@@ -24,6 +24,7 @@ export const HSM_OPTIONS_HELP = `HSM options (override ${DEFAULT_HSM_CONFIG}; se
                            after unlocking, so nothing unseals again until reboot
   --pkcs11-module PATH     the PKCS#11 module (.so)
   --pkcs11-token LABEL     the token's label
+  --pkcs11-token-serial S  seal: which of several tokens with that label
   --pkcs11-key-label L     the RSA key pair on the token (or --pkcs11-key-id HEX)
   --pin-file FILE          the token PIN (mode 0600); without it zb asks on the terminal
   --zymkey-library PATH    libzk_app_utils.so
@@ -37,6 +38,7 @@ export const HSM_OPTIONS: OptionSpecs = {
   tpm: { value: true },
   "pkcs11-module": { value: true },
   "pkcs11-token": { value: true },
+  "pkcs11-token-serial": { value: true },
   "pkcs11-key-label": { value: true },
   "pkcs11-key-id": { value: true },
   "pin-file": { value: true },
@@ -51,6 +53,7 @@ const FLAG_KEYS: Record<string, string> = {
   tpm: "tpm2.device",
   "pkcs11-module": "pkcs11.module",
   "pkcs11-token": "pkcs11.token",
+  "pkcs11-token-serial": "pkcs11.token-serial",
   "pkcs11-key-label": "pkcs11.key-label",
   "pkcs11-key-id": "pkcs11.key-id",
   "pin-file": "pkcs11.pin-file",
@@ -93,13 +96,16 @@ export function hsmFor(name: BackendName, cfg: HsmConfig, tty?: string | readonl
 }
 
 const USAGE = `usage: zb hsm probe [--backend B] [--json] [HSM options]
-       zb hsm seal [--backend B] [--pcrs LIST] -o BLOB [HSM options]  < SECRET
+       zb hsm seal [--backend B] [--pcrs LIST] [--json] -o BLOB|- [HSM options]  < SECRET
        zb hsm unseal BLOB|- -o FILE|- [HSM options]
 
 probe:   is each HSM there? (exit 4 when --backend B is given and absent)
 seal:    seal the secret read from stdin (at most 4096 bytes; a TPM takes
-         up to 128) to the HSM; BLOB is a zb sealed blob (docs/credentials.md)
+         up to 128) to the HSM; BLOB is a zb sealed blob (docs/credentials.md),
+         a new file (left behind only when the seal succeeded), or stdout with -o -
          --pcrs 0,7  tpm2: bind to these PCRs of the sha256 bank (default tpm2.pcrs)
+         --json      a JSON summary (backend, bytes, output, PCRs) on stdout,
+                     on stderr when the blob itself goes to stdout (-o -)
 unseal:  unseal BLOB with the backend, token, key and PCRs it names (the flags
          that choose them for a seal are refused); the secret goes to a new
          file created 0600 (never replaced), or stdout with -o -
@@ -116,12 +122,15 @@ export async function hsmMain(argv: string[]): Promise<number> {
     return sub === undefined ? 2 : 0;
   }
   const positionals: Record<string, number> = { probe: 0, seal: 0, unseal: 1 };
-  if (sub in positionals) onlyThese(args, null, positionals[sub]!, `zb hsm ${sub}`);
+  // Before the config is read: a typo in the subcommand is the first thing to report, and reads nothing.
+  if (!(sub in positionals)) throw new ZbError("USAGE", `cannot run zb hsm: unknown subcommand ${JSON.stringify(sub)}`, { hint: "see `zb hsm --help`" });
+  onlyThese(args, null, positionals[sub]!, `zb hsm ${sub}`);
+  // unseal's output is the secret; a summary next to it has nothing to say that the blob does not.
+  if (sub === "unseal" && args.flags.has("json")) throw new ZbError("USAGE", "cannot unseal: --json applies to probe and seal", { hint: "the blob is JSON: it shows what it was sealed to" });
   const cfg = hsmConfigFrom(args);
   if (sub === "probe") return probe(args, cfg);
   if (sub === "seal") return seal(args, cfg);
-  if (sub === "unseal") return unseal(args, cfg);
-  throw new ZbError("USAGE", `cannot run zb hsm: unknown subcommand ${JSON.stringify(sub)}`, { hint: "see `zb hsm --help`" });
+  return unseal(args, cfg);
 }
 
 /**
@@ -176,28 +185,37 @@ async function seal(args: ParsedArgs, cfg: HsmConfig): Promise<number> {
   const pcrsFlag = args.values.get("pcrs");
   const pcrs = pcrsFlag !== undefined ? parsePcrs(pcrsFlag) : cfg.tpm2.pcrs;
   const options = sealOptions(name, cfg, pcrs, args, "seal");
-  // Claimed before the secret is read and sealed: an existing file (a key, another blob) is never replaced.
+  // Claimed before the secret is read and sealed: an existing file (a key, another blob) is never
+  // replaced. From here on every failure (an empty or too long secret, a backend that cannot be
+  // opened, the seal itself) removes it again: a failed seal leaves no empty blob behind.
   const file = output === "-" ? null : createNew(output, 0o600, "the sealed blob");
-  const secret = readSecretFd(0);
-  const hsm = hsmFor(name, cfg);
+  let secret: Uint8Array | undefined;
+  let hsm: Hsm | undefined;
   let blob: Uint8Array;
   try {
+    secret = readSecretFd(0);
+    hsm = hsmFor(name, cfg);
     blob = encodeBlob({ backend: name, data: await hsm.seal(secret, options) });
   } catch (e) {
     file?.abandon();
     throw e;
   } finally {
     wipe(secret);
-    await hsm.close();
+    await hsm?.close();
   }
   if (file) file.finish(blob);
   else out(blob, { mustArrive: true });
-  if (args.flags.has("json")) err(JSON.stringify({ backend: name, bytes: blob.length, output, pcrs: name === "tpm2" ? pcrs : undefined, lockPcr: options.lockPcr }) + "\n");
+  if (args.flags.has("json")) {
+    // On stdout like every --json, unless stdout carries the blob itself.
+    const summary = JSON.stringify({ backend: name, bytes: blob.length, output, pcrs: name === "tpm2" ? pcrs : undefined, lockPcr: options.lockPcr }) + "\n";
+    if (file) out(summary);
+    else err(summary);
+  }
   return 0;
 }
 
 /** What a blob records itself: given to unseal, these flags would be ignored, so they are refused. */
-const SEALED_IN_BLOB = ["backend", "pkcs11-token", "pkcs11-key-label", "pkcs11-key-id", "pcrs", "lock-pcr"];
+const SEALED_IN_BLOB = ["backend", "pkcs11-token", "pkcs11-token-serial", "pkcs11-key-label", "pkcs11-key-id", "pcrs", "lock-pcr"];
 
 async function unseal(args: ParsedArgs, cfg: HsmConfig): Promise<number> {
   const file = args.positional[0];

@@ -28,18 +28,32 @@ export interface Run {
   err: string;
 }
 
+/**
+ * A token by label, or by its slot (tokens may share a label: the slot id is
+ * what tells them apart for pkcs11-tool, `--slot`).
+ */
+export type TokenRef = string | { slot: string };
+
+/** A token made by initToken: its slot id (decimal, as softhsm2-util prints it) and serial number. */
+export interface MadeToken {
+  slot: string;
+  serial: string;
+}
+
 export interface SoftHsm {
   dir: string;
   conf: string;
   module: string;
-  /** Make an initialized token with the test PINs. */
-  initToken(label: string): void;
+  /** Make an initialized token with the test PINs (another with the same label is allowed). */
+  initToken(label: string): MadeToken;
+  /** Slot ids (decimal) of the initialized tokens, in the module's slot-list order (pkcs11-tool -L). */
+  slotOrder(): string[];
   /** Generate an RSA key pair on a token with pkcs11-tool. */
-  keypair(token: string, key: { id: string; label: string; bits?: number }): void;
+  keypair(token: TokenRef, key: { id: string; label: string; bits?: number }): void;
   /** Import a DER private + public key (made by openssl) under one id and label. */
-  importKey(token: string, key: { id: string; label: string; privateDer: string; publicDer: string }): void;
+  importKey(token: TokenRef, key: { id: string; label: string; privateDer: string; publicDer: string }): void;
   /** The public key of `id` as DER SubjectPublicKeyInfo, exported by pkcs11-tool. */
-  publicKeyDer(token: string, id: string): Uint8Array;
+  publicKeyDer(token: TokenRef, id: string): Uint8Array;
   /** pkcs11-tool against this SoftHSM; `--pin env:ZB_TEST_PIN` works in `args`. */
   tool(args: readonly string[]): Run;
   /** Kill nothing (SoftHSM is a library), restore SOFTHSM2_CONF, remove the temp dir. */
@@ -77,24 +91,34 @@ export function startSoftHsm(): SoftHsm {
   setNativeEnv("SOFTHSM2_CONF", conf);
   const env = { ...process.env, SOFTHSM2_CONF: conf, ZB_TEST_PIN: USER_PIN };
   const tool = (args: readonly string[]) => run(["pkcs11-tool", "--module", SOFTHSM_MODULE, ...args], env);
-  const login = (token: string) => ["--token-label", token, "--login", "--pin", "env:ZB_TEST_PIN"];
+  const which = (token: TokenRef) => (typeof token === "string" ? ["--token-label", token] : ["--slot", token.slot]);
+  const login = (token: TokenRef) => [...which(token), "--login", "--pin", "env:ZB_TEST_PIN"];
+  /** pkcs11-tool -L: each initialized token's slot id (decimal) and serial, in listing order. */
+  const listing = () =>
+    [...check(tool(["-L"]), "list slots").out.toString().matchAll(/^Slot \d+ \(0x([0-9a-f]+)\):.*\n(?:  .*\n)*?  serial num\s+: (\S+)/gm)]
+      .map((m) => ({ slot: String(parseInt(m[1]!, 16)), serial: m[2]! }));
 
   return {
     dir, conf, module: SOFTHSM_MODULE, tool,
     initToken(label) {
-      check(run(["softhsm2-util", "--init-token", "--free", "--label", label, "--so-pin", SO_PIN, "--pin", USER_PIN], env), `init token ${label}`);
+      const r = check(run(["softhsm2-util", "--init-token", "--free", "--label", label, "--so-pin", SO_PIN, "--pin", USER_PIN], env), `init token ${label}`);
+      const slot = /reassigned to slot (\d+)/.exec(r.out.toString())?.[1];
+      const made = listing().find((t) => t.slot === slot);
+      if (!made) throw new Error(`init token ${label}: cannot find its slot in pkcs11-tool -L (${r.out.toString().trim()})`);
+      return made;
     },
+    slotOrder: () => listing().map((t) => t.slot),
     keypair(token, key) {
-      check(tool([...login(token), "--keypairgen", "--key-type", `rsa:${key.bits ?? 2048}`, "--id", key.id, "--label", key.label]), `keypairgen on ${token}`);
+      check(tool([...login(token), "--keypairgen", "--key-type", `rsa:${key.bits ?? 2048}`, "--id", key.id, "--label", key.label]), `keypairgen on ${JSON.stringify(token)}`);
     },
     importKey(token, key) {
       for (const [file, type] of [[key.privateDer, "privkey"], [key.publicDer, "pubkey"]] as const) {
-        check(tool([...login(token), "--write-object", file, "--type", type, "--id", key.id, "--label", key.label]), `import ${type} to ${token}`);
+        check(tool([...login(token), "--write-object", file, "--type", type, "--id", key.id, "--label", key.label]), `import ${type} to ${JSON.stringify(token)}`);
       }
     },
     publicKeyDer(token, id) {
-      const out = join(dir, `pub-${token}-${id}.der`);
-      check(tool(["--token-label", token, "--read-object", "--type", "pubkey", "--id", id, "-o", out]), `read public key ${id}`);
+      const out = join(dir, `pub-${typeof token === "string" ? token : token.slot}-${id}.der`);
+      check(tool([...which(token), "--read-object", "--type", "pubkey", "--id", id, "-o", out]), `read public key ${id}`);
       return new Uint8Array(readFileSync(out));
     },
     close() {

@@ -151,7 +151,7 @@ describe("refusals and bad input", () => {
     { argv: ["rollback", "b"], extra: "b" },
     { argv: ["status", "extra"], extra: "extra" },
     { argv: ["mark-bad", "other", "extra"], extra: "extra" },
-  ])("zb $argv: an argument the command does not read is USAGE, nothing changed", ({ argv, extra }) => {
+  ] as { argv: string[]; extra: string }[])("zb $argv: an argument the command does not read is USAGE, nothing changed", ({ argv, extra }) => {
     const before = envBytes();
     const r = zb(argv);
     expect(r.code).toBe(2);

@@ -41,10 +41,15 @@ describe("zb hsm", () => {
     expect(zb(["hsm", "unseal", join(dir, "a.sealed"), "-o", "-", ...soft()]).raw).toEqual(SECRET);
   });
 
-  const REFUSALS: { name: string; argv: () => string[]; stdin?: Uint8Array; code: number; err: RegExp; keeps?: string }[] = [
+  const REFUSALS: { name: string; argv: () => string[]; stdin?: Uint8Array; code: number; err: RegExp; keeps?: string; leaves?: string }[] = [
     { name: "unseal never replaces a file", argv: () => ["hsm", "unseal", join(dir, "a.sealed"), "-o", join(dir, "a.out"), ...soft()], code: 2, err: /the file exists/ },
-    { name: "soft backend not enabled", argv: () => ["hsm", "seal", "--backend", "soft", "--config", join(dir, "none.conf"), "-o", join(dir, "b.sealed")], stdin: SECRET, code: 8, err: /soft/ },
-    { name: "empty secret", argv: () => ["hsm", "seal", "--backend", "soft", ...soft(), "-o", join(dir, "b.sealed")], stdin: new Uint8Array(0), code: 2, err: /it is empty/ },
+    { name: "soft backend not enabled", argv: () => ["hsm", "seal", "--backend", "soft", "--config", join(dir, "none.conf"), "-o", join(dir, "b.sealed")], stdin: SECRET, code: 8, err: /soft/, leaves: "b.sealed" },
+    // A failed seal leaves no (empty) blob file behind: the output is claimed first, and removed again.
+    { name: "empty secret", argv: () => ["hsm", "seal", "--backend", "soft", ...soft(), "-o", join(dir, "b.sealed")], stdin: new Uint8Array(0), code: 2, err: /it is empty/, leaves: "b.sealed" },
+    { name: "a secret over 4096 bytes", argv: () => ["hsm", "seal", "--backend", "soft", ...soft(), "-o", join(dir, "b.sealed")], stdin: new Uint8Array(4097), code: 2, err: /longer than 4096 bytes/, leaves: "b.sealed" },
+    { name: "a TPM that refuses (a regular file as --tpm), no blob left", argv: () => ["hsm", "seal", "--backend", "tpm2", "--tpm", join(dir, "none.conf"), "--config", join(dir, "none.conf"), "-o", join(dir, "b.sealed")], stdin: SECRET, code: 8, err: /cannot use .*none.conf as a TPM: it is not a character device \(a regular file\)/, leaves: "b.sealed", keeps: "none.conf" },
+    { name: "unseal --json (the output is the secret; no summary)", argv: () => ["hsm", "unseal", join(dir, "a.sealed"), "-o", "-", "--json", ...soft()], code: 2, err: /cannot unseal: --json applies to probe and seal/ },
+    { name: "an unknown subcommand, before the config is read", argv: () => ["hsm", "bogus", "--config", join(dir, "missing.conf")], code: 2, err: /cannot run zb hsm: unknown subcommand "bogus"/ },
     { name: "no backend", argv: () => ["hsm", "seal", "--config", join(dir, "none.conf"), "-o", join(dir, "b.sealed")], stdin: SECRET, code: 2, err: /no backend given/ },
     { name: "--pcrs for a backend without PCRs", argv: () => ["hsm", "seal", "--backend", "soft", ...soft(), "--pcrs", "7", "-o", join(dir, "b.sealed")], stdin: SECRET, code: 2, err: /--pcrs and --lock-pcr apply to tpm2 only/ },
     { name: "unknown backend", argv: () => ["hsm", "probe", "--backend", "tpm3"], code: 2, err: /unknown backend "tpm3"/ },
@@ -70,7 +75,19 @@ describe("zb hsm", () => {
     expect(r.err).toMatch(c.err);
     expect(r.code).toBe(c.code);
     if (kept) expect(readFileSync(join(dir, c.keeps!))).toEqual(kept);
+    if (c.leaves) expect(existsSync(join(dir, c.leaves))).toBe(false);
     expect(existsSync(join(dir, "nowhere"))).toBe(false);
+  });
+
+  test("seal --json: the summary on stdout; on stderr when the blob itself goes to stdout (-o -)", () => {
+    const f = zb(["hsm", "seal", "--backend", "soft", ...soft(), "--json", "-o", join(dir, "j.sealed")], SECRET);
+    expect(f.code).toBe(0);
+    expect(JSON.parse(f.out)).toMatchObject({ backend: "soft", output: join(dir, "j.sealed"), bytes: readFileSync(join(dir, "j.sealed")).length });
+    expect(f.err).not.toContain("{");
+    const o = zb(["hsm", "seal", "--backend", "soft", ...soft(), "--json", "-o", "-"], SECRET);
+    expect(o.code).toBe(0);
+    expect(JSON.parse(o.out)).toMatchObject({ format: "zb-sealed/1", backend: "soft" });
+    expect(JSON.parse(o.err.split("\n").find((l) => l.startsWith("{"))!)).toMatchObject({ backend: "soft", output: "-", bytes: o.raw.length });
   });
 
   test.each([
@@ -109,7 +126,8 @@ describe("zb hsm", () => {
   test("--help shows real usage", () => {
     const r = zb(["hsm", "--help"]);
     expect(r.code).toBe(0);
-    expect(r.out).toContain("zb hsm seal [--backend B] [--pcrs LIST] -o BLOB");
+    expect(r.out).toContain("zb hsm seal [--backend B] [--pcrs LIST] [--json] -o BLOB|-");
+    expect(r.out).toContain("--json      a JSON summary");
     expect(r.out).toContain("--tpm ADDR");
   });
 });

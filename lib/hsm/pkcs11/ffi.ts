@@ -44,6 +44,9 @@ const SIGNATURES = {
 type Name = keyof typeof SIGNATURES;
 type Fn = (...args: unknown[]) => bigint;
 
+/** How many times the slot list is asked for while tokens keep appearing between the size query and the fill. */
+export const SLOT_LIST_ATTEMPTS = 4;
+
 /** A failed Cryptoki call; `rv` is the CK_RV. A ZbError (HSM_FAILED) so it never escapes untyped. */
 export class CkError extends ZbError {
   constructor(readonly fn: string, readonly rv: number, what: string) {
@@ -96,14 +99,22 @@ export class Cryptoki {
     return decodeInfo(b);
   }
 
-  /** Slots with a token present, in module order (size query, then fill: v2.40 §5.5). */
+  /**
+   * Slots with a token present, in module order (size query, then fill:
+   * v2.40 §5.5). A token plugged in between the two calls makes the fill
+   * answer CKR_BUFFER_TOO_SMALL with the new count (§5.2, "Buffer size
+   * conventions"): the pair is asked again, a few times.
+   */
   slots(): bigint[] {
     const count = new BigUint64Array(1);
-    this.call("C_GetSlotList", "list PKCS#11 slots", 1, null, count);
-    if (count[0] === 0n) return [];
-    const list = new BigUint64Array(Number(count[0]));
-    this.call("C_GetSlotList", "list PKCS#11 slots", 1, list, count);
-    return Array.from(list.subarray(0, Number(count[0])));
+    for (let attempt = 1; ; attempt++) {
+      this.call("C_GetSlotList", "list PKCS#11 slots", 1, null, count);
+      if (count[0] === 0n) return [];
+      const list = new BigUint64Array(Number(count[0]));
+      const rv = Number(this.fns.C_GetSlotList(1, list, count));
+      if (rv === CKR.OK) return Array.from(list.subarray(0, Number(count[0])));
+      if (rv !== CKR.BUFFER_TOO_SMALL || attempt >= SLOT_LIST_ATTEMPTS) throw new CkError("C_GetSlotList", rv, "list PKCS#11 slots");
+    }
   }
 
   tokenInfo(slot: bigint): TokenInfo {

@@ -7,13 +7,17 @@
  *   else a certificate with the same CKA_ID/CKA_LABEL) and RSA-OAEP encrypt
  *   on the host (why on the host: lib/hsm/pkcs11/rsa.ts). The OAEP hash is
  *   SHA-256 unless the token refuses it (see {@link Pkcs11Options.oaep}).
- * - unseal: check the token's key against the recorded fingerprint, ask for
- *   the PIN, C_Login(CKU_USER), C_DecryptInit(CKM_RSA_PKCS_OAEP) + C_Decrypt,
- *   C_Logout, C_CloseSession, C_Finalize.
+ * - unseal: among the tokens with the recorded label, find the one whose
+ *   public key has the recorded fingerprint (without login), ask for the
+ *   PIN, C_Login(CKU_USER) to that token only, C_DecryptInit
+ *   (CKM_RSA_PKCS_OAEP) + C_Decrypt, C_Logout, C_CloseSession, C_Finalize.
+ *   Labels are not unique (a backup token, a stranger's USB token can carry
+ *   the same one), and the PIN must not go to a token that is not the one
+ *   sealed to: a token whose key cannot be matched is never logged in to.
  *
  * Sealed data: lib/hsm/pkcs11/sealed.ts and docs/hsm/pkcs11.md.
  */
-import { ZbError, type ErrorCode } from "../../errors.ts";
+import { isZbError, ZbError, type ErrorCode } from "../../errors.ts";
 import { wipe } from "../../secret.ts";
 import type { BackendOptions, Hsm, ProbeResult, SealedData, SealOptions, UnsealFailure, UnsealResult } from "../types.ts";
 import { addressOf, CkError, type Cryptoki } from "./ffi.ts";
@@ -30,6 +34,12 @@ export interface Pkcs11Options extends BackendOptions {
   module: string;
   /** Token label to seal to; default: the one token holding the key. */
   token?: string;
+  /**
+   * Token serial number (CK_TOKEN_INFO.serialNumber, trailing blanks
+   * removed), for seal and probe: chooses between tokens that share a label.
+   * Unseal does not need it: it picks the token by the key's fingerprint.
+   */
+  tokenSerial?: string;
   /** CKA_LABEL of the key pair. */
   keyLabel?: string;
   /** CKA_ID of the key pair, hex. */
@@ -85,13 +95,19 @@ export class Pkcs11Hsm implements Hsm {
       libraryVersion: m.libraryVersion, cryptokiVersion: m.cryptokiVersion, tokens: all.length,
     };
     const lib = `${m.library} ${m.libraryVersion} (${m.manufacturer})`;
-    const tok = this.opts.token === undefined ? all[0] : all.find((t) => t.info.label === this.opts.token);
+    const named = all.filter((t) => this.named(t));
+    const tok = named[0];
     if (!tok) {
-      const what = this.opts.token === undefined ? "no token present" : `no token labelled ${JSON.stringify(this.opts.token)}`;
+      const what = this.opts.token === undefined && this.opts.tokenSerial === undefined ? "no token present" : `no ${this.tokenName()}`;
       return { backend: "pkcs11", present: false, detail: `${lib}: ${what}`, info };
     }
     Object.assign(info, { token: tok.info.label, model: tok.info.model, serial: tok.info.serial, tokenManufacturer: tok.info.manufacturer });
     let detail = `${lib}: token ${JSON.stringify(tok.info.label)} (${tok.info.model}, serial ${tok.info.serial})`;
+    const twins = named.filter((t) => t.info.label === tok.info.label).length - 1;
+    if (twins > 0) {
+      info.sameLabel = twins;
+      detail += ` and ${twins} more with this label (pkcs11.token-serial= chooses one)`;
+    }
     if (this.sel.id !== undefined || this.sel.label !== undefined) {
       const found = await withSession(ck, tok.slot, (s) => findPublicKey(ck, s, this.sel)).catch(() => undefined);
       info.key = found !== undefined;
@@ -124,12 +140,30 @@ export class Pkcs11Hsm implements Hsm {
     }
   }
 
-  /** The one token and public key the options name (tokens are searched when no label is given), and the OAEP hash. */
+  /** Does `t` fit the token options (label and serial, each when given)? */
+  private named(t: Token): boolean {
+    return (this.opts.token === undefined || t.info.label === this.opts.token) && (this.opts.tokenSerial === undefined || t.info.serial === this.opts.tokenSerial);
+  }
+
+  /** The token options for messages: `token labelled "zb" with serial 42`. */
+  private tokenName(): string {
+    const parts = [];
+    if (this.opts.token !== undefined) parts.push(`labelled ${JSON.stringify(this.opts.token)}`);
+    if (this.opts.tokenSerial !== undefined) parts.push(`with serial ${JSON.stringify(this.opts.tokenSerial)}`);
+    return `token ${parts.join(" ")}`;
+  }
+
+  /**
+   * The one token and public key the options name (tokens are searched when
+   * no label is given), and the OAEP hash. Two tokens holding the key are
+   * refused, also when they share a label: the blob records only the label,
+   * and which of them was meant is for the person sealing to say
+   * (pkcs11.token-serial=).
+   */
   private async keyForSeal(ck: Cryptoki): Promise<{ token: Token; found: FoundPublicKey; hash: OaepHash }> {
-    const label = this.opts.token;
-    const candidates = tokens(ck).filter((t) => label === undefined || t.info.label === label);
+    const candidates = tokens(ck).filter((t) => this.named(t));
     if (candidates.length === 0) {
-      throw new ZbError("HSM_ABSENT", label === undefined ? "no token present" : `no token labelled ${JSON.stringify(label)}`);
+      throw new ZbError("HSM_ABSENT", this.opts.token === undefined && this.opts.tokenSerial === undefined ? "no token present" : `no ${this.tokenName()}`);
     }
     const hits: { token: Token; found: FoundPublicKey; hash: OaepHash }[] = [];
     for (const token of candidates) {
@@ -138,9 +172,15 @@ export class Pkcs11Hsm implements Hsm {
         if (found) hits.push({ token, found, hash: this.oaepHash(ck, s, found) });
       });
     }
-    const names = candidates.map((t) => JSON.stringify(t.info.label)).join(", ");
-    if (hits.length === 0) throw new ZbError("HSM_NO_MATCH", `no RSA public key or certificate with ${describeKey(this.sel)} on token ${names}`);
-    if (hits.length > 1) throw new ZbError("HSM_NO_MATCH", `a key with ${describeKey(this.sel)} is on tokens ${names}; name the token (pkcs11.token=)`);
+    if (hits.length === 0) {
+      const names = [...new Set(candidates.map((t) => JSON.stringify(t.info.label)))].join(", ");
+      throw new ZbError("HSM_NO_MATCH", `no RSA public key or certificate with ${describeKey(this.sel)} on token ${names}`);
+    }
+    if (hits.length > 1) {
+      const names = hits.map((h) => `${JSON.stringify(h.token.info.label)} (serial ${JSON.stringify(h.token.info.serial)})`).join(", ");
+      const sameLabel = hits.every((h) => h.token.info.label === hits[0]!.token.info.label);
+      throw new ZbError("HSM_NO_MATCH", `a key with ${describeKey(this.sel)} is on tokens ${names}; name the token (${sameLabel ? "pkcs11.token-serial=" : "pkcs11.token="})`);
+    }
     return hits[0]!;
   }
 
@@ -169,26 +209,30 @@ export class Pkcs11Hsm implements Hsm {
   }
 
   /**
-   * Decrypt on the token named in `data`. Never throws: absent (module or
-   * token missing), no-match (key missing or another key), denied (PIN
-   * refused), failed (anything else, including a damaged ciphertext).
+   * Decrypt on the token the sealed data names (label, and the key's
+   * fingerprint among tokens that share the label). Answers, never throws
+   * for: absent (module or token missing), no-match (key missing or another
+   * key, on every token with the label), denied (PIN refused), failed
+   * (anything else, including a damaged ciphertext).
+   * @throws {ZbError} the PIN callback's own error, with its code: a PIN file
+   *   with a loose mode is CONFIG (lib/hsm/pkcs11/pin.ts), a missing terminal
+   *   USAGE — the caller's setup, not the token's answer
    */
   async unseal(data: SealedData): Promise<UnsealResult> {
     try {
       const sealed = readSealed(data);
       return await withCryptoki(this.opts.module, (ck) => this.unsealWith(ck, sealed));
     } catch (e) {
+      if (e instanceof PinSourceError) throw e.error;
       return failure(e);
     }
   }
 
   private async unsealWith(ck: Cryptoki, sealed: Sealed): Promise<UnsealResult> {
-    const token = tokens(ck).find((t) => t.info.label === sealed.token);
-    if (!token) throw new ZbError("HSM_ABSENT", `no token labelled ${JSON.stringify(sealed.token)}`);
+    const labelled = tokens(ck).filter((t) => t.info.label === sealed.token);
+    if (labelled.length === 0) throw new ZbError("HSM_ABSENT", `no token labelled ${JSON.stringify(sealed.token)}`);
+    const token = await this.tokenForUnseal(ck, labelled, sealed);
     return withSession(ck, token.slot, async (s) => {
-      // Before asking for the PIN: a token whose key differs is no-match, not a PIN prompt.
-      const pub = findPublicKey(ck, s, sealed.sel);
-      if (pub) checkKey(pub.key, sealed);
       await this.login(ck, s, token.slot);
       try {
         const key = findPrivateKey(ck, s, sealed.sel);
@@ -207,6 +251,61 @@ export class Pkcs11Hsm implements Hsm {
   }
 
   /**
+   * The token to log in to, chosen before any PIN is asked for. With the
+   * key's fingerprint in the sealed data (zb always records it): the token
+   * among `labelled` whose public key (a CKO_PUBLIC_KEY, else a certificate,
+   * readable without login; seal needed it too) has that fingerprint. A token
+   * showing no such key is never logged in to; when none shows it, the
+   * answer is no-match and no PIN is asked for. Several tokens showing it
+   * (the same key on a backup token) are equivalent: the first is used.
+   * Without a fingerprint (data imported from systemd-cryptenroll) nothing
+   * can be checked before login, so the label must name one token.
+   * @throws {ZbError} HSM_NO_MATCH; HSM_FAILED when the key's size does not fit the ciphertext
+   */
+  private async tokenForUnseal(ck: Cryptoki, labelled: Token[], sealed: Sealed): Promise<Token> {
+    const label = JSON.stringify(sealed.token);
+    const fp = sealed.pubkeySha256;
+    if (fp === undefined) {
+      if (labelled.length > 1) {
+        throw new ZbError("HSM_NO_MATCH", `${labelled.length} tokens are labelled ${label} and the sealed data has no key fingerprint (pubkeySha256) to tell them apart; the PIN goes to none of them`);
+      }
+      const only = labelled[0]!;
+      await withSession(ck, only.slot, (s) => {
+        const pub = findPublicKey(ck, s, sealed.sel);
+        if (pub) checkKey(pub.key, sealed);
+      });
+      return only;
+    }
+    const matching: Token[] = [];
+    const others: string[] = [];
+    for (const t of labelled) {
+      const why = await withSession(ck, t.slot, (s) => {
+        let pub: FoundPublicKey | undefined;
+        try {
+          pub = findPublicKey(ck, s, sealed.sel);
+        } catch (e) {
+          if (isZbError(e, "HSM_NO_MATCH")) return e.message; // several different keys: none is certainly ours
+          throw e;
+        }
+        if (!pub) return `no RSA public key or certificate with ${describeKey(sealed.sel)} to check before login`;
+        if (!sameBytes(fingerprint(pub.key), fp)) return `the key with ${describeKey(sealed.sel)} is not the key the secret was sealed to`;
+        checkKey(pub.key, sealed);
+        return null;
+      });
+      if (why === null) matching.push(t);
+      else others.push(labelled.length === 1 ? `token ${label}: ${why}` : `serial ${JSON.stringify(t.info.serial)}: ${why}`);
+    }
+    if (matching.length === 0) {
+      throw new ZbError("HSM_NO_MATCH", labelled.length === 1 ? others[0]! : `none of the ${labelled.length} tokens labelled ${label} holds the key the secret was sealed to (${others.join("; ")})`);
+    }
+    if (matching.length > 1) {
+      const serials = matching.map((t) => JSON.stringify(t.info.serial)).join(", ");
+      this.opts.warn?.(`zb: ${matching.length} tokens labelled ${label} (serials ${serials}) show the key the secret was sealed to; using serial ${JSON.stringify(matching[0]!.info.serial)}`);
+    }
+    return matching[0]!;
+  }
+
+  /**
    * C_Login from the callback's buffer, wiped right after. A PIN the token
    * refuses as wrong (incorrect, or of a length or form it does not take: a
    * typing error) is asked again while attempts are left, unless the token
@@ -219,6 +318,8 @@ export class Pkcs11Hsm implements Hsm {
       try {
         pin = await this.opts.pin();
       } catch (e) {
+        // A typed error is the caller's setup (a PIN file readable by others: CONFIG), not the token's answer: it keeps its code.
+        if (isZbError(e)) throw new PinSourceError(e);
         throw new ZbError("HSM_FAILED", `cannot get the token PIN: ${(e as Error).message}`, { cause: e });
       }
       try {
@@ -240,6 +341,13 @@ export class Pkcs11Hsm implements Hsm {
 
   /** Nothing is held between calls: every operation finalizes the module. */
   async close(): Promise<void> {}
+}
+
+/** The PIN callback's own ZbError, carried out of unseal unchanged (not turned into a `failed` answer). */
+class PinSourceError extends Error {
+  constructor(readonly error: ZbError) {
+    super(error.message);
+  }
 }
 
 /** The key found must be the one sealed to, and its size must fit the ciphertext. */

@@ -13,13 +13,16 @@ export const MAX_PIN_BYTES = 1024;
 
 /**
  * Read a PIN file: the whole file, minus one trailing `\n` (or `\r\n`) so
- * `echo 1234 > pin` works. The file must be a regular file that neither group
- * nor others can read — a PIN readable by any local user is no second factor.
- * The checks use fstat on the open descriptor, so they apply to the bytes read.
+ * `echo 1234 > pin` works. The file must be a regular file that group and
+ * others have no access to at all (mode bits 0o077 clear, as the soft
+ * backend's key file): a PIN readable by any local user is no second factor,
+ * and one they can write lets them choose the PIN zb presents to the token
+ * (and lock it out with wrong ones). The checks use fstat on the open
+ * descriptor, so they apply to the bytes read.
  * @param path the PIN file (a plain host path)
  * @returns a fresh buffer; the caller wipes it
  * @throws {ZbError} IO when the file cannot be opened or read; CONFIG when it
- *   is not a regular file, is group/world-readable, is empty or is too large
+ *   is not a regular file, gives group or others any access, is empty or is too large
  * @example const pin = readPinFile("/etc/zb/token.pin");
  */
 export function readPinFile(path: string): Uint8Array {
@@ -32,8 +35,9 @@ export function readPinFile(path: string): Uint8Array {
   try {
     const st = fstatSync(fd);
     if (!st.isFile()) throw new ZbError("CONFIG", `cannot use PIN file ${path}: not a regular file`);
-    if ((st.mode & 0o044) !== 0) {
-      throw new ZbError("CONFIG", `cannot use PIN file ${path}: it is readable by group or others (mode ${(st.mode & 0o777).toString(8).padStart(4, "0")})`, {
+    if ((st.mode & 0o077) !== 0) {
+      const how = (st.mode & 0o044) !== 0 ? "readable" : "writable or executable";
+      throw new ZbError("CONFIG", `cannot use PIN file ${path}: it is ${how} by group or others (mode ${(st.mode & 0o777).toString(8).padStart(4, "0")})`, {
         hint: `run: chmod 600 ${path}`,
       });
     }

@@ -58,11 +58,33 @@ export class Tpm {
       wipe(cmd);
       if (prepared && prepared.params !== params) wipe(prepared.params);
     }
-    const r = parseResponse(bytes, c.outHandles ?? 0, prepared ? 1 : 0);
-    if (r.rc !== 0) throw new TpmRcError(r.rc, CC_NAMES.get(c.cc) ?? `command 0x${c.cc.toString(16)}`);
-    const out = c.auth && prepared ? await finish(c.auth, prepared, c.cc, r.params, r.auths[0]) : r.params;
+    let r: ReturnType<typeof parseResponse>;
+    let out: Uint8Array;
+    try {
+      r = parseResponse(bytes, c.outHandles ?? 0, prepared ? 1 : 0);
+      if (r.rc !== 0) throw new TpmRcError(r.rc, CC_NAMES.get(c.cc) ?? `command 0x${c.cc.toString(16)}`);
+      out = c.auth && prepared ? await finish(c.auth, prepared, c.cc, r.params, r.auths[0]) : r.params;
+    } catch (e) {
+      if (c.outHandles && !(e instanceof TpmRcError)) await this.flush(createdHandle(bytes));
+      throw e;
+    }
     if (out !== r.params) wipe(bytes);
     return { handles: r.handles, params: out };
+  }
+
+  /**
+   * Parse the parameters of a response that created `handle`; when that
+   * fails, flush the handle (best effort) before rethrowing. The TPM made
+   * the object or session, and without a resource manager (swtpm, /dev/tpm0)
+   * it would stay until the TPM runs out of slots (TPM_RC_OBJECT_MEMORY).
+   */
+  private async parseCreated<T>(handle: number | undefined, parse: () => T): Promise<T> {
+    try {
+      return parse();
+    } catch (e) {
+      await this.flush(handle);
+      throw e;
+    }
   }
 
   /** TPM2_GetCapability(TPM_CAP_TPM_PROPERTIES) (Part 3 §30.2, Part 2 §10.8.3). */
@@ -102,9 +124,12 @@ export class Tpm {
       const { handles, params: out } = await this.call({
         cc: CC.StartAuthSession, handles: [salt?.handle ?? RH_NULL, RH_NULL], params, outHandles: 1,
       });
-      const r = new Reader(out);
-      const nonceTPM = r.tpm2b("nonceTPM").slice();
-      r.end("StartAuthSession");
+      const nonceTPM = await this.parseCreated(handles[0], () => {
+        const r = new Reader(out);
+        const nonce = r.tpm2b("nonceTPM").slice();
+        r.end("StartAuthSession");
+        return nonce;
+      });
       const key = s ? kdfa(s.salt, "ATH", nonceTPM, nonceCaller, 256) : new Uint8Array(0);
       return new Session(handles[0]!, key, nonceTPM);
     } finally {
@@ -167,14 +192,18 @@ export class Tpm {
     const { handles, params: out } = await this.call({
       cc: CC.CreatePrimary, handles: [hierarchy], auth: { kind: "password" }, params, outHandles: 1,
     });
-    const r = new Reader(out);
-    const area = r.tpm2b("outPublic").slice();
-    r.tpm2b("creationData");
-    r.tpm2b("creationHash");
-    r.u16("ticket tag");
-    r.u32("ticket hierarchy");
-    r.tpm2b("ticket digest");
-    return { handle: handles[0]!, area, name: r.tpm2b("name").slice() };
+    return await this.parseCreated(handles[0], () => {
+      const r = new Reader(out);
+      const area = r.tpm2b("outPublic").slice();
+      r.tpm2b("creationData");
+      r.tpm2b("creationHash");
+      r.u16("ticket tag");
+      r.u32("ticket hierarchy");
+      r.tpm2b("ticket digest");
+      const name = r.tpm2b("name").slice();
+      r.end("CreatePrimary");
+      return { handle: handles[0]!, area, name };
+    });
   }
 
   /** TPM2_EvictControl (Part 3 §28.5) under owner authorization (empty password). */
@@ -211,7 +240,12 @@ export class Tpm {
     params.set(priv);
     params.set(pub, priv.length);
     const { handles, params: out } = await this.call({ cc: CC.Load, handles: [parent], auth: { kind: "password" }, params, outHandles: 1 });
-    return { handle: handles[0]!, name: new Reader(out).tpm2b("name").slice() };
+    return await this.parseCreated(handles[0], () => {
+      const r = new Reader(out);
+      const name = r.tpm2b("name").slice();
+      r.end("Load");
+      return { handle: handles[0]!, name };
+    });
   }
 
   /**
@@ -235,6 +269,22 @@ export class Tpm {
     if (handle === undefined) return;
     await this.call({ cc: CC.FlushContext, params: marshal((w) => w.u32(handle)) }).catch(() => undefined);
   }
+}
+
+/**
+ * The handle a success response carries right after its header (Part 1
+ * §18.8), when it can be read and is one a FlushContext may name: a
+ * transient object (0x80…) or a session (0x02…, 0x03…, Part 2 §7.2).
+ * Anything else is left alone: a garbled frame must not flush a persistent
+ * key or a handle zb did not get.
+ */
+function createdHandle(bytes: Uint8Array): number | undefined {
+  if (bytes.length < 14) return undefined;
+  const d = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  if (d.getUint32(6) !== 0) return undefined; // not a success: nothing was created
+  const handle = d.getUint32(10);
+  const type = handle >>> 24;
+  return type === 0x80 || type === 0x02 || type === 0x03 ? handle : undefined;
 }
 
 /** The expected name of a loaded sealed object (from its TPM2B_PUBLIC). */

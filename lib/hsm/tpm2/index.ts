@@ -13,11 +13,11 @@ import { isZbError, ZbError } from "../../errors.ts";
 import type { BackendOptions, Hsm, ProbeResult, SealedData, SealOptions, UnsealResult } from "../types.ts";
 import { nameOfPublic2b, Tpm, TpmRcError } from "./commands.ts";
 import { sha256 } from "./crypto.ts";
-import { sealedTemplate } from "./objects.ts";
+import { ATTR, sealedTemplate } from "./objects.ts";
 import { normalizePcrs, policyPcrDigest, unsealOnlyPolicy } from "./policy.ts";
 import { decodeSealed, encodeSealed, type Tpm2Sealed } from "./sealed.ts";
 import { SE_HMAC, SE_POLICY, SESSION_ATTR, type Session } from "./session.ts";
-import { ensureSrk, readSrk, SRK_HANDLE, type Srk } from "./srk.ts";
+import { ensureSrk, readKeyAt, readSrk, SRK_HANDLE, storageKey, type Srk } from "./srk.ts";
 import { connect, DEFAULT_DEVICE, formatAddress, parseAddress, type Tpm2Address, type TransportFactory } from "./transport.ts";
 import { CC, decodeRc, describeRc, equalBytes, hex } from "./wire.ts";
 
@@ -25,7 +25,7 @@ export { warmUp } from "./crypto.ts";
 
 /** Options of {@link Tpm2Hsm}. */
 export interface Tpm2Options extends BackendOptions {
-  /** `/dev/tpmrm0` (default), any path, `device:PATH`, or `swtpm:host=H,port=N` (control port N+1, unused). */
+  /** `/dev/tpmrm0` (default), any character device path, `device:PATH`, or `swtpm:host=H,port=N` (control port N+1, unused). */
   device?: string;
   /** Persistent handle of the storage key (default 0x81000001). */
   srkHandle?: number;
@@ -36,32 +36,71 @@ export interface Tpm2Options extends BackendOptions {
 /** A KEYEDHASH sealed object holds at most MAX_SYM_DATA = 128 bytes (Part 2 §10.4.4). */
 const MAX_SECRET = 128;
 
-/** Response codes worth one more try (Part 2 §6.6.3): PCR_CHANGED, YIELDED, RETRY. */
-const RETRYABLE = new Set([0x128, 0x908, 0x922]);
-/** Refusals by policy or lockout: POLICY_FAIL, EXPIRED, POLICY_CC, AUTH_FAIL, POLICY, PCR, LOCKOUT. */
-const DENIED = new Set([0x9d, 0xa3, 0xa4, 0x8e, 0x126, 0x127, 0x921]);
+/** TPM_RC_PCR_CHANGED (Part 2 §6.6.3): a PCR changed while the policy session was in use; one more try, at once. */
+const PCR_CHANGED = 0x128;
+/**
+ * The TPM is busy for a moment (Part 2 §6.6.3): YIELDED, TESTING (self-test
+ * still running), RETRY. The kernel's TPM driver retries RETRY and TESTING
+ * itself (tpm_transmit, drivers/char/tpm/tpm-interface.c); swtpm over TCP
+ * has no driver in between, so zb retries these, after a short wait each.
+ */
+const BUSY = new Set([0x908, 0x90a, 0x922]);
+/** The waits before each retry of a {@link BUSY} code: at most 5 retries, 0.75 s in all. */
+export const BUSY_DELAYS_MS = [50, 100, 200, 200, 200];
+/** Refusals by policy: POLICY_FAIL, EXPIRED, POLICY_CC, AUTH_FAIL, POLICY, PCR. */
+const DENIED = new Set([0x9d, 0xa3, 0xa4, 0x8e, 0x126, 0x127]);
+/**
+ * TPM_RC_LOCKOUT: dictionary-attack lockout (Part 1, "Dictionary Attack
+ * Protection"). Not `denied`: it heals by itself after the recovery time, and
+ * while the storage key lacks noDA any process with TPM access can cause it
+ * with wrong passwords, so it must not make zbunlock give up on a slot for good.
+ */
+const LOCKOUT = 0x921;
 /** Load failures that mean "not sealed under this key": INTEGRITY, and a private area the parent cannot decrypt. */
 const NOT_OURS = new Set([0x9f, 0x10b]);
+/** TPM_RC_INITIALIZE: TPM2_Startup has not been run since the TPM was reset. */
+const INITIALIZE = 0x100;
 
 /** The outcome classes of a failed unseal, carried as ZbError codes until unseal() returns. */
 function refuse(code: "HSM_NO_MATCH" | "HSM_DENIED", why: string): ZbError {
   return new ZbError(code, why);
 }
 
-/** Run `fn`, once more if the TPM asked to retry. */
-async function retryOnce<T>(fn: () => Promise<T>): Promise<T> {
-  try {
-    return await fn();
-  } catch (e) {
-    if (e instanceof TpmRcError && RETRYABLE.has(e.rc)) return await fn();
-    throw e;
+/**
+ * Run `fn` (a whole operation, on one connection; it flushes its handles on
+ * errors), again when the TPM answers a code that asks for it: PCR_CHANGED
+ * once at once, a {@link BUSY} code up to {@link BUSY_DELAYS_MS}.length times
+ * after those waits. Anything else, or the last failure, is thrown.
+ */
+async function withRetries<T>(fn: () => Promise<T>): Promise<T> {
+  let pcrChanged = 0;
+  let busy = 0;
+  for (;;) {
+    try {
+      return await fn();
+    } catch (e) {
+      if (!(e instanceof TpmRcError)) throw e;
+      if (e.rc === PCR_CHANGED && pcrChanged++ < 1) continue;
+      if (BUSY.has(e.rc) && busy < BUSY_DELAYS_MS.length) {
+        await new Promise((r) => setTimeout(r, BUSY_DELAYS_MS[busy++]));
+        continue;
+      }
+      throw e;
+    }
   }
+}
+
+/** The message for a dictionary-attack lockout: what it is and that it heals. */
+function lockoutWhy(e: TpmRcError): string {
+  return `the TPM is in dictionary-attack lockout, which heals by itself: ${e.command} returned ${describeRc(e.rc)}; ` +
+    "it ends after the TPM's lockout recovery time (tpm2_getcap properties-variable), or with tpm2_dictionarylockout --clear-lockout";
 }
 
 /** A TPM error during unseal, classified by the step it happened in. */
 function classify(e: unknown, step: "load" | "unseal"): unknown {
   if (!(e instanceof TpmRcError)) return e;
   const base = decodeRc(e.rc).base;
+  if (base === LOCKOUT) return new ZbError("HSM_FAILED", lockoutWhy(e), { cause: e });
   if (DENIED.has(base)) return refuse("HSM_DENIED", `the TPM refused: ${e.command} returned ${describeRc(e.rc)}`);
   if (step === "load" && NOT_OURS.has(base)) {
     return refuse("HSM_NO_MATCH", `the sealed object does not belong to this TPM's storage key: ${e.command} returned ${describeRc(e.rc)}`);
@@ -89,6 +128,7 @@ export class Tpm2Hsm implements Hsm {
   private readonly address: Tpm2Address;
   private readonly srkHandle: number;
   private readonly open: TransportFactory;
+  private readonly warn: (line: string) => void;
   private queue: Promise<unknown> = Promise.resolve();
 
   /**
@@ -99,6 +139,7 @@ export class Tpm2Hsm implements Hsm {
     this.address = parseAddress(opts.device ?? DEFAULT_DEVICE);
     this.srkHandle = opts.srkHandle ?? SRK_HANDLE;
     this.open = opts.connect ?? connect;
+    this.warn = opts.warn ?? ((line) => process.stderr.write(`${line}\n`));
   }
 
   /** One connection per operation, operations one at a time. */
@@ -116,12 +157,16 @@ export class Tpm2Hsm implements Hsm {
     return p;
   }
 
-  /** Present: the TPM answers GetCapability; info has manufacturer, firmware and the storage key. Never throws. */
+  /**
+   * Present: the TPM answers GetCapability; info has manufacturer, firmware and the storage key.
+   * A TPM that answers TPM_RC_INITIALIZE is there but not started (`info.started` false):
+   * present, as unseal calls it `failed`, not `absent`. Never throws.
+   */
   async probe(): Promise<ProbeResult> {
     const where = formatAddress(this.address);
     try {
       return await this.withTpm(async (tpm) => {
-        const p = await tpm.properties(PT.family, 0x0d);
+        const p = await withRetries(() => tpm.properties(PT.family, 0x0d));
         const info: Record<string, string | number | boolean> = {
           address: where,
           family: ascii(p.get(PT.family)),
@@ -137,6 +182,11 @@ export class Tpm2Hsm implements Hsm {
         return { backend: this.name, present: true, detail, info };
       });
     } catch (e) {
+      if (e instanceof TpmRcError && e.rc === INITIALIZE) {
+        const detail = `TPM at ${where} is there but not started: it answers ${describeRc(e.rc)}, and seal and unseal fail ` +
+          "until TPM2_Startup runs (the kernel runs it when its driver finds the TPM; swtpm needs --flags startup-clear)";
+        return { backend: this.name, present: true, detail, info: { address: where, started: false } };
+      }
       return { backend: this.name, present: false, detail: (e as Error).message ?? String(e) };
     }
   }
@@ -146,7 +196,8 @@ export class Tpm2Hsm implements Hsm {
    * (sha256 bank, current values) and `opts.lockPcr` (at zero), or, without PCRs, to
    * PolicyCommandCode(TPM2_Unseal).
    * The sensitive data travels encrypted (salted session, decrypt attribute).
-   * @throws {ZbError} HSM_ABSENT when the TPM is not there; USAGE for bad PCR indices or a secret that is empty or over 128 bytes; HSM_FAILED otherwise
+   * @throws {ZbError} HSM_ABSENT when the TPM is not there; USAGE for bad PCR indices or a secret that is empty or over 128 bytes;
+   *   CONFIG when the device path is not a character device; HSM_FAILED otherwise (a dictionary-attack lockout included)
    */
   async seal(secret: Uint8Array, opts: SealOptions = {}): Promise<SealedData> {
     if (secret.length === 0 || secret.length > MAX_SECRET) {
@@ -158,11 +209,27 @@ export class Tpm2Hsm implements Hsm {
       throw new ZbError("USAGE", `cannot use PCR ${lock} as the lock PCR: it must reset to zero at boot (${LOCKABLE_PCRS.join(", ")})`);
     }
     const pcrs = normalizePcrs([...new Set([...(opts.pcrs ?? []), ...(lock !== undefined ? [lock] : [])])]);
-    return this.withTpm((tpm) => retryOnce(() => this.sealOnce(tpm, secret, pcrs, lock)));
+    let warned = false; // once per seal, not once per retry
+    const warn = (line: string) => {
+      if (!warned) this.warn(line);
+      warned = true;
+    };
+    return await this.withTpm((tpm) => withRetries(() => this.sealOnce(tpm, secret, pcrs, lock, warn)))
+      .catch((e: unknown) => {
+        throw e instanceof TpmRcError && e.rc === LOCKOUT ? new ZbError("HSM_FAILED", `cannot seal with tpm2: ${lockoutWhy(e)}`, { cause: e }) : e;
+      });
   }
 
-  private async sealOnce(tpm: Tpm, secret: Uint8Array, pcrs: number[], lockPcr: number | undefined): Promise<SealedData> {
+  private async sealOnce(tpm: Tpm, secret: Uint8Array, pcrs: number[], lockPcr: number | undefined, warn: (line: string) => void): Promise<SealedData> {
     const srk = await ensureSrk(tpm, this.srkHandle);
+    // Without noDA, every use of the key's authorization counts against the TPM's
+    // dictionary-attack protection (Part 1, "Dictionary Attack Protection"): wrong
+    // passwords from any process can then lock the TPM, and Load of this blob fails
+    // until the lockout heals. zb's own template has noDA; a key made by other tools may not.
+    if (!(srk.area.attributes & ATTR.noDA)) {
+      warn(`zb: warning: the storage key at 0x${srk.handle.toString(16)} lacks the noDA attribute: any process that can reach the TPM ` +
+        "can put it into dictionary-attack lockout with wrong passwords, and unseals then fail until the lockout heals (docs/hsm/tpm2.md)");
+    }
     // The lock PCR is sealed at its boot value, zeros (Part 1 §17.5: TPM2_Startup(CLEAR)
     // resets it), whatever it holds now: after this boot's unlock it was extended already.
     const values = pcrs.length ? (await tpm.pcrRead(pcrs)).map((v, i) => (pcrs[i] === lockPcr ? new Uint8Array(v.length) : v)) : [];
@@ -190,7 +257,7 @@ export class Tpm2Hsm implements Hsm {
     const sealed = decodeSealed(data);
     if (sealed.lockPcr === undefined) return false;
     const pcr = sealed.lockPcr;
-    await this.withTpm((tpm) => retryOnce(() => tpm.pcrExtend(pcr, lockEvent()))).catch((e: unknown) => {
+    await this.withTpm((tpm) => withRetries(() => tpm.pcrExtend(pcr, lockEvent()))).catch((e: unknown) => {
       throw isZbError(e, "HSM_ABSENT") ? e : new ZbError("HSM_FAILED", `cannot extend PCR ${pcr} after the unlock: ${(e as Error).message}`);
     });
     return true;
@@ -205,7 +272,7 @@ export class Tpm2Hsm implements Hsm {
       return { kind: "failed", why: (e as Error).message };
     }
     try {
-      const secret = await this.withTpm((tpm) => retryOnce(() => this.unsealOnce(tpm, sealed)));
+      const secret = await this.withTpm((tpm) => withRetries(() => this.unsealOnce(tpm, sealed)));
       return { kind: "ok", secret };
     } catch (e) {
       const why = (e as Error).message ?? String(e);
@@ -216,14 +283,19 @@ export class Tpm2Hsm implements Hsm {
     }
   }
 
+  /**
+   * The storage key the blob pinned. Names are compared before the key's kind
+   * is judged: any other key at the handle (another curve, another symmetric
+   * algorithm, a signing key) is `no-match`, like another TPM's storage key.
+   */
   private async pinnedSrk(tpm: Tpm, s: Tpm2Sealed): Promise<Srk> {
     const at = `0x${s.srkHandle.toString(16)}`;
-    const srk = await readSrk(tpm, s.srkHandle);
-    if (!srk) throw refuse("HSM_NO_MATCH", `this TPM has no storage key at ${at} (another TPM, or it was cleared)`);
-    if (!equalBytes(srk.name, s.srkName)) {
-      throw refuse("HSM_NO_MATCH", `the storage key at ${at} is not the one sealed to (name ${hex(srk.name)}, pinned ${hex(s.srkName)}): another TPM, or it was cleared`);
+    const found = await readKeyAt(tpm, s.srkHandle);
+    if (!found) throw refuse("HSM_NO_MATCH", `this TPM has no storage key at ${at} (another TPM, or it was cleared)`);
+    if (!found.name || !equalBytes(found.name, s.srkName)) {
+      throw refuse("HSM_NO_MATCH", `the storage key at ${at} is not the one sealed to (name ${hex(found.name ?? found.tpmName)}, pinned ${hex(s.srkName)}): another TPM, or it was cleared or replaced`);
     }
-    return srk;
+    return storageKey(found);
   }
 
   private async unsealOnce(tpm: Tpm, s: Tpm2Sealed): Promise<Uint8Array> {

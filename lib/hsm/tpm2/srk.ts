@@ -43,12 +43,29 @@ function saltKeyOf(area: PublicArea): SaltKey | string {
   return "it is neither an ECC nor an RSA key";
 }
 
+/** What is at a persistent handle, before zb decides whether it can use it. */
+export interface KeyAt {
+  handle: number;
+  /** Its TPMT_PUBLIC, as the TPM returned it. */
+  area: Uint8Array;
+  /**
+   * nameAlg ‖ SHA-256(TPMT_PUBLIC), recomputed by zb and equal to the TPM's
+   * answer; undefined when the key's nameAlg is not SHA-256 (zb cannot
+   * recompute such a name, and never pins one).
+   */
+  name: Uint8Array | undefined;
+  /** The name the TPM reported, for messages. */
+  tpmName: Uint8Array;
+}
+
 /**
- * Read the storage key at `handle`.
+ * Read the public area at `handle` and recompute its name. Nothing about the
+ * key's kind is judged here, so a caller with a pinned name can compare names
+ * first: any key whose name differs from the pinned one is simply not ours.
  * @returns undefined when the handle is empty
- * @throws {ZbError} HSM_FAILED when the key there cannot be a storage key, or the TPM's name for it is inconsistent
+ * @throws {ZbError} HSM_FAILED when the TPM's name for the key is not the hash of the public area it returned
  */
-export async function readSrk(tpm: Tpm, handle = SRK_HANDLE): Promise<Srk | undefined> {
+export async function readKeyAt(tpm: Tpm, handle = SRK_HANDLE): Promise<KeyAt | undefined> {
   let pub: { area: Uint8Array; name: Uint8Array };
   try {
     pub = await tpm.readPublic(handle);
@@ -56,16 +73,36 @@ export async function readSrk(tpm: Tpm, handle = SRK_HANDLE): Promise<Srk | unde
     if (isNoHandle(e)) return undefined;
     throw e;
   }
-  const at = `0x${handle.toString(16)}`;
-  const area = parsePublic(pub.area);
-  const key = saltKeyOf(area);
-  if (typeof key === "string") throw new ZbError("HSM_FAILED", `cannot use the key at ${at} as storage key: ${key}`);
-  // The name is recomputed so the public key used for salting is the one the name (pinned at enrolment) covers.
+  const nameAlg = pub.area.length >= 4 ? (pub.area[2]! << 8) | pub.area[3]! : -1;
+  if (nameAlg !== ALG.SHA256) return { handle, area: pub.area, name: undefined, tpmName: pub.name };
+  // Recomputed, so the public key used for salting is the one the name (pinned at enrolment) covers.
   const name = objectName(pub.area);
   if (!equalBytes(name, pub.name)) {
-    throw new ZbError("HSM_FAILED", `cannot trust the key at ${at}: the TPM says its name is ${hex(pub.name)}, its public area hashes to ${hex(name)}`);
+    throw new ZbError("HSM_FAILED", `cannot trust the key at 0x${handle.toString(16)}: the TPM says its name is ${hex(pub.name)}, its public area hashes to ${hex(name)}`);
   }
-  return { handle, name, area, key };
+  return { handle, area: pub.area, name, tpmName: pub.name };
+}
+
+/**
+ * The key read by {@link readKeyAt} as a storage key to salt sessions to and seal under.
+ * @throws {ZbError} HSM_FAILED when it is not a restricted decryption key with nameAlg SHA-256 and AES-128-CFB on P-256 or RSA
+ */
+export function storageKey(k: KeyAt): Srk {
+  const at = `0x${k.handle.toString(16)}`;
+  const area = k.name ? parsePublic(k.area) : undefined;
+  const key = area ? saltKeyOf(area) : "its nameAlg is not SHA-256";
+  if (typeof key === "string") throw new ZbError("HSM_FAILED", `cannot use the key at ${at} as storage key: ${key}`);
+  return { handle: k.handle, name: k.name!, area: area!, key };
+}
+
+/**
+ * Read the storage key at `handle`.
+ * @returns undefined when the handle is empty
+ * @throws {ZbError} HSM_FAILED when the key there cannot be a storage key, or the TPM's name for it is inconsistent
+ */
+export async function readSrk(tpm: Tpm, handle = SRK_HANDLE): Promise<Srk | undefined> {
+  const found = await readKeyAt(tpm, handle);
+  return found && storageKey(found);
 }
 
 /**

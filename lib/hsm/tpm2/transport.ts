@@ -77,7 +77,8 @@ export function formatAddress(a: Tpm2Address): string {
 
 /**
  * Open the default transport for an address.
- * @throws {ZbError} HSM_ABSENT when the device node is missing or the socket refuses; HSM_FAILED otherwise
+ * @throws {ZbError} HSM_ABSENT when the device node is missing or the socket refuses; CONFIG when a device
+ *   path is not a character device (nothing is written to it); HSM_FAILED otherwise
  */
 export const connect: TransportFactory = async (address) =>
   address.kind === "device" ? openDevice(address.path) : await connectTcp(address.host, address.port);
@@ -110,12 +111,45 @@ function sizeField(b: Uint8Array, have: number): number | undefined {
   return have >= 6 ? new DataView(b.buffer, b.byteOffset).getUint32(2) : undefined;
 }
 
+function notADevice(path: string, what: string): ZbError {
+  return new ZbError("CONFIG", `cannot use ${path} as a TPM: it is not a character device (${what})`, {
+    hint: "set tpm2.device or --tpm to the TPM's device node (/dev/tpmrm0) or to swtpm:host=HOST,port=PORT",
+  });
+}
+
+/** A name for a file type, for {@link notADevice}. */
+function fileType(st: fs.Stats): string {
+  if (st.isFile()) return "a regular file";
+  if (st.isDirectory()) return "a directory";
+  if (st.isFIFO()) return "a FIFO";
+  if (st.isSocket()) return "a socket";
+  if (st.isBlockDevice()) return "a block device";
+  return "not a device";
+}
+
+/**
+ * Open a TPM character device. Commands are written into whatever is opened,
+ * so the type is checked on the opened fd before the first write (a stat of
+ * the path first would race with a rename): a mistyped `--tpm /etc/passwd`
+ * must never overwrite the file's first bytes. No O_CREAT or O_TRUNC, so
+ * nothing is created or truncated either; O_NOCTTY, so a terminal named by
+ * mistake does not become zb's controlling terminal.
+ * @throws {ZbError} CONFIG when the path is not a character device; HSM_ABSENT / HSM_FAILED as {@link connect}
+ */
 function openDevice(path: string): Transport {
   let fd: number;
   try {
-    fd = fs.openSync(path, fs.constants.O_RDWR);
+    fd = fs.openSync(path, fs.constants.O_RDWR | fs.constants.O_NOCTTY);
   } catch (e) {
+    if ((e as { code?: string }).code === "EISDIR") throw notADevice(path, "a directory");
     throw connectError(path, e);
+  }
+  try {
+    const st = fs.fstatSync(fd);
+    if (!st.isCharacterDevice()) throw notADevice(path, fileType(st));
+  } catch (e) {
+    fs.closeSync(fd);
+    throw e instanceof ZbError ? e : connectError(path, e);
   }
   let open = true;
   return {
@@ -200,8 +234,12 @@ class TcpTransport implements Transport {
     this.have += d.length;
     d.fill(0);
     const size = sizeField(this.buf, this.have);
-    if (size === undefined || this.have < size) return;
-    if (this.have > size || size < 10) return this.fail(ioFailed(this.address, `response framing broken (size ${size}, ${this.have} bytes)`));
+    if (size === undefined) return;
+    // Judged as soon as the header's size field is in, as the device transport does:
+    // a size no response can have (a garbled or hostile peer) fails now, not after the timeout.
+    if (size < 10 || size > MAX_RESPONSE) return this.fail(ioFailed(this.address, `bad response size ${size}`));
+    if (this.have < size) return;
+    if (this.have > size) return this.fail(ioFailed(this.address, `response framing broken (size ${size}, ${this.have} bytes)`));
     const p = this.pending;
     this.pending = undefined;
     clearTimeout(p.timer);

@@ -226,7 +226,9 @@ export interface Response {
 
 /**
  * Split a response into handles, parameters and authorization areas.
- * An error response (rc ≠ 0) is a bare header (Part 1 §18.8).
+ * An error response (rc ≠ 0) is a bare header with tag TPM_ST_NO_SESSIONS
+ * (Part 1 §18.8). The tag is checked before the code is believed, so a
+ * garbled frame is a parse failure (HSM_FAILED), never a refusal.
  * @param handleCount handles the command returns on success (Part 3 "Response" table)
  * @param sessions how many authorization areas the command carried
  * @throws {ZbError} HSM_FAILED when the framing is inconsistent
@@ -237,11 +239,13 @@ export function parseResponse(bytes: Uint8Array, handleCount: number, sessions: 
   const size = r.u32("size");
   const rc = r.u32("response code");
   if (size !== bytes.length) throw malformed(`response size field ${size} but ${bytes.length} bytes received`);
+  // TPM 1.2-style TPM_ST_RSP_COMMAND (0x00c4, with TPM_RC_BAD_TAG) answers a bad command tag only; zb never sends one.
+  const want = rc !== 0 ? ST_NO_SESSIONS : sessions ? ST_SESSIONS : ST_NO_SESSIONS;
+  if (tag !== want) throw malformed(`unexpected response tag 0x${tag.toString(16)} (response code 0x${rc.toString(16)})`);
   if (rc !== 0) {
     r.end("an error response");
     return { rc, handles: [], params: new Uint8Array(0), auths: [] };
   }
-  if (tag !== (sessions ? ST_SESSIONS : ST_NO_SESSIONS)) throw malformed(`unexpected response tag 0x${tag.toString(16)}`);
   const handles: number[] = [];
   for (let i = 0; i < handleCount; i++) handles.push(r.u32("handle"));
   const params = sessions ? r.bytes(r.u32("parameterSize"), "parameters") : r.bytes(r.remaining, "parameters");

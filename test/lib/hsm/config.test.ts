@@ -9,7 +9,8 @@ describe("parseHsmConfig", () => {
     { text: "backend = tpm2\ntpm2.device = swtpm:host=127.0.0.1,port=2321\ntpm2.pcrs = sha256:7,0", after: (c) => { c.backend = "tpm2"; c.tpm2.device = "swtpm:host=127.0.0.1,port=2321"; c.tpm2.pcrs = [0, 7]; } },
     { text: "tpm2.lock-pcr = 15", after: (c) => { c.tpm2.lockPcr = 15; } },
     { text: "tpm2.lock-pcr =", after: () => undefined },
-    { text: "backend=pkcs11\npkcs11.module=/usr/lib/libx.so # the module\npkcs11.token=zb\npkcs11.key-label=zb-luks\npkcs11.key-id=0A\npkcs11.pin-file=/etc/zb/pin\npkcs11.oaep=sha1", after: (c) => { c.backend = "pkcs11"; c.pkcs11 = { module: "/usr/lib/libx.so", token: "zb", keyLabel: "zb-luks", keyId: "0a", pinFile: "/etc/zb/pin", oaep: "sha1" }; } },
+    { text: "backend=pkcs11\npkcs11.module=/usr/lib/libx.so # the module\npkcs11.token=zb\npkcs11.key-label=zb-luks\npkcs11.key-id=0A\npkcs11.pin-file=/etc/zb/pin\npkcs11.oaep=sha1", after: (c) => { c.backend = "pkcs11"; c.pkcs11 = { module: "/usr/lib/libx.so", token: "zb", tokenSerial: null, keyLabel: "zb-luks", keyId: "0a", pinFile: "/etc/zb/pin", oaep: "sha1" }; } },
+    { text: "pkcs11.token=zb\npkcs11.token-serial=4f3a9c2e11d0b7a1", after: (c) => { c.pkcs11.token = "zb"; c.pkcs11.tokenSerial = "4f3a9c2e11d0b7a1"; } },
     { text: "backend=zymkey\nzymkey.library=/opt/zk/libzk_app_utils.so\nwait=2.5", after: (c) => { c.backend = "zymkey"; c.zymkey.library = "/opt/zk/libzk_app_utils.so"; c.waitSeconds = 2.5; } },
     { text: "backend=soft\nsoft.enable=yes\nsoft.key-file=/var/lib/zb/soft.key", after: (c) => { c.backend = "soft"; c.soft = { enabled: true, keyFile: "/var/lib/zb/soft.key" }; } },
     { text: "soft.enable=no", after: () => undefined },
@@ -34,6 +35,8 @@ describe("parseHsmConfig", () => {
     ["soft.enable = maybe", /soft.enable must be yes or no/],
     ["pkcs11.oaep = md5", /pkcs11.oaep must be sha256, sha1 or auto/],
     ["pkcs11.key-id = xyz", /pkcs11.key-id must be hex bytes/],
+    ["pkcs11.token-serial = 0123456789abcdef0", /pkcs11.token-serial must be the token's serial number: at most 16/],
+    ["pkcs11.token-serial = 12 34", /pkcs11.token-serial must be/],
     ["tpm2.device =", /tpm2.device is empty/],
     ["backend = soft\n# later\nbackend = tpm2", /hsm.conf:3: backend is set again \(first on line 1\)/],
   ];

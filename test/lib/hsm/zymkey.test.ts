@@ -18,7 +18,7 @@ import { ZbError } from "../../../lib/errors.ts";
 import { b64 } from "../../../lib/hsm/blob.ts";
 import { cCopy, cFree, cWipe, takeMalloced } from "../../../lib/sys/libc.ts";
 import type { SealedData, UnsealResult } from "../../../lib/hsm/types.ts";
-import { ZYMKEY_DATA_VERSION, ZYMKEY_SEARCH, ZymkeyHsm, type ZymkeyOptions } from "../../../lib/hsm/zymkey.ts";
+import { UNLOCK_ATTEMPTS, UNLOCK_RETRY_DELAY_MS, ZYMKEY_DATA_VERSION, ZYMKEY_SEARCH, ZymkeyHsm, type ZymkeyOptions } from "../../../lib/hsm/zymkey.ts";
 import { randomSecret } from "../../../lib/secret.ts";
 import { setNativeEnv } from "../../peers/native-env.ts";
 import { buildZymkeyStub } from "../../peers/zymkey-stub.ts";
@@ -46,6 +46,7 @@ let stub: {
   zkStubLiveContexts(): number;
   zkStubOutputs(): number;
   zkStubMmappedChunks(): number | bigint;
+  zkStubFailUnlocks(n: number): void;
 };
 const mmapped = () => Number(stub.zkStubMmappedChunks());
 
@@ -65,6 +66,7 @@ beforeAll(() => {
     zkStubLiveContexts: { args: [], returns: "i32" },
     zkStubOutputs: { args: [], returns: "i32" },
     zkStubMmappedChunks: { args: [], returns: "i64" },
+    zkStubFailUnlocks: { args: ["i32"], returns: "void" },
   }).symbols as unknown as typeof stub;
 });
 
@@ -78,6 +80,7 @@ beforeEach(() => {
   setCEnv("ZK_STUB_LOG", logPath);
   setCEnv("ZK_STUB_OPEN_FAIL", null);
   setCEnv("ZK_STUB_LOCK_FAIL", null);
+  stub.zkStubFailUnlocks(0);
   writeFileSync(logPath, "");
 });
 
@@ -174,6 +177,40 @@ describe("seal and unseal", () => {
   });
 });
 
+describe("transient unlock failures (zkifc restarting, an I²C error) are tried again", () => {
+  const rows: { name: string; before: { failing: number }; after: { kind: UnsealResult["kind"]; unlocks: number; warned: RegExp | null; why?: RegExp } }[] = [
+    { name: "one failed unlock, then it works", before: { failing: 1 }, after: { kind: "ok", unlocks: 2, warned: /^zb: zkUnlockDataB2B succeeded on attempt 2 \(before: rc -9\)$/ } },
+    { name: "two failed unlocks, then it works", before: { failing: 2 }, after: { kind: "ok", unlocks: 3, warned: /^zb: zkUnlockDataB2B succeeded on attempt 3 \(before: rc -9, rc -9\)$/ } },
+    { name: "three: no-match (a device that keeps failing cannot be told from another device)", before: { failing: 3 }, after: { kind: "no-match", unlocks: 3, warned: null, why: /^zkUnlockDataB2B failed \(rc -9, 3 attempts\)/ } },
+    { name: "none: one unlock, no warning", before: { failing: 0 }, after: { kind: "ok", unlocks: 1, warned: null } },
+  ];
+  test.each(rows)("$name", async ({ before, after }) => {
+    const { secret, data } = await sealed();
+    writeFileSync(logPath, "");
+    stub.zkStubFailUnlocks(before.failing);
+    const warnings: string[] = [];
+    const t0 = performance.now();
+    const r = await unsealWith(data, { library: stubPath, warn: (l) => void warnings.push(l) });
+    const took = performance.now() - t0;
+    expect(r.kind).toBe(after.kind);
+    if (r.kind === "ok") expect(r.secret).toEqual(secret);
+    else expect(r.why).toMatch(after.why!);
+    expect(calls().length).toBe(after.unlocks);
+    expect(warnings).toEqual(after.warned ? [expect.stringMatching(after.warned)] : []);
+    // A pause before each retry (the daemon gets time to come back); none without a retry.
+    expect(took >= (after.unlocks - 1) * UNLOCK_RETRY_DELAY_MS * 0.9).toBe(true);
+    expect(stub.zkStubLiveContexts()).toBe(0);
+  });
+
+  test("data locked by another device: three unlocks, then no-match", async () => {
+    const { data } = await sealed();
+    setCEnv("ZK_STUB_DEVICE_KEY", keyB);
+    writeFileSync(logPath, "");
+    const r = await unsealWith(data, { library: stubPath, retryDelayMs: 1 });
+    expect([r.kind, calls().length]).toEqual(["no-match", UNLOCK_ATTEMPTS]);
+  });
+});
+
 describe("unseal of altered sealed data", () => {
   type Row = { name: string; edit: (d: SealedData) => SealedData; after: UnsealResult["kind"]; reachesLibrary: boolean };
   const flip = (d: SealedData, at: number) => {
@@ -199,7 +236,7 @@ describe("unseal of altered sealed data", () => {
     const r = await unsealWith(edit(data));
     expect(r.kind).toBe(after);
     if (r.kind === "ok") expect(r.secret).toEqual(secret);
-    expect(calls().length).toBe(reachesLibrary ? 1 : 0);
+    expect(calls().length).toBe(!reachesLibrary ? 0 : after === "no-match" ? UNLOCK_ATTEMPTS : 1); // a failed unlock is tried again
     expect(stub.zkStubLiveContexts()).toBe(0);
   });
 });

@@ -9,13 +9,13 @@
  * fsync leave the old or the new initramfs, never a mix.
  */
 import { describe, expect, test } from "bun:test";
-import { mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { appendFileSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ZbError } from "../../../lib/errors.ts";
 import { encodeBlob } from "../../../lib/hsm/blob.ts";
 import { readCpio, writeCpio } from "../../../lib/luks/cpio.ts";
 import {
-  appendCredentials, encodeMeta, findAppendedCredentials, packCredentials, parseMeta, readCredentials, unpackCredentials,
+  appendCredentials, checkAppendable, credentialTail, encodeMeta, findAppendedCredentials, packCredentials, parseMeta, readCredentials, unpackCredentials,
   type CredentialMeta, type Credentials,
 } from "../../../lib/luks/credentials.ts";
 import { HostSys } from "../../../lib/sys/sys.ts";
@@ -220,6 +220,47 @@ describe("appendCredentials on a real initramfs", () => {
     expect([found.credentials.meta, found.credentials.data]).toEqual([metaA, undefined]);
     expect(Buffer.from(after).indexOf("sealed data")).toBe(-1);
     expect(Buffer.from(after).indexOf(Buffer.from("sealed data").toString("base64"))).toBe(-1);
+  });
+
+  // A file bigger than the tail that is read (260 KiB), so the tail starts inside it.
+  const bigInitramfs = (dir: string, size: number) => {
+    const path = join(dir, "initramfs");
+    writeFileSync(path, Uint8Array.from({ length: size }, (_, i) => ((i * 2654435761) >>> 13) & 0xff | 1));
+    return path;
+  };
+  const noData = (): Credentials => ({ meta: { ...META, data: undefined } as unknown as CredentialMeta, root: blob("root2") });
+  const padding: { name: string; before: { size: number; pad: Uint8Array }; after: { replaced: true } }[] = [
+    { name: "1 NUL after the credentials (the file size is not a multiple of 4)", before: { size: 300_001, pad: new Uint8Array(1) }, after: { replaced: true } },
+    { name: "3 NULs after the credentials", before: { size: 300_002, pad: new Uint8Array(3) }, after: { replaced: true } },
+    { name: "8 KiB of NULs after the credentials", before: { size: 300_003, pad: new Uint8Array(8192) }, after: { replaced: true } },
+  ];
+  test.each(padding)("a tool padded the initramfs: $name → found and replaced, one set of credentials", ({ before, after }) => {
+    const path = bigInitramfs(tempDir(), before.size);
+    const first = appendCredentials(host, path, packCredentials(CREDS));
+    appendFileSync(path, before.pad);
+    const size = statSync(path).size;
+    const tail = credentialTail(host, path, size);
+    expect(tail.start % 4).toBe(0);
+    expect(tail.start + findAppendedCredentials(tail.bytes)!.offset).toBe(first.offset); // what `zb cred show` reads
+    const second = appendCredentials(host, path, packCredentials(noData()));
+    expect({ replaced: second.replaced }).toEqual(after);
+    const bytes = Buffer.from(readFileSync(path));
+    expect([second.offset, bytes.length]).toEqual([first.offset, first.offset + packCredentials(noData()).length]);
+    // The old data.sealed is gone: the kernel cannot unpack it next to the new credentials.
+    expect(bytes.indexOf(Buffer.from("sealed data").toString("base64"))).toBe(-1);
+  });
+
+  test("credentials followed by other data: append and checkAppendable refuse, the file is left alone", () => {
+    const path = bigInitramfs(tempDir(), 300_000);
+    const first = appendCredentials(host, path, packCredentials(CREDS));
+    appendFileSync(path, Buffer.from("a signature some tool appended\n"));
+    const before = readFileSync(path);
+    for (const f of [() => appendCredentials(host, path, packCredentials(noData())), () => checkAppendable(host, path)]) {
+      const e = errorOf(f);
+      expect([e.code, e.message]).toEqual(["CRED_INVALID", `cannot append credentials to ${path}: the credentials at byte ${first.offset} are followed by data zb does not recognise (from byte ${first.offset + packCredentials(CREDS).length}); appending more would make the kernel unpack both`]);
+      expect(e.hint).toMatch(/rebuild the initramfs/);
+    }
+    expect(readFileSync(path).equals(before)).toBe(true);
   });
 
   test("refuses an archive that is not credentials, and leaves the file alone", () => {

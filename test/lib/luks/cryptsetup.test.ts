@@ -342,6 +342,38 @@ describe("prepareOpen: cryptsetup started before the key (recording fake binary)
     expect(f.read()).toBe(after.read);
   });
 
+  /** A fake cryptsetup from a shell body (an open: reads stdin or not, as the body says). */
+  function script(dir: string, body: string): string {
+    const bin = join(dir, "cryptsetup-fake");
+    writeFileSync(bin, `#!/bin/sh\n${body}\n`);
+    chmodSync(bin, 0o755);
+    return bin;
+  }
+
+  // The timeout counts from the key, not from the spawn: zbunlock prepares the
+  // open before an unseal that may wait minutes for a typed PIN.
+  const timing: { name: string; before: { body: string; waitMs: number }; after: { ok: true; read: number } | { message: RegExp } }[] = [
+    { name: "the key comes after the timeout (a slow PIN): cryptsetup still takes it and opens", before: { body: "", waitMs: 700 }, after: { ok: true, read: 32 } },
+    { name: "cryptsetup hangs after it read the key: killed at the timeout, counted from the key", before: { body: "cat > /dev/null; exec sleep 30", waitMs: 0 }, after: { message: /cryptsetup was killed by SIGKILL \(timeout 0.3 s\)$/ } },
+    { name: "cryptsetup ended before the key came: its exit status, not a failed write", before: { body: "exit 4", waitMs: 400 }, after: { message: /^cannot open \/dev\/mmcblk0p2 as zb-root: wrong device \(missing, unreadable or not LUKS\) \(cryptsetup exit 4\)$/ } },
+  ];
+  test.each(timing)("$name", async ({ before, after }) => {
+    const dir = tempDir();
+    const f = fake(dir);
+    const bin = before.body === "" ? f.bin : script(dir, before.body);
+    const p = new CryptsetupCli({ binary: bin, timeoutMs: 300 }).prepareOpen("/dev/mmcblk0p2", "zb-root");
+    await Bun.sleep(before.waitMs);
+    const t0 = performance.now();
+    const e = await p.open(awkwardKey(43)).then(() => null, (x: unknown) => x as ZbError);
+    if ("ok" in after) {
+      expect(e?.message ?? null).toBeNull();
+      expect(f.read()).toBe(after.read);
+    } else {
+      expect([e?.code, e?.message]).toEqual(["LUKS_FAILED", expect.stringMatching(after.message)]);
+    }
+    expect(performance.now() - t0).toBeLessThan(10_000);
+  });
+
   test("a bad mapping name or device is refused before anything starts", () => {
     const cs = new CryptsetupCli({ binary: "/bin/false" });
     expect(() => cs.prepareOpen("/dev/x", "zb/root")).toThrow(/cannot use "zb\/root" as a mapping name/);

@@ -7,7 +7,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { LUKS_PROBE_BYTES, parseLuksHeader, verifyLuks2Checksum } from "../../../lib/luks/header.ts";
+import { LUKS_PROBE_BYTES, parseLuksHeader, secondaryLuksHeader, verifyLuks2Checksum } from "../../../lib/luks/header.ts";
 
 const CRYPTSETUP = Bun.which("cryptsetup", { PATH: `${process.env.PATH}:/usr/sbin:/sbin` })!;
 const dir = mkdtempSync(join(tmpdir(), "zb-luks-header-"));
@@ -25,6 +25,7 @@ function format(name: string, extra: string[]): { path: string; bytes: Uint8Arra
 }
 
 const luks2 = format("luks2.img", ["--type", "luks2", "--label", "zb-root", "--subsystem", "zb"]);
+const luks2big = format("luks2-64k.img", ["--type", "luks2", "--luks2-metadata-size", "64k"]);
 const luks1 = format("luks1.img", ["--type", "luks1"]);
 
 describe("real headers", () => {
@@ -67,6 +68,7 @@ describe("before (a spoiled LUKS2 header) / after (parse, checksum)", () => {
     { name: "version 3", before: () => spoil(7, 3), after: { parses: false, checksum: false } },
     { name: "UUID not a UUID", before: () => spoil(168, 0x7a), after: { parses: false, checksum: false } },
     { name: "hdr_size not a power of two", before: () => spoil(14, 0x41), after: { parses: false, checksum: false } },
+    { name: "hdr_offset not 0 in a primary (cryptsetup refuses it)", before: () => spoil(256 + 6, 0x40), after: { parses: false, checksum: false } },
     { name: "cut to 4 KiB (checksum needs hdr_size bytes)", before: () => luks2.bytes.subarray(0, 4096), after: { parses: true, checksum: false } },
     { name: "shorter than 512 bytes", before: () => luks2.bytes.subarray(0, 511), after: { parses: false, checksum: false } },
   ];
@@ -88,5 +90,36 @@ describe("other content is not LUKS", () => {
   ];
   test.each(rows)("$name", ({ before }) => {
     expect(parseLuksHeader(before)).toBeNull();
+  });
+});
+
+describe("secondaryLuksHeader: the copy cryptsetup falls back to", () => {
+  const edit = (src: Uint8Array, ...changes: [at: number, value: number][]) => {
+    const b = new Uint8Array(src);
+    for (const [at, value] of changes) b[at] = value;
+    return b;
+  };
+  const rows: { name: string; before: () => Uint8Array; after: { uuid: string; at: number } | null }[] = [
+    { name: "intact device", before: () => luks2.bytes, after: { uuid: luks2.uuid, at: 16384 } },
+    { name: "primary magic wiped", before: () => edit(luks2.bytes, [0, 0], [1, 0], [2, 0]), after: { uuid: luks2.uuid, at: 16384 } },
+    { name: "primary wiped, 64 KiB metadata (secondary at 64 KiB)", before: () => edit(luks2big.bytes, [0, 0]), after: { uuid: luks2big.uuid, at: 65536 } },
+    { name: "secondary checksum byte changed", before: () => edit(luks2.bytes, [0, 0], [16384 + 448, luks2.bytes[16384 + 448]! ^ 1]), after: null },
+    { name: "secondary JSON byte changed", before: () => edit(luks2.bytes, [0, 0], [16384 + 4096 + 3, 0x7a]), after: null },
+    { name: "secondary magic wiped too (wipefs)", before: () => edit(luks2.bytes, [0, 0], [16384, 0]), after: null },
+    { name: "LUKS1 (no secondary)", before: () => luks1.bytes, after: null },
+    { name: "device shorter than 16 KiB", before: () => luks2.bytes.subarray(0, 8192), after: null },
+  ];
+  test.each(rows)("$name", ({ before, after }) => {
+    const b = before();
+    const h = secondaryLuksHeader((off, n) => b.subarray(off, off + n));
+    expect(h === null ? null : { uuid: h.uuid, at: h.hdrOffset }).toEqual(after);
+  });
+
+  test("a copy at an offset other than its hdr_offset is not taken", () => {
+    // The 16 KiB secondary moved to 32 KiB: its hdr_offset field says 16 KiB.
+    const b = new Uint8Array(1 << 20);
+    b.set(luks2.bytes.subarray(16384, 32768), 32768);
+    expect(secondaryLuksHeader((off, n) => b.subarray(off, off + n))).toBeNull();
+    expect(parseLuksHeader(b.subarray(32768))?.hdrOffset).toBe(16384);
   });
 });

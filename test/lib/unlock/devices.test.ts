@@ -68,3 +68,55 @@ test("findLuksDevice: two devices with the UUID (a copy of the disk) are refused
   writeFileSync(join(root, "dev/sda2"), head);
   expect(() => findLuksDevice(sys, root, uuid)).toThrow(`cannot choose the device with LUKS UUID ${uuid}: 2 devices carry it (${join(root, "dev/md0")}, ${join(root, "dev/sda2")})`);
 });
+
+describe("findLuksDevice: a LUKS2 device whose primary header is damaged (cryptsetup opens it from the secondary)", () => {
+  /** A LUKS2 image made by cryptsetup, its first `wipe` bytes zeroed; cryptsetup's luksUUID of the result, or null when it refuses. */
+  function damaged(name: string, wipe: number): { bytes: Uint8Array; uuid: string; cryptsetupSays: string | null } {
+    const img = join(dir, `${name}.img`);
+    writeFileSync(img, new Uint8Array(16 << 20));
+    const f = Bun.spawnSync(["cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file=-", img], { stdin: new Uint8Array(32).fill(7), stderr: "pipe" });
+    expect(f.exitCode).toBe(0);
+    const uuid = Bun.spawnSync(["cryptsetup", "luksUUID", img]).stdout.toString().trim();
+    const whole = new Uint8Array(readFileSync(img));
+    whole.fill(0, 0, wipe);
+    writeFileSync(img, whole);
+    const bytes = whole.subarray(0, 1 << 20); // the headers (the test's device nodes need no keyslot area)
+    const u = Bun.spawnSync(["cryptsetup", "luksUUID", img], { stderr: "pipe" });
+    return { bytes, uuid, cryptsetupSays: u.exitCode === 0 ? u.stdout.toString().trim() : null };
+  }
+  function tree(name: string, devices: Record<string, Uint8Array>): string {
+    const root = join(dir, name);
+    mkdirSync(join(root, "dev"), { recursive: true });
+    for (const [d, bytes] of Object.entries(devices)) {
+      mkdirSync(join(root, "sys/class/block", d), { recursive: true });
+      writeFileSync(join(root, "dev", d), bytes);
+    }
+    return root;
+  }
+  const sys = new HostSys();
+
+  const rows: { name: string; wipe: number; after: { cryptsetup: "reads it" | "refuses"; found: boolean } }[] = [
+    { name: "primary magic zeroed", wipe: 6, after: { cryptsetup: "reads it", found: true } },
+    { name: "whole primary binary header zeroed", wipe: 4096, after: { cryptsetup: "reads it", found: true } },
+    { name: "primary and secondary zeroed", wipe: 32768, after: { cryptsetup: "refuses", found: false } },
+  ];
+  test.each(rows)("$name: found exactly when cryptsetup reads it", ({ name, wipe, after }) => {
+    const d = damaged(name.replace(/\W+/g, "-"), wipe);
+    const root = tree(`root-${name.replace(/\W+/g, "-")}`, { vda1: new Uint8Array(64 << 10), vda2: d.bytes });
+    expect({
+      cryptsetup: d.cryptsetupSays === d.uuid ? "reads it" : "refuses",
+      found: findLuksDevice(sys, root, d.uuid) === join(root, "dev/vda2"),
+    }).toEqual(after);
+  });
+
+  test("a device with an intact primary wins over another's secondary; two secondaries are refused like two primaries", () => {
+    const intact = realHeader("luks2");
+    const d = damaged("dup", 6);
+    const copy = new Uint8Array(d.bytes);
+    const root = tree("root-sec-dup", { sda1: d.bytes, sdb1: copy });
+    expect(() => findLuksDevice(sys, root, d.uuid)).toThrow(`cannot choose the device with LUKS UUID ${d.uuid}: 2 devices carry it`);
+    // The intact device's UUID is another one: the damaged pair is not even read beyond its primary.
+    const root2 = tree("root-sec-intact", { sda1: d.bytes, sdc1: intact.head });
+    expect(findLuksDevice(sys, root2, intact.uuid)).toBe(join(root2, "dev/sdc1"));
+  });
+});

@@ -135,7 +135,7 @@ describe("unlockSlot", () => {
     { name: "blob for another TPM → no-match, permanent", script: { unseal: ["no-match"] }, kind: "no-match", permanent: true, code: "HSM_NO_MATCH" },
     { name: "PCRs changed → denied, permanent", script: { unseal: ["denied"] }, kind: "denied", permanent: true, code: "HSM_DENIED" },
     { name: "response integrity failed → failed, transient", script: { unseal: ["failed"] }, kind: "failed", permanent: false, code: "HSM_FAILED" },
-    { name: "the backend throws (soft, not enabled) → failed, transient, not a LUKS failure", script: { unseal: ["throw"] }, kind: "failed", permanent: false, code: "HSM_FAILED" },
+    { name: "the backend throws (soft, not enabled; a loose PIN file) → failed, transient, its own code kept, not a LUKS failure", script: { unseal: ["throw"] }, kind: "failed", permanent: false, code: "CONFIG" },
     { name: "device never appears → device, transient", script: { deviceFrom: Infinity }, kind: "device", permanent: false, code: "LUKS_FAILED" },
     { name: "two devices carry the UUID → device, transient (nothing opened)", script: { deviceThrows: new ZbError("LUKS_FAILED", "cannot choose the device with LUKS UUID x: 2 devices carry it") }, kind: "device", permanent: false, code: "LUKS_FAILED" },
     { name: "key does not open the header → luks, permanent", script: { openFails: { name: "zb-root", error: new ZbError("LUKS_FAILED", "cannot open: No key available with this passphrase") } }, kind: "luks", permanent: true, code: "LUKS_FAILED" },

@@ -25,7 +25,8 @@ async function main(): Promise<void> {
   const secret = new Uint8Array(await Bun.stdin.arrayBuffer());
   const hsm = new Pkcs11Hsm({ module: module!, token: "zb-bin", keyLabel: "luks", pin: async () => readPinFile(pinFile!) });
   const sealed = await hsm.seal(secret);
-  const r = await hsm.unseal(sealed);
+  // A PIN file the callback refuses is thrown with its own code (CONFIG), not answered.
+  const r = await hsm.unseal(sealed).catch((e) => ({ kind: "threw " + e.code, why: e.message }));
   await hsm.close();
   const unsealed = r.kind === "ok" ? Buffer.from(r.secret).toString("hex") : r.kind + ": " + r.why;
   process.stdout.write(JSON.stringify({ sealed, unsealed }));
@@ -71,14 +72,14 @@ describe("compiled binary", () => {
     expect(here.kind === "ok" ? Buffer.from(here.secret).toString("hex") : here.why).toBe(hex);
   });
 
-  test("a group-readable PIN file is refused inside the binary too (unseal → failed)", () => {
+  test("a group-readable PIN file is refused inside the binary too (unseal throws CONFIG)", () => {
     const pinFile = join(hsm.dir, "pin-open");
     writeFileSync(pinFile, USER_PIN);
     chmodSync(pinFile, 0o644);
     const p = Bun.spawnSync([binary, hsm.module, pinFile], { stdin: randomSecret(32), env: { ...process.env } });
     expect(p.exitCode).toBe(0);
     expect(JSON.parse(p.stdout.toString()).unsealed).toBe(
-      `failed: cannot get the token PIN: cannot use PIN file ${pinFile}: it is readable by group or others (mode 0644)`,
+      `threw CONFIG: cannot use PIN file ${pinFile}: it is readable by group or others (mode 0644)`,
     );
   });
 });

@@ -5,7 +5,10 @@
  * Tokens: zb-a holds key pair "luks"/01 (generated on the token) and "imp"/02
  * (imported from an openssl key, so openssl can decrypt too); zb-b holds a
  * different "luks"/01; zb-cert holds "luks"/01 as private key + X.509
- * certificate only (the systemd-cryptenroll layout).
+ * certificate only (the systemd-cryptenroll layout). Two tokens share the
+ * label zb-twin (labels are not unique): the first in slot order has no
+ * "luks" key, the second has; both have a "both"/03 (different keys) and the
+ * same imported key "bak"/04 (a backup token).
  *
  * SoftHSM 2.6 implements CKM_RSA_PKCS_OAEP with SHA-1/MGF1-SHA-1 only (it
  * answers CKR_ARGUMENTS_BAD to SHA-256 parameters, to pkcs11-tool as to zb),
@@ -14,16 +17,18 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { createHash } from "node:crypto";
-import { readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { isZbError } from "../../../../lib/errors.ts";
-import { pinRetryable, Pkcs11Hsm, type Pkcs11Options } from "../../../../lib/hsm/pkcs11/index.ts";
+import { pinRetryable, Pkcs11Hsm, readPinFile, type Pkcs11Options } from "../../../../lib/hsm/pkcs11/index.ts";
 import { CKR } from "../../../../lib/hsm/pkcs11/layout.ts";
 import type { SealedData, UnsealResult } from "../../../../lib/hsm/types.ts";
 import { randomSecret } from "../../../../lib/secret.ts";
-import { runTool, setNativeEnv, SOFTHSM_MODULE, startSoftHsm, USER_PIN, type SoftHsm } from "../../../peers/softhsm.ts";
+import { runTool, setNativeEnv, SOFTHSM_MODULE, startSoftHsm, USER_PIN, type MadeToken, type SoftHsm } from "../../../peers/softhsm.ts";
 
 let hsm: SoftHsm;
+/** The two zb-twin tokens, in slot order. */
+let twin: { first: MadeToken; second: MadeToken };
 let pinCalls = 0;
 const handedOut: Uint8Array[] = [];
 
@@ -39,6 +44,14 @@ beforeAll(() => {
   ok(runTool(["openssl", "pkey", "-in", f("imp.pem"), "-pubout", "-outform", "DER", "-out", f("imp.pub.der")]));
   hsm.importKey("zb-a", { id: "02", label: "imp", privateDer: f("imp.der"), publicDer: f("imp.pub.der") });
   makeCertificateOnly(f);
+  const [t1, t2] = [hsm.initToken("zb-twin"), hsm.initToken("zb-twin")];
+  const order = hsm.slotOrder();
+  twin = order.indexOf(t1.slot) < order.indexOf(t2.slot) ? { first: t1, second: t2 } : { first: t2, second: t1 };
+  hsm.keypair({ slot: twin.second.slot }, { id: "01", label: "luks" });
+  for (const t of [twin.first, twin.second]) {
+    hsm.keypair({ slot: t.slot }, { id: "03", label: "both" });
+    hsm.importKey({ slot: t.slot }, { id: "04", label: "bak", privateDer: f("imp.der"), publicDer: f("imp.pub.der") });
+  }
 });
 
 afterAll(() => hsm?.close());
@@ -156,7 +169,7 @@ describe("unseal failure classes", () => {
     { name: "module missing", over: { module: "/nonexistent/libp11.so" }, edit: {}, kind: "absent", why: "no such file", pins: 0 },
     { name: "not a PKCS#11 module", over: { module: SOFTHSM_MODULE.replace("softhsm/libsofthsm2.so", "libc.so.6") }, edit: {}, kind: "absent", why: "cannot load PKCS#11 module", pins: 0 },
     { name: "token label not present", over: {}, edit: { token: "zb-later" }, kind: "absent", why: 'no token labelled "zb-later"', pins: 0 },
-    { name: "key label not on the token", over: {}, edit: { keyLabel: "gone" }, kind: "no-match", why: 'no private key with label "gone", id 01', pins: 1 },
+    { name: "key label not on the token: no key to check, so no login", over: {}, edit: { keyLabel: "gone" }, kind: "no-match", why: 'token "zb-a": no RSA public key or certificate with label "gone", id 01 to check before login', pins: 0 },
     { name: "another token's key of the same name", over: {}, edit: { token: "zb-b" }, kind: "no-match", why: "is not the key the secret was sealed to", pins: 0 },
     { name: "corrupted ciphertext", over: {}, edit: "flip", kind: "failed", why: "C_Decrypt returned CKR_", pins: 1 },
     { name: "truncated ciphertext", over: {}, edit: "truncate", kind: "failed", why: "ciphertext is 255 bytes, the key's modulus 256", pins: 0 },
@@ -210,6 +223,86 @@ describe("unseal failure classes", () => {
   test("a PIN callback that throws → failed, with its message", async () => {
     const b = new Pkcs11Hsm({ module: hsm.module, keyLabel: "luks", pin: () => Promise.reject(new Error("no tty")) });
     expect(await b.unseal(sealed)).toEqual({ kind: "failed", why: "cannot get the token PIN: no tty" });
+  });
+
+  test("a PIN file with a loose mode: unseal throws readPinFile's CONFIG error (exit 8), not HSM_FAILED", async () => {
+    const file = join(hsm.dir, "pin-0644");
+    writeFileSync(file, `${USER_PIN}\n`, { mode: 0o644 });
+    chmodSync(file, 0o644);
+    const b = new Pkcs11Hsm({ module: hsm.module, keyLabel: "luks", pin: async () => readPinFile(file) });
+    const e = await b.unseal(sealed).then((r) => r, (x: unknown) => x);
+    expect(isZbError(e, "CONFIG")).toBe(true);
+    expect([(e as Error).message, (e as { hint?: string }).hint]).toEqual([`cannot use PIN file ${file}: it is readable by group or others (mode 0644)`, `run: chmod 600 ${file}`]);
+  });
+});
+
+describe("tokens sharing a label (a backup token, a stranger's USB token)", () => {
+  const sealWith = async (over: Over) => {
+    const secret = randomSecret(32);
+    return { secret, data: await backend(over).seal(secret) };
+  };
+  type Row = { name: string; before: () => Promise<{ secret: Uint8Array | null; data: SealedData }>; after: { result: string; pins: number; warned: RegExp | null } };
+  const rows: Row[] = [
+    {
+      name: "the first token has no key under the label: the PIN goes to the second, which holds it",
+      before: () => sealWith({ token: "zb-twin" }),
+      after: { result: "ok", pins: 1, warned: null },
+    },
+    {
+      name: "both have a key of that name, different ones; sealed to the second (by serial): the fingerprint picks it",
+      before: () => sealWith({ token: "zb-twin", keyLabel: "both", keyId: "03", tokenSerial: twin.second.serial }),
+      after: { result: "ok", pins: 1, warned: null },
+    },
+    {
+      name: "both hold the same key (a backup): either decrypts; the first is used, with a warning",
+      before: () => sealWith({ token: "zb-twin", keyLabel: "bak", keyId: "04", tokenSerial: twin.second.serial }),
+      after: { result: "ok", pins: 1, warned: /^zb: 2 tokens labelled "zb-twin" \(serials .*\) show the key the secret was sealed to; using serial "/ },
+    },
+    {
+      name: "neither holds the key sealed to: no-match, and no PIN asked for",
+      before: async () => ({ secret: null, data: { ...(await sealWith({})).data, token: "zb-twin" } }),
+      after: { result: 'no-match: none of the 2 tokens labelled "zb-twin" holds the key the secret was sealed to', pins: 0, warned: null },
+    },
+    {
+      name: "no fingerprint in the sealed data (imported): the tokens cannot be told apart, no PIN asked for",
+      before: async () => {
+        const { pubkeySha256: _, ...data } = (await sealWith({ token: "zb-twin" })).data;
+        return { secret: null, data };
+      },
+      after: { result: 'no-match: 2 tokens are labelled "zb-twin" and the sealed data has no key fingerprint (pubkeySha256) to tell them apart', pins: 0, warned: null },
+    },
+  ];
+  test.each(rows)("$name", async ({ before, after }) => {
+    const { secret, data } = await before();
+    const warnings: string[] = [];
+    pinCalls = 0;
+    const r = await backend({ token: undefined, tokenSerial: undefined, warn: (l) => void warnings.push(l) }).unseal(data);
+    expect(r.kind === "ok" ? (secret && hex(r.secret) === hex(secret) ? "ok" : "wrong secret") : `${r.kind}: ${r.why}`).toStartWith(after.result);
+    expect(pinCalls).toBe(after.pins);
+    if (after.warned) expect(warnings).toEqual([expect.stringMatching(after.warned)]);
+    else expect(warnings).toEqual([]);
+  });
+
+  test.each<{ name: string; over: () => Over; code: string; why: () => string }>([
+    {
+      name: "a key of that name on both, no serial given: refused, naming both serials",
+      over: () => ({ token: "zb-twin", keyLabel: "both", keyId: "03" }),
+      code: "HSM_NO_MATCH",
+      why: () => `is on tokens "zb-twin" (serial "${twin.first.serial}"), "zb-twin" (serial "${twin.second.serial}"); name the token (pkcs11.token-serial=)`,
+    },
+    { name: "a serial no token has", over: () => ({ token: "zb-twin", tokenSerial: "0000000000000000" }), code: "HSM_ABSENT", why: () => 'no token labelled "zb-twin" with serial "0000000000000000"' },
+  ])("seal refuses: $name", async ({ over, code, why }) => {
+    const err = await backend(over()).seal(randomSecret(32)).catch((e: unknown) => e);
+    expect(isZbError(err, code as "HSM_ABSENT")).toBe(true);
+    expect((err as Error).message).toContain(why());
+  });
+
+  test("seal by serial alone (no label) picks that token; probe shows it and counts the other", async () => {
+    const data = await backend({ token: undefined, tokenSerial: twin.first.serial, keyLabel: "both", keyId: "03" }).seal(randomSecret(32));
+    expect(data.token).toBe("zb-twin");
+    const p = await backend({ token: "zb-twin", tokenSerial: undefined }).probe();
+    expect(p.detail).toContain(`token "zb-twin" (SoftHSM v2, serial ${twin.first.serial}) and 1 more with this label (pkcs11.token-serial= chooses one)`);
+    expect((await backend({ token: "zb-twin", tokenSerial: twin.second.serial }).probe()).info?.serial).toBe(twin.second.serial);
   });
 });
 

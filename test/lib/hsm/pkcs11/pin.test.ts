@@ -29,7 +29,6 @@ describe("readPinFile", () => {
     { name: "CRLF stripped", before: "1234\r\n", mode: 0o400, after: "1234" },
     { name: "only one newline stripped", before: "1234\n\n", mode: 0o600, after: "1234\n" },
     { name: "inner spaces kept", before: "12 34 ", mode: 0o600, after: "12 34 " },
-    { name: "group-writable is not readable", before: "1234", mode: 0o620, after: "1234" },
     { name: "1024 bytes", before: "7".repeat(1024), mode: 0o600, after: "7".repeat(1024) },
   ])("$name", ({ name, before, mode, after }) => {
     const pin = readPinFile(pinFile(name, before, mode));
@@ -38,8 +37,11 @@ describe("readPinFile", () => {
   });
 
   test.each([
-    { name: "group-readable", before: "1234", mode: 0o640, code: "CONFIG", why: "readable by group or others (mode 0640)" },
-    { name: "world-readable", before: "1234", mode: 0o604, code: "CONFIG", why: "readable by group or others (mode 0604)" },
+    { name: "group-readable", before: "1234", mode: 0o640, code: "CONFIG", why: "it is readable by group or others (mode 0640)" },
+    { name: "world-readable", before: "1234", mode: 0o604, code: "CONFIG", why: "it is readable by group or others (mode 0604)" },
+    { name: "group-writable (someone else chooses the PIN)", before: "1234", mode: 0o620, code: "CONFIG", why: "it is writable or executable by group or others (mode 0620)" },
+    { name: "world-writable", before: "1234", mode: 0o602, code: "CONFIG", why: "it is writable or executable by group or others (mode 0602)" },
+    { name: "group-executable", before: "1234", mode: 0o610, code: "CONFIG", why: "it is writable or executable by group or others (mode 0610)" },
     { name: "empty", before: "", mode: 0o600, code: "CONFIG", why: "it is empty" },
     { name: "only a newline", before: "\n", mode: 0o600, code: "CONFIG", why: "it is empty" },
     { name: "too large", before: "7".repeat(1025), mode: 0o600, code: "CONFIG", why: "larger than 1024 bytes" },

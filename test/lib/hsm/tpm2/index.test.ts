@@ -6,7 +6,9 @@
  * only) inspect the TPM from outside.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { Tpm2Hsm } from "../../../../lib/hsm/tpm2/index.ts";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { BUSY_DELAYS_MS, Tpm2Hsm } from "../../../../lib/hsm/tpm2/index.ts";
 import type { SealedData } from "../../../../lib/hsm/types.ts";
 import { Tpm } from "../../../../lib/hsm/tpm2/commands.ts";
 import { decodeSealed } from "../../../../lib/hsm/tpm2/sealed.ts";
@@ -17,6 +19,32 @@ import { CC } from "../../../../lib/hsm/tpm2/wire.ts";
 import { ccOf, hasSecret, noHandlesLeft, startSwtpm, startSwtpmDevice, wrapped, type Exchange, type Swtpm } from "../../../peers/swtpm.ts";
 
 const random = (n: number) => crypto.getRandomValues(new Uint8Array(n));
+
+/** A bare error response: tag, size 10, response code. */
+function errorResponse(rc: number, tag = 0x8001): Uint8Array {
+  const b = new Uint8Array(10);
+  const d = new DataView(b.buffer);
+  d.setUint16(0, tag);
+  d.setUint32(2, 10);
+  d.setUint32(6, rc);
+  return b;
+}
+
+/** The same response with one byte appended (and its size field to match): a parse failure after the handle. */
+function trailingByte(r: Uint8Array): Uint8Array {
+  const o = new Uint8Array(r.length + 1);
+  o.set(r);
+  new DataView(o.buffer).setUint32(2, o.length);
+  return o;
+}
+
+/** Replace the persistent key at 0x81000001 with one tpm2_createprimary makes from `args`. */
+function replaceSrk(t: Swtpm, args: string[]): void {
+  t.tools(["tpm2_evictcontrol", "-C", "o", "-c", "0x81000001"]);
+  t.toolsOk(["tpm2_createprimary", "-Q", "-C", "o", ...args, "-c", "p.ctx"]);
+  t.toolsOk(["tpm2_evictcontrol", "-Q", "-C", "o", "-c", "p.ctx", "0x81000001"]);
+  t.toolsOk(["tpm2_flushcontext", "-t"]);
+}
 
 /** The backend's unseal steps with a salted session but attrs 0 (no response encryption), recorded. */
 async function unsealWithoutEncryption(address: string, data: SealedData, log: Exchange[]): Promise<Uint8Array> {
@@ -169,6 +197,10 @@ describe("failure classes: situation before → result after", () => {
     { name: "TPM_RC_PCR_CHANGED once → retried → ok", times: 1, rc: 0x128, after: "ok", unseals: 2 },
     { name: "TPM_RC_RETRY once → retried → ok", times: 1, rc: 0x922, after: "ok", unseals: 2 },
     { name: "TPM_RC_PCR_CHANGED twice → failed (one retry only)", times: 2, rc: 0x128, after: "failed", unseals: 2 },
+    { name: "TPM_RC_TESTING 3 times → retried after short waits → ok", times: 3, rc: 0x90a, after: "ok", unseals: 4 },
+    { name: "TPM_RC_YIELDED once → retried → ok", times: 1, rc: 0x908, after: "ok", unseals: 2 },
+    { name: "TPM_RC_RETRY 5 times → ok on the last retry", times: 5, rc: 0x922, after: "ok", unseals: 6 },
+    { name: "TPM_RC_RETRY 6 times → failed after 5 retries", times: 6, rc: 0x922, after: "failed", unseals: 6 },
   ])("$name", async ({ times, rc, after, unseals }) => {
     const data = await hsm.seal(random(32), { pcrs: [0] });
     let left = times;
@@ -181,11 +213,132 @@ describe("failure classes: situation before → result after", () => {
         return left-- > 0 ? header : undefined;
       },
     });
+    const started = Date.now();
     const r = await new Tpm2Hsm({ device: tpm.address, connect: inject }).unseal(data);
     expect(r.kind).toBe(after as never);
     expect(seen).toBe(unseals);
+    // Busy codes wait before each retry (50 ms first); PCR_CHANGED does not wait.
+    if (rc !== 0x128) expect(Date.now() - started).toBeGreaterThanOrEqual(BUSY_DELAYS_MS.slice(0, unseals - 1).reduce((a, b) => a + b, 0) - 5);
     noHandlesLeft(tpm);
   });
+
+  test.each([
+    { name: "TPM_RC_POLICY_FAIL under a garbled tag (0x1234) on Unseal → failed, not denied", cc: 0x15e, rsp: errorResponse(0x99d, 0x1234), kind: "failed", why: "unexpected response tag 0x1234" },
+    { name: "TPM_RC_AUTH_FAIL under TPM_ST_SESSIONS on Unseal → failed, not denied", cc: 0x15e, rsp: errorResponse(0x98e, 0x8002), kind: "failed", why: "unexpected response tag 0x8002" },
+    { name: "TPM_RC_POLICY_FAIL with the right tag on Unseal → denied (control)", cc: 0x15e, rsp: errorResponse(0x99d), kind: "denied", why: "TPM_RC_POLICY_FAIL" },
+    { name: "TPM_RC_LOCKOUT on Load → failed (heals), not denied", cc: 0x157, rsp: errorResponse(0x921), kind: "failed", why: "dictionary-attack lockout, which heals by itself" },
+    { name: "TPM_RC_LOCKOUT on Unseal → failed (heals), not denied", cc: 0x15e, rsp: errorResponse(0x921), kind: "failed", why: "dictionary-attack lockout, which heals by itself" },
+  ])("$name", async ({ cc, rsp, kind, why }) => {
+    const data = await hsm.seal(random(32), { pcrs: [0] });
+    const inject = wrapped({ before: (cmd) => (ccOf(cmd) === cc ? rsp : undefined) });
+    const r = await new Tpm2Hsm({ device: tpm.address, connect: inject }).unseal(data);
+    expect(r).toMatchObject({ kind, why: expect.stringContaining(why) });
+    noHandlesLeft(tpm);
+  });
+
+  test.each([
+    { name: "StartAuthSession (unseal)", cc: 0x176, fresh: false },
+    { name: "Load (unseal)", cc: 0x157, fresh: false },
+    { name: "CreatePrimary (the first seal)", cc: 0x131, fresh: true },
+  ])("a $name response that created a handle but does not parse → failed, the handle flushed", async ({ cc, fresh }) => {
+    // Each run leaks one handle on a TPM without a resource manager unless zb flushes it; five would be noticed too.
+    const t = fresh ? await startSwtpm() : tpm;
+    try {
+      const data = fresh ? undefined : await hsm.seal(random(32));
+      const broken = new Tpm2Hsm({ device: t.address, connect: wrapped({ after: (c, r) => (ccOf(c) === cc ? trailingByte(r) : r) }) });
+      if (data) expect(await broken.unseal(data)).toMatchObject({ kind: "failed", why: expect.stringContaining("1 trailing bytes") });
+      else await expect(broken.seal(random(32))).rejects.toMatchObject({ code: "HSM_FAILED", message: expect.stringContaining("1 trailing bytes") });
+      noHandlesLeft(t);
+    } finally {
+      if (fresh) await t.stop();
+    }
+  });
+});
+
+describe("another kind of key at 0x81000001: no-match, whatever its kind (names are compared first)", () => {
+  let other: Swtpm;
+  let data: SealedData;
+  beforeAll(async () => {
+    other = await startSwtpm();
+    data = await new Tpm2Hsm({ device: other.address }).seal(random(32), { pcrs: [7] });
+  });
+  afterAll(async () => {
+    await other?.stop();
+  });
+
+  const STORAGE = "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|decrypt";
+  const rows: { name: string; args: string[]; sealWhy: string }[] = [
+    { name: "an ECC P-384 storage key with AES-256-CFB", args: ["-g", "sha256", "-G", "ecc384:aes256cfb", "-a", STORAGE], sealWhy: "its symmetric algorithm is not AES-128-CFB" },
+    { name: "a P-256 storage key with AES-256-CFB", args: ["-g", "sha256", "-G", "ecc256:aes256cfb", "-a", STORAGE], sealWhy: "its symmetric algorithm is not AES-128-CFB" },
+    { name: "an RSA-2048 signing key", args: ["-g", "sha256", "-G", "rsa2048", "-a", "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|sign"], sealWhy: "it is not a restricted decryption (storage) key" },
+    { name: "a P-256 AES-128-CFB storage key with nameAlg SHA-384", args: ["-g", "sha384", "-G", "ecc256:aes128cfb", "-a", STORAGE], sealWhy: "its nameAlg is not SHA-256" },
+    { name: "a usable storage key, not the one sealed to (control)", args: ["-g", "sha256", "-G", "ecc256:aes128cfb", "-a", "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|decrypt"], sealWhy: "" },
+  ];
+  test.each(rows)("$name → unseal no-match; seal says why it cannot use it", async ({ args, sealWhy }) => {
+    replaceSrk(other, args);
+    const h = new Tpm2Hsm({ device: other.address, warn: () => undefined });
+    expect(await h.unseal(data)).toMatchObject({ kind: "no-match", why: expect.stringContaining("0x81000001 is not the one sealed to") });
+    if (sealWhy) {
+      await expect(h.seal(random(32))).rejects.toMatchObject({ code: "HSM_FAILED", message: `cannot use the key at 0x81000001 as storage key: ${sealWhy}` });
+      expect(await h.probe()).toMatchObject({ present: true, info: { srk: expect.stringContaining(sealWhy) } });
+    }
+    noHandlesLeft(other);
+  });
+});
+
+describe("dictionary-attack lockout: failed (it heals), and seal warns about a storage key without noDA", () => {
+  test("zb's own storage key has noDA: no warning", async () => {
+    const warnings: string[] = [];
+    await new Tpm2Hsm({ device: tpm.address, warn: (l) => warnings.push(l) }).seal(random(32));
+    expect(warnings).toEqual([]);
+  });
+
+  test("a storage key without noDA: seal warns once; wrong passwords elsewhere lock the TPM out → unseal failed, ok again after the lockout is cleared", async () => {
+    const t = await startSwtpm();
+    try {
+      replaceSrk(t, ["-g", "sha256", "-G", "ecc256:aes128cfb", "-a", "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|decrypt"]);
+      const warnings: string[] = [];
+      const h = new Tpm2Hsm({ device: t.address, warn: (l) => warnings.push(l) });
+      const secret = random(32);
+      const data = await h.seal(secret, { pcrs: [7] });
+      expect(warnings).toEqual([expect.stringMatching(/^zb: warning: the storage key at 0x81000001 lacks the noDA attribute: .*dictionary-attack lockout/)]);
+      expect(await h.unseal(data)).toEqual({ kind: "ok", secret });
+      // Any process with TPM access: a DA-protected object under the same key, and wrong passwords for it.
+      t.toolsOk(["tpm2_dictionarylockout", "-Q", "-s", "-n", "2", "-t", "600", "-l", "600"]);
+      writeFileSync(join(t.stateDir, "k"), "x");
+      t.toolsOk(["tpm2_create", "-Q", "-C", "0x81000001", "-p", "right", "-i", "k", "-u", "o.pub", "-r", "o.priv"]);
+      t.toolsOk(["tpm2_load", "-Q", "-C", "0x81000001", "-u", "o.pub", "-r", "o.priv", "-c", "o.ctx"]);
+      for (let i = 0; i < 3; i++) t.tools(["tpm2_unseal", "-c", "o.ctx", "-p", "wrong"]);
+      t.tools(["tpm2_flushcontext", "-t"]);
+      const locked = await h.unseal(data);
+      expect(locked).toMatchObject({ kind: "failed", why: expect.stringMatching(/dictionary-attack lockout, which heals by itself: TPM2_Load returned 0x921 \(TPM_RC_LOCKOUT/) });
+      await expect(h.seal(random(32))).rejects.toMatchObject({ code: "HSM_FAILED", message: expect.stringMatching(/^cannot seal with tpm2: the TPM is in dictionary-attack lockout/) });
+      noHandlesLeft(t);
+      t.toolsOk(["tpm2_dictionarylockout", "-Q", "-c"]);
+      expect(await h.unseal(data)).toEqual({ kind: "ok", secret });
+    } finally {
+      await t.stop();
+    }
+  });
+});
+
+test("a TPM that is not started (TPM_RC_INITIALIZE): probe says present but not started; unseal failed, not absent", async () => {
+  const data = await hsm.seal(random(32));
+  const t = await startSwtpm();
+  try {
+    // swtpm's CMD_INIT on the control port: the TPM is reset and now waits for TPM2_Startup.
+    const init = Bun.spawnSync(["swtpm_ioctl", "--tcp", `127.0.0.1:${t.port + 1}`, "-i"]);
+    expect(init.exitCode).toBe(0);
+    const h = new Tpm2Hsm({ device: t.address });
+    expect(await h.probe()).toMatchObject({
+      present: true,
+      detail: expect.stringMatching(/is there but not started: it answers 0x100 \(TPM_RC_INITIALIZE.*until TPM2_Startup runs/),
+      info: { address: t.address, started: false },
+    });
+    expect(await h.unseal(data)).toMatchObject({ kind: "failed", why: expect.stringContaining("TPM_RC_INITIALIZE") });
+  } finally {
+    await t.stop();
+  }
 });
 
 describe("the secret never crosses the transport in clear", () => {

@@ -6,10 +6,16 @@
  * accepted), pinned here.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import * as net from "node:net";
+import { join } from "node:path";
+import { Tpm2Hsm } from "../../../../lib/hsm/tpm2/index.ts";
 import { connect, formatAddress, parseAddress } from "../../../../lib/hsm/tpm2/transport.ts";
 import { hex } from "../../../../lib/hsm/tpm2/wire.ts";
 import { startSwtpm, startSwtpmDevice, type Swtpm, type SwtpmDevice } from "../../../peers/swtpm.ts";
+import { tempDirs } from "../../../tempdirs.ts";
+
+const tempDir = tempDirs("zb-tpm-transport-");
 
 const GET_RANDOM_8 = new Uint8Array(Buffer.from("80010000000c0000017b0008", "hex"));
 
@@ -55,8 +61,70 @@ describe("absent: what is missing before → HSM_ABSENT after", () => {
     });
   });
 
-  test("a path that is not a TPM device (a directory) is a failure, not absence", async () => {
-    await expect(connect({ kind: "device", path: "/" })).rejects.toMatchObject({ code: "HSM_FAILED" });
+});
+
+describe("device paths that are not character devices: refused before anything is written", () => {
+  const FILE_TEXT = "root:x:0:0:root:/root:/bin/bash\n";
+  const rows: { name: string; make: (dir: string) => string; type: string }[] = [
+    { name: "a regular file", make: (d) => (writeFileSync(join(d, "passwd"), FILE_TEXT), join(d, "passwd")), type: "a regular file" },
+    { name: "a directory", make: (d) => (mkdirSync(join(d, "tpm")), join(d, "tpm")), type: "a directory" },
+    { name: "a FIFO", make: (d) => (Bun.spawnSync(["mkfifo", join(d, "fifo")]), join(d, "fifo")), type: "a FIFO" },
+  ];
+  test.each(rows)("$name → CONFIG, the file unchanged; probe and unseal say why", async ({ make, type }) => {
+    const path = make(tempDir());
+    const message = `cannot use ${path} as a TPM: it is not a character device (${type})`;
+    await expect(connect({ kind: "device", path })).rejects.toMatchObject({ code: "CONFIG", message });
+    // The auditor's case: \`zb hsm probe --tpm /etc/passwd\` wrote a GetCapability command into the file.
+    expect(await new Tpm2Hsm({ device: path }).probe()).toMatchObject({ present: false, detail: message });
+    await expect(new Tpm2Hsm({ device: path }).seal(new Uint8Array(32))).rejects.toMatchObject({ code: "CONFIG", message });
+    if (type === "a regular file") expect(readFileSync(path, "utf8")).toBe(FILE_TEXT);
+  });
+
+  test("/dev/null, a character device that is not a TPM: opened, then a clean HSM_FAILED", async () => {
+    const t = await connect({ kind: "device", path: "/dev/null" });
+    try {
+      await expect(t.send(GET_RANDOM_8)).rejects.toMatchObject({ code: "HSM_FAILED", message: "cannot talk to TPM /dev/null: end of file before the whole response" });
+    } finally {
+      t.close();
+    }
+  });
+});
+
+describe("TCP: a response header with an impossible size fails at once, not after the 30 s timeout", () => {
+  /** A loopback peer that answers any command with `reply` and then stays silent. */
+  async function peer(reply: Uint8Array): Promise<{ port: number; close: () => void }> {
+    const srv = net.createServer((s) => {
+      s.on("error", () => undefined);
+      s.once("data", () => s.write(reply));
+    });
+    await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
+    return { port: (srv.address() as net.AddressInfo).port, close: () => srv.close() };
+  }
+
+  const header = (size: number) => {
+    const b = new Uint8Array(10);
+    new DataView(b.buffer).setUint16(0, 0x8001);
+    new DataView(b.buffer).setUint32(2, size);
+    return b;
+  };
+  test.each([
+    { name: "size 0x41414141 (garbage), header only", reply: header(0x41414141), why: "bad response size 1094795585" },
+    { name: "size 0xffffffff, header only", reply: header(0xffffffff), why: "bad response size 4294967295" },
+    { name: "size 4097 (over MAX_RESPONSE), header only", reply: header(4097), why: "bad response size 4097" },
+    { name: "the 6 header bytes alone, size 0x41414141", reply: header(0x41414141).subarray(0, 6), why: "bad response size 1094795585" },
+  ])("$name → HSM_FAILED within 2 s", async ({ reply, why }) => {
+    const p = await peer(reply);
+    const t = await connect({ kind: "swtpm", host: "127.0.0.1", port: p.port });
+    try {
+      const started = Date.now();
+      const late = new Promise((r) => setTimeout(() => r("still waiting after 2 s"), 2000));
+      const got = await Promise.race([t.send(GET_RANDOM_8).then(() => "resolved", (e: Error & { code: string }) => `${e.code}: ${e.message}`), late]);
+      expect(got).toBe(`HSM_FAILED: cannot talk to TPM swtpm:host=127.0.0.1,port=${p.port}: ${why}`);
+      expect(Date.now() - started).toBeLessThan(2000);
+    } finally {
+      t.close();
+      p.close();
+    }
   });
 });
 

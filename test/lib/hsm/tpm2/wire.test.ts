@@ -108,9 +108,14 @@ describe("parseResponse: bytes before → fields after (Part 1 §18.8)", () => {
     { name: "size field disagrees", before: "8001 00000020 00000000 0000", why: /size field 32 but 12 bytes/ },
     { name: "shorter than a header", before: "8001 0000", why: /runs past the end/ },
     { name: "success with the wrong tag", before: "8002 0000000c 00000000 0000", why: /unexpected response tag 0x8002/ },
+    // An error response has tag TPM_ST_NO_SESSIONS; anything else is a garbled frame, not a refusal.
+    { name: "an error code under a garbled tag", before: "1234 0000000a 0000099d", why: /unexpected response tag 0x1234 \(response code 0x99d\)/ },
+    { name: "an error code under TPM_ST_SESSIONS", before: "8002 0000000a 00000921", why: /unexpected response tag 0x8002 \(response code 0x921\)/ },
+    { name: "a TPM 1.2 header (TPM_ST_RSP_COMMAND, TPM_RC_BAD_TAG)", before: "00c4 0000000a 0000001e", why: /unexpected response tag 0xc4/ },
   ];
-  test.each(bad)("rejects $name", ({ before, why }) => {
+  test.each(bad)("rejects $name (HSM_FAILED)", ({ before, why }) => {
     expect(() => parseResponse(h(before), 0, 0)).toThrow(why);
+    expect(() => parseResponse(h(before), 0, 0)).toThrow(expect.objectContaining({ code: "HSM_FAILED" }) as never);
   });
 });
 

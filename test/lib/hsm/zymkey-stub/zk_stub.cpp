@@ -13,6 +13,8 @@
 //   ZK_STUB_LOCK_FAIL=1 zkLockDataB2B fails
 //   ZK_STUB_LOG         file each lock/unlock call appends one line to, with
 //                       the use_shared_key argument it received
+// and zkStubFailUnlocks(n): the next n zkUnlockDataB2B calls fail with rc -9
+// whatever the data, as a transient daemon or I²C error would.
 //
 // "Locking" is a keyed XOR stream plus a 64-bit keyed MAC over nonce and
 // ciphertext, checked before decrypting (as the Zymkey verifies its signature
@@ -48,6 +50,7 @@ struct Ctx {
 
 int live_contexts = 0;
 int outputs = 0;
+int failing_unlocks = 0;
 
 bool env_on(const char* name) {
   const char* v = getenv(name);
@@ -163,6 +166,10 @@ int zkUnlockDataB2B(zkCTX ctx, const uint8_t* src_ct, int src_ct_sz, uint8_t** d
   log_call("unlock", use_shared_key, src_ct_sz);
   Ctx* c = ctx_of(ctx);
   if (!c || !src_ct || !dst_pt || !dst_pt_sz) return -1;
+  if (failing_unlocks > 0) {
+    failing_unlocks--;
+    return -9;  // transient: the same call succeeds again later
+  }
   if (src_ct_sz <= (int)(HEADER + MAC) || memcmp(src_ct, MAGIC, sizeof(MAGIC)) != 0) return -7;
   size_t n = (size_t)src_ct_sz - HEADER - MAC;
   uint8_t d = domain_of(use_shared_key);
@@ -178,6 +185,7 @@ int zkUnlockDataB2B(zkCTX ctx, const uint8_t* src_ct, int src_ct_sz, uint8_t** d
 }
 
 // Test hooks.
+void zkStubFailUnlocks(int n) { failing_unlocks = n; }
 int zkStubLiveContexts(void) { return live_contexts; }
 int zkStubOutputs(void) { return outputs; }
 // glibc's count of live mmap'd chunks: the stub's unfreed outputs, plus any
