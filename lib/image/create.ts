@@ -13,12 +13,12 @@ import * as fs from "node:fs";
 import { basename, dirname, isAbsolute, join, relative, sep } from "node:path";
 import { pack } from "tar-stream";
 import { ZbError, ioError, isZbError } from "../errors.ts";
-import { MARKER, MARKER_NAME, MANIFEST_NAME, SIGNATURES_NAME, entryHeader } from "./format.ts";
-import { encodeManifest, FORMAT_VERSION, type Digest, type Encoding, type Manifest, type Payload, type PayloadKind } from "./manifest.ts";
+import { BLOCK, MARKER, MARKER_NAME, MANIFEST_NAME, SIGNATURES_NAME, entryHeader } from "./format.ts";
+import { encodeManifest, FORMAT_VERSION, LIMITS, type Digest, type Encoding, type Manifest, type Payload, type PayloadKind } from "./manifest.ts";
 import { openImage } from "./reader.ts";
 import { encodeSignatures, type Signature, type Signer } from "./sign.ts";
 import type { ImageSource } from "./source.ts";
-import { archiveWriter, checkReplaceable } from "./writer.ts";
+import { archiveWriter, checkReplaceable, createExclusive } from "./writer.ts";
 import { encodeFrame } from "./zstd.ts";
 import { HostSys } from "../sys/sys.ts";
 
@@ -46,7 +46,18 @@ export interface CreateOptions {
   signers: Signer[];
   output: string;
   /** Called after each chunk is encoded. */
-  progress?: (payload: string, rawBytes: number) => void;
+  progress?: (e: CreateProgress) => void;
+}
+
+/** Progress of `createImage`: the payload being encoded, and all payloads together. */
+export interface CreateProgress {
+  payload: string;
+  /** Raw bytes of this payload encoded so far, and its size (known before the first chunk). */
+  rawBytes: number;
+  rawTotal: number;
+  /** The same over every payload of the image. */
+  allBytes: number;
+  allTotal: number;
 }
 
 /**
@@ -57,16 +68,25 @@ export async function createImage(opts: CreateOptions): Promise<Manifest> {
   checkOutput(opts);
   checkReplaceable(opts.output);
   const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK;
+  if (!Number.isSafeInteger(chunkSize) || chunkSize < LIMITS.minChunk || chunkSize > LIMITS.maxChunk || (chunkSize & (chunkSize - 1)) !== 0) {
+    throw new ZbError("USAGE", `cannot create an image: --chunk-size ${chunkSize} is not a power of two from ${LIMITS.minChunk} (64 KiB) to ${LIMITS.maxChunk} (64 MiB)`);
+  }
   checkHeader(opts, chunkSize);
   const level = opts.level ?? DEFAULT_LEVEL;
   if (!Number.isInteger(level) || level < 1 || level > MAX_LEVEL) throw new ZbError("USAGE", `cannot create an image: --level ${level} is not a zstd level from 1 to ${MAX_LEVEL}`);
+  const plans = opts.payloads.map(plan);
+  checkChunkCount(plans, chunkSize);
+  const allTotal = plans.reduce((a, p) => a + p.rawTotal, 0);
+  let allBefore = 0;
   const spools: string[] = [];
   try {
     const payloads: Payload[] = [];
-    for (const input of opts.payloads) {
-      const spool = join(dirname(opts.output), `.${basename(opts.output)}.${input.name}.zb-spool`);
-      spools.push(spool);
-      payloads.push(await encodePayload(input, chunkSize, level, spool, opts.progress));
+    for (const p of plans) {
+      const spool = join(dirname(opts.output), `.${basename(opts.output)}.${p.input.name}.zb-spool`);
+      const before = allBefore;
+      const progress = opts.progress && ((rawBytes: number) => opts.progress!({ payload: p.input.name, rawBytes, rawTotal: p.rawTotal, allBytes: before + rawBytes, allTotal }));
+      payloads.push(await encodePayload(p, chunkSize, level, spool, opts.output, () => spools.push(spool), progress));
+      allBefore += payloads.at(-1)!.raw.size;
     }
     const manifest: Manifest = {
       format: FORMAT_VERSION,
@@ -77,7 +97,14 @@ export async function createImage(opts: CreateOptions): Promise<Manifest> {
       chunkSize,
       payloads,
     };
-    const manifestBytes = encodeManifest(manifest);
+    let manifestBytes: Uint8Array;
+    try {
+      manifestBytes = encodeManifest(manifest);
+    } catch (e) {
+      // Checked early (checkChunkCount) with the smallest chunk entries; real entries are a little longer.
+      if (isZbError(e, "IMG_FORMAT") && /more than \d+$/.test(e.message)) throw tooManyChunks(payloads.reduce((a, p) => a + p.chunks.length, 0), chunkSize);
+      throw e;
+    }
     // One signature per key, however often a key was given.
     const signers = [...new Map(opts.signers.map((s) => [s.publicKey.id, s])).values()];
     const signatures = await Promise.all(signers.map((s) => s.sign(manifestBytes)));
@@ -153,28 +180,94 @@ function realDir(path: string): string | null {
   }
 }
 
-/** Chunk, compress, hash and spool one payload. */
-async function encodePayload(input: PayloadInput, chunkSize: number, level: number, spool: string, progress?: CreateOptions["progress"]): Promise<Payload> {
+/** A payload to encode: where its raw bytes come from and how many there are (before reading them). */
+interface Plan {
+  input: PayloadInput;
+  rawTotal: number;
+  /** A boot folder's entries, walked once: the tar is made of exactly these. */
+  files?: FolderEntry[];
+}
+
+function plan(input: PayloadInput): Plan {
+  if ("file" in input.from) {
+    const path = input.from.file;
+    let size: number;
+    try {
+      const st = fs.statSync(path);
+      if (!st.isFile()) throw new Error("not a regular file");
+      size = st.size;
+    } catch (e) {
+      throw ioError(`read payload ${input.name} from ${path}`, e);
+    }
+    return { input, rawTotal: size };
+  }
+  const files = walk(input.from.dir);
+  return { input, rawTotal: tarSize(files.map((f) => ({ name: tarName(input.from as { dir: string }, f), size: f.size }))), files };
+}
+
+/** Bytes of the canonical JSON of one chunk entry, at least: {"sha256":"<64 hex>","size":N} and a comma. */
+const MIN_CHUNK_ENTRY = 87;
+
+/**
+ * The manifest (4 MiB at most) lists every chunk (~87–95 bytes each), so an
+ * image holds at most ~48 000 chunks in all: refused before anything is
+ * compressed when even the shortest entries would not fit.
+ * @throws {ZbError} USAGE
+ */
+function checkChunkCount(plans: Plan[], chunkSize: number): void {
+  const chunks = plans.reduce((a, p) => a + Math.ceil(p.rawTotal / chunkSize), 0);
+  if (chunks * MIN_CHUNK_ENTRY > LIMITS.manifestBytes) throw tooManyChunks(chunks, chunkSize);
+}
+
+function tooManyChunks(chunks: number, chunkSize: number): ZbError {
+  return new ZbError("USAGE", `cannot create an image: ${chunks} chunks of ${chunkSize} bytes do not fit in the manifest (at most ${LIMITS.manifestBytes} bytes, ~${Math.floor(LIMITS.manifestBytes / MIN_CHUNK_ENTRY)} chunks)`, {
+    hint: `give a larger --chunk-size (up to ${LIMITS.maxChunk})`,
+  });
+}
+
+/**
+ * Chunk, compress, hash and spool one payload. A failure to read the input
+ * is IO naming the input; a failure to write the spool (beside the output,
+ * so a full disk there) is IO naming the output.
+ * @param created called once the spool file exists (the caller removes it)
+ */
+async function encodePayload(p: Plan, chunkSize: number, level: number, spool: string, output: string, created: () => void, progress?: (rawBytes: number) => void): Promise<Payload> {
+  const { input } = p;
   const raw = new Bun.CryptoHasher("sha256");
   const stored = new Bun.CryptoHasher("sha256");
   const chunks: Digest[] = [];
   let rawSize = 0;
   let storedSize = 0;
-  const fd = fs.openSync(spool, "w", 0o600);
+  const fd = createExclusive(spool, 0o600, `create ${output}`);
+  created();
+  const source = "file" in input.from ? input.from.file : input.from.dir;
+  const pieces = rechunk(rawStream(p), chunkSize)[Symbol.asyncIterator]();
   try {
-    for await (const piece of rechunk(rawStream(input), chunkSize)) {
+    for (;;) {
+      let r: IteratorResult<Uint8Array>;
+      try {
+        r = await pieces.next();
+      } catch (e) {
+        throw ioError(`read payload ${input.name} from ${source}`, e);
+      }
+      if (r.done) break;
+      const piece = r.value;
       raw.update(piece);
       rawSize += piece.length;
       const out = input.encoding === "zstd" ? encodeFrame(piece, level) : piece;
       stored.update(out);
       storedSize += out.length;
       chunks.push({ size: out.length, sha256: new Bun.CryptoHasher("sha256").update(out).digest("hex") });
-      let done = 0;
-      while (done < out.length) done += fs.writeSync(fd, out, done, out.length - done);
-      progress?.(input.name, rawSize);
+      try {
+        for (let done = 0; done < out.length; ) done += fs.writeSync(fd, out, done, out.length - done);
+      } catch (e) {
+        throw ioError(`write ${output}`, e);
+      }
+      progress?.(rawSize);
     }
   } finally {
     fs.closeSync(fd);
+    await pieces.return?.(undefined).catch(() => undefined); // after a failure: the input file is closed now
   }
   return {
     name: input.name, kind: input.kind, encoding: input.encoding,
@@ -184,39 +277,78 @@ async function encodePayload(input: PayloadInput, chunkSize: number, level: numb
   };
 }
 
-function rawStream(input: PayloadInput): AsyncIterable<Uint8Array> {
-  if ("file" in input.from) {
-    const path = input.from.file;
-    try {
-      if (!fs.statSync(path).isFile()) throw new Error("not a regular file");
-    } catch (e) {
-      throw ioError(`read payload ${input.name} from ${path}`, e);
-    }
-    return fs.createReadStream(path, { highWaterMark: 1 << 20 });
-  }
-  return tarFolder(input.from.dir);
+function rawStream(p: Plan): AsyncIterable<Uint8Array> {
+  const { from } = p.input;
+  if ("file" in from) return fs.createReadStream(from.file, { highWaterMark: 1 << 20 });
+  return tarFolder(from.dir, p.files!);
 }
 
-/** A deterministic tar of a folder: sorted paths, mtime 0, root-owned; only files and folders. */
-async function* tarFolder(dir: string): AsyncGenerator<Uint8Array> {
-  const files = walk(dir);
+interface FolderEntry {
+  path: string;
+  dir: boolean;
+  size: number;
+  mode: number;
+}
+
+/** An entry's name in the boot tar: relative, directories ending in "/" as tar(1) writes and lists them. */
+function tarName(from: { dir: string }, f: FolderEntry): string {
+  const rel = relative(from.dir, f.path);
+  return f.dir ? `${rel}/` : rel;
+}
+
+/**
+ * The size of the tar tarFolder makes of these entries: per entry a header
+ * (tar-stream adds a pax header when the name does not fit ustar: non-ASCII,
+ * or too long to split into prefix and name), the data padded to 512; then
+ * two zero blocks.
+ */
+function tarSize(entries: { name: string; size: number }[]): number {
+  return entries.reduce((a, e) => a + headerSpan(e.name) + Math.ceil(e.size / BLOCK) * BLOCK, 0) + 2 * BLOCK;
+}
+
+function headerSpan(name: string): number {
+  if (fitsUstar(name)) return BLOCK;
+  // tar-stream's encodePax: one record " path=NAME\n" with its decimal length in front, in its own entry.
+  const body = Buffer.byteLength(` path=${name}\n`);
+  let digits = String(body).length;
+  if (body + digits >= 10 ** digits) digits++;
+  return BLOCK + Math.ceil((body + digits) / BLOCK) * BLOCK + BLOCK;
+}
+
+/** tar-stream's headers.encode succeeds: ASCII, and the name splits at a "/" into ≤ 155 + ≤ 100 bytes. */
+function fitsUstar(name: string): boolean {
+  if (Buffer.byteLength(name) !== name.length) return false;
+  let prefix = "";
+  let rest = name;
+  while (rest.length > 100) {
+    const i = rest.indexOf("/");
+    if (i === -1) return false;
+    prefix += prefix ? "/" + rest.slice(0, i) : rest.slice(0, i);
+    rest = rest.slice(i + 1);
+  }
+  return prefix.length <= 155;
+}
+
+/** A deterministic tar of a folder's walked entries: sorted paths, mtime 0, root-owned; only files and folders. */
+async function* tarFolder(dir: string, files: FolderEntry[]): AsyncGenerator<Uint8Array> {
   const t = pack();
   const writing = (async () => {
     for (const f of files) {
-      const rel = relative(dir, f.path);
-      // Directories end in "/", as tar(1) writes and lists them.
-      const header = { ...entryHeader(f.dir ? `${rel}/` : rel, f.dir ? 0 : f.size), type: f.dir ? ("directory" as const) : ("file" as const), mode: f.mode };
+      const header = { ...entryHeader(tarName({ dir }, f), f.dir ? 0 : f.size), type: f.dir ? ("directory" as const) : ("file" as const), mode: f.mode };
       const body = f.dir ? undefined : fs.readFileSync(f.path);
       await new Promise<void>((resolve, reject) => (body ? t.entry(header, body, (e) => (e ? reject(e) : resolve())) : t.entry(header, (e) => (e ? reject(e) : resolve()))));
     }
     t.finalize();
-  })();
+  })().catch((e: unknown) => {
+    // A file that vanished or cannot be read: the reader below gets the error instead of waiting for ever.
+    t.destroy(e as Error);
+  });
   for await (const part of t as AsyncIterable<Uint8Array>) yield part;
   await writing;
 }
 
-function walk(dir: string): { path: string; dir: boolean; size: number; mode: number }[] {
-  const out: { path: string; dir: boolean; size: number; mode: number }[] = [];
+function walk(dir: string): FolderEntry[] {
+  const out: FolderEntry[] = [];
   let names: string[];
   try {
     names = fs.readdirSync(dir, { encoding: "buffer" }).map((raw) => utf8Name(dir, raw)).sort();

@@ -10,18 +10,38 @@
  * So a reader checks every signature before it has read one payload byte,
  * from a stream as well as a file. Entries are regular files with plain
  * names; links, devices, directories, pax/GNU extensions, duplicates,
- * unknown or out-of-order entries are refused. The archive is read and
- * written with tar-stream.
+ * unknown or out-of-order entries are refused. The archive is read with
+ * tar-stream, each raw header also checked here (checkUstarHeader), and
+ * written with zb's own header encoder (encodeUstarHeader), which gives
+ * tar-stream's bytes.
  */
 import type { Header } from "tar-stream";
+// tar-stream's header encoder, which the package does not export by name (its
+// exports map lists only the streams); the version is pinned in package-lock.json.
+// @ts-expect-error no types for the internal module
+import tarHeaders from "../../node_modules/tar-stream/headers.js";
 import { ZbError } from "../errors.ts";
+import { signaturesBytesLimit } from "./sign.ts";
 
 export const MARKER_NAME = "zbi-format";
 export const MARKER = "zbi 1\n";
 export const MANIFEST_NAME = "manifest.json";
 export const SIGNATURES_NAME = "signatures.json";
-export const LIMITS = { marker: 64, signatures: 64 << 10, signatureCount: 16 } as const;
+const SIGNATURE_COUNT = 16;
+/**
+ * Entry limits. `signatures` is what decodeSignatures accepts for 16
+ * signatures (32 + 16 × 256 = 4128 bytes), so the entry is refused as it is
+ * read rather than after buffering more than could ever be valid.
+ */
+export const LIMITS = { marker: 64, signatures: signaturesBytesLimit(SIGNATURE_COUNT), signatureCount: SIGNATURE_COUNT } as const;
 export const BLOCK = 512;
+/**
+ * The smallest offset at which a payload's data can start: three entries
+ * (marker, manifest, signatures) of a header and at least one data block
+ * each, then the payload's own header. A journal naming less was not written
+ * by zb.
+ */
+export const MIN_DATA_OFFSET = 3 * (BLOCK + BLOCK) + BLOCK;
 
 /** ustar: a 512-byte header, then the data padded to 512. */
 export function entrySpan(size: number): number {
@@ -54,22 +74,82 @@ export function checkEntry(h: Header, expected: string, index: number): void {
 }
 
 /**
- * Check a raw ustar header block when tar-stream is not reading it (the
- * direct payload path and a seeking resume): checksum, magic, name, size and
- * a regular-file typeflag.
+ * Check a raw ustar header block (POSIX.1-2017 pax, "ustar Interchange
+ * Format"), for every entry on every path — the file path's payloads read
+ * with read(2), a seeking resume, and each header of a stream under
+ * tar-stream, which alone would accept more (a NUL typeflag, the GNU magic,
+ * junk after a number) — so one rule decides what an image is:
+ *
+ *   - the checksum field holds the header's sum (bytes 148–155 as spaces);
+ *   - magic "ustar\0" and version "00" (GNU tar's "ustar  \0" is another format);
+ *   - the name, then only NULs; an empty prefix (zb's names are plain);
+ *   - typeflag '0', a regular file (not NUL, which old tars also used);
+ *   - the size as zb's writer gives it: octal digits ended by spaces or NULs,
+ *     or, from 8 GiB (8^11 bytes) on, GNU base-256 (0x80, then 11 bytes big-endian),
+ *     which is what tar-stream writes there ({@link ustarSize}).
  * @throws {ZbError} IMG_FORMAT
  */
 export function checkUstarHeader(block: Uint8Array, name: string, size: number): void {
-  const field = (at: number, len: number) => Buffer.from(block.subarray(at, at + len)).toString("latin1").replace(/\0.*$/s, "");
+  const what = `the header of ${JSON.stringify(name)}`;
+  if (block.length !== BLOCK) throw bad(`${what} is cut short`);
   let sum = 0;
   for (let i = 0; i < BLOCK; i++) sum += i >= 148 && i < 156 ? 0x20 : block[i]!;
-  const stored = parseInt(field(148, 8).trim() || "x", 8);
-  const what = `the header of ${JSON.stringify(name)}`;
-  if (block.length !== BLOCK || stored !== sum) throw bad(`${what} has a bad checksum`);
-  if (field(257, 6) !== "ustar") throw bad(`${what} is not a ustar header`);
-  if (field(345, 155) !== "" || field(0, 100) !== name) throw bad(`${what} names ${JSON.stringify(field(0, 100))}`);
-  if (block[156] !== 0x30) throw bad(`${what} is not a regular file`);
-  if (parseInt(field(124, 12).trim() || "x", 8) !== size) throw bad(`${what} gives another size than the manifest`);
+  if (octal(block, 148, 8) !== sum) throw bad(`${what} has a bad checksum`);
+  if (latin1(block, 257, 265) !== "ustar\x0000") throw bad(`${what} is not a POSIX ustar header (magic "ustar", version "00")`);
+  const stored = latin1(block, 0, 100);
+  const written = stored.replace(/\0+$/, "");
+  if (written.includes("\0") || !zeros(block, 345, 500) || written !== name) throw bad(`${what} names ${JSON.stringify(written)}`);
+  if (block[156] !== 0x30) throw bad(`${what} is not a regular file (typeflag '0')`);
+  const declared = ustarSize(block);
+  if (declared === null) throw bad(`${what} has a size field that is neither octal nor base-256`);
+  if (declared !== size) throw bad(`${what} gives another size than the manifest`);
+}
+
+/**
+ * The size field (bytes 124–135) of a ustar header, or null when it is
+ * malformed. Octal digits (leading spaces allowed, as old tars wrote them)
+ * ended by spaces or NULs; or GNU base-256 — first byte 0x80, the value in
+ * the other 11 bytes, big-endian — which ustar's 11 octal digits force from
+ * 8^11 = 2^33 bytes on (tar-stream's encodeSize switches there). A negative
+ * (0xff) or larger-than-2^53 base-256 value is malformed.
+ */
+export function ustarSize(block: Uint8Array): number | null {
+  if (block[124] === 0x80) {
+    let n = 0;
+    for (let i = 125; i < 136; i++) n = n * 256 + block[i]!;
+    return Number.isSafeInteger(n) ? n : null;
+  }
+  return octal(block, 124, 12);
+}
+
+/** A strict octal number field: ` *[0-7]+[ \0]*`, else null. */
+function octal(block: Uint8Array, at: number, len: number): number | null {
+  const m = /^ *([0-7]+)[ \0]*$/.exec(latin1(block, at, at + len));
+  return m ? parseInt(m[1]!, 8) : null;
+}
+
+const latin1 = (b: Uint8Array, from: number, to: number) => Buffer.from(b.buffer, b.byteOffset + from, to - from).toString("latin1");
+
+function zeros(b: Uint8Array, from: number, to: number): boolean {
+  for (let i = from; i < to; i++) if (b[i] !== 0) return false;
+  return true;
+}
+
+/**
+ * The ustar header zb writes for a regular file: tar-stream's own encoder
+ * applied to {@link entryHeader} (mtime 0, root, 0644), so images stay
+ * reproducible and are written with tar-stream's bytes: numbers as
+ * zero-padded octal, the size from 8 GiB on in base-256. Only the encoder
+ * is used, not tar-stream's pack stream: a stream reports a full disk as an
+ * event nobody can await (lib/image/writer.ts writes synchronously).
+ * @throws {ZbError} INTERNAL for a name that is not 1–100 printable ASCII bytes or a size that is not a safe integer ≥ 0
+ */
+export function encodeUstarHeader(name: string, size: number): Uint8Array {
+  if (Buffer.byteLength(name) > 100 || !/^[\x21-\x7e]+$/.test(name)) throw new ZbError("INTERNAL", `internal error: entry name ${JSON.stringify(name)} does not fit a ustar header`);
+  if (!Number.isSafeInteger(size) || size < 0) throw new ZbError("INTERNAL", `internal error: entry size ${size}`);
+  const block = (tarHeaders as { encode(h: Header): Uint8Array | null }).encode(entryHeader(name, size));
+  if (block === null || block.length !== BLOCK) throw new ZbError("INTERNAL", `internal error: tar-stream cannot encode a header for ${JSON.stringify(name)}`);
+  return new Uint8Array(block);
 }
 
 /** The header zb writes for an entry: deterministic (mtime 0, root-owned, 0644). */

@@ -165,6 +165,10 @@ function checkSeparateFiles(sys: Sys, source: ImageSource, opts: InstallOptions)
     { role: "the journal", path: opts.journal },
     ...(source.file !== undefined ? [{ role: "the image", path: source.file }] : []),
   ].map((f) => ({ ...f, info: sys.stat(f.path) }));
+  // The target's folder first: the journal's (by default beside the target) would take the blame.
+  if (files[0]!.info === null && sys.stat(dirname(opts.target))?.kind !== "dir") {
+    throw new ZbError("IO", `cannot create the target ${opts.target}: the folder ${dirname(opts.target)} does not exist`);
+  }
   const journal = files[1]!.info;
   if (journal && journal.kind !== "file") {
     throw new ZbError("USAGE", `cannot use ${opts.journal} as the install journal: it is not a regular file`, { hint: "give --journal a file path of its own" });

@@ -7,6 +7,7 @@
  * including no journal — means the target must not be made bootable.
  */
 import { ZbError } from "../errors.ts";
+import { BLOCK, MIN_DATA_OFFSET } from "./format.ts";
 import { writeFileAtomic } from "../sys/atomic.ts";
 import type { Sys } from "../sys/sys.ts";
 
@@ -28,7 +29,14 @@ export function writeJournal(sys: Sys, path: string, j: Journal): void {
   writeFileAtomic(sys, path, JSON.stringify(j) + "\n");
 }
 
-/** @returns null when there is no journal. @throws {ZbError} IO when it is unreadable or malformed */
+/**
+ * Read the journal beside a target. `dataOffset` must be where a payload's
+ * data can start in a `.zbi` (format.ts): a multiple of 512 and at least
+ * MIN_DATA_OFFSET (3584: three entries of a header and a data block, then
+ * the payload's header) — a resume seeks there.
+ * @returns null when there is no journal
+ * @throws {ZbError} IO when it is unreadable or malformed ("it is not a zb journal")
+ */
 export function readJournal(sys: Sys, path: string): Journal | null {
   if (!sys.stat(path)) return null;
   let j: Partial<Journal>;
@@ -40,7 +48,7 @@ export function readJournal(sys: Sys, path: string): Journal | null {
   const ok =
     j.version === 1 && typeof j.image === "string" && typeof j.payload === "string" && typeof j.target === "string" &&
     ["writing", "failed", "complete"].includes(j.state ?? "") && Number.isSafeInteger(j.chunksDone) && (j.chunksDone ?? -1) >= 0 &&
-    (j.dataOffset === null || Number.isSafeInteger(j.dataOffset));
+    (j.dataOffset === null || (Number.isSafeInteger(j.dataOffset) && j.dataOffset! >= MIN_DATA_OFFSET && j.dataOffset! % BLOCK === 0));
   if (!ok) throw new ZbError("IO", `cannot read install journal ${path}: it is not a zb journal`);
   return j as Journal;
 }

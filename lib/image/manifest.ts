@@ -138,6 +138,12 @@ function validatePayload(v: unknown, at: string, chunkSize: number): string {
   p.chunks.forEach((c, i) => {
     const d = digest(c, `${at}.chunks[${i}]`);
     if (d.size === 0) throw bad(`${at}.chunks[${i}] is empty`);
+    // Readers allocate buffers of the largest stored chunk: a signed manifest must not choose their
+    // size. A zstd chunk is at most the worst case of its raw size; a plain one is exactly it (below).
+    const rawLen = Math.min(chunkSize, raw.size - i * chunkSize);
+    if (p.encoding === "zstd" && d.size > zstdCompressBound(rawLen)) {
+      throw bad(`${at}.chunks[${i}] is ${d.size} bytes, more than a zstd frame of ${rawLen} raw bytes can be (${zstdCompressBound(rawLen)})`);
+    }
     sum += d.size;
   });
   if (sum !== stored.size) throw bad(`${at} chunks add up to ${sum} bytes, stored size is ${stored.size}`);
@@ -149,6 +155,19 @@ function validatePayload(v: unknown, at: string, chunkSize: number): string {
     });
   }
   return p.name as string;
+}
+
+/**
+ * The largest zstd frame libzstd writes for `rawSize` bytes in one pass:
+ * ZSTD_COMPRESSBOUND of zstd.h (v1.5.x), "maximum compressed size in worst
+ * case single-pass scenario":
+ *   srcSize + (srcSize >> 8) + (srcSize < 128 KiB ? (128 KiB - srcSize) >> 11 : 0)
+ * It covers the frame header, block headers and the optional checksum; a
+ * frame zb writes (one Bun.zstdCompressSync call per chunk) never exceeds it.
+ */
+export function zstdCompressBound(rawSize: number): number {
+  const margin = rawSize < 128 << 10 ? ((128 << 10) - rawSize) >> 11 : 0;
+  return rawSize + Math.floor(rawSize / 256) + margin;
 }
 
 function digest(v: unknown, at: string): Digest {

@@ -11,7 +11,7 @@
  */
 import { extract, type Extract, type Header } from "tar-stream";
 import { ioError, ZbError } from "../errors.ts";
-import { BLOCK, checkEntry, checkUstarHeader, entrySpan, LIMITS, MANIFEST_NAME, MARKER, MARKER_NAME, payloadOffsets, readSmallEntry, SIGNATURES_NAME, bad } from "./format.ts";
+import { BLOCK, checkEntry, checkUstarHeader, entrySpan, LIMITS, MANIFEST_NAME, MARKER, MARKER_NAME, payloadOffsets, readSmallEntry, SIGNATURES_NAME, bad, ustarSize } from "./format.ts";
 import type { Cancelable, DirectReader } from "./source.ts";
 import { decodeManifest, LIMITS as MANIFEST_LIMITS, type Manifest, type Payload } from "./manifest.ts";
 import { checkSignatures, decodeSignatures, type Signature, type TrustStore } from "./sign.ts";
@@ -79,7 +79,8 @@ export async function openImage(input: AsyncIterable<Uint8Array>, check: { polic
 export async function openImage(input: AsyncIterable<Uint8Array>, check: { unverified: true }): Promise<OpenImage<ImageHeader>>;
 export async function openImage(input: AsyncIterable<Uint8Array>, check: { policy: Policy } | { unverified: true }, direct?: DirectReader): Promise<OpenImage<ImageHeader>> {
   const tar = extract();
-  const feeding = feed(input, tar);
+  const trail = new RawHeaders();
+  const feeding = feed(input, tar, trail);
   const entries = tar[Symbol.asyncIterator]() as AsyncIterator<Source>;
   let index = 0;
   /** Where the next header must start: zb's layout has nothing between entries. */
@@ -93,6 +94,10 @@ export async function openImage(input: AsyncIterable<Uint8Array>, check: { polic
     // tar-stream applies pax global and GNU long-name/link headers silently;
     // they show up only as a header that starts later than expected.
     if (r.value.offset !== expectedOffset) throw bad(`entry ${index + 1} (${JSON.stringify(r.value.header.name)}) is preceded by extension headers`);
+    // The same rule as the file path's payloads (checkUstarHeader), on the raw block tar-stream parsed.
+    const raw = trail.take(expectedOffset);
+    if (!raw) throw bad(`entry ${index + 1} (${JSON.stringify(r.value.header.name)}) has no ustar header where one must start`);
+    checkUstarHeader(raw, expected, r.value.header.size);
     expectedOffset += entrySpan(r.value.header.size);
     index++;
     return r.value;
@@ -121,17 +126,19 @@ export async function openImage(input: AsyncIterable<Uint8Array>, check: { polic
       close,
       async nextPayload() {
         if (payloadIndex === manifest.payloads.length) {
-          // Past the last payload only end-of-archive zeros may come. A block the parser cannot read
-          // there is trailing data (as the file path finds, directPayloads); a stream that ends inside
-          // a block was cut short or had bytes added, which the parser cannot tell apart.
+          // Past the last payload only zero bytes may come, as the file path finds (directPayloads):
+          // the raw bytes decide (RawHeaders), since tar-stream skips a block whose only non-zero
+          // bytes are its checksum field, and fails on a stream that ends inside a zero block.
+          const end = expectedOffset;
           const r = await entries.next().catch((e: unknown) => {
-            if (e instanceof ZbError) throw e;
-            throw /^Invalid tar header/.test((e as Error)?.message ?? "")
-              ? bad("data follows the last payload")
-              : bad("the archive ends inside a block after the last payload (cut short, or bytes added after it)");
+            if (e instanceof ZbError) throw e; // the source failed
+            return null; // the parser failed on what follows: the raw bytes say whether that is allowed
           });
-          if (!r.done) throw bad(`an unexpected entry ${JSON.stringify(r.value.header.name)} follows the last payload`);
-          await feeding;
+          if (r && !r.done) throw bad(`an unexpected entry ${JSON.stringify(r.value.header.name)} follows the last payload`);
+          if (r) await feeding;
+          const after = trail.after(end);
+          if (after === "short") throw bad("the archive ends early");
+          if (after === "data") throw bad("data follows the last payload");
           return null;
         }
         const payload = manifest.payloads[payloadIndex]!;
@@ -147,6 +154,98 @@ export async function openImage(input: AsyncIterable<Uint8Array>, check: { polic
     close();
     throw e;
   }
+}
+
+/**
+ * The raw header blocks of a stream, found by following each header's size
+ * as the bytes go to the parser (zb's layout has nothing between entries),
+ * and whether only zero bytes come after the first all-zero block (the end
+ * of the archive). Bytes between headers are skipped, not looked at: a few
+ * comparisons per chunk.
+ */
+class RawHeaders {
+  /** Where the next header block starts. */
+  private next = 0;
+  private seen = 0;
+  private readonly block = new Uint8Array(BLOCK);
+  private fill = 0;
+  private readonly blocks = new Map<number, Uint8Array>();
+  /** Where the first all-zero block starts, once one was found at a header's place. */
+  private zerosFrom: number | null = null;
+  private nonZeroAfterEnd = false;
+  /** A header whose size field is malformed, or more headers than any image has: not followed further. */
+  private lost = false;
+  private ended = false;
+
+  push(chunk: Uint8Array): void {
+    const start = this.seen;
+    this.seen += chunk.length;
+    let i = 0;
+    while (i < chunk.length && !this.lost) {
+      if (this.zerosFrom !== null) {
+        if (!this.nonZeroAfterEnd && !allZero(chunk, i, chunk.length)) this.nonZeroAfterEnd = true;
+        return;
+      }
+      const at = start + i;
+      if (at < this.next) {
+        i += Math.min(chunk.length - i, this.next - at); // entry data
+        continue;
+      }
+      const take = Math.min(BLOCK - this.fill, chunk.length - i);
+      this.block.set(chunk.subarray(i, i + take), this.fill);
+      this.fill += take;
+      i += take;
+      if (this.fill < BLOCK) return;
+      this.fill = 0;
+      this.header();
+    }
+  }
+
+  private header(): void {
+    if (allZero(this.block, 0, BLOCK)) {
+      this.zerosFrom = this.next;
+      return;
+    }
+    // 3 entries and at most 8 payloads; anything after them is refused by name or as trailing data.
+    if (this.blocks.size >= 16) {
+      this.lost = true;
+      return;
+    }
+    this.blocks.set(this.next, this.block.slice()); // kept even when malformed: checkUstarHeader says what is wrong
+    const size = ustarSize(this.block);
+    if (size === null) this.lost = true;
+    else this.next += entrySpan(size);
+  }
+
+  /** The stream has ended: a partial block of zeros at a header's place counts as the end of the archive. */
+  end(): void {
+    this.ended = true;
+    if (this.fill > 0 && this.zerosFrom === null && !this.lost && allZero(this.block, 0, this.fill)) this.zerosFrom = this.next;
+  }
+
+  /** The header block that started at `offset` (once). */
+  take(offset: number): Uint8Array | undefined {
+    const b = this.blocks.get(offset);
+    this.blocks.delete(offset);
+    return b;
+  }
+
+  /**
+   * What the stream holds from `offset` (the end of the last payload's padding) on:
+   * "zeros" when it was seen to its end and holds only zero bytes there (or none),
+   * "short" when it ended before `offset`, else "data".
+   */
+  after(offset: number): "zeros" | "short" | "data" {
+    if (this.ended && this.seen < offset) return "short";
+    if (!this.ended || this.lost || this.nonZeroAfterEnd) return "data";
+    if (this.zerosFrom !== null) return this.zerosFrom === offset ? "zeros" : "data";
+    return this.seen === offset ? "zeros" : "data";
+  }
+}
+
+function allZero(b: Uint8Array, from: number, to: number): boolean {
+  for (let i = from; i < to; i++) if (b[i] !== 0) return false;
+  return true;
 }
 
 /** Payloads read with read(2): each preceded by its checked ustar header; only zeros after the last. */
@@ -205,14 +304,16 @@ function applyPolicy(h: ImageHeader, p: Policy): void {
  * the reader through the parser; anything the parser raises by itself is a
  * broken archive (tarError).
  */
-async function feed(input: AsyncIterable<Uint8Array>, tar: Extract): Promise<void> {
+async function feed(input: AsyncIterable<Uint8Array>, tar: Extract, trail: RawHeaders): Promise<void> {
   try {
     for await (const chunk of input) {
       if (tar.destroyed) return;
+      trail.push(chunk);
       // A parser destroyed meanwhile (the image closed early) never drains: stop, which ends the source's request.
       if (!tar.write(chunk)) await drainedOrClosed(tar);
       if (tar.destroyed) return;
     }
+    trail.end();
     (tar.end as unknown as () => void).call(tar);
   } catch (e) {
     tar.destroy(ioError("read the image", e)); // a ZbError stays as it is; an errno reads as words ("input/output error")

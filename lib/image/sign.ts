@@ -108,6 +108,9 @@ const MAX_KEY_FILE = 64 * 1024;
  * Load every `*.pem` and `*.pub` file of `dir` (SPKI `PUBLIC KEY` PEM, one key
  * each) in name order; other names, dot files and subdirectories are ignored.
  * The same key in two files is one trusted key (the first file is its source).
+ * One file that is not such a key — a compressed P-256 point, a certificate,
+ * a private key, junk — fails the whole load (fail closed), naming the file,
+ * the reason and the fix.
  * @throws {ZbError} IO when `dir` is missing or unreadable; KEY_INVALID naming a
  *   malformed file; SIG_INVALID when no key file is found ("no trusted keys in DIR")
  * @example checkSignatures(manifest, sigs, loadTrustDir(sys, "/etc/zb/trust"))
@@ -122,8 +125,18 @@ export function loadTrustDir(sys: Sys, dir: string): TrustStore {
     const path = join(dir, name);
     const info = sys.stat(path);
     if (info?.kind !== "file") continue;
-    if (info.size > MAX_KEY_FILE) throw new ZbError("KEY_INVALID", `cannot read key ${path}: ${info.size} bytes is too large for a public key`);
-    const key = decodePublicPem(sys.readText(path), path);
+    let key: PublicKey;
+    try {
+      if (info.size > MAX_KEY_FILE) throw new ZbError("KEY_INVALID", `cannot read key ${path}: ${info.size} bytes is too large for a public key`);
+      key = decodePublicPem(sys.readText(path), path);
+    } catch (e) {
+      // Fail closed: a key file that cannot be read might be the very key an image needs, and
+      // skipping it would make the outcome depend on which file broke. Say so, and how to fix it.
+      if (e instanceof ZbError && e.code === "KEY_INVALID") {
+        throw new ZbError("KEY_INVALID", e.message, { hint: `every *.pem and *.pub file in ${dir} must be one SPKI "PUBLIC KEY" (Ed25519, or P-256 uncompressed); fix or remove ${name}: until then no image verifies` });
+      }
+      throw e;
+    }
     if (store.keys.has(key.id)) continue;
     store.keys.set(key.id, key);
     store.sources.set(key.id, path);
@@ -210,6 +223,14 @@ const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$
 const MAX_ENTRY_BYTES = 256;
 
 /**
+ * The largest signatures entry {@link decodeSignatures} reads for `maxCount`
+ * signatures: 32 bytes of framing and 256 per entry (4128 bytes for 16).
+ */
+export function signaturesBytesLimit(maxCount: number): number {
+  return 32 + maxCount * MAX_ENTRY_BYTES;
+}
+
+/**
  * Canonical JSON of the signatures: `{"signatures":[{"alg":…,"keyid":…,"sig":…}]}`,
  * object keys sorted, no whitespace, UTF-8, `sig` in padded base64 (RFC 4648 §4),
  * entries sorted by keyid so the same signatures always give the same bytes.
@@ -241,7 +262,7 @@ export function decodeSignatures(bytes: Uint8Array, limits: { maxCount: number }
   const fail = (why: string): never => {
     throw new ZbError("IMG_FORMAT", `cannot read image signatures: ${why}`);
   };
-  if (bytes.length > 32 + limits.maxCount * MAX_ENTRY_BYTES) fail(`${bytes.length} bytes is too large for ${limits.maxCount} signatures`);
+  if (bytes.length > signaturesBytesLimit(limits.maxCount)) fail(`${bytes.length} bytes is too large for ${limits.maxCount} signatures`);
   let doc: unknown;
   try {
     doc = JSON.parse(new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(bytes));

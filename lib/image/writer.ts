@@ -1,24 +1,30 @@
 /**
- * Write a `.zbi` archive with tar-stream: entries in the fixed order, each
- * with zb's deterministic header, streamed with backpressure into a temp
- * file that is fsynced and renamed over the output (a half-written image
- * never sits under the final name).
+ * Write a `.zbi` archive: entries in the fixed order, each with zb's
+ * deterministic ustar header (format.ts encodeUstarHeader, byte for byte
+ * what tar-stream writes), with plain write(2) into a temp file that is
+ * fsynced and renamed over the output (a half-written image never sits
+ * under the final name). Synchronous writes keep every failure — a full
+ * disk, an I/O error — a ZbError of the call that made it, with the temp
+ * file removed by abort(); a stream pipeline would raise it as an event
+ * no one listens to.
  */
 import * as fs from "node:fs";
 import { basename, dirname, join } from "node:path";
-import { pack, type Pack } from "tar-stream";
 import { ioError, ZbError } from "../errors.ts";
-import { BLOCK, entryHeader, MARKER_NAME } from "./format.ts";
+import { BLOCK, encodeUstarHeader, MARKER_NAME } from "./format.ts";
 
 export interface ArchiveWriter {
   addBytes(name: string, bytes: Uint8Array): Promise<void>;
-  /** The parts of `data` are queued, not copied: they must not be reused after they are yielded. */
+  /** Write the parts of `data` as the entry's bytes; they must add up to `size`. */
   addStream(name: string, size: number, data: AsyncIterable<Uint8Array>): Promise<void>;
   /** Finish the archive and move it into place. */
   commit(): Promise<void>;
   /** Give up: remove the temp file. */
   abort(): void;
 }
+
+/** The end of a tar archive: two zero blocks (what tar-stream's finalize writes). */
+const END_OF_ARCHIVE = new Uint8Array(2 * BLOCK);
 
 /**
  * @throws {ZbError} USAGE when `output` is "-" or an existing file that is not
@@ -27,50 +33,42 @@ export interface ArchiveWriter {
 export function archiveWriter(output: string): ArchiveWriter {
   checkReplaceable(output);
   const tmp = join(dirname(output), `.${basename(output)}.zb-new`);
-  let fd: number;
-  try {
-    fd = fs.openSync(tmp, "w", 0o644);
-  } catch (e) {
-    throw ioError(`create ${output}`, e);
-  }
-  const tar: Pack = pack();
-  let failure: unknown = null;
-  const drained = (async () => {
+  const fd = createExclusive(tmp, 0o644, `create ${output}`);
+  let open = true;
+  const write = (bytes: Uint8Array) => {
     try {
-      for await (const chunk of tar as AsyncIterable<Uint8Array>) {
-        let done = 0;
-        while (done < chunk.length) done += fs.writeSync(fd, chunk, done, chunk.length - done);
-      }
+      for (let done = 0; done < bytes.length; ) done += fs.writeSync(fd, bytes, done, bytes.length - done);
     } catch (e) {
-      failure = e;
+      throw ioError(`write ${output}`, e);
     }
-  })();
-  const check = () => {
-    if (failure) throw ioError(`write ${output}`, failure);
+  };
+  const pad = (size: number) => {
+    const rest = size % BLOCK;
+    if (rest) write(new Uint8Array(BLOCK - rest));
   };
   return {
     async addBytes(name, bytes) {
-      check();
-      await new Promise<void>((resolve, reject) => tar.entry(entryHeader(name, bytes.length), bytes, (e) => (e ? reject(e) : resolve())));
+      write(encodeUstarHeader(name, bytes.length));
+      write(bytes);
+      pad(bytes.length);
     },
     async addStream(name, size, data) {
-      check();
-      let done!: (e?: Error | null) => void;
-      const finished = new Promise<void>((resolve, reject) => (done = (e) => (e ? reject(e) : resolve())));
-      const sink = tar.entry(entryHeader(name, size), (e) => done(e));
+      write(encodeUstarHeader(name, size));
+      let n = 0;
       for await (const part of data) {
-        if (!sink.write(part)) await new Promise<void>((r) => sink.once("drain", () => r()));
+        n += part.length;
+        if (n > size) break;
+        write(part);
       }
-      (sink.end as unknown as () => void).call(sink);
-      await finished;
+      if (n !== size) throw new ZbError("INTERNAL", `internal error: entry ${name} has ${n > size ? "more" : "fewer"} bytes than its header's ${size}`);
+      pad(size);
     },
     async commit() {
-      tar.finalize();
-      await drained;
-      check();
+      write(END_OF_ARCHIVE);
       try {
         fs.fsyncSync(fd);
         fs.closeSync(fd);
+        open = false;
         fs.renameSync(tmp, output);
         const dir = fs.openSync(dirname(output), "r");
         fs.fsyncSync(dir);
@@ -80,15 +78,47 @@ export function archiveWriter(output: string): ArchiveWriter {
       }
     },
     abort() {
-      tar.destroy();
-      try {
-        fs.closeSync(fd);
-      } catch {
-        /* already closed */
+      if (open) {
+        try {
+          fs.closeSync(fd);
+        } catch {
+          /* already closed */
+        }
+        open = false;
       }
       fs.rmSync(tmp, { force: true });
     },
   };
+}
+
+/**
+ * Create a temp file that is ours alone: O_EXCL|O_NOFOLLOW, so a symlink or
+ * file planted under its name (the folder may be shared) is never followed
+ * or truncated. A stale one, left by a run that was killed, is removed first
+ * when it is a plain file or a link (unlink removes the link, not its
+ * target); anything else there is an error.
+ * @returns the descriptor, open for writing
+ * @throws {ZbError} IO naming `what`
+ */
+export function createExclusive(path: string, mode: number, what: string): number {
+  try {
+    const st = lstatOrNull(path);
+    if (st && !st.isFile() && !st.isSymbolicLink()) throw Object.assign(new Error(`${path} is in the way and is not a file`), { code: "EEXIST_OTHER" });
+    if (st) fs.unlinkSync(path);
+    const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = fs.constants;
+    return fs.openSync(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode);
+  } catch (e) {
+    throw ioError(what, e);
+  }
+}
+
+function lstatOrNull(path: string): fs.Stats | null {
+  try {
+    return fs.lstatSync(path);
+  } catch (e) {
+    if ((e as { code?: string }).code === "ENOENT") return null;
+    throw e;
+  }
 }
 
 /**

@@ -7,6 +7,16 @@
  * can never expand beyond the buffer (no decompression bomb). Without
  * libzstd.so.1 (a minimal initramfs) it falls back to Bun's zstd and checks
  * the size afterwards. Compression (publishing side) uses Bun's native zstd.
+ *
+ * Both decoders first read the frame's header and block headers (RFC 8878
+ * §3.1.1, {@link frameContentSize}): a chunk must be exactly one frame that
+ * declares its content size, equal to the chunk's raw size. Bun's zstd
+ * expands a whole frame before its size can be compared (a 16 KiB frame of
+ * 512 MiB of zeros would take 512 MiB), so the declared size is checked
+ * before anything is decompressed; the native decoder applies the same rule,
+ * so an image is accepted or refused alike with and without libzstd. zb's
+ * writer (one Bun.zstdCompressSync call per chunk, ZSTD_compress) always
+ * writes Frame_Content_Size.
  */
 import { ZbError } from "../errors.ts";
 import { systemLibrary } from "../sys/dlopen.ts";
@@ -63,6 +73,7 @@ export function frameDecoder(opts: { preferNative?: boolean } = {}): FrameDecode
     native: true,
     decode(frame, out) {
       if (frame.length === 0 || out.length === 0) return frame.length === 0 && out.length === 0;
+      if (frameContentSize(frame) !== out.length) return false;
       const n = l.symbols.ZSTD_decompressDCtx(ctx, ptr(out), out.length, ptr(frame), frame.length);
       if (l.symbols.ZSTD_isError(n) !== 0) return false;
       return Number(n) === out.length;
@@ -78,6 +89,9 @@ function fallbackDecoder(): FrameDecoder {
   return {
     native: false,
     decode(frame, out) {
+      if (frame.length === 0 || out.length === 0) return frame.length === 0 && out.length === 0;
+      // Before Bun.zstdDecompressSync, which would expand the whole frame whatever its size.
+      if (frameContentSize(frame) !== out.length) return false;
       let raw: Uint8Array;
       try {
         raw = Bun.zstdDecompressSync(frame);
@@ -90,6 +104,50 @@ function fallbackDecoder(): FrameDecoder {
     },
     close() {},
   };
+}
+
+const MAGIC = 0xfd2fb528;
+const FCS_BYTES = [0, 2, 4, 8];
+const DICT_ID_BYTES = [0, 1, 2, 4];
+
+/**
+ * The Frame_Content_Size of `frame` when it is exactly one zstd frame that
+ * declares it (RFC 8878 §3.1.1); null otherwise — another magic (a
+ * skippable frame), a reserved bit set, no declared size, a block header
+ * of the reserved type, or bytes before the end that are not this frame
+ * (a second frame). Reads headers only: a 4 MiB chunk has ~32 blocks.
+ */
+export function frameContentSize(frame: Uint8Array): number | null {
+  if (frame.length < 6) return null;
+  const view = new DataView(frame.buffer, frame.byteOffset, frame.byteLength);
+  if (view.getUint32(0, true) !== MAGIC) return null;
+  // Frame_Header_Descriptor (§3.1.1.1.1): FCS flag (bits 7-6), Single_Segment (5), reserved (3), checksum (2), dictionary id flag (1-0).
+  const fhd = frame[4]!;
+  if (fhd & 0x08) return null;
+  const single = (fhd >> 5) & 1;
+  const fcsFlag = fhd >> 6;
+  const fcsBytes = fcsFlag === 0 ? single : FCS_BYTES[fcsFlag]!;
+  if (fcsBytes === 0) return null; // the size is not declared
+  let at = 5 + (single ? 0 : 1) + DICT_ID_BYTES[fhd & 3]!; // Window_Descriptor, Dictionary_ID
+  if (at + fcsBytes > frame.length) return null;
+  // Frame_Content_Size (§3.1.1.1.4): little-endian; the 2-byte form is offset by 256.
+  let size: number;
+  if (fcsBytes === 1) size = frame[at]!;
+  else if (fcsBytes === 2) size = view.getUint16(at, true) + 256;
+  else if (fcsBytes === 4) size = view.getUint32(at, true);
+  else size = view.getUint32(at, true) + view.getUint32(at + 4, true) * 2 ** 32;
+  at += fcsBytes;
+  // Blocks (§3.1.1.2): a 3-byte header — Last_Block (bit 0), Block_Type (bits 2-1), Block_Size (bits 23-3).
+  for (;;) {
+    if (at + 3 > frame.length) return null;
+    const h = frame[at]! | (frame[at + 1]! << 8) | (frame[at + 2]! << 16);
+    const type = (h >> 1) & 3;
+    if (type === 3) return null; // reserved
+    at += 3 + (type === 1 ? 1 : h >>> 3); // an RLE block stores one byte
+    if (h & 1) break;
+  }
+  if (fhd & 0x04) at += 4; // Content_Checksum
+  return at === frame.length && Number.isSafeInteger(size) ? size : null;
 }
 
 /** Compress one chunk as an independent frame. @throws {ZbError} INTERNAL */

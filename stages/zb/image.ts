@@ -28,14 +28,16 @@ const POLICY = `  --trust DIR          public keys (*.pem, *.pub) to trust (defa
 const USAGE: Record<string, string> = {
   create: `zb image create --compatible C --version V --serial N [--rootfs IMG] [--boot DIR]
                 --key K [--key K2 …] -o OUT.zbi [--encoding zstd|none] [--level L] [--chunk-size BYTES]
+                [--progress=bar|json|none] [--json]
   Build and sign an image: the rootfs image file and/or the boot folder, each cut into
-  chunks of ${DEFAULT_CHUNK} bytes (one zstd frame each, level ${DEFAULT_LEVEL}).`,
-  sign: `zb image sign IN.zbi|URL|- --key K [--key K2 …] -o OUT.zbi [--timeout S] [--retries N]
+  chunks of ${DEFAULT_CHUNK} bytes (--chunk-size: a power of two from 64 KiB to 64 MiB),
+  one zstd frame each (level ${DEFAULT_LEVEL}; --level 1…22).`,
+  sign: `zb image sign IN.zbi|URL|- --key K [--key K2 …] -o OUT.zbi [--json] [--timeout S] [--retries N]
   Add signatures; payload bytes are copied unchanged. OUT may be IN (re-signed in place);
   an existing OUT that is not an image is never replaced.`,
   info: `zb image info IMAGE|URL|- [--json] [--timeout S] [--retries N]
   The manifest and who signed it, without checking trust.`,
-  verify: `zb image verify IMAGE|URL|- [--deep] [--json]
+  verify: `zb image verify IMAGE|URL|- [--deep] [--progress=bar|json|none] [--json]
 ${POLICY}
   Check signatures, compatible, serial floor and every chunk's SHA-256; --deep also
   decompresses every chunk and checks the raw SHA-256. Exit status names the failure
@@ -72,11 +74,17 @@ const TAKES = {
 
 export async function imageMain(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
-  if (sub === undefined || sub === "--help" || sub === "-h" || !(sub in USAGE)) {
-    out(`usage:\n${Object.values(USAGE).map((u) => "  " + u).join("\n\n")}\n`);
-    if (sub === undefined || sub === "--help" || sub === "-h") return sub === undefined ? 2 : 0;
-    throw new ZbError("USAGE", `cannot run zb image: unknown subcommand ${JSON.stringify(sub)}`);
+  if (sub === undefined || sub === "--help" || sub === "-h") {
+    // As `zb env`: the usage goes to stdout when asked for, else to stderr with the error.
+    const text = `usage:\n${Object.values(USAGE).map((u) => "  " + u).join("\n\n")}\n`;
+    if (sub !== undefined) {
+      out(text);
+      return 0;
+    }
+    err(text);
+    throw new ZbError("USAGE", `cannot run zb image: no subcommand given (${Object.keys(USAGE).join(", ")})`);
   }
+  if (!(sub in USAGE)) throw new ZbError("USAGE", `cannot run zb image: unknown subcommand ${JSON.stringify(sub)}`, { hint: "see `zb image --help`" });
   const args = parseArgs(rest, SPECS, `zb image ${sub}`, { repeats: "refuse" });
   if (args.flags.has("help")) {
     out(`usage: ${USAGE[sub]}\n`);
@@ -116,7 +124,7 @@ async function create(args: ParsedArgs): Promise<number> {
     output: need("output"),
     ...(args.values.has("level") ? { level: number(args.values.get("level")!, "--level") } : {}),
     ...(args.values.has("chunk-size") ? { chunkSize: number(args.values.get("chunk-size")!, "--chunk-size") } : {}),
-    progress: (payload, rawBytes) => (mode === "json" ? jsonEvent({ type: "progress", payload, rawBytes }) : b?.update(rawBytes, rawBytes)),
+    progress: (e) => (mode === "json" ? jsonEvent({ type: "progress", payload: e.payload, rawBytes: e.rawBytes, rawTotal: e.rawTotal }) : b?.update(e.allBytes, e.allTotal)),
   });
   b?.finish();
   if (args.flags.has("json")) out(JSON.stringify({ output: args.values.get("output"), manifest: m }) + "\n");

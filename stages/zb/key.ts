@@ -2,7 +2,7 @@
  * `zb key gen|id`: signing keys for images. Private keys are PKCS#8 PEM files
  * created 0600 (openssl reads them); public keys SPKI PEM beside them.
  */
-import { lstatSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { closeSync, lstatSync, openSync, readFileSync, statSync, unlinkSync, writeFileSync } from "node:fs";
 import { onlyThese, parseArgs } from "../../lib/cli/args.ts";
 import { decodePrivatePem, decodePublicPem, encodePrivatePem, encodePublicPem, generateKey, type Alg } from "../../lib/image/keys.ts";
 import { ZbError, ioError } from "../../lib/errors.ts";
@@ -18,20 +18,27 @@ id:  the key id of a public or private key file: SHA-256 of the public key's
 
 export function keyMain(argv: string[]): number {
   const [sub, ...rest] = argv;
-  const args = parseArgs(rest, { alg: { value: true }, output: { short: "o", value: true }, json: {}, help: { short: "h" } }, `zb key ${sub ?? ""}`.trim(), { repeats: "refuse" });
-  if (sub === undefined || sub === "--help" || sub === "-h" || args.flags.has("help")) {
+  if (sub === undefined) {
+    // As `zb env`: the usage on stderr with the error; on stdout only when asked for.
+    err(USAGE + "\n");
+    throw new ZbError("USAGE", "cannot run zb key: no subcommand given (gen or id)");
+  }
+  if (sub === "--help" || sub === "-h") {
     out(USAGE + "\n");
-    return sub === undefined ? 2 : 0;
+    return 0;
+  }
+  if (sub !== "gen" && sub !== "id") throw new ZbError("USAGE", `cannot run zb key: unknown subcommand ${JSON.stringify(sub)}`, { hint: "see `zb key --help`" });
+  const args = parseArgs(rest, { alg: { value: true }, output: { short: "o", value: true }, json: {}, help: { short: "h" } }, `zb key ${sub}`, { repeats: "refuse" });
+  if (args.flags.has("help")) {
+    out(USAGE + "\n");
+    return 0;
   }
   if (sub === "gen") {
     onlyThese(args, ["alg", "output", "json"], 0, "zb key gen");
     return gen(args.values.get("alg"), args.values.get("output"), args.flags.has("json"));
   }
-  if (sub === "id") {
-    onlyThese(args, ["json"], 1, "zb key id");
-    return id(args.positional[0], args.flags.has("json"));
-  }
-  throw new ZbError("USAGE", `cannot run zb key: unknown subcommand ${JSON.stringify(sub)}`, { hint: "see `zb key --help`" });
+  onlyThese(args, ["json"], 1, "zb key id");
+  return id(args.positional[0], args.flags.has("json"));
 }
 
 function gen(alg: string | undefined, name: string | undefined, json: boolean): number {
@@ -40,10 +47,27 @@ function gen(alg: string | undefined, name: string | undefined, json: boolean): 
   // lstat: a dangling link counts as there (writing through it would fail half-way, after the private key).
   for (const f of [name, `${name}.pub`]) if (lexists(f)) throw new ZbError("USAGE", `cannot generate a key: ${f} exists already (zb never overwrites a key)`);
   const key = generateKey(alg as Alg);
+  // Both files or neither: a failed write (a full disk) must not leave an empty or half-written
+  // private key that blocks the retry ("exists already"), nor a private key without its .pub.
+  const created: string[] = [];
   try {
-    writeFileSync(name, encodePrivatePem(key), { mode: 0o600, flag: "wx" });
-    writeFileSync(`${name}.pub`, encodePublicPem(key.publicKey), { mode: 0o644, flag: "wx" });
+    for (const [path, text, mode] of [[name, encodePrivatePem(key), 0o600], [`${name}.pub`, encodePublicPem(key.publicKey), 0o644]] as const) {
+      const fd = openSync(path, "wx", mode); // O_EXCL: created by this run, so ours to remove
+      created.push(path);
+      try {
+        writeFileSync(fd, text);
+      } finally {
+        closeSync(fd);
+      }
+    }
   } catch (e) {
+    for (const path of created.reverse()) {
+      try {
+        unlinkSync(path);
+      } catch {
+        // gone already
+      }
+    }
     throw ioError(`write key ${name}`, e);
   } finally {
     key.secret.fill(0);

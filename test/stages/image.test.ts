@@ -4,9 +4,11 @@
  * signatures over the extracted manifest.json, zstd decompresses a payload.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync, copyFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync, copyFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+
+import { tmpfsMounts, variedBytes } from "../lib/image/fixture.ts";
 
 const BIN = resolve(import.meta.dir, "../../dist/zb-x64");
 let dir = "";
@@ -110,7 +112,9 @@ describe("publish and install", () => {
     { name: "create -o into a missing folder", argv: ["image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--rootfs", "rootfs.img", "--key", "ed", "-o", "nodir/x.zbi"], code: 5, err: /^zb: cannot create nodir\/x.zbi: no such file or directory\n$/ },
     { name: "create --level 99", argv: ["image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--rootfs", "rootfs.img", "--key", "ed", "--level", "99", "-o", "l.zbi"], code: 2, err: /--level 99 is not a zstd level from 1 to 22/ },
     { name: "create --compatible with a space", argv: ["image", "create", "--compatible", "acme pi", "--version", "1", "--serial", "1", "--rootfs", "rootfs.img", "--key", "ed", "-o", "l.zbi"], code: 2, err: /^zb: cannot create an image: compatible must be/ },
-    { name: "create --chunk-size 1000", argv: ["image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--rootfs", "rootfs.img", "--key", "ed", "--chunk-size", "1000", "-o", "l.zbi"], code: 2, err: /cannot create an image: chunkSize must be/ },
+    { name: "create --chunk-size 1000", argv: ["image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--rootfs", "rootfs.img", "--key", "ed", "--chunk-size", "1000", "-o", "l.zbi"], code: 2, err: /^zb: cannot create an image: --chunk-size 1000 is not a power of two from 65536 \(64 KiB\) to 67108864 \(64 MiB\)\n$/ },
+    { name: "create --chunk-size 0 (names the flag, not the manifest field)", argv: ["image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--rootfs", "rootfs.img", "--key", "ed", "--chunk-size", "0", "-o", "l.zbi"], code: 2, err: /^zb: cannot create an image: --chunk-size 0 is not a power of two/ },
+    { name: "install --to a file in a missing folder: the target's folder is named, not the journal's", argv: ["image", "install", "a.zbi", "--trust", "trust", "--payload", "rootfs", "--to", "/nonexist/t.img"], code: 5, err: /^zb: cannot create the target \/nonexist\/t.img: the folder \/nonexist does not exist\n$/ },
     { name: "verify of two images", argv: ["image", "verify", "a.zbi", "b.zbi", "--trust", "trust"], code: 2, err: /unexpected argument "b.zbi"/ },
     { name: "verify --required 0", argv: ["image", "verify", "a.zbi", "--trust", "trust", "--required", "0"], code: 2, err: /--required 0/ },
     { name: "info with a verify option", argv: ["image", "info", "a.zbi", "--trust", "trust"], code: 2, err: /option --trust does not apply here/ },
@@ -147,9 +151,88 @@ describe("publish and install", () => {
     expect(events[0].type).toBe("start");
   });
 
+  test("create --progress=json: each event gives the payload's raw size up front (rawTotal), the last reaches it", () => {
+    const r = zb("image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--rootfs", "rootfs.img", "--boot", "boot", "--key", "ed", "--chunk-size", "65536", "--progress=json", "-o", "p.zbi");
+    expect(r.code).toBe(0);
+    const events = r.out.trim().split("\n").slice(0, -1).map((l) => JSON.parse(l) as { type: string; payload: string; rawBytes: number; rawTotal: number });
+    const size = Object.fromEntries((JSON.parse(zb("image", "info", "p.zbi", "--json").out).manifest.payloads as { name: string; raw: { size: number } }[]).map((p) => [p.name, p.raw.size]));
+    expect(events.every((e) => e.type === "progress" && e.rawTotal === size[e.payload] && e.rawBytes <= e.rawTotal)).toBe(true);
+    expect(["boot", "rootfs"].map((n) => events.filter((e) => e.payload === n).at(-1))).toEqual(["boot", "rootfs"].map((n) => ({ type: "progress", payload: n, rawBytes: size[n]!, rawTotal: size[n]! })));
+  });
+
   test("install from stdin, and the boot payload", () => {
     const p = Bun.spawnSync(["sh", "-c", `${BIN} image install - --trust trust --payload boot --to boot.tar < b.zbi`], { cwd: dir });
     expect(p.exitCode).toBe(0);
     expect(sh(["tar", "-tf", "boot.tar"]).stdout.toString()).toBe("overlays/\noverlays/README\nvmlinuz\n");
+  });
+});
+
+describe("the command line itself", () => {
+  // Each subcommand's --help names every option it takes (stages/zb/image.ts TAKES).
+  const takes = {
+    create: ["--compatible", "--version", "--serial", "--rootfs", "--boot", "--key", "-o", "--encoding", "--level", "--chunk-size", "--progress", "--json"],
+    sign: ["--key", "-o", "--json", "--timeout", "--retries"],
+    info: ["--json", "--timeout", "--retries"],
+    verify: ["--trust", "--required", "--compatible", "--serial-floor", "--deep", "--progress", "--json", "--timeout", "--retries"],
+    install: ["--trust", "--required", "--compatible", "--serial-floor", "--payload", "--to", "--journal", "--resume", "--read-back", "--progress", "--json", "--timeout", "--retries"],
+  };
+  test("zb image SUB --help names every option SUB takes", () => {
+    const missing = Object.entries(takes).map(([sub, options]) => {
+      const r = zb("image", sub, "--help");
+      return [sub, r.code, options.filter((o) => !new RegExp(`(^|[\\s\\[|])${o}[\\s=\\]]`).test(r.out))];
+    });
+    expect(missing).toEqual(Object.keys(takes).map((sub) => [sub, 0, []]));
+  });
+
+  // As `zb env`: no subcommand is USAGE with the usage on stderr and a `zb: cannot …` line; an
+  // unknown one says so with a hint (also with --help); stdout stays empty. --help alone: usage on stdout, exit 0.
+  test("zb image and zb key without a subcommand or with an unknown one: exit 2, a `zb: cannot` line, nothing on stdout", () => {
+    const rows = [
+      { argv: ["image"], code: 2, err: /usage:[\s\S]*zb image install[\s\S]*\nzb: cannot run zb image: no subcommand given \(create, sign, info, verify, install\)\n$/ },
+      { argv: ["image", "bogus"], code: 2, err: /^zb: cannot run zb image: unknown subcommand "bogus"\nzb: hint: see `zb image --help`\n$/ },
+      { argv: ["key"], code: 2, err: /usage: zb key gen[\s\S]*\nzb: cannot run zb key: no subcommand given \(gen or id\)\n$/ },
+      { argv: ["key", "bogus"], code: 2, err: /^zb: cannot run zb key: unknown subcommand "bogus"\nzb: hint: see `zb key --help`\n$/ },
+      { argv: ["key", "bogus", "--help"], code: 2, err: /^zb: cannot run zb key: unknown subcommand "bogus"/ },
+      { argv: ["image", "--help"], code: 0, out: /^usage:\n/, err: /^$/ },
+      { argv: ["key", "--help"], code: 0, out: /^usage: zb key gen/, err: /^$/ },
+      { argv: ["key", "gen", "--help"], code: 0, out: /^usage: zb key gen/, err: /^$/ },
+    ];
+    const got = rows.map((row) => {
+      const r = zb(...row.argv);
+      return { argv: row.argv.join(" "), code: r.code, out: (row.out ?? /^$/).test(r.out) ? "ok" : r.out, err: row.err.test(r.err) ? "ok" : r.err };
+    });
+    expect(got).toEqual(rows.map((r) => ({ argv: r.argv.join(" "), code: r.code, out: "ok", err: "ok" })));
+  });
+});
+
+describe("a full disk (a small tmpfs): exit 5, one plain line, nothing left behind", () => {
+  const smallDisk = tmpfsMounts();
+  const noise = () => {
+    if (!existsSync(join(dir, "noise.img"))) writeFileSync(join(dir, "noise.img"), variedBytes(3 << 20, 9, 1));
+    return "noise.img";
+  };
+  test.each([
+    { what: "image create: the spool does not fit", size: "size=1m", argv: (d: string) => ["image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--rootfs", noise(), "--key", "ed", "-o", `${d}/o.zbi`], says: (d: string) => `zb: cannot write ${d}/o.zbi: no space left on device\n` },
+    { what: "image create: the image does not fit", size: "size=5m", argv: (d: string) => ["image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--rootfs", noise(), "--key", "ed", "-o", `${d}/o.zbi`], says: (d: string) => `zb: cannot write ${d}/o.zbi: no space left on device\n` },
+    { what: "image sign", size: "size=1m", argv: (d: string) => {
+      if (!existsSync(join(dir, "big.zbi"))) expect(zb("image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--rootfs", noise(), "--key", "ed", "-o", "big.zbi").code).toBe(0);
+      return ["image", "sign", "big.zbi", "--key", "ec", "-o", `${d}/x.zbi`];
+    }, says: (d: string) => `zb: cannot write ${d}/x.zbi: no space left on device\n` },
+    { what: "key gen: no room for the private key's bytes (it was created empty)", size: "size=4k", fill: 4096, argv: (d: string) => ["key", "gen", "--alg", "ed25519", "-o", `${d}/k`], says: (d: string) => `zb: cannot write key ${d}/k: no space left on device\n` },
+    { what: "key gen: no inode for the .pub (the private key was written)", size: "size=1m,nr_inodes=2", argv: (d: string) => ["key", "gen", "--alg", "p256", "-o", `${d}/k`], says: (d: string) => `zb: cannot write key ${d}/k: no space left on device\n` },
+  ])("$what", ({ size, fill, argv, says }) => {
+    const d = smallDisk(size);
+    const before = fill ? (writeFileSync(join(d, "fill"), new Uint8Array(fill)), ["fill"]) : [];
+    const r = zb(...argv(d));
+    expect({ code: r.code, err: r.err, left: readdirSync(d).sort() }).toEqual({ code: 5, err: says(d), left: before });
+  });
+
+  test("key gen after a full disk was freed: the retry works (no empty key left in the way)", () => {
+    const d = smallDisk("size=8k");
+    writeFileSync(join(d, "fill"), new Uint8Array(8192));
+    expect(zb("key", "gen", "--alg", "ed25519", "-o", `${d}/k`).code).toBe(5);
+    rmSync(join(d, "fill"));
+    expect(zb("key", "gen", "--alg", "ed25519", "-o", `${d}/k`).code).toBe(0);
+    expect(readdirSync(d).sort()).toEqual(["k", "k.pub"]);
   });
 });

@@ -5,7 +5,9 @@
  * that records every journal version written, and the target checks "only
  * verified bytes reached the target".
  */
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { afterAll } from "bun:test";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { basename, join, resolve } from "node:path";
 import { ZbError } from "../../../lib/errors.ts";
 import { createImage } from "../../../lib/image/create.ts";
@@ -319,4 +321,31 @@ export function writtenChunks(target: Uint8Array, raw: Uint8Array, before: Uint8
   }
   if (!Buffer.from(target.subarray(raw.length)).equals(Buffer.from(before.subarray(raw.length)))) throw new Error("bytes beyond the payload's end changed");
   return w;
+}
+
+// ---- full disks ----
+
+/**
+ * Small tmpfs mounts for full-disk tests (the suite runs as root):
+ * `const smallDisk = tmpfsMounts()` at the top of a test file, then
+ * `smallDisk("size=1m")` mounts one on a new folder of the system's temp
+ * folder (tmpfs options: `size=`, `nr_inodes=`) — not inside the test's own
+ * temp folder, which its afterAll may remove before this one unmounts.
+ * Every mount is unmounted and its folder removed after the file's tests.
+ */
+export function tmpfsMounts(): (options: string) => string {
+  const mounts: string[] = [];
+  afterAll(() => {
+    for (const m of mounts.reverse()) {
+      Bun.spawnSync(["umount", m]);
+      rmSync(m, { recursive: true, force: true });
+    }
+  });
+  return (options) => {
+    const dir = mkdtempSync(join(tmpdir(), "zbtest-tmpfs-"));
+    const r = Bun.spawnSync(["mount", "-t", "tmpfs", "-o", options, "tmpfs", dir]);
+    if (r.exitCode !== 0) throw new Error(`cannot mount a tmpfs (${options}) on ${dir}: ${r.stderr.toString()}`);
+    mounts.push(dir);
+    return dir;
+  };
 }

@@ -7,8 +7,10 @@
  * re-signed manifests that lie about the payload (so only the chunk check or
  * the final raw check can catch them).
  *
- * For every row: `install` and `verifyImage --deep` refuse with the code of
- * the row, and no unverified byte reached the target — the target (pre-filled
+ * For every row, read from a file (the read(2) payload path) and from a
+ * stream (stdin, HTTP: through the tar parser, in odd-sized pieces):
+ * `install` and `verifyImage --deep` refuse with the code of the row, the
+ * same on both paths, and no unverified byte reached the target — the target (pre-filled
  * with a sentinel) is, chunk by chunk, verified payload for a prefix and the
  * untouched sentinel after; every journal version written is recorded and
  * none says "complete" or counts a chunk that is not on the target.
@@ -20,10 +22,10 @@ import { join } from "node:path";
 import type { ErrorCode } from "../../../lib/errors.ts";
 import { install } from "../../../lib/image/install.ts";
 import type { PrivateKey } from "../../../lib/image/keys.ts";
-import { canonicalJson } from "../../../lib/image/manifest.ts";
+import { canonicalJson, zstdCompressBound } from "../../../lib/image/manifest.ts";
 import type { Policy } from "../../../lib/image/reader.ts";
 import { encodeSignatures, keySigner, loadTrustDir } from "../../../lib/image/sign.ts";
-import { fileSource } from "../../../lib/image/source.ts";
+import { fileSource, type ImageSource } from "../../../lib/image/source.ts";
 import { verifyImage } from "../../../lib/image/verify.ts";
 import { HostSys } from "../../../lib/sys/sys.ts";
 import {
@@ -252,6 +254,9 @@ add({ name: "re-signed manifest: rootfs raw size +1 (last frame is 1 byte short)
 add({ name: "re-signed chunk 2: a zstd frame of 1000 bytes", bytes: await replaceChunk(2, Bun.zstdCompressSync(variedBytes(1000, 3))), code: "IMG_FORMAT", stage: "payload", written: 2, exact: true });
 add({ name: "re-signed chunk 2: a zstd bomb (16 MiB of zeros)", bytes: await replaceChunk(2, Bun.zstdCompressSync(new Uint8Array(16 << 20))), code: "IMG_FORMAT", stage: "payload", written: 2, exact: true });
 add({ name: "re-signed chunk 2: bytes that are not zstd", bytes: await replaceChunk(2, variedBytes(5000, 4, 1)), code: "IMG_FORMAT", stage: "payload", written: 2, exact: true });
+add({ name: "re-signed chunk 2: a zstd frame that does not declare its size (streamed)", bytes: await replaceChunk(2, unsizedFrame(base.raw.rootfs!.slice(2 * CHUNK, 3 * CHUNK))), code: "IMG_FORMAT", stage: "payload", written: 2, exact: true });
+add({ name: "re-signed chunk 2: two frames of half a chunk each", bytes: await replaceChunk(2, new Uint8Array(Buffer.concat([Bun.zstdCompressSync(base.raw.rootfs!.slice(2 * CHUNK, 2.5 * CHUNK)), Bun.zstdCompressSync(base.raw.rootfs!.slice(2.5 * CHUNK, 3 * CHUNK))]))), code: "IMG_FORMAT", stage: "payload", written: 2, exact: true });
+add({ name: "re-signed manifest: a stored chunk larger than zstd's bound for its raw size (readers would allocate it)", bytes: await replaceChunk(2, new Uint8Array(zstdCompressBound(CHUNK) + 1)), code: "IMG_FORMAT", stage: "header" });
 add({ name: "re-signed chunk 2: the raw bytes, not compressed", bytes: await replaceChunk(2, base.raw.rootfs!.slice(2 * CHUNK, 3 * CHUNK)), code: "IMG_FORMAT", stage: "payload", written: 2, exact: true });
 
 // ---- 5. payload bit flips (first, middle, last byte of every chunk) ----
@@ -353,6 +358,46 @@ for (const [what, bytes] of [
   ["a GNU long link name before rootfs", before({ name: "././@LongLink", typeflag: "K", data: enc("/dev/mmcblk0\0") })],
 ] as const) add({ name: `entry type: ${what}`, bytes, code: "IMG_FORMAT", stage: "header" });
 
+// ---- 10. one ustar rule on every path: what tar-stream alone would let through ----
+/** Entries re-packed with header bytes changed (checksum fixed): `which` selects the entries by index. */
+const withHeader = (which: (i: number) => boolean, edit: (h: Uint8Array) => void, from = pack((es) => es)) => {
+  const b = from.slice();
+  listTar(b).forEach((e, i) => {
+    if (!which(i)) return;
+    const h = b.subarray(e.headerAt, e.headerAt + 512);
+    edit(h);
+    fixChecksum(h);
+  });
+  return b;
+};
+const nulType = (h: Uint8Array) => void (h[156] = 0);
+const gnuMagic = (h: Uint8Array) => h.set(Buffer.from("ustar  \0", "latin1"), 257);
+const all = () => true;
+const firstThree = (i: number) => i < 3;
+const rootfsOnly = (i: number) => i === 4;
+for (const [what, bytes] of [
+  ["typeflag NUL (old tar's regular file) on every entry", withHeader(all, nulType)],
+  ["typeflag NUL on the marker, manifest and signatures", withHeader(firstThree, nulType)],
+  ["typeflag NUL on rootfs", withHeader(rootfsOnly, nulType)],
+  ['GNU magic "ustar  \\0" on every entry', withHeader(all, gnuMagic)],
+  ["GNU magic on the marker, manifest and signatures", withHeader(firstThree, gnuMagic)],
+  ["GNU magic on rootfs", withHeader(rootfsOnly, gnuMagic)],
+  ['ustar version "  " instead of "00" on the marker', withHeader((i) => i === 0, (h) => h.set(Buffer.from("  ", "latin1"), 263))],
+  ["rootfs size field: spaces, the digits, then junk", withHeader(rootfsOnly, (h) => h.set(Buffer.from(("  " + rootfsP.stored.size.toString(8) + " junk").padEnd(12, "\0").slice(0, 12), "latin1"), 124))],
+  ['rootfs name "rootfs\\0evil" (junk after the NUL)', withHeader(rootfsOnly, (h) => h.set(Buffer.from("rootfs\0evil", "latin1"), 0))],
+  ['manifest name "manifest.json\\0x"', withHeader((i) => i === 1, (h) => h.set(Buffer.from("manifest.json\0x", "latin1"), 0))],
+] as const) add({ name: `ustar: ${what}`, bytes, code: "IMG_FORMAT", stage: "header" });
+{
+  // Blocks that are zero but for the checksum field (tar-stream reads them as null blocks) after the archive.
+  const tail = new Uint8Array(2048);
+  tail.set(Buffer.from("DEADBEEF", "latin1"), 512 + 148);
+  tail.set(Buffer.from("CAFEBABE", "latin1"), 1024 + 148);
+  add({ name: "ustar: blocks that are zero but for bytes 148–155 after the end-of-archive blocks", bytes: new Uint8Array(Buffer.concat([base.bytes.subarray(0, base.bytes.length - 1024), tail])), code: "IMG_FORMAT", stage: "payload", written: N });
+  const cksumOnly = new Uint8Array(512);
+  cksumOnly.set(Buffer.from("00000400", "latin1"), 148);
+  add({ name: "ustar: a checksum-only block in place of the first end-of-archive block", bytes: new Uint8Array(Buffer.concat([base.bytes.subarray(0, base.bytes.length - 1024), cksumOnly, new Uint8Array(512)])), code: "IMG_FORMAT", stage: "payload", written: N });
+}
+
 // ---- the run ----
 console.log(`hostile corpus: ${rows.length} cases`);
 
@@ -360,9 +405,11 @@ test("the corpus is large, and its base image, repacked and re-signed, installs 
   expect(rows.length).toBeGreaterThanOrEqual(150);
   expect(new Set(rows.map((r) => r.name)).size).toBe(rows.length);
   for (const bytes of [base.bytes, pack((es) => es), await signed(entry("manifest.json").data)]) {
-    const r = await attempt({ name: "base", bytes, code: "USAGE", stage: "header" });
-    expect([r.install, r.verify]).toEqual(["ok", "ok"]);
-    expect(sha256(r.target.subarray(0, base.raw.rootfs!.length))).toBe(sha256(base.raw.rootfs!));
+    for (const via of ["file", "stream"] as const) {
+      const r = await attempt({ name: "base", bytes, code: "USAGE", stage: "header" }, via);
+      expect([via, r.install, r.verify]).toEqual([via, "ok", "ok"]);
+      expect(sha256(r.target.subarray(0, base.raw.rootfs!.length))).toBe(sha256(base.raw.rootfs!));
+    }
   }
 });
 
@@ -383,11 +430,36 @@ test("the target check itself catches unverified bytes (a stray chunk, a gap, a 
   expect(() => writtenChunks(tail, raw, before, CHUNK)).toThrow(/beyond/);
 });
 
+/** A stream source in odd-sized pieces, so headers and chunks straddle reads. */
+const streamOf = (bytes: Uint8Array): ImageSource => ({
+  name: "stdin",
+  seekable: false,
+  open: async () => (async function* () {
+    for (let at = 0; at < bytes.length; at += 7777) yield bytes.subarray(at, at + 7777);
+  })(),
+});
+
+/** A zstd frame without Frame_Content_Size: what a streaming compressor writes (RFC 8878 §3.1.1.1.1, FCS flag 0 and no single segment). */
+function unsizedFrame(raw: Uint8Array): Uint8Array {
+  // Bun writes the size; build the frame by hand from raw blocks: header 28 b5 2f fd, FHD 0, window descriptor.
+  const parts: Uint8Array[] = [new Uint8Array([0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x58])]; // window 2^(10+11) = 2 MiB
+  for (let at = 0; at < raw.length; at += 128 << 10) {
+    const piece = raw.subarray(at, at + (128 << 10));
+    const last = at + piece.length >= raw.length ? 1 : 0;
+    const h = (piece.length << 3) | last; // Block_Type 0: raw
+    parts.push(new Uint8Array([h & 0xff, (h >> 8) & 0xff, (h >> 16) & 0xff]), piece);
+  }
+  const frame = new Uint8Array(Buffer.concat(parts));
+  if (sha256(Bun.zstdDecompressSync(frame)) !== sha256(raw)) throw new Error("fixture: the unsized frame does not decode");
+  return frame;
+}
+
 let seq = 0;
-async function attempt(row: Row) {
+async function attempt(row: Row, via: "file" | "stream" = "file") {
   const dir = join(root, `case-${seq++}`);
   const image = join(dir + ".zbi");
   writeFileSync(image, row.bytes);
+  const source = () => (via === "file" ? fileSource(image) : streamOf(row.bytes));
   const payload = row.payload ?? "rootfs";
   const raw = (row.bytes === plain.bytes || row.name.startsWith("encoding none") ? plain : base).raw[payload]!;
   const target = `${dir}.target`;
@@ -396,8 +468,8 @@ async function attempt(row: Row) {
   writeFileSync(target, before);
   const sys = new RecordingSys(journal);
   const policy = { ...POLICY, ...row.policy };
-  const installed = await outcome(install(sys, fileSource(image), policy, { payload, target, journal }));
-  const verified = await outcome(verifyImage(fileSource(image), policy, { deep: true }));
+  const installed = await outcome(install(sys, source(), policy, { payload, target, journal }));
+  const verified = await outcome(verifyImage(source(), policy, { deep: true }));
   const final = existsSync(journal) ? JSON.parse(readFileSync(journal, "utf8")) : null;
   const result = { install: installed, verify: verified, target: new Uint8Array(readFileSync(target)), before, raw, journals: sys.journals, final };
   rmSync(image);
@@ -406,8 +478,12 @@ async function attempt(row: Row) {
 
 test.each(rows)("$name → $code", async (row) => {
   if (!row.policy) expect(sha256(row.bytes)).not.toBe(sha256(base.bytes)); // the row changed something
-  const r = await attempt(row);
-  expect({ install: r.install, verify: r.verify }).toEqual({ install: row.code, verify: row.verifyCode ?? row.code });
+  for (const via of ["file", "stream"] as const) await check(row, via);
+});
+
+async function check(row: Row, via: "file" | "stream") {
+  const r = await attempt(row, via);
+  expect({ via, install: r.install, verify: r.verify }).toEqual({ via, install: row.code, verify: row.verifyCode ?? row.code });
   // No unverified byte reached the target, and no journal version claims more than the target holds.
   const w = writtenChunks(r.target, r.raw, r.before, CHUNK);
   if (row.stage === "header") expect(w).toBe(0);
@@ -416,4 +492,4 @@ test.each(rows)("$name → $code", async (row) => {
   expect(r.journals.filter((j) => j.state === "complete")).toEqual([]);
   for (const j of r.journals) expect(j.chunksDone).toBeLessThanOrEqual(w);
   if (r.final) expect(r.final.state).toBe("failed");
-});
+}

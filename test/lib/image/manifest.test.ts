@@ -1,6 +1,6 @@
 /** Manifest rules, row by row: a valid manifest, then one change each. */
 import { describe, expect, test } from "bun:test";
-import { canonicalJson, decodeManifest, encodeManifest, type Manifest } from "../../../lib/image/manifest.ts";
+import { canonicalJson, decodeManifest, encodeManifest, zstdCompressBound, type Manifest } from "../../../lib/image/manifest.ts";
 
 const H = (c: string) => c.repeat(64);
 function valid(): Manifest {
@@ -67,4 +67,38 @@ describe("only the exact canonical bytes are read", () => {
 
 test("a manifest over 4 MiB is refused before parsing", () => {
   expect(() => decodeManifest(new Uint8Array((4 << 20) + 1))).toThrow(expect.objectContaining({ code: "IMG_FORMAT", message: expect.stringMatching(/more than 4194304/) }));
+});
+
+describe("a stored chunk is at most what zstd can make of its raw size (readers allocate buffers of the largest)", () => {
+  // ZSTD_COMPRESSBOUND (zstd.h): srcSize + srcSize/256 + (srcSize < 128 KiB ? (128 KiB - srcSize) >> 11 : 0).
+  test("zstdCompressBound is zstd.h's ZSTD_COMPRESSBOUND", () => {
+    expect([1, 100, 65536, 131072, 4 << 20, 64 << 20].map(zstdCompressBound)).toEqual([64, 163, 65824, 131584, 4210688, 67371008]);
+  });
+
+  /** The first payload (zstd: chunks of 65536 and 34464 raw bytes) with chunk `i` declared `size` stored bytes. */
+  const withChunk = (i: number, size: number) => {
+    const m = valid();
+    const c = m.payloads[0]!.chunks;
+    m.payloads[0]!.stored.size += size - c[i]!.size;
+    c[i]!.size = size;
+    return m;
+  };
+  const rows = [
+    { name: "chunk 0 at the bound (65824): accepted", m: withChunk(0, 65824), ok: true },
+    { name: "chunk 0 one byte over the bound", m: withChunk(0, 65825), ok: false },
+    { name: "the last chunk (34464 raw) one byte over its own bound (34464 + 134 + 47)", m: withChunk(1, 34464 + 134 + 47 + 1), ok: false },
+    { name: "chunk 0 declared 2^33 bytes (the audit's out-of-memory)", m: withChunk(0, 2 ** 33), ok: false },
+    { name: "chunk 0 declared 512 MiB", m: withChunk(0, 512 << 20), ok: false },
+  ];
+  test("over the bound is IMG_FORMAT naming the chunk; at it, accepted", () => {
+    const verdict = (m: Manifest) => {
+      try {
+        decodeManifest(canonicalJson(m));
+        return "ok";
+      } catch (e) {
+        return /payloads\[0\]\.chunks\[\d\] is \d+ bytes, more than a zstd frame of \d+ raw bytes can be/.test((e as Error).message) ? (e as { code: string }).code : (e as Error).message;
+      }
+    };
+    expect(rows.map((r) => [r.name, verdict(r.m)])).toEqual(rows.map((r) => [r.name, r.ok ? "ok" : "IMG_FORMAT"]));
+  });
 });

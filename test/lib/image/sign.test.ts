@@ -385,6 +385,25 @@ describe("loadTrustDir", () => {
     else expect(e.message).toMatch(w);
   });
 
+  test("one file that is not a public key fails the whole load (fail closed): KEY_INVALID naming the file and the reason, a hint naming the folder and the fix", () => {
+    const x = EC.publicKey.raw.subarray(1, 33);
+    const compressed = new Uint8Array([EC.publicKey.raw[64]! & 1 ? 3 : 2, ...x]);
+    const spki = Buffer.concat([Buffer.from("3039301306072a8648ce3d020106082a8648ce3d030107032200", "hex"), compressed]);
+    const pemOf = (label: string, der: Uint8Array) => `-----BEGIN ${label}-----\n${Buffer.from(der).toString("base64").replace(/.{64}/g, "$&\n")}\n-----END ${label}-----\n`;
+    const bad = [
+      { file: "b-compressed.pem", text: pemOf("PUBLIC KEY", spki), why: /compressed EC point/ },
+      { file: "b-cert.pem", text: pemOf("CERTIFICATE", spki), why: /"CERTIFICATE"/ },
+      { file: "b-private.pub", text: encodePrivatePem(EC), why: /expected a public key/ },
+      { file: "b-junk.pub", text: "ssh-ed25519 AAAA… user@host\n", why: /not PEM/ },
+    ];
+    const got = bad.map((b) => {
+      const d = dir({ "a.pem": pemA, [b.file]: b.text });
+      const e = thrown(() => loadTrustDir(sys, d));
+      return { file: b.file, code: e.code, names: e.message.startsWith(`cannot read key ${join(d, b.file)}: `), why: b.why.test(e.message), hint: e.hint?.includes(`every *.pem and *.pub file in ${d} must be one SPKI "PUBLIC KEY"`) && e.hint.includes(`fix or remove ${b.file}`) };
+    });
+    expect(got).toEqual(bad.map((b) => ({ file: b.file, code: "KEY_INVALID", names: true, why: true, hint: true })));
+  });
+
   test("a Sys with listDir is used for the listing", () => {
     const d = dir({ "a.pem": pemA, "b.pem": pemB });
     const listed: string[] = [];

@@ -1,0 +1,131 @@
+/**
+ * The publisher side (lib/image/create.ts, lib/image/writer.ts) when things
+ * go wrong around it: temp and spool files beside the output are created
+ * O_EXCL|O_NOFOLLOW (a link planted under their names is never followed), a
+ * full disk is IO "cannot write OUT: no space left on device" with every temp
+ * file removed, for `createImage` (spool or archive) and `resignImage` alike;
+ * --chunk-size is checked naming the flag, and an image with more chunks than
+ * the manifest can list is refused before anything is compressed; progress
+ * knows each payload's size up front.
+ */
+import { afterAll, describe, expect, test } from "bun:test";
+import { closeSync, existsSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createImage, resignImage, type CreateOptions, type CreateProgress } from "../../../lib/image/create.ts";
+import { keySigner } from "../../../lib/image/sign.ts";
+import { fileSource } from "../../../lib/image/source.ts";
+import { buildImage, CREATED, KEYS, MIN_CHUNK, sha256, tmpfsMounts, variedBytes } from "./fixture.ts";
+
+const root = mkdtempSync(join(tmpdir(), "zb-create-"));
+afterAll(() => rmSync(root, { recursive: true, force: true }));
+const smallDisk = tmpfsMounts();
+let seq = 0;
+const fresh = () => {
+  const d = join(root, `c${seq++}`);
+  mkdirSync(d);
+  return d;
+};
+/** 3 MiB that zstd cannot shrink: the spool and the archive are each about that size. */
+const noise = variedBytes(3 << 20, 77, 1);
+const rootfs = join(root, "rootfs.img");
+writeFileSync(rootfs, noise);
+const img = await buildImage(join(root, "img"), { rootfs: noise, boot: false, chunkSize: 1 << 20 });
+const opts = (output: string, more: Partial<CreateOptions> = {}): CreateOptions => ({
+  compatible: "pi4", version: "1", serial: 1, created: CREATED, chunkSize: 1 << 20, output, signers: [keySigner(KEYS.k1)],
+  payloads: [{ name: "rootfs", kind: "rootfs", encoding: "zstd", from: { file: rootfs } }], ...more,
+});
+const failure = async (p: Promise<unknown>) => {
+  const e = (await p.then(() => null, (x: unknown) => x)) as { code?: string; message?: string; hint?: string } | null;
+  return e && { code: e.code, message: e.message };
+};
+
+describe("a full disk: IO naming the output, and no temp file stays", () => {
+  test.each([
+    { when: "create: the spool does not fit (1 MiB disk)", size: "1m", run: (out: string) => createImage(opts(out)) },
+    { when: "create: the spool fits, the archive does not (5 MiB disk)", size: "5m", run: (out: string) => createImage(opts(out)) },
+    { when: "sign: the re-signed copy does not fit (1 MiB disk)", size: "1m", run: (out: string) => resignImage(fileSource(img.path), [keySigner(KEYS.k2)], out) },
+  ])("$when", async ({ size, run }) => {
+    const disk = smallDisk(`size=${size}`);
+    const out = join(disk, "o.zbi");
+    expect(await failure(run(out))).toEqual({ code: "IO", message: `cannot write ${out}: no space left on device` });
+    expect(readdirSync(disk)).toEqual([]);
+  });
+});
+
+describe("temp and spool files: a link planted under their name is replaced, never followed", () => {
+  test.each([
+    { name: "create: .OUT.zb-new and .OUT.rootfs.zb-spool", temps: [".o.zbi.zb-new", ".o.zbi.rootfs.zb-spool"], run: (out: string) => createImage(opts(out)) },
+    { name: "sign: .OUT.zb-new", temps: [".o.zbi.zb-new"], run: (out: string) => resignImage(fileSource(img.path), [keySigner(KEYS.k2)], out) },
+  ])("$name", async ({ temps, run }) => {
+    const d = fresh();
+    const victims = temps.map((t, i) => {
+      const victim = join(d, `victim${i}.txt`);
+      writeFileSync(victim, `precious ${i}\n`);
+      symlinkSync(victim, join(d, t));
+      return victim;
+    });
+    await run(join(d, "o.zbi"));
+    expect(victims.map((v) => readFileSync(v, "utf8"))).toEqual(temps.map((_, i) => `precious ${i}\n`));
+    expect(lstatSync(join(d, "o.zbi")).isFile()).toBe(true);
+    expect(readdirSync(d).sort()).toEqual(["o.zbi", ...victims.map((_, i) => `victim${i}.txt`)].sort());
+  });
+
+  test("a stale temp file (a killed run's) is replaced; a folder in its place is IO, and nothing is written", async () => {
+    const d = fresh();
+    writeFileSync(join(d, ".o.zbi.zb-new"), "stale");
+    await createImage(opts(join(d, "o.zbi")));
+    expect(existsSync(join(d, ".o.zbi.zb-new"))).toBe(false);
+    const e = fresh();
+    mkdirSync(join(e, ".o.zbi.rootfs.zb-spool"));
+    expect((await failure(createImage(opts(join(e, "o.zbi")))))?.code).toBe("IO");
+    expect(readdirSync(e)).toEqual([".o.zbi.rootfs.zb-spool"]);
+  });
+});
+
+describe("the command line's values, checked before compressing", () => {
+  test.each([0, 1000, 65535, 98304, 128 << 20])("--chunk-size %p: USAGE naming the flag", async (chunkSize) => {
+    const d = fresh();
+    expect(await failure(createImage(opts(join(d, "o.zbi"), { chunkSize })))).toEqual({
+      code: "USAGE", message: `cannot create an image: --chunk-size ${chunkSize} is not a power of two from 65536 (64 KiB) to 67108864 (64 MiB)`,
+    });
+  });
+
+  test("more chunks than a 4 MiB manifest can list (a 4 GiB sparse rootfs in 64 KiB chunks): USAGE at once, with the fix", async () => {
+    const d = fresh();
+    const sparse = join(d, "sparse.img");
+    closeSync(openSync(sparse, "w"));
+    Bun.spawnSync(["truncate", "-s", "4G", sparse]);
+    const started = performance.now();
+    const e = (await createImage(opts(join(d, "o.zbi"), { chunkSize: MIN_CHUNK, payloads: [{ name: "rootfs", kind: "rootfs", encoding: "zstd", from: { file: sparse } }] })).catch((x: unknown) => x)) as { code?: string; message?: string; hint?: string };
+    expect({ code: e.code, message: e.message, hint: e.hint, fast: performance.now() - started < 2000 }).toEqual({
+      code: "USAGE", message: "cannot create an image: 65536 chunks of 65536 bytes do not fit in the manifest (at most 4194304 bytes, ~48210 chunks)",
+      hint: "give a larger --chunk-size (up to 67108864)", fast: true,
+    });
+    expect(readdirSync(d)).toEqual(["sparse.img"]);
+  });
+});
+
+test("progress: each payload's size is known before its first chunk, and the totals add up", async () => {
+  const d = fresh();
+  const boot = join(d, "boot");
+  // A long path and a non-ASCII name: tar-stream gives both a pax header, which the total counts.
+  mkdirSync(join(boot, "overlays", "d".repeat(90)), { recursive: true });
+  writeFileSync(join(boot, "overlays", "d".repeat(90), "f".repeat(60)), "long\n");
+  writeFileSync(join(boot, "grüße.txt"), "non-ascii\n");
+  writeFileSync(join(boot, "kernel8.img"), variedBytes(300_000, 5));
+  const events: CreateProgress[] = [];
+  const m = await createImage(opts(join(d, "o.zbi"), {
+    chunkSize: MIN_CHUNK, progress: (e) => events.push({ ...e }),
+    payloads: [{ name: "boot", kind: "boot", encoding: "zstd", from: { dir: boot } }, { name: "rootfs", kind: "rootfs", encoding: "zstd", from: { file: rootfs } }],
+  }));
+  const size = Object.fromEntries(m.payloads.map((p) => [p.name, p.raw.size]));
+  const all = size.boot! + size.rootfs!;
+  const last = (name: string) => events.filter((e) => e.payload === name).at(-1)!;
+  expect({ boot: last("boot"), rootfs: last("rootfs") }).toEqual({
+    boot: { payload: "boot", rawBytes: size.boot!, rawTotal: size.boot!, allBytes: size.boot!, allTotal: all },
+    rootfs: { payload: "rootfs", rawBytes: size.rootfs!, rawTotal: size.rootfs!, allBytes: all, allTotal: all },
+  });
+  expect(events.every((e) => e.rawTotal === size[e.payload] && e.allTotal === all && e.rawBytes <= e.rawTotal)).toBe(true);
+  expect(sha256(new Uint8Array(readFileSync(rootfs)))).toBe(m.payloads[1]!.raw.sha256);
+});
