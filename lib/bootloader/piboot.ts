@@ -75,6 +75,21 @@ export class PiBoot implements Bootloader, GeneratedConfig, RebootArgs {
     removeFileDurably(this.sys, this.path("tryboot.txt"));
   }
 
+  /**
+   * zboot/ holds the kernel the firmware would load from it: the reference
+   * config's `kernel=` if it names one, else one of the firmware's default
+   * names (Pi docs, config.txt "kernel": kernel8.img on 64-bit Pi 3/4,
+   * kernel_2712.img on Pi 5, kernel7l.img, kernel7.img, kernel.img). The
+   * firmware ignores an os_prefix under which it finds no kernel, so a
+   * config.txt pointing at an empty zboot/ boots nothing.
+   */
+  hasEnclave(): boolean {
+    const ref = this.sys.stat(this.path(REFERENCE_CONFIG)) ? this.sys.readText(this.path(REFERENCE_CONFIG)) : "";
+    const named = [...ref.matchAll(/^\s*kernel\s*=\s*(\S+)\s*$/gm)].map((m) => m[1]!);
+    const names = named.length > 0 ? named : ["kernel8.img", "kernel_2712.img", "kernel7l.img", "kernel7.img", "kernel.img"];
+    return names.some((n) => this.sys.stat(this.path(`zboot/${n}`))?.kind === "file");
+  }
+
   rebootArgument(tryboot: boolean): string | null {
     return tryboot ? "0 tryboot" : null;
   }

@@ -36,15 +36,25 @@ export function renderConfig(reference: string, prefix: string, cmdlineFile: str
 /** Kernel parameters zb adds itself; removed from the reference line first. */
 const ZB_PARAMS = /^(zb\.slot|kernel_status)=/;
 
+/** Seconds a try kernel waits after a panic before it resets the board (when the reference line sets none). */
+export const TRY_PANIC_SECONDS = 10;
+
 /**
  * A slot's kernel command line: the reference line, then `zb.slot=X`, then
- * `kernel_status=trying` for the try variant (snapd's marker).
+ * for the try variant `kernel_status=trying` (snapd's marker) and, unless
+ * the reference sets `panic=`, `panic=10`. The tryboot flag only helps once
+ * something resets the board: a try kernel that panics, or a try initramfs
+ * that gives up (initramfs-tools' panic() reboots after `panic=` seconds
+ * instead of opening a shell), would otherwise sit there, and the stock Pi
+ * cmdline has no `panic=`. The reset boots config.txt, and N3 or N2 records
+ * the failed try.
  */
 export function renderCmdline(reference: string, slot: string, tryVariant: boolean): string {
   const first = reference.replace(/\r/g, "").split("\n")[0] ?? "";
   const params = first.split(/\s+/).filter((p) => p !== "" && !ZB_PARAMS.test(p));
   params.push(`zb.slot=${slot}`);
   if (tryVariant) params.push("kernel_status=trying");
+  if (tryVariant && !params.some((p) => p.startsWith("panic="))) params.push(`panic=${TRY_PANIC_SECONDS}`);
   return params.join(" ") + "\n";
 }
 

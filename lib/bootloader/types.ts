@@ -35,6 +35,8 @@ export interface GeneratedConfig {
   /** Write the one-shot configuration for a state's pending try (or the enclave). */
   writeTryboot(state: BootState): void;
   removeTryboot(): void;
+  /** Is a recovery enclave there to boot into (recover and install modes)? */
+  hasEnclave(): boolean;
 }
 
 /** The firmware learns a one-shot choice from the reboot argument (snapd's RebootBootloader). */

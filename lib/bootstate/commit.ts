@@ -51,7 +51,11 @@ export interface RunOptions {
  */
 export function runTransition(backend: Backend, event: Event, opts: RunOptions): Outcome {
   const before: Vars = backend.readVars();
-  const result = step(readState(before), event, opts.actor);
+  const state = readState(before);
+  // Without an enclave, recover and install lead nowhere bootable: the rows that would
+  // enter them boot on, stop or refuse instead (machine.ts N10, U4, B5, I2).
+  state.enclave = backend.hasEnclave();
+  const result = step(state, event, opts.actor);
   const changes = stateChanges(before, result.state);
   const rebootEffect = result.effects.find((e) => e.kind === "reboot");
   const outcome: Outcome = {

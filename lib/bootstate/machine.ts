@@ -223,6 +223,17 @@ export const TABLE: readonly Row[] = [
     },
   }),
   row({
+    id: "N10", actor: "zbunlock", event: "boot",
+    when: "as N8, but there is no recovery enclave (zboot/ holds no kernel)",
+    then: "boot zb_slot on anyway, logged: nothing else can boot, and a config.txt pointing at an empty zboot/ would boot nothing",
+    guard: (s, e) => exhausted(s, e.booted) && !s.enclave,
+    apply: (s, e) => {
+      s.fixups = 0;
+      logEvent(s, `slot ${e.booted} and ${otherSlot(e.booted)} both failed and there is no recovery enclave, booting ${e.booted} anyway`);
+      return [{ kind: "continue" }];
+    },
+  }),
+  row({
     id: "N8", actor: "zbunlock", event: "boot",
     when: "normal boot of zb_slot, invalid or at the limit, and the other slot is too",
     then: "zb_mode=recover, config.txt → zboot/, reboot normally",
@@ -253,6 +264,16 @@ export const TABLE: readonly Row[] = [
     apply: (s, e) => {
       endTry(s, true, `try of ${e.booted} failed: cannot unlock: ${e.why}`);
       return [{ kind: "delete-tryboot" }, { kind: "reboot", tryboot: false }];
+    },
+  }),
+  row({
+    id: "U4", actor: "zbunlock", event: "unlock-failed",
+    when: "as U2, but the other slot is not valid and below the limit, and there is no recovery enclave",
+    then: "stop: nothing changed but the log, no reboot (the initramfs panics; a person must repair the credentials or the HSM, and the slot stays valid for that)",
+    guard: (s, e) => e.permanent && !usable(s, otherSlot(e.booted)) && !s.enclave,
+    apply: (s, e) => {
+      logEvent(s, `cannot unlock slot ${e.booted}: ${e.why}, no other slot and no recovery enclave, stopped`);
+      return [];
     },
   }),
   row({
@@ -331,15 +352,25 @@ export const TABLE: readonly Row[] = [
     },
   }),
   row({
+    id: "B5", actor: "zb", event: "mark-bad",
+    when: "as B2, but the other slot is not valid and there is no recovery enclave",
+    then: "refused (nothing else could boot)",
+    guard: (s, e) => e.which === "booted" && !e.tryboot && s.committed === e.booted && !s.slots[otherSlot(e.booted)].valid && !s.enclave,
+    refuse: (_s, e) => `slot ${otherSlot(e.booted)} is not valid and there is no recovery enclave (zboot/ holds no kernel): nothing else could boot`,
+  }),
+  row({
     id: "B2", actor: "zb", event: "mark-bad",
     when: "mark-bad booted, on a normal boot of zb_slot",
-    then: "slot invalid; zb_slot = other if it is valid, else zb_mode=recover; rewrite config.txt",
+    then: "slot invalid; zb_slot = other with a fresh counter if it is valid, else zb_mode=recover; rewrite config.txt",
     guard: (s, e) => e.which === "booted" && !e.tryboot && s.committed === e.booted,
     apply: (s, e) => {
       const other = otherSlot(e.booted);
       s.slots[e.booted].valid = false;
-      if (s.slots[other].valid) s.committed = other;
-      else s.mode = "recover";
+      // A fresh counter, as R1 gives: a person chose it, and an exhausted counter would send the next boot to N8.
+      if (s.slots[other].valid) {
+        s.committed = other;
+        s.slots[other].bootCount = 0;
+      } else s.mode = "recover";
       logEvent(s, `slot ${e.booted} marked bad, next boot: ${s.mode === "recover" ? "recovery" : other}`);
       return [{ kind: "write-config" }];
     },
@@ -431,9 +462,9 @@ export const TABLE: readonly Row[] = [
   }),
   row({
     id: "I1", actor: "zb", event: "enter-install",
-    when: "zb_mode=run",
+    when: "zb_mode=run, and a recovery enclave is there (zboot/ holds a kernel)",
     then: "zb_mode=install, any try dropped, tryboot.txt → zboot/, reboot \"0 tryboot\" (a crashing enclave falls back)",
-    guard: (s) => s.mode === "run",
+    guard: (s) => s.mode === "run" && s.enclave,
     apply: (s) => {
       if (s.trySlot) endTry(s, false, `pending try of ${s.trySlot} dropped for the enclave`);
       s.mode = "install";
@@ -443,10 +474,10 @@ export const TABLE: readonly Row[] = [
   }),
   row({
     id: "I2", actor: "zb", event: "enter-install",
-    when: "zb_mode is install or recover",
+    when: "zb_mode is install or recover, or there is no recovery enclave",
     then: "refused",
     guard: () => true,
-    refuse: (s) => `zb_mode is already ${s.mode}`,
+    refuse: (s) => (s.mode !== "run" ? `zb_mode is already ${s.mode}` : "there is no recovery enclave on the boot partition (zboot/ holds no kernel)"),
   }),
   row({
     id: "S1", actor: "zboot", event: "install-begin",

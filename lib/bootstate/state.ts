@@ -33,6 +33,12 @@ export interface BootState {
    * unknown value); row Z1 logs it and ends a pending try. Never written.
    */
   unknownStatus: string | null;
+  /**
+   * A recovery enclave is on the boot partition (zboot/ holds a kernel), so
+   * zb_mode=recover and install lead somewhere. Not an env variable: the
+   * backend looks (commit.ts); readState alone assumes one. Never written.
+   */
+  enclave: boolean;
   committed: Slot;
   trySlot: Slot | null;
   /** Re-arms left for a try lost before its initramfs ran. */
@@ -93,6 +99,7 @@ export function readState(vars: ReadonlyMap<string, string>): BootState {
   return {
     status: known ? rawStatus : "",
     unknownStatus: known ? null : rawStatus,
+    enclave: true,
     committed: oneOf(VAR.committed, get(VAR.committed), SLOTS, "a"),
     trySlot: get(VAR.trySlot) === "" ? null : oneOf(VAR.trySlot, get(VAR.trySlot), SLOTS, "a"),
     tryLeft: count(VAR.tryLeft, get(VAR.tryLeft), 0),

@@ -1,9 +1,17 @@
 /**
  * Replace a whole file so that a power cut leaves the old or the new content,
  * never a mix: temp file in the same directory, fsync, rename, fsync of the
- * directory (the rename is durable only then). On FAT (the Pi's boot
- * partition) rename replaces the directory entry in one sector write, the
- * best the file system offers.
+ * renamed file, fsync of the directory (the rename is durable only then).
+ *
+ * The fsync after the rename is for FAT (the Pi's boot partition): Linux's
+ * vfat_rename over an existing file moves the new inode into the target's
+ * directory slot but only marks that inode dirty, while the directory fsync
+ * (fat_file_fsync on the folder) writes the directory buffers and the FAT,
+ * where the replaced file's clusters are already free. Until writeback the
+ * entry on disk would name freed clusters; fsync of the file itself writes
+ * its entry (fat_write_inode). Even so a FAT rename is several unordered
+ * metadata writes, not one: the env pair (written in place) is what the
+ * state relies on, and zbunlock re-derives config.txt from it (row N5).
  */
 import { basename, dirname, join } from "node:path";
 import type { Sys } from "./sys.ts";
@@ -18,6 +26,7 @@ export function writeFileAtomic(sys: Sys, path: string, data: Uint8Array | strin
     sys.writeAt(tmp, 0, bytes, { create: true });
     sys.fsync(tmp);
     sys.rename(tmp, path);
+    sys.fsync(path);
   } catch (e) {
     // Leave no half-written temp file behind (a full disk would keep it); the old file is untouched.
     try {

@@ -46,7 +46,7 @@ describe("a try, committed, through the CLI", () => {
     expect(r.code).toBe(0);
     expect(readFileSync(join(boot, "zb/config.txt"), "utf8")).toBe("kernel=vmlinuz\ninitramfs initrd.img followkernel\n");
     expect(readFileSync(join(boot, "config.txt"), "utf8")).toContain("os_prefix=slot-a/\ncmdline=cmdline.txt\nkernel=vmlinuz\n");
-    expect(readFileSync(join(boot, "slot-b/cmdline-try.txt"), "utf8")).toBe("console=ttyAMA0 rootwait zb.slot=b kernel_status=trying\n");
+    expect(readFileSync(join(boot, "slot-b/cmdline-try.txt"), "utf8")).toBe("console=ttyAMA0 rootwait zb.slot=b kernel_status=trying panic=10\n");
     expect(zb(["init", "--slot", "a"]).code).toBe(2); // refuses to replace the env
   });
 

@@ -36,7 +36,9 @@ describe("renderConfig", () => {
 
 test.each([
   { name: "normal", ref: "console=serial0,115200 root=/dev/mapper/root rootwait\n", slot: "a", try: false, after: "console=serial0,115200 root=/dev/mapper/root rootwait zb.slot=a\n" },
-  { name: "try variant carries snapd's marker", ref: "quiet\n", slot: "b", try: true, after: "quiet zb.slot=b kernel_status=trying\n" },
+  { name: "try variant carries snapd's marker, and panic=10 so a try that panics resets the board", ref: "quiet\n", slot: "b", try: true, after: "quiet zb.slot=b kernel_status=trying panic=10\n" },
+  { name: "try variant keeps the reference's own panic=", ref: "quiet panic=-1\n", slot: "b", try: true, after: "quiet panic=-1 zb.slot=b kernel_status=trying\n" },
+  { name: "the normal variant gets no panic= of zb's", ref: "quiet\n", slot: "b", try: false, after: "quiet zb.slot=b\n" },
   { name: "zb's own parameters in the reference are replaced", ref: "quiet zb.slot=b kernel_status=try  splash\nsecond line ignored\n", slot: "a", try: false, after: "quiet splash zb.slot=a\n" },
 ])("renderCmdline: $name", ({ ref, slot, try: t, after }) => {
   expect(renderCmdline(ref, slot, t)).toBe(after);

@@ -108,6 +108,28 @@ describe("boot cycles", () => {
     expect(d.history.at(-2)!.outcome!.trace).toEqual(["N8"]);
   });
 
+  test("both slots failing without an enclave: the committed slot keeps booting (N10), config.txt never points at an empty zboot/", () => {
+    const d = device(undefined, { enclave: false });
+    for (let i = 0; i < 12; i++) d.bootUntilRunning();
+    // a: 3 counted boots + the N7 rollback boot; b: 3 counted, then N10 boots it on, every time
+    expect(d.history.slice(0, 8).map((h) => `${h.fw.target}:${h.outcome!.trace.join(",")}`)).toEqual(["a:N9", "a:N9", "a:N9", "a:N7", "b:N9", "b:N9", "b:N9", "b:N10"]);
+    expect(d.history.slice(7).every((h) => h.end === "running" && h.outcome!.trace.join() === "N10")).toBe(true);
+    expect(d.state()).toMatchObject({ mode: "run", committed: "b" });
+    expect(configPrefix(d)).toBe("slot-b/");
+    // and a mark-good at last brings the counter back: the next boot is an ordinary one
+    d.zb({ kind: "mark-good", ...d.running() });
+    expect(d.bootUntilRunning().outcome!.trace).toEqual(["N9"]);
+  });
+
+  test("without an enclave, mark-bad of the only valid slot and entering the enclave are refused, nothing written", () => {
+    const d = device(undefined, { valid: ["a"], enclave: false });
+    d.bootUntilRunning();
+    const before = d.state();
+    expect(() => d.zb({ kind: "mark-bad", which: "booted", ...d.running() })).toThrow(expect.objectContaining({ code: "STATE_REFUSED", message: expect.stringContaining("no recovery enclave") }));
+    expect(() => d.zb({ kind: "enter-install" })).toThrow(expect.objectContaining({ code: "STATE_REFUSED", message: expect.stringContaining("no recovery enclave") }));
+    expect(d.state()).toEqual(before);
+  });
+
   test("mark-good is idempotent", () => {
     const d = device();
     d.bootUntilRunning();

@@ -8,14 +8,17 @@ import { describe, expect, test } from "bun:test";
 import { step, TABLE, type Event } from "../../../lib/bootstate/machine.ts";
 import { readState, stateChanges } from "../../../lib/bootstate/state.ts";
 
-/** A fresh `zb init --slot a --valid a,b` env, as text. */
+/**
+ * A fresh `zb init --slot a --valid a,b` env, as text. The word `no-enclave`
+ * in a row's `before` is not a variable: the boot partition has no zboot/ kernel.
+ */
 const BASE =
   "zb_slot=a zb_boot_limit=3 zb_mode=run zb_serial_floor=0 zb_seq=1 " +
   "zb_valid_a=1 zb_valid_b=1 zb_boot_count_a=0 zb_boot_count_b=0 zb_serial_a=0 zb_serial_b=0";
 
 function env(text: string): Map<string, string> {
   const vars = new Map<string, string>();
-  for (const w of `${BASE} ${text}`.split(/\s+/).filter(Boolean)) {
+  for (const w of `${BASE} ${text}`.split(/\s+/).filter((w) => w !== "" && w !== NO_ENCLAVE)) {
     const eq = w.indexOf("=");
     const [k, v] = [w.slice(0, eq), w.slice(eq + 1)];
     if (v === "") vars.delete(k);
@@ -24,9 +27,18 @@ function env(text: string): Map<string, string> {
   return vars;
 }
 
+const NO_ENCLAVE = "no-enclave";
+/** The state a row's `before` describes. */
+function stateOf(text: string) {
+  const s = readState(env(text));
+  s.enclave = !text.split(/\s+/).includes(NO_ENCLAVE);
+  return s;
+}
+
 /** The changed variables, sorted, without the event log bookkeeping. */
-function after(before: Map<string, string>, e: Event): { diff: string; trace: string[]; effects: string[]; log: string[] } {
-  const r = step(readState(before), e);
+function after(text: string, e: Event): { diff: string; trace: string[]; effects: string[]; log: string[] } {
+  const before = env(text);
+  const r = step(stateOf(text), e);
   const diff = stateChanges(before, r.state)
     .filter((c) => c.name !== "zb_seq" && c.name !== "zb_log")
     .map((c) => `${c.name}=${c.value ?? ""}`)
@@ -69,12 +81,17 @@ const CASES: Case[] = [
   { name: "committed slot invalid → rollback", before: "zb_valid_a=0", event: boot("a"), trace: ["N7"], after: "zb_slot=b", effects: ["write-config", "reboot"] },
   { name: "both at the limit → recover", before: "zb_boot_count_a=3 zb_boot_count_b=3", event: boot("a"), trace: ["N8"], after: "zb_mode=recover", effects: ["write-config", "reboot"] },
   { name: "at the limit, other invalid → recover", before: "zb_boot_count_a=3 zb_valid_b=0", event: boot("a"), trace: ["N8"], after: "zb_mode=recover", effects: ["write-config", "reboot"] },
+  { name: "both at the limit, no enclave → boot on anyway, nothing counted", before: "zb_boot_count_a=3 zb_boot_count_b=3 no-enclave", event: boot("a"), trace: ["N10"], after: "", effects: ["continue"], log: /no recovery enclave, booting a anyway/ },
+  { name: "at the limit, other invalid, no enclave → boot on anyway", before: "zb_boot_count_a=3 zb_valid_b=0 no-enclave", event: boot("a"), trace: ["N10"], after: "", effects: ["continue"] },
+  { name: "at the limit, other valid, no enclave → roll back as ever (N7)", before: "zb_boot_count_a=3 no-enclave", event: boot("a"), trace: ["N7"], after: "zb_slot=b", effects: ["write-config", "reboot"] },
   { name: "snapd: empty status, normal boot → count, boot on", before: "zb_boot_count_a=1 zb_fixups=1", event: boot("a"), trace: ["N9"], after: "zb_boot_count_a=2 zb_fixups=", effects: ["continue"] },
   // zbunlock, unlock failed after "boot on"
   { name: "unlock fails on the try boot → try failed, back to a", before: "kernel_status=trying zb_try_slot=b zb_try_left=1 zb_boot_count_b=1", event: unlockFailed("b", true, true), trace: ["U1"], after: "kernel_status= zb_try_left= zb_try_slot= zb_valid_b=0", effects: ["delete-tryboot", "reboot"], log: /try of b failed: cannot unlock: no-match/ },
   { name: "unlock refused for good, other valid → roll back", before: "zb_boot_count_a=1", event: unlockFailed("a", false, true), trace: ["U2"], after: "zb_slot=b zb_valid_a=0", effects: ["write-config", "reboot"], log: /cannot unlock slot a: no-match, next boot: b/ },
   { name: "unlock refused for good, other invalid → recover", before: "zb_boot_count_a=1 zb_valid_b=0", event: unlockFailed("a", false, true), trace: ["U2"], after: "zb_mode=recover zb_valid_a=0", effects: ["write-config", "reboot"], log: /next boot: recovery/ },
   { name: "unlock refused for good, other exhausted → recover", before: "zb_boot_count_a=1 zb_boot_count_b=3", event: unlockFailed("a", false, true), trace: ["U2"], after: "zb_mode=recover zb_valid_a=0", effects: ["write-config", "reboot"] },
+  { name: "unlock refused for good, other invalid, no enclave → stop: the slot stays valid, no reboot", before: "zb_boot_count_a=1 zb_valid_b=0 no-enclave", event: unlockFailed("a", false, true), trace: ["U4"], after: "", effects: [], log: /cannot unlock slot a: no-match, no other slot and no recovery enclave, stopped/ },
+  { name: "unlock refused for good, other valid, no enclave → roll back as ever (U2)", before: "zb_boot_count_a=1 no-enclave", event: unlockFailed("a", false, true), trace: ["U2"], after: "zb_slot=b zb_valid_a=0", effects: ["write-config", "reboot"] },
   { name: "HSM absent → reboot, the counter decides", before: "zb_boot_count_a=2", event: unlockFailed("a", false, false), trace: ["U3"], after: "", effects: ["reboot"], log: /retrying \(boot 2 of 3\)/ },
   // zb
   { name: "snapd MarkBootSuccessful: trying → \"\", try slot committed", before: "kernel_status=trying zb_try_slot=b zb_try_left=1 zb_boot_count_b=1", event: good("b", true), trace: ["G1"], after: "kernel_status= zb_boot_count_b=0 zb_slot=b zb_try_left= zb_try_slot=", effects: ["write-config", "delete-tryboot"], log: /slot b committed/ },
@@ -82,6 +99,7 @@ const CASES: Case[] = [
   { name: "mark-good twice changes nothing", before: "", event: good("a"), trace: ["G2"], after: "", effects: [] },
   { name: "mark-bad booted during a try", before: "kernel_status=trying zb_try_slot=b", event: { kind: "mark-bad", which: "booted", booted: "b", tryboot: true }, trace: ["B1"], after: "kernel_status= zb_try_slot= zb_valid_b=0", effects: ["delete-tryboot"] },
   { name: "mark-bad booted, other valid → hand over", before: "", event: { kind: "mark-bad", which: "booted", booted: "a", tryboot: false }, trace: ["B2"], after: "zb_slot=b zb_valid_a=0", effects: ["write-config"] },
+  { name: "mark-bad booted, other valid but at its limit → hand over with a fresh counter", before: "zb_boot_count_b=3", event: { kind: "mark-bad", which: "booted", booted: "a", tryboot: false }, trace: ["B2"], after: "zb_boot_count_b=0 zb_slot=b zb_valid_a=0", effects: ["write-config"] },
   { name: "mark-bad booted, other invalid → recover", before: "zb_valid_b=0", event: { kind: "mark-bad", which: "booted", booted: "a", tryboot: false }, trace: ["B2"], after: "zb_mode=recover zb_valid_a=0", effects: ["write-config"] },
   { name: "mark-bad other drops its pending try", before: "kernel_status=try zb_try_slot=b zb_try_left=2", event: { kind: "mark-bad", which: "other", booted: "a", tryboot: false }, trace: ["B3"], after: "kernel_status= zb_try_left= zb_try_slot= zb_valid_b=0", effects: ["delete-tryboot"] },
   { name: "rollback by hand", before: "zb_boot_count_b=2", event: { kind: "rollback" }, trace: ["R1"], after: "zb_boot_count_b=0 zb_slot=b", effects: ["write-config"] },
@@ -96,7 +114,7 @@ const CASES: Case[] = [
 
 describe("transition table, row by row", () => {
   test.each(CASES)("$trace $name", (c) => {
-    const r = after(env(c.before), c.event);
+    const r = after(c.before, c.event);
     expect(r.trace).toEqual(c.trace);
     expect(r.diff).toBe(c.after);
     expect(r.effects).toEqual(c.effects);
@@ -116,14 +134,16 @@ const REFUSALS: { name: string; before: string; event: Event; row: string; why: 
   { name: "try an invalid slot", before: "zb_valid_b=0", event: { kind: "arm-try", slot: "b" }, row: "A2", why: /not valid/ },
   { name: "try while a try is pending", before: "kernel_status=trying zb_try_slot=b", event: { kind: "arm-try", slot: "b" }, row: "A2", why: /a try of b is pending/ },
   { name: "enter the enclave twice", before: "zb_mode=install", event: { kind: "enter-install" }, row: "I2", why: /already install/ },
+  { name: "enter an enclave that is not there", before: "no-enclave", event: { kind: "enter-install" }, row: "I2", why: /there is no recovery enclave on the boot partition/ },
+  { name: "mark-bad the only valid slot without an enclave", before: "zb_valid_b=0 no-enclave", event: { kind: "mark-bad", which: "booted", booted: "a", tryboot: false }, row: "B5", why: /slot b is not valid and there is no recovery enclave/ },
   { name: "install into the committed slot", before: "", event: { kind: "install-begin", slot: "a" }, row: "S2", why: /is the committed slot/ },
 ];
 
 describe("refusals change nothing", () => {
   test.each(REFUSALS)("$row $name", (c) => {
-    const before = readState(env(c.before));
+    const before = stateOf(c.before);
     expect(() => step(before, c.event)).toThrow(expect.objectContaining({ code: "STATE_REFUSED", message: expect.stringMatching(c.why) }));
-    expect(readState(env(c.before))).toEqual(before);
+    expect(stateOf(c.before)).toEqual(before);
   });
 });
 
