@@ -414,7 +414,11 @@ function checkDevice(device: string): string {
   return device;
 }
 
-function checkName(name: string): string {
+/**
+ * A device-mapper name cryptsetup accepts (checked before anything is formatted).
+ * @throws {ZbError} USAGE
+ */
+export function checkName(name: string): string {
   if (!NAME_RE.test(name)) throw new ZbError("USAGE", `cannot use ${JSON.stringify(name)} as a mapping name: letters, digits, '_.+-' only, at most 127`);
   return name;
 }

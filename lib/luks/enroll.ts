@@ -16,6 +16,11 @@
  * - data `{ device, key }`: the data volume already exists; `key` is its
  *   current key, which the caller unsealed from the running slot's
  *   credentials. It is sealed again for the new slot; the volume is untouched.
+ * - `openRootAs`: once everything is sealed and checked, the new root is
+ *   mapped at /dev/mapper/NAME with its key, so the image can be written into
+ *   it; the key itself never leaves this function. When that open fails, the
+ *   credentials are not returned: the root was freshly formatted, so nothing
+ *   is lost, and the enrolment is simply run again.
  *
  * Order: every key that must already work is tested first, then every key is
  * sealed, and only then is anything formatted — so an absent HSM or a wrong
@@ -29,7 +34,7 @@ import { encodeBlob } from "../hsm/blob.ts";
 import type { Hsm, SealOptions } from "../hsm/types.ts";
 import { randomSecret, wipe } from "../secret.ts";
 import { checkCredentials, CRED_FORMAT, DATA_MAPPING, ROOT_MAPPING, type CredentialMeta, type Credentials } from "./credentials.ts";
-import type { Cryptsetup, FormatOptions } from "./cryptsetup.ts";
+import { checkName, type Cryptsetup, type FormatOptions } from "./cryptsetup.ts";
 
 /** LUKS key length: 256 random bits (BRIEF §4). */
 export const KEY_BYTES = 32;
@@ -48,6 +53,8 @@ export interface EnrollOptions {
   formatOptions?: Omit<FormatOptions, "pbkdf">;
   /** For `created`; default the current time. */
   now?: () => Date;
+  /** Map the enrolled root at /dev/mapper/`openRootAs` before returning (the image is written into it). */
+  openRootAs?: string;
 }
 
 /**
@@ -83,6 +90,8 @@ export async function enrollSlot(opts: EnrollOptions): Promise<Credentials> {
     if (opts.data) meta.data = { uuid: await opts.crypt.uuid(opts.data.device), name: DATA_MAPPING };
     const creds: Credentials = { meta, root, ...(data ? { data } : {}) };
     checkCredentials(creds);
+    // A copy: open() wipes the key it hands to cryptsetup, and a key passed in is the caller's.
+    if (opts.openRootAs !== undefined) await opts.crypt.open(opts.root.device, opts.openRootAs, new Uint8Array(rootKey));
     return creds;
   } finally {
     wipe(...made);
@@ -96,6 +105,7 @@ function keep(made: Uint8Array[], key: Uint8Array): Uint8Array {
 
 function checkTargets(opts: EnrollOptions): void {
   if (opts.slot !== "a" && opts.slot !== "b") throw new ZbError("USAGE", `cannot enrol slot ${JSON.stringify(opts.slot)}: expected a or b`);
+  if (opts.openRootAs !== undefined) checkName(opts.openRootAs);
   if (opts.data && opts.data.device === opts.root.device) {
     throw new ZbError("USAGE", `cannot enrol slot ${opts.slot}: root and data are the same device ${opts.root.device}`);
   }

@@ -19,7 +19,7 @@ import { createNew, out } from "../output.ts";
 import { HSM_OPTIONS, HSM_OPTIONS_HELP, hsmConfigFrom, hsmFor, sealOptions } from "./hsm.ts";
 
 const USAGE = `usage: zb cred create --slot a|b --root DEVICE --format [--data DEVICE (--format-data | --data-key-from CRED)]
-                      [--pcrs LIST] [HSM options] [-o CRED.cpio] [--initramfs FILE] [--json]
+                      [--pcrs LIST] [HSM options] [-o CRED.cpio] [--initramfs FILE] [--open NAME] [--json]
        zb cred show CRED [--json]
 
 create: enrol a slot. Makes a fresh random 256-bit key, luksFormats DEVICE
@@ -36,6 +36,9 @@ create: enrol a slot. Makes a fresh random 256-bit key, luksFormats DEVICE
           -o CRED.cpio        write the archive
           --initramfs FILE    append it to the slot's initramfs (replacing
                               credentials appended earlier)
+          --open NAME         leave the new root open at /dev/mapper/NAME, to
+                              write the slot's image into it (zb image install
+                              --to /dev/mapper/NAME; then cryptsetup close NAME)
 show:   the metadata of credentials: a directory holding zb/credentials/
         (as unpacked at boot), an archive, or an initramfs with one appended.
 
@@ -45,7 +48,7 @@ export async function credMain(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
   const args = parseArgs(rest, {
     ...HSM_OPTIONS, slot: { value: true }, root: { value: true }, data: { value: true }, format: {}, "format-data": {},
-    "data-key-from": { value: true }, pcrs: { value: true }, output: { short: "o", value: true }, initramfs: { value: true },
+    "data-key-from": { value: true }, pcrs: { value: true }, output: { short: "o", value: true }, initramfs: { value: true }, open: { value: true },
     json: {}, help: { short: "h" },
   }, `zb cred ${sub ?? ""}`.trim(), { repeats: "refuse" });
   if (sub === undefined || sub === "--help" || sub === "-h" || args.flags.has("help")) {
@@ -106,6 +109,10 @@ async function create(args: ParsedArgs): Promise<number> {
   // a formatted device whose new key was never saved is lost.
   const sys = new HostSys();
   const target = initramfs === undefined ? null : appendTarget(sys, initramfs, [rootDev, args.values.get("data")]);
+  const openName = args.values.get("open");
+  if (openName !== undefined && sys.stat(`/dev/mapper/${openName}`)) {
+    throw new ZbError("USAGE", `cannot create credentials: /dev/mapper/${openName} exists already`, { hint: "name the new root after its slot, e.g. --open zb-root-b (zb-root is the running slot's)" });
+  }
   // 0600 like `zb hsm seal -o` blobs: the archive is the sealed keys, which only the HSM opens,
   // but it also says which volumes, backend and slot; nobody else needs to read it.
   const file = output === undefined ? null : createNew(output, 0o600, "the credentials archive");
@@ -118,15 +125,17 @@ async function create(args: ParsedArgs): Promise<number> {
     dataKey = await dataKeyFrom(args, cfg);
     hsm = hsmFor(cfg.backend, cfg);
     const data = dataTarget(args, dataKey);
+    const openAs = openName;
     const creds = await enrollSlot({
       hsm, crypt: new CryptsetupCli(), slot, root: { device: rootDev, format: true },
-      ...(data ? { data } : {}), sealOptions: options,
+      ...(data ? { data } : {}), sealOptions: options, ...(openAs !== undefined ? { openRootAs: openAs } : {}),
     });
     const cpio = packCredentials(creds);
     file?.finish(cpio);
     written = true;
     if (target) appendCredentials(sys, target, cpio);
-    out(args.flags.has("json") ? JSON.stringify(creds.meta) + "\n" : describe(creds.meta));
+    const opened = openAs === undefined ? null : `/dev/mapper/${openAs}`;
+    out(args.flags.has("json") ? JSON.stringify({ ...creds.meta, opened }) + "\n" : describe(creds.meta) + (opened ? `root open at ${opened}\n` : ""));
     return 0;
   } catch (e) {
     // A written archive stays: the root is formatted by then and the archive holds its only sealed key.

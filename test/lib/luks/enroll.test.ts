@@ -169,6 +169,12 @@ describe("enrollSlot failures before (the situation) / after (error, disks uncha
       after: { code: "USAGE", message: /root and data are the same device/, seals: 0 },
     },
     {
+      name: "--open with a name device-mapper refuses: nothing sealed, nothing formatted",
+      hsm: () => new BoxHsm(),
+      before: (d) => ({ slot: "b", root: { device: d.rootB, format: true }, openRootAs: "zb root/b" }),
+      after: { code: "USAGE", message: /cannot use "zb root\/b" as a mapping name/, seals: 0 },
+    },
+    {
       name: "slot c",
       hsm: () => new BoxHsm(),
       before: (d) => ({ slot: "c" as "a", root: { device: d.rootB, format: true } }),
@@ -203,4 +209,35 @@ test("credentials from enrollSlot pack to the documented archive", async () => {
   const creds: Credentials = await enrollSlot({ hsm: new BoxHsm(), crypt, slot: "a", root: { device: d.root, format: true }, data: { device: d.data, format: true } });
   const names = Bun.spawnSync(["cpio", "-t", "--quiet"], { stdin: packCredentials(creds) }).stdout.toString().trim().split("\n");
   expect(names).toEqual(["zb", "zb/credentials", "zb/credentials/meta.json", "zb/credentials/root.sealed", "zb/credentials/data.sealed"]);
+});
+
+/**
+ * The real cryptsetup for everything but `open`, which needs device-mapper
+ * (absent on the test machine): that call is recorded with a copy of its key,
+ * and the key wiped as CryptsetupCli.open wipes it.
+ */
+class RecordingOpen extends CryptsetupCli {
+  readonly opened: { device: string; name: string; key: Uint8Array }[] = [];
+  override async open(device: string, name: string, key: Uint8Array): Promise<void> {
+    this.opened.push({ device, name, key: new Uint8Array(key) });
+    key.fill(0);
+  }
+}
+
+test("openRootAs: the new root is mapped with its new key after everything is sealed; the caller's key is not wiped", async () => {
+  const d = disks();
+  const hsm = new BoxHsm();
+  const rec = new RecordingOpen();
+  const creds = await enrollSlot({ hsm, crypt: rec, slot: "b", root: { device: d.rootB, format: true }, openRootAs: "zb-root-b" });
+  expect(rec.opened.map(({ device, name }) => ({ device, name }))).toEqual([{ device: d.rootB, name: "zb-root-b" }]);
+  const key = rec.opened[0]!.key;
+  expect(Buffer.from(key).equals(Buffer.from(await unsealBlob(hsm, creds.root)))).toBe(true); // the key that was sealed
+  expect(await crypt.testKey(d.rootB, key)).toBe(true);
+  expect(hsm.sealed.every(isZero)).toBe(true);
+
+  const own = new Uint8Array(randomBytes(32));
+  await crypt.format(d.root, own);
+  await enrollSlot({ hsm, crypt: rec, slot: "a", root: { device: d.root, format: false, key: own }, openRootAs: "zb-root-a" });
+  expect(rec.opened[1]!.name).toBe("zb-root-a");
+  expect(isZero(own)).toBe(false);
 });
