@@ -95,7 +95,9 @@ export function readState(vars: ReadonlyMap<string, string>): BootState {
   }
   const log = get(VAR.log);
   const rawStatus = get(VAR.status);
-  const known = rawStatus === "" || rawStatus === "try" || rawStatus === "trying";
+  // try/trying name no slot without zb_try_slot (an env edited by hand): unknown, so Z1 resets it
+  // rather than N1 re-arming a try of nothing.
+  const known = rawStatus === "" || ((rawStatus === "try" || rawStatus === "trying") && get(VAR.trySlot) !== "");
   return {
     status: known ? rawStatus : "",
     unknownStatus: known ? null : rawStatus,

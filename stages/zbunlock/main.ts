@@ -106,14 +106,33 @@ export async function zbunlockMain(argv: string[]): Promise<number> {
   }
 }
 
+/**
+ * Failures of the boot state itself: the boot partition cannot be mounted,
+ * the env cannot be read or written (both copies bad, a read-only or worn
+ * FAT, no room), a variable zb does not understand, or a bug in a transition.
+ * The unlock needs none of it (the credentials are in this initramfs), so
+ * zbunlock boots the slot the firmware chose without recording it, loudly,
+ * rather than leave the device at an initramfs shell on every boot.
+ */
+const UNRECORDED: ReadonlySet<string> = new Set(["IO", "ENV_CRC", "ENV_FORMAT", "ENV_NOSPACE", "STATE_INVALID", "CONFIG", "INTERNAL"]);
+
 /** The boot transition and, when the boot goes on, the unlock; the exit status. */
 async function act(args: ParsedArgs, sys: HostSys, root: string, p: Platform, creds: () => LoadedCredentials | null): Promise<number> {
   // Before mounting anything: a kernel not booted through zb's config stops here.
   const booted = bootedFrom(p);
   const given = args.values.get("boot");
-  const mount = given !== undefined ? givenBoot(given) : mountBoot(root, p.params.get("zb.boot") ?? DEFAULT_BOOT_DEVICE, secondsParam(p, "zb.boot_wait") ?? DEFAULT_BOOT_WAIT_S);
+  let mount: BootMount;
+  try {
+    mount = given !== undefined ? givenBoot(given) : mountBoot(root, p.params.get("zb.boot") ?? DEFAULT_BOOT_DEVICE, secondsParam(p, "zb.boot_wait") ?? DEFAULT_BOOT_WAIT_S);
+  } catch (e) {
+    return await unrecorded(e, args, sys, root, p, creds, booted);
+  }
   try {
     return await actOn(args, root, p, creds, booted, mount);
+  } catch (e) {
+    // Only a failure of the boot transition itself: a failed unlock step returns its outcome, it does not throw.
+    if (!(e instanceof StateFailure)) throw e;
+    return await unrecorded(e.failure, args, sys, root, p, creds, booted);
   } finally {
     // initramfs-tools moves /run into the root it boots, submounts and all: a boot partition
     // left mounted here would stay mounted, read-write, under /run/zb/boot in the running system.
@@ -125,11 +144,17 @@ async function actOn(args: ParsedArgs, root: string, p: Platform, creds: () => L
   const h = host(args, mount.dir);
   const dryRun = args.flags.has("dry-run");
   const r = rebooter(args, "zbunlock", { pendOnFailure: true });
-  const outcome = runTransition(
-    h.backend,
-    { kind: "boot", booted: booted.slot, tryboot: booted.tryboot },
-    { actor: "zbunlock", dryRun, reboot: r.reboot, announce: (o) => report(args, "zbunlock", o, args.flags.has("no-reboot"), dryRun) },
-  );
+  let outcome: ReturnType<typeof runTransition>;
+  try {
+    outcome = runTransition(
+      h.backend,
+      { kind: "boot", booted: booted.slot, tryboot: booted.tryboot },
+      { actor: "zbunlock", dryRun, reboot: r.reboot, announce: (o) => report(args, "zbunlock", o, args.flags.has("no-reboot"), dryRun) },
+    );
+  } catch (e) {
+    if (!dryRun && e instanceof ZbError && UNRECORDED.has(e.code)) throw new StateFailure(e);
+    throw e;
+  }
   if (dryRun) return 0;
   if (outcome.proceed) {
     if (!args.flags.has("json")) out(`zbunlock: booting slot ${booted.slot}${booted.tryboot ? " (try)" : ""}\n`);
@@ -161,6 +186,35 @@ async function actOn(args: ParsedArgs, root: string, p: Platform, creds: () => L
   }
   if (r.pending() !== null) return CODES.REBOOT_PENDING;
   throw new ZbError("INTERNAL", "internal error: the transition neither continued nor rebooted");
+}
+
+/** The boot transition failed in a way the unlock does not depend on (see {@link UNRECORDED}). */
+class StateFailure extends Error {
+  constructor(readonly failure: ZbError) {
+    super(failure.message);
+  }
+}
+
+/**
+ * Boot the slot the firmware chose without recording it: say so on the
+ * console, then unlock as usual. No counting and no rollback protect this
+ * boot; `zb status` in the running system shows the same error until the
+ * boot state is repaired. An unlock that fails now cannot be recorded
+ * either: its exit status goes to the initramfs script (which panics)
+ * instead of a reboot that would only come back here.
+ * @throws {ZbError} the original error for --dry-run, or for codes outside {@link UNRECORDED}
+ */
+async function unrecorded(e: unknown, args: ParsedArgs, sys: HostSys, root: string, p: Platform, creds: () => LoadedCredentials | null, booted: ReturnType<typeof bootedFrom>): Promise<number> {
+  if (args.flags.has("dry-run") || !(e instanceof ZbError) || !UNRECORDED.has(e.code)) throw e;
+  err(`zbunlock: cannot record this boot: ${e.message}\n`);
+  if (e.hint) err(`zbunlock: hint: ${e.hint}\n`);
+  err(`zbunlock: booting slot ${booted.slot}${booted.tryboot ? " (try)" : ""} unrecorded: no boot counting or rollback until the boot state is repaired\n`);
+  if (args.flags.has("no-unlock")) return 0;
+  const step = await unlockStep(args, sys, root, p, creds, booted.slot);
+  if (step.outcome === null || step.outcome.ok) return 0;
+  err(`zbunlock: ${step.outcome.error.message}\n`);
+  if (step.outcome.error.hint) err(`zbunlock: hint: ${step.outcome.error.hint}\n`);
+  return step.outcome.error.exit;
 }
 
 /** zbunlock again, with the JIT on; its exit status is ours. */
