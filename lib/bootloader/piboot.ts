@@ -28,6 +28,8 @@ import type { Bootloader, GeneratedConfig, RebootArgs } from "./types.ts";
 export const REFERENCE_CONFIG = "zb/config.txt";
 export const REFERENCE_CMDLINE = "zb/cmdline.txt";
 export const TRY_CMDLINE = "cmdline-try.txt";
+/** The firmware's kernel file names when config.txt names none (Pi docs, config.txt "kernel"). */
+const DEFAULT_KERNELS = ["kernel8.img", "kernel_2712.img", "kernel7l.img", "kernel7.img", "kernel.img"];
 
 export class PiBoot implements Bootloader, GeneratedConfig, RebootArgs {
   readonly name = "piboot";
@@ -84,10 +86,23 @@ export class PiBoot implements Bootloader, GeneratedConfig, RebootArgs {
    * config.txt pointing at an empty zboot/ boots nothing.
    */
   hasEnclave(): boolean {
+    return this.kernelIn("zboot/") !== null;
+  }
+
+  /**
+   * The kernel file the firmware would load under `prefix` (`slot-b/`,
+   * `zboot/`), or null when there is none: the names are the reference
+   * config's `kernel=` lines, else the firmware's defaults.
+   */
+  kernelIn(prefix: string): string | null {
+    return this.kernelNames().find((n) => this.sys.stat(this.path(`${prefix}${n}`))?.kind === "file") ?? null;
+  }
+
+  /** The kernel names the firmware would look for under a prefix (for messages). */
+  kernelNames(): string[] {
     const ref = this.sys.stat(this.path(REFERENCE_CONFIG)) ? this.sys.readText(this.path(REFERENCE_CONFIG)) : "";
     const named = [...ref.matchAll(/^\s*kernel\s*=\s*(\S+)\s*$/gm)].map((m) => m[1]!);
-    const names = named.length > 0 ? named : ["kernel8.img", "kernel_2712.img", "kernel7l.img", "kernel7.img", "kernel.img"];
-    return names.some((n) => this.sys.stat(this.path(`zboot/${n}`))?.kind === "file");
+    return named.length > 0 ? named : DEFAULT_KERNELS;
   }
 
   rebootArgument(tryboot: boolean): string | null {

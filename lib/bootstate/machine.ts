@@ -448,7 +448,7 @@ export const TABLE: readonly Row[] = [
       e.slot === s.committed
         ? `slot ${e.slot} is the committed slot`
         : !s.slots[e.slot].valid
-          ? `slot ${e.slot} is not valid (install an image into it first)`
+          ? `slot ${e.slot} is not valid (zb_valid_${e.slot}=0: never installed, an interrupted install or a failed try; an install marks it valid at its end)`
           : s.status !== ""
             ? `a try of ${s.trySlot} is pending (kernel_status=${s.status})`
             : `zb_mode is ${s.mode}`,

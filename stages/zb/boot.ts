@@ -92,7 +92,16 @@ function reboot(args: ParsedArgs): number {
   if (trySlot !== undefined && args.flags.has("recover")) throw new ZbError("USAGE", "cannot reboot: give --try or --recover, not both");
   if (trySlot !== undefined) {
     const rearms = args.values.has("rearms") ? count(args.values.get("rearms")!, "--rearms") : undefined;
-    return transition(args, "reboot", { kind: "arm-try", slot: parseSlot(trySlot, "try"), ...(rearms === undefined ? {} : { rearms }) });
+    if (rearms !== undefined && rearms > MAX_REARMS) throw new ZbError("USAGE", `cannot use --rearms ${rearms}: at most ${MAX_REARMS} (each re-arm is a boot that never reached the try's initramfs)`);
+    const slot = parseSlot(trySlot, "try");
+    // The firmware ignores an os_prefix with no kernel under it: a try of an empty folder boots nothing.
+    const b = host(args).backend;
+    if (b.kernelIn(`slot-${slot}/`) === null) {
+      throw new ZbError("STATE_REFUSED", `cannot arm-try: slot-${slot}/ holds no kernel (${b.kernelNames().join(", ")}), so the firmware would boot nothing`, {
+        hint: `put the slot's boot files (kernel, initramfs, .dtb files, overlays/) into slot-${slot}/ first`,
+      });
+    }
+    return transition(args, "reboot", { kind: "arm-try", slot, ...(rearms === undefined ? {} : { rearms }) });
   }
   if (args.flags.has("recover")) return transition(args, "reboot", { kind: "enter-install" });
   return transition(args, "reboot", { kind: "reboot" });
@@ -106,6 +115,7 @@ function init(args: ParsedArgs): number {
   // 0 would count every boot out before it starts: the first boot would go to recovery.
   if (limit === 0) throw new ZbError("USAGE", "cannot use --boot-limit 0: a slot needs at least one boot to be confirmed");
   const state = initBoot(h.sys, h.bootDir, { slot, valid, force: args.flags.has("force"), ...(limit === undefined ? {} : { bootLimit: limit }) });
+  for (const line of initWarnings(h, valid)) err(`zb init: warning: ${line}\n`);
   if (args.flags.has("json")) out(JSON.stringify(statusJson(h), null, 2) + "\n");
   else out(`zb init: ${h.bootDir}: slot ${state.committed} committed; valid: ${SLOTS.filter((s: Slot) => state.slots[s].valid).join(", ")}\n`);
   return 0;
@@ -183,6 +193,29 @@ function runHealthChecks(dir: string): void {
     }
     if (p.exitCode !== 0) throw veto(path, `failed (${p.exitCode === null ? `killed by ${p.signalCode ?? "a signal"}` : `exit ${p.exitCode}`})`);
   }
+}
+
+/** Most re-arms of a try lost before its initramfs ran (each costs a boot). */
+const MAX_REARMS = 10;
+
+/**
+ * What `zb init` cannot fix but a boot would trip over: a valid slot whose
+ * folder holds no kernel (the firmware then boots nothing), and a root= on
+ * the reference command line other than zb's (both slots would mount it).
+ */
+function initWarnings(h: ReturnType<typeof host>, valid: Slot[]): string[] {
+  const lines: string[] = [];
+  for (const s of valid) {
+    if (h.backend.kernelIn(`slot-${s}/`) === null) {
+      lines.push(`slot-${s}/ holds no kernel (${h.backend.kernelNames().join(", ")}): move slot ${s}'s kernel, initramfs, .dtb files and overlays/ there before the next reboot, or the firmware boots nothing`);
+    }
+  }
+  const ref = h.sys.stat(join(h.bootDir, "zb/cmdline.txt")) ? h.sys.readText(join(h.bootDir, "zb/cmdline.txt")) : "";
+  const root = /(?:^|\s)root=(\S+)/.exec(ref)?.[1];
+  if (root !== undefined && root !== "/dev/mapper/zb-root") {
+    lines.push(`the command line says root=${root} for both slots: zbunlock opens each slot's own LUKS root as /dev/mapper/zb-root (root=/dev/mapper/zb-root), and with any other root= both slots mount the same file system`);
+  }
+  return lines;
 }
 
 function count(text: string, what: string): number {
