@@ -124,8 +124,8 @@ describe("the hook copies", () => {
   const rows: { name: string; before: Before; after: After }[] = [
     {
       name: "tpm2: binary, zbunlock link, cryptsetup, modules, trust keys and hsm.conf; other files in trust/ stay",
-      before: { initramfsConf: "ZB_BINARY=$T/bin/zb\n", hsmConf: "backend=tpm2\ntpm2.device=/dev/tpmrm0\n", trust: ["a.pub", "b.pub", "notes.txt"] },
-      after: { tree: [...BASE_TREE, "etc/zb/hsm.conf", "etc/zb/trust/a.pub", "etc/zb/trust/b.pub"], extraModules: [], loaded: ["dm-mod", "dm-crypt"], err: "" },
+      before: { initramfsConf: "ZB_BINARY=$T/bin/zb\n", hsmConf: "backend=tpm2\ntpm2.device=/dev/tpmrm0\n", trust: ["a.pub", "b.pub", "c.pem", "notes.txt"] },
+      after: { tree: [...BASE_TREE, "etc/zb/hsm.conf", "etc/zb/trust/a.pub", "etc/zb/trust/b.pub", "etc/zb/trust/c.pem"], extraModules: [], loaded: ["dm-mod", "dm-crypt"], err: "" },
     },
     {
       name: "no hsm.conf, no trust keys: binary, cryptsetup and modules only",
