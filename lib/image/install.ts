@@ -194,7 +194,10 @@ function findPayload(h: VerifiedImage, name: string): Payload {
 
 function resumePoint(j: Journal | null, opts: InstallOptions, imageId: string, p: Payload): number {
   if (!opts.resume) return 0;
-  if (!j) throw new ZbError("USAGE", `cannot resume: there is no install journal at ${opts.journal}`);
+  // No journal: the run before ended before it wrote one (a power cut at its start), or there
+  // was none; nothing of the target is vouched for, so the install starts at chunk 0. A script
+  // can then always pass --resume.
+  if (!j) return 0;
   const other = j.image !== imageId ? "another image" : j.payload !== opts.payload ? `payload ${j.payload}` : j.target !== opts.target ? `target ${j.target}` : null;
   if (other) throw new ZbError("USAGE", `cannot resume: the journal ${opts.journal} belongs to ${other}`, { hint: "install without --resume" });
   // A journal of this image that claims more chunks than the payload has was not written by zb.

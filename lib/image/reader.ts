@@ -293,7 +293,7 @@ function applyPolicy(h: ImageHeader, p: Policy): void {
   }
   if (p.serialFloor !== undefined && h.manifest.serial < p.serialFloor) {
     throw new ZbError("ROLLBACK_REFUSED", `cannot accept the image: serial ${h.manifest.serial} is below the anti-rollback floor ${p.serialFloor}`, {
-      hint: `version ${h.manifest.version} is older than what this device has accepted`,
+      hint: `images with serial ${p.serialFloor} or above are accepted; the version string (${h.manifest.version}) is not compared`,
     });
   }
 }

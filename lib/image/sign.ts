@@ -168,7 +168,7 @@ export interface PolicyResult {
  * @param required at least 1 (the default)
  * @returns who counted and why the others did not, when the policy holds
  * @throws {ZbError} SIG_INVALID when fewer than `required` trusted keys signed, e.g.
- *   "cannot verify image signatures: 0 of 1 required trusted signatures (key 3f2a… is not trusted)";
+ *   "cannot verify image signatures: found 0 of the 1 trusted signatures required (key 3f2a… is not trusted)";
  *   INTERNAL when `required` is not a positive integer
  * @example checkSignatures(manifestBytes, sigs, trust, 2).trustedSigners
  */
@@ -193,7 +193,7 @@ export function checkSignatures(message: Uint8Array, sigs: readonly Signature[],
   if (required > trust.keys.size) reasons.push(`only ${trust.keys.size} key(s) are trusted`);
   throw new ZbError(
     "SIG_INVALID",
-    `cannot verify image signatures: ${found} of ${required} required trusted signatures` + (reasons.length ? ` (${reasons.join("; ")})` : ""),
+    `cannot verify image signatures: found ${found} of the ${required} trusted signatures required` + (reasons.length ? ` (${reasons.join("; ")})` : ""),
     { hint: "sign the image with keys whose public halves are in the device's trust directory" },
   );
 }

@@ -384,7 +384,11 @@ function checkResponse(res: Response, shown: string, offset: number, ifRange: st
   if (TRANSIENT_STATUS.includes(res.status)) throw transient(new ZbError("IO", `cannot download ${shown}: HTTP ${res.status}`));
   if (offset > 0) {
     if (res.status === 200 && ifRange !== null) throw new ZbError("IO", `cannot resume ${shown} at byte ${offset}: the image changed on the server since the download began (it no longer matches ${ifRange})`);
-    if (res.status !== 206) throw new ZbError("IO", `cannot resume ${shown} at byte ${offset}: the server answered ${res.status} instead of 206 Partial Content`);
+    if (res.status !== 206) {
+      throw new ZbError("IO", `cannot resume ${shown} at byte ${offset}: the server answered ${res.status} instead of 206 Partial Content`, {
+        ...(res.status === 200 ? { hint: "the server does not serve byte ranges: install without --resume (from the start), or from a server that does" } : {}),
+      });
+    }
     // RFC 9110 §14.4: the range sent. A server that starts elsewhere would shift every byte after it.
     const start = /^bytes (\d+)-/.exec(res.headers.get("content-range") ?? "")?.[1];
     if (start !== undefined && Number(start) !== offset) {

@@ -48,7 +48,7 @@ ${POLICY}
   Verify everything before writing anything; then each chunk is checked before it is
   decompressed and written, and the whole payload at the end. The journal (default
   TARGET.zb-journal for a file; required for a block device) says how far it got:
-  --resume continues there (HTTP sources use Range). Only a journal in state
+  --resume continues there (HTTP sources use Range; no journal: from the start). Only a journal in state
   "complete" means installed. --read-back then reads the payload back from the
   medium, past the page cache, and fails (exit 26) when the device did not keep it.`,
 };
@@ -192,6 +192,7 @@ async function installCmd(args: ParsedArgs): Promise<number> {
     }
   };
   const readBack = args.flags.has("read-back");
+  if (args.flags.has("resume") && !sys.stat(journal)) err(`zb image install: no journal at ${journal}: installing from the start\n`);
   const r = await install(sys, sourceFor(input, source(args, mode)), policy(args), { payload, target, journal, resume: args.flags.has("resume"), readBack, progress: onProgress });
   (back ?? b)?.finish();
   if (args.flags.has("json") || mode === "json") out(JSON.stringify({ type: "result", ok: true, ...r }) + "\n");

@@ -78,7 +78,7 @@ describe("publish and install", () => {
     { name: "trusted and compatible", args: ["--compatible", "acme-pi4", "--serial-floor", "7"], code: 0, err: /^$/ },
     { name: "another product", args: ["--compatible", "acme-pi5"], code: 15, err: /it is for "acme-pi4", this device is "acme-pi5"/ },
     { name: "below the anti-rollback floor", args: ["--serial-floor", "8"], code: 16, err: /serial 7 is below the anti-rollback floor 8/ },
-    { name: "two signatures required, one trusted", args: ["--required", "2"], code: 14, err: /1 of 2 required trusted signatures/ },
+    { name: "two signatures required, one trusted", args: ["--required", "2"], code: 14, err: /found 1 of the 2 trusted signatures required/ },
   ])("verify: $name → exit $code", ({ args, code, err }) => {
     const r = zb("image", "verify", "b.zbi", "--trust", "trust", ...args);
     expect(r.err).toMatch(err);

@@ -276,6 +276,7 @@ describe("install over HTTP", () => {
     const r = await zb(url("/norange/image.zbi"), t, { resume: true });
     expect(r.exit).toBe(5);
     expect(r.err).toMatch(/cannot resume http:\/\/127\.0\.0\.1:\d+\/norange\/image\.zbi at byte \d+: the server answered 200 instead of 206 Partial Content/);
+    expect(r.err).toContain("zb: hint: the server does not serve byte ranges: install without --resume (from the start), or from a server that does");
     expect(journalOf(t)).toMatchObject({ state: "failed", chunksDone: j.chunksDone });
     const again = await zb(url("/range/image.zbi"), t, { resume: true });
     expect(again.exit).toBe(0);

@@ -302,17 +302,17 @@ describe("policy: DISTINCT trusted keys with a valid signature", () => {
   type Row = { name: string; sigs: Signature[]; required?: number; signers?: string[]; ignored?: [string, string][]; error?: RegExp };
   const rows: Row[] = [
     { name: "1 trusted valid → ok", sigs: [sA], signers: [A.publicKey.id], ignored: [] },
-    { name: "no signatures → refused", sigs: [], error: /^cannot verify image signatures: 0 of 1 required trusted signatures \(the image has no signatures\)$/ },
-    { name: "only an untrusted (valid) signature → refused", sigs: [sC], error: new RegExp(`0 of 1 required trusted signatures \\(key ${short(C)} is not trusted\\)$`) },
+    { name: "no signatures → refused", sigs: [], error: /^cannot verify image signatures: found 0 of the 1 trusted signatures required \(the image has no signatures\)$/ },
+    { name: "only an untrusted (valid) signature → refused", sigs: [sC], error: new RegExp(`found 0 of the 1 trusted signatures required \\(key ${short(C)} is not trusted\\)$`) },
     { name: "untrusted valid ignored next to a trusted one", sigs: [sC, sA], signers: [A.publicKey.id], ignored: [[C.publicKey.id, "untrusted"]] },
-    { name: "2 required, one key signing twice → refused", sigs: [sA, sA], required: 2, error: new RegExp(`1 of 2 required .*key ${short(A)} signed more than once`) },
+    { name: "2 required, one key signing twice → refused", sigs: [sA, sA], required: 2, error: new RegExp(`found 1 of the 2 trusted signatures required .*key ${short(A)} signed more than once`) },
     { name: "2 required, two keys → ok", sigs: [sB, sA], required: 2, signers: [B.publicKey.id, A.publicKey.id], ignored: [] },
-    { name: "wrong alg for a trusted key id → invalid", sigs: [{ ...sB, keyId: A.publicKey.id }], error: new RegExp(`0 of 1 .*signature by key ${short(A)} \\(/trust/a.pem\\) does not verify`) },
-    { name: "right alg, other key's bytes → invalid", sigs: [{ ...sC, keyId: A.publicKey.id }], error: /0 of 1 .*does not verify/ },
-    { name: "flipped bit → invalid", sigs: [{ ...sB, sig: flipBit(sB.sig, sB.sig.length - 2) }], error: /0 of 1 .*does not verify/ },
+    { name: "wrong alg for a trusted key id → invalid", sigs: [{ ...sB, keyId: A.publicKey.id }], error: new RegExp(`found 0 of the 1 .*signature by key ${short(A)} \\(/trust/a.pem\\) does not verify`) },
+    { name: "right alg, other key's bytes → invalid", sigs: [{ ...sC, keyId: A.publicKey.id }], error: /found 0 of the 1 .*does not verify/ },
+    { name: "flipped bit → invalid", sigs: [{ ...sB, sig: flipBit(sB.sig, sB.sig.length - 2) }], error: /found 0 of the 1 .*does not verify/ },
     { name: "an invalid one does not spoil a valid one", sigs: [{ ...sA, sig: flipBit(sA.sig) }, sA], signers: [A.publicKey.id], ignored: [[A.publicKey.id, "invalid"]] },
     { name: "valid + duplicate → ok, duplicate reported", sigs: [sA, sA], signers: [A.publicKey.id], ignored: [[A.publicKey.id, "duplicate"]] },
-    { name: "3 required of 2 trusted keys → refused and says so", sigs: [sA, sB], required: 3, error: /2 of 3 required trusted signatures \(only 2 key\(s\) are trusted\)/ },
+    { name: "3 required of 2 trusted keys → refused and says so", sigs: [sA, sB], required: 3, error: /found 2 of the 3 trusted signatures required \(only 2 key\(s\) are trusted\)/ },
   ];
   test.each(rows)("$name", ({ sigs, required, signers, ignored, error }) => {
     if (error) {
