@@ -30,9 +30,8 @@ create: enrol a slot. Makes a fresh random 256-bit key, luksFormats DEVICE
           --format-data       first provisioning: a fresh key, DEVICE formatted
           --data-key-from CRED  keep the volume: unseal its key from CRED (the
                               running slot's credentials) and seal it again
-          --pcrs LIST         tpm2: bind to these PCRs (default tpm2.pcrs)
-          --lock-pcr N        tpm2: and to PCR N at zero, extended after each
-                              boot's unlock (default tpm2.lock-pcr)
+          --pcrs LIST         tpm2: bind to these PCRs (default tpm2.pcrs);
+                              --lock-pcr N and the other HSM options below
           -o CRED.cpio        write the archive
           --initramfs FILE    append it to the slot's initramfs (replacing
                               credentials appended earlier)

@@ -116,7 +116,7 @@ async function create(args: ParsedArgs): Promise<number> {
   if (args.values.has("boot")) payloads.push({ name: "boot", kind: "boot", encoding, from: { dir: args.values.get("boot")! } });
   if (args.values.has("rootfs")) payloads.push({ name: "rootfs", kind: "rootfs", encoding, from: { file: args.values.get("rootfs")! } });
   if (payloads.length === 0) usage("create", "give --rootfs IMG and/or --boot DIR");
-  const signers = keys(args).map((k) => keySigner(readPrivateKey(k)));
+  const signers = keys(args, "create").map((k) => keySigner(readPrivateKey(k)));
   const mode = progressMode(args.values.get("progress"));
   const b = mode === "bar" ? bar("create") : null;
   const m = await createImage({
@@ -135,7 +135,7 @@ async function create(args: ParsedArgs): Promise<number> {
 async function sign(args: ParsedArgs): Promise<number> {
   const input = args.positional[0] ?? usage("sign", "no input image given");
   const output = args.values.get("output") ?? usage("sign", "-o OUT is required");
-  const sigs = await resignImage(sourceFor(input, source(args)), keys(args).map((k) => keySigner(readPrivateKey(k))), output);
+  const sigs = await resignImage(sourceFor(input, source(args)), keys(args, "sign").map((k) => keySigner(readPrivateKey(k))), output);
   out(args.flags.has("json") ? JSON.stringify({ output, signatures: sigs.map((s) => ({ alg: s.alg, keyId: s.keyId })) }) + "\n" : `zb image sign: ${output}: ${sigs.length} signature(s)\n`);
   return 0;
 }
@@ -239,9 +239,9 @@ function source(args: ParsedArgs, mode: ProgressMode = "none"): HttpOptions {
   return o;
 }
 
-function keys(args: ParsedArgs): string[] {
+function keys(args: ParsedArgs, sub: "create" | "sign"): string[] {
   const k = [...new Set(args.multi.get("key") ?? [])];
-  if (k.length === 0) throw new ZbError("USAGE", "cannot sign: give at least one --key FILE");
+  if (k.length === 0) usage(sub, "give at least one --key FILE (an image is always signed)");
   return k;
 }
 
