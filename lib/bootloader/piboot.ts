@@ -43,6 +43,10 @@ export class PiBoot implements Bootloader, GeneratedConfig, RebootArgs {
     this.store = store ?? new EnvStore(sys, defaultConfig(bootDir));
   }
 
+  lock(): () => void {
+    return this.sys.lockEnv?.() ?? (() => undefined);
+  }
+
   present(): boolean {
     return this.sys.stat(this.path(REFERENCE_CONFIG)) !== null;
   }

@@ -23,6 +23,8 @@ export interface Bootloader {
    *   instead of reading the env again
    */
   writeVars(changes: readonly Change[], from?: Vars): void;
+  /** Hold the env lock other env tools share until the release is called (re-entrant); optional. */
+  lock?(): () => void;
 }
 
 /**

@@ -50,6 +50,25 @@ export interface RunOptions {
  * @throws {ZbError} STATE_INVALID, STATE_REFUSED, IO, ENV_*
  */
 export function runTransition(backend: Backend, event: Event, opts: RunOptions): Outcome {
+  // From the read to the last write under the env lock (lib/sys/flock.ts): another tool's write
+  // in between would be undone by ours, computed from what it replaced. Released before any reboot.
+  const release = backend.lock?.() ?? (() => undefined);
+  let outcome: Outcome;
+  try {
+    outcome = commitStep(backend, event, opts);
+  } finally {
+    release();
+  }
+  opts.announce?.(outcome);
+  if (outcome.reboot && !opts.dryRun) {
+    if (!opts.reboot) throw new ZbError("INTERNAL", "internal error: a reboot was planned without a way to reboot");
+    opts.reboot(outcome.reboot.argument);
+  }
+  return outcome;
+}
+
+/** Read, step, write: everything of a transition but telling and rebooting. */
+function commitStep(backend: Backend, event: Event, opts: RunOptions): Outcome {
   const before: Vars = backend.readVars();
   const state = readState(before);
   // Without an enclave, recover and install lead nowhere bootable: the rows that would
@@ -64,10 +83,7 @@ export function runTransition(backend: Backend, event: Event, opts: RunOptions):
     reboot: rebootEffect && rebootEffect.kind === "reboot" ? { argument: backend.rebootArgument(rebootEffect.tryboot) } : null,
     proceed: result.effects.some((e) => e.kind === "continue"),
   };
-  if (opts.dryRun) {
-    opts.announce?.(outcome);
-    return outcome;
-  }
+  if (opts.dryRun) return outcome;
 
   const has = (kind: string) => result.effects.some((e) => e.kind === kind);
   if (has("write-tryboot")) backend.writeTryboot(result.state);
@@ -75,10 +91,5 @@ export function runTransition(backend: Backend, event: Event, opts: RunOptions):
   if (changes.length > 0) backend.writeVars(changes, before);
   if (has("write-config")) backend.writeConfig(result.state);
   if (has("delete-tryboot")) backend.removeTryboot();
-  opts.announce?.(outcome);
-  if (outcome.reboot) {
-    if (!opts.reboot) throw new ZbError("INTERNAL", "internal error: a reboot was planned without a way to reboot");
-    opts.reboot(outcome.reboot.argument);
-  }
   return outcome;
 }

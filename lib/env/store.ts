@@ -86,10 +86,16 @@ export class EnvStore {
    * @throws {ZbError} as {@link read}, ENV_NOSPACE when the result does not fit, IO on write failure
    */
   update(changes: readonly Change[], basis?: EnvState): WriteResult {
-    const state = basis ?? this.read();
-    const next = applyChanges(state.vars, changes);
-    if (sameVars(next, state.vars)) return { written: false, vars: state.vars };
-    return this.writeOver(state, next);
+    // Read and write under one lock: a write computed from a read another tool has since overtaken would undo it.
+    const release = this.sys.lockEnv?.() ?? (() => undefined);
+    try {
+      const state = basis ?? this.read();
+      const next = applyChanges(state.vars, changes);
+      if (sameVars(next, state.vars)) return { written: false, vars: state.vars };
+      return this.writeOver(state, next);
+    } finally {
+      release();
+    }
   }
 
   /**
@@ -98,6 +104,15 @@ export class EnvStore {
    * @throws {ZbError} USAGE when an env exists and `force` is not set; IO on failure
    */
   create(vars: Vars, opts: { force?: boolean } = {}): WriteResult {
+    const release = this.sys.lockEnv?.() ?? (() => undefined);
+    try {
+      return this.createLocked(vars, opts);
+    } finally {
+      release();
+    }
+  }
+
+  private createLocked(vars: Vars, opts: { force?: boolean }): WriteResult {
     let existing: EnvState | null = null;
     try {
       existing = this.read();

@@ -4,6 +4,7 @@
  * - pipe2(2), for passing keys to cryptsetup on an inherited pipe;
  * - sync(2) and syscall(2), for reboot(2) with LINUX_REBOOT_CMD_RESTART2;
  * - posix_fadvise(2), to drop a file's cached pages before reading it back;
+ * - flock(2), for the env lock other env tools share (lib/sys/flock.ts);
  * - free/memcpy/explicit_bzero, to take ownership of a buffer a C library
  *   allocated with malloc() and handed back through a `uint8_t**`
  *   out-parameter (Zymbit's zk_app_utils does this for every output; the
@@ -35,6 +36,7 @@ const LIBC_SYMBOLS = {
   sync: { args: [], returns: "void" },
   syscall: { args: ["i64", "i64", "i64", "i64", "ptr"], returns: "i64" },
   posix_fadvise: { args: ["i32", "i64", "i64", "i32"], returns: "i32" },
+  flock: { args: ["i32", "i32"], returns: "i32" },
 } as const;
 
 export type LibcSymbols = {
@@ -45,6 +47,7 @@ export type LibcSymbols = {
   sync(): void;
   syscall(nr: number, a: number, b: number, c: number, p: Pointer): number | bigint;
   posix_fadvise(fd: number, offset: number, len: number, advice: number): number;
+  flock(fd: number, op: number): number;
 };
 
 let cached: LibcSymbols | undefined;

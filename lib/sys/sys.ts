@@ -51,6 +51,13 @@ export interface Sys {
   listDir(path: string): string[];
   /** Can this process create and replace files in `dir`? @throws {ZbError} IO with the reason when not (read-only mount, permissions) */
   checkWritableDir(dir: string): void;
+  /**
+   * Hold the env lock other env tools share (lib/sys/flock.ts) until the
+   * returned release is called; re-entrant. Optional: a Sys without it (a
+   * test fake) has no other process to share the env with.
+   * @throws {ZbError} IO when another process holds it too long
+   */
+  lockEnv?(): () => void;
 }
 
 /** The real host, through node:fs. */
@@ -159,6 +166,9 @@ export class HostSys implements Sys {
     } catch (e) {
       throw ioError(`write in ${dir}`, e);
     }
+  }
+  lockEnv(): () => void {
+    return (require("./flock.ts") as typeof import("./flock.ts")).lockFile();
   }
 
 }
