@@ -39,8 +39,11 @@ export interface Copy {
  * Why a copy is unusable; returned, not thrown, by {@link tryDecode}. The store
  * also reports an unreadable copy file this way (code IO).
  */
-/** `missing`: the copy's file does not exist at all (not a damaged copy). */
-export type DecodeFailure = { ok: false; code: "ENV_CRC" | "ENV_FORMAT" | "IO"; why: string; missing?: true };
+/**
+ * `missing`: the copy's file does not exist at all (not a damaged copy).
+ * `wrongSize`: the file's size differs from the configured env size (a wrong fw_env.config, not damage).
+ */
+export type DecodeFailure = { ok: false; code: "ENV_CRC" | "ENV_FORMAT" | "IO"; why: string; missing?: true; wrongSize?: true };
 export type DecodeResult = ({ ok: true } & Copy) | DecodeFailure;
 
 /** Smallest copy that can hold a header and an empty env. */

@@ -44,6 +44,11 @@ export function pickActive(first: DecodeResult, second: DecodeResult): PairState
       hint: "check --boot (the boot partition's mount point) or fw_env.config; a new partition is taken over with `zb init` (boot state) or `zb env init` (env only)",
     });
   }
+  if (first.wrongSize || second.wrongSize) {
+    throw new ZbError(first.code === second.code ? first.code : "ENV_FORMAT", `cannot read env: both copies are invalid (first: ${first.why}; second: ${second.why})`, {
+      hint: "the files' size does not match the configured env size (fw_env.config, or zb's default 0x4000): check the size before recreating the env, which would replace what is there",
+    });
+  }
   const codes = [first.code, second.code];
   const code = codes.includes("IO") ? "IO" : codes.every((c) => c === "ENV_CRC") ? "ENV_CRC" : "ENV_FORMAT";
   throw new ZbError(code, `cannot read env: both copies are invalid (first: ${first.why}; second: ${second.why})`, {

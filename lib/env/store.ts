@@ -159,9 +159,16 @@ export class EnvStore {
       throw e;
     }
     if (bytes.length < loc.size) {
-      return { ok: false, code: "ENV_FORMAT", why: `${describe(loc)} is short: ${bytes.length} of ${loc.size} bytes` };
+      return { ok: false, code: "ENV_FORMAT", why: `${describe(loc)} is short: ${bytes.length} of ${loc.size} bytes`, wrongSize: true };
     }
-    return tryDecode(bytes, this.layout);
+    const r = tryDecode(bytes, this.layout);
+    // A whole-file copy of another size than configured: the CRC covers the wrong span, so every
+    // copy fails alike. Say so: recreating the env would overwrite a good one.
+    const st = !r.ok && r.code === "ENV_CRC" && loc.offset === 0 ? this.sys.stat(loc.path) : null;
+    if (!r.ok && st?.kind === "file" && st.size !== loc.size) {
+      return { ...r, why: `${r.why} (${loc.path} is ${st.size} bytes, the configuration says ${loc.size})`, wrongSize: true };
+    }
+    return r;
   }
 
   private writeCopy(loc: Location, bytes: Uint8Array, create: boolean): void {

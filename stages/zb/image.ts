@@ -92,20 +92,12 @@ export async function imageMain(argv: string[]): Promise<number> {
   }
   const [options, positionals] = TAKES[sub as keyof typeof TAKES];
   onlyThese(args, [...options, "help"], positionals, `zb image ${sub}`);
-  try {
-    if (sub === "create") return await create(args);
-    if (sub === "sign") return await sign(args);
-    if (sub === "info") return await info(args);
-    if (sub === "verify") return await verify(args);
-    return await installCmd(args);
-  } catch (e) {
-    // A JSON consumer reads stdout: it gets the failure there too, as the last line (stderr and the exit status as always).
-    if (args.flags.has("json") || args.values.get("progress") === "json") {
-      const z = e instanceof ZbError ? e : new ZbError("INTERNAL", `internal error: ${(e as Error)?.message ?? String(e)}`);
-      out(JSON.stringify({ type: "result", ok: false, code: z.code, exit: z.exit, message: z.message }) + "\n");
-    }
-    throw e;
-  }
+  // A failure with --json or --progress=json also ends stdout as a JSON line: stages/run.ts.
+  if (sub === "create") return await create(args);
+  if (sub === "sign") return await sign(args);
+  if (sub === "info") return await info(args);
+  if (sub === "verify") return await verify(args);
+  return await installCmd(args);
 }
 
 async function create(args: ParsedArgs): Promise<number> {

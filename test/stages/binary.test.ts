@@ -172,6 +172,32 @@ describe("zb env end to end", () => {
     expect(help.out).not.toBe(run("zb", ["--help"]).out);
   });
 
+  test("a fw_env.config whose size is not the files': says so, and does not send the user to recreate the env", () => {
+    const b = join(dir, "sized");
+    expect(run("zb", ["env", "init", "--boot", b]).code).toBe(0);
+    const cfg = join(dir, "fw_env.small");
+    writeFileSync(cfg, `${join(b, "zb/zb.env")} 0 0x2000\n${join(b, "zb/zb.env.redund")} 0 0x2000\n`);
+    const r = run("zb", ["env", "print", "-c", cfg]);
+    expect(r.code).toBe(3);
+    expect(r.err).toContain("zb.env is 16384 bytes, the configuration says 8192");
+    expect(r.err).toContain("zb: hint: the files' size does not match the configured env size");
+    expect(r.err).not.toContain("recreate it with");
+  });
+
+  test.each([
+    { argv: ["env", "print", "--json", "nope", "--boot", "$B"], code: 1, codeName: "NOT_FOUND" },
+    { argv: ["status", "--json", "--boot", "$NOTHING"], code: 5, codeName: "IO" },
+    { argv: ["key", "id", "/nonexistent/k.pub", "--json"], code: 5, codeName: "IO" },
+  ])("zb $argv fails with its JSON on stdout too: the last line is the failure", ({ argv, code, codeName }) => {
+    const b = join(dir, "json-fail");
+    expect(run("zb", ["env", "init", "--boot", b, "--force"]).code).toBe(0);
+    const r = run("zb", argv.map((a) => (a === "$B" ? b : a === "$NOTHING" ? join(dir, "json-nothing") : a)));
+    expect(r.code).toBe(code);
+    const last = JSON.parse(r.out.trim().split("\n").at(-1)!);
+    expect(last).toMatchObject({ type: "result", ok: false, code: codeName, exit: code });
+    expect(r.err).toContain(`zb: ${last.message}\n`);
+  });
+
   test("no env at all where --boot points: IO (5), says there is none and how to take a partition over", () => {
     const r = run("zb", ["status", "--boot", join(dir, "nothing-here")]);
     expect(r.code).toBe(5);

@@ -172,7 +172,6 @@ describe("resume", () => {
   });
 
   test.each([
-    { what: "no journal", journal: null, code: "USAGE" },
     { what: "a journal of another image", journal: "other", code: "USAGE" },
     { what: "a journal of another payload", journal: { payload: "boot" }, code: "USAGE" },
     { what: "a journal of another target", journal: { target: "/dev/mmcblk0p3" }, code: "USAGE" },
@@ -190,6 +189,16 @@ describe("resume", () => {
     expect(await outcome(install(host, fileSource(zstdImg.path), policy, opts(t, "rootfs", { resume: true })))).toBe(code);
     expect(sha256(read(t.target))).toBe(sha256(t.before));
     expect(existsSync(t.journal) ? readFileSync(t.journal, "utf8") : null).toBe(before);
+  });
+
+  test("--resume with no journal (the run before was cut before writing one) installs from chunk 0", async () => {
+    const raw = zstdImg.raw.rootfs!;
+    const t = place(raw.length);
+    expect(existsSync(t.journal)).toBe(false);
+    const r = await install(host, fileSource(zstdImg.path), policy, opts(t, "rootfs", { resume: true }));
+    expect(r).toMatchObject({ resumedFrom: 0, alreadyInstalled: false });
+    expect(sha256(read(t.target))).toBe(sha256(raw));
+    expect(readJournal(t.journal)).toMatchObject({ state: "complete" });
   });
 
   test("bytes corrupted on the target before the resume point fail the final raw check (PAYLOAD_CORRUPT); a fresh install repairs them", async () => {
