@@ -35,7 +35,9 @@ const EXTRA: Record<string, OptionSpecs> = {
 export function bootMain(command: string, argv: string[]): number {
   const args = parseArgs(argv, { ...BOOT_OPTIONS, ...(EXTRA[command] ?? {}) }, `zb ${command}`);
   if (args.flags.has("help")) {
-    out(`usage: ${USAGE[command]}\n\nOptions:\n${BOOT_OPTIONS_HELP}\n`);
+    // --no-reboot only matters where a reboot can follow (zb reboot; zbunlock has its own help).
+    const options = command === "reboot" ? BOOT_OPTIONS_HELP : BOOT_OPTIONS_HELP.split("\n").filter((l) => !l.includes("--no-reboot")).join("\n");
+    out(`usage: ${USAGE[command]}\n\nOptions:\n${options}\n`);
     return 0;
   }
   // `zb rollback b` must not roll back to whatever the other slot is and say nothing.

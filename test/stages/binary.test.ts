@@ -60,6 +60,17 @@ describe("dispatch", () => {
     expect(r.code).toBe(0);
   });
 
+  test.each([
+    { cmd: "reboot", listed: true },
+    { cmd: "status", listed: false },
+    { cmd: "init", listed: false },
+    { cmd: "mark-good", listed: false },
+  ])("zb $cmd --help lists --no-reboot only where a reboot can follow: $listed", ({ cmd, listed }) => {
+    const r = run("zb", [cmd, "--help"]);
+    expect(r.code).toBe(0);
+    expect(r.out.includes("--no-reboot")).toBe(listed);
+  });
+
   // initramfs-hooks/scripts/local-top/zb starts zbunlock with BUN_JSC_useJIT=0
   // (lib/sys/jit.ts). Bun calls the BUN_JSC_* variables unstable: a Bun upgrade
   // that dropped or renamed the option must fail here, not at boot.
