@@ -24,6 +24,7 @@ import type { Pointer } from "bun:ffi";
 import { ZbError } from "../errors.ts";
 import { wipe } from "../secret.ts";
 import { b64, b64field } from "./blob.ts";
+import { existsSync } from "node:fs";
 import { libraryDirs, systemLibrary } from "../sys/dlopen.ts";
 import { takeMalloced } from "../sys/libc.ts";
 import type { BackendOptions, Hsm, ProbeResult, SealedData, SealOptions, UnsealResult } from "./types.ts";
@@ -219,15 +220,21 @@ function loadLibrary(candidates: readonly string[]): Loaded {
   const { dlopen } = require("bun:ffi") as typeof import("bun:ffi");
   const errors: string[] = [];
   const tried = new Set<string>();
+  const missing: string[] = [];
   for (const name of candidates) {
     // A bare name only from the system's library folders, never the working directory (lib/sys/dlopen.ts).
     const path = systemLibrary(name);
     if (path === null) {
-      errors.push(`${name}: not in ${libraryDirs().join(", ")}`);
+      missing.push(...libraryDirs());
       continue;
     }
     if (tried.has(path)) continue;
     tried.add(path);
+    // A file that is not there is one line of the summary, not the loader's paragraph.
+    if (!existsSync(path)) {
+      missing.push(path);
+      continue;
+    }
     try {
       const h = dlopen(path, ZK_SYMBOLS);
       const s = h.symbols as unknown as Omit<ZkLib, "path" | "close">;
@@ -236,7 +243,13 @@ function loadLibrary(candidates: readonly string[]): Loaded {
       errors.push(`${path}: ${firstLine(e)}`);
     }
   }
-  const why = candidates.length === 1 ? `cannot load ${errors[0]}` : `cannot load ${ZYMKEY_LIBRARY} (${errors.join("; ")})`;
+  // One library named by the user: that file. The default search: the folders it looked in.
+  const named = candidates.length === 1 && candidates[0]!.includes("/");
+  const folders = [...new Set(missing.map((m) => (m.endsWith(".so") || m.includes(".so.") ? m.slice(0, m.lastIndexOf("/")) : m)))];
+  const notThere = missing.length === 0 ? [] : named ? [`${missing[0]}: no such file`] : [`${ZYMKEY_LIBRARY}: not in ${folders.join(", ")}`];
+  const all = [...notThere, ...errors];
+  const hint = errors.length === 0 ? " (is Zymbit's software installed?)" : "";
+  const why = all.length === 1 ? `cannot load ${all[0]}${hint}` : `cannot load ${ZYMKEY_LIBRARY} (${all.join("; ")})`;
   return { ok: false, why };
 }
 
