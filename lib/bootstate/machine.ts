@@ -189,6 +189,17 @@ export const TABLE: readonly Row[] = [
     },
   }),
   row({
+    id: "N11", actor: "zbunlock", event: "boot", fallthrough: true,
+    when: "normal boot, zb_mode=recover, but there is no recovery enclave (zboot/ holds no kernel)",
+    then: "zb_mode=run (recovery leads nowhere: N5 would point config.txt at an empty zboot/); then boot as usual",
+    guard: (s) => s.mode === "recover" && !s.enclave,
+    apply: (s) => {
+      s.mode = "run";
+      logEvent(s, "recovery mode without a recovery enclave, back to run mode");
+      return [];
+    },
+  }),
+  row({
     id: "N5", actor: "zbunlock", event: "boot",
     when: `normal boot of another slot than zb_slot, or zb_mode=recover; fewer than ${MAX_FIXUPS} fixups in a row`,
     then: "rewrite config.txt from the env (a cut left it stale), reboot normally",
@@ -268,7 +279,7 @@ export const TABLE: readonly Row[] = [
   }),
   row({
     id: "U4", actor: "zbunlock", event: "unlock-failed",
-    when: "as U2, but the other slot is not valid and below the limit, and there is no recovery enclave",
+    when: "as U2, but the other slot is not usable (invalid, or at its limit), and there is no recovery enclave",
     then: "stop: nothing changed but the log, no reboot (the initramfs panics; a person must repair the credentials or the HSM, and the slot stays valid for that)",
     guard: (s, e) => e.permanent && !usable(s, otherSlot(e.booted)) && !s.enclave,
     apply: (s, e) => {
@@ -288,6 +299,16 @@ export const TABLE: readonly Row[] = [
       else s.mode = "recover";
       logEvent(s, `cannot unlock slot ${e.booted}: ${e.why}, next boot: ${s.mode === "recover" ? "recovery" : other}`);
       return [{ kind: "write-config" }, { kind: "reboot", tryboot: false }];
+    },
+  }),
+  row({
+    id: "U5", actor: "zbunlock", event: "unlock-failed",
+    when: "as U3, but the slot is at its limit or invalid (booted by N10), the other slot is not usable, and there is no recovery enclave",
+    then: "stop: nothing changed but the log, no reboot (a reboot would only come back here; the initramfs panics, and with panic=N on the command line tries again after N s)",
+    guard: (s, e) => !e.permanent && exhausted(s, e.booted) && !usable(s, otherSlot(e.booted)) && !s.enclave,
+    apply: (s, e) => {
+      logEvent(s, `cannot unlock slot ${e.booted}: ${e.why}, and nothing else can boot, stopped`);
+      return [];
     },
   }),
   row({

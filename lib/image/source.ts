@@ -183,11 +183,10 @@ export function httpSource(url: string, opts: HttpOptions = {}): ImageSource {
   // Timers hold at most 2^31 - 1 ms (~24.8 days); a larger value would fire at once.
   const idleMs = Math.min((opts.idleSeconds ?? DEFAULT_IDLE_SECONDS) * 1000, MAX_TIMER_MS);
   const stalled = () => transient(new ZbError("IO", `cannot download ${shown}: the server sent nothing for ${Math.round(idleMs / 1000)} s`));
-  const request = async (offset: number, ifRange: string | null): Promise<Opened> => {
-    const abort = new AbortController();
+  const request = async (offset: number, ifRange: string | null, reconnect: boolean, abort = new AbortController()): Promise<Opened> => {
     const res = await follow(url, shown, offset, ifRange, abort, idleMs, stalled);
     try {
-      checkResponse(res, shown, offset, ifRange);
+      checkResponse(res, shown, offset, ifRange, reconnect);
     } catch (e) {
       abort.abort(); // the body is not wanted: close the connection now
       throw e;
@@ -198,17 +197,29 @@ export function httpSource(url: string, opts: HttpOptions = {}): ImageSource {
     name: shown,
     seekable: true,
     async open(offset) {
-      const first = await request(offset, null);
+      const first = await request(offset, null, false);
       const ifRange = validator(first.res);
       const total = totalLength(first.res, offset);
       let current = first;
       let closed = false;
       let wake = () => {};
+      /** A reconnection's request in flight: cancel() ends it too, not only the dead connection. */
+      let inflight: AbortController | null = null;
       const link: Link = {
         current: () => current,
         closed: () => closed,
         reopen: async (at) => {
-          const next = await request(at, ifRange);
+          inflight = new AbortController();
+          let next: Opened;
+          try {
+            next = await request(at, ifRange, true, inflight);
+          } finally {
+            inflight = null;
+          }
+          if (closed) {
+            next.abort.abort();
+            return current;
+          }
           const length = totalLength(next.res, at);
           if (total !== null && length !== null && length !== total) {
             next.abort.abort();
@@ -224,7 +235,7 @@ export function httpSource(url: string, opts: HttpOptions = {}): ImageSource {
       const body = resumable(link, offset, total, { shown, idleMs, stalled, retries: opts.retries ?? 0, onRetry: opts.onRetry, delayMs: opts.delayMs ?? retryDelayMs });
       // cancel(): a reader that stops early ends the request at once, even while a read or a
       // retry's wait is pending (a generator's return() would wait for them).
-      return Object.assign(body, { cancel: () => ((closed = true), current.abort.abort(), wake()) });
+      return Object.assign(body, { cancel: () => ((closed = true), current.abort.abort(), inflight?.abort(), wake()) });
     },
   };
 }
@@ -277,7 +288,9 @@ async function* resumable(
       if (total === null || at >= total) return;
       throw transient(new ZbError("IO", `cannot download ${o.shown}: the connection closed at byte ${at} of ${total}`));
     } catch (e) {
-      if (!(e instanceof ZbError) || !TRANSIENT.has(e) || attempt >= o.retries || link.closed()) throw e;
+      // The reader stopped (cancel): whatever broke now is its own doing, not the server's.
+      if (link.closed()) return;
+      if (!(e instanceof ZbError) || !TRANSIENT.has(e) || attempt >= o.retries) throw e;
       attempt++;
       since = 0;
       const waitMs = o.delayMs(attempt);
@@ -288,9 +301,11 @@ async function* resumable(
       for (;;) {
         try {
           await link.reopen(at);
+          if (link.closed()) return;
           break;
         } catch (again) {
-          if (!(again instanceof ZbError) || !TRANSIENT.has(again) || attempt >= o.retries || link.closed()) throw again;
+          if (link.closed()) return;
+          if (!(again instanceof ZbError) || !TRANSIENT.has(again) || attempt >= o.retries) throw again;
           attempt++;
           const next = o.delayMs(attempt);
           o.onRetry?.({ type: "retry", url: o.shown, at, attempt, of: o.retries, waitS: next / 1000, why: reason(again, o.shown) });
@@ -316,7 +331,11 @@ function reason(e: ZbError, shown: string): string {
 function validator(res: Response): string | null {
   const etag = res.headers.get("etag");
   if (etag !== null && !etag.startsWith("W/")) return etag;
-  return res.headers.get("last-modified");
+  // A date is a strong validator only when it lies at least a second before the response's Date
+  // (§13.1.5, §8.8.2.2): a file changed within that second could carry the same date.
+  const modified = res.headers.get("last-modified");
+  const date = Date.parse(res.headers.get("date") ?? "");
+  return modified !== null && Number.isFinite(date) && date - Date.parse(modified) >= 1000 ? modified : null;
 }
 
 /** The image's whole length from a response starting at `offset`, when the server says it. */
@@ -378,12 +397,14 @@ const TRANSIENT_STATUS = [502, 503, 504];
 /**
  * `ifRange`: this is a reconnection, and a `200` means the image changed on
  * the server (RFC 9110 §13.1.5: the whole new representation instead of the range).
+ * `reconnect`: a reconnection within one download (not a --resume).
  * @throws {ZbError} IO when the response is not the one asked for
  */
-function checkResponse(res: Response, shown: string, offset: number, ifRange: string | null): void {
+function checkResponse(res: Response, shown: string, offset: number, ifRange: string | null, reconnect: boolean): void {
   if (TRANSIENT_STATUS.includes(res.status)) throw transient(new ZbError("IO", `cannot download ${shown}: HTTP ${res.status}`));
   if (offset > 0) {
     if (res.status === 200 && ifRange !== null) throw new ZbError("IO", `cannot resume ${shown} at byte ${offset}: the image changed on the server since the download began (it no longer matches ${ifRange})`);
+    if (res.status === 200 && reconnect) throw new ZbError("IO", `cannot download ${shown}: the connection broke at byte ${offset}, and the server sends the whole image again instead of the rest (it does not serve byte ranges)`);
     if (res.status !== 206) {
       throw new ZbError("IO", `cannot resume ${shown} at byte ${offset}: the server answered ${res.status} instead of 206 Partial Content`, {
         ...(res.status === 200 ? { hint: "the server does not serve byte ranges: install without --resume (from the start), or from a server that does" } : {}),

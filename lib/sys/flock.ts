@@ -8,10 +8,11 @@
  *
  * Re-entrant within the process (a transition's env write takes it again):
  * flock locks belong to an open file description, so a second open and
- * flock in the same process would wait for itself. Without /var/lock (an
- * initramfs, where zbunlock is the only writer) or without bun:ffi (a run
- * without the JIT cannot bind libc) there is nothing to take and nobody to
- * coordinate with: the lock is skipped.
+ * flock in the same process would wait for itself. Without /var/lock, or
+ * without bun:ffi (a run without the JIT cannot bind libc: zbunlock as the
+ * initramfs starts it, where it is the only writer anyway) the lock is
+ * skipped. initramfs-tools' init does make /var/lock, so a zbunlock re-run
+ * with the JIT (pkcs11, zymkey) takes it there, alone.
  *
  * Host access: open(2) of the lock file and flock(2) through lib/sys/libc.ts.
  */
@@ -51,14 +52,18 @@ export function lockFile(path: string = ENV_LOCK): () => void {
     return () => undefined; // a read-only /var/lock: nobody else can take it either
   }
   const deadline = performance.now() + WAIT_MS;
-  while (libc().flock(fd, LOCK_EX | LOCK_NB) !== 0) {
-    if (performance.now() >= deadline) {
-      fs.closeSync(fd);
-      throw new ZbError("IO", `cannot lock the env: another process has held ${path} for ${WAIT_MS / 1000} s`, {
-        hint: "a fw_setenv or zb run that hangs holds it; it is released when that process ends",
-      });
+  try {
+    while (libc().flock(fd, LOCK_EX | LOCK_NB) !== 0) {
+      if (performance.now() >= deadline) {
+        throw new ZbError("IO", `cannot lock the env: another process has held ${path} for ${WAIT_MS / 1000} s`, {
+          hint: "a fw_setenv or zb run that hangs holds it; it is released when that process ends",
+        });
+      }
+      Bun.sleepSync(20);
     }
-    Bun.sleepSync(20);
+  } catch (e) {
+    fs.closeSync(fd); // libc may not load either: the descriptor goes in every case
+    throw e;
   }
   held.set(path, { fd, depth: 1 });
   return once(() => release(path));

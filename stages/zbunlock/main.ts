@@ -208,6 +208,14 @@ async function unrecorded(e: unknown, args: ParsedArgs, sys: HostSys, root: stri
   if (args.flags.has("dry-run") || !(e instanceof ZbError) || !UNRECORDED.has(e.code)) throw e;
   err(`zbunlock: cannot record this boot: ${e.message}\n`);
   if (e.hint) err(`zbunlock: hint: ${e.hint}\n`);
+  if (booted.tryboot) {
+    // A try that cannot be recorded must not run: its mark-good could commit a slot whose try
+    // already failed (T3). A plain reboot loses the one-shot tryboot flag: config.txt's slot boots.
+    err("zbunlock: a try boot does not run unrecorded: rebooting into the committed slot\n");
+    const r = rebooter(args, "zbunlock", { pendOnFailure: true });
+    r.reboot(null);
+    return CODES.REBOOT_PENDING;
+  }
   err(`zbunlock: booting slot ${booted.slot}${booted.tryboot ? " (try)" : ""} unrecorded: no boot counting or rollback until the boot state is repaired\n`);
   if (args.flags.has("no-unlock")) return 0;
   const step = await unlockStep(args, sys, root, p, creds, booted.slot);

@@ -542,6 +542,22 @@ describe("a boot state zbunlock cannot use: the slot the firmware chose boots un
     }
   });
 
+  test("a try boot is not run unrecorded: a plain reboot back to the committed slot (exit 12 under --no-reboot), nothing unlocked", async () => {
+    expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b", "--force"]).code).toBe(0);
+    hsmConf(join(dir, "soft.key"));
+    for (const f of ["zb.env", "zb.env.redund"]) writeFileSync(join(boot, "zb", f), new Uint8Array(0x4000).fill(7));
+    try {
+      const r = await withCmdline((c) => `${c} kernel_status=trying`, () => zbunlock());
+      expect(r.err).toContain("zbunlock: cannot record this boot: cannot read env: both copies are invalid");
+      expect(r.err).toContain("zbunlock: a try boot does not run unrecorded: rebooting into the committed slot");
+      expect(r.out).toContain("zbunlock: reboot (normal) needed, not performed: --no-reboot");
+      expect(r.err).not.toContain("unlocked zb-root");
+      expect(r.code).toBe(12);
+    } finally {
+      expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b", "--force"]).code).toBe(0);
+    }
+  });
+
   test("--dry-run still reports the failure (exit 3) instead of booting on", async () => {
     expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b", "--force"]).code).toBe(0);
     for (const f of ["zb.env", "zb.env.redund"]) writeFileSync(join(boot, "zb", f), new Uint8Array(0x4000).fill(7));

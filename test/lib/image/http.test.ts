@@ -15,6 +15,7 @@
  *   /changed-N/… like /etag-N/, but the image "changed" after the first request (ETag "v2"):
  *               an If-Range "v1" gets 200 and the whole file, as RFC 9110 §13.1.5 says
  *   /busy-N/…   the first request resets after N bytes, the second gets 503, later ones as /range/
+ *   /cutnr-N/…  the first request resets after N bytes, later ones as /norange/ (no byte ranges)
  *
  * and records every request with its Range, If-Range and Accept-Encoding headers. A
  * second server speaks HTTPS (a certificate made by openssl for 127.0.0.1,
@@ -26,6 +27,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "no
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Journal } from "../../../lib/image/journal.ts";
+import { httpSource, type RetryEvent } from "../../../lib/image/source.ts";
 import { buildImage, KEYS, listTar, requireBinary, sha256, trustDir, variedBytes, type Built } from "./fixture.ts";
 
 const CHUNK = 1 << 20;
@@ -118,6 +120,12 @@ beforeAll(async () => {
         if (first) return log(new Response(resetAfter(bytes, 0, Number(tagged[2])), { status: 200, headers: { etag } }));
         const ifRange = req.headers.get("if-range");
         return log(ifRange === null || ifRange === etag ? rest({ etag }) : new Response(bytes, { status: 200, headers: { etag } }));
+      }
+      const cutnr = /^\/cutnr-(\d+)\//.exec(path);
+      if (cutnr) {
+        if (cutDone.has(path)) return log(new Response(bytes, { status: 200 }));
+        cutDone.add(path);
+        return log(new Response(resetAfter(bytes, 0, Number(cutnr[1])), { status: 200 }));
       }
       const busy = /^\/busy-(\d+)\//.exec(path);
       if (busy) {
@@ -510,6 +518,43 @@ describe("a download that breaks off is asked for again (--retries, default 5)",
     ]);
     expect(r.err.split("\n")[1]).toBe(warning(path, n, "HTTP 503", 2, 2).trim());
     expect(sha256(readFileSync(t))).toBe(rawSha());
+  }, 30_000);
+
+  test("a server without byte ranges after the break: IO naming that, one request more, no --resume hint (none was given)", async () => {
+    const n = payloadCut() + 13;
+    const path = `/cutnr-${n}/image.zbi`;
+    const t = target();
+    const mark = requests.length;
+    const r = await zb(url(path), t);
+    expect(r.exit).toBe(5);
+    expect(r.err).toContain(`zb: cannot download ${url(path)}: the connection broke at byte ${n}, and the server sends the whole image again instead of the rest (it does not serve byte ranges)`);
+    expect(r.err).not.toContain("--resume");
+    expect(since(mark).map((q) => q.status)).toEqual([200, 200]);
+    expect(journalOf(t)).toMatchObject({ state: "failed" });
+  }, 30_000);
+
+  test("a reader that stops while a reconnection waits: the body ends, no request goes out after", async () => {
+    const n = 1 << 20;
+    const path = `/cut-${n + 14}/image.zbi`;
+    const retries: RetryEvent[] = [];
+    const mark = requests.length;
+    const body = (await httpSource(url(path), { retries: 3, delayMs: () => 400, onRetry: (e) => retries.push(e) }).open(0)) as AsyncGenerator<Uint8Array> & { cancel(): void };
+    let got = 0;
+    const next = async () => {
+      for (;;) {
+        const r = await body.next();
+        if (r.done) return "done";
+        got += r.value.length;
+      }
+    };
+    const ended = next();
+    for (let i = 0; i < 200 && retries.length === 0; i++) await Bun.sleep(10);
+    expect(retries).toHaveLength(1); // the break was seen; the reconnection now waits 400 ms
+    body.cancel();
+    expect(await ended).toBe("done");
+    await Bun.sleep(600);
+    expect(got).toBe(n + 14);
+    expect(since(mark).map((q) => q.range)).toEqual([null]); // the first request only
   }, 30_000);
 
   test("the warning leaves out user:password@ and the query", async () => {
