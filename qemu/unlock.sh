@@ -478,8 +478,10 @@ if ((RUNS > 0)); then
   # mapping open), which single boots show steadier than the whole window.
   for p in "modules INIT MODS" "unlock DEV UNLOCK"; do
     read -r label from to <<<"$p"
-    zp=$(for ((i = 1; i <= RUNS; i++)); do phase "zb-$i" "$from" "$to" || true; done | { grep . || true; } | median)
-    bp=$(for ((i = 1; i <= RUNS; i++)); do phase "baseline-$i" "$from" "$to" || true; done | { grep . || true; } | median)
+    # One value per line: phase prints none of its own (before 2026-12-07 the values ran
+    # together and awk read the first boot's as the "median").
+    zp=$(for ((i = 1; i <= RUNS; i++)); do { phase "zb-$i" "$from" "$to" && echo; } || true; done | { grep . || true; } | median)
+    bp=$(for ((i = 1; i <= RUNS; i++)); do { phase "baseline-$i" "$from" "$to" && echo; } || true; done | { grep . || true; } | median)
     [[ -n $zp && -n $bp ]] && echo "unlock: bench $label phase medians: zbunlock $zp s, cryptsetup --key-file $bp s"
   done
 fi
