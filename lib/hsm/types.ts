@@ -89,4 +89,6 @@ export interface Hsm extends HsmSignerHook {
 export interface BackendOptions {
   /** Where warnings go (the soft backend warns on every use). Default: stderr. */
   warn?: (line: string) => void;
+  /** How a backend waits before retrying (tests record the waits instead of timing them). Default: a timer. */
+  sleep?: (ms: number) => Promise<void>;
 }

@@ -98,12 +98,14 @@ export class ZymkeyHsm implements Hsm {
   readonly #candidates: readonly string[];
   readonly #warn: (line: string) => void;
   readonly #retryDelayMs: number;
+  readonly #sleep: (ms: number) => Promise<void>;
   #lib: ZkLib | null = null;
 
   constructor(opts: ZymkeyOptions = {}) {
     this.#candidates = opts.library ? [opts.library] : ZYMKEY_SEARCH;
     this.#warn = opts.warn ?? ((line) => console.error(line));
     this.#retryDelayMs = opts.retryDelayMs ?? UNLOCK_RETRY_DELAY_MS;
+    this.#sleep = opts.sleep ?? ((ms) => Bun.sleep(ms));
   }
 
   /** Loads the library and opens (then closes) a context. Never throws. */
@@ -164,7 +166,7 @@ export class ZymkeyHsm implements Hsm {
         return unlockOutcome(r.value, attempt);
       }
       failures.push(r.value.rc);
-      await Bun.sleep(this.#retryDelayMs);
+      await this.#sleep(this.#retryDelayMs);
     }
   }
 

@@ -233,9 +233,7 @@ describe("zbunlock mounts the boot partition itself", () => {
     const before = readFileSync(join(root, "proc/cmdline"));
     writeFileSync(join(root, "proc/cmdline"), `console=ttyAMA0 zb.slot=a zb.boot=${join(dir, "no-such-device")} zb.boot_wait=0.3\n`);
     try {
-      const t0 = performance.now();
       const p = Bun.spawnSync([BIN, "unlock", "--root", root, "--no-reboot"], { env: { ...process.env, ZB_NO_REBOOT: "1" } });
-      expect(performance.now() - t0).toBeGreaterThan(280);
       expect(p.stderr.toString()).toContain(`cannot record this boot: cannot mount the boot partition: ${join(dir, "no-such-device")} did not appear within 0.3 s`);
       expect(p.stderr.toString()).toContain("booting slot a unrecorded");
       expect(p.exitCode).toBe(0);

@@ -72,7 +72,7 @@ function refuse(code: "HSM_NO_MATCH" | "HSM_DENIED", why: string): ZbError {
  * once at once, a {@link BUSY} code up to {@link BUSY_DELAYS_MS}.length times
  * after those waits. Anything else, or the last failure, is thrown.
  */
-async function withRetries<T>(fn: () => Promise<T>): Promise<T> {
+async function withRetries<T>(fn: () => Promise<T>, sleep: (ms: number) => Promise<void>): Promise<T> {
   let pcrChanged = 0;
   let busy = 0;
   for (;;) {
@@ -82,7 +82,7 @@ async function withRetries<T>(fn: () => Promise<T>): Promise<T> {
       if (!(e instanceof TpmRcError)) throw e;
       if (e.rc === PCR_CHANGED && pcrChanged++ < 1) continue;
       if (BUSY.has(e.rc) && busy < BUSY_DELAYS_MS.length) {
-        await new Promise((r) => setTimeout(r, BUSY_DELAYS_MS[busy++]));
+        await sleep(BUSY_DELAYS_MS[busy++]!);
         continue;
       }
       throw e;
@@ -129,6 +129,7 @@ export class Tpm2Hsm implements Hsm {
   private readonly srkHandle: number;
   private readonly open: TransportFactory;
   private readonly warn: (line: string) => void;
+  private readonly sleep: (ms: number) => Promise<void>;
   private queue: Promise<unknown> = Promise.resolve();
 
   /**
@@ -140,6 +141,7 @@ export class Tpm2Hsm implements Hsm {
     this.srkHandle = opts.srkHandle ?? SRK_HANDLE;
     this.open = opts.connect ?? connect;
     this.warn = opts.warn ?? ((line) => process.stderr.write(`${line}\n`));
+    this.sleep = opts.sleep ?? ((ms) => new Promise((r) => setTimeout(r, ms)));
   }
 
   /** One connection per operation, operations one at a time. */
@@ -166,7 +168,7 @@ export class Tpm2Hsm implements Hsm {
     const where = formatAddress(this.address);
     try {
       return await this.withTpm(async (tpm) => {
-        const p = await withRetries(() => tpm.properties(PT.family, 0x0d));
+        const p = await withRetries(() => tpm.properties(PT.family, 0x0d), this.sleep);
         const info: Record<string, string | number | boolean> = {
           address: where,
           family: ascii(p.get(PT.family)),
@@ -214,7 +216,7 @@ export class Tpm2Hsm implements Hsm {
       if (!warned) this.warn(line);
       warned = true;
     };
-    return await this.withTpm((tpm) => withRetries(() => this.sealOnce(tpm, secret, pcrs, lock, warn)))
+    return await this.withTpm((tpm) => withRetries(() => this.sealOnce(tpm, secret, pcrs, lock, warn), this.sleep))
       .catch((e: unknown) => {
         throw e instanceof TpmRcError && e.rc === LOCKOUT ? new ZbError("HSM_FAILED", `cannot seal with tpm2: ${lockoutWhy(e)}`, { cause: e }) : e;
       });
@@ -257,7 +259,7 @@ export class Tpm2Hsm implements Hsm {
     const sealed = decodeSealed(data);
     if (sealed.lockPcr === undefined) return false;
     const pcr = sealed.lockPcr;
-    await this.withTpm((tpm) => withRetries(() => tpm.pcrExtend(pcr, lockEvent()))).catch((e: unknown) => {
+    await this.withTpm((tpm) => withRetries(() => tpm.pcrExtend(pcr, lockEvent()), this.sleep)).catch((e: unknown) => {
       throw isZbError(e, "HSM_ABSENT") ? e : new ZbError("HSM_FAILED", `cannot extend PCR ${pcr} after the unlock: ${(e as Error).message}`);
     });
     return true;
@@ -272,7 +274,7 @@ export class Tpm2Hsm implements Hsm {
       return { kind: "failed", why: (e as Error).message };
     }
     try {
-      const secret = await this.withTpm((tpm) => withRetries(() => this.unsealOnce(tpm, sealed)));
+      const secret = await this.withTpm((tpm) => withRetries(() => this.unsealOnce(tpm, sealed), this.sleep));
       return { kind: "ok", secret };
     } catch (e) {
       const why = (e as Error).message ?? String(e);

@@ -267,10 +267,9 @@ describe("open/close argv (recording fake binary)", () => {
     const bin = join(dir, "hang");
     writeFileSync(bin, "#!/bin/sh\nexec sleep 30\n");
     chmodSync(bin, 0o755);
-    const t0 = performance.now();
     const err = await new CryptsetupCli({ binary: bin, timeoutMs: 300 }).close("zb-root").catch((e: unknown) => e);
+    // Without the kill, the 30 s sleep would outlast the test's own timeout.
     expect((err as ZbError).message).toMatch(/cannot close zb-root: cryptsetup was killed by SIGKILL \(timeout 0.3 s\)/);
-    expect(performance.now() - t0).toBeLessThan(10_000);
   });
 
   test("a cryptsetup that exits without reading its key: its exit status is the error, never EPIPE (largest key, 50 runs)", async () => {
@@ -363,7 +362,6 @@ describe("prepareOpen: cryptsetup started before the key (recording fake binary)
     const bin = before.body === "" ? f.bin : script(dir, before.body);
     const p = new CryptsetupCli({ binary: bin, timeoutMs: 300 }).prepareOpen("/dev/mmcblk0p2", "zb-root");
     await Bun.sleep(before.waitMs);
-    const t0 = performance.now();
     const e = await p.open(awkwardKey(43)).then(() => null, (x: unknown) => x as ZbError);
     if ("ok" in after) {
       expect(e?.message ?? null).toBeNull();
@@ -371,7 +369,6 @@ describe("prepareOpen: cryptsetup started before the key (recording fake binary)
     } else {
       expect([e?.code, e?.message]).toEqual(["LUKS_FAILED", expect.stringMatching(after.message)]);
     }
-    expect(performance.now() - t0).toBeLessThan(10_000);
   });
 
   test("a bad mapping name or device is refused before anything starts", () => {

@@ -112,15 +112,13 @@ describe("TCP: a response header with an impossible size fails at once, not afte
     { name: "size 0xffffffff, header only", reply: header(0xffffffff), why: "bad response size 4294967295" },
     { name: "size 4097 (over MAX_RESPONSE), header only", reply: header(4097), why: "bad response size 4097" },
     { name: "the 6 header bytes alone, size 0x41414141", reply: header(0x41414141).subarray(0, 6), why: "bad response size 1094795585" },
-  ])("$name → HSM_FAILED within 2 s", async ({ reply, why }) => {
+  ])("$name → HSM_FAILED for the size, not the 30 s silence", async ({ reply, why }) => {
     const p = await peer(reply);
     const t = await connect({ kind: "swtpm", host: "127.0.0.1", port: p.port });
     try {
-      const started = Date.now();
-      const late = new Promise((r) => setTimeout(() => r("still waiting after 2 s"), 2000));
-      const got = await Promise.race([t.send(GET_RANDOM_8).then(() => "resolved", (e: Error & { code: string }) => `${e.code}: ${e.message}`), late]);
+      // The peer stays silent after these bytes: waiting for the rest would end in "no response within 30 s".
+      const got = await t.send(GET_RANDOM_8).then(() => "resolved", (e: Error & { code: string }) => `${e.code}: ${e.message}`);
       expect(got).toBe(`HSM_FAILED: cannot talk to TPM swtpm:host=127.0.0.1,port=${p.port}: ${why}`);
-      expect(Date.now() - started).toBeLessThan(2000);
     } finally {
       t.close();
       p.close();
