@@ -24,12 +24,15 @@
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, copyFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { countOption, setBenchName } from "./image-fixture.ts";
+
+setBenchName("env-print bench");
 
 const TARGET = 4;
 const SIZE = 0x4000;
 const args = process.argv.slice(2);
 const opt = (name: string): string | undefined => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
-const RUNS = Math.max(20, Number(opt("--runs") ?? 30));
+const RUNS = countOption(args, "--runs", 30, 20);
 const ZB = opt("--zb") ?? join(import.meta.dir, "../dist/zb-x64");
 
 function die(msg: string): never {

@@ -26,12 +26,12 @@ import { encodeBlob } from "../lib/hsm/blob.ts";
 import { Tpm2Hsm } from "../lib/hsm/tpm2/index.ts";
 import { toToolsFiles } from "../lib/hsm/tpm2/sealed.ts";
 import { ccOf, startSwtpm, wrapped, type Exchange, type Swtpm } from "../test/peers/swtpm.ts";
-import { die, machine, setBenchName, tool } from "./image-fixture.ts";
+import { die, machine, setBenchName, tool, countOption } from "./image-fixture.ts";
 
 setBenchName("hsm-unseal bench");
 const args = process.argv.slice(2);
 const opt = (name: string): string | undefined => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
-const RUNS = Math.max(5, Number(opt("--runs") ?? 50));
+const RUNS = countOption(args, "--runs", 50, 5);
 const PCRS = (opt("--pcrs") ?? "0,7").split(",").filter(Boolean).map(Number);
 for (const t of ["swtpm", "tpm2_unseal", "tpm2_load", "tpm2_startauthsession", "tpm2_policypcr", "tpm2_readpublic"]) tool(t, t === "swtpm" ? "swtpm" : "tpm2-tools");
 

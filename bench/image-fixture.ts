@@ -377,9 +377,28 @@ export function zstdFrames(bytes: Uint8Array): [number, number][] {
 
 export function stats(times: number[]): Stats {
   const s = [...times].sort((x, y) => x - y);
+  return { runs: s.length, median: median(s), mean: s.reduce((x, y) => x + y, 0) / s.length, min: s[0]!, max: s[s.length - 1]! };
+}
+
+/** The median (the mean of the two middle values for an even count). */
+export function median(values: readonly number[]): number {
+  const s = [...values].sort((x, y) => x - y);
   const mid = s.length >> 1;
-  const median = s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-  return { runs: s.length, median, mean: s.reduce((x, y) => x + y, 0) / s.length, min: s[0]!, max: s[s.length - 1]! };
+  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+}
+
+/**
+ * A `--runs N`-style whole-number option: the default when absent, the
+ * script stops (exit 2) when it is not a whole number of at least `min`
+ * (a NaN would make every median NaN and the table meaningless).
+ */
+export function countOption(args: readonly string[], name: string, dflt: number, min: number): number {
+  const i = args.indexOf(name);
+  if (i < 0) return dflt;
+  const text = args[i + 1] ?? "";
+  const n = Number(text);
+  if (!/^\d+$/.test(text) || n < min) die(`${name} ${JSON.stringify(text)}: give a whole number of at least ${min}`);
+  return n;
 }
 
 /**

@@ -33,14 +33,14 @@ import { join } from "node:path";
 import { installWhatIfs, shaRate } from "./image-profile.ts";
 import {
   buildRootfs, createZbi, die, extractRange, GiB, machine, makeKeys, mbps, MiB, mustRun, peakRss, q, scribble, setBenchName,
-  sha256File, table, timeAlternating, tool, warm, workDir, zbPath, type Command,
+  sha256File, table, timeAlternating, tool, warm, workDir, zbPath, type Command, countOption
 } from "./image-fixture.ts";
 
 setBenchName("image-install bench");
 const TARGET = 0.85;
 const args = process.argv.slice(2);
 const opt = (name: string): string | undefined => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
-const RUNS = Math.max(3, Number(opt("--runs") ?? 5));
+const RUNS = countOption(args, "--runs", 5, 3);
 const SIZE = Number(opt("--size-mib") ?? 1024) * MiB;
 const LEVEL = opt("--level") !== undefined ? Number(opt("--level")) : undefined;
 const ZB = zbPath(opt("--zb"));

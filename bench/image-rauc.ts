@@ -34,13 +34,13 @@ import * as fs from "node:fs";
 import { join } from "node:path";
 import {
   buildRootfs, createZbi, die, extractRange, GiB, machine, makeKeys, mbps, MiB, mustRun, q, run, scribble, setBenchName, sha256File,
-  table, timeAlternating, warm, workDir, zbPath, type Command,
+  table, timeAlternating, warm, workDir, zbPath, type Command, countOption
 } from "./image-fixture.ts";
 
 setBenchName("image-rauc bench");
 const args = process.argv.slice(2);
 const opt = (name: string): string | undefined => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
-const RUNS = Math.max(3, Number(opt("--runs") ?? 5));
+const RUNS = countOption(args, "--runs", 5, 3);
 const SIZE = Number(opt("--size-mib") ?? 1024) * MiB;
 const ZB = zbPath(opt("--zb"));
 

@@ -22,14 +22,14 @@ import { join } from "node:path";
 import { shaRate, verifyWhatIfs } from "./image-profile.ts";
 import {
   buildRootfs, createZbi, die, GiB, machine, makeKeys, mbps, MiB, mustRun, peakRss, setBenchName, settleDisk, sha256File, table,
-  timeAlternating, tool, warm, workDir, zbPath,
+  timeAlternating, tool, warm, workDir, zbPath, countOption
 } from "./image-fixture.ts";
 
 setBenchName("image-verify bench");
 const TARGET = 0.95;
 const args = process.argv.slice(2);
 const opt = (name: string): string | undefined => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
-const RUNS = Math.max(3, Number(opt("--runs") ?? 7));
+const RUNS = countOption(args, "--runs", 7, 3);
 const SIZE = Number(opt("--size-mib") ?? 1024) * MiB;
 const ENCODING = (opt("--encoding") ?? "none") as "none" | "zstd";
 if (ENCODING !== "none" && ENCODING !== "zstd") die("--encoding must be none or zstd");

@@ -18,10 +18,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { CryptsetupCli, type FormatOptions, type Keyslot } from "../lib/luks/cryptsetup.ts";
 import { randomSecret, wipe } from "../lib/secret.ts";
+import { countOption, median, setBenchName } from "./image-fixture.ts";
+
+setBenchName("luks-pbkdf bench");
 
 const args = process.argv.slice(2);
 const opt = (name: string): string | undefined => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
-const RUNS = Math.max(3, Number(opt("--runs") ?? 7));
+const RUNS = countOption(args, "--runs", 7, 3);
 const ARGON_RUNS = Math.max(1, Number(opt("--argon-runs") ?? 3));
 
 function die(msg: string): never {
@@ -37,7 +40,6 @@ function machine(): string {
   return `${cpu}, ${cores} cores, ${(memKiB / 1024 / 1024).toFixed(1)} GiB RAM`;
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 interface Measured {
   label: string;
