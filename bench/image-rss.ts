@@ -169,14 +169,15 @@ try {
   // One size alone measures no difference: the difference target is then not met, not passed.
   if (installs.length < 2) console.log("difference: not measured (one size given): the 8 MiB target needs two sizes");
   const pass = passLimit && passSpread && installs.length > 1;
-  console.log(`overall: ${pass ? "PASS" : installs.length < 2 ? "INCOMPLETE" : "MISS"}`);
+  const verdict = pass ? "PASS" : !passLimit || !passSpread ? "MISS" : "INCOMPLETE";
+  console.log(`overall: ${verdict}`);
   console.log(JSON.stringify({
     bench: "image-rss", date: new Date().toISOString(), machine: machine(), runs: RUNS, fill: FILL,
     floorMiB: +(Math.max(...floor.map((s) => s.maxRss)) / MiB).toFixed(1),
     installs: installs.map((x) => ({ rawBytes: x.size, worstMiB: +(x.worst / MiB).toFixed(1), medianMiB: +(x.median / MiB).toFixed(1) })),
     rows: rows.map((r) => ({ label: r.label, maxRssMiB: r.runs.map((s) => +(s.maxRss / MiB).toFixed(1)), anonByQuarterMiB: r.runs.map((s) => s.anonByQuarter.map((a) => +(a / MiB).toFixed(1))) })),
     limitMiB: LIMIT / MiB, spreadMiB: +(spread / MiB).toFixed(1), spreadLimitMiB: SPREAD / MiB,
-    result: pass ? "PASS" : installs.length < 2 ? "INCOMPLETE" : "MISS",
+    result: verdict,
   }));
 } finally {
   work.cleanup();

@@ -25,7 +25,7 @@ setBenchName("luks-pbkdf bench");
 const args = process.argv.slice(2);
 const opt = (name: string): string | undefined => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
 const RUNS = countOption(args, "--runs", 7, 3);
-const ARGON_RUNS = Math.max(1, Number(opt("--argon-runs") ?? 3));
+const ARGON_RUNS = countOption(args, "--argon-runs", 3, 1);
 
 function die(msg: string): never {
   console.error(`luks-pbkdf bench: ${msg}`);

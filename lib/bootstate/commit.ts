@@ -72,7 +72,8 @@ function commitStep(backend: Backend, event: Event, opts: RunOptions): Outcome {
   const before: Vars = backend.readVars();
   const state = readState(before);
   // Without an enclave, recover and install lead nowhere bootable: the rows that would
-  // enter them boot on, stop or refuse instead (machine.ts N10, U4, B5, I2).
+  // enter them boot on, leave recovery, stop, retry or refuse instead (rows-boot.ts N10, N11,
+  // U4, U5; rows-os.ts B5, I2).
   state.enclave = backend.hasEnclave();
   const result = step(state, event, opts.actor);
   const changes = stateChanges(before, result.state);

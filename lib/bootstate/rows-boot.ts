@@ -4,7 +4,7 @@
  * a normal boot (N), and a root that could not be unlocked (U). Order
  * matters: machine.ts tries rows in table order.
  */
-import { logEvent, otherSlot } from "./state.ts";
+import { logEvent, logOnce, otherSlot } from "./state.ts";
 import { endTry, exhausted, MAX_FIXUPS, misdirected, row, usable, type Row } from "./rules.ts";
 
 export const BOOT_ROWS: readonly Row[] = [
@@ -156,11 +156,11 @@ export const BOOT_ROWS: readonly Row[] = [
   row({
     id: "N10", actor: "zbunlock", event: "boot",
     when: "as N8, but there is no recovery enclave (zboot/ holds no kernel)",
-    then: "boot zb_slot on anyway, logged: nothing else can boot, and a config.txt pointing at an empty zboot/ would boot nothing",
+    then: "boot zb_slot on anyway, logged once: nothing else can boot, and a config.txt pointing at an empty zboot/ would boot nothing",
     guard: (s, e) => exhausted(s, e.booted) && !s.enclave,
     apply: (s, e) => {
       s.fixups = 0;
-      logEvent(s, `slot ${e.booted} and ${otherSlot(e.booted)} both failed and there is no recovery enclave, booting ${e.booted} anyway`);
+      logOnce(s, `slot ${e.booted} and ${otherSlot(e.booted)} both failed and there is no recovery enclave, booting ${e.booted} anyway`);
       return [{ kind: "continue" }];
     },
   }),
@@ -223,12 +223,12 @@ export const BOOT_ROWS: readonly Row[] = [
   }),
   row({
     id: "U5", actor: "zbunlock", event: "unlock-failed",
-    when: "as U3, but the slot is at its limit or invalid (booted by N10), the other slot is not usable, and there is no recovery enclave",
-    then: "stop: nothing changed but the log, no reboot (a reboot would only come back here; the initramfs panics, and with panic=N on the command line tries again after N s)",
+    when: "as U3, but the slot is at its limit or invalid, the other slot is not usable, and there is no recovery enclave (the boot counter has nothing left to decide)",
+    then: "reboot normally and try the slot again at every boot (an HSM that comes late), logged once: after the first round the env is not written again",
     guard: (s, e) => !e.permanent && exhausted(s, e.booted) && !usable(s, otherSlot(e.booted)) && !s.enclave,
     apply: (s, e) => {
-      logEvent(s, `cannot unlock slot ${e.booted}: ${e.why}, and nothing else can boot, stopped`);
-      return [];
+      logOnce(s, `cannot unlock slot ${e.booted}: ${e.why}, and nothing else can boot, retrying at every boot`);
+      return [{ kind: "reboot", tryboot: false }];
     },
   }),
   row({

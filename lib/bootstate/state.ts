@@ -168,6 +168,17 @@ export function logEvent(s: BootState, text: string): void {
   s.log = [...s.log, `${s.seq} ${text.replaceAll(LOG_SEP, ",")}`].slice(-DEFAULTS.logSize);
 }
 
+/**
+ * Log an event unless one of the newest `within` entries says the same: a
+ * state that repeats at every boot (N10, U5) writes the env once, not at
+ * every boot (FAT wear, and a log of eight identical lines says nothing).
+ */
+export function logOnce(s: BootState, text: string, within = 2): void {
+  const t = text.replaceAll(LOG_SEP, ",");
+  if (s.log.slice(-within).some((e) => e.slice(e.indexOf(" ") + 1) === t)) return;
+  logEvent(s, text);
+}
+
 /** Deep copy, so transitions never mutate their input. */
 export function cloneState(s: BootState): BootState {
   return { ...s, log: [...s.log], slots: { a: { ...s.slots.a }, b: { ...s.slots.b } } };

@@ -301,7 +301,9 @@ const TRANSIENT_STATUS = [502, 503, 504];
 function checkResponse(res: Response, shown: string, offset: number, ifRange: string | null, reconnect: boolean): void {
   if (TRANSIENT_STATUS.includes(res.status)) throw transient(new ZbError("IO", `cannot download ${shown}: HTTP ${res.status}`));
   if (offset > 0) {
-    if (res.status === 200 && ifRange !== null) throw new ZbError("IO", `cannot resume ${shown} at byte ${offset}: the image changed on the server since the download began (it no longer matches ${ifRange})`);
+    // The whole representation again: with the validator it had, the server ignores Range; with another, the image changed.
+    const same = ifRange !== null && (res.headers.get("etag") === ifRange || res.headers.get("last-modified") === ifRange);
+    if (res.status === 200 && ifRange !== null && !same) throw new ZbError("IO", `cannot resume ${shown} at byte ${offset}: the image changed on the server since the download began (it no longer matches ${ifRange})`);
     if (res.status === 200 && reconnect) throw new ZbError("IO", `cannot download ${shown}: the connection broke at byte ${offset}, and the server sends the whole image again instead of the rest (it does not serve byte ranges)`);
     if (res.status !== 206) {
       throw new ZbError("IO", `cannot resume ${shown} at byte ${offset}: the server answered ${res.status} instead of 206 Partial Content`, {

@@ -6,7 +6,7 @@
  * initramfs starts (module probe, SPI/I²C bring-up, a slow SD card), so
  * every wait is bounded by one deadline shared by the whole unlock. Expected
  * failures are returned, not thrown, classified for the state machine
- * (lib/bootstate/machine.ts rows U1–U3): `permanent` when retrying this slot
+ * (lib/bootstate/rows-boot.ts rows U1–U5): `permanent` when retrying this slot
  * cannot help (the HSM is another one or refuses by policy, the key does not
  * open the header, the credentials are malformed).
  *

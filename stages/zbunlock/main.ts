@@ -6,7 +6,8 @@
  * and the initramfs carries credentials (/zb/credentials), zbunlock unseals
  * the slot's LUKS keys with the HSM and opens root (and data) as
  * /dev/mapper/zb-root (zb-data); a failed unlock is a second transition
- * (rows U1–U3), which reboots to retry, roll back or recover.
+ * (rows U1–U5), which reboots to retry, roll back or recover, or stops
+ * when nothing else can boot (U4).
  *
  * The boot partition: --boot DIR when the initramfs script mounted it,
  * otherwise zbunlock mounts zb.boot=DEV from the cmdline (default
@@ -43,7 +44,8 @@ LUKS keys (credentials in DIR/zb/credentials, default /zb/credentials) with
 the HSM of /etc/zb/hsm.conf, waiting up to zb.hsm_wait=SECONDS (cmdline) or
 its wait= for the HSM and the devices, and opens /dev/mapper/zb-root (and
 zb-data). A failed unlock reboots: to retry, to the other slot, or to
-recovery (docs/boot-flow.md rows U1–U3).
+recovery (docs/boot-flow.md rows U1–U5); it stops (exit status of the
+failure) when the keys cannot work and nothing else can boot (U4).
 
   --dry-run      print the transition this boot would make; change nothing
   --no-unlock    only the boot state, no unlock
@@ -214,9 +216,10 @@ async function unrecorded(e: unknown, args: ParsedArgs, sys: HostSys, root: stri
     err("zbunlock: a try boot does not run unrecorded: rebooting into the committed slot\n");
     const r = rebooter(args, "zbunlock", { pendOnFailure: true });
     r.reboot(null);
+    // A reboot that returned (queued, or not performed) must not let this boot go on: 12.
     return CODES.REBOOT_PENDING;
   }
-  err(`zbunlock: booting slot ${booted.slot}${booted.tryboot ? " (try)" : ""} unrecorded: no boot counting or rollback until the boot state is repaired\n`);
+  err(`zbunlock: booting slot ${booted.slot} unrecorded: no boot counting or rollback until the boot state is repaired\n`);
   if (args.flags.has("no-unlock")) return 0;
   const step = await unlockStep(args, sys, root, p, creds, booted.slot);
   if (step.outcome === null || step.outcome.ok) return 0;

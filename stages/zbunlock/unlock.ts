@@ -2,8 +2,8 @@
  * zbunlock's unlock step: after the boot transition let the boot go on,
  * find this slot's credentials in the initramfs, unseal the keys with the
  * HSM and open the LUKS volumes (lib/unlock/unlock.ts). A failure is handed
- * to the state machine as an `unlock-failed` event (rows U1–U3), which
- * decides between retrying, rolling back and recovery.
+ * to the state machine as an `unlock-failed` event (rows U1–U5), which
+ * decides between retrying, rolling back, recovery and stopping.
  */
 import { join } from "node:path";
 import type { ParsedArgs } from "../../lib/cli/args.ts";

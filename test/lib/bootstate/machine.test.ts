@@ -21,8 +21,9 @@ function env(text: string): Map<string, string> {
   for (const w of `${BASE} ${text}`.split(/\s+/).filter((w) => w !== "" && w !== NO_ENCLAVE)) {
     const eq = w.indexOf("=");
     const [k, v] = [w.slice(0, eq), w.slice(eq + 1)];
+    // zb_log entries hold spaces: a row writes them as underscores.
     if (v === "") vars.delete(k);
-    else vars.set(k, v);
+    else vars.set(k, k === "zb_log" ? v.replaceAll("_", " ") : v);
   }
   return vars;
 }
@@ -36,16 +37,17 @@ function stateOf(text: string) {
 }
 
 /** The changed variables, sorted, without the event log bookkeeping. */
-function after(text: string, e: Event): { diff: string; trace: string[]; effects: string[]; log: string[] } {
+function after(text: string, e: Event): { diff: string; trace: string[]; effects: string[]; log: string[]; written: boolean } {
   const before = env(text);
   const r = step(stateOf(text), e);
+  const written = stateChanges(before, r.state).length > 0;
   const diff = stateChanges(before, r.state)
     .filter((c) => c.name !== "zb_seq" && c.name !== "zb_log")
     .map((c) => `${c.name}=${c.value ?? ""}`)
     .sort()
     .join(" ");
   const effects = r.effects.map((x) => (x.kind === "reboot" ? `reboot${x.tryboot ? "(tryboot)" : ""}` : x.kind));
-  return { diff, trace: r.trace, effects, log: r.state.log };
+  return { diff, trace: r.trace, effects, log: r.state.log, written };
 }
 
 const boot = (booted: "a" | "b", tryboot = false): Event => ({ kind: "boot", booted, tryboot });
@@ -60,6 +62,8 @@ interface Case {
   after: string;
   effects: string[];
   log?: RegExp;
+  /** Nothing at all changes, the log and zb_seq included: the env is not written. */
+  unchanged?: boolean;
 }
 
 const CASES: Case[] = [
@@ -95,7 +99,10 @@ const CASES: Case[] = [
   { name: "unlock refused for good, other exhausted → recover", before: "zb_boot_count_a=1 zb_boot_count_b=3", event: unlockFailed("a", false, true), trace: ["U2"], after: "zb_mode=recover zb_valid_a=0", effects: ["write-config", "reboot"] },
   { name: "unlock refused for good, other invalid, no enclave → stop: the slot stays valid, no reboot", before: "zb_boot_count_a=1 zb_valid_b=0 no-enclave", event: unlockFailed("a", false, true), trace: ["U4"], after: "", effects: [], log: /cannot unlock slot a: no-match, no other slot and no recovery enclave, stopped/ },
   { name: "unlock refused for good, other valid, no enclave → roll back as ever (U2)", before: "zb_boot_count_a=1 no-enclave", event: unlockFailed("a", false, true), trace: ["U2"], after: "zb_slot=b zb_valid_a=0", effects: ["write-config", "reboot"] },
-  { name: "transient unlock failure of an exhausted slot, nothing else, no enclave → stop, no reboot loop", before: "zb_boot_count_a=3 zb_valid_b=0 no-enclave", event: unlockFailed("a", false, false), trace: ["U5"], after: "", effects: [], log: /cannot unlock slot a: absent, and nothing else can boot, stopped/ },
+  { name: "transient unlock failure of an exhausted slot, nothing else, no enclave → retried at every boot, logged", before: "zb_boot_count_a=3 zb_valid_b=0 no-enclave", event: unlockFailed("a", false, false), trace: ["U5"], after: "", effects: ["reboot"], log: /cannot unlock slot a: absent, and nothing else can boot, retrying at every boot/ },
+  { name: "N10 again in the next round (its entry among the newest two) → boot on, the env not written", before: "zb_boot_count_a=3 zb_valid_b=0 no-enclave zb_seq=9 zb_log=8_slot_a_and_b_both_failed_and_there_is_no_recovery_enclave,_booting_a_anyway;9_cannot_unlock_slot_a:_absent,_and_nothing_else_can_boot,_retrying_at_every_boot", event: boot("a"), trace: ["N10"], after: "", effects: ["continue"], unchanged: true },
+  { name: "a try boot's unlock failure is U1 even with every slot exhausted and no enclave (the try falls back, not U5)", before: "kernel_status=trying zb_try_slot=b zb_boot_count_a=3 zb_boot_count_b=3 no-enclave", event: unlockFailed("b", true, false), trace: ["U1"], after: "kernel_status= zb_try_slot= zb_valid_b=0", effects: ["delete-tryboot", "reboot"] },
+  { name: "U5 again in the next round (N10 and U5 already the newest entries) → reboot, the env not written", before: "zb_boot_count_a=3 zb_valid_b=0 no-enclave zb_seq=9 zb_log=8_slot_a_and_b_both_failed_and_there_is_no_recovery_enclave,_booting_a_anyway;9_cannot_unlock_slot_a:_absent,_and_nothing_else_can_boot,_retrying_at_every_boot", event: unlockFailed("a", false, false), trace: ["U5"], after: "", effects: ["reboot"], unchanged: true },
   { name: "transient unlock failure below the limit, no enclave → reboot as ever (U3)", before: "zb_boot_count_a=1 zb_valid_b=0 no-enclave", event: unlockFailed("a", false, false), trace: ["U3"], after: "", effects: ["reboot"] },
   { name: "HSM absent → reboot, the counter decides", before: "zb_boot_count_a=2", event: unlockFailed("a", false, false), trace: ["U3"], after: "", effects: ["reboot"], log: /retrying \(boot 2 of 3\)/ },
   // zb
@@ -124,6 +131,7 @@ describe("transition table, row by row", () => {
     expect(r.diff).toBe(c.after);
     expect(r.effects).toEqual(c.effects);
     if (c.log) expect(r.log.at(-1)).toMatch(c.log);
+    if (c.unchanged) expect(r.written).toBe(false);
   });
 });
 

@@ -16,6 +16,7 @@
  *               an If-Range "v1" gets 200 and the whole file, as RFC 9110 §13.1.5 says
  *   /busy-N/…   the first request resets after N bytes, the second gets 503, later ones as /range/
  *   /cutnr-N/…  the first request resets after N bytes, later ones as /norange/ (no byte ranges)
+ *   /etagnr-N/… as /cutnr-N/, every response with the same ETag ("v1"): Range and If-Range ignored
  *
  * and records every request with its Range, If-Range and Accept-Encoding headers. A
  * second server speaks HTTPS (a certificate made by openssl for 127.0.0.1,
@@ -121,11 +122,12 @@ beforeAll(async () => {
         const ifRange = req.headers.get("if-range");
         return log(ifRange === null || ifRange === etag ? rest({ etag }) : new Response(bytes, { status: 200, headers: { etag } }));
       }
-      const cutnr = /^\/cutnr-(\d+)\//.exec(path);
+      const cutnr = /^\/(cutnr|etagnr)-(\d+)\//.exec(path);
       if (cutnr) {
-        if (cutDone.has(path)) return log(new Response(bytes, { status: 200 }));
+        const headers: Record<string, string> = cutnr[1] === "etagnr" ? { etag: '"v1"' } : {};
+        if (cutDone.has(path)) return log(new Response(bytes, { status: 200, headers }));
         cutDone.add(path);
-        return log(new Response(resetAfter(bytes, 0, Number(cutnr[1])), { status: 200 }));
+        return log(new Response(resetAfter(bytes, 0, Number(cutnr[2])), { status: 200, headers }));
       }
       const busy = /^\/busy-(\d+)\//.exec(path);
       if (busy) {
@@ -520,9 +522,12 @@ describe("a download that breaks off is asked for again (--retries, default 5)",
     expect(sha256(readFileSync(t))).toBe(rawSha());
   }, 30_000);
 
-  test("a server without byte ranges after the break: IO naming that, one request more, no --resume hint (none was given)", async () => {
-    const n = payloadCut() + 13;
-    const path = `/cutnr-${n}/image.zbi`;
+  test.each([
+    { kind: "cutnr", validator: "no validator", extra: 13 },
+    { kind: "etagnr", validator: "the same ETag on the whole image (not a changed one)", extra: 15 },
+  ])("a server without byte ranges after the break ($validator): IO naming that, one request more, no --resume hint", async ({ kind, extra }) => {
+    const n = payloadCut() + extra;
+    const path = `/${kind}-${n}/image.zbi`;
     const t = target();
     const mark = requests.length;
     const r = await zb(url(path), t);
