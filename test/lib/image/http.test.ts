@@ -53,7 +53,7 @@ function resetAfter(bytes: Uint8Array, from: number, n: number): ReadableStream 
         return;
       }
       if (sent >= n) {
-        await Bun.sleep(200); // let the bytes sent so far reach the client, then reset the connection
+        await Bun.sleep(500); // let the bytes sent so far reach the client (a loaded CI machine too), then reset the connection
         c.error();
         return;
       }
@@ -474,9 +474,12 @@ describe("a download that breaks off is asked for again (--retries, default 5)",
     const mark = requests.length;
     const r = await zb(url(path), t, { more: ["--retries", "1"] });
     expect(r.exit).toBe(0);
-    const asked = since(mark).map((q) => q.range);
-    expect(asked.length).toBe(Math.ceil(img.bytes.length / each));
-    expect(asked).toEqual(asked.map((_, i) => (i === 0 ? null : rangeOf(i * each))));
+    // At least one request per 3 MiB; more when a reset overtook bytes in flight (the next Range
+    // then starts where the client really was), always moving forward.
+    const starts = since(mark).map((q) => (q.range === null ? 0 : Number(/^bytes=(\d+)-$/.exec(q.range)![1])));
+    expect(starts.length).toBeGreaterThanOrEqual(Math.ceil(img.bytes.length / each));
+    expect(starts[0]).toBe(0);
+    expect(starts.every((at, i) => i === 0 || at > starts[i - 1]!)).toBe(true);
     expect(sha256(readFileSync(t))).toBe(rawSha());
   }, 60_000);
 
