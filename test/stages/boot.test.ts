@@ -241,4 +241,22 @@ describe("zbunlock mounts the boot partition itself", () => {
       writeFileSync(join(root, "proc/cmdline"), before);
     }
   });
+
+  test("a device that appears during zb.boot_wait is the one it mounts (it waited for it)", async () => {
+    const before = readFileSync(join(root, "proc/cmdline"));
+    const dev = join(dir, "late-device");
+    writeFileSync(join(root, "proc/cmdline"), `console=ttyAMA0 zb.slot=a zb.boot=${dev} zb.boot_wait=30\n`);
+    try {
+      const p = Bun.spawn([BIN, "unlock", "--root", root, "--no-reboot"], { env: { ...process.env, ZB_NO_REBOOT: "1" }, stdout: "pipe", stderr: "pipe" });
+      await Bun.sleep(300);
+      writeFileSync(dev, new Uint8Array(4096)); // not a FAT file system: the mount itself fails, after the wait
+      const [err, code] = [await new Response(p.stderr).text(), await p.exited];
+      expect(err).toContain(`cannot record this boot: cannot mount the boot partition ${dev} on `);
+      expect(err).not.toContain("did not appear");
+      expect(code).toBe(0);
+    } finally {
+      writeFileSync(join(root, "proc/cmdline"), before);
+      rmSync(dev, { force: true });
+    }
+  });
 });
