@@ -24,7 +24,7 @@
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, copyFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { countOption, setBenchName } from "./image-fixture.ts";
+import { countOption, setBenchName, die } from "./image-fixture.ts";
 
 setBenchName("env-print bench");
 
@@ -34,11 +34,6 @@ const args = process.argv.slice(2);
 const opt = (name: string): string | undefined => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
 const RUNS = countOption(args, "--runs", 30, 20);
 const ZB = opt("--zb") ?? join(import.meta.dir, "../dist/zb-x64");
-
-function die(msg: string): never {
-  console.error(`env-print bench: ${msg}`);
-  process.exit(1);
-}
 
 function tool(name: string, pkg: string): string {
   return Bun.which(name) ?? die(`${name} not found: run .ci/setup (installs ${pkg})`);

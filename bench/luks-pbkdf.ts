@@ -18,7 +18,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { CryptsetupCli, type FormatOptions, type Keyslot } from "../lib/luks/cryptsetup.ts";
 import { randomSecret, wipe } from "../lib/secret.ts";
-import { countOption, median, setBenchName } from "./image-fixture.ts";
+import { countOption, median, setBenchName, die } from "./image-fixture.ts";
 
 setBenchName("luks-pbkdf bench");
 
@@ -27,11 +27,6 @@ const opt = (name: string): string | undefined => (args.includes(name) ? args[ar
 const RUNS = countOption(args, "--runs", 7, 3);
 const ARGON_RUNS = countOption(args, "--argon-runs", 3, 1);
 
-function die(msg: string): never {
-  console.error(`luks-pbkdf bench: ${msg}`);
-  process.exit(1);
-}
-
 function machine(): string {
   const cpuinfo = readFileSync("/proc/cpuinfo", "latin1");
   const cpu = (cpuinfo.match(/model name\s*:\s*(.*)/) ?? [])[1] ?? "?";
@@ -39,7 +34,6 @@ function machine(): string {
   const memKiB = Number((readFileSync("/proc/meminfo", "latin1").match(/MemTotal:\s*(\d+)/) ?? [])[1] ?? 0);
   return `${cpu}, ${cores} cores, ${(memKiB / 1024 / 1024).toFixed(1)} GiB RAM`;
 }
-
 
 interface Measured {
   label: string;

@@ -44,7 +44,7 @@ export class PiBoot implements Bootloader, GeneratedConfig, RebootArgs {
   }
 
   lock(): () => void {
-    return this.sys.lockEnv?.() ?? (() => undefined);
+    return this.store.lock();
   }
 
   present(): boolean {

@@ -87,7 +87,7 @@ export class EnvStore {
    */
   update(changes: readonly Change[], basis?: EnvState): WriteResult {
     // Read and write under one lock: a write computed from a read another tool has since overtaken would undo it.
-    const release = this.sys.lockEnv?.() ?? (() => undefined);
+    const release = this.lock();
     try {
       const state = basis ?? this.read();
       const next = applyChanges(state.vars, changes);
@@ -103,8 +103,17 @@ export class EnvStore {
    * default env when no copy is readable. A readable env is kept unless `force`.
    * @throws {ZbError} USAGE when an env exists and `force` is not set; IO on failure
    */
+  /**
+   * Hold the env lock other env tools share (lib/sys/flock.ts) until the
+   * returned release is called; re-entrant, and a no-op for a Sys without one.
+   * @throws {ZbError} IO when another process holds it too long
+   */
+  lock(): () => void {
+    return this.sys.lockEnv?.() ?? (() => undefined);
+  }
+
   create(vars: Vars, opts: { force?: boolean } = {}): WriteResult {
-    const release = this.sys.lockEnv?.() ?? (() => undefined);
+    const release = this.lock();
     try {
       return this.createLocked(vars, opts);
     } finally {

@@ -58,8 +58,6 @@ export const UNLOCK_RETRY_DELAY_MS = 250;
 export interface ZymkeyOptions extends BackendOptions {
   /** Path or name of libzk_app_utils.so; default: search {@link ZYMKEY_SEARCH}. */
   library?: string;
-  /** Pause between unlock attempts; default {@link UNLOCK_RETRY_DELAY_MS} (tests shorten it). */
-  retryDelayMs?: number;
 }
 
 const ZK_SYMBOLS = {
@@ -97,14 +95,12 @@ export class ZymkeyHsm implements Hsm {
   readonly name = "zymkey" as const;
   readonly #candidates: readonly string[];
   readonly #warn: (line: string) => void;
-  readonly #retryDelayMs: number;
   readonly #sleep: (ms: number) => Promise<void>;
   #lib: ZkLib | null = null;
 
   constructor(opts: ZymkeyOptions = {}) {
     this.#candidates = opts.library ? [opts.library] : ZYMKEY_SEARCH;
     this.#warn = opts.warn ?? ((line) => console.error(line));
-    this.#retryDelayMs = opts.retryDelayMs ?? UNLOCK_RETRY_DELAY_MS;
     this.#sleep = opts.sleep ?? ((ms) => Bun.sleep(ms));
   }
 
@@ -166,7 +162,7 @@ export class ZymkeyHsm implements Hsm {
         return unlockOutcome(r.value, attempt);
       }
       failures.push(r.value.rc);
-      await this.#sleep(this.#retryDelayMs);
+      await this.#sleep(UNLOCK_RETRY_DELAY_MS);
     }
   }
 

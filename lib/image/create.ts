@@ -11,10 +11,10 @@
  */
 import * as fs from "node:fs";
 import { basename, dirname, isAbsolute, join, relative, sep } from "node:path";
-import { pack } from "tar-stream";
+import { pack, type Header } from "tar-stream";
 import { ZbError, ioError, isZbError } from "../errors.ts";
-import { BLOCK, MARKER, MARKER_NAME, MANIFEST_NAME, SIGNATURES_NAME, entryHeader } from "./format.ts";
-import { encodeManifest, FORMAT_VERSION, LIMITS, type Digest, type Encoding, type Manifest, type Payload, type PayloadKind } from "./manifest.ts";
+import { BLOCK, MARKER, MARKER_NAME, MANIFEST_NAME, SIGNATURES_NAME, entryHeader, tarHeaderBytes } from "./format.ts";
+import { encodeManifest, FORMAT_VERSION, MANIFEST_TOO_LARGE, LIMITS, type Digest, type Encoding, type Manifest, type Payload, type PayloadKind } from "./manifest.ts";
 import { openImage } from "./reader.ts";
 import { encodeSignatures, type Signature, type Signer } from "./sign.ts";
 import type { ImageSource } from "./source.ts";
@@ -102,7 +102,7 @@ export async function createImage(opts: CreateOptions): Promise<Manifest> {
       manifestBytes = encodeManifest(manifest);
     } catch (e) {
       // Checked early (checkChunkCount) with the smallest chunk entries; real entries are a little longer.
-      if (isZbError(e, "IMG_FORMAT") && /more than \d+$/.test(e.message)) throw tooManyChunks(payloads.reduce((a, p) => a + p.chunks.length, 0), chunkSize);
+      if (isZbError(e, "IMG_FORMAT") && e.cause === MANIFEST_TOO_LARGE) throw tooManyChunks(payloads.reduce((a, p) => a + p.chunks.length, 0), chunkSize);
       throw e;
     }
     // One signature per key, however often a key was given.
@@ -202,7 +202,7 @@ function plan(input: PayloadInput): Plan {
     return { input, rawTotal: size };
   }
   const files = walk(input.from.dir);
-  return { input, rawTotal: tarSize(files.map((f) => ({ name: tarName(input.from as { dir: string }, f), size: f.size }))), files };
+  return { input, rawTotal: tarSize(input.from.dir, files), files };
 }
 
 /** Bytes of the canonical JSON of one chunk entry, at least: {"sha256":"<64 hex>","size":N} and a comma. */
@@ -296,37 +296,14 @@ function tarName(from: { dir: string }, f: FolderEntry): string {
   return f.dir ? `${rel}/` : rel;
 }
 
-/**
- * The size of the tar tarFolder makes of these entries: per entry a header
- * (tar-stream adds a pax header when the name does not fit ustar: non-ASCII,
- * or too long to split into prefix and name), the data padded to 512; then
- * two zero blocks.
- */
-function tarSize(entries: { name: string; size: number }[]): number {
-  return entries.reduce((a, e) => a + headerSpan(e.name) + Math.ceil(e.size / BLOCK) * BLOCK, 0) + 2 * BLOCK;
+/** The size of the tar tarFolder makes of these entries: each header as tar-stream writes it, the data padded to 512, two zero blocks. */
+function tarSize(dir: string, files: FolderEntry[]): number {
+  return files.reduce((a, f) => a + tarHeaderBytes(folderHeader(dir, f)) + Math.ceil((f.dir ? 0 : f.size) / BLOCK) * BLOCK, 0) + 2 * BLOCK;
 }
 
-function headerSpan(name: string): number {
-  if (fitsUstar(name)) return BLOCK;
-  // tar-stream's encodePax: one record " path=NAME\n" with its decimal length in front, in its own entry.
-  const body = Buffer.byteLength(` path=${name}\n`);
-  let digits = String(body).length;
-  if (body + digits >= 10 ** digits) digits++;
-  return BLOCK + Math.ceil((body + digits) / BLOCK) * BLOCK + BLOCK;
-}
-
-/** tar-stream's headers.encode succeeds: ASCII, and the name splits at a "/" into ≤ 155 + ≤ 100 bytes. */
-function fitsUstar(name: string): boolean {
-  if (Buffer.byteLength(name) !== name.length) return false;
-  let prefix = "";
-  let rest = name;
-  while (rest.length > 100) {
-    const i = rest.indexOf("/");
-    if (i === -1) return false;
-    prefix += prefix ? "/" + rest.slice(0, i) : rest.slice(0, i);
-    rest = rest.slice(i + 1);
-  }
-  return prefix.length <= 155;
+/** The header of one entry of the boot tar (deterministic: entryHeader, with the entry's kind and mode). */
+function folderHeader(dir: string, f: FolderEntry): Header {
+  return { ...entryHeader(tarName({ dir }, f), f.dir ? 0 : f.size), type: f.dir ? "directory" : "file", mode: f.mode };
 }
 
 /** A deterministic tar of a folder's walked entries: sorted paths, mtime 0, root-owned; only files and folders. */
@@ -334,7 +311,7 @@ async function* tarFolder(dir: string, files: FolderEntry[]): AsyncGenerator<Uin
   const t = pack();
   const writing = (async () => {
     for (const f of files) {
-      const header = { ...entryHeader(tarName({ dir }, f), f.dir ? 0 : f.size), type: f.dir ? ("directory" as const) : ("file" as const), mode: f.mode };
+      const header = folderHeader(dir, f);
       const body = f.dir ? undefined : fs.readFileSync(f.path);
       await new Promise<void>((resolve, reject) => (body ? t.entry(header, body, (e) => (e ? reject(e) : resolve())) : t.entry(header, (e) => (e ? reject(e) : resolve()))));
     }

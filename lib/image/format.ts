@@ -21,13 +21,24 @@ import type { Header } from "tar-stream";
 // @ts-expect-error no types for the internal module
 import tarHeaders from "../../node_modules/tar-stream/headers.js";
 import { ZbError } from "../errors.ts";
-import { signaturesBytesLimit } from "./sign.ts";
 
 export const MARKER_NAME = "zbi-format";
 export const MARKER = "zbi 1\n";
 export const MANIFEST_NAME = "manifest.json";
 export const SIGNATURES_NAME = "signatures.json";
 const SIGNATURE_COUNT = 16;
+/** Upper bound of one encoded signature entry: {"alg":"ed25519","keyid":"<64>","sig":"<96>"} is 190 bytes. */
+const MAX_SIGNATURE_ENTRY_BYTES = 256;
+
+/**
+ * The largest signatures entry decodeSignatures (sign.ts) reads for
+ * `maxCount` signatures: 32 bytes of framing and 256 per entry (4128 bytes
+ * for 16). Here, with the other limits, so this module needs nothing above it.
+ */
+export function signaturesBytesLimit(maxCount: number): number {
+  return 32 + maxCount * MAX_SIGNATURE_ENTRY_BYTES;
+}
+
 /**
  * Entry limits. `signatures` is what decodeSignatures accepts for 16
  * signatures (32 + 16 × 256 = 4128 bytes), so the entry is refused as it is
@@ -130,7 +141,8 @@ function octal(block: Uint8Array, at: number, len: number): number | null {
 
 const latin1 = (b: Uint8Array, from: number, to: number) => Buffer.from(b.buffer, b.byteOffset + from, to - from).toString("latin1");
 
-function zeros(b: Uint8Array, from: number, to: number): boolean {
+/** Bytes `from` … `to` of `b` are all zero (padding, end-of-archive blocks). */
+export function zeros(b: Uint8Array, from: number, to: number): boolean {
   for (let i = from; i < to; i++) if (b[i] !== 0) return false;
   return true;
 }
@@ -150,6 +162,17 @@ export function encodeUstarHeader(name: string, size: number): Uint8Array {
   const block = (tarHeaders as { encode(h: Header): Uint8Array | null }).encode(entryHeader(name, size));
   if (block === null || block.length !== BLOCK) throw new ZbError("INTERNAL", `internal error: tar-stream cannot encode a header for ${JSON.stringify(name)}`);
   return new Uint8Array(block);
+}
+
+/**
+ * Bytes tar-stream writes before an entry's data (pack.js `_encode`): the
+ * ustar header, or, when the header cannot hold the name (non-ASCII, too
+ * long to split), a pax entry (its header and padded records) and then it.
+ */
+export function tarHeaderBytes(h: Header): number {
+  const t = tarHeaders as { encode(h: Header): Uint8Array | null; encodePax(o: { name: string; linkname?: string | null }): Uint8Array };
+  if (t.encode(h) !== null) return BLOCK;
+  return BLOCK + Math.ceil(t.encodePax({ name: h.name, linkname: h.linkname ?? null }).length / BLOCK) * BLOCK + BLOCK;
 }
 
 /** The header zb writes for an entry: deterministic (mtime 0, root-owned, 0644). */

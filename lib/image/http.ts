@@ -173,6 +173,20 @@ async function* resumable(
   let at = offset;
   let attempt = 0;
   let since = 0;
+  /**
+   * After a failure: throw it when it is not transient or the attempts are
+   * used up, else report the retry and wait. False when the reader stopped
+   * (cancel): whatever broke then is its own doing, not the server's.
+   */
+  const backOff = async (e: unknown): Promise<boolean> => {
+    if (link.closed()) return false;
+    if (!(e instanceof ZbError) || !TRANSIENT.has(e) || attempt >= o.retries) throw e;
+    attempt++;
+    const waitMs = o.delayMs(attempt);
+    o.onRetry?.({ type: "retry", url: o.shown, at, attempt, of: o.retries, waitS: waitMs / 1000, why: reason(e, o.shown) });
+    await link.sleep(waitMs);
+    return !link.closed();
+  };
   for (;;) {
     try {
       const { res, abort } = link.current();
@@ -186,31 +200,18 @@ async function* resumable(
       if (total === null || at >= total) return;
       throw transient(new ZbError("IO", `cannot download ${o.shown}: the connection closed at byte ${at} of ${total}`));
     } catch (e) {
-      // The reader stopped (cancel): whatever broke now is its own doing, not the server's.
-      if (link.closed()) return;
-      if (!(e instanceof ZbError) || !TRANSIENT.has(e) || attempt >= o.retries) throw e;
-      attempt++;
+      if (!(await backOff(e))) return;
       since = 0;
-      const waitMs = o.delayMs(attempt);
-      o.onRetry?.({ type: "retry", url: o.shown, at, attempt, of: o.retries, waitS: waitMs / 1000, why: reason(e, o.shown) });
-      await link.sleep(waitMs);
-      if (link.closed()) return;
       // A reconnection that fails the same way counts as the next attempt.
       for (;;) {
         try {
           await link.reopen(at);
-          if (link.closed()) return;
           break;
         } catch (again) {
-          if (link.closed()) return;
-          if (!(again instanceof ZbError) || !TRANSIENT.has(again) || attempt >= o.retries) throw again;
-          attempt++;
-          const next = o.delayMs(attempt);
-          o.onRetry?.({ type: "retry", url: o.shown, at, attempt, of: o.retries, waitS: next / 1000, why: reason(again, o.shown) });
-          await link.sleep(next);
-          if (link.closed()) return;
+          if (!(await backOff(again))) return;
         }
       }
+      if (link.closed()) return;
     }
   }
 }

@@ -76,11 +76,16 @@ function sortKeys(v: unknown): unknown {
   return v;
 }
 
-/** @throws {ZbError} IMG_FORMAT when the manifest breaks a rule */
+/** The cause of the IMG_FORMAT error for a manifest over LIMITS.manifestBytes (create.ts tells it apart by this, not by words). */
+export const MANIFEST_TOO_LARGE = Symbol("manifest too large");
+
+/** @throws {ZbError} IMG_FORMAT when the manifest breaks a rule (cause {@link MANIFEST_TOO_LARGE} when it is too large) */
 export function encodeManifest(m: Manifest): Uint8Array {
   validate(m);
   const bytes = canonicalJson(m);
-  if (bytes.length > LIMITS.manifestBytes) throw bad(`it is ${bytes.length} bytes, more than ${LIMITS.manifestBytes}`);
+  if (bytes.length > LIMITS.manifestBytes) {
+    throw new ZbError("IMG_FORMAT", `cannot read the image manifest: it is ${bytes.length} bytes, more than ${LIMITS.manifestBytes}`, { cause: MANIFEST_TOO_LARGE });
+  }
   return bytes;
 }
 

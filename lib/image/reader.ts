@@ -11,7 +11,7 @@
  */
 import { extract, type Extract, type Header } from "tar-stream";
 import { ioError, ZbError } from "../errors.ts";
-import { BLOCK, checkEntry, checkUstarHeader, entrySpan, LIMITS, MANIFEST_NAME, MARKER, MARKER_NAME, payloadOffsets, readSmallEntry, SIGNATURES_NAME, bad, ustarSize } from "./format.ts";
+import { BLOCK, checkEntry, checkUstarHeader, entrySpan, LIMITS, MANIFEST_NAME, MARKER, MARKER_NAME, payloadOffsets, readSmallEntry, SIGNATURES_NAME, bad, ustarSize, zeros } from "./format.ts";
 import type { Cancelable, DirectReader } from "./source.ts";
 import { decodeManifest, LIMITS as MANIFEST_LIMITS, type Manifest, type Payload } from "./manifest.ts";
 import { checkSignatures, decodeSignatures, type Signature, type TrustStore } from "./sign.ts";
@@ -183,7 +183,7 @@ class RawHeaders {
     let i = 0;
     while (i < chunk.length && !this.lost) {
       if (this.zerosFrom !== null) {
-        if (!this.nonZeroAfterEnd && !allZero(chunk, i, chunk.length)) this.nonZeroAfterEnd = true;
+        if (!this.nonZeroAfterEnd && !zeros(chunk, i, chunk.length)) this.nonZeroAfterEnd = true;
         return;
       }
       const at = start + i;
@@ -202,7 +202,7 @@ class RawHeaders {
   }
 
   private header(): void {
-    if (allZero(this.block, 0, BLOCK)) {
+    if (zeros(this.block, 0, BLOCK)) {
       this.zerosFrom = this.next;
       return;
     }
@@ -220,7 +220,7 @@ class RawHeaders {
   /** The stream has ended: a partial block of zeros at a header's place counts as the end of the archive. */
   end(): void {
     this.ended = true;
-    if (this.fill > 0 && this.zerosFrom === null && !this.lost && allZero(this.block, 0, this.fill)) this.zerosFrom = this.next;
+    if (this.fill > 0 && this.zerosFrom === null && !this.lost && zeros(this.block, 0, this.fill)) this.zerosFrom = this.next;
   }
 
   /** The header block that started at `offset` (once). */
@@ -243,10 +243,6 @@ class RawHeaders {
   }
 }
 
-function allZero(b: Uint8Array, from: number, to: number): boolean {
-  for (let i = from; i < to; i++) if (b[i] !== 0) return false;
-  return true;
-}
 
 /** Payloads read with read(2): each preceded by its checked ustar header; only zeros after the last. */
 function directPayloads(r: DirectReader, m: Manifest, manifestSize: number, sigSize: number): () => Promise<PayloadEntry | null> {

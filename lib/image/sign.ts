@@ -30,6 +30,7 @@ import { p256 } from "@noble/curves/nist.js";
 import { join } from "node:path";
 import { ZbError } from "../errors.ts";
 import type { Sys } from "../sys/sys.ts";
+import { signaturesBytesLimit } from "./format.ts";
 import { decodePublicPem, type Alg, type PrivateKey, type PublicKey } from "./keys.ts";
 
 /** One signature over a message. */
@@ -219,16 +220,7 @@ function describe(keyId: string, why: IgnoredWhy, trust: TrustStore): string {
 
 const KEYID = /^[0-9a-f]{64}$/;
 const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
-/** Upper bound of one encoded entry: {"alg":"ed25519","keyid":"<64>","sig":"<96>"} is 190 bytes. */
-const MAX_ENTRY_BYTES = 256;
-
-/**
- * The largest signatures entry {@link decodeSignatures} reads for `maxCount`
- * signatures: 32 bytes of framing and 256 per entry (4128 bytes for 16).
- */
-export function signaturesBytesLimit(maxCount: number): number {
-  return 32 + maxCount * MAX_ENTRY_BYTES;
-}
+export { signaturesBytesLimit } from "./format.ts";
 
 /**
  * Canonical JSON of the signatures: `{"signatures":[{"alg":…,"keyid":…,"sig":…}]}`,

@@ -45,22 +45,29 @@ export function findLuksDevice(sys: Sys, root: string, uuid: string): string | n
   const want = uuid.toLowerCase();
   const found: string[] = [];
   const noPrimary: string[] = [];
+  // Holders are looked at only for a device that carries the UUID: one check, not one per device and poll.
+  const take = (dev: string) => {
+    try {
+      if (!heldByAnother(sys, root, dev)) found.push(dev);
+    } catch {
+      // holders unreadable: skipped, like an unreadable device
+    }
+  };
   for (const dev of blockDevices(sys, root)) {
     let head: Uint8Array;
     try {
-      if (!sys.stat(dev) || heldByAnother(sys, root, dev)) continue;
+      if (!sys.stat(dev)) continue;
       head = sys.readAt(dev, 0, LUKS_PROBE_BYTES);
     } catch {
       continue;
     }
-    const primary = parseLuksHeader(head);
-    if (primary && !primary.secondary) {
-      if (primary.uuid.toLowerCase() === want) found.push(dev);
-    } else noPrimary.push(dev);
+    const u = luksUuidOf(head);
+    if (u === null) noPrimary.push(dev);
+    else if (u === want) take(dev);
   }
   if (found.length === 0) {
     for (const dev of noPrimary) {
-      if (secondaryLuksHeader((off, n) => sys.readAt(dev, off, n))?.uuid.toLowerCase() === want) found.push(dev);
+      if (secondaryLuksHeader((off, n) => sys.readAt(dev, off, n))?.uuid.toLowerCase() === want) take(dev);
     }
   }
   if (found.length > 1) {

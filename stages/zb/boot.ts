@@ -10,6 +10,7 @@ import { TABLE, type Event } from "../../lib/bootstate/machine.ts";
 import { initBoot } from "../../lib/bootstate/init.ts";
 import { parseSlot, SLOTS, type Slot } from "../../lib/bootstate/state.ts";
 import { bootedFrom } from "../../lib/bootloader/platform.ts";
+import { REFERENCE_CMDLINE } from "../../lib/bootloader/piboot.ts";
 import { describeErrno, ZbError } from "../../lib/errors.ts";
 import { BOOT_OPTIONS, BOOT_OPTIONS_HELP, host, platform, rebooter } from "../common.ts";
 import { rebootNow } from "../../lib/sys/reboot.ts";
@@ -212,7 +213,8 @@ function initWarnings(h: ReturnType<typeof host>, valid: Slot[]): string[] {
       lines.push(`slot-${s}/ holds no kernel (${h.backend.kernelNames().join(", ")}): move slot ${s}'s kernel, initramfs, .dtb files and overlays/ there before the next reboot, or the firmware boots nothing`);
     }
   }
-  const ref = h.sys.stat(join(h.bootDir, "zb/cmdline.txt")) ? h.sys.readText(join(h.bootDir, "zb/cmdline.txt")) : "";
+  const cmdline = join(h.bootDir, REFERENCE_CMDLINE);
+  const ref = h.sys.stat(cmdline) ? h.sys.readText(cmdline) : "";
   const root = /(?:^|\s)root=(\S+)/.exec(ref)?.[1];
   if (root !== undefined && root !== "/dev/mapper/zb-root") {
     lines.push(`the command line says root=${root} for both slots: zbunlock opens each slot's own LUKS root as /dev/mapper/zb-root (root=/dev/mapper/zb-root), and with any other root= both slots mount the same file system`);

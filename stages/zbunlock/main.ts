@@ -167,8 +167,7 @@ async function actOn(args: ParsedArgs, root: string, p: Platform, creds: () => L
     const step = await unlockStep(args, h.sys, root, p, creds, booted.slot);
     if (step.outcome === null || step.outcome.ok) return 0;
     const f = step.outcome;
-    err(`zbunlock: ${f.error.message}\n`);
-    if (f.error.hint) err(`zbunlock: hint: ${f.error.hint}\n`);
+    tell(f.error);
     try {
       await mount.ensure(); // the failure is recorded on the partition
     } catch (e) {
@@ -208,8 +207,7 @@ class StateFailure extends Error {
  */
 async function unrecorded(e: unknown, args: ParsedArgs, sys: HostSys, root: string, p: Platform, creds: () => LoadedCredentials | null, booted: ReturnType<typeof bootedFrom>): Promise<number> {
   if (args.flags.has("dry-run") || !(e instanceof ZbError) || !UNRECORDED.has(e.code)) throw e;
-  err(`zbunlock: cannot record this boot: ${e.message}\n`);
-  if (e.hint) err(`zbunlock: hint: ${e.hint}\n`);
+  tell(e, "cannot record this boot: ");
   if (booted.tryboot) {
     // A try that cannot be recorded must not run: its mark-good could commit a slot whose try
     // already failed (T3). A plain reboot loses the one-shot tryboot flag: config.txt's slot boots.
@@ -223,9 +221,14 @@ async function unrecorded(e: unknown, args: ParsedArgs, sys: HostSys, root: stri
   if (args.flags.has("no-unlock")) return 0;
   const step = await unlockStep(args, sys, root, p, creds, booted.slot);
   if (step.outcome === null || step.outcome.ok) return 0;
-  err(`zbunlock: ${step.outcome.error.message}\n`);
-  if (step.outcome.error.hint) err(`zbunlock: hint: ${step.outcome.error.hint}\n`);
+  tell(step.outcome.error);
   return step.outcome.error.exit;
+}
+
+/** An error on the console, with its hint, as zbunlock's own lines. */
+function tell(e: ZbError, prefix = ""): void {
+  err(`zbunlock: ${prefix}${e.message}\n`);
+  if (e.hint) err(`zbunlock: hint: ${e.hint}\n`);
 }
 
 /** zbunlock again, with the JIT on; its exit status is ours. */

@@ -206,7 +206,7 @@ describe("transient unlock failures (zkifc restarting, an I²C error) are tried 
     const { data } = await sealed();
     setCEnv("ZK_STUB_DEVICE_KEY", keyB);
     writeFileSync(logPath, "");
-    const r = await unsealWith(data, { library: stubPath, retryDelayMs: 1 });
+    const r = await unsealWith(data, { library: stubPath, sleep: async () => {} });
     expect([r.kind, calls().length]).toEqual(["no-match", UNLOCK_ATTEMPTS]);
   });
 });

@@ -51,8 +51,10 @@ test("re-entrant: a second take in the same process does not wait for itself; th
 });
 
 test("no lock folder (an initramfs): nothing to take, nothing to wait for", () => {
-  const release = lockFile(join(tempDir(), "no-such-dir", "fw_printenv.lock"));
+  const dir = join(tempDir(), "no-such-dir");
+  const release = lockFile(join(dir, "fw_printenv.lock"));
   release();
+  expect(existsSync(dir)).toBe(false); // nothing made to hold a lock nobody else could take
 });
 
 test("zb env set waits while fw_printenv.lock is held by another tool (the real /var/lock file)", async () => {
