@@ -11,7 +11,7 @@
  *   tpm2.lock-pcr = 15             # zbunlock extends it after unlocking: no unseal until reboot
  *   pkcs11.module = /usr/lib/…/libsofthsm2.so
  *   pkcs11.token = zb              # token label
- *   pkcs11.token-serial = 4f3a…    # seal: which of several tokens with that label
+ *   pkcs11.token-serial = 4f3a…    # which of several tokens with that label
  *   pkcs11.key-label = zb-luks     # RSA key pair on the token
  *   pkcs11.key-id = 01             # (hex) alternative to the label
  *   pkcs11.pin-file = /etc/zb/pin  # else zb asks on the terminal

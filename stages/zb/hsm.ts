@@ -24,7 +24,8 @@ export const HSM_OPTIONS_HELP = `HSM options (override ${DEFAULT_HSM_CONFIG}; se
                            after unlocking, so nothing unseals again until reboot
   --pkcs11-module PATH     the PKCS#11 module (.so)
   --pkcs11-token LABEL     the token's label
-  --pkcs11-token-serial S  seal: which of several tokens with that label
+  --pkcs11-token-serial S  which of several tokens with that label (unseal:
+                           look at that token only)
   --pkcs11-key-label L     the RSA key pair on the token (or --pkcs11-key-id HEX)
   --pin-file FILE          the token PIN (mode 0600); without it zb asks on the terminal
   --zymkey-library PATH    libzk_app_utils.so
@@ -215,7 +216,7 @@ async function seal(args: ParsedArgs, cfg: HsmConfig): Promise<number> {
 }
 
 /** What a blob records itself: given to unseal, these flags would be ignored, so they are refused. */
-const SEALED_IN_BLOB = ["backend", "pkcs11-token", "pkcs11-token-serial", "pkcs11-key-label", "pkcs11-key-id", "pcrs", "lock-pcr"];
+const SEALED_IN_BLOB = ["backend", "pkcs11-token", "pkcs11-key-label", "pkcs11-key-id", "pcrs", "lock-pcr"];
 
 async function unseal(args: ParsedArgs, cfg: HsmConfig): Promise<number> {
   const file = args.positional[0];

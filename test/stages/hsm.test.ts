@@ -187,7 +187,7 @@ describe("zb hsm with pkcs11 (SoftHSM2): the PIN from a file or the terminal, ne
   test("seal needs no PIN; unseal reads a 0600 PIN file, refuses a 0644 one, or asks on the terminal without echo", async () => {
     const hsm = startSoftHsm();
     try {
-      hsm.initToken("zb");
+      const token = hsm.initToken("zb");
       hsm.keypair("zb", { id: "01", label: "zb-luks" });
       const env = { SOFTHSM2_CONF: hsm.conf };
       const conf = join(dir, "p11.conf");
@@ -204,6 +204,13 @@ describe("zb hsm with pkcs11 (SoftHSM2): the PIN from a file or the terminal, ne
       const u = run(["hsm", "unseal", join(dir, "p.sealed"), "-o", "-", "--config", conf, "--pin-file", pin]);
       expect(u.code).toBe(0);
       expect(u.raw).toEqual(SECRET);
+      // --pkcs11-token-serial at unseal: only that token is looked at (the PIN goes to no other).
+      const serial = (flag: string) => run(["hsm", "unseal", join(dir, "p.sealed"), "-o", "-", "--config", conf, "--pin-file", pin, "--pkcs11-token-serial", flag]);
+      const elsewhere = serial("0000000000000000");
+      expect([elsewhere.code, elsewhere.raw.length]).toEqual([4, 0]);
+      expect(elsewhere.err).toContain('no token labelled "zb" with serial "0000000000000000"');
+      const there = serial(token.serial);
+      expect([there.code, there.raw]).toEqual([0, SECRET]);
       writeFileSync(join(dir, "pin.open"), `${USER_PIN}\n`, { mode: 0o644 });
       const loose = run(["hsm", "unseal", join(dir, "p.sealed"), "-o", "-", "--config", conf, "--pin-file", join(dir, "pin.open")]);
       expect(loose.code).toBe(8); // CONFIG, as docs/hsm/pkcs11.md says (it was 21 while the PIN callback's error was wrapped)

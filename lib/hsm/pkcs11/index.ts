@@ -36,8 +36,10 @@ export interface Pkcs11Options extends BackendOptions {
   token?: string;
   /**
    * Token serial number (CK_TOKEN_INFO.serialNumber, trailing blanks
-   * removed), for seal and probe: chooses between tokens that share a label.
-   * Unseal does not need it: it picks the token by the key's fingerprint.
+   * removed): chooses between tokens that share a label. Unseal picks the
+   * token by the key's fingerprint; with a serial set it looks at that token
+   * only, so a token that shows a copy of the public key (public objects
+   * can be copied by anyone) under the same label is never sent the PIN.
    */
   tokenSerial?: string;
   /** CKA_LABEL of the key pair. */
@@ -229,8 +231,11 @@ export class Pkcs11Hsm implements Hsm {
   }
 
   private async unsealWith(ck: Cryptoki, sealed: Sealed): Promise<UnsealResult> {
-    const labelled = tokens(ck).filter((t) => t.info.label === sealed.token);
-    if (labelled.length === 0) throw new ZbError("HSM_ABSENT", `no token labelled ${JSON.stringify(sealed.token)}`);
+    const serial = this.opts.tokenSerial;
+    const labelled = tokens(ck).filter((t) => t.info.label === sealed.token && (serial === undefined || t.info.serial === serial));
+    if (labelled.length === 0) {
+      throw new ZbError("HSM_ABSENT", `no token labelled ${JSON.stringify(sealed.token)}${serial === undefined ? "" : ` with serial ${JSON.stringify(serial)}`}`);
+    }
     const token = await this.tokenForUnseal(ck, labelled, sealed);
     return withSession(ck, token.slot, async (s) => {
       await this.login(ck, s, token.slot);

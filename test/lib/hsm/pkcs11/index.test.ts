@@ -241,7 +241,7 @@ describe("tokens sharing a label (a backup token, a stranger's USB token)", () =
     const secret = randomSecret(32);
     return { secret, data: await backend(over).seal(secret) };
   };
-  type Row = { name: string; before: () => Promise<{ secret: Uint8Array | null; data: SealedData }>; after: { result: string; pins: number; warned: RegExp | null } };
+  type Row = { name: string; before: () => Promise<{ secret: Uint8Array | null; data: SealedData }>; serial?: () => string; after: { result: string; pins: number; warned: RegExp | null } };
   const rows: Row[] = [
     {
       name: "the first token has no key under the label: the PIN goes to the second, which holds it",
@@ -259,6 +259,18 @@ describe("tokens sharing a label (a backup token, a stranger's USB token)", () =
       after: { result: "ok", pins: 1, warned: /^zb: 2 tokens labelled "zb-twin" \(serials .*\) show the key the secret was sealed to; using serial "/ },
     },
     {
+      name: "both hold the same key, pkcs11.token-serial= names the second: only it is looked at, no warning",
+      before: () => sealWith({ token: "zb-twin", keyLabel: "bak", keyId: "04", tokenSerial: twin.second.serial }),
+      serial: () => twin.second.serial,
+      after: { result: "ok", pins: 1, warned: null },
+    },
+    {
+      name: "pkcs11.token-serial= names a token that is not there: absent, and no PIN asked for (not even of the twin holding the key)",
+      before: () => sealWith({ token: "zb-twin", keyLabel: "bak", keyId: "04", tokenSerial: twin.second.serial }),
+      serial: () => "0000000000000000",
+      after: { result: 'absent: no token labelled "zb-twin" with serial "0000000000000000"', pins: 0, warned: null },
+    },
+    {
       name: "neither holds the key sealed to: no-match, and no PIN asked for",
       before: async () => ({ secret: null, data: { ...(await sealWith({})).data, token: "zb-twin" } }),
       after: { result: 'no-match: none of the 2 tokens labelled "zb-twin" holds the key the secret was sealed to', pins: 0, warned: null },
@@ -272,11 +284,11 @@ describe("tokens sharing a label (a backup token, a stranger's USB token)", () =
       after: { result: 'no-match: 2 tokens are labelled "zb-twin" and the sealed data has no key fingerprint (pubkeySha256) to tell them apart', pins: 0, warned: null },
     },
   ];
-  test.each(rows)("$name", async ({ before, after }) => {
+  test.each(rows)("$name", async ({ before, serial, after }) => {
     const { secret, data } = await before();
     const warnings: string[] = [];
     pinCalls = 0;
-    const r = await backend({ token: undefined, tokenSerial: undefined, warn: (l) => void warnings.push(l) }).unseal(data);
+    const r = await backend({ token: undefined, tokenSerial: serial?.(), warn: (l) => void warnings.push(l) }).unseal(data);
     expect(r.kind === "ok" ? (secret && hex(r.secret) === hex(secret) ? "ok" : "wrong secret") : `${r.kind}: ${r.why}`).toStartWith(after.result);
     expect(pinCalls).toBe(after.pins);
     if (after.warned) expect(warnings).toEqual([expect.stringMatching(after.warned)]);
