@@ -397,22 +397,14 @@ describe("interop with openssl and pkcs11-tool", () => {
   });
 });
 
-describe("timing", () => {
-  test("unseal, in process, median of 20 (printed)", async () => {
+describe("one backend, many unseals", () => {
+  test("20 unseals in a row with the same backend object: every one returns the secret (no session or login left behind)", async () => {
     const secret = randomSecret(32);
     const data = await backend().seal(secret);
     const b = backend();
-    const times: number[] = [];
-    for (let i = 0; i < 20; i++) {
-      const t0 = performance.now();
-      const r = await b.unseal(data);
-      times.push(performance.now() - t0);
-      expect(secretOf(r)).toBe(hex(secret));
-    }
-    times.sort((x, y) => x - y);
-    const median = (times[9]! + times[10]!) / 2;
-    console.log(`pkcs11 unseal on SoftHSM2: median ${median.toFixed(2)} ms (min ${times[0]!.toFixed(2)}, max ${times[19]!.toFixed(2)})`);
-    expect(median).toBeGreaterThan(0);
+    const got: string[] = [];
+    for (let i = 0; i < 20; i++) got.push(secretOf(await b.unseal(data)));
+    expect(got).toEqual(Array(20).fill(hex(secret)));
   });
 });
 

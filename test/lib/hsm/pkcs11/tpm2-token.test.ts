@@ -155,18 +155,12 @@ describe("tpm2-pkcs11 on swtpm (OAEP with SHA-256 on the token)", () => {
     expect(hex(readFileSync(join(dir, "zb.pt")))).toBe(hex(secret));
   });
 
-  test("unseal, in process, median of 20 (printed)", async () => {
+  test("20 unseals in a row, each with a new backend: every one returns the secret (no session or login left behind)", async () => {
     const secret = randomSecret(32);
     const data = await backend().seal(secret);
-    const times: number[] = [];
-    for (let i = 0; i < 20; i++) {
-      const t0 = performance.now();
-      expect(secretOf(await backend().unseal(data))).toBe(hex(secret));
-      times.push(performance.now() - t0);
-    }
-    times.sort((a, b) => a - b);
-    console.log(`pkcs11 unseal on tpm2-pkcs11/swtpm: median ${((times[9]! + times[10]!) / 2).toFixed(1)} ms`);
-    expect(times[0]).toBeGreaterThan(0);
+    const got: string[] = [];
+    for (let i = 0; i < 20; i++) got.push(secretOf(await backend().unseal(data)));
+    expect(got).toEqual(Array(20).fill(hex(secret)));
   });
 
   // Last: a wrong PIN counts toward the TPM's dictionary-attack lockout.
