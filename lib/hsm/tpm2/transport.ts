@@ -159,6 +159,11 @@ function openDevice(path: string): Transport {
       try {
         // One write(2) per command, one read(2) per response; unpositioned
         // calls (a char device has no offset, and positioned calls are slow in Bun).
+        // Synchronous, with no timeout of zb's own: the kernel driver bounds
+        // every command (drivers/char/tpm: a duration per command code, up to
+        // minutes for key creation) and then fails the call with ETIME, which
+        // lands in the catch below as HSM_FAILED. An asynchronous read with a
+        // timer would cost a thread-pool round trip per command on the boot path.
         const n = fs.writeSync(fd, command);
         if (n !== command.length) throw ioFailed(path, `short write (${n} of ${command.length} bytes)`);
         const buf = new Uint8Array(MAX_RESPONSE);
