@@ -112,9 +112,10 @@ function parseData(data: Uint8Array): { ok: true; vars: Vars } | DecodeFailure {
     vars.set(entry.slice(0, eq), entry.slice(eq + 1));
     pos = end + 1;
   }
-  // pos === data.length: the last entry's NUL was the final byte, so no entry
-  // starting with NUL ends the list.
-  if (pos >= data.length) return fail("missing the terminating empty entry");
+  // pos === data.length: the last entry's NUL is the final byte and no empty
+  // entry follows. libubootenv's fw_setenv writes a full env that way, and
+  // U-Boot reads it (himport_r copies the data into size + 1 bytes and puts a
+  // NUL after them, lib/hashtable.c), so it is a whole env, not a cut one.
   return { ok: true, vars };
 }
 
@@ -132,7 +133,10 @@ export interface EncodeOptions {
 
 /**
  * Encode vars as one copy: entries sorted bytewise by name (U-Boot hexport,
- * libubootenv), a terminating NUL, padding, then the CRC.
+ * libubootenv), a terminating NUL, padding, then the CRC. The terminating NUL
+ * is always written, even where libubootenv would fill the last byte with
+ * the last entry's own NUL: older U-Boot releases copied the data into
+ * exactly `size` bytes and relied on it.
  * An empty env is a single NUL, as mkenvimage writes it.
  * @throws {ZbError} ENV_FORMAT for an invalid name or value,
  *   ENV_NOSPACE when the entries do not fit the data area

@@ -59,6 +59,18 @@ export function fwenvMain(tool: Tool, argv: string[]): number {
     if (e instanceof ZbError && (e.code === "CONFIG" || e.code === "IO")) return fail("Configuration file wrong or corrupted", EXIT.configInvalid);
     throw e;
   }
+  // fw_setenv holds the env lock from its read to its write, as libubootenv
+  // does: deciding on the default env outside it could overwrite an env another
+  // writer has just repaired.
+  const release = tool === "fw_setenv" ? store.lock() : () => undefined;
+  try {
+    return readAndAct(tool, store, args);
+  } finally {
+    release();
+  }
+}
+
+function readAndAct(tool: Tool, store: EnvStore, args: ReturnType<typeof parseArgs>): number {
   let vars: Vars;
   let usedDefault = false;
   try {
@@ -80,9 +92,11 @@ export function fwenvMain(tool: Tool, argv: string[]): number {
   return 0;
 }
 
+/** `-n` drops the names only of variables asked for by name; the whole env prints as `name=value` (libubootenv 0.3.2). */
 function printVars(vars: Vars, names: string[], noHeader: boolean): number {
   const shown = names.length > 0 ? names : [...vars.keys()].sort(byteOrder);
-  const text = shown.map((n) => (noHeader ? "" : `${n}=`) + (vars.get(n) ?? "") + "\n").join("");
+  const bare = noHeader && names.length > 0;
+  const text = shown.map((n) => (bare ? "" : `${n}=`) + (vars.get(n) ?? "") + "\n").join("");
   out(fromBytes(text));
   return 0;
 }

@@ -256,6 +256,7 @@ describe("fw_printenv/fw_setenv personalities of dist/zb-x64", () => {
     ["print a missing name (NAME= and exit 0)", ["absent"]],
     ["-n NAME", ["-n", "note"]],
     ["-n with a missing name (empty line)", ["-n", "absent"]],
+    ["-n without a name (the whole env, names kept)", ["-n"]],
     ["several names in argv order, one missing", ["snap_kernel", "absent", "bootcount"]],
   ];
   for (const [label, args] of prints) {
@@ -293,6 +294,19 @@ describe("fw_printenv/fw_setenv personalities of dist/zb-x64", () => {
       expect(rb.stdout).toBe(ra.stdout);
       expect(copies(mine).map((c) => c[4])).toEqual(copies(real).map((c) => c[4]));
     });
+  });
+
+  test("a full env from the real fw_setenv (the last entry's NUL is the last byte, no empty entry after it) reads as the real fw_printenv reads it", () => {
+    const { fwPrintenv, fwSetenv } = need();
+    const pair = makePair(newDir("personality/full"), new Map([["foo", "bar"]]), 0x40, false);
+    // 0x40 bytes: 5 of header, 59 of data; foo=bar\0 takes 8, so x=… with 48 v's and its NUL fills the other 51.
+    ok(run([fwSetenv, "-c", pair.cfg, "x", "v".repeat(48)]), "fw_setenv (real)");
+    const written = copies(pair).find((c) => c[4] === 2)!;
+    expect(written.subarray(-2).toString("latin1")).toBe("v\0");
+    const a = ok(run([fwPrintenv, "-c", pair.cfg]), "fw_printenv (real)");
+    const b = run([zbPrintenv, "-c", pair.cfg]);
+    expect({ status: b.status, stdout: b.stdout }).toEqual({ status: 0, stdout: a.stdout });
+    expect(a.stdout).toContain(`x=${"v".repeat(48)}\n`);
   });
 
   test("no valid copy and no default env: both exit 243", () => {
