@@ -84,6 +84,16 @@ export const OS_ROWS: readonly Row[] = [
     },
   }),
   row({
+    id: "B6", actor: "zb", event: "mark-bad",
+    when: "mark-bad other, when the other slot is zb_slot (this boot is a try or not the committed slot), or when this slot is invalid and there is no recovery enclave",
+    then: "refused (it would take away the slot the device falls back to, or leave nothing bootable)",
+    guard: (s, e) => e.which === "other" && (otherSlot(e.booted) === s.committed || (!s.slots[e.booted].valid && !s.enclave)),
+    refuse: (s, e) =>
+      otherSlot(e.booted) === s.committed
+        ? `slot ${s.committed} is the committed slot, which the device falls back to: ${e.tryboot ? `confirm ${e.booted} first (zb mark-good)` : `make ${e.booted} the committed slot first (zb rollback)`}, then mark ${s.committed} bad`
+        : `slot ${e.booted} is not valid and there is no recovery enclave (zboot/ holds no kernel): with ${otherSlot(e.booted)} marked bad nothing could boot`,
+  }),
+  row({
     id: "B3", actor: "zb", event: "mark-bad",
     when: "mark-bad other",
     then: "the other slot invalid; a pending try of it is dropped",

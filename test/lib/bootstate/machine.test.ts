@@ -113,6 +113,7 @@ const CASES: Case[] = [
   { name: "mark-bad booted, other valid → hand over", before: "", event: { kind: "mark-bad", which: "booted", booted: "a", tryboot: false }, trace: ["B2"], after: "zb_slot=b zb_valid_a=0", effects: ["write-config"] },
   { name: "mark-bad booted, other valid but at its limit → hand over with a fresh counter", before: "zb_boot_count_b=3", event: { kind: "mark-bad", which: "booted", booted: "a", tryboot: false }, trace: ["B2"], after: "zb_boot_count_b=0 zb_slot=b zb_valid_a=0", effects: ["write-config"] },
   { name: "mark-bad booted, other invalid → recover", before: "zb_valid_b=0", event: { kind: "mark-bad", which: "booted", booted: "a", tryboot: false }, trace: ["B2"], after: "zb_mode=recover zb_valid_a=0", effects: ["write-config"] },
+  { name: "mark-bad other from an invalid committed slot, with an enclave to recover in", before: "zb_valid_a=0", event: { kind: "mark-bad", which: "other", booted: "a", tryboot: false }, trace: ["B3"], after: "zb_valid_b=0", effects: [] },
   { name: "mark-bad other drops its pending try", before: "kernel_status=try zb_try_slot=b zb_try_left=2", event: { kind: "mark-bad", which: "other", booted: "a", tryboot: false }, trace: ["B3"], after: "kernel_status= zb_try_left= zb_try_slot= zb_valid_b=0", effects: ["delete-tryboot"] },
   { name: "rollback by hand", before: "zb_boot_count_b=2", event: { kind: "rollback" }, trace: ["R1"], after: "zb_boot_count_b=0 zb_slot=b", effects: ["write-config"] },
   { name: "arm a try", before: "zb_boot_count_b=1", event: { kind: "arm-try", slot: "b" }, trace: ["A1"], after: "kernel_status=try zb_boot_count_b=0 zb_try_left=2 zb_try_slot=b", effects: ["write-tryboot", "reboot(tryboot)"] },
@@ -149,6 +150,9 @@ const REFUSALS: { name: string; before: string; event: Event; row: string; why: 
   { name: "enter the enclave twice", before: "zb_mode=install", event: { kind: "enter-install" }, row: "I2", why: /already install/ },
   { name: "enter an enclave that is not there", before: "no-enclave", event: { kind: "enter-install" }, row: "I2", why: /there is no recovery enclave on the boot partition/ },
   { name: "mark-bad the only valid slot without an enclave", before: "zb_valid_b=0 no-enclave", event: { kind: "mark-bad", which: "booted", booted: "a", tryboot: false }, row: "B5", why: /slot b is not valid and there is no recovery enclave/ },
+  { name: "mark-bad other on the try boot of b: a is the committed slot the device falls back to", before: "kernel_status=trying zb_try_slot=b", event: { kind: "mark-bad", which: "other", booted: "b", tryboot: true }, row: "B6", why: /slot a is the committed slot, which the device falls back to: confirm b first \(zb mark-good\), then mark a bad/ },
+  { name: "mark-bad other on a normal boot of b while a is committed", before: "", event: { kind: "mark-bad", which: "other", booted: "b", tryboot: false }, row: "B6", why: /make b the committed slot first \(zb rollback\)/ },
+  { name: "mark-bad other from an invalid committed slot without an enclave", before: "zb_valid_a=0 no-enclave", event: { kind: "mark-bad", which: "other", booted: "a", tryboot: false }, row: "B6", why: /slot a is not valid and there is no recovery enclave .*nothing could boot/ },
   { name: "install into the committed slot", before: "", event: { kind: "install-begin", slot: "a" }, row: "S2", why: /is the committed slot/ },
 ];
 
