@@ -209,7 +209,7 @@ export const BOOT_ROWS: readonly Row[] = [
   }),
   row({
     id: "U2", actor: "zbunlock", event: "unlock-failed",
-    when: "the HSM refused for good (no-match, denied), or the credentials are malformed, another slot's, or missing while the command line has `root=/dev/mapper/zb-root`: this slot's credentials cannot work",
+    when: "the HSM refused for good (no-match, denied), or the credentials are malformed, another slot's, or missing while the command line has `root=/dev/mapper/zb-root`, or its /etc/zb/hsm.conf cannot be used: this slot's credentials cannot work",
     then: "slot invalid; zb_slot = other if it is valid and below the limit, else zb_mode=recover; rewrite config.txt, reboot normally",
     guard: (_s, e) => e.permanent,
     apply: (s, e) => {

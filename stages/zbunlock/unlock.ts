@@ -77,11 +77,12 @@ export function credentialBackend(creds: () => LoadedCredentials | null): Backen
 }
 
 /**
- * Run the unlock of `slot` (the booted one). Throws only for bugs and bad
- * configuration. Credentials that cannot work are a failure for the state
- * machine like an HSM that refuses: unreadable (CRED_INVALID: U2, IO: U3),
- * another slot's (U2), or none although the command line mounts the root
- * zbunlock opens (U2: an initramfs rebuilt without its credentials).
+ * Run the unlock of `slot` (the booted one). Throws only for bugs.
+ * Credentials that cannot work are a failure for the state machine like an
+ * HSM that refuses: unreadable (CRED_INVALID: U2, IO: U3), another slot's
+ * (U2), none although the command line mounts the root zbunlock opens (U2:
+ * an initramfs rebuilt without its credentials), or an HSM configuration
+ * (/etc/zb/hsm.conf of this initramfs) that cannot be used (U2, exit 8).
  */
 export async function unlockStep(args: ParsedArgs, sys: Sys, root: string, p: Platform, credentials: () => LoadedCredentials | null, slot: string): Promise<UnlockStep> {
   let creds: LoadedCredentials | null;
@@ -102,9 +103,21 @@ export async function unlockStep(args: ParsedArgs, sys: Sys, root: string, p: Pl
   if (creds.meta.slot !== slot) {
     return { outcome: credentialsFailure(`the credentials in ${where} are for slot ${creds.meta.slot}, this is slot ${slot}`, true) };
   }
-  const cfg = hsmConfigFrom(args, join(root, "etc/zb/hsm.conf"));
+  const confFile = join(root, "etc/zb/hsm.conf");
+  let cfg: ReturnType<typeof hsmConfigFrom>;
+  let hsm: Hsm;
+  try {
+    cfg = hsmConfigFrom(args, confFile);
+    hsm = hsmFor(creds.meta.backend, cfg, pinTerminal(root));
+  } catch (e) {
+    // The HSM configuration ships in this slot's initramfs with its credentials: a file that
+    // cannot be used is this slot's defect, for good, like credentials of another slot (U2:
+    // roll back), not a reason to stop at a shell while the other slot could boot.
+    // USAGE (a flag given by hand) stays a thrown error: the slot is not at fault.
+    if (!(e instanceof ZbError) || e.code !== "CONFIG") throw e;
+    return { outcome: credentialsFailure(`the HSM configuration ${confFile}: ${e.message}`, true, e.code, e.hint) };
+  }
   const wait = secondsParam(p, "zb.hsm_wait") ?? cfg.waitSeconds;
-  const hsm = hsmFor(creds.meta.backend, cfg, pinTerminal(root));
   const crypt = new CryptsetupCli();
   try {
     const outcome = await unlockSlot(creds, {

@@ -344,14 +344,25 @@ describe("zbunlock unlocks the slot's root", () => {
     }
   });
 
-  test("a malformed hsm.conf is reported after the transition was committed (exit 8, CONFIG)", async () => {
+  test("a malformed hsm.conf is this slot's defect: U2 rolls back to b (the other slot is valid), the reboot is pending", async () => {
     expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b", "--force"]).code).toBe(0);
     writeFileSync(join(root, "etc/zb/hsm.conf"), "backend = nonsense\n");
     const r = await zbunlock();
     expect(r.out).toContain("N9");
-    expect(r.err).toMatch(/^zb: cannot .*hsm\.conf/m);
+    expect(r.err).toMatch(/cannot unlock: the HSM configuration .*hsm\.conf: .*nonsense/);
+    expect(r.code).toBe(12);
+    const e = env();
+    expect(e).toContain("zb_valid_a=0");
+    expect(e).toContain("zb_slot=b");
+  });
+
+  test("a malformed hsm.conf with no other slot to boot: U4 stops the boot with CONFIG (exit 8), the slot stays valid", async () => {
+    expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a", "--force"]).code).toBe(0);
+    writeFileSync(join(root, "etc/zb/hsm.conf"), "backend = nonsense\n");
+    const r = await zbunlock();
+    expect(r.err).toMatch(/cannot unlock: the HSM configuration .*hsm\.conf/);
     expect(r.code).toBe(8);
-    expect(env()).toContain("zb_boot_count_a=1");
+    expect(env()).not.toContain("zb_valid_a=0");
   });
 
   test("the boot partition cannot be mounted: the boot goes on unrecorded, the root unlocked (exit 0)", async () => {
