@@ -105,7 +105,7 @@ export function readState(vars: ReadonlyMap<string, string>): BootState {
     committed: oneOf(VAR.committed, get(VAR.committed), SLOTS, "a"),
     trySlot: get(VAR.trySlot) === "" ? null : oneOf(VAR.trySlot, get(VAR.trySlot), SLOTS, "a"),
     tryLeft: count(VAR.tryLeft, get(VAR.tryLeft), 0),
-    bootLimit: count(VAR.bootLimit, get(VAR.bootLimit), DEFAULTS.bootLimit),
+    bootLimit: atLeastOne(VAR.bootLimit, count(VAR.bootLimit, get(VAR.bootLimit), DEFAULTS.bootLimit)),
     mode: oneOf(VAR.mode, get(VAR.mode), ["run", "install", "recover"] as const, "run"),
     serialFloor: count(VAR.serialFloor, get(VAR.serialFloor), 0),
     fixups: count(VAR.fixups, get(VAR.fixups), 0),
@@ -164,7 +164,9 @@ export function ownedNames(): string[] {
 
 /** Append an event to the bounded log. Event texts must not contain ';'. */
 export function logEvent(s: BootState, text: string): void {
-  s.seq += 1;
+  // Wraps before it outgrows the nine digits readState accepts (a device that
+  // logged a billion events must not turn every later boot into STATE_INVALID).
+  s.seq = s.seq >= MAX_COUNT ? 1 : s.seq + 1;
   s.log = [...s.log, `${s.seq} ${text.replaceAll(LOG_SEP, ",")}`].slice(-DEFAULTS.logSize);
 }
 
@@ -192,6 +194,15 @@ function oneOf<T extends string>(name: string, value: string, allowed: readonly 
   if (value === "") return dflt;
   if ((allowed as readonly string[]).includes(value)) return value as T;
   throw invalid(name, value, `one of ${allowed.map((a) => JSON.stringify(a)).join(", ")}`);
+}
+
+/** The largest value {@link count} reads: nine decimal digits. */
+const MAX_COUNT = 999_999_999;
+
+/** zb_boot_limit=0 would send the first boot of every slot to recovery (N8); `zb init` refuses it too. */
+function atLeastOne(name: string, n: number): number {
+  if (n < 1) throw invalid(name, String(n), "a number from 1 up");
+  return n;
 }
 
 function count(name: string, value: string, dflt: number): number {
