@@ -81,6 +81,8 @@ EOF
   for slot in a b; do
     cp "$KERNEL" "$st/slot-$slot/vmlinuz"
     cp "$INITRD" "$st/slot-$slot/initrd.img"
+    # zb checks for a device tree as the Pi firmware does; QEMU virt makes its own.
+    printf 'placeholder\n' >"$st/slot-$slot/virt.dtb"
   done
   case "$s" in
     try-commit)

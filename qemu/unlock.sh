@@ -266,9 +266,11 @@ make_disk() {
   echo "console=ttyAMA0 panic=-1 rdinit=/init zb.boot=/dev/vda1" >"$st/zb/cmdline.txt"
   "$ZB" init --boot "$st" --slot a --valid a 2>&1 | sed 's/^/unlock: | /'
   [[ ${PIPESTATUS[0]} -eq 0 && -f $st/slot-a/cmdline.txt ]] || die "$ZB init --boot $st failed"
-  # An enclave kernel, so a slot that cannot be unlocked for good goes to recovery (row U2)
-  # rather than stopping (U4, no enclave). QEMU boots -kernel itself and never loads it.
+  # An enclave kernel and device tree, so a slot that cannot be unlocked for good goes to
+  # recovery (row U2) rather than stopping (U4, no enclave). QEMU boots -kernel with its own
+  # device tree and never loads them.
   mkdir -p "$st/zboot" && printf 'placeholder: the harness boots -kernel\n' >"$st/zboot/vmlinuz"
+  printf 'placeholder: QEMU virt makes its own device tree\n' >"$st/zboot/virt.dtb"
   truncate -s $((1 + FAT_MIB + ROOT_MIB))M "$W/disk.img"
   printf 'label: dos\nlabel-id: 0x2b0a0002\nstart=%s, size=%s, type=c, bootable\nstart=%s, type=83\n' \
     "$PART_START" $((FAT_MIB * 2048)) "$root_start" | sfdisk -q "$W/disk.img" || die "sfdisk failed"

@@ -82,15 +82,28 @@ export class PiBoot implements Bootloader, GeneratedConfig, RebootArgs {
   }
 
   /**
-   * zboot/ holds the kernel the firmware would load from it: the reference
-   * config's `kernel=` if it names one, else one of the firmware's default
-   * names (Pi docs, config.txt "kernel": kernel8.img on 64-bit Pi 3/4,
-   * kernel_2712.img on Pi 5, kernel7l.img, kernel7.img, kernel.img). The
-   * firmware ignores an os_prefix under which it finds no kernel, so a
-   * config.txt pointing at an empty zboot/ boots nothing.
+   * zboot/ holds what the firmware needs to boot from it ({@link missingIn}).
+   * The firmware ignores an os_prefix under which it finds no kernel or no
+   * .dtb file (Pi docs, config.txt "os_prefix"), so a config.txt pointing at
+   * an empty zboot/ boots nothing.
    */
   hasEnclave(): boolean {
-    return this.kernelIn("zboot/") !== null;
+    return this.missingIn("zboot/") === null;
+  }
+
+  /**
+   * What keeps the firmware from booting under `prefix` (`slot-b/`, `zboot/`),
+   * for messages, or null when nothing does: the kernel (the reference
+   * config's `kernel=` if it names one, else one of the firmware's default
+   * names: kernel8.img on 64-bit Pi 3/4, kernel_2712.img on Pi 5,
+   * kernel7l.img, kernel7.img, kernel.img) and a device tree (`*.dtb`: which
+   * one the firmware picks depends on the board, so any counts).
+   */
+  missingIn(prefix: string): string | null {
+    if (this.kernelIn(prefix) === null) return `no kernel (${this.kernelNames().join(", ")})`;
+    const dir = this.path(prefix);
+    const dtb = this.sys.stat(dir)?.kind === "dir" && this.sys.listDir(dir).some((n) => n.endsWith(".dtb") && this.sys.stat(this.path(`${prefix}${n}`))?.kind === "file");
+    return dtb ? null : "no device tree (.dtb file)";
   }
 
   /**

@@ -110,7 +110,7 @@ export const BOOT_ROWS: readonly Row[] = [
   }),
   row({
     id: "N11", actor: "zbunlock", event: "boot", fallthrough: true,
-    when: "normal boot, zb_mode=recover, but there is no recovery enclave (zboot/ holds no kernel)",
+    when: "normal boot, zb_mode=recover, but there is no recovery enclave (zboot/ holds no kernel or no .dtb file)",
     then: "zb_mode=run (recovery leads nowhere: N5 would point config.txt at an empty zboot/); then boot as usual",
     guard: (s) => s.mode === "recover" && !s.enclave,
     apply: (s) => {
@@ -155,7 +155,7 @@ export const BOOT_ROWS: readonly Row[] = [
   }),
   row({
     id: "N10", actor: "zbunlock", event: "boot",
-    when: "as N8, but there is no recovery enclave (zboot/ holds no kernel)",
+    when: "as N8, but there is no recovery enclave (zboot/ holds no kernel or no .dtb file)",
     then: "boot zb_slot on anyway, logged once: nothing else can boot, and a config.txt pointing at an empty zboot/ would boot nothing",
     guard: (s, e) => exhausted(s, e.booted) && !s.enclave,
     apply: (s, e) => {

@@ -64,7 +64,7 @@ export const OS_ROWS: readonly Row[] = [
     when: "as B2, but the other slot is not valid and there is no recovery enclave",
     then: "refused (nothing else could boot)",
     guard: (s, e) => e.which === "booted" && !e.tryboot && s.committed === e.booted && !s.slots[otherSlot(e.booted)].valid && !s.enclave,
-    refuse: (_s, e) => `slot ${otherSlot(e.booted)} is not valid and there is no recovery enclave (zboot/ holds no kernel): nothing else could boot`,
+    refuse: (_s, e) => `slot ${otherSlot(e.booted)} is not valid and there is no recovery enclave (zboot/ holds no kernel or no .dtb file): nothing else could boot`,
   }),
   row({
     id: "B2", actor: "zb", event: "mark-bad",
@@ -91,7 +91,7 @@ export const OS_ROWS: readonly Row[] = [
     refuse: (s, e) =>
       otherSlot(e.booted) === s.committed
         ? `slot ${s.committed} is the committed slot, which the device falls back to: ${e.tryboot ? `confirm ${e.booted} first (zb mark-good)` : `make ${e.booted} the committed slot first (zb rollback)`}, then mark ${s.committed} bad`
-        : `slot ${e.booted} is not valid and there is no recovery enclave (zboot/ holds no kernel): with ${otherSlot(e.booted)} marked bad nothing could boot`,
+        : `slot ${e.booted} is not valid and there is no recovery enclave (zboot/ holds no kernel or no .dtb file): with ${otherSlot(e.booted)} marked bad nothing could boot`,
   }),
   row({
     id: "B3", actor: "zb", event: "mark-bad",
@@ -195,7 +195,7 @@ export const OS_ROWS: readonly Row[] = [
     when: "zb_mode is install or recover, or there is no recovery enclave",
     then: "refused",
     guard: () => true,
-    refuse: (s) => (s.mode !== "run" ? `zb_mode is already ${s.mode}` : "there is no recovery enclave on the boot partition (zboot/ holds no kernel)"),
+    refuse: (s) => (s.mode !== "run" ? `zb_mode is already ${s.mode}` : "there is no recovery enclave on the boot partition (zboot/ holds no kernel or no .dtb file)"),
   }),
   row({
     id: "S1", actor: "zboot", event: "install-begin",

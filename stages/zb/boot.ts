@@ -97,10 +97,10 @@ function reboot(args: ParsedArgs): number {
     const rearms = args.values.has("rearms") ? count(args.values.get("rearms")!, "--rearms") : undefined;
     if (rearms !== undefined && rearms > MAX_REARMS) throw new ZbError("USAGE", `cannot use --rearms ${rearms}: at most ${MAX_REARMS} (each re-arm is a boot that never reached the try's initramfs)`);
     const slot = parseSlot(trySlot, "try");
-    // The firmware ignores an os_prefix with no kernel under it: a try of an empty folder boots nothing.
-    const b = host(args).backend;
-    if (b.kernelIn(`slot-${slot}/`) === null) {
-      throw new ZbError("STATE_REFUSED", `cannot arm-try: slot-${slot}/ holds no kernel (${b.kernelNames().join(", ")}), so the firmware would boot nothing`, {
+    // The firmware ignores an os_prefix with no kernel or no .dtb under it: a try of an empty folder boots nothing.
+    const missing = host(args).backend.missingIn(`slot-${slot}/`);
+    if (missing !== null) {
+      throw new ZbError("STATE_REFUSED", `cannot arm-try: slot-${slot}/ holds ${missing}, so the firmware would boot nothing`, {
         hint: `put the slot's boot files (kernel, initramfs, .dtb files, overlays/) into slot-${slot}/ first`,
       });
     }
@@ -209,8 +209,9 @@ const MAX_REARMS = 10;
 function initWarnings(h: ReturnType<typeof host>, valid: Slot[]): string[] {
   const lines: string[] = [];
   for (const s of valid) {
-    if (h.backend.kernelIn(`slot-${s}/`) === null) {
-      lines.push(`slot-${s}/ holds no kernel (${h.backend.kernelNames().join(", ")}): move slot ${s}'s kernel, initramfs, .dtb files and overlays/ there before the next reboot, or the firmware boots nothing`);
+    const missing = h.backend.missingIn(`slot-${s}/`);
+    if (missing !== null) {
+      lines.push(`slot-${s}/ holds ${missing}: move slot ${s}'s kernel, initramfs, .dtb files and overlays/ there before the next reboot, or the firmware boots nothing`);
     }
   }
   const cmdline = join(h.bootDir, REFERENCE_CMDLINE);

@@ -42,12 +42,13 @@ export class Device {
     mkdirSync(join(this.boot, "zb"), { recursive: true });
     writeFileSync(join(this.boot, "zb/config.txt"), REFERENCE_CONFIG);
     writeFileSync(join(this.boot, "zb/cmdline.txt"), REFERENCE_CMDLINE);
-    // enclave: false leaves zboot/ without a kernel (this build has no enclave to install there).
+    // enclave: false leaves zboot/ without a kernel and device tree (this build has no enclave to install there).
     for (const d of ["slot-a", "slot-b", "zboot"]) {
       mkdirSync(join(this.boot, d), { recursive: true });
       if (d === "zboot" && opts.enclave === false) continue;
       writeFileSync(join(this.boot, d, "vmlinuz"), d);
       writeFileSync(join(this.boot, d, "initrd.img"), d);
+      writeFileSync(join(this.boot, d, "bcm2711-rpi-4-b.dtb"), d);
     }
     writeFileSync(join(this.boot, "zboot/cmdline.txt"), "zboot\n");
     initBoot(new HostSys(), join(this.boot), { slot: opts.committed ?? "a", valid: opts.valid ?? ["a", "b"] });

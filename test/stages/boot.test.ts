@@ -21,7 +21,10 @@ beforeAll(() => {
   for (const d of ["slot-a", "slot-b", "root/proc"]) mkdirSync(join(dir, d === "root/proc" ? d : `boot/${d}`), { recursive: true });
   writeFileSync(join(boot, "config.txt"), "kernel=vmlinuz\ninitramfs initrd.img followkernel\n");
   writeFileSync(join(boot, "cmdline.txt"), "console=ttyAMA0 rootwait\n");
-  for (const s of ["slot-a", "slot-b"]) writeFileSync(join(boot, s, "vmlinuz"), "a kernel\n");
+  for (const s of ["slot-a", "slot-b"]) {
+    writeFileSync(join(boot, s, "vmlinuz"), "a kernel\n");
+    writeFileSync(join(boot, s, "bcm2711-rpi-4-b.dtb"), "a device tree\n");
+  }
   symlinkSync(BIN, join(dir, "zbunlock"));
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -166,6 +169,7 @@ describe("refusals and bad input", () => {
     writeFileSync(join(fresh, "config.txt"), "kernel=vmlinuz\n");
     writeFileSync(join(fresh, "cmdline.txt"), "console=ttyAMA0 root=/dev/mmcblk0p2 rootwait\n");
     writeFileSync(join(fresh, "slot-a/vmlinuz"), "a kernel\n");
+    writeFileSync(join(fresh, "slot-a/bcm2712-rpi-5-b.dtb"), "a device tree\n");
     const at = ["--boot", fresh, "--root", root];
     const p = Bun.spawnSync([BIN, "init", "--slot", "a", "--valid", "a,b", ...at], { env: { ...process.env, ZB_NO_REBOOT: "1" } });
     expect(p.exitCode).toBe(0);
@@ -178,6 +182,25 @@ describe("refusals and bad input", () => {
     expect(t.exitCode).toBe(10);
     expect(t.stderr.toString()).toContain("cannot arm-try: slot-b/ holds no kernel (vmlinuz), so the firmware would boot nothing");
     expect(Buffer.concat([readFileSync(join(fresh, "zb/zb.env")), readFileSync(join(fresh, "zb/zb.env.redund"))]).equals(before)).toBe(true);
+    expect(existsSync(join(fresh, "tryboot.txt"))).toBe(false);
+  });
+
+  test("a slot folder with a kernel but no .dtb file: init warns, reboot --try refuses (the firmware ignores such an os_prefix)", () => {
+    const fresh = join(dir, "boot-nodtb");
+    for (const s of ["slot-a", "slot-b"]) {
+      mkdirSync(join(fresh, s), { recursive: true });
+      writeFileSync(join(fresh, s, "vmlinuz"), "a kernel\n");
+    }
+    writeFileSync(join(fresh, "slot-a/bcm2711-rpi-4-b.dtb"), "a device tree\n");
+    mkdirSync(join(fresh, "slot-b/bcm2711-rpi-4-b.dtb")); // a folder by that name is no device tree
+    writeFileSync(join(fresh, "config.txt"), "kernel=vmlinuz\n");
+    writeFileSync(join(fresh, "cmdline.txt"), "console=ttyAMA0 root=/dev/mapper/zb-root\n");
+    const at = ["--boot", fresh, "--root", root];
+    const p = Bun.spawnSync([BIN, "init", "--slot", "a", "--valid", "a,b", ...at], { env: { ...process.env, ZB_NO_REBOOT: "1" } });
+    expect([p.exitCode, p.stderr.toString()]).toEqual([0, "zb init: warning: slot-b/ holds no device tree (.dtb file): move slot b's kernel, initramfs, .dtb files and overlays/ there before the next reboot, or the firmware boots nothing\n"]);
+    const t = Bun.spawnSync([BIN, "reboot", "--try", "b", ...at], { env: { ...process.env, ZB_NO_REBOOT: "1" } });
+    expect(t.exitCode).toBe(10);
+    expect(t.stderr.toString()).toContain("cannot arm-try: slot-b/ holds no device tree (.dtb file), so the firmware would boot nothing");
     expect(existsSync(join(fresh, "tryboot.txt"))).toBe(false);
   });
 
