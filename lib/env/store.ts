@@ -17,14 +17,16 @@
  * A single copy has no such guarantee in place, so a single env that is a whole
  * regular file is replaced via temp file + fsync + rename + directory fsync, as
  * U-Boot's fw_env.c does; inside a larger file or on a device it is written in
- * place (use a redundant pair there).
+ * place (use a redundant pair there). The rename replaces the file the path
+ * resolves to (replaceFile): a symlink stays a symlink, the mode (and, as root,
+ * the owner) is kept, and a file with other hard links is written in place.
  */
 import { dirname } from "node:path";
 import { ZbError } from "../errors.ts";
-import { writeFileAtomic } from "../sys/atomic.ts";
-import type { Sys } from "../sys/sys.ts";
+import { resolveFile, writeFileAtomic } from "../sys/atomic.ts";
+import type { FileInfo, Sys } from "../sys/sys.ts";
 import { encode, sameVars, tryDecode, type DecodeFailure, type DecodeResult, type Layout, type Vars } from "./codec.ts";
-import { defaultConfig, layoutOf, parseFwEnvConfig, type Location, type StoreConfig } from "./config.ts";
+import { defaultConfig, layoutOf, overlapError, parseFwEnvConfig, rangesOverlap, type Location, type StoreConfig } from "./config.ts";
 import { nextFlag, pickActive, type CopyIndex } from "./redundant.ts";
 import { applyChanges, type Change } from "./script.ts";
 
@@ -186,10 +188,41 @@ export class EnvStore {
     if (!st) this.sys.mkdirp(dirname(loc.path));
     const offset = this.resolveOffset(loc);
     const wholeFile = this.config.copies.length === 1 && offset === 0 && (!st || (st.kind === "file" && st.size === loc.size));
-    if (wholeFile) return writeFileAtomic(this.sys, loc.path, bytes);
+    if (wholeFile) return st ? this.replaceFile(loc.path, bytes, st) : writeFileAtomic(this.sys, loc.path, bytes);
     this.sys.writeAt(loc.path, offset, bytes, { create: !st });
     this.sys.fsync(loc.path);
     if (!st) this.sys.fsync(dirname(loc.path));
+  }
+
+  /**
+   * Replace a single whole-file copy so that what the bootloader reads gets
+   * the new env, as fw_setenv's in-place write does (libubootenv 0.3.2:
+   * same inode, link and mode kept). A rename replaces a name, so it goes to
+   * the file behind the symlinks (`S.env -> real/S.env`: a rename over S.env
+   * would leave real/S.env old) and keeps its mode and owner. A file with
+   * other hard links is written in place, since a rename would detach this
+   * name from them; like any single copy in place, a power cut can tear it.
+   */
+  private replaceFile(path: string, bytes: Uint8Array, st: FileInfo): void {
+    const file = resolveFile(this.sys, path) ?? { path, links: 1 };
+    if (file.links > 1) {
+      this.sys.writeAt(file.path, 0, bytes);
+      this.sys.fsync(file.path);
+      return;
+    }
+    try {
+      writeFileAtomic(this.sys, file.path, bytes, { sameAs: st });
+    } catch (e) {
+      // fw_setenv writes in place and succeeds on a full file system; zb does
+      // not fall back to that: a single copy written in place can be torn by a
+      // power cut (test/lib/env/powercut.test.ts would see a torn env), and a
+      // full disk is no reason to give up the old env. docs/env.md, "Redundant pairs".
+      if (!isNoSpace(e)) throw e;
+      throw new ZbError("IO", `cannot write env ${file.path}: no space left in ${dirname(file.path)} for the ${bytes.length}-byte temporary copy that keeps a single-copy write power-safe; the env is unchanged`, {
+        cause: e,
+        hint: `free ${bytes.length} bytes there and retry, or use a redundant pair (written in place)`,
+      });
+    }
   }
 
   /** Negative offsets count from the end of the device (libubootenv). */
@@ -201,6 +234,12 @@ export class EnvStore {
     if (offset < 0) throw new ZbError("CONFIG", `cannot use env ${describe(loc)}: the offset lies before the start of a ${st.size}-byte device`);
     return offset;
   }
+}
+
+/** A write that failed for lack of space (ENOSPC) or of quota (EDQUOT). */
+function isNoSpace(e: unknown): boolean {
+  const code = e instanceof ZbError && e.code === "IO" ? (e.cause as { code?: string } | undefined)?.code : undefined;
+  return code === "ENOSPC" || code === "EDQUOT";
 }
 
 /** `path@0xOFFSET` for messages. */
@@ -218,11 +257,26 @@ export interface StoreSelector {
 
 /**
  * Open the env named by a config file, or zb's default pair under the boot dir.
- * @throws {ZbError} IO when the config file cannot be read, CONFIG when it is malformed
+ * @throws {ZbError} IO when the config file cannot be read, CONFIG when it is
+ *   malformed or its two copies share bytes of one file
+ * @example openStore(new HostSys(), { configFile: "/etc/fw_env.config" }).read()
  */
 export function openStore(sys: Sys, where: StoreSelector): EnvStore {
-  if (where.configFile !== undefined) {
-    return new EnvStore(sys, parseFwEnvConfig(sys.readText(where.configFile), where.configFile));
-  }
-  return new EnvStore(sys, defaultConfig(where.bootDir));
+  const config = where.configFile !== undefined ? parseFwEnvConfig(sys.readText(where.configFile), where.configFile) : defaultConfig(where.bootDir);
+  checkCopiesApart(sys, config);
+  return new EnvStore(sys, config);
+}
+
+/**
+ * The overlap check parseFwEnvConfig cannot make: the two paths name one
+ * file (a symlink, a hard link, /dev/disk/by-… for /dev/mmcblk0), or one
+ * offset counts from the end. A copy that does not exist yet is no overlap.
+ */
+function checkCopiesApart(sys: Sys, config: StoreConfig): void {
+  const [a, b] = config.copies;
+  if (!b) return;
+  const [sa, sb] = [sys.stat(a.path), sys.stat(b.path)];
+  if (sa?.id === undefined || sa.id !== sb?.id) return;
+  const placed = (l: Location) => ({ offset: l.offset < 0 ? sa.size + l.offset : l.offset, size: l.size });
+  if (rangesOverlap(placed(a), placed(b))) throw overlapError(config.source, `${a.path} and ${b.path} (one file)`, placed(a), placed(b));
 }

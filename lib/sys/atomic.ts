@@ -14,16 +14,34 @@
  * state relies on, and zbunlock re-derives config.txt from it (row N5).
  */
 import { basename, dirname, join } from "node:path";
-import type { Sys } from "./sys.ts";
+import type { FileInfo, Sys, WriteOptions } from "./sys.ts";
 
-/** On failure the old file is kept and the temp file removed. @throws {ZbError} IO */
-export function writeFileAtomic(sys: Sys, path: string, data: Uint8Array | string): void {
+/** Options of {@link writeFileAtomic}; none gives today's new file: mode 0644 less the umask, this process's owner. */
+export interface AtomicOptions {
+  /**
+   * The file being replaced: the new file gets its permission bits exactly,
+   * and its owner when this process is root (only root may give a file away).
+   * A rename replaces the inode, so without this a 0600 file would become 0644.
+   */
+  sameAs?: Pick<FileInfo, "mode" | "uid" | "gid">;
+}
+
+/**
+ * Replace `path` with `data`. It replaces the name, not the file: a symlink
+ * at `path` becomes a regular file and other hard links keep the old content;
+ * callers that must update what such links point to resolve the path first
+ * ({@link resolveFile}).
+ * On failure the old file is kept and the temp file removed.
+ * @throws {ZbError} IO
+ * @example writeFileAtomic(sys, "/boot/firmware/tryboot.txt", text)
+ */
+export function writeFileAtomic(sys: Sys, path: string, data: Uint8Array | string, opts: AtomicOptions = {}): void {
   const bytes = typeof data === "string" ? Buffer.from(data, "utf8") : data;
   const dir = dirname(path);
   const tmp = join(dir, `.${basename(path)}.zb-new`);
   sys.unlink(tmp);
   try {
-    sys.writeAt(tmp, 0, bytes, { create: true });
+    sys.writeAt(tmp, 0, bytes, { create: true, ...keepFrom(opts.sameAs) });
     sys.fsync(tmp);
     sys.rename(tmp, path);
     sys.fsync(path);
@@ -37,6 +55,35 @@ export function writeFileAtomic(sys: Sys, path: string, data: Uint8Array | strin
     throw e;
   }
   sys.fsync(dir);
+}
+
+/** writeAt options that give a new file the mode (and, as root, the owner) of `old`. */
+function keepFrom(old: AtomicOptions["sameAs"]): WriteOptions {
+  if (!old) return {};
+  const keep: WriteOptions = {};
+  if (old.mode !== undefined) keep.mode = old.mode;
+  if (old.uid !== undefined && old.gid !== undefined && process.getuid?.() === 0) keep.owner = { uid: old.uid, gid: old.gid };
+  return keep;
+}
+
+/** The file a path names once its symlinks are followed, and its number of hard links. */
+export interface ResolvedFile {
+  /** Absolute path with no symlink in it. */
+  path: string;
+  /** st_nlink: more than 1 means other names share the file (and would keep the old one after a rename). */
+  links: number;
+}
+
+/**
+ * Follow `path`'s symlinks to the file itself and count its hard links.
+ * @returns null when the path (or a symlink's target) does not exist
+ * @throws {ZbError} IO when it cannot be resolved (permissions, a symlink loop)
+ * @example resolveFile(sys, "/boot/uboot.env") // { path: "/boot/firmware/uboot.env", links: 1 }
+ */
+export function resolveFile(sys: Sys, path: string): ResolvedFile | null {
+  const real = sys.realpath(path);
+  if (real === null) return null;
+  return { path: real, links: sys.stat(real)?.links ?? 1 };
 }
 
 /** Remove a file and make the removal durable; a missing file is fine. */

@@ -20,6 +20,8 @@ export interface FileInfo {
   mode?: number;
   uid?: number;
   gid?: number;
+  /** Hard links (st_nlink): more than 1, and a rename over this name leaves the other names on the old file. */
+  links?: number;
 }
 
 /** How `writeAt` opens the file. */
@@ -49,6 +51,8 @@ export interface Sys {
   readText(path: string): string;
   /** Names in a directory, unsorted. */
   listDir(path: string): string[];
+  /** The absolute path with every symlink followed, or null when it (or a link's target) does not exist. */
+  realpath(path: string): string | null;
   /** Can this process create and replace files in `dir`? @throws {ZbError} IO with the reason when not (read-only mount, permissions) */
   checkWritableDir(dir: string): void;
   /**
@@ -139,7 +143,7 @@ export class HostSys implements Sys {
       if ((e as { code?: string }).code === "ENOENT") return null;
       throw ioError(`stat ${path}`, e);
     }
-    const who = { id: `${st.dev}:${st.ino}`, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid };
+    const who = { id: `${st.dev}:${st.ino}`, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, links: st.nlink };
     if (st.isBlockDevice()) return { size: blockDeviceSize(path), kind: "block", ...who };
     const kind = st.isFile() ? "file" : st.isDirectory() ? "dir" : st.isCharacterDevice() ? "char" : "other";
     return { size: st.size, kind, ...who };
@@ -158,6 +162,15 @@ export class HostSys implements Sys {
       return fs.readdirSync(path);
     } catch (e) {
       throw ioError(`list ${path}`, e);
+    }
+  }
+
+  realpath(path: string): string | null {
+    try {
+      return fs.realpathSync(path);
+    } catch (e) {
+      if ((e as { code?: string }).code === "ENOENT") return null;
+      throw ioError(`resolve ${path}`, e);
     }
   }
   checkWritableDir(dir: string): void {

@@ -82,6 +82,10 @@ export class CuttingSys implements Sys {
     return this.inner.stat(path);
   }
 
+  realpath(path: string): string | null {
+    return this.inner.realpath(path);
+  }
+
   readText(path: string): string {
     return this.inner.readText(path);
   }

@@ -5,7 +5,7 @@
  * complete old or the complete new env, and the next write must succeed.
  */
 import { afterAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
+import { lstatSync, mkdtempSync, rmSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { encode, type Vars } from "../../../lib/env/codec.ts";
@@ -40,6 +40,8 @@ interface Scenario {
   prepare(dir: string, config: StoreConfig): void;
   /** Also try random sector subsets of each write. */
   reorder: boolean;
+  /** The configured path is a symlink, and must still be one after any cut. */
+  symlink?: boolean;
 }
 
 /** Lay down a pair: copy `active` holds OLD, the other OLDER (or garbage). */
@@ -75,6 +77,18 @@ const SCENARIOS: Scenario[] = [
     config: (d) => ({ copies: [{ path: join(d, "uboot.env"), offset: 0, size: 0x4000 }], source: "test" }),
     prepare: (_, c) => host.writeAt(c.copies[0].path, 0, encode(OLD, { size: 0x4000, redundant: false }), { create: true }),
     reorder: false,
+  },
+  {
+    // The temp file and the rename are in the target's folder; the symlink itself is never written.
+    name: "single copy, whole file behind a symlink (temp + rename of the target)",
+    config: (d) => ({ copies: [{ path: join(d, "uboot.env"), offset: 0, size: 0x4000 }], source: "test" }),
+    prepare: (d) => {
+      host.mkdirp(join(d, "real"));
+      host.writeAt(join(d, "real", "uboot.env"), 0, encode(OLD, { size: 0x4000, redundant: false }), { create: true });
+      symlinkSync("real/uboot.env", join(d, "uboot.env"));
+    },
+    reorder: false,
+    symlink: true,
   },
 ];
 
@@ -129,6 +143,7 @@ describe("power cut during an env write", () => {
           if (!(e instanceof PowerCut)) throw e;
         }
         const after = new EnvStore(host, config).read().vars;
+        for (const c of config.copies) if (lstatSync(c.path).isSymbolicLink() !== (s.symlink ?? false)) throw new Error(`${s.name}: ${c.path} changed kind`);
         const isOld = same(after, OLD);
         const isNew = same(after, NEW);
         if (!isOld && !isNew) throw new Error(`${s.name}: torn env after cut ${JSON.stringify(plan)}`);

@@ -3,12 +3,13 @@
  * dirty check, degraded pairs, creation, layouts inside one file.
  */
 import { describe, expect, test } from "bun:test";
-import { readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, linkSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { basename, join } from "node:path";
 import { decode, encode, type Vars } from "../../../lib/env/codec.ts";
 import { defaultConfig, type StoreConfig } from "../../../lib/env/config.ts";
-import { EnvStore } from "../../../lib/env/store.ts";
-import { HostSys } from "../../../lib/sys/sys.ts";
+import { EnvStore, openStore } from "../../../lib/env/store.ts";
+import { ioError } from "../../../lib/errors.ts";
+import { HostSys, type WriteOptions } from "../../../lib/sys/sys.ts";
 import { CuttingSys } from "../../fakes/powercut.ts";
 import { tempDirs } from "../../tempdirs.ts";
 
@@ -159,5 +160,139 @@ describe("other layouts", () => {
   test("missing files: IO error naming the path", () => {
     const store = new EnvStore(sys, defaultConfig(join(tmp(), "nothing")));
     expect(() => store.read()).toThrow(expect.objectContaining({ code: "IO", message: expect.stringContaining("zb.env") }));
+  });
+});
+
+/**
+ * A single whole-file env is replaced by rename for power safety; what the
+ * bootloader reads must still be the new env, as with fw_setenv (libubootenv
+ * 0.3.2 writes in place: measured, same inode, symlink and mode kept).
+ */
+describe("single whole-file env: links, mode, owner, full disk", () => {
+  const S = { size: 0x100, redundant: false };
+  /** dir/S.env holding a=1 (or a symlink to real/S.env); returns the paths. */
+  function single(how: "file" | "symlink" | "hardlink"): { dir: string; path: string; real: string; store: EnvStore } {
+    const dir = tmp();
+    const real = how === "symlink" ? join(dir, "real", "S.env") : join(dir, "S.env");
+    mkdirSync(join(dir, "real"));
+    writeFileSync(real, encode(vars({ a: "1" }), S));
+    const path = join(dir, "S.env");
+    if (how === "symlink") symlinkSync("real/S.env", path);
+    if (how === "hardlink") linkSync(path, join(dir, "real", "uboot.env"));
+    return { dir, path, real, store: new EnvStore(sys, { copies: [{ path, offset: 0, size: S.size }], source: "t" }) };
+  }
+  const varsAt = (p: string) => Object.fromEntries(decode(new Uint8Array(readFileSync(p)), S).vars);
+
+  test("symlink: before S.env -> real/S.env {a=1}; after the link is kept and real/S.env holds a=2", () => {
+    const { dir, path, real, store } = single("symlink");
+    store.update([{ name: "a", value: "2" }]);
+    expect(lstatSync(path).isSymbolicLink()).toBe(true);
+    expect(varsAt(real)).toEqual({ a: "2" });
+    expect([readdirSync(dir).sort(), readdirSync(join(dir, "real"))]).toEqual([["S.env", "real"], ["S.env"]]);
+  });
+
+  test("symlink: the temp file and the rename are in the target's folder", () => {
+    const { dir, real, path } = single("symlink");
+    const recording = new CuttingSys(sys, { never: true });
+    new EnvStore(recording, { copies: [{ path, offset: 0, size: S.size }], source: "t" }).update([{ name: "a", value: "2" }]);
+    const tmpFile = join(dir, "real", ".S.env.zb-new");
+    expect(recording.ops.filter((o) => o.kind !== "unlink").map((o) => `${o.kind} ${o.path}`)).toEqual([
+      `write ${tmpFile}`, `fsync ${tmpFile}`, `rename ${real}`, `fsync ${real}`, `fsync ${join(dir, "real")}`,
+    ]);
+  });
+
+  test("hard link: before S.env = real/uboot.env {a=1}; after both names hold a=2 (written in place, no rename)", () => {
+    const { dir, path, store } = single("hardlink");
+    const inode = statSync(path).ino;
+    const recording = new CuttingSys(sys, { never: true });
+    new EnvStore(recording, store.config).update([{ name: "a", value: "2" }]);
+    expect(recording.ops.map((o) => `${o.kind} ${basename(o.path)}`)).toEqual(["write S.env", "fsync S.env"]);
+    expect(statSync(path).ino).toBe(inode);
+    expect([varsAt(path), varsAt(join(dir, "real", "uboot.env"))]).toEqual([{ a: "2" }, { a: "2" }]);
+  });
+
+  test.each([
+    { name: "0600 stays 0600", before: 0o600, after: 0o600 },
+    { name: "0640 stays 0640", before: 0o640, after: 0o640 },
+    { name: "0444 stays 0444", before: 0o444, after: 0o444 },
+    { name: "0644 stays 0644", before: 0o644, after: 0o644 },
+  ])("mode: $name", ({ before, after }) => {
+    const { path, store } = single("file");
+    chmodSync(path, before);
+    store.update([{ name: "a", value: "2" }]);
+    expect(statSync(path).mode & 0o7777).toBe(after);
+    expect(varsAt(path)).toEqual({ a: "2" });
+  });
+
+  test.skipIf(process.getuid?.() !== 0)("owner (as root): before 1234:4321; after 1234:4321", () => {
+    const { path, store } = single("file");
+    chownSync(path, 1234, 4321);
+    store.update([{ name: "a", value: "2" }]);
+    expect([statSync(path).uid, statSync(path).gid]).toEqual([1234, 4321]);
+  });
+
+  test("full disk: the temp file does not fit; IO saying so, env and folder unchanged", () => {
+    const { dir, path, store } = single("file");
+    const before = readFileSync(path);
+    const full = new NoSpaceForTemp(sys);
+    expect(() => new EnvStore(full, store.config).update([{ name: "a", value: "2" }])).toThrow(
+      expect.objectContaining({ code: "IO", message: expect.stringMatching(/^cannot write env .*S\.env: no space left in .* for the 256-byte temporary copy .*; the env is unchanged$/) }),
+    );
+    expect(readFileSync(path).equals(before)).toBe(true);
+    expect(readdirSync(dir).sort()).toEqual(["S.env", "real"]);
+  });
+
+  test("a write error other than a full disk is reported as it is", () => {
+    const { store } = single("file");
+    const failing = new NoSpaceForTemp(sys, "EIO");
+    expect(() => new EnvStore(failing, store.config).update([{ name: "a", value: "2" }])).toThrow(
+      expect.objectContaining({ code: "IO", message: expect.stringMatching(/^cannot write .*\.S\.env\.zb-new: input\/output error$/) }),
+    );
+  });
+});
+
+/** Fails writes of temp files (`.NAME.zb-new`) as a full file system would. */
+class NoSpaceForTemp extends CuttingSys {
+  constructor(inner: HostSys, private readonly errno = "ENOSPC") {
+    super(inner, { never: true });
+  }
+  override writeAt(path: string, offset: number, data: Uint8Array, opts?: WriteOptions): void {
+    if (path.endsWith(".zb-new")) {
+      super.writeAt(path, offset, data.subarray(0, 0), opts); // the create succeeds, the data does not fit
+      throw ioError(`write ${path}`, Object.assign(new Error("write failed"), { code: this.errno }));
+    }
+    super.writeAt(path, offset, data, opts);
+  }
+}
+
+/**
+ * Two copies over the same bytes of one file: the save of the inactive copy
+ * would overwrite the active one (libubootenv 0.3.2 does: measured).
+ */
+describe("openStore refuses copies that overlap", () => {
+  /** A 0x8000-byte disk.img in a fresh folder, plus links to it. */
+  function disk(): string {
+    const dir = tmp();
+    writeFileSync(join(dir, "disk.img"), new Uint8Array(0x8000));
+    symlinkSync("disk.img", join(dir, "sym.img"));
+    linkSync(join(dir, "disk.img"), join(dir, "hard.img"));
+    writeFileSync(join(dir, "other.img"), new Uint8Array(0x8000));
+    return dir;
+  }
+  test.each([
+    { name: "same file through a symlink, same offset", cfg: "disk.img 0 4000\nsym.img 0 4000", refused: /copies overlap in .*disk\.img and .*sym\.img \(one file\): \[0x0, 0x4000\) and \[0x0, 0x4000\)/ },
+    { name: "same file through a hard link, overlapping", cfg: "disk.img 0 4000\nhard.img 0x2000 4000", refused: /\[0x0, 0x4000\) and \[0x2000, 0x6000\)/ },
+    { name: "from the start and from the end, meeting", cfg: "disk.img 0x1000 4000\ndisk.img -0x4000 4000", refused: /\[0x1000, 0x5000\) and \[0x4000, 0x8000\)/ },
+    { name: "from the start and from the end, apart", cfg: "disk.img 0 4000\ndisk.img -0x4000 4000", refused: null },
+    { name: "through a symlink, back to back", cfg: "disk.img 0 4000\nsym.img 0x4000 4000", refused: null },
+    { name: "two files", cfg: "disk.img 0 4000\nother.img 0 4000", refused: null },
+    { name: "second copy missing (recreated on write)", cfg: "disk.img 0 4000\nmissing.img 0 4000", refused: null },
+  ])("$name", ({ cfg, refused }) => {
+    const dir = disk();
+    const file = join(dir, "fw_env.config");
+    writeFileSync(file, cfg.split("\n").map((l) => join(dir, l)).join("\n") + "\n");
+    const open = () => openStore(sys, { configFile: file });
+    if (refused) expect(open).toThrow(expect.objectContaining({ code: "CONFIG", message: expect.stringMatching(refused) }));
+    else expect(open().config.copies.length).toBe(2);
   });
 });
