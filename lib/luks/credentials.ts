@@ -30,8 +30,10 @@ export const DATA_MAPPING = "zb-data";
 export const MAX_META_BYTES = 16 * 1024;
 /** A credentials archive is at most this long (meta + two blobs + headers, padded); also how far back from the end of an initramfs we look. */
 export const MAX_CRED_ARCHIVE_BYTES = 256 * 1024;
-/** Room for NUL padding after the archive (its 512-byte block, a tool's padding) in the tail that is read. */
+/** Room around the archive in the tail that is read: its own padding after the trailer (up to its 512-byte block). */
 const TAIL_PADDING_BYTES = 4096;
+/** Step of the backwards scan over trailing NULs: memory stays bounded however much padding there is. */
+const PADDING_SCAN_BYTES = 64 * 1024;
 
 /** meta.json. Every field is documented in docs/credentials.md. */
 export interface CredentialMeta {
@@ -185,18 +187,27 @@ function normalName(name: string): string {
 
 const CRED_NAMES = new Set(["zb", CRED_DIR, META_PATH, ROOT_BLOB_PATH, DATA_BLOB_PATH]);
 
+/** The directory entries a credentials archive starts with, in this order (packCredentials). */
+const CRED_DIRS = ["zb", CRED_DIR];
+
 function fromEntries(entries: CpioEntry[]): LoadedCredentials {
   const files = new Map<string, Uint8Array>();
-  for (const e of entries) {
+  entries.forEach((e, i) => {
     const name = normalName(e.name);
     if (!CRED_NAMES.has(name)) throw invalid(`unexpected entry ${JSON.stringify(e.name)} in the credentials archive`);
-    const dir = name === "zb" || name === CRED_DIR;
+    const dir = CRED_DIRS.includes(name);
     if (e.kind !== (dir ? "dir" : "file")) throw invalid(`${JSON.stringify(e.name)} is a ${e.kind}, expected a ${dir ? "dir" : "file"}`);
+    // The kernel creates no parent directories (init/initramfs.c): a file
+    // whose folder no earlier entry made is dropped at boot without a word.
+    if (i < CRED_DIRS.length && name !== CRED_DIRS[i]) {
+      throw invalid(`the archive must start with the directories ${CRED_DIRS.map((d) => JSON.stringify(d)).join(" and ")}, in this order, but entry ${i + 1} is ${JSON.stringify(e.name)}`, "the kernel does not create parent directories: make the archive with zb cred create");
+    }
+    if (i >= CRED_DIRS.length && dir) throw invalid(`${JSON.stringify(e.name)} appears twice in the credentials archive`);
     if (!dir) {
       if (files.has(name)) throw invalid(`${JSON.stringify(e.name)} appears twice in the credentials archive`);
       files.set(name, e.data);
     }
-  }
+  });
   const meta = files.get(META_PATH);
   const root = files.get(ROOT_BLOB_PATH);
   if (!meta || !root) throw invalid(`the archive has no ${meta ? "root.sealed" : "meta.json"}`);
@@ -254,17 +265,38 @@ export function findAppendedCredentials(initramfs: Uint8Array): AppendedCredenti
 }
 
 /**
- * The end of a file that can hold appended credentials: its last 260 KiB
- * (the largest archive plus 4 KiB of padding), read without the rest.
- * `start` is rounded down to a multiple of 4, so an offset that is 4-aligned
- * in the tail is 4-aligned in the file, where the kernel looks for headers
- * (buffer-format.rst). The file's size need not be: a tool may have padded
- * it with any number of NULs, which the kernel skips.
+ * The end of a file that can hold appended credentials, read without the
+ * rest: trailing NULs are skipped first (a tool may have padded the file with
+ * any number of them, which the kernel skips too), then the 260 KiB before
+ * the last other byte (the largest archive plus 4 KiB) and up to 4 KiB of the
+ * NULs after it (the archive's own padding) are read. `start` is rounded down
+ * to a multiple of 4, so an offset that is 4-aligned in the tail is 4-aligned
+ * in the file, where the kernel looks for headers (buffer-format.rst). The
+ * file's size need not be.
+ * @param size the file's size (Sys.stat)
+ * @returns the tail and its offset in the file; at most 264 KiB, however long the padding
  * @throws {ZbError} IO
+ * @example const tail = credentialTail(sys, "slot-b/initramfs", sys.stat("slot-b/initramfs")!.size)
  */
 export function credentialTail(sys: Sys, path: string, size: number): { start: number; bytes: Uint8Array } {
-  const start = Math.max(0, size - MAX_CRED_ARCHIVE_BYTES - TAIL_PADDING_BYTES) & ~3;
-  return { start, bytes: sys.readAt(path, start, size - start) };
+  const last = contentEndOfFile(sys, path, size);
+  const start = Math.max(0, last - MAX_CRED_ARCHIVE_BYTES - TAIL_PADDING_BYTES) & ~3;
+  const end = Math.min(size, last + TAIL_PADDING_BYTES);
+  return { start, bytes: sys.readAt(path, start, end - start) };
+}
+
+/** Offset just past the last byte of the file that is not NUL (0 for a file of NULs), read backwards in bounded steps. */
+function contentEndOfFile(sys: Sys, path: string, size: number): number {
+  for (let end = size; end > 0; ) {
+    const from = Math.max(0, end - PADDING_SCAN_BYTES);
+    const chunk = sys.readAt(path, from, end - from);
+    // A file that shrank under us: what is there now ends the scan.
+    if (chunk.length < end - from) return from + contentEnd(chunk);
+    const last = contentEnd(chunk);
+    if (last > 0) return from + last;
+    end = from;
+  }
+  return 0;
 }
 
 /**
@@ -345,7 +377,9 @@ function strandedCredentials(bytes: Uint8Array): { offset: number; other: number
  * boundary (the kernel looks for a cpio header only at aligned offsets), then
  * the archive follows. Durable and atomic: a copy is written next to the file,
  * fsynced and renamed over it, so a power cut leaves the old or the new file.
- * The copy gets the file's mode and owner. `initramfsPath` must be the real
+ * When a step fails before the rename (a full partition), the copy is removed
+ * again, so the failure leaves no partial copy taking up the space. The copy
+ * gets the file's mode and owner. `initramfsPath` must be the real
  * file, not a symbolic link (the rename would replace the link).
  * @param cpio an archive from packCredentials (checked before anything is written)
  * @returns the offset of the archive in the new file, and whether older credentials were replaced
@@ -363,12 +397,18 @@ export function appendCredentials(sys: Sys, initramfsPath: string, cpio: Uint8Ar
   // The new file keeps the old one's permissions and owner (an initramfs made 0600 stays 0600).
   const like = { create: true, ...(st.mode !== undefined ? { mode: st.mode } : {}), ...(st.uid !== undefined && st.gid !== undefined ? { owner: { uid: st.uid, gid: st.gid } } : {}) };
   sys.unlink(tmp);
-  copyPrefix(sys, initramfsPath, tmp, keep, like);
-  const added = new Uint8Array(offset - keep + cpio.length);
-  added.set(cpio, offset - keep);
-  sys.writeAt(tmp, keep, added, like);
-  sys.fsync(tmp);
-  sys.rename(tmp, initramfsPath);
+  try {
+    copyPrefix(sys, initramfsPath, tmp, keep, like);
+    const added = new Uint8Array(offset - keep + cpio.length);
+    added.set(cpio, offset - keep);
+    sys.writeAt(tmp, keep, added, like);
+    sys.fsync(tmp);
+    sys.rename(tmp, initramfsPath);
+  } catch (e) {
+    // A partial copy on a full boot partition would keep it full (and nothing else reads it).
+    removeQuietly(sys, tmp);
+    throw e;
+  }
   sys.fsync(dirname(initramfsPath));
   return { offset, replaced: old !== null };
 }
@@ -384,8 +424,22 @@ export function appendCredentials(sys: Sys, initramfsPath: string, cpio: Uint8Ar
 export function checkAppendable(sys: Sys, initramfsPath: string): void {
   const { tmp } = appendPlan(sys, initramfsPath);
   sys.unlink(tmp);
-  sys.writeAt(tmp, 0, new Uint8Array(0), { create: true, mode: 0o600 });
+  try {
+    sys.writeAt(tmp, 0, new Uint8Array(0), { create: true, mode: 0o600 });
+  } catch (e) {
+    removeQuietly(sys, tmp); // created, then its mode could not be set
+    throw e;
+  }
   sys.unlink(tmp);
+}
+
+/** Remove a temp file after a failure; the failure is what gets reported, not this. */
+function removeQuietly(sys: Sys, path: string): void {
+  try {
+    sys.unlink(path);
+  } catch {
+    // The next append removes it first.
+  }
 }
 
 /**

@@ -82,7 +82,11 @@ export interface Keyslot {
   cpus?: number;
 }
 
-/** LUKS operations zb needs. Every method throws ZbError LUKS_FAILED when cryptsetup fails. */
+/**
+ * LUKS operations zb needs. Every method throws ZbError LUKS_FAILED when cryptsetup fails.
+ * Keys stay the caller's: no method wipes, changes or keeps a key it is given,
+ * so the caller wipes its key in a `finally` once the call returns or throws.
+ */
 export interface Cryptsetup {
   /** Make `device` a fresh LUKS2 volume whose only keyslot opens with `key`. Destroys the device's content. */
   format(device: string, key: Uint8Array, opts?: FormatOptions): Promise<void>;
@@ -90,7 +94,7 @@ export interface Cryptsetup {
   addKey(device: string, existingKey: Uint8Array, newKey: Uint8Array, opts?: AddKeyOptions): Promise<void>;
   /** Remove the keyslot `key` opens. */
   removeKey(device: string, key: Uint8Array, opts?: RemoveKeyOptions): Promise<void>;
-  /** Map the decrypted device at /dev/mapper/`name` (needs device-mapper and dm-crypt). */
+  /** Map the decrypted device at /dev/mapper/`name` (needs device-mapper and dm-crypt). `key` is not wiped: the caller wipes it. */
   open(device: string, name: string, key: Uint8Array, opts?: OpenOptions): Promise<void>;
   /** `open`, started before the key is known; the key follows through the result. */
   prepareOpen(device: string, name: string, opts?: OpenOptions): PreparedOpen;
@@ -108,7 +112,11 @@ export interface Cryptsetup {
 
 /** A cryptsetup `open` started before its key is known (CryptsetupCli.prepareOpen). */
 export interface PreparedOpen {
-  /** Hand over the key (then wipe it: only the child's stdin holds it) and wait for the mapping. @throws {ZbError} LUKS_FAILED */
+  /**
+   * Hand over the key and wait for the mapping. The key is not wiped here: it
+   * stays the caller's, who wipes it in a `finally` once this returns or throws.
+   * @throws {ZbError} LUKS_FAILED
+   */
   open(key: Uint8Array): Promise<void>;
   /** No key is coming: kill cryptsetup (nothing was mapped) and wait for it. Never throws. */
   cancel(): Promise<void>;
@@ -131,7 +139,6 @@ const NAME_RE = /^[A-Za-z0-9_.+][A-Za-z0-9_.+-]{0,126}$/;
 interface RunResult {
   code: number;
   stdout: string;
-  stderr: string;
 }
 
 interface RunSpec {
@@ -192,7 +199,7 @@ export class CryptsetupCli implements Cryptsetup {
     await this.run({ what: `remove a key from ${device}`, args: ["luksRemoveKey", "--key-file=-", checkDevice(device)], stdinKey: key });
   }
 
-  /** @throws {ZbError} LUKS_FAILED; USAGE for a name device-mapper cannot hold */
+  /** `key` is left as it is, for the caller to wipe. @throws {ZbError} LUKS_FAILED; USAGE for a name device-mapper cannot hold */
   async open(device: string, name: string, key: Uint8Array, opts: OpenOptions = {}): Promise<void> {
     checkKey(key, `open ${device} as ${name}`);
     await this.prepareOpen(device, name, opts).open(key);
@@ -291,7 +298,8 @@ export class CryptsetupCli implements Cryptsetup {
       throw new ZbError("LUKS_FAILED", `cannot ${spec.what}: cannot run ${exe}: ${(e as Error).message}`, { cause: e });
     }
     // Read its output from the start: a child blocked writing to a full pipe would never ask for its key.
-    const output = Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+    // stderr stays bytes until it is scrubbed: a key that is not UTF-8 would not survive decoding.
+    const output = Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).bytes(), proc.exited]);
     let state: "new" | "finishing" | "killed" = "new";
     const timeoutMs = this.timeoutMs;
     let timedOut = false;
@@ -315,7 +323,7 @@ export class CryptsetupCli implements Cryptsetup {
         proc.kill("SIGKILL");
       }, timeoutMs);
       const keys = key ? [key, ...otherKeys] : otherKeys;
-      let stdout: string, stderr: string, code: number;
+      let stdout: string, stderr: Uint8Array, code: number;
       try {
         // A child that already ended (a missing device) is not sent the key: its exit status says why.
         if (key && proc.exitCode === null && proc.signalCode === null) {
@@ -331,8 +339,12 @@ export class CryptsetupCli implements Cryptsetup {
       if (proc.signalCode) {
         throw new ZbError("LUKS_FAILED", `cannot ${spec.what}: cryptsetup was killed by ${proc.signalCode}${timedOut ? ` (timeout ${timeoutMs / 1000} s)` : ""}`);
       }
-      if (code === 0 || spec.accept?.includes(code)) return { code, stdout, stderr };
-      throw exitError(spec.what, code, scrub(stderr, keys));
+      try {
+        if (code === 0 || spec.accept?.includes(code)) return { code, stdout };
+        throw exitError(spec.what, code, scrub(stderr, keys));
+      } finally {
+        wipe(stderr); // it may echo a key
+      }
     };
     return { finish, kill };
   }
@@ -441,28 +453,44 @@ function resolveBinary(binary: string, what: string): string {
 }
 
 /**
- * Remove every printable form of the keys (raw, hex, HEX, base64) from a
- * message. The search runs on bytes: the forms are built into buffers that
- * are wiped afterwards, never into JavaScript strings, which cannot be wiped
- * and live until the garbage collector frees them (docs/credentials.md).
+ * A message from cryptsetup's raw output, with every printable form of the
+ * keys replaced by `[key]`: raw bytes, hex, HEX, base64 and base64url (each
+ * with and without `=` padding). The search runs on the bytes as cryptsetup
+ * wrote them, before they are decoded: decoding turns a key that is not UTF-8
+ * into U+FFFD, and its raw form would no longer be found. The forms are built
+ * into buffers that are wiped afterwards, never into JavaScript strings, which
+ * cannot be wiped and live until the garbage collector frees them
+ * (docs/credentials.md). `output` itself is the caller's to wipe.
+ * @param output cryptsetup's stderr as bytes
+ * @returns the scrubbed text (invalid UTF-8 left over becomes U+FFFD)
+ * @example scrub(stderrBytes, [key]) // "No key available with this passphrase."
  */
-export function scrub(text: string, keys: Uint8Array[]): string {
-  if (text === "") return text;
-  let out: Buffer = Buffer.from(text, "utf8");
+export function scrub(output: Uint8Array, keys: Uint8Array[]): string {
+  if (output.length === 0) return "";
+  let out = Buffer.from(output.buffer, output.byteOffset, output.byteLength);
+  const copies: Buffer[] = [];
   for (const k of keys) {
-    const forms = [Uint8Array.from(k), hexBytes(k, HEX_LOWER), hexBytes(k, HEX_UPPER), base64Bytes(k)];
+    // Padded forms first: the unpadded ones would leave the '=' behind.
+    const forms = [Uint8Array.from(k), hexBytes(k, HEX_LOWER), hexBytes(k, HEX_UPPER), base64Bytes(k, BASE64, true), base64Bytes(k, BASE64, false), base64Bytes(k, BASE64URL, true), base64Bytes(k, BASE64URL, false)];
     for (const form of forms) {
-      if (form.length >= 4) out = replaceAll(out, form, KEY_MARK);
+      if (form.length >= 4) {
+        const next = replaceAll(out, form, KEY_MARK);
+        if (next !== out) copies.push((out = next));
+      }
       wipe(form);
     }
   }
-  return out.toString("utf8");
+  const text = out.toString("utf8");
+  wipe(...copies); // intermediate copies may still hold other forms of a key
+  return text;
 }
 
 const KEY_MARK = Buffer.from("[key]");
 const HEX_LOWER = Buffer.from("0123456789abcdef");
 const HEX_UPPER = Buffer.from("0123456789ABCDEF");
 const BASE64 = Buffer.from("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/");
+/** RFC 4648 §5: the URL- and filename-safe alphabet. */
+const BASE64URL = Buffer.from("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_");
 
 function hexBytes(k: Uint8Array, digits: Uint8Array): Uint8Array {
   const out = new Uint8Array(k.length * 2);
@@ -473,15 +501,19 @@ function hexBytes(k: Uint8Array, digits: Uint8Array): Uint8Array {
   return out;
 }
 
-/** RFC 4648 base64 with padding, as `base64` and Buffer print it. */
-function base64Bytes(k: Uint8Array): Uint8Array {
+/** RFC 4648 base64 in `alphabet`, with `=` padding (as `base64` and Buffer print it) or without (as base64url usually is). */
+function base64Bytes(k: Uint8Array, alphabet: Uint8Array, padded: boolean): Uint8Array {
   const out = new Uint8Array(Math.ceil(k.length / 3) * 4).fill(0x3d); // "="
-  for (let i = 0, o = 0; i < k.length; i += 3, o += 4) {
+  let o = 0;
+  for (let i = 0; i < k.length; i += 3) {
     const n = (k[i]! << 16) | ((k[i + 1] ?? 0) << 8) | (k[i + 2] ?? 0);
     const have = Math.min(3, k.length - i) + 1; // output characters this group yields
-    for (let c = 0; c < have; c++) out[o + c] = BASE64[(n >> (18 - 6 * c)) & 63]!;
+    for (let c = 0; c < have; c++) out[o++] = alphabet[(n >> (18 - 6 * c)) & 63]!;
   }
-  return out;
+  if (padded || o === out.length) return out;
+  const bare = out.slice(0, o);
+  wipe(out);
+  return bare;
 }
 
 function replaceAll(hay: Buffer, needle: Uint8Array, mark: Uint8Array): Buffer {

@@ -27,9 +27,16 @@
  * data key leaves the disks as they were. Each format is followed by a
  * testKey of the key just used. Keys made here are wiped before returning
  * (also on errors); keys passed in belong to the caller, who wipes them.
+ *
+ * Root and data must be two devices, whatever the paths say: a symbolic link,
+ * a hard link or a second device node for the data volume, given as the root,
+ * would have the root's luksFormat destroy the data. Paths are compared by
+ * what they name (deviceIdentity) before anything is sealed or formatted.
  */
+import { statSync } from "node:fs";
+import { resolve } from "node:path";
 import type { Slot } from "../bootstate/state.ts";
-import { ZbError } from "../errors.ts";
+import { ioError, ZbError } from "../errors.ts";
 import { encodeBlob } from "../hsm/blob.ts";
 import type { Hsm, SealOptions } from "../hsm/types.ts";
 import { randomSecret, wipe } from "../secret.ts";
@@ -55,12 +62,27 @@ export interface EnrollOptions {
   now?: () => Date;
   /** Map the enrolled root at /dev/mapper/`openRootAs` before returning (the image is written into it). */
   openRootAs?: string;
+  /**
+   * stat(2) of a device path, following symbolic links; null when it does not
+   * exist. Default node:fs statSync: Sys.stat reports no st_rdev, which tells
+   * two nodes of one block device apart from two devices.
+   */
+  statDevice?: (path: string) => DeviceStat | null;
+}
+
+/** What the same-device check needs from stat(2) (node:fs Stats has it). */
+export interface DeviceStat {
+  dev: number;
+  ino: number;
+  rdev: number;
+  isBlockDevice(): boolean;
 }
 
 /**
  * Enrol a slot: keys, LUKS formats, sealing, metadata.
  * @returns credentials for packCredentials (blobs already checked)
- * @throws {ZbError} USAGE for a bad slot or the same device twice; LUKS_FAILED when cryptsetup
+ * @throws {ZbError} USAGE for a bad slot or the same device twice (also through a link or a second
+ *   device node); IO when a device cannot be stat'ed; LUKS_FAILED when cryptsetup
  *   fails or a given key does not open its device; HSM_ABSENT / HSM_FAILED from sealing
  * @example const creds = await enrollSlot({ hsm, crypt: new CryptsetupCli(), slot: "b", root: { device: "/dev/mmcblk0p3", format: true }, data: { device: "/dev/mmcblk0p4", key } })
  */
@@ -90,8 +112,9 @@ export async function enrollSlot(opts: EnrollOptions): Promise<Credentials> {
     if (opts.data) meta.data = { uuid: await opts.crypt.uuid(opts.data.device), name: DATA_MAPPING };
     const creds: Credentials = { meta, root, ...(data ? { data } : {}) };
     checkCredentials(creds);
-    // A copy: open() wipes the key it hands to cryptsetup, and a key passed in is the caller's.
-    if (opts.openRootAs !== undefined) await opts.crypt.open(opts.root.device, opts.openRootAs, new Uint8Array(rootKey));
+    // open() leaves the key to its caller (Cryptsetup.open): a key made here is wiped
+    // by the finally below whether open returns or throws, a key passed in is the caller's.
+    if (opts.openRootAs !== undefined) await opts.crypt.open(opts.root.device, opts.openRootAs, rootKey);
     return creds;
   } finally {
     wipe(...made);
@@ -106,11 +129,40 @@ function keep(made: Uint8Array[], key: Uint8Array): Uint8Array {
 function checkTargets(opts: EnrollOptions): void {
   if (opts.slot !== "a" && opts.slot !== "b") throw new ZbError("USAGE", `cannot enrol slot ${JSON.stringify(opts.slot)}: expected a or b`);
   if (opts.openRootAs !== undefined) checkName(opts.openRootAs);
-  if (opts.data && opts.data.device === opts.root.device) {
-    throw new ZbError("USAGE", `cannot enrol slot ${opts.slot}: root and data are the same device ${opts.root.device}`);
+  if (opts.data) {
+    const stat = opts.statDevice ?? hostStat;
+    const [root, data] = [opts.root.device, opts.data.device];
+    if (deviceIdentity(root, stat(root)) === deviceIdentity(data, stat(data))) {
+      const same = root === data ? `the same device ${root}` : `the same device (${root} and ${data} name one device)`;
+      throw new ZbError("USAGE", `cannot enrol slot ${opts.slot}: root and data are ${same}`, { hint: "give the slot's own root partition, not the shared data volume" });
+    }
   }
   for (const t of [opts.root, opts.data]) {
     if (t && !t.format && t.key.length === 0) throw new ZbError("USAGE", `cannot enrol slot ${opts.slot}: the key given for ${t.device} is empty`);
+  }
+}
+
+/**
+ * Which device or file a path names, equal for every spelling of it: a block
+ * device is its device number (st_rdev: /dev/dm-0 and a /dev/mapper node made
+ * without udev are one device), anything else its inode (dev:ino: symbolic and
+ * hard links), a missing path its absolute spelling.
+ * @param st stat(2) of `path` following symbolic links, or null when it does not exist
+ * @returns a string to compare with ===
+ * @example deviceIdentity("/dev/mmcblk0p4", statSync("/dev/mmcblk0p4")) // "block:45828"
+ */
+export function deviceIdentity(path: string, st: DeviceStat | null): string {
+  if (st === null) return `path:${resolve(path)}`;
+  return st.isBlockDevice() ? `block:${st.rdev}` : `inode:${st.dev}:${st.ino}`;
+}
+
+function hostStat(path: string): DeviceStat | null {
+  try {
+    return statSync(path);
+  } catch (e) {
+    const code = (e as { code?: string }).code;
+    if (code === "ENOENT" || code === "ENOTDIR") return null; // cryptsetup says it is missing; two missing paths still compare by name
+    throw ioError(`stat ${path}`, e);
   }
 }
 

@@ -6,19 +6,21 @@
  * `cpio -o -H newc | zstd`: the original part still decompresses with
  * `zstd -dc` to the original archive, and `cpio -i` on the bytes from the
  * reported offset extracts the credentials. Power cuts at every write and
- * fsync leave the old or the new initramfs, never a mix.
+ * fsync leave the old or the new initramfs, never a mix; a write that fails
+ * (a full partition) leaves the old one and no temp copy. Padding of any
+ * length after the credentials is skipped with bounded reads.
  */
 import { describe, expect, test } from "bun:test";
-import { appendFileSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { appendFileSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { ZbError } from "../../../lib/errors.ts";
+import { ioError, ZbError } from "../../../lib/errors.ts";
 import { encodeBlob } from "../../../lib/hsm/blob.ts";
-import { readCpio, writeCpio } from "../../../lib/luks/cpio.ts";
+import { readCpio, writeCpio, type CpioInput } from "../../../lib/luks/cpio.ts";
 import {
   appendCredentials, checkAppendable, credentialTail, encodeMeta, findAppendedCredentials, packCredentials, parseMeta, readCredentials, unpackCredentials,
   type CredentialMeta, type Credentials,
 } from "../../../lib/luks/credentials.ts";
-import { HostSys } from "../../../lib/sys/sys.ts";
+import { HostSys, type WriteOptions } from "../../../lib/sys/sys.ts";
 import { CuttingSys, cutPoints, PowerCut } from "../../fakes/powercut.ts";
 import { tempDirs } from "../../tempdirs.ts";
 
@@ -233,14 +235,19 @@ describe("appendCredentials on a real initramfs", () => {
     { name: "1 NUL after the credentials (the file size is not a multiple of 4)", before: { size: 300_001, pad: new Uint8Array(1) }, after: { replaced: true } },
     { name: "3 NULs after the credentials", before: { size: 300_002, pad: new Uint8Array(3) }, after: { replaced: true } },
     { name: "8 KiB of NULs after the credentials", before: { size: 300_003, pad: new Uint8Array(8192) }, after: { replaced: true } },
+    { name: "300 KiB of NULs after the credentials (more than the tail read)", before: { size: 300_001, pad: new Uint8Array(300 * 1024) }, after: { replaced: true } },
+    { name: "5 MiB of NULs after the credentials", before: { size: 300_002, pad: new Uint8Array(5 << 20) }, after: { replaced: true } },
   ];
   test.each(padding)("a tool padded the initramfs: $name → found and replaced, one set of credentials", ({ before, after }) => {
     const path = bigInitramfs(tempDir(), before.size);
     const first = appendCredentials(host, path, packCredentials(CREDS));
     appendFileSync(path, before.pad);
     const size = statSync(path).size;
-    const tail = credentialTail(host, path, size);
+    const reads: number[] = [];
+    const counting = Object.assign(Object.create(host) as HostSys, { readAt: (p: string, o: number, n: number) => (reads.push(n), host.readAt(p, o, n)) });
+    const tail = credentialTail(counting, path, size);
     expect(tail.start % 4).toBe(0);
+    expect(Math.max(...reads)).toBeLessThanOrEqual(264 * 1024); // bounded, however long the padding
     expect(tail.start + findAppendedCredentials(tail.bytes)!.offset).toBe(first.offset); // what `zb cred show` reads
     const second = appendCredentials(host, path, packCredentials(noData()));
     expect({ replaced: second.replaced }).toEqual(after);
@@ -271,6 +278,13 @@ describe("appendCredentials on a real initramfs", () => {
     expect(Buffer.from(readFileSync(ird.path)).equals(Buffer.from(ird.bytes))).toBe(true);
   });
 
+  test("a file of NULs only: an empty tail, no credentials", () => {
+    const path = join(tempDir(), "zeros");
+    writeFileSync(path, new Uint8Array(200_000));
+    const tail = credentialTail(host, path, 200_000);
+    expect([tail.start, tail.bytes.length, findAppendedCredentials(tail.bytes)]).toEqual([0, 4096, null]);
+  });
+
   test("a missing initramfs is IO", () => {
     expect(errorOf(() => appendCredentials(host, join(tempDir(), "none"), packCredentials(CREDS))).code).toBe("IO");
   });
@@ -299,6 +313,34 @@ describe("findAppendedCredentials before (an initramfs) / after (what it finds)"
     expect(findAppendedCredentials(Buffer.concat(before))?.offset ?? null).toBe(after);
   });
 
+  // The kernel creates no parent directories: files before (or without) their folders' entries are dropped at boot.
+  const dirZb = { name: "zb", kind: "dir" as const, mode: 0o755 };
+  const dirCred = { name: "zb/credentials", kind: "dir" as const, mode: 0o700 };
+  const metaFile = { name: "zb/credentials/meta.json", kind: "file" as const, mode: 0o400, data: encodeMeta(META) };
+  const rootFile = { name: "zb/credentials/root.sealed", kind: "file" as const, mode: 0o400, data: CREDS.root };
+  const dataFile = { name: "zb/credentials/data.sealed", kind: "file" as const, mode: 0o400, data: CREDS.data! };
+  const order: { name: string; before: CpioInput[]; after: RegExp | "ok" }[] = [
+    { name: "directories, then files", before: [dirZb, dirCred, metaFile, rootFile, dataFile], after: "ok" },
+    { name: "\"./\"-prefixed names, as some tools write them", before: [{ ...dirZb, name: "./zb" }, { ...dirCred, name: "./zb/credentials" }, metaFile, rootFile, dataFile], after: "ok" },
+    { name: "no directory entries", before: [metaFile, rootFile, dataFile], after: /must start with the directories "zb" and "zb\/credentials", in this order, but entry 1 is "zb\/credentials\/meta.json"/ },
+    { name: "no zb/credentials entry", before: [dirZb, metaFile, rootFile, dataFile], after: /but entry 2 is "zb\/credentials\/meta.json"/ },
+    { name: "directories in the wrong order", before: [dirCred, dirZb, metaFile, rootFile, dataFile], after: /but entry 1 is "zb\/credentials"/ },
+    { name: "a file before the directories", before: [metaFile, dirZb, dirCred, rootFile, dataFile], after: /but entry 1 is "zb\/credentials\/meta.json"/ },
+    { name: "a directory again after the files", before: [dirZb, dirCred, metaFile, rootFile, dataFile, dirZb], after: /"zb" appears twice/ },
+  ];
+  test.each(order)("entry order: $name", ({ before, after }) => {
+    const archive = writeCpio(before);
+    if (after === "ok") {
+      expect(unpackCredentials(archive).meta).toEqual(META);
+      expect(findAppendedCredentials(Buffer.concat([zstdLike, archive]))?.offset).toBe(12);
+      return;
+    }
+    for (const f of [() => unpackCredentials(archive), () => findAppendedCredentials(Buffer.concat([zstdLike, archive]))]) {
+      const e = errorOf(f);
+      expect([e.code, e.message]).toEqual(["CRED_INVALID", expect.stringMatching(after)]);
+    }
+  });
+
   test("an appended archive with a broken meta.json is reported, not ignored", () => {
     const bad = writeCpio([
       { name: "zb", kind: "dir", mode: 0o755 },
@@ -307,6 +349,49 @@ describe("findAppendedCredentials before (an initramfs) / after (what it finds)"
       { name: "zb/credentials/root.sealed", kind: "file", mode: 0o400, data: CREDS.root },
     ]);
     expect(errorOf(() => findAppendedCredentials(Buffer.concat([zstdLike, bad]))).message).toMatch(/format is "x"/);
+  });
+});
+
+/** HostSys whose `fail`-th mutating step fails as on a full partition: a write lands half its bytes first. */
+class FullDiskSys extends HostSys {
+  private step = 0;
+  constructor(private readonly fail: { kind: "write" | "fsync" | "rename"; nth: number }) {
+    super();
+  }
+  private due(kind: string): boolean {
+    return kind === this.fail.kind && this.step++ === this.fail.nth;
+  }
+  override writeAt(path: string, offset: number, data: Uint8Array, opts?: WriteOptions): void {
+    if (!this.due("write")) return super.writeAt(path, offset, data, opts);
+    super.writeAt(path, offset, data.subarray(0, data.length >> 1), opts);
+    throw ioError(`write ${path}`, Object.assign(new Error("ENOSPC"), { code: "ENOSPC" }));
+  }
+  override fsync(path: string): void {
+    if (this.due("fsync")) throw ioError(`sync ${path}`, Object.assign(new Error("EIO"), { code: "EIO" }));
+    super.fsync(path);
+  }
+  override rename(from: string, to: string): void {
+    if (this.due("rename")) throw ioError(`rename ${from} to ${to}`, Object.assign(new Error("ENOSPC"), { code: "ENOSPC" }));
+    super.rename(from, to);
+  }
+}
+
+describe("appendCredentials fails before (the failing step) / after (IO, the old initramfs, no temp copy left)", () => {
+  const rows: { name: string; before: { kind: "write" | "fsync" | "rename"; nth: number }; after: { code: "IO"; message: RegExp } }[] = [
+    { name: "no space while copying the initramfs", before: { kind: "write", nth: 0 }, after: { code: "IO", message: /cannot write .*\.initramfs\.zb-new: no space left on device/ } },
+    { name: "no space for the credentials", before: { kind: "write", nth: 1 }, after: { code: "IO", message: /cannot write .*\.initramfs\.zb-new: no space left on device/ } },
+    { name: "the copy's fsync fails", before: { kind: "fsync", nth: 0 }, after: { code: "IO", message: /cannot sync .*\.initramfs\.zb-new/ } },
+    { name: "the rename fails", before: { kind: "rename", nth: 0 }, after: { code: "IO", message: /cannot rename .*\.zb-new to / } },
+  ];
+  test.each(rows)("$name", ({ before, after }) => {
+    const dir = tempDir();
+    const ird = makeInitramfs(dir, true);
+    const listing = readdirSync(dir).sort();
+    const e = errorOf(() => appendCredentials(new FullDiskSys(before), ird.path, packCredentials(CREDS)));
+    expect([e.code, e.message]).toEqual([after.code, expect.stringMatching(after.message)]);
+    expect(existsSync(join(dir, ".initramfs.zb-new"))).toBe(false);
+    expect(readdirSync(dir).sort()).toEqual(listing);
+    expect(Buffer.from(readFileSync(ird.path)).equals(Buffer.from(ird.bytes))).toBe(true);
   });
 });
 

@@ -313,8 +313,10 @@ describe("prepareOpen: cryptsetup started before the key (recording fake binary)
     const p = new CryptsetupCli({ binary: f.bin }).prepareOpen("/dev/mmcblk0p2", "zb-root");
     expect(await startedArgv(f)).toEqual(["open", "--type", "luks", "--key-file=-", "/dev/mmcblk0p2", "zb-root"]);
     expect(f.read()).toBeNull(); // still waiting for its key
-    await p.open(awkwardKey(40));
+    const key = awkwardKey(40);
+    await p.open(key);
     expect(f.read()).toBe(32);
+    expect(key).toEqual(awkwardKey(40)); // not wiped: the caller owns the key and wipes it
   });
 
   test("cancel kills it before it read anything, and the prepared open cannot be used afterwards", async () => {
@@ -381,27 +383,35 @@ describe("prepareOpen: cryptsetup started before the key (recording fake binary)
 describe("messages never carry a key", () => {
   const key = Uint8Array.from({ length: 32 }, (_, i) => 0x41 + (i % 26));
   const b = Buffer.from(key);
-  const rows: { name: string; before: string; after: string }[] = [
-    { name: "raw", before: `bad key ${b.toString("latin1")} here`, after: "bad key [key] here" },
-    { name: "hex", before: `x=${b.toString("hex")}`, after: "x=[key]" },
-    { name: "HEX", before: `x=${b.toString("hex").toUpperCase()}`, after: "x=[key]" },
-    { name: "base64", before: `x=${b.toString("base64")};`, after: "x=[key];" },
-    { name: "unrelated text", before: "No key available with this passphrase.", after: "No key available with this passphrase." },
+  // Not UTF-8 (0xff never is; 0xc3 starts a sequence 0x28 does not continue), with '+' and '/' in its base64.
+  const binKey = Uint8Array.from({ length: 32 }, (_, i) => [0xff, 0xc3, 0x28, 0xfb, 0xef, 0xbe][i % 6]! ^ (i & 0x10));
+  const bb = Buffer.from(binKey);
+  const bytes = (...parts: (string | Uint8Array)[]) => Buffer.concat(parts.map((p) => (typeof p === "string" ? Buffer.from(p) : p)));
+  const rows: { name: string; before: { stderr: Buffer; key: Uint8Array }; after: string }[] = [
+    { name: "raw", before: { stderr: bytes("bad key ", b, " here"), key }, after: "bad key [key] here" },
+    { name: "raw, not UTF-8", before: { stderr: bytes("bad key ", bb, " here"), key: binKey }, after: "bad key [key] here" },
+    { name: "hex", before: { stderr: bytes(`x=${b.toString("hex")}`), key }, after: "x=[key]" },
+    { name: "HEX", before: { stderr: bytes(`x=${b.toString("hex").toUpperCase()}`), key }, after: "x=[key]" },
+    { name: "base64", before: { stderr: bytes(`x=${b.toString("base64")};`), key }, after: "x=[key];" },
+    { name: "base64 without padding", before: { stderr: bytes(`x=${b.toString("base64").replace(/=+$/, "")};`), key }, after: "x=[key];" },
+    { name: "base64url", before: { stderr: bytes(`x=${bb.toString("base64url")};`), key: binKey }, after: "x=[key];" },
+    { name: "base64url with padding", before: { stderr: bytes(`x=${bb.toString("base64").replace(/\+/g, "-").replace(/\//g, "_")};`), key: binKey }, after: "x=[key];" },
+    { name: "unrelated text", before: { stderr: bytes("No key available with this passphrase."), key }, after: "No key available with this passphrase." },
   ];
   test.each(rows)("$name", ({ before, after }) => {
-    expect(scrub(before, [key])).toBe(after);
+    expect(scrub(before.stderr, [before.key])).toBe(after);
   });
 
   // Every base64 padding and every byte value: the forms are built by hand (no strings of the key), so they must match Buffer's.
   test.each([31, 32, 33])("a %i-byte key of bytes 0x00–0xff: hex, HEX and base64 forms all found", (n) => {
     const k = Uint8Array.from({ length: n }, (_, i) => (i * 73 + 200) & 0xff);
     const kb = Buffer.from(k);
-    const text = `a ${kb.toString("hex")} b ${kb.toString("hex").toUpperCase()} c ${kb.toString("base64")} d`;
-    expect(scrub(text, [k])).toBe("a [key] b [key] c [key] d");
+    const text = `a ${kb.toString("hex")} b ${kb.toString("hex").toUpperCase()} c ${kb.toString("base64")} d ${kb.toString("base64url")} e`;
+    expect(scrub(Buffer.from(text), [k])).toBe("a [key] b [key] c [key] d [key] e");
   });
 
   test("an empty message stays empty", () => {
-    expect(scrub("", [key])).toBe("");
+    expect(scrub(new Uint8Array(0), [key])).toBe("");
   });
 
   test("a cryptsetup that prints the key it read (raw, hex, base64) on stderr: the error has none of it", async () => {
@@ -412,6 +422,17 @@ describe("messages never carry a key", () => {
     const err = await new CryptsetupCli({ binary: bin }).open("/dev/sdz1", "zb-x", key).catch((e: unknown) => e);
     expect((err as ZbError).message).toMatch(/cannot open \/dev\/sdz1 as zb-x: the key does not open any keyslot \(cryptsetup exit 2: raw \[key\]; \[key\]\)/);
     for (const form of [b.toString("latin1"), b.toString("hex"), b.toString("base64")]) expect((err as ZbError).message).not.toContain(form);
+  });
+
+  test("a key that is not UTF-8, printed raw on stderr: found in the bytes, before they are decoded", async () => {
+    const dir = tempDir();
+    const bin = join(dir, "echo-key");
+    writeFileSync(bin, "#!/bin/sh\nk=$(cat)\nprintf 'raw %s end\\n' \"$k\" >&2\nexit 2\n");
+    chmodSync(bin, 0o755);
+    const given = new Uint8Array(binKey);
+    const err = await new CryptsetupCli({ binary: bin }).open("/dev/sdz1", "zb-x", given).catch((e: unknown) => e);
+    expect((err as ZbError).message).toBe("cannot open /dev/sdz1 as zb-x: the key does not open any keyslot (cryptsetup exit 2: raw [key] end)");
+    expect(Buffer.from(given).equals(bb)).toBe(true); // open leaves the key to its caller
   });
 });
 

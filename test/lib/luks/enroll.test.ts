@@ -6,18 +6,20 @@
  * other slot re-seals the data key and leaves the data volume byte for byte
  * as it was; failures (wrong data key, absent HSM, a format that fails) leave
  * the disks as they were; every key made by enrollSlot is zero afterwards,
- * the caller's keys are untouched.
+ * the caller's keys are untouched. Root and data that are one device under
+ * two names (a symbolic link, a hard link, two nodes of one block device)
+ * are refused before anything is sealed or formatted.
  */
 import { describe, expect, test } from "bun:test";
 import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
-import { readFileSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { linkSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { ZbError, type ErrorCode } from "../../../lib/errors.ts";
 import { b64, b64field, decodeBlob } from "../../../lib/hsm/blob.ts";
 import type { Hsm, ProbeResult, SealedData, SealOptions, UnsealResult } from "../../../lib/hsm/types.ts";
 import { packCredentials, unpackCredentials, type Credentials } from "../../../lib/luks/credentials.ts";
 import { CryptsetupCli } from "../../../lib/luks/cryptsetup.ts";
-import { enrollSlot, KEY_BYTES, type EnrollOptions } from "../../../lib/luks/enroll.ts";
+import { deviceIdentity, enrollSlot, KEY_BYTES, type DeviceStat, type EnrollOptions } from "../../../lib/luks/enroll.ts";
 import { parseLuksHeader } from "../../../lib/luks/header.ts";
 import { tempDirs } from "../../tempdirs.ts";
 
@@ -169,6 +171,39 @@ describe("enrollSlot failures before (the situation) / after (error, disks uncha
       after: { code: "USAGE", message: /root and data are the same device/, seals: 0 },
     },
     {
+      name: "root is a symbolic link to the data volume, both formatted now",
+      hsm: () => new BoxHsm(),
+      before: (d) => ({ slot: "b", root: { device: alias(d.data, "link"), format: true }, data: { device: d.data, format: true } }),
+      after: { code: "USAGE", message: /root and data are the same device \(.*link and .*p4\.img name one device\)/, seals: 0 },
+    },
+    {
+      name: "root is a symbolic link to the existing data volume (its key from the running slot): the data volume is not formatted",
+      hsm: () => new BoxHsm(),
+      before: (d, old) => ({ slot: "b", root: { device: alias(d.data, "link"), format: true }, data: { device: d.data, key: old } }),
+      after: { code: "USAGE", message: /root and data are the same device/, seals: 0 },
+    },
+    {
+      name: "root is a hard link to the existing data volume",
+      hsm: () => new BoxHsm(),
+      before: (d, old) => ({ slot: "b", root: { device: alias(d.data, "hard"), format: true }, data: { device: d.data, key: old } }),
+      after: { code: "USAGE", message: /root and data are the same device/, seals: 0 },
+    },
+    {
+      name: "root formatted by the caller is the existing data volume under another name",
+      hsm: () => new BoxHsm(),
+      before: (d, old) => ({ slot: "b", root: { device: alias(d.data, "link"), format: false, key: old }, data: { device: d.data, key: old } }),
+      after: { code: "USAGE", message: /root and data are the same device/, seals: 0 },
+    },
+    {
+      name: "root and data are two nodes of one block device (/dev/dm-0 and a /dev/mapper node made without udev)",
+      hsm: () => new BoxHsm(),
+      before: (_d, old) => ({
+        slot: "b", root: { device: "/dev/zb-test-dm-0", format: true }, data: { device: "/dev/mapper/zb-test-data", key: old },
+        statDevice: (p) => ({ "/dev/zb-test-dm-0": blockNode(11, 253 * 256), "/dev/mapper/zb-test-data": blockNode(12, 253 * 256) })[p] ?? null,
+      }),
+      after: { code: "USAGE", message: /root and data are the same device \(\/dev\/zb-test-dm-0 and \/dev\/mapper\/zb-test-data name one device\)/, seals: 0 },
+    },
+    {
       name: "--open with a name device-mapper refuses: nothing sealed, nothing formatted",
       hsm: () => new BoxHsm(),
       before: (d) => ({ slot: "b", root: { device: d.rootB, format: true }, openRootAs: "zb root/b" }),
@@ -204,6 +239,34 @@ describe("enrollSlot failures before (the situation) / after (error, disks uncha
   });
 });
 
+/** Another name for `target` in its folder: a symbolic link or a hard link. */
+function alias(target: string, kind: "link" | "hard"): string {
+  const p = join(dirname(target), `alias-${kind}`);
+  (kind === "link" ? symlinkSync : linkSync)(target, p);
+  return p;
+}
+
+/** stat(2) of a block device node: inode `ino` on devtmpfs (dev 5), device number `rdev`. */
+function blockNode(ino: number, rdev: number): DeviceStat {
+  return { dev: 5, ino, rdev, isBlockDevice: () => true };
+}
+const fileNode = (dev: number, ino: number): DeviceStat => ({ dev, ino, rdev: 0, isBlockDevice: () => false });
+
+describe("deviceIdentity before (two paths and their stat) / after (one device or two)", () => {
+  const rows: { name: string; before: [string, DeviceStat | null, string, DeviceStat | null]; after: "same" | "different" }[] = [
+    { name: "two nodes of one block device", before: ["/dev/dm-0", blockNode(11, 64768), "/dev/mapper/data", blockNode(12, 64768)], after: "same" },
+    { name: "two block devices", before: ["/dev/mmcblk0p3", blockNode(11, 45827), "/dev/mmcblk0p4", blockNode(12, 45828)], after: "different" },
+    { name: "two names of one image file (links)", before: ["p4.img", fileNode(2049, 77), "alias", fileNode(2049, 77)], after: "same" },
+    { name: "one inode number on two file systems", before: ["/a/p4.img", fileNode(2049, 77), "/b/p4.img", fileNode(2050, 77)], after: "different" },
+    { name: "a file and a block device whose numbers happen to match", before: ["p4.img", fileNode(0, 45828), "/dev/mmcblk0p4", { ...blockNode(45828, 45828), dev: 0 }], after: "different" },
+    { name: "one missing path, spelled two ways", before: ["/dev/../dev/zb-none", null, "/dev/zb-none", null], after: "same" },
+    { name: "two missing paths", before: ["/dev/zb-none-1", null, "/dev/zb-none-2", null], after: "different" },
+  ];
+  test.each(rows)("$name → $after", ({ before: [a, sa, b, sb], after }) => {
+    expect(deviceIdentity(a, sa) === deviceIdentity(b, sb) ? "same" : "different").toBe(after);
+  });
+});
+
 test("credentials from enrollSlot pack to the documented archive", async () => {
   const d = disks();
   const creds: Credentials = await enrollSlot({ hsm: new BoxHsm(), crypt, slot: "a", root: { device: d.root, format: true }, data: { device: d.data, format: true } });
@@ -213,14 +276,19 @@ test("credentials from enrollSlot pack to the documented archive", async () => {
 
 /**
  * The real cryptsetup for everything but `open`, which needs device-mapper
- * (absent on the test machine): that call is recorded with a copy of its key,
- * and the key wiped as CryptsetupCli.open wipes it.
+ * (absent on the test machine): that call is recorded with a copy of its key
+ * and the key it was given, left as it is (like CryptsetupCli.open), so the
+ * test sees whether enrollSlot wiped it. `fail` makes it fail as a missing
+ * dm_crypt module would.
  */
 class RecordingOpen extends CryptsetupCli {
-  readonly opened: { device: string; name: string; key: Uint8Array }[] = [];
+  readonly opened: { device: string; name: string; key: Uint8Array; given: Uint8Array }[] = [];
+  constructor(private readonly fail = false) {
+    super();
+  }
   override async open(device: string, name: string, key: Uint8Array): Promise<void> {
-    this.opened.push({ device, name, key: new Uint8Array(key) });
-    key.fill(0);
+    this.opened.push({ device, name, key: new Uint8Array(key), given: key });
+    if (this.fail) throw new ZbError("LUKS_FAILED", `cannot open ${device} as ${name}: the device-mapper is not there`);
   }
 }
 
@@ -234,10 +302,20 @@ test("openRootAs: the new root is mapped with its new key after everything is se
   expect(Buffer.from(key).equals(Buffer.from(await unsealBlob(hsm, creds.root)))).toBe(true); // the key that was sealed
   expect(await crypt.testKey(d.rootB, key)).toBe(true);
   expect(hsm.sealed.every(isZero)).toBe(true);
+  expect(isZero(rec.opened[0]!.given)).toBe(true); // what open was given is wiped once it returned
 
   const own = new Uint8Array(randomBytes(32));
   await crypt.format(d.root, own);
   await enrollSlot({ hsm, crypt: rec, slot: "a", root: { device: d.root, format: false, key: own }, openRootAs: "zb-root-a" });
   expect(rec.opened[1]!.name).toBe("zb-root-a");
   expect(isZero(own)).toBe(false);
+});
+
+test("openRootAs fails: the error is the open's, no credentials, and the key open was given is wiped", async () => {
+  const d = disks();
+  const rec = new RecordingOpen(true);
+  const err = await enrollSlot({ hsm: new BoxHsm(), crypt: rec, slot: "b", root: { device: d.rootB, format: true }, openRootAs: "zb-root-b" }).catch((e: unknown) => e);
+  expect([(err as ZbError).code, (err as ZbError).message]).toEqual(["LUKS_FAILED", expect.stringMatching(/device-mapper is not there/)]);
+  expect(rec.opened.length).toBe(1);
+  expect([isZero(rec.opened[0]!.key), isZero(rec.opened[0]!.given)]).toEqual([false, true]); // a real key was handed over, then wiped
 });
