@@ -124,10 +124,12 @@ export interface PreparedOpen {
 
 /** Exit statuses documented in cryptsetup(8) "RETURN CODES". */
 const EXIT_REASONS: Record<number, string> = {
-  1: "wrong parameters",
+  // cryptsetup(8) calls 1 "wrong parameters"; it also covers a device that is not LUKS
+  // ("Device X is not a valid LUKS device.") and no device-mapper, which stderr then names.
+  1: "cryptsetup refused (wrong parameters, not a LUKS device, or no device-mapper)",
   2: "the key does not open any keyslot",
   3: "out of memory",
-  4: "wrong device (missing, unreadable or not LUKS)",
+  4: "wrong device (missing or unreadable)",
   5: "the device already exists or is busy",
 };
 

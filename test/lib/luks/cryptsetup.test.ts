@@ -249,7 +249,7 @@ describe("open/close argv (recording fake binary)", () => {
   });
 
   const exits: { name: string; before: { rc: number; stderr: string }; after: RegExp }[] = [
-    { name: "exit 1", before: { rc: 1, stderr: "Device zb-root is not active." }, after: /cannot close zb-root: wrong parameters \(cryptsetup exit 1: Device zb-root is not active\.\)/ },
+    { name: "exit 1", before: { rc: 1, stderr: "Device zb-root is not active." }, after: /cannot close zb-root: cryptsetup refused \(wrong parameters, not a LUKS device, or no device-mapper\) \(cryptsetup exit 1: Device zb-root is not active\.\)/ },
     { name: "exit 3", before: { rc: 3, stderr: "" }, after: /cannot close zb-root: out of memory \(cryptsetup exit 3\)$/ },
     { name: "exit 4", before: { rc: 4, stderr: "Device zb-root not found" }, after: /wrong device/ },
     { name: "exit 5", before: { rc: 5, stderr: "Device zb-root is still in use." }, after: /the device already exists or is busy .*still in use/ },
@@ -356,7 +356,7 @@ describe("prepareOpen: cryptsetup started before the key (recording fake binary)
   const timing: { name: string; before: { body: string; waitMs: number }; after: { ok: true; read: number } | { message: RegExp } }[] = [
     { name: "the key comes after the timeout (a slow PIN): cryptsetup still takes it and opens", before: { body: "", waitMs: 700 }, after: { ok: true, read: 32 } },
     { name: "cryptsetup hangs after it read the key: killed at the timeout, counted from the key", before: { body: "cat > /dev/null; exec sleep 30", waitMs: 0 }, after: { message: /cryptsetup was killed by SIGKILL \(timeout 0.3 s\)$/ } },
-    { name: "cryptsetup ended before the key came: its exit status, not a failed write", before: { body: "exit 4", waitMs: 400 }, after: { message: /^cannot open \/dev\/mmcblk0p2 as zb-root: wrong device \(missing, unreadable or not LUKS\) \(cryptsetup exit 4\)$/ } },
+    { name: "cryptsetup ended before the key came: its exit status, not a failed write", before: { body: "exit 4", waitMs: 400 }, after: { message: /^cannot open \/dev\/mmcblk0p2 as zb-root: wrong device \(missing or unreadable\) \(cryptsetup exit 4\)$/ } },
   ];
   test.each(timing)("$name", async ({ before, after }) => {
     const dir = tempDir();
