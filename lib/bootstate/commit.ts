@@ -16,6 +16,12 @@
  * only unread extras), and a cut after 2 leaves the new state in force with
  * derived files that the next boot repairs. test/lib/bootstate/powercut.test.ts
  * cuts at every write, fsync and rename of every transition.
+ *
+ * A failure after 2 (config.txt cannot be replaced: a full or failing boot
+ * partition) is treated the same way: the decision is recorded, so the
+ * transition goes on with it (reboot or boot on) and reports the stale file
+ * (Outcome.stale) instead of failing as if nothing had been recorded; the next
+ * boot repairs the file (N5) or, when it keeps failing, boots on (N6).
  */
 import type { Vars } from "../env/codec.ts";
 import { ZbError } from "../errors.ts";
@@ -33,6 +39,8 @@ export interface Outcome extends Step {
   reboot: { argument: string | null } | null;
   /** zbunlock may boot on. */
   proceed: boolean;
+  /** A derived file that could not be written after the env was (see above); the decision stands. */
+  stale?: ZbError;
 }
 
 export interface RunOptions {
@@ -90,7 +98,13 @@ function commitStep(backend: Backend, event: Event, opts: RunOptions): Outcome {
   if (has("write-tryboot")) backend.writeTryboot(result.state);
   // Built on the read above: the env is read once per transition.
   if (changes.length > 0) backend.writeVars(changes, before);
-  if (has("write-config")) backend.writeConfig(result.state);
-  if (has("delete-tryboot")) backend.removeTryboot();
+  try {
+    if (has("write-config")) backend.writeConfig(result.state);
+    if (has("delete-tryboot")) backend.removeTryboot();
+  } catch (e) {
+    // Nothing recorded yet: the old state stands, and the caller hears the failure.
+    if (changes.length === 0 || !(e instanceof ZbError)) throw e;
+    outcome.stale = e;
+  }
   return outcome;
 }

@@ -139,6 +139,8 @@ export function transition(args: ParsedArgs, tool: string, event: Event): number
 /** One line per applied row (or JSON), printed before any reboot. Shared with zbunlock. */
 export function report(args: ParsedArgs, tool: string, o: Outcome, rebootSuppressed: boolean, dryRun = false): void {
   const rows = o.trace.map((id) => TABLE.find((r) => r.id === id)!);
+  // On stderr whatever the output format: the decision is recorded, a boot file is behind it.
+  if (o.stale) err(`${tool}: warning: ${o.stale.message}; the env has the new state, and the next boot rewrites the file (row N5)\n`);
   if (args.flags.has("json")) {
     const json = {
       dryRun,
@@ -148,6 +150,7 @@ export function report(args: ParsedArgs, tool: string, o: Outcome, rebootSuppres
       reboot: o.reboot,
       rebootPerformed: o.reboot !== null && !rebootSuppressed && !dryRun,
       proceed: o.proceed,
+      stale: o.stale ? o.stale.message : null,
       state: { committed: o.state.committed, status: o.state.status, trySlot: o.state.trySlot, mode: o.state.mode },
     };
     out(JSON.stringify(json, null, 2) + "\n");

@@ -551,6 +551,27 @@ describe("a boot state zbunlock cannot use: the slot the firmware chose boots un
     }
   });
 
+  test("config.txt cannot be replaced after the env recorded a rollback (N7): the rollback stands, the reboot is pending (12), the warning says so; no unrecorded boot of the rejected slot", async () => {
+    expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b", "--force"]).code).toBe(0);
+    hsmConf(join(dir, "soft.key"));
+    expect(run(["env", "set", "--boot", boot, "zb_boot_count_a", "3"]).code).toBe(0);
+    const config = readFileSync(join(boot, "config.txt"), "utf8");
+    mkdirSync(join(boot, ".config.txt.zb-new")); // the temp name is taken: the rename cannot happen
+    try {
+      const r = await zbunlock();
+      expect(r.out).toContain("N7");
+      expect(r.err).toMatch(/zbunlock: warning: cannot .*config\.txt.*; the env has the new state, and the next boot rewrites the file \(row N5\)/);
+      expect(r.err).not.toContain("unrecorded");
+      expect(r.err).not.toContain("unlocked zb-root");
+      expect(r.code).toBe(12);
+      expect(env()).toContain("zb_slot=b");
+      expect(readFileSync(join(boot, "config.txt"), "utf8")).toBe(config);
+    } finally {
+      rmSync(join(boot, ".config.txt.zb-new"), { recursive: true, force: true });
+      expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b", "--force"]).code).toBe(0);
+    }
+  });
+
   test("a try boot is not run unrecorded: a plain reboot back to the committed slot (exit 12 under --no-reboot), nothing unlocked", async () => {
     expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b", "--force"]).code).toBe(0);
     hsmConf(join(dir, "soft.key"));

@@ -4,10 +4,11 @@
  * copies again. Counted on real files through a Sys that counts reads.
  */
 import { afterAll, describe, expect, test } from "bun:test";
-import { rmSync } from "node:fs";
+import { readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { runTransition } from "../../../lib/bootstate/commit.ts";
 import { readState } from "../../../lib/bootstate/state.ts";
+import { ZbError } from "../../../lib/errors.ts";
 import { HostSys } from "../../../lib/sys/sys.ts";
 import { Device } from "../../fakes/device.ts";
 
@@ -64,5 +65,54 @@ describe("one env read per transition", () => {
     expect(o.envChanged).toBe(true);
     expect(sys.envReads(d.boot) - start).toBe(2);
     expect(d.state().slots.a.bootCount).toBe(0);
+  });
+});
+
+/** HostSys whose renames onto config.txt fail, as on a boot partition with no room for the new file. */
+class FullBootSys extends HostSys {
+  override rename(from: string, to: string): void {
+    if (to.endsWith("/config.txt")) throw new ZbError("IO", `cannot rename ${from} to ${to}: no space left on device`);
+    super.rename(from, to);
+  }
+}
+
+describe("a boot file that cannot be written after the env was (the commit point)", () => {
+  test.each([
+    {
+      name: "N7 (a exhausted, b valid): rolled back in the env, config.txt stale; the reboot still happens, stale reported",
+      before: { zb_boot_count_a: "3" },
+      after: { committed: "b", trace: ["N7"] as string[], reboot: true, stale: /no space left on device/, prefix: "slot-a/" },
+    },
+    {
+      name: "N9 (an ordinary boot, config.txt not rewritten): nothing stale",
+      before: {},
+      after: { committed: "a", trace: ["N9"] as string[], reboot: false, stale: null, prefix: "slot-a/" },
+    },
+  ])("$name", ({ before, after }) => {
+    const d = new Device(new FullBootSys());
+    devices.push(d);
+    const b = d.backend(new HostSys());
+    b.writeVars(Object.entries(before).map(([name, value]) => ({ name, value })));
+    const reboots: (string | null)[] = [];
+    const o = runTransition(d.backend(), { kind: "boot", booted: "a", tryboot: false }, { actor: "zbunlock", reboot: (arg) => void reboots.push(arg) });
+    expect(o.trace).toEqual(after.trace);
+    expect(d.state().committed).toBe(after.committed);
+    expect(reboots.length > 0).toBe(after.reboot);
+    if (after.stale) expect(o.stale?.message).toMatch(after.stale);
+    else expect(o.stale).toBeUndefined();
+    expect(readFileSync(join(d.boot, "config.txt"), "utf8")).toContain(`os_prefix=${after.prefix}`);
+  });
+
+  test("config.txt that stays stale: N5 twice (each reboots, stale reported), then N6 boots the slot the firmware chose", () => {
+    const d = new Device(new FullBootSys());
+    devices.push(d);
+    d.backend(new HostSys()).writeVars([{ name: "zb_slot", value: "b" }]); // the env says b, config.txt still says a
+    const traces: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const reboots: (string | null)[] = [];
+      const o = runTransition(d.backend(), { kind: "boot", booted: "a", tryboot: false }, { actor: "zbunlock", reboot: (arg) => void reboots.push(arg) });
+      traces.push(`${o.trace.join(",")}${reboots.length ? " reboot" : ""}${o.stale ? " stale" : ""}${o.proceed ? " proceed" : ""}`);
+    }
+    expect(traces).toEqual(["N5 reboot stale", "N5 reboot stale", "N6 proceed"]);
   });
 });
