@@ -309,6 +309,22 @@ describe("fw_printenv/fw_setenv personalities of dist/zb-x64", () => {
     expect(a.stdout).toContain(`x=${"v".repeat(48)}\n`);
   });
 
+  test("an argument that is not UTF-8: refused (exit 2, env untouched) where the runtime would have stored U+FFFD; valid UTF-8 is stored byte for byte", () => {
+    const { fwPrintenv } = need();
+    const mine = makePair(newDir("personality/utf8"), initial, 0x1000, false);
+    const before = copies(mine);
+    // Bun.spawn passes strings as UTF-8: the invalid byte goes through a shell's printf.
+    const q = Bun.spawnSync(["sh", "-c", `"$0" -c "$1" bin "$(printf 'a\\377b')"`, zbSetenv, mine.cfg], { stdout: "pipe", stderr: "pipe" });
+    expect(q.exitCode).toBe(2);
+    expect(q.stderr.toString()).toContain("cannot run fw_setenv: argument 4 is not valid UTF-8");
+    expect(copies(mine)).toEqual(before);
+    // "a\u00ffb" from a JS string is valid UTF-8 (c3 bf): stored as those bytes.
+    const p = Bun.spawnSync([zbSetenv, "-c", mine.cfg, "bin", "a\u00ffb"], { stdout: "pipe", stderr: "pipe" });
+    expect(p.exitCode).toBe(0);
+    const shown = run([fwPrintenv, "-c", mine.cfg, "bin"]);
+    expect(shown.stdout).toBe("bin=a\xc3\xbfb\n");
+  });
+
   test("no valid copy and no default env: both exit 243", () => {
     const { fwPrintenv, fwSetenv } = need();
     const d = newDir("personality/bad");
