@@ -75,7 +75,8 @@ export function rebooter(args: ParsedArgs, tool: string, opts: RebooterOptions =
         if (!args.flags.has("json")) out(`${tool}: reboot (${how}) needed, not performed: --no-reboot\n`);
         return;
       }
-      out(`${tool}: rebooting (${how})\n`);
+      // With --json, stdout carries only the JSON document.
+      (args.flags.has("json") ? err : out)(`${tool}: rebooting (${how})\n`);
       try {
         now(arg, args.values.get("root") ?? "/");
       } catch (e) {

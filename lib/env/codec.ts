@@ -182,13 +182,13 @@ function noSpace(vars: ReadonlyMap<string, string>, cap: number): ZbError {
  */
 export function checkName(name: string): void {
   if (name.length === 0) throw new ZbError("ENV_FORMAT", "cannot use an empty variable name");
-  if (/[=\0]/.test(name)) throw new ZbError("ENV_FORMAT", `cannot use variable name ${JSON.stringify(name)}: it contains '=' or NUL`);
+  if (/[=\0]/.test(name)) throw new ZbError("ENV_FORMAT", `cannot use variable name ${JSON.stringify(asText(name))}: it contains '=' or NUL`);
   if (/[^\x00-\xff]/.test(name)) throw new ZbError("INTERNAL", "internal error: variable name is not a byte string");
 }
 
 /** @throws {ZbError} ENV_FORMAT when the value holds NUL */
 export function checkValue(name: string, value: string): void {
-  if (value.includes("\0")) throw new ZbError("ENV_FORMAT", `cannot set ${name}: the value contains NUL`);
+  if (value.includes("\0")) throw new ZbError("ENV_FORMAT", `cannot set ${asText(name)}: the value contains NUL`);
   if (/[^\x00-\xff]/.test(value)) throw new ZbError("INTERNAL", "internal error: variable value is not a byte string");
 }
 
@@ -200,6 +200,11 @@ export function byteOrder(a: string, b: string): number {
 /** UTF-8 text (argv, script files) to a byte string. */
 export function toBytes(text: string): string {
   return Buffer.from(text, "utf8").toString(LATIN1);
+}
+
+/** A byte string as text for a message: its bytes read as UTF-8 (a name typed as `café` shows as café, not cafÃ©). */
+export function asText(s: string): string {
+  return Buffer.from(s, LATIN1).toString("utf8");
 }
 
 /** A byte string to raw bytes, for writing to stdout. */

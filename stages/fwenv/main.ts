@@ -43,8 +43,7 @@ const SPECS = {
   version: { short: "V" },
 };
 
-export function fwenvMain(tool: Tool, argv: string[], rawArgv: Uint8Array[] | null = rawArguments(argv.length)): number {
-  checkUtf8(tool, argv, rawArgv);
+export function fwenvMain(tool: Tool, argv: string[]): number {
   const args = parseArgs(argv, SPECS, tool);
   if (args.flags.has("version")) return done(`${VERSION}\n`);
   if (args.flags.has("help")) return done(usage(tool));
@@ -129,42 +128,6 @@ function usage(tool: Tool): string {
  -V, --version                    : print version and exit
 ${set ? " -s, --script <filename>          : read variables to be set from a script (name=value or name value lines)\n" : " -n, --no-header                  : do not print variable name\n"}(zb's ${tool}; see \`zb env --help\` for the native command)
 `;
-}
-
-/**
- * The last `count` arguments as the kernel holds them (/proc/self/cmdline),
- * or null where that cannot be read. The runtime decodes argv as UTF-8 and
- * turns invalid bytes into U+FFFD, so the strings alone cannot tell.
- */
-function rawArguments(count: number): Uint8Array[] | null {
-  try {
-    const all = readFileSync("/proc/self/cmdline");
-    const parts: Uint8Array[] = [];
-    for (let at = 0; at < all.length; ) {
-      const end = all.indexOf(0, at);
-      parts.push(all.subarray(at, end < 0 ? all.length : end));
-      at = end < 0 ? all.length : end + 1;
-    }
-    return parts.length > count ? parts.slice(parts.length - count) : null;
-  } catch {
-    return null;
-  }
-}
-
-/**
- * Refuse an argument that is not valid UTF-8: libubootenv stores its bytes as
- * they are, but it reaches zb already decoded with U+FFFD in place of the
- * invalid bytes, and storing that would change the value silently. A script
- * file (-s) is read as bytes and keeps any value.
- * @throws {ZbError} USAGE
- */
-function checkUtf8(tool: Tool, argv: string[], raw: Uint8Array[] | null): void {
-  if (raw === null || raw.length !== argv.length) return;
-  argv.forEach((a, i) => {
-    if (Buffer.from(a, "utf8").equals(raw[i]!)) return;
-    const why = `cannot run ${tool}: argument ${i + 1} is not valid UTF-8, and its bytes would not be ${tool === "fw_setenv" ? "stored" : "looked up"} as given`;
-    throw new ZbError("USAGE", why, tool === "fw_setenv" ? { hint: "put the variable in a script file and use fw_setenv -s FILE, which keeps any bytes" } : {});
-  });
 }
 
 function done(text: string): number {

@@ -34,7 +34,8 @@ const EXTRA: Record<string, OptionSpecs> = {
 
 
 export function bootMain(command: string, argv: string[]): number {
-  const args = parseArgs(argv, { ...BOOT_OPTIONS, ...(EXTRA[command] ?? {}) }, `zb ${command}`);
+  // A repeated option is refused: `--try a --try b` must not quietly arm b.
+  const args = parseArgs(argv, { ...BOOT_OPTIONS, ...(EXTRA[command] ?? {}) }, `zb ${command}`, { repeats: "refuse" });
   if (args.flags.has("help")) {
     // --no-reboot only matters where a reboot can follow (zb reboot; zbunlock has its own help).
     const options = command === "reboot" ? BOOT_OPTIONS_HELP : BOOT_OPTIONS_HELP.split("\n").filter((l) => !l.includes("--no-reboot")).join("\n");
@@ -68,7 +69,7 @@ function status(args: ParsedArgs): number {
 
 function markGood(args: ParsedArgs): number {
   const dir = args.values.get("health-dir");
-  if (dir !== undefined) runHealthChecks(dir);
+  if (dir !== undefined) runHealthChecks(dir, args.flags.has("json"));
   const booted = bootedFrom(platform(host(args)));
   return transition(args, "mark-good", { kind: "mark-good", booted: booted.slot, tryboot: booted.tryboot });
 }
@@ -92,6 +93,7 @@ function reboot(args: ParsedArgs): number {
     return 0; // under systemd: the reboot job is queued
   }
   if (param !== undefined) throw new ZbError("USAGE", "cannot reboot: --param needs --raw");
+  if (trySlot === undefined && args.values.has("rearms")) throw new ZbError("USAGE", "cannot reboot: --rearms needs --try SLOT (without it this would be a plain reboot)");
   if (trySlot !== undefined && args.flags.has("recover")) throw new ZbError("USAGE", "cannot reboot: give --try or --recover, not both");
   if (trySlot !== undefined) {
     const rearms = args.values.has("rearms") ? count(args.values.get("rearms")!, "--rearms") : undefined;
@@ -167,7 +169,7 @@ export function report(args: ParsedArgs, tool: string, o: Outcome, rebootSuppres
  * run and did not has not said the system is healthy.
  * @throws {ZbError} HEALTH_VETO, or USAGE/IO when `dir` cannot be listed
  */
-function runHealthChecks(dir: string): void {
+function runHealthChecks(dir: string, json = false): void {
   let names: string[];
   try {
     names = readdirSync(dir).sort();
@@ -192,7 +194,8 @@ function runHealthChecks(dir: string): void {
     if (!st.isFile() || (st.mode & 0o111) === 0) continue;
     let p: ReturnType<typeof Bun.spawnSync>;
     try {
-      p = Bun.spawnSync([path], { stdout: "inherit", stderr: "inherit" });
+      // Under --json stdout carries only zb's JSON: a check's own output goes to stderr.
+      p = Bun.spawnSync([path], { stdout: json ? 2 : "inherit", stderr: "inherit" });
     } catch (e) {
       const code = (e as { code?: string }).code;
       throw veto(path, `cannot run: ${code === "ENOEXEC" ? "it is not a program the kernel can start (no #! line?)" : describeErrno(e)}`);

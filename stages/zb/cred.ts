@@ -15,7 +15,7 @@ import { CryptsetupCli } from "../../lib/luks/cryptsetup.ts";
 import { enrollSlot, type DataTarget } from "../../lib/luks/enroll.ts";
 import { wipe } from "../../lib/secret.ts";
 import { HostSys } from "../../lib/sys/sys.ts";
-import { createNew, out } from "../output.ts";
+import { createNew, err, out } from "../output.ts";
 import { HSM_OPTIONS, HSM_OPTIONS_HELP, hsmConfigFrom, hsmFor, sealOptions } from "./hsm.ts";
 
 const USAGE = `usage: zb cred create --slot a|b --root DEVICE --format [--data DEVICE (--format-data | --data-key-from CRED)]
@@ -50,9 +50,18 @@ export async function credMain(argv: string[]): Promise<number> {
     "data-key-from": { value: true }, pcrs: { value: true }, output: { short: "o", value: true }, initramfs: { value: true }, open: { value: true },
     json: {}, help: { short: "h" },
   }, `zb cred ${sub ?? ""}`.trim(), { repeats: "refuse" });
-  if (sub === undefined || sub === "--help" || sub === "-h" || args.flags.has("help")) {
+  if (sub === undefined) {
+    err(USAGE + "\n");
+    throw new ZbError("USAGE", "cannot run zb cred: no subcommand given (create or show)");
+  }
+  if (sub === "--help" || sub === "-h") {
     out(USAGE + "\n");
-    return sub === undefined ? 2 : 0;
+    return 0;
+  }
+  if (sub !== "create" && sub !== "show") throw new ZbError("USAGE", `cannot run zb cred: unknown subcommand ${JSON.stringify(sub)}`, { hint: "see `zb cred --help`" });
+  if (args.flags.has("help")) {
+    out(USAGE + "\n");
+    return 0;
   }
   if (sub === "create") {
     onlyThese(args, null, 0, "zb cred create");
@@ -62,7 +71,11 @@ export async function credMain(argv: string[]): Promise<number> {
     onlyThese(args, ["json"], 1, "zb cred show");
     return show(args);
   }
-  throw new ZbError("USAGE", `cannot run zb cred: unknown subcommand ${JSON.stringify(sub)}`, { hint: "see `zb cred --help`" });
+  return unreachable(sub);
+}
+
+function unreachable(sub: never): never {
+  throw new ZbError("INTERNAL", `internal error: zb cred ${String(sub)}`);
 }
 
 /**

@@ -75,7 +75,7 @@ export function envMain(argv: string[]): number {
 type Sub = keyof typeof USAGE;
 
 function run(sub: Sub, argv: string[], extra: OptionSpecs, body: (store: EnvStore, args: ParsedArgs) => number): number {
-  const args = parseArgs(argv, { ...COMMON, ...extra }, `zb env ${sub}`);
+  const args = parseArgs(argv, { ...COMMON, ...extra }, `zb env ${sub}`, { repeats: "refuse" });
   if (args.flags.has("help")) {
     out(USAGE[sub] + "\n");
     return 0;
@@ -97,7 +97,7 @@ function print(store: EnvStore, args: ParsedArgs): number {
   const names = args.positional.map(toBytes);
   const missing = names.filter((n) => !state.vars.has(n));
   if (missing.length > 0) {
-    throw new ZbError("NOT_FOUND", `cannot print ${missing.map((n) => JSON.stringify(n)).join(", ")}: not defined in ${store.config.source}`);
+    throw new ZbError("NOT_FOUND", `cannot print ${missing.map((n) => JSON.stringify(utf8(n))).join(", ")}: not defined in ${store.config.source}`);
   }
   const shown = names.length > 0 ? names : [...state.vars.keys()].sort(byteOrder);
   if (args.flags.has("json")) {
@@ -122,7 +122,7 @@ function set(store: EnvStore, args: ParsedArgs): number {
     const [name, value, ...extra] = args.positional.map(toBytes);
     if (name === undefined) throw new ZbError("USAGE", "cannot run zb env set: no variable name given", { hint: "see `zb env set --help`" });
     if (extra.length > 0) {
-      throw new ZbError("USAGE", `cannot set ${name}: more than one value given`, { hint: "quote a value that contains spaces" });
+      throw new ZbError("USAGE", `cannot set ${utf8(name)}: more than one value given`, { hint: "quote a value that contains spaces" });
     }
     // An empty VALUE deletes, as in U-Boot's setenv and snapd.
     changes = [{ name, value: value === undefined || value === "" ? null : value }];

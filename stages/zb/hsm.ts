@@ -118,13 +118,21 @@ export async function hsmMain(argv: string[]): Promise<number> {
   const [sub, ...rest] = argv;
   const specs: OptionSpecs = { ...HSM_OPTIONS, pcrs: { value: true }, output: { short: "o", value: true }, json: {}, help: { short: "h" } };
   const args = parseArgs(rest, specs, `zb hsm ${sub ?? ""}`.trim(), { repeats: "refuse" });
-  if (sub === undefined || sub === "--help" || sub === "-h" || args.flags.has("help")) {
-    out(USAGE + "\n");
-    return sub === undefined ? 2 : 0;
-  }
   const positionals: Record<string, number> = { probe: 0, seal: 0, unseal: 1 };
-  // Before the config is read: a typo in the subcommand is the first thing to report, and reads nothing.
+  if (sub === undefined) {
+    err(USAGE + "\n");
+    throw new ZbError("USAGE", "cannot run zb hsm: no subcommand given (probe, seal or unseal)");
+  }
+  if (sub === "--help" || sub === "-h") {
+    out(USAGE + "\n");
+    return 0;
+  }
+  // Before --help and the config: a typo in the subcommand is the first thing to report, and reads nothing.
   if (!(sub in positionals)) throw new ZbError("USAGE", `cannot run zb hsm: unknown subcommand ${JSON.stringify(sub)}`, { hint: "see `zb hsm --help`" });
+  if (args.flags.has("help")) {
+    out(USAGE + "\n");
+    return 0;
+  }
   onlyThese(args, null, positionals[sub]!, `zb hsm ${sub}`);
   // unseal's output is the secret; a summary next to it has nothing to say that the blob does not.
   if (sub === "unseal" && args.flags.has("json")) throw new ZbError("USAGE", "cannot unseal: --json applies to probe and seal", { hint: "the blob is JSON: it shows what it was sealed to" });

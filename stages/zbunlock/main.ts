@@ -15,7 +15,7 @@
  */
 import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { parseArgs, type ParsedArgs } from "../../lib/cli/args.ts";
+import { onlyThese, parseArgs, type ParsedArgs } from "../../lib/cli/args.ts";
 import { runTransition } from "../../lib/bootstate/commit.ts";
 import { bootedFrom, readPlatform, type Platform } from "../../lib/bootloader/platform.ts";
 import type { LoadedCredentials } from "../../lib/luks/credentials.ts";
@@ -74,6 +74,8 @@ export async function zbunlockMain(argv: string[]): Promise<number> {
     out(USAGE + "\n");
     return 0;
   }
+  // zbunlock takes no arguments: `zb unlock status` (a typo for `zb status`) must not count a boot.
+  onlyThese(args, null, 0, "zbunlock");
   const statusFd = args.values.get("status-fd");
   if (statusFd !== undefined) reportExitTo(statusFd);
   const root = args.values.get("root") ?? "/";

@@ -87,6 +87,16 @@ describe("a try, committed, through the CLI", () => {
     expect(status().slots.a.bootCount).toBe(0);
   });
 
+  test("--json: a health check's own output goes to stderr, stdout is zb's JSON alone", () => {
+    const checks = join(dir, "health-json.d");
+    mkdirSync(checks);
+    writeCheck(checks, "10-talks", "#!/bin/sh\necho check-out\nexit 0\n");
+    const r = zb(["mark-good", "--health-dir", checks, "--json"]);
+    expect(r.code).toBe(0);
+    expect(r.err).toContain("check-out");
+    expect(() => JSON.parse(r.out)).not.toThrow();
+  });
+
   test.each([
     { name: "a link to nothing", make: (d: string) => symlinkSync(join(d, "gone"), join(d, "10-check")), code: 11, why: /health check .*10-check cannot run: it is a link to nothing/ },
     { name: "an executable without a #! line", make: (d: string) => writeCheck(d, "10-check", "echo hi\n"), code: 11, why: /health check .*10-check cannot run: it is not a program the kernel can start/ },
@@ -149,6 +159,39 @@ describe("refusals and bad input", () => {
     const r = zb(["status"]);
     expect(r.code).toBe(9);
     expect(r.err).toMatch(/zb_slot is "c", expected one of "a", "b"/);
+  });
+
+  test.each([
+    { argv: ["reboot", "--rearms", "3"], why: "cannot reboot: --rearms needs --try SLOT" },
+    { argv: ["reboot", "--try", "a", "--try", "b"], why: 'option --try is given twice ("a" and "b")' },
+    { argv: ["init", "--slot", "a", "--slot", "b", "--force"], why: 'option --slot is given twice ("a" and "b")' },
+    { argv: ["env", "set", "x", "1", "--boot", "/nowhere"], why: "option --boot is given twice" },
+    { argv: ["unlock", "status", "--no-unlock"], why: 'cannot run zbunlock: unexpected argument "status"' },
+  ])("zb $argv: USAGE (exit 2), nothing changed", ({ argv, why }) => {
+    const before = envBytes();
+    const r = zb([...argv]);
+    expect([r.code, r.err]).toEqual([2, expect.stringContaining(why)]);
+    expect(envBytes().equals(before)).toBe(true);
+  });
+
+  test("zb env set with a value that is not UTF-8: USAGE, nothing stored; a name typed with accents shows as typed", () => {
+    const before = envBytes();
+    const p = Bun.spawnSync(["sh", "-c", `"$0" env set bin "$(printf 'a\\377b')" --boot "$1"`, BIN, boot], { env: { ...process.env, ZB_NO_REBOOT: "1" }, stderr: "pipe" });
+    expect(p.exitCode).toBe(2);
+    expect(p.stderr.toString()).toContain("cannot run zb: argument 4 is not valid UTF-8");
+    expect(p.stderr.toString()).toContain("zb env set --script FILE");
+    expect(envBytes().equals(before)).toBe(true);
+    expect(zb(["env", "print", "café"]).err).toContain('cannot print "café": not defined');
+  });
+
+  test("zb reboot --json: stdout holds JSON only (the 'rebooting' line goes to stderr)", () => {
+    expect(zb(["env", "set", "zb_slot", "a"]).code).toBe(0); // the test before left zb_slot=c
+    const r = zb(["reboot", "--json"]); // ZB_NO_REBOOT=1 then refuses the reboot itself
+    expect(r.err).toContain("zb reboot: rebooting (normal)");
+    expect(r.out).not.toContain("rebooting");
+    const [doc, last] = [r.out.slice(0, r.out.lastIndexOf("}\n{") + 2), r.out.slice(r.out.lastIndexOf("}\n{") + 2)];
+    expect(JSON.parse(doc).reboot).toEqual({ argument: null });
+    expect(JSON.parse(last)).toMatchObject({ type: "result", ok: false });
   });
 
   test.each([

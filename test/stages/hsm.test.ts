@@ -41,6 +41,12 @@ describe("zb hsm", () => {
     expect(zb(["hsm", "unseal", join(dir, "a.sealed"), "-o", "-", ...soft()]).raw).toEqual(SECRET);
   });
 
+  test("a secret for a closed stdout (the runtime reopens it on /dev/null) is refused, not lost with exit 0", () => {
+    const p = Bun.spawnSync(["sh", "-c", `"$0" hsm unseal "$1" -o - --soft-enable --soft-key-file "$2" >&-`, BIN, join(dir, "a.sealed"), join(dir, "soft.key")], { env: { ...process.env, ZB_NO_REBOOT: "1" }, stderr: "pipe" });
+    expect(p.exitCode).toBe(5);
+    expect(p.stderr.toString()).toContain("cannot write to stdout: it is /dev/null");
+  });
+
   const REFUSALS: { name: string; argv: () => string[]; stdin?: Uint8Array; code: number; err: RegExp; keeps?: string; leaves?: string }[] = [
     { name: "unseal never replaces a file", argv: () => ["hsm", "unseal", join(dir, "a.sealed"), "-o", join(dir, "a.out"), ...soft()], code: 2, err: /the file exists/ },
     { name: "soft backend not enabled", argv: () => ["hsm", "seal", "--backend", "soft", "--config", join(dir, "none.conf"), "-o", join(dir, "b.sealed")], stdin: SECRET, code: 8, err: /soft/, leaves: "b.sealed" },
@@ -50,6 +56,10 @@ describe("zb hsm", () => {
     { name: "a TPM that refuses (a regular file as --tpm), no blob left", argv: () => ["hsm", "seal", "--backend", "tpm2", "--tpm", join(dir, "none.conf"), "--config", join(dir, "none.conf"), "-o", join(dir, "b.sealed")], stdin: SECRET, code: 8, err: /cannot use .*none.conf as a TPM: it is not a character device \(a regular file\)/, leaves: "b.sealed", keeps: "none.conf" },
     { name: "unseal --json (the output is the secret; no summary)", argv: () => ["hsm", "unseal", join(dir, "a.sealed"), "-o", "-", "--json", ...soft()], code: 2, err: /cannot unseal: --json applies to probe and seal/ },
     { name: "an unknown subcommand, before the config is read", argv: () => ["hsm", "bogus", "--config", join(dir, "missing.conf")], code: 2, err: /cannot run zb hsm: unknown subcommand "bogus"/ },
+    { name: "an unknown subcommand with --help (still USAGE, not the usage text)", argv: () => ["hsm", "bogus", "--help"], code: 2, err: /cannot run zb hsm: unknown subcommand "bogus"/ },
+    { name: "no subcommand", argv: () => ["hsm"], code: 2, err: /cannot run zb hsm: no subcommand given \(probe, seal or unseal\)/ },
+    { name: "cred with no subcommand", argv: () => ["cred"], code: 2, err: /cannot run zb cred: no subcommand given \(create or show\)/ },
+    { name: "cred with an unknown subcommand and --help", argv: () => ["cred", "bogus", "--help"], code: 2, err: /cannot run zb cred: unknown subcommand "bogus"/ },
     { name: "no backend", argv: () => ["hsm", "seal", "--config", join(dir, "none.conf"), "-o", join(dir, "b.sealed")], stdin: SECRET, code: 2, err: /no backend given/ },
     { name: "--pcrs for a backend without PCRs", argv: () => ["hsm", "seal", "--backend", "soft", ...soft(), "--pcrs", "7", "-o", join(dir, "b.sealed")], stdin: SECRET, code: 2, err: /--pcrs and --lock-pcr apply to tpm2 only/ },
     { name: "unknown backend", argv: () => ["hsm", "probe", "--backend", "tpm3"], code: 2, err: /unknown backend "tpm3"/ },
