@@ -116,8 +116,15 @@ function ascii(...words: (number | undefined)[]): string {
   return String.fromCharCode(...bytes.filter((b) => b >= 0x20 && b < 0x7f)).replace(/\s+/g, " ").trim();
 }
 
-/** PCRs that TPM2_Startup(CLEAR) resets to zeros (Part 1 §17.5; 17–22 reset to ones for DRTM). */
-export const LOCKABLE_PCRS = [...Array(17).keys(), 23];
+/**
+ * PCRs that can hold a lock: reset to zeros by TPM2_Startup(CLEAR) (Part 1
+ * §17.5) and by nothing else. Not 16 (debug) and 23 (application support):
+ * the TCG PC Client platform profile lets TPM2_PCR_Reset clear them at
+ * locality 0, so a root shell could undo the lock and unseal again (checked
+ * with swtpm: tpm2_pcrreset 23 succeeds, 15 fails with TPM_RC_LOCALITY).
+ * 17–22 reset to ones (DRTM).
+ */
+export const LOCKABLE_PCRS = [...Array(16).keys()];
 
 /** What lock() extends: SHA-256 of a fixed text, so the event is recognisable in an event log. */
 const lockEvent = () => sha256(new TextEncoder().encode("zb: volumes unlocked, no more unseals until reboot"));
@@ -208,7 +215,7 @@ export class Tpm2Hsm implements Hsm {
     }
     const lock = opts.lockPcr;
     if (lock !== undefined && !LOCKABLE_PCRS.includes(lock)) {
-      throw new ZbError("USAGE", `cannot use PCR ${lock} as the lock PCR: it must reset to zero at boot (${LOCKABLE_PCRS.join(", ")})`);
+      throw new ZbError("USAGE", `cannot use PCR ${lock} as the lock PCR: it must reset to zero at boot and only then (PCRs 0–15; 16 and 23 can be reset by software, 17–22 reset to ones)`);
     }
     const pcrs = normalizePcrs([...new Set([...(opts.pcrs ?? []), ...(lock !== undefined ? [lock] : [])])]);
     let warned = false; // once per seal, not once per retry

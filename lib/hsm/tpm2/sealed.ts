@@ -125,6 +125,8 @@ export function decodeSealed(d: SealedData): Tpm2Sealed {
   if (policy === "command-code" && !equalBytes(policyDigest, unsealOnlyPolicy())) throw invalid("policyDigest is not PolicyCommandCode(TPM2_Unseal)");
   const lockPcr = d.lockPcr;
   if (lockPcr !== undefined && (typeof lockPcr !== "number" || !pcrs.includes(lockPcr))) throw invalid("lockPcr is not one of the policy's PCRs");
+  // 16 and 23 can be reset without a reboot (index.ts LOCKABLE_PCRS): such a lock would not hold.
+  if (lockPcr !== undefined && !(Number.isInteger(lockPcr) && lockPcr >= 0 && lockPcr <= 15)) throw invalid(`lockPcr ${lockPcr} can be reset without a reboot; seal again with a lock PCR from 0 to 15`);
   return { srkHandle, srkName, policy, pcrs, policyDigest, public: pub, private: priv, ...(lockPcr !== undefined ? { lockPcr } : {}) };
 }
 

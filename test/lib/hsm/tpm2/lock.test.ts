@@ -66,6 +66,17 @@ test.each([[17], [22], [24]])("PCR %d cannot be the lock PCR (not zero after a r
   await hsm.close();
 });
 
+test.each([[16], [23]])("PCR %d cannot be the lock PCR: software resets it (tpm2_pcrreset), which would undo the lock", async (pcr) => {
+  expect(LOCKABLE_PCRS).not.toContain(pcr);
+  const hsm = new Tpm2Hsm({ device: tpm.address });
+  await expect(hsm.seal(secret, { lockPcr: pcr })).rejects.toMatchObject({ code: "USAGE", message: expect.stringContaining("16 and 23 can be reset by software") });
+  // Sealed data claiming it anyway (bound at zero, as a lock would be) is refused as malformed.
+  const data = await hsm.seal(secret, { pcrs: [7, pcr] });
+  const r = await hsm.unseal({ ...data, lockPcr: pcr });
+  expect(r.kind === "ok" ? "ok" : `${r.kind}: ${r.why}`).toContain(`lockPcr ${pcr} can be reset without a reboot`);
+  await hsm.close();
+});
+
 test("a lockPcr that is not among the policy's PCRs is malformed data", async () => {
   const hsm = new Tpm2Hsm({ device: tpm.address });
   const data = await hsm.seal(secret, { pcrs: [7] });
