@@ -50,6 +50,14 @@ export const BUSY_DELAYS_MS = [50, 100, 200, 200, 200];
 /** Refusals by policy: POLICY_FAIL, EXPIRED, POLICY_CC, AUTH_FAIL, POLICY, PCR. */
 const DENIED = new Set([0x9d, 0xa3, 0xa4, 0x8e, 0x126, 0x127]);
 /**
+ * AUTH_FAIL and BAD_AUTH at Load: zb loads under the storage key with an
+ * empty password, so these mean that key (at 0x81000001, same template, so
+ * the same name) was made with a password. Not `denied`: the sealed object
+ * and its policy are fine, and a slot must not be given up for good (U2) for
+ * the storage key's setup; each try without noDA also counts toward lockout.
+ */
+const SRK_AUTH = new Set([0x8e, 0xa2]);
+/**
  * TPM_RC_LOCKOUT: dictionary-attack lockout (Part 1, "Dictionary Attack
  * Protection"). Not `denied`: it heals by itself after the recovery time, and
  * while the storage key lacks noDA any process with TPM access can cause it
@@ -101,6 +109,12 @@ function classify(e: unknown, step: "load" | "unseal"): unknown {
   if (!(e instanceof TpmRcError)) return e;
   const base = decodeRc(e.rc).base;
   if (base === LOCKOUT) return new ZbError("HSM_FAILED", lockoutWhy(e), { cause: e });
+  if (step === "load" && SRK_AUTH.has(base)) {
+    return new ZbError("HSM_FAILED", `the storage key at 0x81000001 has a password, and zb uses it with none: ${e.command} returned ${describeRc(e.rc)}`, {
+      cause: e,
+      hint: "recreate the storage key without a password (tpm2_evictcontrol to remove it; zb hsm seal creates it), then seal again",
+    });
+  }
   if (DENIED.has(base)) return refuse("HSM_DENIED", `the TPM refused: ${e.command} returned ${describeRc(e.rc)}`);
   if (step === "load" && NOT_OURS.has(base)) {
     return refuse("HSM_NO_MATCH", `the sealed object does not belong to this TPM's storage key: ${e.command} returned ${describeRc(e.rc)}`);

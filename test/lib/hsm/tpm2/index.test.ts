@@ -228,6 +228,9 @@ describe("failure classes: situation before → result after", () => {
     { name: "TPM_RC_POLICY_FAIL with the right tag on Unseal → denied (control)", cc: 0x15e, rsp: errorResponse(0x99d), kind: "denied", why: "TPM_RC_POLICY_FAIL" },
     { name: "TPM_RC_LOCKOUT on Load → failed (heals), not denied", cc: 0x157, rsp: errorResponse(0x921), kind: "failed", why: "dictionary-attack lockout, which heals by itself" },
     { name: "TPM_RC_LOCKOUT on Unseal → failed (heals), not denied", cc: 0x15e, rsp: errorResponse(0x921), kind: "failed", why: "dictionary-attack lockout, which heals by itself" },
+    { name: "TPM_RC_AUTH_FAIL on Load (a storage key with a password, no noDA) → failed, not denied (the slot is not given up)", cc: 0x157, rsp: errorResponse(0x98e), kind: "failed", why: "the storage key at 0x81000001 has a password" },
+    { name: "TPM_RC_BAD_AUTH on Load (the same, with noDA) → failed", cc: 0x157, rsp: errorResponse(0x9a2), kind: "failed", why: "the storage key at 0x81000001 has a password" },
+    { name: "TPM_RC_AUTH_FAIL on Unseal → still denied (control)", cc: 0x15e, rsp: errorResponse(0x98e), kind: "denied", why: "TPM_RC_AUTH_FAIL" },
   ])("$name", async ({ cc, rsp, kind, why }) => {
     const data = await hsm.seal(random(32), { pcrs: [0] });
     const inject = wrapped({ before: (cmd) => (ccOf(cmd) === cc ? rsp : undefined) });
