@@ -19,7 +19,7 @@ import { decodeSealed, encodeSealed, type Tpm2Sealed } from "./sealed.ts";
 import { SE_HMAC, SE_POLICY, SESSION_ATTR, type Session } from "./session.ts";
 import { ensureSrk, readKeyAt, readSrk, SRK_HANDLE, storageKey, type Srk } from "./srk.ts";
 import { connect, DEFAULT_DEVICE, formatAddress, parseAddress, type Tpm2Address, type TransportFactory } from "./transport.ts";
-import { CC, decodeRc, describeRc, equalBytes, hex } from "./wire.ts";
+import { BUSY_RCS, CC, decodeRc, describeRc, equalBytes, hex } from "./wire.ts";
 
 export { warmUp } from "./crypto.ts";
 
@@ -44,7 +44,7 @@ const PCR_CHANGED = 0x128;
  * itself (tpm_transmit, drivers/char/tpm/tpm-interface.c); swtpm over TCP
  * has no driver in between, so zb retries these, after a short wait each.
  */
-const BUSY = new Set([0x908, 0x90a, 0x922]);
+const BUSY = BUSY_RCS;
 /** The waits before each retry of a {@link BUSY} code: at most 5 retries, 0.75 s in all. */
 export const BUSY_DELAYS_MS = [50, 100, 200, 200, 200];
 /** Refusals by policy: POLICY_FAIL, EXPIRED, POLICY_CC, AUTH_FAIL, POLICY, PCR. */

@@ -8,7 +8,7 @@ import { ZbError } from "../../errors.ts";
 import { TpmRcError, type Tpm } from "./commands.ts";
 import type { SaltKey } from "./crypto.ts";
 import { ATTR, objectName, parsePublic, srkTemplate, type PublicArea } from "./objects.ts";
-import { ALG, decodeRc, ECC_NIST_P256, equalBytes, hex, RH_OWNER } from "./wire.ts";
+import { ALG, BUSY_RCS, decodeRc, ECC_NIST_P256, equalBytes, hex, RH_OWNER } from "./wire.ts";
 
 /** The conventional SRK handle. */
 export const SRK_HANDLE = 0x81000001;
@@ -122,7 +122,8 @@ export async function ensureSrk(tpm: Tpm, handle = SRK_HANDLE): Promise<Srk & { 
       await tpm.flush(primary.handle);
     }
   } catch (e) {
-    if (!(e instanceof TpmRcError)) throw e;
+    // A busy TPM (CreatePrimary on a fresh one is slow work) goes up as it is: the seal retries it.
+    if (!(e instanceof TpmRcError) || BUSY_RCS.has(e.rc)) throw e;
     throw new ZbError("HSM_FAILED", `cannot create the storage key at ${at}: ${e.message}`, {
       cause: e,
       hint: "zb creates it with an empty owner password; with an owner password set, create it once with " +

@@ -332,6 +332,9 @@ export function decodeRc(rc: number): DecodedRc {
   return { rc, base: rc, name: name.startsWith("0x") ? name : `TPM_RC_${name}`, text };
 }
 
+/** YIELDED, TESTING, RETRY: the TPM is busy for a moment and the command may be sent again (Part 2 §6.6.3). */
+export const BUSY_RCS: ReadonlySet<number> = new Set([0x908, 0x90a, 0x922]);
+
 /** One line for messages: `0x99d (TPM_RC_POLICY_FAIL, session 1: a policy check failed)`. */
 export function describeRc(rc: number): string {
   const d = decodeRc(rc);

@@ -258,6 +258,22 @@ describe("failure classes: situation before → result after", () => {
   });
 });
 
+test("TPM_RC_RETRY to the first CreatePrimary (a fresh TPM making the storage key) is retried like any busy answer: the seal succeeds", async () => {
+  const t = await startSwtpm();
+  try {
+    let answered = 0;
+    const inject = wrapped({ before: (cmd) => (ccOf(cmd) === 0x131 && answered++ === 0 ? errorResponse(0x922) : undefined) });
+    const waits: number[] = [];
+    const secret = random(32);
+    const data = await new Tpm2Hsm({ device: t.address, connect: inject, sleep: async (ms) => void waits.push(ms) }).seal(secret);
+    expect([answered, waits]).toEqual([2, [50]]);
+    expect(await new Tpm2Hsm({ device: t.address }).unseal(data)).toEqual({ kind: "ok", secret });
+    noHandlesLeft(t);
+  } finally {
+    await t.stop();
+  }
+});
+
 describe("another kind of key at 0x81000001: no-match, whatever its kind (names are compared first)", () => {
   let other: Swtpm;
   let data: SealedData;
