@@ -16,7 +16,7 @@ import { ZbError, ioError, isZbError } from "../errors.ts";
 import { BLOCK, MARKER, MARKER_NAME, MANIFEST_NAME, SIGNATURES_NAME, entryHeader, tarHeaderBytes } from "./format.ts";
 import { encodeManifest, FORMAT_VERSION, MANIFEST_TOO_LARGE, LIMITS, type Digest, type Encoding, type Manifest, type Payload, type PayloadKind } from "./manifest.ts";
 import { openImage } from "./reader.ts";
-import { encodeSignatures, type Signature, type Signer } from "./sign.ts";
+import { checkSignatureCount, imageSignatures, type Signature, type Signer } from "./sign.ts";
 import type { ImageSource } from "./source.ts";
 import { archiveWriter, checkReplaceable, createExclusive } from "./writer.ts";
 import { encodeFrame } from "./zstd.ts";
@@ -61,10 +61,12 @@ export interface CreateProgress {
 }
 
 /**
- * @throws {ZbError} IMG_FORMAT for values the manifest refuses, IO, USAGE
+ * @throws {ZbError} IMG_FORMAT for values the manifest refuses, IO, USAGE (more than 16 signing keys among them, before anything is written)
  */
 export async function createImage(opts: CreateOptions): Promise<Manifest> {
   if (opts.signers.length === 0) throw new ZbError("USAGE", "cannot create an image: no signing key given");
+  // Before anything is compressed or created: an image with more signatures than readers take is useless.
+  checkSignatureCount(new Set(opts.signers.map((s) => s.publicKey.id)).size, `create ${opts.output}`);
   checkOutput(opts);
   checkReplaceable(opts.output);
   const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK;
@@ -108,11 +110,12 @@ export async function createImage(opts: CreateOptions): Promise<Manifest> {
     // One signature per key, however often a key was given.
     const signers = [...new Map(opts.signers.map((s) => [s.publicKey.id, s])).values()];
     const signatures = await Promise.all(signers.map((s) => s.sign(manifestBytes)));
+    const sigBytes = imageSignatures(signatures, `create ${opts.output}`);
     const w = archiveWriter(opts.output);
     try {
       await w.addBytes(MARKER_NAME, Buffer.from(MARKER, "latin1"));
       await w.addBytes(MANIFEST_NAME, manifestBytes);
-      await w.addBytes(SIGNATURES_NAME, encodeSignatures(signatures));
+      await w.addBytes(SIGNATURES_NAME, sigBytes);
       for (const [i, p] of payloads.entries()) await w.addStream(p.name, p.stored.size, fs.createReadStream(spools[i]!, { highWaterMark: 1 << 20 }));
       await w.commit();
     } catch (e) {
@@ -367,28 +370,38 @@ async function* rechunk(data: AsyncIterable<Uint8Array>, size: number): AsyncGen
 
 /**
  * Add signatures to an image without touching its payloads. A signature by
- * a key that already signed replaces the old one.
- * @throws {ZbError} IMG_FORMAT, IO
+ * a key that already signed replaces the old one. `output` may be the input
+ * (re-signed in place): the new image is written beside it and renamed over
+ * it once the input was read to its end. Everything that can be
+ * refused before — more signatures than a reader takes among them — is,
+ * before that file is created, so a refused run leaves the input as it was.
+ * @throws {ZbError} USAGE for more than 16 signatures in all; IMG_FORMAT, IO
  */
 export async function resignImage(source: ImageSource, signers: Signer[], output: string): Promise<Signature[]> {
   const img = await openImage(await source.open(0), { unverified: true });
-  const w = archiveWriter(output);
   try {
     const unique = [...new Map(signers.map((s) => [s.publicKey.id, s])).values()];
+    const old = img.header.signatures;
+    const keys = new Set([...old.map((s) => s.keyId), ...unique.map((s) => s.publicKey.id)]);
+    checkSignatureCount(keys.size, `sign ${output}`, `the image carries ${old.length} signature(s) already and signing only adds to them; sign with fewer keys, or create the image again`);
     const added = await Promise.all(unique.map((s) => s.sign(img.header.manifestBytes)));
-    const byKey = new Map<string, Signature>(img.header.signatures.map((s) => [s.keyId, s]));
+    const byKey = new Map<string, Signature>(old.map((s) => [s.keyId, s]));
     for (const s of added) byKey.set(s.keyId, s);
     const signatures = [...byKey.values()];
-    await w.addBytes(MARKER_NAME, Buffer.from(MARKER, "latin1"));
-    await w.addBytes(MANIFEST_NAME, img.header.manifestBytes);
-    await w.addBytes(SIGNATURES_NAME, encodeSignatures(signatures));
-    // Payload bytes are copied as they are: the manifest covers them already.
-    for (let e = await img.nextPayload(); e; e = await img.nextPayload()) await w.addStream(e.payload.name, e.payload.stored.size, e.data);
-    await w.commit();
+    const sigBytes = imageSignatures(signatures, `sign ${output}`);
+    const w = archiveWriter(output);
+    try {
+      await w.addBytes(MARKER_NAME, Buffer.from(MARKER, "latin1"));
+      await w.addBytes(MANIFEST_NAME, img.header.manifestBytes);
+      await w.addBytes(SIGNATURES_NAME, sigBytes);
+      // Payload bytes are copied as they are: the manifest covers them already.
+      for (let e = await img.nextPayload(); e; e = await img.nextPayload()) await w.addStream(e.payload.name, e.payload.stored.size, e.data);
+      await w.commit();
+    } catch (e) {
+      w.abort();
+      throw e;
+    }
     return signatures;
-  } catch (e) {
-    w.abort();
-    throw e;
   } finally {
     img.close();
   }

@@ -47,6 +47,17 @@ export function signaturesBytesLimit(maxCount: number): number {
 export const LIMITS = { marker: 64, signatures: signaturesBytesLimit(SIGNATURE_COUNT), signatureCount: SIGNATURE_COUNT } as const;
 export const BLOCK = 512;
 /**
+ * The most bytes a reader takes after the last payload's padding, all of
+ * them zero. An archive ends with two zero blocks (POSIX ustar; what zb and
+ * tar-stream's finalize write: 1024 bytes), and tar(1) pads the archive
+ * with zeros to a whole record of its blocking factor: 20 blocks (10 KiB)
+ * by default, so the end blocks and the padding come to at most a record
+ * and a block (10 752 bytes). 64 KiB also covers records of up to 127 blocks
+ * (`tar -b 127`: 65 024 + 512 bytes). More is refused, not read on: an
+ * image followed by /dev/zero would otherwise be read for ever.
+ */
+export const MAX_TAIL = 64 << 10;
+/**
  * The smallest offset at which a payload's data can start: three entries
  * (marker, manifest, signatures) of a header and at least one data block
  * each, then the payload's own header. A journal naming less was not written

@@ -91,13 +91,25 @@ export function httpSource(url: string, opts: HttpOptions = {}): ImageSource {
     }
     return { res, abort };
   };
+  /**
+   * The image as the source's first response described it: the later opens
+   * of a resume (the payload's header, then its missing chunks) ask with
+   * If-Range and compare the length, so an image replaced on the server in
+   * between is "changed", not a chunk that fails its hash.
+   */
+  let seen: { ifRange: string | null; total: number | null } | null = null;
   return {
     name: shown,
     seekable: true,
     async open(offset) {
-      const first = await request(offset, null, false);
-      const ifRange = validator(first.res);
+      const first = await request(offset, seen?.ifRange ?? null, false);
+      const ifRange = seen?.ifRange ?? validator(first.res);
       const total = totalLength(first.res, offset);
+      if (seen !== null && seen.total !== null && total !== null && total !== seen.total) {
+        first.abort.abort();
+        throw new ZbError("IO", `cannot resume ${shown} at byte ${offset}: the image changed on the server since the download began (${seen.total} bytes then, ${total} now)`);
+      }
+      seen ??= { ifRange, total };
       let current = first;
       let closed = false;
       let wake = () => {};
@@ -311,9 +323,13 @@ function checkResponse(res: Response, shown: string, offset: number, ifRange: st
         ...(res.status === 200 ? { hint: "the server does not serve byte ranges: install without --resume (from the start), or from a server that does" } : {}),
       });
     }
-    // RFC 9110 §14.4: the range sent. A server that starts elsewhere would shift every byte after it.
-    const start = /^bytes (\d+)-/.exec(res.headers.get("content-range") ?? "")?.[1];
-    if (start !== undefined && Number(start) !== offset) {
+    // RFC 9110 §14.4: the range sent. A server that starts elsewhere would shift every byte after it,
+    // and one that does not say where it starts (§15.3.7: a 206 must) could have done so.
+    const range = res.headers.get("content-range");
+    if (range === null) throw new ZbError("IO", `cannot resume ${shown} at byte ${offset}: the server's partial answer has no Content-Range`);
+    const start = /^bytes (\d+)-/.exec(range)?.[1];
+    if (start === undefined) throw new ZbError("IO", `cannot resume ${shown} at byte ${offset}: the server's partial answer has a Content-Range that names no range (${JSON.stringify(range.slice(0, 80))})`);
+    if (Number(start) !== offset) {
       throw new ZbError("IO", `cannot resume ${shown} at byte ${offset}: the server sent the bytes from ${start} on`);
     }
   } else if (res.status !== 200) throw new ZbError("IO", `cannot download ${shown}: HTTP ${res.status}`);

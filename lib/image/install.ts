@@ -52,6 +52,8 @@ export interface InstallOptions {
   preferNativeZstd?: boolean;
   /** Tests: hash on the main thread instead of a worker. */
   hashThreads?: boolean;
+  /** Tests: how the target is opened (lib/sys/target.ts), e.g. to make its syncs fail. */
+  openTarget?: typeof openTarget;
 }
 
 export type ProgressEvent =
@@ -75,7 +77,7 @@ export interface InstallResult {
 
 /**
  * @throws {ZbError} USAGE when the target, the journal and the image are not three separate files;
- *   TARGET_BUSY for a block device in use; IMG_FORMAT, SIG_INVALID, IMG_INCOMPATIBLE, ROLLBACK_REFUSED before anything is written;
+ *   TARGET_BUSY for a block device in use or a file another install is writing; IMG_FORMAT, SIG_INVALID, IMG_INCOMPATIBLE, ROLLBACK_REFUSED before anything is written;
  *   PAYLOAD_CORRUPT, IO after (the journal then says "failed"); USAGE for a bad payload name or resume
  */
 export async function install(sys: Sys, source: ImageSource, policy: Policy, opts: InstallOptions): Promise<InstallResult> {
@@ -94,7 +96,8 @@ export async function install(sys: Sys, source: ImageSource, policy: Policy, opt
       from = 0; // removed, cut short or changed since: install it again
     }
     const existed = sys.stat(opts.target) !== null;
-    const target = openTarget(opts.target, { create: from === 0 });
+    // A file target is locked from here to close (TARGET_BUSY for a second install), before the journal is written.
+    const target = (opts.openTarget ?? openTarget)(opts.target, { create: from === 0 });
     try {
       checkTargetSize(target, payload);
       const journal: Journal = {
@@ -275,10 +278,14 @@ async function writeChunks(sys: Sys, chunkSize: number, p: Payload, from: number
     if (from + pipe.written() >= mark) {
       await settle(); // at most one sync in flight: the journal advances in order
       const covered = mark;
-      pending = target.syncInBackground().then(() => {
+      const sync = target.syncInBackground().then(() => {
         journal.chunksDone = covered;
         writeJournal(sys, opts.journal, journal);
       });
+      // Its failure (EIO from a dying card) is thrown by the next settle(); until then it must not
+      // count as an unhandled rejection, which the runtime would report with a stack trace.
+      sync.catch(() => undefined);
+      pending = sync;
       mark += perSync;
     }
     opts.progress?.({ type: "progress", payload: p.name, chunk: next, chunks: p.chunks.length, rawBytes: Math.min(next * chunkSize, p.raw.size), rawTotal: p.raw.size, storedBytes, storedTotal, elapsedMs: performance.now() - started });

@@ -275,6 +275,14 @@ export function keyId(pub: PublicKey): string {
 }
 
 /**
+ * The largest key file zb reads. A PEM key is a few hundred bytes (an
+ * openssl P-256 PKCS#8 file: 241); 64 KiB leaves room for comments around
+ * it, and a path that is no key file at all (/dev/zero, a disk image) is
+ * refused after 64 KiB instead of read to its end.
+ */
+export const MAX_KEY_FILE = 64 * 1024;
+
+/**
  * RFC 7468 `PUBLIC KEY` PEM of {@link spkiDer}, 64-character lines, as openssl writes it.
  * @example Bun.write("release.pub", encodePublicPem(key.publicKey))
  */

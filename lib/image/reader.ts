@@ -11,7 +11,7 @@
  */
 import { extract, type Extract, type Header } from "tar-stream";
 import { ioError, ZbError } from "../errors.ts";
-import { BLOCK, checkEntry, checkUstarHeader, entrySpan, LIMITS, MANIFEST_NAME, MARKER, MARKER_NAME, payloadOffsets, readSmallEntry, SIGNATURES_NAME, bad, ustarSize, zeros } from "./format.ts";
+import { BLOCK, checkEntry, checkUstarHeader, entrySpan, LIMITS, MANIFEST_NAME, MARKER, MARKER_NAME, MAX_TAIL, payloadOffsets, readSmallEntry, SIGNATURES_NAME, bad, ustarSize, zeros } from "./format.ts";
 import type { Cancelable, DirectReader } from "./source.ts";
 import { decodeManifest, LIMITS as MANIFEST_LIMITS, type Manifest, type Payload } from "./manifest.ts";
 import { checkSignatures, decodeSignatures, type Signature, type TrustStore } from "./sign.ts";
@@ -217,6 +217,16 @@ class RawHeaders {
     else this.next += entrySpan(size);
   }
 
+  /** A byte that is not zero came after the end of the archive. */
+  get dataAfterEnd(): boolean {
+    return this.nonZeroAfterEnd;
+  }
+
+  /** More than {@link MAX_TAIL} bytes came after the end of the archive (the first zero block at a header's place). */
+  get tooLong(): boolean {
+    return this.zerosFrom !== null && this.seen - this.zerosFrom > MAX_TAIL;
+  }
+
   /** The stream has ended: a partial block of zeros at a header's place counts as the end of the archive. */
   end(): void {
     this.ended = true;
@@ -258,8 +268,12 @@ function directPayloads(r: DirectReader, m: Manifest, manifestSize: number, sigS
   return async () => {
     if (index === m.payloads.length) {
       skipTo(offsets.at(-1)! + entrySpan(m.payloads.at(-1)!.stored.size) - BLOCK);
-      for (let n = r.read(buf); n > 0; n = r.read(buf)) {
-        if (buf.subarray(0, n).some((b) => b !== 0)) throw bad("data follows the last payload");
+      // One byte past the bound tells a tail that is too long without reading the rest of it.
+      for (let tail = 0, n = -1; n !== 0 && tail <= MAX_TAIL; tail += n) {
+        const part = buf.subarray(0, Math.min(buf.length, MAX_TAIL + 1 - tail));
+        n = r.read(part);
+        if (part.subarray(0, n).some((b) => b !== 0)) throw bad("data follows the last payload");
+        if (tail + n > MAX_TAIL) throw tooLongTail();
       }
       return null;
     }
@@ -279,6 +293,10 @@ function directPayloads(r: DirectReader, m: Manifest, manifestSize: number, sigS
     }
     return { payload, index: index++, dataOffset, data: data(), readInto: (next) => void (into = next) };
   };
+}
+
+function tooLongTail(): ZbError {
+  return bad(`more than ${MAX_TAIL} bytes of zeros follow the last payload (an archive's end blocks and padding are fewer)`);
 }
 
 /** Signatures, then compatible, then the serial floor: the order a user would fix them in. */
@@ -308,6 +326,11 @@ async function feed(input: AsyncIterable<Uint8Array>, tar: Extract, trail: RawHe
       // A parser destroyed meanwhile (the image closed early) never drains: stop, which ends the source's request.
       if (!tar.write(chunk)) await drainedOrClosed(tar);
       if (tar.destroyed) return;
+      // Zeros without end (an image followed by /dev/zero) would be read for ever: stop at the bound.
+      if (trail.tooLong) {
+        tar.destroy(trail.dataAfterEnd ? bad("data follows the last payload") : tooLongTail());
+        return;
+      }
     }
     trail.end();
     (tar.end as unknown as () => void).call(tar);

@@ -30,8 +30,8 @@ import { p256 } from "@noble/curves/nist.js";
 import { join } from "node:path";
 import { ZbError } from "../errors.ts";
 import type { Sys } from "../sys/sys.ts";
-import { signaturesBytesLimit } from "./format.ts";
-import { decodePublicPem, type Alg, type PrivateKey, type PublicKey } from "./keys.ts";
+import { LIMITS, signaturesBytesLimit } from "./format.ts";
+import { decodePublicPem, MAX_KEY_FILE, type Alg, type PrivateKey, type PublicKey } from "./keys.ts";
 
 /** One signature over a message. */
 export interface Signature {
@@ -103,11 +103,11 @@ export interface TrustStore {
   sources: Map<string, string>;
 }
 
-const MAX_KEY_FILE = 64 * 1024;
-
 /**
  * Load every `*.pem` and `*.pub` file of `dir` (SPKI `PUBLIC KEY` PEM, one key
  * each) in name order; other names, dot files and subdirectories are ignored.
+ * Such a name that is not a regular file — a dangling symlink, a FIFO, a
+ * device — is a bad key file like any other.
  * The same key in two files is one trusted key (the first file is its source).
  * One file that is not such a key — a compressed P-256 point, a certificate,
  * a private key, junk — fails the whole load (fail closed), naming the file,
@@ -125,9 +125,12 @@ export function loadTrustDir(sys: Sys, dir: string): TrustStore {
   for (const name of names) {
     const path = join(dir, name);
     const info = sys.stat(path);
-    if (info?.kind !== "file") continue;
+    if (info?.kind === "dir") continue;
     let key: PublicKey;
     try {
+      // Named like a key, so meant as one: a link to nothing or a FIFO (which would block the read) is no key either.
+      if (info === null) throw new ZbError("KEY_INVALID", `cannot read key ${path}: it does not exist (a symbolic link to nothing)`);
+      if (info.kind !== "file") throw new ZbError("KEY_INVALID", `cannot read key ${path}: it is not a regular file`);
       if (info.size > MAX_KEY_FILE) throw new ZbError("KEY_INVALID", `cannot read key ${path}: ${info.size} bytes is too large for a public key`);
       key = decodePublicPem(sys.readText(path), path);
     } catch (e) {
@@ -238,6 +241,40 @@ export function encodeSignatures(sigs: readonly Signature[]): Uint8Array {
   });
   const entries = sorted.map((s) => ({ alg: s.alg, keyid: s.keyId, sig: Buffer.from(s.sig).toString("base64") }));
   return new TextEncoder().encode(JSON.stringify({ signatures: entries }));
+}
+
+/**
+ * An image with more signatures than a reader takes opens nowhere: every
+ * device refuses it (IMG_FORMAT). A writer checks the count it is about to
+ * write, before it creates any file.
+ * @param count distinct signing keys the image would carry
+ * @param doing what is refused, e.g. "create out.zbi"
+ * @param hint what to do instead (default: sign with fewer keys)
+ * @throws {ZbError} USAGE when `count` exceeds LIMITS.signatureCount (16)
+ * @example checkSignatureCount(signers.length, `create ${output}`)
+ */
+export function checkSignatureCount(count: number, doing: string, hint?: string): void {
+  if (count <= LIMITS.signatureCount) return;
+  throw new ZbError("USAGE", `cannot ${doing}: ${count} signatures, more than the ${LIMITS.signatureCount} an image can carry (readers refuse more)`, {
+    hint: hint ?? `sign with at most ${LIMITS.signatureCount} keys`,
+  });
+}
+
+/**
+ * The signatures entry of an image being written: {@link encodeSignatures},
+ * refused where a reader would refuse it — too many signatures, or more
+ * bytes than LIMITS.signatures (a signer whose signatures are longer than
+ * Ed25519's or P-256's, which decodeSignatures would refuse as well).
+ * @throws {ZbError} USAGE over a limit; INTERNAL as encodeSignatures
+ * @example await w.addBytes(SIGNATURES_NAME, imageSignatures(sigs, `sign ${output}`))
+ */
+export function imageSignatures(sigs: readonly Signature[], doing: string): Uint8Array {
+  checkSignatureCount(sigs.length, doing);
+  const bytes = encodeSignatures(sigs);
+  if (bytes.length > LIMITS.signatures) {
+    throw new ZbError("USAGE", `cannot ${doing}: the signatures take ${bytes.length} bytes, more than the ${LIMITS.signatures} a reader accepts`);
+  }
+  return bytes;
 }
 
 /**

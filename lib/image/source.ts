@@ -50,7 +50,17 @@ export function sourceFor(spec: string, opts: HttpOptions = {}): ImageSource {
   return fileSource(spec);
 }
 
+/**
+ * A local image. A regular file or a block device is read with seeks (resume)
+ * and direct reads; anything else — a FIFO, `<(…)` process substitution,
+ * /dev/stdin on a pipe — is a stream like stdin: positioned reads fail there
+ * (ESPIPE), and opening the path a second time would split one stream
+ * between two readers.
+ * @returns a source whose open() throws {ZbError} IO when the path cannot be read
+ * @example await openImage(await fileSource("update.zbi").open(0), { unverified: true })
+ */
 export function fileSource(path: string): ImageSource {
+  if (isStream(path)) return streamSource(path);
   return {
     name: path,
     seekable: true,
@@ -95,6 +105,32 @@ export function fileSource(path: string): ImageSource {
           open = false;
         },
       };
+    },
+  };
+}
+
+/** Neither a regular file nor a block device (a folder or a missing path is left to open() to report). */
+function isStream(path: string): boolean {
+  try {
+    const st = statSync(path);
+    return !st.isFile() && !st.isBlockDevice() && !st.isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+/** A FIFO or the like: read once, from its start, in sequence. */
+function streamSource(path: string): ImageSource {
+  let used = false;
+  return {
+    name: path,
+    seekable: false,
+    file: path,
+    async open(offset) {
+      if (offset !== 0 || used) throw new ZbError("IO", `cannot read image ${path} twice or from an offset: it is a pipe, not a file`);
+      used = true;
+      // No start: a start makes every read positioned (pread), which a pipe refuses with ESPIPE.
+      return createReadStream(path, { highWaterMark: READ_SIZE });
     },
   };
 }

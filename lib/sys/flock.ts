@@ -86,3 +86,25 @@ function once(f: () => void): () => void {
     done = true;
   };
 }
+
+/**
+ * Try once to take an exclusive flock(2) on an open descriptor, without
+ * waiting: the lock belongs to that open file description and goes when it is
+ * closed, so it lasts exactly as long as the caller keeps the file open (no
+ * release to forget, none left behind by a killed process). A second open of
+ * the same file, in this process or another, is refused too. Unlike
+ * {@link lockFile} it is neither re-entrant nor tied to a path.
+ *
+ * flock(2) fails with EWOULDBLOCK while another description holds a lock;
+ * otherwise only with ENOLCK (no lock records left, or an NFS mount whose
+ * lock manager does not answer). bun:ffi does not hand out errno, so both
+ * read as "busy": the caller refuses, the safe side for an exclusive writer.
+ * @returns "held" once taken; "busy" when another holder has it; "skipped"
+ *   without bun:ffi (a run without the JIT cannot call libc), as lockFile
+ * @throws {ZbError} INTERNAL when libc cannot be loaded
+ * @example if (tryLockFd(fd) === "busy") throw new ZbError("TARGET_BUSY", …)
+ */
+export function tryLockFd(fd: number): "held" | "busy" | "skipped" {
+  if (jitOff()) return "skipped";
+  return libc().flock(fd, LOCK_EX | LOCK_NB) === 0 ? "held" : "busy";
+}

@@ -12,6 +12,7 @@
  */
 import * as fs from "node:fs";
 import { ioError, ZbError } from "../errors.ts";
+import { tryLockFd } from "./flock.ts";
 
 export interface Target {
   readonly path: string;
@@ -44,7 +45,13 @@ export interface Target {
  * LVM) or claimed by another exclusive opener such as a second install
  * (open(2), "O_EXCL … block devices"). So the running system's slot is never
  * written under its file system.
- * @throws {ZbError} IO, TARGET_BUSY
+ *
+ * O_EXCL claims only block devices; a regular file gets an exclusive
+ * flock(2) on this descriptor instead, held until close(): without it a
+ * second install into the same file could finish and write its journal
+ * "complete" while the first one, still running, goes on overwriting the
+ * bytes (lib/sys/flock.ts tryLockFd).
+ * @throws {ZbError} IO, TARGET_BUSY (a block device in use, a file another install is writing)
  */
 export function openTarget(path: string, opts: { create: boolean }): Target {
   let fd: number;
@@ -67,6 +74,7 @@ export function openTarget(path: string, opts: { create: boolean }): Target {
     fs.closeSync(fd);
     throw ioError(`use ${path} as an install target`, new Error("not a regular file or block device"));
   }
+  if (!blockDevice) claimFile(fd, path);
   let lent = false;
   const own = () => {
     if (lent) throw new Error(`internal error: ${path} is lent to another thread`);
@@ -137,6 +145,22 @@ export function openTarget(path: string, opts: { create: boolean }): Target {
       fs.closeSync(fd);
     },
   };
+}
+
+/** The file's exclusive lock, or TARGET_BUSY (the descriptor is closed then). */
+function claimFile(fd: number, path: string): void {
+  let got: ReturnType<typeof tryLockFd>;
+  try {
+    got = tryLockFd(fd);
+  } catch (e) {
+    fs.closeSync(fd);
+    throw e;
+  }
+  if (got !== "busy") return;
+  fs.closeSync(fd);
+  throw new ZbError("TARGET_BUSY", `cannot install into ${path}: another install is writing it`, {
+    hint: "wait for it to end (its journal says how far it got); on a file system that refuses flock(2) locks, install elsewhere",
+  });
 }
 
 function isBlockDevice(path: string): boolean {

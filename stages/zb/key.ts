@@ -2,9 +2,9 @@
  * `zb key gen|id`: signing keys for images. Private keys are PKCS#8 PEM files
  * created 0600 (openssl reads them); public keys SPKI PEM beside them.
  */
-import { closeSync, lstatSync, openSync, readFileSync, statSync, unlinkSync, writeFileSync } from "node:fs";
+import { closeSync, fstatSync, lstatSync, openSync, readSync, unlinkSync, writeFileSync } from "node:fs";
 import { onlyThese, parseArgs } from "../../lib/cli/args.ts";
-import { decodePrivatePem, decodePublicPem, encodePrivatePem, encodePublicPem, generateKey, type Alg } from "../../lib/image/keys.ts";
+import { decodePrivatePem, decodePublicPem, encodePrivatePem, encodePublicPem, generateKey, MAX_KEY_FILE, type Alg } from "../../lib/image/keys.ts";
 import { ZbError, ioError } from "../../lib/errors.ts";
 import { err, out } from "../output.ts";
 
@@ -85,12 +85,7 @@ function id(file: string | undefined, json: boolean): number {
 
 /** A public key from a public or private key file. @throws {ZbError} IO, KEY_INVALID */
 function readKeyFile(file: string) {
-  let text: string;
-  try {
-    text = readFileSync(file, "utf8");
-  } catch (e) {
-    throw ioError(`read key ${file}`, e);
-  }
+  const { text } = readKeyText(file);
   if (!text.includes("PRIVATE KEY")) return decodePublicPem(text, file);
   const key = decodePrivatePem(text, file);
   key.secret.fill(0);
@@ -99,18 +94,42 @@ function readKeyFile(file: string) {
 
 /** A private key for signing; warns when others can read it. @throws {ZbError} IO, KEY_INVALID */
 export function readPrivateKey(file: string) {
-  let text: string;
-  let loose: boolean;
-  try {
-    loose = (statSync(file).mode & 0o077) !== 0;
-    text = readFileSync(file, "utf8");
-  } catch (e) {
-    throw ioError(`read key ${file}`, e);
-  }
+  const { text, mode } = readKeyText(file);
+  const loose = (mode & 0o077) !== 0;
   // Decoded first: a public key given as --key is an error, and a warning about its mode would only mislead.
   const key = decodePrivatePem(text, file);
   if (loose) err(`zb: warning: private key ${file} is readable by other users (chmod 600 it)\n`);
   return key;
+}
+
+/**
+ * A key file's text and mode, read in sequence (a FIFO such as `<(…)` works
+ * too) and at most {@link MAX_KEY_FILE} bytes of it: a path that is no key
+ * file (/dev/zero) would otherwise be read until memory runs out.
+ * @throws {ZbError} IO; KEY_INVALID when there is more
+ */
+function readKeyText(file: string): { text: string; mode: number } {
+  const buf = new Uint8Array(MAX_KEY_FILE + 1);
+  let fd: number;
+  let got = 0;
+  let mode: number;
+  try {
+    fd = openSync(file, "r");
+  } catch (e) {
+    throw ioError(`read key ${file}`, e);
+  }
+  try {
+    mode = fstatSync(fd).mode;
+    for (let n = -1; n !== 0 && got < buf.length; got += n) n = readSync(fd, buf, got, buf.length - got, null);
+  } catch (e) {
+    throw ioError(`read key ${file}`, e);
+  } finally {
+    closeSync(fd);
+  }
+  const text = got > MAX_KEY_FILE ? null : Buffer.from(buf.subarray(0, got)).toString("utf8");
+  buf.fill(0); // it may hold a private key; the string cannot be wiped (lib/image/keys.ts)
+  if (text === null) throw new ZbError("KEY_INVALID", `cannot read key ${file}: it is larger than ${MAX_KEY_FILE} bytes, too large for a key file`);
+  return { text, mode };
 }
 
 function lexists(path: string): boolean {

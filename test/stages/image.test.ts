@@ -2,6 +2,9 @@
  * The image commands end to end through dist/zb-x64, and the format read
  * by other tools: GNU tar lists and extracts a .zbi, openssl verifies its
  * signatures over the extracted manifest.json, zstd decompresses a payload.
+ * Edges: a second install into a file being written (exit 25), more than 16
+ * signatures (exit 2, nothing written), images from FIFOs, an image followed
+ * by /dev/zero (exit 13), key files that are no files (exit 18).
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync, copyFileSync } from "node:fs";
@@ -164,6 +167,95 @@ describe("publish and install", () => {
     const p = Bun.spawnSync(["sh", "-c", `${BIN} image install - --trust trust --payload boot --to boot.tar < b.zbi`], { cwd: dir });
     expect(p.exitCode).toBe(0);
     expect(sh(["tar", "-tf", "boot.tar"]).stdout.toString()).toBe("overlays/\noverlays/README\nvmlinuz\n");
+  });
+});
+
+describe("edges of the engine, end to end", () => {
+  const rootfsSha = () => sha256(join(dir, "rootfs.img"));
+
+  test("two installs into one file: the second, while the first writes, exits 25 and touches nothing; the first completes", async () => {
+    const image = readFileSync(join(dir, "a.zbi"));
+    const journal = join(dir, "cc.out.zb-journal");
+    // The first reads the image from a pipe that stalls half-way (a slow download).
+    const first = Bun.spawn([BIN, "image", "install", "-", "--trust", "trust", "--payload", "rootfs", "--to", "cc.out"], { cwd: dir, stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+    first.stdin.write(image.subarray(0, image.length >> 1));
+    await first.stdin.flush();
+    const started = () => existsSync(journal) && JSON.parse(readFileSync(journal, "utf8")).dataOffset !== null;
+    for (let i = 0; i < 1000 && !started(); i++) await Bun.sleep(10);
+    const journalThen = readFileSync(journal, "utf8");
+    const second = zb("image", "install", "a.zbi", "--trust", "trust", "--payload", "rootfs", "--to", "cc.out");
+    const journalAfter = readFileSync(journal, "utf8");
+    first.stdin.write(image.subarray(image.length >> 1));
+    await first.stdin.end();
+    expect({
+      second: { code: second.code, err: second.err.split("\n")[0], journal: journalAfter === journalThen },
+      first: await first.exited, target: sha256(join(dir, "cc.out")) === rootfsSha(), state: JSON.parse(readFileSync(journal, "utf8")).state,
+    }).toEqual({
+      second: { code: 25, err: `zb: cannot install into cc.out: another install is writing it`, journal: true },
+      first: 0, target: true, state: "complete",
+    });
+  });
+
+  test("more than 16 signatures: create and sign (in place too) exit 2 before writing anything", async () => {
+    const { encodePrivatePem, privateKeyFromSecret } = await import("../../lib/image/keys.ts");
+    const keys = Array.from({ length: 17 }, (_, i) => {
+      const name = `many${i}.key`;
+      writeFileSync(join(dir, name), encodePrivatePem(privateKeyFromSecret("ed25519", new Uint8Array(32).fill(200 + i))), { mode: 0o600 });
+      return ["--key", name];
+    });
+    copyFileSync(join(dir, "a.zbi"), join(dir, "inplace.zbi")); // signed by ed alone
+    const files = () => readdirSync(dir).filter((f) => f.startsWith(".") || f.startsWith("o17")).sort();
+    const create = zb("image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--rootfs", "rootfs.img", ...keys.flat(), "-o", "o17.zbi");
+    const signed = zb("image", "sign", "inplace.zbi", ...keys.slice(0, 16).flat(), "-o", "inplace.zbi");
+    expect({ create: [create.code, create.err.split("\n")[0]], sign: [signed.code, signed.err.split("\n")[0]], files: files(), same: sha256(join(dir, "inplace.zbi")) === sha256(join(dir, "a.zbi")) }).toEqual({
+      create: [2, "zb: cannot create o17.zbi: 17 signatures, more than the 16 an image can carry (readers refuse more)"],
+      sign: [2, "zb: cannot sign inplace.zbi: 17 signatures, more than the 16 an image can carry (readers refuse more)"],
+      files: [], same: true,
+    });
+    // 15 new keys and ed: 16, which every reader takes.
+    expect(zb("image", "sign", "inplace.zbi", ...keys.slice(0, 15).flat(), "-o", "inplace.zbi").code).toBe(0);
+    expect(JSON.parse(zb("image", "info", "inplace.zbi", "--json").out).signatures.length).toBe(16);
+    expect(zb("image", "verify", "inplace.zbi", "--trust", "trust").code).toBe(0);
+  });
+
+  test("an image from a FIFO: install <(cat a.zbi), and info /dev/stdin on a pipe", () => {
+    const install = Bun.spawnSync(["bash", "-c", `"$0" image install <(cat a.zbi) --trust trust --payload rootfs --to fifo.out`, BIN], { cwd: dir });
+    const info = Bun.spawnSync(["bash", "-c", `cat a.zbi | "$0" image info /dev/stdin --json`, BIN], { cwd: dir });
+    expect({ install: [install.exitCode, install.stderr.toString()], info: [info.exitCode, info.stderr.toString(), JSON.parse(info.stdout.toString() || "{}").manifest?.compatible] }).toEqual({
+      install: [0, ""], info: [0, "", "acme-pi4"],
+    });
+    expect(sha256(join(dir, "fifo.out"))).toBe(rootfsSha());
+  });
+
+  test("an image followed by /dev/zero: exit 13 at once, not read for ever", () => {
+    const started = performance.now();
+    // timeout(1): a reader that goes on for ever (the defect) is killed, and cat with it (SIGPIPE).
+    const r = Bun.spawnSync(["bash", "-c", `(cat a.zbi; cat /dev/zero) | timeout 20 "$0" image verify - --trust trust`, BIN], { cwd: dir });
+    expect({ code: r.exitCode, err: r.stderr.toString(), quick: performance.now() - started < 10_000 }).toEqual({
+      code: 13, err: "zb: cannot read the image: more than 65536 bytes of zeros follow the last payload (an archive's end blocks and padding are fewer)\n", quick: true,
+    });
+  });
+
+  test("key files: /dev/zero is refused after 64 KiB (exit 18), a key from <(…) is read; a trust dir with a dangling .pub link fails closed", () => {
+    const run = (...args: string[]) => {
+      const p = Bun.spawnSync([BIN, ...args], { cwd: dir, timeout: 20_000 });
+      return [p.exitCode, p.stderr.toString()];
+    };
+    const piped = Bun.spawnSync(["bash", "-c", `"$0" key id <(cat ed.pub)`, BIN], { cwd: dir });
+    mkdirSync(join(dir, "trust-dangling"));
+    copyFileSync(join(dir, "ed.pub"), join(dir, "trust-dangling/ed.pub"));
+    symlinkSync(join(dir, "gone.pub"), join(dir, "trust-dangling/old.pub"));
+    const dangling = zb("image", "verify", "a.zbi", "--trust", "trust-dangling");
+    expect({
+      zero: run("key", "id", "/dev/zero"), signZero: run("image", "sign", "a.zbi", "--key", "/dev/zero", "-o", "z.zbi"), piped: [piped.exitCode, piped.stdout.toString()],
+      dangling: [dangling.code, dangling.err.split("\n")[0]],
+    }).toEqual({
+      zero: [18, "zb: cannot read key /dev/zero: it is larger than 65536 bytes, too large for a key file\n"],
+      signZero: [18, "zb: cannot read key /dev/zero: it is larger than 65536 bytes, too large for a key file\n"],
+      piped: [0, zb("key", "id", "ed.pub").out],
+      dangling: [18, `zb: cannot read key trust-dangling/old.pub: it does not exist (a symbolic link to nothing)`],
+    });
+    expect(existsSync(join(dir, "z.zbi"))).toBe(false);
   });
 });
 

@@ -5,14 +5,18 @@
  * full disk is IO "cannot write OUT: no space left on device" with every temp
  * file removed, for `createImage` (spool or archive) and `resignImage` alike;
  * --chunk-size is checked naming the flag, and an image with more chunks than
- * the manifest can list is refused before anything is compressed; progress
- * knows each payload's size up front.
+ * the manifest can list is refused before anything is compressed; more
+ * signatures than a reader takes (16) are refused before any file is made,
+ * by create and by sign (in place too); progress knows each payload's size
+ * up front.
  */
 import { afterAll, describe, expect, test } from "bun:test";
 import { closeSync, existsSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createImage, resignImage, type CreateOptions, type CreateProgress } from "../../../lib/image/create.ts";
+import { privateKeyFromSecret } from "../../../lib/image/keys.ts";
+import { openImage } from "../../../lib/image/reader.ts";
 import { keySigner } from "../../../lib/image/sign.ts";
 import { fileSource } from "../../../lib/image/source.ts";
 import { buildImage, CREATED, KEYS, MIN_CHUNK, sha256, tmpfsMounts, variedBytes } from "./fixture.ts";
@@ -129,4 +133,50 @@ test("progress: each payload's size is known before its first chunk, and the tot
   });
   expect(events.every((e) => e.rawTotal === size[e.payload] && e.allTotal === all && e.rawBytes <= e.rawTotal)).toBe(true);
   expect(sha256(new Uint8Array(readFileSync(rootfs)))).toBe(m.payloads[1]!.raw.sha256);
+});
+
+describe("more signatures than a reader takes (16): USAGE before any file is made", () => {
+  /** `n` distinct Ed25519 keys (none of them k1, which the image of `img` carries). */
+  const manyKeys = (n: number, from = 100) => Array.from({ length: n }, (_, i) => keySigner(privateKeyFromSecret("ed25519", new Uint8Array(32).fill(from + i))));
+  /** Whether the image at `path` opens for a reader, and with how many signatures. */
+  const readable = async (path: string) => {
+    return await openImage(await fileSource(path).open(0), { unverified: true }).then((i) => (i.close(), i.header.signatures.length), (e: { code?: string }) => e.code);
+  };
+  const TOO_MANY = (what: string, n: number) => `cannot ${what}: ${n} signatures, more than the 16 an image can carry (readers refuse more)`;
+
+  type After = { error: { code: string; message: string } | null; files: string[]; opens: number | string | null };
+  test.each<{ keys: number; after: After }>([
+    { keys: 16, after: { error: null, files: ["o.zbi"], opens: 16 } },
+    { keys: 17, after: { error: { code: "USAGE", message: TOO_MANY("create OUT", 17) }, files: [], opens: null } },
+    { keys: 40, after: { error: { code: "USAGE", message: TOO_MANY("create OUT", 40) }, files: [], opens: null } },
+  ])("create with $keys keys", async ({ keys, after }) => {
+    const d = fresh();
+    const out = join(d, "o.zbi");
+    // The same key given twice counts once.
+    const signers = [...manyKeys(keys), ...manyKeys(2)];
+    const error = await failure(createImage(opts(out, { signers })));
+    const files = readdirSync(d);
+    expect({ error: error && { ...error, message: error.message?.replace(out, "OUT") }, files, opens: files.length ? await readable(out) : null }).toEqual(after);
+  });
+
+  test.each([
+    { image: "2 signatures", adds: "14 keys", keys: 14, after: { error: null, opens: 16 } },
+    { image: "2 signatures", adds: "15 keys", keys: 15, after: { error: { code: "USAGE", message: TOO_MANY("sign OUT", 17) }, opens: 2 } },
+    { image: "2 signatures", adds: "16 keys, in place", keys: 16, inPlace: true, after: { error: { code: "USAGE", message: TOO_MANY("sign OUT", 18) }, opens: 2 } },
+    { image: "2 signatures", adds: "15 keys, one of them k2 (replaced, not added)", keys: 14, k2: true, after: { error: null, opens: 16 } },
+  ])("sign an image of $image with $adds", async ({ keys, k2, inPlace, after }) => {
+    const d = fresh();
+    const path = join(d, "in.zbi");
+    writeFileSync(path, img.bytes);
+    const out = inPlace ? path : join(d, "o.zbi");
+    const signers = [...manyKeys(keys), ...(k2 ? [keySigner(KEYS.k2)] : [])];
+    const error = await failure(resignImage(fileSource(path), signers, out));
+    const refused = error !== null;
+    expect({
+      error: error && { ...error, message: error.message?.replace(out, "OUT") },
+      opens: await readable(refused ? path : out),
+      input: sha256(new Uint8Array(readFileSync(path))) === sha256(img.bytes),
+      files: readdirSync(d).sort(),
+    }).toEqual({ ...after, input: true, files: refused || inPlace ? ["in.zbi"] : ["in.zbi", "o.zbi"] });
+  });
 });

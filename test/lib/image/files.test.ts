@@ -4,7 +4,9 @@
  * other, by any path or link) is USAGE and leaves every file as it was; a
  * journal path that is not a regular file is refused before it is read; a
  * block device that is mounted or claimed by another opener is TARGET_BUSY
- * with its bytes unchanged; `createImage` refuses an output that is its
+ * with its bytes unchanged, and so is a file another install is writing; an
+ * image from a FIFO is read as a stream; after the last payload at most
+ * 64 KiB of zeros are read (an endless stream of them is refused); `createImage` refuses an output that is its
  * rootfs input or lies inside its boot folder.
  */
 import { afterAll, describe, expect, test } from "bun:test";
@@ -13,12 +15,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createImage } from "../../../lib/image/create.ts";
 import { install } from "../../../lib/image/install.ts";
+import { openImage } from "../../../lib/image/reader.ts";
+import { verifyImage } from "../../../lib/image/verify.ts";
 import type { Policy } from "../../../lib/image/reader.ts";
 import { keySigner, loadTrustDir } from "../../../lib/image/sign.ts";
 import { fileSource, type ImageSource } from "../../../lib/image/source.ts";
 import { HostSys, type WriteOptions } from "../../../lib/sys/sys.ts";
 import { ioError } from "../../../lib/errors.ts";
-import { buildImage, KEYS, MIN_CHUNK, sentinel, sha256, trustDir, variedBytes } from "./fixture.ts";
+import { buildImage, KEYS, listTar, MIN_CHUNK, sentinel, sha256, trustDir, variedBytes } from "./fixture.ts";
 
 const root = mkdtempSync(join(tmpdir(), "zb-files-"));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
@@ -84,6 +88,59 @@ describe("install: image, target and journal must be three files", () => {
     const c = place();
     await install(host, fileSource(c.image), policy, { payload: "rootfs", target: c.target, journal: c.journal });
     expect(read(c.target)).toBe(sha256(raw));
+  });
+});
+
+describe("install: a file another install is writing is TARGET_BUSY", () => {
+  /** The image as a stream that stops after `first` bytes until go() (an install in progress). */
+  function paused(bytes: Uint8Array, first: number) {
+    let go = () => {};
+    const gate = new Promise<void>((resolve) => (go = resolve));
+    const source: ImageSource = { name: "stdin", seekable: false, open: async () => (async function* () {
+      yield bytes.subarray(0, first);
+      await gate;
+      yield bytes.subarray(first);
+    })() };
+    return { source, go };
+  }
+
+  test("a second install into the same file, same journal, while the first writes: refused, touching neither; the first completes", async () => {
+    const c = place();
+    const first = paused(img.bytes, listTar(img.bytes).find((e) => e.name === "rootfs")!.dataAt + 100_000);
+    const running = install(host, first.source, policy, { payload: "rootfs", target: c.target, journal: c.journal }).then(() => "ok", (e: { code?: string }) => e.code);
+    // The first install holds the target from before its journal's first write; it is under way once the journal names the payload's offset.
+    const started = () => existsSync(c.journal) && JSON.parse(readFileSync(c.journal, "utf8")).dataOffset !== null;
+    for (let i = 0; i < 500 && !started(); i++) await Bun.sleep(10);
+    const journalThen = readFileSync(c.journal, "utf8");
+    const e = (await install(host, fileSource(c.image), policy, { payload: "rootfs", target: c.target, journal: c.journal }).catch((x: unknown) => x)) as { code?: string; message?: string; hint?: string };
+    const second = { code: e.code, message: e.message, journalUntouched: readFileSync(c.journal, "utf8") === journalThen };
+    first.go();
+    expect({ second, first: await running, target: read(c.target), journal: JSON.parse(readFileSync(c.journal, "utf8")).state }).toEqual({
+      second: { code: "TARGET_BUSY", message: `cannot install into ${c.target}: another install is writing it`, journalUntouched: true },
+      first: "ok", target: sha256(raw), journal: "complete",
+    });
+    // Released with the first install's descriptor: the next install goes ahead.
+    await install(host, fileSource(c.image), policy, { payload: "rootfs", target: c.target, journal: c.journal });
+    expect(read(c.target)).toBe(sha256(raw));
+  });
+});
+
+describe("an image from a FIFO (`<(cat img)`, a pipe as /dev/stdin): read as a stream, like stdin", () => {
+  test.each(["install", "verify --deep", "info"] as const)("%s: as from a file", async (use) => {
+    const c = place();
+    const fifo = join(c.dir, "pipe.zbi");
+    expect(Bun.spawnSync(["mkfifo", fifo]).exitCode).toBe(0);
+    const writer = Bun.spawn(["sh", "-c", `cat "$0" > "$1"`, c.image, fifo]);
+    const source = fileSource(fifo);
+    const run = use === "install" ? install(host, source, policy, { payload: "rootfs", target: c.target, journal: c.journal })
+      : use === "verify --deep" ? verifyImage(source, policy, { deep: true })
+      : openImage(await source.open(0), { unverified: true }).then((i) => i.close());
+    const r = await run.then(() => "ok", (e: Error) => `${(e as { code?: string }).code ?? e.name}: ${e.message}`);
+    writer.kill(); // a reader that stopped early (info) leaves cat blocked on the pipe
+    await writer.exited;
+    expect({ r, seekable: source.seekable, direct: source.direct !== undefined, target: use === "install" ? read(c.target) === sha256(raw) : null }).toEqual({
+      r: "ok", seekable: false, direct: false, target: use === "install" ? true : null,
+    });
   });
 });
 
@@ -233,8 +290,8 @@ describe("install: the journal's own failures", () => {
 describe("bytes after the archive, from a file and from a stream", () => {
   const streamOf = (bytes: Uint8Array): ImageSource => ({ name: "stdin", seekable: false, open: async () => (async function* () { yield bytes; })() });
   const FOLLOWS = "cannot read the image: data follows the last payload";
-  // One rule for both: after the last payload only zero bytes, however many (a file is read to
-  // its end; a stream's raw bytes are looked at, not only what the tar parser makes of them).
+  // One rule for both: after the last payload only zero bytes, 64 KiB at most (below; a stream's
+  // raw bytes are looked at, not only what the tar parser makes of them).
   const rows = [
     { after: "nothing: cut inside the last payload's padding", cut: 1024 + 1, tail: new Uint8Array(0), file: "cannot read the image: the archive ends early", stream: "cannot read the image: the archive ends early" },
     { after: "7 bytes of text", tail: new Uint8Array(Buffer.from("garbage")), file: FOLLOWS, stream: FOLLOWS },
@@ -259,6 +316,42 @@ describe("bytes after the archive, from a file and from a stream", () => {
       });
     }
   }
+
+  // At most 64 KiB of zeros after the last payload's padding (two end blocks and tar's record padding), from a
+  // file and from a stream alike; more is refused without reading it to its end.
+  const TOO_LONG = "cannot read the image: more than 65536 bytes of zeros follow the last payload (an archive's end blocks and padding are fewer)";
+  /** `bytes` in odd-sized pieces, then `zeros` zero bytes (Infinity: for ever, as from /dev/zero). */
+  const streamWithZeros = (bytes: Uint8Array, zeros: number): ImageSource => ({ name: "stdin", seekable: false, open: async () => (async function* () {
+    for (let at = 0; at < bytes.length; at += 65543) yield bytes.subarray(at, at + 65543);
+    const piece = new Uint8Array(1 << 20);
+    for (let left = zeros, sent = 0; left > 0; left -= piece.length, sent += piece.length) {
+      // A reader that would go on for ever (the defect) fails the row instead of hanging the suite.
+      if (sent >= 256 << 20) throw new Error("the reader went on past 256 MiB of zeros");
+      yield piece.subarray(0, Math.min(piece.length, left));
+    }
+  })() });
+  test.each([
+    { after: "the two end blocks (what zb writes)", zeros: 1024, file: "complete", stream: "complete" },
+    { after: "end blocks and padding to tar's default 10 KiB record, at most", zeros: 10240 + 512, file: "complete", stream: "complete" },
+    { after: "64 KiB of zeros", zeros: 65536, file: "complete", stream: "complete" },
+    { after: "64 KiB and 1 byte of zeros", zeros: 65537, file: TOO_LONG, stream: TOO_LONG },
+    { after: "8 MiB of zeros", zeros: 8 << 20, file: TOO_LONG, stream: TOO_LONG },
+    { after: "zeros without end (a stream only: `(cat img; cat /dev/zero) |`)", zeros: Infinity, file: null, stream: TOO_LONG },
+  ])("$after after the last payload", async (row) => {
+    const body = img.bytes.subarray(0, img.bytes.length - 1024);
+    const got: Record<string, string | null> = { file: null, stream: null };
+    for (const via of ["file", "stream"] as const) {
+      if (row[via] === null) continue;
+      const c = place();
+      if (via === "file") writeFileSync(c.image, Buffer.concat([body, new Uint8Array(row.zeros)]));
+      const source = via === "file" ? fileSource(c.image) : streamWithZeros(body, row.zeros);
+      const r = await install(host, source, policy, { payload: "rootfs", target: c.target, journal: c.journal }).then(() => "ok", (e: Error) => e.message);
+      const state = JSON.parse(readFileSync(c.journal, "utf8")).state;
+      got[via] = r === "ok" ? state : `${r} (${state})`;
+    }
+    const want = (m: string | null) => (m === null || m === "complete" ? m : `${m} (failed)`);
+    expect(got).toEqual({ file: want(row.file), stream: want(row.stream) });
+  });
 
   test("cut 100 or 1024 bytes short, inside the end-of-archive zeros or all of them: installs from a file and from a stream alike (only zeros were missing)", async () => {
     const got = [];

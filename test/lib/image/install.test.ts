@@ -5,7 +5,9 @@
  * ends identical; resumes that do not belong are refused; bytes corrupted on
  * the target before a resume fail the final raw check; `none` encoding;
  * progress events; the fallback zstd decoder gives the same bytes; a loop
- * block device as the target keeps its size and its bytes after the payload.
+ * block device as the target keeps its size and its bytes after the payload;
+ * a background fdatasync that fails is the install's IO error, never an
+ * unhandled rejection.
  */
 import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
@@ -17,7 +19,9 @@ import type { Policy } from "../../../lib/image/reader.ts";
 import { loadTrustDir } from "../../../lib/image/sign.ts";
 import { fileSource, type ImageSource } from "../../../lib/image/source.ts";
 import { frameDecoder } from "../../../lib/image/zstd.ts";
+import { ZbError } from "../../../lib/errors.ts";
 import { HostSys } from "../../../lib/sys/sys.ts";
+import { openTarget, type Target } from "../../../lib/sys/target.ts";
 import { buildImage, KEYS, listTar, outcome, RecordingSys, sentinel, sha256, trustDir, variedBytes, writtenChunks } from "./fixture.ts";
 
 const root = mkdtempSync(join(tmpdir(), "zb-install-"));
@@ -312,3 +316,37 @@ describe("progress and decoders", () => {
   });
 });
 
+
+describe("a background fdatasync that fails (EIO from a dying card)", () => {
+  /** The image in 256 KiB pieces, each on a later turn of the event loop (a slow download): the failure comes while the install reads on. */
+  const slow = (p: string): ImageSource => ({ name: "stdin", seekable: false, open: async () => (async function* () {
+    const bytes = read(p);
+    for (let at = 0; at < bytes.length; at += 256 << 10) {
+      await Bun.sleep(1);
+      yield bytes.subarray(at, at + (256 << 10));
+    }
+  })() });
+  test.each([
+    { source: "a file", via: (p: string): ImageSource => fileSource(p) },
+    { source: "a slow stream", via: slow },
+  ])("from $source: IO from the install, journal failed at chunk 0, no unhandled rejection", async ({ via }) => {
+    // 40 MiB in 1 MiB chunks: the first background sync starts at chunk 32 (JOURNAL_BYTES), and 8 chunks follow it.
+    const big = await bigImage();
+    const t = place(big.raw.rootfs!.length);
+    const failing: InstallOptions["openTarget"] = (path, o) => Object.assign(Object.create(openTarget(path, o)) as Target, {
+      syncInBackground: () => Promise.reject(new ZbError("IO", `cannot sync ${path}: input/output error`)),
+    });
+    // bun test fails the running test on an unhandled rejection (the defect: the failed sync had no
+    // handler while the install read on), so the row passes only when the install alone reports it.
+    const e = (await install(host, via(big.path), policy, opts(t, "rootfs", { openTarget: failing })).catch((x: unknown) => x)) as { code?: string; message?: string };
+    await Bun.sleep(20);
+    expect({ code: e.code, message: e.message, journal: readJournal(t.journal) }).toMatchObject({
+      code: "IO", message: `cannot sync ${t.target}: input/output error`, journal: { state: "failed", chunksDone: 0 },
+    });
+  });
+});
+
+let big: Awaited<ReturnType<typeof buildImage>> | null = null;
+async function bigImage() {
+  return (big ??= await buildImage(join(root, "big"), { rootfs: variedBytes(40 << 20, 31, 0.3), boot: false, chunkSize: 1 << 20, signers: [KEYS.k1] }));
+}

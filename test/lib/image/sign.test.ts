@@ -5,7 +5,7 @@
  * (openssl missing makes those fail, not skip).
  */
 import { afterAll, describe, expect, test } from "bun:test";
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ed25519 } from "@noble/curves/ed25519.js";
@@ -346,6 +346,8 @@ describe("loadTrustDir", () => {
     mkdirSync(d);
     for (const [name, text] of Object.entries(files)) {
       if (text === "<dir>") mkdirSync(join(d, name));
+      else if (text === "<dangling>") symlinkSync(join(d, "no-such-key.pem"), join(d, name));
+      else if (text === "<fifo>") expect(Bun.spawnSync(["mkfifo", join(d, name)]).exitCode).toBe(0);
       else writeFileSync(join(d, name), text);
     }
     return d;
@@ -371,6 +373,13 @@ describe("loadTrustDir", () => {
   const rows: { name: string; files?: Record<string, string>; path?: () => string; code: string; why: (d: string) => string | RegExp }[] = [
     { name: "a malformed file → KEY_INVALID naming it", files: { "a.pem": pemA, "bad.pem": pemA.replace("MCow", "MC*w") }, code: "KEY_INVALID", why: (d) => `cannot read key ${join(d, "bad.pem")}: PEM body is not valid base64` },
     { name: "a private key in the trust dir → KEY_INVALID with the fix", files: { "k.pem": encodePrivatePem(ED) }, code: "KEY_INVALID", why: () => /k\.pem: expected a public key.*-pubout/ },
+    { name: "a dangling symlink named like a key → KEY_INVALID naming it (not skipped)", files: { "a.pem": pemA, "b.pub": "<dangling>" }, code: "KEY_INVALID", why: (d) => `cannot read key ${join(d, "b.pub")}: it does not exist (a symbolic link to nothing)` },
+    { name: "a FIFO named like a key → KEY_INVALID naming it, without reading it (which would block)", files: { "a.pem": pemA, "b.pem": "<fifo>" }, code: "KEY_INVALID", why: (d) => `cannot read key ${join(d, "b.pem")}: it is not a regular file` },
+    { name: "a device named like a key → KEY_INVALID", path: () => {
+      const d = dir({ "a.pem": pemA });
+      symlinkSync("/dev/zero", join(d, "z.pub"));
+      return d;
+    }, code: "KEY_INVALID", why: (d) => `cannot read key ${join(d, "z.pub")}: it is not a regular file` },
     { name: "an empty dir → SIG_INVALID", files: {}, code: "SIG_INVALID", why: (d) => `cannot load trusted keys: no trusted keys in ${d}` },
     { name: "only non-key files → SIG_INVALID", files: { "README": "x" }, code: "SIG_INVALID", why: () => /no trusted keys in/ },
     { name: "a missing dir → IO", path: () => join(work, "nope"), code: "IO", why: () => /no such directory/ },

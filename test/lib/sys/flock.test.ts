@@ -2,11 +2,14 @@
  * The env lock against util-linux flock(1), which takes the same flock(2)
  * lock U-Boot's fw_setenv and libubootenv take: zb waits for a holder, holds
  * it across a boot transition, and is re-entrant within one process.
+ * tryLockFd takes the same lock on a descriptor without waiting: refused
+ * while another process or another open of the file in this one holds it,
+ * released by close.
  */
 import { expect, test } from "bun:test";
-import { existsSync, readFileSync } from "node:fs";
+import { closeSync, existsSync, openSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { lockFile } from "../../../lib/sys/flock.ts";
+import { lockFile, tryLockFd } from "../../../lib/sys/flock.ts";
 import { tempDirs } from "../../tempdirs.ts";
 
 const tempDir = tempDirs("zb-flock-");
@@ -70,4 +73,40 @@ test("zb env set waits while fw_printenv.lock is held by another tool (the real 
   // The set ended only after the holder's last step before releasing.
   expect(readFileSync(marker, "utf8")).toBe("done\n");
   await h.exited;
+});
+
+test("tryLockFd: held, busy while flock(1) or a second open in this process holds it, free again once the holder's descriptor is closed", async () => {
+  const d = tempDir();
+  const file = join(d, "target.img");
+  writeFileSync(file, "x");
+  const marker = join(d, "released");
+  const h = holder(file, 0.3, marker);
+  await untilExists(`${marker}.held`);
+  const a = openSync(file, "r+");
+  const got = [["while flock(1) holds it", tryLockFd(a)]];
+  await h.exited;
+  got.push(["after flock(1) let go", tryLockFd(a)]);
+  const b = openSync(file, "r+");
+  got.push(["a second open in this process", tryLockFd(b)], ["the first open again (its own lock)", tryLockFd(a)]);
+  got.push(["flock(1) meanwhile", Bun.spawnSync(["flock", "-n", file, "true"]).exitCode === 0 ? "free" : "busy"]);
+  closeSync(a);
+  got.push(["the second open, the first closed", tryLockFd(b)]);
+  closeSync(b);
+  got.push(["flock(1), both closed", Bun.spawnSync(["flock", "-n", file, "true"]).exitCode === 0 ? "free" : "busy"]);
+  expect(got).toEqual([
+    ["while flock(1) holds it", "busy"],
+    ["after flock(1) let go", "held"],
+    ["a second open in this process", "busy"],
+    ["the first open again (its own lock)", "held"],
+    ["flock(1) meanwhile", "busy"],
+    ["the second open, the first closed", "held"],
+    ["flock(1), both closed", "free"],
+  ]);
+});
+
+test("tryLockFd without the JIT (no bun:ffi): skipped, as lockFile is", () => {
+  const file = join(tempDir(), "f");
+  writeFileSync(file, "x");
+  const r = Bun.spawnSync([process.execPath, "-e", `import { openSync } from "node:fs"; import { tryLockFd } from ${JSON.stringify(resolve(import.meta.dir, "../../../lib/sys/flock.ts"))}; console.log(tryLockFd(openSync(${JSON.stringify(file)}, "r")));`], { env: { ...process.env, BUN_JSC_useJIT: "0" } });
+  expect(r.stdout.toString().trim()).toBe("skipped");
 });
