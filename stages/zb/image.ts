@@ -119,7 +119,8 @@ async function create(args: ParsedArgs): Promise<number> {
     progress: (e) => (mode === "json" ? jsonEvent({ type: "progress", payload: e.payload, rawBytes: e.rawBytes, rawTotal: e.rawTotal }) : b?.update(e.allBytes, e.allTotal)),
   });
   b?.finish();
-  if (args.flags.has("json")) out(JSON.stringify({ output: args.values.get("output"), manifest: m }) + "\n");
+  // With --progress=json the stream stays newline-delimited JSON to its end: the result is a JSON line too.
+  if (args.flags.has("json") || mode === "json") out(JSON.stringify({ type: "result", ok: true, output: args.values.get("output"), manifest: m }) + "\n");
   else out(`zb image create: ${args.values.get("output")}: ${m.compatible} ${m.version} serial ${m.serial}, ${m.payloads.map((p) => `${p.name} ${p.raw.size} → ${p.stored.size} bytes`).join(", ")}\n`);
   return 0;
 }
@@ -160,7 +161,7 @@ async function verify(args: ParsedArgs): Promise<number> {
     progress: (done, total) => (mode === "json" ? jsonEvent({ type: "progress", storedBytes: done, storedTotal: total }) : b?.update(done, total)),
   });
   b?.finish();
-  if (args.flags.has("json")) out(JSON.stringify({ ok: true, ...r }) + "\n");
+  if (args.flags.has("json") || mode === "json") out(JSON.stringify({ type: "result", ok: true, ...r }) + "\n");
   else out(`zb image verify: ${src.name}: OK: ${r.compatible} ${r.version} serial ${r.serial}, signed by ${r.signedBy.join(", ")}; ${r.payloads.map((p) => `${p.name} ${p.chunks} chunks`).join(", ")}${args.flags.has("deep") ? " (deep)" : ""}\n`);
   return 0;
 }

@@ -157,7 +157,10 @@ describe("publish and install", () => {
   test("create --progress=json: each event gives the payload's raw size up front (rawTotal), the last reaches it", () => {
     const r = zb("image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--rootfs", "rootfs.img", "--boot", "boot", "--key", "ed", "--chunk-size", "65536", "--progress=json", "-o", "p.zbi");
     expect(r.code).toBe(0);
-    const events = r.out.trim().split("\n").slice(0, -1).map((l) => JSON.parse(l) as { type: string; payload: string; rawBytes: number; rawTotal: number });
+    const lines = r.out.trim().split("\n").map((l) => JSON.parse(l) as { type: string; payload: string; rawBytes: number; rawTotal: number; ok?: boolean; output?: string });
+    // The stream is newline-delimited JSON to its end: the last line is the result.
+    expect(lines.at(-1)).toMatchObject({ type: "result", ok: true, output: "p.zbi" });
+    const events = lines.slice(0, -1);
     const size = Object.fromEntries((JSON.parse(zb("image", "info", "p.zbi", "--json").out).manifest.payloads as { name: string; raw: { size: number } }[]).map((p) => [p.name, p.raw.size]));
     expect(events.every((e) => e.type === "progress" && e.rawTotal === size[e.payload] && e.rawBytes <= e.rawTotal)).toBe(true);
     expect(["boot", "rootfs"].map((n) => events.filter((e) => e.payload === n).at(-1))).toEqual(["boot", "rootfs"].map((n) => ({ type: "progress", payload: n, rawBytes: size[n]!, rawTotal: size[n]! })));
