@@ -8,32 +8,22 @@
 import { expect, test } from "bun:test";
 import { existsSync, readFileSync } from "node:fs";
 import { resolve } from "node:path";
+import { ROOT, runScript, tail } from "./script.ts";
 
-const ROOT = resolve(import.meta.dir, "../..");
 const ARM = resolve(ROOT, "dist/zb-arm64");
 const CONSOLE = resolve(ROOT, "qemu/.work/console.log");
 /** The script bounds the guest itself (ZB_QEMU_TIMEOUT, 300 s); this bounds the whole script. */
 const SCRIPT_MS = 380_000;
 
-function tail(text: string, lines: number): string {
-  return text.replace(/\r/g, "").trimEnd().split("\n").slice(-lines).join("\n");
-}
-
 test(
   "qemu aarch64 skeleton: zb env print/set and fw_printenv in the guest, cross-checked on the host",
-  () => {
+  async () => {
     if (!existsSync(ARM)) throw new Error(`${ARM} is missing: run \`bun build.ts\` (or \`bun build.ts --target arm64\`) first`);
-    const p = Bun.spawnSync(["bash", resolve(ROOT, "qemu/skeleton.sh")], {
-      cwd: ROOT,
-      stdin: "ignore",
-      timeout: SCRIPT_MS,
-      env: { ...process.env, ZB_QEMU_TIMEOUT: process.env.ZB_QEMU_TIMEOUT ?? "300" },
-    });
-    const out = p.stdout.toString();
-    const err = p.stderr.toString();
-    const ok = p.exitCode === 0 && out.split("\n").includes("ZB-SKELETON-OK");
+    // In its own process group: at the deadline the script and its QEMU die together (script.ts).
+    const { code, signal, out, err } = await runScript("skeleton.sh", [], { ZB_QEMU_TIMEOUT: process.env.ZB_QEMU_TIMEOUT ?? "300" }, SCRIPT_MS);
+    const ok = code === 0 && out.split("\n").includes("ZB-SKELETON-OK");
     if (!ok) {
-      const how = p.exitCode === null ? `was killed (${p.signalCode ?? "timeout"} after ${SCRIPT_MS / 1000} s)` : `exited ${p.exitCode}`;
+      const how = code === null ? `was killed (${signal ?? "timeout"} after ${SCRIPT_MS / 1000} s)` : `exited ${code}`;
       // skeleton.sh prints the console tail on failure; if it was killed
       // before it could, read the console log directly.
       const consoleTail = existsSync(CONSOLE) ? tail(readFileSync(CONSOLE, "utf8"), 40) : "(no console log)";
@@ -44,7 +34,7 @@ test(
           `---- guest console (tail of ${CONSOLE}) ----\n${consoleTail}`,
       );
     }
-    expect(p.exitCode).toBe(0);
+    expect(code).toBe(0);
     expect(out).toContain("ZB-SKELETON-OK");
   },
   400_000,

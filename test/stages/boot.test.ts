@@ -312,15 +312,19 @@ describe("zbunlock mounts the boot partition itself", () => {
     const before = readFileSync(join(root, "proc/cmdline"));
     const dev = join(dir, "late-device");
     writeFileSync(join(root, "proc/cmdline"), `console=ttyAMA0 zb.slot=a zb.boot=${dev} zb.boot_wait=30\n`);
+    const p = Bun.spawn([BIN, "unlock", "--root", root, "--no-reboot"], { env: { ...process.env, ZB_NO_REBOOT: "1" }, stdout: "pipe", stderr: "pipe" });
     try {
-      const p = Bun.spawn([BIN, "unlock", "--root", root, "--no-reboot"], { env: { ...process.env, ZB_NO_REBOOT: "1" }, stdout: "pipe", stderr: "pipe" });
-      await Bun.sleep(300);
+      // Long enough for zbunlock (a ~30 ms start) to be in its wait on a loaded machine; without the wait it
+      // would say "did not appear" at once, which the assertions below catch.
+      await Bun.sleep(1500);
+      expect(p.exitCode).toBeNull();
       writeFileSync(dev, new Uint8Array(4096)); // not a FAT file system: the mount itself fails, after the wait
       const [err, code] = [await new Response(p.stderr).text(), await p.exited];
       expect(err).toContain(`cannot record this boot: cannot mount the boot partition ${dev} on `);
       expect(err).not.toContain("did not appear");
       expect(code).toBe(0);
     } finally {
+      p.kill(); // a failed assertion must not leave it waiting 30 s
       writeFileSync(join(root, "proc/cmdline"), before);
       rmSync(dev, { force: true });
     }

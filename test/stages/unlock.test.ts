@@ -172,6 +172,7 @@ describe("zbunlock unlocks the slot's root", () => {
     hsmConf(join(dir, "soft.key"));
     let hits: string[] = ["not scanned"];
     const r = await zbunlock([], () => {
+      expect(existsSync(join(dir, "ready"))).toBe(true); // the key is in flight while the scan runs
       hits = scanProcesses(key);
     }, { BUN_JSC_useJIT: "0" });
     expect(hits).toEqual([]);

@@ -27,6 +27,8 @@ import { tempDirs } from "../../tempdirs.ts";
 class BoxHsm implements Hsm {
   readonly name = "soft" as const;
   readonly sealed: Uint8Array[] = [];
+  /** Every secret handed to seal, also those an absent box refused: each must be wiped afterwards. */
+  readonly offered: Uint8Array[] = [];
   readonly sealOptions: (SealOptions | undefined)[] = [];
   private readonly key = randomBytes(32);
   constructor(private readonly absent = false) {}
@@ -34,6 +36,7 @@ class BoxHsm implements Hsm {
     return { backend: this.name, present: !this.absent, detail: "in-test box" };
   }
   async seal(secret: Uint8Array, opts?: SealOptions): Promise<SealedData> {
+    this.offered.push(secret);
     if (this.absent) throw new ZbError("HSM_ABSENT", "cannot seal: the in-test HSM is absent");
     this.sealed.push(secret); // the reference, to check it is wiped afterwards
     this.sealOptions.push(opts);
@@ -235,6 +238,7 @@ describe("enrollSlot failures before (the situation) / after (error, disks uncha
     expect((err as ZbError).message).toMatch(after.message);
     expect([sha(d.rootB), sha(d.data)]).toEqual([rootSum, dataSum]);
     expect(hsm.sealed.every(isZero)).toBe(true);
+    expect(hsm.offered.every(isZero)).toBe(true); // a key refused by an absent HSM is wiped too
     expect(isZero(oldData)).toBe(false);
   });
 });
