@@ -72,17 +72,34 @@ export async function unlockSlot(creds: SlotCredentials, env: UnlockEnv): Promis
   const volumes: [Volume, Uint8Array][] = [[creds.meta.root, creds.root]];
   if (creds.meta.data && creds.data) volumes.push([creds.meta.data, creds.data]);
   const locks: SealedData[] = [];
-  for (const [vol, blob] of volumes) {
-    const r = await unlockVolume(creds.meta.backend, vol, blob, env);
-    if (!r.ok) {
-      for (const o of opened.reverse()) await env.luks.close(o.name).catch(() => undefined);
-      return r;
+  let done = false;
+  try {
+    for (const [vol, blob] of volumes) {
+      const r = await unlockVolume(creds.meta.backend, vol, blob, env);
+      if (!r.ok) return r;
+      opened.push({ name: vol.name, device: r.device });
+      locks.push(r.data);
     }
-    opened.push({ name: vol.name, device: r.device });
-    locks.push(r.data);
+    done = true;
+  } finally {
+    // Whatever ends the unlock early (a failure, or an error thrown by a backend), nothing stays
+    // open: the boot stops or reboots, and a shell left by initramfs-tools' panic must not find
+    // the root decrypted.
+    if (!done) await closeAll(opened, env);
   }
   await lockKeys(locks, env);
   return { ok: true, opened };
+}
+
+/** Close the volumes opened so far, newest first; a close that fails is logged, not thrown (the failure in hand is what gets reported). */
+async function closeAll(opened: { name: string; device: string }[], env: Pick<UnlockEnv, "luks" | "log">): Promise<void> {
+  for (const o of [...opened].reverse()) {
+    try {
+      await env.luks.close(o.name);
+    } catch (e) {
+      env.log(`WARNING: cannot close ${o.name} after the failed unlock; it stays open: ${(e as Error).message}`);
+    }
+  }
 }
 
 /**

@@ -19,8 +19,10 @@ interface Script {
   deviceFrom?: number;
   /** findDevice() throws this (two devices carry the UUID). */
   deviceThrows?: ZbError;
-  /** open() throws this for the given volume name. */
-  openFails?: { name: string; error: ZbError };
+  /** open() throws this for the given volume name (an Error that is not a ZbError: a backend's bug). */
+  openFails?: { name: string; error: Error };
+  /** close() fails. */
+  closeFails?: boolean;
   /** lock(): absent = the backend has none; "throw" = it fails. */
   lock?: "ok" | "throw";
   deadlineMs?: number;
@@ -75,7 +77,10 @@ function world(s: Script) {
         events.push(`open ${name}`);
         await open(device, name, key);
       },
-      close: async (name) => void closed.push(name),
+      close: async (name) => {
+        if (s.closeFails) throw new ZbError("LUKS_FAILED", `cannot close ${name}: device busy`);
+        closed.push(name);
+      },
       ...(s.prepare ? {
         prepareOpen: (device: string, name: string) => {
           if (s.prepare === "throw") throw new ZbError("LUKS_FAILED", `cannot open ${device} as ${name}: cannot run cryptsetup: not found`);
@@ -153,6 +158,19 @@ describe("unlockSlot", () => {
     expect(r.error.message).toMatch(/^cannot /);
     expect(w.closed).toEqual(c.closed ?? []);
     for (const k of w.keysSeen) expect(k.every((b) => b === 0)).toBe(true);
+  });
+
+  test("an error that is not a ZbError while the data volume opens: thrown on, and the root closed first (no decrypted root for a panic shell)", async () => {
+    const w = world({ openFails: { name: "zb-data", error: new TypeError("a bug in an opener") } });
+    await expect(unlockSlot(CREDS, w.env)).rejects.toThrow("a bug in an opener");
+    expect(w.closed).toEqual(["zb-root"]);
+  });
+
+  test("a close that fails after a failed data volume: the failure is reported, the close failure logged", async () => {
+    const w = world({ openFails: { name: "zb-data", error: new ZbError("LUKS_FAILED", "cannot open: No key available with this passphrase") }, closeFails: true });
+    const r = await unlockSlot(CREDS, w.env);
+    expect(r.ok ? "ok" : r.error.code).toBe("LUKS_FAILED");
+    expect(w.log).toContain("WARNING: cannot close zb-root after the failed unlock; it stays open: cannot close zb-root: device busy");
   });
 
   test("two devices with the UUID for a while (RAID members before their array): waited for like a late device, then opened", async () => {
