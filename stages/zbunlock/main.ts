@@ -179,11 +179,19 @@ async function actOn(args: ParsedArgs, root: string, p: Platform, creds: () => L
       r.reboot(null);
       return r.pending() !== null ? CODES.REBOOT_PENDING : f.error.exit;
     }
-    runTransition(
-      h.backend,
-      { kind: "unlock-failed", booted: booted.slot, tryboot: booted.tryboot, permanent: f.permanent, why: f.kind },
-      { actor: "zbunlock", dryRun: false, reboot: r.reboot, announce: (o) => report(args, "zbunlock", o, args.flags.has("no-reboot"), false) },
-    );
+    try {
+      runTransition(
+        h.backend,
+        { kind: "unlock-failed", booted: booted.slot, tryboot: booted.tryboot, permanent: f.permanent, why: f.kind },
+        { actor: "zbunlock", dryRun: false, reboot: r.reboot, announce: (o) => report(args, "zbunlock", o, args.flags.has("no-reboot"), false) },
+      );
+    } catch (e) {
+      // The env cannot take the failure (a full or failing partition): the boot is counted already (N9),
+      // so a plain reboot lets the boot counter take it from here, as when the partition will not mount again.
+      if (!(e instanceof ZbError) || !UNRECORDED.has(e.code)) throw e;
+      err(`zbunlock: cannot record the failed unlock: ${e.message}\n`);
+      r.reboot(null);
+    }
     if (r.pending() !== null) return CODES.REBOOT_PENDING;
     return f.error.exit;
   }

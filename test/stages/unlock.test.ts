@@ -573,6 +573,33 @@ describe("a boot state zbunlock cannot use: the slot the firmware chose boots un
     }
   });
 
+  test("the unlock fails and the env cannot take the failure any more: a plain reboot (exit 12 under --no-reboot), not a shell; the boot was counted", async () => {
+    expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b", "--force"]).code).toBe(0);
+    hsmConf(join(dir, "soft.key"));
+    const img = join(dir, "root.img");
+    const saved = readFileSync(img);
+    const envFiles = ["zb.env", "zb.env.redund"].map((f) => join(boot, "zb", f));
+    try {
+      const r = await zbunlock([], () => {
+        // While cryptsetup waits for the go: the volume turns into something else (the open fails),
+        // and both env copies become unreadable (a failing card).
+        writeFileSync(img, new Uint8Array(1 << 20));
+        for (const f of envFiles) {
+          rmSync(f);
+          mkdirSync(f);
+        }
+      });
+      expect(r.out).toContain("N9");
+      expect(r.err).toMatch(/zbunlock: cannot record the failed unlock: /);
+      expect(r.err).not.toContain("unlocked zb-root");
+      expect(r.code).toBe(12);
+    } finally {
+      writeFileSync(img, saved);
+      for (const f of envFiles) rmSync(f, { recursive: true, force: true });
+      expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b", "--force"]).code).toBe(0);
+    }
+  });
+
   test("a try boot is not run unrecorded: a plain reboot back to the committed slot (exit 12 under --no-reboot), nothing unlocked", async () => {
     expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b", "--force"]).code).toBe(0);
     hsmConf(join(dir, "soft.key"));
