@@ -17,6 +17,7 @@ const PIN = "246813579";
 /** What every configuration gets (the hook's lists, written out). */
 const BASE_MODULES = [
   "af_alg", "algif_skcipher", "xts", "ecb", "aes", "aes-ce-blk", "aes-neon-blk", "aes-neon-bs",
+  "adiantum", "nhpoly1305", "nhpoly1305-neon", "chacha_generic", "chacha-neon", "poly1305_generic",
   "tpm_tis_core", "tpm_tis", "tpm_tis_spi", "tpm_tis_i2c", "tpm_tis_i2c_cr50", "tpm_i2c_infineon", "i2c-gpio", "i2c-bcm2835", "spi-bcm2835",
   "vfat", "nls_cp437", "nls_ascii", "nls_utf8", "dm-mod", "dm-crypt",
 ];
@@ -73,7 +74,8 @@ function setUp(t: string, before: Before): void {
   const fill = (s: string) => s.replaceAll("$T", t);
   if (before.initramfsConf !== null) writeFileSync(join(t, "etc/initramfs.conf"), fill(before.initramfsConf));
   if (before.hsmConf !== null) writeFileSync(join(t, "etc/hsm.conf"), fill(before.hsmConf));
-  for (const k of before.trust) writeFileSync(join(t, "etc/trust", k), `key ${k}\n`);
+  // A name starting "private" gets a PEM private key (a mistake the hook must catch).
+  for (const k of before.trust) writeFileSync(join(t, "etc/trust", k), k.startsWith("private") ? "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n" : `key ${k}\n`);
 }
 
 function listTree(dir: string, prefix = ""): string[] {
@@ -216,6 +218,11 @@ describe("the hook refuses", () => {
       name: "ZB_CRYPTSETUP names a missing file",
       before: { initramfsConf: "ZB_BINARY=$T/bin/zb\nZB_CRYPTSETUP=$T/bin/cryptsetup\n", hsmConf: null, trust: [] },
       err: "E: zb: cannot add cryptsetup to the initramfs: $T/bin/cryptsetup does not exist\n",
+    },
+    {
+      name: "a private key in the trust folder (the image is readable by anyone with the boot medium)",
+      before: { initramfsConf: "ZB_BINARY=$T/bin/zb\n", hsmConf: "backend=tpm2\n", trust: ["a.pub", "private.pem"] },
+      err: "E: zb: cannot add $T/etc/trust/private.pem to the initramfs: it holds a private key (only public keys belong in $T/etc/trust)\n",
     },
     {
       name: "pkcs11 without pkcs11.module",
