@@ -31,7 +31,7 @@ import { HSM_OPTIONS } from "../zb/hsm.ts";
 import { credentialBackend, credentialsOnce, lockAfterFailureStep, secondsParam, unknownParamWarnings, unlockStep } from "./unlock.ts";
 import { awaitGo, DEFAULT_GO_WAIT_S, reportExitTo } from "./prestart.ts";
 
-export const USAGE = `usage: zbunlock [--boot DIR] [--root DIR] [--dry-run] [--no-unlock] [--no-reboot] [--json]
+export const USAGE = `usage: zbunlock [--boot DIR] [--root DIR] [--dry-run] [--no-unlock] [--lock-only] [--no-reboot] [--json]
                 [--credentials DIR] [--go-file FILE] [--status-fd N] [HSM options: --config FILE,
                 --tpm ADDR, --pin-file FILE, … as \`zb hsm --help\` lists them]
        zb unlock [...]
@@ -52,6 +52,8 @@ failure) when the keys cannot work and nothing else can boot (U4).
   --go-file FILE load, then wait until FILE exists before doing anything (the
                  initramfs starts zbunlock early this way; up to
                  zb.prestart_wait=SECONDS, default ${DEFAULT_GO_WAIT_S}, then exit 24 having done nothing)
+  --lock-only    lock this slot's sealed keys (tpm2: extend the lock PCR) and
+                 exit; no boot state, no unlock (local-top runs it before a panic)
   --status-fd N  also write "exited STATUS" to descriptor N as the process
                  exits, before the runtime's teardown (the initramfs script
                  waits for that line)
@@ -69,7 +71,7 @@ const MOUNT_POINT = "/run/zb/boot";
 const DEFAULT_BOOT_WAIT_S = 10;
 
 export async function zbunlockMain(argv: string[]): Promise<number> {
-  const args = parseArgs(argv, { ...BOOT_OPTIONS, ...HSM_OPTIONS, "dry-run": {}, "no-unlock": {}, credentials: { value: true }, "go-file": { value: true }, "status-fd": { value: true } }, "zbunlock");
+  const args = parseArgs(argv, { ...BOOT_OPTIONS, ...HSM_OPTIONS, "dry-run": {}, "no-unlock": {}, "lock-only": {}, credentials: { value: true }, "go-file": { value: true }, "status-fd": { value: true } }, "zbunlock");
   if (args.flags.has("help")) {
     out(USAGE + "\n");
     return 0;
@@ -81,6 +83,13 @@ export async function zbunlockMain(argv: string[]): Promise<number> {
   const root = args.values.get("root") ?? "/";
   const sys = new HostSys();
   const creds = credentialsOnce(sys, args.values.get("credentials") ?? root);
+  if (args.flags.has("lock-only")) {
+    // The boot script's last step before initramfs-tools' panic: lock the keys even when the
+    // zbunlock that ran was killed or lost its status (it locks by itself on every failure it
+    // reports). Touches no boot state; only tpm2 keys have a lock PCR, and it needs no JIT.
+    await lockAfterFailureStep(args, sys, root, creds);
+    return 0;
+  }
   // Started without the JIT (the initramfs script does so for a faster start,
   // lib/sys/jit.ts): a backend that is a C library needs it back, so the whole
   // run happens in a child with the JIT on, before any state is touched (a

@@ -148,9 +148,13 @@ const PRE = "zbunlock args=4 --go-file --status-fd 3 BUN_JSC_useJIT=0 BUN_GC_TIM
 const WENT = "zbunlock went on";
 /** The script's lines after exit 0. */
 const OPEN = ["end", "success zb: the root is open at /dev/mapper/zb-root"];
+/** zb_lock_keys: zbunlock --lock-only, without the JIT and the GC timer. */
+const LOCK = "zbunlock args=1 --lock-only BUN_JSC_useJIT=0 BUN_GC_TIMER_DISABLE=1";
 /** The script's lines after exit CODE (NAME in docs/exit-codes.md). */
 const failed = (code: number, name: string) => [
   `failure zb: zbunlock failed (exit ${code})`,
+  // The keys are locked before the shell (zbunlock --lock-only), whatever became of the zbunlock that ran.
+  ...(code === 127 ? [] : [LOCK]),
   `panic zbunlock failed (exit ${code}, ${name}): the root is not open; the messages above say why`,
 ];
 
@@ -180,7 +184,7 @@ describe.each(SHELLS)("with the fake functions, under %s", (shellName) => {
       after: {
         code: 1,
         signal: null,
-        calls: [BEGIN, ZB, "failure zb: zbunlock needs a reboot it did not perform (exit 12); rebooting", "reboot -f", "panic zb: reboot -f failed after zbunlock asked for a reboot"],
+        calls: [BEGIN, ZB, "failure zb: zbunlock needs a reboot it did not perform (exit 12); rebooting", "reboot -f", LOCK, "panic zb: reboot -f failed after zbunlock asked for a reboot"],
       },
     },
     {
@@ -333,7 +337,7 @@ describe.each(SHELLS)("with the real scripts/functions, under %s", (shellName) =
         "zbunlock failed (exit 21, HSM_FAILED): the root is not open; the messages above say why\n" +
         "Rebooting automatically due to panic= boot argument\n",
     );
-    expect(r.calls).toEqual([ZB, "reboot -f"]);
+    expect(r.calls).toEqual([ZB, LOCK, "reboot -f"]);
   });
 });
 

@@ -241,6 +241,27 @@ describe("zbunlock unlocks the slot's root", () => {
     expect(r.err.includes("zbunlock: WARNING: cannot lock the sealed keys")).toBe(tried);
   });
 
+  test("--lock-only (local-top's step before a panic): tries the lock of tpm2 keys with a lock PCR, touches no boot state, exit 0", async () => {
+    expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b", "--force"]).code).toBe(0);
+    const creds = join(dir, "tpm-creds-lock");
+    mkdirSync(join(creds, "zb/credentials"), { recursive: true });
+    const meta = readFileSync(join(root, "zb/credentials/meta.json"), "utf8").replace(/"backend": *"soft"/, '"backend":"tpm2"');
+    writeFileSync(join(creds, "zb/credentials/meta.json"), meta);
+    writeFileSync(join(creds, "zb/credentials/root.sealed"), JSON.stringify({ backend: "tpm2", data: { lockPcr: 15 }, format: "zb-sealed/1" }) + "\n");
+    writeFileSync(join(root, "etc/zb/hsm.conf"), `backend = tpm2\ntpm2.device = ${join(dir, "no-tpmrm0")}\nwait = 1\n`);
+    const before = env();
+    const r = await zbunlock(["--lock-only", "--credentials", creds]);
+    expect(r.code).toBe(0);
+    expect(r.err).toContain("zbunlock: WARNING: cannot lock the sealed keys");
+    expect(r.out).toBe("");
+    expect(env()).toBe(before); // no boot counted, nothing recorded
+    // Keys without a lock PCR (the soft backend here): nothing to do, nothing said.
+    hsmConf(join(dir, "soft.key"));
+    const plain = await zbunlock(["--lock-only"]);
+    expect([plain.code, plain.out, plain.err]).toEqual([0, "", ""]);
+    expect(env()).toBe(before);
+  });
+
   test("HSM absent until the deadline → reboot to retry, the slot stays", async () => {
     // back to a committed, valid a
     expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b", "--force"]).code).toBe(0);
