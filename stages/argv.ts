@@ -33,11 +33,16 @@ export function rawArguments(count: number, cmdline = "/proc/self/cmdline"): Uin
  * libubootenv's fw_setenv stores such bytes as they are; zb says so instead
  * of storing U+FFFD, and points to a script file (-s / --script), which is
  * read as bytes and keeps any value.
- * @param raw {@link rawArguments}; null skips the check (nothing to compare with)
+ * Arguments that are all ASCII (the usual case, and zbunlock's at every
+ * boot) were decoded losslessly: /proc is not read for them.
+ * @param raw {@link rawArguments}, asked for only when needed; null skips the check (nothing to compare with)
  * @throws {ZbError} USAGE
- * @example checkUtf8("fw_setenv", process.argv.slice(2), rawArguments(process.argv.length - 2))
+ * @example checkUtf8("fw_setenv", process.argv.slice(2))
  */
-export function checkUtf8(tool: string, argv: readonly string[], raw: Uint8Array[] | null): void {
+export function checkUtf8(tool: string, argv: readonly string[], rawOf: () => Uint8Array[] | null = () => rawArguments(argv.length)): void {
+  // U+FFFD, what an invalid byte decodes to, is not ASCII either.
+  if (argv.every((a) => /^[\x00-\x7f]*$/.test(a))) return;
+  const raw = rawOf();
   if (raw === null || raw.length !== argv.length) return;
   argv.forEach((a, i) => {
     if (Buffer.from(a, "utf8").equals(raw[i]!)) return;

@@ -8,7 +8,7 @@ import { PiBoot } from "../lib/bootloader/piboot.ts";
 import { readPlatform, type Platform } from "../lib/bootloader/platform.ts";
 import { rebootNow } from "../lib/sys/reboot.ts";
 import { HostSys, type Sys } from "../lib/sys/sys.ts";
-import { isZbError } from "../lib/errors.ts";
+import { isZbError, ZbError } from "../lib/errors.ts";
 import { err, out } from "./output.ts";
 
 export const BOOT_OPTIONS: OptionSpecs = {
@@ -89,3 +89,31 @@ export function rebooter(args: ParsedArgs, tool: string, opts: RebooterOptions =
   };
 }
 
+
+/**
+ * The subcommand of `zb TOOL` (env, image, key, hsm, cred), checked before
+ * anything else is read: none is USAGE, with the usage text on stderr;
+ * `--help`/`-h` prints it on stdout (null: the command is done); an unknown
+ * one is USAGE, even with --help after it.
+ * @param usage the usage text as printed, newline included
+ * @param named the subcommands as the message names them (default "a, b or c")
+ * @throws {ZbError} USAGE
+ * @example const sub = subcommand("key", argv[0], ["gen", "id"], USAGE + "\n"); if (sub === null) return 0;
+ */
+export function subcommand<S extends string>(tool: string, sub: string | undefined, known: readonly S[], usage: string, named = orList(known)): S | null {
+  if (sub === undefined) {
+    err(usage);
+    throw new ZbError("USAGE", `cannot run zb ${tool}: no subcommand given (${named})`);
+  }
+  if (sub === "--help" || sub === "-h") {
+    out(usage);
+    return null;
+  }
+  if (!(known as readonly string[]).includes(sub)) throw new ZbError("USAGE", `cannot run zb ${tool}: unknown subcommand ${JSON.stringify(sub)}`, { hint: `see \`zb ${tool} --help\`` });
+  return sub as S;
+}
+
+/** `a, b or c`. */
+function orList(items: readonly string[]): string {
+  return items.length < 2 ? items.join("") : `${items.slice(0, -1).join(", ")} or ${items.at(-1)}`;
+}

@@ -8,7 +8,7 @@
  * for `zbunlock --help` without the JIT; docs/boot-flow.md, "Process environment").
  */
 import { basename } from "node:path";
-import { checkUtf8, rawArguments } from "./argv.ts";
+import { checkUtf8 } from "./argv.ts";
 import { runStage } from "./run.ts";
 
 type Role = (argv: string[]) => Promise<number> | number;
@@ -36,7 +36,7 @@ const invoked = basename(process.argv0 || process.argv[0] || "zb");
 const rest = process.argv.slice(2);
 
 void runStage(() => {
-  checkUtf8(byName[invoked] ? invoked : "zb", rest, rawArguments(rest.length));
+  checkUtf8(byName[invoked] ? invoked : "zb", rest);
   const named = byName[invoked];
   if (named) return named(rest);
   const role = rest[0] !== undefined ? byRole[rest[0]] : undefined;

@@ -15,7 +15,8 @@ import { CryptsetupCli } from "../../lib/luks/cryptsetup.ts";
 import { enrollSlot, type DataTarget } from "../../lib/luks/enroll.ts";
 import { wipe } from "../../lib/secret.ts";
 import { HostSys } from "../../lib/sys/sys.ts";
-import { createNew, err, out } from "../output.ts";
+import { createNew, out } from "../output.ts";
+import { subcommand } from "../common.ts";
 import { HSM_OPTIONS, HSM_OPTIONS_HELP, hsmConfigFrom, hsmFor, sealOptions } from "./hsm.ts";
 
 const USAGE = `usage: zb cred create --slot a|b --root DEVICE --format [--data DEVICE (--format-data | --data-key-from CRED)]
@@ -44,21 +45,14 @@ show:   the metadata of credentials: a directory holding zb/credentials/
 ${HSM_OPTIONS_HELP}`;
 
 export async function credMain(argv: string[]): Promise<number> {
-  const [sub, ...rest] = argv;
+  const [first, ...rest] = argv;
+  const sub = subcommand("cred", first, ["create", "show"], USAGE + "\n");
+  if (sub === null) return 0;
   const args = parseArgs(rest, {
     ...HSM_OPTIONS, slot: { value: true }, root: { value: true }, data: { value: true }, format: {}, "format-data": {},
     "data-key-from": { value: true }, pcrs: { value: true }, output: { short: "o", value: true }, initramfs: { value: true }, open: { value: true },
     json: {}, help: { short: "h" },
-  }, `zb cred ${sub ?? ""}`.trim(), { repeats: "refuse" });
-  if (sub === undefined) {
-    err(USAGE + "\n");
-    throw new ZbError("USAGE", "cannot run zb cred: no subcommand given (create or show)");
-  }
-  if (sub === "--help" || sub === "-h") {
-    out(USAGE + "\n");
-    return 0;
-  }
-  if (sub !== "create" && sub !== "show") throw new ZbError("USAGE", `cannot run zb cred: unknown subcommand ${JSON.stringify(sub)}`, { hint: "see `zb cred --help`" });
+  }, `zb cred ${sub}`, { repeats: "refuse" });
   if (args.flags.has("help")) {
     out(USAGE + "\n");
     return 0;
@@ -67,15 +61,8 @@ export async function credMain(argv: string[]): Promise<number> {
     onlyThese(args, null, 0, "zb cred create");
     return create(args);
   }
-  if (sub === "show") {
-    onlyThese(args, ["json"], 1, "zb cred show");
-    return show(args);
-  }
-  return unreachable(sub);
-}
-
-function unreachable(sub: never): never {
-  throw new ZbError("INTERNAL", `internal error: zb cred ${String(sub)}`);
+  onlyThese(args, ["json"], 1, "zb cred show");
+  return show(args);
 }
 
 /**

@@ -10,7 +10,8 @@ import { describe, openStore, type EnvState, type EnvStore, type WriteResult } f
 import { ZbError } from "../../lib/errors.ts";
 import { HostSys } from "../../lib/sys/sys.ts";
 import { readInput } from "../input.ts";
-import { out, err } from "../output.ts";
+import { out } from "../output.ts";
+import { subcommand } from "../common.ts";
 
 const STORAGE = `Storage (one of):
   --boot DIR        zb's pair DIR/zb/zb.env + DIR/zb/zb.env.redund, 0x${DEFAULT_ENV_SIZE.toString(16)} bytes each
@@ -56,20 +57,12 @@ const COMMON: OptionSpecs = {
 };
 
 export function envMain(argv: string[]): number {
-  const [sub, ...rest] = argv;
+  const [first, ...rest] = argv;
+  const sub = subcommand("env", first, ["print", "set", "init"], `${USAGE.print}\n\n${USAGE.set}\n\n${USAGE.init}\n`);
   if (sub === "print") return run("print", rest, { "no-header": { short: "n" } }, print);
   if (sub === "set") return run("set", rest, { script: { short: "s", value: true } }, set);
   if (sub === "init") return run("init", rest, { script: { short: "s", value: true }, force: {} }, init);
-  if (sub === undefined || sub === "--help" || sub === "-h") {
-    const text = `${USAGE.print}\n\n${USAGE.set}\n\n${USAGE.init}\n`;
-    if (sub === undefined) {
-      err(text);
-      throw new ZbError("USAGE", "cannot run zb env: no subcommand given (print, set or init)");
-    }
-    out(text);
-    return 0;
-  }
-  throw new ZbError("USAGE", `cannot run zb env: unknown subcommand ${JSON.stringify(sub)}`, { hint: "see `zb env --help`" });
+  return 0;
 }
 
 type Sub = keyof typeof USAGE;

@@ -13,6 +13,7 @@ import { BACKENDS, type BackendName, type Hsm, type ProbeResult, type SealOption
 import { wipe } from "../../lib/secret.ts";
 import { HostSys } from "../../lib/sys/sys.ts";
 import { createNew, err, out } from "../output.ts";
+import { subcommand } from "../common.ts";
 import { readPinFile } from "../../lib/hsm/pkcs11/pin.ts";
 import { promptPin, readSecretFd, writeSecretOutput } from "../secrets.ts";
 
@@ -115,25 +116,18 @@ unseal:  unseal BLOB with the backend, token, key and PCRs it names (the flags
 ${HSM_OPTIONS_HELP}`;
 
 export async function hsmMain(argv: string[]): Promise<number> {
-  const [sub, ...rest] = argv;
+  const [first, ...rest] = argv;
+  const positionals = { probe: 0, seal: 0, unseal: 1 };
+  // Before the options and the config: a typo in the subcommand is the first thing to report, and reads nothing.
+  const sub = subcommand("hsm", first, Object.keys(positionals) as (keyof typeof positionals)[], USAGE + "\n");
+  if (sub === null) return 0;
   const specs: OptionSpecs = { ...HSM_OPTIONS, pcrs: { value: true }, output: { short: "o", value: true }, json: {}, help: { short: "h" } };
-  const args = parseArgs(rest, specs, `zb hsm ${sub ?? ""}`.trim(), { repeats: "refuse" });
-  const positionals: Record<string, number> = { probe: 0, seal: 0, unseal: 1 };
-  if (sub === undefined) {
-    err(USAGE + "\n");
-    throw new ZbError("USAGE", "cannot run zb hsm: no subcommand given (probe, seal or unseal)");
-  }
-  if (sub === "--help" || sub === "-h") {
-    out(USAGE + "\n");
-    return 0;
-  }
-  // Before --help and the config: a typo in the subcommand is the first thing to report, and reads nothing.
-  if (!(sub in positionals)) throw new ZbError("USAGE", `cannot run zb hsm: unknown subcommand ${JSON.stringify(sub)}`, { hint: "see `zb hsm --help`" });
+  const args = parseArgs(rest, specs, `zb hsm ${sub}`, { repeats: "refuse" });
   if (args.flags.has("help")) {
     out(USAGE + "\n");
     return 0;
   }
-  onlyThese(args, null, positionals[sub]!, `zb hsm ${sub}`);
+  onlyThese(args, null, positionals[sub], `zb hsm ${sub}`);
   // unseal's output is the secret; a summary next to it has nothing to say that the blob does not.
   if (sub === "unseal" && args.flags.has("json")) throw new ZbError("USAGE", "cannot unseal: --json applies to probe and seal", { hint: "the blob is JSON: it shows what it was sealed to" });
   const cfg = hsmConfigFrom(args);

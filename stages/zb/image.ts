@@ -12,6 +12,7 @@ import { DEFAULT_RETRIES, sourceFor, type HttpOptions, type RetryEvent } from ".
 import { verifyImage } from "../../lib/image/verify.ts";
 import { HostSys } from "../../lib/sys/sys.ts";
 import { err, out } from "../output.ts";
+import { subcommand } from "../common.ts";
 import { bar, jsonEvent, progressMode, type ProgressMode } from "../progress.ts";
 import { readPrivateKey } from "./key.ts";
 
@@ -73,18 +74,10 @@ const TAKES = {
 } as const satisfies Record<string, readonly [readonly string[], number]>;
 
 export async function imageMain(argv: string[]): Promise<number> {
-  const [sub, ...rest] = argv;
-  if (sub === undefined || sub === "--help" || sub === "-h") {
-    // As `zb env`: the usage goes to stdout when asked for, else to stderr with the error.
-    const text = `usage:\n${Object.values(USAGE).map((u) => "  " + u).join("\n\n")}\n`;
-    if (sub !== undefined) {
-      out(text);
-      return 0;
-    }
-    err(text);
-    throw new ZbError("USAGE", `cannot run zb image: no subcommand given (${Object.keys(USAGE).join(", ")})`);
-  }
-  if (!(sub in USAGE)) throw new ZbError("USAGE", `cannot run zb image: unknown subcommand ${JSON.stringify(sub)}`, { hint: "see `zb image --help`" });
+  const [first, ...rest] = argv;
+  const names = Object.keys(USAGE) as (keyof typeof USAGE)[];
+  const sub = subcommand("image", first, names, `usage:\n${Object.values(USAGE).map((u) => "  " + u).join("\n\n")}\n`, names.join(", "));
+  if (sub === null) return 0;
   const args = parseArgs(rest, SPECS, `zb image ${sub}`, { repeats: "refuse" });
   if (args.flags.has("help")) {
     out(`usage: ${USAGE[sub]}\n`);

@@ -7,6 +7,7 @@ import { onlyThese, parseArgs } from "../../lib/cli/args.ts";
 import { decodePrivatePem, decodePublicPem, encodePrivatePem, encodePublicPem, generateKey, MAX_KEY_FILE, type Alg } from "../../lib/image/keys.ts";
 import { ZbError, ioError } from "../../lib/errors.ts";
 import { err, out } from "../output.ts";
+import { subcommand } from "../common.ts";
 
 const USAGE = `usage: zb key gen --alg ed25519|p256 -o NAME [--json]
        zb key id KEYFILE [--json]
@@ -17,17 +18,9 @@ id:  the key id of a public or private key file: SHA-256 of the public key's
      SubjectPublicKeyInfo DER, in hex (the id signatures name).`;
 
 export function keyMain(argv: string[]): number {
-  const [sub, ...rest] = argv;
-  if (sub === undefined) {
-    // As `zb env`: the usage on stderr with the error; on stdout only when asked for.
-    err(USAGE + "\n");
-    throw new ZbError("USAGE", "cannot run zb key: no subcommand given (gen or id)");
-  }
-  if (sub === "--help" || sub === "-h") {
-    out(USAGE + "\n");
-    return 0;
-  }
-  if (sub !== "gen" && sub !== "id") throw new ZbError("USAGE", `cannot run zb key: unknown subcommand ${JSON.stringify(sub)}`, { hint: "see `zb key --help`" });
+  const [first, ...rest] = argv;
+  const sub = subcommand("key", first, ["gen", "id"], USAGE + "\n");
+  if (sub === null) return 0;
   const args = parseArgs(rest, { alg: { value: true }, output: { short: "o", value: true }, json: {}, help: { short: "h" } }, `zb key ${sub}`, { repeats: "refuse" });
   if (args.flags.has("help")) {
     out(USAGE + "\n");
@@ -126,7 +119,8 @@ function readKeyText(file: string): { text: string; mode: number } {
   } finally {
     closeSync(fd);
   }
-  const text = got > MAX_KEY_FILE ? null : Buffer.from(buf.subarray(0, got)).toString("utf8");
+  // Decoded in place (a view, not a copy): the wipe below reaches every byte read.
+  const text = got > MAX_KEY_FILE ? null : Buffer.from(buf.buffer, buf.byteOffset, got).toString("utf8");
   buf.fill(0); // it may hold a private key; the string cannot be wiped (lib/image/keys.ts)
   if (text === null) throw new ZbError("KEY_INVALID", `cannot read key ${file}: it is larger than ${MAX_KEY_FILE} bytes, too large for a key file`);
   return { text, mode };

@@ -14,7 +14,7 @@ import type { BackendOptions, Hsm, ProbeResult, SealedData, SealOptions, UnsealR
 import { nameOfPublic2b, Tpm, TpmRcError } from "./commands.ts";
 import { sha256 } from "./crypto.ts";
 import { ATTR, sealedTemplate } from "./objects.ts";
-import { normalizePcrs, policyPcrDigest, unsealOnlyPolicy } from "./policy.ts";
+import { normalizePcrs, policyPcrDigest, unsealOnlyPolicy, LOCKABLE_PCRS } from "./policy.ts";
 import { decodeSealed, encodeSealed, type Tpm2Sealed } from "./sealed.ts";
 import { SE_HMAC, SE_POLICY, SESSION_ATTR, type Session } from "./session.ts";
 import { ensureSrk, readKeyAt, readSrk, SRK_HANDLE, storageKey, type Srk } from "./srk.ts";
@@ -130,15 +130,8 @@ function ascii(...words: (number | undefined)[]): string {
   return String.fromCharCode(...bytes.filter((b) => b >= 0x20 && b < 0x7f)).replace(/\s+/g, " ").trim();
 }
 
-/**
- * PCRs that can hold a lock: reset to zeros by TPM2_Startup(CLEAR) (Part 1
- * §17.5) and by nothing else. Not 16 (debug) and 23 (application support):
- * the TCG PC Client platform profile lets TPM2_PCR_Reset clear them at
- * locality 0, so a root shell could undo the lock and unseal again (checked
- * with swtpm: tpm2_pcrreset 23 succeeds, 15 fails with TPM_RC_LOCALITY).
- * 17–22 reset to ones (DRTM).
- */
-export const LOCKABLE_PCRS = [...Array(16).keys()];
+/** Re-exported for callers of the backend (tests, docs). */
+export { LOCKABLE_PCRS };
 
 /** What lock() extends: SHA-256 of a fixed text, so the event is recognisable in an event log. */
 const lockEvent = () => sha256(new TextEncoder().encode("zb: volumes unlocked, no more unseals until reboot"));

@@ -85,3 +85,13 @@ export function policyCommandCodeDigest(code: number, old = new Uint8Array(DIGES
 export function unsealOnlyPolicy(): Uint8Array {
   return policyCommandCodeDigest(CC.Unseal);
 }
+
+/**
+ * PCRs that can hold a lock: reset to zeros by TPM2_Startup(CLEAR) (Part 1
+ * §17.5) and by nothing else. Not 16 (debug) and 23 (application support):
+ * the TCG PC Client platform profile lets TPM2_PCR_Reset clear them at
+ * locality 0, so a root shell could undo the lock and unseal again (checked
+ * with swtpm: tpm2_pcrreset 23 succeeds, 15 fails with TPM_RC_LOCALITY).
+ * 17–22 reset to ones (DRTM).
+ */
+export const LOCKABLE_PCRS = [...Array(16).keys()];

@@ -18,7 +18,7 @@ import { ZbError } from "../../errors.ts";
 import { b64, b64field } from "../blob.ts";
 import type { SealedData } from "../types.ts";
 import { ATTR, parsePublic, publicContent } from "./objects.ts";
-import { normalizePcrs, PCR_BANK, POLICY_KINDS, unsealOnlyPolicy, type PolicyKind } from "./policy.ts";
+import { LOCKABLE_PCRS, normalizePcrs, PCR_BANK, POLICY_KINDS, unsealOnlyPolicy, type PolicyKind } from "./policy.ts";
 import { ALG, equalBytes, hex, Reader, unhex } from "./wire.ts";
 
 /** Decoded sealed data. */
@@ -125,8 +125,8 @@ export function decodeSealed(d: SealedData): Tpm2Sealed {
   if (policy === "command-code" && !equalBytes(policyDigest, unsealOnlyPolicy())) throw invalid("policyDigest is not PolicyCommandCode(TPM2_Unseal)");
   const lockPcr = d.lockPcr;
   if (lockPcr !== undefined && (typeof lockPcr !== "number" || !pcrs.includes(lockPcr))) throw invalid("lockPcr is not one of the policy's PCRs");
-  // 16 and 23 can be reset without a reboot (index.ts LOCKABLE_PCRS): such a lock would not hold.
-  if (lockPcr !== undefined && !(Number.isInteger(lockPcr) && lockPcr >= 0 && lockPcr <= 15)) throw invalid(`lockPcr ${lockPcr} can be reset without a reboot; seal again with a lock PCR from 0 to 15`);
+  // 16 and 23 can be reset without a reboot (policy.ts LOCKABLE_PCRS): such a lock would not hold.
+  if (lockPcr !== undefined && !LOCKABLE_PCRS.includes(lockPcr)) throw invalid(`lockPcr ${lockPcr} can be reset without a reboot; seal again with a lock PCR from 0 to 15`);
   return { srkHandle, srkName, policy, pcrs, policyDigest, public: pub, private: priv, ...(lockPcr !== undefined ? { lockPcr } : {}) };
 }
 
