@@ -175,36 +175,51 @@ export class Tpm2Hsm implements Hsm {
 
   /**
    * Present: the TPM answers GetCapability; info has manufacturer, firmware and the storage key.
-   * A TPM that answers TPM_RC_INITIALIZE is there but not started (`info.started` false):
-   * present, as unseal calls it `failed`, not `absent`. Never throws.
+   * A busy answer ({@link BUSY}) to either command is retried like seal and unseal retry it;
+   * a TPM still busy after the last retry is there but busy (`info.busy` true).
+   * A TPM that answers TPM_RC_INITIALIZE is there but not started (`info.started` false).
+   * Both are present, as unseal calls them `failed`, not `absent`. Never throws.
    */
   async probe(): Promise<ProbeResult> {
     const where = formatAddress(this.address);
     try {
-      return await this.withTpm(async (tpm) => {
-        const p = await withRetries(() => tpm.properties(PT.family, 0x0d), this.sleep);
-        const info: Record<string, string | number | boolean> = {
-          address: where,
-          family: ascii(p.get(PT.family)),
-          revision: (p.get(PT.revision) ?? 0) / 100,
-          manufacturer: ascii(p.get(PT.manufacturer)),
-          vendor: ascii(...[0, 1, 2, 3].map((i) => p.get(PT.vendor1 + i))),
-          firmware: [(p.get(PT.fw1) ?? 0) >>> 16, (p.get(PT.fw1) ?? 0) & 0xffff, (p.get(PT.fw2) ?? 0) >>> 16, (p.get(PT.fw2) ?? 0) & 0xffff].join("."),
-        };
-        const srk = await readSrk(tpm, this.srkHandle).catch((e: unknown) => (e as Error).message);
-        info.srk = typeof srk === "string" ? `unusable: ${srk}` : srk ? "present" : "absent (created by the first seal)";
-        if (srk && typeof srk !== "string") info.srkName = hex(srk.name);
-        const detail = `TPM ${info.family} at ${where}: ${info.manufacturer} (${info.vendor}), firmware ${info.firmware}, storage key ${info.srk}`;
-        return { backend: this.name, present: true, detail, info };
-      });
+      return await this.withTpm((tpm) => withRetries(() => this.probeOnce(tpm, where), this.sleep));
     } catch (e) {
       if (e instanceof TpmRcError && e.rc === INITIALIZE) {
         const detail = `TPM at ${where} is there but not started: it answers ${describeRc(e.rc)}, and seal and unseal fail ` +
           "until TPM2_Startup runs (the kernel runs it when its driver finds the TPM; swtpm needs --flags startup-clear)";
         return { backend: this.name, present: true, detail, info: { address: where, started: false } };
       }
+      if (e instanceof TpmRcError && BUSY.has(e.rc)) {
+        const waited = BUSY_DELAYS_MS.reduce((a, b) => a + b, 0) / 1000;
+        const detail = `TPM at ${where} is there but busy: ${e.command} still returned ${describeRc(e.rc)} after ` +
+          `${BUSY_DELAYS_MS.length} retries over ${waited} s; seal and unseal fail while it is busy, try again in a moment`;
+        return { backend: this.name, present: true, detail, info: { address: where, busy: true } };
+      }
       return { backend: this.name, present: false, detail: (e as Error).message ?? String(e) };
     }
+  }
+
+  /** One probe on one connection; a busy answer goes up to {@link withRetries}, which runs it again. */
+  private async probeOnce(tpm: Tpm, where: string): Promise<ProbeResult> {
+    const p = await tpm.properties(PT.family, 0x0d);
+    const info: Record<string, string | number | boolean> = {
+      address: where,
+      family: ascii(p.get(PT.family)),
+      revision: (p.get(PT.revision) ?? 0) / 100,
+      manufacturer: ascii(p.get(PT.manufacturer)),
+      vendor: ascii(...[0, 1, 2, 3].map((i) => p.get(PT.vendor1 + i))),
+      firmware: [(p.get(PT.fw1) ?? 0) >>> 16, (p.get(PT.fw1) ?? 0) & 0xffff, (p.get(PT.fw2) ?? 0) >>> 16, (p.get(PT.fw2) ?? 0) & 0xffff].join("."),
+    };
+    // A busy ReadPublic says nothing about the key: it goes up to be retried, not into info.srk.
+    const srk = await readSrk(tpm, this.srkHandle).catch((e: unknown) => {
+      if (e instanceof TpmRcError && BUSY.has(e.rc)) throw e;
+      return (e as Error).message;
+    });
+    info.srk = typeof srk === "string" ? `unusable: ${srk}` : srk ? "present" : "absent (created by the first seal)";
+    if (srk && typeof srk !== "string") info.srkName = hex(srk.name);
+    const detail = `TPM ${info.family} at ${where}: ${info.manufacturer} (${info.vendor}), firmware ${info.firmware}, storage key ${info.srk}`;
+    return { backend: this.name, present: true, detail, info };
   }
 
   /**

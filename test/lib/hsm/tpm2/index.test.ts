@@ -95,6 +95,29 @@ describe("storage key and probe", () => {
     expect(tpm.toolsOk(["tpm2_getcap", "handles-persistent"]).trim()).toBe("- 0x81000001");
     expect((await hsm.probe()).info).toMatchObject({ srk: "present", srkName: a.srkName });
   });
+
+  // After the seal above: the storage key is there, so a full report says "present".
+  const READY = { present: true, info: { manufacturer: "IBM", srk: "present" } };
+  const STILL_BUSY = (cmd: string, rc: string) => ({
+    present: true,
+    detail: expect.stringMatching(new RegExp(`is there but busy: ${cmd} still returned ${rc}[^)]*\\) after 5 retries over 0\\.75 s`)),
+    info: { busy: true },
+  });
+  test.each([
+    { name: "TPM_RC_TESTING ×2 to GetCapability (self-test after power-on) → retried → full report (control: retried before)", cc: 0x17a, times: 2, rc: 0x90a, after: READY },
+    { name: "TPM_RC_RETRY ×1 to ReadPublic → retried → storage key present, not 'unusable'", cc: 0x173, times: 1, rc: 0x922, after: READY },
+    { name: "TPM_RC_YIELDED ×5 to ReadPublic → ok on the last retry", cc: 0x173, times: 5, rc: 0x908, after: READY },
+    { name: "TPM_RC_TESTING ×6 to ReadPublic → there but busy, after 5 retries", cc: 0x173, times: 6, rc: 0x90a, after: STILL_BUSY("TPM2_ReadPublic", "0x90a \\(TPM_RC_TESTING") },
+    { name: "TPM_RC_RETRY ×6 to GetCapability → there but busy, not absent", cc: 0x17a, times: 6, rc: 0x922, after: STILL_BUSY("TPM2_GetCapability", "0x922 \\(TPM_RC_RETRY") },
+  ])("probe: $name", async ({ cc, times, rc, after }) => {
+    let left = times;
+    const inject = wrapped({ before: (cmd) => (ccOf(cmd) === cc && left-- > 0 ? errorResponse(rc) : undefined) });
+    const waits: number[] = [];
+    const p = await new Tpm2Hsm({ device: tpm.address, connect: inject, sleep: async (ms) => void waits.push(ms) }).probe();
+    expect(p).toMatchObject(after);
+    expect(waits).toEqual([50, 100, 200, 200, 200].slice(0, Math.min(times, 5)));
+    noHandlesLeft(tpm);
+  });
 });
 
 describe("round trip: secret and PCRs before → the same secret after", () => {
