@@ -2,8 +2,10 @@
  * initramfs-hooks/hooks/zb in a fake initramfs-tools environment: the hook
  * sources test/initramfs-hooks/fake-hook-functions.sh (through
  * ZB_HOOK_FUNCTIONS), which logs every copy_exec/copy_file/manual_add_modules/
- * force_load call and creates the files under DESTDIR. Each row is an /etc/zb
- * before and what the hook put into the initramfs after.
+ * force_load call and creates the files under DESTDIR. A library named
+ * without a folder is looked for under ZB_LIBROOT ($T/root, standing for /),
+ * on the machine a fake `uname -m` names. Each row is an /etc/zb before and
+ * what the hook put into the initramfs after.
  */
 import { afterAll, beforeEach, describe, expect, test } from "bun:test";
 import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
@@ -22,6 +24,8 @@ const BASE_MODULES = [
   "vfat", "nls_cp437", "nls_ascii", "nls_utf8", "dm-mod", "dm-crypt",
 ];
 const BASE_TREE = ["conf/modules", "sbin/cryptsetup", "usr/bin/zb", "usr/bin/zbunlock -> zb"];
+/** Where zbunlock on arm64 looks for a library named without a folder, in order (lib/sys/dlopen.ts). */
+const AARCH64_DIRS = "/lib/aarch64-linux-gnu, /usr/lib/aarch64-linux-gnu, /lib, /usr/lib, /lib64, /usr/lib64, /usr/local/lib";
 
 const roots: string[] = [];
 afterAll(() => {
@@ -48,6 +52,8 @@ interface After {
 
 interface Run {
   code: number | null;
+  /** The copy_exec calls, "SOURCE [TARGET]". */
+  execs: string[];
   out: string;
   err: string;
   /** Files under DESTDIR, "path -> target" for links. */
@@ -62,7 +68,7 @@ interface Run {
 function makeRoot(): string {
   const t = mkdtempSync(join(tmpdir(), "zb-hook-"));
   roots.push(t);
-  for (const d of ["etc/trust", "dest", "bin", "lib", "secret"]) mkdirSync(join(t, d), { recursive: true });
+  for (const d of ["etc/trust", "dest", "bin", "lib", "secret", "root", "fakebin"]) mkdirSync(join(t, d), { recursive: true });
   writeFileSync(join(t, "bin/zb"), "#!/bin/sh\n", { mode: 0o755 });
   writeFileSync(join(t, "lib/libfake-pkcs11.so"), "pkcs11 module\n");
   writeFileSync(join(t, "lib/libzk_app_utils.so"), "zymkey library\n");
@@ -90,12 +96,15 @@ function listTree(dir: string, prefix = ""): string[] {
   });
 }
 
-function runHook(t: string, opts: { args?: string[]; destdir?: boolean; verbose?: boolean } = {}): Run {
+function runHook(t: string, opts: { args?: string[]; destdir?: boolean; verbose?: boolean; machine?: string } = {}): Run {
   const log = join(t, "log");
+  // The machine the library folders are chosen for (Debian's multiarch folders), aarch64 unless a row says otherwise.
+  writeFileSync(join(t, "fakebin/uname"), `#!/bin/sh\necho ${opts.machine ?? "aarch64"}\n`, { mode: 0o755 });
   const env: Record<string, string> = {
-    PATH: "/usr/sbin:/usr/bin:/sbin:/bin",
+    PATH: `${t}/fakebin:/usr/sbin:/usr/bin:/sbin:/bin`,
     ZB_HOOK_FUNCTIONS: FAKE,
     ZB_CONFDIR: join(t, "etc"),
+    ZB_LIBROOT: join(t, "root"),
     ZB_FAKE_LOG: log,
     verbose: opts.verbose ? "y" : "n",
     version: "6.1.0-test",
@@ -107,6 +116,7 @@ function runHook(t: string, opts: { args?: string[]; destdir?: boolean; verbose?
   const loadedFile = join(t, "dest/conf/modules");
   return {
     code: p.exitCode,
+    execs: calls.filter((c) => c.startsWith("copy_exec ")).map((c) => c.slice("copy_exec ".length)),
     out: p.stdout.toString(),
     err: p.stderr.toString(),
     tree: listTree(join(t, "dest")),
@@ -202,6 +212,69 @@ describe("the hook copies", () => {
   });
 });
 
+describe("a Zymkey library named without a folder: found where zbunlock looks for it, copied to the same folder", () => {
+  const rows: { name: string; library: string | null; machine?: string; files: string[]; copied: string | null; err: string }[] = [
+    {
+      name: "zymkey.library=libzk_app_utils.so in /usr/lib/aarch64-linux-gnu",
+      library: "libzk_app_utils.so", files: ["/usr/lib/aarch64-linux-gnu/libzk_app_utils.so"],
+      copied: "/usr/lib/aarch64-linux-gnu/libzk_app_utils.so", err: "",
+    },
+    {
+      name: "no zymkey.library (the default name), the library in /usr/lib",
+      library: null, files: ["/usr/lib/libzk_app_utils.so"],
+      copied: "/usr/lib/libzk_app_utils.so", err: "",
+    },
+    {
+      name: "in /usr/local/lib and /lib/aarch64-linux-gnu: the multiarch folder, searched first",
+      library: "libzk_app_utils.so", files: ["/usr/local/lib/libzk_app_utils.so", "/lib/aarch64-linux-gnu/libzk_app_utils.so"],
+      copied: "/lib/aarch64-linux-gnu/libzk_app_utils.so", err: "",
+    },
+    {
+      name: "on x86_64 (uname -m): its own multiarch folder",
+      library: "libzk_app_utils.so.1", machine: "x86_64", files: ["/usr/lib/x86_64-linux-gnu/libzk_app_utils.so.1"],
+      copied: "/usr/lib/x86_64-linux-gnu/libzk_app_utils.so.1", err: "",
+    },
+    {
+      name: "only in another architecture's folder (x86_64 on aarch64) → refused, nothing copied",
+      library: "libzk_app_utils.so", files: ["/usr/lib/x86_64-linux-gnu/libzk_app_utils.so"],
+      copied: null,
+      err: `E: zb: cannot add the Zymkey library to the initramfs: libzk_app_utils.so is in none of the folders zbunlock looks in (${AARCH64_DIRS}); install it there, or give its absolute path\n`,
+    },
+    {
+      name: "only in /opt/zymbit/lib (the loader may know it through ld.so.conf; zbunlock does not look there) → refused",
+      library: "libzk_app_utils.so", files: ["/opt/zymbit/lib/libzk_app_utils.so"],
+      copied: null,
+      err: `E: zb: cannot add the Zymkey library to the initramfs: libzk_app_utils.so is in none of the folders zbunlock looks in (${AARCH64_DIRS}); install it there, or give its absolute path\n`,
+    },
+    {
+      name: "a relative path (it would depend on zbunlock's working directory) → refused",
+      library: "usr/lib/libzk_app_utils.so", files: ["/usr/lib/libzk_app_utils.so"],
+      copied: null,
+      err: "E: zb: cannot add the Zymkey library to the initramfs: usr/lib/libzk_app_utils.so is a relative path; give an absolute path or a library name without a folder\n",
+    },
+  ];
+  test.each(rows)("$name", ({ library, machine, files, copied, err }) => {
+    const t = makeRoot();
+    setUp(t, { initramfsConf: "ZB_BINARY=$T/bin/zb\n", hsmConf: `backend=zymkey\n${library === null ? "" : `zymkey.library=${library}\n`}`, trust: [] });
+    for (const f of files) {
+      mkdirSync(join(t, "root", f, ".."), { recursive: true });
+      writeFileSync(join(t, "root", f), `zymkey library in ${f}\n`);
+    }
+    const r = runHook(t, machine ? { machine } : {});
+    expect(r.err).toBe(err);
+    expect(r.code).toBe(copied === null ? 1 : 0);
+    const zymkey = r.execs.filter((c) => c.includes("libzk_app_utils"));
+    if (copied === null) {
+      expect(zymkey).toEqual([]);
+      return;
+    }
+    // From the folder it was found in, to the same folder in the initramfs, where the same search finds it at boot.
+    expect(zymkey).toEqual([`${t}/root${copied} ${copied}`]);
+    expect(readFileSync(join(t, "dest", copied), "utf8")).toBe(`zymkey library in ${copied}\n`);
+    expect(r.tree).toEqual([...BASE_TREE, copied.slice(1), "etc/zb/hsm.conf"].sort());
+  });
+});
+
 describe("the hook refuses", () => {
   const rows: { name: string; before: Before; err: string }[] = [
     {
@@ -235,9 +308,9 @@ describe("the hook refuses", () => {
       err: "E: zb: cannot add the PKCS#11 module: pkcs11.module=libsofthsm2.so is not an absolute path, so the hook cannot tell which file zbunlock would load\n",
     },
     {
-      name: "zymkey, blanks around '=', a commented-out line: the default library, absent here",
+      name: "zymkey, blanks around '=', a commented-out line: the default library, looked for by name, absent here",
       before: { initramfsConf: "ZB_BINARY=$T/bin/zb\n", hsmConf: "# backend=pkcs11\n  backend = zymkey  \n", trust: [] },
-      err: "E: zb: cannot add the Zymkey library to the initramfs: /usr/lib/libzk_app_utils.so does not exist\n",
+      err: `E: zb: cannot add the Zymkey library to the initramfs: libzk_app_utils.so is in none of the folders zbunlock looks in (${AARCH64_DIRS}); install it there, or give its absolute path\n`,
     },
   ];
   test.each(rows)("$name", ({ before, err }) => {
