@@ -212,6 +212,22 @@ describe("the hook copies", () => {
   });
 });
 
+test("pkcs11.module=libsofthsm2.so, a name without a folder: found where zbunlock looks for it, copied to the same folder", () => {
+  const t = makeRoot();
+  setUp(t, { initramfsConf: "ZB_BINARY=$T/bin/zb\n", hsmConf: "backend=pkcs11\npkcs11.module=libsofthsm2.so\n", trust: [] });
+  const where = "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so";
+  const found = "/usr/lib/aarch64-linux-gnu/libsofthsm2.so";
+  for (const f of [where, found]) {
+    mkdirSync(join(t, "root", f, ".."), { recursive: true });
+    writeFileSync(join(t, "root", f), `module in ${f}\n`);
+  }
+  const r = runHook(t);
+  expect(r.err).toBe("");
+  expect(r.code).toBe(0);
+  expect(r.execs.filter((c) => c.includes("softhsm2"))).toEqual([`${t}/root${found} ${found}`]);
+  expect(readFileSync(join(t, "dest", found), "utf8")).toBe(`module in ${found}\n`);
+});
+
 describe("a Zymkey library named without a folder: found where zbunlock looks for it, copied to the same folder", () => {
   const rows: { name: string; library: string | null; machine?: string; files: string[]; copied: string | null; err: string }[] = [
     {
@@ -303,9 +319,9 @@ describe("the hook refuses", () => {
       err: "E: zb: cannot add the PKCS#11 module: $T/etc/hsm.conf has backend=pkcs11 but no pkcs11.module=\n",
     },
     {
-      name: "pkcs11.module as a bare library name",
+      name: "pkcs11.module as a bare library name that is in none of the folders zbunlock searches",
       before: { initramfsConf: "ZB_BINARY=$T/bin/zb\n", hsmConf: "backend=pkcs11\npkcs11.module=libsofthsm2.so\n", trust: [] },
-      err: "E: zb: cannot add the PKCS#11 module: pkcs11.module=libsofthsm2.so is not an absolute path, so the hook cannot tell which file zbunlock would load\n",
+      err: `E: zb: cannot add the PKCS#11 module to the initramfs: libsofthsm2.so is in none of the folders zbunlock looks in (${AARCH64_DIRS}); install it there, or give its absolute path\n`,
     },
     {
       name: "zymkey, blanks around '=', a commented-out line: the default library, looked for by name, absent here",

@@ -14,6 +14,7 @@
 import { CFunction, dlopen, FFIType, ptr, read, type Pointer } from "bun:ffi";
 import { existsSync } from "node:fs";
 import { ZbError } from "../../errors.ts";
+import { libraryDirs, systemLibrary } from "../../sys/dlopen.ts";
 import {
   attributeLengths, CKF_SERIAL_SESSION, CKR, decodeInfo, decodeTokenInfo, encodeAttributes, functionOffset,
   INFO_SIZE, rvName, TOKEN_INFO_SIZE, UNAVAILABLE, type FunctionName, type ModuleInfo, type TokenInfo,
@@ -222,10 +223,21 @@ const loaded = new Map<string, Cryptoki>();
  * Load a module once per path and keep it loaded: dlclose() on modules such
  * as SoftHSM (which registers OpenSSL clean-up handlers) can crash the
  * process at exit, and keeping the handle makes later calls cheap.
- * @throws {ZbError} HSM_ABSENT when the file is missing, is not a shared
+ * A name without a folder is resolved with {@link systemLibrary}, never
+ * against the working directory.
+ * @throws {ZbError} HSM_ABSENT when the file is missing (a bare name: in no
+ *   system library folder), is not a shared
  *   library, or has no C_GetFunctionList / its call fails
  */
-export function loadModule(path: string): Cryptoki {
+export function loadModule(name: string, resolve: (name: string) => string | null = systemLibrary): Cryptoki {
+  // A bare name (`libsofthsm2.so`) is looked up in the system's library folders only: handed to
+  // Bun's dlopen as it is, a file of that name in the working directory could be loaded (lib/sys/dlopen.ts).
+  const path = resolve(name);
+  if (path === null) {
+    throw new ZbError("HSM_ABSENT", `cannot load PKCS#11 module ${name}: it is in none of the system library folders (${libraryDirs().join(", ")})`, {
+      hint: "give pkcs11.module= (or --pkcs11-module) as an absolute path",
+    });
+  }
   const cached = loaded.get(path);
   if (cached) return cached;
   if (!existsSync(path)) throw new ZbError("HSM_ABSENT", `cannot load PKCS#11 module ${path}: no such file`);

@@ -5,7 +5,11 @@
  * the fill, asked again while the fill answers CKR_BUFFER_TOO_SMALL.
  */
 import { describe, expect, test } from "bun:test";
-import { CkError, Cryptoki, SLOT_LIST_ATTEMPTS } from "../../../../lib/hsm/pkcs11/ffi.ts";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { CkError, Cryptoki, loadModule, SLOT_LIST_ATTEMPTS } from "../../../../lib/hsm/pkcs11/ffi.ts";
+import { SOFTHSM_MODULE } from "../../../peers/softhsm.ts";
 import { CKR } from "../../../../lib/hsm/pkcs11/layout.ts";
 
 /**
@@ -53,5 +57,33 @@ describe("slots(): the two-call pattern, again while tokens appear", () => {
       got = (e as Error).message.replace(/^cannot list PKCS#11 slots: /, "").replace(/ \(0x[0-9a-f]+\)$/, "");
     }
     expect({ slots: got, calls: m.calls() }).toEqual(after);
+  });
+});
+
+describe("loadModule: a module named without a folder comes from the system library folders, never the working directory", () => {
+  const planted = "libzb-planted-pkcs11.so";
+  const rows: { name: string; resolveTo: string | null; expectError: RegExp | null }[] = [
+    // Before: existsSync(name) found the planted file in the working directory and Bun's dlopen was handed it.
+    { name: "planted in the working directory only → refused, naming the folders searched", resolveTo: null, expectError: /cannot load PKCS#11 module libzb-planted-pkcs11\.so: it is in none of the system library folders \(\/lib/ },
+    { name: "found in a system folder → that file is loaded", resolveTo: SOFTHSM_MODULE, expectError: null },
+  ];
+  test.each(rows)("$name", ({ resolveTo, expectError }) => {
+    const dir = mkdtempSync(join(tmpdir(), "zb-pkcs11-cwd-"));
+    const cwd = process.cwd();
+    try {
+      writeFileSync(join(dir, planted), "not a library\n");
+      process.chdir(dir);
+      const load = () => loadModule(planted, (name) => (name === planted ? resolveTo : null));
+      if (expectError === null) {
+        expect(load().path).toBe(SOFTHSM_MODULE);
+      } else {
+        expect(load).toThrow(expectError);
+        // The real resolver too: the planted name is in no system folder.
+        expect(() => loadModule(planted)).toThrow(expectError);
+      }
+    } finally {
+      process.chdir(cwd);
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
