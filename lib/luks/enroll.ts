@@ -30,18 +30,31 @@
  *
  * Root and data must be two devices, whatever the paths say: a symbolic link,
  * a hard link or a second device node for the data volume, given as the root,
- * would have the root's luksFormat destroy the data. Paths are compared by
- * what they name (deviceIdentity) before anything is sealed or formatted.
+ * would have the root's luksFormat destroy the data, and so would the whole
+ * disk holding the other's partition, or a loop device on the other's image
+ * file. Paths are compared by the storage they name (lib/luks/overlap.ts)
+ * before anything is sealed or formatted.
+ *
+ * A volume that is kept (format false) must be LUKS2, checked from its header
+ * before anything else: zb reads keyslots from cryptsetup's LUKS2 JSON
+ * metadata (CryptsetupCli.keyslots, hence removeKey) and zbunlock falls back
+ * to the LUKS2 secondary header. A LUKS1 volume would be enrolled, then fail
+ * the first key rotation after its new key was already added.
  */
 import { statSync } from "node:fs";
-import { resolve } from "node:path";
 import type { Slot } from "../bootstate/state.ts";
 import { ioError, ZbError } from "../errors.ts";
 import { encodeBlob } from "../hsm/blob.ts";
 import type { Hsm, SealOptions } from "../hsm/types.ts";
 import { randomSecret, wipe } from "../secret.ts";
+import { HostSys, type Sys } from "../sys/sys.ts";
 import { checkCredentials, CRED_FORMAT, DATA_MAPPING, ROOT_MAPPING, type CredentialMeta, type Credentials } from "./credentials.ts";
 import { checkName, type Cryptsetup, type FormatOptions } from "./cryptsetup.ts";
+import { LUKS_PROBE_BYTES, parseLuksHeader } from "./header.ts";
+import { deviceExtent, sharesStorage, type DeviceLookup, type DeviceStat } from "./overlap.ts";
+
+/** EnrollOptions.statDevice returns it; it lives with the storage comparison now. */
+export type { DeviceStat } from "./overlap.ts";
 
 /** LUKS key length: 256 random bits (BRIEF §4). */
 export const KEY_BYTES = 32;
@@ -68,22 +81,19 @@ export interface EnrollOptions {
    * two nodes of one block device apart from two devices.
    */
   statDevice?: (path: string) => DeviceStat | null;
-}
-
-/** What the same-device check needs from stat(2) (node:fs Stats has it). */
-export interface DeviceStat {
-  dev: number;
-  ino: number;
-  rdev: number;
-  isBlockDevice(): boolean;
+  /** Reads the headers of kept volumes and sysfs; default the host. */
+  sys?: Sys;
+  /** Where sysfs is mounted (partitions and loop devices are looked up there); default "/sys". */
+  sysfs?: string;
 }
 
 /**
  * Enrol a slot: keys, LUKS formats, sealing, metadata.
  * @returns credentials for packCredentials (blobs already checked)
- * @throws {ZbError} USAGE for a bad slot or the same device twice (also through a link or a second
- *   device node); IO when a device cannot be stat'ed; LUKS_FAILED when cryptsetup
- *   fails or a given key does not open its device; HSM_ABSENT / HSM_FAILED from sealing
+ * @throws {ZbError} USAGE for a bad slot or root and data sharing storage (also through a link, a
+ *   second device node, a disk and its partition, a loop device and its file); IO when a device or
+ *   sysfs cannot be read; LUKS_FAILED when a kept volume is LUKS1, cryptsetup fails or a given key
+ *   does not open its device; HSM_ABSENT / HSM_FAILED from sealing
  * @example const creds = await enrollSlot({ hsm, crypt: new CryptsetupCli(), slot: "b", root: { device: "/dev/mmcblk0p3", format: true }, data: { device: "/dev/mmcblk0p4", key } })
  */
 export async function enrollSlot(opts: EnrollOptions): Promise<Credentials> {
@@ -129,31 +139,39 @@ function keep(made: Uint8Array[], key: Uint8Array): Uint8Array {
 function checkTargets(opts: EnrollOptions): void {
   if (opts.slot !== "a" && opts.slot !== "b") throw new ZbError("USAGE", `cannot enrol slot ${JSON.stringify(opts.slot)}: expected a or b`);
   if (opts.openRootAs !== undefined) checkName(opts.openRootAs);
+  const look: DeviceLookup = { stat: opts.statDevice ?? hostStat, sys: opts.sys ?? new HostSys(), sysfs: opts.sysfs ?? "/sys" };
   if (opts.data) {
-    const stat = opts.statDevice ?? hostStat;
     const [root, data] = [opts.root.device, opts.data.device];
-    if (deviceIdentity(root, stat(root)) === deviceIdentity(data, stat(data))) {
-      const same = root === data ? `the same device ${root}` : `the same device (${root} and ${data} name one device)`;
+    const [r, d] = [deviceExtent(root, look), deviceExtent(data, look)];
+    if (sharesStorage(r, d)) {
+      const via = [...new Set([...r.via, ...d.via])];
+      const same =
+        root === data ? `the same device ${root}`
+        : via.length === 0 ? `the same device (${root} and ${data} name one device)`
+        : `the same device (${root} and ${data} overlap: ${via.join("; ")})`;
       throw new ZbError("USAGE", `cannot enrol slot ${opts.slot}: root and data are ${same}`, { hint: "give the slot's own root partition, not the shared data volume" });
     }
   }
-  for (const t of [opts.root, opts.data]) {
-    if (t && !t.format && t.key.length === 0) throw new ZbError("USAGE", `cannot enrol slot ${opts.slot}: the key given for ${t.device} is empty`);
+  for (const [t, role] of [[opts.root, "root"], [opts.data, "data"]] as const) {
+    if (!t || t.format) continue;
+    if (t.key.length === 0) throw new ZbError("USAGE", `cannot enrol slot ${opts.slot}: the key given for ${t.device} is empty`);
+    mustBeLuks2(look, t.device, role);
   }
 }
 
 /**
- * Which device or file a path names, equal for every spelling of it: a block
- * device is its device number (st_rdev: /dev/dm-0 and a /dev/mapper node made
- * without udev are one device), anything else its inode (dev:ino: symbolic and
- * hard links), a missing path its absolute spelling.
- * @param st stat(2) of `path` following symbolic links, or null when it does not exist
- * @returns a string to compare with ===
- * @example deviceIdentity("/dev/mmcblk0p4", statSync("/dev/mmcblk0p4")) // "block:45828"
+ * A kept volume must be LUKS2 (module comment): refused from its header,
+ * before anything is sealed or formatted, rather than by the first removeKey.
+ * A missing device is left to testKey, whose error names it; a header that is
+ * not LUKS at all too (the given key cannot open it).
+ * @throws {ZbError} LUKS_FAILED for a LUKS1 volume; IO when it cannot be read
  */
-export function deviceIdentity(path: string, st: DeviceStat | null): string {
-  if (st === null) return `path:${resolve(path)}`;
-  return st.isBlockDevice() ? `block:${st.rdev}` : `inode:${st.dev}:${st.ino}`;
+function mustBeLuks2(look: DeviceLookup, device: string, role: string): void {
+  if (look.stat(device) === null) return;
+  if (parseLuksHeader(look.sys.readAt(device, 0, LUKS_PROBE_BYTES))?.version !== 1) return;
+  throw new ZbError("LUKS_FAILED", `cannot enrol the ${role} volume ${device}: it is a LUKS1 volume; zb needs LUKS2`, {
+    hint: `back up its header (cryptsetup luksHeaderBackup ${device} --header-backup-file FILE), then convert it in place: cryptsetup convert --type luks2 ${device}`,
+  });
 }
 
 function hostStat(path: string): DeviceStat | null {

@@ -126,7 +126,7 @@ async function create(args: ParsedArgs): Promise<number> {
     const data = dataTarget(args, dataKey);
     const openAs = openName;
     const creds = await enrollSlot({
-      hsm, crypt: new CryptsetupCli(), slot, root: { device: rootDev, format: true },
+      hsm, crypt: new CryptsetupCli(), sys, slot, root: { device: rootDev, format: true },
       ...(data ? { data } : {}), sealOptions: options, ...(openAs !== undefined ? { openRootAs: openAs } : {}),
     });
     const cpio = packCredentials(creds);

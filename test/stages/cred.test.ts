@@ -1,10 +1,12 @@
 /**
  * `zb cred create` through dist/zb-x64: what it leaves on disk when it
- * fails after claiming its output, and the mode of the archive it writes
- * (the other cred rows are in test/stages/hsm.test.ts).
+ * fails after claiming its output, the mode of the archive it writes, and
+ * the volumes it refuses before touching any (a LUKS1 data volume, a root on
+ * a loop device over the data image; the other cred rows are in
+ * test/stages/hsm.test.ts).
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
@@ -22,6 +24,9 @@ const image = (name: string) => {
   return p;
 };
 const isLuks = (p: string) => Bun.spawnSync(["cryptsetup", "isLuks", p]).exitCode === 0;
+const sha = (p: string) => new Bun.CryptoHasher("sha256").update(readFileSync(p)).digest("hex");
+const loops: string[] = [];
+afterAll(() => loops.forEach((l) => Bun.spawnSync(["losetup", "-d", l])));
 
 beforeAll(() => {
   if (!existsSync(BIN)) throw new Error(`${BIN} is missing: run \`bun build.ts\` first`);
@@ -65,5 +70,53 @@ describe("zb cred create", () => {
     expect({ archive: existsSync(out), rootFormatted: isLuks(root) }).toEqual({ archive: false, rootFormatted: false });
     const again = zb(["cred", "create", "--slot", "a", "--root", root, "--format", ...argv.slice(0, -2), "--backend", "soft", ...soft(), "-o", out]);
     expect([again.code, again.err.match(/zb: cannot .*/)?.[0] ?? null]).toEqual([0, null]);
+  });
+});
+
+describe("zb cred create refuses volumes before touching any: before (the data volume) / after (exit, message; nothing formatted, no archive)", () => {
+  /** Slot b's credentials with a fresh data volume, as the running slot would hold them. */
+  function running(tag: string): { data: string; cred: string } {
+    const [data, cred] = [image(`${tag}-data.img`), join(dir, `${tag}-running.cpio`)];
+    const r = zb(["cred", "create", "--slot", "b", "--root", image(`${tag}-rb.img`), "--format", "--data", data, "--format-data", "--backend", "soft", ...soft(), "-o", cred]);
+    expect(r.code).toBe(0);
+    return { data, cred };
+  }
+  const rows: { name: string; tag: string; before: (v: { data: string; cred: string }) => { root: string; data: string }; after: { code: number; err: RegExp } }[] = [
+    {
+      name: "the data volume was remade as LUKS1 (same key, by another tool)",
+      tag: "l1",
+      before: ({ data, cred }) => {
+        // The data key, unsealed the way the running slot would, goes straight from zb to cryptsetup (no file).
+        const blob = Bun.spawnSync(["cpio", "-i", "--quiet", "--to-stdout", "zb/credentials/data.sealed"], { stdin: readFileSync(cred) }).stdout;
+        const key = Bun.spawnSync([BIN, "hsm", "unseal", "-", "-o", "-", ...soft()], { stdin: blob, env: { ...process.env, ZB_NO_REBOOT: "1" } }).stdout;
+        expect(key.length).toBe(32);
+        const f = Bun.spawnSync(["cryptsetup", "luksFormat", "--batch-mode", "--type", "luks1", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file=-", data], { stdin: key, stderr: "pipe" });
+        expect(f.exitCode).toBe(0);
+        return { root: image("l1-ra.img"), data };
+      },
+      after: { code: 22, err: /zb: cannot enrol the data volume .*l1-data\.img: it is a LUKS1 volume; zb needs LUKS2\n.*cryptsetup convert --type luks2 .*l1-data\.img/ },
+    },
+    {
+      name: "the root given is a loop device on the data image",
+      tag: "lo",
+      before: ({ data }) => {
+        const r = Bun.spawnSync(["losetup", "--find", "--show", data], { stderr: "pipe" });
+        const loop = r.stdout.toString().trim();
+        if (r.exitCode !== 0 || !loop.startsWith("/dev/loop")) throw new Error(`losetup failed: ${r.stderr}`);
+        loops.push(loop);
+        return { root: loop, data };
+      },
+      after: { code: 2, err: /zb: cannot enrol slot a: root and data are the same device \(\/dev\/loop\d+ and .*lo-data\.img overlap: loop\d+ is a loop device on .*lo-data\.img\)/ },
+    },
+  ];
+  test.each(rows)("$name → exit $after.code", ({ tag, before, after }) => {
+    const v = running(tag);
+    const { root, data } = before(v);
+    const sums = { root: sha(root), data: sha(data) };
+    const out = join(dir, "refused.cpio");
+    rmSync(out, { force: true });
+    const r = zb(["cred", "create", "--slot", "a", "--root", root, "--format", "--data", data, "--data-key-from", v.cred, "--backend", "soft", ...soft(), "-o", out]);
+    expect([r.code, r.err]).toEqual([after.code, expect.stringMatching(after.err)]);
+    expect({ archive: existsSync(out), root: sha(root), data: sha(data) }).toEqual({ archive: false, ...sums });
   });
 });

@@ -6,11 +6,14 @@
  * other slot re-seals the data key and leaves the data volume byte for byte
  * as it was; failures (wrong data key, absent HSM, a format that fails) leave
  * the disks as they were; every key made by enrollSlot is zero afterwards,
- * the caller's keys are untouched. Root and data that are one device under
- * two names (a symbolic link, a hard link, two nodes of one block device)
- * are refused before anything is sealed or formatted.
+ * the caller's keys are untouched. Root and data that share storage (one
+ * device under two names: a symbolic link, a hard link, two nodes of one
+ * block device; a disk and its partition; a loop device and its image file,
+ * on a fake sysfs and on real loop devices) are refused before anything is
+ * sealed or formatted, and so is a kept volume that is LUKS1 (a real LUKS1
+ * header from cryptsetup, left byte for byte as it was).
  */
-import { describe, expect, test } from "bun:test";
+import { afterAll, describe, expect, test } from "bun:test";
 import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
 import { linkSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -19,8 +22,9 @@ import { b64, b64field, decodeBlob } from "../../../lib/hsm/blob.ts";
 import type { Hsm, ProbeResult, SealedData, SealOptions, UnsealResult } from "../../../lib/hsm/types.ts";
 import { packCredentials, unpackCredentials, type Credentials } from "../../../lib/luks/credentials.ts";
 import { CryptsetupCli } from "../../../lib/luks/cryptsetup.ts";
-import { deviceIdentity, enrollSlot, KEY_BYTES, type DeviceStat, type EnrollOptions } from "../../../lib/luks/enroll.ts";
+import { enrollSlot, KEY_BYTES, type EnrollOptions } from "../../../lib/luks/enroll.ts";
 import { parseLuksHeader } from "../../../lib/luks/header.ts";
+import { blockNode, fakeSysfs, makedev, type FakeBlock } from "../../fakes/sysfs.ts";
 import { tempDirs } from "../../tempdirs.ts";
 
 /** Seals with AES-256-GCM under a key only this object knows; `absent` makes seal fail like a missing TPM. */
@@ -75,6 +79,12 @@ async function unsealBlob(hsm: Hsm, bytes: Uint8Array): Promise<Uint8Array> {
   const r = await hsm.unseal(decodeBlob(bytes).data);
   if (r.kind !== "ok") throw new Error(`unseal failed: ${r.why}`);
   return r.secret;
+}
+
+/** Reformat `path` as LUKS1 with `key`, as a volume made by another tool would be. */
+function formatLuks1(path: string, key: Uint8Array): void {
+  const f = Bun.spawnSync(["cryptsetup", "luksFormat", "--batch-mode", "--type", "luks1", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file=-", path], { stdin: key, stderr: "pipe" });
+  if (f.exitCode !== 0) throw new Error(`luksFormat --type luks1 failed: ${f.stderr}`);
 }
 
 const sha = (path: string) => new Bun.CryptoHasher("sha256").update(readFileSync(path)).digest("hex");
@@ -139,9 +149,17 @@ describe("enrollSlot failures before (the situation) / after (error, disks uncha
   interface Row {
     name: string;
     hsm: () => BoxHsm;
-    before: (d: ReturnType<typeof disks>, old: Uint8Array) => Omit<EnrollOptions, "hsm" | "crypt">;
-    after: { code: ErrorCode; message: RegExp; seals: number };
+    /** Which disk a LUKS1 tool made (same key) instead of the previous install's LUKS2. */
+    luks1?: "rootB" | "data";
+    before: (d: ReturnType<typeof disks>, old: Uint8Array, oldRoot: Uint8Array) => Omit<EnrollOptions, "hsm" | "crypt">;
+    after: { code: ErrorCode; message: RegExp; hint?: RegExp; seals: number };
   }
+  /** Devices of a fake sysfs next to the disk images; the data image is the file loop devices read. */
+  const onFakeSysfs = (d: ReturnType<typeof disks>, blocks: (data: string) => FakeBlock[]) => {
+    const { sysfs, stat, dev } = fakeSysfs(dirname(d.data), blocks(d.data));
+    return { dev, opts: { sysfs, statDevice: stat } };
+  };
+  const GiB = 2 << 20; // sectors
   const rows: Row[] = [
     {
       name: "wrong data key: nothing sealed, nothing formatted",
@@ -202,9 +220,59 @@ describe("enrollSlot failures before (the situation) / after (error, disks uncha
       hsm: () => new BoxHsm(),
       before: (_d, old) => ({
         slot: "b", root: { device: "/dev/zb-test-dm-0", format: true }, data: { device: "/dev/mapper/zb-test-data", key: old },
-        statDevice: (p) => ({ "/dev/zb-test-dm-0": blockNode(11, 253 * 256), "/dev/mapper/zb-test-data": blockNode(12, 253 * 256) })[p] ?? null,
+        statDevice: (p) => ({ "/dev/zb-test-dm-0": blockNode(11, makedev(253, 0)), "/dev/mapper/zb-test-data": blockNode(12, makedev(253, 0)) })[p] ?? null,
       }),
       after: { code: "USAGE", message: /root and data are the same device \(\/dev\/zb-test-dm-0 and \/dev\/mapper\/zb-test-data name one device\)/, seals: 0 },
+    },
+    {
+      name: "root is the whole disk holding the data partition (the root's format would destroy it)",
+      hsm: () => new BoxHsm(),
+      before: (d, old) => {
+        const f = onFakeSysfs(d, () => [{ name: "sda", major: 8, minor: 0, size: GiB }, { name: "sda4", major: 8, minor: 4, size: GiB / 2, partOf: "sda", start: GiB / 4 }]);
+        return { slot: "b", root: { device: f.dev("sda"), format: true }, data: { device: f.dev("sda4"), key: old }, ...f.opts };
+      },
+      after: { code: "USAGE", message: /root and data are the same device \(.*\/sda and .*\/sda4 overlap: sda4 is a partition of sda\)/, seals: 0 },
+    },
+    {
+      name: "root is a partition of the disk given as the data volume",
+      hsm: () => new BoxHsm(),
+      before: (d) => {
+        const f = onFakeSysfs(d, () => [{ name: "mmcblk0", major: 179, minor: 0, size: GiB }, { name: "mmcblk0p3", major: 179, minor: 3, size: GiB / 4, partOf: "mmcblk0", start: 2048 }]);
+        return { slot: "b", root: { device: f.dev("mmcblk0p3"), format: true }, data: { device: f.dev("mmcblk0"), format: true }, ...f.opts };
+      },
+      after: { code: "USAGE", message: /root and data are the same device \(.*overlap: mmcblk0p3 is a partition of mmcblk0\)/, seals: 0 },
+    },
+    {
+      name: "root is a loop device on the data volume's image file",
+      hsm: () => new BoxHsm(),
+      before: (d, old) => {
+        const f = onFakeSysfs(d, (data) => [{ name: "loop3", major: 7, minor: 3, size: GiB / 16, loop: { file: data } }]);
+        return { slot: "b", root: { device: f.dev("loop3"), format: true }, data: { device: d.data, key: old }, ...f.opts };
+      },
+      after: { code: "USAGE", message: /root and data are the same device \(.*loop3 and .*p4\.img overlap: loop3 is a loop device on .*p4\.img\)/, seals: 0 },
+    },
+    {
+      name: "root and data are two loop devices on one image file",
+      hsm: () => new BoxHsm(),
+      before: (d, old) => {
+        const f = onFakeSysfs(d, (data) => [3, 5].map((n) => ({ name: `loop${n}`, major: 7, minor: n, size: GiB / 16, loop: { file: data } })));
+        return { slot: "b", root: { device: f.dev("loop3"), format: true }, data: { device: f.dev("loop5"), key: old }, ...f.opts };
+      },
+      after: { code: "USAGE", message: /root and data are the same device \(.*overlap: loop3 is a loop device on .*p4\.img; loop5 is a loop device on .*p4\.img\)/, seals: 0 },
+    },
+    {
+      name: "the kept data volume is LUKS1: refused before anything is sealed or formatted",
+      hsm: () => new BoxHsm(),
+      luks1: "data",
+      before: (d, old) => ({ slot: "b", root: { device: d.rootB, format: true }, data: { device: d.data, key: old } }),
+      after: { code: "LUKS_FAILED", message: /^cannot enrol the data volume .*p4\.img: it is a LUKS1 volume; zb needs LUKS2$/, hint: /cryptsetup convert --type luks2 .*p4\.img/, seals: 0 },
+    },
+    {
+      name: "the root formatted by the caller is LUKS1",
+      hsm: () => new BoxHsm(),
+      luks1: "rootB",
+      before: (d, _old, oldRoot) => ({ slot: "b", root: { device: d.rootB, format: false, key: oldRoot } }),
+      after: { code: "LUKS_FAILED", message: /^cannot enrol the root volume .*p3\.img: it is a LUKS1 volume; zb needs LUKS2$/, hint: /^back up its header \(cryptsetup luksHeaderBackup .*p3\.img --header-backup-file FILE\), then convert it in place: cryptsetup convert --type luks2 .*p3\.img$/, seals: 0 },
     },
     {
       name: "--open with a name device-mapper refuses: nothing sealed, nothing formatted",
@@ -219,27 +287,57 @@ describe("enrollSlot failures before (the situation) / after (error, disks uncha
       after: { code: "USAGE", message: /cannot enrol slot "c"/, seals: 0 },
     },
   ];
-  test.each(rows)("$name", async ({ hsm: mkHsm, before, after }) => {
+  test.each(rows)("$name", async ({ hsm: mkHsm, luks1, before, after }) => {
     const d = disks();
     // The disks as a previous install left them: slot B's root and the data volume formatted with known keys.
     const [oldRoot, oldData] = [new Uint8Array(randomBytes(32)), new Uint8Array(randomBytes(32))];
     await crypt.format(d.rootB, oldRoot);
     await crypt.format(d.data, oldData);
+    if (luks1) formatLuks1(d[luks1], luks1 === "data" ? oldData : oldRoot);
     const [rootSum, dataSum] = [sha(d.rootB), sha(d.data)];
     const hsm = mkHsm();
     let err: unknown;
     try {
-      await enrollSlot({ hsm, crypt, ...before(d, oldData) });
+      await enrollSlot({ hsm, crypt, ...before(d, oldData, oldRoot) });
     } catch (e) {
       err = e;
     }
     expect(err).toBeInstanceOf(ZbError);
     expect({ code: (err as ZbError).code, seals: hsm.sealed.length }).toEqual({ code: after.code, seals: after.seals });
     expect((err as ZbError).message).toMatch(after.message);
+    if (after.hint) expect((err as ZbError).hint).toMatch(after.hint);
+    if (luks1) expect(parseLuksHeader(new Uint8Array(readFileSync(d[luks1]).subarray(0, 4096)))?.version).toBe(1); // really LUKS1, still
     expect([sha(d.rootB), sha(d.data)]).toEqual([rootSum, dataSum]);
     expect(hsm.sealed.every(isZero)).toBe(true);
     expect(hsm.offered.every(isZero)).toBe(true); // a key refused by an absent HSM is wiped too
     expect(isZero(oldData)).toBe(false);
+  });
+});
+
+describe("real loop devices before (root and data as given) / after (refused, the data image as it was)", () => {
+  const loops: string[] = [];
+  afterAll(() => loops.forEach((l) => Bun.spawnSync(["losetup", "-d", l])));
+  const attach = (file: string) => {
+    const r = Bun.spawnSync(["losetup", "--find", "--show", file], { stderr: "pipe" });
+    const dev = r.stdout.toString().trim();
+    if (r.exitCode !== 0 || !dev.startsWith("/dev/loop")) throw new Error(`losetup failed: ${r.stderr}`);
+    loops.push(dev);
+    return dev;
+  };
+  const rows: { name: string; before: (data: string) => [root: string, data: string]; after: RegExp }[] = [
+    { name: "root is a loop device on the data image", before: (data) => [attach(data), data], after: /root and data are the same device \(\/dev\/loop\d+ and .*p4\.img overlap: loop\d+ is a loop device on .*p4\.img\)/ },
+    { name: "root and data are two loop devices on the data image", before: (data) => [attach(data), attach(data)], after: /root and data are the same device \(.*overlap: (loop\d+ is a loop device on .*p4\.img(; )?){2}\)/ },
+  ];
+  test.each(rows)("$name", async ({ before, after }) => {
+    const d = disks();
+    const old = new Uint8Array(randomBytes(32));
+    await crypt.format(d.data, old);
+    const dataSum = sha(d.data);
+    const [root, data] = before(d.data);
+    const hsm = new BoxHsm();
+    const err = await enrollSlot({ hsm, crypt, slot: "b", root: { device: root, format: true }, data: { device: data, key: old } }).catch((e: unknown) => e);
+    expect([(err as ZbError).code, (err as ZbError).message]).toEqual(["USAGE", expect.stringMatching(after)]);
+    expect([hsm.offered.length, sha(d.data)]).toEqual([0, dataSum]);
   });
 });
 
@@ -249,27 +347,6 @@ function alias(target: string, kind: "link" | "hard"): string {
   (kind === "link" ? symlinkSync : linkSync)(target, p);
   return p;
 }
-
-/** stat(2) of a block device node: inode `ino` on devtmpfs (dev 5), device number `rdev`. */
-function blockNode(ino: number, rdev: number): DeviceStat {
-  return { dev: 5, ino, rdev, isBlockDevice: () => true };
-}
-const fileNode = (dev: number, ino: number): DeviceStat => ({ dev, ino, rdev: 0, isBlockDevice: () => false });
-
-describe("deviceIdentity before (two paths and their stat) / after (one device or two)", () => {
-  const rows: { name: string; before: [string, DeviceStat | null, string, DeviceStat | null]; after: "same" | "different" }[] = [
-    { name: "two nodes of one block device", before: ["/dev/dm-0", blockNode(11, 64768), "/dev/mapper/data", blockNode(12, 64768)], after: "same" },
-    { name: "two block devices", before: ["/dev/mmcblk0p3", blockNode(11, 45827), "/dev/mmcblk0p4", blockNode(12, 45828)], after: "different" },
-    { name: "two names of one image file (links)", before: ["p4.img", fileNode(2049, 77), "alias", fileNode(2049, 77)], after: "same" },
-    { name: "one inode number on two file systems", before: ["/a/p4.img", fileNode(2049, 77), "/b/p4.img", fileNode(2050, 77)], after: "different" },
-    { name: "a file and a block device whose numbers happen to match", before: ["p4.img", fileNode(0, 45828), "/dev/mmcblk0p4", { ...blockNode(45828, 45828), dev: 0 }], after: "different" },
-    { name: "one missing path, spelled two ways", before: ["/dev/../dev/zb-none", null, "/dev/zb-none", null], after: "same" },
-    { name: "two missing paths", before: ["/dev/zb-none-1", null, "/dev/zb-none-2", null], after: "different" },
-  ];
-  test.each(rows)("$name → $after", ({ before: [a, sa, b, sb], after }) => {
-    expect(deviceIdentity(a, sa) === deviceIdentity(b, sb) ? "same" : "different").toBe(after);
-  });
-});
 
 test("credentials from enrollSlot pack to the documented archive", async () => {
   const d = disks();
