@@ -17,7 +17,7 @@ import { BLOCK, MARKER, MARKER_NAME, MANIFEST_NAME, SIGNATURES_NAME, entryHeader
 import { encodeManifest, FORMAT_VERSION, MANIFEST_TOO_LARGE, LIMITS, type Digest, type Encoding, type Manifest, type Payload, type PayloadKind } from "./manifest.ts";
 import { openImage } from "./reader.ts";
 import { checkSignatureCount, imageSignatures, type Signature, type Signer } from "./sign.ts";
-import type { ImageSource } from "./source.ts";
+import { untilAborted, type ImageSource } from "./source.ts";
 import { archiveWriter, checkReplaceable, createExclusive } from "./writer.ts";
 import { encodeFrame } from "./zstd.ts";
 import { HostSys } from "../sys/sys.ts";
@@ -47,6 +47,13 @@ export interface CreateOptions {
   output: string;
   /** Called after each chunk is encoded. */
   progress?: (e: CreateProgress) => void;
+  /**
+   * Stops the work (the stages abort it on SIGINT and SIGTERM): the next
+   * chunk to encode, or the next part copied into the output, fails with
+   * `signal.reason`; the spool files and the half-written output are removed
+   * as on any failure, and an older image at the output path stays.
+   */
+  signal?: AbortSignal;
 }
 
 /** Progress of `createImage`: the payload being encoded, and all payloads together. */
@@ -61,7 +68,8 @@ export interface CreateProgress {
 }
 
 /**
- * @throws {ZbError} IMG_FORMAT for values the manifest refuses, IO, USAGE (more than 16 signing keys among them, before anything is written)
+ * @throws {ZbError} IMG_FORMAT for values the manifest refuses, IO, USAGE (more than 16 signing keys among them, before anything is written);
+ *   `opts.signal.reason` once the signal aborts
  */
 export async function createImage(opts: CreateOptions): Promise<Manifest> {
   if (opts.signers.length === 0) throw new ZbError("USAGE", "cannot create an image: no signing key given");
@@ -87,7 +95,7 @@ export async function createImage(opts: CreateOptions): Promise<Manifest> {
       const spool = join(dirname(opts.output), `.${basename(opts.output)}.${p.input.name}.zb-spool`);
       const before = allBefore;
       const progress = opts.progress && ((rawBytes: number) => opts.progress!({ payload: p.input.name, rawBytes, rawTotal: p.rawTotal, allBytes: before + rawBytes, allTotal }));
-      payloads.push(await encodePayload(p, chunkSize, level, spool, opts.output, () => spools.push(spool), progress));
+      payloads.push(await encodePayload(p, chunkSize, level, spool, opts.output, () => spools.push(spool), progress, opts.signal));
       allBefore += payloads.at(-1)!.raw.size;
     }
     const manifest: Manifest = {
@@ -116,7 +124,12 @@ export async function createImage(opts: CreateOptions): Promise<Manifest> {
       await w.addBytes(MARKER_NAME, Buffer.from(MARKER, "latin1"));
       await w.addBytes(MANIFEST_NAME, manifestBytes);
       await w.addBytes(SIGNATURES_NAME, sigBytes);
-      for (const [i, p] of payloads.entries()) await w.addStream(p.name, p.stored.size, fs.createReadStream(spools[i]!, { highWaterMark: 1 << 20 }));
+      for (const [i, p] of payloads.entries()) {
+        // Checked before the spool is opened: a stream never read would report its file removed (the finally below).
+        if (opts.signal?.aborted) throw opts.signal.reason;
+        const spooled = fs.createReadStream(spools[i]!, { highWaterMark: 1 << 20 });
+        await w.addStream(p.name, p.stored.size, opts.signal ? untilAborted(spooled, opts.signal) : spooled);
+      }
       await w.commit();
     } catch (e) {
       w.abort();
@@ -234,7 +247,7 @@ function tooManyChunks(chunks: number, chunkSize: number): ZbError {
  * so a full disk there) is IO naming the output.
  * @param created called once the spool file exists (the caller removes it)
  */
-async function encodePayload(p: Plan, chunkSize: number, level: number, spool: string, output: string, created: () => void, progress?: (rawBytes: number) => void): Promise<Payload> {
+async function encodePayload(p: Plan, chunkSize: number, level: number, spool: string, output: string, created: () => void, progress?: (rawBytes: number) => void, signal?: AbortSignal): Promise<Payload> {
   const { input } = p;
   const raw = new Bun.CryptoHasher("sha256");
   const stored = new Bun.CryptoHasher("sha256");
@@ -254,6 +267,7 @@ async function encodePayload(p: Plan, chunkSize: number, level: number, spool: s
         throw ioError(`read payload ${input.name} from ${source}`, e);
       }
       if (r.done) break;
+      if (signal?.aborted) throw signal.reason;
       const piece = r.value;
       raw.update(piece);
       rawSize += piece.length;

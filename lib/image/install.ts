@@ -48,6 +48,14 @@ export interface InstallOptions {
   /** After the install, read the payload back from the medium past the page cache (readback.ts). */
   readBack?: boolean;
   progress?: (e: ProgressEvent) => void;
+  /**
+   * Stops the install (the stages abort it on SIGINT and SIGTERM): the next
+   * chunk, the next 32 MiB of a resume's re-read or the next 4 MiB of the
+   * read-back fails with `signal.reason`, like any failure: the journal says
+   * "failed" and keeps the chunks made durable, so `resume` continues there.
+   * Checked as a flag, per chunk.
+   */
+  signal?: AbortSignal;
   /** Tests: force the fallback zstd decoder. */
   preferNativeZstd?: boolean;
   /** Tests: hash on the main thread instead of a worker. */
@@ -78,7 +86,8 @@ export interface InstallResult {
 /**
  * @throws {ZbError} USAGE when the target, the journal and the image are not three separate files;
  *   TARGET_BUSY for a block device in use or a file another install is writing; IMG_FORMAT, SIG_INVALID, IMG_INCOMPATIBLE, ROLLBACK_REFUSED before anything is written;
- *   PAYLOAD_CORRUPT, IO after (the journal then says "failed"); USAGE for a bad payload name or resume
+ *   PAYLOAD_CORRUPT, IO after (the journal then says "failed"); USAGE for a bad payload name or resume;
+ *   `opts.signal.reason` once the signal aborts (before the journal is "complete")
  */
 export async function install(sys: Sys, source: ImageSource, policy: Policy, opts: InstallOptions): Promise<InstallResult> {
   const started = performance.now();
@@ -126,7 +135,12 @@ export async function install(sys: Sys, source: ImageSource, policy: Policy, opt
         // Everything checked: a file target that was longer keeps no stale tail (a device keeps its size).
         target.truncate(payload.raw.size);
         target.sync();
-        const readBack = opts.readBack ? await checkOnMedium(opts.target, payload, (n) => opts.progress?.({ type: "read-back", payload: payload.name, rawBytes: n, rawTotal: payload.raw.size, elapsedMs: performance.now() - started })) : null;
+        const readBack = opts.readBack
+          ? await checkOnMedium(opts.target, payload, (n) => {
+              if (opts.signal?.aborted) throw opts.signal.reason;
+              opts.progress?.({ type: "read-back", payload: payload.name, rawBytes: n, rawTotal: payload.raw.size, elapsedMs: performance.now() - started });
+            })
+          : null;
         journal.state = "complete";
         journal.chunksDone = payload.chunks.length;
         writeJournal(sys, opts.journal, journal);
@@ -293,10 +307,11 @@ async function writeChunks(sys: Sys, chunkSize: number, p: Payload, from: number
   opts.progress?.({ type: "start", payload: p.name, chunks: p.chunks.length, rawTotal: p.raw.size, storedTotal, resumeFrom: from });
   let digest: string;
   try {
-    rehashWritten(target, Math.min(from * chunkSize, p.raw.size), pipe);
+    await rehashWritten(target, Math.min(from * chunkSize, p.raw.size), pipe, opts.signal);
     input.readInto?.((n) => pipe.storedSlot(n));
     let i = from;
     for await (const stored of exactChunks(input.data, p.chunks.slice(from).map((c) => c.size), `payload ${p.name}`)) {
+      if (opts.signal?.aborted) throw opts.signal.reason;
       pipe.check(stored, p.chunks[i]!.sha256);
       i++;
       while (pipe.queued > pipe.ahead) await writeNext();
@@ -317,22 +332,28 @@ async function writeChunks(sys: Sys, chunkSize: number, p: Payload, from: number
   return digest;
 }
 
-/** Resume: what is already on the target goes into the whole-payload hash again. */
-function rehashWritten(target: Target, bytes: number, pipe: ChunkPipeline): void {
-  const held = readTarget(target, bytes, (part) => pipe.rehash(part));
-  if (held < bytes) throw new ZbError("IO", `cannot resume: ${target.path} holds ${held} bytes, fewer than the ${bytes} the journal says were written`);
-}
-
-/** Pass the target's first `bytes` bytes to `use` in 4 MiB parts. @returns how many there were (fewer at its end) */
-function readTarget(target: Target, bytes: number, use: (part: Uint8Array) => void): number {
+/**
+ * Resume: what is already on the target goes into the whole-payload hash
+ * again. Gigabytes of synchronous reads: every 32 MiB the event loop runs
+ * (a signal handler) and `signal` is checked.
+ */
+async function rehashWritten(target: Target, bytes: number, pipe: ChunkPipeline, signal: AbortSignal | undefined): Promise<void> {
   const step = 4 << 20;
+  let held = bytes;
   for (let at = 0; at < bytes; at += step) {
+    if (at % JOURNAL_BYTES === 0) {
+      if (at > 0) await new Promise<void>((resolve) => setImmediate(resolve));
+      if (signal?.aborted) throw signal.reason;
+    }
     const want = Math.min(step, bytes - at);
     const part = target.read(at, want);
-    if (part.length > 0) use(part);
-    if (part.length < want) return at + part.length;
+    if (part.length > 0) pipe.rehash(part);
+    if (part.length < want) {
+      held = at + part.length;
+      break;
+    }
   }
-  return bytes;
+  if (held < bytes) throw new ZbError("IO", `cannot resume: ${target.path} holds ${held} bytes, fewer than the ${bytes} the journal says were written`);
 }
 
 /** A seeking resume checks that the ustar header before the data names this payload. */

@@ -205,6 +205,9 @@ function threaded(target: Target, sizes: PipelineSizes, stallMs: number): ChunkP
   } catch {
     return null;
   }
+  // This thread waits for the worker through Atomics, never through the event loop: the worker must
+  // not keep the process alive (a command stopped by a signal ends without waiting for it; close() ends it).
+  worker.unref();
   worker.onerror = (e) => {
     startError = (e as ErrorEvent).message ?? "the install worker failed";
   };

@@ -254,6 +254,16 @@ class RawHeaders {
 }
 
 
+/**
+ * Direct reads never wait on the event loop, so whatever it delivers — a
+ * signal handler above all (Ctrl-C, which stops the command through an
+ * AbortSignal, source.ts stoppable) — would wait for the whole payload: the
+ * reader lets it run every TURN_BYTES (one setImmediate per 32 MiB, nothing
+ * per chunk).
+ */
+const TURN_BYTES = 32 << 20;
+const eventLoopTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
+
 /** Payloads read with read(2): each preceded by its checked ustar header; only zeros after the last. */
 function directPayloads(r: DirectReader, m: Manifest, manifestSize: number, sigSize: number): () => Promise<PayloadEntry | null> {
   const offsets = payloadOffsets(manifestSize, sigSize, m.payloads.map((p) => p.stored.size));
@@ -285,10 +295,16 @@ function directPayloads(r: DirectReader, m: Manifest, manifestSize: number, sigS
     checkUstarHeader(head, payload.name, payload.stored.size);
     let into: ((size: number) => Uint8Array | null) | null = null;
     async function* data(): AsyncGenerator<Uint8Array> {
+      let sinceTurn = 0;
       for (const c of payload.chunks) {
         const view = into?.(c.size) ?? buf.subarray(0, c.size);
         if (r.read(view) < c.size) throw bad(`the archive ends inside payload ${payload.name}`);
         yield view;
+        sinceTurn += c.size;
+        if (sinceTurn >= TURN_BYTES) {
+          sinceTurn = 0;
+          await eventLoopTurn();
+        }
       }
     }
     return { payload, index: index++, dataOffset, data: data(), readInto: (next) => void (into = next) };

@@ -4,7 +4,7 @@
  * `Range`), which is how an interrupted install resumes without reading the
  * image again.
  */
-import { closeSync, createReadStream, openSync, readSync, statSync } from "node:fs";
+import { closeSync, createReadStream, fstatSync, openSync, readSync, statSync } from "node:fs";
 import { ZbError, ioError } from "../errors.ts";
 import { httpSource, type HttpOptions } from "./http.ts";
 
@@ -48,6 +48,78 @@ export function sourceFor(spec: string, opts: HttpOptions = {}): ImageSource {
   if (spec === "-") return stdinSource();
   if (/^https?:\/\//i.test(spec)) return httpSource(spec, opts);
   return fileSource(spec);
+}
+
+/**
+ * The same source, stopped by `signal` (the stages abort it on SIGINT and
+ * SIGTERM): every read after the abort throws `signal.reason`, so the
+ * command that reads fails the way it fails on a broken source, cleaning up
+ * as it does then. A stream waiting for bytes that do not come (a stalled
+ * server, an idle pipe) is ended at once; a direct read checks a flag per
+ * chunk, nothing more (the install's hot path).
+ * @returns a source whose open(), stream reads and direct reads throw `signal.reason` once it has aborted
+ */
+export function stoppable(source: ImageSource, signal: AbortSignal): ImageSource {
+  const direct = source.direct?.bind(source);
+  return {
+    name: source.name,
+    seekable: source.seekable,
+    ...(source.file !== undefined ? { file: source.file } : {}),
+    async open(offset) {
+      if (signal.aborted) throw signal.reason;
+      return untilAborted(await source.open(offset), signal);
+    },
+    ...(direct
+      ? {
+          direct(): DirectReader {
+            const r = direct();
+            return {
+              get position() {
+                return r.position;
+              },
+              read(buf) {
+                if (signal.aborted) throw signal.reason;
+                return r.read(buf);
+              },
+              close: () => r.close(),
+            };
+          },
+        }
+      : {}),
+  };
+}
+
+/**
+ * A stream's parts until `signal` aborts; then `signal.reason` is thrown,
+ * also when the stream was waiting (it is cancelled or destroyed, which ends
+ * that wait). `cancel()` ends the stream as its own would.
+ */
+export function untilAborted(data: AsyncIterable<Uint8Array>, signal: AbortSignal): AsyncIterable<Uint8Array> & Cancelable {
+  const stop = () => {
+    const d = data as Cancelable & { destroy?(): void };
+    if (d.cancel) d.cancel();
+    else d.destroy?.();
+  };
+  async function* parts(): AsyncGenerator<Uint8Array> {
+    if (signal.aborted) {
+      stop(); // never read: ended here, not left open behind the caller
+      throw signal.reason;
+    }
+    signal.addEventListener("abort", stop, { once: true });
+    try {
+      for await (const part of data) {
+        if (signal.aborted) break;
+        yield part;
+      }
+    } catch (e) {
+      // The stream's own error when it was destroyed under the wait: the abort is what happened.
+      if (!signal.aborted) throw e;
+    } finally {
+      signal.removeEventListener("abort", stop);
+    }
+    if (signal.aborted) throw signal.reason;
+  }
+  return Object.assign(parts(), { cancel: stop });
 }
 
 /**
@@ -135,6 +207,11 @@ function streamSource(path: string): ImageSource {
   };
 }
 
+/**
+ * Standard input, read once from its start.
+ * @returns a source whose open() throws {ZbError} IO when stdin is closed or /dev/null
+ *   (there is no image to read), and whose reads fail with IO when stdin is not open for reading
+ */
 export function stdinSource(): ImageSource {
   let used = false;
   return {
@@ -143,7 +220,43 @@ export function stdinSource(): ImageSource {
     async open(offset) {
       if (offset !== 0 || used) throw new ZbError("IO", "cannot read the image from stdin twice or from an offset");
       used = true;
-      return process.stdin;
+      const why = stdinMissing();
+      if (why) throw new ZbError("IO", `cannot read the image from stdin: ${why}`, { hint: STDIN_HINT });
+      // cancel(): the reader stopped early, or was stopped (untilAborted) while stdin had nothing to give.
+      return Object.assign(readStdin(), { cancel: () => void process.stdin.destroy() });
     },
   };
+}
+
+const STDIN_HINT = "send the image to stdin (zb image … - < IMAGE.zbi, or through a pipe), or give its path or URL instead of -";
+
+/**
+ * Why stdin cannot carry an image, or null. A descriptor 0 closed when zb
+ * started (`<&-`) is opened on /dev/null by the runtime, so the two look the
+ * same, and neither has an image to give: said so, rather than reporting an
+ * empty archive (IMG_FORMAT).
+ */
+function stdinMissing(): string | null {
+  let st: ReturnType<typeof fstatSync>;
+  try {
+    st = fstatSync(0);
+  } catch {
+    return "it is closed";
+  }
+  try {
+    if (st.isCharacterDevice() && st.rdev === statSync("/dev/null").rdev) return "it is closed or /dev/null, so there is no image to read";
+  } catch {
+    // no /dev/null to compare with: the read will tell
+  }
+  return null;
+}
+
+/** process.stdin, with "opened for writing only" (`0>FILE`, EBADF) said in words. */
+async function* readStdin(): AsyncGenerator<Uint8Array> {
+  try {
+    yield* process.stdin;
+  } catch (e) {
+    if ((e as { code?: string }).code === "EBADF") throw new ZbError("IO", "cannot read the image from stdin: it is not open for reading", { hint: STDIN_HINT });
+    throw e;
+  }
 }

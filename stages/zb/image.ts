@@ -8,11 +8,12 @@ import { install, type ProgressEvent } from "../../lib/image/install.ts";
 import type { Encoding } from "../../lib/image/manifest.ts";
 import { openImage, type Policy } from "../../lib/image/reader.ts";
 import { keySigner, loadTrustDir } from "../../lib/image/sign.ts";
-import { DEFAULT_RETRIES, sourceFor, type HttpOptions, type RetryEvent } from "../../lib/image/source.ts";
+import { DEFAULT_RETRIES, sourceFor, stoppable, type HttpOptions, type RetryEvent } from "../../lib/image/source.ts";
 import { verifyImage } from "../../lib/image/verify.ts";
 import { HostSys } from "../../lib/sys/sys.ts";
 import { err, out } from "../output.ts";
 import { subcommand } from "../common.ts";
+import { stopOnSignals } from "../interrupt.ts";
 import { bar, jsonEvent, progressMode, type ProgressMode } from "../progress.ts";
 import { readPrivateKey } from "./key.ts";
 
@@ -103,15 +104,22 @@ async function create(args: ParsedArgs): Promise<number> {
   if (payloads.length === 0) usage("create", "give --rootfs IMG and/or --boot DIR");
   const signers = keys(args, "create").map((k) => keySigner(readPrivateKey(k)));
   const mode = progressMode(args.values.get("progress"));
+  const fields = { compatible: need("compatible"), version: need("version"), serial: number(need("serial"), "--serial") };
+  const output = need("output");
   const b = mode === "bar" ? bar("create") : null;
-  const m = await createImage({
-    compatible: need("compatible"), version: need("version"), serial: number(need("serial"), "--serial"), payloads, signers,
-    output: need("output"),
-    ...(args.values.has("level") ? { level: number(args.values.get("level")!, "--level") } : {}),
-    ...(args.values.has("chunk-size") ? { chunkSize: number(args.values.get("chunk-size")!, "--chunk-size") } : {}),
-    progress: (e) => (mode === "json" ? jsonEvent({ type: "progress", payload: e.payload, rawBytes: e.rawBytes, rawTotal: e.rawTotal }) : b?.update(e.allBytes, e.allTotal)),
-  });
-  b?.finish();
+  const stop = stopOnSignals(`create ${output}`);
+  let m: Awaited<ReturnType<typeof createImage>>;
+  try {
+    m = await createImage({
+      ...fields, payloads, signers, output, signal: stop.signal,
+      ...(args.values.has("level") ? { level: number(args.values.get("level")!, "--level") } : {}),
+      ...(args.values.has("chunk-size") ? { chunkSize: number(args.values.get("chunk-size")!, "--chunk-size") } : {}),
+      progress: (e) => (mode === "json" ? jsonEvent({ type: "progress", payload: e.payload, rawBytes: e.rawBytes, rawTotal: e.rawTotal }) : b?.update(e.allBytes, e.allTotal)),
+    });
+  } finally {
+    stop.done();
+    b?.finish(); // a failure's message goes on a line of its own
+  }
   // With --progress=json the stream stays newline-delimited JSON to its end: the result is a JSON line too.
   if (args.flags.has("json") || mode === "json") out(JSON.stringify({ type: "result", ok: true, output: args.values.get("output"), manifest: m }) + "\n");
   else out(`zb image create: ${args.values.get("output")}: ${m.compatible} ${m.version} serial ${m.serial}, ${m.payloads.map((p) => `${p.name} ${p.raw.size} → ${p.stored.size} bytes`).join(", ")}\n`);
@@ -149,11 +157,17 @@ async function verify(args: ParsedArgs): Promise<number> {
   const mode = progressMode(args.values.get("progress"));
   const b = mode === "bar" ? bar("verify") : null;
   const src = sourceFor(input, source(args, mode));
-  const r = await verifyImage(src, policy(args), {
-    deep: args.flags.has("deep"),
-    progress: (done, total) => (mode === "json" ? jsonEvent({ type: "progress", storedBytes: done, storedTotal: total }) : b?.update(done, total)),
-  });
-  b?.finish();
+  const stop = stopOnSignals(`verify ${src.name}`); // src.name: a URL without its credentials or query
+  let r: Awaited<ReturnType<typeof verifyImage>>;
+  try {
+    r = await verifyImage(stoppable(src, stop.signal), policy(args), {
+      deep: args.flags.has("deep"),
+      progress: (done, total) => (mode === "json" ? jsonEvent({ type: "progress", storedBytes: done, storedTotal: total }) : b?.update(done, total)),
+    });
+  } finally {
+    stop.done();
+    b?.finish();
+  }
   if (args.flags.has("json") || mode === "json") out(JSON.stringify({ type: "result", ok: true, ...r }) + "\n");
   else out(`zb image verify: ${src.name}: OK: ${r.compatible} ${r.version} serial ${r.serial}, signed by ${r.signedBy.join(", ")}; ${r.payloads.map((p) => `${p.name} ${p.chunks} chunks`).join(", ")}${args.flags.has("deep") ? " (deep)" : ""}\n`);
   return 0;
@@ -179,8 +193,16 @@ async function installCmd(args: ParsedArgs): Promise<number> {
   };
   const readBack = args.flags.has("read-back");
   if (args.flags.has("resume") && !sys.stat(journal)) err(`zb image install: no journal at ${journal}: installing from the start\n`);
-  const r = await install(sys, sourceFor(input, source(args, mode)), policy(args), { payload, target, journal, resume: args.flags.has("resume"), readBack, progress: onProgress });
-  (back ?? b)?.finish();
+  const src = sourceFor(input, source(args, mode));
+  // The journal keeps what was made durable: the same command with --resume continues from there.
+  const stop = stopOnSignals(`install ${payload}`, "run the same command with --resume to continue where it stopped");
+  let r: Awaited<ReturnType<typeof install>>;
+  try {
+    r = await install(sys, stoppable(src, stop.signal), policy(args), { payload, target, journal, resume: args.flags.has("resume"), readBack, progress: onProgress, signal: stop.signal });
+  } finally {
+    stop.done();
+    (back ?? b)?.finish();
+  }
   if (args.flags.has("json") || mode === "json") out(JSON.stringify({ type: "result", ok: true, ...r }) + "\n");
   else out(`zb image install: ${payload} → ${target}: ${r.alreadyInstalled ? "already installed" : `${r.rawSize} bytes verified and written${r.readBack ? " and read back" : ""} in ${r.seconds.toFixed(1)} s`}${r.resumedFrom ? ` (resumed at chunk ${r.resumedFrom})` : ""}\n`);
   if (r.readBack === "cached") err(`zb image install: warning: ${target} was read back through the page cache (its file system refuses O_DIRECT and posix_fadvise failed)\n`);

@@ -4,7 +4,8 @@
  * signatures over the extracted manifest.json, zstd decompresses a payload.
  * Edges: a second install into a file being written (exit 25), more than 16
  * signatures (exit 2, nothing written), images from FIFOs, an image followed
- * by /dev/zero (exit 13), key files that are no files (exit 18).
+ * by /dev/zero (exit 13), a closed or write-only stdin (exit 5), key files
+ * that are no files (exit 18).
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync, copyFileSync } from "node:fs";
@@ -235,6 +236,22 @@ describe("edges of the engine, end to end", () => {
     const r = Bun.spawnSync(["bash", "-c", `(cat a.zbi; cat /dev/zero) | timeout 60 "$0" image verify - --trust trust`, BIN], { cwd: dir });
     expect({ code: r.exitCode, err: r.stderr.toString() }).toEqual({
       code: 13, err: "zb: cannot read the image: more than 65536 bytes of zeros follow the last payload (an archive's end blocks and padding are fewer)\n",
+    });
+  });
+
+  // Before: an archive that "ends where zbi-format should follow" (exit 13), or "EBADF: bad file descriptor, pread" (exit 5).
+  test.each([
+    { cmd: "install", stdin: "<&- (closed)", why: "it is closed or /dev/null, so there is no image to read" },
+    { cmd: "verify", stdin: "<&- (closed)", why: "it is closed or /dev/null, so there is no image to read" },
+    { cmd: "verify", stdin: "</dev/null", why: "it is closed or /dev/null, so there is no image to read" },
+    { cmd: "install", stdin: "0>FILE (open for writing only)", why: "it is not open for reading" },
+    { cmd: "verify", stdin: "0>FILE (open for writing only)", why: "it is not open for reading" },
+  ])("$cmd - with stdin $stdin: IO (exit 5) saying so, not an image-format error; no target or journal made", ({ cmd, stdin, why }) => {
+    const redirect = stdin.split(" ")[0]!.replace("FILE", "wronly.txt");
+    const args = cmd === "install" ? "--payload rootfs --to nostdin.img" : "";
+    const p = Bun.spawnSync(["bash", "-c", `exec "$0" image ${cmd} - --trust trust ${args} --json ${redirect}`, BIN], { cwd: dir });
+    expect({ code: p.exitCode, err: p.stderr.toString().split("\n")[0], last: JSON.parse(p.stdout.toString().trim().split("\n").at(-1) ?? "{}"), made: ["nostdin.img", "nostdin.img.zb-journal"].filter((f) => existsSync(join(dir, f))) }).toEqual({
+      code: 5, err: `zb: cannot read the image from stdin: ${why}`, last: expect.objectContaining({ type: "result", ok: false, code: "IO", exit: 5 }), made: [],
     });
   });
 

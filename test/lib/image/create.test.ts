@@ -8,7 +8,7 @@
  * the manifest can list is refused before anything is compressed; more
  * signatures than a reader takes (16) are refused before any file is made,
  * by create and by sign (in place too); progress knows each payload's size
- * up front.
+ * up front; a create stopped by its AbortSignal removes its temp files.
  */
 import { afterAll, describe, expect, test } from "bun:test";
 import { closeSync, existsSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
@@ -19,6 +19,7 @@ import { privateKeyFromSecret } from "../../../lib/image/keys.ts";
 import { openImage } from "../../../lib/image/reader.ts";
 import { keySigner } from "../../../lib/image/sign.ts";
 import { fileSource } from "../../../lib/image/source.ts";
+import { ZbError } from "../../../lib/errors.ts";
 import { buildImage, CREATED, KEYS, MIN_CHUNK, sha256, tmpfsMounts, variedBytes } from "./fixture.ts";
 
 const root = mkdtempSync(join(tmpdir(), "zb-create-"));
@@ -84,6 +85,22 @@ describe("temp and spool files: a link planted under their name is replaced, nev
     mkdirSync(join(e, ".o.zbi.rootfs.zb-spool"));
     expect((await failure(createImage(opts(join(e, "o.zbi")))))?.code).toBe("IO");
     expect(readdirSync(e)).toEqual([".o.zbi.rootfs.zb-spool"]);
+  });
+});
+
+describe("stopped by its signal (the stage aborts it on SIGINT or SIGTERM): the reason is thrown, no temp file stays, an older image at the output stays", () => {
+  // 3 MiB in 1 MiB chunks: progress after each; after the last, the archive is written from the spool.
+  test.each([
+    { when: "while compressing (after chunk 1 of 3: the spool exists)", at: 1 << 20 },
+    { when: "while writing the archive (after the last chunk)", at: 3 << 20 },
+  ])("$when", async ({ at }) => {
+    const d = fresh();
+    const out = join(d, "o.zbi");
+    writeFileSync(out, readFileSync(img.path));
+    const stop = new AbortController();
+    const reason = new ZbError("INTERRUPTED", `cannot create ${out}: interrupted (SIGINT)`);
+    const e = await createImage(opts(out, { signal: stop.signal, progress: (p) => void (p.rawBytes === at && stop.abort(reason)) })).catch((x: unknown) => x);
+    expect({ e: e === reason, files: readdirSync(d), old: sha256(new Uint8Array(readFileSync(out))) }).toEqual({ e: true, files: ["o.zbi"], old: sha256(img.bytes) });
   });
 });
 

@@ -7,7 +7,8 @@
  * progress events; the fallback zstd decoder gives the same bytes; a loop
  * block device as the target keeps its size and its bytes after the payload;
  * a background fdatasync that fails is the install's IO error, never an
- * unhandled rejection.
+ * unhandled rejection; an install stopped by its AbortSignal fails with the
+ * signal's reason and leaves a journal that --resume completes.
  */
 import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
@@ -343,6 +344,43 @@ describe("a background fdatasync that fails (EIO from a dying card)", () => {
     expect({ code: e.code, message: e.message, journal: readJournal(t.journal) }).toMatchObject({
       code: "IO", message: `cannot sync ${t.target}: input/output error`, journal: { state: "failed", chunksDone: 0 },
     });
+  });
+});
+
+describe("stopped by its signal (the stage aborts it on SIGINT or SIGTERM)", () => {
+  // 40 MiB in 1 MiB chunks: the journal advances at chunk 32 (JOURNAL_BYTES).
+  test.each([
+    { when: "at chunk 3, before the journal's first step", at: 3, durable: 0 },
+    { when: "at chunk 36, after the first 32 chunks were made durable", at: 36, durable: 32 },
+  ])("$when: fails with the signal's reason, the journal says failed at chunk $durable, and --resume ends byte-identical", async ({ at, durable }) => {
+    const big = await bigImage();
+    const raw = big.raw.rootfs!;
+    const t = place(raw.length);
+    const stop = new AbortController();
+    const reason = new ZbError("INTERRUPTED", "cannot install rootfs: interrupted (SIGINT)");
+    const progress = (e: ProgressEvent) => void (e.type === "progress" && e.chunk === at && stop.abort(reason));
+    const e = await install(host, fileSource(big.path), policy, opts(t, "rootfs", { progress, signal: stop.signal })).catch((x: unknown) => x);
+    // Nothing but verified chunks reached the target, and the journal claims no more than were synced.
+    const written = writtenChunks(read(t.target), raw, t.before, 1 << 20);
+    expect({ e: e === reason, journal: readJournal(t.journal), durableWritten: written >= durable }).toEqual({
+      e: true, journal: expect.objectContaining({ state: "failed", chunksDone: durable, error: reason.message }), durableWritten: true,
+    });
+    const r = await install(host, fileSource(big.path), policy, opts(t, "rootfs", { resume: true }));
+    expect({ resumedFrom: r.resumedFrom, same: sha256(read(t.target)) === sha256(raw), state: readJournal(t.journal).state }).toEqual({ resumedFrom: durable, same: true, state: "complete" });
+  });
+
+  test("during a resume's re-read of the chunks already written: the journal keeps its chunk, a later --resume ends byte-identical", async () => {
+    const big = await bigImage();
+    const raw = big.raw.rootfs!;
+    const t = place(raw.length);
+    const first = new AbortController();
+    const progress = (e: ProgressEvent) => void (e.type === "progress" && e.chunk === 36 && first.abort(new ZbError("TERMINATED", "first")));
+    await install(host, fileSource(big.path), policy, opts(t, "rootfs", { progress, signal: first.signal })).catch(() => undefined);
+    const reason = new ZbError("TERMINATED", "cannot install rootfs: terminated (SIGTERM)");
+    const e = await install(host, fileSource(big.path), policy, opts(t, "rootfs", { resume: true, signal: AbortSignal.abort(reason) })).catch((x: unknown) => x);
+    expect({ e: e === reason, journal: readJournal(t.journal) }).toEqual({ e: true, journal: expect.objectContaining({ state: "failed", chunksDone: 32, error: reason.message }) });
+    const r = await install(host, fileSource(big.path), policy, opts(t, "rootfs", { resume: true }));
+    expect({ resumedFrom: r.resumedFrom, same: sha256(read(t.target)) === sha256(raw) }).toEqual({ resumedFrom: 32, same: true });
   });
 });
 

@@ -1,0 +1,35 @@
+/**
+ * The direct (read(2)) payload path of lib/image/reader.ts lets the event
+ * loop run every 32 MiB: a signal handler (Ctrl-C during `zb image verify`
+ * or `install` of a file) runs there, so the command stops mid-payload
+ * instead of after it. The stream path waits on the event loop by itself.
+ */
+import { afterAll, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { openImage } from "../../../lib/image/reader.ts";
+import { loadTrustDir } from "../../../lib/image/sign.ts";
+import { fileSource } from "../../../lib/image/source.ts";
+import { HostSys } from "../../../lib/sys/sys.ts";
+import { buildImage, KEYS, trustDir, variedBytes } from "./fixture.ts";
+
+const root = mkdtempSync(join(tmpdir(), "zb-reader-"));
+afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+test("a 40 MiB payload read directly: a callback queued on the event loop runs after 32 of its 40 chunks, not after the last", async () => {
+  // Before: it ran only once all 40 chunks were read (a direct read never waits on the event loop).
+  const img = await buildImage(join(root, "img"), { rootfs: variedBytes(40 << 20, 7, 1), boot: false, encoding: "none", chunkSize: 1 << 20, signers: [KEYS.k1] });
+  const source = fileSource(img.path);
+  const open = await openImage(await source.open(0), { policy: { trust: loadTrustDir(new HostSys(), trustDir(root, "trust", [KEYS.k1])) } }, source.direct!());
+  try {
+    const entry = (await open.nextPayload())!;
+    let chunks = 0;
+    const ran: number[] = [];
+    setImmediate(() => ran.push(chunks));
+    for await (const _ of entry.data) chunks++;
+    expect({ ranAfter: ran, chunks }).toEqual({ ranAfter: [32], chunks: 40 });
+  } finally {
+    open.close();
+  }
+});
