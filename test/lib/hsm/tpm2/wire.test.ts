@@ -1,14 +1,23 @@
 /**
  * The TPM 2.0 wire codec, table-driven: bytes before → values after, and
- * values before → bytes after. Response bytes marked "swtpm" were captured
- * from swtpm 0.7.1 (see docs/hsm/tpm2.md).
+ * values before → bytes after. Rows marked "swtpm" read a command and the
+ * response a real swtpm gave to it from test/vectors/tpm2/, written by the
+ * gen.ts there (re-run it to re-capture).
  */
 import { describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import {
   decodeRc, describeRc, equalBytes, frameCommand, hex, marshal, parseResponse, Reader, RS_PW, sized, unhex,
 } from "../../../../lib/hsm/tpm2/wire.ts";
 
 const h = (s: string) => new Uint8Array(Buffer.from(s.replace(/\s+/g, ""), "hex"));
+
+/** TPM2_GetRandom(8) and swtpm's answer, as hex. The 8 random bytes differ per capture. */
+const swtpmGetRandom = JSON.parse(readFileSync(join(import.meta.dir, "../../../vectors/tpm2/getrandom-swtpm.json"), "utf8")) as {
+  command: string;
+  response: string;
+};
 
 describe("Reader: bytes before → values after", () => {
   const rows: { name: string; before: string; read: (r: Reader) => unknown; after: unknown }[] = [
@@ -53,9 +62,9 @@ describe("Writer: values before → bytes after", () => {
 describe("frameCommand: command before → bytes after (Part 1 §18.2)", () => {
   const rows: { name: string; frame: () => Uint8Array; after: string }[] = [
     {
-      name: "GetRandom(8), no sessions",
+      name: "GetRandom(8), no sessions: the bytes swtpm answered",
       frame: () => frameCommand(0x17b, [], [], h("0008")),
-      after: "8001 0000000c 0000017b 0008",
+      after: swtpmGetRandom.command,
     },
     {
       name: "Unseal of 0x80000000 with an empty password",
@@ -76,10 +85,12 @@ describe("frameCommand: command before → bytes after (Part 1 §18.2)", () => {
 describe("parseResponse: bytes before → fields after (Part 1 §18.8)", () => {
   const rows: { name: string; before: string; handles: number; sessions: number; after: unknown }[] = [
     {
+      // The parameters are what follows the 10-byte header (tag, size, rc): a
+      // TPM2B_DIGEST of the 8 random bytes, whatever they were in this capture.
       name: "GetRandom from swtpm",
-      before: "8001 00000014 00000000 0008 248559e4142f7fb2",
+      before: swtpmGetRandom.response,
       handles: 0, sessions: 0,
-      after: { rc: 0, handles: [], params: "0008248559e4142f7fb2", auths: [] },
+      after: { rc: 0, handles: [], params: `0008${swtpmGetRandom.response.slice(24)}`, auths: [] },
     },
     {
       name: "an error response is a bare header",
