@@ -4,10 +4,11 @@
  * it across a boot transition, and is re-entrant within one process.
  * tryLockFd takes the same lock on a descriptor without waiting: refused
  * while another process or another open of the file in this one holds it,
- * released by close.
+ * released by close. Every lock file is in a temp folder: the binary's
+ * default /var/lock is a temp folder mounted there for that process only.
  */
 import { expect, test } from "bun:test";
-import { closeSync, existsSync, openSync, readFileSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { lockFile, tryLockFd } from "../../../lib/sys/flock.ts";
 import { tempDirs } from "../../tempdirs.ts";
@@ -60,19 +61,70 @@ test("no lock folder (an initramfs): nothing to take, nothing to wait for", () =
   expect(existsSync(dir)).toBe(false); // nothing made to hold a lock nobody else could take
 });
 
-test("zb env set waits while fw_printenv.lock is held by another tool (the real /var/lock file)", async () => {
+/**
+ * Run the zb binary with a temp folder bind-mounted over /var/lock in a
+ * private mount namespace (root only, like the PID namespace in
+ * test/stages/boot.test.ts): zb takes its default lock path, and the host's
+ * /var/lock/fw_printenv.lock is never touched.
+ */
+function zbWithLockDir(lockDir: string, argv: string[]) {
+  const inNamespace = 'mount --bind "$1" /var/lock && shift && exec "$@"';
+  return Bun.spawn(["unshare", "--mount", "--propagation", "private", "sh", "-c", inNamespace, "sh", lockDir, BIN, ...argv], {
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+}
+
+/** Until process `pid` has `file` open (same inode, through /proc/PID/fd). @throws once the process has gone */
+async function untilOpenedBy(pid: number, file: string): Promise<void> {
+  const want = statSync(file);
+  const opened = () => {
+    if (!existsSync(`/proc/${pid}/fd`)) throw new Error(`process ${pid} ended before it was seen with ${file} open`);
+    return readdirSync(`/proc/${pid}/fd`).some((fd) => {
+      try {
+        const s = statSync(`/proc/${pid}/fd/${fd}`);
+        return s.ino === want.ino && s.dev === want.dev;
+      } catch {
+        return false; // closed meanwhile
+      }
+    });
+  };
+  for (let i = 0; i < 1000 && !opened(); i++) await Bun.sleep(10);
+  expect(opened()).toBe(true);
+}
+
+test("zb env set waits while fw_printenv.lock (its default path, a temp folder mounted on /var/lock) is held by another tool", async () => {
   if (!existsSync(BIN)) throw new Error(`${BIN} is missing: run \`bun build.ts\` first`);
   const d = tempDir();
   const boot = join(d, "boot");
-  expect(Bun.spawnSync([BIN, "env", "init", "--boot", boot]).exitCode).toBe(0);
-  const marker = join(d, "released");
-  const h = holder("/var/lock/fw_printenv.lock", 0.5, marker);
-  await untilExists(`${marker}.held`);
-  const set = Bun.spawn([BIN, "env", "set", "--boot", boot, "x", "1"], { stdout: "pipe", stderr: "pipe" });
-  expect(await set.exited).toBe(0);
-  // The set ended only after the holder's last step before releasing.
-  expect(readFileSync(marker, "utf8")).toBe("done\n");
-  await h.exited;
+  const lockDir = join(d, "lock");
+  mkdirSync(lockDir);
+  expect(await zbWithLockDir(lockDir, ["env", "init", "--boot", boot]).exited).toBe(0);
+  const lock = join(lockDir, "fw_printenv.lock");
+  const marker = join(d, "held");
+  // flock(1) holds the lock until its stdin closes: the test, not a timer, decides when it lets go.
+  const h = Bun.spawn(["flock", lock, "sh", "-c", `echo held > ${marker}; exec cat > /dev/null`], { stdin: "pipe" });
+  try {
+    await untilExists(marker);
+    const set = zbWithLockDir(lockDir, ["env", "set", "--boot", boot, "x", "1"]);
+    // zb opens the lock file just before it waits for the lock: from here it can only wait.
+    await untilOpenedBy(set.pid, lock);
+    const print = () => {
+      const r = Bun.spawnSync([BIN, "env", "print", "--boot", boot, "x"]); // a read takes no lock
+      return r.exitCode === 0 ? r.stdout.toString() : `exit ${r.exitCode}`;
+    };
+    const whileHeld = { exited: set.exitCode, x: print() };
+    h.stdin.end();
+    expect(await h.exited).toBe(0);
+    expect({ whileHeld, code: await set.exited, stderr: await new Response(set.stderr).text(), after: print() }).toEqual({
+      whileHeld: { exited: null, x: "exit 1" }, // not defined yet
+      code: 0,
+      stderr: "",
+      after: "x=1\n",
+    });
+  } finally {
+    h.kill();
+  }
 });
 
 test("tryLockFd: held, busy while flock(1) or a second open in this process holds it, free again once the holder's descriptor is closed", async () => {
