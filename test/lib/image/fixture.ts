@@ -2,11 +2,13 @@
  * Shared fixtures of the image tests (not a test file itself): deterministic
  * keys and payload bytes, a `.zbi` built with the real `createImage`, trust
  * directories, a small ustar reader/writer to craft hostile archives, a Sys
- * that records every journal version written, and the target checks "only
- * verified bytes reached the target".
+ * that records every journal version written, the target checks "only
+ * verified bytes reached the target", and an HTTP server that resets a
+ * connection after exactly N bytes.
  */
 import { afterAll } from "bun:test";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import * as net from "node:net";
 import { tmpdir } from "node:os";
 import { basename, join, resolve } from "node:path";
 import { ZbError } from "../../../lib/errors.ts";
@@ -348,4 +350,108 @@ export function tmpfsMounts(): (options: string) => string {
     mounts.push(dir);
     return dir;
   };
+}
+
+// ---- a server that breaks off after exactly N bytes ----
+
+/** A request as {@link rawHttpServer} read it: the path and the headers (lower-case names). */
+export interface RawRequest {
+  path: string;
+  headers: Map<string, string>;
+}
+
+/**
+ * An answer of {@link rawHttpServer}: the whole body with a Content-Length,
+ * or, with `breakAfter` less than its length, a chunked body whose
+ * connection is reset (RST) after exactly that many bytes.
+ */
+export interface RawAnswer {
+  status: number;
+  headers?: Record<string, string>;
+  body: Uint8Array;
+  breakAfter?: number;
+}
+
+/**
+ * An HTTP/1.1 server on 127.0.0.1 (a free port) on plain TCP sockets, one
+ * request per connection, for the answer Bun.serve cannot time: a reset
+ * after exactly N body bytes. Written bytes are not yet read ones: the
+ * runtime's fetch drops the bytes it has received but its reader has not
+ * taken yet when the connection resets (all of them when the reset comes
+ * with them). So the server resets only once the bytes are in the kernel
+ * (the write's callback) and `consumed(request)` has resolved: the test says
+ * when its client has taken them (see {@link untilIdle}).
+ */
+export function rawHttpServer(answer: (req: RawRequest) => RawAnswer, consumed: (req: RawRequest) => Promise<void>): Promise<{ port: number; stop(): void }> {
+  const reasons: Record<number, string> = { 200: "OK", 206: "Partial Content", 404: "Not Found", 503: "Service Unavailable" };
+  const server = net.createServer((sock) => {
+    sock.on("error", () => undefined); // a client that went away first
+    let head = "";
+    sock.on("data", function onData(d: Buffer) {
+      head += d.toString("latin1");
+      const end = head.indexOf("\r\n\r\n");
+      if (end < 0) return;
+      sock.off("data", onData);
+      const [line = "", ...fields] = head.slice(0, end).split("\r\n");
+      const headers = new Map(fields.map((f) => [f.slice(0, f.indexOf(":")).trim().toLowerCase(), f.slice(f.indexOf(":") + 1).trim()] as const));
+      const req = { path: (line.split(" ")[1] ?? "/").split("?")[0]!, headers };
+      const a = answer(req);
+      const cut = a.breakAfter !== undefined && a.breakAfter < a.body.length;
+      const sent = { ...a.headers, connection: "close", ...(cut ? { "transfer-encoding": "chunked" } : { "content-length": String(a.body.length) }) };
+      const top = `HTTP/1.1 ${a.status} ${reasons[a.status] ?? "Status"}\r\n${Object.entries(sent).map(([k, v]) => `${k}: ${v}\r\n`).join("")}\r\n`;
+      if (!cut) {
+        sock.write(top);
+        sock.end(a.body);
+        return;
+      }
+      const n = a.breakAfter!;
+      const chunk = n > 0 ? [Buffer.from(`${n.toString(16)}\r\n`), a.body.subarray(0, n), Buffer.from("\r\n")] : [];
+      sock.write(Buffer.concat([Buffer.from(top), ...chunk]), () => {
+        void consumed(req).then(() => sock.resetAndDestroy());
+      });
+    });
+  });
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => resolve({ port: (server.address() as net.AddressInfo).port, stop: () => server.close() }));
+  });
+}
+
+/** Each thread of `pid` as "tid state run-ns"; null once the process has ended (or is a zombie). */
+function threadsOf(pid: number): string | null {
+  let tids: string[];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return null;
+  }
+  const looks = tids.map((tid) => {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
+      const state = stat.charAt(stat.lastIndexOf(")") + 2);
+      return `${tid} ${state} ${readFileSync(`/proc/${pid}/task/${tid}/schedstat`, "utf8").split(" ")[0]}`;
+    } catch {
+      return `${tid} gone`; // it ended between the listing and the look: not idle
+    }
+  });
+  return looks.some((l) => /^(\d+) [ZX] /.exec(l)?.[1] === String(pid)) ? null : looks.sort().join("\n");
+}
+
+/**
+ * Until process `pid` is idle: every thread asleep (S) in two looks 20 ms
+ * apart, none having run in between (run times unchanged), so nothing in it
+ * was running or could run in that span. A process that only waits for input
+ * (zb downloading, its reader waiting for the next bytes) is then waiting for
+ * bytes it has not been sent: it has taken all it was sent. zb's image reader
+ * awaits no timer while bytes are at hand, which this relies on. Returns at
+ * once when the process has ended.
+ */
+export async function untilIdle(pid: number): Promise<void> {
+  let before = threadsOf(pid);
+  while (before !== null) {
+    await Bun.sleep(20);
+    const now = threadsOf(pid);
+    if (now !== null && now === before && now.split("\n").every((l) => l.split(" ")[1] === "S")) return;
+    before = now;
+  }
 }

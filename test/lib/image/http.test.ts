@@ -1,15 +1,20 @@
 /**
- * Installing from a URL and from stdin with the compiled binary. A Bun.serve
- * server on 127.0.0.1 (a free port, stopped in afterAll) serves one image of
- * 48 MiB raw (1 MiB chunks, so the journal advances at chunk 32) in modes:
+ * Installing from a URL and from stdin with the compiled binary. Servers on
+ * 127.0.0.1 (free ports, stopped in afterAll) serve one image of 48 MiB raw
+ * (1 MiB chunks, so the journal advances at chunk 32) in modes. Bun.serve:
  *
  *   /range/…    honours Range (206 + Content-Range)
  *   /norange/…  ignores Range (always 200 and the whole file)
- *   /cut-N/…    sends N bytes, then resets the connection — the first request only;
- *               later requests are served as /range/ (a flaky link)
  *   /stall-N/…  sends N bytes, then nothing, with the connection left open
  *   /shift-N/…  answers a Range with 206 from N bytes further on (and says so in Content-Range)
  *   /watch/…    honours Range; records when each response was cancelled by the client or ended
+ *
+ * and a server on plain sockets (fixture.ts rawHttpServer) for the modes
+ * that reset a connection (RST) after exactly N body bytes, once the client
+ * has taken them (the zb process idle, or the test's own reader's event):
+ *
+ *   /cut-N/…    sends N bytes, then resets the connection — the first request only;
+ *               later requests are served as /range/ (a flaky link)
  *   /cutall-N/… honours Range, and every response resets after N bytes of its own
  *   /etag-N/…   like /cut-N/, with an ETag ("v1") that later requests' If-Range match
  *   /changed-N/… like /etag-N/, but the image "changed" after the first request (ETag "v2"):
@@ -29,7 +34,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Journal } from "../../../lib/image/journal.ts";
 import { httpSource, type RetryEvent } from "../../../lib/image/source.ts";
-import { buildImage, KEYS, listTar, requireBinary, sha256, trustDir, variedBytes, type Built } from "./fixture.ts";
+import { buildImage, KEYS, listTar, rawHttpServer, requireBinary, sha256, trustDir, untilIdle, variedBytes, type Built, type RawAnswer, type RawRequest } from "./fixture.ts";
 
 const CHUNK = 1 << 20;
 let root = "";
@@ -42,26 +47,48 @@ const requests: { path: string; range: string | null; status: number; encoding: 
 const cutDone = new Set<string>();
 const busyCount = new Map<string, number>();
 
-/** A body of `bytes` from `from` on that resets the connection after `n` bytes. */
-function resetAfter(bytes: Uint8Array, from: number, n: number): ReadableStream {
-  let sent = 0;
-  return new ReadableStream({
-    type: "bytes",
-    async pull(c) {
-      if (from + sent >= bytes.length) {
-        c.close();
-        return;
-      }
-      if (sent >= n) {
-        await Bun.sleep(500); // let the bytes sent so far reach the client (a loaded CI machine too), then reset the connection
-        c.error();
-        return;
-      }
-      const k = Math.min(n - sent, 256 << 10);
-      c.enqueue(bytes.slice(from + sent, from + sent + k));
-      sent += k;
-    },
-  });
+/** The modes served by the resetting server; N is where the (first) answer breaks off. */
+const BREAKING = /^\/(cut|cutall|etag|changed|busy|cutnr|etagnr)-(\d+)\//;
+let resets: { port: number; stop(): void };
+/** The process whose reading a reset waits for: the zb the test runs. */
+let clientPid = 0;
+/** A test's own "the reader has taken the bytes", per path, for a reader in this process (not idle while the test runs). */
+const takenBy = new Map<string, () => Promise<void>>();
+
+/** The resetting server's answer to `req`, as the table in the header says. */
+function breaking(req: RawRequest, bytes: Uint8Array): RawAnswer {
+  const [, kind, count] = BREAKING.exec(req.path)!;
+  const n = Number(count);
+  const from = Number(/^bytes=(\d+)-$/.exec(req.headers.get("range") ?? "")?.[1] ?? 0);
+  const rest = (headers: Record<string, string> = {}): RawAnswer =>
+    from > 0 ? { status: 206, headers: { ...headers, "content-range": `bytes ${from}-${bytes.length - 1}/${bytes.length}` }, body: bytes.subarray(from) } : { status: 200, headers, body: bytes };
+  const first = !cutDone.has(req.path);
+  cutDone.add(req.path);
+  switch (kind) {
+    case "cut":
+      return first ? { status: 200, body: bytes, breakAfter: n } : rest();
+    case "cutall":
+      return { ...rest(), breakAfter: n };
+    case "etag":
+    case "changed": {
+      const etag = kind === "changed" && !first ? '"v2"' : '"v1"';
+      if (first) return { status: 200, headers: { etag }, body: bytes, breakAfter: n };
+      const ifRange = req.headers.get("if-range");
+      return ifRange === undefined || ifRange === etag ? rest({ etag }) : { status: 200, headers: { etag }, body: bytes };
+    }
+    case "cutnr":
+    case "etagnr": {
+      const headers: Record<string, string> = kind === "etagnr" ? { etag: '"v1"' } : {};
+      return { status: 200, headers, body: bytes, ...(first ? { breakAfter: n } : {}) };
+    }
+    default: {
+      const seen = (busyCount.get(req.path) ?? 0) + 1;
+      busyCount.set(req.path, seen);
+      if (seen === 1) return { status: 200, body: bytes, breakAfter: n };
+      if (seen === 2) return { status: 503, body: new TextEncoder().encode("busy\n") };
+      return rest();
+    }
+  }
 }
 /** /watch/ responses in order: when the client cancelled each (null: never) and when it was sent to its end. */
 const watched: { range: string | null; cancelledAt: number | null; endedAt: number | null }[] = [];
@@ -103,40 +130,6 @@ beforeAll(async () => {
         });
         return log(new Response(body, { status: 200 }));
       }
-      const cut = /^\/cut-(\d+)\//.exec(path);
-      if (cut && !cutDone.has(path)) {
-        cutDone.add(path);
-        return log(new Response(resetAfter(bytes, 0, Number(cut[1])), { status: 200 }));
-      }
-      const every = /^\/cutall-(\d+)\//.exec(path);
-      if (every) {
-        const headers: Record<string, string> = from > 0 ? { "content-range": `bytes ${from}-${bytes.length - 1}/${bytes.length}` } : {};
-        return log(new Response(resetAfter(bytes, from, Number(every[1])), { status: from > 0 ? 206 : 200, headers }));
-      }
-      const tagged = /^\/(etag|changed)-(\d+)\//.exec(path);
-      if (tagged) {
-        const first = !cutDone.has(path);
-        cutDone.add(path);
-        const etag = tagged[1] === "changed" && !first ? '"v2"' : '"v1"';
-        if (first) return log(new Response(resetAfter(bytes, 0, Number(tagged[2])), { status: 200, headers: { etag } }));
-        const ifRange = req.headers.get("if-range");
-        return log(ifRange === null || ifRange === etag ? rest({ etag }) : new Response(bytes, { status: 200, headers: { etag } }));
-      }
-      const cutnr = /^\/(cutnr|etagnr)-(\d+)\//.exec(path);
-      if (cutnr) {
-        const headers: Record<string, string> = cutnr[1] === "etagnr" ? { etag: '"v1"' } : {};
-        if (cutDone.has(path)) return log(new Response(bytes, { status: 200, headers }));
-        cutDone.add(path);
-        return log(new Response(resetAfter(bytes, 0, Number(cutnr[2])), { status: 200, headers }));
-      }
-      const busy = /^\/busy-(\d+)\//.exec(path);
-      if (busy) {
-        const seen = (busyCount.get(path) ?? 0) + 1;
-        busyCount.set(path, seen);
-        if (seen === 1) return log(new Response(resetAfter(bytes, 0, Number(busy[1])), { status: 200 }));
-        if (seen === 2) return log(new Response("busy\n", { status: 503 }));
-        return log(rest());
-      }
       if (path === "/rel/image.zbi") return log(new Response(null, { status: 302, headers: { location: "/range/image.zbi" } }));
       if (path === "/watch/image.zbi") {
         const rec = { range, cancelledAt: null as number | null, endedAt: null as number | null };
@@ -164,10 +157,19 @@ beforeAll(async () => {
         const at = from + Number(shift[1]);
         return log(new Response(bytes.slice(at), { status: 206, headers: { "content-range": `bytes ${at}-${bytes.length - 1}/${bytes.length}` } }));
       }
-      if (!/^\/(range|norange|cut-\d+|shift-\d+)\/image\.zbi$/.test(path)) return log(new Response("not found\n", { status: 404 }));
+      if (!/^\/(range|norange|shift-\d+)\/image\.zbi$/.test(path)) return log(new Response("not found\n", { status: 404 }));
       return log(path.startsWith("/norange/") ? new Response(bytes, { status: 200 }) : rest());
     },
   });
+  resets = await rawHttpServer(
+    (req) => {
+      const a = breaking(req, bytes);
+      const h = (name: string) => req.headers.get(name) ?? null;
+      requests.push({ path: req.path, range: h("range"), status: a.status, encoding: h("accept-encoding"), ifRange: h("if-range") });
+      return a;
+    },
+    (req) => (takenBy.get(req.path) ?? (() => untilIdle(clientPid)))(),
+  );
   // HTTPS on 127.0.0.1 with a certificate of our own, trusted by the client through NODE_EXTRA_CA_CERTS.
   const key = join(root, "tls.key");
   caFile = join(root, "tls.crt");
@@ -188,11 +190,13 @@ beforeAll(async () => {
 }, 60_000);
 afterAll(() => {
   server?.stop(true);
+  resets?.stop();
   tls?.stop(true);
   if (root) rmSync(root, { recursive: true, force: true });
 });
 
-const url = (path: string) => `http://127.0.0.1:${server.port}${path}`;
+const portOf = (path: string) => (BREAKING.test(path) ? resets.port : server.port);
+const url = (path: string) => `http://127.0.0.1:${portOf(path)}${path}`;
 let seq = 0;
 const target = () => join(root, `t${seq++}.img`);
 const journalOf = (t: string): Journal | null => (existsSync(`${t}.zb-journal`) ? (JSON.parse(readFileSync(`${t}.zb-journal`, "utf8")) as Journal) : null);
@@ -201,6 +205,7 @@ const journalOf = (t: string): Journal | null => (existsSync(`${t}.zb-journal`) 
 async function zb(source: string, to: string, o: { resume?: boolean; stdin?: string; more?: string[]; env?: Record<string, string> } = {}) {
   const args = [bin, "image", "install", source, "--payload", "rootfs", "--to", to, "--trust", trust, "--json", ...(o.resume ? ["--resume"] : []), ...(o.more ?? [])];
   const p = Bun.spawn(args, { stdin: o.stdin ? Bun.file(o.stdin) : "ignore", stdout: "pipe", stderr: "pipe", env: { ...process.env, ZB_NO_REBOOT: "1", ...o.env } });
+  clientPid = p.pid;
   const [out, err, exit] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
   // The result is the last line (with --progress=json, events come before it).
   return { exit, err, out, result: exit === 0 ? (JSON.parse(out.trim().split("\n").at(-1)!) as Record<string, unknown>) : null };
@@ -334,8 +339,8 @@ describe("what the client asks for and what it shows", () => {
   }, 30_000);
 
   test("user:password@ and the query never reach stderr, the JSON result or the journal", async () => {
-    const secretUrl = (path: string) => `http://alice:s3cret@127.0.0.1:${server.port}${path}?X-Token=t0ken`;
-    const shown = (path: string) => `http://127.0.0.1:${server.port}${path}?…`;
+    const secretUrl = (path: string) => `http://alice:s3cret@127.0.0.1:${portOf(path)}${path}?X-Token=t0ken`;
+    const shown = (path: string) => `http://127.0.0.1:${portOf(path)}${path}?…`;
     const miss = await zb(secretUrl("/missing.zbi"), target());
     expect(miss.exit).toBe(5);
     expect(miss.err).toContain(`cannot download ${shown("/missing.zbi")}: HTTP 404`);
@@ -474,12 +479,9 @@ describe("a download that breaks off is asked for again (--retries, default 5)",
     const mark = requests.length;
     const r = await zb(url(path), t, { more: ["--retries", "1"] });
     expect(r.exit).toBe(0);
-    // At least one request per 3 MiB; more when a reset overtook bytes in flight (the next Range
-    // then starts where the client really was), always moving forward.
+    // One request per 3 MiB, each from where the last one broke off.
     const starts = since(mark).map((q) => (q.range === null ? 0 : Number(/^bytes=(\d+)-$/.exec(q.range)![1])));
-    expect(starts.length).toBeGreaterThanOrEqual(Math.ceil(img.bytes.length / each));
-    expect(starts[0]).toBe(0);
-    expect(starts.every((at, i) => i === 0 || at > starts[i - 1]!)).toBe(true);
+    expect(starts).toEqual(Array.from({ length: Math.ceil(img.bytes.length / each) }, (_, i) => i * each));
     expect(sha256(readFileSync(t))).toBe(rawSha());
   }, 60_000);
 
@@ -545,18 +547,25 @@ describe("a download that breaks off is asked for again (--retries, default 5)",
     const n = 1 << 20;
     const path = `/cut-${n + 14}/image.zbi`;
     const retries: RetryEvent[] = [];
+    // The reader is this test: the reset waits for it to have taken the n + 14 bytes, and the test for the retry.
+    let taken!: () => void;
+    const tookAll = new Promise<void>((resolve) => (taken = resolve));
+    takenBy.set(path, () => tookAll);
+    let retried!: () => void;
+    const retrying = new Promise<void>((resolve) => (retried = resolve));
     const mark = requests.length;
-    const body = (await httpSource(url(path), { retries: 3, delayMs: () => 400, onRetry: (e) => retries.push(e) }).open(0)) as AsyncGenerator<Uint8Array> & { cancel(): void };
+    const body = (await httpSource(url(path), { retries: 3, delayMs: () => 400, onRetry: (e) => (retries.push(e), retried()) }).open(0)) as AsyncGenerator<Uint8Array> & { cancel(): void };
     let got = 0;
     const next = async () => {
       for (;;) {
         const r = await body.next();
         if (r.done) return "done";
         got += r.value.length;
+        if (got === n + 14) taken();
       }
     };
     const ended = next();
-    for (let i = 0; i < 200 && retries.length === 0; i++) await Bun.sleep(10);
+    await retrying;
     expect(retries).toHaveLength(1); // the break was seen; the reconnection now waits 400 ms
     body.cancel();
     expect(await ended).toBe("done");
@@ -567,9 +576,9 @@ describe("a download that breaks off is asked for again (--retries, default 5)",
 
   test("the warning leaves out user:password@ and the query", async () => {
     const n = payloadCut() + 12;
-    const r = await zb(`http://alice:s3cret@127.0.0.1:${server.port}/cut-${n}/image.zbi?X-Token=t0ken`, target());
+    const r = await zb(`http://alice:s3cret@127.0.0.1:${resets.port}/cut-${n}/image.zbi?X-Token=t0ken`, target());
     expect(r.exit).toBe(0);
-    expect(r.err).toContain(`the download of http://127.0.0.1:${server.port}/cut-${n}/image.zbi?… broke off`);
+    expect(r.err).toContain(`the download of http://127.0.0.1:${resets.port}/cut-${n}/image.zbi?… broke off`);
     expect(r.err).not.toContain("s3cret");
     expect(r.err).not.toContain("t0ken");
   }, 30_000);
