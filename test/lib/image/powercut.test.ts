@@ -2,17 +2,22 @@
  * Kill the real process: `dist/zb-x64 image install … --progress=json` of a
  * 128 MiB rootfs in 257 chunks of 512 KiB (the journal advances every 32 MiB,
  * i.e. every 64 chunks) is SIGKILLed after N progress events for a spread of
- * N, repeatedly across resumes, and at seeded random times; then `--resume`
- * (killed again in the chains) until it finishes. After every kill the
- * journal never claims a chunk the target does not hold and never says
- * "complete" early; at the end the target is byte-identical to a clean
- * install and the journal says complete. One kill lands before the journal
- * exists: `--resume` is then refused (USAGE) and a fresh install completes.
+ * N, repeatedly across resumes, as the journal reaches a step, and at chunks
+ * drawn by a seeded PRNG (the seed is in the test's name: the same seed, the
+ * same kill points); then `--resume` (killed again in the chains) until it
+ * finishes. Every kill is triggered by an event of the run (a progress line
+ * on its stdout, the journal's rename into place) or comes right after the
+ * spawn, never by a timer, so a failing kill point can be replayed; it lands
+ * as soon as the test has read the event, usually a chunk or two later.
+ * After every kill the journal never claims a chunk the target does not hold
+ * and never says "complete" early; at the end the target is byte-identical
+ * to a clean install and the journal says complete. One kill lands before the
+ * journal exists: `--resume` then says so and installs from the start.
  */
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, watch } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import type { Journal } from "../../../lib/image/journal.ts";
 import { buildImage, KEYS, requireBinary, sha256, trustDir, variedBytes } from "./fixture.ts";
 
@@ -30,9 +35,6 @@ let trust = "";
 let rawSha = "";
 let raw: Uint8Array = new Uint8Array(0);
 let cleanSha = "";
-/** How long a clean install takes here, and how much of it comes before the first write: random kill times scale with them. */
-let cleanMs = 0;
-let startMs = 0;
 const stats = { kills: 0, resumes: 0, resumedPastZero: 0, journalsSeen: new Set<number>(), killedAtChunk: [] as number[] };
 
 beforeAll(async () => {
@@ -58,28 +60,34 @@ interface Run {
   stderr: string;
 }
 
-/**
- * Run one install; SIGKILL it after `afterEvents` progress events, after `afterMs` milliseconds,
- * or at the first progress event that finds the journal at `afterJournal` chunks or more (if it is still running).
- */
-async function run(target: string, o: { resume?: boolean; afterEvents?: number; afterMs?: number; afterJournal?: number } = {}): Promise<Run & { startMs: number }> {
-  const t0 = performance.now();
-  let started = 0;
+/** When to SIGKILL a run (if it is still running then); without one it runs to its end. */
+interface KillAt {
+  /** On its Nth progress event. */
+  afterEvents?: number;
+  /** On its first start or progress event that reports this many chunks or more on the target (0: on "start"). */
+  atChunk?: number;
+  /** When its journal, renamed into place, says this many chunks or more. */
+  afterJournal?: number;
+  /** Right after it was spawned, long before it can write anything. */
+  atOnce?: boolean;
+}
+
+/** Run one install, SIGKILLed as `o` says. */
+async function run(target: string, o: KillAt & { resume?: boolean } = {}): Promise<Run> {
   const args = [bin, "image", "install", image, "--payload", "rootfs", "--to", target, "--trust", trust, "--progress=json"];
   const p = Bun.spawn(o.resume ? [...args, "--resume"] : args, { stdout: "pipe", stderr: "pipe", env: { ...process.env, ZB_NO_REBOOT: "1" } });
   const kill = () => {
     if (p.exitCode === null && p.signalCode === null) p.kill("SIGKILL");
   };
-  if (o.afterMs !== undefined) {
-    if (o.afterMs === 0) kill();
-    else setTimeout(kill, o.afterMs);
-  }
-  // The journal can reach its last steps after the last progress event (the
-  // final syncs): watch the file itself.
-  const watch = o.afterJournal === undefined ? null : setInterval(() => {
+  if (o.atOnce) kill();
+  // The journal advances when a background sync ends, between progress
+  // events: watch its folder for the rename that puts a new journal in place.
+  const journalName = basename(`${target}.zb-journal`);
+  const watcher = o.afterJournal === undefined ? null : watch(dirname(target), (_, name) => {
+    if (name !== journalName) return;
     const j = journalOf(target);
     if (j && j.state === "writing" && j.chunksDone >= o.afterJournal!) kill();
-  }, 1);
+  });
   const events: Record<string, unknown>[] = [];
   let progress = 0;
   let buf = "";
@@ -91,14 +99,15 @@ async function run(target: string, o: { resume?: boolean; afterEvents?: number; 
       const e = JSON.parse(buf.slice(0, nl)) as Record<string, unknown>;
       buf = buf.slice(nl + 1);
       events.push(e);
-      if (e.type === "start") started = performance.now() - t0;
       if (e.type === "progress" && ++progress === o.afterEvents) kill();
+      const chunks = e.type === "start" ? e.resumeFrom : e.type === "progress" ? e.chunk : undefined;
+      if (o.atChunk !== undefined && typeof chunks === "number" && chunks >= o.atChunk) kill();
     }
   }
   const exit = await p.exited;
-  if (watch) clearInterval(watch);
+  watcher?.close();
   const stderr = await new Response(p.stderr).text();
-  return { exit, killed: p.signalCode === "SIGKILL", events, stderr, startMs: started };
+  return { exit, killed: p.signalCode === "SIGKILL", events, stderr };
 }
 
 const journalOf = (target: string): Journal | null => (existsSync(`${target}.zb-journal`) ? (JSON.parse(readFileSync(`${target}.zb-journal`, "utf8")) as Journal) : null);
@@ -119,17 +128,14 @@ function checkAfterKill(target: string): Journal | null {
 }
 
 /**
- * Kill the fresh install and each resume as `plan` says — after N progress events, or at a
- * fraction of the time this run should take (the clean install's time, scaled to the chunks
- * still to do) — then resume until done; the result must equal the clean install.
+ * Kill the fresh install and each resume as `plan` says, then resume until
+ * done; the result must equal the clean install.
  */
-async function chain(name: string, plan: { afterEvents?: number; atFraction?: number; afterJournal?: number }[]): Promise<void> {
+async function chain(name: string, plan: KillAt[]): Promise<void> {
   const target = join(root, `${name}.img`);
-  for (const { afterEvents, atFraction, afterJournal } of plan) {
+  for (const killAt of plan) {
     const before = journalOf(target);
-    const todo = (N - (before?.chunksDone ?? 0)) / N;
-    const afterMs = atFraction === undefined ? undefined : Math.round(atFraction * (startMs + (cleanMs - startMs) * todo));
-    const r = await run(target, { resume: before !== null, ...(afterEvents === undefined ? {} : { afterEvents }), ...(afterMs === undefined ? {} : { afterMs }), ...(afterJournal === undefined ? {} : { afterJournal }) });
+    const r = await run(target, { resume: before !== null, ...killAt });
     if (!r.killed) {
       expect(r.exit).toBe(0); // it finished before the kill landed
       continue;
@@ -167,10 +173,7 @@ function noteResume(r: Run, before: Journal | null): void {
 
 test("a clean install is the raw rootfs (the reference for every chain)", async () => {
   const target = join(root, "clean.img");
-  const t0 = performance.now();
   const r = await run(target);
-  cleanMs = performance.now() - t0;
-  startMs = r.startMs;
   expect(r.exit).toBe(0);
   expect(r.events.filter((e) => e.type === "progress").length).toBe(N);
   cleanSha = sha256(readFileSync(target));
@@ -203,21 +206,24 @@ test.each([1, 2, 3])("SIGKILL as soon as the journal says %i × 32 MiB, then --r
   await chain(`journal-${k}`, [{ afterJournal: k * PER_JOURNAL }]);
 }, 30_000);
 
-test("SIGKILL at seeded random times (fresh install and resumes), then --resume", async () => {
-  let x = 0x2545f491;
+/** The seed of the random kill points: change it to draw others, give a failing one to replay it. */
+const SEED = 0x2545f491;
+test(`SIGKILL at chunks drawn by xorshift32 from seed 0x${SEED.toString(16)} (fresh install and resumes), then --resume`, async () => {
+  let x = SEED;
   const rand = () => ((x ^= x << 13), (x ^= x >>> 17), (x ^= x << 5), (x >>> 0) / 2 ** 32);
-  expect(startMs).toBeGreaterThan(0);
-  expect(cleanMs).toBeGreaterThan(startMs);
-  const plans = Array.from({ length: 14 }, () => Array.from({ length: 1 + Math.floor(rand() * 3) }, () => Math.round((0.03 + rand() * 0.92) * 100) / 100));
-  console.log(`random kill times (fractions of the expected run time of ${Math.round(cleanMs)} ms, ${Math.round(startMs)} ms to the first write): ${JSON.stringify(plans)}`);
+  // 14 chains of 1 to 3 kills, each at a chunk count from 0 ("start": the journal exists, nothing
+  // written yet) to N - 1, rising along a chain; a resume that starts past a point is killed at its start.
+  const plans = Array.from({ length: 14 }, () => Array.from({ length: 1 + Math.floor(rand() * 3) }, () => Math.floor(rand() * N)).sort((a, b) => a - b));
+  console.log(`random kill points (chunks, per chain): ${JSON.stringify(plans)}`);
   const killsBefore = stats.kills;
-  for (const [i, plan] of plans.entries()) await chain(`random-${i}`, plan.map((atFraction) => ({ atFraction })));
+  for (const [i, plan] of plans.entries()) await chain(`random-${i}`, plan.map((atChunk) => ({ atChunk })));
+  // A kill near the end can come after the run finished; most land.
   expect(stats.kills - killsBefore).toBeGreaterThanOrEqual(Math.ceil(plans.flat().length * 0.6));
 }, 90_000);
 
 test("a kill before the journal exists: --resume starts from chunk 0 (a script may always pass it) and completes", async () => {
   const target = join(root, "early.img");
-  const r = await run(target, { afterMs: 0 });
+  const r = await run(target, { atOnce: true });
   expect(r.killed).toBe(true);
   stats.kills++;
   expect(journalOf(target)).toBeNull();
