@@ -68,7 +68,9 @@ export const CODES = {
   TARGET_MISMATCH: 26,
   /** A bug: an invariant of zb itself was broken. */
   INTERNAL: 70,
-  /** SIGINT (Ctrl-C) stopped a long command (image install, verify, create) cleanly: 128 + 2, as a shell reports it. */
+  /** SIGHUP (the terminal or ssh session closed) stopped a long command cleanly: 128 + 1. */
+  HANGUP: 129,
+  /** SIGINT (Ctrl-C) stopped a long command (image install, verify, create, sign) cleanly: 128 + 2, as a shell reports it. */
   INTERRUPTED: 130,
   /** SIGTERM (`kill`, systemd stopping a service) stopped a long command cleanly: 128 + 15. */
   TERMINATED: 143,

@@ -129,14 +129,31 @@ async function create(args: ParsedArgs): Promise<number> {
 async function sign(args: ParsedArgs): Promise<number> {
   const input = args.positional[0] ?? usage("sign", "no input image given");
   const output = args.values.get("output") ?? usage("sign", "-o OUT is required");
-  const sigs = await resignImage(sourceFor(input, source(args)), keys(args, "sign").map((k) => keySigner(readPrivateKey(k))), output);
+  const signers = keys(args, "sign").map((k) => keySigner(readPrivateKey(k)));
+  const src = sourceFor(input, source(args));
+  // A stopped source fails the copy like a broken one: the writer removes its .OUT.zb-new, an older OUT stays.
+  const stop = stopOnSignals(`sign ${output}`);
+  let sigs: Awaited<ReturnType<typeof resignImage>>;
+  try {
+    sigs = await resignImage(stoppable(src, stop.signal), signers, output);
+  } finally {
+    stop.done();
+  }
   out(args.flags.has("json") ? JSON.stringify({ output, signatures: sigs.map((s) => ({ alg: s.alg, keyId: s.keyId })) }) + "\n" : `zb image sign: ${output}: ${sigs.length} signature(s)\n`);
   return 0;
 }
 
 async function info(args: ParsedArgs): Promise<number> {
   const input = args.positional[0] ?? usage("info", "no image given");
-  const img = await openImage(await sourceFor(input, source(args)).open(0), { unverified: true });
+  const src = sourceFor(input, source(args));
+  // Only the header is read, but from a stdin or a server that may be slow to send it.
+  const stop = stopOnSignals(`read the image header from ${src.name}`);
+  let img: Awaited<ReturnType<typeof openImage>>;
+  try {
+    img = await openImage(await stoppable(src, stop.signal).open(0), { unverified: true });
+  } finally {
+    stop.done();
+  }
   img.close();
   const { manifest: m, signatures } = img.header;
   if (args.flags.has("json")) {

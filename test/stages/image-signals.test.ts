@@ -1,9 +1,10 @@
 /**
- * SIGINT and SIGTERM during `zb image install|verify|create`, through
- * dist/zb-x64: the command stops cleanly with a typed error (exit 130 or
- * 143), ends stdout with the JSON failure line (--progress=json), ends a
- * progress bar's line, leaves no temp files, and an install's journal lets
- * `--resume` finish byte-identical to a clean install.
+ * SIGINT, SIGTERM and SIGHUP during `zb image install|verify|create|sign`
+ * and `info`, through dist/zb-x64: the command stops cleanly with a typed
+ * error (exit 130, 143 or 129), ends stdout with the JSON failure line
+ * (--progress=json, --json), ends a progress bar's line, leaves no temp
+ * files, and an install's journal lets `--resume` finish byte-identical to a
+ * clean install.
  *
  * Synchronisation is by events: the signal goes out once the first progress
  * event (or bar) has been read. The command cannot have finished by then:
@@ -13,12 +14,21 @@
  * events), then reaches the point where it takes the signal within 32 MiB
  * (512 chunks); the image has 3072 chunks. Stdin and URL sources get only
  * the image's first 8 MiB and wait for more when the signal comes.
+ *
+ * `sign` has no progress events, and copies the 192 MiB image in about a
+ * second: too fast to catch reliably while it reads a file. It reads a
+ * stdin or a URL that gives the first 8 MiB and then nothing, and the
+ * signal goes out once its temp file `.OUT.zb-new` exists (an fs.watch
+ * event): it is then mid-copy and cannot finish. `info` reads only the
+ * header and writes nothing until it is done: it gets the first 1 KiB (the
+ * marker entry) and the signal goes out once it is idle, waiting for more
+ * (fixture.ts untilIdle).
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, watch, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { requireBinary, variedBytes } from "../lib/image/fixture.ts";
+import { requireBinary, untilIdle, variedBytes } from "../lib/image/fixture.ts";
 
 let BIN = "";
 let dir = "";
@@ -44,12 +54,15 @@ interface Stopped {
   stderr: string;
 }
 
+type Signal = "SIGINT" | "SIGTERM" | "SIGHUP";
+
 /**
  * Run zb with `args`; once `ready` matches what it wrote to stdout (or, with
- * `watch: "stderr"`, to stderr), send `signal`; read everything to the end.
+ * `watch: "stderr"`, to stderr), or once `ready(pid)` resolves, send
+ * `signal`; read everything to the end.
  * @param stdin the first bytes of stdin, which then stays open and idle
  */
-async function stopWhen(args: string[], signal: "SIGINT" | "SIGTERM", ready: RegExp, opts: { stdin?: Uint8Array; watch?: "stdout" | "stderr" } = {}): Promise<Stopped> {
+async function stopWhen(args: string[], signal: Signal, ready: RegExp | ((pid: number) => Promise<unknown>), opts: { stdin?: Uint8Array; watch?: "stdout" | "stderr" } = {}): Promise<Stopped> {
   const p = Bun.spawn([BIN, ...args], { cwd: dir, stdin: opts.stdin ? "pipe" : "ignore", stdout: "pipe", stderr: "pipe" });
   // What zb has not read when it stops can no longer be written (EPIPE): that is expected.
   const quietly = (f: () => unknown) => {
@@ -72,31 +85,61 @@ async function stopWhen(args: string[], signal: "SIGINT" | "SIGTERM", ready: Reg
     if (!r.done) text[which] += decoder.decode(r.value);
     return !r.done;
   };
-  while (!ready.test(text[watched])) if (!(await readMore(watched))) break;
-  p.kill(signal);
-  await Promise.all((["stdout", "stderr"] as const).map(async (w) => {
+  const readAll = async (w: "stdout" | "stderr") => {
     while (await readMore(w));
-  }));
+  };
+  if (ready instanceof RegExp) {
+    while (!ready.test(text[watched])) if (!(await readMore(watched))) break;
+    p.kill(signal);
+    await Promise.all([readAll("stdout"), readAll("stderr")]);
+  } else {
+    // Nothing to wait for in the output: it is read on meanwhile, so zb never waits for the test to take it.
+    const reading = Promise.all([readAll("stdout"), readAll("stderr")]);
+    await Promise.race([ready(p.pid), p.exited]);
+    p.kill(signal);
+    await reading;
+  }
   await p.exited;
   if (opts.stdin) quietly(() => p.stdin!.end());
   return { exit: p.exitCode ?? p.signalCode ?? "?", stdout: text.stdout, stderr: text.stderr };
 }
 
 const temps = () => readdirSync(dir).filter((f) => f.endsWith(".zb-spool") || f.endsWith(".zb-new")).sort();
+/** Resolves once `name` exists in the test's folder (inotify through fs.watch, and a look after the watch is set). */
+const untilExists = (name: string) => new Promise<void>((resolve) => {
+  const w = watch(dir, () => {
+    if (existsSync(join(dir, name))) {
+      w.close();
+      resolve();
+    }
+  });
+  if (existsSync(join(dir, name))) {
+    w.close();
+    resolve();
+  }
+});
 const lastLine = (out: string) => JSON.parse(out.trim().split("\n").at(-1)!) as Record<string, unknown>;
 const PROGRESS = /"type":"progress"/;
 const firstMiB = (n: number) => readFileSync(join(dir, "big.zbi")).subarray(0, n << 20);
+/** A server on 127.0.0.1 that sends big.zbi's `start`, then nothing: the connection stays open until the test stops it. */
+const stalledServer = (start: Uint8Array) => Bun.serve({
+  hostname: "127.0.0.1", port: 0, idleTimeout: 0,
+  fetch: () => new Response(new ReadableStream({ start: (c) => c.enqueue(start) }), { headers: { "content-length": String(readFileSync(join(dir, "big.zbi")).length) } }),
+});
 
-describe("--progress=json: exit 130 (SIGINT) or 143 (SIGTERM), and the failure as the last JSON line", () => {
-  const outcome = (signal: "SIGINT" | "SIGTERM", action: string) => ({
-    code: signal === "SIGINT" ? "INTERRUPTED" : "TERMINATED", exit: signal === "SIGINT" ? 130 : 143,
-    message: `cannot ${action}: ${signal === "SIGINT" ? "interrupted" : "terminated"} (${signal})`,
-  });
+const SIGNALS = { SIGINT: ["INTERRUPTED", 130, "interrupted"], SIGTERM: ["TERMINATED", 143, "terminated"], SIGHUP: ["HANGUP", 129, "hung up"] } as const;
+/** The failure a signal makes of `action`: code, exit status and message. */
+const outcome = (signal: Signal, action: string) => {
+  const [code, exit, word] = SIGNALS[signal];
+  return { code, exit, message: `cannot ${action}: ${word} (${signal})` };
+};
 
+describe("--progress=json: exit 130 (SIGINT), 143 (SIGTERM) or 129 (SIGHUP), and the failure as the last JSON line", () => {
   // Before: the process died of the signal (no exit status, no result line), its journal "writing".
   test.each([
     { signal: "SIGINT", from: "big.zbi" },
     { signal: "SIGTERM", from: "big.zbi" },
+    { signal: "SIGHUP", from: "big.zbi" },
     { signal: "SIGINT", from: "stdin, idle after 8 MiB" },
   ] as const)("install from $from, $signal: journal failed, nothing installed; --resume then ends byte-identical", async ({ signal, from }) => {
     const target = `slot-${signal}-${from === "big.zbi" ? "file" : "stdin"}.img`;
@@ -140,12 +183,61 @@ describe("--progress=json: exit 130 (SIGINT) or 143 (SIGTERM), and the failure a
   });
 
   // Before: the spool file .new.zbi.rootfs.zb-spool stayed beside the output.
-  test.each(["SIGINT", "SIGTERM"] as const)("create, %s: no spool file, no output, an older image there stays", async (signal) => {
+  test.each(["SIGINT", "SIGTERM", "SIGHUP"] as const)("create, %s: no spool file, no output, an older image there stays", async (signal) => {
     writeFileSync(join(dir, "new.zbi"), readFileSync(join(dir, "big.zbi")).subarray(0, 1 << 20)); // starts like an image: create may replace it
     const before = sha256(join(dir, "new.zbi"));
     const r = await stopWhen(["image", "create", "--compatible", "c", "--version", "2", "--serial", "2", "--rootfs", "rootfs.img", "--key", "ed", "--chunk-size", "65536", "-o", "new.zbi", "--progress=json"], signal, PROGRESS);
     const want = outcome(signal, "create new.zbi");
     expect({ exit: r.exit, last: lastLine(r.stdout), temps: temps(), older: sha256(join(dir, "new.zbi")) === before }).toEqual({ exit: want.exit, last: { type: "result", ok: false, ...want }, temps: [], older: true });
+  });
+});
+
+describe("sign --json, its input idle after 8 MiB: the temp file is removed, an older OUT stays, the failure is the last JSON line", () => {
+  // Before: the process died of the signal (no status of its own, no JSON line) and .old.zbi.zb-new stayed beside OUT.
+  test.each([
+    { signal: "SIGINT", from: "stdin" },
+    { signal: "SIGTERM", from: "stdin" },
+    { signal: "SIGHUP", from: "stdin" },
+    { signal: "SIGINT", from: "a URL" },
+  ] as const)("$signal, from $from", async ({ signal, from }) => {
+    writeFileSync(join(dir, "old.zbi"), firstMiB(1)); // starts like an image: sign may replace it
+    const before = sha256(join(dir, "old.zbi"));
+    let tempMidRun: string[] = [];
+    const midCopy = async () => {
+      await untilExists(".old.zbi.zb-new");
+      tempMidRun = temps();
+    };
+    const server = from === "a URL" ? stalledServer(firstMiB(8)) : null;
+    let r: Stopped;
+    try {
+      const input = server ? `http://127.0.0.1:${server.port}/big.zbi` : "-";
+      r = await stopWhen(["image", "sign", input, "--key", "ed", "-o", "old.zbi", "--json"], signal, midCopy, server ? {} : { stdin: firstMiB(8) });
+    } finally {
+      void server?.stop(true);
+    }
+    const want = outcome(signal, "sign old.zbi");
+    expect({ exit: r.exit, last: lastLine(r.stdout), stderr: r.stderr, tempMidRun, temps: temps(), older: sha256(join(dir, "old.zbi")) === before }).toEqual({
+      exit: want.exit, last: { type: "result", ok: false, ...want }, stderr: `zb: ${want.message}\n`, tempMidRun: [".old.zbi.zb-new"], temps: [], older: true,
+    });
+  });
+});
+
+describe("info waiting for the header (the first 1 KiB, then nothing): the documented exit status, and the failure line with --json", () => {
+  // Before: the process died of the signal: no exit status of its own, no JSON line.
+  test.each([
+    { signal: "SIGINT", from: "stdin" },
+    { signal: "SIGHUP", from: "stdin" },
+    { signal: "SIGTERM", from: "a URL" },
+  ] as const)("$signal, from $from", async ({ signal, from }) => {
+    const server = from === "a URL" ? stalledServer(firstMiB(1).subarray(0, 1024)) : null;
+    try {
+      const input = server ? `http://127.0.0.1:${server.port}/big.zbi` : "-";
+      const r = await stopWhen(["image", "info", input, "--json"], signal, untilIdle, server ? {} : { stdin: firstMiB(1).subarray(0, 1024) });
+      const want = outcome(signal, `read the image header from ${server ? input : "stdin"}`);
+      expect({ exit: r.exit, last: lastLine(r.stdout), stderr: r.stderr, temps: temps() }).toEqual({ exit: want.exit, last: { type: "result", ok: false, ...want }, stderr: `zb: ${want.message}\n`, temps: [] });
+    } finally {
+      void server?.stop(true);
+    }
   });
 });
 
