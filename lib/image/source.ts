@@ -105,17 +105,42 @@ export function untilAborted(data: AsyncIterable<Uint8Array>, signal: AbortSigna
       stop(); // never read: ended here, not left open behind the caller
       throw signal.reason;
     }
-    signal.addEventListener("abort", stop, { once: true });
+    // The wait is raced with the abort: destroying a file stream does not end a read(2) already
+    // pending in the thread pool (a FIFO whose writer sends nothing, or has not even opened it),
+    // and the stream only ends once that read returns. The read is left behind; the command ends.
+    let onAbort = () => undefined as void;
+    const aborted = new Promise<{ done: true; value: undefined }>((resolve) => (onAbort = () => resolve({ done: true, value: undefined })));
+    const abort = () => {
+      stop();
+      onAbort();
+    };
+    signal.addEventListener("abort", abort, { once: true });
+    const it = data[Symbol.asyncIterator]();
+    let ended = false;
     try {
-      for await (const part of data) {
-        if (signal.aborted) break;
-        yield part;
+      for (;;) {
+        const next = it.next();
+        next.catch(() => undefined); // left pending by an abort, it may still fail: not unhandled
+        const r = await Promise.race([next, aborted]);
+        if (r.done || signal.aborted) {
+          ended = r.done === true && !signal.aborted;
+          break;
+        }
+        yield r.value;
       }
     } catch (e) {
+      ended = true;
       // The stream's own error when it was destroyed under the wait: the abort is what happened.
       if (!signal.aborted) throw e;
     } finally {
-      signal.removeEventListener("abort", stop);
+      signal.removeEventListener("abort", abort);
+      // Left early (the caller stopped reading, or the abort): the stream is ended as for await would end it;
+      // after an abort without waiting, since a pending read may never return.
+      if (!ended) {
+        const closing = it.return?.();
+        if (signal.aborted) closing?.catch(() => undefined);
+        else await closing;
+      }
     }
     if (signal.aborted) throw signal.reason;
   }

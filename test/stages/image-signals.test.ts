@@ -241,6 +241,32 @@ describe("info waiting for the header (the first 1 KiB, then nothing): the docum
   });
 });
 
+describe("a FIFO given as the image path, its writer idle (or not there yet): the signal ends the pending read", () => {
+  // Before: the abort destroyed the file stream, but the stream ends only once the read(2) pending in the
+  // thread pool returns, which an idle writer never lets happen: zb hung until a second signal killed it.
+  test.each([
+    { command: "verify", bytes: 8 << 20, what: "8 MiB written, then nothing" },
+    { command: "info", bytes: 1024, what: "1 KiB written, then nothing" },
+    { command: "info", bytes: null, what: "no writer has opened it" },
+  ] as const)("$command, $what", async ({ command, bytes }) => {
+    const fifo = join(dir, `image-${command}-${bytes ?? "none"}.fifo`);
+    expect(Bun.spawnSync(["mkfifo", fifo]).exitCode).toBe(0);
+    // The writer holds the FIFO open after its bytes and sends nothing more until the test kills it.
+    // The shell opens the FIFO itself: an open for writing blocks until zb opens it for reading.
+    const writer = bytes === null ? null : Bun.spawn(["sh", "-c", `exec >"$1"; head -c ${bytes} big.zbi; exec sleep 600`, "sh", fifo], { cwd: dir, stderr: "ignore" });
+    try {
+      const args = command === "verify" ? ["image", "verify", fifo, "--trust", "trust", "--progress=json"] : ["image", "info", fifo, "--json"];
+      // Idle: zb has read all there is and waits in read(2) on the FIFO.
+      const r = await stopWhen(args, "SIGINT", untilIdle);
+      const want = outcome("SIGINT", command === "verify" ? `verify ${fifo}` : `read the image header from ${fifo}`);
+      expect({ exit: r.exit, last: lastLine(r.stdout) }).toEqual({ exit: want.exit, last: { type: "result", ok: false, ...want } });
+    } finally {
+      writer?.kill();
+      rmSync(fifo, { force: true });
+    }
+  });
+});
+
 test("--progress=bar, SIGINT: the bar's line is ended before the message; exit 130", async () => {
   // Before: the bar was left mid-line and the process died of the signal with no message.
   const r = await stopWhen(["image", "install", "-", "--trust", "trust", "--payload", "rootfs", "--to", "slot-bar.img", "--progress=bar"], "SIGINT", /\] +\d+%/, { stdin: firstMiB(8), watch: "stderr" });
