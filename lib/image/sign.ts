@@ -46,6 +46,8 @@ export interface Signature {
 export interface Signer {
   readonly publicKey: PublicKey;
   sign(message: Uint8Array): Promise<Signature>;
+  /** Done signing: wipe what the signer holds of its private key (an HSM signer holds nothing). */
+  close?(): void;
 }
 
 /** A P-256 DER signature is at most 2 + 2 × (2 + 33) = 72 bytes; the smallest sane one is 8. */
@@ -60,7 +62,7 @@ function sha256(message: Uint8Array): Uint8Array {
 
 /**
  * A {@link Signer} holding the private key in memory. The key is referenced,
- * not copied: wiping `key.secret` disables the signer.
+ * not copied: wiping `key.secret` disables the signer, and close() does so.
  * @example const s = await keySigner(key).sign(manifestBytes)
  */
 export function keySigner(key: PrivateKey): Signer {
@@ -73,6 +75,9 @@ export function keySigner(key: PrivateKey): Signer {
           ? ed25519.sign(message, key.secret)
           : p256.sign(sha256(message), key.secret, { prehash: false, lowS: true, format: "der" });
       return { alg: key.alg, keyId: publicKey.id, sig };
+    },
+    close(): void {
+      key.secret.fill(0);
     },
   };
 }

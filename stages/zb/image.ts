@@ -7,7 +7,7 @@ import { createImage, DEFAULT_CHUNK, DEFAULT_LEVEL, resignImage, type PayloadInp
 import { install, type ProgressEvent } from "../../lib/image/install.ts";
 import type { Encoding } from "../../lib/image/manifest.ts";
 import { openImage, type Policy } from "../../lib/image/reader.ts";
-import { keySigner, loadTrustDir } from "../../lib/image/sign.ts";
+import { keySigner, loadTrustDir, type Signer } from "../../lib/image/sign.ts";
 import { DEFAULT_RETRIES, sourceFor, stoppable, type HttpOptions, type RetryEvent } from "../../lib/image/source.ts";
 import { verifyImage } from "../../lib/image/verify.ts";
 import { HostSys } from "../../lib/sys/sys.ts";
@@ -95,14 +95,17 @@ export async function imageMain(argv: string[]): Promise<number> {
 }
 
 async function create(args: ParsedArgs): Promise<number> {
-  const need = (k: string) => args.values.get(k) ?? usage("create", `--${k} is required`);
   const encoding = (args.values.get("encoding") ?? "zstd") as Encoding;
   if (encoding !== "zstd" && encoding !== "none") usage("create", "--encoding must be zstd or none");
   const payloads: PayloadInput[] = [];
   if (args.values.has("boot")) payloads.push({ name: "boot", kind: "boot", encoding, from: { dir: args.values.get("boot")! } });
   if (args.values.has("rootfs")) payloads.push({ name: "rootfs", kind: "rootfs", encoding, from: { file: args.values.get("rootfs")! } });
   if (payloads.length === 0) usage("create", "give --rootfs IMG and/or --boot DIR");
-  const signers = keys(args, "create").map((k) => keySigner(readPrivateKey(k)));
+  return await withSigners(args, "create", (signers) => createWith(args, payloads, signers));
+}
+
+async function createWith(args: ParsedArgs, payloads: PayloadInput[], signers: Signer[]): Promise<number> {
+  const need = (k: string) => args.values.get(k) ?? usage("create", `--${k} is required`);
   const mode = progressMode(args.values.get("progress"));
   const fields = { compatible: need("compatible"), version: need("version"), serial: number(need("serial"), "--serial") };
   const output = need("output");
@@ -129,7 +132,10 @@ async function create(args: ParsedArgs): Promise<number> {
 async function sign(args: ParsedArgs): Promise<number> {
   const input = args.positional[0] ?? usage("sign", "no input image given");
   const output = args.values.get("output") ?? usage("sign", "-o OUT is required");
-  const signers = keys(args, "sign").map((k) => keySigner(readPrivateKey(k)));
+  return await withSigners(args, "sign", (signers) => signWith(args, input, output, signers));
+}
+
+async function signWith(args: ParsedArgs, input: string, output: string, signers: Signer[]): Promise<number> {
   const src = sourceFor(input, source(args));
   // A stopped source fails the copy like a broken one: the writer removes its .OUT.zb-new, an older OUT stays.
   const stop = stopOnSignals(`sign ${output}`);
@@ -262,6 +268,21 @@ function source(args: ParsedArgs, mode: ProgressMode = "none"): HttpOptions {
     else err(`${mode === "bar" ? "\n" : ""}zb: warning: the download of ${e.url} broke off at byte ${e.at} (${e.why}); asking again in ${e.waitS} s (retry ${e.attempt} of ${e.of})\n`);
   };
   return o;
+}
+
+/**
+ * Run `fn` with a signer per --key; every private key read is wiped when it
+ * ends, also when a later key file fails to read.
+ * @throws {ZbError} USAGE without --key; IO, KEY_INVALID for a key file; whatever `fn` throws
+ */
+async function withSigners(args: ParsedArgs, sub: "create" | "sign", fn: (signers: Signer[]) => Promise<number>): Promise<number> {
+  const signers: Signer[] = [];
+  try {
+    for (const k of keys(args, sub)) signers.push(keySigner(readPrivateKey(k)));
+    return await fn(signers);
+  } finally {
+    for (const s of signers) s.close?.();
+  }
 }
 
 function keys(args: ParsedArgs, sub: "create" | "sign"): string[] {

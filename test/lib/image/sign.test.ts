@@ -101,6 +101,19 @@ describe("known-answer vectors", () => {
   });
 });
 
+describe("keySigner.close(): the private key is wiped once signing is done", () => {
+  test.each(["ed25519", "p256"] as Alg[])("%s: signs before close, the secret is all zeros after", async (alg) => {
+    const key = generateKey(alg);
+    const signer = keySigner(key);
+    const sig = await signer.sign(utf8("manifest"));
+    expect(verifySignature(key.publicKey, utf8("manifest"), sig)).toBe(true);
+    expect(key.secret.some((b) => b !== 0)).toBe(true);
+    signer.close?.();
+    expect(key.secret.length).toBe(32);
+    expect(key.secret.every((b) => b === 0)).toBe(true);
+  });
+});
+
 describe("golden vectors from openssl (no openssl at test time)", () => {
   const msg = vecBytes("msg.bin");
   const ed = decodePrivatePem(vecText("ed25519.key"), "ed25519.key");
