@@ -17,9 +17,18 @@
  * zbunlock as a whole when the slot's keys are sealed by a backend that is a
  * C library (pkcs11, zymkey).
  *
- * Host access: spawns the running executable (process.execPath).
+ * Such a child must not outlive its parent (tieToParent below): the
+ * initramfs script watches only the process it started, and once that one
+ * is gone (killed by a person, a signal, the OOM killer) it locks the keys
+ * and drops to a shell, or runs zbunlock again. A child left running could
+ * still take the go, write the env or open /dev/mapper/zb-root meanwhile.
+ *
+ * Host access: spawns the running executable (process.execPath); in a tied
+ * child, prctl(2) and getppid(2) through libc.
  */
 import { constants } from "node:os";
+import { ZbError } from "../errors.ts";
+import { systemLibrary } from "./dlopen.ts";
 
 /** The JavaScriptCore option, as Bun reads it from the environment. */
 export const JIT_VAR = "BUN_JSC_useJIT";
@@ -34,10 +43,17 @@ export function jitOff(env: Record<string, string | undefined> = process.env): b
   return v !== undefined && /^(0|false|no)$/i.test(v);
 }
 
-/** The environment for a child that needs the JIT: this one without BUN_JSC_useJIT. */
+/** In a child that must not outlive its parent: the parent's PID, as the parent gave it (runWithJit with `tied`). */
+export const PARENT_VAR = "ZB_JIT_PARENT";
+
+/**
+ * The environment for a child that needs the JIT: this one without
+ * BUN_JSC_useJIT, and without a ZB_JIT_PARENT that named this process's own
+ * parent (only runWithJit sets one, for its direct child).
+ */
 export function envWithJit(env: Record<string, string | undefined> = process.env): Record<string, string> {
   const out: Record<string, string> = {};
-  for (const [k, v] of Object.entries(env)) if (v !== undefined && k !== JIT_VAR) out[k] = v;
+  for (const [k, v] of Object.entries(env)) if (v !== undefined && k !== JIT_VAR && k !== PARENT_VAR) out[k] = v;
   return out;
 }
 
@@ -46,6 +62,12 @@ export interface WithJitCommand {
   /** Role name for argv[0]: "zb" or "zbunlock". */
   argv0: string;
   args: string[];
+  /**
+   * The child gets ZB_JIT_PARENT=<this PID> and must call tieToParent()
+   * before it acts (zbunlock does). Not for `zb reboot --raw`: a reboot the
+   * parent asked for may as well happen when the parent is gone.
+   */
+  tied?: boolean;
 }
 
 /** Spawner seam for tests; the default runs the executable with stdio inherited and waits. */
@@ -62,10 +84,92 @@ const spawnInherit: JitSpawner = (cmd, argv0, env) => {
  * stdout and stderr, and wait for it. Meant for the compiled binary: under
  * `bun run` process.execPath is bun itself, which would not understand the
  * arguments. Synchronous: the callers have nothing else to do meanwhile,
- * and reboot hooks are synchronous.
+ * and reboot hooks are synchronous. With `tied`, the child dies with this
+ * process (see tieToParent), so this one's signals and death reach it.
  * @returns its exit status (128 + N when killed by signal N, as a shell reports it)
  * @throws {Error} when the executable cannot be started (the caller maps it)
  */
 export function runWithJit(c: WithJitCommand, spawn: JitSpawner = spawnInherit): number {
-  return spawn([process.execPath, ...c.args], c.argv0, envWithJit());
+  const env = envWithJit();
+  if (c.tied) env[PARENT_VAR] = String(process.pid);
+  return spawn([process.execPath, ...c.args], c.argv0, env);
+}
+
+// include/uapi/linux/prctl.h, and the signal the kernel sends.
+const PR_SET_PDEATHSIG = 1;
+const SIGKILL = 9;
+
+/** The two calls tieToParent makes; tests replace them (the real prctl would tie the test runner to its own parent). */
+export interface TieSeams {
+  /** prctl(PR_SET_PDEATHSIG, signal): 0, or -1 on failure. */
+  setDeathSignal(signal: number): number;
+  /** getppid(2): the parent now, after a reparenting if it died. */
+  parentPid(): number;
+}
+
+/**
+ * libc through bun:ffi, by absolute path (lib/sys/dlopen.ts: never a bare
+ * name). Its own small binding rather than lib/sys/libc.ts's, so the one
+ * path that runs in every tied child opens exactly the two symbols it needs.
+ * @throws {ZbError} INTERNAL when libc cannot be found or bound (bun:ffi needs the JIT)
+ */
+function libcSeams(): TieSeams {
+  const path = systemLibrary("libc.so.6");
+  try {
+    if (path === null) throw new Error("libc.so.6 is in none of the system's library folders");
+    const { dlopen } = require("bun:ffi") as typeof import("bun:ffi");
+    const c = dlopen(path, {
+      // prctl is variadic in C; glibc reads four further arguments whatever the option, so four are passed.
+      prctl: { args: ["i32", "u64", "u64", "u64", "u64"], returns: "i32" },
+      getppid: { args: [], returns: "i32" },
+    }).symbols;
+    return { setDeathSignal: (sig) => c.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0), parentPid: () => c.getppid() };
+  } catch (e) {
+    throw new ZbError("INTERNAL", `internal error: cannot tie this process to its parent: cannot load ${path ?? "libc.so.6"}: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+/**
+ * In a child started by runWithJit with `tied` (ZB_JIT_PARENT set): from
+ * here on the kernel kills this process with SIGKILL the moment its parent
+ * exits, whatever it is doing; call it before the first step that acts.
+ *
+ * Why a death signal rather than the parent forwarding its signals: the
+ * parent waits in Bun.spawnSync, which runs no JavaScript signal handler
+ * until the child has exited, and nothing at all runs in a parent killed
+ * with SIGKILL or by the OOM killer. The kernel acts in every case. A
+ * SIGTERM, SIGHUP or SIGINT ends the parent (zbunlock handles none of them;
+ * a shell's background job ignores SIGINT), and the child goes with it.
+ * SIGKILL, not a signal the child could
+ * handle: once the parent is gone, the boot script acts on its status, and
+ * the child must not take another step.
+ *
+ * The death signal comes when the *thread* that started the child exits.
+ * runWithJit is called from the main JavaScript thread and Bun.spawnSync
+ * forks from the calling thread (test/stages/jit-child.test.ts checks that
+ * the child is listed under the main thread), which lives as long as the
+ * process.
+ *
+ * A parent that died before the prctl (between the spawn and this call)
+ * sends nothing: the child was reparented already, so getppid() no longer
+ * names it. Checked after the prctl, the two leave no gap.
+ *
+ * The variable is removed from this process's environment: its own children
+ * (cryptsetup, mount) must not read it as theirs.
+ * @returns false when ZB_JIT_PARENT is not set (not a tied child: nothing done, nothing loaded); true once tied
+ * @throws {ZbError} NOT_STARTED when the parent is gone already (exit at once: nothing was done);
+ *   USAGE when ZB_JIT_PARENT is not a PID; INTERNAL when the death signal cannot be set
+ */
+export function tieToParent(env: Record<string, string | undefined> = process.env, seams?: TieSeams): boolean {
+  const given = env[PARENT_VAR];
+  if (given === undefined) return false;
+  delete env[PARENT_VAR];
+  if (!/^[1-9]\d{0,9}$/.test(given)) throw new ZbError("USAGE", `cannot tie this process to its parent: ${PARENT_VAR}=${JSON.stringify(given)} is not a process ID`);
+  const s = seams ?? libcSeams();
+  if (s.setDeathSignal(SIGKILL) !== 0) throw new ZbError("INTERNAL", "internal error: cannot tie this process to its parent: prctl(PR_SET_PDEATHSIG) failed");
+  const now = s.parentPid();
+  if (now !== Number(given)) {
+    throw new ZbError("NOT_STARTED", `cannot go on: the process that started this one (PID ${given}) is gone (the parent is now PID ${now}); did nothing`);
+  }
+  return true;
 }

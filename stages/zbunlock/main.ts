@@ -21,7 +21,7 @@ import { bootedFrom, readPlatform, type Platform } from "../../lib/bootloader/pl
 import type { LoadedCredentials } from "../../lib/luks/credentials.ts";
 import { CODES, ZbError } from "../../lib/errors.ts";
 import { HostSys } from "../../lib/sys/sys.ts";
-import { jitOff, runWithJit } from "../../lib/sys/jit.ts";
+import { jitOff, runWithJit, tieToParent } from "../../lib/sys/jit.ts";
 import { FFI_BACKENDS } from "../../lib/hsm/types.ts";
 import { loadBackend } from "../../lib/hsm/open.ts";
 import { BOOT_OPTIONS, BOOT_OPTIONS_HELP, host, rebooter } from "../common.ts";
@@ -71,6 +71,10 @@ const MOUNT_POINT = "/run/zb/boot";
 const DEFAULT_BOOT_WAIT_S = 10;
 
 export async function zbunlockMain(argv: string[]): Promise<number> {
+  // The child of rerunWithJit, first of all: it dies with the zbunlock that
+  // started it, and stops here if that one is gone already (lib/sys/jit.ts).
+  // Any other zbunlock (tpm2, soft: no child) only looks up the variable.
+  tieToParent();
   const args = parseArgs(argv, { ...BOOT_OPTIONS, ...HSM_OPTIONS, "dry-run": {}, "no-unlock": {}, "lock-only": {}, credentials: { value: true }, "go-file": { value: true }, "status-fd": { value: true } }, "zbunlock");
   if (args.flags.has("help")) {
     out(USAGE + "\n");
@@ -250,10 +254,14 @@ function tell(e: ZbError, prefix = ""): void {
   if (e.hint) err(`zbunlock: hint: ${e.hint}\n`);
 }
 
-/** zbunlock again, with the JIT on; its exit status is ours. */
+/**
+ * zbunlock again, with the JIT on; its exit status is ours. Tied: the
+ * initramfs script knows only this process, so the child must not go on
+ * once this one is gone (killed, or ended by a signal it does not handle).
+ */
 function rerunWithJit(argv: string[], backend: string): number {
   try {
-    return runWithJit({ argv0: "zbunlock", args: argv });
+    return runWithJit({ argv0: "zbunlock", args: argv, tied: true });
   } catch (e) {
     throw new ZbError("IO", `cannot run zbunlock with the JIT on for the ${backend} backend: ${(e as Error).message}`, { cause: e });
   }

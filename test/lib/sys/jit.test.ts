@@ -3,12 +3,15 @@
  * (lib/sys/reboot.ts). Spawner and syscall are replaced: nothing here can
  * restart the host. The real hand-over runs under QEMU (qemu/bootflow.sh:
  * zbunlock re-arms a try with "0 tryboot" through `zb reboot --raw`).
+ * tieToParent runs with recorded prctl/getppid stand-ins (the real prctl
+ * would tie the test runner to its own parent); the real one, in the
+ * binary, is tested in test/stages/jit-child.test.ts.
  */
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { envWithJit, JIT_VAR, jitOff, runWithJit } from "../../../lib/sys/jit.ts";
+import { envWithJit, JIT_VAR, jitOff, PARENT_VAR, runWithJit, tieToParent, type TieSeams } from "../../../lib/sys/jit.ts";
 import { rebootNow } from "../../../lib/sys/reboot.ts";
 import { ZbError } from "../../../lib/errors.ts";
 
@@ -29,26 +32,81 @@ describe("jitOff: JavaScriptCore's boolean spellings", () => {
   });
 });
 
-test("envWithJit drops only BUN_JSC_useJIT", () => {
-  expect(envWithJit({ PATH: "/bin", BUN_JSC_useJIT: "0", BUN_JSC_other: "1", EMPTY: undefined })).toEqual({ PATH: "/bin", BUN_JSC_other: "1" });
+test("envWithJit drops BUN_JSC_useJIT and a ZB_JIT_PARENT meant for this process, nothing else", () => {
+  expect(envWithJit({ PATH: "/bin", BUN_JSC_useJIT: "0", BUN_JSC_other: "1", ZB_JIT_PARENT: "17", EMPTY: undefined })).toEqual({ PATH: "/bin", BUN_JSC_other: "1" });
 });
 
-test("runWithJit starts this executable with the role as argv[0] and without the variable", () => {
-  const saved = process.env[JIT_VAR];
-  process.env[JIT_VAR] = "0";
-  try {
-    const seen: { cmd: string[]; argv0: string; env: Record<string, string> }[] = [];
-    const code = runWithJit({ argv0: "zbunlock", args: ["--no-reboot"] }, (cmd, argv0, env) => (seen.push({ cmd, argv0, env }), 7));
-    expect(code).toBe(7);
-    expect(seen).toHaveLength(1);
-    expect(seen[0]!.cmd).toEqual([process.execPath, "--no-reboot"]);
-    expect(seen[0]!.argv0).toBe("zbunlock");
-    expect(seen[0]!.env[JIT_VAR]).toBeUndefined();
-    expect(seen[0]!.env.PATH).toBe(process.env.PATH!);
-  } finally {
-    if (saved === undefined) delete process.env[JIT_VAR];
-    else process.env[JIT_VAR] = saved;
+describe("runWithJit starts this executable with the role as argv[0], without BUN_JSC_useJIT; tied, with this PID as ZB_JIT_PARENT", () => {
+  const rows: { name: string; tied: boolean | undefined; parent: string | undefined }[] = [
+    { name: "untied (zb reboot --raw): no ZB_JIT_PARENT", tied: undefined, parent: undefined },
+    { name: "tied (zbunlock's child): ZB_JIT_PARENT is this process", tied: true, parent: String(process.pid) },
+  ];
+  test.each(rows)("$name", ({ tied, parent }) => {
+    const saved = { jit: process.env[JIT_VAR], parent: process.env[PARENT_VAR] };
+    process.env[JIT_VAR] = "0";
+    process.env[PARENT_VAR] = "1"; // this process's own (stale) tie: never passed on
+    try {
+      const seen: { cmd: string[]; argv0: string; env: Record<string, string> }[] = [];
+      const code = runWithJit({ argv0: "zbunlock", args: ["--no-reboot"], ...(tied === undefined ? {} : { tied }) }, (cmd, argv0, env) => (seen.push({ cmd, argv0, env }), 7));
+      expect(code).toBe(7);
+      expect(seen).toHaveLength(1);
+      expect(seen[0]!.cmd).toEqual([process.execPath, "--no-reboot"]);
+      expect(seen[0]!.argv0).toBe("zbunlock");
+      expect(seen[0]!.env[JIT_VAR]).toBeUndefined();
+      expect(seen[0]!.env[PARENT_VAR]).toBe(parent as never);
+      expect(seen[0]!.env.PATH).toBe(process.env.PATH!);
+    } finally {
+      for (const [k, v] of [[JIT_VAR, saved.jit], [PARENT_VAR, saved.parent]] as const) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
+    }
+  });
+});
+
+describe("tieToParent: the death signal first, then the parent checked", () => {
+  function recorder(o: { prctl?: number; ppid: number }): TieSeams & { calls: string[] } {
+    const calls: string[] = [];
+    return {
+      calls,
+      setDeathSignal: (sig) => (calls.push(`prctl(PR_SET_PDEATHSIG, ${sig})`), o.prctl ?? 0),
+      parentPid: () => (calls.push("getppid()"), o.ppid),
+    };
   }
+  const rows: { name: string; before: { var: string | undefined; prctl?: number; ppid: number }; after: { tied: boolean | null; error: RegExp | null; calls: string[] } }[] = [
+    { name: "no ZB_JIT_PARENT (tpm2: no child): nothing called", before: { var: undefined, ppid: 500 }, after: { tied: false, error: null, calls: [] } },
+    { name: "the parent that started it: tied", before: { var: "500", ppid: 500 }, after: { tied: true, error: null, calls: ["prctl(PR_SET_PDEATHSIG, 9)", "getppid()"] } },
+    {
+      name: "the parent died before the prctl (reparented to 1): NOT_STARTED",
+      before: { var: "500", ppid: 1 },
+      after: { tied: null, error: /^cannot go on: the process that started this one \(PID 500\) is gone \(the parent is now PID 1\); did nothing$/, calls: ["prctl(PR_SET_PDEATHSIG, 9)", "getppid()"] },
+    },
+    { name: "prctl fails: INTERNAL, the parent not even checked", before: { var: "500", prctl: -1, ppid: 500 }, after: { tied: null, error: /^internal error: cannot tie this process to its parent: prctl\(PR_SET_PDEATHSIG\) failed$/, calls: ["prctl(PR_SET_PDEATHSIG, 9)"] } },
+    ...["", "0", "-5", "12x", "0x1f", " 500"].map((v) => ({
+      name: `ZB_JIT_PARENT=${JSON.stringify(v)}: USAGE, nothing called`,
+      before: { var: v, ppid: 500 },
+      after: { tied: null, error: /^cannot tie this process to its parent: ZB_JIT_PARENT=.* is not a process ID$/, calls: [] },
+    })),
+  ];
+  test.each(rows)("$name", ({ before, after }) => {
+    const env: Record<string, string | undefined> = { PATH: "/bin", ...(before.var === undefined ? {} : { [PARENT_VAR]: before.var }) };
+    const s = recorder(before);
+    let tied: boolean | null = null;
+    let thrown: unknown = null;
+    try {
+      tied = tieToParent(env, s);
+    } catch (e) {
+      thrown = e;
+    }
+    expect(tied).toBe(after.tied);
+    if (after.error) {
+      expect(thrown).toBeInstanceOf(ZbError);
+      expect((thrown as Error).message).toMatch(after.error);
+    } else expect(thrown).toBeNull();
+    expect(s.calls).toEqual(after.calls);
+    // Read once and removed: the process's own children (cryptsetup, mount) never see it.
+    expect(env).toEqual({ PATH: "/bin" });
+  });
 });
 
 describe("rebootNow without the JIT hands over to `zb reboot --raw`", () => {
