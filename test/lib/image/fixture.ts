@@ -7,7 +7,7 @@
  * connection after exactly N bytes.
  */
 import { afterAll } from "bun:test";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
 import * as net from "node:net";
 import { tmpdir } from "node:os";
 import { basename, join, resolve } from "node:path";
@@ -454,4 +454,32 @@ export async function untilIdle(pid: number): Promise<void> {
     if (now !== null && now === before && now.split("\n").every((l) => l.split(" ")[1] === "S")) return;
     before = now;
   }
+}
+
+/**
+ * How many TCP connections to 127.0.0.1:`port` process `pid` holds open: its
+ * socket descriptors (/proc/PID/fd) matched by inode against the IPv4 table
+ * of its network namespace (/proc/PID/net/tcp), in any state (a connection
+ * the server closed but zb did not is still held). 0 once the process is gone.
+ */
+export function connectionsTo(pid: number, port: number): number {
+  let table: string;
+  let fds: string[];
+  try {
+    table = readFileSync(`/proc/${pid}/net/tcp`, "utf8");
+    fds = readdirSync(`/proc/${pid}/fd`);
+  } catch {
+    return 0;
+  }
+  const remote = `0100007F:${port.toString(16).toUpperCase().padStart(4, "0")}`;
+  // Columns: sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode …
+  const toPort = new Set(table.split("\n").slice(1).map((l) => l.trim().split(/\s+/)).filter((c) => c[2] === remote).map((c) => c[9]));
+  const sockets = fds.map((fd) => {
+    try {
+      return /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`))?.[1];
+    } catch {
+      return undefined; // closed meanwhile
+    }
+  });
+  return sockets.filter((inode) => inode !== undefined && toPort.has(inode)).length;
 }
