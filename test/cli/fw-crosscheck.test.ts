@@ -12,6 +12,10 @@
  *    stdout and exit status as the real tools, same resulting env and flags.
  * 3. `zb env set --script`: one write for a whole script.
  *
+ * Every tool that takes the env lock (the real fw_printenv and fw_setenv,
+ * zb's writers) runs with a temp folder on /var/lock (fakes/envlock.ts): the
+ * fw_printenv.lock it takes is not the host's.
+ *
  * Nothing is skipped: a missing tool or binary fails every test with a
  * message saying how to get it. Rebuild the binary with
  * `node_modules/.bin/bun build.ts --target x64`.
@@ -20,6 +24,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { withTempVarLock } from "../fakes/envlock.ts";
 
 const ROOT = join(import.meta.dir, "../..");
 const ZB = join(ROOT, "dist/zb-x64");
@@ -40,9 +45,12 @@ function need(): { fwPrintenv: string; fwSetenv: string; mkenvimage: string } {
   return { fwPrintenv, fwSetenv, mkenvimage };
 }
 
+/** `zb env print` and mkenvimage take no env lock: they run as they are, the other tools (and zb's writers) with a temp /var/lock. */
+const lockless = (cmd: string[]) => (cmd[0] === ZB && cmd[1] === "env" && cmd[2] === "print") || cmd[0]?.endsWith("/mkenvimage");
+
 /** Output as latin1 so every byte maps to one char, like the codec's byte strings. */
 function run(cmd: string[], stdin?: string): Run {
-  const p = Bun.spawnSync(cmd, { stdin: stdin === undefined ? "ignore" : Buffer.from(stdin, "latin1"), stdout: "pipe", stderr: "pipe" });
+  const p = Bun.spawnSync(lockless(cmd) ? cmd : withTempVarLock(cmd), { stdin: stdin === undefined ? "ignore" : Buffer.from(stdin, "latin1"), stdout: "pipe", stderr: "pipe" });
   return { status: p.exitCode ?? -1, stdout: p.stdout.toString("latin1"), stderr: p.stderr.toString("latin1") };
 }
 
@@ -314,12 +322,12 @@ describe("fw_printenv/fw_setenv personalities of dist/zb-x64", () => {
     const mine = makePair(newDir("personality/utf8"), initial, 0x1000, false);
     const before = copies(mine);
     // Bun.spawn passes strings as UTF-8: the invalid byte goes through a shell's printf.
-    const q = Bun.spawnSync(["sh", "-c", `"$0" -c "$1" bin "$(printf 'a\\377b')"`, zbSetenv, mine.cfg], { stdout: "pipe", stderr: "pipe" });
+    const q = Bun.spawnSync(withTempVarLock(["sh", "-c", `"$0" -c "$1" bin "$(printf 'a\\377b')"`, zbSetenv, mine.cfg]), { stdout: "pipe", stderr: "pipe" });
     expect(q.exitCode).toBe(2);
     expect(q.stderr.toString()).toContain("cannot run fw_setenv: argument 4 is not valid UTF-8");
     expect(copies(mine)).toEqual(before);
     // "a\u00ffb" from a JS string is valid UTF-8 (c3 bf): stored as those bytes.
-    const p = Bun.spawnSync([zbSetenv, "-c", mine.cfg, "bin", "a\u00ffb"], { stdout: "pipe", stderr: "pipe" });
+    const p = Bun.spawnSync(withTempVarLock([zbSetenv, "-c", mine.cfg, "bin", "a\u00ffb"]), { stdout: "pipe", stderr: "pipe" });
     expect(p.exitCode).toBe(0);
     const shown = run([fwPrintenv, "-c", mine.cfg, "bin"]);
     expect(shown.stdout).toBe("bin=a\xc3\xbfb\n");

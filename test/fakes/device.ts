@@ -2,7 +2,8 @@
  * A whole device in-process: a boot folder laid out by `zb init`, the
  * firmware simulator, and the two actors (zbunlock in the slot's initramfs,
  * zb in the running OS) calling the same library code as the stages.
- * Scenario knobs say which slots crash where.
+ * Scenario knobs say which slots crash where. The env lock is the test
+ * process's own (fakes/envlock.ts), not the host's /var/lock.
  */
 import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -13,7 +14,8 @@ import { readState, type BootState, type Slot } from "../../lib/bootstate/state.
 import { PiBoot } from "../../lib/bootloader/piboot.ts";
 import { initBoot } from "../../lib/bootstate/init.ts";
 import { parseCmdline } from "../../lib/bootloader/platform.ts";
-import { HostSys, type Sys } from "../../lib/sys/sys.ts";
+import type { Sys } from "../../lib/sys/sys.ts";
+import { TempLockSys } from "./envlock.ts";
 import { PiFirmware, type FirmwareBoot } from "./firmware.ts";
 
 /** How one power-on ended. */
@@ -35,7 +37,7 @@ export class Device {
   readonly history: BootRecord[] = [];
 
   constructor(
-    public sys: Sys = new HostSys(),
+    public sys: Sys = new TempLockSys(),
     opts: { committed?: Slot; valid?: Slot[]; enclave?: boolean } = {},
   ) {
     this.boot = mkdtempSync(join(tmpdir(), "zb-device-"));
@@ -51,7 +53,7 @@ export class Device {
       writeFileSync(join(this.boot, d, "bcm2711-rpi-4-b.dtb"), d);
     }
     writeFileSync(join(this.boot, "zboot/cmdline.txt"), "zboot\n");
-    initBoot(new HostSys(), join(this.boot), { slot: opts.committed ?? "a", valid: opts.valid ?? ["a", "b"] });
+    initBoot(new TempLockSys(), join(this.boot), { slot: opts.committed ?? "a", valid: opts.valid ?? ["a", "b"] });
     this.fw = new PiFirmware(this.boot);
   }
 
@@ -60,7 +62,7 @@ export class Device {
   }
 
   state(): BootState {
-    return readState(this.backend(new HostSys()).readVars());
+    return readState(this.backend(new TempLockSys()).readVars());
   }
 
   /** Power on (or reset): firmware, then zbunlock if the kernel gets that far. */

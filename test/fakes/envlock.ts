@@ -1,9 +1,11 @@
 /**
- * The env lock of a test process, away from the host's. zb takes
+ * The env lock of the tests, away from the host's. zb takes
  * /var/lock/fw_printenv.lock (lib/sys/flock.ts), the file a real fw_setenv on
  * this machine and every other test file running meanwhile take too: a test
- * holding it would make them wait, and they it. So each test process has its
- * own lock folder, made on first use and removed when the process exits:
+ * holding it would make them wait, and they it. So the tests have a lock
+ * folder of their own, made on first use and removed after the test (or the
+ * hook, or the file's top level) that made it — bun runs an afterAll
+ * registered there at that scope's end — and made anew by the next user:
  *
  * - in-process, {@link TempLockSys} is a HostSys whose env lock is the same
  *   flock(2) on `fw_printenv.lock` in that folder;
@@ -13,9 +15,10 @@
  *   needs none.
  *
  * Both see the same file, so a binary and an in-process store of one test
- * process still exclude each other, as on a device.
+ * still exclude each other, as on a device.
  */
-import { mkdtempSync, rmSync } from "node:fs";
+import { afterAll } from "bun:test";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { lockFile } from "../../lib/sys/flock.ts";
@@ -23,36 +26,44 @@ import { HostSys } from "../../lib/sys/sys.ts";
 
 let folder: string | undefined;
 
-/** This process's lock folder (made on first use, removed at exit): the /var/lock of the binaries it runs. */
+/** The current lock folder (made when missing, removed at the end of the scope that made it): the /var/lock of the binaries run. */
 export function testLockDir(): string {
-  if (folder === undefined) {
+  if (folder === undefined || !existsSync(folder)) {
     const made = mkdtempSync(join(tmpdir(), "zb-varlock-"));
-    process.once("exit", () => rmSync(made, { recursive: true, force: true }));
+    afterAll(() => rmSync(made, { recursive: true, force: true }));
     folder = made;
   }
   return folder;
 }
 
-/** The env lock file of this process: fw_printenv.lock in {@link testLockDir}. */
+/** The env lock file of the tests: fw_printenv.lock in {@link testLockDir}. */
 export function testEnvLock(): string {
   return join(testLockDir(), "fw_printenv.lock");
 }
 
-/** HostSys with the env lock in this process's lock folder instead of /var/lock. */
+/** HostSys with the env lock in the tests' lock folder instead of /var/lock. */
 export class TempLockSys extends HostSys {
   override lockEnv(): () => void {
     return lockFile(testEnvLock());
   }
 }
 
+/** A host tool by its absolute path: the namespace is set up the same whatever PATH the test gives the command. */
+function tool(name: string): string {
+  const path = Bun.which(name, { PATH: "/usr/sbin:/usr/bin:/sbin:/bin" });
+  if (path === null) throw new Error(`${name} is missing (util-linux, coreutils): it is needed to give zb a /var/lock of its own`);
+  return path;
+}
+
 /**
  * The argv that runs `argv` with `lockDir` (default: {@link testLockDir})
  * bind-mounted on /var/lock in a private mount namespace. The shell execs
  * the command: it keeps the pid, the descriptors and the environment it is
- * spawned with, and mounts it makes are its own (gone with it).
+ * spawned with (its PATH is not used to set this up), and mounts it makes
+ * are its own (gone with it).
  * @example Bun.spawnSync(withTempVarLock([BIN, "env", "set", "--boot", boot, "x", "1"]))
  */
 export function withTempVarLock(argv: readonly string[], lockDir: string = testLockDir()): string[] {
-  const inNamespace = 'mount --bind "$1" /var/lock && shift && exec "$@"';
-  return ["unshare", "--mount", "--propagation", "private", "sh", "-c", inNamespace, "sh", lockDir, ...argv];
+  const inNamespace = '"$1" --bind "$2" /var/lock && shift 2 && exec "$@"';
+  return [tool("unshare"), "--mount", "--propagation", "private", tool("sh"), "-c", inNamespace, "sh", tool("mount"), lockDir, ...argv];
 }

@@ -1,12 +1,15 @@
 /**
  * The compiled multi-call binary (dist/zb-x64, built by `bun build.ts`):
  * dispatch on argv[0] and on the first argument, usage exits, and `zb env`
- * end to end on real files. Runs the binary as users do, through links.
+ * end to end on real files. Runs the binary as users do, through links,
+ * with a temp folder on /var/lock (fakes/envlock.ts): the env lock it takes
+ * is not the host's.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { withTempVarLock } from "../fakes/envlock.ts";
 import { buildZymkeyStub } from "../peers/zymkey-stub.ts";
 
 const BIN = resolve(import.meta.dir, "../../dist/zb-x64");
@@ -21,7 +24,7 @@ beforeAll(() => {
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 function run(name: string, args: readonly string[], stdin?: string) {
-  const p = Bun.spawnSync([join(dir, name), ...args], { stdin: stdin === undefined ? "ignore" : Buffer.from(stdin), env: { ...process.env, ZB_NO_REBOOT: "1" } });
+  const p = Bun.spawnSync(withTempVarLock([join(dir, name), ...args]), { stdin: stdin === undefined ? "ignore" : Buffer.from(stdin), env: { ...process.env, ZB_NO_REBOOT: "1" } });
   return { code: p.exitCode, out: p.stdout.toString(), err: p.stderr.toString() };
 }
 

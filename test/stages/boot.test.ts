@@ -2,11 +2,14 @@
  * The boot-state commands end to end through dist/zb-x64, on a temporary
  * boot folder and a temporary root (--boot, --root) as a user's own checks
  * would run them. ZB_NO_REBOOT=1 guards the host; --no-reboot reports.
+ * Every run has a temp folder on /var/lock (fakes/envlock.ts): the env
+ * lock it takes is not the host's.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { withTempVarLock } from "../fakes/envlock.ts";
 
 const BIN = resolve(import.meta.dir, "../../dist/zb-x64");
 let dir = "";
@@ -31,7 +34,7 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 function zb(args: string[], name = BIN) {
   const where = args[0] === "env" ? ["--boot", boot] : ["--boot", boot, "--root", root];
-  const p = Bun.spawnSync([name, ...args, ...where], { env: { ...process.env, ZB_NO_REBOOT: "1" } });
+  const p = Bun.spawnSync(withTempVarLock([name, ...args, ...where]), { env: { ...process.env, ZB_NO_REBOOT: "1" } });
   return { code: p.exitCode, out: p.stdout.toString(), err: p.stderr.toString() };
 }
 const unlock = (...args: string[]) => zb(args, join(dir, "zbunlock"));
@@ -176,7 +179,7 @@ describe("refusals and bad input", () => {
 
   test("zb env set with a value that is not UTF-8: USAGE, nothing stored; a name typed with accents shows as typed", () => {
     const before = envBytes();
-    const p = Bun.spawnSync(["sh", "-c", `"$0" env set bin "$(printf 'a\\377b')" --boot "$1"`, BIN, boot], { env: { ...process.env, ZB_NO_REBOOT: "1" }, stderr: "pipe" });
+    const p = Bun.spawnSync(withTempVarLock(["sh", "-c", `"$0" env set bin "$(printf 'a\\377b')" --boot "$1"`, BIN, boot]), { env: { ...process.env, ZB_NO_REBOOT: "1" }, stderr: "pipe" });
     expect(p.exitCode).toBe(2);
     expect(p.stderr.toString()).toContain("cannot run zb: argument 4 is not valid UTF-8");
     expect(p.stderr.toString()).toContain("zb env set --script FILE");
@@ -214,14 +217,14 @@ describe("refusals and bad input", () => {
     writeFileSync(join(fresh, "slot-a/vmlinuz"), "a kernel\n");
     writeFileSync(join(fresh, "slot-a/bcm2712-rpi-5-b.dtb"), "a device tree\n");
     const at = ["--boot", fresh, "--root", root];
-    const p = Bun.spawnSync([BIN, "init", "--slot", "a", "--valid", "a,b", ...at], { env: { ...process.env, ZB_NO_REBOOT: "1" } });
+    const p = Bun.spawnSync(withTempVarLock([BIN, "init", "--slot", "a", "--valid", "a,b", ...at]), { env: { ...process.env, ZB_NO_REBOOT: "1" } });
     expect(p.exitCode).toBe(0);
     expect(p.stderr.toString().split("\n").filter(Boolean)).toEqual([
       "zb init: warning: slot-b/ holds no kernel (vmlinuz): move slot b's kernel, initramfs, .dtb files and overlays/ there before the next reboot, or the firmware boots nothing",
       "zb init: warning: the command line says root=/dev/mmcblk0p2 for both slots: zbunlock opens each slot's own LUKS root as /dev/mapper/zb-root (root=/dev/mapper/zb-root), and with any other root= both slots mount the same file system",
     ]);
     const before = Buffer.concat([readFileSync(join(fresh, "zb/zb.env")), readFileSync(join(fresh, "zb/zb.env.redund"))]);
-    const t = Bun.spawnSync([BIN, "reboot", "--try", "b", ...at], { env: { ...process.env, ZB_NO_REBOOT: "1" } });
+    const t = Bun.spawnSync(withTempVarLock([BIN, "reboot", "--try", "b", ...at]), { env: { ...process.env, ZB_NO_REBOOT: "1" } });
     expect(t.exitCode).toBe(10);
     expect(t.stderr.toString()).toContain("cannot arm-try: slot-b/ holds no kernel (vmlinuz), so the firmware would boot nothing");
     expect(Buffer.concat([readFileSync(join(fresh, "zb/zb.env")), readFileSync(join(fresh, "zb/zb.env.redund"))]).equals(before)).toBe(true);
@@ -239,9 +242,9 @@ describe("refusals and bad input", () => {
     writeFileSync(join(fresh, "config.txt"), "kernel=vmlinuz\n");
     writeFileSync(join(fresh, "cmdline.txt"), "console=ttyAMA0 root=/dev/mapper/zb-root\n");
     const at = ["--boot", fresh, "--root", root];
-    const p = Bun.spawnSync([BIN, "init", "--slot", "a", "--valid", "a,b", ...at], { env: { ...process.env, ZB_NO_REBOOT: "1" } });
+    const p = Bun.spawnSync(withTempVarLock([BIN, "init", "--slot", "a", "--valid", "a,b", ...at]), { env: { ...process.env, ZB_NO_REBOOT: "1" } });
     expect([p.exitCode, p.stderr.toString()]).toEqual([0, "zb init: warning: slot-b/ holds no device tree (.dtb file): move slot b's kernel, initramfs, .dtb files and overlays/ there before the next reboot, or the firmware boots nothing\n"]);
-    const t = Bun.spawnSync([BIN, "reboot", "--try", "b", ...at], { env: { ...process.env, ZB_NO_REBOOT: "1" } });
+    const t = Bun.spawnSync(withTempVarLock([BIN, "reboot", "--try", "b", ...at]), { env: { ...process.env, ZB_NO_REBOOT: "1" } });
     expect(t.exitCode).toBe(10);
     expect(t.stderr.toString()).toContain("cannot arm-try: slot-b/ holds no device tree (.dtb file), so the firmware would boot nothing");
     expect(existsSync(join(fresh, "tryboot.txt"))).toBe(false);
@@ -252,7 +255,7 @@ describe("refusals and bad input", () => {
     mkdirSync(fresh);
     writeFileSync(join(fresh, "config.txt"), "kernel=vmlinuz\n");
     writeFileSync(join(fresh, "cmdline.txt"), "quiet\n");
-    const p = Bun.spawnSync([BIN, "init", "--slot", "a", "--valid", "a,b", "--boot-limit", "0", "--boot", fresh, "--root", root], { env: { ...process.env, ZB_NO_REBOOT: "1" } });
+    const p = Bun.spawnSync(withTempVarLock([BIN, "init", "--slot", "a", "--valid", "a,b", "--boot-limit", "0", "--boot", fresh, "--root", root]), { env: { ...process.env, ZB_NO_REBOOT: "1" } });
     expect(p.exitCode).toBe(2);
     expect(p.stderr.toString()).toContain("cannot use --boot-limit 0: a slot needs at least one boot to be confirmed");
     expect(existsSync(join(fresh, "zb"))).toBe(false);
@@ -286,7 +289,7 @@ describe("reboot under systemd", () => {
     zb(["env", "set", "zb_valid_b", "1"]);
     const env: Record<string, string | undefined> = { ...process.env, PATH: `${fake}:${process.env.PATH}` };
     delete env.ZB_NO_REBOOT;
-    const p = Bun.spawnSync(["unshare", "--fork", "--pid", BIN, "reboot", "--try", "b", "--boot", boot, "--root", root], { env });
+    const p = Bun.spawnSync(["unshare", "--fork", "--pid", ...withTempVarLock([BIN, "reboot", "--try", "b", "--boot", boot, "--root", root])], { env });
     expect(p.stdout.toString()).toContain('zb reboot: rebooting ("0 tryboot")');
     expect(p.exitCode).toBe(0);
     expect(readFileSync(join(dir, "systemctl.args"), "utf8")).toBe("reboot\n0 tryboot\n");
@@ -299,7 +302,7 @@ describe("zbunlock mounts the boot partition itself", () => {
     const before = readFileSync(join(root, "proc/cmdline"));
     writeFileSync(join(root, "proc/cmdline"), `console=ttyAMA0 zb.slot=a zb.boot=${join(dir, "no-such-device")} zb.boot_wait=0.3\n`);
     try {
-      const p = Bun.spawnSync([BIN, "unlock", "--root", root, "--no-reboot"], { env: { ...process.env, ZB_NO_REBOOT: "1" } });
+      const p = Bun.spawnSync(withTempVarLock([BIN, "unlock", "--root", root, "--no-reboot"]), { env: { ...process.env, ZB_NO_REBOOT: "1" } });
       expect(p.stderr.toString()).toContain(`cannot record this boot: cannot mount the boot partition: ${join(dir, "no-such-device")} did not appear within 0.3 s`);
       expect(p.stderr.toString()).toContain("booting slot a unrecorded");
       expect(p.exitCode).toBe(0);
@@ -312,7 +315,7 @@ describe("zbunlock mounts the boot partition itself", () => {
     const before = readFileSync(join(root, "proc/cmdline"));
     const dev = join(dir, "late-device");
     writeFileSync(join(root, "proc/cmdline"), `console=ttyAMA0 zb.slot=a zb.boot=${dev} zb.boot_wait=30\n`);
-    const p = Bun.spawn([BIN, "unlock", "--root", root, "--no-reboot"], { env: { ...process.env, ZB_NO_REBOOT: "1" }, stdout: "pipe", stderr: "pipe" });
+    const p = Bun.spawn(withTempVarLock([BIN, "unlock", "--root", root, "--no-reboot"]), { env: { ...process.env, ZB_NO_REBOOT: "1" }, stdout: "pipe", stderr: "pipe" });
     try {
       // Long enough for zbunlock (a ~30 ms start) to be in its wait on a loaded machine; without the wait it
       // would say "did not appear" at once, which the assertions below catch.

@@ -9,11 +9,16 @@
  * wrapper that pauses (while the key is in flight the test scans every
  * process's cmdline and environ for it), then checks the key with the real
  * `cryptsetup open --test-passphrase`.
+ *
+ * zb runs with a temp folder on /var/lock (fakes/envlock.ts), in a mount
+ * namespace of its own: the env lock it takes is not the host's, and the
+ * boot partition it mounts is seen in there.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { withTempVarLock } from "../fakes/envlock.ts";
 import { buildZymkeyStub } from "../peers/zymkey-stub.ts";
 
 const BIN = resolve(import.meta.dir, "../../dist/zb-x64");
@@ -25,7 +30,7 @@ let fakeBin = "";
 let key = new Uint8Array();
 
 function run(argv: string[], opts: { env?: Record<string, string>; stdin?: Uint8Array } = {}) {
-  const p = Bun.spawnSync([BIN, ...argv], { env: { ...process.env, ZB_NO_REBOOT: "1", ...opts.env }, ...(opts.stdin ? { stdin: opts.stdin } : {}) });
+  const p = Bun.spawnSync(withTempVarLock([BIN, ...argv]), { env: { ...process.env, ZB_NO_REBOOT: "1", ...opts.env }, ...(opts.stdin ? { stdin: opts.stdin } : {}) });
   return { code: p.exitCode, out: p.stdout.toString(), raw: new Uint8Array(p.stdout), err: p.stderr.toString() };
 }
 
@@ -126,7 +131,7 @@ function scanProcesses(k: Uint8Array): string[] {
 async function zbunlock(extra: string[] = [], during?: () => void, env: Record<string, string> = {}) {
   rmSync(join(dir, "ready"), { force: true });
   rmSync(join(dir, "go"), { force: true });
-  const p = Bun.spawn([BIN, "unlock", "--boot", boot, "--root", root, "--no-reboot", ...extra], {
+  const p = Bun.spawn(withTempVarLock([BIN, "unlock", "--boot", boot, "--root", root, "--no-reboot", ...extra]), {
     env: { ...process.env, ZB_NO_REBOOT: "1", PATH: `${fakeBin}:${process.env.PATH}`, ...env }, stdout: "pipe", stderr: "pipe",
   });
   if (during) {
@@ -282,7 +287,7 @@ describe("zbunlock unlocks the slot's root", () => {
     rmSync(go, { force: true });
     rmSync(join(dir, "go"), { force: true }); // the fake cryptsetup's own go, given below
     rmSync(join(dir, "ready"), { force: true });
-    const p = Bun.spawn([BIN, "unlock", "--boot", boot, "--root", root, "--no-reboot", "--go-file", go], {
+    const p = Bun.spawn(withTempVarLock([BIN, "unlock", "--boot", boot, "--root", root, "--no-reboot", "--go-file", go]), {
       env: { ...process.env, ZB_NO_REBOOT: "1", BUN_JSC_useJIT: "0", PATH: `${fakeBin}:${process.env.PATH}` }, stdout: "pipe", stderr: "pipe",
     });
     try {
@@ -331,7 +336,7 @@ describe("zbunlock unlocks the slot's root", () => {
         try {
           rmSync(join(dir, "go"), { force: true });
           writeFileSync(join(dir, "go"), ""); // the fake cryptsetup's go
-          const p = Bun.spawn([BIN, "unlock", "--boot", boot, "--root", root, "--no-reboot", "--status-fd", "3", ...row.before], {
+          const p = Bun.spawn(withTempVarLock([BIN, "unlock", "--boot", boot, "--root", root, "--no-reboot", "--status-fd", "3", ...row.before]), {
             env: { ...process.env, ZB_NO_REBOOT: "1", BUN_JSC_useJIT: "0", PATH: `${fakeBin}:${process.env.PATH}` }, stdio: ["ignore", "pipe", "pipe", fd],
           });
           const [err, code] = [await new Response(p.stderr).text(), await p.exited];
@@ -392,7 +397,7 @@ describe("zbunlock unlocks the slot's root", () => {
     hsmConf(join(dir, "soft.key"));
     const before = env();
     await withCmdline((c) => `${c} zb.boot=${join(dir, "no-such-disk")} zb.boot_wait=0.2`, async () => {
-      const p = Bun.spawn([BIN, "unlock", "--root", root, "--no-reboot"], { env: { ...process.env, ZB_NO_REBOOT: "1", PATH: `${fakeBin}:${process.env.PATH}` }, stdout: "pipe", stderr: "pipe" });
+      const p = Bun.spawn(withTempVarLock([BIN, "unlock", "--root", root, "--no-reboot"]), { env: { ...process.env, ZB_NO_REBOOT: "1", PATH: `${fakeBin}:${process.env.PATH}` }, stdout: "pipe", stderr: "pipe" });
       writeFileSync(join(dir, "go"), ""); // the cryptsetup wrapper need not wait for a scan
       const [err, code] = [await new Response(p.stderr).text(), await p.exited];
       expect(err).toMatch(/zbunlock: cannot record this boot: cannot mount the boot partition: .*no-such-disk did not appear within 0.2 s/);
@@ -494,7 +499,9 @@ exec ${Bun.which("mount")} --bind ${boot} "$last"
     return t;
   }
   const mountPoint = () => join(root, "run/zb/boot");
-  const mounted = () => readFileSync("/proc/self/mounts", "utf8").split("\n").some((l) => l.split(" ")[1] === mountPoint());
+  /** The mount table zbunlock left in its namespace (the one of its /var/lock), read there as it exited. */
+  const mountsAfter = () => join(dir, "mounts-after");
+  const mounted = () => readFileSync(mountsAfter(), "utf8").split("\n").some((l) => l.split(" ")[1] === mountPoint());
   async function withBootDevice(pathDir: string, keyFile: string) {
     expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b", "--force"]).code).toBe(0);
     hsmConf(keyFile);
@@ -502,14 +509,13 @@ exec ${Bun.which("mount")} --bind ${boot} "$last"
     writeFileSync(dev, "");
     rmSync(join(dir, "go"), { force: true });
     writeFileSync(join(dir, "go"), "");
+    rmSync(mountsAfter(), { force: true });
     return withCmdline((c) => `${c} zb.boot=${dev}`, async () => {
-      try {
-        const p = Bun.spawn([BIN, "unlock", "--root", root, "--no-reboot"], { env: { ZB_NO_REBOOT: "1", BUN_JSC_useJIT: "0", PATH: pathDir }, stdout: "pipe", stderr: "pipe" });
-        const [out, err, code] = [await new Response(p.stdout).text(), await new Response(p.stderr).text(), await p.exited];
-        return { out, err, code };
-      } finally {
-        if (mounted()) Bun.spawnSync(["umount", mountPoint()]);
-      }
+      // A mount zbunlock leaves behind goes with its namespace; the table is read in there first.
+      const after = `"$@"; rc=$?; ${Bun.which("cat")} /proc/self/mounts > "${mountsAfter()}"; exit $rc`;
+      const p = Bun.spawn(withTempVarLock([Bun.which("sh")!, "-c", after, "sh", BIN, "unlock", "--root", root, "--no-reboot"]), { env: { ZB_NO_REBOOT: "1", BUN_JSC_useJIT: "0", PATH: pathDir }, stdout: "pipe", stderr: "pipe" });
+      const [out, err, code] = [await new Response(p.stdout).text(), await new Response(p.stderr).text(), await p.exited];
+      return { out, err, code };
     });
   }
 

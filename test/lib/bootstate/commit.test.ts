@@ -9,11 +9,11 @@ import { join } from "node:path";
 import { runTransition } from "../../../lib/bootstate/commit.ts";
 import { readState } from "../../../lib/bootstate/state.ts";
 import { ZbError } from "../../../lib/errors.ts";
-import { HostSys } from "../../../lib/sys/sys.ts";
+import { TempLockSys } from "../../fakes/envlock.ts";
 import { Device } from "../../fakes/device.ts";
 
-/** HostSys that counts readAt calls per path. */
-class CountingSys extends HostSys {
+/** HostSys (the env lock a temp file) that counts readAt calls per path. */
+class CountingSys extends TempLockSys {
   reads = new Map<string, number>();
   override readAt(path: string, offset: number, length: number): Uint8Array {
     this.reads.set(path, (this.reads.get(path) ?? 0) + 1);
@@ -68,8 +68,8 @@ describe("one env read per transition", () => {
   });
 });
 
-/** HostSys whose renames onto config.txt fail, as on a boot partition with no room for the new file. */
-class FullBootSys extends HostSys {
+/** HostSys (the env lock a temp file) whose renames onto config.txt fail, as on a boot partition with no room for the new file. */
+class FullBootSys extends TempLockSys {
   override rename(from: string, to: string): void {
     if (to.endsWith("/config.txt")) throw new ZbError("IO", `cannot rename ${from} to ${to}: no space left on device`);
     super.rename(from, to);
@@ -91,7 +91,7 @@ describe("a boot file that cannot be written after the env was (the commit point
   ])("$name", ({ before, after }) => {
     const d = new Device(new FullBootSys());
     devices.push(d);
-    const b = d.backend(new HostSys());
+    const b = d.backend(new TempLockSys());
     b.writeVars(Object.entries(before).map(([name, value]) => ({ name, value })));
     const reboots: (string | null)[] = [];
     const o = runTransition(d.backend(), { kind: "boot", booted: "a", tryboot: false }, { actor: "zbunlock", reboot: (arg) => void reboots.push(arg) });
@@ -106,7 +106,7 @@ describe("a boot file that cannot be written after the env was (the commit point
   test("config.txt that stays stale: N5 twice (each reboots, stale reported), then N6 boots the slot the firmware chose", () => {
     const d = new Device(new FullBootSys());
     devices.push(d);
-    d.backend(new HostSys()).writeVars([{ name: "zb_slot", value: "b" }]); // the env says b, config.txt still says a
+    d.backend(new TempLockSys()).writeVars([{ name: "zb_slot", value: "b" }]); // the env says b, config.txt still says a
     const traces: string[] = [];
     for (let i = 0; i < 3; i++) {
       const reboots: (string | null)[] = [];

@@ -6,7 +6,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { HostSys } from "../../../lib/sys/sys.ts";
+import { TempLockSys } from "../../fakes/envlock.ts";
 import { Device } from "../../fakes/device.ts";
 
 const devices: Device[] = [];
@@ -84,7 +84,7 @@ describe("boot cycles", () => {
   });
 
   test("committed slot failing N times → rollback to the other slot", () => {
-    const d = device(new HostSys(), { committed: "a", valid: ["a", "b"] });
+    const d = device(new TempLockSys(), { committed: "a", valid: ["a", "b"] });
     const ends: string[] = [];
     for (let i = 0; i < 4; i++) ends.push(`${d.bootUntilRunning().fw.target}:${d.history.at(-1)!.outcome!.trace.join("+")}`);
     // a gets zb_boot_limit (3) boots without mark-good, then N7 rolls back

@@ -10,11 +10,12 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { rmSync } from "node:fs";
 import type { Event } from "../../../lib/bootstate/machine.ts";
 import type { Slot } from "../../../lib/bootstate/state.ts";
-import { HostSys } from "../../../lib/sys/sys.ts";
+import type { HostSys } from "../../../lib/sys/sys.ts";
+import { TempLockSys } from "../../fakes/envlock.ts";
 import { CuttingSys, cutPoints, PowerCut, type CutPlan } from "../../fakes/powercut.ts";
 import { Device } from "../../fakes/device.ts";
 
-const host = new HostSys();
+const host = new TempLockSys(); // the env lock in a temp folder, not the host's /var/lock
 const devices: Device[] = [];
 afterAll(() => devices.forEach((d) => rmSync(d.boot, { recursive: true, force: true })));
 

@@ -11,10 +11,10 @@ import { join } from "node:path";
 import { encode, type Vars } from "../../../lib/env/codec.ts";
 import { defaultConfig, type StoreConfig } from "../../../lib/env/config.ts";
 import { EnvStore } from "../../../lib/env/store.ts";
-import { HostSys } from "../../../lib/sys/sys.ts";
+import { TempLockSys } from "../../fakes/envlock.ts";
 import { CuttingSys, cutPoints, PowerCut, SECTOR, type CutPlan } from "../../fakes/powercut.ts";
 
-const host = new HostSys();
+const host = new TempLockSys(); // the env lock in a temp folder, not the host's /var/lock
 const roots: string[] = [];
 afterAll(() => roots.forEach((r) => rmSync(r, { recursive: true, force: true })));
 

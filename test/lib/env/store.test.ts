@@ -9,11 +9,12 @@ import { decode, encode, type Vars } from "../../../lib/env/codec.ts";
 import { defaultConfig, type StoreConfig } from "../../../lib/env/config.ts";
 import { EnvStore, openStore } from "../../../lib/env/store.ts";
 import { ioError } from "../../../lib/errors.ts";
-import { HostSys, type WriteOptions } from "../../../lib/sys/sys.ts";
+import type { HostSys, WriteOptions } from "../../../lib/sys/sys.ts";
+import { TempLockSys } from "../../fakes/envlock.ts";
 import { CuttingSys } from "../../fakes/powercut.ts";
 import { tempDirs } from "../../tempdirs.ts";
 
-const sys = new HostSys();
+const sys = new TempLockSys(); // the env lock in a temp folder, not the host's /var/lock
 const tmp = tempDirs("zb-store-");
 const L = { size: 0x4000, redundant: true };
 const vars = (o: Record<string, string>): Vars => new Map(Object.entries(o));
