@@ -8,8 +8,9 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { basename, join, resolve } from "node:path";
 import { withTempVarLock } from "../fakes/envlock.ts";
+import { untilPolling } from "../fakes/procwait.ts";
 
 const BIN = resolve(import.meta.dir, "../../dist/zb-x64");
 let dir = "";
@@ -317,9 +318,9 @@ describe("zbunlock mounts the boot partition itself", () => {
     writeFileSync(join(root, "proc/cmdline"), `console=ttyAMA0 zb.slot=a zb.boot=${dev} zb.boot_wait=30\n`);
     const p = Bun.spawn(withTempVarLock([BIN, "unlock", "--root", root, "--no-reboot"]), { env: { ...process.env, ZB_NO_REBOOT: "1" }, stdout: "pipe", stderr: "pipe" });
     try {
-      // Long enough for zbunlock (a ~30 ms start) to be in its wait on a loaded machine; without the wait it
-      // would say "did not appear" at once, which the assertions below catch.
-      await Bun.sleep(1500);
+      // In its wait (polling for the node): without the wait it would say "did not appear" at once,
+      // which the assertions below catch.
+      await untilPolling(p.pid, basename(BIN));
       expect(p.exitCode).toBeNull();
       writeFileSync(dev, new Uint8Array(4096)); // not a FAT file system: the mount itself fails, after the wait
       const [err, code] = [await new Response(p.stderr).text(), await p.exited];

@@ -17,8 +17,9 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { basename, join, resolve } from "node:path";
 import { withTempVarLock } from "../fakes/envlock.ts";
+import { untilPolling } from "../fakes/procwait.ts";
 import { buildZymkeyStub } from "../peers/zymkey-stub.ts";
 
 const BIN = resolve(import.meta.dir, "../../dist/zb-x64");
@@ -291,7 +292,7 @@ describe("zbunlock unlocks the slot's root", () => {
       env: { ...process.env, ZB_NO_REBOOT: "1", BUN_JSC_useJIT: "0", PATH: `${fakeBin}:${process.env.PATH}` }, stdout: "pipe", stderr: "pipe",
     });
     try {
-      await Bun.sleep(700);
+      await untilPolling(p.pid, basename(BIN)); // polling for the go file
       // Waiting: the env is untouched and cryptsetup was not started.
       expect(p.exitCode).toBeNull();
       expect(env()).not.toContain("zb_boot_count_a=1");
