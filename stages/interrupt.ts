@@ -13,8 +13,12 @@
  * and runStage reports it like any other.
  *
  * The handlers are removed by that first signal: a second one has its
- * default action and kills the process, for work that does not reach its
- * next check (a write(2) to a device that hangs).
+ * default action and kills the process. Limit: the runtime catches a signal
+ * natively and runs the handler (which removes itself) only when the event
+ * loop turns, so while the main thread is blocked in a system call (a
+ * write(2) to a full stdout pipe nobody reads, a device that hangs, the
+ * worker wait of the install pipeline) every signal is queued, and only
+ * SIGKILL ends the process before that call returns.
  *
  * A signal that zb's parent set to be ignored is left ignored: `nohup`
  * ignores SIGHUP so that the work outlives the terminal, and a shell script

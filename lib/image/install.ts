@@ -100,7 +100,7 @@ export async function install(sys: Sys, source: ImageSource, policy: Policy, opt
     let from = resumePoint(previous, opts, imageId, payload);
     if (previous?.state === "complete" && opts.resume) {
       // "complete" is a claim about the target: it only counts while the target still holds the payload.
-      const held = await targetHolds(opts.target, payload);
+      const held = await targetHolds(opts.target, payload, opts.signal);
       if (held !== null) return result(opts, payload, from, true, started, held);
       from = 0; // removed, cut short or changed since: install it again
     }

@@ -77,13 +77,19 @@ export async function checkOnMedium(target: string, p: Payload, progress?: (done
 /**
  * Does the target hold the payload, byte for byte (its raw SHA-256 over the
  * payload's length, read from the medium)? Read-only; a target that is
- * missing, unreadable or shorter does not.
+ * missing, unreadable or shorter does not. `signal` is checked as the read
+ * goes on (a whole SD card may take minutes).
  * @returns how it was read when it holds the payload, else null
+ * @throws `signal.reason` once the signal aborts
  */
-export async function targetHolds(path: string, p: Payload): Promise<UncachedMode | null> {
+export async function targetHolds(path: string, p: Payload, signal?: AbortSignal): Promise<UncachedMode | null> {
   try {
-    return await checkOnMedium(path, p);
-  } catch {
+    return await checkOnMedium(path, p, () => {
+      if (signal?.aborted) throw signal.reason;
+    });
+  } catch (e) {
+    // Stopped by a signal: that is the outcome, not "the target does not hold it" (which would restart the install at chunk 0).
+    if (signal?.aborted) throw signal.reason;
     return null; // TARGET_MISMATCH, or IO: missing or unreadable
   }
 }

@@ -67,7 +67,26 @@ export function stoppable(source: ImageSource, signal: AbortSignal): ImageSource
     ...(source.file !== undefined ? { file: source.file } : {}),
     async open(offset) {
       if (signal.aborted) throw signal.reason;
-      return untilAborted(await source.open(offset), signal);
+      // Raced with the abort: a server that accepts and never answers would hold the signal until --timeout.
+      const opening = source.open(offset);
+      let onAbort = () => undefined as void;
+      const aborted = new Promise<null>((resolve) => (onAbort = () => resolve(null)));
+      signal.addEventListener("abort", onAbort, { once: true });
+      let data: AsyncIterable<Uint8Array> | null;
+      try {
+        data = await Promise.race([opening, aborted]);
+      } catch (e) {
+        if (signal.aborted) throw signal.reason; // the open failed because of the stop
+        throw e;
+      } finally {
+        signal.removeEventListener("abort", onAbort);
+      }
+      if (data === null) {
+        // The open goes on without anyone waiting: whatever it yields is ended, a failure is not unhandled.
+        opening.then((d) => untilAborted(d, signal).cancel?.(), () => undefined);
+        throw signal.reason;
+      }
+      return untilAborted(data, signal);
     },
     ...(direct
       ? {

@@ -26,6 +26,7 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, watch, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { requireBinary, untilIdle, variedBytes } from "../lib/image/fixture.ts";
@@ -239,6 +240,27 @@ describe("info waiting for the header (the first 1 KiB, then nothing): the docum
       void server?.stop(true);
     }
   });
+});
+
+test("info and verify from a server that accepts the connection and never answers, SIGINT: stopped at once, not after --timeout", async () => {
+  // Before: the signal waited for the response headers, so zb exited 5 (IO, "server sent nothing") after --timeout.
+  const sockets: import("node:net").Socket[] = [];
+  const server = createServer((c) => void sockets.push(c));
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  try {
+    const url = `http://127.0.0.1:${(server.address() as import("node:net").AddressInfo).port}/big.zbi`;
+    for (const [args, action] of [
+      [["image", "info", url, "--timeout", "600", "--json"], `read the image header from ${url}`],
+      [["image", "verify", url, "--trust", "trust", "--timeout", "600", "--progress=json"], `verify ${url}`],
+    ] as const) {
+      const r = await stopWhen([...args], "SIGINT", untilIdle);
+      const want = outcome("SIGINT", action);
+      expect({ exit: r.exit, last: lastLine(r.stdout) }).toEqual({ exit: want.exit, last: { type: "result", ok: false, ...want } });
+    }
+  } finally {
+    for (const c of sockets) c.destroy();
+    server.close();
+  }
 });
 
 describe("a FIFO given as the image path, its writer idle (or not there yet): the signal ends the pending read", () => {

@@ -21,7 +21,7 @@ import type { Policy } from "../../../lib/image/reader.ts";
 import { loadTrustDir } from "../../../lib/image/sign.ts";
 import { fileSource } from "../../../lib/image/source.ts";
 import { HostSys } from "../../../lib/sys/sys.ts";
-import { readBackSha256 } from "../../../lib/image/readback.ts";
+import { readBackSha256, targetHolds } from "../../../lib/image/readback.ts";
 import { buildImage, KEYS, requireBinary, trustDir, variedBytes } from "./fixture.ts";
 
 // One folder for everything; removed only after the card is unmounted.
@@ -163,6 +163,16 @@ describe("readBackSha256: what it returns, before → after", () => {
       expect(statSync(file).size).toBe(bytes.length);
     });
   }
+
+  test("targetHolds with a stopped signal: the stop is thrown, not \"does not hold\" (which would restart the install at chunk 0)", async () => {
+    const p = { name: "rootfs", raw: { size: bytes.length, sha256: sha(bytes) } } as unknown as Parameters<typeof targetHolds>[1];
+    expect(await targetHolds(file, p)).not.toBeNull(); // it holds the payload
+    const stop = new AbortController();
+    const reason = new ZbError("INTERRUPTED", "cannot install rootfs: interrupted (SIGINT)");
+    stop.abort(reason);
+    // Before: the read-back ignored the signal and the resume answered "already installed", exit 0.
+    expect(await targetHolds(file, p, stop.signal).then(() => null, (x: unknown) => x)).toBe(reason);
+  });
 
   test("a missing file is IO", async () => {
     const e = await readBackSha256(join(root, "missing"), 10).then(() => null, (x: unknown) => x);
