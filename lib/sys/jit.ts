@@ -154,8 +154,11 @@ function libcSeams(): TieSeams {
  * sends nothing: the child was reparented already, so getppid() no longer
  * names it. Checked after the prctl, the two leave no gap.
  *
- * The variable is removed from this process's environment: its own children
- * (cryptsetup, mount) must not read it as theirs.
+ * The variable is removed from process.env. Bun.spawn without an explicit
+ * `env` still passes the environment the process started with (mount,
+ * umount, stty get it; cryptsetup gets its own): harmless, as only a
+ * zbunlock reads it, and zbunlock starts no zbunlock but through runWithJit,
+ * which sets it afresh. A zbunlock without the JIT ignores it.
  * @returns false when ZB_JIT_PARENT is not set (not a tied child: nothing done, nothing loaded); true once tied
  * @throws {ZbError} NOT_STARTED when the parent is gone already (exit at once: nothing was done);
  *   USAGE when ZB_JIT_PARENT is not a PID; INTERNAL when the death signal cannot be set
@@ -164,6 +167,9 @@ export function tieToParent(env: Record<string, string | undefined> = process.en
   const given = env[PARENT_VAR];
   if (given === undefined) return false;
   delete env[PARENT_VAR];
+  // runWithJit's child runs with the JIT (envWithJit drops BUN_JSC_useJIT): one without it is not that
+  // child, and the variable is a stray (bun:ffi could not even load libc; the initramfs starts zbunlock so).
+  if (jitOff(env)) return false;
   if (!/^[1-9]\d{0,9}$/.test(given)) throw new ZbError("USAGE", `cannot tie this process to its parent: ${PARENT_VAR}=${JSON.stringify(given)} is not a process ID`);
   const s = seams ?? libcSeams();
   if (s.setDeathSignal(SIGKILL) !== 0) throw new ZbError("INTERNAL", "internal error: cannot tie this process to its parent: prctl(PR_SET_PDEATHSIG) failed");

@@ -71,15 +71,16 @@ const MOUNT_POINT = "/run/zb/boot";
 const DEFAULT_BOOT_WAIT_S = 10;
 
 export async function zbunlockMain(argv: string[]): Promise<number> {
-  // The child of rerunWithJit, first of all: it dies with the zbunlock that
-  // started it, and stops here if that one is gone already (lib/sys/jit.ts).
-  // Any other zbunlock (tpm2, soft: no child) only looks up the variable.
-  tieToParent();
   const args = parseArgs(argv, { ...BOOT_OPTIONS, ...HSM_OPTIONS, "dry-run": {}, "no-unlock": {}, "lock-only": {}, credentials: { value: true }, "go-file": { value: true }, "status-fd": { value: true } }, "zbunlock");
   if (args.flags.has("help")) {
     out(USAGE + "\n");
     return 0;
   }
+  // The child of rerunWithJit, before anything acts: it dies with the zbunlock
+  // that started it, and stops here if that one is gone already (lib/sys/jit.ts).
+  // Any other zbunlock (tpm2, soft: no child) only looks up the variable; one
+  // without the JIT is never such a child and ignores a stray one.
+  tieToParent();
   // zbunlock takes no arguments: `zb unlock status` (a typo for `zb status`) must not count a boot.
   onlyThese(args, null, 0, "zbunlock");
   const statusFd = args.values.get("status-fd");

@@ -73,7 +73,7 @@ describe("tieToParent: the death signal first, then the parent checked", () => {
       parentPid: () => (calls.push("getppid()"), o.ppid),
     };
   }
-  const rows: { name: string; before: { var: string | undefined; prctl?: number; ppid: number }; after: { tied: boolean | null; error: RegExp | null; calls: string[] } }[] = [
+  const rows: { name: string; before: { var: string | undefined; prctl?: number; ppid: number; jit?: string }; after: { tied: boolean | null; error: RegExp | null; calls: string[] } }[] = [
     { name: "no ZB_JIT_PARENT (tpm2: no child): nothing called", before: { var: undefined, ppid: 500 }, after: { tied: false, error: null, calls: [] } },
     { name: "the parent that started it: tied", before: { var: "500", ppid: 500 }, after: { tied: true, error: null, calls: ["prctl(PR_SET_PDEATHSIG, 9)", "getppid()"] } },
     {
@@ -82,6 +82,8 @@ describe("tieToParent: the death signal first, then the parent checked", () => {
       after: { tied: null, error: /^cannot go on: the process that started this one \(PID 500\) is gone \(the parent is now PID 1\); did nothing$/, calls: ["prctl(PR_SET_PDEATHSIG, 9)", "getppid()"] },
     },
     { name: "prctl fails: INTERNAL, the parent not even checked", before: { var: "500", prctl: -1, ppid: 500 }, after: { tied: null, error: /^internal error: cannot tie this process to its parent: prctl\(PR_SET_PDEATHSIG\) failed$/, calls: ["prctl(PR_SET_PDEATHSIG, 9)"] } },
+    // Before: a stray variable stopped a zbunlock started without the JIT (the initramfs's way) with INTERNAL (no bun:ffi).
+    { name: "without the JIT (not runWithJit's child): a stray variable is ignored, nothing called", before: { var: "500", ppid: 1, jit: "0" }, after: { tied: false, error: null, calls: [] } },
     ...["", "0", "-5", "12x", "0x1f", " 500"].map((v) => ({
       name: `ZB_JIT_PARENT=${JSON.stringify(v)}: USAGE, nothing called`,
       before: { var: v, ppid: 500 },
@@ -89,7 +91,8 @@ describe("tieToParent: the death signal first, then the parent checked", () => {
     })),
   ];
   test.each(rows)("$name", ({ before, after }) => {
-    const env: Record<string, string | undefined> = { PATH: "/bin", ...(before.var === undefined ? {} : { [PARENT_VAR]: before.var }) };
+    const jit = before.jit === undefined ? {} : { [JIT_VAR]: before.jit };
+    const env: Record<string, string | undefined> = { PATH: "/bin", ...jit, ...(before.var === undefined ? {} : { [PARENT_VAR]: before.var }) };
     const s = recorder(before);
     let tied: boolean | null = null;
     let thrown: unknown = null;
@@ -105,7 +108,7 @@ describe("tieToParent: the death signal first, then the parent checked", () => {
     } else expect(thrown).toBeNull();
     expect(s.calls).toEqual(after.calls);
     // Read once and removed: the process's own children (cryptsetup, mount) never see it.
-    expect(env).toEqual({ PATH: "/bin" });
+    expect(env).toEqual({ PATH: "/bin", ...jit });
   });
 });
 
