@@ -72,6 +72,23 @@ export function stopOnSignals(action: string | (() => string), hint?: string): S
 }
 
 /**
+ * Run `work` with the first SIGHUP, SIGINT or SIGTERM caught (stopOnSignals),
+ * and the handlers removed when it ends, however it ends; `after` runs then
+ * too (a progress bar's line is ended before any failure message).
+ * @returns what `work` returns
+ * @throws what `work` throws (the signal's ZbError once it has stopped it)
+ */
+export async function untilStopped<T>(action: string | (() => string), work: (signal: AbortSignal) => Promise<T>, opts: { hint?: string; after?: () => void } = {}): Promise<T> {
+  const stop = stopOnSignals(action, opts.hint);
+  try {
+    return await work(stop.signal);
+  } finally {
+    stop.done();
+    opts.after?.();
+  }
+}
+
+/**
  * The signals among {@link SIGNALS} that this process ignores (SIG_IGN),
  * from the `SigIgn` mask of /proc/self/status (bit N-1 for signal N).
  * Without /proc none is taken as ignored: zb then handles all three, as

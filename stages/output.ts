@@ -6,8 +6,9 @@
  * `zb env print` otherwise (bench/env-print.ts measures it). Plain write(2)
  * on fd 1/2 also needs no draining before process.exit.
  */
-import { closeSync, fchmodSync, fstatSync, fsyncSync, openSync, rmSync, statSync, writeSync } from "node:fs";
+import { closeSync, fchmodSync, fsyncSync, openSync, rmSync, writeSync } from "node:fs";
 import { ZbError, ioError } from "../lib/errors.ts";
+import { isNullDevice } from "../lib/sys/sys.ts";
 
 /**
  * Write all bytes to a file descriptor, retrying short writes and EAGAIN.
@@ -34,21 +35,11 @@ function writeAll(fd: number, data: Uint8Array, what: string, mustArrive: boolea
  * @throws {ZbError} IO when stdout fails (a full disk), or is a closed pipe and `mustArrive`
  */
 export function out(data: string | Uint8Array, opts: { mustArrive?: boolean } = {}): void {
-  if (opts.mustArrive && isDevNull(1)) {
+  if (opts.mustArrive && isNullDevice(1)) {
     // A closed stdout (`>&-`) is reopened on /dev/null by the runtime: the bytes would vanish and zb say success.
     throw new ZbError("IO", "cannot write to stdout: it is /dev/null (closed when zb started?), and this output must arrive", { hint: "give -o FILE, or send stdout to a file or a pipe" });
   }
   writeAll(1, typeof data === "string" ? Buffer.from(data, "utf8") : data, "stdout", opts.mustArrive === true);
-}
-
-/** Is descriptor `fd` the null device (same device number as /dev/null)? False when either cannot be checked. */
-function isDevNull(fd: number): boolean {
-  try {
-    const [a, b] = [fstatSync(fd), statSync("/dev/null")];
-    return a.isCharacterDevice() && a.rdev === b.rdev;
-  } catch {
-    return false;
-  }
 }
 
 /** Text to stderr; a stderr that cannot be written has nobody to tell. */

@@ -30,7 +30,7 @@ import { exactChunks } from "./chunks.ts";
 import { BLOCK, checkUstarHeader } from "./format.ts";
 import { readJournal, writeJournal, type Journal } from "./journal.ts";
 import type { Payload } from "./manifest.ts";
-import { openImage, type OpenImage, type PayloadEntry, type Policy, type VerifiedImage } from "./reader.ts";
+import { eventLoopTurn, openImage, type OpenImage, type PayloadEntry, type Policy, type VerifiedImage } from "./reader.ts";
 import type { ImageSource } from "./source.ts";
 import { chunkPipeline, type ChunkPipeline } from "./pipeline.ts";
 import { checkOnMedium, targetHolds } from "./readback.ts";
@@ -342,7 +342,7 @@ async function rehashWritten(target: Target, bytes: number, pipe: ChunkPipeline,
   let held = bytes;
   for (let at = 0; at < bytes; at += step) {
     if (at % JOURNAL_BYTES === 0) {
-      if (at > 0) await new Promise<void>((resolve) => setImmediate(resolve));
+      if (at > 0) await eventLoopTurn();
       if (signal?.aborted) throw signal.reason;
     }
     const want = Math.min(step, bytes - at);

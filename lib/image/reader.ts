@@ -262,7 +262,8 @@ class RawHeaders {
  * per chunk).
  */
 const TURN_BYTES = 32 << 20;
-const eventLoopTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
+/** Resolves after the event loop has run once (signal handlers, timers, I/O callbacks). */
+export const eventLoopTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 /** Payloads read with read(2): each preceded by its checked ustar header; only zeros after the last. */
 function directPayloads(r: DirectReader, m: Manifest, manifestSize: number, sigSize: number): () => Promise<PayloadEntry | null> {

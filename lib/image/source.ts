@@ -6,6 +6,7 @@
  */
 import { closeSync, createReadStream, fstatSync, openSync, readSync, statSync } from "node:fs";
 import { ZbError, ioError } from "../errors.ts";
+import { isNullDevice } from "../sys/sys.ts";
 import { httpSource, type HttpOptions } from "./http.ts";
 
 export { DEFAULT_IDLE_SECONDS, DEFAULT_RETRIES, displayUrl, httpSource, retryDelayMs, type HttpOptions, type RetryEvent } from "./http.ts";
@@ -69,17 +70,15 @@ export function stoppable(source: ImageSource, signal: AbortSignal): ImageSource
       if (signal.aborted) throw signal.reason;
       // Raced with the abort: a server that accepts and never answers would hold the signal until --timeout.
       const opening = source.open(offset);
-      let onAbort = () => undefined as void;
-      const aborted = new Promise<null>((resolve) => (onAbort = () => resolve(null)));
-      signal.addEventListener("abort", onAbort, { once: true });
+      const aborted = whenAborted(signal, null);
       let data: AsyncIterable<Uint8Array> | null;
       try {
-        data = await Promise.race([opening, aborted]);
+        data = await Promise.race([opening, aborted.promise]);
       } catch (e) {
         if (signal.aborted) throw signal.reason; // the open failed because of the stop
         throw e;
       } finally {
-        signal.removeEventListener("abort", onAbort);
+        aborted.dispose();
       }
       if (data === null) {
         // The open goes on without anyone waiting: whatever it yields is ended, a failure is not unhandled.
@@ -127,20 +126,14 @@ export function untilAborted(data: AsyncIterable<Uint8Array>, signal: AbortSigna
     // The wait is raced with the abort: destroying a file stream does not end a read(2) already
     // pending in the thread pool (a FIFO whose writer sends nothing, or has not even opened it),
     // and the stream only ends once that read returns. The read is left behind; the command ends.
-    let onAbort = () => undefined as void;
-    const aborted = new Promise<{ done: true; value: undefined }>((resolve) => (onAbort = () => resolve({ done: true, value: undefined })));
-    const abort = () => {
-      stop();
-      onAbort();
-    };
-    signal.addEventListener("abort", abort, { once: true });
+    const aborted = whenAborted(signal, { done: true, value: undefined } as const, stop);
     const it = data[Symbol.asyncIterator]();
     let ended = false;
     try {
       for (;;) {
         const next = it.next();
         next.catch(() => undefined); // left pending by an abort, it may still fail: not unhandled
-        const r = await Promise.race([next, aborted]);
+        const r = await Promise.race([next, aborted.promise]);
         if (r.done || signal.aborted) {
           ended = r.done === true && !signal.aborted;
           break;
@@ -152,7 +145,7 @@ export function untilAborted(data: AsyncIterable<Uint8Array>, signal: AbortSigna
       // The stream's own error when it was destroyed under the wait: the abort is what happened.
       if (!signal.aborted) throw e;
     } finally {
-      signal.removeEventListener("abort", abort);
+      aborted.dispose();
       // Left early (the caller stopped reading, or the abort): the stream is ended as for await would end it;
       // after an abort without waiting, since a pending read may never return.
       if (!ended) {
@@ -164,6 +157,22 @@ export function untilAborted(data: AsyncIterable<Uint8Array>, signal: AbortSigna
     if (signal.aborted) throw signal.reason;
   }
   return Object.assign(parts(), { cancel: stop });
+}
+
+/**
+ * A promise that resolves with `value` when `signal` aborts (after `first`
+ * runs), to race a wait with; dispose() removes its listener.
+ */
+function whenAborted<T>(signal: AbortSignal, value: T, first?: () => void): { promise: Promise<T>; dispose(): void } {
+  let listener = () => undefined as void;
+  const promise = new Promise<T>((resolve) => {
+    listener = () => {
+      first?.();
+      resolve(value);
+    };
+  });
+  signal.addEventListener("abort", listener, { once: true });
+  return { promise, dispose: () => signal.removeEventListener("abort", listener) };
 }
 
 /**
@@ -281,18 +290,12 @@ const STDIN_HINT = "send the image to stdin (zb image … - < IMAGE.zbi, or thro
  * empty archive (IMG_FORMAT).
  */
 function stdinMissing(): string | null {
-  let st: ReturnType<typeof fstatSync>;
   try {
-    st = fstatSync(0);
+    fstatSync(0);
   } catch {
     return "it is closed";
   }
-  try {
-    if (st.isCharacterDevice() && st.rdev === statSync("/dev/null").rdev) return "it is closed or /dev/null, so there is no image to read";
-  } catch {
-    // no /dev/null to compare with: the read will tell
-  }
-  return null;
+  return isNullDevice(0) ? "it is closed or /dev/null, so there is no image to read" : null;
 }
 
 /** process.stdin, with "opened for writing only" (`0>FILE`, EBADF) said in words. */

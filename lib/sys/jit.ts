@@ -28,7 +28,7 @@
  */
 import { constants } from "node:os";
 import { ZbError } from "../errors.ts";
-import { systemLibrary } from "./dlopen.ts";
+import { libc } from "./libc.ts";
 
 /** The JavaScriptCore option, as Bun reads it from the environment. */
 export const JIT_VAR = "BUN_JSC_useJIT";
@@ -107,26 +107,10 @@ export interface TieSeams {
   parentPid(): number;
 }
 
-/**
- * libc through bun:ffi, by absolute path (lib/sys/dlopen.ts: never a bare
- * name). Its own small binding rather than lib/sys/libc.ts's, so the one
- * path that runs in every tied child opens exactly the two symbols it needs.
- * @throws {ZbError} INTERNAL when libc cannot be found or bound (bun:ffi needs the JIT)
- */
+/** The seams over zb's libc binding (lib/sys/libc.ts). @throws {ZbError} INTERNAL when libc cannot be loaded (bun:ffi needs the JIT) */
 function libcSeams(): TieSeams {
-  const path = systemLibrary("libc.so.6");
-  try {
-    if (path === null) throw new Error("libc.so.6 is in none of the system's library folders");
-    const { dlopen } = require("bun:ffi") as typeof import("bun:ffi");
-    const c = dlopen(path, {
-      // prctl is variadic in C; glibc reads four further arguments whatever the option, so four are passed.
-      prctl: { args: ["i32", "u64", "u64", "u64", "u64"], returns: "i32" },
-      getppid: { args: [], returns: "i32" },
-    }).symbols;
-    return { setDeathSignal: (sig) => c.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0), parentPid: () => c.getppid() };
-  } catch (e) {
-    throw new ZbError("INTERNAL", `internal error: cannot tie this process to its parent: cannot load ${path ?? "libc.so.6"}: ${(e as Error).message}`, { cause: e });
-  }
+  const c = libc();
+  return { setDeathSignal: (sig) => c.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0), parentPid: () => c.getppid() };
 }
 
 /**

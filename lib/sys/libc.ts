@@ -5,6 +5,7 @@
  * - sync(2) and syscall(2), for reboot(2) with LINUX_REBOOT_CMD_RESTART2;
  * - posix_fadvise(2), to drop a file's cached pages before reading it back;
  * - flock(2), for the env lock other env tools share (lib/sys/flock.ts);
+ * - prctl(2) and getppid(2), to tie zbunlock's JIT child to its parent (lib/sys/jit.ts);
  * - free/memcpy/explicit_bzero, to take ownership of a buffer a C library
  *   allocated with malloc() and handed back through a `uint8_t**`
  *   out-parameter (Zymbit's zk_app_utils does this for every output; the
@@ -22,6 +23,7 @@
  */
 import type { Pointer } from "bun:ffi";
 import { ZbError } from "../errors.ts";
+import { systemLibrary } from "./dlopen.ts";
 
 /** A C pointer as bun:ffi passes it: a number from a `ptr` return, or a bigint read from an out-cell. */
 export type CPtr = Pointer | bigint;
@@ -37,6 +39,9 @@ const LIBC_SYMBOLS = {
   syscall: { args: ["i64", "i64", "i64", "i64", "ptr"], returns: "i64" },
   posix_fadvise: { args: ["i32", "i64", "i64", "i32"], returns: "i32" },
   flock: { args: ["i32", "i32"], returns: "i32" },
+  // prctl is variadic in C; glibc reads four further arguments whatever the option, so four are passed.
+  prctl: { args: ["i32", "u64", "u64", "u64", "u64"], returns: "i32" },
+  getppid: { args: [], returns: "i32" },
 } as const;
 
 export type LibcSymbols = {
@@ -48,6 +53,8 @@ export type LibcSymbols = {
   syscall(nr: number, a: number, b: number, c: number, p: Pointer): number | bigint;
   posix_fadvise(fd: number, offset: number, len: number, advice: number): number;
   flock(fd: number, op: number): number;
+  prctl(option: number, a: number, b: number, c: number, d: number): number;
+  getppid(): number;
 };
 
 let cached: LibcSymbols | undefined;
@@ -60,7 +67,9 @@ export function libc(): LibcSymbols {
   if (cached) return cached;
   try {
     const { dlopen } = require("bun:ffi") as typeof import("bun:ffi");
-    cached = dlopen(LIBC_NAME, LIBC_SYMBOLS).symbols as unknown as LibcSymbols;
+    // By absolute path from the system's library folders (lib/sys/dlopen.ts: a bare name may reach the
+    // working directory); elsewhere the loader's own answer, which for libc is the copy already loaded.
+    cached = dlopen(systemLibrary(LIBC_NAME) ?? LIBC_NAME, LIBC_SYMBOLS).symbols as unknown as LibcSymbols;
   } catch (e) {
     throw new ZbError("INTERNAL", `internal error: cannot load ${LIBC_NAME}: ${(e as Error).message}`, { cause: e });
   }

@@ -209,3 +209,18 @@ function blockDeviceSize(path: string): number {
 export function parentDir(path: string): string {
   return dirname(path);
 }
+
+/**
+ * Is descriptor `fd` the null device (the same device number as /dev/null)?
+ * A descriptor 0–2 closed when the process started (`<&-`, `>&-`) is opened
+ * on /dev/null by the runtime, so this is also how such a closed one shows.
+ * False when either cannot be checked.
+ */
+export function isNullDevice(fd: number): boolean {
+  try {
+    const st = fs.fstatSync(fd);
+    return st.isCharacterDevice() && st.rdev === fs.statSync("/dev/null").rdev;
+  } catch {
+    return false;
+  }
+}

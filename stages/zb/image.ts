@@ -13,7 +13,7 @@ import { verifyImage } from "../../lib/image/verify.ts";
 import { HostSys } from "../../lib/sys/sys.ts";
 import { err, out } from "../output.ts";
 import { subcommand } from "../common.ts";
-import { stopOnSignals } from "../interrupt.ts";
+import { untilStopped } from "../interrupt.ts";
 import { bar, jsonEvent, progressMode, type ProgressMode } from "../progress.ts";
 import { readPrivateKey } from "./key.ts";
 
@@ -110,22 +110,15 @@ async function createWith(args: ParsedArgs, payloads: PayloadInput[], signers: S
   const fields = { compatible: need("compatible"), version: need("version"), serial: number(need("serial"), "--serial") };
   const output = need("output");
   const b = mode === "bar" ? bar("create") : null;
-  const stop = stopOnSignals(`create ${output}`);
-  let m: Awaited<ReturnType<typeof createImage>>;
-  try {
-    m = await createImage({
-      ...fields, payloads, signers, output, signal: stop.signal,
-      ...(args.values.has("level") ? { level: number(args.values.get("level")!, "--level") } : {}),
-      ...(args.values.has("chunk-size") ? { chunkSize: number(args.values.get("chunk-size")!, "--chunk-size") } : {}),
-      progress: (e) => (mode === "json" ? jsonEvent({ type: "progress", payload: e.payload, rawBytes: e.rawBytes, rawTotal: e.rawTotal }) : b?.update(e.allBytes, e.allTotal)),
-    });
-  } finally {
-    stop.done();
-    b?.finish(); // a failure's message goes on a line of its own
-  }
+  const m = await untilStopped(`create ${output}`, (signal) => createImage({
+    ...fields, payloads, signers, output, signal,
+    ...(args.values.has("level") ? { level: number(args.values.get("level")!, "--level") } : {}),
+    ...(args.values.has("chunk-size") ? { chunkSize: number(args.values.get("chunk-size")!, "--chunk-size") } : {}),
+    progress: (e) => (mode === "json" ? jsonEvent({ type: "progress", payload: e.payload, rawBytes: e.rawBytes, rawTotal: e.rawTotal }) : b?.update(e.allBytes, e.allTotal)),
+  }), { after: () => b?.finish() }); // a failure's message goes on a line of its own
   // With --progress=json the stream stays newline-delimited JSON to its end: the result is a JSON line too.
-  if (args.flags.has("json") || mode === "json") out(JSON.stringify({ type: "result", ok: true, output: args.values.get("output"), manifest: m }) + "\n");
-  else out(`zb image create: ${args.values.get("output")}: ${m.compatible} ${m.version} serial ${m.serial}, ${m.payloads.map((p) => `${p.name} ${p.raw.size} → ${p.stored.size} bytes`).join(", ")}\n`);
+  if (args.flags.has("json") || mode === "json") out(JSON.stringify({ type: "result", ok: true, output, manifest: m }) + "\n");
+  else out(`zb image create: ${output}: ${m.compatible} ${m.version} serial ${m.serial}, ${m.payloads.map((p) => `${p.name} ${p.raw.size} → ${p.stored.size} bytes`).join(", ")}\n`);
   return 0;
 }
 
@@ -138,13 +131,7 @@ async function sign(args: ParsedArgs): Promise<number> {
 async function signWith(args: ParsedArgs, input: string, output: string, signers: Signer[]): Promise<number> {
   const src = sourceFor(input, source(args));
   // A stopped source fails the copy like a broken one: the writer removes its .OUT.zb-new, an older OUT stays.
-  const stop = stopOnSignals(`sign ${output}`);
-  let sigs: Awaited<ReturnType<typeof resignImage>>;
-  try {
-    sigs = await resignImage(stoppable(src, stop.signal), signers, output);
-  } finally {
-    stop.done();
-  }
+  const sigs = await untilStopped(`sign ${output}`, (signal) => resignImage(stoppable(src, signal), signers, output));
   out(args.flags.has("json") ? JSON.stringify({ output, signatures: sigs.map((s) => ({ alg: s.alg, keyId: s.keyId })) }) + "\n" : `zb image sign: ${output}: ${sigs.length} signature(s)\n`);
   return 0;
 }
@@ -153,13 +140,7 @@ async function info(args: ParsedArgs): Promise<number> {
   const input = args.positional[0] ?? usage("info", "no image given");
   const src = sourceFor(input, source(args));
   // Only the header is read, but from a stdin or a server that may be slow to send it.
-  const stop = stopOnSignals(`read the image header from ${src.name}`);
-  let img: Awaited<ReturnType<typeof openImage>>;
-  try {
-    img = await openImage(await stoppable(src, stop.signal).open(0), { unverified: true });
-  } finally {
-    stop.done();
-  }
+  const img = await untilStopped(`read the image header from ${src.name}`, async (signal) => openImage(await stoppable(src, signal).open(0), { unverified: true }));
   img.close();
   const { manifest: m, signatures } = img.header;
   if (args.flags.has("json")) {
@@ -180,17 +161,11 @@ async function verify(args: ParsedArgs): Promise<number> {
   const mode = progressMode(args.values.get("progress"));
   const b = mode === "bar" ? bar("verify") : null;
   const src = sourceFor(input, source(args, mode));
-  const stop = stopOnSignals(`verify ${src.name}`); // src.name: a URL without its credentials or query
-  let r: Awaited<ReturnType<typeof verifyImage>>;
-  try {
-    r = await verifyImage(stoppable(src, stop.signal), policy(args), {
-      deep: args.flags.has("deep"),
-      progress: (done, total) => (mode === "json" ? jsonEvent({ type: "progress", storedBytes: done, storedTotal: total }) : b?.update(done, total)),
-    });
-  } finally {
-    stop.done();
-    b?.finish();
-  }
+  // src.name: a URL without its credentials or query.
+  const r = await untilStopped(`verify ${src.name}`, (signal) => verifyImage(stoppable(src, signal), policy(args), {
+    deep: args.flags.has("deep"),
+    progress: (done, total) => (mode === "json" ? jsonEvent({ type: "progress", storedBytes: done, storedTotal: total }) : b?.update(done, total)),
+  }), { after: () => b?.finish() });
   if (args.flags.has("json") || mode === "json") out(JSON.stringify({ type: "result", ok: true, ...r }) + "\n");
   else out(`zb image verify: ${src.name}: OK: ${r.compatible} ${r.version} serial ${r.serial}, signed by ${r.signedBy.join(", ")}; ${r.payloads.map((p) => `${p.name} ${p.chunks} chunks`).join(", ")}${args.flags.has("deep") ? " (deep)" : ""}\n`);
   return 0;
@@ -218,14 +193,11 @@ async function installCmd(args: ParsedArgs): Promise<number> {
   if (args.flags.has("resume") && !sys.stat(journal)) err(`zb image install: no journal at ${journal}: installing from the start\n`);
   const src = sourceFor(input, source(args, mode));
   // The journal keeps what was made durable: the same command with --resume continues from there.
-  const stop = stopOnSignals(`install ${payload}`, "run the same command with --resume to continue where it stopped");
-  let r: Awaited<ReturnType<typeof install>>;
-  try {
-    r = await install(sys, stoppable(src, stop.signal), policy(args), { payload, target, journal, resume: args.flags.has("resume"), readBack, progress: onProgress, signal: stop.signal });
-  } finally {
-    stop.done();
-    (back ?? b)?.finish();
-  }
+  const r = await untilStopped(
+    `install ${payload}`,
+    (signal) => install(sys, stoppable(src, signal), policy(args), { payload, target, journal, resume: args.flags.has("resume"), readBack, progress: onProgress, signal }),
+    { hint: "run the same command with --resume to continue where it stopped", after: () => (back ?? b)?.finish() },
+  );
   if (args.flags.has("json") || mode === "json") out(JSON.stringify({ type: "result", ok: true, ...r }) + "\n");
   else out(`zb image install: ${payload} → ${target}: ${r.alreadyInstalled ? "already installed" : `${r.rawSize} bytes verified and written${r.readBack ? " and read back" : ""} in ${r.seconds.toFixed(1)} s`}${r.resumedFrom ? ` (resumed at chunk ${r.resumedFrom})` : ""}\n`);
   if (r.readBack === "cached") err(`zb image install: warning: ${target} was read back through the page cache (its file system refuses O_DIRECT and posix_fadvise failed)\n`);
