@@ -6,6 +6,7 @@
  * - posix_fadvise(2), to drop a file's cached pages before reading it back;
  * - flock(2), for the env lock other env tools share (lib/sys/flock.ts);
  * - prctl(2) and getppid(2), to tie zbunlock's JIT child to its parent (lib/sys/jit.ts);
+ * - ioctl(2), for LOOP_GET_STATUS64: which file a loop device is bound to (lib/sys/loopdev.ts);
  * - free/memcpy/explicit_bzero, to take ownership of a buffer a C library
  *   allocated with malloc() and handed back through a `uint8_t**`
  *   out-parameter (Zymbit's zk_app_utils does this for every output; the
@@ -42,6 +43,8 @@ const LIBC_SYMBOLS = {
   // prctl is variadic in C; glibc reads four further arguments whatever the option, so four are passed.
   prctl: { args: ["i32", "u64", "u64", "u64", "u64"], returns: "i32" },
   getppid: { args: [], returns: "i32" },
+  // ioctl is variadic in C; every request zb makes passes one pointer.
+  ioctl: { args: ["i32", "u64", "ptr"], returns: "i32" },
 } as const;
 
 export type LibcSymbols = {
@@ -55,6 +58,7 @@ export type LibcSymbols = {
   flock(fd: number, op: number): number;
   prctl(option: number, a: number, b: number, c: number, d: number): number;
   getppid(): number;
+  ioctl(fd: number, request: number, arg: Pointer): number;
 };
 
 let cached: LibcSymbols | undefined;
