@@ -31,9 +31,10 @@
  * Root and data must be two devices, whatever the paths say: a symbolic link,
  * a hard link or a second device node for the data volume, given as the root,
  * would have the root's luksFormat destroy the data, and so would the whole
- * disk holding the other's partition, or a loop device on the other's image
- * file. Paths are compared by the storage they name (lib/luks/overlap.ts)
- * before anything is sealed or formatted.
+ * disk holding the other's partition, a loop device on the other's image
+ * file, or a device-mapper or md device stacked on the other. Paths are
+ * compared by the storage they name (lib/luks/overlap.ts) before anything is
+ * sealed or formatted.
  *
  * A volume that is kept (format false) must be LUKS2, checked from its header
  * before anything else: zb reads keyslots from cryptsetup's LUKS2 JSON
@@ -51,7 +52,8 @@ import { HostSys, type Sys } from "../sys/sys.ts";
 import { checkCredentials, CRED_FORMAT, DATA_MAPPING, ROOT_MAPPING, type CredentialMeta, type Credentials } from "./credentials.ts";
 import { checkName, type Cryptsetup, type FormatOptions } from "./cryptsetup.ts";
 import { LUKS_PROBE_BYTES, parseLuksHeader } from "./header.ts";
-import { deviceExtent, sharesStorage, type DeviceLookup, type DeviceStat } from "./overlap.ts";
+import { loopStatus, type LoopStatus } from "../sys/loopdev.ts";
+import { deviceExtents, sharedExtents, type DeviceLookup, type DeviceStat } from "./overlap.ts";
 
 /** EnrollOptions.statDevice returns it; it lives with the storage comparison now. */
 export type { DeviceStat } from "./overlap.ts";
@@ -83,17 +85,23 @@ export interface EnrollOptions {
   statDevice?: (path: string) => DeviceStat | null;
   /** Reads the headers of kept volumes and sysfs; default the host. */
   sys?: Sys;
-  /** Where sysfs is mounted (partitions and loop devices are looked up there); default "/sys". */
+  /** Where sysfs is mounted (partitions, loop and stacked devices are looked up there); default "/sys". */
   sysfs?: string;
+  /**
+   * Which file a loop device /dev/NAME is bound to (LOOP_GET_STATUS64); null when it cannot be asked.
+   * Default: the host's loop devices, but only with the host's sysfs: they describe no other.
+   */
+  loopStatus?: (node: string) => LoopStatus | null;
 }
 
 /**
  * Enrol a slot: keys, LUKS formats, sealing, metadata.
  * @returns credentials for packCredentials (blobs already checked)
  * @throws {ZbError} USAGE for a bad slot or root and data sharing storage (also through a link, a
- *   second device node, a disk and its partition, a loop device and its file); IO when a device or
- *   sysfs cannot be read; LUKS_FAILED when a kept volume is LUKS1, cryptsetup fails or a given key
- *   does not open its device; HSM_ABSENT / HSM_FAILED from sealing
+ *   second device node, a disk and its partition, a loop device and its file, a device-mapper or md
+ *   device and a device under it); IO when a device or sysfs cannot be read or sysfs shows a cycle;
+ *   LUKS_FAILED when a kept volume is LUKS1, cryptsetup fails or a given key does not open its
+ *   device; HSM_ABSENT / HSM_FAILED from sealing
  * @example const creds = await enrollSlot({ hsm, crypt: new CryptsetupCli(), slot: "b", root: { device: "/dev/mmcblk0p3", format: true }, data: { device: "/dev/mmcblk0p4", key } })
  */
 export async function enrollSlot(opts: EnrollOptions): Promise<Credentials> {
@@ -139,12 +147,17 @@ function keep(made: Uint8Array[], key: Uint8Array): Uint8Array {
 function checkTargets(opts: EnrollOptions): void {
   if (opts.slot !== "a" && opts.slot !== "b") throw new ZbError("USAGE", `cannot enrol slot ${JSON.stringify(opts.slot)}: expected a or b`);
   if (opts.openRootAs !== undefined) checkName(opts.openRootAs);
-  const look: DeviceLookup = { stat: opts.statDevice ?? hostStat, sys: opts.sys ?? new HostSys(), sysfs: opts.sysfs ?? "/sys" };
+  const look: DeviceLookup = {
+    stat: opts.statDevice ?? hostStat,
+    sys: opts.sys ?? new HostSys(),
+    sysfs: opts.sysfs ?? "/sys",
+    loopStatus: opts.loopStatus ?? (opts.sysfs === undefined ? loopStatus : undefined),
+  };
   if (opts.data) {
     const [root, data] = [opts.root.device, opts.data.device];
-    const [r, d] = [deviceExtent(root, look), deviceExtent(data, look)];
-    if (sharesStorage(r, d)) {
-      const via = [...new Set([...r.via, ...d.via])];
+    const shared = sharedExtents(deviceExtents(root, look), deviceExtents(data, look));
+    if (shared) {
+      const via = [...new Set([...shared[0].via, ...shared[1].via])];
       const same =
         root === data ? `the same device ${root}`
         : via.length === 0 ? `the same device (${root} and ${data} name one device)`

@@ -2,7 +2,10 @@
  * A fake sysfs for the block-device layers lib/luks/overlap.ts follows: the
  * device directories under devices/, partitions inside their disk's, the
  * dev/block/M:N links, and the attributes Linux puts there (dev, size, start,
- * partition, loop/backing_file, loop/offset). Device nodes are not made: the
+ * partition, loop/backing_file, loop/offset, slaves/ links to the lower
+ * devices' directories, dm/name, md/). A loop device may also answer a fake
+ * LOOP_GET_STATUS64 (`loopStatus`, for /dev/NAME) naming the file the
+ * kernel holds, which need not be the one backing_file names. Device nodes are not made: the
  * returned `stat` answers for `dev(NAME)` (DIR/dev/NAME, a path no host
  * device has, so code that missed the check formats nothing real) as stat(2)
  * would for a block device, and for any other path with the real stat (image
@@ -11,6 +14,7 @@
 import { mkdirSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { join, relative } from "node:path";
 import type { DeviceStat } from "../../lib/luks/overlap.ts";
+import type { LoopStatus } from "../../lib/sys/loopdev.ts";
 
 export interface FakeBlock {
   name: string;
@@ -21,15 +25,26 @@ export interface FakeBlock {
   /** A partition of this disk, starting at `start` sectors. */
   partOf?: string;
   start?: number;
-  /** A loop device on this file, from byte `offset`. */
-  loop?: { file: string; offset?: number };
+  /**
+   * A loop device on this file (as backing_file prints it), from byte `offset`; `held`: the file the
+   * kernel holds, reported by the fake LOOP_GET_STATUS64 (none: the device cannot be asked).
+   */
+  loop?: { file: string; offset?: number; held?: string };
+  /** A stacked device on these devices (listed before or after it: a broken sysfs may loop). */
+  slaves?: string[];
+  /** dm/name of a device-mapper device; `md`: an md array. */
+  dm?: string;
+  md?: boolean;
 }
 
 /**
  * Lay the devices out under `dir`/sys.
  * @returns where sysfs is, the node path of a device, and stat(2) for those nodes (other paths: the real one, null when missing)
  */
-export function fakeSysfs(dir: string, blocks: FakeBlock[]): { sysfs: string; dev: (name: string) => string; stat: (path: string) => DeviceStat | null } {
+export function fakeSysfs(
+  dir: string,
+  blocks: FakeBlock[],
+): { sysfs: string; dev: (name: string) => string; stat: (path: string) => DeviceStat | null; loopStatus: (node: string) => LoopStatus | null } {
   const sysfs = join(dir, "sys");
   const dev = (name: string) => join(dir, "dev", name);
   const where = new Map<string, string>();
@@ -51,10 +66,23 @@ export function fakeSysfs(dir: string, blocks: FakeBlock[]): { sysfs: string; de
       writeFileSync(join(d, "loop/backing_file"), `${b.loop.file}\n`);
       writeFileSync(join(d, "loop/offset"), `${b.loop.offset ?? 0}\n`);
     }
+    mkdirSync(join(d, "slaves"));
+    if (b.dm !== undefined) {
+      mkdirSync(join(d, "dm"));
+      writeFileSync(join(d, "dm/name"), `${b.dm}\n`);
+    }
+    if (b.md) mkdirSync(join(d, "md"));
     const link = join(sysfs, "dev/block", `${b.major}:${b.minor}`);
     mkdirSync(join(sysfs, "dev/block"), { recursive: true });
     symlinkSync(relative(join(sysfs, "dev/block"), d), link);
     nodes.set(dev(b.name), blockNode(1000 + nodes.size, makedev(b.major, b.minor)));
+  }
+  for (const b of blocks) {
+    for (const s of b.slaves ?? []) {
+      const below = where.get(s);
+      if (below === undefined) throw new Error(`fakeSysfs: ${b.name}'s slave ${s} is not listed`);
+      symlinkSync(relative(join(where.get(b.name)!, "slaves"), below), join(where.get(b.name)!, "slaves", s));
+    }
   }
   const stat = (path: string): DeviceStat | null => {
     const node = nodes.get(path);
@@ -65,7 +93,13 @@ export function fakeSysfs(dir: string, blocks: FakeBlock[]): { sysfs: string; de
       return null;
     }
   };
-  return { sysfs, dev, stat };
+  const loopStatus = (node: string): LoopStatus | null => {
+    const b = blocks.find((x) => node === `/dev/${x.name}` && x.loop?.held !== undefined);
+    const st = b ? stat(b.loop!.held!) : null;
+    if (!b || !st) return null;
+    return { self: makedev(b.major, b.minor), device: st.dev, inode: st.ino, rdevice: st.isBlockDevice() ? st.rdev : 0, offset: b.loop!.offset ?? 0 };
+  };
+  return { sysfs, dev, stat, loopStatus };
 }
 
 /** stat(2) of a block device node: inode `ino` on devtmpfs (dev 5), device number `rdev`. */

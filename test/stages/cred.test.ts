@@ -6,9 +6,9 @@
  * test/stages/hsm.test.ts).
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, linkSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 
 const BIN = resolve(import.meta.dir, "../../dist/zb-x64");
 let dir = "";
@@ -107,6 +107,21 @@ describe("zb cred create refuses volumes before touching any: before (the data v
         return { root: loop, data };
       },
       after: { code: 2, err: /zb: cannot enrol slot a: root and data are the same device \(\/dev\/loop\d+ and .*lo-data\.img overlap: loop\d+ is a loop device on .*lo-data\.img\)/ },
+    },
+    {
+      name: "the root given is a loop device on the data image by a name since unlinked (the binary asks the kernel which file)",
+      tag: "ul",
+      before: ({ data }) => {
+        const gone = join(dirname(data), "gone.img");
+        linkSync(data, gone);
+        const r = Bun.spawnSync(["losetup", "--find", "--show", gone], { stderr: "pipe" });
+        rmSync(gone);
+        const loop = r.stdout.toString().trim();
+        if (r.exitCode !== 0 || !loop.startsWith("/dev/loop")) throw new Error(`losetup failed: ${r.stderr}`);
+        loops.push(loop);
+        return { root: loop, data };
+      },
+      after: { code: 2, err: /zb: cannot enrol slot a: root and data are the same device \(\/dev\/loop\d+ and .*ul-data\.img overlap: loop\d+ is a loop device on .*gone\.img \(deleted\)\)/ },
     },
   ];
   test.each(rows)("$name → exit $after.code", ({ tag, before, after }) => {

@@ -15,7 +15,7 @@
  */
 import { afterAll, describe, expect, test } from "bun:test";
 import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
-import { linkSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
+import { linkSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { ZbError, type ErrorCode } from "../../../lib/errors.ts";
 import { b64, b64field, decodeBlob } from "../../../lib/hsm/blob.ts";
@@ -261,6 +261,34 @@ describe("enrollSlot failures before (the situation) / after (error, disks uncha
       after: { code: "USAGE", message: /root and data are the same device \(.*overlap: loop3 is a loop device on .*p4\.img; loop5 is a loop device on .*p4\.img\)/, seals: 0 },
     },
     {
+      name: "root is a device-mapper device (an open LUKS volume, an LV) on the data partition",
+      hsm: () => new BoxHsm(),
+      before: (d, old) => {
+        const f = onFakeSysfs(d, () => [
+          { name: "sdb", major: 8, minor: 16, size: GiB },
+          { name: "sdb2", major: 8, minor: 18, size: GiB / 2, partOf: "sdb", start: GiB / 4 },
+          { name: "dm-0", major: 253, minor: 0, size: GiB / 2, dm: "zb-data", slaves: ["sdb2"] },
+        ]);
+        return { slot: "b", root: { device: f.dev("dm-0"), format: true }, data: { device: f.dev("sdb2"), key: old }, ...f.opts };
+      },
+      after: { code: "USAGE", message: /root and data are the same device \(.*dm-0 and .*sdb2 overlap: zb-data is a device-mapper device on sdb2; sdb2 is a partition of sdb\)/, seals: 0 },
+    },
+    {
+      name: "root is an md array with a member on the data disk",
+      hsm: () => new BoxHsm(),
+      before: (d, old) => {
+        const f = onFakeSysfs(d, () => [
+          { name: "sdb", major: 8, minor: 16, size: GiB },
+          { name: "sdb1", major: 8, minor: 17, size: GiB / 4, partOf: "sdb", start: 2048 },
+          { name: "sdc", major: 8, minor: 32, size: GiB },
+          { name: "sdc1", major: 8, minor: 33, size: GiB / 4, partOf: "sdc", start: 2048 },
+          { name: "md0", major: 9, minor: 0, size: GiB / 4, md: true, slaves: ["sdb1", "sdc1"] },
+        ]);
+        return { slot: "b", root: { device: f.dev("md0"), format: true }, data: { device: f.dev("sdc"), key: old }, ...f.opts };
+      },
+      after: { code: "USAGE", message: /root and data are the same device \(.*overlap: md0 is an md array on sdc1; sdc1 is a partition of sdc\)/, seals: 0 },
+    },
+    {
       name: "the kept data volume is LUKS1: refused before anything is sealed or formatted",
       hsm: () => new BoxHsm(),
       luks1: "data",
@@ -327,6 +355,17 @@ describe("real loop devices before (root and data as given) / after (refused, th
   const rows: { name: string; before: (data: string) => [root: string, data: string]; after: RegExp }[] = [
     { name: "root is a loop device on the data image", before: (data) => [attach(data), data], after: /root and data are the same device \(\/dev\/loop\d+ and .*p4\.img overlap: loop\d+ is a loop device on .*p4\.img\)/ },
     { name: "root and data are two loop devices on the data image", before: (data) => [attach(data), attach(data)], after: /root and data are the same device \(.*overlap: (loop\d+ is a loop device on .*p4\.img(; )?){2}\)/ },
+    {
+      name: "root is a loop device on the data image by a name since unlinked (backing_file says deleted, the kernel knows the inode)",
+      before: (data) => {
+        const other = join(dirname(data), "gone.img");
+        linkSync(data, other);
+        const dev = attach(other);
+        rmSync(other);
+        return [dev, data];
+      },
+      after: /root and data are the same device \(\/dev\/loop\d+ and .*p4\.img overlap: loop\d+ is a loop device on .*gone\.img \(deleted\)\)/,
+    },
   ];
   test.each(rows)("$name", async ({ before, after }) => {
     const d = disks();
