@@ -23,7 +23,7 @@
  * default costs seconds and up to 1 GiB of RAM per unlock (docs/luks.md has
  * the measured figures).
  */
-import { closeSync, writeSync } from "node:fs";
+import { closeSync, existsSync, writeSync } from "node:fs";
 import type { FileSink, Subprocess } from "bun";
 import { ZbError } from "../errors.ts";
 import { libc } from "../sys/libc.ts";
@@ -584,4 +584,40 @@ function keyPipe(key: Uint8Array, what: string): number {
     closeSync(writeEnd);
   }
   return readEnd;
+}
+
+// ---- dmsetup ----
+
+/**
+ * `dmsetup remove --retry NAME`, for a mapping `cryptsetup close` does not
+ * remove: a cryptsetup killed between creating the device and loading its
+ * crypt table leaves a device without one, which cryptsetup does not take
+ * for its own. --retry: udev may still be probing a device it just saw.
+ * @param binary program name or path; default `dmsetup` on PATH (plus /usr/sbin, /sbin)
+ * @returns the remover, or null when there is no such program (the
+ *   initramfs has it when Debian's dmsetup package is installed: its
+ *   initramfs-tools hook copies it)
+ */
+export function dmsetupRemover(binary = "dmsetup"): ((name: string) => Promise<void>) | null {
+  let exe: string;
+  try {
+    exe = resolveBinary(binary, "find dmsetup");
+  } catch {
+    return null;
+  }
+  if (!existsSync(exe)) return null;
+  return async (name) => {
+    const what = `remove the device-mapper device ${name}`;
+    let p: Subprocess<"ignore", "pipe", "pipe">;
+    try {
+      p = Bun.spawn([exe, "remove", "--retry", checkName(name)], { stdio: ["ignore", "pipe", "pipe"], env: childEnv() });
+    } catch (e) {
+      throw new ZbError("LUKS_FAILED", `cannot ${what}: cannot run ${exe}: ${(e as Error).message}`, { cause: e });
+    }
+    const [, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+    if (code !== 0) {
+      const detail = stderr.split("\n").map((l) => l.trim()).filter(Boolean).slice(-2).join("; ");
+      throw new ZbError("LUKS_FAILED", `cannot ${what}: dmsetup exit ${code}${detail ? `: ${detail}` : ""}`);
+    }
+  };
 }

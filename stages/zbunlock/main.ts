@@ -52,8 +52,12 @@ failure) when the keys cannot work and nothing else can boot (U4).
   --go-file FILE load, then wait until FILE exists before doing anything (the
                  initramfs starts zbunlock early this way; up to
                  zb.prestart_wait=SECONDS, default ${DEFAULT_GO_WAIT_S}, then exit 24 having done nothing)
-  --lock-only    lock this slot's sealed keys (tpm2: extend the lock PCR) and
-                 exit; no boot state, no unlock (local-top runs it before a panic)
+  --lock-only    lock this slot's sealed keys (tpm2: extend the lock PCR), stop
+                 any cryptsetup still working on zb-root/zb-data and close them,
+                 then exit; no boot state, no unlock (local-top runs it before a
+                 panic). Exit 22 when a volume stays open (the script then
+                 reboots instead of a shell); not for a running system, whose
+                 mounted root it cannot close
   --status-fd N  also write "exited STATUS" to descriptor N as the process
                  exits, before the runtime's teardown (the initramfs script
                  waits for that line)
@@ -89,18 +93,24 @@ export async function zbunlockMain(argv: string[]): Promise<number> {
   const sys = new HostSys();
   const creds = credentialsOnce(sys, args.values.get("credentials") ?? root);
   if (args.flags.has("lock-only")) {
-    // The boot script's last step before initramfs-tools' panic: lock the keys even when the
-    // zbunlock that ran was killed or lost its status (it locks by itself on every failure it
-    // reports). Touches no boot state; only tpm2 keys have a lock PCR, and it needs no JIT.
-    await lockAfterFailureStep(args, sys, root, creds);
-    return 0;
+    // The boot script's last step before initramfs-tools' panic: lock the keys and close the
+    // volumes even when the zbunlock that ran was killed (its cryptsetup may live on) or lost
+    // its status. Touches no boot state; only tpm2 keys have a lock PCR, and it needs no JIT.
+    // Not 0 while a volume is (or may become) open: the script then reboots instead of a shell.
+    return (await lockAfterFailureStep(args, sys, root, creds)) ? 0 : CODES.LUKS_FAILED;
   }
   // Started without the JIT (the initramfs script does so for a faster start,
   // lib/sys/jit.ts): a backend that is a C library needs it back, so the whole
   // run happens in a child with the JIT on, before any state is touched (a
   // --go-file is passed on: the child waits for it).
   const backend = args.flags.has("no-unlock") || args.flags.has("dry-run") ? null : credentialBackend(creds);
-  if (jitOff() && backend !== null && FFI_BACKENDS.has(backend)) return rerunWithJit(withoutStatusFd(argv), backend);
+  if (jitOff() && backend !== null && FFI_BACKENDS.has(backend)) {
+    const status = rerunWithJit(withoutStatusFd(argv), backend);
+    // A child that was killed could not clean up: its cryptsetup, given the key, may live on
+    // and open the root later. One that failed by itself did so already; this finds nothing then.
+    if (status !== 0) await lockAfterFailureStep(args, sys, root, creds);
+    return status;
+  }
   const p = readPlatform(sys, root);
   for (const line of unknownParamWarnings(p)) err(`${line}\n`);
   const goFile = args.values.get("go-file");
@@ -114,7 +124,8 @@ export async function zbunlockMain(argv: string[]): Promise<number> {
   }
   // From here on zbunlock acts. When the boot ends without the unlock
   // (a failure, or a reboot it could not make), the slot's keys are locked
-  // all the same: initramfs-tools' panic may leave a shell on the console.
+  // and its volumes closed all the same: initramfs-tools' panic may leave a
+  // shell on the console. The status stays the failure's either way.
   let status: number | undefined;
   try {
     status = await act(args, sys, root, p, creds);

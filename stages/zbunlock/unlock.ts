@@ -10,7 +10,8 @@ import type { ParsedArgs } from "../../lib/cli/args.ts";
 import type { Platform } from "../../lib/bootloader/platform.ts";
 import { CRED_DIR, readCredentials, ROOT_MAPPING, type LoadedCredentials } from "../../lib/luks/credentials.ts";
 import { ZbError } from "../../lib/errors.ts";
-import { CryptsetupCli, isWrongKey } from "../../lib/luks/cryptsetup.ts";
+import { CryptsetupCli, dmsetupRemover, isWrongKey } from "../../lib/luks/cryptsetup.ts";
+import { closeLeftovers, leftoverLines, nothingLeft, ZB_MAPPINGS } from "../../lib/unlock/leftover.ts";
 import { findLuksDevice } from "../../lib/unlock/devices.ts";
 import { credentialsFailure, lockableKeys, lockKeys, lockWarning, unlockSlot, type UnlockOutcome } from "../../lib/unlock/unlock.ts";
 import type { Sys } from "../../lib/sys/sys.ts";
@@ -138,12 +139,39 @@ export async function unlockStep(args: ParsedArgs, sys: Sys, root: string, p: Pl
 
 /**
  * After a boot that ends without the unlock (zbunlock fails or needs a
- * reboot it did not make): lock this slot's keys anyway (tpm2: extend the
- * lock PCR), so initramfs-tools' panic shell cannot unseal them. Best
- * effort: never throws; the console says what happened.
+ * reboot it did not make), before initramfs-tools' panic may leave a shell:
+ * lock this slot's keys anyway (tpm2: extend the lock PCR) so the shell
+ * cannot unseal them, then stop any cryptsetup still opening zb-root or
+ * zb-data (one a killed zbunlock left behind) and close what is open
+ * (lib/unlock/leftover.ts). Never throws; the console says what happened.
+ * @returns true when nothing is left open or opening; false when a volume
+ *   is (or may soon be) open: the caller must not let a shell come
  */
-export async function lockAfterFailureStep(args: ParsedArgs, sys: Sys, root: string, credentials: () => LoadedCredentials | null): Promise<void> {
+export async function lockAfterFailureStep(args: ParsedArgs, sys: Sys, root: string, credentials: () => LoadedCredentials | null): Promise<boolean> {
   const log = (line: string) => err(`zbunlock: ${line}\n`);
+  await lockOnly(args, sys, root, credentials, log);
+  const crypt = new CryptsetupCli({ timeoutMs: CLOSE_TIMEOUT_MS });
+  const report = await closeLeftovers({
+    sys,
+    procRoot: join(root, "proc"),
+    root,
+    names: ZB_MAPPINGS,
+    selfPid: process.pid,
+    kill: (pid) => process.kill(pid, "SIGKILL"),
+    close: (name) => crypt.close(name),
+    dmRemove: dmsetupRemover(),
+    now: () => performance.now(),
+    sleep: (ms) => Bun.sleep(ms),
+  });
+  for (const line of leftoverLines(report)) log(line);
+  return nothingLeft(report);
+}
+
+/** A close that takes longer is stuck (a device-mapper ioctl that does not return): say so rather than wait. */
+const CLOSE_TIMEOUT_MS = 30_000;
+
+/** The lock of {@link lockAfterFailureStep}: best effort, a failure is a warning. */
+async function lockOnly(args: ParsedArgs, sys: Sys, root: string, credentials: () => LoadedCredentials | null, log: (line: string) => void): Promise<void> {
   let hsm: Hsm | undefined;
   try {
     const creds = credentials();

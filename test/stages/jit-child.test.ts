@@ -192,3 +192,35 @@ describe("a tied child checks its parent: ZB_JIT_PARENT against getppid()", () =
     }
   });
 });
+
+describe("the parent cleans up after a child that was killed", () => {
+  // The child (the unlock, with a C-library backend) killed by the OOM killer cannot close what its
+  // cryptsetup may open after it is gone: the parent does, as zbunlock's own failure path
+  // (lib/unlock/leftover.ts). The mapping is a node under the temp root (this host has no
+  // device-mapper) and cryptsetup a fake that records the close and removes the node.
+  test("SIGKILL to the child after it took the go: the parent closes zb-root; the status stays the kill's (137)", async () => {
+    const bin = join(dir, "close-bin");
+    mkdirSync(bin, { recursive: true });
+    mkdirSync(join(root, "dev/mapper"), { recursive: true });
+    const node = join(root, "dev/mapper/zb-root");
+    writeFileSync(node, "");
+    const log = join(dir, "close-calls");
+    writeFileSync(join(bin, "cryptsetup"), `#!/bin/sh\necho "cryptsetup $*" >>${log}\n[ "$1" = close ] && rm ${root}/dev/mapper/$2\n`, { mode: 0o755 });
+    const go = join(dir, "go-child-killed");
+    writeFileSync(go, "");
+    const e: Record<string, string | undefined> = { ...process.env, ZB_NO_REBOOT: "1", BUN_JSC_useJIT: "0", PATH: `${bin}:${process.env.PATH}` };
+    delete e.ZB_JIT_PARENT;
+    const parent = Bun.spawn([BIN, "unlock", "--root", root, "--no-reboot", "--credentials", creds, "--go-file", go], { env: e, stdout: "pipe", stderr: "pipe" });
+    try {
+      expect(await waitFor(() => children(parent.pid).length > 0 && existsSync(`${go}.taken`), WAIT_MS)).toBe(true);
+      process.kill(children(parent.pid)[0]!.child, "SIGKILL");
+      const [err, code] = [await new Response(parent.stderr).text(), await parent.exited];
+      expect(err).toContain("zbunlock: closed zb-root, left open after the failed boot");
+      expect(readFileSync(log, "utf8")).toBe("cryptsetup close zb-root\n");
+      expect(existsSync(node)).toBe(false);
+      expect(code).toBe(137);
+    } finally {
+      parent.kill("SIGKILL");
+    }
+  });
+});
