@@ -34,8 +34,13 @@ export const ZB_MAPPINGS: readonly string[] = [ROOT_MAPPING, DATA_MAPPING];
 /** How long killed processes get to end before they count as survivors. */
 export const STOP_WAIT_MS = 5000;
 const POLL_MS = 10;
-/** cmdline is at most a few KiB for cryptsetup; more is not read. */
-const CMDLINE_MAX = 64 * 1024;
+/**
+ * cmdline is read in a small first piece (cryptsetup's argv is ~100 bytes,
+ * and this may run after the OOM killer struck: no large buffer per
+ * process), and again up to the larger bound only when that piece filled.
+ */
+const CMDLINE_FIRST = 4096;
+const CMDLINE_MAX = 256 * 1024;
 
 /** A cryptsetup process working on one of the names. */
 export interface Stray {
@@ -165,7 +170,10 @@ export function findStrays(sys: Sys, procRoot: string, names: readonly string[],
     if (!/^[1-9]\d*$/.test(entry) || Number(entry) === selfPid) continue;
     let argv: string[];
     try {
-      argv = splitCmdline(sys.readAt(join(procRoot, entry, "cmdline"), 0, CMDLINE_MAX));
+      const path = join(procRoot, entry, "cmdline");
+      let bytes = sys.readAt(path, 0, CMDLINE_FIRST);
+      if (bytes.length === CMDLINE_FIRST) bytes = sys.readAt(path, 0, CMDLINE_MAX);
+      argv = splitCmdline(bytes);
     } catch {
       continue; // ended between the listing and the read
     }

@@ -272,7 +272,7 @@ describe("zbunlock unlocks the slot's root", () => {
   // is a node under the temp root's dev/mapper (this host has no device-mapper); cryptsetup and
   // dmsetup are fakes that record their argv and remove the node (or refuse), so nothing touches
   // the host's own mappings. /proc under --root is the temp root's: no process of the host is scanned.
-  test.each([
+  test.each<{ name: string; args: string[]; close: "ok" | "fail"; dm: "ok" | "fail"; code: number; calls: string[]; says: string; open: boolean }>([
     { name: "--lock-only: zb-root is open, cryptsetup closes it → exit 0", args: ["--lock-only"], close: "ok", dm: "ok", code: 0, calls: ["cryptsetup close zb-root"], says: "zbunlock: closed zb-root, left open after the failed boot", open: false },
     { name: "--lock-only: cryptsetup cannot, dmsetup removes it → exit 0", args: ["--lock-only"], close: "fail", dm: "ok", code: 0, calls: ["cryptsetup close zb-root", "dmsetup remove --retry zb-root"], says: "zbunlock: closed zb-root, left open after the failed boot", open: false },
     {

@@ -43,6 +43,7 @@ describe("findStrays: the /proc scan", () => {
     { name: "cryptsetup open … zb-root", pid: 100, argv: ["/usr/sbin/cryptsetup", "open", "--type", "luks", "--key-file=-", "/dev/mmcblk0p2", "zb-root"], after: "zb-root" },
     { name: "cryptsetup open … zb-data (as a bare name)", pid: 101, argv: ["cryptsetup", "open", "--type", "luks", "--key-file=-", "/dev/sda1", "zb-data"], after: "zb-data" },
     { name: "cryptsetup close /dev/mapper/zb-root", pid: 102, argv: ["cryptsetup", "close", "/dev/mapper/zb-root"], after: "zb-root" },
+    { name: "a long argv (past the first 4 KiB read) naming zb-root last", pid: 109, argv: ["cryptsetup", "open", ...Array.from({ length: 600 }, (_, i) => `--opt${i}`), "/dev/sdb1", "zb-root"], after: "zb-root" },
     { name: "cryptsetup open … other-name", pid: 103, argv: ["cryptsetup", "open", "--type", "luks", "--key-file=-", "/dev/sdb1", "other-name"], after: null },
     { name: "a name that only starts like zb-root", pid: 104, argv: ["cryptsetup", "open", "/dev/sdb1", "zb-root2"], after: null },
     { name: "another program naming zb-root", pid: 105, argv: ["mount", "/dev/mapper/zb-root", "/root"], after: null },
@@ -65,7 +66,7 @@ describe("findStrays: the /proc scan", () => {
     const root = tempDir();
     for (const r of rows) proc(root, r.pid, r.argv);
     const found = findStrays(vanishingSys(root, 108), root, ZB_MAPPINGS, SELF);
-    expect(found.map((s) => `${s.pid} ${s.mapping}`)).toEqual(["100 zb-root", "101 zb-data", "102 zb-root"]);
+    expect(found.map((s) => `${s.pid} ${s.mapping}`)).toEqual(["100 zb-root", "101 zb-data", "102 zb-root", "109 zb-root"]);
   });
 
   test("no /proc at all: nothing found", () => {
