@@ -50,6 +50,12 @@ interface Setup {
    */
   prestart?: "run" | "gave-up" | "old" | "wrapper-killed" | "wrapper-killed-mute" | "vanished" | "slow-exit" | "reused" | undefined;
   env?: Record<string, string>;
+  /**
+   * The exit status of `zbunlock --lock-only` (default 0); set, the fake
+   * `sleep` logs its call and kills the script (the endless stop after a
+   * failed reboot -f would otherwise never end).
+   */
+  lockStatus?: number;
 }
 
 /** Replace each `from` (which must occur) by `to`. */
@@ -92,11 +98,13 @@ function run(shell: string[], s: Setup): { code: number | null; signal: string |
       `#!/bin/sh\necho "zbunlock args=$#\${1:+ $1}\${3:+ $3 $4} BUN_JSC_useJIT=\${BUN_JSC_useJIT-unset} BUN_GC_TIMER_DISABLE=\${BUN_GC_TIMER_DISABLE-unset}" >>"${log}"\n` +
         `sfd=; [ "\${3:-}" = --status-fd ] && sfd=$4\n` +
         `for fd in 3 4; do [ "$fd" != "$sfd" ] && [ -e /proc/$$/fd/$fd ] && echo "fd $fd leaked" >>"${log}"; done\n` +
-        `if [ "\${1:-}" = --go-file ]; then ${early}; ${report}${linger}fi\nexit ${s.status}\n`,
+        `if [ "\${1:-}" = --go-file ]; then ${early}; ${report}${linger}fi\n` +
+        `[ "\${1:-}" = --lock-only ] && exit ${s.lockStatus ?? 0}\nexit ${s.status}\n`,
       { mode: 0o755 },
     );
   }
   const reboot = { kill: 'kill -KILL "$PPID"', fail: "exit 1", return: "exit 0" }[s.reboot];
+  if (s.lockStatus !== undefined) writeFileSync(join(t, "bin/sleep"), `#!/bin/sh\necho "sleep $*" >>"${log}"\nkill -KILL "$PPID"\n`, { mode: 0o755 });
   writeFileSync(join(t, "bin/reboot"), `#!/bin/sh\necho "reboot $*" >>"${log}"\n${reboot}\n`, { mode: 0o755 });
   const env = { PATH: `${join(t, "bin")}:/usr/bin:/bin`, ZB_FAKE_LOG: log, ...s.env };
   let other: ReturnType<typeof Bun.spawn> | null = null;
@@ -158,10 +166,13 @@ const failed = (code: number, name: string) => [
   `panic zbunlock failed (exit ${code}, ${name}): the root is not open; the messages above say why`,
 ];
 
+/** The line before the reboot that replaces the panic when --lock-only exits STATUS. */
+const stillOpen = (status: number) => `failure zb: the root (or data) volume may still be open (zbunlock --lock-only exit ${status}): no shell, rebooting`;
+
 /** zbunlock's status and the command line before; the calls logged and how the script ended after. */
 interface Row {
   name: string;
-  before: { cmdline: string; status: number | null; reboot: Setup["reboot"]; prestart?: Setup["prestart"] };
+  before: { cmdline: string; status: number | null; reboot: Setup["reboot"]; prestart?: Setup["prestart"]; lockStatus?: number };
   after: { code: number | null; signal: string | null; calls: string[] };
 }
 
@@ -290,6 +301,39 @@ describe.each(SHELLS)("with the fake functions, under %s", (shellName) => {
       name: "zb.skip=1: init-top starts nothing, local-top runs nothing",
       before: { cmdline: `${CMDLINE} zb.skip=1`, status: 0, reboot: "kill", prestart: "run" },
       after: { code: 0, signal: null, calls: ["warning zb: zb.skip=1 on the kernel command line: not running zbunlock"] },
+    },
+    {
+      name: "exits 22 and --lock-only cannot close the root (exit 22): no panic shell, reboot -f",
+      before: { cmdline: CMDLINE, status: 22, reboot: "kill", lockStatus: 22 },
+      after: { code: null, signal: "SIGKILL", calls: [BEGIN, ZB, "failure zb: zbunlock failed (exit 22)", LOCK, stillOpen(22), "reboot -f"] },
+    },
+    {
+      name: "--lock-only itself dies (OOM: 137): nothing is known to be closed, so no shell either",
+      before: { cmdline: CMDLINE, status: 21, reboot: "kill", lockStatus: 137 },
+      after: { code: null, signal: "SIGKILL", calls: [BEGIN, ZB, "failure zb: zbunlock failed (exit 21)", LOCK, stillOpen(137), "reboot -f"] },
+    },
+    {
+      name: "a volume stays open and reboot -f fails: the script stops for good, neither a shell nor a return to initramfs-tools",
+      before: { cmdline: CMDLINE, status: 21, reboot: "fail", lockStatus: 22 },
+      after: {
+        code: null,
+        signal: "SIGKILL",
+        calls: [BEGIN, ZB, "failure zb: zbunlock failed (exit 21)", LOCK, stillOpen(22), "reboot -f", "failure zb: reboot -f failed; stopping here (power-cycle the device)", "sleep 60"],
+      },
+    },
+    {
+      name: "exits 12, reboot -f fails and a volume stays open: no shell",
+      before: { cmdline: CMDLINE, status: 12, reboot: "fail", lockStatus: 22 },
+      after: {
+        code: null,
+        signal: "SIGKILL",
+        calls: [BEGIN, ZB, "failure zb: zbunlock needs a reboot it did not perform (exit 12); rebooting", "reboot -f", LOCK, stillOpen(22), "reboot -f", "failure zb: reboot -f failed; stopping here (power-cycle the device)", "sleep 60"],
+      },
+    },
+    {
+      name: "--lock-only exits 0 (all closed): the panic as before",
+      before: { cmdline: CMDLINE, status: 22, reboot: "kill", lockStatus: 0 },
+      after: { code: 1, signal: null, calls: [BEGIN, ZB, ...failed(22, "LUKS_FAILED")] },
     },
     {
       name: "zb.skip=10 and xzb.skip=1 are other words: zbunlock runs",
