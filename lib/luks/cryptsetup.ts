@@ -3,7 +3,8 @@
  * test a key, close, read the UUID and keyslots.
  *
  * Host access: runs `cryptsetup` (cryptsetup(8), 2.6); creates pipes with
- * pipe2(2) through bun:ffi for a second key. Keys travel only through the
+ * pipe2(2) through bun:ffi for a second key; reads a device's first 4 KiB
+ * (Sys) to refuse LUKS1 before a key is added or removed. Keys travel only through the
  * child's inherited descriptors: the first key on stdin (`--key-file=-`,
  * read to EOF, so any byte including `\n` and NUL is part of it — without
  * `--key-file=-` cryptsetup stops at the first newline), written into Bun's
@@ -27,7 +28,9 @@ import { closeSync, existsSync, writeSync } from "node:fs";
 import type { FileSink, Subprocess } from "bun";
 import { ZbError } from "../errors.ts";
 import { libc } from "../sys/libc.ts";
+import { HostSys, type Sys } from "../sys/sys.ts";
 import { wipe } from "../secret.ts";
+import { LUKS_PROBE_BYTES, parseLuksHeader } from "./header.ts";
 
 /** Largest key accepted: fits any pipe buffer, so writing it never blocks. */
 export const MAX_KEY_BYTES = 4096;
@@ -90,9 +93,9 @@ export interface Keyslot {
 export interface Cryptsetup {
   /** Make `device` a fresh LUKS2 volume whose only keyslot opens with `key`. Destroys the device's content. */
   format(device: string, key: Uint8Array, opts?: FormatOptions): Promise<void>;
-  /** Add a keyslot for `newKey`, authorised by `existingKey`. */
+  /** Add a keyslot for `newKey`, authorised by `existingKey`. Refuses a LUKS1 volume before changing it. */
   addKey(device: string, existingKey: Uint8Array, newKey: Uint8Array, opts?: AddKeyOptions): Promise<void>;
-  /** Remove the keyslot `key` opens. */
+  /** Remove the keyslot `key` opens. Refuses a LUKS1 volume before changing it. */
   removeKey(device: string, key: Uint8Array, opts?: RemoveKeyOptions): Promise<void>;
   /** Map the decrypted device at /dev/mapper/`name` (needs device-mapper and dm-crypt). `key` is not wiped: the caller wipes it. */
   open(device: string, name: string, key: Uint8Array, opts?: OpenOptions): Promise<void>;
@@ -157,6 +160,7 @@ interface RunSpec {
 export class CryptsetupCli implements Cryptsetup {
   private readonly binary: string;
   private readonly timeoutMs: number;
+  private readonly sys: Sys;
 
   /**
    * @param opts.binary program name or path; default `cryptsetup` on PATH (plus /usr/sbin, /sbin)
@@ -165,10 +169,12 @@ export class CryptsetupCli implements Cryptsetup {
    *   closed), not when it is spawned: a prepared open waits for a key that
    *   may take a person minutes to unlock (a PIN prompt), and that wait is
    *   not cryptsetup's work
+   * @param opts.sys reads a device's LUKS header before a key is added or removed; default the host
    */
-  constructor(opts: { binary?: string; timeoutMs?: number } = {}) {
+  constructor(opts: { binary?: string; timeoutMs?: number; sys?: Sys } = {}) {
     this.binary = opts.binary ?? "cryptsetup";
     this.timeoutMs = opts.timeoutMs ?? 120_000;
+    this.sys = opts.sys ?? new HostSys();
   }
 
   /** @throws {ZbError} LUKS_FAILED */
@@ -184,8 +190,12 @@ export class CryptsetupCli implements Cryptsetup {
     await this.run({ what: `format ${device} as LUKS2`, args, stdinKey: key });
   }
 
-  /** @throws {ZbError} LUKS_FAILED (exit 2: `existingKey` does not open the device) */
+  /**
+   * @throws {ZbError} LUKS_FAILED (exit 2: `existingKey` does not open the device; a LUKS1 volume,
+   *   refused before anything changes); IO when its header cannot be read
+   */
   async addKey(device: string, existingKey: Uint8Array, newKey: Uint8Array, opts: AddKeyOptions = {}): Promise<void> {
+    this.refuseLuks1(device, `add a key to ${device}`);
     const args = ["luksAddKey", "--batch-mode", ...PBKDF2_1000, "--key-file=-"];
     if (opts.keySlot !== undefined) args.push("--new-key-slot", String(opts.keySlot));
     // The new key file as the positional argument works with every cryptsetup 2.x (--new-keyfile came later).
@@ -193,8 +203,12 @@ export class CryptsetupCli implements Cryptsetup {
     await this.run({ what: `add a key to ${device}`, args, stdinKey: existingKey, fd3Key: newKey });
   }
 
-  /** @throws {ZbError} LUKS_FAILED, also when it would remove the last keyslot without `allowLastKeyslot` */
+  /**
+   * @throws {ZbError} LUKS_FAILED, also when it would remove the last keyslot without
+   *   `allowLastKeyslot` and for a LUKS1 volume (refused before anything changes); IO when its header cannot be read
+   */
   async removeKey(device: string, key: Uint8Array, opts: RemoveKeyOptions = {}): Promise<void> {
+    this.refuseLuks1(device, `remove a key from ${device}`);
     if (!opts.allowLastKeyslot && (await this.keyslots(device)).length <= 1) {
       throw new ZbError("LUKS_FAILED", `cannot remove a key from ${device}: it is the only keyslot, the device would become unusable`);
     }
@@ -264,6 +278,19 @@ export class CryptsetupCli implements Cryptsetup {
     const what = `read the keyslots of ${device}`;
     const r = await this.run({ what, args: ["luksDump", "--dump-json-metadata", checkDevice(device)] });
     return parseKeyslots(r.stdout, what);
+  }
+
+  /**
+   * addKey and removeKey only work together on LUKS2: removeKey counts the
+   * keyslots in cryptsetup's LUKS2 JSON metadata, so on LUKS1 a rotation
+   * would add its new key and then fail to remove the old one, leaving both.
+   * Both refuse LUKS1 from its header before running cryptsetup. A missing
+   * device is left to cryptsetup, whose exit 4 names it.
+   * @throws {ZbError} LUKS_FAILED for LUKS1; IO when the header cannot be read; USAGE for a bad path
+   */
+  private refuseLuks1(device: string, what: string): void {
+    if (this.sys.stat(checkDevice(device)) === null) return;
+    refuseLuks1(this.sys, device, what);
   }
 
   private async run(spec: RunSpec): Promise<RunResult> {
@@ -378,6 +405,22 @@ export function exitError(what: string, code: number, stderr: string): ZbError {
   const msg = `cannot ${what}: ${reason} (cryptsetup exit ${code}${detail ? `: ${detail}` : ""})`;
   // The exit status rides along as the cause, so isWrongKey need not read the message back.
   return new ZbError("LUKS_FAILED", msg, { cause: { cryptsetupExit: code }, ...(hint === undefined ? {} : { hint }) });
+}
+
+/**
+ * Refuse `device` when its header says LUKS1: zb reads keyslots from
+ * cryptsetup's LUKS2 JSON metadata (keyslots, hence removeKey) and zbunlock
+ * falls back to the LUKS2 secondary header. Anything else (LUKS2, no LUKS
+ * header at all) passes: the cryptsetup call that follows reports it.
+ * @param what the refused action for the message: `cannot <what>: it is a LUKS1 volume…`
+ * @throws {ZbError} LUKS_FAILED with a hint to convert it; IO when `device` cannot be read
+ * @example refuseLuks1(sys, "/dev/mmcblk0p4", "enrol the data volume /dev/mmcblk0p4")
+ */
+export function refuseLuks1(sys: Sys, device: string, what: string): void {
+  if (parseLuksHeader(sys.readAt(device, 0, LUKS_PROBE_BYTES))?.version !== 1) return;
+  throw new ZbError("LUKS_FAILED", `cannot ${what}: it is a LUKS1 volume; zb needs LUKS2`, {
+    hint: `back up its header (cryptsetup luksHeaderBackup ${device} --header-backup-file FILE), then convert it in place: cryptsetup convert --type luks2 ${device}`,
+  });
 }
 
 /** True when a LUKS_FAILED error says the key opens no keyslot (cryptsetup exit 2, "No key available with this passphrase"). */

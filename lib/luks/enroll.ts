@@ -39,8 +39,9 @@
  * A volume that is kept (format false) must be LUKS2, checked from its header
  * before anything else: zb reads keyslots from cryptsetup's LUKS2 JSON
  * metadata (CryptsetupCli.keyslots, hence removeKey) and zbunlock falls back
- * to the LUKS2 secondary header. A LUKS1 volume would be enrolled, then fail
- * the first key rotation after its new key was already added.
+ * to the LUKS2 secondary header. A LUKS1 volume would be enrolled, then
+ * refused by the first key rotation (CryptsetupCli.addKey refuses LUKS1, same
+ * error and hint: lib/luks/cryptsetup.ts refuseLuks1).
  */
 import { statSync } from "node:fs";
 import type { Slot } from "../bootstate/state.ts";
@@ -50,8 +51,7 @@ import type { Hsm, SealOptions } from "../hsm/types.ts";
 import { randomSecret, wipe } from "../secret.ts";
 import { HostSys, type Sys } from "../sys/sys.ts";
 import { checkCredentials, CRED_FORMAT, DATA_MAPPING, ROOT_MAPPING, type CredentialMeta, type Credentials } from "./credentials.ts";
-import { checkName, type Cryptsetup, type FormatOptions } from "./cryptsetup.ts";
-import { LUKS_PROBE_BYTES, parseLuksHeader } from "./header.ts";
+import { checkName, refuseLuks1, type Cryptsetup, type FormatOptions } from "./cryptsetup.ts";
 import { loopStatus, type LoopStatus } from "../sys/loopdev.ts";
 import { deviceExtents, sharedExtents, type DeviceLookup, type DeviceStat } from "./overlap.ts";
 
@@ -174,17 +174,14 @@ function checkTargets(opts: EnrollOptions): void {
 
 /**
  * A kept volume must be LUKS2 (module comment): refused from its header,
- * before anything is sealed or formatted, rather than by the first removeKey.
+ * before anything is sealed or formatted, rather than by the first key rotation.
  * A missing device is left to testKey, whose error names it; a header that is
  * not LUKS at all too (the given key cannot open it).
  * @throws {ZbError} LUKS_FAILED for a LUKS1 volume; IO when it cannot be read
  */
 function mustBeLuks2(look: DeviceLookup, device: string, role: string): void {
   if (look.stat(device) === null) return;
-  if (parseLuksHeader(look.sys.readAt(device, 0, LUKS_PROBE_BYTES))?.version !== 1) return;
-  throw new ZbError("LUKS_FAILED", `cannot enrol the ${role} volume ${device}: it is a LUKS1 volume; zb needs LUKS2`, {
-    hint: `back up its header (cryptsetup luksHeaderBackup ${device} --header-backup-file FILE), then convert it in place: cryptsetup convert --type luks2 ${device}`,
-  });
+  refuseLuks1(look.sys, device, `enrol the ${role} volume ${device}`);
 }
 
 function hostStat(path: string): DeviceStat | null {

@@ -3,7 +3,8 @@
  * (PBKDF2-SHA512-1000, aes-xts-plain64/512 as luksDump reports), testKey
  * (open --test-passphrase, which works without device-mapper through AF_ALG),
  * addKey with two keys holding '\n' and NUL bytes on stdin and /dev/fd/3,
- * removeKey, uuid, isLuks, exit-status mapping. open/close cannot map a
+ * removeKey, LUKS1 refused by both before a byte changes, uuid, isLuks,
+ * exit-status mapping. open/close cannot map a
  * device on this host (no device-mapper): their argv and key input are
  * checked with a recording fake binary, and the real open's failure mapping
  * with the real binary. A wrapper script records the argv and environment of
@@ -109,6 +110,28 @@ describe("real cryptsetup on a file", () => {
     expect(await cs.testKey(dev, key)).toBe(true);
     await cs.removeKey(dev, key, { allowLastKeyslot: true });
     expect(await cs.keyslots(dev)).toEqual([]);
+  });
+
+  test("addKey and removeKey refuse a LUKS1 volume before changing it: its bytes and keys stay as they were", async () => {
+    const dir = tempDir();
+    const [k1, k2] = [awkwardKey(13), awkwardKey(14)];
+    const rows: { name: string; call: (dev: string) => Promise<unknown>; message: RegExp }[] = [
+      { name: "addKey", call: (dev) => cs.addKey(dev, k1, k2), message: /^cannot add a key to .*luks1-addKey\.img: it is a LUKS1 volume; zb needs LUKS2$/ },
+      // With allowLastKeyslot nothing else stands between the call and luksRemoveKey.
+      { name: "removeKey", call: (dev) => cs.removeKey(dev, k1, { allowLastKeyslot: true }), message: /^cannot remove a key from .*luks1-removeKey\.img: it is a LUKS1 volume; zb needs LUKS2$/ },
+    ];
+    for (const r of rows) {
+      const dev = volume(dir, `luks1-${r.name}.img`);
+      const f = Bun.spawnSync([REAL, "luksFormat", "--batch-mode", "--type", "luks1", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file=-", dev], { stdin: k1, stderr: "pipe" });
+      expect(f.exitCode).toBe(0);
+      const before = readFileSync(dev);
+      const err = await r.call(dev).then(() => undefined, (e: unknown) => e as ZbError);
+      expect({ name: r.name, code: err?.code }).toEqual({ name: r.name, code: "LUKS_FAILED" });
+      expect(err!.message).toMatch(r.message);
+      expect(err!.hint).toMatch(/then convert it in place: cryptsetup convert --type luks2 .*\.img$/);
+      expect({ name: r.name, unchanged: readFileSync(dev).equals(before) }).toEqual({ name: r.name, unchanged: true });
+      expect([await cs.testKey(dev, k1), await cs.testKey(dev, k2)]).toEqual([true, false]);
+    }
   });
 
   test("uuid is cryptsetup's luksUUID, and a fixed --uuid is honoured", async () => {
