@@ -132,7 +132,9 @@ async function signWith(args: ParsedArgs, input: string, output: string, signers
   const src = sourceFor(input, source(args));
   // A stopped source fails the copy like a broken one: the writer removes its .OUT.zb-new, an older OUT stays.
   const sigs = await untilStopped(`sign ${output}`, (signal) => resignImage(stoppable(src, signal), signers, output));
-  out(args.flags.has("json") ? JSON.stringify({ output, signatures: sigs.map((s) => ({ alg: s.alg, keyId: s.keyId })) }) + "\n" : `zb image sign: ${output}: ${sigs.length} signature(s)\n`);
+  // "type"/"ok" as in create, verify and install: a script reads every image command's last line the same way.
+  const json = () => JSON.stringify({ type: "result", ok: true, output, signatures: sigs.map((s) => ({ alg: s.alg, keyId: s.keyId })) }) + "\n";
+  out(args.flags.has("json") ? json() : `zb image sign: ${output}: ${sigs.length} signature(s)\n`);
   return 0;
 }
 

@@ -78,6 +78,20 @@ describe("publish and install", () => {
     expect(sh(["sh", "-c", "zstd -dc x/rootfs | cmp - rootfs.img"]).exitCode).toBe(0);
   });
 
+  test("every one-line --json image document ends stdout with a result line: create, sign, verify, install", () => {
+    const rows = [
+      { cmd: "create", argv: ["image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--rootfs", "rootfs.img", "--key", "ed", "-o", "j.zbi"], fields: { output: "j.zbi" } },
+      { cmd: "sign", argv: ["image", "sign", "j.zbi", "--key", "ec", "-o", "js.zbi"], fields: { output: "js.zbi", signatures: [{ alg: "ed25519", keyId: expect.any(String) }, { alg: "p256", keyId: expect.any(String) }] } },
+      { cmd: "verify", argv: ["image", "verify", "js.zbi", "--trust", "trust"], fields: { compatible: "c", serial: 1 } },
+      { cmd: "install", argv: ["image", "install", "js.zbi", "--trust", "trust", "--payload", "rootfs", "--to", "j.out"], fields: { payload: "rootfs", target: "j.out" } },
+    ];
+    for (const r of rows) {
+      const p = zb(...r.argv, "--json");
+      const last = JSON.parse(p.out.trim().split("\n").at(-1) ?? "null") as Record<string, unknown> | null;
+      expect({ cmd: r.cmd, code: p.code, last }).toEqual({ cmd: r.cmd, code: 0, last: expect.objectContaining({ type: "result", ok: true, ...r.fields }) });
+    }
+  });
+
   test.each([
     { name: "trusted and compatible", args: ["--compatible", "acme-pi4", "--serial-floor", "7"], code: 0, err: /^$/ },
     { name: "another product", args: ["--compatible", "acme-pi5"], code: 15, err: /it is for "acme-pi4", this device is "acme-pi5"/ },
