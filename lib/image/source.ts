@@ -5,6 +5,7 @@
  * image again.
  */
 import { closeSync, createReadStream, fstatSync, openSync, readSync, statSync } from "node:fs";
+import { isatty } from "node:tty";
 import { ZbError, ioError } from "../errors.ts";
 import { isNullDevice } from "../sys/sys.ts";
 import { httpSource, type HttpOptions } from "./http.ts";
@@ -263,7 +264,8 @@ function streamSource(path: string): ImageSource {
 /**
  * Standard input, read once from its start.
  * @returns a source whose open() throws {ZbError} IO when stdin is closed or /dev/null
- *   (there is no image to read), and whose reads fail with IO when stdin is not open for reading
+ *   (there is no image to read) or a terminal (no one types an image), and whose reads fail
+ *   with IO when stdin is not open for reading
  */
 export function stdinSource(): ImageSource {
   let used = false;
@@ -287,7 +289,9 @@ const STDIN_HINT = "send the image to stdin (zb image … - < IMAGE.zbi, or thro
  * Why stdin cannot carry an image, or null. A descriptor 0 closed when zb
  * started (`<&-`) is opened on /dev/null by the runtime, so the two look the
  * same, and neither has an image to give: said so, rather than reporting an
- * empty archive (IMG_FORMAT).
+ * empty archive (IMG_FORMAT). A terminal is refused at once too, as zstd,
+ * gzip and tar refuse to read compressed data from one: `zb image verify -`
+ * typed without a pipe would otherwise wait silently for bytes no one types.
  */
 function stdinMissing(): string | null {
   try {
@@ -295,7 +299,8 @@ function stdinMissing(): string | null {
   } catch {
     return "it is closed";
   }
-  return isNullDevice(0) ? "it is closed or /dev/null, so there is no image to read" : null;
+  if (isNullDevice(0)) return "it is closed or /dev/null, so there is no image to read";
+  return isatty(0) ? "it is a terminal (pipe the image in, or give a file or URL)" : null;
 }
 
 /** process.stdin, with "opened for writing only" (`0>FILE`, EBADF) said in words. */

@@ -4,7 +4,7 @@
  * signatures over the extracted manifest.json, zstd decompresses a payload.
  * Edges: a second install into a file being written (exit 25), more than 16
  * signatures (exit 2, nothing written), images from FIFOs, an image followed
- * by /dev/zero (exit 13), a closed or write-only stdin (exit 5), key files
+ * by /dev/zero (exit 13), a closed, write-only or terminal stdin (exit 5), key files
  * that are no files (exit 18).
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
@@ -266,6 +266,34 @@ describe("edges of the engine, end to end", () => {
     const p = Bun.spawnSync(["bash", "-c", `exec "$0" image ${cmd} - --trust trust ${args} --json ${redirect}`, BIN], { cwd: dir });
     expect({ code: p.exitCode, err: p.stderr.toString().split("\n")[0], last: JSON.parse(p.stdout.toString().trim().split("\n").at(-1) ?? "{}"), made: ["nostdin.img", "nostdin.img.zb-journal"].filter((f) => existsSync(join(dir, f))) }).toEqual({
       code: 5, err: `zb: cannot read the image from stdin: ${why}`, last: expect.objectContaining({ type: "result", ok: false, code: "IO", exit: 5 }), made: [],
+    });
+  });
+
+  // Before: zb waited on the terminal for an image no one types. script(1) (util-linux's bsdutils,
+  // essential) gives zb a pseudo-terminal as stdin; its own stdin is a pipe left open, so nothing
+  // ends the terminal's input. A zb still running after HANG_MS is killed and counted as hanging.
+  const HANG_MS = 30_000;
+  test.each([
+    { cmd: "install", args: "--trust trust --payload rootfs --to tty.img" },
+    { cmd: "verify", args: "--trust trust" },
+    { cmd: "info", args: "" },
+    { cmd: "sign", args: "--key ed -o tty.zbi" },
+  ])("$cmd - with stdin on a terminal: IO (exit 5) at once, not a wait for typed bytes; nothing made", async ({ cmd, args }) => {
+    const line = `exec "${BIN}" image ${cmd} - ${args} --json >tty.out 2>tty.err`;
+    const p = Bun.spawn(["script", "-qec", line, "/dev/null"], { cwd: dir, env: { ...process.env, SHELL: "/bin/sh" }, stdin: "pipe", stdout: "ignore", stderr: "ignore" });
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const hung = new Promise<"hung">((done) => (timer = setTimeout(() => done("hung"), HANG_MS)));
+    const code = await Promise.race([p.exited, hung]);
+    clearTimeout(timer);
+    if (code === "hung") {
+      p.kill("SIGKILL"); // the terminal's master closes with it: zb gets SIGHUP
+      await p.exited;
+    }
+    p.stdin.end();
+    const read = (f: string) => (existsSync(join(dir, f)) ? readFileSync(join(dir, f), "utf8") : "");
+    const message = "cannot read the image from stdin: it is a terminal (pipe the image in, or give a file or URL)";
+    expect({ code, err: read("tty.err").split("\n")[0], last: JSON.parse(read("tty.out").trim().split("\n").at(-1) || "{}"), made: ["tty.img", "tty.img.zb-journal", "tty.zbi"].filter((f) => existsSync(join(dir, f))) }).toEqual({
+      code: 5, err: `zb: ${message}`, last: expect.objectContaining({ type: "result", ok: false, code: "IO", exit: 5, message }), made: [],
     });
   });
 
