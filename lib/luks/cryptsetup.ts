@@ -195,7 +195,7 @@ export class CryptsetupCli implements Cryptsetup {
    *   refused before anything changes); IO when its header cannot be read
    */
   async addKey(device: string, existingKey: Uint8Array, newKey: Uint8Array, opts: AddKeyOptions = {}): Promise<void> {
-    this.refuseLuks1(device, `add a key to ${device}`);
+    this.checkLuks2(device, `add a key to ${device}`);
     const args = ["luksAddKey", "--batch-mode", ...PBKDF2_1000, "--key-file=-"];
     if (opts.keySlot !== undefined) args.push("--new-key-slot", String(opts.keySlot));
     // The new key file as the positional argument works with every cryptsetup 2.x (--new-keyfile came later).
@@ -208,7 +208,7 @@ export class CryptsetupCli implements Cryptsetup {
    *   `allowLastKeyslot` and for a LUKS1 volume (refused before anything changes); IO when its header cannot be read
    */
   async removeKey(device: string, key: Uint8Array, opts: RemoveKeyOptions = {}): Promise<void> {
-    this.refuseLuks1(device, `remove a key from ${device}`);
+    this.checkLuks2(device, `remove a key from ${device}`);
     if (!opts.allowLastKeyslot && (await this.keyslots(device)).length <= 1) {
       throw new ZbError("LUKS_FAILED", `cannot remove a key from ${device}: it is the only keyslot, the device would become unusable`);
     }
@@ -288,7 +288,7 @@ export class CryptsetupCli implements Cryptsetup {
    * device is left to cryptsetup, whose exit 4 names it.
    * @throws {ZbError} LUKS_FAILED for LUKS1; IO when the header cannot be read; USAGE for a bad path
    */
-  private refuseLuks1(device: string, what: string): void {
+  private checkLuks2(device: string, what: string): void {
     if (this.sys.stat(checkDevice(device)) === null) return;
     refuseLuks1(this.sys, device, what);
   }
