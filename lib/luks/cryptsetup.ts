@@ -16,7 +16,10 @@
  * needs pipe2. A key is at most 4096 bytes, so it fits the socket or pipe
  * buffer and is written at once. Keys are never in argv, the environment (the
  * child gets only PATH and LC_ALL=C), logs or files, and never in error
- * messages: cryptsetup's stderr is scrubbed of every form of the key.
+ * messages: cryptsetup's stderr is scrubbed of every form of the key. The
+ * key transport and the scrub are in lib/luks/keyio.ts; spawning, the time
+ * limit and the bounded wait after a kill (shared with dmsetup) in
+ * lib/luks/tool.ts.
  *
  * Random 256-bit keys need no password stretching, so keyslots use PBKDF2-
  * SHA512 with 1000 iterations, as systemd-cryptenroll
@@ -24,13 +27,14 @@
  * default costs seconds and up to 1 GiB of RAM per unlock (docs/luks.md has
  * the measured figures).
  */
-import { closeSync, existsSync, writeSync } from "node:fs";
-import type { FileSink, Subprocess } from "bun";
+import { closeSync } from "node:fs";
+import type { FileSink } from "bun";
 import { ZbError } from "../errors.ts";
-import { libc } from "../sys/libc.ts";
 import { HostSys, type Sys } from "../sys/sys.ts";
 import { wipe } from "../secret.ts";
 import { LUKS_PROBE_BYTES, parseLuksHeader } from "./header.ts";
+import { keyPipe, scrub, sendKey } from "./keyio.ts";
+import { KILL_WAIT_MS, resolveBinary, stderrDetail, ToolRun } from "./tool.ts";
 
 /** Largest key accepted: fits any pipe buffer, so writing it never blocks. */
 export const MAX_KEY_BYTES = 4096;
@@ -160,6 +164,7 @@ interface RunSpec {
 export class CryptsetupCli implements Cryptsetup {
   private readonly binary: string;
   private readonly timeoutMs: number;
+  private readonly killWaitMs: number;
   private readonly sys: Sys;
 
   /**
@@ -169,11 +174,14 @@ export class CryptsetupCli implements Cryptsetup {
    *   closed), not when it is spawned: a prepared open waits for a key that
    *   may take a person minutes to unlock (a PIN prompt), and that wait is
    *   not cryptsetup's work
+   * @param opts.killWaitMs how long a killed cryptsetup (timeout, cancel) gets to end before the call
+   *   stops waiting for it; default KILL_WAIT_MS of lib/luks/tool.ts (2 s)
    * @param opts.sys reads a device's LUKS header before a key is added or removed; default the host
    */
-  constructor(opts: { binary?: string; timeoutMs?: number; sys?: Sys } = {}) {
+  constructor(opts: { binary?: string; timeoutMs?: number; killWaitMs?: number; sys?: Sys } = {}) {
     this.binary = opts.binary ?? "cryptsetup";
     this.timeoutMs = opts.timeoutMs ?? 120_000;
+    this.killWaitMs = opts.killWaitMs ?? KILL_WAIT_MS;
     this.sys = opts.sys ?? new HostSys();
   }
 
@@ -318,26 +326,15 @@ export class CryptsetupCli implements Cryptsetup {
    * @throws {ZbError} LUKS_FAILED when it cannot be started
    */
   private start(spec: Omit<RunSpec, "stdinKey" | "fd3Key"> & { stdin: boolean }, extraFds: number[] = [], otherKeys: Uint8Array[] = []): Running {
-    const exe = resolveBinary(this.binary, spec.what);
-    let proc: Subprocess<"pipe" | "ignore", "pipe", "pipe">;
-    try {
-      // No spawn timeout: its clock would start now, before a prepared open's key exists (see `finish`).
-      proc = Bun.spawn([exe, ...spec.args], { stdio: [spec.stdin ? "pipe" : "ignore", "pipe", "pipe", ...extraFds], env: childEnv() });
-    } catch (e) {
-      throw new ZbError("LUKS_FAILED", `cannot ${spec.what}: cannot run ${exe}: ${(e as Error).message}`, { cause: e });
-    }
-    // Read its output from the start: a child blocked writing to a full pipe would never ask for its key.
+    const exe = resolveBinary(this.binary, spec.what, "install cryptsetup (Debian: cryptsetup-bin)");
     // stderr stays bytes until it is scrubbed: a key that is not UTF-8 would not survive decoding.
-    const output = Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).bytes(), proc.exited]);
+    const run = new ToolRun({ program: "cryptsetup", exe, args: spec.args, what: spec.what, stdin: spec.stdin, extraFds, killWaitMs: this.killWaitMs });
+    const proc = run.proc;
     let state: "new" | "finishing" | "killed" = "new";
-    const timeoutMs = this.timeoutMs;
-    let timedOut = false;
-    let timer: ReturnType<typeof setTimeout> | undefined;
     const kill = async () => {
       if (state !== "new") return;
       state = "killed";
-      proc.kill("SIGKILL");
-      await output.catch(() => undefined);
+      await run.kill();
     };
     const finish = async (key?: Uint8Array): Promise<RunResult> => {
       if (state !== "new") throw new ZbError("INTERNAL", `internal error: cryptsetup (${spec.what}) was already ${state === "killed" ? "cancelled" : "given its key"}`);
@@ -346,14 +343,9 @@ export class CryptsetupCli implements Cryptsetup {
         checkKey(key, spec.what);
       }
       state = "finishing";
-      // cryptsetup's own work starts now: the timeout counts from here (constructor).
-      timer = setTimeout(() => {
-        timedOut = true;
-        proc.kill("SIGKILL");
-      }, timeoutMs);
       const keys = key ? [key, ...otherKeys] : otherKeys;
-      let stdout: string, stderr: Uint8Array, code: number;
-      try {
+      // cryptsetup's own work starts now: the timeout counts from here (constructor).
+      const { code, stdout, stderr } = await run.result(this.timeoutMs, async () => {
         // A child that already ended (a missing device) is not sent the key: its exit status says why.
         if (key && proc.exitCode === null && proc.signalCode === null) {
           await sendKey(proc.stdin as FileSink, key, spec.what).catch((e: unknown) => {
@@ -361,13 +353,7 @@ export class CryptsetupCli implements Cryptsetup {
             throw e;
           });
         } else if (spec.stdin) void (proc.stdin as FileSink).end();
-        [stdout, stderr, code] = await output;
-      } finally {
-        clearTimeout(timer);
-      }
-      if (proc.signalCode) {
-        throw new ZbError("LUKS_FAILED", `cannot ${spec.what}: cryptsetup was killed by ${proc.signalCode}${timedOut ? ` (timeout ${timeoutMs / 1000} s)` : ""}`);
-      }
+      });
       try {
         if (code === 0 || spec.accept?.includes(code)) return { code, stdout };
         throw exitError(spec.what, code, scrub(stderr, keys));
@@ -383,7 +369,7 @@ export class CryptsetupCli implements Cryptsetup {
 interface Running {
   /** @throws {ZbError} LUKS_FAILED; INTERNAL when called twice or after kill */
   finish(stdinKey?: Uint8Array): Promise<RunResult>;
-  /** Kill it (SIGKILL) unless it was given its key; wait for it to end. */
+  /** Kill it (SIGKILL) unless it was given its key; wait for it to end, at most the kill bound. */
   kill(): Promise<void>;
 }
 
@@ -396,9 +382,7 @@ interface Running {
  */
 export function exitError(what: string, code: number, stderr: string): ZbError {
   const reason = EXIT_REASONS[code] ?? `unexpected exit status ${code}`;
-  // cryptsetup repeats some lines (once per retry); keep each once.
-  const lines = [...new Set(stderr.split("\n").map((l) => l.trim()).filter((l) => l.length > 0))];
-  const detail = lines.slice(-4).join("; ").slice(0, 600);
+  const detail = stderrDetail(stderr);
   let hint: string | undefined;
   if (/device-mapper/i.test(stderr)) hint = "load the dm_mod and dm_crypt kernel modules (modprobe dm_crypt)";
   else if (/algif_skcipher|AF_ALG|kernel crypto/i.test(stderr)) hint = "load the af_alg and algif_skcipher kernel modules";
@@ -485,182 +469,3 @@ function track(fds: number[], fd: number): number {
   return fd;
 }
 
-/** Only what cryptsetup needs: a PATH for its helpers, and untranslated messages (we match on them). */
-function childEnv(): Record<string, string> {
-  return { PATH: process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL: "C" };
-}
-
-function resolveBinary(binary: string, what: string): string {
-  if (binary.includes("/")) return binary;
-  const found = Bun.which(binary, { PATH: `${process.env.PATH ?? ""}:/usr/sbin:/sbin:/usr/bin:/bin` });
-  if (!found) throw new ZbError("LUKS_FAILED", `cannot ${what}: ${binary} not found`, { hint: "install cryptsetup (Debian: cryptsetup-bin)" });
-  return found;
-}
-
-/**
- * A message from cryptsetup's raw output, with every printable form of the
- * keys replaced by `[key]`: raw bytes, hex, HEX, base64 and base64url (each
- * with and without `=` padding). The search runs on the bytes as cryptsetup
- * wrote them, before they are decoded: decoding turns a key that is not UTF-8
- * into U+FFFD, and its raw form would no longer be found. The forms are built
- * into buffers that are wiped afterwards, never into JavaScript strings, which
- * cannot be wiped and live until the garbage collector frees them
- * (docs/credentials.md). `output` itself is the caller's to wipe.
- * @param output cryptsetup's stderr as bytes
- * @returns the scrubbed text (invalid UTF-8 left over becomes U+FFFD)
- * @example scrub(stderrBytes, [key]) // "No key available with this passphrase."
- */
-export function scrub(output: Uint8Array, keys: Uint8Array[]): string {
-  if (output.length === 0) return "";
-  let out = Buffer.from(output.buffer, output.byteOffset, output.byteLength);
-  const copies: Buffer[] = [];
-  for (const k of keys) {
-    // Padded forms first: the unpadded ones would leave the '=' behind.
-    const forms = [Uint8Array.from(k), hexBytes(k, HEX_LOWER), hexBytes(k, HEX_UPPER), base64Bytes(k, BASE64, true), base64Bytes(k, BASE64, false), base64Bytes(k, BASE64URL, true), base64Bytes(k, BASE64URL, false)];
-    for (const form of forms) {
-      if (form.length >= 4) {
-        const next = replaceAll(out, form, KEY_MARK);
-        if (next !== out) copies.push((out = next));
-      }
-      wipe(form);
-    }
-  }
-  const text = out.toString("utf8");
-  wipe(...copies); // intermediate copies may still hold other forms of a key
-  return text;
-}
-
-const KEY_MARK = Buffer.from("[key]");
-const HEX_LOWER = Buffer.from("0123456789abcdef");
-const HEX_UPPER = Buffer.from("0123456789ABCDEF");
-const BASE64 = Buffer.from("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/");
-/** RFC 4648 §5: the URL- and filename-safe alphabet. */
-const BASE64URL = Buffer.from("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_");
-
-function hexBytes(k: Uint8Array, digits: Uint8Array): Uint8Array {
-  const out = new Uint8Array(k.length * 2);
-  k.forEach((b, i) => {
-    out[2 * i] = digits[b >> 4]!;
-    out[2 * i + 1] = digits[b & 15]!;
-  });
-  return out;
-}
-
-/** RFC 4648 base64 in `alphabet`, with `=` padding (as `base64` and Buffer print it) or without (as base64url usually is). */
-function base64Bytes(k: Uint8Array, alphabet: Uint8Array, padded: boolean): Uint8Array {
-  const out = new Uint8Array(Math.ceil(k.length / 3) * 4).fill(0x3d); // "="
-  let o = 0;
-  for (let i = 0; i < k.length; i += 3) {
-    const n = (k[i]! << 16) | ((k[i + 1] ?? 0) << 8) | (k[i + 2] ?? 0);
-    const have = Math.min(3, k.length - i) + 1; // output characters this group yields
-    for (let c = 0; c < have; c++) out[o++] = alphabet[(n >> (18 - 6 * c)) & 63]!;
-  }
-  if (padded || o === out.length) return out;
-  const bare = out.slice(0, o);
-  wipe(out);
-  return bare;
-}
-
-function replaceAll(hay: Buffer, needle: Uint8Array, mark: Uint8Array): Buffer {
-  const parts: Uint8Array[] = [];
-  let from = 0;
-  for (let at = hay.indexOf(needle, from); at >= 0; at = hay.indexOf(needle, from)) {
-    parts.push(hay.subarray(from, at), mark);
-    from = at + needle.length;
-  }
-  if (from === 0) return hay;
-  parts.push(hay.subarray(from));
-  return Buffer.concat(parts);
-}
-
-// ---- key transport ----
-
-/**
- * Write the key into the child's stdin and close it (EOF ends the key). A
- * child that exits without reading (a bad device, a missing module) makes
- * the write fail with EPIPE or ECONNRESET, or (Bun 1.4, once the child is
- * gone) return `true` instead of a byte count: its exit status says why, so
- * that failure is not reported on its own. Anything else is.
- * @throws {ZbError} LUKS_FAILED when the key could not be handed over
- */
-async function sendKey(sink: FileSink, key: Uint8Array, what: string): Promise<void> {
-  try {
-    // A write the socket cannot take at once returns a Promise (Bun then
-    // holds the rest); keys fit the socket buffer, so that means the child is gone.
-    const n: unknown = sink.write(key);
-    if (n instanceof Promise) await n;
-    else if (typeof n !== "number") return; // the sink is closed: the child is gone
-    else if (n !== key.length) throw new Error(`only ${n} of its ${key.length} bytes were written`);
-    await sink.end();
-  } catch (e) {
-    const code = (e as { code?: string }).code;
-    if (code === "EPIPE" || code === "ECONNRESET") return;
-    throw new ZbError("LUKS_FAILED", `cannot ${what}: cannot hand the key to cryptsetup: ${(e as Error).message}`, { cause: e });
-  }
-}
-
-/** O_CLOEXEC on Linux (asm-generic/fcntl.h, same on x86_64 and arm64): no other child inherits our end. */
-const O_CLOEXEC = 0o2000000;
-
-/**
- * A pipe holding `key` and then EOF; returns its read end (the caller closes
- * it). The key fits the pipe buffer (≤ 4096 bytes), so the write never blocks.
- */
-function keyPipe(key: Uint8Array, what: string): number {
-  const { ptr } = require("bun:ffi") as typeof import("bun:ffi");
-  const fds = new Int32Array(2);
-  let rc: number;
-  try {
-    rc = libc().pipe2(ptr(fds), O_CLOEXEC);
-  } catch (e) {
-    throw new ZbError("LUKS_FAILED", `cannot ${what}: cannot create a pipe for the key: ${(e as Error).message}`, { cause: e });
-  }
-  if (rc !== 0) throw new ZbError("LUKS_FAILED", `cannot ${what}: pipe2() failed`);
-  const [readEnd, writeEnd] = [fds[0]!, fds[1]!];
-  try {
-    let done = 0;
-    while (done < key.length) done += writeSync(writeEnd, key, done, key.length - done);
-  } catch (e) {
-    closeSync(readEnd);
-    throw new ZbError("LUKS_FAILED", `cannot ${what}: cannot write the key to a pipe`, { cause: e });
-  } finally {
-    closeSync(writeEnd);
-  }
-  return readEnd;
-}
-
-// ---- dmsetup ----
-
-/**
- * `dmsetup remove --retry NAME`, for a mapping `cryptsetup close` does not
- * remove: a cryptsetup killed between creating the device and loading its
- * crypt table leaves a device without one, which cryptsetup does not take
- * for its own. --retry: udev may still be probing a device it just saw.
- * @param binary program name or path; default `dmsetup` on PATH (plus /usr/sbin, /sbin)
- * @returns the remover, or null when there is no such program (the
- *   initramfs has it when Debian's dmsetup package is installed: its
- *   initramfs-tools hook copies it)
- */
-export function dmsetupRemover(binary = "dmsetup"): ((name: string) => Promise<void>) | null {
-  let exe: string;
-  try {
-    exe = resolveBinary(binary, "find dmsetup");
-  } catch {
-    return null;
-  }
-  if (!existsSync(exe)) return null;
-  return async (name) => {
-    const what = `remove the device-mapper device ${name}`;
-    let p: Subprocess<"ignore", "pipe", "pipe">;
-    try {
-      p = Bun.spawn([exe, "remove", "--retry", checkName(name)], { stdio: ["ignore", "pipe", "pipe"], env: childEnv() });
-    } catch (e) {
-      throw new ZbError("LUKS_FAILED", `cannot ${what}: cannot run ${exe}: ${(e as Error).message}`, { cause: e });
-    }
-    const [, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
-    if (code !== 0) {
-      const detail = stderr.split("\n").map((l) => l.trim()).filter(Boolean).slice(-2).join("; ");
-      throw new ZbError("LUKS_FAILED", `cannot ${what}: dmsetup exit ${code}${detail ? `: ${detail}` : ""}`);
-    }
-  };
-}

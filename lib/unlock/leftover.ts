@@ -13,10 +13,15 @@
  *   2. kills them (SIGKILL) and waits, bounded, until each has ended: a
  *      process killed inside device-mapper's ioctl ends only when it returns,
  *      having perhaps created the mapping, so the close must come after,
- *   3. closes the mappings that exist: `cryptsetup close`, and when that fails
- *      (a cryptsetup killed between creating the device and loading its crypt
- *      table leaves a device cryptsetup does not see as its own)
- *      `dmsetup remove`, when dmsetup exists.
+ *   3. closes the mappings the kernel has: `cryptsetup close`, and when that
+ *      fails (a cryptsetup killed between creating the device and loading its
+ *      crypt table leaves a device cryptsetup does not see as its own)
+ *      `dmsetup remove`, when dmsetup exists. Besides zb's names, leftover
+ *      `temporary-cryptsetup-*` mappings are closed too: without the kernel's
+ *      AF_ALG skcipher interface cryptsetup decrypts a keyslot through such a
+ *      dm-crypt mapping, and one killed meanwhile leaves it, readable by a
+ *      shell. A close or remove that does not end after its kill leaves its
+ *      volume counted as open (it may still be changing the device).
  * What is left open (or running) is returned for the caller to say loudly and
  * to keep the shell away (docs/boot-flow.md, "Failed boots and the shell").
  *
@@ -26,10 +31,17 @@
  */
 import { basename, join } from "node:path";
 import { DATA_MAPPING, ROOT_MAPPING } from "../luks/credentials.ts";
+import { stillRunning } from "../luks/tool.ts";
 import type { Sys } from "../sys/sys.ts";
 
 /** The mappings zbunlock creates (lib/luks/credentials.ts). */
 export const ZB_MAPPINGS: readonly string[] = [ROOT_MAPPING, DATA_MAPPING];
+
+/**
+ * The names cryptsetup 2.x gives the dm-crypt mapping through which it reads
+ * a keyslot when the kernel has no AF_ALG skcipher (af_alg, algif_skcipher).
+ */
+export const TEMP_MAPPING_PREFIX = "temporary-cryptsetup-";
 
 /** How long killed processes get to end before they count as survivors. */
 export const STOP_WAIT_MS = 5000;
@@ -59,6 +71,11 @@ export interface LeftoverEnv {
   root: string;
   /** Mapping names to look for; {@link ZB_MAPPINGS} in zbunlock, unique names in tests. */
   names: readonly string[];
+  /**
+   * Also close every mapping whose name starts with this ({@link TEMP_MAPPING_PREFIX}
+   * in zbunlock: cryptsetup's keyslot mappings), or null for none.
+   */
+  tempPrefix: string | null;
   /** This process: never a stray. */
   selfPid: number;
   /** Send SIGKILL. @throws an errno error (ESRCH: it is gone already, EPERM) */
@@ -80,6 +97,8 @@ export interface LeftoverReport {
   survivors: { stray: Stray; why: string }[];
   /** Closed here: they were open. */
   closed: string[];
+  /** A /dev/mapper node with no such device-mapper device: not open, nothing to close. */
+  stale: string[];
   /** Still open: the shell must not come. */
   stillOpen: { name: string; why: string }[];
 }
@@ -94,7 +113,7 @@ export function nothingLeft(r: LeftoverReport): boolean {
  * exist. Never throws for host failures: they end up in the report.
  */
 export async function closeLeftovers(env: LeftoverEnv): Promise<LeftoverReport> {
-  const report: LeftoverReport = { stopped: [], survivors: [], closed: [], stillOpen: [] };
+  const report: LeftoverReport = { stopped: [], survivors: [], closed: [], stale: [], stillOpen: [] };
   const killed: Stray[] = [];
   for (const s of findStrays(env.sys, env.procRoot, env.names, env.selfPid)) {
     try {
@@ -119,8 +138,12 @@ export async function closeLeftovers(env: LeftoverEnv): Promise<LeftoverReport> 
     }
     await env.sleep(POLL_MS);
   }
-  for (const name of env.names) {
-    if (!mappingExists(env.sys, env.root, name)) continue;
+  // Only after the strays ended: one killed inside its ioctl may have created a mapping meanwhile.
+  const temps = env.tempPrefix === null ? [] : (kernelMappings(env.sys, env.root) ?? []).filter((n) => n.startsWith(env.tempPrefix!)).sort();
+  for (const name of [...env.names, ...temps]) {
+    const state = mappingState(env.sys, env.root, name);
+    if (state === "stale") report.stale.push(name);
+    if (state !== "open") continue;
     const why = await closeOne(env, name);
     if (why === null) report.closed.push(name);
     else report.stillOpen.push({ name, why });
@@ -134,9 +157,11 @@ async function closeOne(env: LeftoverEnv, name: string): Promise<string | null> 
   try {
     await env.close(name);
   } catch (e) {
+    // Still at work on the device after its kill: whatever sysfs says now may change; open it stays.
+    if (stillRunning(e)) return (e as Error).message;
     whys.push((e as Error).message);
   }
-  if (!mappingExists(env.sys, env.root, name)) return null;
+  if (!mappingOpen(env.sys, env.root, name)) return null;
   if (env.dmRemove === null) {
     whys.push("no dmsetup to remove it otherwise");
     return whys.join("; ");
@@ -144,9 +169,10 @@ async function closeOne(env: LeftoverEnv, name: string): Promise<string | null> 
   try {
     await env.dmRemove(name);
   } catch (e) {
+    if (stillRunning(e)) return [...whys, (e as Error).message].join("; ");
     whys.push((e as Error).message);
   }
-  if (!mappingExists(env.sys, env.root, name)) return null;
+  if (!mappingOpen(env.sys, env.root, name)) return null;
   if (whys.length === 0) whys.push("it still exists after cryptsetup close and dmsetup remove");
   return whys.join("; ");
 }
@@ -209,36 +235,60 @@ function running(sys: Sys, procRoot: string, pid: number): boolean {
 }
 
 /**
- * Does the mapping exist: its /dev/mapper node, or the kernel's view in
- * /sys/block/dm-N/dm/name (a device created without its node, udev not
- * having run for it yet)?
+ * Is the mapping open? The kernel decides, not /dev/mapper: "open" when a
+ * device-mapper device of that name exists ({@link kernelMappings}), also one
+ * without its node yet (udev not having run for it); "stale" when only a
+ * /dev/mapper node is left (its device is gone; nothing can be read through
+ * it, so it does not keep the shell away and is left alone); else "closed".
+ * When sysfs cannot be read, the node is all there is to go by: a node (or
+ * one that cannot be looked at) counts as open, never as stale.
  */
-export function mappingExists(sys: Sys, root: string, name: string): boolean {
+export function mappingState(sys: Sys, root: string, name: string): "open" | "stale" | "closed" {
+  const kernel = kernelMappings(sys, root);
+  if (kernel?.includes(name)) return "open";
+  let node: boolean;
   try {
-    if (sys.stat(join(root, "dev/mapper", name)) !== null) return true;
+    node = sys.stat(join(root, "dev/mapper", name)) !== null;
   } catch {
-    return true; // cannot tell: assume the worst
+    node = true; // cannot tell
   }
+  if (!node) return "closed";
+  return kernel === null ? "open" : "stale";
+}
+
+/** {@link mappingState} is "open". */
+export function mappingOpen(sys: Sys, root: string, name: string): boolean {
+  return mappingState(sys, root, name) === "open";
+}
+
+/**
+ * The names of the kernel's device-mapper devices (/sys/block/dm-N/dm/name),
+ * or null when they cannot all be read: no /sys/block (sysfs not mounted),
+ * an unreadable listing, or a dm-N whose name cannot be read although it is
+ * still there. A dm-N removed while it is looked at is skipped.
+ */
+export function kernelMappings(sys: Sys, root: string): string[] | null {
   const block = join(root, "sys/block");
-  let devs: string[];
+  const names: string[] = [];
   try {
-    devs = sys.stat(block) === null ? [] : sys.listDir(block);
-  } catch {
-    return false;
-  }
-  for (const d of devs) {
-    if (!d.startsWith("dm-")) continue;
-    try {
-      if (sys.readText(join(block, d, "dm/name")).trim() === name) return true;
-    } catch {
-      // removed meanwhile
+    if (sys.stat(block) === null) return null;
+    for (const d of sys.listDir(block)) {
+      if (!d.startsWith("dm-")) continue;
+      try {
+        names.push(sys.readText(join(block, d, "dm/name")).trim());
+      } catch {
+        if (sys.stat(join(block, d)) !== null) return null; // there, but unreadable
+      }
     }
+  } catch {
+    return null;
   }
-  return false;
+  return names;
 }
 
 /** The console word for a mapping: "the root volume" for zb-root, "the data volume" for zb-data. */
 export function volumeWord(name: string): string {
+  if (name.startsWith(TEMP_MAPPING_PREFIX)) return `cryptsetup's keyslot mapping ${name} (it may expose a decrypted keyslot)`;
   return name === ROOT_MAPPING ? "the root volume" : name === DATA_MAPPING ? "the data volume" : `the volume ${name}`;
 }
 
@@ -248,6 +298,7 @@ export function leftoverLines(r: LeftoverReport): string[] {
   for (const s of r.stopped) lines.push(`stopped a leftover cryptsetup (pid ${s.pid}) working on ${s.mapping}`);
   for (const { stray, why } of r.survivors) lines.push(`ERROR: a cryptsetup (pid ${stray.pid}) working on ${stray.mapping} is still running: ${why}; it may still open ${volumeWord(stray.mapping)}`);
   for (const name of r.closed) lines.push(`closed ${name}, left open after the failed boot`);
+  for (const name of r.stale) lines.push(`ignored /dev/mapper/${name}: no device-mapper device has that name (a stale node)`);
   for (const { name, why } of r.stillOpen) lines.push(`ERROR: ${volumeWord(name)} is still open: cannot close ${name}: ${why}`);
   return lines;
 }

@@ -107,11 +107,17 @@ async function closeAll(opened: { name: string; device: string }[], env: Pick<Un
  * can unseal them again this boot: after every volume is open, and after a
  * boot that did not unlock (keys from {@link lockableKeys}), since the shell
  * initramfs-tools' panic may leave must not unseal them either. Never throws:
- * a failed lock is reported loudly (the root is open already, or the boot
- * failed anyway), not turned into a failure.
+ * a failed lock is said on the console and returned, for the caller to
+ * weigh (after a good unlock the root is open anyway; before a shell it
+ * must not come, docs/boot-flow.md "Failed boots and the shell").
+ * @returns the failures that leave a key unsealable: every failed lock but
+ *   HSM_ABSENT (without the HSM nothing unseals) and CRED_INVALID (data the
+ *   HSM cannot use cannot be unsealed either)
+ * @example if ((await lockKeys(keys, { hsm, log })).length > 0) return CODES.HSM_FAILED;
  */
-export async function lockKeys(blobs: SealedData[], env: Pick<UnlockEnv, "hsm" | "log">): Promise<void> {
-  if (!env.hsm.lock) return;
+export async function lockKeys(blobs: SealedData[], env: Pick<UnlockEnv, "hsm" | "log">): Promise<unknown[]> {
+  const failed: unknown[] = [];
+  if (!env.hsm.lock) return failed;
   const seen = new Set<string>();
   for (const data of blobs) {
     const key = JSON.stringify(data.lockPcr ?? null);
@@ -121,8 +127,10 @@ export async function lockKeys(blobs: SealedData[], env: Pick<UnlockEnv, "hsm" |
       if (await env.hsm.lock(data)) env.log(`locked: PCR ${data.lockPcr} extended, the keys cannot be unsealed again until reboot`);
     } catch (e) {
       env.log(lockWarning(e));
+      if (!isZbError(e, "HSM_ABSENT", "CRED_INVALID")) failed.push(e);
     }
   }
+  return failed;
 }
 
 /** The console line for a lock that failed. */

@@ -55,9 +55,11 @@ failure) when the keys cannot work and nothing else can boot (U4).
   --lock-only    lock this slot's sealed keys (tpm2: extend the lock PCR), stop
                  any cryptsetup still working on zb-root/zb-data and close them,
                  then exit; no boot state, no unlock (local-top runs it before a
-                 panic). Exit 22 when a volume stays open (the script then
-                 reboots instead of a shell); not for a running system, whose
-                 mounted root it cannot close
+                 panic). Exit 22 when a volume stays open, 21 when the HSM
+                 is there but the keys could not be locked (the script then
+                 reboots instead of a shell). Not for a running system: it
+                 kills any cryptsetup naming zb-root/zb-data, closes an
+                 unmounted zb-data, and exits 22 for the mounted root
   --status-fd N  also write "exited STATUS" to descriptor N as the process
                  exits, before the runtime's teardown (the initramfs script
                  waits for that line)
@@ -96,8 +98,9 @@ export async function zbunlockMain(argv: string[]): Promise<number> {
     // The boot script's last step before initramfs-tools' panic: lock the keys and close the
     // volumes even when the zbunlock that ran was killed (its cryptsetup may live on) or lost
     // its status. Touches no boot state; only tpm2 keys have a lock PCR, and it needs no JIT.
-    // Not 0 while a volume is (or may become) open: the script then reboots instead of a shell.
-    return (await lockAfterFailureStep(args, sys, root, creds)) ? 0 : CODES.LUKS_FAILED;
+    // Not 0 while a volume is (or may become) open (22), or the keys stay unsealable by an HSM
+    // that answers (21): the script then reboots instead of a shell.
+    return await lockAfterFailureStep(args, sys, root, creds);
   }
   // Started without the JIT (the initramfs script does so for a faster start,
   // lib/sys/jit.ts): a backend that is a C library needs it back, so the whole
@@ -108,7 +111,7 @@ export async function zbunlockMain(argv: string[]): Promise<number> {
     const status = rerunWithJit(withoutStatusFd(argv), backend);
     // A child that was killed could not clean up: its cryptsetup, given the key, may live on
     // and open the root later. One that failed by itself did so already; this finds nothing then.
-    if (status !== 0) await lockAfterFailureStep(args, sys, root, creds);
+    if (actedAndFailed(status)) await lockAfterFailureStep(args, sys, root, creds);
     return status;
   }
   const p = readPlatform(sys, root);
@@ -131,8 +134,20 @@ export async function zbunlockMain(argv: string[]): Promise<number> {
     status = await act(args, sys, root, p, creds);
     return status;
   } finally {
-    if (backend !== null && status !== 0) await lockAfterFailureStep(args, sys, root, creds);
+    if (backend !== null && actedAndFailed(status)) await lockAfterFailureStep(args, sys, root, creds);
   }
+}
+
+/**
+ * Does a run that ended with `status` (undefined: it threw) need the step
+ * before a shell? Not after 0, and not after NOT_STARTED (24): a zbunlock
+ * that gave up waiting for the go, or found its parent gone, did nothing,
+ * so nothing of its can be open. Without the JIT such a run never reaches
+ * the step (awaitGo throws before it); the JIT parent sees only the child's
+ * status, and decides by this.
+ */
+function actedAndFailed(status: number | undefined): boolean {
+  return status !== 0 && status !== CODES.NOT_STARTED;
 }
 
 /**

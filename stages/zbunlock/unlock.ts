@@ -9,9 +9,10 @@ import { join } from "node:path";
 import type { ParsedArgs } from "../../lib/cli/args.ts";
 import type { Platform } from "../../lib/bootloader/platform.ts";
 import { CRED_DIR, readCredentials, ROOT_MAPPING, type LoadedCredentials } from "../../lib/luks/credentials.ts";
-import { ZbError } from "../../lib/errors.ts";
-import { CryptsetupCli, dmsetupRemover, isWrongKey } from "../../lib/luks/cryptsetup.ts";
-import { closeLeftovers, leftoverLines, nothingLeft, ZB_MAPPINGS } from "../../lib/unlock/leftover.ts";
+import { CODES, isZbError, ZbError } from "../../lib/errors.ts";
+import { CryptsetupCli, isWrongKey } from "../../lib/luks/cryptsetup.ts";
+import { dmsetupRemover } from "../../lib/luks/dmsetup.ts";
+import { closeLeftovers, leftoverLines, nothingLeft, TEMP_MAPPING_PREFIX, ZB_MAPPINGS } from "../../lib/unlock/leftover.ts";
 import { findLuksDevice } from "../../lib/unlock/devices.ts";
 import { credentialsFailure, lockableKeys, lockKeys, lockWarning, unlockSlot, type UnlockOutcome } from "../../lib/unlock/unlock.ts";
 import type { Sys } from "../../lib/sys/sys.ts";
@@ -142,45 +143,67 @@ export async function unlockStep(args: ParsedArgs, sys: Sys, root: string, p: Pl
  * reboot it did not make), before initramfs-tools' panic may leave a shell:
  * lock this slot's keys anyway (tpm2: extend the lock PCR) so the shell
  * cannot unseal them, then stop any cryptsetup still opening zb-root or
- * zb-data (one a killed zbunlock left behind) and close what is open
- * (lib/unlock/leftover.ts). Never throws; the console says what happened.
- * @returns true when nothing is left open or opening; false when a volume
- *   is (or may soon be) open: the caller must not let a shell come
+ * zb-data (one a killed zbunlock left behind) and close what is open, with
+ * cryptsetup's leftover keyslot mappings (lib/unlock/leftover.ts). Never
+ * throws; the console says what happened.
+ * @returns 0 when the shell may come; LUKS_FAILED (22) when a volume is (or
+ *   may soon be) open; HSM_FAILED (21) when the HSM is there but the keys
+ *   could not be locked: the caller must not let a shell come
  */
-export async function lockAfterFailureStep(args: ParsedArgs, sys: Sys, root: string, credentials: () => LoadedCredentials | null): Promise<boolean> {
+export async function lockAfterFailureStep(args: ParsedArgs, sys: Sys, root: string, credentials: () => LoadedCredentials | null): Promise<number> {
   const log = (line: string) => err(`zbunlock: ${line}\n`);
-  await lockOnly(args, sys, root, credentials, log);
+  const locked = await lockOnly(args, sys, root, credentials, log);
   const crypt = new CryptsetupCli({ timeoutMs: CLOSE_TIMEOUT_MS });
   const report = await closeLeftovers({
     sys,
     procRoot: join(root, "proc"),
     root,
     names: ZB_MAPPINGS,
+    tempPrefix: TEMP_MAPPING_PREFIX,
     selfPid: process.pid,
     kill: (pid) => process.kill(pid, "SIGKILL"),
     close: (name) => crypt.close(name),
-    dmRemove: dmsetupRemover(),
+    dmRemove: dmsetupRemover("dmsetup", { timeoutMs: CLOSE_TIMEOUT_MS }),
     now: () => performance.now(),
     sleep: (ms) => Bun.sleep(ms),
   });
   for (const line of leftoverLines(report)) log(line);
-  return nothingLeft(report);
+  if (!nothingLeft(report)) return CODES.LUKS_FAILED;
+  return locked ? 0 : CODES.HSM_FAILED;
 }
 
-/** A close that takes longer is stuck (a device-mapper ioctl that does not return): say so rather than wait. */
+/**
+ * A close (cryptsetup or dmsetup) that takes longer is stuck (a device-mapper ioctl that does not
+ * return): it is killed, and after a short bound (lib/luks/tool.ts) its volume counts as open.
+ */
 const CLOSE_TIMEOUT_MS = 30_000;
 
-/** The lock of {@link lockAfterFailureStep}: best effort, a failure is a warning. */
-async function lockOnly(args: ParsedArgs, sys: Sys, root: string, credentials: () => LoadedCredentials | null, log: (line: string) => void): Promise<void> {
-  let hsm: Hsm | undefined;
+/**
+ * The lock of {@link lockAfterFailureStep}. True when no key stays
+ * unsealable through an HSM that answers: locked, nothing names a lock PCR
+ * (a backend without one), the HSM is absent, or the credentials cannot be
+ * read (then nothing here knows a lock PCR, and their sealed keys cannot be
+ * used either). False when a lock failed while the HSM was there, or when
+ * the HSM configuration cannot be used (the HSM may still answer a shell).
+ */
+async function lockOnly(args: ParsedArgs, sys: Sys, root: string, credentials: () => LoadedCredentials | null, log: (line: string) => void): Promise<boolean> {
+  let keys: ReturnType<typeof lockableKeys>;
+  let creds: LoadedCredentials | null;
   try {
-    const creds = credentials();
-    const keys = creds === null ? [] : lockableKeys(creds);
-    if (creds === null || keys.length === 0) return; // nothing names a lock PCR
-    hsm = hsmFor(creds.meta.backend, hsmConfigFrom(args, join(root, "etc/zb/hsm.conf")), pinTerminal(root));
-    await lockKeys(keys, { hsm, log });
+    creds = credentials();
+    keys = creds === null ? [] : lockableKeys(creds);
   } catch (e) {
     log(lockWarning(e));
+    return true;
+  }
+  if (creds === null || keys.length === 0) return true; // nothing names a lock PCR
+  let hsm: Hsm | undefined;
+  try {
+    hsm = hsmFor(creds.meta.backend, hsmConfigFrom(args, join(root, "etc/zb/hsm.conf")), pinTerminal(root));
+    return (await lockKeys(keys, { hsm, log })).length === 0;
+  } catch (e) {
+    log(lockWarning(e));
+    return isZbError(e, "HSM_ABSENT");
   } finally {
     await hsm?.close();
   }

@@ -223,4 +223,26 @@ describe("the parent cleans up after a child that was killed", () => {
       parent.kill("SIGKILL");
     }
   });
+
+  test("a child that gave up waiting for the go (24, NOT_STARTED) did nothing: the parent closes nothing", async () => {
+    // Its own root: zb.prestart_wait=0.2, so the child gives up at once; a zb-root that exists would
+    // be closed by the step, and the fake cryptsetup records it.
+    const r2 = join(dir, "root-not-started");
+    const bin = join(dir, "bin-not-started");
+    for (const d of [join(r2, "proc"), join(r2, "sys/block/dm-0/dm"), join(r2, "dev/mapper"), bin]) mkdirSync(d, { recursive: true });
+    const cmdline = readFileSync(join(boot, "slot-a/cmdline.txt"), "utf8").trim();
+    writeFileSync(join(r2, "proc/cmdline"), `${cmdline} zb.boot=${join(dir, "no-boot-device")} zb.prestart_wait=0.2\n`);
+    writeFileSync(join(r2, "sys/block/dm-0/dm/name"), "zb-root\n");
+    writeFileSync(join(r2, "dev/mapper/zb-root"), "");
+    const log = join(dir, "not-started-calls");
+    writeFileSync(join(bin, "cryptsetup"), `#!/bin/sh\necho "cryptsetup $*" >>${log}\n`, { mode: 0o755 });
+    const e: Record<string, string | undefined> = { ...process.env, ZB_NO_REBOOT: "1", BUN_JSC_useJIT: "0", PATH: `${bin}:${process.env.PATH}` };
+    delete e.ZB_JIT_PARENT;
+    const parent = Bun.spawn([BIN, "unlock", "--root", r2, "--no-reboot", "--credentials", creds, "--go-file", join(dir, "go-never")], { env: e, stdout: "pipe", stderr: "pipe" });
+    const [err, code] = [await new Response(parent.stderr).text(), await parent.exited];
+    expect(err).toContain("did not appear within 0.2 s; zbunlock did nothing");
+    expect(code).toBe(24);
+    expect(existsSync(log)).toBe(false);
+    expect(err).not.toContain("closed zb-root");
+  });
 });

@@ -268,53 +268,7 @@ describe("zbunlock unlocks the slot's root", () => {
     expect(env()).toBe(before);
   });
 
-  // The step before a panic shell also closes zb's volumes (lib/unlock/leftover.ts). The mapping
-  // is a node under the temp root's dev/mapper (this host has no device-mapper); cryptsetup and
-  // dmsetup are fakes that record their argv and remove the node (or refuse), so nothing touches
-  // the host's own mappings. /proc under --root is the temp root's: no process of the host is scanned.
-  test.each<{ name: string; args: string[]; close: "ok" | "fail"; dm: "ok" | "fail"; code: number; calls: string[]; says: string; open: boolean }>([
-    { name: "--lock-only: zb-root is open, cryptsetup closes it → exit 0", args: ["--lock-only"], close: "ok", dm: "ok", code: 0, calls: ["cryptsetup close zb-root"], says: "zbunlock: closed zb-root, left open after the failed boot", open: false },
-    { name: "--lock-only: cryptsetup cannot, dmsetup removes it → exit 0", args: ["--lock-only"], close: "fail", dm: "ok", code: 0, calls: ["cryptsetup close zb-root", "dmsetup remove --retry zb-root"], says: "zbunlock: closed zb-root, left open after the failed boot", open: false },
-    {
-      name: "--lock-only: neither can → exit 22, loudly",
-      args: ["--lock-only"],
-      close: "fail",
-      dm: "fail",
-      code: 22,
-      calls: ["cryptsetup close zb-root", "dmsetup remove --retry zb-root"],
-      says: "zbunlock: ERROR: the root volume is still open: cannot close zb-root: cannot close zb-root: the device already exists or is busy (cryptsetup exit 5: Device zb-root is still in use.); cannot remove the device-mapper device zb-root: dmsetup exit 1: busy",
-      open: true,
-    },
-    { name: "a failed unlock (HSM absent) closes it too; the status stays the failure's (12)", args: [], close: "ok", dm: "ok", code: 12, calls: ["cryptsetup close zb-root"], says: "zbunlock: closed zb-root, left open after the failed boot", open: false },
-  ])("$name", async ({ args, close, dm, code, calls, says, open }) => {
-    expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b", "--force"]).code).toBe(0);
-    hsmConf(join(dir, "missing.key"));
-    const lockBin = join(dir, "lock-bin");
-    mkdirSync(lockBin, { recursive: true });
-    mkdirSync(join(root, "dev/mapper"), { recursive: true });
-    const node = join(root, "dev/mapper/zb-root");
-    writeFileSync(node, "");
-    const log = join(dir, "lock-calls");
-    rmSync(log, { force: true });
-    writeFileSync(join(lockBin, "cryptsetup"), `#!/bin/sh
-[ "$1" = close ] || exit 99
-echo "cryptsetup $*" >>${log}
-${close === "ok" ? `rm ${root}/dev/mapper/$2` : 'echo "Device $2 is still in use." >&2; exit 5'}
-`, { mode: 0o755 });
-    writeFileSync(join(lockBin, "dmsetup"), `#!/bin/sh
-echo "dmsetup $*" >>${log}
-${dm === "ok" ? `rm ${root}/dev/mapper/$3` : "echo busy >&2; exit 1"}
-`, { mode: 0o755 });
-    try {
-      const r = await zbunlock(args, undefined, { PATH: `${lockBin}:${process.env.PATH}` });
-      expect(r.err).toContain(says);
-      expect(readFileSync(log, "utf8").trim().split("\n")).toEqual(calls);
-      expect(existsSync(node)).toBe(open);
-      expect(r.code).toBe(code);
-    } finally {
-      rmSync(join(root, "dev/mapper"), { recursive: true, force: true });
-    }
-  });
+  // The close of zb's volumes in the step before a panic shell: test/stages/unlock-lock.test.ts.
 
   test("HSM absent until the deadline → reboot to retry, the slot stays", async () => {
     // back to a committed, valid a

@@ -15,7 +15,9 @@ import { describe, expect, test } from "bun:test";
 import { chmodSync, existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ZbError, type ErrorCode } from "../../../lib/errors.ts";
-import { CryptsetupCli, exitError, isWrongKey, MAX_KEY_BYTES, scrub } from "../../../lib/luks/cryptsetup.ts";
+import { CryptsetupCli, exitError, isWrongKey, MAX_KEY_BYTES } from "../../../lib/luks/cryptsetup.ts";
+import { scrub } from "../../../lib/luks/keyio.ts";
+import { stillRunning } from "../../../lib/luks/tool.ts";
 import { tempDirs } from "../../tempdirs.ts";
 
 const REAL = Bun.which("cryptsetup", { PATH: `${process.env.PATH}:/usr/sbin:/sbin` })!;
@@ -294,6 +296,21 @@ describe("open/close argv (recording fake binary)", () => {
     // Without the kill, the 30 s sleep would outlast the test's own timeout.
     expect((err as ZbError).message).toMatch(/cannot close zb-root: cryptsetup was killed by SIGKILL \(timeout 0.3 s\)/);
   });
+
+  test("a killed cryptsetup whose end is not seen (its output held open): close returns after the kill bound, saying it may still be working", async () => {
+    // The background sleep holds stdout and stderr after cryptsetup is killed, as a process stuck
+    // in a device-mapper ioctl holds the wait for its end.
+    const dir = tempDir();
+    const bin = join(dir, "stuck");
+    writeFileSync(bin, `#!/bin/sh\nsleep 30 &\necho $! >${dir}/holder\nexec sleep 30\n`, { mode: 0o755 });
+    try {
+      const err = await new CryptsetupCli({ binary: bin, timeoutMs: 200, killWaitMs: 200 }).close("zb-root").catch((e: unknown) => e);
+      expect((err as ZbError).message).toBe("cannot close zb-root: cryptsetup did not end within 0.2 s of SIGKILL (timeout 0.2 s); it may still be changing the device");
+      expect(stillRunning(err)).toBe(true);
+    } finally {
+      process.kill(Number(readFileSync(join(dir, "holder"), "utf8")), "SIGKILL");
+    }
+  }, 15_000);
 
   test("a cryptsetup that exits without reading its key: its exit status is the error, never EPIPE (largest key, 50 runs)", async () => {
     // /bin/false exits at once: the key write races the close of the child's

@@ -23,8 +23,8 @@ interface Script {
   openFails?: { name: string; error: Error };
   /** close() fails. */
   closeFails?: boolean;
-  /** lock(): absent = the backend has none; "throw" = it fails. */
-  lock?: "ok" | "throw";
+  /** lock(): absent = the backend has none; "throw" = it fails (HSM_FAILED); "absent"/"malformed": HSM_ABSENT/CRED_INVALID. */
+  lock?: "ok" | "throw" | "absent" | "malformed";
   deadlineMs?: number;
   /** The opener can be started before the key (as cryptsetup can); "throw": starting it fails (no cryptsetup). */
   prepare?: "yes" | "throw";
@@ -60,6 +60,8 @@ function world(s: Script) {
     ...(s.lock ? {
       lock: async (d: SealedData) => {
         if (s.lock === "throw") throw new ZbError("HSM_FAILED", "cannot extend PCR 15: test");
+        if (s.lock === "absent") throw new ZbError("HSM_ABSENT", "no TPM: test");
+        if (s.lock === "malformed") throw new ZbError("CRED_INVALID", "bad sealed data: test");
         locked.push(d.lockPcr);
         return d.lockPcr !== undefined;
       },
@@ -299,9 +301,21 @@ describe("locking after a boot that did not unlock", () => {
     expect(w.log).toEqual(["locked: PCR 15 extended, the keys cannot be unsealed again until reboot"]);
   });
 
-  test("lockKeys never throws: a failed extend is a warning", async () => {
-    const w = world({ lock: "throw" });
-    await lockKeys([{ v: "root", lockPcr: 15 }], w.env);
-    expect(w.log).toEqual([expect.stringMatching(/^WARNING: cannot lock the sealed keys \(cannot extend PCR 15: test\); they stay unsealable until reboot$/)]);
+  test.each([
+    { name: "the HSM is there but the extend fails: a failure, the keys stay unsealable", lock: "throw" as const, failed: ["HSM_FAILED"], says: "cannot extend PCR 15: test" },
+    { name: "the HSM is absent: nothing can unseal, no failure", lock: "absent" as const, failed: [], says: "no TPM: test" },
+    { name: "sealed data the HSM cannot use: nothing can unseal it, no failure", lock: "malformed" as const, failed: [], says: "bad sealed data: test" },
+    { name: "locked", lock: "ok" as const, failed: [], says: null },
+  ])("lockKeys never throws; returns the failures that leave keys unsealable: $name", async ({ lock, failed, says }) => {
+    const w = world({ lock });
+    const r = await lockKeys([{ v: "root", lockPcr: 15 }], w.env);
+    expect(r.map((e) => (e as ZbError).code as string)).toEqual([...failed]);
+    if (says !== null) expect(w.log).toEqual([`WARNING: cannot lock the sealed keys (${says}); they stay unsealable until reboot`]);
+  });
+
+  test("lockKeys with a backend without lock(): nothing done, no failure", async () => {
+    const w = world({});
+    expect(await lockKeys([{ v: "root", lockPcr: 15 }], w.env)).toEqual([]);
+    expect(w.log).toEqual([]);
   });
 });
