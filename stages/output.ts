@@ -8,23 +8,33 @@
  */
 import { closeSync, fchmodSync, fsyncSync, openSync, rmSync, writeSync } from "node:fs";
 import { ZbError, ioError } from "../lib/errors.ts";
+import { waitWritable } from "../lib/sys/fdwait.ts";
 import { isNullDevice } from "../lib/sys/sys.ts";
 
 /**
  * Write all bytes to a file descriptor, retrying short writes and EAGAIN.
- * A reader that went away (EPIPE, `| head`) ends the output quietly unless
- * the bytes must arrive (a secret or a sealed blob on stdout).
+ * EAGAIN comes from a non-blocking pipe that is full (the flag is the
+ * parent's, shared with zb): zb then waits in poll(2) for room rather than
+ * retrying at once, which would spin a core until the reader caught up
+ * (lib/sys/fdwait.ts). A reader that went away (EPIPE, `| head`, or poll's
+ * POLLERR while waiting) ends the output quietly unless the bytes must
+ * arrive (a secret or a sealed blob on stdout).
  */
 function writeAll(fd: number, data: Uint8Array, what: string, mustArrive: boolean): void {
+  const readerGone = (): void => {
+    if (mustArrive) throw new ZbError("IO", `cannot write to ${what}: the reader went away (broken pipe); nothing was delivered in full`);
+  };
   let done = 0;
   while (done < data.length) {
     try {
       done += writeSync(fd, data, done, data.length - done);
     } catch (e) {
       const code = (e as { code?: string }).code;
-      if (code === "EAGAIN") continue; // a non-blocking pipe that is full
-      if (code === "EPIPE" && !mustArrive) return;
-      if (code === "EPIPE") throw new ZbError("IO", `cannot write to ${what}: the reader went away (broken pipe); nothing was delivered in full`);
+      if (code === "EAGAIN") {
+        if (waitWritable(fd) === "closed") return readerGone();
+        continue;
+      }
+      if (code === "EPIPE") return readerGone();
       throw ioError(`write to ${what}`, e);
     }
   }

@@ -7,6 +7,7 @@
  * - flock(2), for the env lock other env tools share (lib/sys/flock.ts);
  * - prctl(2) and getppid(2), to tie zbunlock's JIT child to its parent (lib/sys/jit.ts);
  * - ioctl(2), for LOOP_GET_STATUS64: which file a loop device is bound to (lib/sys/loopdev.ts);
+ * - poll(2), to wait for a full non-blocking stdout or stderr to drain (lib/sys/fdwait.ts);
  * - free/memcpy/explicit_bzero, to take ownership of a buffer a C library
  *   allocated with malloc() and handed back through a `uint8_t**`
  *   out-parameter (Zymbit's zk_app_utils does this for every output; the
@@ -45,6 +46,8 @@ const LIBC_SYMBOLS = {
   getppid: { args: [], returns: "i32" },
   // ioctl is variadic in C; every request zb makes passes one pointer.
   ioctl: { args: ["i32", "u64", "ptr"], returns: "i32" },
+  // poll(struct pollfd *fds, nfds_t nfds, int timeout); nfds_t is unsigned long.
+  poll: { args: ["ptr", "u64", "i32"], returns: "i32" },
 } as const;
 
 export type LibcSymbols = {
@@ -59,6 +62,7 @@ export type LibcSymbols = {
   prctl(option: number, a: number, b: number, c: number, d: number): number;
   getppid(): number;
   ioctl(fd: number, request: number, arg: Pointer): number;
+  poll(fds: Uint8Array, nfds: number, timeoutMs: number): number;
 };
 
 let cached: LibcSymbols | undefined;
