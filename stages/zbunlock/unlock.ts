@@ -18,6 +18,7 @@ import { credentialsFailure, lockableKeys, lockKeys, lockWarning, unlockSlot, ty
 import type { Sys } from "../../lib/sys/sys.ts";
 import type { BackendName, Hsm } from "../../lib/hsm/types.ts";
 import { hsmConfigFrom, hsmFor } from "../zb/hsm.ts";
+import { defaultHsmConfig } from "../../lib/hsm/config.ts";
 import { err, out } from "../output.ts";
 
 export interface UnlockStep {
@@ -183,8 +184,14 @@ const CLOSE_TIMEOUT_MS = 30_000;
  * unsealable through an HSM that answers: locked, nothing names a lock PCR
  * (a backend without one), the HSM is absent, or the credentials cannot be
  * read (then nothing here knows a lock PCR, and their sealed keys cannot be
- * used either). False when a lock failed while the HSM was there, or when
- * the HSM configuration cannot be used (the HSM may still answer a shell).
+ * used either). False when a lock failed while the HSM was there.
+ *
+ * An HSM configuration that cannot be used (a typo in hsm.conf, a
+ * tpm2.device that is no TPM) is not a failure by itself: the unlock fails
+ * on it at every boot, and where no other slot can boot a failure here
+ * would turn the shell a person needs into an endless reboot loop. A shell
+ * could still unseal through the kernel's TPM device, so the lock is made
+ * there instead ({@link lockAtDefaultTpm}).
  */
 async function lockOnly(args: ParsedArgs, sys: Sys, root: string, credentials: () => LoadedCredentials | null, log: (line: string) => void): Promise<boolean> {
   let keys: ReturnType<typeof lockableKeys>;
@@ -197,15 +204,76 @@ async function lockOnly(args: ParsedArgs, sys: Sys, root: string, credentials: (
     return true;
   }
   if (creds === null || keys.length === 0) return true; // nothing names a lock PCR
-  let hsm: Hsm | undefined;
+  let failed: unknown[];
   try {
-    hsm = hsmFor(creds.meta.backend, hsmConfigFrom(args, join(root, "etc/zb/hsm.conf")), pinTerminal(root));
-    return (await lockKeys(keys, { hsm, log })).length === 0;
+    const cfg = hsmConfigFrom(args, join(root, "etc/zb/hsm.conf"));
+    failed = await lockWith(hsmFor(creds.meta.backend, cfg, pinTerminal(root)), keys, log);
   } catch (e) {
     log(lockWarning(e));
-    return isZbError(e, "HSM_ABSENT");
+    failed = [e];
+  }
+  if (failed.length === 0) return true;
+  if (!failed.every(unusableConfig)) return false;
+  return lockAtDefaultTpm(sys, root, creds.meta.backend, keys, log);
+}
+
+/** lockKeys with `hsm`, closed afterwards. @returns the failures that leave a key unsealable */
+async function lockWith(hsm: Hsm, keys: ReturnType<typeof lockableKeys>, log: (line: string) => void): Promise<unknown[]> {
+  try {
+    return await lockKeys(keys, { hsm, log });
   } finally {
-    await hsm?.close();
+    await hsm.close();
+  }
+}
+
+/** A configuration (file or flag) that cannot be used, rather than an HSM that failed. */
+function unusableConfig(e: unknown): boolean {
+  return isZbError(e, "CONFIG", "USAGE");
+}
+
+/**
+ * The kernel's TPM devices, as tpm2 finds one without configuration: the
+ * resource manager first (tpm2/transport.ts DEFAULT_DEVICE), then the raw
+ * device of a kernel without one.
+ */
+const DEFAULT_TPM_NODES = ["dev/tpmrm0", "dev/tpm0"];
+
+/**
+ * Lock `keys` (tpm2, with the lock PCR each names) through the first of
+ * {@link DEFAULT_TPM_NODES} under `root` that exists, with the defaults of
+ * every other setting. True when locked or when there is no such device
+ * (no TPM a shell could ask either); false when a TPM is there and the lock
+ * fails, also when it is busy (another process holds /dev/tpm0: the shell
+ * could unseal once it is free).
+ */
+async function lockAtDefaultTpm(sys: Sys, root: string, backend: BackendName, keys: ReturnType<typeof lockableKeys>, log: (line: string) => void): Promise<boolean> {
+  if (backend !== "tpm2") return false; // only tpm2 has a lock; another backend's keys never reach here
+  let device: string | undefined;
+  for (const node of DEFAULT_TPM_NODES) {
+    try {
+      if (sys.stat(join(root, node)) !== null) {
+        device = join(root, node);
+        break;
+      }
+    } catch {
+      device = join(root, node); // cannot tell: try it
+      break;
+    }
+  }
+  if (device === undefined) {
+    log(`the HSM configuration cannot be used, and there is no ${DEFAULT_TPM_NODES.map((n) => join(root, n)).join(" or ")}: no TPM to lock the keys with`);
+    return true;
+  }
+  log(`the HSM configuration cannot be used: locking the sealed keys through ${device} instead`);
+  const cfg = defaultHsmConfig();
+  cfg.tpm2.device = device;
+  try {
+    const failed = await lockWith(hsmFor(backend, cfg, pinTerminal(root)), keys, log);
+    // A node that is no TPM (CONFIG: not a character device) answers nothing a shell could use either.
+    return failed.every(unusableConfig);
+  } catch (e) {
+    log(lockWarning(e));
+    return false;
   }
 }
 

@@ -14,7 +14,7 @@
  * with TPM_RC_FAILURE (there, but the lock fails).
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { b64 } from "../../lib/hsm/blob.ts";
 import { sealedTemplate } from "../../lib/hsm/tpm2/objects.ts";
@@ -22,6 +22,7 @@ import { policyPcrDigest } from "../../lib/hsm/tpm2/policy.ts";
 import { hex, marshal, sized } from "../../lib/hsm/tpm2/wire.ts";
 import { CRED_FORMAT, encodeMeta } from "../../lib/luks/credentials.ts";
 import { withTempVarLock } from "../fakes/envlock.ts";
+import { startSwtpmDevice } from "../peers/swtpm.ts";
 import { tempDirs } from "../tempdirs.ts";
 
 const BIN = resolve(import.meta.dir, "../../dist/zb-x64");
@@ -175,5 +176,48 @@ describe("--lock-only: keys that stay unsealable keep the shell away", () => {
     const r = await zbunlock(["--lock-only"]);
     expect(r.err).toContain("zbunlock: WARNING: cannot lock the sealed keys");
     expect(r.code).toBe(0);
+  });
+});
+
+describe("--lock-only: an HSM configuration that cannot be used → the lock goes to the kernel's TPM device", () => {
+  // The unlock fails on such a configuration at every boot; failing here too would turn the shell
+  // into a reboot loop. The device is <root>/dev/tpmrm0, else <root>/dev/tpm0: absent → exit 0.
+  const typo = "backend = tpm2\ntpm2.devcie = /dev/tpmrm0\n";
+  const notATpm = () => `backend = tpm2\ntpm2.device = ${join(root, "etc/hostname")}\n`;
+  test.each([
+    { name: "a typo in hsm.conf, no TPM device → exit 0", conf: () => typo, nodes: {}, code: 0, says: ["unknown key \"tpm2.devcie\"", "the HSM configuration cannot be used, and there is no"] },
+    { name: "tpm2.device names a regular file, no TPM device → exit 0", conf: notATpm, nodes: {}, code: 0, says: ["it is not a character device (a regular file)", "no TPM to lock the keys with"] },
+    { name: "a typo, a /dev/tpmrm0 that does not answer → exit 21", conf: () => typo, nodes: { "dev/tpmrm0": "/dev/null" }, code: 21, says: ["dev/tpmrm0 instead", "cannot extend PCR 15 after the unlock: cannot talk to TPM"] },
+    { name: "a typo, only a /dev/tpm0 that does not answer → exit 21", conf: () => typo, nodes: { "dev/tpm0": "/dev/null" }, code: 21, says: ["dev/tpm0 instead", "cannot extend PCR 15 after the unlock: cannot talk to TPM"] },
+  ])("$name", async ({ conf, nodes, code, says }) => {
+    reset();
+    fakes("fail", "fail");
+    writeFileSync(join(root, "etc/hostname"), "zb-host\n");
+    writeFileSync(join(root, "etc/zb/hsm.conf"), conf());
+    for (const [node, target] of Object.entries(nodes)) {
+      mkdirSync(join(root, "dev"), { recursive: true });
+      symlinkSync(target, join(root, node));
+    }
+    const r = await zbunlock(["--lock-only"]);
+    for (const s of says) expect(r.err).toContain(s);
+    expect(r.code).toBe(code);
+    expect(readFileSync(join(root, "etc/hostname"), "utf8")).toBe("zb-host\n");
+  });
+
+  test("a typo, a TPM at /dev/tpmrm0 (swtpm behind a pty) → the lock PCR extended there, exit 0", async () => {
+    reset();
+    fakes("fail", "fail");
+    writeFileSync(join(root, "etc/zb/hsm.conf"), typo);
+    const dev = await startSwtpmDevice();
+    try {
+      mkdirSync(join(root, "dev"), { recursive: true });
+      symlinkSync(dev.path, join(root, "dev/tpmrm0"));
+      const r = await zbunlock(["--lock-only"]);
+      expect(r.err).toContain(`locking the sealed keys through ${join(root, "dev/tpmrm0")} instead`);
+      expect(r.err).toContain("zbunlock: locked: PCR 15 extended");
+      expect(r.code).toBe(0);
+    } finally {
+      await dev.stop();
+    }
   });
 });

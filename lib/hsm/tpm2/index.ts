@@ -18,7 +18,7 @@ import { normalizePcrs, policyPcrDigest, unsealOnlyPolicy, LOCKABLE_PCRS } from 
 import { decodeSealed, encodeSealed, type Tpm2Sealed } from "./sealed.ts";
 import { SE_HMAC, SE_POLICY, SESSION_ATTR, type Session } from "./session.ts";
 import { ensureSrk, readKeyAt, readSrk, SRK_HANDLE, storageKey, type Srk } from "./srk.ts";
-import { connect, DEFAULT_DEVICE, formatAddress, parseAddress, type Tpm2Address, type TransportFactory } from "./transport.ts";
+import { connect, DEFAULT_DEVICE, formatAddress, heldByAnother, parseAddress, type Tpm2Address, type TransportFactory } from "./transport.ts";
 import { BUSY_RCS, CC, decodeRc, describeRc, equalBytes, hex } from "./wire.ts";
 
 export { warmUp } from "./crypto.ts";
@@ -282,14 +282,20 @@ export class Tpm2Hsm implements Hsm {
    * Extend the blob's lock PCR (if it has one) with a fixed "unlocked" event,
    * so its PolicyPCR fails until the next reboot resets the PCR.
    * @returns true when a PCR was extended
-   * @throws {ZbError} CRED_INVALID for malformed data; HSM_ABSENT / HSM_FAILED when the TPM fails
+   * @throws {ZbError} CRED_INVALID for malformed data; HSM_ABSENT when there is no TPM; CONFIG when
+   *   the device path is not a character device; HSM_FAILED when the TPM fails or another process
+   *   holds its device (EBUSY)
    */
   async lock(data: SealedData): Promise<boolean> {
     const sealed = decodeSealed(data);
     if (sealed.lockPcr === undefined) return false;
     const pcr = sealed.lockPcr;
     await this.withTpm((tpm) => withRetries(() => tpm.pcrExtend(pcr, lockEvent()), this.sleep)).catch((e: unknown) => {
-      throw isZbError(e, "HSM_ABSENT") ? e : new ZbError("HSM_FAILED", `cannot extend PCR ${pcr} after the unlock: ${(e as Error).message}`);
+      // A device another process holds is a TPM that is there: once it is free a shell could unseal,
+      // so this lock failed (unseal and probe keep calling it absent). A device path that is no TPM
+      // stays CONFIG: the caller may lock through the default device instead.
+      if ((isZbError(e, "HSM_ABSENT") && !heldByAnother(e)) || isZbError(e, "CONFIG")) throw e;
+      throw new ZbError("HSM_FAILED", `cannot extend PCR ${pcr} after the unlock: ${(e as Error).message}`, { cause: e });
     });
     return true;
   }

@@ -95,10 +95,25 @@ const TPM_ERRNO_TEXT: Record<string, string> = {
   ECONNREFUSED: "the connection was refused (is swtpm running?)",
 };
 
-function connectError(address: string, e: unknown): ZbError {
+/**
+ * The error of a failed open or connect: HSM_ABSENT for {@link ABSENT_ERRNO}
+ * (EBUSY among them: for an unseal or a probe a TPM another process holds is
+ * not there for zb now), else HSM_FAILED; the errno error is the cause.
+ * @example connectError("/dev/tpm0", err) // ZbError HSM_ABSENT "cannot open TPM /dev/tpm0: …"
+ */
+export function connectError(address: string, e: unknown): ZbError {
   const code = (e as { code?: string }).code ?? "";
   const reason = describeErrno(e, TPM_ERRNO_TEXT);
   return new ZbError(ABSENT_ERRNO.has(code) ? "HSM_ABSENT" : "HSM_FAILED", `cannot open TPM ${address}: ${reason}`, { cause: e });
+}
+
+/**
+ * True for the {@link connectError} of a device another process holds open
+ * (EBUSY: /dev/tpm0 allows one user). The TPM is there; whoever waits until
+ * it is free can use it, which is what the lock must reckon with.
+ */
+export function heldByAnother(e: unknown): boolean {
+  return e instanceof ZbError && e.code === "HSM_ABSENT" && (e.cause as { code?: string } | undefined)?.code === "EBUSY";
 }
 
 function ioFailed(address: string, what: string, e?: unknown): ZbError {

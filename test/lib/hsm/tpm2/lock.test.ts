@@ -4,11 +4,13 @@
  * it; a restart of the TPM (a reboot: TPM2_Startup(CLEAR)) resets it. A seal
  * made after the lock (PCR already extended) still binds to zero.
  */
-import { afterAll, beforeAll, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { writeFileSync } from "node:fs";
 import { LOCKABLE_PCRS, Tpm2Hsm } from "../../../../lib/hsm/tpm2/index.ts";
+import { connectError } from "../../../../lib/hsm/tpm2/transport.ts";
 import { startSwtpm, type Swtpm } from "../../../peers/swtpm.ts";
 
 const state = mkdtempSync(join(tmpdir(), "zb-lockpcr-"));
@@ -82,4 +84,28 @@ test("a lockPcr that is not among the policy's PCRs is malformed data", async ()
   const data = await hsm.seal(secret, { pcrs: [7] });
   expect((await hsm.unseal({ ...data, lockPcr: 15 })).kind).toBe("failed");
   await hsm.close();
+});
+
+describe("how a lock fails: the device before → the lock's error after (unseal and probe unchanged)", () => {
+  // What the device transport makes of open(2) failing with EBUSY: /dev/tpm0 held by another process.
+  const busy = () => Promise.reject(connectError("/dev/tpm0", Object.assign(new Error("EBUSY: resource busy or locked, open '/dev/tpm0'"), { code: "EBUSY" })));
+  const missing = () => Promise.reject(connectError("/dev/tpm0", Object.assign(new Error("ENOENT: no such file or directory"), { code: "ENOENT" })));
+  test.each([
+    { name: "held by another process (EBUSY): there, so the lock failed", connect: busy, lock: { code: "HSM_FAILED", message: expect.stringContaining("cannot extend PCR 15 after the unlock: cannot open TPM /dev/tpm0: the device is busy") }, unseal: "absent", present: false },
+    { name: "no device node: absent", connect: missing, lock: { code: "HSM_ABSENT" }, unseal: "absent", present: false },
+  ])("$name", async ({ connect, lock, unseal, present }) => {
+    const data = await new Tpm2Hsm({ device: tpm.address }).seal(secret, { lockPcr: 15 });
+    const hsm = new Tpm2Hsm({ device: "/dev/tpm0", connect });
+    await expect(hsm.lock(data)).rejects.toMatchObject(lock);
+    expect((await hsm.unseal(data)).kind).toBe(unseal);
+    expect((await hsm.probe()).present).toBe(present);
+  });
+
+  test("a device path that is no TPM (a regular file) stays CONFIG, and the file unchanged", async () => {
+    const data = await new Tpm2Hsm({ device: tpm.address }).seal(secret, { lockPcr: 15 });
+    const path = join(state, "hostname");
+    writeFileSync(path, "zb-host\n");
+    await expect(new Tpm2Hsm({ device: path }).lock(data)).rejects.toMatchObject({ code: "CONFIG", message: expect.stringContaining("it is not a character device (a regular file)") });
+    expect(await Bun.file(path).text()).toBe("zb-host\n");
+  });
 });
