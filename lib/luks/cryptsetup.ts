@@ -34,7 +34,7 @@ import { HostSys, type Sys } from "../sys/sys.ts";
 import { wipe } from "../secret.ts";
 import { LUKS_PROBE_BYTES, parseLuksHeader } from "./header.ts";
 import { keyPipe, scrub, sendKey } from "./keyio.ts";
-import { KILL_WAIT_MS, resolveBinary, stderrDetail, ToolRun } from "./tool.ts";
+import { KILL_WAIT_MS, resolveBinary, stderrDetail, ToolRun, type ToolProcess } from "./tool.ts";
 
 /** Largest key accepted: fits any pipe buffer, so writing it never blocks. */
 export const MAX_KEY_BYTES = 4096;
@@ -165,6 +165,7 @@ export class CryptsetupCli implements Cryptsetup {
   private readonly binary: string;
   private readonly timeoutMs: number;
   private readonly killWaitMs: number;
+  private readonly killer: ((proc: ToolProcess) => void) | undefined;
   private readonly sys: Sys;
 
   /**
@@ -177,11 +178,13 @@ export class CryptsetupCli implements Cryptsetup {
    * @param opts.killWaitMs how long a killed cryptsetup (timeout, cancel) gets to end before the call
    *   stops waiting for it; default KILL_WAIT_MS of lib/luks/tool.ts (2 s)
    * @param opts.sys reads a device's LUKS header before a key is added or removed; default the host
+   * @param opts.killer sends the kill at a timeout or cancel; default SIGKILL (tests: one that does nothing)
    */
-  constructor(opts: { binary?: string; timeoutMs?: number; killWaitMs?: number; sys?: Sys } = {}) {
+  constructor(opts: { binary?: string; timeoutMs?: number; killWaitMs?: number; sys?: Sys; killer?: (proc: ToolProcess) => void } = {}) {
     this.binary = opts.binary ?? "cryptsetup";
     this.timeoutMs = opts.timeoutMs ?? 120_000;
     this.killWaitMs = opts.killWaitMs ?? KILL_WAIT_MS;
+    this.killer = opts.killer;
     this.sys = opts.sys ?? new HostSys();
   }
 
@@ -328,7 +331,7 @@ export class CryptsetupCli implements Cryptsetup {
   private start(spec: Omit<RunSpec, "stdinKey" | "fd3Key"> & { stdin: boolean }, extraFds: number[] = [], otherKeys: Uint8Array[] = []): Running {
     const exe = resolveBinary(this.binary, spec.what, "install cryptsetup (Debian: cryptsetup-bin)");
     // stderr stays bytes until it is scrubbed: a key that is not UTF-8 would not survive decoding.
-    const run = new ToolRun({ program: "cryptsetup", exe, args: spec.args, what: spec.what, stdin: spec.stdin, extraFds, killWaitMs: this.killWaitMs });
+    const run = new ToolRun({ program: "cryptsetup", exe, args: spec.args, what: spec.what, stdin: spec.stdin, extraFds, killWaitMs: this.killWaitMs, ...(this.killer ? { killer: this.killer } : {}) });
     const proc = run.proc;
     let state: "new" | "finishing" | "killed" = "new";
     const kill = async () => {

@@ -12,7 +12,7 @@
 import { existsSync } from "node:fs";
 import { ZbError } from "../errors.ts";
 import { checkName } from "./cryptsetup.ts";
-import { KILL_WAIT_MS, resolveBinary, stderrDetail, ToolRun } from "./tool.ts";
+import { KILL_WAIT_MS, resolveBinary, stderrDetail, ToolRun, type ToolProcess } from "./tool.ts";
 
 /** A removal that takes longer is stuck; the same limit as zbunlock's cryptsetup close. */
 export const DMSETUP_TIMEOUT_MS = 30_000;
@@ -23,13 +23,14 @@ export const DMSETUP_TIMEOUT_MS = 30_000;
  * @param binary program name or path; default `dmsetup` on PATH (plus /usr/sbin, /sbin)
  * @param opts.timeoutMs kill it after this long; default {@link DMSETUP_TIMEOUT_MS}
  * @param opts.killWaitMs how long the killed dmsetup gets to end; default 2 s (lib/luks/tool.ts)
+ * @param opts.killer sends the kill at the time limit; default SIGKILL (tests: one that does nothing)
  * @returns the remover, whose promise rejects with ZbError LUKS_FAILED (USAGE
  *   for a name device-mapper cannot hold); or null when there is no such
  *   program (the initramfs has it when Debian's dmsetup package is installed:
  *   its initramfs-tools hook copies it)
  * @example await dmsetupRemover()?.("zb-root")
  */
-export function dmsetupRemover(binary = "dmsetup", opts: { timeoutMs?: number; killWaitMs?: number } = {}): ((name: string) => Promise<void>) | null {
+export function dmsetupRemover(binary = "dmsetup", opts: { timeoutMs?: number; killWaitMs?: number; killer?: (proc: ToolProcess) => void } = {}): ((name: string) => Promise<void>) | null {
   let exe: string;
   try {
     exe = resolveBinary(binary, "find dmsetup", "install dmsetup");
@@ -40,7 +41,7 @@ export function dmsetupRemover(binary = "dmsetup", opts: { timeoutMs?: number; k
   return async (name) => {
     const what = `remove the device-mapper device ${name}`;
     const args = ["remove", "--retry", checkName(name)];
-    const run = new ToolRun({ program: "dmsetup", exe, args, what, stdin: false, killWaitMs: opts.killWaitMs ?? KILL_WAIT_MS });
+    const run = new ToolRun({ program: "dmsetup", exe, args, what, stdin: false, killWaitMs: opts.killWaitMs ?? KILL_WAIT_MS, ...(opts.killer ? { killer: opts.killer } : {}) });
     const { code, stderr } = await run.result(opts.timeoutMs ?? DMSETUP_TIMEOUT_MS);
     if (code !== 0) {
       const detail = stderrDetail(new TextDecoder().decode(stderr));

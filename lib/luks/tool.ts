@@ -5,11 +5,16 @@
  * (lib/luks/cryptsetup.ts) and dmsetupRemover (lib/luks/dmsetup.ts) share it.
  *
  * Why the wait after SIGKILL is bounded: a process inside an uninterruptible
- * device-mapper ioctl ends only when the ioctl returns, and a grandchild may
- * hold its output pipes open after it ended. zbunlock's step before a panic
- * shell must answer in bounded time (local-top reboots when it says a volume
- * may be open), so after {@link KILL_WAIT_MS} the call gives up with an
- * error that says the program may still be working ({@link stillRunning}).
+ * device-mapper ioctl ends only when the ioctl returns. zbunlock's step
+ * before a panic shell must answer in bounded time (local-top reboots when it
+ * says a volume may be open), so a process that has not ended
+ * {@link KILL_WAIT_MS} after its kill is given up on with an error that says
+ * it may still be working ({@link stillRunning}).
+ *
+ * The end that counts is the process's own (its exit status), not the end
+ * of its output: a child it forked may hold its pipes long after it exited,
+ * and such a program ended, with a status to judge. Its output is taken as
+ * far as it arrived within {@link OUTPUT_GRACE_MS} of the exit.
  *
  * Output that arrives after the caller gave up is wiped when it comes:
  * cryptsetup's stderr may echo a key.
@@ -20,6 +25,12 @@ import { wipe } from "../secret.ts";
 
 /** How long a killed child gets to end before the call stops waiting for it. */
 export const KILL_WAIT_MS = 2000;
+/**
+ * How long output may take to reach its end after the process exited: what
+ * it wrote is in the pipe by then, and only a process it left behind holding
+ * the pipe keeps the end from coming.
+ */
+export const OUTPUT_GRACE_MS = 200;
 
 /** What a child left: exit status, stdout as text, stderr as bytes (the caller scrubs and wipes them). */
 export interface ToolOutput {
@@ -27,6 +38,9 @@ export interface ToolOutput {
   stdout: string;
   stderr: Uint8Array;
 }
+
+/** A started child, as far as killing it goes. */
+export type ToolProcess = Subprocess<"pipe" | "ignore", "pipe", "pipe">;
 
 export interface ToolSpec {
   /** The program's name in messages ("cryptsetup", "dmsetup"). */
@@ -42,13 +56,21 @@ export interface ToolSpec {
   extraFds?: number[];
   /** Default {@link KILL_WAIT_MS}. */
   killWaitMs?: number;
+  /** Sends the kill; default SIGKILL. Tests pass one that does nothing: a process that does not end. */
+  killer?: (proc: ToolProcess) => void;
 }
+
+/** The default {@link ToolSpec.killer}. */
+export const sigkill = (proc: ToolProcess): void => void proc.kill("SIGKILL");
 
 /** A started helper program. */
 export class ToolRun {
-  readonly proc: Subprocess<"pipe" | "ignore", "pipe", "pipe">;
-  private readonly output: Promise<ToolOutput>;
+  readonly proc: ToolProcess;
   private readonly spec: ToolSpec;
+  private readonly stdout: Sink;
+  private readonly stderr: Sink;
+  /** Its exit status or signal is known (Bun sets exitCode or signalCode when it reaped it). */
+  private readonly exited: Promise<unknown>;
 
   /**
    * Spawn it. No time limit yet: a prepared cryptsetup open waits for a key
@@ -63,21 +85,17 @@ export class ToolRun {
       throw new ZbError("LUKS_FAILED", `cannot ${spec.what}: cannot run ${spec.exe}: ${(e as Error).message}`, { cause: e });
     }
     // Read its output from the start: a child blocked writing to a full pipe would never ask for its key.
-    const p = this.proc;
-    this.output = Promise.all([new Response(p.stdout).text(), new Response(p.stderr).bytes(), p.exited]).then(([stdout, stderr, code]) => ({ code, stdout, stderr }));
-    this.output.catch(() => undefined);
+    this.stdout = new Sink(this.proc.stdout);
+    this.stderr = new Sink(this.proc.stderr);
+    this.exited = this.proc.exited.catch(() => undefined);
   }
 
-  /** SIGKILL, then wait (bounded) for it to end. Never throws. @returns false when it had not ended by then */
+  /** Kill it, then wait (bounded) for it to end. Never throws. @returns false when it had not ended by then */
   async kill(): Promise<boolean> {
-    this.proc.kill("SIGKILL");
-    const r = await within(this.output.catch(() => null), this.killWaitMs());
-    if (r === LATE) {
-      this.abandon();
-      return false;
-    }
-    if (r !== null) wipe(r.stderr);
-    return true;
+    this.sendKill();
+    await within(this.exited, this.killWaitMs());
+    this.abandon();
+    return this.ended();
   }
 
   /**
@@ -95,12 +113,12 @@ export class ToolRun {
     let kill: ReturnType<typeof setTimeout> | undefined;
     const timer = setTimeout(() => {
       timedOut = true;
-      this.proc.kill("SIGKILL");
+      this.sendKill();
       kill = setTimeout(gaveUp, this.killWaitMs());
     }, timeoutMs);
-    let r: ToolOutput | typeof LATE;
+    let r: typeof LATE | undefined;
     try {
-      r = await Promise.race([(async () => (await feed?.(), await this.output))(), late]);
+      r = await Promise.race([(async () => (await feed?.(), void (await this.exited)))(), late]);
     } catch (e) {
       this.abandon();
       throw e;
@@ -109,24 +127,79 @@ export class ToolRun {
       clearTimeout(kill);
     }
     const limit = `timeout ${timeoutMs / 1000} s`;
-    if (r === LATE) {
+    // The bound passed, but it may have ended just now: only a process with neither status is running.
+    if (r === LATE && !this.ended()) {
       this.abandon();
       throw new ZbError("LUKS_FAILED", `cannot ${what}: ${program} did not end within ${this.killWaitMs() / 1000} s of SIGKILL (${limit}); it may still be changing the device`, { cause: { stillRunning: true } });
     }
+    await within(Promise.all([this.stdout.done, this.stderr.done]), OUTPUT_GRACE_MS);
+    const out: ToolOutput = { code: this.proc.exitCode ?? -1, stdout: new TextDecoder().decode(this.stdout.take()), stderr: this.stderr.take() };
+    this.abandon(); // a process it left behind may still write
     if (this.proc.signalCode) {
-      wipe(r.stderr);
+      wipe(out.stderr);
       throw new ZbError("LUKS_FAILED", `cannot ${what}: ${program} was killed by ${this.proc.signalCode}${timedOut ? ` (${limit})` : ""}`);
     }
-    return r;
+    return out;
+  }
+
+  private ended(): boolean {
+    return this.proc.exitCode !== null || this.proc.signalCode !== null;
+  }
+
+  private sendKill(): void {
+    try {
+      (this.spec.killer ?? sigkill)(this.proc);
+    } catch {
+      // Gone already: what counts is whether it ended, seen through its status.
+    }
   }
 
   private killWaitMs(): number {
     return this.spec.killWaitMs ?? KILL_WAIT_MS;
   }
 
-  /** No one waits for its output any more: wipe it when it comes. */
+  /** No one waits for its output any more: wipe what came and what comes. */
   private abandon(): void {
-    this.output.then((o) => wipe(o.stderr), () => undefined);
+    this.stdout.discard();
+    this.stderr.discard();
+  }
+}
+
+/** A child's output stream, read to its end as it comes; pieces wiped once taken or discarded. */
+class Sink {
+  private parts: Uint8Array[] = [];
+  private discarded = false;
+  readonly done: Promise<void>;
+
+  constructor(stream: ReadableStream<Uint8Array>) {
+    this.done = (async () => {
+      const reader = stream.getReader();
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) return;
+        if (this.discarded) wipe(value);
+        else this.parts.push(value);
+      }
+    })().catch(() => undefined);
+  }
+
+  /** What arrived so far, in one piece; the pieces are wiped. */
+  take(): Uint8Array {
+    const all = new Uint8Array(this.parts.reduce((n, p) => n + p.length, 0));
+    let at = 0;
+    for (const p of this.parts) {
+      all.set(p, at);
+      at += p.length;
+      wipe(p);
+    }
+    this.parts = [];
+    return all;
+  }
+
+  /** Wipe what arrived and whatever still comes. */
+  discard(): void {
+    this.discarded = true;
+    wipe(this.take());
   }
 }
 

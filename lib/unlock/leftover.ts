@@ -21,7 +21,10 @@
  *      AF_ALG skcipher interface cryptsetup decrypts a keyslot through such a
  *      dm-crypt mapping, and one killed meanwhile leaves it, readable by a
  *      shell. A close or remove that does not end after its kill leaves its
- *      volume counted as open (it may still be changing the device).
+ *      volume counted as open (it may still be changing the device) unless
+ *      sysfs shows it gone. A /dev/mapper node sysfs does not show is given
+ *      one `dmsetup remove` (a device killed before its first table has no
+ *      sysfs entry since Linux 5.15), whose failure does not count.
  * What is left open (or running) is returned for the caller to say loudly and
  * to keep the shell away (docs/boot-flow.md, "Failed boots and the shell").
  *
@@ -97,8 +100,15 @@ export interface LeftoverReport {
   survivors: { stray: Stray; why: string }[];
   /** Closed here: they were open. */
   closed: string[];
-  /** A /dev/mapper node with no such device-mapper device: not open, nothing to close. */
-  stale: string[];
+  /**
+   * A /dev/mapper node while sysfs shows no device-mapper device of that name:
+   * a stale node, or (since Linux 5.15, which adds the disk only with the
+   * first table) a device killed before its table was loaded. Neither can be
+   * read through, so neither keeps the shell away; `dmsetup remove` is tried
+   * once (removed: it went), so that the shell's `cryptsetup open` does not
+   * find the name taken.
+   */
+  stale: { name: string; removed: boolean; why?: string }[];
   /** Still open: the shell must not come. */
   stillOpen: { name: string; why: string }[];
 }
@@ -139,10 +149,10 @@ export async function closeLeftovers(env: LeftoverEnv): Promise<LeftoverReport> 
     await env.sleep(POLL_MS);
   }
   // Only after the strays ended: one killed inside its ioctl may have created a mapping meanwhile.
-  const temps = env.tempPrefix === null ? [] : (kernelMappings(env.sys, env.root) ?? []).filter((n) => n.startsWith(env.tempPrefix!)).sort();
+  const temps = env.tempPrefix === null ? [] : tempMappings(env.sys, env.root, env.tempPrefix);
   for (const name of [...env.names, ...temps]) {
     const state = mappingState(env.sys, env.root, name);
-    if (state === "stale") report.stale.push(name);
+    if (state === "stale") report.stale.push(await removeStale(env, name));
     if (state !== "open") continue;
     const why = await closeOne(env, name);
     if (why === null) report.closed.push(name);
@@ -151,14 +161,44 @@ export async function closeLeftovers(env: LeftoverEnv): Promise<LeftoverReport> 
   return report;
 }
 
+/**
+ * The names starting with `prefix` among the kernel's mappings, or, when
+ * sysfs cannot be read, among the /dev/mapper nodes (then a node is all there
+ * is to go by, as in {@link mappingState}).
+ */
+function tempMappings(sys: Sys, root: string, prefix: string): string[] {
+  let names = kernelMappings(sys, root);
+  if (names === null) {
+    try {
+      names = sys.listDir(join(root, "dev/mapper"));
+    } catch {
+      names = [];
+    }
+  }
+  return names.filter((n) => n.startsWith(prefix)).sort();
+}
+
+/** One `dmsetup remove` for a name sysfs does not show ({@link LeftoverReport.stale}); its failure is said, not counted. */
+async function removeStale(env: LeftoverEnv, name: string): Promise<LeftoverReport["stale"][number]> {
+  if (env.dmRemove === null) return { name, removed: false };
+  try {
+    await env.dmRemove(name);
+    return { name, removed: true };
+  } catch (e) {
+    return { name, removed: false, why: (e as Error).message };
+  }
+}
+
 /** Close one mapping; null when it is gone afterwards, else why not. */
 async function closeOne(env: LeftoverEnv, name: string): Promise<string | null> {
   const whys: string[] = [];
   try {
     await env.close(name);
   } catch (e) {
-    // Still at work on the device after its kill: whatever sysfs says now may change; open it stays.
-    if (stillRunning(e)) return (e as Error).message;
+    // Still at work on the device after its kill: unless the kernel shows the mapping gone
+    // already (a close or remove does not bring it back), it counts as open, and no second
+    // program is set on a device the first may still be changing.
+    if (stillRunning(e)) return mappingOpen(env.sys, env.root, name) ? (e as Error).message : null;
     whys.push((e as Error).message);
   }
   if (!mappingOpen(env.sys, env.root, name)) return null;
@@ -169,7 +209,6 @@ async function closeOne(env: LeftoverEnv, name: string): Promise<string | null> 
   try {
     await env.dmRemove(name);
   } catch (e) {
-    if (stillRunning(e)) return [...whys, (e as Error).message].join("; ");
     whys.push((e as Error).message);
   }
   if (!mappingOpen(env.sys, env.root, name)) return null;
@@ -298,7 +337,11 @@ export function leftoverLines(r: LeftoverReport): string[] {
   for (const s of r.stopped) lines.push(`stopped a leftover cryptsetup (pid ${s.pid}) working on ${s.mapping}`);
   for (const { stray, why } of r.survivors) lines.push(`ERROR: a cryptsetup (pid ${stray.pid}) working on ${stray.mapping} is still running: ${why}; it may still open ${volumeWord(stray.mapping)}`);
   for (const name of r.closed) lines.push(`closed ${name}, left open after the failed boot`);
-  for (const name of r.stale) lines.push(`ignored /dev/mapper/${name}: no device-mapper device has that name (a stale node)`);
+  for (const { name, removed, why } of r.stale) {
+    const what = `sysfs shows no device-mapper device named ${name}`;
+    if (removed) lines.push(`removed ${name} with dmsetup: ${what} (a device killed before its table was loaded, or a stale node)`);
+    else lines.push(`ignored /dev/mapper/${name}: ${what} (a stale node, or a device without a table: nothing can be read through it)${why ? `; ${why}` : ""}`);
+  }
   for (const { name, why } of r.stillOpen) lines.push(`ERROR: ${volumeWord(name)} is still open: cannot close ${name}: ${why}`);
   return lines;
 }

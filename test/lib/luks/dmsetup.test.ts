@@ -1,18 +1,19 @@
 /**
  * dmsetupRemover (lib/luks/dmsetup.ts) and the shared child handling of
  * lib/luks/tool.ts with fake dmsetup scripts: the argv, a failure's message,
- * no program, and the two ways a removal can hang: a dmsetup that does not
- * end (killed at the time limit) and one whose end is never seen after the
- * kill (a child holds its output open, as a process stuck in the kernel
- * would hold the wait): the call must return, saying it may still be
- * working. The limits are made short; no wall time is asserted.
+ * no program, and the ways a removal can hang: a dmsetup that does not end
+ * (killed at the time limit), one that does not end after its kill either
+ * (a kill that does nothing stands in for a process stuck in the kernel):
+ * the call must return, saying it may still be working; and one that ended
+ * while a child it forked holds its output: its own status counts. The
+ * limits are made short; no wall time is asserted.
  */
 import { describe, expect, test } from "bun:test";
-import { readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ZbError } from "../../../lib/errors.ts";
 import { dmsetupRemover } from "../../../lib/luks/dmsetup.ts";
-import { stillRunning } from "../../../lib/luks/tool.ts";
+import { stillRunning, ToolRun } from "../../../lib/luks/tool.ts";
 import { tempDirs } from "../../tempdirs.ts";
 
 const tempDir = tempDirs("zb-dmsetup-");
@@ -58,17 +59,59 @@ describe("dmsetupRemover", () => {
     expect(stillRunning(e)).toBe(false);
   }, 15_000);
 
-  test("a dmsetup whose end is not seen after the kill: the call returns after the kill bound, saying it may still be working", async () => {
-    // The background sleep keeps stdout and stderr open after dmsetup itself is killed: the wait
-    // for its output does not end, like the wait for a process stuck in a device-mapper ioctl.
-    const { bin, dir } = fake(`sleep 30 &\necho $! >"$(dirname "$0")/holder"\nexec sleep 30`);
+  test("a dmsetup that does not end after its kill: the call returns after the kill bound, saying it may still be working", async () => {
+    // A process stuck in a device-mapper ioctl cannot be made here; a kill that does nothing leaves
+    // the fake running just as well, and the call must still return.
+    const { bin, dir } = fake(`echo $$ >"$(dirname "$0")/pid"\nexec sleep 30`);
     try {
-      const e = await failure(dmsetupRemover(bin, { timeoutMs: 200, killWaitMs: 200 })!("zb-data"));
+      const e = await failure(dmsetupRemover(bin, { timeoutMs: 200, killWaitMs: 200, killer: () => undefined })!("zb-data"));
       expect(e.message).toBe("cannot remove the device-mapper device zb-data: dmsetup did not end within 0.2 s of SIGKILL (timeout 0.2 s); it may still be changing the device");
       expect(stillRunning(e)).toBe(true);
     } finally {
-      const holder = Number(readFileSync(join(dir, "holder"), "utf8"));
-      if (holder > 0) process.kill(holder, "SIGKILL");
+      process.kill(Number(readFileSync(join(dir, "pid"), "utf8")), "SIGKILL");
+    }
+  }, 15_000);
+
+  // A child the program forked (`sleep 30 &`) holds its stdout and stderr after it ended: the
+  // program's own end and status count, not the end of its output.
+  test.each([
+    { name: "it exits 0 → removed", body: "exit 0", after: null },
+    { name: "it fails → its own status and message", body: "echo busy >&2\nexit 1", after: "cannot remove the device-mapper device zb-root: dmsetup exit 1: busy" },
+    { name: "it hangs and is killed at the limit → killed, not still running", body: "exec sleep 30", after: "cannot remove the device-mapper device zb-root: dmsetup was killed by SIGKILL (timeout 0.3 s)" },
+  ])("a child holds the output of a dmsetup that ended: $name", async ({ body, after }) => {
+    const { bin, dir } = fake(`sleep 30 &\necho $! >"$(dirname "$0")/holder"\n${body}`);
+    try {
+      // The kill bound is long: an answer that waited for the held output would come only after it (and be "still running").
+      const r = await dmsetupRemover(bin, { timeoutMs: 300, killWaitMs: 10_000 })!("zb-root").then(() => null, (x: unknown) => x);
+      if (after === null) expect(r).toBeNull();
+      else {
+        expect((r as ZbError).message).toBe(after);
+        expect(stillRunning(r)).toBe(false);
+      }
+    } finally {
+      process.kill(Number(readFileSync(join(dir, "holder"), "utf8")), "SIGKILL");
+    }
+  }, 15_000);
+});
+
+describe("ToolRun.kill (a cancel): whether the process ended, not its output", () => {
+  test.each([
+    { name: "a process killed while a child holds its output: ended", killer: undefined, ended: true },
+    { name: "a process the kill does not end: not ended after the bound", killer: () => undefined, ended: false },
+  ])("$name", async ({ killer, ended }) => {
+    const { bin, dir } = fake(`sleep 30 &\necho $! >"$(dirname "$0")/holder"\necho $$ >"$(dirname "$0")/pid"\nexec sleep 30`);
+    const run = new ToolRun({ program: "fake", exe: bin, args: [], what: "run a fake", stdin: false, killWaitMs: 300, ...(killer ? { killer } : {}) });
+    try {
+      for (let i = 0; i < 500 && !existsSync(join(dir, "pid")); i++) await Bun.sleep(10);
+      expect(await run.kill()).toBe(ended);
+    } finally {
+      for (const f of ["holder", "pid"]) {
+        try {
+          process.kill(Number(readFileSync(join(dir, f), "utf8")), "SIGKILL");
+        } catch {
+          // ended already (the one killed by the test)
+        }
+      }
     }
   }, 15_000);
 });

@@ -8,7 +8,7 @@
  * the QEMU guest (qemu/unlock.sh).
  */
 import { describe, expect, test } from "bun:test";
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ZbError } from "../../../lib/errors.ts";
 import { CryptsetupCli } from "../../../lib/luks/cryptsetup.ts";
@@ -212,10 +212,31 @@ describe("closeLeftovers: stop, wait, close", () => {
       clean: false,
     },
     {
-      name: "a stale /dev/mapper node with no kernel device: not open, no close, no reboot",
+      name: "a /dev/mapper node sysfs does not show: no close; dmsetup remove fails, which is said but keeps no shell away",
       before: { maps: [{ name: "zb-root", close: "fails", dm: "fails", node: "stale" }] },
+      calls: ["dmsetup remove zb-root"],
+      lines: ["ignored /dev/mapper/zb-root: sysfs shows no device-mapper device named zb-root (a stale node, or a device without a table: nothing can be read through it); cannot remove the device-mapper device zb-root: dmsetup exit 1"],
+      clean: true,
+    },
+    {
+      name: "a /dev/mapper node sysfs does not show (a device killed before its table, Linux ≥ 5.15): dmsetup removes it",
+      before: { maps: [{ name: "zb-root", close: "fails", dm: "ok", node: "stale" }] },
+      calls: ["dmsetup remove zb-root"],
+      lines: ["removed zb-root with dmsetup: sysfs shows no device-mapper device named zb-root (a device killed before its table was loaded, or a stale node)"],
+      clean: true,
+    },
+    {
+      name: "a /dev/mapper node sysfs does not show, no dmsetup: left as it is",
+      before: { maps: [{ name: "zb-data", close: "fails", dm: "none", node: "stale" }] },
       calls: [],
-      lines: ["ignored /dev/mapper/zb-root: no device-mapper device has that name (a stale node)"],
+      lines: ["ignored /dev/mapper/zb-data: sysfs shows no device-mapper device named zb-data (a stale node, or a device without a table: nothing can be read through it)"],
+      clean: true,
+    },
+    {
+      name: "no sysfs to ask: a keyslot mapping's /dev/mapper node counts as open and is closed",
+      before: { sysfs: "absent", maps: [{ name: "temporary-cryptsetup-9", close: "ok", dm: "ok" }] },
+      calls: ["close temporary-cryptsetup-9"],
+      lines: ["closed temporary-cryptsetup-9, left open after the failed boot"],
       clean: true,
     },
     {
@@ -264,8 +285,9 @@ describe("closeLeftovers: stop, wait, close", () => {
   });
 
   // A close that hangs in the kernel (a device-mapper ioctl that does not return) cannot be made
-  // here; fake programs that sleep and whose output a background child holds after their kill stand
-  // in: the wait for their end does not end either. The limits are short; the step must return.
+  // here; fake programs whose kill does nothing stand in ("stuck": they sleep on). "gone-stuck"
+  // removes the mapping first, then hangs: the kernel shows it closed. "held" ends (0 after
+  // removing the mapping) while a child it forked holds its output. The limits are short.
   const stuckRows = [
     { name: "cryptsetup close does not end after its kill: still open, dmsetup not tried", crypt: "stuck", dm: "ok", calls: ["cryptsetup close zb-root"], why: "cannot close zb-root: cryptsetup did not end within 0.2 s of SIGKILL (timeout 0.2 s); it may still be changing the device" },
     {
@@ -275,24 +297,43 @@ describe("closeLeftovers: stop, wait, close", () => {
       calls: ["cryptsetup close zb-root", "dmsetup remove --retry zb-root"],
       why: "cannot close zb-root: the device already exists or is busy (cryptsetup exit 5: busy); cannot remove the device-mapper device zb-root: dmsetup did not end within 0.2 s of SIGKILL (timeout 0.2 s); it may still be changing the device",
     },
+    { name: "cryptsetup close does not end after its kill, but the kernel shows the mapping gone: closed", crypt: "gone-stuck", dm: "fails", calls: ["cryptsetup close zb-root"], why: null },
+    { name: "cryptsetup close ended, a child it forked holds its output: its status counts, closed", crypt: "held", dm: "fails", calls: ["cryptsetup close zb-root"], why: null },
   ];
   test.each(stuckRows)("$name", async ({ crypt, dm, calls, why }) => {
     const w = world({ maps: [{ name: "zb-root", close: "fails", dm: "fails" }] });
     const log = join(w.root, "calls");
+    const pids = join(w.root, "pids");
+    const removeIt = `rm -rf ${join(w.root, "sys/block/dm-0")} ${join(w.root, "dev/mapper/zb-root")}`;
+    const bodies: Record<string, string> = {
+      stuck: `echo $$ >>${pids}\nexec sleep 30`,
+      "gone-stuck": `${removeIt}\necho $$ >>${pids}\nexec sleep 30`,
+      held: `${removeIt}\nsleep 30 &\necho $! >>${pids}\nexit 0`,
+      fails: "echo busy >&2\nexit 5",
+      ok: "exit 0",
+    };
     const script = (prog: string, how: string) => {
       const path = join(w.root, prog);
-      const body = how === "stuck" ? `sleep 30 &\necho $! >>${w.root}/holders\nexec sleep 30` : how === "fails" ? "echo busy >&2\nexit 5" : "exit 0";
-      writeFileSync(path, `#!/bin/sh\necho "${prog} $*" >>${log}\n${body}\n`, { mode: 0o755 });
+      writeFileSync(path, `#!/bin/sh\necho "${prog} $*" >>${log}\n${bodies[how]}\n`, { mode: 0o755 });
       return path;
     };
-    const cs = new CryptsetupCli({ binary: script("cryptsetup", crypt), timeoutMs: 200, killWaitMs: 200 });
+    // The kill does nothing: a "stuck" program really goes on (the test ends it below).
+    const limits = { timeoutMs: 200, killWaitMs: 200, killer: () => undefined };
+    const cs = new CryptsetupCli({ binary: script("cryptsetup", crypt), ...limits });
     try {
-      const r = await closeLeftovers({ ...w.env, close: (n) => cs.close(n), dmRemove: dmsetupRemover(script("dmsetup", dm), { timeoutMs: 200, killWaitMs: 200 }) });
-      expect(r.stillOpen).toEqual([{ name: "zb-root", why }]);
-      expect(nothingLeft(r)).toBe(false);
+      const r = await closeLeftovers({ ...w.env, close: (n) => cs.close(n), dmRemove: dmsetupRemover(script("dmsetup", dm), limits) });
+      expect(r.stillOpen).toEqual(why === null ? [] : [{ name: "zb-root", why }]);
+      expect(r.closed).toEqual(why === null ? ["zb-root"] : []);
+      expect(nothingLeft(r)).toBe(why === null);
       expect(readFileSync(log, "utf8").trim().split("\n")).toEqual(calls);
     } finally {
-      for (const pid of readFileSync(join(w.root, "holders"), "utf8").trim().split("\n")) process.kill(Number(pid), "SIGKILL");
+      for (const pid of existsSync(pids) ? readFileSync(pids, "utf8").trim().split("\n") : []) {
+        try {
+          process.kill(Number(pid), "SIGKILL");
+        } catch {
+          // ended already
+        }
+      }
     }
   }, 15_000);
 
