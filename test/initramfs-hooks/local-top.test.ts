@@ -167,7 +167,10 @@ const failed = (code: number, name: string) => [
 ];
 
 /** The line before the reboot that replaces the panic when --lock-only exits STATUS. */
-const stillOpen = (status: number) => `failure zb: the root (or data) volume may still be open (zbunlock --lock-only exit ${status}): no shell, rebooting`;
+const stillOpen = (status: number) => {
+  const why = status === 21 ? "the sealed keys could not be locked" : status === 22 ? "the root (or data) volume may still be open" : "nothing is known to be closed or locked";
+  return `failure zb: ${why} (zbunlock --lock-only exit ${status}): no shell, rebooting`;
+};
 
 /** zbunlock's status and the command line before; the calls logged and how the script ended after. */
 interface Row {
@@ -306,6 +309,11 @@ describe.each(SHELLS)("with the fake functions, under %s", (shellName) => {
       name: "exits 22 and --lock-only cannot close the root (exit 22): no panic shell, reboot -f",
       before: { cmdline: CMDLINE, status: 22, reboot: "kill", lockStatus: 22 },
       after: { code: null, signal: "SIGKILL", calls: [BEGIN, ZB, "failure zb: zbunlock failed (exit 22)", LOCK, stillOpen(22), "reboot -f"] },
+    },
+    {
+      name: "--lock-only cannot lock the keys (exit 21, the volumes closed): says so, no panic shell, reboot -f",
+      before: { cmdline: CMDLINE, status: 21, reboot: "kill", lockStatus: 21 },
+      after: { code: null, signal: "SIGKILL", calls: [BEGIN, ZB, "failure zb: zbunlock failed (exit 21)", LOCK, "failure zb: the sealed keys could not be locked (zbunlock --lock-only exit 21): no shell, rebooting", "reboot -f"] },
     },
     {
       name: "--lock-only itself dies (OOM: 137): nothing is known to be closed, so no shell either",
