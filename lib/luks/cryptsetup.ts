@@ -32,8 +32,10 @@ import type { FileSink } from "bun";
 import { ZbError } from "../errors.ts";
 import { HostSys, type Sys } from "../sys/sys.ts";
 import { wipe } from "../secret.ts";
-import { LUKS_PROBE_BYTES, parseLuksHeader } from "./header.ts";
+import { checkDevice, checkLuks2, checkName, parseKeyslots, type Keyslot } from "./checks.ts";
 import { keyPipe, scrub, sendKey } from "./keyio.ts";
+
+export type { Keyslot };
 import { KILL_WAIT_MS, resolveBinary, stderrDetail, ToolRun, type ToolProcess } from "./tool.ts";
 
 /** Largest key accepted: fits any pipe buffer, so writing it never blocks. */
@@ -78,17 +80,6 @@ export interface OpenOptions {
 }
 
 /** One keyslot as `luksDump --dump-json-metadata` reports it. */
-export interface Keyslot {
-  slot: number;
-  kdf: string;
-  hash?: string;
-  iterations?: number;
-  /** argon2: memory cost in KiB, time cost, parallel threads. */
-  memoryKiB?: number;
-  time?: number;
-  cpus?: number;
-}
-
 /**
  * LUKS operations zb needs. Every method throws ZbError LUKS_FAILED when cryptsetup fails.
  * Keys stay the caller's: no method wipes, changes or keeps a key it is given,
@@ -142,8 +133,6 @@ const EXIT_REASONS: Record<number, string> = {
 
 const PBKDF2_1000 = ["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--hash", "sha512"];
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
-/** device-mapper names: no '/', at most 127 bytes (DM_NAME_LEN - 1). */
-const NAME_RE = /^[A-Za-z0-9_.+][A-Za-z0-9_.+-]{0,126}$/;
 
 interface RunResult {
   code: number;
@@ -206,7 +195,7 @@ export class CryptsetupCli implements Cryptsetup {
    *   refused before anything changes); IO when its header cannot be read
    */
   async addKey(device: string, existingKey: Uint8Array, newKey: Uint8Array, opts: AddKeyOptions = {}): Promise<void> {
-    this.checkLuks2(device, `add a key to ${device}`);
+    checkLuks2(this.sys, device, `add a key to ${device}`);
     const args = ["luksAddKey", "--batch-mode", ...PBKDF2_1000, "--key-file=-"];
     if (opts.keySlot !== undefined) args.push("--new-key-slot", String(opts.keySlot));
     // The new key file as the positional argument works with every cryptsetup 2.x (--new-keyfile came later).
@@ -219,7 +208,7 @@ export class CryptsetupCli implements Cryptsetup {
    *   `allowLastKeyslot` and for a LUKS1 volume (refused before anything changes); IO when its header cannot be read
    */
   async removeKey(device: string, key: Uint8Array, opts: RemoveKeyOptions = {}): Promise<void> {
-    this.checkLuks2(device, `remove a key from ${device}`);
+    checkLuks2(this.sys, device, `remove a key from ${device}`);
     if (!opts.allowLastKeyslot && (await this.keyslots(device)).length <= 1) {
       throw new ZbError("LUKS_FAILED", `cannot remove a key from ${device}: it is the only keyslot, the device would become unusable`);
     }
@@ -289,19 +278,6 @@ export class CryptsetupCli implements Cryptsetup {
     const what = `read the keyslots of ${device}`;
     const r = await this.run({ what, args: ["luksDump", "--dump-json-metadata", checkDevice(device)] });
     return parseKeyslots(r.stdout, what);
-  }
-
-  /**
-   * addKey and removeKey only work together on LUKS2: removeKey counts the
-   * keyslots in cryptsetup's LUKS2 JSON metadata, so on LUKS1 a rotation
-   * would add its new key and then fail to remove the old one, leaving both.
-   * Both refuse LUKS1 from its header before running cryptsetup. A missing
-   * device is left to cryptsetup, whose exit 4 names it.
-   * @throws {ZbError} LUKS_FAILED for LUKS1; IO when the header cannot be read; USAGE for a bad path
-   */
-  private checkLuks2(device: string, what: string): void {
-    if (this.sys.stat(checkDevice(device)) === null) return;
-    refuseLuks1(this.sys, device, what);
   }
 
   private async run(spec: RunSpec): Promise<RunResult> {
@@ -394,50 +370,9 @@ export function exitError(what: string, code: number, stderr: string): ZbError {
   return new ZbError("LUKS_FAILED", msg, { cause: { cryptsetupExit: code }, ...(hint === undefined ? {} : { hint }) });
 }
 
-/**
- * Refuse `device` when its header says LUKS1: zb reads keyslots from
- * cryptsetup's LUKS2 JSON metadata (keyslots, hence removeKey) and zbunlock
- * falls back to the LUKS2 secondary header. Anything else (LUKS2, no LUKS
- * header at all) passes: the cryptsetup call that follows reports it.
- * @param what the refused action for the message: `cannot <what>: it is a LUKS1 volume…`
- * @throws {ZbError} LUKS_FAILED with a hint to convert it; IO when `device` cannot be read
- * @example refuseLuks1(sys, "/dev/mmcblk0p4", "enrol the data volume /dev/mmcblk0p4")
- */
-export function refuseLuks1(sys: Sys, device: string, what: string): void {
-  if (parseLuksHeader(sys.readAt(device, 0, LUKS_PROBE_BYTES))?.version !== 1) return;
-  throw new ZbError("LUKS_FAILED", `cannot ${what}: it is a LUKS1 volume; zb needs LUKS2`, {
-    hint: `back up its header (cryptsetup luksHeaderBackup ${device} --header-backup-file FILE), then convert it in place: cryptsetup convert --type luks2 ${device}`,
-  });
-}
-
 /** True when a LUKS_FAILED error says the key opens no keyslot (cryptsetup exit 2, "No key available with this passphrase"). */
 export function isWrongKey(e: ZbError): boolean {
   return e.code === "LUKS_FAILED" && (e.cause as { cryptsetupExit?: number } | undefined)?.cryptsetupExit === 2;
-}
-
-/** Parse the keyslots of `luksDump --dump-json-metadata` (LUKS2 spec §3.2 "keyslots"). */
-export function parseKeyslots(json: string, what: string): Keyslot[] {
-  const bad = (why: string) => new ZbError("LUKS_FAILED", `cannot ${what}: ${why}`);
-  let meta: unknown;
-  try {
-    meta = JSON.parse(json);
-  } catch {
-    throw bad("cryptsetup printed no JSON metadata");
-  }
-  const slots = (meta as { keyslots?: unknown })?.keyslots;
-  if (typeof slots !== "object" || slots === null) throw bad("the metadata has no keyslots object");
-  const out: Keyslot[] = [];
-  for (const [n, v] of Object.entries(slots as Record<string, { kdf?: Record<string, unknown> }>)) {
-    const kdf = v?.kdf ?? {};
-    const k: Keyslot = { slot: Number(n), kdf: String(kdf.type ?? "unknown") };
-    if (typeof kdf.hash === "string") k.hash = kdf.hash;
-    if (typeof kdf.iterations === "number") k.iterations = kdf.iterations;
-    if (typeof kdf.memory === "number") k.memoryKiB = kdf.memory;
-    if (typeof kdf.time === "number") k.time = kdf.time;
-    if (typeof kdf.cpus === "number") k.cpus = kdf.cpus;
-    out.push(k);
-  }
-  return out.sort((a, b) => a.slot - b.slot);
 }
 
 function keyFits(key: Uint8Array): boolean {
@@ -448,23 +383,6 @@ function checkKey(key: Uint8Array, what: string): void {
   if (!keyFits(key)) {
     throw new ZbError("LUKS_FAILED", `cannot ${what}: the key is ${key.length} bytes, expected 1 to ${MAX_KEY_BYTES}`);
   }
-}
-
-/** A leading '-' would be read as an option. */
-function checkDevice(device: string): string {
-  if (device.length === 0 || device.startsWith("-") || device.includes("\0")) {
-    throw new ZbError("USAGE", `cannot use ${JSON.stringify(device)} as a LUKS device: not a device path`);
-  }
-  return device;
-}
-
-/**
- * A device-mapper name cryptsetup accepts (checked before anything is formatted).
- * @throws {ZbError} USAGE
- */
-export function checkName(name: string): string {
-  if (!NAME_RE.test(name)) throw new ZbError("USAGE", `cannot use ${JSON.stringify(name)} as a mapping name: letters, digits, '_.+-' only, at most 127`);
-  return name;
 }
 
 function track(fds: number[], fd: number): number {

@@ -11,7 +11,7 @@
  */
 import { existsSync } from "node:fs";
 import { ZbError } from "../errors.ts";
-import { checkName } from "./cryptsetup.ts";
+import { checkName } from "./checks.ts";
 import { KILL_WAIT_MS, resolveBinary, stderrDetail, ToolRun, type ToolProcess } from "./tool.ts";
 
 /** A removal that takes longer is stuck; the same limit as zbunlock's cryptsetup close. */

@@ -51,7 +51,8 @@ import type { Hsm, SealOptions } from "../hsm/types.ts";
 import { randomSecret, wipe } from "../secret.ts";
 import { HostSys, type Sys } from "../sys/sys.ts";
 import { checkCredentials, CRED_FORMAT, DATA_MAPPING, ROOT_MAPPING, type CredentialMeta, type Credentials } from "./credentials.ts";
-import { checkName, refuseLuks1, type Cryptsetup, type FormatOptions } from "./cryptsetup.ts";
+import { checkName, refuseLuks1 } from "./checks.ts";
+import type { Cryptsetup, FormatOptions } from "./cryptsetup.ts";
 import { loopStatus, type LoopStatus } from "../sys/loopdev.ts";
 import { deviceExtents, sharedExtents, type DeviceLookup, type DeviceStat } from "./overlap.ts";
 
