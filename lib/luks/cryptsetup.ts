@@ -34,9 +34,10 @@ import { HostSys, type Sys } from "../sys/sys.ts";
 import { wipe } from "../secret.ts";
 import { checkDevice, checkLuks2, checkName, parseKeyslots, type Keyslot } from "./checks.ts";
 import { keyPipe, scrub, sendKey } from "./keyio.ts";
-
-export type { Keyslot };
 import { KILL_WAIT_MS, resolveBinary, stderrDetail, ToolRun, type ToolProcess } from "./tool.ts";
+
+/** One keyslot as `luksDump --dump-json-metadata` reports it (parsed in checks.ts). */
+export type { Keyslot };
 
 /** Largest key accepted: fits any pipe buffer, so writing it never blocks. */
 export const MAX_KEY_BYTES = 4096;
@@ -79,7 +80,6 @@ export interface OpenOptions {
   allowDiscards?: boolean;
 }
 
-/** One keyslot as `luksDump --dump-json-metadata` reports it. */
 /**
  * LUKS operations zb needs. Every method throws ZbError LUKS_FAILED when cryptsetup fails.
  * Keys stay the caller's: no method wipes, changes or keeps a key it is given,

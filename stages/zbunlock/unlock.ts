@@ -17,6 +17,7 @@ import { findLuksDevice } from "../../lib/unlock/devices.ts";
 import { credentialsFailure, lockableKeys, lockKeys, lockWarning, unlockSlot, type UnlockOutcome } from "../../lib/unlock/unlock.ts";
 import type { Sys } from "../../lib/sys/sys.ts";
 import type { BackendName, Hsm } from "../../lib/hsm/types.ts";
+import type { Tpm2Hsm } from "../../lib/hsm/tpm2/index.ts";
 import { hsmConfigFrom, hsmFor } from "../zb/hsm.ts";
 import { defaultHsmConfig } from "../../lib/hsm/config.ts";
 import { err, out } from "../output.ts";
@@ -214,7 +215,7 @@ async function lockOnly(args: ParsedArgs, sys: Sys, root: string, credentials: (
   }
   if (failed.length === 0) return true;
   if (!failed.every(unusableConfig)) return false;
-  return lockAtDefaultTpm(sys, root, creds.meta.backend, keys, log);
+  return lockAtDefaultTpm(args, sys, root, creds.meta.backend, keys, log);
 }
 
 /** lockKeys with `hsm`, closed afterwards. @returns the failures that leave a key unsealable */
@@ -239,41 +240,96 @@ function unusableConfig(e: unknown): boolean {
 const DEFAULT_TPM_NODES = ["dev/tpmrm0", "dev/tpm0"];
 
 /**
- * Lock `keys` (tpm2, with the lock PCR each names) through the first of
- * {@link DEFAULT_TPM_NODES} under `root` that exists, with the defaults of
- * every other setting. True when locked or when there is no such device
- * (no TPM a shell could ask either); false when a TPM is there and the lock
- * fails, also when it is busy (another process holds /dev/tpm0: the shell
- * could unseal once it is free).
+ * Where a tpm2 key may be locked when the HSM configuration cannot be used:
+ * the device the configuration names, when that can still be read (`--tpm`,
+ * or the file's own `tpm2.device` line: a typo elsewhere rejects the whole
+ * file, not that line), then each of {@link DEFAULT_TPM_NODES} under `root`
+ * that exists.
  */
-async function lockAtDefaultTpm(sys: Sys, root: string, backend: BackendName, keys: ReturnType<typeof lockableKeys>, log: (line: string) => void): Promise<boolean> {
-  if (backend !== "tpm2") return false; // only tpm2 has a lock; another backend's keys never reach here
-  let device: string | undefined;
-  for (const node of DEFAULT_TPM_NODES) {
+function lockCandidates(args: ParsedArgs, sys: Sys, root: string): string[] {
+  const named: string[] = [];
+  const flag = args.values.get("tpm");
+  if (flag !== undefined) named.push(flag);
+  else {
     try {
-      if (sys.stat(join(root, node)) !== null) {
-        device = join(root, node);
-        break;
-      }
+      const text = sys.readText(args.values.get("config") ?? join(root, "etc/zb/hsm.conf"));
+      const line = /^[ \t]*tpm2\.device[ \t]*=[ \t]*(\S(?:.*\S)?)[ \t]*$/m.exec(text);
+      if (line) named.push(line[1]!);
     } catch {
-      device = join(root, node); // cannot tell: try it
-      break;
+      // no file, or unreadable: the kernel's devices only
     }
   }
-  if (device === undefined) {
+  const present = (path: string): boolean => {
+    try {
+      return sys.stat(path) !== null;
+    } catch {
+      return true; // cannot tell: try it
+    }
+  };
+  const kernel = DEFAULT_TPM_NODES.map((n) => join(root, n)).filter(present);
+  return [...new Set([...named, ...kernel])];
+}
+
+/**
+ * Lock `keys` (tpm2, each with its lock PCR) on whichever of
+ * {@link lockCandidates} holds the storage key they were sealed to (the
+ * pinned name, Tpm2Hsm.lockIfPinned), with the defaults of every other
+ * setting. A candidate that is no TPM or absent is passed over; a TPM that
+ * holds another storage key cannot unseal the keys and is left alone.
+ * True when every key was locked, or when no candidate holds its storage
+ * key (no TPM zb can find could unseal it: the limit documented in
+ * docs/boot-flow.md, "Failed boots and the shell"); false when the TPM that
+ * holds it fails the lock, also when it is busy (another process holds
+ * /dev/tpm0: the shell could unseal once it is free).
+ */
+async function lockAtDefaultTpm(args: ParsedArgs, sys: Sys, root: string, backend: BackendName, keys: ReturnType<typeof lockableKeys>, log: (line: string) => void): Promise<boolean> {
+  if (backend !== "tpm2") return false; // only tpm2 has a lock; another backend's keys never reach here
+  const candidates = lockCandidates(args, sys, root);
+  if (candidates.length === 0) {
     log(`the HSM configuration cannot be used, and there is no ${DEFAULT_TPM_NODES.map((n) => join(root, n)).join(" or ")}: no TPM to lock the keys with`);
     return true;
   }
-  log(`the HSM configuration cannot be used: locking the sealed keys through ${device} instead`);
+  let open = keys;
+  for (const device of candidates) {
+    if (open.length === 0) break;
+    log(`the HSM configuration cannot be used: locking the sealed keys through ${device} instead`);
+    const left = await lockAtDevice(device, open, root, log);
+    if (left === null) return false;
+    open = left;
+  }
+  if (open.length > 0) log(`no TPM to lock the keys with: none of ${candidates.join(", ")} holds the storage key they were sealed to, so none can unseal them`);
+  return true;
+}
+
+/** The keys of `keys` that `device` does not hold (not locked there), or null when it holds one and fails to lock it. */
+async function lockAtDevice(device: string, keys: ReturnType<typeof lockableKeys>, root: string, log: (line: string) => void): Promise<ReturnType<typeof lockableKeys> | null> {
   const cfg = defaultHsmConfig();
   cfg.tpm2.device = device;
+  let hsm: Hsm;
   try {
-    const failed = await lockWith(hsmFor(backend, cfg, pinTerminal(root)), keys, log);
-    // A node that is no TPM (CONFIG: not a character device) answers nothing a shell could use either.
-    return failed.every(unusableConfig);
+    hsm = hsmFor("tpm2", cfg, pinTerminal(root));
   } catch (e) {
     log(lockWarning(e));
-    return false;
+    return unusableConfig(e) ? keys : null;
+  }
+  const left: ReturnType<typeof lockableKeys> = [];
+  try {
+    for (const key of keys) {
+      const outcome = await (hsm as Tpm2Hsm).lockIfPinned(key).catch((e: unknown) => e);
+      if (outcome === "locked") log(`locked: PCR ${key.lockPcr} extended through ${device}, the keys cannot be unsealed again until reboot`);
+      else if (outcome === "other-tpm") {
+        log(`${device} is not the TPM the keys were sealed to (another storage key): nothing to lock there`);
+        left.push(key);
+      } else if (outcome !== "no-lock") {
+        log(lockWarning(outcome));
+        // No TPM there (absent, a path that is no TPM): another candidate may be it. Data no TPM can use: nothing to lock.
+        if (isZbError(outcome, "HSM_ABSENT", "CONFIG", "USAGE")) left.push(key);
+        else if (!isZbError(outcome, "CRED_INVALID")) return null;
+      }
+    }
+    return left;
+  } finally {
+    await hsm.close();
   }
 }
 

@@ -205,7 +205,8 @@ describe("--lock-only: an HSM configuration that cannot be used → the lock goe
     expect(readFileSync(join(root, "etc/hostname"), "utf8")).toBe("zb-host\n");
   });
 
-  test("a typo, a TPM at /dev/tpmrm0 (swtpm behind a pty) → the lock PCR extended there, exit 0", async () => {
+  test("a typo, a TPM at /dev/tpmrm0 that does not hold the keys' storage key → nothing extended there, exit 0", async () => {
+    // The sealed data pins a storage key name no TPM has: this TPM cannot unseal it, and its PCR is not zb's to extend.
     reset();
     fakes("fail", "fail");
     writeFileSync(join(root, "etc/zb/hsm.conf"), typo);
@@ -215,9 +216,43 @@ describe("--lock-only: an HSM configuration that cannot be used → the lock goe
       symlinkSync(dev.path, join(root, "dev/tpmrm0"));
       const r = await zbunlock(["--lock-only"]);
       expect(r.err).toContain(`locking the sealed keys through ${join(root, "dev/tpmrm0")} instead`);
-      expect(r.err).toContain("zbunlock: locked: PCR 15 extended");
+      expect(r.err).toContain(`${join(root, "dev/tpmrm0")} is not the TPM the keys were sealed to`);
+      expect(r.err).not.toContain("PCR 15 extended");
       expect(r.code).toBe(0);
     } finally {
+      await dev.stop();
+    }
+  });
+
+  // Keys sealed for real to a swtpm behind a pty (lock PCR 15), so the storage key's name matches.
+  test.each([
+    { name: "a typo, the keys' TPM at /dev/tpmrm0 → the lock PCR extended there, exit 0", conf: () => typo, link: true, via: () => join(root, "dev/tpmrm0") },
+    { name: "a typo elsewhere in the file, the keys' TPM named by its tpm2.device line (no /dev/tpmrm0) → extended there, exit 0", conf: (pty: string) => `backend = tpm2\ntpm2.device = ${pty}\nwiat = 1\n`, link: false, via: (pty: string) => pty },
+  ])("$name", async ({ conf, link, via }) => {
+    reset();
+    fakes("fail", "fail");
+    const dev = await startSwtpmDevice();
+    const sealedPath = join(root, "zb/credentials/root.sealed");
+    const fake = readFileSync(sealedPath);
+    try {
+      const seal = Bun.spawnSync([BIN, "hsm", "seal", "--backend", "tpm2", "--tpm", dev.path, "--lock-pcr", "15", "-o", "-"], { stdin: new TextEncoder().encode("a secret of the test"), env: { ...process.env } });
+      expect(seal.stderr.toString()).toBe("");
+      expect(seal.exitCode).toBe(0);
+      writeFileSync(sealedPath, seal.stdout);
+      writeFileSync(join(root, "etc/zb/hsm.conf"), conf(dev.path));
+      if (link) {
+        mkdirSync(join(root, "dev"), { recursive: true });
+        symlinkSync(dev.path, join(root, "dev/tpmrm0"));
+      }
+      const r = await zbunlock(["--lock-only"]);
+      expect(r.err).toContain(`locking the sealed keys through ${via(dev.path)} instead`);
+      expect(r.err).toContain(`zbunlock: locked: PCR 15 extended through ${via(dev.path)}`);
+      expect(r.code).toBe(0);
+      // Locked for real: the same keys no longer unseal on that TPM (PolicyPCR on PCR 15 fails).
+      const after = Bun.spawnSync([BIN, "hsm", "unseal", "-", "--tpm", dev.path, "-o", "-"], { stdin: seal.stdout, env: { ...process.env } });
+      expect(after.exitCode).toBe(20);
+    } finally {
+      writeFileSync(sealedPath, fake);
       await dev.stop();
     }
   });

@@ -290,14 +290,34 @@ export class Tpm2Hsm implements Hsm {
     const sealed = decodeSealed(data);
     if (sealed.lockPcr === undefined) return false;
     const pcr = sealed.lockPcr;
-    await this.withTpm((tpm) => withRetries(() => tpm.pcrExtend(pcr, lockEvent()), this.sleep)).catch((e: unknown) => {
-      // A device another process holds is a TPM that is there: once it is free a shell could unseal,
-      // so this lock failed (unseal and probe keep calling it absent). A device path that is no TPM
-      // stays CONFIG: the caller may lock through the default device instead.
-      if ((isZbError(e, "HSM_ABSENT") && !heldByAnother(e)) || isZbError(e, "CONFIG")) throw e;
-      throw new ZbError("HSM_FAILED", `cannot extend PCR ${pcr} after the unlock: ${(e as Error).message}`, { cause: e });
-    });
+    await this.withTpm((tpm) => withRetries(() => tpm.pcrExtend(pcr, lockEvent()), this.sleep)).catch((e: unknown) => Promise.reject(lockFailure(e, pcr)));
     return true;
+  }
+
+  /**
+   * lock(), but only on the TPM the blob was sealed to: the storage key at
+   * the blob's handle must carry the pinned name, as for an unseal. For a
+   * lock made on a device that is a guess (zbunlock's step before a shell
+   * when the HSM configuration cannot be used): a TPM that does not hold the
+   * key's storage key cannot unseal it, and its PCR is none of zb's business.
+   * @returns "locked" (PCR extended), "no-lock" (the blob names no lock PCR) or "other-tpm"
+   * @throws {ZbError} as lock()
+   */
+  async lockIfPinned(data: SealedData): Promise<"locked" | "no-lock" | "other-tpm"> {
+    const sealed = decodeSealed(data);
+    if (sealed.lockPcr === undefined) return "no-lock";
+    const pcr = sealed.lockPcr;
+    const once = async (tpm: Tpm): Promise<"locked" | "other-tpm"> => {
+      try {
+        await this.pinnedSrk(tpm, sealed);
+      } catch (e) {
+        if (isZbError(e, "HSM_NO_MATCH")) return "other-tpm";
+        throw e;
+      }
+      await tpm.pcrExtend(pcr, lockEvent());
+      return "locked";
+    };
+    return await this.withTpm((tpm) => withRetries(() => once(tpm), this.sleep)).catch((e: unknown) => Promise.reject(lockFailure(e, pcr)));
   }
 
   /** Unseal sealed data (made by seal() or imported from tpm2-tools). Never throws. */
@@ -365,4 +385,15 @@ export class Tpm2Hsm implements Hsm {
   async close(): Promise<void> {
     await this.queue;
   }
+}
+
+/**
+ * How a failed lock is reported. A device another process holds is a TPM
+ * that is there: once it is free a shell could unseal, so the lock failed
+ * (unseal and probe keep calling it absent). A device path that is no TPM
+ * stays CONFIG: the caller may lock through the default device instead.
+ */
+function lockFailure(e: unknown, pcr: number): unknown {
+  if ((isZbError(e, "HSM_ABSENT") && !heldByAnother(e)) || isZbError(e, "CONFIG")) return e;
+  return new ZbError("HSM_FAILED", `cannot extend PCR ${pcr} after the unlock: ${(e as Error).message}`, { cause: e });
 }
