@@ -136,6 +136,9 @@ export { LOCKABLE_PCRS };
 /** What lock() extends: SHA-256 of a fixed text, so the event is recognisable in an event log. */
 const lockEvent = () => sha256(new TextEncoder().encode("zb: volumes unlocked, no more unseals until reboot"));
 
+/** Waits between a lock's tries while the TPM device is held by another process (1.5 s in all). */
+export const LOCK_BUSY_WAITS_MS = [250, 500, 750];
+
 /** The tpm2 backend. */
 export class Tpm2Hsm implements Hsm {
   readonly name = "tpm2" as const;
@@ -290,7 +293,7 @@ export class Tpm2Hsm implements Hsm {
     const sealed = decodeSealed(data);
     if (sealed.lockPcr === undefined) return false;
     const pcr = sealed.lockPcr;
-    await this.withTpm((tpm) => withRetries(() => tpm.pcrExtend(pcr, lockEvent()), this.sleep)).catch((e: unknown) => Promise.reject(lockFailure(e, pcr)));
+    await this.whenFree(() => this.withTpm((tpm) => withRetries(() => tpm.pcrExtend(pcr, lockEvent()), this.sleep))).catch((e: unknown) => Promise.reject(lockFailure(e, pcr)));
     return true;
   }
 
@@ -317,7 +320,24 @@ export class Tpm2Hsm implements Hsm {
       await tpm.pcrExtend(pcr, lockEvent());
       return "locked";
     };
-    return await this.withTpm((tpm) => withRetries(() => once(tpm), this.sleep)).catch((e: unknown) => Promise.reject(lockFailure(e, pcr)));
+    return await this.whenFree(() => this.withTpm((tpm) => withRetries(() => once(tpm), this.sleep))).catch((e: unknown) => Promise.reject(lockFailure(e, pcr)));
+  }
+
+  /**
+   * A lock's TPM access, tried again while another process holds the device
+   * (EBUSY on /dev/tpm0, which admits one opener): a holder that is about to
+   * let go (a tool run by the initramfs) must not turn the step before a
+   * shell into a reboot. Bounded: LOCK_BUSY_WAITS_MS, then the lock fails.
+   */
+  private async whenFree<T>(fn: () => Promise<T>): Promise<T> {
+    for (let i = 0; ; i++) {
+      try {
+        return await fn();
+      } catch (e) {
+        if (!heldByAnother(e) || i >= LOCK_BUSY_WAITS_MS.length) throw e;
+        await this.sleep(LOCK_BUSY_WAITS_MS[i]!);
+      }
+    }
   }
 
   /** Unseal sealed data (made by seal() or imported from tpm2-tools). Never throws. */

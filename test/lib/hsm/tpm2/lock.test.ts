@@ -9,8 +9,8 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { writeFileSync } from "node:fs";
-import { LOCKABLE_PCRS, Tpm2Hsm } from "../../../../lib/hsm/tpm2/index.ts";
-import { connectError } from "../../../../lib/hsm/tpm2/transport.ts";
+import { LOCK_BUSY_WAITS_MS, LOCKABLE_PCRS, Tpm2Hsm } from "../../../../lib/hsm/tpm2/index.ts";
+import { connect, connectError } from "../../../../lib/hsm/tpm2/transport.ts";
 import { startSwtpm, type Swtpm } from "../../../peers/swtpm.ts";
 
 const state = mkdtempSync(join(tmpdir(), "zb-lockpcr-"));
@@ -99,6 +99,33 @@ describe("how a lock fails: the device before → the lock's error after (unseal
     await expect(hsm.lock(data)).rejects.toMatchObject(lock);
     expect((await hsm.unseal(data)).kind).toBe(unseal);
     expect((await hsm.probe()).present).toBe(present);
+  });
+
+  test("a device held by another process for a while: the lock waits (LOCK_BUSY_WAITS_MS) and extends once it is free", async () => {
+    const data = await new Tpm2Hsm({ device: tpm.address }).seal(secret, { lockPcr: 15 });
+    const real = new Tpm2Hsm({ device: tpm.address });
+    const waits: number[] = [];
+    let opens = 0;
+    // Busy for two opens, then the real swtpm: the holder let go.
+    const hsm = new Tpm2Hsm({
+      device: tpm.address,
+      connect: (address) => (++opens <= 2 ? busy() : connect(address)),
+      sleep: async (ms) => void waits.push(ms),
+    });
+    expect(await hsm.lock(data)).toBe(true);
+    expect(waits).toEqual(LOCK_BUSY_WAITS_MS.slice(0, 2));
+    expect((await real.unseal(data)).kind).toBe("denied");
+    await reboot(); // PCR 15 back to zero for the tests after this one
+  });
+
+  test("a device held by another process all along: the lock fails after every wait (HSM_FAILED)", async () => {
+    const data = await new Tpm2Hsm({ device: tpm.address }).seal(secret, { lockPcr: 15 });
+    const waits: number[] = [];
+    let opens = 0;
+    const hsm = new Tpm2Hsm({ device: "/dev/tpm0", connect: () => (opens++, busy()), sleep: async (ms) => void waits.push(ms) });
+    await expect(hsm.lock(data)).rejects.toMatchObject({ code: "HSM_FAILED" });
+    expect(waits).toEqual(LOCK_BUSY_WAITS_MS);
+    expect(opens).toBe(LOCK_BUSY_WAITS_MS.length + 1);
   });
 
   test("a device path that is no TPM (a regular file) stays CONFIG, and the file unchanged", async () => {
