@@ -132,21 +132,41 @@ export function parsePcrs(v: string, bad: (why: string) => ZbError = (w) => new 
 export function parseHsmConfig(text: string, path: string, base = defaultHsmConfig()): HsmConfig {
   const c = structuredClone(base);
   const seen = new Map<string, number>();
-  text.split("\n").forEach((raw, i) => {
-    const line = raw.replace(/#.*$/, "").trim();
-    if (line === "") return;
-    const bad = (why: string) => new ZbError("CONFIG", `cannot read ${path}:${i + 1}: ${why}`);
-    const eq = line.indexOf("=");
-    if (eq < 0) throw bad("expected key = value");
-    const key = line.slice(0, eq).trim();
+  for (const { line, key, value } of settingLines(text)) {
+    const bad = (why: string) => new ZbError("CONFIG", `cannot read ${path}:${line}: ${why}`);
+    if (key === null) throw bad("expected key = value");
     const set = KEYS[key];
     if (!set) throw bad(`unknown key ${JSON.stringify(key)}`);
     // Twice is a leftover or a typo: which one was meant is not ours to guess.
     if (seen.has(key)) throw bad(`${key} is set again (first on line ${seen.get(key)})`);
-    seen.set(key, i + 1);
-    set(c, line.slice(eq + 1).trim(), bad);
-  });
+    seen.set(key, line);
+    set(c, value, bad);
+  }
   return c;
+}
+
+/**
+ * The value the first line setting `key` gives it, whatever else in the
+ * text is malformed: for a caller that must act although the file as a
+ * whole is refused (zbunlock's lock before a shell looks for the TPM the
+ * file names). Read as {@link parseHsmConfig} reads lines; the value is not
+ * checked.
+ * @example settingIn("tpm2.devcie = x\ntpm2.device = /dev/tpmrm1 # B\n", "tpm2.device") // "/dev/tpmrm1"
+ */
+export function settingIn(text: string, key: string): string | undefined {
+  return settingLines(text).find((s) => s.key === key)?.value;
+}
+
+/** The lines of a config text that say something (comments and blanks dropped): line number, key (null without '='), value. */
+function settingLines(text: string): { line: number; key: string | null; value: string }[] {
+  const out: { line: number; key: string | null; value: string }[] = [];
+  text.split("\n").forEach((raw, i) => {
+    const line = raw.replace(/#.*$/, "").trim();
+    if (line === "") return;
+    const eq = line.indexOf("=");
+    out.push(eq < 0 ? { line: i + 1, key: null, value: line } : { line: i + 1, key: line.slice(0, eq).trim(), value: line.slice(eq + 1).trim() });
+  });
+  return out;
 }
 
 /**

@@ -12,7 +12,7 @@
 import { existsSync } from "node:fs";
 import { ZbError } from "../errors.ts";
 import { checkName } from "./checks.ts";
-import { KILL_WAIT_MS, resolveBinary, stderrDetail, ToolRun, type ToolProcess } from "./tool.ts";
+import { resolveBinary, stderrDetail, ToolRun, type ToolProcess } from "./tool.ts";
 
 /** A removal that takes longer is stuck; the same limit as zbunlock's cryptsetup close. */
 export const DMSETUP_TIMEOUT_MS = 30_000;
@@ -41,7 +41,7 @@ export function dmsetupRemover(binary = "dmsetup", opts: { timeoutMs?: number; k
   return async (name) => {
     const what = `remove the device-mapper device ${name}`;
     const args = ["remove", "--retry", checkName(name)];
-    const run = new ToolRun({ program: "dmsetup", exe, args, what, stdin: false, killWaitMs: opts.killWaitMs ?? KILL_WAIT_MS, ...(opts.killer ? { killer: opts.killer } : {}) });
+    const run = new ToolRun({ program: "dmsetup", exe, args, what, stdin: false, ...(opts.killWaitMs !== undefined ? { killWaitMs: opts.killWaitMs } : {}), ...(opts.killer ? { killer: opts.killer } : {}) });
     const { code, stderr } = await run.result(opts.timeoutMs ?? DMSETUP_TIMEOUT_MS);
     if (code !== 0) {
       const detail = stderrDetail(new TextDecoder().decode(stderr));

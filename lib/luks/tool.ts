@@ -61,7 +61,7 @@ export interface ToolSpec {
 }
 
 /** The default {@link ToolSpec.killer}. */
-export const sigkill = (proc: ToolProcess): void => void proc.kill("SIGKILL");
+const sigkill = (proc: ToolProcess): void => void proc.kill("SIGKILL");
 
 /** A started helper program. */
 export class ToolRun {

@@ -47,7 +47,7 @@ export const ZB_MAPPINGS: readonly string[] = [ROOT_MAPPING, DATA_MAPPING];
 export const TEMP_MAPPING_PREFIX = "temporary-cryptsetup-";
 
 /** How long killed processes get to end before they count as survivors. */
-export const STOP_WAIT_MS = 5000;
+const STOP_WAIT_MS = 5000;
 const POLL_MS = 10;
 /**
  * cmdline is read in a small first piece (cryptsetup's argv is ~100 bytes,
@@ -136,11 +136,9 @@ export async function closeLeftovers(env: LeftoverEnv): Promise<LeftoverReport> 
   }
   const deadline = env.now() + (env.waitMs ?? STOP_WAIT_MS);
   for (let left = killed; ; ) {
-    left = left.filter((s) => {
-      if (!running(env.sys, env.procRoot, s.pid)) report.stopped.push(s);
-      else return true;
-      return false;
-    });
+    const ended = left.filter((s) => !running(env.sys, env.procRoot, s.pid));
+    report.stopped.push(...ended);
+    left = left.filter((s) => !ended.includes(s));
     if (left.length === 0) break;
     if (env.now() >= deadline) {
       for (const s of left) report.survivors.push({ stray: s, why: `it did not end within ${(env.waitMs ?? STOP_WAIT_MS) / 1000} s of SIGKILL` });
@@ -282,7 +280,7 @@ function running(sys: Sys, procRoot: string, pid: number): boolean {
  * When sysfs cannot be read, the node is all there is to go by: a node (or
  * one that cannot be looked at) counts as open, never as stale.
  */
-export function mappingState(sys: Sys, root: string, name: string): "open" | "stale" | "closed" {
+function mappingState(sys: Sys, root: string, name: string): "open" | "stale" | "closed" {
   const kernel = kernelMappings(sys, root);
   if (kernel?.includes(name)) return "open";
   let node: boolean;
@@ -306,7 +304,7 @@ export function mappingOpen(sys: Sys, root: string, name: string): boolean {
  * an unreadable listing, or a dm-N whose name cannot be read although it is
  * still there. A dm-N removed while it is looked at is skipped.
  */
-export function kernelMappings(sys: Sys, root: string): string[] | null {
+function kernelMappings(sys: Sys, root: string): string[] | null {
   const block = join(root, "sys/block");
   const names: string[] = [];
   try {
@@ -326,7 +324,7 @@ export function kernelMappings(sys: Sys, root: string): string[] | null {
 }
 
 /** The console word for a mapping: "the root volume" for zb-root, "the data volume" for zb-data. */
-export function volumeWord(name: string): string {
+function volumeWord(name: string): string {
   if (name.startsWith(TEMP_MAPPING_PREFIX)) return `cryptsetup's keyslot mapping ${name} (it may expose a decrypted keyslot)`;
   return name === ROOT_MAPPING ? "the root volume" : name === DATA_MAPPING ? "the data volume" : `the volume ${name}`;
 }

@@ -16,10 +16,10 @@ import { closeLeftovers, leftoverLines, nothingLeft, TEMP_MAPPING_PREFIX, ZB_MAP
 import { findLuksDevice } from "../../lib/unlock/devices.ts";
 import { credentialsFailure, lockableKeys, lockKeys, lockWarning, unlockSlot, type UnlockOutcome } from "../../lib/unlock/unlock.ts";
 import type { Sys } from "../../lib/sys/sys.ts";
-import type { BackendName, Hsm } from "../../lib/hsm/types.ts";
+import type { BackendName, Hsm, SealedData } from "../../lib/hsm/types.ts";
 import type { Tpm2Hsm } from "../../lib/hsm/tpm2/index.ts";
 import { hsmConfigFrom, hsmFor } from "../zb/hsm.ts";
-import { defaultHsmConfig } from "../../lib/hsm/config.ts";
+import { defaultHsmConfig, settingIn } from "../../lib/hsm/config.ts";
 import { err, out } from "../output.ts";
 
 export interface UnlockStep {
@@ -195,7 +195,7 @@ const CLOSE_TIMEOUT_MS = 30_000;
  * there instead ({@link lockAtDefaultTpm}).
  */
 async function lockOnly(args: ParsedArgs, sys: Sys, root: string, credentials: () => LoadedCredentials | null, log: (line: string) => void): Promise<boolean> {
-  let keys: ReturnType<typeof lockableKeys>;
+  let keys: SealedData[];
   let creds: LoadedCredentials | null;
   try {
     creds = credentials();
@@ -219,7 +219,7 @@ async function lockOnly(args: ParsedArgs, sys: Sys, root: string, credentials: (
 }
 
 /** lockKeys with `hsm`, closed afterwards. @returns the failures that leave a key unsealable */
-async function lockWith(hsm: Hsm, keys: ReturnType<typeof lockableKeys>, log: (line: string) => void): Promise<unknown[]> {
+async function lockWith(hsm: Hsm, keys: SealedData[], log: (line: string) => void): Promise<unknown[]> {
   try {
     return await lockKeys(keys, { hsm, log });
   } finally {
@@ -252,9 +252,8 @@ function lockCandidates(args: ParsedArgs, sys: Sys, root: string): string[] {
   if (flag !== undefined) named.push(flag);
   else {
     try {
-      const text = sys.readText(args.values.get("config") ?? join(root, "etc/zb/hsm.conf"));
-      const line = /^[ \t]*tpm2\.device[ \t]*=[ \t]*(\S(?:.*\S)?)[ \t]*$/m.exec(text);
-      if (line) named.push(line[1]!);
+      const device = settingIn(sys.readText(args.values.get("config") ?? join(root, "etc/zb/hsm.conf")), "tpm2.device");
+      if (device) named.push(device);
     } catch {
       // no file, or unreadable: the kernel's devices only
     }
@@ -282,7 +281,7 @@ function lockCandidates(args: ParsedArgs, sys: Sys, root: string): string[] {
  * holds it fails the lock, also when it is busy (another process holds
  * /dev/tpm0: the shell could unseal once it is free).
  */
-async function lockAtDefaultTpm(args: ParsedArgs, sys: Sys, root: string, backend: BackendName, keys: ReturnType<typeof lockableKeys>, log: (line: string) => void): Promise<boolean> {
+async function lockAtDefaultTpm(args: ParsedArgs, sys: Sys, root: string, backend: BackendName, keys: SealedData[], log: (line: string) => void): Promise<boolean> {
   if (backend !== "tpm2") return false; // only tpm2 has a lock; another backend's keys never reach here
   const candidates = lockCandidates(args, sys, root);
   if (candidates.length === 0) {
@@ -302,7 +301,7 @@ async function lockAtDefaultTpm(args: ParsedArgs, sys: Sys, root: string, backen
 }
 
 /** The keys of `keys` that `device` does not hold (not locked there), or null when it holds one and fails to lock it. */
-async function lockAtDevice(device: string, keys: ReturnType<typeof lockableKeys>, root: string, log: (line: string) => void): Promise<ReturnType<typeof lockableKeys> | null> {
+async function lockAtDevice(device: string, keys: SealedData[], root: string, log: (line: string) => void): Promise<SealedData[] | null> {
   const cfg = defaultHsmConfig();
   cfg.tpm2.device = device;
   let hsm: Hsm;
@@ -312,7 +311,7 @@ async function lockAtDevice(device: string, keys: ReturnType<typeof lockableKeys
     log(lockWarning(e));
     return unusableConfig(e) ? keys : null;
   }
-  const left: ReturnType<typeof lockableKeys> = [];
+  const left: SealedData[] = [];
   try {
     for (const key of keys) {
       const outcome = await (hsm as Tpm2Hsm).lockIfPinned(key).catch((e: unknown) => e);
