@@ -7,6 +7,7 @@
 import { closeSync, openSync, readSync, writeSync } from "node:fs";
 import { ZbError, ioError } from "../lib/errors.ts";
 import { wipe } from "../lib/secret.ts";
+import { waitReadable } from "../lib/sys/fdwait.ts";
 import { createNew, out } from "./output.ts";
 
 /** Largest secret zb reads (LUKS keys are 32 bytes; PINs are short). */
@@ -14,9 +15,12 @@ export const MAX_SECRET_BYTES = 4096;
 
 /**
  * All bytes of fd (stdin by default) up to EOF, at most MAX_SECRET_BYTES.
+ * A non-blocking fd (O_NONBLOCK is shared with whoever handed it over) is
+ * waited on in poll(2) while its writer has not written yet, not spun on.
+ * @param wait what to do on EAGAIN before reading again (tests); default: poll(2) for POLLIN
  * @throws {ZbError} USAGE when empty or too large; IO on read errors
  */
-export function readSecretFd(fd = 0, what = "the secret on stdin"): Uint8Array {
+export function readSecretFd(fd = 0, what = "the secret on stdin", wait: (fd: number) => void = waitReadable): Uint8Array {
   const buf = new Uint8Array(MAX_SECRET_BYTES + 1);
   let n = 0;
   try {
@@ -25,7 +29,10 @@ export function readSecretFd(fd = 0, what = "the secret on stdin"): Uint8Array {
       try {
         got = readSync(fd, buf, n, buf.length - n, null);
       } catch (e) {
-        if ((e as { code?: string }).code === "EAGAIN") continue;
+        if ((e as { code?: string }).code === "EAGAIN") {
+          wait(fd);
+          continue;
+        }
         throw e;
       }
       if (got === 0) break;

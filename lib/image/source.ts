@@ -4,7 +4,7 @@
  * `Range`), which is how an interrupted install resumes without reading the
  * image again.
  */
-import { closeSync, createReadStream, fstatSync, openSync, readSync, statSync } from "node:fs";
+import { closeSync, constants, createReadStream, fstatSync, openSync, readSync, statSync } from "node:fs";
 import { isatty } from "node:tty";
 import { ZbError, ioError } from "../errors.ts";
 import { isNullDevice } from "../sys/sys.ts";
@@ -245,6 +245,29 @@ function isStream(path: string): boolean {
   }
 }
 
+/**
+ * Is `path` a terminal (`/dev/stdin` or `/dev/fd/0` while stdin is one,
+ * `/dev/tty`, a serial console)? Refused as `-` on a terminal is
+ * (stdinMissing). Asked of the device itself: opened O_NONBLOCK (which never
+ * waits for a carrier or a writer) and O_NOCTTY (which never makes it zb's
+ * controlling terminal). Only character devices are opened: a FIFO's open
+ * would count as its reader arriving.
+ */
+function isTerminal(path: string): boolean {
+  let fd: number;
+  try {
+    if (!statSync(path).isCharacterDevice()) return false;
+    fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
+  } catch {
+    return false; // left to the read to report
+  }
+  try {
+    return isatty(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
 /** A FIFO or the like: read once, from its start, in sequence. */
 function streamSource(path: string): ImageSource {
   let used = false;
@@ -255,6 +278,7 @@ function streamSource(path: string): ImageSource {
     async open(offset) {
       if (offset !== 0 || used) throw new ZbError("IO", `cannot read image ${path} twice or from an offset: it is a pipe, not a file`);
       used = true;
+      if (isTerminal(path)) throw new ZbError("IO", `cannot read image ${path}: it is a terminal (pipe the image in, or give a file or URL)`, { hint: STDIN_HINT });
       // No start: a start makes every read positioned (pread), which a pipe refuses with ESPIPE.
       return createReadStream(path, { highWaterMark: READ_SIZE });
     },

@@ -1,5 +1,5 @@
 /**
- * Waiting for a non-blocking descriptor to take more bytes.
+ * Waiting for a non-blocking descriptor to take more bytes, or to have some.
  *
  * zb writes stdout and stderr with write(2) (stages/output.ts). O_NONBLOCK
  * belongs to the open file description, which a parent shares with zb: a
@@ -14,12 +14,17 @@
  * cannot load libc; a short sleep per retry then stands in for poll — still
  * a sleep, not a spin.
  *
+ * The same holds for reading: a secret read from a non-blocking stdin
+ * (stages/secrets.ts) meets EAGAIN until its writer has written, and waits
+ * in poll(2) for POLLIN rather than retrying at once.
+ *
  * Host access: poll(2) through lib/sys/libc.ts, or a 1 ms sleep.
  */
 import { jitOff } from "./jit.ts";
 import { libc } from "./libc.ts";
 
 // include/uapi/asm-generic/poll.h
+const POLLIN = 0x001;
 const POLLOUT = 0x004;
 const POLLERR = 0x008;
 const POLLHUP = 0x010;
@@ -88,18 +93,35 @@ function defaultPoll(): PollFn | null {
  * @example if (waitWritable(1) === "closed") return; // as on EPIPE
  */
 export function waitWritable(fd: number, seams: WaitSeams = {}): WaitResult {
+  const revents = waitFor(fd, POLLOUT, seams);
+  return (revents & (POLLERR | POLLHUP | POLLNVAL)) !== 0 ? "closed" : "ready";
+}
+
+/**
+ * Wait until `fd` has bytes (or an end) to read after a read failed with
+ * EAGAIN: one bounded poll(2) for POLLIN, or a 1 ms sleep, as
+ * {@link waitWritable}. Whatever poll reports, the caller reads again: a
+ * hang-up means the read returns 0 (the end), an error that read(2) says what.
+ * @param fd the descriptor whose read just failed with EAGAIN
+ * @param seams poll and sleep for tests; the defaults are the host's
+ */
+export function waitReadable(fd: number, seams: WaitSeams = {}): void {
+  waitFor(fd, POLLIN, seams);
+}
+
+/** One bounded wait for `events` on `fd`; the revents poll reported (0 after a sleep or a timeout). */
+function waitFor(fd: number, events: number, seams: WaitSeams): number {
   const poll = seams.poll === undefined ? defaultPoll() : seams.poll;
   const sleep = seams.sleep ?? ((ms: number) => Bun.sleepSync(ms));
   if (poll === null) {
     sleep(1);
-    return "ready";
+    return 0;
   }
-  const { n, revents } = poll(fd, POLLOUT, POLL_TIMEOUT_MS);
+  const { n, revents } = poll(fd, events, POLL_TIMEOUT_MS);
   if (n < 0) {
     // Interrupted or failed: no answer this time. Sleep so a poll that keeps failing cannot spin.
     sleep(1);
-    return "ready";
+    return 0;
   }
-  if (n > 0 && (revents & (POLLERR | POLLHUP | POLLNVAL)) !== 0) return "closed";
-  return "ready";
+  return n > 0 ? revents : 0;
 }

@@ -273,13 +273,18 @@ describe("edges of the engine, end to end", () => {
   // essential) gives zb a pseudo-terminal as stdin; its own stdin is a pipe left open, so nothing
   // ends the terminal's input. A zb still running after HANG_MS is killed and counted as hanging.
   const HANG_MS = 30_000;
+  // The same through a path naming the terminal: /dev/stdin (and /dev/fd/0, /dev/tty) while stdin is one.
   test.each([
-    { cmd: "install", args: "--trust trust --payload rootfs --to tty.img" },
-    { cmd: "verify", args: "--trust trust" },
-    { cmd: "info", args: "" },
-    { cmd: "sign", args: "--key ed -o tty.zbi" },
-  ])("$cmd - with stdin on a terminal: IO (exit 5) at once, not a wait for typed bytes; nothing made", async ({ cmd, args }) => {
-    const line = `exec "${BIN}" image ${cmd} - ${args} --json >tty.out 2>tty.err`;
+    { cmd: "install", src: "-", args: "--trust trust --payload rootfs --to tty.img" },
+    { cmd: "verify", src: "-", args: "--trust trust" },
+    { cmd: "info", src: "-", args: "" },
+    { cmd: "sign", src: "-", args: "--key ed -o tty.zbi" },
+    { cmd: "install", src: "/dev/stdin", args: "--trust trust --payload rootfs --to tty.img" },
+    { cmd: "verify", src: "/dev/stdin", args: "--trust trust" },
+    { cmd: "info", src: "/dev/fd/0", args: "" },
+    { cmd: "sign", src: "/dev/tty", args: "--key ed -o tty.zbi" },
+  ])("$cmd $src with stdin on a terminal: IO (exit 5) at once, not a wait for typed bytes; nothing made", async ({ cmd, src, args }) => {
+    const line = `exec "${BIN}" image ${cmd} ${src} ${args} --json >tty.out 2>tty.err`;
     const p = Bun.spawn(["script", "-qec", line, "/dev/null"], { cwd: dir, env: { ...process.env, SHELL: "/bin/sh" }, stdin: "pipe", stdout: "ignore", stderr: "ignore" });
     let timer: ReturnType<typeof setTimeout> | undefined;
     const hung = new Promise<"hung">((done) => (timer = setTimeout(() => done("hung"), HANG_MS)));
@@ -291,7 +296,7 @@ describe("edges of the engine, end to end", () => {
     }
     p.stdin.end();
     const read = (f: string) => (existsSync(join(dir, f)) ? readFileSync(join(dir, f), "utf8") : "");
-    const message = "cannot read the image from stdin: it is a terminal (pipe the image in, or give a file or URL)";
+    const message = `cannot read ${src === "-" ? "the image from stdin" : `image ${src}`}: it is a terminal (pipe the image in, or give a file or URL)`;
     expect({ code, err: read("tty.err").split("\n")[0], last: JSON.parse(read("tty.out").trim().split("\n").at(-1) || "{}"), made: ["tty.img", "tty.img.zb-journal", "tty.zbi"].filter((f) => existsSync(join(dir, f))) }).toEqual({
       code: 5, err: `zb: ${message}`, last: expect.objectContaining({ type: "result", ok: false, code: "IO", exit: 5, message }), made: [],
     });

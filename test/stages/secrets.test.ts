@@ -51,3 +51,32 @@ test.each([
   expect(r.screen.includes("PIN: ")).toBe(prompted);
   expect(r.screen).not.toContain("4321"); // typed with echo off
 });
+
+/**
+ * readSecretFd on a non-blocking pipe whose writer has not finished: every
+ * EAGAIN goes to the wait (poll(2) for POLLIN by default), then the read is
+ * tried again; the secret is whole once the writer closes. Run in a child
+ * with a time limit: a read loop that retries EAGAIN without waiting never
+ * calls the wait, so the rest is never written and the child spins until killed.
+ */
+test("a non-blocking stdin that is not ready yet: waited on, not spun on, and read whole", () => {
+  const code = `const { readSecretFd } = await import(${JSON.stringify(SECRETS)});
+const { libc } = await import(${JSON.stringify(resolve(import.meta.dir, "../../lib/sys/libc.ts"))});
+const { ptr } = await import("bun:ffi");
+const { closeSync, writeSync } = await import("node:fs");
+const fds = new Int32Array(2);
+if (libc().pipe2(ptr(fds), 0o4000 | 0o2000000) !== 0) throw new Error("pipe2");
+const [r, w] = [fds[0], fds[1]];
+writeSync(w, "first-half-");
+let waits = 0;
+const secret = readSecretFd(r, "the key", (fd) => {
+  if (fd !== r) throw new Error("waited on fd " + fd);
+  if (++waits === 1) writeSync(w, "second-half");
+  else if (waits === 2) closeSync(w);
+});
+process.stdout.write(JSON.stringify({ secret: new TextDecoder().decode(secret), waits }));`;
+  const p = Bun.spawnSync([BUN, "-e", code], { stdin: "ignore", timeout: 10_000 });
+  expect(p.exitCode).toBe(0); // killed at the time limit: null
+  expect(p.stderr.toString()).toBe("");
+  expect(JSON.parse(p.stdout.toString())).toEqual({ secret: "first-half-second-half", waits: 2 });
+});

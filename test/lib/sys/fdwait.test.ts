@@ -6,9 +6,9 @@
  * (test/stages/output.test.ts).
  */
 import { describe, expect, test } from "bun:test";
-import { closeSync, writeSync } from "node:fs";
+import { closeSync, readSync, writeSync } from "node:fs";
 import { ptr } from "bun:ffi";
-import { type PollFn, waitWritable } from "../../../lib/sys/fdwait.ts";
+import { POLL_TIMEOUT_MS, type PollFn, waitReadable, waitWritable } from "../../../lib/sys/fdwait.ts";
 import { libc } from "../../../lib/sys/libc.ts";
 
 const O_NONBLOCK = 0o4000;
@@ -88,4 +88,39 @@ describe("waitWritable with the real poll(2)", () => {
     }
   });
 
+});
+
+describe("waitReadable (a secret on a non-blocking stdin)", () => {
+  test.each([
+    { name: "POLLIN", n: 1, revents: 0x001, sleeps: 0 },
+    { name: "POLLHUP (writer gone: the next read returns the end)", n: 1, revents: 0x010, sleeps: 0 },
+    { name: "timeout", n: 0, revents: 0, sleeps: 0 },
+    { name: "poll failed (EINTR): a sleep, not a spin", n: -1, revents: 0, sleeps: 1 },
+  ])("$name: one bounded poll for POLLIN", ({ n, revents, sleeps }) => {
+    const calls: { fd: number; events: number; timeoutMs: number }[] = [];
+    const slept: number[] = [];
+    waitReadable(5, { poll: (fd, events, timeoutMs) => (calls.push({ fd, events, timeoutMs }), { n, revents }), sleep: (ms) => slept.push(ms) });
+    expect(calls).toEqual([{ fd: 5, events: 0x001, timeoutMs: POLL_TIMEOUT_MS }]);
+    expect(POLL_TIMEOUT_MS).toBeGreaterThan(0);
+    expect(slept).toHaveLength(sleeps);
+  });
+
+  test("without poll (no JIT): one short sleep per retry", () => {
+    const slept: number[] = [];
+    waitReadable(0, { poll: null, sleep: (ms) => slept.push(ms) });
+    expect(slept).toEqual([1]);
+  });
+
+  test("the real poll(2): a pipe with bytes waiting returns, and they are still there", () => {
+    const [r, w] = nbPipe();
+    try {
+      writeSync(w, "x");
+      waitReadable(r);
+      const buf = new Uint8Array(4);
+      expect(readSync(r, buf)).toBe(1);
+    } finally {
+      closeSync(r);
+      closeSync(w);
+    }
+  });
 });
