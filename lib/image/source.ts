@@ -127,14 +127,27 @@ export function untilAborted(data: AsyncIterable<Uint8Array>, signal: AbortSigna
     // The wait is raced with the abort: destroying a file stream does not end a read(2) already
     // pending in the thread pool (a FIFO whose writer sends nothing, or has not even opened it),
     // and the stream only ends once that read returns. The read is left behind; the command ends.
-    const aborted = whenAborted(signal, { done: true, value: undefined } as const, stop);
+    // One promise per read, woken by one listener: racing every read against a single promise
+    // that stays pending for the whole stream (Promise.race) leaves a reaction on it per read,
+    // and each keeps its read's bytes reachable, so memory grew with the image.
+    let wake: (() => void) | null = null;
+    const onAbort = () => {
+      stop();
+      wake?.();
+    };
+    signal.addEventListener("abort", onAbort, { once: true });
     const it = data[Symbol.asyncIterator]();
     let ended = false;
     try {
       for (;;) {
         const next = it.next();
         next.catch(() => undefined); // left pending by an abort, it may still fail: not unhandled
-        const r = await Promise.race([next, aborted.promise]);
+        const r = await new Promise<IteratorResult<Uint8Array>>((resolve, reject) => {
+          wake = () => resolve({ done: true, value: undefined });
+          if (signal.aborted) wake(); // aborted between two reads
+          next.then(resolve, reject);
+        });
+        wake = null;
         if (r.done || signal.aborted) {
           ended = r.done === true && !signal.aborted;
           break;
@@ -146,7 +159,8 @@ export function untilAborted(data: AsyncIterable<Uint8Array>, signal: AbortSigna
       // The stream's own error when it was destroyed under the wait: the abort is what happened.
       if (!signal.aborted) throw e;
     } finally {
-      aborted.dispose();
+      wake = null;
+      signal.removeEventListener("abort", onAbort);
       // Left early (the caller stopped reading, or the abort): the stream is ended as for await would end it;
       // after an abort without waiting, since a pending read may never return.
       if (!ended) {
