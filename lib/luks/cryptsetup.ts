@@ -34,7 +34,7 @@ import { HostSys, type Sys } from "../sys/sys.ts";
 import { wipe } from "../secret.ts";
 import { checkDevice, checkLuks2, checkName, parseKeyslots, type Keyslot } from "./checks.ts";
 import { keyPipe, scrub, sendKey } from "./keyio.ts";
-import { KILL_WAIT_MS, resolveBinary, stderrDetail, ToolRun, type ToolProcess } from "./tool.ts";
+import { KILL_WAIT_MS, OUTPUT_GRACE_MS, resolveBinary, stderrDetail, ToolRun, type ToolProcess } from "./tool.ts";
 
 /** One keyslot as `luksDump --dump-json-metadata` reports it (parsed in checks.ts). */
 export type { Keyslot };
@@ -139,6 +139,11 @@ interface RunResult {
   stdout: string;
 }
 
+/** Output cut by a process cryptsetup left holding its pipe (ToolOutput.cut): the message for a caller that parses it. */
+function cutOutput(what: string): ZbError {
+  return new ZbError("LUKS_FAILED", `cannot ${what}: cryptsetup's output did not end within ${OUTPUT_GRACE_MS / 1000} s of its exit (a process it started still holds it), so what it printed may be incomplete`);
+}
+
 interface RunSpec {
   /** What failed, for the message: `cannot <what>: …`. */
   what: string;
@@ -147,6 +152,8 @@ interface RunSpec {
   fd3Key?: Uint8Array;
   /** Exit statuses that are answers, not failures. */
   accept?: number[];
+  /** The caller reads what it printed: a cut output fails (ToolOutput.cut) rather than being parsed. */
+  parsesStdout?: boolean;
 }
 
 /** The real cryptsetup program. */
@@ -259,7 +266,7 @@ export class CryptsetupCli implements Cryptsetup {
   /** @throws {ZbError} LUKS_FAILED when the device is not LUKS */
   async uuid(device: string): Promise<string> {
     const what = `read the LUKS UUID of ${device}`;
-    const r = await this.run({ what, args: ["luksUUID", checkDevice(device)], accept: [1] });
+    const r = await this.run({ what, args: ["luksUUID", checkDevice(device)], accept: [1], parsesStdout: true });
     // luksUUID exits 1, silently, for a readable device without a LUKS header.
     if (r.code === 1) throw new ZbError("LUKS_FAILED", `cannot ${what}: not a LUKS device`);
     const uuid = r.stdout.trim().toLowerCase();
@@ -276,7 +283,7 @@ export class CryptsetupCli implements Cryptsetup {
   /** @throws {ZbError} LUKS_FAILED */
   async keyslots(device: string): Promise<Keyslot[]> {
     const what = `read the keyslots of ${device}`;
-    const r = await this.run({ what, args: ["luksDump", "--dump-json-metadata", checkDevice(device)] });
+    const r = await this.run({ what, args: ["luksDump", "--dump-json-metadata", checkDevice(device)], parsesStdout: true });
     return parseKeyslots(r.stdout, what);
   }
 
@@ -324,7 +331,7 @@ export class CryptsetupCli implements Cryptsetup {
       state = "finishing";
       const keys = key ? [key, ...otherKeys] : otherKeys;
       // cryptsetup's own work starts now: the timeout counts from here (constructor).
-      const { code, stdout, stderr } = await run.result(this.timeoutMs, async () => {
+      const { code, stdout, stderr, cut } = await run.result(this.timeoutMs, async () => {
         // A child that already ended (a missing device) is not sent the key: its exit status says why.
         if (key && proc.exitCode === null && proc.signalCode === null) {
           await sendKey(proc.stdin as FileSink, key, spec.what).catch((e: unknown) => {
@@ -334,6 +341,7 @@ export class CryptsetupCli implements Cryptsetup {
         } else if (spec.stdin) void (proc.stdin as FileSink).end();
       });
       try {
+        if (code === 0 && cut && spec.parsesStdout) throw cutOutput(spec.what);
         if (code === 0 || spec.accept?.includes(code)) return { code, stdout };
         throw exitError(spec.what, code, scrub(stderr, keys));
       } finally {

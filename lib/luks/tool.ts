@@ -37,6 +37,12 @@ export interface ToolOutput {
   code: number;
   stdout: string;
   stderr: Uint8Array;
+  /**
+   * The output had not reached its end {@link OUTPUT_GRACE_MS} after the exit
+   * (a process the child left behind holds the pipe): what it printed may be
+   * cut. A caller that parses stdout says so instead of reporting bad output.
+   */
+  cut: boolean;
 }
 
 /** A started child, as far as killing it goes. */
@@ -132,8 +138,8 @@ export class ToolRun {
       this.abandon();
       throw new ZbError("LUKS_FAILED", `cannot ${what}: ${program} did not end within ${this.killWaitMs() / 1000} s of SIGKILL (${limit}); it may still be changing the device`, { cause: { stillRunning: true } });
     }
-    await within(Promise.all([this.stdout.done, this.stderr.done]), OUTPUT_GRACE_MS);
-    const out: ToolOutput = { code: this.proc.exitCode ?? -1, stdout: new TextDecoder().decode(this.stdout.take()), stderr: this.stderr.take() };
+    const drained = await within(Promise.all([this.stdout.done, this.stderr.done]), OUTPUT_GRACE_MS);
+    const out: ToolOutput = { code: this.proc.exitCode ?? -1, stdout: new TextDecoder().decode(this.stdout.take()), stderr: this.stderr.take(), cut: drained === LATE };
     this.abandon(); // a process it left behind may still write
     if (this.proc.signalCode) {
       wipe(out.stderr);

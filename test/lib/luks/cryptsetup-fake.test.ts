@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { ZbError } from "../../../lib/errors.ts";
 import { CryptsetupCli, exitError, isWrongKey, MAX_KEY_BYTES } from "../../../lib/luks/cryptsetup.ts";
 import { scrub } from "../../../lib/luks/keyio.ts";
-import { stillRunning } from "../../../lib/luks/tool.ts";
+import { OUTPUT_GRACE_MS, stillRunning } from "../../../lib/luks/tool.ts";
 import { tempDirs } from "../../tempdirs.ts";
 import { awkwardKey } from "./cryptsetup-fixture.ts";
 
@@ -118,6 +118,33 @@ describe("open/close argv (recording fake binary)", () => {
       }
     } finally {
       process.kill(Number(readFileSync(join(dir, "holder"), "utf8")), "SIGKILL");
+    }
+  }, 15_000);
+
+  // The output is taken as far as it came within OUTPUT_GRACE_MS of the exit. A reader of stdout
+  // (keyslots, uuid) whose output a left-behind process still held was told "printed no JSON
+  // metadata" (or, for a cut that still parsed, nothing at all); now it hears why.
+  test.each([
+    { name: "keyslots", call: (cs: CryptsetupCli) => cs.keyslots("/dev/vdz"), what: "read the keyslots of /dev/vdz", first: `{"keyslots":{"0":`, rest: `{"type":"luks2","kdf":{"type":"pbkdf2"}}}}` },
+    { name: "uuid", call: (cs: CryptsetupCli) => cs.uuid("/dev/vdz"), what: "read the LUKS UUID of /dev/vdz", first: "0b3c8a1e-5d7f-4c2a", rest: "-9e61-2f4b8d0a7c13" },
+  ])("$name: output a left-behind child still holds (and completes late) is reported as cut, not parsed", async ({ call, what, first, rest }) => {
+    const dir = tempDir();
+    const bin = join(dir, "late");
+    writeFileSync(bin, `#!/bin/sh\nprintf '%s' '${first}'\n{ sleep 1; printf '%s\\n' '${rest}'; } &\necho $! >${dir}/holder\nexit 0\n`, { mode: 0o755 });
+    const cs = new CryptsetupCli({ binary: bin, timeoutMs: 10_000 });
+    try {
+      const err = await call(cs).then(() => null, (e: unknown) => e);
+      expect(err).toBeInstanceOf(ZbError);
+      expect({ code: (err as ZbError).code, message: (err as ZbError).message }).toEqual({
+        code: "LUKS_FAILED",
+        message: `cannot ${what}: cryptsetup's output did not end within ${OUTPUT_GRACE_MS / 1000} s of its exit (a process it started still holds it), so what it printed may be incomplete`,
+      });
+    } finally {
+      try {
+        process.kill(Number(readFileSync(join(dir, "holder"), "utf8")), "SIGKILL");
+      } catch {
+        // already done
+      }
     }
   }, 15_000);
 
