@@ -16,9 +16,8 @@
  *                    key and no inner parameters, byte for byte what openssl writes
  *   EC PRIVATE KEY   SEC1 / RFC 5915 ECPrivateKey, P-256 only, read but never written
  *
- * The DER reader understands exactly these structures and refuses anything else
- * (other tags, BER lengths, trailing bytes, unknown OIDs) with a precise reason;
- * it is not an ASN.1 library.
+ * This file knows which structures a key file holds; the DER under them
+ * (der.ts) and the PEM armor around them (pem.ts) are read and written apart.
  *
  * Key handling: DER buffers that held a secret are wiped (`fill(0)`) once used.
  * What JS cannot guarantee: the PEM text is an immutable string, the engine's
@@ -27,6 +26,8 @@
  */
 import { ed25519 } from "@noble/curves/ed25519.js";
 import { p256 } from "@noble/curves/nist.js";
+import { BIT_STRING, bitString, CTX0, CTX1, CTX1_IMPLICIT, Der, equal, hex, int, INTEGER, OCTET_STRING, OID, oidName, SEQUENCE, tlv, type Fail } from "./der.ts";
+import { pem, pemBlocks, type PemBlock } from "./pem.ts";
 import { ZbError } from "../errors.ts";
 
 export type Alg = "ed25519" | "p256";
@@ -47,128 +48,17 @@ export interface PrivateKey {
   publicKey: PublicKey;
 }
 
-// DER tags (X.690 §8): universal, and the context tags of RFC 5915 / RFC 5958.
-const INTEGER = 0x02;
-const BIT_STRING = 0x03;
-const OCTET_STRING = 0x04;
-const OID = 0x06;
-const SEQUENCE = 0x30;
-const CTX0 = 0xa0; // [0] constructed: ECPrivateKey parameters, PKCS#8 attributes
-const CTX1 = 0xa1; // [1] constructed: ECPrivateKey publicKey
-const CTX1_IMPLICIT = 0x81; // [1] IMPLICIT BIT STRING: OneAsymmetricKey publicKey (RFC 5958 §2)
-
 // OID contents (DER, without tag and length).
 const OID_ED25519 = hex("2b6570"); // 1.3.101.112 id-Ed25519 (RFC 8410 §3)
 const OID_EC_PUBLIC_KEY = hex("2a8648ce3d0201"); // 1.2.840.10045.2.1 (RFC 5480 §2.1.1)
 const OID_P256 = hex("2a8648ce3d030107"); // 1.2.840.10045.3.1.7 prime256v1 / secp256r1 (RFC 5480 §2.1.1.1)
 
-/** Names for OIDs a user is likely to feed us by mistake, for the error message. */
-const OID_NAMES: Record<string, string> = {
-  "1.2.840.113549.1.1.1": "RSA",
-  "1.2.840.10040.4.1": "DSA",
-  "1.3.101.110": "X25519",
-  "1.3.101.111": "X448",
-  "1.3.101.113": "Ed448",
-  "1.3.132.0.34": "secp384r1 (P-384)",
-  "1.3.132.0.35": "secp521r1 (P-521)",
-  "1.3.132.0.10": "secp256k1",
-  "1.2.840.113549.1.5.13": "PBES2 (encrypted)",
-};
-
-const MAX_LEN = 0xffff; // our structures are < 200 bytes; two length octets are plenty
-
-/** Throws KEY_INVALID naming the key source; the one failure path of this module. */
-type Fail = (why: string) => never;
-
+/** The one failure path of this module: KEY_INVALID naming the key source. */
 function failFor(source: string): Fail {
   return (why) => {
     throw new ZbError("KEY_INVALID", `cannot read key ${source}: ${why}`);
   };
 }
-
-/** A cursor over DER content; `next` checks one TLV and returns a cursor over its content. */
-class Der {
-  private pos: number;
-  constructor(
-    private readonly buf: Uint8Array,
-    private readonly fail: Fail,
-    private readonly what: string,
-  ) {
-    this.pos = 0;
-  }
-
-  peek(): number | undefined {
-    return this.buf[this.pos];
-  }
-
-  /** Read one TLV of tag `tag` (X.690 §10.1: definite, minimal length). */
-  next(tag: number, what: string): Der {
-    const b = this.buf;
-    const at = this.pos;
-    if (at >= b.length) this.fail(`${what} missing (truncated ${this.what})`);
-    if (b[at] !== tag) this.fail(`${what}: expected tag 0x${byteHex(tag)}, found 0x${byteHex(b[at]!)}`);
-    if (at + 1 >= b.length) this.fail(`${what}: truncated length`);
-    let len = b[at + 1]!;
-    let start = at + 2;
-    if (len === 0x80) this.fail(`${what}: indefinite length (BER, not DER)`);
-    if (len > 0x80) {
-      const n = len & 0x7f;
-      if (n > 2 || start + n > b.length) this.fail(`${what}: bad length`);
-      len = 0;
-      for (let i = 0; i < n; i++) len = len * 256 + b[start + i]!;
-      // DER: the shortest form; long form only from 128, no leading zero octet.
-      if (len < 0x80 || (n === 2 && len < 0x100)) this.fail(`${what}: length not minimally encoded (not DER)`);
-      start += n;
-    }
-    if (len > MAX_LEN || start + len > b.length) this.fail(`${what}: truncated (needs ${len} bytes)`);
-    this.pos = start + len;
-    return new Der(b.subarray(start, start + len), this.fail, what);
-  }
-
-  /** The remaining content bytes (a view; callers copy what they keep). */
-  rest(): Uint8Array {
-    const r = this.buf.subarray(this.pos);
-    this.pos = this.buf.length;
-    return r;
-  }
-
-  /** Read a TLV whose content must equal `content` exactly (versions, OIDs). */
-  expect(tag: number, content: Uint8Array, what: string, why: (got: Uint8Array) => string): void {
-    const got = this.next(tag, what).rest();
-    if (!equal(got, content)) this.fail(why(got));
-  }
-
-  /** BIT STRING holding whole bytes (unused-bits octet 0, X.690 §8.6.2). */
-  bits(tag: number, what: string): Uint8Array {
-    const c = this.next(tag, what).rest();
-    if (c.length === 0 || c[0] !== 0) this.fail(`${what}: BIT STRING with unused bits`);
-    return c.subarray(1);
-  }
-
-  end(): void {
-    if (this.pos !== this.buf.length) {
-      this.fail(`${this.buf.length - this.pos} unexpected trailing byte(s) after ${this.what}`);
-    }
-  }
-}
-
-/** One DER TLV, for the writer. */
-function tlv(tag: number, ...parts: Uint8Array[]): Uint8Array {
-  const len = parts.reduce((n, p) => n + p.length, 0);
-  if (len > MAX_LEN) throw new ZbError("INTERNAL", `internal error: DER value of ${len} bytes`);
-  const head = len < 0x80 ? [tag, len] : len < 0x100 ? [tag, 0x81, len] : [tag, 0x82, len >> 8, len & 0xff];
-  const out = new Uint8Array(head.length + len);
-  out.set(head, 0);
-  let at = head.length;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
-
-const bitString = (bytes: Uint8Array) => tlv(BIT_STRING, Uint8Array.of(0), bytes);
-const int = (v: number) => tlv(INTEGER, Uint8Array.of(v));
 
 /** AlgorithmIdentifier: RFC 8410 §3 (no parameters) or RFC 5480 §2.1.1 (namedCurve). */
 function algorithmId(alg: Alg): Uint8Array {
@@ -404,12 +294,7 @@ function readEcPrivateKey(der: Uint8Array, fail: Fail, at: { topLevel: boolean }
   return key;
 }
 
-// ---- PEM (RFC 7468) ----
-
-interface PemBlock {
-  label: string;
-  der: Uint8Array;
-}
+// ---- the key block of a PEM file (pem.ts reads the blocks) ----
 
 /** The one key block of `text`; text outside blocks is ignored (RFC 7468 §2). */
 function onlyBlock(text: string, fail: Fail, labels: string[]): PemBlock {
@@ -439,89 +324,4 @@ function wrongLabel(label: string, labels: string[]): string {
   }
   if (label === "PUBLIC KEY") return `expected a private key but found "PUBLIC KEY"`;
   return `PEM label "${label}" is not ${expected}`;
-}
-
-/** Append every BEGIN/END block of `text` to `blocks` (the caller wipes them). */
-function pemBlocks(text: string, fail: Fail, blocks: PemBlock[]): void {
-  let label: string | null = null;
-  let body: string[] = [];
-  let encrypted = false;
-  for (const line of text.split(/\r?\n/)) {
-    if (label === null) {
-      const m = /^-----BEGIN ([A-Z0-9 ]+)-----\s*$/.exec(line);
-      if (m) {
-        label = m[1]!;
-        body = [];
-        encrypted = false;
-      }
-      continue;
-    }
-    const end = /^-----END ([A-Z0-9 ]+)-----\s*$/.exec(line);
-    if (end) {
-      if (end[1] !== label) fail(`PEM block "${label}" ends with "${end[1]}"`);
-      if (encrypted) fail("the private key is encrypted (Proc-Type 4,ENCRYPTED); decrypt it first: openssl pkey -in KEY -out PLAIN.pem");
-      blocks.push({ label, der: base64Strict(body.join(""), fail) });
-      label = null;
-      continue;
-    }
-    if (line.includes(":")) {
-      // RFC 1421 headers only appear in legacy encrypted keys.
-      if (/^Proc-Type:.*ENCRYPTED/.test(line)) encrypted = true;
-      else if (!/^DEK-Info:/.test(line)) fail(`unexpected PEM header "${line.slice(0, 40)}"`);
-      continue;
-    }
-    body.push(line.trim());
-  }
-  if (label !== null) fail(`PEM block "${label}" has no END line`);
-}
-
-/** Canonical base64 only (RFC 4648 §4): Buffer's decoder silently skips junk. */
-function base64Strict(b64: string, fail: Fail): Uint8Array {
-  if (b64.length % 4 !== 0 || !/^[A-Za-z0-9+/]*={0,2}$/.test(b64)) fail("PEM body is not valid base64");
-  const der = Buffer.from(b64, "base64");
-  if (der.toString("base64") !== b64) {
-    der.fill(0);
-    fail("PEM body is not canonical base64");
-  }
-  if (der.length === 0) fail("empty PEM body");
-  // A plain Uint8Array: Buffer#slice is a view, so copies taken later would alias the wiped bytes.
-  const out = new Uint8Array(der);
-  der.fill(0);
-  return out;
-}
-
-function pem(label: string, der: Uint8Array): string {
-  const b64 = Buffer.from(der.buffer, der.byteOffset, der.length).toString("base64");
-  const lines = b64.match(/.{1,64}/g) ?? [];
-  return `-----BEGIN ${label}-----\n${lines.join("\n")}\n-----END ${label}-----\n`;
-}
-
-// ---- small helpers ----
-
-function oidName(oid: Uint8Array): string {
-  const arcs: number[] = [];
-  let v = 0;
-  for (const b of oid) {
-    v = v * 128 + (b & 0x7f);
-    if ((b & 0x80) !== 0) continue;
-    arcs.push(v);
-    v = 0;
-  }
-  if (arcs.length === 0) return "(empty OID)";
-  const first = arcs[0]!;
-  const dotted = [first < 80 ? Math.floor(first / 40) : 2, first < 80 ? first % 40 : first - 80, ...arcs.slice(1)].join(".");
-  const name = OID_NAMES[dotted];
-  return name ? `${name} (${dotted})` : dotted;
-}
-
-function equal(a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && a.every((x, i) => x === b[i]);
-}
-
-function hex(s: string): Uint8Array {
-  return Uint8Array.from(Buffer.from(s, "hex"));
-}
-
-function byteHex(b: number): string {
-  return b.toString(16).padStart(2, "0");
 }

@@ -1,7 +1,8 @@
 /**
- * lib/image/keys.ts: DER/PEM round trips, every rejection as a row, fixed
- * vectors (RFC 8032, RFC 8410, and test/vectors/keys/ made by openssl with
- * gen.sh), and live interop with the real openssl in a temp dir, both ways.
+ * lib/image/keys.ts (and der.ts, pem.ts under it): DER/PEM round trips,
+ * every rejection as a row, fixed vectors (RFC 8032, RFC 8410, and
+ * test/vectors/keys/ made by openssl with gen.sh), and live interop with the
+ * real openssl in a temp dir, both ways.
  * openssl missing makes the live tests fail, not skip.
  */
 import { afterAll, describe, expect, test } from "bun:test";

@@ -3,9 +3,10 @@
 #
 #   bash test/vectors/keys/gen.sh
 #
-# test/lib/image/keys.test.ts and sign.test.ts check lib/image/keys.ts and
-# lib/image/sign.ts against these files without running openssl; the live
-# interop tests (which do run openssl) are in the same test files.
+# test/lib/image/keys.test.ts and sign.test.ts check lib/image/keys.ts (with
+# der.ts and pem.ts) and lib/image/sign.ts against these files without
+# running openssl; the live interop tests (which do run openssl) are in the
+# same test files.
 #
 # What is written (into this directory; keys are random, so every run differs):
 #   msg.bin                 the fixed message every signature covers
