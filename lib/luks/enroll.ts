@@ -50,7 +50,7 @@ import { encodeBlob } from "../hsm/blob.ts";
 import type { Hsm, SealOptions } from "../hsm/types.ts";
 import { randomSecret, wipe } from "../secret.ts";
 import { HostSys, type Sys } from "../sys/sys.ts";
-import { checkCredentials, CRED_FORMAT, DATA_MAPPING, ROOT_MAPPING, type CredentialMeta, type Credentials } from "./credentials.ts";
+import { checkCredentials, CRED_FORMAT, DATA_MAPPING, ROOT_MAPPING, type CredentialMeta, type Credentials } from "./credmeta.ts";
 import { checkName, refuseLuks1 } from "./checks.ts";
 import type { Cryptsetup, FormatOptions } from "./cryptsetup.ts";
 import { loopStatus, type LoopStatus } from "../sys/loopdev.ts";

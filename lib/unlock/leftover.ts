@@ -33,11 +33,11 @@
  * a fake /proc in a temp dir and fake openers.
  */
 import { basename, join } from "node:path";
-import { DATA_MAPPING, ROOT_MAPPING } from "../luks/credentials.ts";
+import { DATA_MAPPING, ROOT_MAPPING } from "../luks/credmeta.ts";
 import { stillRunning } from "../luks/tool.ts";
 import type { Sys } from "../sys/sys.ts";
 
-/** The mappings zbunlock creates (lib/luks/credentials.ts). */
+/** The mappings zbunlock creates (lib/luks/credmeta.ts). */
 export const ZB_MAPPINGS: readonly string[] = [ROOT_MAPPING, DATA_MAPPING];
 
 /**

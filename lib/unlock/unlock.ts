@@ -19,7 +19,7 @@ import type { BackendName, Hsm, SealedData, UnsealFailure, UnsealResult } from "
 import type { PreparedOpen } from "../luks/cryptsetup.ts";
 import { wipe } from "../secret.ts";
 
-/** The parts of a slot's credentials unlock needs (lib/luks/credentials.ts). */
+/** The parts of a slot's credentials unlock needs (lib/luks/credmeta.ts). */
 export interface SlotCredentials {
   meta: { backend: BackendName; root: Volume; data?: Volume };
   root: Uint8Array;

@@ -18,7 +18,7 @@ import { join } from "node:path";
 import { onlyThese, parseArgs, type ParsedArgs } from "../../lib/cli/args.ts";
 import { runTransition } from "../../lib/bootstate/commit.ts";
 import { bootedFrom, readPlatform, type Platform } from "../../lib/bootloader/platform.ts";
-import type { LoadedCredentials } from "../../lib/luks/credentials.ts";
+import type { LoadedCredentials } from "../../lib/luks/credmeta.ts";
 import { CODES, ZbError } from "../../lib/errors.ts";
 import { HostSys } from "../../lib/sys/sys.ts";
 import { jitOff, runWithJit, tieToParent } from "../../lib/sys/jit.ts";

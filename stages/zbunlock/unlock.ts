@@ -8,7 +8,8 @@
 import { join } from "node:path";
 import type { ParsedArgs } from "../../lib/cli/args.ts";
 import type { Platform } from "../../lib/bootloader/platform.ts";
-import { CRED_DIR, readCredentials, ROOT_MAPPING, type LoadedCredentials } from "../../lib/luks/credentials.ts";
+import { readCredentials } from "../../lib/luks/credentials.ts";
+import { CRED_DIR, ROOT_MAPPING, type LoadedCredentials } from "../../lib/luks/credmeta.ts";
 import { CODES, isZbError, ZbError } from "../../lib/errors.ts";
 import { CryptsetupCli, isWrongKey } from "../../lib/luks/cryptsetup.ts";
 import { dmsetupRemover } from "../../lib/luks/dmsetup.ts";

@@ -14,7 +14,7 @@
 import { beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { CRED_FORMAT, encodeMeta } from "../../lib/luks/credentials.ts";
+import { CRED_FORMAT, encodeMeta } from "../../lib/luks/credmeta.ts";
 import { tempDirs } from "../tempdirs.ts";
 
 const BIN = resolve(import.meta.dir, "../../dist/zb-x64");

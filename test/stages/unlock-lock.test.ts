@@ -20,7 +20,7 @@ import { b64 } from "../../lib/hsm/blob.ts";
 import { sealedTemplate } from "../../lib/hsm/tpm2/objects.ts";
 import { policyPcrDigest } from "../../lib/hsm/tpm2/policy.ts";
 import { hex, marshal, sized } from "../../lib/hsm/tpm2/wire.ts";
-import { CRED_FORMAT, encodeMeta } from "../../lib/luks/credentials.ts";
+import { CRED_FORMAT, encodeMeta } from "../../lib/luks/credmeta.ts";
 import { withTempVarLock } from "../fakes/envlock.ts";
 import { startSwtpmDevice } from "../peers/swtpm.ts";
 import { tempDirs } from "../tempdirs.ts";

@@ -16,10 +16,9 @@ import { join } from "node:path";
 import { ioError, ZbError } from "../../../lib/errors.ts";
 import { encodeBlob } from "../../../lib/hsm/blob.ts";
 import { readCpio, writeCpio, type CpioInput } from "../../../lib/luks/cpio.ts";
-import {
-  appendCredentials, checkAppendable, credentialTail, encodeMeta, findAppendedCredentials, packCredentials, parseMeta, readCredentials, unpackCredentials,
-  type CredentialMeta, type Credentials,
-} from "../../../lib/luks/credentials.ts";
+import { appendCredentials, checkAppendable } from "../../../lib/luks/credappend.ts";
+import { credentialTail, findAppendedCredentials, packCredentials, readCredentials, unpackCredentials } from "../../../lib/luks/credentials.ts";
+import { encodeMeta, parseMeta, type CredentialMeta, type Credentials } from "../../../lib/luks/credmeta.ts";
 import { HostSys, type WriteOptions } from "../../../lib/sys/sys.ts";
 import { CuttingSys, cutPoints, PowerCut } from "../../fakes/powercut.ts";
 import { tempDirs } from "../../tempdirs.ts";
