@@ -1,39 +1,30 @@
 /**
  * Publisher side: build, sign and re-sign `.zbi` images.
  *
- * create: each payload's raw bytes (a rootfs image file, or a deterministic
- * tar of a boot folder) are cut into `chunkSize` pieces; each piece becomes
- * one zstd frame (Bun's native zstd), spooled to a temp file while the chunk
- * digests and the stored and raw SHA-256 are computed; then the manifest is
+ * create: the options are checked first (output path, manifest fields, chunk
+ * size, level, chunk count), so a mistake on the command line is found before
+ * anything is compressed; then each payload is encoded and spooled
+ * (spool.ts, with the boot folder's tar from boottar.ts), the manifest is
  * signed by every signer and the archive is written in the fixed order.
  * sign: add signatures to an existing image, copying its payload bytes as
  * they are (the manifest, and so every digest, is unchanged).
  */
 import * as fs from "node:fs";
 import { basename, dirname, isAbsolute, join, relative, sep } from "node:path";
-import { pack, type Header } from "tar-stream";
-import { ZbError, ioError, isZbError } from "../errors.ts";
-import { BLOCK, MARKER, MARKER_NAME, MANIFEST_NAME, SIGNATURES_NAME, entryHeader, tarHeaderBytes } from "./format.ts";
-import { encodeManifest, FORMAT_VERSION, MANIFEST_TOO_LARGE, LIMITS, type Digest, type Encoding, type Manifest, type Payload, type PayloadKind } from "./manifest.ts";
+import { ZbError, isZbError } from "../errors.ts";
+import { MARKER, MARKER_NAME, MANIFEST_NAME, SIGNATURES_NAME } from "./format.ts";
+import { encodeManifest, FORMAT_VERSION, MANIFEST_TOO_LARGE, LIMITS, type Manifest, type Payload } from "./manifest.ts";
 import { openImage } from "./reader.ts";
 import { checkSignatureCount, imageSignatures, type Signature, type Signer } from "./sign.ts";
 import { untilAborted, type ImageSource } from "./source.ts";
-import { archiveWriter, checkReplaceable, createExclusive } from "./writer.ts";
-import { encodeFrame } from "./zstd.ts";
+import { encodePayload, plan, type PayloadInput, type Plan } from "./spool.ts";
+import { archiveWriter, checkReplaceable } from "./writer.ts";
 import { HostSys } from "../sys/sys.ts";
 
 export const DEFAULT_CHUNK = 4 << 20;
 export const DEFAULT_LEVEL = 3;
 /** zstd's highest level (ZSTD_maxCLevel). */
 export const MAX_LEVEL = 22;
-
-export interface PayloadInput {
-  name: string;
-  kind: PayloadKind;
-  encoding: Encoding;
-  /** A raw image file (rootfs) or a folder to tar (boot). */
-  from: { file: string } | { dir: string };
-}
 
 export interface CreateOptions {
   compatible: string;
@@ -195,32 +186,6 @@ function realDir(path: string): string | null {
     return null;
   }
 }
-
-/** A payload to encode: where its raw bytes come from and how many there are (before reading them). */
-interface Plan {
-  input: PayloadInput;
-  rawTotal: number;
-  /** A boot folder's entries, walked once: the tar is made of exactly these. */
-  files?: FolderEntry[];
-}
-
-function plan(input: PayloadInput): Plan {
-  if ("file" in input.from) {
-    const path = input.from.file;
-    let size: number;
-    try {
-      const st = fs.statSync(path);
-      if (!st.isFile()) throw new Error("not a regular file");
-      size = st.size;
-    } catch (e) {
-      throw ioError(`read payload ${input.name} from ${path}`, e);
-    }
-    return { input, rawTotal: size };
-  }
-  const files = walk(input.from.dir);
-  return { input, rawTotal: tarSize(input.from.dir, files), files };
-}
-
 /** Bytes of the canonical JSON of one chunk entry, at least: {"sha256":"<64 hex>","size":N} and a comma. */
 const MIN_CHUNK_ENTRY = 87;
 
@@ -240,148 +205,6 @@ function tooManyChunks(chunks: number, chunkSize: number): ZbError {
     hint: `give a larger --chunk-size (up to ${LIMITS.maxChunk})`,
   });
 }
-
-/**
- * Chunk, compress, hash and spool one payload. A failure to read the input
- * is IO naming the input; a failure to write the spool (beside the output,
- * so a full disk there) is IO naming the output.
- * @param created called once the spool file exists (the caller removes it)
- */
-async function encodePayload(p: Plan, chunkSize: number, level: number, spool: string, output: string, created: () => void, progress?: (rawBytes: number) => void, signal?: AbortSignal): Promise<Payload> {
-  const { input } = p;
-  const raw = new Bun.CryptoHasher("sha256");
-  const stored = new Bun.CryptoHasher("sha256");
-  const chunks: Digest[] = [];
-  let rawSize = 0;
-  let storedSize = 0;
-  const fd = createExclusive(spool, 0o600, `create ${output}`);
-  created();
-  const source = "file" in input.from ? input.from.file : input.from.dir;
-  const pieces = rechunk(rawStream(p), chunkSize)[Symbol.asyncIterator]();
-  try {
-    for (;;) {
-      let r: IteratorResult<Uint8Array>;
-      try {
-        r = await pieces.next();
-      } catch (e) {
-        throw ioError(`read payload ${input.name} from ${source}`, e);
-      }
-      if (r.done) break;
-      if (signal?.aborted) throw signal.reason;
-      const piece = r.value;
-      raw.update(piece);
-      rawSize += piece.length;
-      const out = input.encoding === "zstd" ? encodeFrame(piece, level) : piece;
-      stored.update(out);
-      storedSize += out.length;
-      chunks.push({ size: out.length, sha256: new Bun.CryptoHasher("sha256").update(out).digest("hex") });
-      try {
-        for (let done = 0; done < out.length; ) done += fs.writeSync(fd, out, done, out.length - done);
-      } catch (e) {
-        throw ioError(`write ${output}`, e);
-      }
-      progress?.(rawSize);
-    }
-  } finally {
-    fs.closeSync(fd);
-    await pieces.return?.(undefined).catch(() => undefined); // after a failure: the input file is closed now
-  }
-  return {
-    name: input.name, kind: input.kind, encoding: input.encoding,
-    stored: { size: storedSize, sha256: stored.digest("hex") },
-    raw: { size: rawSize, sha256: raw.digest("hex") },
-    chunks,
-  };
-}
-
-function rawStream(p: Plan): AsyncIterable<Uint8Array> {
-  const { from } = p.input;
-  if ("file" in from) return fs.createReadStream(from.file, { highWaterMark: 1 << 20 });
-  return tarFolder(from.dir, p.files!);
-}
-
-interface FolderEntry {
-  path: string;
-  dir: boolean;
-  size: number;
-  mode: number;
-}
-
-/** An entry's name in the boot tar: relative, directories ending in "/" as tar(1) writes and lists them. */
-function tarName(from: { dir: string }, f: FolderEntry): string {
-  const rel = relative(from.dir, f.path);
-  return f.dir ? `${rel}/` : rel;
-}
-
-/** The size of the tar tarFolder makes of these entries: each header as tar-stream writes it, the data padded to 512, two zero blocks. */
-function tarSize(dir: string, files: FolderEntry[]): number {
-  return files.reduce((a, f) => a + tarHeaderBytes(folderHeader(dir, f)) + Math.ceil((f.dir ? 0 : f.size) / BLOCK) * BLOCK, 0) + 2 * BLOCK;
-}
-
-/** The header of one entry of the boot tar (deterministic: entryHeader, with the entry's kind and mode). */
-function folderHeader(dir: string, f: FolderEntry): Header {
-  return { ...entryHeader(tarName({ dir }, f), f.dir ? 0 : f.size), type: f.dir ? "directory" : "file", mode: f.mode };
-}
-
-/** A deterministic tar of a folder's walked entries: sorted paths, mtime 0, root-owned; only files and folders. */
-async function* tarFolder(dir: string, files: FolderEntry[]): AsyncGenerator<Uint8Array> {
-  const t = pack();
-  const writing = (async () => {
-    for (const f of files) {
-      const header = folderHeader(dir, f);
-      const body = f.dir ? undefined : fs.readFileSync(f.path);
-      await new Promise<void>((resolve, reject) => (body ? t.entry(header, body, (e) => (e ? reject(e) : resolve())) : t.entry(header, (e) => (e ? reject(e) : resolve()))));
-    }
-    t.finalize();
-  })().catch((e: unknown) => {
-    // A file that vanished or cannot be read: the reader below gets the error instead of waiting for ever.
-    t.destroy(e as Error);
-  });
-  for await (const part of t as AsyncIterable<Uint8Array>) yield part;
-  await writing;
-}
-
-function walk(dir: string): FolderEntry[] {
-  const out: FolderEntry[] = [];
-  let names: string[];
-  try {
-    names = fs.readdirSync(dir, { encoding: "buffer" }).map((raw) => utf8Name(dir, raw)).sort();
-  } catch (e) {
-    throw ioError(`read boot folder ${dir}`, e);
-  }
-  for (const name of names) {
-    const path = join(dir, name);
-    const st = fs.lstatSync(path);
-    if (st.isDirectory()) {
-      out.push({ path, dir: true, size: 0, mode: 0o755 });
-      out.push(...walk(path));
-    } else if (st.isFile()) out.push({ path, dir: false, size: st.size, mode: st.mode & 0o111 ? 0o755 : 0o644 });
-    else throw new ZbError("USAGE", `cannot put ${path} into the boot payload: only files and folders are allowed (the boot partition is FAT)`);
-  }
-  return out;
-}
-
-/** Exactly `size`-byte pieces (the last may be shorter). */
-async function* rechunk(data: AsyncIterable<Uint8Array>, size: number): AsyncGenerator<Uint8Array> {
-  let buf = new Uint8Array(size);
-  let fill = 0;
-  for await (const part of data) {
-    let at = 0;
-    while (at < part.length) {
-      const take = Math.min(size - fill, part.length - at);
-      buf.set(part.subarray(at, at + take), fill);
-      fill += take;
-      at += take;
-      if (fill === size) {
-        yield buf;
-        buf = new Uint8Array(size);
-        fill = 0;
-      }
-    }
-  }
-  if (fill > 0) yield buf.subarray(0, fill);
-}
-
 /**
  * Add signatures to an image without touching its payloads. A signature by
  * a key that already signed replaces the old one. `output` may be the input
@@ -418,14 +241,5 @@ export async function resignImage(source: ImageSource, signers: Signer[], output
     return signatures;
   } finally {
     img.close();
-  }
-}
-
-/** A file name as text; the payload's tar and the FAT partition need UTF-8 names. @throws {ZbError} USAGE */
-function utf8Name(dir: string, raw: Buffer): string {
-  try {
-    return new TextDecoder("utf-8", { fatal: true }).decode(raw);
-  } catch {
-    throw new ZbError("USAGE", `cannot put a file of ${dir} into the boot payload: its name is not UTF-8 (${JSON.stringify(raw.toString("latin1"))})`);
   }
 }

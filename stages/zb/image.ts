@@ -3,7 +3,8 @@
  */
 import { onlyThese, parseArgs, type ParsedArgs } from "../../lib/cli/args.ts";
 import { ZbError } from "../../lib/errors.ts";
-import { createImage, DEFAULT_CHUNK, DEFAULT_LEVEL, resignImage, type PayloadInput } from "../../lib/image/create.ts";
+import { createImage, DEFAULT_CHUNK, DEFAULT_LEVEL, resignImage } from "../../lib/image/create.ts";
+import type { PayloadInput } from "../../lib/image/spool.ts";
 import { install, type ProgressEvent } from "../../lib/image/install.ts";
 import type { Encoding } from "../../lib/image/manifest.ts";
 import { openImage, type Policy } from "../../lib/image/reader.ts";

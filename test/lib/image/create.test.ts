@@ -1,5 +1,5 @@
 /**
- * The publisher side (lib/image/create.ts, lib/image/writer.ts) when things
+ * The publisher side (lib/image/create.ts, spool.ts, writer.ts) when things
  * go wrong around it: temp and spool files beside the output are created
  * O_EXCL|O_NOFOLLOW (a link planted under their names is never followed), a
  * full disk is IO "cannot write OUT: no space left on device" with every temp

@@ -1,0 +1,89 @@
+/**
+ * The boot payload's tar: a boot folder walked once (files and folders only,
+ * UTF-8 names, sorted) and written as a deterministic tar (mtime 0, owner
+ * root, modes 0644/0755), with its exact size known before a byte is read.
+ * Kept apart from spool.ts, which chunks and compresses whatever bytes it is
+ * given: this is how a folder becomes those bytes, and what of a folder is
+ * allowed onto the FAT boot partition.
+ */
+import * as fs from "node:fs";
+import { join, relative } from "node:path";
+import { pack, type Header } from "tar-stream";
+import { ZbError, ioError } from "../errors.ts";
+import { BLOCK, entryHeader, tarHeaderBytes } from "./format.ts";
+
+/** One walked entry of a boot folder: its path, and the size and mode the tar gives it. */
+export interface FolderEntry {
+  path: string;
+  dir: boolean;
+  size: number;
+  mode: number;
+}
+
+/** An entry's name in the boot tar: relative, directories ending in "/" as tar(1) writes and lists them. */
+function tarName(from: { dir: string }, f: FolderEntry): string {
+  const rel = relative(from.dir, f.path);
+  return f.dir ? `${rel}/` : rel;
+}
+
+/** The size of the tar tarFolder makes of these entries: each header as tar-stream writes it, the data padded to 512, two zero blocks. */
+export function tarSize(dir: string, files: FolderEntry[]): number {
+  return files.reduce((a, f) => a + tarHeaderBytes(folderHeader(dir, f)) + Math.ceil((f.dir ? 0 : f.size) / BLOCK) * BLOCK, 0) + 2 * BLOCK;
+}
+
+/** The header of one entry of the boot tar (deterministic: entryHeader, with the entry's kind and mode). */
+function folderHeader(dir: string, f: FolderEntry): Header {
+  return { ...entryHeader(tarName({ dir }, f), f.dir ? 0 : f.size), type: f.dir ? "directory" : "file", mode: f.mode };
+}
+
+/** A deterministic tar of a folder's walked entries: sorted paths, mtime 0, root-owned; only files and folders. */
+export async function* tarFolder(dir: string, files: FolderEntry[]): AsyncGenerator<Uint8Array> {
+  const t = pack();
+  const writing = (async () => {
+    for (const f of files) {
+      const header = folderHeader(dir, f);
+      const body = f.dir ? undefined : fs.readFileSync(f.path);
+      await new Promise<void>((resolve, reject) => (body ? t.entry(header, body, (e) => (e ? reject(e) : resolve())) : t.entry(header, (e) => (e ? reject(e) : resolve()))));
+    }
+    t.finalize();
+  })().catch((e: unknown) => {
+    // A file that vanished or cannot be read: the reader below gets the error instead of waiting for ever.
+    t.destroy(e as Error);
+  });
+  for await (const part of t as AsyncIterable<Uint8Array>) yield part;
+  await writing;
+}
+
+/**
+ * A boot folder's entries, depth first in sorted order, as the tar will hold them.
+ * @throws {ZbError} IO when a folder cannot be read; USAGE for anything but files
+ *   and folders, or a name that is not UTF-8
+ */
+export function walk(dir: string): FolderEntry[] {
+  const out: FolderEntry[] = [];
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir, { encoding: "buffer" }).map((raw) => utf8Name(dir, raw)).sort();
+  } catch (e) {
+    throw ioError(`read boot folder ${dir}`, e);
+  }
+  for (const name of names) {
+    const path = join(dir, name);
+    const st = fs.lstatSync(path);
+    if (st.isDirectory()) {
+      out.push({ path, dir: true, size: 0, mode: 0o755 });
+      out.push(...walk(path));
+    } else if (st.isFile()) out.push({ path, dir: false, size: st.size, mode: st.mode & 0o111 ? 0o755 : 0o644 });
+    else throw new ZbError("USAGE", `cannot put ${path} into the boot payload: only files and folders are allowed (the boot partition is FAT)`);
+  }
+  return out;
+}
+
+/** A file name as text; the payload's tar and the FAT partition need UTF-8 names. @throws {ZbError} USAGE */
+function utf8Name(dir: string, raw: Buffer): string {
+  try {
+    return new TextDecoder("utf-8", { fatal: true }).decode(raw);
+  } catch {
+    throw new ZbError("USAGE", `cannot put a file of ${dir} into the boot payload: its name is not UTF-8 (${JSON.stringify(raw.toString("latin1"))})`);
+  }
+}
