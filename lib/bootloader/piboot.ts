@@ -92,6 +92,14 @@ export class PiBoot implements Bootloader, GeneratedConfig, RebootArgs {
   }
 
   /**
+   * slot-X/ holds what the firmware needs to boot it ({@link missingIn}): a
+   * rollback or hand-over to a slot without it would boot nothing.
+   */
+  slotBootable(slot: Slot): boolean {
+    return this.missingIn(`slot-${slot}/`) === null;
+  }
+
+  /**
    * What keeps the firmware from booting under `prefix` (`slot-b/`, `zboot/`),
    * for messages, or null when nothing does: the kernel (the reference
    * config's `kernel=` if it names one, else one of the firmware's default

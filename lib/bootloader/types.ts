@@ -8,7 +8,7 @@
  */
 import type { Vars } from "../env/codec.ts";
 import type { Change } from "../env/script.ts";
-import type { BootState } from "../bootstate/state.ts";
+import type { BootState, Slot } from "../bootstate/state.ts";
 
 /** Every backend: where the boot state variables live. */
 export interface Bootloader {
@@ -39,6 +39,8 @@ export interface GeneratedConfig {
   removeTryboot(): void;
   /** Is a recovery enclave there to boot into (recover and install modes)? */
   hasEnclave(): boolean;
+  /** Does a slot's folder hold what the firmware needs to boot it (before switching to it)? */
+  slotBootable(slot: Slot): boolean;
 }
 
 /** The firmware learns a one-shot choice from the reboot argument (snapd's RebootBootloader). */

@@ -83,6 +83,9 @@ function commitStep(backend: Backend, event: Event, opts: RunOptions): Outcome {
   // enter them boot on, leave recovery, stop, retry or refuse instead (rows-boot.ts N10, N11,
   // U4, U5; rows-os.ts B5, I2).
   state.enclave = backend.hasEnclave();
+  // Likewise a switch to a slot whose folder has no kernel or .dtb (N7, U2, B2, R1): those rows
+  // fall through to recovery, booting on, or a refusal instead (rules.ts usable, switchable).
+  state.bootable = { a: backend.slotBootable("a"), b: backend.slotBootable("b") };
   const result = step(state, event, opts.actor);
   const changes = stateChanges(before, result.state);
   const rebootEffect = result.effects.find((e) => e.kind === "reboot");

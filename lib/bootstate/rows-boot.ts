@@ -25,14 +25,24 @@ export const BOOT_ROWS: readonly Row[] = [
   // ---- zbunlock, try boot (tryboot.txt was read: kernel_status=trying on the cmdline)
   row({
     id: "T1", actor: "zbunlock", event: "boot",
-    when: "try boot of the slot being tried, kernel_status=try",
+    when: "try boot of the slot being tried, kernel_status=try, the slot valid",
     then: "kernel_status=trying, count the boot, boot on (snapd: try → trying)",
-    guard: (s, e) => e.tryboot && s.status === "try" && s.trySlot === e.booted,
+    guard: (s, e) => e.tryboot && s.status === "try" && s.trySlot === e.booted && s.slots[e.booted].valid,
     apply: (s, e) => {
       s.status = "trying";
       s.slots[e.booted].bootCount += 1;
       logEvent(s, `try of ${e.booted} reached its initramfs`);
       return [{ kind: "continue" }];
+    },
+  }),
+  row({
+    id: "T5", actor: "zbunlock", event: "boot",
+    when: "as T1, but the slot is invalid (made so after the try was armed: by hand, or by a zb without B3/S1 dropping the try)",
+    then: "the try failed as in T3: kernel_status=\"\", remove tryboot.txt, reboot normally (a slot known to be broken is not run, nor later committed)",
+    guard: (s, e) => e.tryboot && s.status === "try" && s.trySlot === e.booted,
+    apply: (s, e) => {
+      endTry(s, true, `try of ${e.booted} failed: the slot is not valid`);
+      return [{ kind: "delete-tryboot" }, { kind: "reboot", tryboot: false }];
     },
   }),
   row({
@@ -143,7 +153,7 @@ export const BOOT_ROWS: readonly Row[] = [
   }),
   row({
     id: "N7", actor: "zbunlock", event: "boot",
-    when: "normal boot of zb_slot, which is invalid or at zb_boot_limit; the other slot is valid and below it",
+    when: "normal boot of zb_slot, which is invalid or at zb_boot_limit; the other slot is valid, below it, and its folder holds a kernel and a .dtb file",
     then: "roll back: zb_slot = other, rewrite config.txt, reboot normally",
     guard: (s, e) => exhausted(s, e.booted) && usable(s, otherSlot(e.booted)),
     apply: (s, e) => {
@@ -166,7 +176,7 @@ export const BOOT_ROWS: readonly Row[] = [
   }),
   row({
     id: "N8", actor: "zbunlock", event: "boot",
-    when: "normal boot of zb_slot, invalid or at the limit, and the other slot is too",
+    when: "normal boot of zb_slot, invalid or at the limit, and the other slot is too, or its folder lacks a kernel or a .dtb file",
     then: "zb_mode=recover, config.txt → zboot/, reboot normally",
     guard: (s, e) => exhausted(s, e.booted),
     apply: (s, e) => {
@@ -199,7 +209,7 @@ export const BOOT_ROWS: readonly Row[] = [
   }),
   row({
     id: "U4", actor: "zbunlock", event: "unlock-failed",
-    when: "as U2, but the other slot is not usable (invalid, or at its limit), and there is no recovery enclave",
+    when: "as U2, but the other slot is not usable (invalid, at its limit, or no kernel or no .dtb file in its folder), and there is no recovery enclave",
     then: "stop: nothing changed but the log, no reboot (the initramfs panics; a person must repair the credentials or the HSM, and the slot stays valid for that)",
     guard: (s, e) => e.permanent && !usable(s, otherSlot(e.booted)) && !s.enclave,
     apply: (s, e) => {
@@ -210,7 +220,7 @@ export const BOOT_ROWS: readonly Row[] = [
   row({
     id: "U2", actor: "zbunlock", event: "unlock-failed",
     when: "the HSM refused for good (no-match, denied), or the credentials are malformed, another slot's, or missing while the command line has `root=/dev/mapper/zb-root`, or its /etc/zb/hsm.conf cannot be used: this slot's credentials cannot work",
-    then: "slot invalid; zb_slot = other if it is valid and below the limit, else zb_mode=recover; rewrite config.txt, reboot normally",
+    then: "slot invalid; zb_slot = other if it is valid, below the limit and holds a kernel and a .dtb file, else zb_mode=recover; rewrite config.txt, reboot normally",
     guard: (_s, e) => e.permanent,
     apply: (s, e) => {
       const other = otherSlot(e.booted);

@@ -4,19 +4,36 @@
  * enclave I) and by the enclave (`zboot`: installs S). Order matters:
  * machine.ts tries rows in table order.
  */
-import { DEFAULTS, logEvent, otherSlot } from "./state.ts";
-import { endTry, row, type Effect, type Row } from "./rules.ts";
+import { DEFAULTS, logEvent, otherSlot, type BootState, type Slot } from "./state.ts";
+import { endTry, row, switchable, type Effect, type Row } from "./rules.ts";
+
+/** Why a person cannot switch to `slot` (B5, R2), for a refusal. */
+const notSwitchable = (s: BootState, slot: Slot) =>
+  !s.slots[slot].valid ? `slot ${slot} is not valid` : `slot-${slot}/ holds no kernel or no .dtb file, so the firmware would boot nothing`;
+
+/** End a try still armed or running, without failing it (B2, R1, S1): the slot is left as it is. */
+function dropTry(s: BootState, why: string, effects: Effect[]): void {
+  if (!s.trySlot) return;
+  endTry(s, false, `pending try of ${s.trySlot} dropped ${why}`);
+  effects.push({ kind: "delete-tryboot" });
+}
 
 export const OS_ROWS: readonly Row[] = [
   // ---- zb, in the running OS
   row({
+    id: "G4", actor: "zb", event: "mark-good",
+    when: "as G1, but the try slot is invalid (made so during the try: by hand, or by a zb without B3/S1 dropping the try)",
+    then: "refused: a slot known to be broken is never committed (the try fails at the next reset, N3)",
+    guard: (s, e) => e.tryboot && s.status === "trying" && s.trySlot === e.booted && !s.slots[e.booted].valid,
+    refuse: (_s, e) => `slot ${e.booted} is not valid (zb_valid_${e.booted}=0): it cannot be committed; \`zb mark-bad\` ends the try now`,
+  }),
+  row({
     id: "G1", actor: "zb", event: "mark-good",
-    when: "try boot of zb_try_slot, kernel_status=trying",
+    when: "try boot of zb_try_slot, kernel_status=trying, the slot valid",
     then: "commit: zb_slot = try slot, kernel_status=\"\", counter 0, rewrite config.txt, remove tryboot.txt",
-    guard: (s, e) => e.tryboot && s.status === "trying" && s.trySlot === e.booted,
+    guard: (s, e) => e.tryboot && s.status === "trying" && s.trySlot === e.booted && s.slots[e.booted].valid,
     apply: (s, e) => {
       s.committed = e.booted;
-      s.slots[e.booted].valid = true;
       s.slots[e.booted].bootCount = 0;
       s.fixups = 0;
       endTry(s, false, `slot ${e.booted} committed`);
@@ -61,26 +78,30 @@ export const OS_ROWS: readonly Row[] = [
   }),
   row({
     id: "B5", actor: "zb", event: "mark-bad",
-    when: "as B2, but the other slot is not valid and there is no recovery enclave",
+    when: "as B2, but the other slot is not valid or its folder holds no kernel or no .dtb file, and there is no recovery enclave",
     then: "refused (nothing else could boot)",
-    guard: (s, e) => e.which === "booted" && !e.tryboot && s.committed === e.booted && !s.slots[otherSlot(e.booted)].valid && !s.enclave,
-    refuse: (_s, e) => `slot ${otherSlot(e.booted)} is not valid and there is no recovery enclave (zboot/ holds no kernel or no .dtb file): nothing else could boot`,
+    guard: (s, e) => e.which === "booted" && !e.tryboot && s.committed === e.booted && !switchable(s, otherSlot(e.booted)) && !s.enclave,
+    refuse: (s, e) => `${notSwitchable(s, otherSlot(e.booted))} and there is no recovery enclave (zboot/ holds no kernel or no .dtb file): nothing else could boot`,
   }),
   row({
     id: "B2", actor: "zb", event: "mark-bad",
     when: "mark-bad booted, on a normal boot of zb_slot",
-    then: "slot invalid; zb_slot = other with a fresh counter if it is valid, else zb_mode=recover; rewrite config.txt",
+    then: "slot invalid, any try dropped; zb_slot = other with a fresh counter if it is valid and its folder holds a kernel and a .dtb file, else zb_mode=recover; rewrite config.txt",
     guard: (s, e) => e.which === "booted" && !e.tryboot && s.committed === e.booted,
     apply: (s, e) => {
       const other = otherSlot(e.booted);
+      const effects: Effect[] = [{ kind: "write-config" }];
+      // A try armed from here is moot once the committed slot changes (or recovery begins); left
+      // in place it would name the committed slot as the one being tried.
+      dropTry(s, "by mark-bad", effects);
       s.slots[e.booted].valid = false;
       // A fresh counter, as R1 gives: a person chose it, and an exhausted counter would send the next boot to N8.
-      if (s.slots[other].valid) {
+      if (switchable(s, other)) {
         s.committed = other;
         s.slots[other].bootCount = 0;
       } else s.mode = "recover";
       logEvent(s, `slot ${e.booted} marked bad, next boot: ${s.mode === "recover" ? "recovery" : other}`);
-      return [{ kind: "write-config" }];
+      return effects;
     },
   }),
   row({
@@ -118,17 +139,27 @@ export const OS_ROWS: readonly Row[] = [
     refuse: (s, e) => `the booted slot ${e.booted} is neither the committed slot ${s.committed} nor the slot being tried`,
   }),
   row({
+    id: "R3", actor: "zb", event: "rollback",
+    when: "a try is armed or running (kernel_status try or trying)",
+    then: "abandon the update: the try failed (the try slot invalid, tryboot.txt removed), zb_slot kept: the next boot is the committed slot",
+    // The untested slot is the one being abandoned: "the other slot than zb_slot" is the try slot
+    // itself here, and R1 would commit it without a mark-good (mender rollback, rauc mark-bad booted).
+    guard: (s) => s.status !== "" && s.trySlot !== null,
+    apply: (s) => {
+      endTry(s, true, `update to ${s.trySlot} abandoned by rollback, the try failed`);
+      return [{ kind: "delete-tryboot" }];
+    },
+  }),
+  row({
     id: "R1", actor: "zb", event: "rollback",
-    when: "the other slot than zb_slot is valid, zb_mode=run",
-    then: "zb_slot = other with a fresh counter, any try dropped, rewrite config.txt (takes effect at the next boot)",
-    guard: (s) => s.mode === "run" && s.slots[otherSlot(s.committed)].valid,
+    when: "no try, the other slot than zb_slot is valid and its folder holds a kernel and a .dtb file, zb_mode=run",
+    then: "zb_slot = other with a fresh counter, rewrite config.txt (takes effect at the next boot)",
+    guard: (s) => s.mode === "run" && switchable(s, otherSlot(s.committed)),
     apply: (s) => {
       const to = otherSlot(s.committed);
       const effects: Effect[] = [{ kind: "write-config" }];
-      if (s.trySlot) {
-        endTry(s, false, `pending try of ${s.trySlot} dropped by rollback`);
-        effects.push({ kind: "delete-tryboot" });
-      }
+      // Only zb_try_slot left without a kernel_status (a hand edit): R3 took every real try.
+      dropTry(s, "by rollback", effects);
       s.committed = to;
       s.slots[to].bootCount = 0;
       logEvent(s, `rollback to ${to} requested`);
@@ -137,11 +168,14 @@ export const OS_ROWS: readonly Row[] = [
   }),
   row({
     id: "R2", actor: "zb", event: "rollback",
-    when: "the other slot is invalid, or zb_mode is not run",
+    when: "the other slot is invalid or its folder holds no kernel or no .dtb file, or zb_mode is not run",
     then: "refused",
     guard: () => true,
-    refuse: (s) =>
-      s.mode !== "run" ? `zb_mode is ${s.mode}` : `slot ${otherSlot(s.committed)} is not valid (an interrupted install or a failed try)`,
+    refuse: (s) => {
+      const other = otherSlot(s.committed);
+      if (s.mode !== "run") return `zb_mode is ${s.mode}`;
+      return s.slots[other].valid ? notSwitchable(s, other) : `slot ${other} is not valid (an interrupted install or a failed try)`;
+    },
   }),
   row({
     id: "A1", actor: "zb", event: "arm-try",
@@ -184,6 +218,7 @@ export const OS_ROWS: readonly Row[] = [
     then: "zb_mode=install, any try dropped, tryboot.txt → zboot/, reboot \"0 tryboot\" (a crashing enclave falls back)",
     guard: (s) => s.mode === "run" && s.enclave,
     apply: (s) => {
+      // Not dropTry: its delete-tryboot would remove the tryboot.txt written for the enclave (commit.ts deletes last).
       if (s.trySlot) endTry(s, false, `pending try of ${s.trySlot} dropped for the enclave`);
       s.mode = "install";
       logEvent(s, "entering the enclave to install");
@@ -200,12 +235,16 @@ export const OS_ROWS: readonly Row[] = [
   row({
     id: "S1", actor: "zboot", event: "install-begin",
     when: "the slot is not zb_slot",
-    then: "the slot is invalid until install-end (an interrupted install leaves it so)",
+    then: "the slot is invalid until install-end (an interrupted install leaves it so), zb_installing = the slot; a pending try of it is dropped",
     guard: (s, e) => e.slot !== s.committed,
     apply: (s, e) => {
+      const effects: Effect[] = [];
+      // A try of the slot being overwritten would boot half-written files.
+      if (s.trySlot === e.slot) dropTry(s, "for an install into it", effects);
       s.slots[e.slot] = { valid: false, bootCount: 0, version: "", serial: 0 };
+      s.installing = e.slot;
       logEvent(s, `install into ${e.slot} started`);
-      return [];
+      return effects;
     },
   }),
   row({
@@ -216,12 +255,23 @@ export const OS_ROWS: readonly Row[] = [
     refuse: (_s, e) => `slot ${e.slot} is the committed slot`,
   }),
   row({
+    id: "S4", actor: "zboot", event: "install-end",
+    when: "the slot is zb_slot, or no install into it was begun (zb_installing is not the slot)",
+    then: "refused (only a slot S1 made invalid before writing it may be made valid)",
+    guard: (s, e) => e.slot === s.committed || s.installing !== e.slot,
+    refuse: (s, e) =>
+      e.slot === s.committed
+        ? `slot ${e.slot} is the committed slot`
+        : `no install into slot ${e.slot} was begun (zb_installing=${s.installing ?? ""}): install-begin first, so that an interrupted write leaves the slot invalid`,
+  }),
+  row({
     id: "S3", actor: "zboot", event: "install-end",
-    when: "always",
-    then: "the slot is valid, with its version and serial",
+    when: "the slot is zb_installing",
+    then: "the slot is valid, with its version and serial; zb_installing cleared",
     guard: () => true,
     apply: (s, e) => {
       s.slots[e.slot] = { valid: true, bootCount: 0, version: e.version, serial: e.serial };
+      s.installing = null;
       logEvent(s, `install into ${e.slot} finished: ${e.version}`);
       return [];
     },

@@ -60,7 +60,14 @@ export interface Row<K extends EventKind = EventKind> {
 /** Fixup reboots allowed before zbunlock stops steering the firmware. */
 export const MAX_FIXUPS = 2;
 
-export const usable = (s: BootState, slot: Slot) => s.slots[slot].valid && s.slots[slot].bootCount < s.bootLimit;
+/**
+ * A slot an automatic switch may go to: valid, below the limit, and with the
+ * kernel and .dtb file the firmware needs in its folder (the firmware ignores
+ * an os_prefix without them, and a config.txt pointing there boots nothing).
+ */
+export const usable = (s: BootState, slot: Slot) => s.slots[slot].valid && s.bootable[slot] && s.slots[slot].bootCount < s.bootLimit;
+/** A slot a person may switch to (B2, R1): valid and bootable; the counter is made fresh. */
+export const switchable = (s: BootState, slot: Slot) => s.slots[slot].valid && s.bootable[slot];
 export const exhausted = (s: BootState, slot: Slot) => !s.slots[slot].valid || s.slots[slot].bootCount >= s.bootLimit;
 /** What config.txt should boot: the committed slot, or zboot in recover mode. */
 export const misdirected = (s: BootState, booted: Slot) => s.mode === "recover" || booted !== s.committed;

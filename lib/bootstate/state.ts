@@ -39,10 +39,19 @@ export interface BootState {
    * backend looks (commit.ts); readState alone assumes one. Never written.
    */
   enclave: boolean;
+  /**
+   * Each slot's folder holds what the firmware needs to boot it (a kernel and
+   * a .dtb file): an automatic switch to a slot without them would boot
+   * nothing. Not an env variable: the backend looks (commit.ts); readState
+   * alone assumes both do. Never written.
+   */
+  bootable: Record<Slot, boolean>;
   committed: Slot;
   trySlot: Slot | null;
   /** Re-arms left for a try lost before its initramfs ran. */
   tryLeft: number;
+  /** The slot an install was begun into (S1) and not yet finished (S3). */
+  installing: Slot | null;
   bootLimit: number;
   mode: Mode;
   slots: Record<Slot, SlotState>;
@@ -63,6 +72,7 @@ export const VAR = {
   committed: "zb_slot",
   trySlot: "zb_try_slot",
   tryLeft: "zb_try_left",
+  installing: "zb_installing",
   bootLimit: "zb_boot_limit",
   mode: "zb_mode",
   serialFloor: "zb_serial_floor",
@@ -102,9 +112,11 @@ export function readState(vars: ReadonlyMap<string, string>): BootState {
     status: known ? rawStatus : "",
     unknownStatus: known ? null : rawStatus,
     enclave: true,
+    bootable: { a: true, b: true },
     committed: oneOf(VAR.committed, get(VAR.committed), SLOTS, "a"),
     trySlot: get(VAR.trySlot) === "" ? null : oneOf(VAR.trySlot, get(VAR.trySlot), SLOTS, "a"),
     tryLeft: count(VAR.tryLeft, get(VAR.tryLeft), 0),
+    installing: get(VAR.installing) === "" ? null : oneOf(VAR.installing, get(VAR.installing), SLOTS, "a"),
     bootLimit: atLeastOne(VAR.bootLimit, count(VAR.bootLimit, get(VAR.bootLimit), DEFAULTS.bootLimit)),
     mode: oneOf(VAR.mode, get(VAR.mode), ["run", "install", "recover"] as const, "run"),
     serialFloor: count(VAR.serialFloor, get(VAR.serialFloor), 0),
@@ -128,6 +140,7 @@ export function stateVars(s: BootState): Map<string, string> {
   put(VAR.committed, s.committed);
   put(VAR.trySlot, s.trySlot ?? "");
   put(VAR.tryLeft, s.trySlot ? String(s.tryLeft) : "");
+  put(VAR.installing, s.installing ?? "");
   put(VAR.bootLimit, String(s.bootLimit));
   put(VAR.mode, s.mode);
   put(VAR.serialFloor, String(s.serialFloor));
@@ -157,7 +170,7 @@ export function stateChanges(before: ReadonlyMap<string, string>, after: BootSta
 
 /** Every variable this module owns; user variables in the env are left alone. */
 export function ownedNames(): string[] {
-  const names: string[] = [VAR.status, VAR.committed, VAR.trySlot, VAR.tryLeft, VAR.bootLimit, VAR.mode, VAR.serialFloor, VAR.fixups, VAR.seq, VAR.log];
+  const names: string[] = [VAR.status, VAR.committed, VAR.trySlot, VAR.tryLeft, VAR.installing, VAR.bootLimit, VAR.mode, VAR.serialFloor, VAR.fixups, VAR.seq, VAR.log];
   for (const s of SLOTS) names.push(VAR.valid(s), VAR.bootCount(s), VAR.version(s), VAR.serial(s));
   return names;
 }
@@ -183,7 +196,7 @@ export function logOnce(s: BootState, text: string, within = 2): void {
 
 /** Deep copy, so transitions never mutate their input. */
 export function cloneState(s: BootState): BootState {
-  return { ...s, log: [...s.log], slots: { a: { ...s.slots.a }, b: { ...s.slots.b } } };
+  return { ...s, bootable: { ...s.bootable }, log: [...s.log], slots: { a: { ...s.slots.a }, b: { ...s.slots.b } } };
 }
 
 export function otherSlot(s: Slot): Slot {

@@ -228,8 +228,13 @@ describe("refusals and bad input", () => {
     const t = Bun.spawnSync(withTempVarLock([BIN, "reboot", "--try", "b", ...at]), { env: { ...process.env, ZB_NO_REBOOT: "1" } });
     expect(t.exitCode).toBe(10);
     expect(t.stderr.toString()).toContain("cannot arm-try: slot-b/ holds no kernel (vmlinuz), so the firmware would boot nothing");
+    // rollback too, though b is valid: the stage's backend looks into slot-b/ on the partition it was given (row R2)
+    const r = Bun.spawnSync(withTempVarLock([BIN, "rollback", ...at]), { env: { ...process.env, ZB_NO_REBOOT: "1" } });
+    expect(r.exitCode).toBe(10);
+    expect(r.stderr.toString()).toContain("cannot rollback: slot-b/ holds no kernel or no .dtb file, so the firmware would boot nothing");
     expect(Buffer.concat([readFileSync(join(fresh, "zb/zb.env")), readFileSync(join(fresh, "zb/zb.env.redund"))]).equals(before)).toBe(true);
     expect(existsSync(join(fresh, "tryboot.txt"))).toBe(false);
+    expect(readFileSync(join(fresh, "config.txt"), "utf8")).toContain("os_prefix=slot-a/");
   });
 
   test("a slot folder with a kernel but no .dtb file: init warns, reboot --try refuses (the firmware ignores such an os_prefix)", () => {

@@ -105,6 +105,12 @@ export function unlockFixture() {
     for (const d of [boot, join(root, "proc"), join(root, "etc/zb"), join(root, "sys/class/block/vdb"), join(root, "sys/class/block/vda1"), join(root, "dev"), fakeBin]) mkdirSync(d, { recursive: true });
     writeFileSync(join(boot, "config.txt"), "kernel=vmlinuz\n");
     writeFileSync(join(boot, "cmdline.txt"), "console=ttyAMA0\n");
+    // Both slots bootable: a rollback (N7, U2) goes only to a slot whose folder the firmware can boot.
+    for (const s of ["slot-a", "slot-b"]) {
+      mkdirSync(join(boot, s), { recursive: true });
+      writeFileSync(join(boot, s, "vmlinuz"), "a kernel\n");
+      writeFileSync(join(boot, s, "bcm2711-rpi-4-b.dtb"), "a device tree\n");
+    }
     expect(run(["init", "--boot", boot, "--slot", "a", "--valid", "a,b"]).code).toBe(0);
     writeFileSync(join(root, "proc/cmdline"), `${readFileSync(join(boot, "slot-a/cmdline.txt"), "utf8").trim()} zb.hsm_wait=1\n`);
     // The slot's root volume: a 16 MiB file, seen by zbunlock as /dev/vdb.

@@ -47,3 +47,18 @@ test.each([
   expect(b.missingIn("zboot/")).toBe(after);
   expect(b.hasEnclave()).toBe(after === null);
 });
+
+test("slotBootable: slot-X/ needs a kernel and a .dtb file, like zboot/", () => {
+  const b = bootWith([], "vmlinuz");
+  const put = (rel: string) => {
+    mkdirSync(join(b.bootDir, rel, ".."), { recursive: true });
+    writeFileSync(join(b.bootDir, rel), rel);
+  };
+  expect([b.slotBootable("a"), b.slotBootable("b")]).toEqual([false, false]); // no folders at all
+  put("slot-a/vmlinuz");
+  put("slot-b/vmlinuz");
+  put("slot-a/bcm2711-rpi-4-b.dtb");
+  expect([b.slotBootable("a"), b.slotBootable("b")]).toEqual([true, false]);
+  put("slot-b/bcm2712-rpi-5-b.dtb");
+  expect(b.slotBootable("b")).toBe(true);
+});

@@ -151,6 +151,56 @@ describe("boot cycles", () => {
     expect(() => d.zb({ kind: "rollback" })).toThrow(expect.objectContaining({ code: "STATE_REFUSED" }));
   });
 
+  test("zb rollback on the try boot abandons the update: the next boot is a, b is invalid and never committed", () => {
+    const d = device();
+    d.bootUntilRunning();
+    d.zb({ kind: "arm-try", slot: "b" });
+    expect(d.bootUntilRunning().fw).toMatchObject({ file: "tryboot.txt", target: "b" });
+    expect(d.zb({ kind: "rollback" }).trace).toEqual(["R3"]);
+    expect(existsSync(join(d.boot, "tryboot.txt"))).toBe(false);
+    d.fw.powerCut();
+    const next = d.bootUntilRunning();
+    expect(next.fw).toMatchObject({ file: "config.txt", target: "a" });
+    expect(next.outcome?.trace).toEqual(["N9"]);
+    expect(d.state()).toMatchObject({ committed: "a", status: "", trySlot: null });
+    expect(d.state().slots.b.valid).toBe(false);
+    expect(configPrefix(d)).toBe("slot-a/");
+  });
+
+  test("zb rollback with a try armed but not yet booted: the reboot into it starts a, not b", () => {
+    const d = device();
+    d.bootUntilRunning();
+    d.zb({ kind: "arm-try", slot: "b" }); // the firmware holds the tryboot flag now
+    d.zb({ kind: "rollback" });
+    const next = d.bootUntilRunning();
+    expect(next.fw).toMatchObject({ file: "config.txt", target: "a" });
+    expect(d.state()).toMatchObject({ committed: "a", status: "" });
+    expect(d.state().slots.b.valid).toBe(false);
+  });
+
+  test("the other slot's folder has no kernel: after the limit, recovery (not a rollback the firmware cannot boot)", () => {
+    const d = device();
+    rmSync(join(d.boot, "slot-b/vmlinuz"));
+    d.bootUntilRunning();
+    // nor by hand: zb rollback is refused, nothing written
+    const before = d.state();
+    expect(() => d.zb({ kind: "rollback" })).toThrow(expect.objectContaining({ code: "STATE_REFUSED", message: expect.stringContaining("slot-b/ holds no kernel") }));
+    expect(d.state()).toEqual(before);
+    for (let i = 0; i < 2; i++) d.bootUntilRunning(); // a boots 3 times without mark-good
+    const r = d.bootUntilRunning();
+    expect(r.end).toBe("zboot");
+    expect(d.history.at(-2)!.outcome!.trace).toEqual(["N8"]);
+    expect(d.state()).toMatchObject({ committed: "a", mode: "recover" });
+  });
+
+  test("the other slot's folder has no .dtb file and there is no enclave: the committed slot boots on (N10)", () => {
+    const d = device(undefined, { enclave: false });
+    rmSync(join(d.boot, "slot-b/bcm2711-rpi-4-b.dtb"));
+    for (let i = 0; i < 5; i++) d.bootUntilRunning();
+    expect(d.history.map((h) => `${h.fw.target}:${h.outcome!.trace.join(",")}`)).toEqual(["a:N9", "a:N9", "a:N9", "a:N10", "a:N10"]);
+    expect(d.state()).toMatchObject({ committed: "a", mode: "run" });
+  });
+
   test("enter the enclave by tryboot; a crash there falls back to the slot", () => {
     const d = device();
     d.bootUntilRunning();
