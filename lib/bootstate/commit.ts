@@ -14,8 +14,8 @@
  *
  * So a cut before 2 leaves the old state in force (its files are intact or
  * only unread extras), and a cut after 2 leaves the new state in force with
- * derived files that the next boot repairs. test/lib/bootstate/powercut.test.ts
- * cuts at every write, fsync and rename of every transition.
+ * derived files that the next boot repairs. test/lib/bootstate/powercut-*.test.ts
+ * cut at every write, fsync and rename of every transition and check this order.
  *
  * A failure after 2 (config.txt cannot be replaced: a full or failing boot
  * partition) is treated the same way: the decision is recorded, so the
