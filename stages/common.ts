@@ -55,10 +55,18 @@ export interface RebooterOptions {
   /**
    * zbunlock: a reboot that cannot be started (IO, e.g. the JIT-less
    * hand-over to `zb reboot --raw` failed) becomes a pending reboot, exit 12,
-   * on which the initramfs script reboots plainly; the state is committed
-   * already and a plain reboot starts the committed slot.
+   * on which the initramfs script reboots with the argument recorded (see
+   * recordPending), or plainly; the state is committed already and a plain
+   * reboot starts the committed slot.
    */
   pendOnFailure?: boolean;
+  /**
+   * With pendOnFailure: called with the argument of the reboot that became
+   * pending, so the initramfs script can make that reboot (zbunlock records
+   * it in /run/zb/reboot-param). A failure here is a warning: the script
+   * then reboots plainly.
+   */
+  recordPending?: (arg: string | null) => void;
   /** Tests: instead of lib/sys/reboot.ts. */
   rebootNow?: (arg: string | null, root: string) => void;
 }
@@ -81,8 +89,13 @@ export function rebooter(args: ParsedArgs, tool: string, opts: RebooterOptions =
         now(arg, args.values.get("root") ?? "/");
       } catch (e) {
         if (!opts.pendOnFailure || !isZbError(e, "IO")) throw e;
-        err(`${tool}: ${e.message}: exit 12, a plain reboot is needed\n`);
+        err(`${tool}: ${e.message}: exit 12, a reboot (${how}) is needed\n`);
         pending = how;
+        try {
+          opts.recordPending?.(arg);
+        } catch (f) {
+          err(`${tool}: warning: cannot record the reboot argument for the boot script: ${(f as Error).message}\n`);
+        }
       }
     },
     pending: () => pending,

@@ -12,10 +12,12 @@
  * the JIT on, which does exactly that and never returns.
  */
 import { existsSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { ZbError } from "../errors.ts";
+import { writeFileAtomic } from "./atomic.ts";
 import { jitOff, runWithJit, type JitSpawner } from "./jit.ts";
 import { libc } from "./libc.ts";
+import type { Sys } from "./sys.ts";
 
 // include/uapi/linux/reboot.h
 const MAGIC1 = 0xfee1dead;
@@ -87,4 +89,24 @@ function viaSyscall(arg: string | null): never {
   const buf = Buffer.from(`${arg ?? ""}\0`, "latin1");
   const rc = c.syscall(nr, MAGIC1, MAGIC2, arg ? CMD_RESTART2 : CMD_RESTART, ptr(buf));
   throw new ZbError("IO", `cannot reboot: reboot(2) returned ${rc} (needs CAP_SYS_BOOT)`);
+}
+
+/**
+ * Where zbunlock leaves the argument of a reboot it could not start (exit
+ * 12, REBOOT_PENDING), relative to the root: initramfs-tools'
+ * scripts/local-top/zb reads it and reboots with it (`zb reboot --raw
+ * --param ARG`), so a re-arm ("0 tryboot", row N1) is not spent on a plain
+ * reboot. One line: the argument, empty for a plain reboot. /run is a fresh
+ * tmpfs at every boot, so no earlier boot's line is found there.
+ */
+export const PENDING_REBOOT_FILE = "run/zb/reboot-param";
+
+/**
+ * Record the reboot a caller needs and could not make ({@link PENDING_REBOOT_FILE}).
+ * @throws {ZbError} IO
+ */
+export function recordPendingReboot(sys: Sys, root: string, arg: string | null): void {
+  const path = join(root, PENDING_REBOOT_FILE);
+  sys.mkdirp(dirname(path));
+  writeFileAtomic(sys, path, `${arg ?? ""}\n`);
 }

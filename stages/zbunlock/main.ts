@@ -20,11 +20,12 @@ import { runTransition } from "../../lib/bootstate/commit.ts";
 import { bootedFrom, readPlatform, type Platform } from "../../lib/bootloader/platform.ts";
 import type { LoadedCredentials } from "../../lib/luks/credmeta.ts";
 import { CODES, ZbError } from "../../lib/errors.ts";
-import { HostSys } from "../../lib/sys/sys.ts";
+import { HostSys, type Sys } from "../../lib/sys/sys.ts";
+import { recordPendingReboot } from "../../lib/sys/reboot.ts";
 import { jitOff, runWithJit, tieToParent } from "../../lib/sys/jit.ts";
 import { FFI_BACKENDS } from "../../lib/hsm/types.ts";
 import { loadBackend } from "../../lib/hsm/open.ts";
-import { BOOT_OPTIONS, BOOT_OPTIONS_HELP, host, rebooter } from "../common.ts";
+import { BOOT_OPTIONS, BOOT_OPTIONS_HELP, host, rebooter, type RebooterOptions } from "../common.ts";
 import { err, out } from "../output.ts";
 import { report } from "../zb/boot.ts";
 import { HSM_OPTIONS } from "../zb/hsm.ts";
@@ -69,7 +70,9 @@ Without --boot, zbunlock mounts zb.boot=DEV from the kernel command line
 zb.boot_wait=SECONDS (default 10) for the device to appear.
 
 Exit status: 0 boot on (root unlocked, or no credentials); 12 a reboot is
-needed (--no-reboot); others: docs/exit-codes.md.`;
+needed (--no-reboot, or it could not be started: its argument is then in
+/run/zb/reboot-param, which local-top/zb reboots with); others:
+docs/exit-codes.md.`;
 
 const DEFAULT_BOOT_DEVICE = "/dev/mmcblk0p1";
 const MOUNT_POINT = "/run/zb/boot";
@@ -187,7 +190,7 @@ async function act(args: ParsedArgs, sys: HostSys, root: string, p: Platform, cr
 async function actOn(args: ParsedArgs, root: string, p: Platform, creds: () => LoadedCredentials | null, booted: ReturnType<typeof bootedFrom>, mount: BootMount): Promise<number> {
   const h = host(args, mount.dir);
   const dryRun = args.flags.has("dry-run");
-  const r = rebooter(args, "zbunlock", { pendOnFailure: true });
+  const r = rebooter(args, "zbunlock", pendingRecorded(h.sys, root));
   let outcome: ReturnType<typeof runTransition>;
   try {
     outcome = runTransition(
@@ -239,6 +242,11 @@ async function actOn(args: ParsedArgs, root: string, p: Platform, creds: () => L
   throw new ZbError("INTERNAL", "internal error: the transition neither continued nor rebooted");
 }
 
+/** A failed reboot becomes exit 12, its argument left in /run/zb/reboot-param for local-top/zb (lib/sys/reboot.ts). */
+function pendingRecorded(sys: Sys, root: string): RebooterOptions {
+  return { pendOnFailure: true, recordPending: (arg) => recordPendingReboot(sys, root, arg) };
+}
+
 /** The boot transition failed in a way the unlock does not depend on (see {@link UNRECORDED}). */
 class StateFailure extends Error {
   constructor(readonly failure: ZbError) {
@@ -262,7 +270,7 @@ async function unrecorded(e: unknown, args: ParsedArgs, sys: HostSys, root: stri
     // A try that cannot be recorded must not run: its mark-good could commit a slot whose try
     // already failed (T3). A plain reboot loses the one-shot tryboot flag: config.txt's slot boots.
     err("zbunlock: a try boot does not run unrecorded: rebooting into the committed slot\n");
-    const r = rebooter(args, "zbunlock", { pendOnFailure: true });
+    const r = rebooter(args, "zbunlock", pendingRecorded(sys, root));
     r.reboot(null);
     // A reboot that returned (queued, or not performed) must not let this boot go on: 12.
     return CODES.REBOOT_PENDING;

@@ -56,6 +56,13 @@ interface Setup {
    * failed reboot -f would otherwise never end).
    */
   lockStatus?: number;
+  /**
+   * Set: zbunlock leaves this line in /run/zb/reboot-param before it exits
+   * (the argument of a reboot it could not make), and a fake `zb` is on
+   * PATH whose `zb reboot --raw` acts as `reboot` does by `zbReboot`.
+   */
+  rebootParam?: string | undefined;
+  zbReboot?: "kill" | "fail" | undefined;
 }
 
 /** Replace each `from` (which must occur) by `to`. */
@@ -68,8 +75,8 @@ function rewrite(text: string, pairs: [string, string][]): string {
 }
 
 /** A boot script with its fixed paths pointing into t. */
-function rewritten(t: string, script: string, functions: string): string {
-  return rewrite(readFileSync(script, "utf8"), [[". /scripts/functions\n", `. ${functions}\n`], [". /scripts/zb-functions\n", `. ${t}/zb-functions\n`]]);
+function rewritten(t: string, script: string, functions: string, more: [string, string][] = []): string {
+  return rewrite(readFileSync(script, "utf8"), [[". /scripts/functions\n", `. ${functions}\n`], [". /scripts/zb-functions\n", `. ${t}/zb-functions\n`], ...more]);
 }
 
 function run(shell: string[], s: Setup): { code: number | null; signal: string | null; out: string; err: string; calls: string[] } {
@@ -79,7 +86,7 @@ function run(shell: string[], s: Setup): { code: number | null; signal: string |
   mkdirSync(join(t, "bin"));
   writeFileSync(join(t, "cmdline"), s.cmdline + "\n");
   writeFileSync(join(t, "zb-functions"), rewrite(readFileSync(ZB_FUNCTIONS, "utf8"), [["/proc/cmdline", `${t}/cmdline`], ["/run/zb/prestart", `${t}/prestart`]]));
-  writeFileSync(join(t, "local-top-zb"), rewritten(t, SCRIPT, s.functions));
+  writeFileSync(join(t, "local-top-zb"), rewritten(t, SCRIPT, s.functions, [["/run/zb/reboot-param", `${t}/reboot-param`]]));
   writeFileSync(join(t, "prestart-zb"), rewritten(t, PRESTART, s.functions));
   if (s.status !== null) {
     // With --go-file: wait for it (at most 10 s) and take it, as
@@ -99,13 +106,20 @@ function run(shell: string[], s: Setup): { code: number | null; signal: string |
         `sfd=; [ "\${3:-}" = --status-fd ] && sfd=$4\n` +
         `for fd in 3 4; do [ "$fd" != "$sfd" ] && [ -e /proc/$$/fd/$fd ] && echo "fd $fd leaked" >>"${log}"; done\n` +
         `if [ "\${1:-}" = --go-file ]; then ${early}; ${report}${linger}fi\n` +
-        `[ "\${1:-}" = --lock-only ] && exit ${s.lockStatus ?? 0}\nexit ${s.status}\n`,
+        `[ "\${1:-}" = --lock-only ] && exit ${s.lockStatus ?? 0}\n` +
+        (s.rebootParam === undefined ? "" : `printf '%s\\n' '${s.rebootParam}' >"${t}/reboot-param"\n`) +
+        `exit ${s.status}\n`,
       { mode: 0o755 },
     );
   }
   const reboot = { kill: 'kill -KILL "$PPID"', fail: "exit 1", return: "exit 0" }[s.reboot];
   if (s.lockStatus !== undefined) writeFileSync(join(t, "bin/sleep"), `#!/bin/sh\necho "sleep $*" >>"${log}"\nkill -KILL "$PPID"\n`, { mode: 0o755 });
   writeFileSync(join(t, "bin/reboot"), `#!/bin/sh\necho "reboot $*" >>"${log}"\n${reboot}\n`, { mode: 0o755 });
+  if (s.zbReboot !== undefined) {
+    // Its arguments counted (the parameter must stay one word) and whether it runs without the JIT (it must not: bun:ffi).
+    const zbExit = { kill: 'kill -KILL "$PPID"', fail: "exit 5" }[s.zbReboot];
+    writeFileSync(join(t, "bin/zb"), `#!/bin/sh\necho "zb args=$# $* BUN_JSC_useJIT=\${BUN_JSC_useJIT-unset}" >>"${log}"\n${zbExit}\n`, { mode: 0o755 });
+  }
   const env = { PATH: `${join(t, "bin")}:/usr/bin:/bin`, ZB_FAKE_LOG: log, ...s.env };
   let other: ReturnType<typeof Bun.spawn> | null = null;
   if (s.prestart !== undefined && s.prestart !== "vanished" && s.prestart !== "reused") {
@@ -175,7 +189,7 @@ const stillOpen = (status: number) => {
 /** zbunlock's status and the command line before; the calls logged and how the script ended after. */
 interface Row {
   name: string;
-  before: { cmdline: string; status: number | null; reboot: Setup["reboot"]; prestart?: Setup["prestart"]; lockStatus?: number };
+  before: { cmdline: string; status: number | null; reboot: Setup["reboot"]; prestart?: Setup["prestart"]; lockStatus?: number; rebootParam?: string; zbReboot?: Setup["zbReboot"] };
   after: { code: number | null; signal: string | null; calls: string[] };
 }
 
@@ -200,6 +214,36 @@ describe.each(SHELLS)("with the fake functions, under %s", (shellName) => {
         signal: null,
         calls: [BEGIN, ZB, "failure zb: zbunlock needs a reboot it did not perform (exit 12); rebooting", "reboot -f", LOCK, "panic zb: reboot -f failed after zbunlock asked for a reboot"],
       },
+    },
+    {
+      name: 'exits 12 with "0 tryboot" recorded (an N1 re-arm): zb reboot --raw --param "0 tryboot", with the JIT, which never returns',
+      before: { cmdline: CMDLINE, status: 12, reboot: "kill", rebootParam: "0 tryboot", zbReboot: "kill" },
+      after: {
+        code: null,
+        signal: "SIGKILL",
+        calls: [BEGIN, ZB, 'failure zb: zbunlock needs a reboot ("0 tryboot") it did not perform (exit 12); rebooting with zb reboot --raw', "zb args=4 reboot --raw --param 0 tryboot BUN_JSC_useJIT=unset"],
+      },
+    },
+    {
+      name: 'exits 12 with "0 tryboot" recorded and zb reboot --raw fails: a plain reboot -f',
+      before: { cmdline: CMDLINE, status: 12, reboot: "kill", rebootParam: "0 tryboot", zbReboot: "fail" },
+      after: {
+        code: null,
+        signal: "SIGKILL",
+        calls: [
+          BEGIN,
+          ZB,
+          'failure zb: zbunlock needs a reboot ("0 tryboot") it did not perform (exit 12); rebooting with zb reboot --raw',
+          "zb args=4 reboot --raw --param 0 tryboot BUN_JSC_useJIT=unset",
+          'failure zb: zb reboot --raw --param "0 tryboot" failed; rebooting plainly',
+          "reboot -f",
+        ],
+      },
+    },
+    {
+      name: "exits 12 with an empty line recorded (a plain reboot): reboot -f, no zb reboot --raw",
+      before: { cmdline: CMDLINE, status: 12, reboot: "kill", rebootParam: "", zbReboot: "kill" },
+      after: { code: null, signal: "SIGKILL", calls: [BEGIN, ZB, "failure zb: zbunlock needs a reboot it did not perform (exit 12); rebooting", "reboot -f"] },
     },
     {
       name: "exits 20 (HSM_DENIED): panic naming the code",

@@ -339,3 +339,44 @@ describe("zbunlock mounts the boot partition itself", () => {
     }
   });
 });
+
+/** A fresh boot folder with both slots' files, taken over by zb init (slot a committed, b valid), and a root of its own. */
+function freshDevice(name: string): { boot: string; root: string; run: (args: string[], env?: Record<string, string | undefined>) => { code: number | null; out: string; err: string } } {
+  const b = join(dir, `boot-${name}`);
+  const r = join(dir, `root-${name}`);
+  mkdirSync(join(r, "proc/device-tree/chosen/bootloader"), { recursive: true });
+  for (const s of ["slot-a", "slot-b"]) {
+    mkdirSync(join(b, s), { recursive: true });
+    writeFileSync(join(b, s, "vmlinuz"), "a kernel\n");
+    writeFileSync(join(b, s, "bcm2711-rpi-4-b.dtb"), "a device tree\n");
+  }
+  writeFileSync(join(b, "config.txt"), "kernel=vmlinuz\n");
+  writeFileSync(join(b, "cmdline.txt"), "console=ttyAMA0 root=/dev/mapper/zb-root\n");
+  const run = (args: string[], env: Record<string, string | undefined> = { ...process.env, ZB_NO_REBOOT: "1" }) => {
+    const p = Bun.spawnSync(withTempVarLock([BIN, ...args, "--boot", b, "--root", r]), { env });
+    return { code: p.exitCode, out: p.stdout.toString(), err: p.stderr.toString() };
+  };
+  expect(run(["init", "--slot", "a", "--valid", "a,b"]).code).toBe(0);
+  writeFileSync(join(r, "proc/cmdline"), readFileSync(join(b, "slot-a/cmdline.txt")));
+  return { boot: b, root: r, run };
+}
+
+describe("a reboot zbunlock cannot start", () => {
+  test('N1 whose "0 tryboot" fails: exit 12, and the argument left in <root>/run/zb/reboot-param for local-top/zb (in a PID namespace: a bug cannot reboot the host)', () => {
+    const d = freshDevice("pending");
+    expect(d.run(["reboot", "--try", "b", "--no-reboot"]).code).toBe(0);
+    // Under "systemd" whose systemctl fails: the reboot cannot be started (IO), as when zb reboot --raw returns.
+    const fake = join(dir, "fakebin-failing");
+    mkdirSync(fake, { recursive: true });
+    writeFileSync(join(fake, "systemctl"), "#!/bin/sh\necho 'Failed to reboot: stand-in' >&2\nexit 1\n");
+    chmodSync(join(fake, "systemctl"), 0o755);
+    mkdirSync(join(d.root, "run/systemd/system"), { recursive: true });
+    const env: Record<string, string | undefined> = { ...process.env, PATH: `${fake}:${process.env.PATH}` };
+    delete env.ZB_NO_REBOOT;
+    const p = Bun.spawnSync(["unshare", "--fork", "--pid", ...withTempVarLock([BIN, "unlock", "--boot", d.boot, "--root", d.root])], { env });
+    expect(p.stdout.toString()).toContain("zbunlock: N1: ");
+    expect(p.stderr.toString()).toContain('exit 12, a reboot ("0 tryboot") is needed');
+    expect(p.exitCode).toBe(12);
+    expect(readFileSync(join(d.root, "run/zb/reboot-param"), "utf8")).toBe("0 tryboot\n");
+  });
+});
