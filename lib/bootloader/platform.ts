@@ -64,7 +64,8 @@ export function bootedFrom(p: Platform): Booted {
   return { slot, tryboot: p.params.get("kernel_status") === "trying" };
 }
 
-function dtU32(sys: Sys, path: string): number | null {
+/** A device-tree cell (u32, big-endian), or null when the node is absent or shorter. @throws {ZbError} IO */
+export function dtU32(sys: Sys, path: string): number | null {
   if (!sys.stat(path)) return null;
   const b = sys.readAt(path, 0, 4);
   if (b.length !== 4) return null;

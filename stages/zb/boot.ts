@@ -9,6 +9,7 @@ import { runTransition, type Outcome } from "../../lib/bootstate/commit.ts";
 import { TABLE, type Event } from "../../lib/bootstate/machine.ts";
 import { initBoot } from "../../lib/bootstate/init.ts";
 import { parseSlot, SLOTS, type Slot } from "../../lib/bootstate/state.ts";
+import { requireTryboot } from "../../lib/bootloader/eeprom.ts";
 import { bootedFrom } from "../../lib/bootloader/platform.ts";
 import { REFERENCE_CMDLINE } from "../../lib/bootloader/piboot.ts";
 import { describeErrno, ZbError } from "../../lib/errors.ts";
@@ -100,15 +101,22 @@ function reboot(args: ParsedArgs): number {
     if (rearms !== undefined && rearms > MAX_REARMS) throw new ZbError("USAGE", `cannot use --rearms ${rearms}: at most ${MAX_REARMS} (each re-arm is a boot that never reached the try's initramfs)`);
     const slot = parseSlot(trySlot, "try");
     // The firmware ignores an os_prefix with no kernel or no .dtb under it: a try of an empty folder boots nothing.
-    const missing = host(args).backend.missingIn(`slot-${slot}/`);
+    const h = host(args);
+    const missing = h.backend.missingIn(`slot-${slot}/`);
     if (missing !== null) {
       throw new ZbError("STATE_REFUSED", `cannot arm-try: slot-${slot}/ holds ${missing}, so the firmware would boot nothing`, {
         hint: `put the slot's boot files (kernel, initramfs, .dtb files, overlays/) into slot-${slot}/ first`,
       });
     }
+    // A Pi 4 bootloader older than tryboot would boot config.txt: N1, N1, N2 would blame the slot.
+    requireTryboot(h.sys, h.root, "arm-try");
     return transition(args, "reboot", { kind: "arm-try", slot, ...(rearms === undefined ? {} : { rearms }) });
   }
-  if (args.flags.has("recover")) return transition(args, "reboot", { kind: "enter-install" });
+  if (args.flags.has("recover")) {
+    const h = host(args);
+    requireTryboot(h.sys, h.root, "enter-install");
+    return transition(args, "reboot", { kind: "enter-install" });
+  }
   return transition(args, "reboot", { kind: "reboot" });
 }
 

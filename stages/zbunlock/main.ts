@@ -17,6 +17,7 @@ import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { onlyThese, parseArgs, type ParsedArgs } from "../../lib/cli/args.ts";
 import { runTransition } from "../../lib/bootstate/commit.ts";
+import { EEPROM_HINT, readBootloaderFacts, trybootProblem } from "../../lib/bootloader/eeprom.ts";
 import { bootedFrom, readPlatform, type Platform } from "../../lib/bootloader/platform.ts";
 import type { LoadedCredentials } from "../../lib/luks/credmeta.ts";
 import { CODES, ZbError } from "../../lib/errors.ts";
@@ -196,7 +197,15 @@ async function actOn(args: ParsedArgs, root: string, p: Platform, creds: () => L
     outcome = runTransition(
       h.backend,
       { kind: "boot", booted: booted.slot, tryboot: booted.tryboot },
-      { actor: "zbunlock", dryRun, reboot: r.reboot, announce: (o) => report(args, "zbunlock", o, args.flags.has("no-reboot"), dryRun) },
+      {
+        actor: "zbunlock",
+        dryRun,
+        reboot: r.reboot,
+        announce: (o) => {
+          report(args, "zbunlock", o, args.flags.has("no-reboot"), dryRun);
+          if (o.trace.some((id) => LOST_TRY_ROWS.has(id))) warnNoTryboot(h.sys, root);
+        },
+      },
     );
   } catch (e) {
     if (!dryRun && e instanceof ZbError && UNRECORDED.has(e.code)) throw new StateFailure(e);
@@ -245,6 +254,25 @@ async function actOn(args: ParsedArgs, root: string, p: Platform, creds: () => L
 /** A failed reboot becomes exit 12, its argument left in /run/zb/reboot-param for local-top/zb (lib/sys/reboot.ts). */
 function pendingRecorded(sys: Sys, root: string): RebooterOptions {
   return { pendOnFailure: true, recordPending: (arg) => recordPendingReboot(sys, root, arg) };
+}
+
+/** Rows of a try that never reached its initramfs: re-armed (N1), or given up (N2). */
+const LOST_TRY_ROWS: ReadonlySet<string> = new Set(["N1", "N2"]);
+
+/**
+ * A try lost before its initramfs on a Pi 4 whose EEPROM predates tryboot
+ * (`zb reboot --try` refuses such a bootloader; an EEPROM rolled back since,
+ * or a try armed by an older zb, still gets here): say that the bootloader,
+ * not the slot, is at fault. Only a line on the console; it never fails the boot.
+ */
+function warnNoTryboot(sys: Sys, root: string): void {
+  let problem: string | null;
+  try {
+    problem = trybootProblem(readBootloaderFacts(sys, root));
+  } catch {
+    return;
+  }
+  if (problem !== null) err(`zbunlock: warning: the try never reached its initramfs, and ${problem}\nzbunlock: hint: ${EEPROM_HINT}\n`);
 }
 
 /** The boot transition failed in a way the unlock does not depend on (see {@link UNRECORDED}). */
