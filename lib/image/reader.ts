@@ -279,6 +279,15 @@ function directPayloads(r: DirectReader, m: Manifest, manifestSize: number, sigS
   return async () => {
     if (index === m.payloads.length) {
       skipTo(offsets.at(-1)! + entrySpan(m.payloads.at(-1)!.stored.size) - BLOCK);
+      // A device's end is not the image's: an image written raw to a larger stick is followed by
+      // whatever the stick held before. Its archive ends with the two end-of-archive blocks (zeros;
+      // fewer when the device ends first), and nothing after them is the image's.
+      if (r.device) {
+        const end = new Uint8Array(END_BLOCKS);
+        const n = r.read(end);
+        if (end.subarray(0, n).some((b) => b !== 0)) throw bad("data follows the last payload");
+        return null;
+      }
       // One byte past the bound tells a tail that is too long without reading the rest of it.
       for (let tail = 0, n = -1; n !== 0 && tail <= MAX_TAIL; tail += n) {
         const part = buf.subarray(0, Math.min(buf.length, MAX_TAIL + 1 - tail));
@@ -311,6 +320,9 @@ function directPayloads(r: DirectReader, m: Manifest, manifestSize: number, sigS
     return { payload, index: index++, dataOffset, data: data(), readInto: (next) => void (into = next) };
   };
 }
+
+/** The two zero blocks that end a tar archive. */
+const END_BLOCKS = 2 * BLOCK;
 
 function tooLongTail(): ZbError {
   return bad(`more than ${MAX_TAIL} bytes of zeros follow the last payload (an archive's end blocks and padding are fewer)`);

@@ -39,6 +39,12 @@ export interface DirectReader {
   readonly position: number;
   /** Fill `buf` completely; @returns the bytes read (fewer only at the end of the file). */
   read(buf: Uint8Array): number;
+  /**
+   * A block device: its end is not the image's (an image written raw to a
+   * larger USB stick), so the reader stops at the archive's end blocks
+   * instead of requiring only zeros up to the end (reader.ts).
+   */
+  readonly device?: boolean;
   close(): void;
 }
 
@@ -96,6 +102,7 @@ export function stoppable(source: ImageSource, signal: AbortSignal): ImageSource
               get position() {
                 return r.position;
               },
+              ...(r.device ? { device: true } : {}),
               read(buf) {
                 if (signal.aborted) throw signal.reason;
                 return r.read(buf);
@@ -207,7 +214,9 @@ export function fileSource(path: string): ImageSource {
     file: path,
     async open(offset) {
       try {
-        if (!statSync(path).isFile() && offset > 0) throw new Error("not a regular file");
+        // A device is read with seeks as a file is (a resume from an image written raw to a stick).
+        const st = statSync(path);
+        if (!st.isFile() && !st.isBlockDevice() && offset > 0) throw new Error("not a regular file or block device");
       } catch (e) {
         throw new ZbError("IO", `cannot read image ${path}: ${(e as { code?: string }).code === "ENOENT" ? "no such file" : (e as Error).message}`);
       }
@@ -215,8 +224,10 @@ export function fileSource(path: string): ImageSource {
     },
     direct() {
       let fd: number;
+      let device: boolean;
       try {
         fd = openSync(path, "r");
+        device = fstatSync(fd).isBlockDevice();
       } catch (e) {
         throw ioError(`read image ${path}`, e);
       }
@@ -226,6 +237,7 @@ export function fileSource(path: string): ImageSource {
         get position() {
           return position;
         },
+        device,
         read(buf) {
           let done = 0;
           try {
