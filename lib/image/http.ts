@@ -83,13 +83,14 @@ export function httpSource(url: string, opts: HttpOptions = {}): ImageSource {
   const stalled = () => transient(new ZbError("IO", `cannot download ${shown}: the server sent nothing for ${Math.round(idleMs / 1000)} s`));
   const request = async (offset: number, ifRange: string | null, reconnect: boolean, abort = new AbortController()): Promise<Opened> => {
     const res = await follow(url, shown, offset, ifRange, abort, idleMs, stalled);
+    let end: number | null;
     try {
-      checkResponse(res, shown, offset, ifRange, reconnect);
+      end = checkResponse(res, shown, offset, ifRange, reconnect);
     } catch (e) {
       abort.abort(); // the body is not wanted: close the connection now
       throw e;
     }
-    return { res, abort };
+    return { res, abort, end };
   };
   /**
    * The image as the source's first response described it: the later opens
@@ -153,6 +154,8 @@ export function httpSource(url: string, opts: HttpOptions = {}): ImageSource {
 interface Opened {
   res: Response;
   abort: AbortController;
+  /** A 206 that covers less than the rest: the byte after the last one it carries (the next range starts there). */
+  end: number | null;
 }
 
 /** The connection a body is read from, replaced on each reconnection. */
@@ -201,12 +204,20 @@ async function* resumable(
   };
   for (;;) {
     try {
-      const { res, abort } = link.current();
+      const { res, abort, end } = link.current();
       for await (const part of watched(res.body as unknown as AsyncIterable<Uint8Array>, o.idleMs, abort, o.stalled, o.shown)) {
         at += part.length;
         since += part.length;
         if (since >= PROGRESS_RESETS_ATTEMPTS) attempt = 0;
+        if (end !== null && at > end) throw new ZbError("IO", `cannot download ${o.shown}: the server sent more than the range it named (bytes up to ${end - 1})`);
         yield part;
+      }
+      // A valid 206 for part of the rest, delivered whole (RFC 9110 §14.2 lets a server send less
+      // than asked): the next range is asked for at once, neither a retry nor a wait.
+      if (end !== null && at === end) {
+        await link.reopen(at);
+        if (link.closed()) return;
+        continue;
       }
       // RFC 9112 §6.3: a body shorter than its Content-Length is incomplete, not an end.
       if (total === null || at >= total) return;
@@ -251,8 +262,12 @@ function validator(res: Response): string | null {
 
 /** The image's whole length from a response starting at `offset`, when the server says it. */
 function totalLength(res: Response, offset: number): number | null {
-  const range = /\/(\d+)\s*$/.exec(res.headers.get("content-range") ?? "")?.[1];
-  if (range !== undefined) return Number(range);
+  const contentRange = res.headers.get("content-range");
+  // A partial answer's Content-Length is its range's, not the rest's: only "/length" tells ("/*": unknown).
+  if (contentRange !== null) {
+    const range = /\/(\d+)\s*$/.exec(contentRange)?.[1];
+    return range === undefined ? null : Number(range);
+  }
   const length = res.headers.get("content-length");
   return length !== null && /^\d+$/.test(length) ? offset + Number(length) : null;
 }
@@ -309,10 +324,12 @@ const TRANSIENT_STATUS = [502, 503, 504];
  * `ifRange`: this is a reconnection, and a `200` means the image changed on
  * the server (RFC 9110 §13.1.5: the whole new representation instead of the range).
  * `reconnect`: a reconnection within one download (not a --resume).
+ * @returns for a 206 that ends before the image does, the byte after its range; else null
  * @throws {ZbError} IO when the response is not the one asked for
  */
-function checkResponse(res: Response, shown: string, offset: number, ifRange: string | null, reconnect: boolean): void {
+function checkResponse(res: Response, shown: string, offset: number, ifRange: string | null, reconnect: boolean): number | null {
   if (TRANSIENT_STATUS.includes(res.status)) throw transient(new ZbError("IO", `cannot download ${shown}: HTTP ${res.status}`));
+  let end: number | null = null;
   if (offset > 0) {
     // The whole representation again: with the validator it had, the server ignores Range; with another, the image changed.
     const same = ifRange !== null && (res.headers.get("etag") === ifRange || res.headers.get("last-modified") === ifRange);
@@ -327,13 +344,23 @@ function checkResponse(res: Response, shown: string, offset: number, ifRange: st
     // and one that does not say where it starts (§15.3.7: a 206 must) could have done so.
     const range = res.headers.get("content-range");
     if (range === null) throw new ZbError("IO", `cannot resume ${shown} at byte ${offset}: the server's partial answer has no Content-Range`);
-    const start = /^bytes (\d+)-/.exec(range)?.[1];
+    const named = /^bytes (\d+)-(\d+)?\/(\d+|\*)\s*$/.exec(range) ?? /^bytes (\d+)-/.exec(range);
+    const start = named?.[1];
     if (start === undefined) throw new ZbError("IO", `cannot resume ${shown} at byte ${offset}: the server's partial answer has a Content-Range that names no range (${JSON.stringify(range.slice(0, 80))})`);
     if (Number(start) !== offset) {
       throw new ZbError("IO", `cannot resume ${shown} at byte ${offset}: the server sent the bytes from ${start} on`);
     }
+    // §14.4: "bytes first-last/complete". The image's length against the one known is compared by the caller.
+    const last = named?.[2] === undefined ? null : Number(named[2]);
+    const length = named?.[3] === undefined || named[3] === "*" ? null : Number(named[3]);
+    if (last !== null && (last < offset || (length !== null && last >= length))) {
+      throw new ZbError("IO", `cannot resume ${shown} at byte ${offset}: the server's partial answer names an impossible range (${JSON.stringify(range.slice(0, 80))})`);
+    }
+    // Less than the rest (only a known length tells): the next range follows it.
+    if (last !== null && length !== null && last + 1 < length) end = last + 1;
   } else if (res.status !== 200) throw new ZbError("IO", `cannot download ${shown}: HTTP ${res.status}`);
   if (!res.body) throw new ZbError("IO", `cannot download ${shown}: empty response`);
+  return end;
 }
 
 /**
