@@ -8,6 +8,12 @@ import type { ImageSource } from "./source.ts";
 
 /** How long an HTTP server may send nothing (headers or body) before the download fails. */
 export const DEFAULT_IDLE_SECONDS = 60;
+/**
+ * The slowest body that is not a stall, in bytes per second, averaged over
+ * the idle limit's span (curl's --speed-limit over --speed-time): a server
+ * that trickles a byte now and then never trips the idle timer.
+ */
+export const DEFAULT_MIN_SPEED = 1024;
 
 /**
  * A URL as zb shows it (messages, the journal, JSON output): without
@@ -33,6 +39,11 @@ export function displayUrl(url: string): string {
 export interface HttpOptions {
   /** How long the server may send nothing (headers or body) before the download fails. */
   idleSeconds?: number;
+  /**
+   * Fewer body bytes per second than this, over `idleSeconds` of waiting for
+   * them, is a stall too (default DEFAULT_MIN_SPEED; 0: no limit).
+   */
+  minSpeed?: number;
   /** Reconnections after the body broke off, before the download fails (default 0). */
   retries?: number;
   /** Told before each reconnection's wait (a warning, a progress event). */
@@ -81,6 +92,12 @@ export function httpSource(url: string, opts: HttpOptions = {}): ImageSource {
   // Timers hold at most 2^31 - 1 ms (~24.8 days); a larger value would fire at once.
   const idleMs = Math.min((opts.idleSeconds ?? DEFAULT_IDLE_SECONDS) * 1000, MAX_TIMER_MS);
   const stalled = () => transient(new ZbError("IO", `cannot download ${shown}: the server sent nothing for ${Math.round(idleMs / 1000)} s`));
+  const minSpeed = opts.minSpeed ?? DEFAULT_MIN_SPEED;
+  const slow: Slow = {
+    windowMs: idleMs,
+    minBytes: Math.ceil((minSpeed * idleMs) / 1000),
+    error: (got) => transient(new ZbError("IO", `cannot download ${shown}: the server sent ${got} bytes in ${Math.round(idleMs / 1000)} s, slower than ${minSpeed} bytes/s`)),
+  };
   const request = async (offset: number, ifRange: string | null, reconnect: boolean, abort = new AbortController()): Promise<Opened> => {
     const res = await follow(url, shown, offset, ifRange, abort, idleMs, stalled);
     let end: number | null;
@@ -143,7 +160,7 @@ export function httpSource(url: string, opts: HttpOptions = {}): ImageSource {
           wake = () => (clearTimeout(timer), done());
         }),
       };
-      const body = resumable(link, offset, total, { shown, idleMs, stalled, retries: opts.retries ?? 0, onRetry: opts.onRetry, delayMs: opts.delayMs ?? retryDelayMs });
+      const body = resumable(link, offset, total, { shown, idleMs, stalled, slow, retries: opts.retries ?? 0, onRetry: opts.onRetry, delayMs: opts.delayMs ?? retryDelayMs });
       // cancel(): a reader that stops early ends the request at once, even while a read or a
       // retry's wait is pending (a generator's return() would wait for them).
       return Object.assign(body, { cancel: () => ((closed = true), current.abort.abort(), inflight?.abort(), wake()) });
@@ -183,7 +200,7 @@ async function* resumable(
   link: Link,
   offset: number,
   total: number | null,
-  o: { shown: string; idleMs: number; stalled: () => ZbError; retries: number; onRetry: ((r: RetryEvent) => void) | undefined; delayMs: (attempt: number) => number },
+  o: { shown: string; idleMs: number; stalled: () => ZbError; slow: Slow; retries: number; onRetry: ((r: RetryEvent) => void) | undefined; delayMs: (attempt: number) => number },
 ): AsyncGenerator<Uint8Array> {
   let at = offset;
   let attempt = 0;
@@ -205,7 +222,7 @@ async function* resumable(
   for (;;) {
     try {
       const { res, abort, end } = link.current();
-      for await (const part of watched(res.body as unknown as AsyncIterable<Uint8Array>, o.idleMs, abort, o.stalled, o.shown)) {
+      for await (const part of watched(res.body as unknown as AsyncIterable<Uint8Array>, o.idleMs, abort, o.stalled, o.slow, o.shown)) {
         at += part.length;
         since += part.length;
         if (since >= PROGRESS_RESETS_ATTEMPTS) attempt = 0;
@@ -363,30 +380,66 @@ function checkResponse(res: Response, shown: string, offset: number, ifRange: st
   return end;
 }
 
+/** The low-speed limit: fewer than `minBytes` in `windowMs` of waiting for the body is a stall. */
+interface Slow {
+  windowMs: number;
+  /** 0: no limit. */
+  minBytes: number;
+  error(got: number): ZbError;
+}
+
 /**
  * The body's parts, each awaited under the idle timer (started when the next
- * part is asked for). A reader that stops early (a resume's header check, an
- * image closed before its end) ends the request, so no connection stays open
- * behind it.
+ * part is asked for) and the low-speed limit: the bytes of each window of
+ * `slow.windowMs` spent waiting for parts must come to `slow.minBytes`. Time
+ * the reader spends on a part it has does not count in either (a slow
+ * target is not a slow server). A reader that stops early (a resume's header
+ * check, an image closed before its end) ends the request, so no connection
+ * stays open behind it.
  */
-async function* watched(body: AsyncIterable<Uint8Array>, idleMs: number, abort: AbortController, stalled: () => ZbError, shown: string): AsyncGenerator<Uint8Array> {
+async function* watched(body: AsyncIterable<Uint8Array>, idleMs: number, abort: AbortController, stalled: () => ZbError, slow: Slow, shown: string): AsyncGenerator<Uint8Array> {
   const it = body[Symbol.asyncIterator]();
   let finished = false;
+  /** The current window: bytes received, and time spent waiting for them. */
+  let got = 0;
+  let waited = 0;
   try {
     for (;;) {
       const timer = setTimeout(() => abort.abort(), idleMs);
+      let since = performance.now();
+      let tooSlow: number | null = null;
+      let check: ReturnType<typeof setTimeout> | undefined;
+      // Checked when the window's waiting time is up, also in the middle of a wait.
+      const arm = (ms: number) => {
+        check = setTimeout(() => {
+          if (got < slow.minBytes) {
+            tooSlow = got;
+            abort.abort();
+            return;
+          }
+          got = 0;
+          waited = 0;
+          since = performance.now();
+          arm(slow.windowMs);
+        }, Math.max(0, ms));
+      };
+      if (slow.minBytes > 0) arm(slow.windowMs - waited);
       let r: IteratorResult<Uint8Array>;
       try {
         r = await it.next();
       } catch (e) {
-        throw abort.signal.aborted ? stalled() : transient(new ZbError("IO", `cannot download ${shown}: ${fetchReason(e)}`));
+        if (!abort.signal.aborted) throw transient(new ZbError("IO", `cannot download ${shown}: ${fetchReason(e)}`));
+        throw tooSlow === null || tooSlow === 0 ? stalled() : slow.error(tooSlow);
       } finally {
         clearTimeout(timer);
+        clearTimeout(check);
       }
+      waited += performance.now() - since;
       if (r.done) {
         finished = true;
         return;
       }
+      got += r.value.length;
       yield r.value;
     }
   } finally {

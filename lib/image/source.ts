@@ -10,7 +10,7 @@ import { ZbError, ioError } from "../errors.ts";
 import { isNullDevice } from "../sys/sys.ts";
 import { httpSource, type HttpOptions } from "./http.ts";
 
-export { DEFAULT_IDLE_SECONDS, DEFAULT_RETRIES, displayUrl, httpSource, retryDelayMs, type HttpOptions, type RetryEvent } from "./http.ts";
+export { DEFAULT_IDLE_SECONDS, DEFAULT_MIN_SPEED, DEFAULT_RETRIES, displayUrl, httpSource, retryDelayMs, type HttpOptions, type RetryEvent } from "./http.ts";
 
 /** A stream of image bytes that can be ended early (HTTP: the request is aborted). */
 export interface Cancelable {

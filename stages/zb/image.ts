@@ -9,7 +9,7 @@ import { install, type ProgressEvent } from "../../lib/image/install.ts";
 import type { Encoding } from "../../lib/image/manifest.ts";
 import { openImage, type Policy } from "../../lib/image/reader.ts";
 import { keySigner, loadTrustDir, type Signer } from "../../lib/image/sign.ts";
-import { DEFAULT_RETRIES, sourceFor, stoppable, type HttpOptions, type RetryEvent } from "../../lib/image/source.ts";
+import { DEFAULT_MIN_SPEED, DEFAULT_RETRIES, sourceFor, stoppable, type HttpOptions, type RetryEvent } from "../../lib/image/source.ts";
 import { verifyImage } from "../../lib/image/verify.ts";
 import { HostSys } from "../../lib/sys/sys.ts";
 import { err, out } from "../output.ts";
@@ -25,6 +25,8 @@ const POLICY = `  --trust DIR          public keys (*.pem, *.pub) to trust (defa
   --compatible C       refuse images for another product
   --serial-floor N     refuse images whose serial is below N (anti-rollback)
   --timeout S          a URL source fails when the server sends nothing for S seconds (default 60)
+  --min-speed B        ... or fewer than B bytes a second over those S seconds (a trickle;
+                       default ${DEFAULT_MIN_SPEED}; 0: no limit); both are retried as a broken link is
   --retries N          a URL download that breaks off is asked for again from where it
                        stopped, up to N times in a row (default ${DEFAULT_RETRIES}; 0: fail at once)`;
 
@@ -35,10 +37,10 @@ const USAGE: Record<string, string> = {
   Build and sign an image: the rootfs image file and/or the boot folder, each cut into
   chunks of ${DEFAULT_CHUNK} bytes (--chunk-size: a power of two from 64 KiB to 64 MiB),
   one zstd frame each (level ${DEFAULT_LEVEL}; --level 1…22).`,
-  sign: `zb image sign IN.zbi|URL|- --key K [--key K2 …] -o OUT.zbi [--json] [--timeout S] [--retries N]
+  sign: `zb image sign IN.zbi|URL|- --key K [--key K2 …] -o OUT.zbi [--json] [--timeout S] [--min-speed B] [--retries N]
   Add signatures; payload bytes are copied unchanged. OUT may be IN (re-signed in place);
   an existing OUT that is not an image is never replaced.`,
-  info: `zb image info IMAGE|URL|- [--json] [--timeout S] [--retries N]
+  info: `zb image info IMAGE|URL|- [--json] [--timeout S] [--min-speed B] [--retries N]
   The manifest and who signed it, without checking trust.`,
   verify: `zb image verify IMAGE|URL|- [--deep] [--progress=bar|json|none] [--json]
 ${POLICY}
@@ -61,11 +63,11 @@ const SPECS = {
   key: { value: true, multiple: true }, output: { short: "o", value: true }, encoding: { value: true }, level: { value: true },
   "chunk-size": { value: true }, trust: { value: true }, required: { value: true }, "serial-floor": { value: true },
   deep: {}, payload: { value: true }, to: { value: true }, journal: { value: true }, resume: {}, "read-back": {}, progress: { value: true },
-  json: {}, help: { short: "h" }, timeout: { value: true }, retries: { value: true },
+  json: {}, help: { short: "h" }, timeout: { value: true }, "min-speed": { value: true }, retries: { value: true },
 };
 
 const POLICY_OPTIONS = ["trust", "required", "compatible", "serial-floor"];
-const SOURCE_OPTIONS = ["timeout", "retries"];
+const SOURCE_OPTIONS = ["timeout", "min-speed", "retries"];
 /** Which options each subcommand reads, and how many positional arguments. */
 const TAKES = {
   create: [["compatible", "version", "serial", "rootfs", "boot", "key", "output", "encoding", "level", "chunk-size", "progress", "json"], 0],
@@ -219,7 +221,8 @@ function policy(args: ParsedArgs): Policy {
 }
 
 /**
- * Source options: the HTTP idle limit (--timeout SECONDS) and the
+ * Source options: the HTTP idle limit (--timeout SECONDS), the low-speed
+ * limit over the same span (--min-speed BYTES a second) and the
  * reconnections (--retries N), each announced as a warning on stderr, or as
  * a `retry` event with --progress=json.
  */
@@ -232,6 +235,8 @@ function source(args: ParsedArgs, mode: ProgressMode = "none"): HttpOptions {
     if (n > 2147483) throw new ZbError("USAGE", `cannot use --timeout ${n}: the longest idle time is 2147483 s (24.8 days)`);
     o.idleSeconds = n;
   }
+  const speed = args.values.get("min-speed");
+  if (speed !== undefined) o.minSpeed = number(speed, "--min-speed");
   const r = args.values.get("retries");
   if (r !== undefined) {
     o.retries = number(r, "--retries");
