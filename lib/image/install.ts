@@ -29,6 +29,7 @@ import { openTarget, type Target } from "../sys/target.ts";
 import { exactChunks } from "./chunks.ts";
 import { BLOCK, checkUstarHeader } from "./format.ts";
 import { readJournal, writeJournal, type Journal } from "./journal.ts";
+import { atomicTemp } from "../sys/atomic.ts";
 import type { Payload } from "./manifest.ts";
 import { eventLoopTurn, openImage, type OpenImage, type PayloadEntry, type Policy, type VerifiedImage } from "./reader.ts";
 import type { ImageSource } from "./source.ts";
@@ -181,6 +182,8 @@ function checkSeparateFiles(sys: Sys, source: ImageSource, opts: InstallOptions)
     { role: "the target", path: opts.target },
     { role: "the journal", path: opts.journal },
     ...(source.file !== undefined ? [{ role: "the image", path: source.file }] : []),
+    // Deleted and rewritten at each journal write: a target or an image by that name would be lost.
+    { role: "the journal's temp file", path: atomicTemp(opts.journal) },
   ].map((f) => ({ ...f, info: sys.stat(f.path) }));
   // The target's folder first: the journal's (by default beside the target) would take the blame.
   if (files[0]!.info === null && sys.stat(dirname(opts.target))?.kind !== "dir") {
@@ -194,11 +197,14 @@ function checkSeparateFiles(sys: Sys, source: ImageSource, opts: InstallOptions)
     throw new ZbError("IO", `cannot write the install journal ${opts.journal}: the folder ${dirname(opts.journal)} does not exist`);
   }
   sys.checkWritableDir(dirname(opts.journal)); // a read-only mount or folder: said before the target is touched
-  const key = (f: (typeof files)[number]) => f.info?.id ?? `path:${resolve(f.path)}`;
+  // As a path too: a temp file that does not exist now may be created, and then hold the same inode.
+  const keys = (f: (typeof files)[number]) => [`path:${resolve(f.path)}`, ...(f.info ? [f.info.id] : [])];
   for (const [i, a] of files.entries()) {
     for (const b of files.slice(i + 1)) {
-      if (key(a) !== key(b)) continue;
-      throw new ZbError("USAGE", `cannot install ${opts.payload} into ${opts.target}: ${a.role} (${a.path}) and ${b.role} (${b.path}) are the same file`);
+      if (a.role === "the journal" && b.role === "the journal's temp file") continue; // one replaces the other by design
+      if (!keys(a).some((k) => keys(b).includes(k))) continue;
+      const temp = b.role === "the journal's temp file" ? { hint: `zb writes the journal through ${b.path}, deleting what has that name first: give --journal another name` } : {};
+      throw new ZbError("USAGE", `cannot install ${opts.payload} into ${opts.target}: ${a.role} (${a.path}) and ${b.role} (${b.path}) are the same file`, temp);
     }
   }
 }

@@ -38,7 +38,7 @@ export interface AtomicOptions {
 export function writeFileAtomic(sys: Sys, path: string, data: Uint8Array | string, opts: AtomicOptions = {}): void {
   const bytes = typeof data === "string" ? Buffer.from(data, "utf8") : data;
   const dir = dirname(path);
-  const tmp = join(dir, `.${basename(path)}.zb-new`);
+  const tmp = atomicTemp(path);
   sys.unlink(tmp);
   try {
     sys.writeAt(tmp, 0, bytes, { create: true, ...keepFrom(opts.sameAs) });
@@ -55,6 +55,15 @@ export function writeFileAtomic(sys: Sys, path: string, data: Uint8Array | strin
     throw e;
   }
   sys.fsync(dir);
+}
+
+/**
+ * The temp file {@link writeFileAtomic} writes `path` through: `.NAME.zb-new`
+ * beside it. Whatever has that name is deleted first, so a caller keeps its
+ * other files off it (the install's target and image).
+ */
+export function atomicTemp(path: string): string {
+  return join(dirname(path), `.${basename(path)}.zb-new`);
 }
 
 /** writeAt options that give a new file the mode (and, as root, the owner) of `old`. */

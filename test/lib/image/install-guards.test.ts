@@ -1,0 +1,65 @@
+/**
+ * What an install must not destroy or claim, beyond the three-files rule of
+ * files.test.ts: the journal's temp file (`.NAME.zb-new` beside it, deleted
+ * and rewritten at every journal write) is neither the target nor the image;
+ * the "already installed" check of a `--resume` reads the target only once
+ * the install holds it; a read-back that failed (TARGET_MISMATCH) is not
+ * turned into "complete" by a `--resume` without `--read-back`; a seeking
+ * resume reads no more of the source than the payload.
+ */
+import { afterAll, describe, expect, test } from "bun:test";
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { install } from "../../../lib/image/install.ts";
+import type { Policy } from "../../../lib/image/reader.ts";
+import { loadTrustDir } from "../../../lib/image/sign.ts";
+import { fileSource } from "../../../lib/image/source.ts";
+import { HostSys } from "../../../lib/sys/sys.ts";
+import { buildImage, KEYS, MIN_CHUNK, sentinel, sha256, trustDir, variedBytes } from "./fixture.ts";
+
+const root = mkdtempSync(join(tmpdir(), "zb-guards-"));
+afterAll(() => rmSync(root, { recursive: true, force: true }));
+const host = new HostSys();
+const policy: Policy = { trust: loadTrustDir(host, trustDir(root, "trust", [KEYS.k1])) };
+const img = await buildImage(join(root, "img"), { rootfs: variedBytes(12 * MIN_CHUNK + 3, 61), chunkSize: MIN_CHUNK });
+const raw = img.raw.rootfs!;
+const read = (p: string) => sha256(new Uint8Array(readFileSync(p)));
+let seq = 0;
+const folder = () => {
+  const dir = join(root, `case${seq++}`);
+  mkdirSync(dir);
+  return dir;
+};
+const failure = (p: Promise<unknown>) => p.then(() => ({ code: "ok", message: "", hint: undefined as string | undefined }), (e: { code?: string; message?: string; hint?: string }) => ({ code: e.code, message: e.message, hint: e.hint }));
+
+describe("the journal's temp file (.NAME.zb-new) is neither the target nor the image", () => {
+  test.each([
+    { name: "--to names it", image: "update.zbi", target: ".j.zb-new", link: null, says: "the target (DIR/.j.zb-new) and the journal's temp file (DIR/.j.zb-new) are the same file" },
+    { name: "--to is a symlink to it", image: "update.zbi", target: "slot.img", link: ".j.zb-new", says: "the target (DIR/slot.img) and the journal's temp file (DIR/.j.zb-new) are the same file" },
+    { name: "the image has its name", image: ".j.zb-new", target: "slot.img", link: null, says: "the image (DIR/.j.zb-new) and the journal's temp file (DIR/.j.zb-new) are the same file" },
+  ])("$name: USAGE, every file as it was", async ({ image, target, link, says }) => {
+    const dir = folder();
+    writeFileSync(join(dir, image), img.bytes);
+    if (link) {
+      writeFileSync(join(dir, link), sentinel(raw.length));
+      symlinkSync(join(dir, link), join(dir, target));
+    } else if (!existsSync(join(dir, target))) writeFileSync(join(dir, target), sentinel(raw.length));
+    const before = readdirSync(dir).sort().map((f) => `${f} ${lstatSync(join(dir, f)).isSymbolicLink() ? "link" : read(join(dir, f))}`);
+    const e = await failure(install(host, fileSource(join(dir, image)), policy, { payload: "rootfs", target: join(dir, target), journal: join(dir, "j") }));
+    const after = readdirSync(dir).sort().map((f) => `${f} ${lstatSync(join(dir, f)).isSymbolicLink() ? "link" : read(join(dir, f))}`);
+    expect({ ...e, message: e.message?.replaceAll(dir, "DIR"), same: after.join() === before.join() }).toEqual({
+      code: "USAGE",
+      message: `cannot install rootfs into DIR/${target}: ${says}`,
+      hint: `zb writes the journal through ${join(dir, ".j.zb-new")}, deleting what has that name first: give --journal another name`,
+      same: true,
+    });
+  });
+
+  test("a stale temp file of the journal's own (a killed run's) is no obstacle", async () => {
+    const dir = folder();
+    writeFileSync(join(dir, ".j.zb-new"), "{}");
+    await install(host, fileSource(img.path), policy, { payload: "rootfs", target: join(dir, "slot.img"), journal: join(dir, "j") });
+    expect({ target: read(join(dir, "slot.img")), temp: existsSync(join(dir, ".j.zb-new")) }).toEqual({ target: sha256(raw), temp: false });
+  });
+});
