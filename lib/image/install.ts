@@ -87,7 +87,7 @@ export interface InstallResult {
 /**
  * @throws {ZbError} USAGE when the target, the journal and the image are not three separate files;
  *   TARGET_BUSY for a block device in use or a file another install is writing; IMG_FORMAT, SIG_INVALID, IMG_INCOMPATIBLE, ROLLBACK_REFUSED before anything is written;
- *   PAYLOAD_CORRUPT, IO after (the journal then says "failed"); USAGE for a bad payload name or resume;
+ *   PAYLOAD_CORRUPT, IO, TARGET_MISMATCH (the read-back) after (the journal then says "failed"); USAGE for a bad payload name or resume;
  *   `opts.signal.reason` once the signal aborts (before the journal is "complete")
  */
 export async function install(sys: Sys, source: ImageSource, policy: Policy, opts: InstallOptions): Promise<InstallResult> {
@@ -99,20 +99,26 @@ export async function install(sys: Sys, source: ImageSource, policy: Policy, opt
     const imageId = sha256hex(img.header.manifestBytes);
     const previous = readJournal(sys, opts.journal);
     let from = resumePoint(previous, opts, imageId, payload);
-    if (previous?.state === "complete" && opts.resume) {
-      // "complete" is a claim about the target: it only counts while the target still holds the payload.
-      const held = await targetHolds(opts.target, payload, opts.signal);
-      if (held !== null) return result(opts, payload, from, true, started, held);
-      from = 0; // removed, cut short or changed since: install it again
-    }
+    const claimsComplete = previous?.state === "complete" && opts.resume === true;
+    // A read-back asked for once is asked for until the install is complete: a resume without
+    // --read-back after a TARGET_MISMATCH would otherwise call the lying medium's payload complete.
+    const readBack = opts.readBack === true || (opts.resume === true && previous?.readBack === true);
     const existed = sys.stat(opts.target) !== null;
-    // A file target is locked from here to close (TARGET_BUSY for a second install), before the journal is written.
-    const target = (opts.openTarget ?? openTarget)(opts.target, { create: from === 0 });
+    // A file target is locked (a device claimed) from here to close — TARGET_BUSY for a second
+    // install — before the target is read back or the journal written. A target that must be
+    // checked (a "complete" journal) may be gone: created, it is installed from chunk 0.
+    const target = (opts.openTarget ?? openTarget)(opts.target, { create: from === 0 || claimsComplete });
     try {
+      if (claimsComplete) {
+        // "complete" is a claim about the target: it only counts while the target still holds the payload.
+        const held = await targetHolds(opts.target, payload, opts.signal);
+        if (held !== null) return result(opts, payload, from, true, started, held);
+        from = 0; // removed, cut short or changed since: install it again
+      }
       checkTargetSize(target, payload);
       const journal: Journal = {
         version: 1, image: imageId, payload: payload.name, target: opts.target, state: "writing",
-        chunksDone: from, dataOffset: previous?.dataOffset ?? null,
+        chunksDone: from, dataOffset: previous?.dataOffset ?? null, ...(readBack ? { readBack: true } : {}),
       };
       try {
         writeJournal(sys, opts.journal, journal);
@@ -136,7 +142,7 @@ export async function install(sys: Sys, source: ImageSource, policy: Policy, opt
         // Everything checked: a file target that was longer keeps no stale tail (a device keeps its size).
         target.truncate(payload.raw.size);
         target.sync();
-        const readBack = opts.readBack
+        const readBackMode = readBack
           ? await checkOnMedium(opts.target, payload, (n) => {
               if (opts.signal?.aborted) throw opts.signal.reason;
               opts.progress?.({ type: "read-back", payload: payload.name, rawBytes: n, rawTotal: payload.raw.size, elapsedMs: performance.now() - started });
@@ -146,7 +152,7 @@ export async function install(sys: Sys, source: ImageSource, policy: Policy, opt
         journal.chunksDone = payload.chunks.length;
         writeJournal(sys, opts.journal, journal);
         opts.progress?.({ type: "done", payload: payload.name, rawBytes: payload.raw.size, rawSha256: rawSha, elapsedMs: performance.now() - started });
-        return result(opts, payload, from, false, started, readBack);
+        return result(opts, payload, from, false, started, readBackMode);
       } catch (e) {
         journal.state = "failed";
         journal.error = e instanceof Error ? e.message : String(e);

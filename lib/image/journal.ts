@@ -22,6 +22,12 @@ export interface Journal {
   chunksDone: number;
   /** Where the payload's data starts in the image file (for a seeking resume). */
   dataOffset: number | null;
+  /**
+   * The install was asked to read the payload back (--read-back): a resume
+   * reads it back too, asked or not, so a read-back that failed
+   * (TARGET_MISMATCH) is never followed by "complete" without one.
+   */
+  readBack?: boolean;
   error?: string;
 }
 
@@ -48,7 +54,8 @@ export function readJournal(sys: Sys, path: string): Journal | null {
   const ok =
     j.version === 1 && typeof j.image === "string" && typeof j.payload === "string" && typeof j.target === "string" &&
     ["writing", "failed", "complete"].includes(j.state ?? "") && Number.isSafeInteger(j.chunksDone) && (j.chunksDone ?? -1) >= 0 &&
-    (j.dataOffset === null || (Number.isSafeInteger(j.dataOffset) && j.dataOffset! >= MIN_DATA_OFFSET && j.dataOffset! % BLOCK === 0));
+    (j.dataOffset === null || (Number.isSafeInteger(j.dataOffset) && j.dataOffset! >= MIN_DATA_OFFSET && j.dataOffset! % BLOCK === 0)) &&
+    (j.readBack === undefined || typeof j.readBack === "boolean");
   if (!ok) throw new ZbError("IO", `cannot read install journal ${path}: it is not a zb journal`);
   return j as Journal;
 }

@@ -16,6 +16,7 @@ import type { Policy } from "../../../lib/image/reader.ts";
 import { loadTrustDir } from "../../../lib/image/sign.ts";
 import { fileSource } from "../../../lib/image/source.ts";
 import { HostSys } from "../../../lib/sys/sys.ts";
+import { openTarget } from "../../../lib/sys/target.ts";
 import { buildImage, KEYS, MIN_CHUNK, sentinel, sha256, trustDir, variedBytes } from "./fixture.ts";
 
 const root = mkdtempSync(join(tmpdir(), "zb-guards-"));
@@ -61,5 +62,29 @@ describe("the journal's temp file (.NAME.zb-new) is neither the target nor the i
     writeFileSync(join(dir, ".j.zb-new"), "{}");
     await install(host, fileSource(img.path), policy, { payload: "rootfs", target: join(dir, "slot.img"), journal: join(dir, "j") });
     expect({ target: read(join(dir, "slot.img")), temp: existsSync(join(dir, ".j.zb-new")) }).toEqual({ target: sha256(raw), temp: false });
+  });
+});
+
+describe("--resume of a complete journal takes the target before it reads it back", () => {
+  test("another install holds the target: TARGET_BUSY, not \"already installed\"; once it lets go, already installed", async () => {
+    const dir = folder();
+    const target = join(dir, "slot.img");
+    const journal = join(dir, "j");
+    await install(host, fileSource(img.path), policy, { payload: "rootfs", target, journal });
+    const other = openTarget(target, { create: false }); // its flock(2), as a second install holds it
+    const busy = await failure(install(host, fileSource(img.path), policy, { payload: "rootfs", target, journal, resume: true }));
+    other.close();
+    const r = await install(host, fileSource(img.path), policy, { payload: "rootfs", target, journal, resume: true });
+    expect({ busy: busy.code, then: r.alreadyInstalled, target: read(target) }).toEqual({ busy: "TARGET_BUSY", then: true, target: sha256(raw) });
+  });
+
+  test("the target removed since: installed again from chunk 0", async () => {
+    const dir = folder();
+    const target = join(dir, "slot.img");
+    const journal = join(dir, "j");
+    await install(host, fileSource(img.path), policy, { payload: "rootfs", target, journal });
+    rmSync(target);
+    const r = await install(host, fileSource(img.path), policy, { payload: "rootfs", target, journal, resume: true });
+    expect({ already: r.alreadyInstalled, from: r.resumedFrom, target: read(target) }).toEqual({ already: false, from: 0, target: sha256(raw) });
   });
 });

@@ -83,6 +83,19 @@ describe("the fake card loses data that fdatasync reports as written", () => {
     expect(last).toMatchObject({ rawBytes: rootfs.length, rawTotal: rootfs.length });
   });
 
+  test("after TARGET_MISMATCH, --resume without --read-back reads back again: TARGET_MISMATCH, never complete", async () => {
+    const journal = join(root, `j${n++}.journal`);
+    const run = (readBack: boolean, resume: boolean) =>
+      install(host, fileSource(img.path), policy, { payload: "rootfs", target: card.file, journal, readBack, resume }).then(() => "ok", (e: { code?: string }) => e.code);
+    const first = await run(true, false);
+    const recorded = JSON.parse(readFileSync(journal, "utf8")) as Journal;
+    // Before: the resume rewrote the chunks after the journal's last mark, its hash (of the bytes written) matched, "complete".
+    const resumed = await run(false, true);
+    expect({ first, recorded: { state: recorded.state, readBack: recorded.readBack }, resumed, state: (JSON.parse(readFileSync(journal, "utf8")) as Journal).state }).toEqual({
+      first: "TARGET_MISMATCH", recorded: { state: "failed", readBack: true }, resumed: "TARGET_MISMATCH", state: "failed",
+    });
+  });
+
   test("the binary: exit 26 and the reason on stderr", () => {
     const p = Bun.spawnSync([requireBinary(), "image", "install", img.path, "--payload", "rootfs", "--to", card.file, "--journal", join(root, "cli.journal"), "--trust", trust, "--read-back"]);
     expect(p.exitCode).toBe(26);
