@@ -391,14 +391,19 @@ async function readExactly(data: AsyncIterable<Uint8Array>, n: number): Promise<
   return out;
 }
 
-/** The first `n` bytes of a stream. */
+/**
+ * The first `n` bytes of a stream, ended as soon as they are there: asking
+ * for one more part would wait for bytes nobody needs (a server that holds
+ * the rest back, the idle timer).
+ */
 async function* take(data: AsyncIterable<Uint8Array>, n: number): AsyncGenerator<Uint8Array> {
   let left = n;
+  if (left <= 0) return;
   for await (const part of data) {
-    if (left <= 0) break;
     const piece = part.length <= left ? part : part.subarray(0, left);
     left -= piece.length;
     yield piece;
+    if (left === 0) return;
   }
 }
 

@@ -2,7 +2,7 @@
  * `zb image create|sign|info|verify|install`: signed images (docs/image-format.md).
  */
 import { onlyThese, parseArgs, type ParsedArgs } from "../../lib/cli/args.ts";
-import { ZbError } from "../../lib/errors.ts";
+import { isZbError, ZbError } from "../../lib/errors.ts";
 import { createImage, DEFAULT_CHUNK, DEFAULT_LEVEL, resignImage } from "../../lib/image/create.ts";
 import type { PayloadInput } from "../../lib/image/spool.ts";
 import { install, type ProgressEvent } from "../../lib/image/install.ts";
@@ -197,14 +197,20 @@ async function installCmd(args: ParsedArgs): Promise<number> {
   const readBack = args.flags.has("read-back");
   if (args.flags.has("resume") && !sys.stat(journal)) err(`zb image install: no journal at ${journal}: installing from the start\n`);
   const src = sourceFor(input, source(args, mode));
-  // The journal keeps what was made durable: the same command with --resume continues from there.
   const r = await untilStopped(
     `install ${payload}`,
     (signal) => install(sys, stoppable(src, signal), policy(args), { payload, target, journal, resume: args.flags.has("resume"), readBack, progress: onProgress, signal }),
-    { hint: "run the same command with --resume to continue where it stopped", after: () => (back ?? b)?.finish() },
-  );
+    { after: () => (back ?? b)?.finish() },
+  ).catch((e: unknown) => {
+    // The journal keeps what was made durable: the same command with --resume continues from there.
+    // Stopped before there was one (while the header was read), there is nothing to continue.
+    if (isZbError(e, "INTERRUPTED", "TERMINATED", "HANGUP") && e.hint === undefined && sys.stat(journal) !== null) {
+      throw new ZbError(e.code, e.message, { cause: e, hint: "run the same command with --resume to continue where it stopped" });
+    }
+    throw e;
+  });
   if (args.flags.has("json") || mode === "json") out(JSON.stringify({ type: "result", ok: true, ...r }) + "\n");
-  else out(`zb image install: ${payload} → ${target}: ${r.alreadyInstalled ? "already installed" : `${r.rawSize} bytes verified and written${r.readBack ? " and read back" : ""} in ${r.seconds.toFixed(1)} s`}${r.resumedFrom ? ` (resumed at chunk ${r.resumedFrom})` : ""}\n`);
+  else out(`zb image install: ${payload} → ${target}: ${r.alreadyInstalled ? "already installed" : `${r.rawSize} bytes verified and written${r.readBack ? " and read back" : ""} in ${r.seconds.toFixed(1)} s${r.resumedFrom ? ` (resumed at chunk ${r.resumedFrom})` : ""}`}\n`);
   if (r.readBack === "cached") err(`zb image install: warning: ${target} was read back through the page cache (its file system refuses O_DIRECT and posix_fadvise failed)\n`);
   return 0;
 }

@@ -242,6 +242,15 @@ describe("info waiting for the header (the first 1 KiB, then nothing): the docum
   });
 });
 
+test("install from stdin stopped while it reads the header (the first 1 KiB, then nothing): no journal, so no --resume hint", async () => {
+  // Before: "hint: run the same command with --resume", with nothing to resume.
+  const r = await stopWhen(["image", "install", "-", "--trust", "trust", "--payload", "rootfs", "--to", "hdr.img", "--json"], "SIGINT", untilIdle, { stdin: firstMiB(1).subarray(0, 1024) });
+  const want = outcome("SIGINT", "install rootfs");
+  expect({ exit: r.exit, last: lastLine(r.stdout), stderr: r.stderr, journal: existsSync(join(dir, "hdr.img.zb-journal")) }).toEqual({
+    exit: want.exit, last: { type: "result", ok: false, ...want }, stderr: `zb: ${want.message}\n`, journal: false,
+  });
+});
+
 test("info and verify from a server that accepts the connection and never answers, SIGINT: stopped at once, not after --timeout", async () => {
   // Before: the signal waited for the response headers, so zb exited 5 (IO, "server sent nothing") after --timeout.
   const sockets: import("node:net").Socket[] = [];

@@ -92,6 +92,16 @@ describe("publish and install", () => {
     }
   });
 
+  test("--resume of a complete install: \"already installed\" alone (no \"resumed at chunk\"); --json keeps resumedFrom, the chunk count", () => {
+    const args = ["image", "install", "js.zbi", "--trust", "trust", "--payload", "rootfs", "--to", "k.out"];
+    expect(zb(...args).code).toBe(0);
+    const again = zb(...args, "--resume");
+    const json = JSON.parse(zb(...args, "--resume", "--json").out) as Record<string, unknown>;
+    expect({ code: again.code, out: again.out, json: { already: json.alreadyInstalled, from: json.resumedFrom, chunks: json.chunks } }).toEqual({
+      code: 0, out: "zb image install: rootfs → k.out: already installed\n", json: { already: true, from: json.chunks, chunks: expect.any(Number) },
+    });
+  });
+
   test.each([
     { name: "trusted and compatible", args: ["--compatible", "acme-pi4", "--serial-floor", "7"], code: 0, err: /^$/ },
     { name: "another product", args: ["--compatible", "acme-pi5"], code: 15, err: /it is for "acme-pi4", this device is "acme-pi5"/ },
@@ -329,10 +339,10 @@ describe("the command line itself", () => {
   // Each subcommand's --help names every option it takes (stages/zb/image.ts TAKES).
   const takes = {
     create: ["--compatible", "--version", "--serial", "--rootfs", "--boot", "--key", "-o", "--encoding", "--level", "--chunk-size", "--progress", "--json"],
-    sign: ["--key", "-o", "--json", "--timeout", "--retries"],
-    info: ["--json", "--timeout", "--retries"],
-    verify: ["--trust", "--required", "--compatible", "--serial-floor", "--deep", "--progress", "--json", "--timeout", "--retries"],
-    install: ["--trust", "--required", "--compatible", "--serial-floor", "--payload", "--to", "--journal", "--resume", "--read-back", "--progress", "--json", "--timeout", "--retries"],
+    sign: ["--key", "-o", "--json", "--timeout", "--min-speed", "--retries"],
+    info: ["--json", "--timeout", "--min-speed", "--retries"],
+    verify: ["--trust", "--required", "--compatible", "--serial-floor", "--deep", "--progress", "--json", "--timeout", "--min-speed", "--retries"],
+    install: ["--trust", "--required", "--compatible", "--serial-floor", "--payload", "--to", "--journal", "--resume", "--read-back", "--progress", "--json", "--timeout", "--min-speed", "--retries"],
   };
   test("zb image SUB --help names every option SUB takes", () => {
     const missing = Object.entries(takes).map(([sub, options]) => {

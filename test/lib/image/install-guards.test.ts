@@ -14,7 +14,7 @@ import { join } from "node:path";
 import { install } from "../../../lib/image/install.ts";
 import type { Policy } from "../../../lib/image/reader.ts";
 import { loadTrustDir } from "../../../lib/image/sign.ts";
-import { fileSource } from "../../../lib/image/source.ts";
+import { fileSource, type ImageSource } from "../../../lib/image/source.ts";
 import { HostSys } from "../../../lib/sys/sys.ts";
 import { openTarget } from "../../../lib/sys/target.ts";
 import { buildImage, KEYS, MIN_CHUNK, sentinel, sha256, trustDir, variedBytes } from "./fixture.ts";
@@ -86,5 +86,31 @@ describe("--resume of a complete journal takes the target before it reads it bac
     rmSync(target);
     const r = await install(host, fileSource(img.path), policy, { payload: "rootfs", target, journal, resume: true });
     expect({ already: r.alreadyInstalled, from: r.resumedFrom, target: read(target) }).toEqual({ already: false, from: 0, target: sha256(raw) });
+  });
+});
+
+describe("a seeking resume reads no more of the source than the payload", () => {
+  test("a source that fails when asked for a byte past the last payload: the resume completes", async () => {
+    const dir = folder();
+    const target = join(dir, "slot.img");
+    const journal = join(dir, "j");
+    await install(host, fileSource(img.path), policy, { payload: "rootfs", target, journal });
+    const j = JSON.parse(readFileSync(journal, "utf8")) as { dataOffset: number };
+    const end = j.dataOffset + img.manifest.payloads.at(-1)!.stored.size;
+    // The payload's bytes in 64 KiB parts, then a failure: what follows them (the end blocks) is not the payload's.
+    const strict: ImageSource = {
+      name: "strict",
+      seekable: true,
+      open: async (offset) => (async function* () {
+        for (let at = offset; at < end; at += 64 << 10) yield img.bytes.slice(at, Math.min(end, at + (64 << 10)));
+        throw new Error("read past the payload");
+      })(),
+    };
+    const t = new Uint8Array(readFileSync(target));
+    t.fill(0, 4 * MIN_CHUNK);
+    writeFileSync(target, t);
+    writeFileSync(journal, JSON.stringify({ ...j, state: "failed", chunksDone: 4, error: "cut" }));
+    const r = await failure(install(host, strict, policy, { payload: "rootfs", target, journal, resume: true }));
+    expect({ r: r.code === "ok" ? "ok" : r.message, target: read(target) }).toEqual({ r: "ok", target: sha256(raw) });
   });
 });
