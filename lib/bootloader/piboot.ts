@@ -22,14 +22,13 @@ import { EnvStore, type EnvState } from "../env/store.ts";
 import { removeFileDurably, writeFileAtomic } from "../sys/atomic.ts";
 import type { Sys } from "../sys/sys.ts";
 import type { BootState, Slot } from "../bootstate/state.ts";
+import { missingUnder } from "./pifolder.ts";
 import { readSelection, renderCmdline, renderConfig, type ConfigSelection } from "./piconfig.ts";
 import type { Bootloader, GeneratedConfig, RebootArgs } from "./types.ts";
 
 export const REFERENCE_CONFIG = "zb/config.txt";
 export const REFERENCE_CMDLINE = "zb/cmdline.txt";
 export const TRY_CMDLINE = "cmdline-try.txt";
-/** The firmware's kernel file names when config.txt names none (Pi docs, config.txt "kernel"). */
-const DEFAULT_KERNELS = ["kernel8.img", "kernel_2712.img", "kernel7l.img", "kernel7.img", "kernel.img"];
 
 export class PiBoot implements Bootloader, GeneratedConfig, RebootArgs {
   readonly name = "piboot";
@@ -93,41 +92,35 @@ export class PiBoot implements Bootloader, GeneratedConfig, RebootArgs {
 
   /**
    * slot-X/ holds what the firmware needs to boot it ({@link missingIn}): a
-   * rollback or hand-over to a slot without it would boot nothing.
+   * rollback or hand-over to a slot without it would boot nothing. A folder
+   * zb cannot read (a failing card, a corrupt FAT directory) counts as
+   * bootable, as every slot did before zb looked: the answer decides
+   * automatic rows at every boot, and an IO error here must not stop them all.
+   * @param warn told why, when the folder could not be read
+   * @throws {ZbError} never IO; anything else is a bug
    */
-  slotBootable(slot: Slot): boolean {
-    return this.missingIn(`slot-${slot}/`) === null;
+  slotBootable(slot: Slot, warn?: (message: string) => void): boolean {
+    try {
+      return this.missingIn(`slot-${slot}/`) === null;
+    } catch (e) {
+      if (!(e instanceof ZbError) || e.code !== "IO") throw e;
+      warn?.(`cannot tell whether slot-${slot}/ holds a kernel and a .dtb file (${e.message}): taking slot ${slot} as bootable`);
+      return true;
+    }
   }
 
   /**
    * What keeps the firmware from booting under `prefix` (`slot-b/`, `zboot/`),
-   * for messages, or null when nothing does: the kernel (the reference
-   * config's `kernel=` if it names one, else one of the firmware's default
-   * names: kernel8.img on 64-bit Pi 3/4, kernel_2712.img on Pi 5,
-   * kernel7l.img, kernel7.img, kernel.img) and a device tree (`*.dtb`: which
-   * one the firmware picks depends on the board, so any counts).
+   * for messages, or null when nothing does. Lenient (lib/bootloader/pifolder.ts):
+   * only a missing folder, no file any `kernel=` line or default name could
+   * mean, or no .dtb file (nor a `device_tree=` file) count. One rule for
+   * the automatic fact, the enclave and `zb reboot --try`'s refusal: a
+   * stricter one refused tries of healthy slots for the same reasons.
+   * @throws {ZbError} IO when the folder or the reference config cannot be read
    */
   missingIn(prefix: string): string | null {
-    if (this.kernelIn(prefix) === null) return `no kernel (${this.kernelNames().join(", ")})`;
-    const dir = this.path(prefix);
-    const dtb = this.sys.stat(dir)?.kind === "dir" && this.sys.listDir(dir).some((n) => n.endsWith(".dtb") && this.sys.stat(this.path(`${prefix}${n}`))?.kind === "file");
-    return dtb ? null : "no device tree (.dtb file)";
-  }
-
-  /**
-   * The kernel file the firmware would load under `prefix` (`slot-b/`,
-   * `zboot/`), or null when there is none: the names are the reference
-   * config's `kernel=` lines, else the firmware's defaults.
-   */
-  kernelIn(prefix: string): string | null {
-    return this.kernelNames().find((n) => this.sys.stat(this.path(`${prefix}${n}`))?.kind === "file") ?? null;
-  }
-
-  /** The kernel names the firmware would look for under a prefix (for messages). */
-  kernelNames(): string[] {
-    const ref = this.sys.stat(this.path(REFERENCE_CONFIG)) ? this.sys.readText(this.path(REFERENCE_CONFIG)) : "";
-    const named = [...ref.matchAll(/^\s*kernel\s*=\s*(\S+)\s*$/gm)].map((m) => m[1]!);
-    return named.length > 0 ? named : DEFAULT_KERNELS;
+    const ref = this.path(REFERENCE_CONFIG);
+    return missingUnder(this.sys, this.bootDir, prefix, this.sys.stat(ref) ? this.sys.readText(ref) : "");
   }
 
   rebootArgument(tryboot: boolean): string | null {

@@ -39,8 +39,11 @@ export interface GeneratedConfig {
   removeTryboot(): void;
   /** Is a recovery enclave there to boot into (recover and install modes)? */
   hasEnclave(): boolean;
-  /** Does a slot's folder hold what the firmware needs to boot it (before switching to it)? */
-  slotBootable(slot: Slot): boolean;
+  /**
+   * Does a slot's folder hold what the firmware needs to boot it (before
+   * switching to it)? When the folder cannot be read: true, and `warn` says why.
+   */
+  slotBootable(slot: Slot, warn?: (message: string) => void): boolean;
 }
 
 /** The firmware learns a one-shot choice from the reboot argument (snapd's RebootBootloader). */
