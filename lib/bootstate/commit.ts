@@ -41,6 +41,8 @@ export interface Outcome extends Step {
   proceed: boolean;
   /** A derived file that could not be written after the env was (see above); the decision stands. */
   stale?: ZbError;
+  /** What the user should hear though the transition went on (a slot folder that could not be read). */
+  warnings: string[];
 }
 
 export interface RunOptions {
@@ -85,7 +87,11 @@ function commitStep(backend: Backend, event: Event, opts: RunOptions): Outcome {
   state.enclave = backend.hasEnclave();
   // Likewise a switch to a slot whose folder has no kernel or .dtb (N7, U2, B2, R1): those rows
   // fall through to recovery, booting on, or a refusal instead (rules.ts usable, switchable).
-  state.bootable = { a: backend.slotBootable("a"), b: backend.slotBootable("b") };
+  // A folder that cannot be read counts as bootable, with a warning: an IO error there must
+  // not stop every transition (zbunlock would boot unrecorded at every boot).
+  const warnings: string[] = [];
+  const warn = (message: string) => warnings.push(message);
+  state.bootable = { a: backend.slotBootable("a", warn), b: backend.slotBootable("b", warn) };
   const result = step(state, event, opts.actor);
   const changes = stateChanges(before, result.state);
   const rebootEffect = result.effects.find((e) => e.kind === "reboot");
@@ -94,6 +100,7 @@ function commitStep(backend: Backend, event: Event, opts: RunOptions): Outcome {
     envChanged: changes.length > 0,
     reboot: rebootEffect && rebootEffect.kind === "reboot" ? { argument: backend.rebootArgument(rebootEffect.tryboot) } : null,
     proceed: result.effects.some((e) => e.kind === "continue"),
+    warnings,
   };
   if (opts.dryRun) return outcome;
 

@@ -21,7 +21,7 @@ import { statusJson, statusText } from "./status.ts";
 const USAGE: Record<string, string> = {
   status: "zb status [--json]\n\nThe committed and booted slot, the try state, counters, versions, mode and the last events.",
   "mark-good": "zb mark-good [--health-dir DIR]\n\nMark the booted slot good: reset its boot counter; on a try boot, commit the try\n(zb_slot := the try slot, config.txt rewritten, tryboot.txt removed). Idempotent.\nWith --health-dir, every executable in DIR runs first (in name order); one that\nexits non-zero or cannot be run vetoes the mark (exit 11). A missing DIR means no checks.",
-  "mark-bad": "zb mark-bad [booted|other]\n\nMark a slot bad. booted (default): a try ends as failed; the committed slot hands\nover to the other slot, or to recovery when the other is not valid. other: the\nother slot is invalid and a pending try of it is dropped; refused when the other\nslot is the committed one (confirm this slot first) or when nothing bootable\nwould be left. Takes effect at the next boot.",
+  "mark-bad": "zb mark-bad [booted|other]\n\nMark a slot bad. booted (default): on a try boot, the try ends as failed; on the\ncommitted slot, an armed try is dropped and the device hands over to the other\nslot, or to recovery when the other is not valid or its folder holds no kernel or\nno .dtb file (refused when there is no recovery enclave either). other: the other\nslot is invalid and a pending try of it is dropped; refused when the other slot\nis the committed one (confirm this slot first) or when nothing bootable would be\nleft. Takes effect at the next boot.",
   rollback: "zb rollback\n\nSwitch to the other valid slot at the next boot. During a try (armed or running), abandon the\nupdate instead: the tried slot is marked invalid and the committed slot boots next.",
   reboot: "zb reboot [--try SLOT [--rearms N] | --recover | --raw [--param ARG]]\n\nReboot. --try SLOT: try SLOT once through tryboot (the firmware falls back to the\ncommitted slot on any reset; re-armed up to N times, default 2, when the try never\nreaches its initramfs). --recover: enter the zboot enclave through tryboot.\n--raw: reboot now, passing ARG to the firmware (e.g. \"0 tryboot\"), without reading\nor changing the boot state (under systemd the reboot is queued); zbunlock, started\nwithout the JIT, hands its reboots to it.",
   init: "zb init --slot a|b [--valid a,b] [--boot-limit N] [--force]\n\nTake over the boot partition: keep config.txt and cmdline.txt as zb/config.txt and\nzb/cmdline.txt, create the env pair, generate config.txt and the slot cmdlines.\n--valid lists the slots that hold a working system (default: the --slot one).",
@@ -151,6 +151,7 @@ export function report(args: ParsedArgs, tool: string, o: Outcome, rebootSuppres
   const rows = o.trace.map((id) => TABLE.find((r) => r.id === id)!);
   // On stderr whatever the output format: the decision is recorded, a boot file is behind it.
   if (o.stale) err(`${tool}: warning: ${o.stale.message}; the env has the new state, and the next boot rewrites the file (row N5)\n`);
+  for (const w of o.warnings) err(`${tool}: warning: ${w}\n`);
   if (args.flags.has("json")) {
     const json = {
       dryRun,
@@ -161,6 +162,7 @@ export function report(args: ParsedArgs, tool: string, o: Outcome, rebootSuppres
       rebootPerformed: o.reboot !== null && !rebootSuppressed && !dryRun,
       proceed: o.proceed,
       stale: o.stale ? o.stale.message : null,
+      warnings: o.warnings,
       state: { committed: o.state.committed, status: o.state.status, trySlot: o.state.trySlot, mode: o.state.mode },
     };
     out(JSON.stringify(json, null, 2) + "\n");

@@ -116,3 +116,31 @@ describe("a boot file that cannot be written after the env was (the commit point
     expect(traces).toEqual(["N5 reboot stale", "N5 reboot stale", "N6 proceed"]);
   });
 });
+
+/** HostSys (the env lock a temp file) that cannot list slot-b/, as a corrupt FAT directory fails (EIO). */
+class CorruptSlotBSys extends TempLockSys {
+  override listDir(path: string): string[] {
+    if (path.endsWith("/slot-b")) throw new ZbError("IO", `cannot list ${path}: input/output error`);
+    return super.listDir(path);
+  }
+}
+
+describe("a slot folder that cannot be read (the bootable fact unknown)", () => {
+  test.each([
+    { name: "an ordinary boot of a: N9, boots on, warned", before: {}, after: { trace: ["N9"], committed: "a", proceed: true } },
+    { name: "a exhausted: N7 rolls back to b, taken as bootable as before zb looked, warned", before: { zb_boot_count_a: "3" }, after: { trace: ["N7"], committed: "b", proceed: false } },
+  ] as { name: string; before: Record<string, string>; after: { trace: string[]; committed: "a" | "b"; proceed: boolean } }[])("$name", ({ before, after }) => {
+    const d = new Device(new CorruptSlotBSys());
+    devices.push(d);
+    d.backend(new TempLockSys()).writeVars(Object.entries(before).map(([name, value]) => ({ name, value })));
+    const o = runTransition(d.backend(), { kind: "boot", booted: "a", tryboot: false }, { actor: "zbunlock", reboot: () => undefined });
+    expect({ trace: o.trace, committed: d.state().committed, proceed: o.proceed }).toEqual(after);
+    expect(o.warnings).toEqual([expect.stringMatching(/^cannot tell whether slot-b\/ holds a kernel and a \.dtb file \(cannot list .*slot-b: input\/output error\): taking slot b as bootable$/)]);
+  });
+
+  test("a readable device: no warnings", () => {
+    const d = new Device();
+    devices.push(d);
+    expect(runTransition(d.backend(), { kind: "boot", booted: "a", tryboot: false }, { actor: "zbunlock" }).warnings).toEqual([]);
+  });
+});
