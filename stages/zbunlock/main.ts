@@ -13,8 +13,6 @@
  * otherwise zbunlock mounts zb.boot=DEV from the cmdline (default
  * /dev/mmcblk0p1, the Pi's SD card) as vfat on /run/zb/boot.
  */
-import { existsSync, mkdirSync, readFileSync } from "node:fs";
-import { join } from "node:path";
 import { onlyThese, parseArgs, type ParsedArgs } from "../../lib/cli/args.ts";
 import { runTransition } from "../../lib/bootstate/commit.ts";
 import { EEPROM_HINT, readBootloaderFacts, trybootProblem } from "../../lib/bootloader/eeprom.ts";
@@ -32,6 +30,7 @@ import { report } from "../zb/boot.ts";
 import { HSM_OPTIONS } from "../zb/hsm.ts";
 import { credentialBackend, credentialsOnce, lockAfterFailureStep, secondsParam, unknownParamWarnings, unlockStep } from "./unlock.ts";
 import { awaitGo, DEFAULT_GO_WAIT_S, reportExitTo } from "./prestart.ts";
+import { givenBoot, mountBoot, type BootMount } from "./bootmount.ts";
 
 export const USAGE = `usage: zbunlock [--boot DIR] [--root DIR] [--dry-run] [--no-unlock] [--lock-only] [--no-reboot] [--json]
                 [--credentials DIR] [--go-file FILE] [--status-fd N] [HSM options: --config FILE,
@@ -76,7 +75,6 @@ needed (--no-reboot, or it could not be started: its argument is then in
 docs/exit-codes.md.`;
 
 const DEFAULT_BOOT_DEVICE = "/dev/mmcblk0p1";
-const MOUNT_POINT = "/run/zb/boot";
 /** How long zbunlock waits for the boot device node to appear (zb.boot_wait=). */
 const DEFAULT_BOOT_WAIT_S = 10;
 
@@ -338,83 +336,4 @@ function withoutStatusFd(argv: string[]): string[] {
     else if (!argv[i]!.startsWith("--status-fd=")) out.push(argv[i]!);
   }
   return out;
-}
-
-/**
- * The boot partition for one run: where it is, and the mount zbunlock made
- * (none when it was given with --boot or mounted before zbunlock started).
- */
-interface BootMount {
-  readonly dir: string;
-  /** Start unmounting it in the background (a mount of zbunlock's own). */
-  release(): void;
-  /** Mounted again, if release() unmounted it. @throws {ZbError} IO */
-  ensure(): Promise<void>;
-  /** Unmounted, if zbunlock mounted it; never throws (a warning at worst). */
-  close(): Promise<void>;
-}
-
-function givenBoot(dir: string): BootMount {
-  return { dir, release: () => undefined, ensure: async () => undefined, close: async () => undefined };
-}
-
-/** Mount the boot partition unless it is mounted already. @throws {ZbError} IO */
-function mountBoot(root: string, device: string, waitS: number): BootMount {
-  const mountPoint = join(root, MOUNT_POINT);
-  const mounts = existsSync(join(root, "proc/mounts")) ? readFileSync(join(root, "proc/mounts"), "utf8") : "";
-  if (mounts.split("\n").some((l) => l.split(" ")[1] === mountPoint)) return givenBoot(mountPoint);
-  // The boot medium may be probed after the initramfs starts (USB, a slow
-  // SD card): wait for its node like the kernel's rootwait/rootdelay do.
-  const deadline = performance.now() + waitS * 1000;
-  while (!existsSync(device)) {
-    if (performance.now() >= deadline) {
-      throw new ZbError("IO", `cannot mount the boot partition: ${device} did not appear within ${waitS} s`, {
-        hint: "set zb.boot=DEVICE (and zb.boot_wait=SECONDS) on the kernel command line, or pass --boot DIR",
-      });
-    }
-    Bun.sleepSync(50);
-  }
-  mkdirSync(mountPoint, { recursive: true });
-  const mount = () => {
-    const p = Bun.spawnSync(["mount", "-t", "vfat", device, mountPoint], { stderr: "pipe" });
-    if (p.exitCode !== 0) {
-      throw new ZbError("IO", `cannot mount the boot partition ${device} on ${mountPoint}: ${p.stderr.toString().trim() || `exit ${p.exitCode}`}`, {
-        hint: "set zb.boot=DEVICE on the kernel command line, or pass --boot DIR",
-      });
-    }
-  };
-  mount();
-  let mounted = true;
-  let unmounting: Promise<void> | null = null;
-  const warn = (why: string) => err(`zbunlock: warning: cannot unmount the boot partition ${mountPoint}: ${why}\n`);
-  /** Never rejects: the boot goes on either way (what was written is synced by the umount or by the reboot). */
-  const unmount = async () => {
-    try {
-      const u = Bun.spawn(["umount", mountPoint], { stdout: "ignore", stderr: "pipe" });
-      const [code, text] = [await u.exited, await new Response(u.stderr).text()];
-      if (code === 0) mounted = false;
-      else warn(text.trim() || `exit ${code}`);
-    } catch (e) {
-      warn((e as Error).message); // no umount to run
-    }
-  };
-  return {
-    dir: mountPoint,
-    release() {
-      if (mounted && !unmounting) unmounting = unmount();
-    },
-    async ensure() {
-      if (unmounting) await unmounting;
-      unmounting = null;
-      if (!mounted) {
-        mount();
-        mounted = true;
-      }
-    },
-    async close() {
-      if (unmounting) await unmounting;
-      unmounting = null;
-      if (mounted) await unmount();
-    },
-  };
 }

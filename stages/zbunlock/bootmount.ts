@@ -1,0 +1,95 @@
+/**
+ * zbunlock's boot partition: the one given with --boot, or the device it
+ * mounts itself (zb.boot=, zb.boot_wait=), released while the key is
+ * unsealed and mounted again when a failure must be recorded.
+ */
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { ZbError } from "../../lib/errors.ts";
+import { err } from "../output.ts";
+
+const MOUNT_POINT = "/run/zb/boot";
+
+/**
+ * The boot partition for one run: where it is, and the mount zbunlock made
+ * (none when it was given with --boot or mounted before zbunlock started).
+ */
+export interface BootMount {
+  readonly dir: string;
+  /** Start unmounting it in the background (a mount of zbunlock's own). */
+  release(): void;
+  /** Mounted again, if release() unmounted it. @throws {ZbError} IO */
+  ensure(): Promise<void>;
+  /** Unmounted, if zbunlock mounted it; never throws (a warning at worst). */
+  close(): Promise<void>;
+}
+
+/** A boot partition zbunlock did not mount (--boot DIR, or mounted before it started): nothing to release or close. */
+export function givenBoot(dir: string): BootMount {
+  return { dir, release: () => undefined, ensure: async () => undefined, close: async () => undefined };
+}
+
+/**
+ * Mount the boot partition (vfat) on <root>/run/zb/boot unless it is mounted
+ * there already, waiting up to `waitS` seconds for the device node.
+ * @throws {ZbError} IO when the device does not appear or will not mount
+ */
+export function mountBoot(root: string, device: string, waitS: number): BootMount {
+  const mountPoint = join(root, MOUNT_POINT);
+  const mounts = existsSync(join(root, "proc/mounts")) ? readFileSync(join(root, "proc/mounts"), "utf8") : "";
+  if (mounts.split("\n").some((l) => l.split(" ")[1] === mountPoint)) return givenBoot(mountPoint);
+  // The boot medium may be probed after the initramfs starts (USB, a slow
+  // SD card): wait for its node like the kernel's rootwait/rootdelay do.
+  const deadline = performance.now() + waitS * 1000;
+  while (!existsSync(device)) {
+    if (performance.now() >= deadline) {
+      throw new ZbError("IO", `cannot mount the boot partition: ${device} did not appear within ${waitS} s`, {
+        hint: "set zb.boot=DEVICE (and zb.boot_wait=SECONDS) on the kernel command line, or pass --boot DIR",
+      });
+    }
+    Bun.sleepSync(50);
+  }
+  mkdirSync(mountPoint, { recursive: true });
+  const mount = () => {
+    const p = Bun.spawnSync(["mount", "-t", "vfat", device, mountPoint], { stderr: "pipe" });
+    if (p.exitCode !== 0) {
+      throw new ZbError("IO", `cannot mount the boot partition ${device} on ${mountPoint}: ${p.stderr.toString().trim() || `exit ${p.exitCode}`}`, {
+        hint: "set zb.boot=DEVICE on the kernel command line, or pass --boot DIR",
+      });
+    }
+  };
+  mount();
+  let mounted = true;
+  let unmounting: Promise<void> | null = null;
+  const warn = (why: string) => err(`zbunlock: warning: cannot unmount the boot partition ${mountPoint}: ${why}\n`);
+  /** Never rejects: the boot goes on either way (what was written is synced by the umount or by the reboot). */
+  const unmount = async () => {
+    try {
+      const u = Bun.spawn(["umount", mountPoint], { stdout: "ignore", stderr: "pipe" });
+      const [code, text] = [await u.exited, await new Response(u.stderr).text()];
+      if (code === 0) mounted = false;
+      else warn(text.trim() || `exit ${code}`);
+    } catch (e) {
+      warn((e as Error).message); // no umount to run
+    }
+  };
+  return {
+    dir: mountPoint,
+    release() {
+      if (mounted && !unmounting) unmounting = unmount();
+    },
+    async ensure() {
+      if (unmounting) await unmounting;
+      unmounting = null;
+      if (!mounted) {
+        mount();
+        mounted = true;
+      }
+    },
+    async close() {
+      if (unmounting) await unmounting;
+      unmounting = null;
+      if (mounted) await unmount();
+    },
+  };
+}
