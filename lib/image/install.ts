@@ -31,7 +31,7 @@ import { BLOCK, checkUstarHeader } from "./format.ts";
 import { readJournal, writeJournal, type Journal } from "./journal.ts";
 import { atomicTemp } from "../sys/atomic.ts";
 import type { Payload } from "./manifest.ts";
-import { eventLoopTurn, openImage, type OpenImage, type PayloadEntry, type Policy, type VerifiedImage } from "./reader.ts";
+import { eventLoopTurn, openVerified, type OpenImage, type PayloadEntry, type Policy, type VerifiedImage } from "./reader.ts";
 import type { ImageSource } from "./source.ts";
 import { chunkPipeline, type ChunkPipeline } from "./pipeline.ts";
 import { checkOnMedium, targetHolds } from "./readback.ts";
@@ -93,7 +93,7 @@ export interface InstallResult {
 export async function install(sys: Sys, source: ImageSource, policy: Policy, opts: InstallOptions): Promise<InstallResult> {
   const started = performance.now();
   checkSeparateFiles(sys, source, opts);
-  const img = await openImage(await source.open(0), { policy }, source.direct?.());
+  const img = await openVerified(source, policy);
   try {
     const payload = findPayload(img.header, opts.payload);
     const imageId = sha256hex(img.header.manifestBytes);

@@ -12,7 +12,7 @@
 import { extract, type Extract, type Header } from "tar-stream";
 import { ioError, ZbError } from "../errors.ts";
 import { BLOCK, checkEntry, checkUstarHeader, entrySpan, LIMITS, MANIFEST_NAME, MARKER, MARKER_NAME, MAX_TAIL, payloadOffsets, readSmallEntry, SIGNATURES_NAME, bad, ustarSize, zeros } from "./format.ts";
-import type { Cancelable, DirectReader } from "./source.ts";
+import { streamReader, type Cancelable, type DirectReader, type ImageSource, type StreamReader } from "./source.ts";
 import { decodeManifest, LIMITS as MANIFEST_LIMITS, type Manifest, type Payload } from "./manifest.ts";
 import { checkSignatures, decodeSignatures, type Signature, type TrustStore } from "./sign.ts";
 
@@ -65,19 +65,38 @@ export interface OpenImage<H extends ImageHeader> {
   close(): void;
 }
 
+/** Reads payload bytes in sequence: a file's DirectReader (synchronous) or a stream's StreamReader. */
+type PayloadReader = DirectReader | StreamReader;
+
 /**
- * Open an image stream and check everything that comes before the payloads.
+ * Open a source for install or verify with the policy: a file's payloads
+ * are read with direct reads (source.direct), a stream's (stdin, a FIFO, a
+ * URL) with a StreamReader — the header entries through the tar parser, the
+ * payload bytes straight into the caller's buffers (readInto). Either way
+ * no buffer is made per read beyond what the stream itself makes.
  * @throws {ZbError} IMG_FORMAT, SIG_INVALID, IMG_INCOMPATIBLE, ROLLBACK_REFUSED, IO
  */
+export async function openVerified(source: ImageSource, policy: Policy): Promise<OpenImage<VerifiedImage>> {
+  const data = await source.open(0);
+  if (source.direct) return openImage(data, { policy }, source.direct());
+  const r = streamReader(data);
+  return openImage(headerEntries(r), { policy }, r);
+}
+
 /**
- * `direct` (files only): after the header, payload bytes are read with
- * read(2) into one reused buffer instead of through the stream and tar
- * parser — each yielded chunk is valid until the next is pulled, so the
- * consumer must be done with it by then (install and verify are).
+ * Open an image stream and check everything that comes before the payloads.
+ *
+ * `direct`: after the header, payload bytes are read into one reused buffer
+ * (or the caller's, readInto) instead of through the stream and tar parser —
+ * each yielded chunk is valid until the next is pulled, so the consumer must
+ * be done with it by then (install and verify are). A DirectReader reads a
+ * file from its start; a StreamReader goes on where `input` stopped
+ * (headerEntries).
+ * @throws {ZbError} IMG_FORMAT, SIG_INVALID, IMG_INCOMPATIBLE, ROLLBACK_REFUSED, IO
  */
-export async function openImage(input: AsyncIterable<Uint8Array>, check: { policy: Policy }, direct?: DirectReader): Promise<OpenImage<VerifiedImage>>;
+export async function openImage(input: AsyncIterable<Uint8Array>, check: { policy: Policy }, direct?: PayloadReader): Promise<OpenImage<VerifiedImage>>;
 export async function openImage(input: AsyncIterable<Uint8Array>, check: { unverified: true }): Promise<OpenImage<ImageHeader>>;
-export async function openImage(input: AsyncIterable<Uint8Array>, check: { policy: Policy } | { unverified: true }, direct?: DirectReader): Promise<OpenImage<ImageHeader>> {
+export async function openImage(input: AsyncIterable<Uint8Array>, check: { policy: Policy } | { unverified: true }, direct?: PayloadReader): Promise<OpenImage<ImageHeader>> {
   const tar = extract();
   const trail = new RawHeaders();
   const feeding = feed(input, tar, trail);
@@ -265,33 +284,69 @@ const TURN_BYTES = 32 << 20;
 /** Resolves after the event loop has run once (signal handlers, timers, I/O callbacks). */
 export const eventLoopTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
 
-/** Payloads read with read(2): each preceded by its checked ustar header; only zeros after the last. */
-function directPayloads(r: DirectReader, m: Manifest, manifestSize: number, sigSize: number): () => Promise<PayloadEntry | null> {
+/**
+ * The first three entries of a stream (marker, manifest, signatures: the
+ * header) for the tar parser, each read whole by following its header's
+ * size, and nothing after them: the payloads are read from `r` itself
+ * (directPayloads). The parts are the parser's own (it keeps them), at most
+ * HEADER_PART bytes each: an entry larger than its limit is refused by
+ * readSmallEntry before much of it is read. A block that is not a header
+ * (its size unreadable) ends the feed; the parser says what is wrong.
+ */
+async function* headerEntries(r: StreamReader): AsyncGenerator<Uint8Array> {
+  for (let entry = 0; entry < 3; entry++) {
+    const head = new Uint8Array(BLOCK);
+    const n = await r.read(head);
+    yield head.subarray(0, n);
+    const size = n === BLOCK ? ustarSize(head) : null;
+    if (size === null) return;
+    for (let left = entrySpan(size) - BLOCK; left > 0; ) {
+      const part = new Uint8Array(Math.min(left, HEADER_PART));
+      const got = await r.read(part);
+      if (got > 0) yield part.subarray(0, got);
+      if (got < part.length) return;
+      left -= got;
+    }
+  }
+}
+
+const HEADER_PART = 64 << 10;
+
+/**
+ * Payloads read with read(2) (or a stream's reads, into the same buffers):
+ * each preceded by its checked ustar header; only zeros after the last.
+ */
+function directPayloads(r: PayloadReader, m: Manifest, manifestSize: number, sigSize: number): () => Promise<PayloadEntry | null> {
   const offsets = payloadOffsets(manifestSize, sigSize, m.payloads.map((p) => p.stored.size));
   const buf = new Uint8Array(Math.max(BLOCK, ...m.payloads.flatMap((p) => p.chunks.map((c) => c.size))));
-  const skipTo = (offset: number) => {
+  // A file's reads return a number; a stream's a promise (awaited only then: nothing added per chunk for a file).
+  const read = async (view: Uint8Array): Promise<number> => {
+    const n = r.read(view);
+    return typeof n === "number" ? n : await n;
+  };
+  const skipTo = async (offset: number) => {
     while (r.position < offset) {
       const want = Math.min(buf.length, offset - r.position);
-      if (r.read(buf.subarray(0, want)) < want) throw bad("the archive ends early");
+      if ((await read(buf.subarray(0, want))) < want) throw bad("the archive ends early");
     }
   };
   let index = 0;
   return async () => {
     if (index === m.payloads.length) {
-      skipTo(offsets.at(-1)! + entrySpan(m.payloads.at(-1)!.stored.size) - BLOCK);
+      await skipTo(offsets.at(-1)! + entrySpan(m.payloads.at(-1)!.stored.size) - BLOCK);
       // A device's end is not the image's: an image written raw to a larger stick is followed by
       // whatever the stick held before. Its archive ends with the two end-of-archive blocks (zeros;
       // fewer when the device ends first), and nothing after them is the image's.
       if (r.device) {
         const end = new Uint8Array(END_BLOCKS);
-        const n = r.read(end);
+        const n = await read(end);
         if (end.subarray(0, n).some((b) => b !== 0)) throw bad("data follows the last payload");
         return null;
       }
       // One byte past the bound tells a tail that is too long without reading the rest of it.
       for (let tail = 0, n = -1; n !== 0 && tail <= MAX_TAIL; tail += n) {
         const part = buf.subarray(0, Math.min(buf.length, MAX_TAIL + 1 - tail));
-        n = r.read(part);
+        n = await read(part);
         if (part.subarray(0, n).some((b) => b !== 0)) throw bad("data follows the last payload");
         if (tail + n > MAX_TAIL) throw tooLongTail();
       }
@@ -299,16 +354,18 @@ function directPayloads(r: DirectReader, m: Manifest, manifestSize: number, sigS
     }
     const payload = m.payloads[index]!;
     const dataOffset = offsets[index]!;
-    skipTo(dataOffset - BLOCK);
+    await skipTo(dataOffset - BLOCK);
     const head = buf.subarray(0, BLOCK);
-    if (r.read(head) < BLOCK) throw bad(`the archive ends where ${JSON.stringify(payload.name)} should follow`);
+    if ((await read(head)) < BLOCK) throw bad(`the archive ends where ${JSON.stringify(payload.name)} should follow`);
     checkUstarHeader(head, payload.name, payload.stored.size);
     let into: ((size: number) => Uint8Array | null) | null = null;
     async function* data(): AsyncGenerator<Uint8Array> {
       let sinceTurn = 0;
       for (const c of payload.chunks) {
         const view = into?.(c.size) ?? buf.subarray(0, c.size);
-        if (r.read(view) < c.size) throw bad(`the archive ends inside payload ${payload.name}`);
+        let n = r.read(view);
+        if (typeof n !== "number") n = await n;
+        if (n < c.size) throw bad(`the archive ends inside payload ${payload.name}`);
         yield view;
         sinceTurn += c.size;
         if (sinceTurn >= TURN_BYTES) {

@@ -4,7 +4,7 @@
  * `Range`), which is how an interrupted install resumes without reading the
  * image again.
  */
-import { closeSync, constants, createReadStream, fstatSync, openSync, readSync, statSync } from "node:fs";
+import { close as closeAsync, closeSync, constants, createReadStream, fstatSync, open as openAsync, openSync, read as readAsync, readFileSync, readSync, statSync } from "node:fs";
 import { isatty } from "node:tty";
 import { ZbError, ioError } from "../errors.ts";
 import { isNullDevice } from "../sys/sys.ts";
@@ -15,6 +15,31 @@ export { DEFAULT_IDLE_SECONDS, DEFAULT_MIN_SPEED, DEFAULT_RETRIES, displayUrl, h
 /** A stream of image bytes that can be ended early (HTTP: the request is aborted). */
 export interface Cancelable {
   cancel?(): void;
+}
+
+/**
+ * A stream that can also be read straight into the caller's buffers (a pipe
+ * read with read(2) on the thread pool): no buffer is made per read, so
+ * nothing is left for the garbage collector. Either `reader()` or the
+ * iteration is used, never both.
+ */
+export interface Pullable {
+  reader(): StreamReader;
+}
+
+/**
+ * Sequential reads of a stream into the caller's buffers: a stream's
+ * payloads are read with it as a file's are with a DirectReader
+ * (reader.ts), without the tar parser and without collecting the parts.
+ */
+export interface StreamReader {
+  /** Bytes consumed so far. */
+  readonly position: number;
+  /** Fill `buf` completely; @returns the bytes read (fewer only at the end of the stream). @throws {ZbError} IO */
+  read(buf: Uint8Array): Promise<number>;
+  readonly device?: undefined;
+  /** End the stream (a read still pending in the thread pool is left behind). */
+  close(): void;
 }
 
 export interface ImageSource {
@@ -178,7 +203,150 @@ export function untilAborted(data: AsyncIterable<Uint8Array>, signal: AbortSigna
     }
     if (signal.aborted) throw signal.reason;
   }
-  return Object.assign(parts(), { cancel: stop });
+  const native = (data as Partial<Pullable>).reader;
+  return Object.assign(parts(), { cancel: stop }, native ? { reader: () => readerUntilAborted(native.call(data), signal, stop) } : {});
+}
+
+/**
+ * A stream reader whose reads throw `signal.reason` once it has aborted; a
+ * read waiting for bytes that do not come (an idle pipe) is left behind.
+ * One listener per read, removed when the read returns (see untilAborted).
+ */
+function readerUntilAborted(r: StreamReader, signal: AbortSignal, stop: () => void): StreamReader {
+  return {
+    get position() {
+      return r.position;
+    },
+    read(buf) {
+      if (signal.aborted) {
+        stop();
+        return Promise.reject(signal.reason);
+      }
+      const reading = r.read(buf);
+      reading.catch(() => undefined); // left pending by an abort, it may still fail: not unhandled
+      return new Promise<number>((resolve, reject) => {
+        const onAbort = () => {
+          stop();
+          reject(signal.reason);
+        };
+        signal.addEventListener("abort", onAbort, { once: true });
+        reading.then(
+          (n) => {
+            signal.removeEventListener("abort", onAbort);
+            resolve(n);
+          },
+          (e) => {
+            signal.removeEventListener("abort", onAbort);
+            reject(signal.aborted ? signal.reason : e);
+          },
+        );
+      });
+    },
+    close: () => r.close(),
+  };
+}
+
+/**
+ * Read `data` into the caller's buffers: natively when it is {@link Pullable}
+ * (no buffer per read), else by copying its parts.
+ * @returns a reader whose reads throw what the stream throws
+ */
+export function streamReader(data: AsyncIterable<Uint8Array>): StreamReader {
+  const native = (data as Partial<Pullable>).reader;
+  if (native) return native.call(data);
+  const it = data[Symbol.asyncIterator]();
+  let part: Uint8Array | null = null;
+  let at = 0;
+  let position = 0;
+  let ended = false;
+  return {
+    get position() {
+      return position;
+    },
+    async read(buf) {
+      let done = 0;
+      while (done < buf.length && !ended) {
+        if (part === null || at === part.length) {
+          const r = await it.next();
+          if (r.done) {
+            ended = true;
+            break;
+          }
+          [part, at] = [r.value, 0];
+          continue;
+        }
+        const n = Math.min(buf.length - done, part.length - at);
+        buf.set(part.subarray(at, at + n), done);
+        [done, at] = [done + n, at + n];
+      }
+      position += done;
+      return done;
+    },
+    close() {
+      part = null;
+      if (ended) return;
+      ended = true;
+      (data as Cancelable).cancel?.(); // an HTTP body not read to its end: its connection goes now
+      it.return?.(undefined)?.catch(() => undefined);
+    },
+  };
+}
+
+/**
+ * A pipe's descriptor (`fd`, or `path` opened on the thread pool: a FIFO's
+ * open waits for its writer) read with read(2) on the thread pool straight
+ * into the caller's buffer. Reads wait there, not on this thread, so a
+ * stalled pipe leaves the event loop free (a signal stops the command,
+ * readerUntilAborted). A descriptor it opened is closed once no read is
+ * pending on it (its number must not be reused under one).
+ */
+function pipeReader(from: { fd: number } | { path: string }, what: string, mapError: (e: unknown) => ZbError): StreamReader {
+  let fd: Promise<number> | null = null;
+  let position = 0;
+  let pending = 0;
+  let closed = false;
+  const release = () => {
+    if (!closed || pending > 0 || fd === null || "fd" in from) return;
+    fd.then((n) => closeAsync(n, () => undefined), () => undefined);
+    fd = null;
+  };
+  const open = (): Promise<number> => {
+    if ("fd" in from) return Promise.resolve(from.fd);
+    const path = from.path;
+    return new Promise((resolve, reject) => openAsync(path, "r", (e, n) => (e ? reject(e) : resolve(n))));
+  };
+  const readOnce = (f: number, buf: Uint8Array, off: number) =>
+    new Promise<number>((resolve, reject) => readAsync(f, buf, off, buf.length - off, null, (e, n) => (e ? reject(e) : resolve(n))));
+  return {
+    get position() {
+      return position;
+    },
+    async read(buf) {
+      if (closed) throw new ZbError("IO", `cannot read ${what}: it was closed`);
+      pending++;
+      let done = 0;
+      try {
+        fd ??= open();
+        const f = await fd;
+        while (done < buf.length) {
+          const n = await readOnce(f, buf, done);
+          if (n === 0) break;
+          done += n;
+        }
+      } catch (e) {
+        throw mapError(e);
+      } finally {
+        pending--;
+        release();
+      }
+      position += done;
+      return done;
+    },
+    close() {
+      closed = true;
+      release();
+    },
+  };
 }
 
 /**
@@ -306,7 +474,31 @@ function streamSource(path: string): ImageSource {
       used = true;
       if (isTerminal(path)) throw new ZbError("IO", `cannot read image ${path}: it is a terminal (pipe the image in, or give a file or URL)`, { hint: STDIN_HINT });
       // No start: a start makes every read positioned (pread), which a pipe refuses with ESPIPE.
-      return createReadStream(path, { highWaterMark: READ_SIZE });
+      return eitherWay(
+        () => createReadStream(path, { highWaterMark: READ_SIZE }),
+        () => pipeReader({ path }, `image ${path}`, (e) => ioError(`read image ${path}`, e)),
+      );
+    },
+  };
+}
+
+/**
+ * A stream made when it is first iterated, or read with `reader()` instead:
+ * whichever the caller takes, the other is never made (a FIFO opened twice
+ * would split its bytes between two readers).
+ */
+function eitherWay(iterate: () => AsyncIterable<Uint8Array> & { destroy?(): void }, reader: () => StreamReader): AsyncIterable<Uint8Array> & Pullable & Cancelable {
+  let stream: (AsyncIterable<Uint8Array> & { destroy?(): void }) | null = null;
+  let pulled: StreamReader | null = null;
+  return {
+    [Symbol.asyncIterator]() {
+      stream ??= iterate();
+      return stream[Symbol.asyncIterator]();
+    },
+    reader: () => (pulled = reader()),
+    cancel() {
+      stream?.destroy?.();
+      pulled?.close();
     },
   };
 }
@@ -318,6 +510,8 @@ function streamSource(path: string): ImageSource {
  *   with IO when stdin is not open for reading
  */
 export function stdinSource(): ImageSource {
+  const file = stdinFile();
+  if (file !== null) return { ...fileSource(file), name: "stdin" };
   let used = false;
   return {
     name: "stdin",
@@ -327,8 +521,12 @@ export function stdinSource(): ImageSource {
       used = true;
       const why = stdinMissing();
       if (why) throw new ZbError("IO", `cannot read the image from stdin: ${why}`, { hint: STDIN_HINT });
+      // A pipe is read with read(2) into the install's own buffers (reader()), or as process.stdin.
       // cancel(): the reader stopped early, or was stopped (untilAborted) while stdin had nothing to give.
-      return Object.assign(readStdin(), { cancel: () => void process.stdin.destroy() });
+      return eitherWay(
+        () => Object.assign(readStdin(), { destroy: () => void process.stdin.destroy() }),
+        () => pipeReader({ fd: 0 }, "the image from stdin", stdinError),
+      );
     },
   };
 }
@@ -353,12 +551,40 @@ function stdinMissing(): string | null {
   return isatty(0) ? "it is a terminal (pipe the image in, or give a file or URL)" : null;
 }
 
-/** process.stdin, with "opened for writing only" (`0>FILE`, EBADF) said in words. */
+/**
+ * Descriptor 0 as a path to open again, when it is a regular file or a block
+ * device open for reading at its start (`zb … - < IMAGE`): read as that file
+ * is, with direct reads and seeks (a resume), instead of as a stream. Null
+ * for anything else, and for a file whose offset is not 0 (the image starts
+ * where the offset is; read as a stream from there) or that is open for
+ * writing only (reported by the read, stdinError).
+ */
+function stdinFile(): string | null {
+  try {
+    const st = fstatSync(0);
+    if (!st.isFile() && !st.isBlockDevice()) return null;
+    const info = readFileSync("/proc/self/fdinfo/0", "latin1");
+    const pos = /^pos:\s+(\d+)$/m.exec(info)?.[1];
+    const flags = /^flags:\s+([0-7]+)$/m.exec(info)?.[1];
+    if (pos !== "0" || flags === undefined || (parseInt(flags, 8) & 3) === constants.O_WRONLY) return null;
+    return "/proc/self/fd/0";
+  } catch {
+    return null;
+  }
+}
+
+/** A read error of stdin, with "opened for writing only" (`0>FILE`, EBADF) said in words. */
+function stdinError(e: unknown): ZbError {
+  if ((e as { code?: string }).code === "EBADF") return new ZbError("IO", "cannot read the image from stdin: it is not open for reading", { hint: STDIN_HINT });
+  return ioError("read the image from stdin", e);
+}
+
+/** process.stdin, its errors as stdinError says them. */
 async function* readStdin(): AsyncGenerator<Uint8Array> {
   try {
     yield* process.stdin;
   } catch (e) {
-    if ((e as { code?: string }).code === "EBADF") throw new ZbError("IO", "cannot read the image from stdin: it is not open for reading", { hint: STDIN_HINT });
+    if ((e as { code?: string }).code === "EBADF") throw stdinError(e);
     throw e;
   }
 }

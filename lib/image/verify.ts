@@ -10,7 +10,7 @@
 import { ZbError } from "../errors.ts";
 import { exactChunks } from "./chunks.ts";
 import { sha256hex } from "./install.ts";
-import { openImage, type Policy } from "./reader.ts";
+import { openVerified, type Policy } from "./reader.ts";
 import type { ImageSource } from "./source.ts";
 import { frameDecoder } from "./zstd.ts";
 
@@ -28,7 +28,7 @@ export interface VerifyResult {
  */
 export async function verifyImage(source: ImageSource, policy: Policy, opts: { deep?: boolean; progress?: (storedBytes: number, storedTotal: number) => void } = {}): Promise<VerifyResult> {
   const started = performance.now();
-  const img = await openImage(await source.open(0), { policy }, source.direct?.());
+  const img = await openVerified(source, policy);
   const decoder = opts.deep ? frameDecoder() : null;
   try {
     const m = img.header.manifest;
