@@ -255,6 +255,16 @@ describe("edges of the engine, end to end", () => {
     expect(sha256(join(dir, "fifo.out"))).toBe(rootfsSha());
   });
 
+  test("install - < IMAGE reads stdin as that file: an install into the image itself is refused (exit 2), the image left whole", () => {
+    // Before, stdin was a stream whatever it was: nothing tied it to a file, and the install wrote its payload over the image it read.
+    copyFileSync(join(dir, "a.zbi"), join(dir, "self.zbi"));
+    const before = sha256(join(dir, "self.zbi"));
+    const r = Bun.spawnSync(["bash", "-c", `"$0" image install - --trust trust --payload rootfs --to self.zbi --journal self.journal < self.zbi`, BIN], { cwd: dir });
+    expect({ code: r.exitCode, err: r.stderr.toString(), image: sha256(join(dir, "self.zbi")), journal: existsSync(join(dir, "self.journal")) }).toEqual({
+      code: 2, err: expect.stringMatching(/the target \(self\.zbi\) and the image \(\/proc\/self\/fd\/0\) are the same file/), image: before, journal: false,
+    });
+  });
+
   test("an image followed by /dev/zero: exit 13, not read for ever", () => {
     // timeout(1): a reader that goes on for ever (the defect) is killed (exit 124), and cat with it (SIGPIPE).
     const r = Bun.spawnSync(["bash", "-c", `(cat a.zbi; cat /dev/zero) | timeout 60 "$0" image verify - --trust trust`, BIN], { cwd: dir });
