@@ -142,7 +142,7 @@ console.log(JSON.stringify({ name: s.name, seekable: s.seekable, direct: s.direc
 });
 
 describe("streamReader", () => {
-  test.each([
+  test.each<{ parts: number[][]; reads: number[]; want: number[][] }>([
     { parts: [[1, 2, 3], [4, 5], [6, 7, 8, 9]], reads: [4, 4, 4], want: [[1, 2, 3, 4], [5, 6, 7, 8], [9]] },
     { parts: [[1, 2, 3, 4, 5, 6, 7, 8]], reads: [2, 10, 1], want: [[1, 2], [3, 4, 5, 6, 7, 8], []] },
     { parts: [[], [1], [], [2, 3]], reads: [3, 3], want: [[1, 2, 3], []] },
