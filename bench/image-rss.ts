@@ -169,7 +169,7 @@ try {
     if (sha256File(target) !== rawSha) die(`zb image install did not write the ${size / MiB} MiB rootfs`);
     rows.push({ label: `zb image install, ${size / MiB} MiB`, size, runs });
     // The same install streamed: stdin a pipe (payloads read with read(2) into the engine's buffers).
-    const piped = ["sh", "-c", 'cat "$0" | "$1" "$@"', img.path, ...cmd.map((a) => (a === img.path ? "-" : a))];
+    const piped = ["sh", "-c", 'cat "$0" | "$@"', img.path, ...cmd.map((a) => (a === img.path ? "-" : a))];
     console.log(`  $ /usr/bin/time -v sh -c 'cat ${img.path} | ${cmd.map((a) => (a === img.path ? "-" : a)).join(" ")}'`);
     const pruns: Sample[] = [];
     scribble(target, size); // the check after the runs must see this way's bytes, not the file runs'
@@ -192,11 +192,11 @@ try {
   }
 
   console.log(`\npeak RSS, ${RUNS} runs each (GNU time ru_maxrss; RssAnon/RssFile: /proc/PID/status at the highest sampled VmRSS)`);
-  console.log(`${"command".padEnd(32)} ${"runs (MiB)".padEnd(22)} ${"worst".padStart(7)} ${"median".padStart(7)} ${"anon".padStart(6)} ${"file".padStart(6)} ${"time s".padStart(7)}  anon max by quarter of the worst run`);
+  console.log(`${"command".padEnd(36)} ${"runs (MiB)".padEnd(22)} ${"worst".padStart(7)} ${"median".padStart(7)} ${"anon".padStart(6)} ${"file".padStart(6)} ${"time s".padStart(7)}  anon max by quarter of the worst run`);
   for (const r of rows) {
     const by = [...r.runs].sort((a, b) => a.maxRss - b.maxRss);
     const worst = by[by.length - 1]!;
-    console.log(`${r.label.padEnd(32)} ${r.runs.map((s) => mib(s.maxRss)).join(" ").padEnd(22)} ${mib(worst.maxRss).padStart(7)} ${mib(median(by.map((x) => x.maxRss))).padStart(7)} ${mib(worst.anonAtPeak).padStart(6)} ${mib(worst.fileAtPeak).padStart(6)} ${worst.seconds.toFixed(2).padStart(7)}  ${worst.anonByQuarter.map(mib).join(" ")}`);
+    console.log(`${r.label.padEnd(36)} ${r.runs.map((s) => mib(s.maxRss)).join(" ").padEnd(22)} ${mib(worst.maxRss).padStart(7)} ${mib(median(by.map((x) => x.maxRss))).padStart(7)} ${mib(worst.anonAtPeak).padStart(6)} ${mib(worst.fileAtPeak).padStart(6)} ${worst.seconds.toFixed(2).padStart(7)}  ${worst.anonByQuarter.map(mib).join(" ")}`);
   }
   const worstAll = Math.max(...installs.map((x) => Math.max(x.worst, x.pipedWorst)));
   const spread = installs.length > 1 ? installs[installs.length - 1]!.worst - installs[0]!.worst : 0;

@@ -4,42 +4,19 @@
  * `Range`), which is how an interrupted install resumes without reading the
  * image again.
  */
-import { close as closeAsync, closeSync, constants, createReadStream, fstatSync, open as openAsync, openSync, read as readAsync, readFileSync, readSync, statSync } from "node:fs";
+import { closeSync, constants, createReadStream, fstatSync, openSync, readFileSync, readSync, statSync } from "node:fs";
 import { isatty } from "node:tty";
 import { ZbError, ioError } from "../errors.ts";
 import { isNullDevice } from "../sys/sys.ts";
 import { httpSource, type HttpOptions } from "./http.ts";
+import { eitherWay, pipeReader, readerUntilAborted, type Pullable } from "./pull.ts";
 
+export { streamReader, type Pullable, type StreamReader } from "./pull.ts";
 export { DEFAULT_IDLE_SECONDS, DEFAULT_MIN_SPEED, DEFAULT_RETRIES, displayUrl, httpSource, retryDelayMs, type HttpOptions, type RetryEvent } from "./http.ts";
 
 /** A stream of image bytes that can be ended early (HTTP: the request is aborted). */
 export interface Cancelable {
   cancel?(): void;
-}
-
-/**
- * A stream that can also be read straight into the caller's buffers (a pipe
- * read with read(2) on the thread pool): no buffer is made per read, so
- * nothing is left for the garbage collector. Either `reader()` or the
- * iteration is used, never both.
- */
-export interface Pullable {
-  reader(): StreamReader;
-}
-
-/**
- * Sequential reads of a stream into the caller's buffers: a stream's
- * payloads are read with it as a file's are with a DirectReader
- * (reader.ts), without the tar parser and without collecting the parts.
- */
-export interface StreamReader {
-  /** Bytes consumed so far. */
-  readonly position: number;
-  /** Fill `buf` completely; @returns the bytes read (fewer only at the end of the stream). @throws {ZbError} IO */
-  read(buf: Uint8Array): Promise<number>;
-  readonly device?: undefined;
-  /** End the stream (a read still pending in the thread pool is left behind). */
-  close(): void;
 }
 
 export interface ImageSource {
@@ -208,148 +185,6 @@ export function untilAborted(data: AsyncIterable<Uint8Array>, signal: AbortSigna
 }
 
 /**
- * A stream reader whose reads throw `signal.reason` once it has aborted; a
- * read waiting for bytes that do not come (an idle pipe) is left behind.
- * One listener per read, removed when the read returns (see untilAborted).
- */
-function readerUntilAborted(r: StreamReader, signal: AbortSignal, stop: () => void): StreamReader {
-  return {
-    get position() {
-      return r.position;
-    },
-    read(buf) {
-      if (signal.aborted) {
-        stop();
-        return Promise.reject(signal.reason);
-      }
-      const reading = r.read(buf);
-      reading.catch(() => undefined); // left pending by an abort, it may still fail: not unhandled
-      return new Promise<number>((resolve, reject) => {
-        const onAbort = () => {
-          stop();
-          reject(signal.reason);
-        };
-        signal.addEventListener("abort", onAbort, { once: true });
-        reading.then(
-          (n) => {
-            signal.removeEventListener("abort", onAbort);
-            resolve(n);
-          },
-          (e) => {
-            signal.removeEventListener("abort", onAbort);
-            reject(signal.aborted ? signal.reason : e);
-          },
-        );
-      });
-    },
-    close: () => r.close(),
-  };
-}
-
-/**
- * Read `data` into the caller's buffers: natively when it is {@link Pullable}
- * (no buffer per read), else by copying its parts.
- * @returns a reader whose reads throw what the stream throws
- */
-export function streamReader(data: AsyncIterable<Uint8Array>): StreamReader {
-  const native = (data as Partial<Pullable>).reader;
-  if (native) return native.call(data);
-  const it = data[Symbol.asyncIterator]();
-  let part: Uint8Array | null = null;
-  let at = 0;
-  let position = 0;
-  let ended = false;
-  return {
-    get position() {
-      return position;
-    },
-    async read(buf) {
-      let done = 0;
-      while (done < buf.length && !ended) {
-        if (part === null || at === part.length) {
-          const r = await it.next();
-          if (r.done) {
-            ended = true;
-            break;
-          }
-          [part, at] = [r.value, 0];
-          continue;
-        }
-        const n = Math.min(buf.length - done, part.length - at);
-        buf.set(part.subarray(at, at + n), done);
-        [done, at] = [done + n, at + n];
-      }
-      position += done;
-      return done;
-    },
-    close() {
-      part = null;
-      if (ended) return;
-      ended = true;
-      (data as Cancelable).cancel?.(); // an HTTP body not read to its end: its connection goes now
-      it.return?.(undefined)?.catch(() => undefined);
-    },
-  };
-}
-
-/**
- * A pipe's descriptor (`fd`, or `path` opened on the thread pool: a FIFO's
- * open waits for its writer) read with read(2) on the thread pool straight
- * into the caller's buffer. Reads wait there, not on this thread, so a
- * stalled pipe leaves the event loop free (a signal stops the command,
- * readerUntilAborted). A descriptor it opened is closed once no read is
- * pending on it (its number must not be reused under one).
- */
-function pipeReader(from: { fd: number } | { path: string }, what: string, mapError: (e: unknown) => ZbError): StreamReader {
-  let fd: Promise<number> | null = null;
-  let position = 0;
-  let pending = 0;
-  let closed = false;
-  const release = () => {
-    if (!closed || pending > 0 || fd === null || "fd" in from) return;
-    fd.then((n) => closeAsync(n, () => undefined), () => undefined);
-    fd = null;
-  };
-  const open = (): Promise<number> => {
-    if ("fd" in from) return Promise.resolve(from.fd);
-    const path = from.path;
-    return new Promise((resolve, reject) => openAsync(path, "r", (e, n) => (e ? reject(e) : resolve(n))));
-  };
-  const readOnce = (f: number, buf: Uint8Array, off: number) =>
-    new Promise<number>((resolve, reject) => readAsync(f, buf, off, buf.length - off, null, (e, n) => (e ? reject(e) : resolve(n))));
-  return {
-    get position() {
-      return position;
-    },
-    async read(buf) {
-      if (closed) throw new ZbError("IO", `cannot read ${what}: it was closed`);
-      pending++;
-      let done = 0;
-      try {
-        fd ??= open();
-        const f = await fd;
-        while (done < buf.length) {
-          const n = await readOnce(f, buf, done);
-          if (n === 0) break;
-          done += n;
-        }
-      } catch (e) {
-        throw mapError(e);
-      } finally {
-        pending--;
-        release();
-      }
-      position += done;
-      return done;
-    },
-    close() {
-      closed = true;
-      release();
-    },
-  };
-}
-
-/**
  * A promise that resolves with `value` when `signal` aborts (after `first`
  * runs), to race a wait with; dispose() removes its listener.
  */
@@ -478,27 +313,6 @@ function streamSource(path: string): ImageSource {
         () => createReadStream(path, { highWaterMark: READ_SIZE }),
         () => pipeReader({ path }, `image ${path}`, (e) => ioError(`read image ${path}`, e)),
       );
-    },
-  };
-}
-
-/**
- * A stream made when it is first iterated, or read with `reader()` instead:
- * whichever the caller takes, the other is never made (a FIFO opened twice
- * would split its bytes between two readers).
- */
-function eitherWay(iterate: () => AsyncIterable<Uint8Array> & { destroy?(): void }, reader: () => StreamReader): AsyncIterable<Uint8Array> & Pullable & Cancelable {
-  let stream: (AsyncIterable<Uint8Array> & { destroy?(): void }) | null = null;
-  let pulled: StreamReader | null = null;
-  return {
-    [Symbol.asyncIterator]() {
-      stream ??= iterate();
-      return stream[Symbol.asyncIterator]();
-    },
-    reader: () => (pulled = reader()),
-    cancel() {
-      stream?.destroy?.();
-      pulled?.close();
     },
   };
 }
