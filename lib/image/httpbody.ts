@@ -1,0 +1,185 @@
+/**
+ * The body of a URL source's download (lib/image/http.ts): read under the
+ * idle and low-speed limits, and carried on across short ranges and
+ * reconnections.
+ */
+import { describeErrno, ZbError } from "../errors.ts";
+import type { RetryEvent } from "./http.ts";
+
+/** Data received after a reconnection that counts as progress again: the attempts start over. */
+const PROGRESS_RESETS_ATTEMPTS = 1 << 20;
+
+export interface Opened {
+  res: Response;
+  abort: AbortController;
+  /** A 206 that covers less than the rest: the byte after the last one it carries (the next range starts there). */
+  end: number | null;
+}
+
+/** The connection a body is read from, replaced on each reconnection. */
+export interface Link {
+  current(): Opened;
+  closed(): boolean;
+  reopen(at: number): Promise<Opened>;
+  sleep(ms: number): Promise<void>;
+}
+
+/** Errors a reconnection may cure: the link broke, not the server's answer. */
+const TRANSIENT = new WeakSet<ZbError>();
+export function transient(e: ZbError): ZbError {
+  TRANSIENT.add(e);
+  return e;
+}
+
+/**
+ * The image's bytes from `offset` on, across reconnections: after a
+ * transient failure it waits, asks for the rest (`Range` from the bytes
+ * received so far) and goes on; any other failure, or the last attempt's,
+ * is thrown. The attempts start over once a reconnection has brought 1 MiB.
+ */
+export async function* resumable(
+  link: Link,
+  offset: number,
+  total: number | null,
+  o: { shown: string; idleMs: number; stalled: () => ZbError; slow: Slow; retries: number; onRetry: ((r: RetryEvent) => void) | undefined; delayMs: (attempt: number) => number },
+): AsyncGenerator<Uint8Array> {
+  let at = offset;
+  let attempt = 0;
+  let since = 0;
+  /**
+   * After a failure: throw it when it is not transient or the attempts are
+   * used up, else report the retry and wait. False when the reader stopped
+   * (cancel): whatever broke then is its own doing, not the server's.
+   */
+  const backOff = async (e: unknown): Promise<boolean> => {
+    if (link.closed()) return false;
+    if (!(e instanceof ZbError) || !TRANSIENT.has(e) || attempt >= o.retries) throw e;
+    attempt++;
+    const waitMs = o.delayMs(attempt);
+    o.onRetry?.({ type: "retry", url: o.shown, at, attempt, of: o.retries, waitS: waitMs / 1000, why: reason(e, o.shown) });
+    await link.sleep(waitMs);
+    return !link.closed();
+  };
+  for (;;) {
+    try {
+      const { res, abort, end } = link.current();
+      for await (const part of watched(res.body as unknown as AsyncIterable<Uint8Array>, o.idleMs, abort, o.stalled, o.slow, o.shown)) {
+        at += part.length;
+        since += part.length;
+        if (since >= PROGRESS_RESETS_ATTEMPTS) attempt = 0;
+        if (end !== null && at > end) throw new ZbError("IO", `cannot download ${o.shown}: the server sent more than the range it named (bytes up to ${end - 1})`);
+        yield part;
+      }
+      // A valid 206 for part of the rest, delivered whole (RFC 9110 §14.2 lets a server send less
+      // than asked): the next range is asked for at once, neither a retry nor a wait.
+      if (end !== null && at === end) {
+        await link.reopen(at);
+        if (link.closed()) return;
+        continue;
+      }
+      // RFC 9112 §6.3: a body shorter than its Content-Length is incomplete, not an end.
+      if (total === null || at >= total) return;
+      throw transient(new ZbError("IO", `cannot download ${o.shown}: the connection closed at byte ${at} of ${total}`));
+    } catch (e) {
+      if (!(await backOff(e))) return;
+      since = 0;
+      // A reconnection that fails the same way counts as the next attempt.
+      for (;;) {
+        try {
+          await link.reopen(at);
+          break;
+        } catch (again) {
+          if (!(await backOff(again))) return;
+        }
+      }
+      if (link.closed()) return;
+    }
+  }
+}
+
+/** A transient error's cause, without the "cannot download URL: " it starts with. */
+function reason(e: ZbError, shown: string): string {
+  const prefix = `cannot download ${shown}: `;
+  return e.message.startsWith(prefix) ? e.message.slice(prefix.length) : e.message;
+}
+
+/** The low-speed limit: fewer than `minBytes` in `windowMs` of waiting for the body is a stall. */
+export interface Slow {
+  windowMs: number;
+  /** 0: no limit. */
+  minBytes: number;
+  error(got: number): ZbError;
+}
+
+/**
+ * The body's parts, each awaited under the idle timer (started when the next
+ * part is asked for) and the low-speed limit: the bytes of each window of
+ * `slow.windowMs` spent waiting for parts must come to `slow.minBytes`. Time
+ * the reader spends on a part it has does not count in either (a slow
+ * target is not a slow server). A reader that stops early (a resume's header
+ * check, an image closed before its end) ends the request, so no connection
+ * stays open behind it.
+ */
+async function* watched(body: AsyncIterable<Uint8Array>, idleMs: number, abort: AbortController, stalled: () => ZbError, slow: Slow, shown: string): AsyncGenerator<Uint8Array> {
+  const it = body[Symbol.asyncIterator]();
+  let finished = false;
+  /** The current window: bytes received, and time spent waiting for them. */
+  let got = 0;
+  let waited = 0;
+  try {
+    for (;;) {
+      const timer = setTimeout(() => abort.abort(), idleMs);
+      let since = performance.now();
+      let tooSlow: number | null = null;
+      let check: ReturnType<typeof setTimeout> | undefined;
+      // Checked when the window's waiting time is up, also in the middle of a wait.
+      const arm = (ms: number) => {
+        check = setTimeout(() => {
+          if (got < slow.minBytes) {
+            tooSlow = got;
+            abort.abort();
+            return;
+          }
+          got = 0;
+          waited = 0;
+          since = performance.now();
+          arm(slow.windowMs);
+        }, Math.max(0, ms));
+      };
+      if (slow.minBytes > 0) arm(slow.windowMs - waited);
+      let r: IteratorResult<Uint8Array>;
+      try {
+        r = await it.next();
+      } catch (e) {
+        if (!abort.signal.aborted) throw transient(new ZbError("IO", `cannot download ${shown}: ${fetchReason(e)}`));
+        throw tooSlow === null || tooSlow === 0 ? stalled() : slow.error(tooSlow);
+      } finally {
+        clearTimeout(timer);
+        clearTimeout(check);
+      }
+      waited += performance.now() - since;
+      if (r.done) {
+        finished = true;
+        return;
+      }
+      got += r.value.length;
+      yield r.value;
+    }
+  } finally {
+    if (!finished) abort.abort();
+  }
+}
+
+/** Bun's own codes for fetch failures, beside the errno names lib/errors.ts knows. */
+const FETCH_CODES: Record<string, string> = {
+  ConnectionRefused: "the connection was refused",
+  ConnectionClosed: "the connection was closed early",
+  UnsupportedRedirectProtocol: "the server redirected to a scheme other than http or https",
+  TooManyRedirects: "the server redirected too many times",
+  ERR_TLS_CERT_ALTNAME_INVALID: "the server's TLS certificate is for another host name",
+};
+
+/** A fetch error in a few words, without the runtime's advice on fetch() options. */
+export function fetchReason(e: unknown): string {
+  return describeErrno(e, FETCH_CODES).replace(/\s*For more information, pass `verbose: true`.*$/s, "");
+}
