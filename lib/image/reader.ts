@@ -11,7 +11,8 @@
  */
 import { extract, type Extract, type Header } from "tar-stream";
 import { ioError, ZbError } from "../errors.ts";
-import { BLOCK, checkEntry, checkUstarHeader, entrySpan, LIMITS, MANIFEST_NAME, MARKER, MARKER_NAME, MAX_TAIL, payloadOffsets, readSmallEntry, SIGNATURES_NAME, bad, ustarSize, zeros } from "./format.ts";
+import { BLOCK, checkEntry, checkUstarHeader, entrySpan, LIMITS, MANIFEST_NAME, MARKER, MARKER_NAME, MAX_TAIL, payloadOffsets, readSmallEntry, SIGNATURES_NAME, bad, ustarSize } from "./format.ts";
+import { RawHeaders } from "./rawheaders.ts";
 import { streamReader, type Cancelable, type DirectReader, type ImageSource, type StreamReader } from "./source.ts";
 import { decodeManifest, LIMITS as MANIFEST_LIMITS, type Manifest, type Payload } from "./manifest.ts";
 import { checkSignatures, decodeSignatures, type Signature, type TrustStore } from "./sign.ts";
@@ -174,104 +175,6 @@ export async function openImage(input: AsyncIterable<Uint8Array>, check: { polic
     throw e;
   }
 }
-
-/**
- * The raw header blocks of a stream, found by following each header's size
- * as the bytes go to the parser (zb's layout has nothing between entries),
- * and whether only zero bytes come after the first all-zero block (the end
- * of the archive). Bytes between headers are skipped, not looked at: a few
- * comparisons per chunk.
- */
-class RawHeaders {
-  /** Where the next header block starts. */
-  private next = 0;
-  private seen = 0;
-  private readonly block = new Uint8Array(BLOCK);
-  private fill = 0;
-  private readonly blocks = new Map<number, Uint8Array>();
-  /** Where the first all-zero block starts, once one was found at a header's place. */
-  private zerosFrom: number | null = null;
-  private nonZeroAfterEnd = false;
-  /** A header whose size field is malformed, or more headers than any image has: not followed further. */
-  private lost = false;
-  private ended = false;
-
-  push(chunk: Uint8Array): void {
-    const start = this.seen;
-    this.seen += chunk.length;
-    let i = 0;
-    while (i < chunk.length && !this.lost) {
-      if (this.zerosFrom !== null) {
-        if (!this.nonZeroAfterEnd && !zeros(chunk, i, chunk.length)) this.nonZeroAfterEnd = true;
-        return;
-      }
-      const at = start + i;
-      if (at < this.next) {
-        i += Math.min(chunk.length - i, this.next - at); // entry data
-        continue;
-      }
-      const take = Math.min(BLOCK - this.fill, chunk.length - i);
-      this.block.set(chunk.subarray(i, i + take), this.fill);
-      this.fill += take;
-      i += take;
-      if (this.fill < BLOCK) return;
-      this.fill = 0;
-      this.header();
-    }
-  }
-
-  private header(): void {
-    if (zeros(this.block, 0, BLOCK)) {
-      this.zerosFrom = this.next;
-      return;
-    }
-    // 3 entries and at most 8 payloads; anything after them is refused by name or as trailing data.
-    if (this.blocks.size >= 16) {
-      this.lost = true;
-      return;
-    }
-    this.blocks.set(this.next, this.block.slice()); // kept even when malformed: checkUstarHeader says what is wrong
-    const size = ustarSize(this.block);
-    if (size === null) this.lost = true;
-    else this.next += entrySpan(size);
-  }
-
-  /** A byte that is not zero came after the end of the archive. */
-  get dataAfterEnd(): boolean {
-    return this.nonZeroAfterEnd;
-  }
-
-  /** More than {@link MAX_TAIL} bytes came after the end of the archive (the first zero block at a header's place). */
-  get tooLong(): boolean {
-    return this.zerosFrom !== null && this.seen - this.zerosFrom > MAX_TAIL;
-  }
-
-  /** The stream has ended: a partial block of zeros at a header's place counts as the end of the archive. */
-  end(): void {
-    this.ended = true;
-    if (this.fill > 0 && this.zerosFrom === null && !this.lost && zeros(this.block, 0, this.fill)) this.zerosFrom = this.next;
-  }
-
-  /** The header block that started at `offset` (once). */
-  take(offset: number): Uint8Array | undefined {
-    const b = this.blocks.get(offset);
-    this.blocks.delete(offset);
-    return b;
-  }
-
-  /**
-   * What the stream holds from `offset` (the end of the last payload's padding) on:
-   * "zeros" when it was seen to its end and holds only zero bytes there (or none),
-   * "short" when it ended before `offset`, else "data".
-   */
-  after(offset: number): "zeros" | "short" | "data" {
-    if (this.ended && this.seen < offset) return "short";
-    if (!this.ended || this.lost || this.nonZeroAfterEnd) return "data";
-    if (this.zerosFrom !== null) return this.zerosFrom === offset ? "zeros" : "data";
-    return this.seen === offset ? "zeros" : "data";
-  }
-}
-
 
 /**
  * Direct reads never wait on the event loop, so whatever it delivers — a
