@@ -22,14 +22,13 @@
  * whole-payload hash (so the final check covers them too), and a file or URL
  * source seeks straight to the first missing chunk.
  */
-import { dirname, resolve } from "node:path";
 import { ZbError } from "../errors.ts";
 import type { Sys } from "../sys/sys.ts";
 import { openTarget, type Target } from "../sys/target.ts";
+import { checkSeparateFiles, checkTargetSize, findPayload, resumePoint } from "./installchecks.ts";
 import { exactChunks } from "./chunks.ts";
 import { BLOCK, checkUstarHeader } from "./format.ts";
 import { readJournal, writeJournal, type Journal } from "./journal.ts";
-import { atomicTemp } from "../sys/atomic.ts";
 import type { Payload } from "./manifest.ts";
 import { eventLoopTurn, openVerified, type OpenImage, type PayloadEntry, type Policy, type VerifiedImage } from "./reader.ts";
 import type { ImageSource } from "./source.ts";
@@ -169,74 +168,6 @@ export async function install(sys: Sys, source: ImageSource, policy: Policy, opt
     }
   } finally {
     img.close();
-  }
-}
-
-/**
- * The image, the target and the journal must be three files. Writing the
- * target over the image being read destroys the image half-way; a journal
- * written over the target replaces the installed payload once it is complete
- * (and renaming it over a block device's node would replace the node); a
- * journal over the image destroys the image. Compared by device and inode, so
- * links and other spellings of a path count, or by absolute path where a
- * file does not exist yet. A journal that exists must be a regular file: it
- * is read whole and replaced by rename.
- * @throws {ZbError} USAGE
- */
-function checkSeparateFiles(sys: Sys, source: ImageSource, opts: InstallOptions): void {
-  const files = [
-    { role: "the target", path: opts.target },
-    { role: "the journal", path: opts.journal },
-    ...(source.file !== undefined ? [{ role: "the image", path: source.file }] : []),
-    // Deleted and rewritten at each journal write: a target or an image by that name would be lost.
-    { role: "the journal's temp file", path: atomicTemp(opts.journal) },
-  ].map((f) => ({ ...f, info: sys.stat(f.path) }));
-  // The target's folder first: the journal's (by default beside the target) would take the blame.
-  if (files[0]!.info === null && sys.stat(dirname(opts.target))?.kind !== "dir") {
-    throw new ZbError("IO", `cannot create the target ${opts.target}: the folder ${dirname(opts.target)} does not exist`);
-  }
-  const journal = files[1]!.info;
-  if (journal && journal.kind !== "file") {
-    throw new ZbError("USAGE", `cannot use ${opts.journal} as the install journal: it is not a regular file`, { hint: "give --journal a file path of its own" });
-  }
-  if (sys.stat(dirname(opts.journal))?.kind !== "dir") {
-    throw new ZbError("IO", `cannot write the install journal ${opts.journal}: the folder ${dirname(opts.journal)} does not exist`);
-  }
-  sys.checkWritableDir(dirname(opts.journal)); // a read-only mount or folder: said before the target is touched
-  // As a path too: a temp file that does not exist now may be created, and then hold the same inode.
-  const keys = (f: (typeof files)[number]) => [`path:${resolve(f.path)}`, ...(f.info ? [f.info.id] : [])];
-  for (const [i, a] of files.entries()) {
-    for (const b of files.slice(i + 1)) {
-      if (a.role === "the journal" && b.role === "the journal's temp file") continue; // one replaces the other by design
-      if (!keys(a).some((k) => keys(b).includes(k))) continue;
-      const temp = b.role === "the journal's temp file" ? { hint: `zb writes the journal through ${b.path}, deleting what has that name first: give --journal another name` } : {};
-      throw new ZbError("USAGE", `cannot install ${opts.payload} into ${opts.target}: ${a.role} (${a.path}) and ${b.role} (${b.path}) are the same file`, temp);
-    }
-  }
-}
-
-function findPayload(h: VerifiedImage, name: string): Payload {
-  const p = h.manifest.payloads.find((x) => x.name === name);
-  if (!p) throw new ZbError("USAGE", `cannot install payload ${JSON.stringify(name)}: the image has ${h.manifest.payloads.map((x) => x.name).join(", ")}`);
-  return p;
-}
-
-function resumePoint(j: Journal | null, opts: InstallOptions, imageId: string, p: Payload): number {
-  if (!opts.resume) return 0;
-  // No journal: the run before ended before it wrote one (a power cut at its start), or there
-  // was none; nothing of the target is vouched for, so the install starts at chunk 0. A script
-  // can then always pass --resume.
-  if (!j) return 0;
-  const other = j.image !== imageId ? "another image" : j.payload !== opts.payload ? `payload ${j.payload}` : j.target !== opts.target ? `target ${j.target}` : null;
-  if (other) throw new ZbError("USAGE", `cannot resume: the journal ${opts.journal} belongs to ${other}`, { hint: "install without --resume" });
-  // A journal of this image that claims more chunks than the payload has was not written by zb.
-  if (j.chunksDone > p.chunks.length) throw new ZbError("IO", `cannot read install journal ${opts.journal}: it says ${j.chunksDone} chunks are done, the payload has ${p.chunks.length}`, { hint: "install without --resume" });
-  return j.chunksDone;
-}
-
-function checkTargetSize(t: Target, p: Payload): void {
-  if (t.blockDevice && t.size() < p.raw.size) {
-    throw new ZbError("IO", `cannot install ${p.name} into ${t.path}: it holds ${t.size()} bytes, the payload needs ${p.raw.size}`);
   }
 }
 
