@@ -46,6 +46,16 @@ export async function* resumable(
   let at = offset;
   let attempt = 0;
   let since = 0;
+  const window: SpeedWindow = { got: 0, waited: 0 };
+  /** The next request, from `at`: the wait for its answer counts in the low-speed window. */
+  const reopen = async () => {
+    const asked = performance.now();
+    try {
+      await link.reopen(at);
+    } finally {
+      window.waited += performance.now() - asked;
+    }
+  };
   /**
    * After a failure: throw it when it is not transient or the attempts are
    * used up, else report the retry and wait. False when the reader stopped
@@ -63,7 +73,7 @@ export async function* resumable(
   for (;;) {
     try {
       const { res, abort, end } = link.current();
-      for await (const part of watched(res.body as unknown as AsyncIterable<Uint8Array>, o.idleMs, abort, o.stalled, o.slow, o.shown)) {
+      for await (const part of watched(res.body as unknown as AsyncIterable<Uint8Array>, o.idleMs, abort, o.stalled, o.slow, window, o.shown)) {
         at += part.length;
         since += part.length;
         if (since >= PROGRESS_RESETS_ATTEMPTS) attempt = 0;
@@ -73,7 +83,7 @@ export async function* resumable(
       // A valid 206 for part of the rest, delivered whole (RFC 9110 §14.2 lets a server send less
       // than asked): the next range is asked for at once, neither a retry nor a wait.
       if (end !== null && at === end) {
-        await link.reopen(at);
+        await reopen();
         if (link.closed()) return;
         continue;
       }
@@ -86,7 +96,7 @@ export async function* resumable(
       // A reconnection that fails the same way counts as the next attempt.
       for (;;) {
         try {
-          await link.reopen(at);
+          await reopen();
           break;
         } catch (again) {
           if (!(await backOff(again))) return;
@@ -112,22 +122,43 @@ export interface Slow {
 }
 
 /**
+ * The low-speed limit's current window: body bytes received, and time spent
+ * waiting for the server (for parts, and for the headers of the requests
+ * after the first). One per download, so that neither a short 206 nor a
+ * reconnection starts it over.
+ */
+export interface SpeedWindow {
+  got: number;
+  waited: number;
+}
+
+/**
  * The body's parts, each awaited under the idle timer (started when the next
  * part is asked for) and the low-speed limit: the bytes of each window of
- * `slow.windowMs` spent waiting for parts must come to `slow.minBytes`. Time
+ * `slow.windowMs` spent waiting must come to `slow.minBytes`. `w` is the
+ * download's window, carried on from the answers before this one. Time
  * the reader spends on a part it has does not count in either (a slow
  * target is not a slow server). A reader that stops early (a resume's header
  * check, an image closed before its end) ends the request, so no connection
  * stays open behind it.
  */
-async function* watched(body: AsyncIterable<Uint8Array>, idleMs: number, abort: AbortController, stalled: () => ZbError, slow: Slow, shown: string): AsyncGenerator<Uint8Array> {
+async function* watched(body: AsyncIterable<Uint8Array>, idleMs: number, abort: AbortController, stalled: () => ZbError, slow: Slow, w: SpeedWindow, shown: string): AsyncGenerator<Uint8Array> {
   const it = body[Symbol.asyncIterator]();
   let finished = false;
-  /** The current window: bytes received, and time spent waiting for them. */
-  let got = 0;
-  let waited = 0;
+  /** A window that ended too slow: the next one (a retry's) starts empty. */
+  const fail = (got: number): ZbError => {
+    w.got = 0;
+    w.waited = 0;
+    return got === 0 ? stalled() : slow.error(got);
+  };
   try {
     for (;;) {
+      // A window already over (the wait for this answer's headers ended it) is judged before the next wait.
+      if (slow.minBytes > 0 && w.waited >= slow.windowMs) {
+        if (w.got < slow.minBytes) throw fail(w.got);
+        w.got = 0;
+        w.waited = 0;
+      }
       const timer = setTimeout(() => abort.abort(), idleMs);
       let since = performance.now();
       let tooSlow: number | null = null;
@@ -135,34 +166,34 @@ async function* watched(body: AsyncIterable<Uint8Array>, idleMs: number, abort: 
       // Checked when the window's waiting time is up, also in the middle of a wait.
       const arm = (ms: number) => {
         check = setTimeout(() => {
-          if (got < slow.minBytes) {
-            tooSlow = got;
+          if (w.got < slow.minBytes) {
+            tooSlow = w.got;
             abort.abort();
             return;
           }
-          got = 0;
-          waited = 0;
+          w.got = 0;
+          w.waited = 0;
           since = performance.now();
           arm(slow.windowMs);
         }, Math.max(0, ms));
       };
-      if (slow.minBytes > 0) arm(slow.windowMs - waited);
+      if (slow.minBytes > 0) arm(slow.windowMs - w.waited);
       let r: IteratorResult<Uint8Array>;
       try {
         r = await it.next();
       } catch (e) {
         if (!abort.signal.aborted) throw transient(new ZbError("IO", `cannot download ${shown}: ${fetchReason(e)}`));
-        throw tooSlow === null || tooSlow === 0 ? stalled() : slow.error(tooSlow);
+        throw tooSlow === null ? stalled() : fail(tooSlow);
       } finally {
         clearTimeout(timer);
         clearTimeout(check);
       }
-      waited += performance.now() - since;
+      w.waited += performance.now() - since;
       if (r.done) {
         finished = true;
         return;
       }
-      got += r.value.length;
+      w.got += r.value.length;
       yield r.value;
     }
   } finally {

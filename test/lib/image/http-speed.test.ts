@@ -3,8 +3,10 @@
  * 20 ms, ~50 bytes/s, Bun.serve on 127.0.0.1) never leaves the idle timer a
  * second without a byte, so only the limit ends the download — fewer than
  * `minSpeed` bytes a second over the `--timeout` span is a stall, retried as
- * one, then IO. The limit is made small here through the option; nothing
- * asserts how long anything took.
+ * one, then IO. The limit's window spans the requests of one download: a
+ * server that answers every Range with a few bytes (a short 206) does not
+ * start it over with each answer. The limit is made small here through the
+ * option; nothing asserts how long anything took.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
@@ -43,8 +45,18 @@ beforeAll(async () => {
       const path = new URL(req.url).pathname;
       const range = req.headers.get("range");
       requests.push(range);
-      const bytes = path === "/small" ? small : img.bytes;
+      const bytes = path === "/image.zbi" ? img.bytes : small;
       const from = Number(/^bytes=(\d+)-$/.exec(range ?? "")?.[1] ?? 0);
+      if (path === "/slices" && from > 0) {
+        // A valid 206 for 5 bytes at most: the client asks for the next range at once.
+        const last = Math.min(bytes.length, from + 5) - 1;
+        const h = { "content-range": `bytes ${from}-${last}/${bytes.length}`, "content-length": String(last + 1 - from) };
+        return new Response(trickle(bytes.slice(from, last + 1)), { status: 206, headers: h });
+      }
+      if (path === "/breaks" && from > 0) {
+        // A 206 for the whole rest whose body ends after 5 bytes: a connection that broke, retried.
+        return new Response(trickle(bytes.slice(from, from + 5)), { status: 206, headers: { "content-range": `bytes ${from}-${bytes.length - 1}/${bytes.length}` } });
+      }
       const headers: Record<string, string> = { "content-length": String(bytes.length - from) };
       if (from > 0) headers["content-range"] = `bytes ${from}-${bytes.length - 1}/${bytes.length}`;
       return new Response(trickle(bytes.subarray(from)), { status: from > 0 ? 206 : 200, headers });
@@ -76,6 +88,22 @@ describe("a server that trickles (~50 bytes/s) under a limit of 100 bytes/s over
       retries: ["the server sent N bytes in 1 s, slower than 100 bytes/s"],
       second: true,
     });
+  });
+
+  test("every Range answered with 5 bytes (a short 206): the window spans the answers, so the trickle fails as too slow", async () => {
+    requests.length = 0;
+    const got = await httpSource(`${base}/slices`, { idleSeconds: 1, minSpeed: 100, retries: 0 }).open(1).then(readAll).then(
+      (n) => `ok: ${n} bytes`,
+      (e: { code?: string; message?: string }) => `${e.code}: ${e.message?.replace(base, "URL").replace(/sent \d+ bytes/, "sent N bytes")}`,
+    );
+    expect({ got, slices: requests.length > 1 }).toEqual({ got: "IO: cannot download URL/slices: the server sent N bytes in 1 s, slower than 100 bytes/s", slices: true });
+  });
+
+  test("every answer breaks off after 5 bytes: the window spans the reconnections, so a retry is for the trickle", async () => {
+    const retries: RetryEvent[] = [];
+    await httpSource(`${base}/breaks`, { idleSeconds: 1, minSpeed: 100, retries: 30, delayMs: () => 0, onRetry: (r) => retries.push(r) }).open(1).then(readAll).catch(() => undefined);
+    const why = new Set(retries.map((r) => r.why.replace(/\d+/g, "N")));
+    expect(why).toEqual(new Set(["the connection closed at byte N of N", "the server sent N bytes in N s, slower than N bytes/s"]));
   });
 
   test("minSpeed 0 turns the limit off: the whole body arrives", async () => {
