@@ -7,7 +7,7 @@
  */
 import { ZbError } from "../errors.ts";
 import { fetchReason, resumable, transient, type Link, type Opened, type Slow } from "./httpbody.ts";
-import { checkResponse, totalLength, validator } from "./httprange.ts";
+import { checkResponse, totalLength, validator, type Asked } from "./httprange.ts";
 import type { ImageSource } from "./source.ts";
 
 /** How long an HTTP server may send nothing (headers or body) before the download fails. */
@@ -100,11 +100,12 @@ export function httpSource(url: string, opts: HttpOptions = {}): ImageSource {
     minBytes: Math.ceil((minSpeed * idleMs) / 1000),
     error: (got) => transient(new ZbError("IO", `cannot download ${shown}: the server sent ${got} bytes in ${Math.round(idleMs / 1000)} s, slower than ${minSpeed} bytes/s`)),
   };
-  const request = async (offset: number, ifRange: string | null, reconnect: boolean, abort = new AbortController()): Promise<Opened> => {
+  /** `total`: the image's length as an earlier answer said it. */
+  const request = async (offset: number, ifRange: string | null, asked: Asked, total: number | null, abort = new AbortController()): Promise<Opened> => {
     const res = await follow(url, shown, offset, ifRange, abort, idleMs, stalled);
     let end: number | null;
     try {
-      end = checkResponse(res, shown, offset, ifRange, reconnect);
+      end = checkResponse(res, shown, offset, ifRange, asked, total);
     } catch (e) {
       abort.abort(); // the body is not wanted: close the connection now
       throw e;
@@ -122,14 +123,17 @@ export function httpSource(url: string, opts: HttpOptions = {}): ImageSource {
     name: shown,
     seekable: true,
     async open(offset) {
-      const first = await request(offset, seen?.ifRange ?? null, false);
+      const first = await request(offset, seen?.ifRange ?? null, "open", seen?.total ?? null);
       const ifRange = seen?.ifRange ?? validator(first.res);
-      const total = totalLength(first.res, offset);
-      if (seen !== null && seen.total !== null && total !== null && total !== seen.total) {
+      const said = totalLength(first.res, offset);
+      if (seen !== null && seen.total !== null && said !== null && said !== seen.total) {
         first.abort.abort();
-        throw new ZbError("IO", `cannot resume ${shown} at byte ${offset}: the image changed on the server since the download began (${seen.total} bytes then, ${total} now)`);
+        throw new ZbError("IO", `cannot resume ${shown} at byte ${offset}: the image changed on the server since the download began (${seen.total} bytes then, ${said} now)`);
       }
+      // An answer that does not say the length (`bytes N-M/*`, no Content-Length) leaves the one said before.
+      const total = said ?? seen?.total ?? null;
       seen ??= { ifRange, total };
+      seen.total ??= total;
       let current = first;
       let closed = false;
       let wake = () => {};
@@ -138,11 +142,11 @@ export function httpSource(url: string, opts: HttpOptions = {}): ImageSource {
       const link: Link = {
         current: () => current,
         closed: () => closed,
-        reopen: async (at) => {
+        reopen: async (at, asked) => {
           inflight = new AbortController();
           let next: Opened;
           try {
-            next = await request(at, ifRange, true, inflight);
+            next = await request(at, ifRange, asked, total, inflight);
           } finally {
             inflight = null;
           }

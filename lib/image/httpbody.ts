@@ -20,7 +20,8 @@ export interface Opened {
 export interface Link {
   current(): Opened;
   closed(): boolean;
-  reopen(at: number): Promise<Opened>;
+  /** Ask for the bytes from `at` on: after a break (`retry`) or a short 206 (`next`). */
+  reopen(at: number, asked: "retry" | "next"): Promise<Opened>;
   sleep(ms: number): Promise<void>;
 }
 
@@ -48,10 +49,10 @@ export async function* resumable(
   let since = 0;
   const window: SpeedWindow = { got: 0, waited: 0 };
   /** The next request, from `at`: the wait for its answer counts in the low-speed window. */
-  const reopen = async () => {
+  const reopen = async (why: "retry" | "next") => {
     const asked = performance.now();
     try {
-      await link.reopen(at);
+      await link.reopen(at, why);
     } finally {
       window.waited += performance.now() - asked;
     }
@@ -83,7 +84,7 @@ export async function* resumable(
       // A valid 206 for part of the rest, delivered whole (RFC 9110 §14.2 lets a server send less
       // than asked): the next range is asked for at once, neither a retry nor a wait.
       if (end !== null && at === end) {
-        await reopen();
+        await reopen("next");
         if (link.closed()) return;
         continue;
       }
@@ -96,7 +97,7 @@ export async function* resumable(
       // A reconnection that fails the same way counts as the next attempt.
       for (;;) {
         try {
-          await reopen();
+          await reopen("retry");
           break;
         } catch (again) {
           if (!(await backOff(again))) return;

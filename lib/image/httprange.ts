@@ -37,20 +37,30 @@ export function totalLength(res: Response, offset: number): number | null {
 const TRANSIENT_STATUS = [502, 503, 504];
 
 /**
- * `ifRange`: this is a reconnection, and a `200` means the image changed on
- * the server (RFC 9110 §13.1.5: the whole new representation instead of the range).
- * `reconnect`: a reconnection within one download (not a --resume).
+ * Why a request is made: the first of an open() (`open`: from byte 0, or
+ * a --resume's offset), a reconnection after the body broke off (`retry`),
+ * or the range after a short 206 (`next`).
+ */
+export type Asked = "open" | "retry" | "next";
+
+/**
+ * `ifRange`: this is a later request of the source, and a `200` with another
+ * validator means the image changed on the server (RFC 9110 §13.1.5: the
+ * whole new representation instead of the range). `total`: the image's
+ * length when an earlier answer said it, so that a 206 of unknown length
+ * (`bytes N-M/*`) that ends before it is a short range too.
  * @returns for a 206 that ends before the image does, the byte after its range; else null
  * @throws {ZbError} IO when the response is not the one asked for
  */
-export function checkResponse(res: Response, shown: string, offset: number, ifRange: string | null, reconnect: boolean): number | null {
+export function checkResponse(res: Response, shown: string, offset: number, ifRange: string | null, asked: Asked, total: number | null): number | null {
   if (TRANSIENT_STATUS.includes(res.status)) throw transient(new ZbError("IO", `cannot download ${shown}: HTTP ${res.status}`));
   let end: number | null = null;
   if (offset > 0) {
     // The whole representation again: with the validator it had, the server ignores Range; with another, the image changed.
     const same = ifRange !== null && (res.headers.get("etag") === ifRange || res.headers.get("last-modified") === ifRange);
     if (res.status === 200 && ifRange !== null && !same) throw new ZbError("IO", `cannot resume ${shown} at byte ${offset}: the image changed on the server since the download began (it no longer matches ${ifRange})`);
-    if (res.status === 200 && reconnect) throw new ZbError("IO", `cannot download ${shown}: the connection broke at byte ${offset}, and the server sends the whole image again instead of the rest (it does not serve byte ranges)`);
+    if (res.status === 200 && asked === "retry") throw new ZbError("IO", `cannot download ${shown}: the connection broke at byte ${offset}, and the server sends the whole image again instead of the rest (it does not serve byte ranges)`);
+    if (res.status === 200 && asked === "next") throw new ZbError("IO", `cannot download ${shown}: the server answered the request for the next range (from byte ${offset}) with the whole image: it stopped serving byte ranges`);
     if (res.status !== 206) {
       throw new ZbError("IO", `cannot resume ${shown} at byte ${offset}: the server answered ${res.status} instead of 206 Partial Content`, {
         ...(res.status === 200 ? { hint: "the server does not serve byte ranges: install without --resume (from the start), or from a server that does" } : {}),
@@ -68,7 +78,8 @@ export function checkResponse(res: Response, shown: string, offset: number, ifRa
     }
     // §14.4: "bytes first-last/complete". The image's length against the one known is compared by the caller.
     const last = named?.[2] === undefined ? null : Number(named[2]);
-    const length = named?.[3] === undefined || named[3] === "*" ? null : Number(named[3]);
+    // "/*": the length is not said; the one an earlier answer said (the caller compares it with any said here) stands in.
+    const length = named?.[3] === undefined || named[3] === "*" ? total : Number(named[3]);
     if (last !== null && (last < offset || (length !== null && last >= length))) {
       throw new ZbError("IO", `cannot resume ${shown} at byte ${offset}: the server's partial answer names an impossible range (${JSON.stringify(range.slice(0, 80))})`);
     }

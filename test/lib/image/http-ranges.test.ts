@@ -27,6 +27,8 @@ const requests: { path: string; range: string | null }[] = [];
  * /backwards/… a Range gets a 206 whose range ends before it starts
  * /beyond/…    a Range gets a 206 whose range ends at or past the image's length
  * /over/…      a Range gets a 206 naming 100 bytes, with the whole rest as its body
+ * /unknown-N/… as /slices-N/, without the length: `bytes from-(from+N-1)/*`
+ * /stops/…     the first Range gets a 206 for 100 bytes; the next ones get 200 and the whole image
  */
 function answer(path: string, range: string | null, bytes: Uint8Array): Response {
   const from = Number(/^bytes=(\d+)-$/.exec(range ?? "")?.[1] ?? 0);
@@ -34,6 +36,12 @@ function answer(path: string, range: string | null, bytes: Uint8Array): Response
   const partial = (first: number, last: number, body = bytes.slice(first, last + 1)) => new Response(body, { status: 206, headers: { "content-range": `bytes ${first}-${last}/${bytes.length}` } });
   const slices = /^\/slices-(\d+)\//.exec(path);
   if (slices) return partial(from, Math.min(bytes.length, from + Number(slices[1])) - 1);
+  const unknown = /^\/unknown-(\d+)\//.exec(path);
+  if (unknown) {
+    const last = Math.min(bytes.length, from + Number(unknown[1])) - 1;
+    return new Response(bytes.slice(from, last + 1), { status: 206, headers: { "content-range": `bytes ${from}-${last}/*` } });
+  }
+  if (path.startsWith("/stops/")) return from === 1000 ? partial(from, from + 99) : new Response(bytes);
   if (path.startsWith("/backwards/")) return partial(from, from - 1, new Uint8Array(0));
   if (path.startsWith("/beyond/")) return partial(from, bytes.length, bytes.slice(from));
   return partial(from, from + 99, bytes.slice(from));
@@ -93,6 +101,27 @@ describe("a 206 for less than the rest", () => {
     requests.length = 0;
     const r = await install(host, httpSource(url, { retries: 0 }), { trust }, { payload: "rootfs", target, journal, resume: true });
     expect({ from: r.resumedFrom, target: sha256(new Uint8Array(readFileSync(target))), state: JSON.parse(readFileSync(journal, "utf8")).state, slices: requests.length > 3 }).toEqual({ from: 4, target: sha256(img.raw.rootfs!), state: "complete", slices: true });
+  });
+
+  test("of unknown length (bytes N-M/*) after an answer that said the length: the next range follows at once, as for a known length", async () => {
+    requests.length = 0;
+    const src = httpSource(`${base}/unknown-100000/image.zbi`, { retries: 0 });
+    // A resume's first open reads the header from byte 0 (a 200 with Content-Length), then opens at an offset.
+    const head = await src.open(0);
+    for await (const _ of head) break;
+    const from = 1000;
+    const got = await readAll(await src.open(from));
+    const asked = Array.from({ length: Math.ceil((img.bytes.length - from) / 100_000) }, (_, i) => `bytes=${from + i * 100_000}-`);
+    expect({ same: Buffer.from(got).equals(Buffer.from(img.bytes.subarray(from))), asked: requests.slice(1).map((r) => r.range) }).toEqual({ same: true, asked });
+  });
+
+  test("the next range answered with 200 and the whole image: IO saying the server stopped serving ranges", async () => {
+    const url = `${base}/stops/image.zbi`;
+    const got = await httpSource(url, { retries: 3, delayMs: () => 0 }).open(1000).then(readAll).then(
+      () => "ok",
+      (e: { code?: string; message?: string }) => `${e.code}: ${e.message?.replace(url, "URL")}`,
+    );
+    expect(got).toBe("IO: cannot download URL: the server answered the request for the next range (from byte 1100) with the whole image: it stopped serving byte ranges");
   });
 
   test.each([
