@@ -31,7 +31,7 @@ import { BLOCK, checkUstarHeader } from "./format.ts";
 import { readJournal, writeJournal, type Journal } from "./journal.ts";
 import type { Payload } from "./manifest.ts";
 import { eventLoopTurn, openVerified, type OpenImage, type PayloadEntry, type Policy, type VerifiedImage } from "./reader.ts";
-import type { ImageSource } from "./source.ts";
+import type { Cancelable, ImageSource } from "./source.ts";
 import { chunkPipeline, type ChunkPipeline } from "./pipeline.ts";
 import { checkOnMedium, targetHolds } from "./readback.ts";
 import type { UncachedMode } from "../sys/uncached.ts";
@@ -183,7 +183,9 @@ async function payloadData(img: OpenImage<VerifiedImage>, source: ImageSource, p
   if (from > 0 && source.seekable && journal.dataOffset !== null) {
     img.close();
     await checkEntryHeaderAt(source, journal.dataOffset - BLOCK, payload);
-    return { data: take(await source.open(journal.dataOffset + skipBytes), payload.stored.size - skipBytes) };
+    // Every chunk done (a run stopped in its read-back): nothing to read, so nothing opened (over HTTP, a request).
+    const left = payload.stored.size - skipBytes;
+    return { data: left > 0 ? take(await source.open(journal.dataOffset + skipBytes), left) : nothing() };
   }
   for (;;) {
     const entry = await img.nextPayload();
@@ -327,9 +329,12 @@ async function readExactly(data: AsyncIterable<Uint8Array>, n: number): Promise<
  * for one more part would wait for bytes nobody needs (a server that holds
  * the rest back, the idle timer).
  */
-async function* take(data: AsyncIterable<Uint8Array>, n: number): AsyncGenerator<Uint8Array> {
+async function* take(data: AsyncIterable<Uint8Array> & Cancelable, n: number): AsyncGenerator<Uint8Array> {
   let left = n;
-  if (left <= 0) return;
+  if (left <= 0) {
+    data.cancel?.(); // never iterated: ended here, not left open
+    return;
+  }
   for await (const part of data) {
     const piece = part.length <= left ? part : part.subarray(0, left);
     left -= piece.length;
@@ -337,6 +342,8 @@ async function* take(data: AsyncIterable<Uint8Array>, n: number): AsyncGenerator
     if (left === 0) return;
   }
 }
+
+async function* nothing(): AsyncGenerator<Uint8Array> {}
 
 /** Everything after the first `n` bytes of a stream. */
 async function* skip(data: AsyncIterable<Uint8Array>, n: number): AsyncGenerator<Uint8Array> {

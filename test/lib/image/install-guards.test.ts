@@ -5,7 +5,8 @@
  * the "already installed" check of a `--resume` reads the target only once
  * the install holds it; a read-back that failed (TARGET_MISMATCH) is not
  * turned into "complete" by a `--resume` without `--read-back`; a seeking
- * resume reads no more of the source than the payload.
+ * resume reads no more of the source than the payload, and ends every
+ * stream it opens.
  */
 import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
@@ -112,5 +113,34 @@ describe("a seeking resume reads no more of the source than the payload", () => 
     writeFileSync(journal, JSON.stringify({ ...j, state: "failed", chunksDone: 4, error: "cut" }));
     const r = await failure(install(host, strict, policy, { payload: "rootfs", target, journal, resume: true }));
     expect({ r: r.code === "ok" ? "ok" : r.message, target: read(target) }).toEqual({ r: "ok", target: sha256(raw) });
+  });
+
+  test("every chunk already done (a run stopped during its read-back): each stream the resume opens is ended", async () => {
+    const dir = folder();
+    const target = join(dir, "slot.img");
+    const journal = join(dir, "j");
+    await install(host, fileSource(img.path), policy, { payload: "rootfs", target, journal });
+    const j = JSON.parse(readFileSync(journal, "utf8")) as { chunksDone: number };
+    writeFileSync(journal, JSON.stringify({ ...j, state: "failed", error: "interrupted during the read-back" }));
+    // Over HTTP a stream left open is a request never aborted: here, one not iterated to its end, returned or cancelled.
+    const opened: { offset: number; ended: boolean }[] = [];
+    const tracked: ImageSource = {
+      name: "tracked",
+      seekable: true,
+      open: async (offset) => {
+        const rec = { offset, ended: false };
+        opened.push(rec);
+        const parts = (async function* () {
+          try {
+            for (let at = offset; at < img.bytes.length; at += 64 << 10) yield img.bytes.slice(at, at + (64 << 10));
+          } finally {
+            rec.ended = true;
+          }
+        })();
+        return Object.assign(parts, { cancel: () => void (rec.ended = true) });
+      },
+    };
+    const r = await install(host, tracked, policy, { payload: "rootfs", target, journal, resume: true });
+    expect({ from: r.resumedFrom, chunks: j.chunksDone, left: opened.filter((o) => !o.ended).map((o) => o.offset), target: read(target) }).toEqual({ from: j.chunksDone, chunks: img.manifest.payloads.find((p) => p.name === "rootfs")!.chunks.length, left: [], target: sha256(raw) });
   });
 });
