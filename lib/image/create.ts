@@ -14,7 +14,7 @@ import { basename, dirname, isAbsolute, join, relative, sep } from "node:path";
 import { ZbError, isZbError } from "../errors.ts";
 import { MARKER, MARKER_NAME, MANIFEST_NAME, SIGNATURES_NAME } from "./format.ts";
 import { encodeManifest, FORMAT_VERSION, MANIFEST_TOO_LARGE, LIMITS, type Manifest, type Payload } from "./manifest.ts";
-import { openImage } from "./reader.ts";
+import { openUnverified } from "./reader.ts";
 import { checkSignatureCount, imageSignatures, type Signature, type Signer } from "./sign.ts";
 import { untilAborted, type ImageSource } from "./source.ts";
 import { encodePayload, plan, type PayloadInput, type Plan } from "./spool.ts";
@@ -215,7 +215,7 @@ function tooManyChunks(chunks: number, chunkSize: number): ZbError {
  * @throws {ZbError} USAGE for more than 16 signatures in all; IMG_FORMAT, IO
  */
 export async function resignImage(source: ImageSource, signers: Signer[], output: string): Promise<Signature[]> {
-  const img = await openImage(await source.open(0), { unverified: true });
+  const img = await openUnverified(source);
   try {
     const unique = [...new Map(signers.map((s) => [s.publicKey.id, s])).values()];
     const old = img.header.signatures;
@@ -231,7 +231,8 @@ export async function resignImage(source: ImageSource, signers: Signer[], output
       await w.addBytes(MARKER_NAME, Buffer.from(MARKER, "latin1"));
       await w.addBytes(MANIFEST_NAME, img.header.manifestBytes);
       await w.addBytes(SIGNATURES_NAME, sigBytes);
-      // Payload bytes are copied as they are: the manifest covers them already.
+      // Payload bytes are copied as they are: the manifest covers them already. Each chunk is written
+      // before the next is read (a file's direct reads reuse one buffer).
       for (let e = await img.nextPayload(); e; e = await img.nextPayload()) await w.addStream(e.payload.name, e.payload.stored.size, e.data);
       await w.commit();
     } catch (e) {

@@ -78,10 +78,24 @@ type PayloadReader = DirectReader | StreamReader;
  * @throws {ZbError} IMG_FORMAT, SIG_INVALID, IMG_INCOMPATIBLE, ROLLBACK_REFUSED, IO
  */
 export async function openVerified(source: ImageSource, policy: Policy): Promise<OpenImage<VerifiedImage>> {
+  return (await openSource(source, { policy })) as OpenImage<VerifiedImage>;
+}
+
+/**
+ * Open a source without checking trust (`image sign`, which copies the
+ * payloads), read as openVerified reads it: so an image on a block device
+ * ends at its end-of-archive blocks for every command (directPayloads).
+ * @throws {ZbError} IMG_FORMAT, IO
+ */
+export async function openUnverified(source: ImageSource): Promise<OpenImage<ImageHeader>> {
+  return await openSource(source, { unverified: true });
+}
+
+async function openSource(source: ImageSource, check: { policy: Policy } | { unverified: true }): Promise<OpenImage<ImageHeader>> {
   const data = await source.open(0);
-  if (source.direct) return openImage(data, { policy }, source.direct());
+  if (source.direct) return openImage(data, check, source.direct());
   const r = streamReader(data);
-  return openImage(headerEntries(r), { policy }, r);
+  return openImage(headerEntries(r), check, r);
 }
 
 /**
@@ -96,7 +110,8 @@ export async function openVerified(source: ImageSource, policy: Policy): Promise
  * @throws {ZbError} IMG_FORMAT, SIG_INVALID, IMG_INCOMPATIBLE, ROLLBACK_REFUSED, IO
  */
 export async function openImage(input: AsyncIterable<Uint8Array>, check: { policy: Policy }, direct?: PayloadReader): Promise<OpenImage<VerifiedImage>>;
-export async function openImage(input: AsyncIterable<Uint8Array>, check: { unverified: true }): Promise<OpenImage<ImageHeader>>;
+export async function openImage(input: AsyncIterable<Uint8Array>, check: { unverified: true }, direct?: PayloadReader): Promise<OpenImage<ImageHeader>>;
+export async function openImage(input: AsyncIterable<Uint8Array>, check: { policy: Policy } | { unverified: true }, direct?: PayloadReader): Promise<OpenImage<ImageHeader>>;
 export async function openImage(input: AsyncIterable<Uint8Array>, check: { policy: Policy } | { unverified: true }, direct?: PayloadReader): Promise<OpenImage<ImageHeader>> {
   const tar = extract();
   const trail = new RawHeaders();

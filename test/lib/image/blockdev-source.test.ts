@@ -4,15 +4,16 @@
  * file that holds the image and then what the stick held before: zeros, or
  * old data. The device is read with seeks as a file is (a `--resume` opens
  * it at the payload's offset), and its archive ends with the end-of-archive
- * blocks, not at the device's end; a regular file with the same tail is
- * still refused.
+ * blocks, not at the device's end — for install, verify and sign alike; a
+ * regular file with the same tail is still refused.
  */
 import { afterAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { resignImage } from "../../../lib/image/create.ts";
 import { install } from "../../../lib/image/install.ts";
-import { loadTrustDir, type TrustStore } from "../../../lib/image/sign.ts";
+import { keySigner, loadTrustDir, type TrustStore } from "../../../lib/image/sign.ts";
 import { fileSource } from "../../../lib/image/source.ts";
 import { verifyImage } from "../../../lib/image/verify.ts";
 import { HostSys } from "../../../lib/sys/sys.ts";
@@ -66,6 +67,18 @@ describe("an image on a block device larger than the image", () => {
     const installed = await outcome(install(host, fileSource(dev), { trust }, { payload: "rootfs", target, journal: `${target}.j` }));
     const verified = await outcome(verifyImage(fileSource(dev), { trust }, { deep: true }));
     expect({ installed, verified, target: sha256(new Uint8Array(readFileSync(target))) }).toEqual({ installed: "ok", verified: "ok", target: sha256(raw) });
+  });
+
+  test.each([
+    { tail: "1 MiB of zeros", bytes: ZEROS },
+    { tail: "1 MiB of old data", bytes: OLD_DATA },
+  ])("followed by $tail: sign reads it as install does, and the signed copy verifies with the new key alone", async ({ bytes }) => {
+    const dev = stick(bytes);
+    const out = join(root, `signed${seq++}.zbi`);
+    const signed = await outcome(resignImage(fileSource(dev), [keySigner(KEYS.other)], out));
+    const byOther = loadTrustDir(host, trustDir(root, `trust${seq++}`, [KEYS.other]));
+    const verified = signed === "ok" ? await outcome(verifyImage(fileSource(out), { trust: byOther }, { deep: true })) : "not signed";
+    expect({ signed, verified }).toEqual({ signed: "ok", verified: "ok" });
   });
 
   test("--resume from the device: the journal's chunks are kept, the rest read from the payload's offset; complete", async () => {
