@@ -24,7 +24,7 @@
  */
 import { ZbError } from "../errors.ts";
 import type { Sys } from "../sys/sys.ts";
-import { openTarget, type Target } from "../sys/target.ts";
+import { holdForCheck, openTarget, type Target } from "../sys/target.ts";
 import { checkSeparateFiles, checkTargetSize, findPayload, resumePoint } from "./installchecks.ts";
 import { exactChunks } from "./chunks.ts";
 import { BLOCK, checkUstarHeader } from "./format.ts";
@@ -102,18 +102,24 @@ export async function install(sys: Sys, source: ImageSource, policy: Policy, opt
     // A read-back asked for once is asked for until the install is complete: a resume without
     // --read-back after a TARGET_MISMATCH would otherwise call the lying medium's payload complete.
     const readBack = opts.readBack === true || (opts.resume === true && previous?.readBack === true);
+    if (claimsComplete) {
+      // "complete" is a claim about the target: it only counts while the target still holds the payload.
+      // Checked read-only (holdForCheck): a mounted slot or a read-only target that holds it is installed.
+      const hold = holdForCheck(opts.target);
+      let held: UncachedMode | null = null;
+      try {
+        if (hold !== null) held = await targetHolds(opts.target, payload, opts.signal);
+      } finally {
+        hold?.close();
+      }
+      if (held !== null) return result(opts, payload, from, true, started, held);
+      from = 0; // removed, cut short or changed since: install it again
+    }
     const existed = sys.stat(opts.target) !== null;
     // A file target is locked (a device claimed) from here to close — TARGET_BUSY for a second
-    // install — before the target is read back or the journal written. A target that must be
-    // checked (a "complete" journal) may be gone: created, it is installed from chunk 0.
-    const target = (opts.openTarget ?? openTarget)(opts.target, { create: from === 0 || claimsComplete });
+    // install — before the journal is written.
+    const target = (opts.openTarget ?? openTarget)(opts.target, { create: from === 0 });
     try {
-      if (claimsComplete) {
-        // "complete" is a claim about the target: it only counts while the target still holds the payload.
-        const held = await targetHolds(opts.target, payload, opts.signal);
-        if (held !== null) return result(opts, payload, from, true, started, held);
-        from = 0; // removed, cut short or changed since: install it again
-      }
       checkTargetSize(target, payload);
       const journal: Journal = {
         version: 1, image: imageId, payload: payload.name, target: opts.target, state: "writing",

@@ -147,6 +147,37 @@ export function openTarget(path: string, opts: { create: boolean }): Target {
   };
 }
 
+/**
+ * The target held for reading while a `--resume` of a "complete" journal
+ * reads it back ("already installed"), which writes nothing: opened
+ * read-only, so a read-only target, or a device mounted as the running
+ * system's slot, can still be found installed. A file gets the exclusive
+ * flock(2) openTarget takes (flock needs no write access), so a file another
+ * install is writing is TARGET_BUSY, as for a write. A block device is not
+ * claimed: O_EXCL fails while it is mounted, and a mounted slot that holds the
+ * payload is the common case of running the same install again, while a
+ * concurrent install into it is rare and its differing bytes fail the
+ * read-back (the install then claims the device for writing, and is refused).
+ * @returns close(), or null when the target does not exist
+ * @throws {ZbError} TARGET_BUSY (a file another install is writing); IO when it cannot be opened
+ */
+export function holdForCheck(path: string): { close(): void } | null {
+  let fd: number;
+  try {
+    fd = fs.openSync(path, fs.constants.O_RDONLY);
+  } catch (e) {
+    if ((e as { code?: string }).code === "ENOENT") return null;
+    throw ioError(`open the install target ${path}`, e);
+  }
+  try {
+    if (fs.fstatSync(fd).isFile()) claimFile(fd, path);
+  } catch (e) {
+    if (!(e instanceof ZbError)) fs.closeSync(fd); // claimFile closes it itself
+    throw e instanceof ZbError ? e : ioError(`open the install target ${path}`, e);
+  }
+  return { close: () => fs.closeSync(fd) };
+}
+
 /** The file's exclusive lock, or TARGET_BUSY (the descriptor is closed then). */
 function claimFile(fd: number, path: string): void {
   let got: ReturnType<typeof tryLockFd>;

@@ -2,8 +2,9 @@
  * What an install must not destroy or claim, beyond the three-files rule of
  * files.test.ts: the journal's temp file (`.NAME.zb-new` beside it, deleted
  * and rewritten at every journal write) is neither the target nor the image;
- * the "already installed" check of a `--resume` reads the target only once
- * the install holds it; a read-back that failed (TARGET_MISMATCH) is not
+ * the "already installed" check of a `--resume` opens the target read-only
+ * (a file locked as for a write, a device not claimed, so a mounted slot or
+ * a read-only target that holds the payload is installed); a read-back that failed (TARGET_MISMATCH) is not
  * turned into "complete" by a `--resume` without `--read-back`; a seeking
  * resume reads no more of the source than the payload, and ends every
  * stream it opens.
@@ -21,7 +22,11 @@ import { openTarget } from "../../../lib/sys/target.ts";
 import { buildImage, KEYS, MIN_CHUNK, sentinel, sha256, trustDir, variedBytes } from "./fixture.ts";
 
 const root = mkdtempSync(join(tmpdir(), "zb-guards-"));
-afterAll(() => rmSync(root, { recursive: true, force: true }));
+const loops: string[] = [];
+afterAll(() => {
+  loops.forEach((l) => Bun.spawnSync(["losetup", "-d", l]));
+  rmSync(root, { recursive: true, force: true });
+});
 const host = new HostSys();
 const policy: Policy = { trust: loadTrustDir(host, trustDir(root, "trust", [KEYS.k1])) };
 const img = await buildImage(join(root, "img"), { rootfs: variedBytes(12 * MIN_CHUNK + 3, 61), chunkSize: MIN_CHUNK });
@@ -66,7 +71,7 @@ describe("the journal's temp file (.NAME.zb-new) is neither the target nor the i
   });
 });
 
-describe("--resume of a complete journal takes the target before it reads it back", () => {
+describe("--resume of a complete journal reads the target back read-only, a file locked as for a write", () => {
   test("another install holds the target: TARGET_BUSY, not \"already installed\"; once it lets go, already installed", async () => {
     const dir = folder();
     const target = join(dir, "slot.img");
@@ -77,6 +82,54 @@ describe("--resume of a complete journal takes the target before it reads it bac
     other.close();
     const r = await install(host, fileSource(img.path), policy, { payload: "rootfs", target, journal, resume: true });
     expect({ busy: busy.code, then: r.alreadyInstalled, target: read(target) }).toEqual({ busy: "TARGET_BUSY", then: true, target: sha256(raw) });
+  });
+
+  test("a target that cannot be opened for writing (immutable, chattr +i): already installed", async () => {
+    const dir = folder();
+    const target = join(dir, "slot.img");
+    const journal = join(dir, "j");
+    await install(host, fileSource(img.path), policy, { payload: "rootfs", target, journal });
+    const ro = Bun.spawnSync(["chattr", "+i", target], { stderr: "pipe" });
+    if (ro.exitCode !== 0) throw new Error(`chattr +i failed: ${ro.stderr}`);
+    try {
+      const r = await failure(install(host, fileSource(img.path), policy, { payload: "rootfs", target, journal, resume: true }).then((x) => (x.alreadyInstalled ? "already installed" : "installed")));
+      expect(r.code === "ok" ? "already installed" : `${r.code}: ${r.message}`).toBe("already installed");
+    } finally {
+      Bun.spawnSync(["chattr", "-i", target]);
+    }
+  });
+
+  /** A read-write loop device over a file of `size` bytes (a multiple of 512). */
+  function loopDevice(size: number): string {
+    const file = join(folder(), "disk.img");
+    writeFileSync(file, new Uint8Array(size));
+    const r = Bun.spawnSync(["losetup", "--find", "--show", file], { stderr: "pipe" });
+    const dev = r.stdout.toString().trim();
+    if (r.exitCode !== 0 || !dev.startsWith("/dev/loop")) throw new Error(`losetup failed: ${r.stderr}`);
+    loops.push(dev);
+    return dev;
+  }
+
+  test.each([
+    { name: "that holds the payload: already installed", changed: false, outcome: "already installed" },
+    { name: "that no longer holds it: TARGET_BUSY (the install claims it to write)", changed: true, outcome: "TARGET_BUSY" },
+  ])("a block device in use (claimed with O_EXCL, as a mount claims it) $name", async ({ changed, outcome }) => {
+    const dev = loopDevice(Math.ceil(raw.length / 512) * 512);
+    const journal = join(folder(), "j");
+    await install(host, fileSource(img.path), policy, { payload: "rootfs", target: dev, journal });
+    if (changed) {
+      const t = openTarget(dev, { create: false });
+      t.write(0, new Uint8Array(512).fill(1));
+      t.sync();
+      t.close();
+    }
+    const mounted = openTarget(dev, { create: false }); // O_EXCL: the claim a mounted file system holds
+    try {
+      const r = await failure(install(host, fileSource(img.path), policy, { payload: "rootfs", target: dev, journal, resume: true }).then((x) => (x.alreadyInstalled ? "already installed" : "installed")));
+      expect(r.code === "ok" ? "already installed" : r.code).toBe(outcome);
+    } finally {
+      mounted.close();
+    }
   });
 
   test("the target removed since: installed again from chunk 0", async () => {
