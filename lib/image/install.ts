@@ -56,6 +56,12 @@ export interface InstallOptions {
    * Checked as a flag, per chunk.
    */
   signal?: AbortSignal;
+  /**
+   * Told once this run has written the journal (its first write): from then
+   * on `resume` continues this run. Until then a journal at that path is
+   * another run's, perhaps of another image (the stages' --resume hint).
+   */
+  onJournal?: () => void;
   /** Tests: force the fallback zstd decoder. */
   preferNativeZstd?: boolean;
   /** Tests: hash on the main thread instead of a worker. */
@@ -127,6 +133,7 @@ export async function install(sys: Sys, source: ImageSource, policy: Policy, opt
       };
       try {
         writeJournal(sys, opts.journal, journal);
+        opts.onJournal?.();
       } catch (e) {
         // Created just now and still empty: leave nothing behind (best effort; the journal's error is the one to report).
         if (!existed) {

@@ -197,14 +197,16 @@ async function installCmd(args: ParsedArgs): Promise<number> {
   const readBack = args.flags.has("read-back");
   if (args.flags.has("resume") && !sys.stat(journal)) err(`zb image install: no journal at ${journal}: installing from the start\n`);
   const src = sourceFor(input, source(args, mode));
+  let journaled = false;
   const r = await untilStopped(
     `install ${payload}`,
-    (signal) => install(sys, stoppable(src, signal), policy(args), { payload, target, journal, resume: args.flags.has("resume"), readBack, progress: onProgress, signal }),
+    (signal) => install(sys, stoppable(src, signal), policy(args), { payload, target, journal, resume: args.flags.has("resume"), readBack, progress: onProgress, signal, onJournal: () => (journaled = true) }),
     { after: () => (back ?? b)?.finish() },
   ).catch((e: unknown) => {
     // The journal keeps what was made durable: the same command with --resume continues from there.
-    // Stopped before there was one (while the header was read), there is nothing to continue.
-    if (isZbError(e, "INTERRUPTED", "TERMINATED", "HANGUP") && e.hint === undefined && sys.stat(journal) !== null) {
+    // Stopped before this run wrote it (while the header was read), there is nothing to continue:
+    // a journal there is an older run's, perhaps of another image, which --resume would refuse.
+    if (isZbError(e, "INTERRUPTED", "TERMINATED", "HANGUP") && e.hint === undefined && journaled) {
       throw new ZbError(e.code, e.message, { cause: e, hint: "run the same command with --resume to continue where it stopped" });
     }
     throw e;

@@ -251,6 +251,17 @@ test("install from stdin stopped while it reads the header (the first 1 KiB, the
   });
 });
 
+test("the same with an older run's journal of another image at the journal's path: no --resume hint (it would be refused), the journal untouched", async () => {
+  // Before: the hint, since a journal existed; --resume then failed "the journal belongs to another image".
+  const old = JSON.stringify({ version: 1, image: "0".repeat(64), payload: "rootfs", target: "hdr2.img", state: "complete", chunksDone: 1, dataOffset: 1536 });
+  writeFileSync(join(dir, "hdr2.img.zb-journal"), old);
+  const r = await stopWhen(["image", "install", "-", "--trust", "trust", "--payload", "rootfs", "--to", "hdr2.img", "--json"], "SIGINT", untilIdle, { stdin: firstMiB(1).subarray(0, 1024) });
+  const want = outcome("SIGINT", "install rootfs");
+  expect({ exit: r.exit, last: lastLine(r.stdout), stderr: r.stderr, journal: readFileSync(join(dir, "hdr2.img.zb-journal"), "utf8") }).toEqual({
+    exit: want.exit, last: { type: "result", ok: false, ...want }, stderr: `zb: ${want.message}\n`, journal: old,
+  });
+});
+
 test("info and verify from a server that accepts the connection and never answers, SIGINT: stopped at once, not after --timeout", async () => {
   // Before: the signal waited for the response headers, so zb exited 5 (IO, "server sent nothing") after --timeout.
   const sockets: import("node:net").Socket[] = [];
