@@ -119,6 +119,9 @@ export function streamReader(data: AsyncIterable<Uint8Array>): StreamReader {
   };
 }
 
+/** How long a read of a non-blocking pipe that had nothing waits before it asks again. */
+export const EAGAIN_WAIT_MS = 2;
+
 /**
  * A pipe's descriptor (`fd`, or `path` opened on the thread pool: a FIFO's
  * open waits for its writer) read with read(2) on the thread pool straight
@@ -142,8 +145,21 @@ export function pipeReader(from: { fd: number } | { path: string }, what: string
     const path = from.path;
     return new Promise((resolve, reject) => openAsync(path, "r", (e, n) => (e ? reject(e) : resolve(n))));
   };
-  const readOnce = (f: number, buf: Uint8Array, off: number) =>
+  const readAsyncOnce = (f: number, buf: Uint8Array, off: number) =>
     new Promise<number>((resolve, reject) => readAsync(f, buf, off, buf.length - off, null, (e, n) => (e ? reject(e) : resolve(n))));
+  // A pipe the parent made non-blocking (O_NONBLOCK is shared with it: Node's child_process, some
+  // supervisors) answers EAGAIN until its writer has written: waited for in short sleeps on the
+  // event loop (a signal still stops the command), never retried at once, never an error.
+  const readOnce = async (f: number, buf: Uint8Array, off: number): Promise<number> => {
+    for (;;) {
+      try {
+        return await readAsyncOnce(f, buf, off);
+      } catch (e) {
+        if ((e as { code?: string }).code !== "EAGAIN" || closed) throw e;
+        await Bun.sleep(EAGAIN_WAIT_MS);
+      }
+    }
+  };
   return {
     get position() {
       return position;

@@ -381,6 +381,10 @@ function stdinFile(): string | null {
     const pos = /^pos:\s+(\d+)$/m.exec(info)?.[1];
     const flags = /^flags:\s+([0-7]+)$/m.exec(info)?.[1];
     if (pos !== "0" || flags === undefined || (parseInt(flags, 8) & 3) === constants.O_WRONLY) return null;
+    // Opening it again checks the file's own permissions: a file a more privileged parent opened
+    // for zb (runuser … < /root/img.zbi, systemd's StandardInput=file: with User=) may refuse zb
+    // by path though fd 0 reads. Then it is read as a stream, as a pipe is.
+    closeSync(openSync("/proc/self/fd/0", "r"));
     return "/proc/self/fd/0";
   } catch {
     return null;

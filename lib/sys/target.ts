@@ -158,19 +158,29 @@ export function openTarget(path: string, opts: { create: boolean }): Target {
  * payload is the common case of running the same install again, while a
  * concurrent install into it is rare and its differing bytes fail the
  * read-back (the install then claims the device for writing, and is refused).
- * @returns close(), or null when the target does not exist
+ *
+ * Opened O_NONBLOCK and O_NOCTTY: a read-only open of a FIFO would wait on
+ * this thread for a writer (no signal handler runs meanwhile), and a terminal
+ * could become the controlling one. Neither can hold a payload.
+ * @returns close(), or null when the target does not exist or is neither a
+ *   regular file nor a block device (openTarget then says why it cannot be used)
  * @throws {ZbError} TARGET_BUSY (a file another install is writing); IO when it cannot be opened
  */
 export function holdForCheck(path: string): { close(): void } | null {
   let fd: number;
   try {
-    fd = fs.openSync(path, fs.constants.O_RDONLY);
+    fd = fs.openSync(path, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK | fs.constants.O_NOCTTY);
   } catch (e) {
     if ((e as { code?: string }).code === "ENOENT") return null;
     throw ioError(`open the install target ${path}`, e);
   }
   try {
-    if (fs.fstatSync(fd).isFile()) claimFile(fd, path);
+    const st = fs.fstatSync(fd);
+    if (!st.isFile() && !st.isBlockDevice()) {
+      fs.closeSync(fd);
+      return null;
+    }
+    if (st.isFile()) claimFile(fd, path);
   } catch (e) {
     if (!(e instanceof ZbError)) fs.closeSync(fd); // claimFile closes it itself
     throw e instanceof ZbError ? e : ioError(`open the install target ${path}`, e);
