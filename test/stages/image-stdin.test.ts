@@ -65,10 +65,13 @@ sys.stdout.write(str(p.returncode) + "\\n" + out.decode() + err.decode())
 
 test("- < FILE that zb may not open by path (root's 0600 file, zb as nobody): verified through fd 0 (before: exit 5, /proc/self/fd/0 permission denied)", () => {
   // Everything but the image readable by nobody; the image only through the descriptor root's shell opened.
+  // The binary too, copied here: the clone it was built in may sit under a folder nobody cannot enter (/root).
   chmodSync(dir, 0o755);
+  copyFileSync(BIN, join(dir, "zb"));
+  chmodSync(join(dir, "zb"), 0o755);
   copyFileSync(join(dir, "a.zbi"), join(dir, "private.zbi"));
   chmodSync(join(dir, "private.zbi"), 0o600);
-  const p = Bun.spawnSync(["bash", "-c", `exec setpriv --reuid=65534 --regid=65534 --clear-groups "$0" image verify - --trust trust < private.zbi`, BIN], { cwd: dir, timeout: 30_000 });
+  const p = Bun.spawnSync(["bash", "-c", `exec setpriv --reuid=65534 --regid=65534 --clear-groups ./zb image verify - --trust trust < private.zbi`], { cwd: dir, timeout: 30_000 });
   expect({ code: p.exitCode, err: p.stderr.toString() }).toEqual({ code: 0, err: "" });
   expect(p.stdout.toString()).toStartWith("zb image verify: stdin: OK: c 1 serial 1");
 });
