@@ -78,8 +78,8 @@ export function stopOnSignals(action: string | (() => string), hint?: string): S
  * @returns what `work` returns
  * @throws what `work` throws (the signal's ZbError once it has stopped it)
  */
-export async function untilStopped<T>(action: string | (() => string), work: (signal: AbortSignal) => Promise<T>, opts: { hint?: string; after?: () => void } = {}): Promise<T> {
-  const stop = stopOnSignals(action, opts.hint);
+export async function untilStopped<T>(action: string | (() => string), work: (signal: AbortSignal) => Promise<T>, opts: { after?: () => void } = {}): Promise<T> {
+  const stop = stopOnSignals(action);
   try {
     return await work(stop.signal);
   } finally {

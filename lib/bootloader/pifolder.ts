@@ -25,13 +25,13 @@ import { posix } from "node:path";
 import type { Sys } from "../sys/sys.ts";
 
 /** The firmware's kernel file names when config.txt names none (Pi docs, config.txt "kernel"). */
-export const DEFAULT_KERNELS: readonly string[] = ["kernel8.img", "kernel_2712.img", "kernel7l.img", "kernel7.img", "kernel.img"];
+const DEFAULT_KERNELS: readonly string[] = ["kernel8.img", "kernel_2712.img", "kernel7l.img", "kernel7.img", "kernel.img"];
 
 /** How deep `include` lines are followed (the firmware's own limit is not documented; a loop must end). */
 const MAX_INCLUDE_DEPTH = 8;
 
 /** The file names a config gives, any section. */
-export interface ConfiguredNames {
+interface ConfiguredNames {
   kernels: string[];
   deviceTrees: string[];
 }
@@ -47,7 +47,7 @@ export interface ConfiguredNames {
  * @throws {ZbError} IO when an included file cannot be read
  * @example configuredNames(sys, "/boot", "[pi4]\nkernel=vmlinuz\n") // { kernels: ["vmlinuz"], deviceTrees: [] }
  */
-export function configuredNames(sys: Sys, bootDir: string, text: string): ConfiguredNames {
+function configuredNames(sys: Sys, bootDir: string, text: string): ConfiguredNames {
   const names: ConfiguredNames = { kernels: [], deviceTrees: [] };
   const seen = new Set<string>();
   const scan = (body: string, depth: number) => {

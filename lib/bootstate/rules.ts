@@ -65,9 +65,11 @@ export const MAX_FIXUPS = 2;
  * kernel and .dtb file the firmware needs in its folder (the firmware ignores
  * an os_prefix without them, and a config.txt pointing there boots nothing).
  */
-export const usable = (s: BootState, slot: Slot) => s.slots[slot].valid && s.bootable[slot] && s.slots[slot].bootCount < s.bootLimit;
+export const usable = (s: BootState, slot: Slot) => switchable(s, slot) && s.slots[slot].bootCount < s.bootLimit;
 /** A slot a person may switch to (B2, R1): valid and bootable; the counter is made fresh. */
-export const switchable = (s: BootState, slot: Slot) => s.slots[slot].valid && s.bootable[slot];
+export function switchable(s: BootState, slot: Slot): boolean {
+  return s.slots[slot].valid && s.bootable[slot];
+}
 export const exhausted = (s: BootState, slot: Slot) => !s.slots[slot].valid || s.slots[slot].bootCount >= s.bootLimit;
 /** What config.txt should boot: the committed slot, or zboot in recover mode. */
 export const misdirected = (s: BootState, booted: Slot) => s.mode === "recover" || booted !== s.committed;

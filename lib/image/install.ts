@@ -31,7 +31,7 @@ import { BLOCK, checkUstarHeader } from "./format.ts";
 import { readJournal, writeJournal, type Journal } from "./journal.ts";
 import type { Payload } from "./manifest.ts";
 import { eventLoopTurn, openVerified, type OpenImage, type PayloadEntry, type Policy, type VerifiedImage } from "./reader.ts";
-import type { Cancelable, ImageSource } from "./source.ts";
+import type { ImageSource } from "./source.ts";
 import { chunkPipeline, type ChunkPipeline } from "./pipeline.ts";
 import { checkOnMedium, targetHolds } from "./readback.ts";
 import type { UncachedMode } from "../sys/uncached.ts";
@@ -342,12 +342,8 @@ async function readExactly(data: AsyncIterable<Uint8Array>, n: number): Promise<
  * for one more part would wait for bytes nobody needs (a server that holds
  * the rest back, the idle timer).
  */
-async function* take(data: AsyncIterable<Uint8Array> & Cancelable, n: number): AsyncGenerator<Uint8Array> {
+async function* take(data: AsyncIterable<Uint8Array>, n: number): AsyncGenerator<Uint8Array> {
   let left = n;
-  if (left <= 0) {
-    data.cancel?.(); // never iterated: ended here, not left open
-    return;
-  }
   for await (const part of data) {
     const piece = part.length <= left ? part : part.subarray(0, left);
     left -= piece.length;

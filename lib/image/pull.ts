@@ -120,7 +120,7 @@ export function streamReader(data: AsyncIterable<Uint8Array>): StreamReader {
 }
 
 /** How long a read of a non-blocking pipe that had nothing waits before it asks again. */
-export const EAGAIN_WAIT_MS = 2;
+const EAGAIN_WAIT_MS = 2;
 
 /**
  * A pipe's descriptor (`fd`, or `path` opened on the thread pool: a FIFO's

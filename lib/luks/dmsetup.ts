@@ -15,7 +15,7 @@ import { checkName } from "./checks.ts";
 import { resolveBinary, stderrDetail, ToolRun, type ToolProcess } from "./tool.ts";
 
 /** A removal that takes longer is stuck; the same limit as zbunlock's cryptsetup close. */
-export const DMSETUP_TIMEOUT_MS = 30_000;
+const DMSETUP_TIMEOUT_MS = 30_000;
 
 /**
  * A function running `dmsetup remove --retry NAME` (--retry: udev may still

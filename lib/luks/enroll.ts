@@ -41,7 +41,7 @@
  * metadata (CryptsetupCli.keyslots, hence removeKey) and zbunlock falls back
  * to the LUKS2 secondary header. A LUKS1 volume would be enrolled, then
  * refused by the first key rotation (CryptsetupCli.addKey refuses LUKS1, same
- * error and hint: lib/luks/cryptsetup.ts refuseLuks1).
+ * error and hint: lib/luks/checks.ts refuseLuks1).
  */
 import { statSync } from "node:fs";
 import type { Slot } from "../bootstate/state.ts";

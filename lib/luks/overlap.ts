@@ -134,7 +134,7 @@ export function deviceExtents(path: string, look: DeviceLookup): Extent[] {
  * Do two extents share a byte?
  * @example sharesStorage(deviceExtents("/dev/sda", look)[0], deviceExtents("/dev/sda2", look)[0]) // true
  */
-export function sharesStorage(a: Extent, b: Extent): boolean {
+function sharesStorage(a: Extent, b: Extent): boolean {
   return a.base === b.base && a.start < b.end && b.start < a.end;
 }
 

@@ -174,17 +174,18 @@ export function holdForCheck(path: string): { close(): void } | null {
     if ((e as { code?: string }).code === "ENOENT") return null;
     throw ioError(`open the install target ${path}`, e);
   }
+  let st: fs.Stats;
   try {
-    const st = fs.fstatSync(fd);
-    if (!st.isFile() && !st.isBlockDevice()) {
-      fs.closeSync(fd);
-      return null;
-    }
-    if (st.isFile()) claimFile(fd, path);
+    st = fs.fstatSync(fd);
   } catch (e) {
-    if (!(e instanceof ZbError)) fs.closeSync(fd); // claimFile closes it itself
-    throw e instanceof ZbError ? e : ioError(`open the install target ${path}`, e);
+    fs.closeSync(fd);
+    throw ioError(`open the install target ${path}`, e);
   }
+  if (!st.isFile() && !st.isBlockDevice()) {
+    fs.closeSync(fd);
+    return null;
+  }
+  if (st.isFile()) claimFile(fd, path); // closes fd when it throws
   return { close: () => fs.closeSync(fd) };
 }
 

@@ -62,8 +62,6 @@ export interface Stray {
   pid: number;
   /** The mapping name its argv carries. */
   mapping: string;
-  /** Its argv, for the console (never secret: keys travel on stdin or descriptors). */
-  argv: string[];
 }
 
 export interface LeftoverEnv {
@@ -242,7 +240,7 @@ export function findStrays(sys: Sys, procRoot: string, names: readonly string[],
     }
     if (argv.length === 0 || basename(argv[0]!) !== "cryptsetup") continue;
     const mapping = names.find((n) => argv.slice(1).some((a) => a === n || a === `/dev/mapper/${n}`));
-    if (mapping !== undefined) strays.push({ pid: Number(entry), mapping, argv });
+    if (mapping !== undefined) strays.push({ pid: Number(entry), mapping });
   }
   return strays.sort((a, b) => a.pid - b.pid);
 }
@@ -329,7 +327,7 @@ function volumeWord(name: string): string {
   return name === ROOT_MAPPING ? "the root volume" : name === DATA_MAPPING ? "the data volume" : `the volume ${name}`;
 }
 
-/** Console lines for a report (no secrets: names, PIDs, argv and errors only). */
+/** Console lines for a report (no secrets: names, PIDs and errors only). */
 export function leftoverLines(r: LeftoverReport): string[] {
   const lines: string[] = [];
   for (const s of r.stopped) lines.push(`stopped a leftover cryptsetup (pid ${s.pid}) working on ${s.mapping}`);

@@ -206,7 +206,7 @@ async function installCmd(args: ParsedArgs): Promise<number> {
     // The journal keeps what was made durable: the same command with --resume continues from there.
     // Stopped before this run wrote it (while the header was read), there is nothing to continue:
     // a journal there is an older run's, perhaps of another image, which --resume would refuse.
-    if (isZbError(e, "INTERRUPTED", "TERMINATED", "HANGUP") && e.hint === undefined && journaled) {
+    if (isZbError(e, "INTERRUPTED", "TERMINATED", "HANGUP") && journaled) {
       throw new ZbError(e.code, e.message, { cause: e, hint: "run the same command with --resume to continue where it stopped" });
     }
     throw e;

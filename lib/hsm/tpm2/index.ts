@@ -290,11 +290,7 @@ export class Tpm2Hsm implements Hsm {
    *   holds its device (EBUSY)
    */
   async lock(data: SealedData): Promise<boolean> {
-    const sealed = decodeSealed(data);
-    if (sealed.lockPcr === undefined) return false;
-    const pcr = sealed.lockPcr;
-    await this.whenFree(() => this.withTpm((tpm) => withRetries(() => tpm.pcrExtend(pcr, lockEvent()), this.sleep))).catch((e: unknown) => Promise.reject(lockFailure(e, pcr)));
-    return true;
+    return (await this.extendLock(data, false)) === "locked";
   }
 
   /**
@@ -306,16 +302,23 @@ export class Tpm2Hsm implements Hsm {
    * @returns "locked" (PCR extended), "no-lock" (the blob names no lock PCR) or "other-tpm"
    * @throws {ZbError} as lock()
    */
-  async lockIfPinned(data: SealedData): Promise<"locked" | "no-lock" | "other-tpm"> {
+  lockIfPinned(data: SealedData): Promise<"locked" | "no-lock" | "other-tpm"> {
+    return this.extendLock(data, true);
+  }
+
+  /** The extend of lock() and lockIfPinned(); `pinned`: first check the storage key is the blob's. */
+  private async extendLock(data: SealedData, pinned: boolean): Promise<"locked" | "no-lock" | "other-tpm"> {
     const sealed = decodeSealed(data);
     if (sealed.lockPcr === undefined) return "no-lock";
     const pcr = sealed.lockPcr;
     const once = async (tpm: Tpm): Promise<"locked" | "other-tpm"> => {
-      try {
-        await this.pinnedSrk(tpm, sealed);
-      } catch (e) {
-        if (isZbError(e, "HSM_NO_MATCH")) return "other-tpm";
-        throw e;
+      if (pinned) {
+        try {
+          await this.pinnedSrk(tpm, sealed);
+        } catch (e) {
+          if (isZbError(e, "HSM_NO_MATCH")) return "other-tpm";
+          throw e;
+        }
       }
       await tpm.pcrExtend(pcr, lockEvent());
       return "locked";

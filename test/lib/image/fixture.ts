@@ -483,3 +483,10 @@ export function connectionsTo(pid: number, port: number): number {
   });
   return sockets.filter((inode) => inode !== undefined && toPort.has(inode)).length;
 }
+
+/** Every byte of a source's stream, in one buffer. */
+export async function readAll(body: AsyncIterable<Uint8Array>): Promise<Uint8Array> {
+  const parts: Uint8Array[] = [];
+  for await (const p of body) parts.push(p);
+  return new Uint8Array(Buffer.concat(parts));
+}

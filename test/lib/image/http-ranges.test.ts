@@ -14,7 +14,7 @@ import { install } from "../../../lib/image/install.ts";
 import { loadTrustDir } from "../../../lib/image/sign.ts";
 import { httpSource, type RetryEvent } from "../../../lib/image/source.ts";
 import { HostSys } from "../../../lib/sys/sys.ts";
-import { buildImage, KEYS, MIN_CHUNK, sha256, trustDir, variedBytes, type Built } from "./fixture.ts";
+import { buildImage, KEYS, MIN_CHUNK, readAll, sha256, trustDir, variedBytes, type Built } from "./fixture.ts";
 
 let root = "";
 let img: Built;
@@ -66,12 +66,6 @@ afterAll(() => {
   server.stop(true);
   rmSync(root, { recursive: true, force: true });
 });
-
-async function readAll(body: AsyncIterable<Uint8Array>): Promise<Uint8Array> {
-  const parts: Uint8Array[] = [];
-  for await (const p of body) parts.push(p);
-  return new Uint8Array(Buffer.concat(parts));
-}
 
 describe("a 206 for less than the rest", () => {
   test("the next range is asked for at once: every byte, one request per slice, no retry", async () => {

@@ -9,6 +9,7 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { httpSource } from "../../../lib/image/source.ts";
+import { readAll } from "./fixture.ts";
 
 /** What the server holds now, and how it answers a Range. */
 const state = { bytes: new Uint8Array(0), etag: null as string | null, contentRange: "right" as "right" | "none" | "unparsable" };
@@ -39,12 +40,6 @@ beforeAll(() => {
   url = `http://127.0.0.1:${server.port}/image.zbi`;
 });
 afterAll(() => server.stop(true));
-
-async function readAll(body: AsyncIterable<Uint8Array>): Promise<Uint8Array> {
-  const parts: Uint8Array[] = [];
-  for await (const p of body) parts.push(p);
-  return new Uint8Array(Buffer.concat(parts));
-}
 
 describe("a URL source opened again at an offset (a resume)", () => {
   test.each([

@@ -48,7 +48,7 @@ describe("dmsetupRemover", () => {
     const { bin, dir } = fake(`touch "$(dirname "$0")/ran"`);
     const e = await failure(dmsetupRemover(bin)!("--force"));
     expect(e.code).toBe("USAGE");
-    expect(Bun.file(join(dir, "ran")).size).toBe(0);
+    expect(existsSync(join(dir, "ran"))).toBe(false); // the fake only creates the file: its size would be 0 either way
   });
 
   test("a dmsetup that does not end is killed at its time limit", async () => {
