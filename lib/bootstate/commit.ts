@@ -27,7 +27,7 @@ import type { Vars } from "../env/codec.ts";
 import { ZbError } from "../errors.ts";
 import type { Bootloader, GeneratedConfig, RebootArgs } from "../bootloader/types.ts";
 import { step, type Actor, type Event, type Step } from "./machine.ts";
-import { readState, stateChanges } from "./state.ts";
+import { readState, stateChanges, withFacts } from "./state.ts";
 
 export type Backend = Bootloader & GeneratedConfig & RebootArgs;
 
@@ -80,18 +80,18 @@ export function runTransition(backend: Backend, event: Event, opts: RunOptions):
 /** Read, step, write: everything of a transition but telling and rebooting. */
 function commitStep(backend: Backend, event: Event, opts: RunOptions): Outcome {
   const before: Vars = backend.readVars();
-  const state = readState(before);
   // Without an enclave, recover and install lead nowhere bootable: the rows that would
   // enter them boot on, leave recovery, stop, retry or refuse instead (rows-boot.ts N10, N11,
   // U4, U5; rows-os.ts B5, I2).
-  state.enclave = backend.hasEnclave();
   // Likewise a switch to a slot whose folder has no kernel or .dtb (N7, U2, B2, R1): those rows
   // fall through to recovery, booting on, or a refusal instead (rules.ts usable, switchable).
   // A folder that cannot be read counts as bootable, with a warning: an IO error there must
   // not stop every transition (zbunlock would boot unrecorded at every boot).
+  // Both are looked up only when a row asks (state.ts withFacts), inside step(): an error of
+  // the enclave's probe fails this transition as before, and only the transitions that need it.
   const warnings: string[] = [];
   const warn = (message: string) => warnings.push(message);
-  state.bootable = { a: backend.slotBootable("a", warn), b: backend.slotBootable("b", warn) };
+  const state = withFacts(readState(before), { enclave: () => backend.hasEnclave(), bootable: (slot) => backend.slotBootable(slot, warn) });
   const result = step(state, event, opts.actor);
   const changes = stateChanges(before, result.state);
   const rebootEffect = result.effects.find((e) => e.kind === "reboot");

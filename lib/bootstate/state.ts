@@ -36,13 +36,13 @@ export interface BootState {
   /**
    * A recovery enclave is on the boot partition (zboot/ holds a kernel), so
    * zb_mode=recover and install lead somewhere. Not an env variable: the
-   * backend looks (commit.ts); readState alone assumes one. Never written.
+   * backend looks when a row asks (commit.ts, withFacts); readState alone assumes one. Never written.
    */
   enclave: boolean;
   /**
    * Each slot's folder holds what the firmware needs to boot it (a kernel and
    * a .dtb file): an automatic switch to a slot without them would boot
-   * nothing. Not an env variable: the backend looks (commit.ts); readState
+   * nothing. Not an env variable: the backend looks when a row asks (commit.ts, withFacts); readState
    * alone assumes both do. Never written.
    */
   bootable: Record<Slot, boolean>;
@@ -194,9 +194,56 @@ export function logOnce(s: BootState, text: string, within = 2): void {
   logEvent(s, text);
 }
 
-/** Deep copy, so transitions never mutate their input. */
+/**
+ * Deep copy, so transitions never mutate their input. The boot-medium facts
+ * are copied as they are defined: a fact still to be probed ({@link withFacts})
+ * stays unprobed in the copy (its answer, once known, is shared).
+ */
 export function cloneState(s: BootState): BootState {
-  return { ...s, bootable: { ...s.bootable }, log: [...s.log], slots: { a: { ...s.slots.a }, b: { ...s.slots.b } } };
+  const copy = Object.defineProperties({}, Object.getOwnPropertyDescriptors(s)) as BootState;
+  copy.bootable = Object.defineProperties({}, Object.getOwnPropertyDescriptors(s.bootable)) as Record<Slot, boolean>;
+  copy.log = [...s.log];
+  copy.slots = { a: { ...s.slots.a }, b: { ...s.slots.b } };
+  return copy;
+}
+
+/** How the boot medium answers the two facts rows may ask about (lib/bootloader: hasEnclave, slotBootable). */
+export interface FactProbes {
+  enclave(): boolean;
+  bootable(slot: Slot): boolean;
+}
+
+/**
+ * `s` with `enclave` and `bootable` answered by `probe`, each when a row's
+ * guard first reads it and at most once (a probe that throws is asked again
+ * by the next read, and throws again). Why lazy: each probe lists folders and
+ * parses config.txt on the FAT, and most boots need none of them: zbunlock's
+ * N9, a normal boot, reads neither, and under QEMU's TCG the three probes
+ * took 0.08 s of every boot (qemu/README.md, Timings). Rows stay pure: a
+ * guard reads a boolean, whenever it is computed.
+ */
+export function withFacts(s: BootState, probe: FactProbes): BootState {
+  const enclave = once(() => probe.enclave());
+  const a = once(() => probe.bootable("a"));
+  const b = once(() => probe.bootable("b"));
+  Object.defineProperty(s, "enclave", { get: enclave, enumerable: true, configurable: true });
+  s.bootable = Object.defineProperties({} as Record<Slot, boolean>, {
+    a: { get: a, enumerable: true, configurable: true },
+    b: { get: b, enumerable: true, configurable: true },
+  });
+  return s;
+}
+
+function once<T>(f: () => T): () => T {
+  let done = false;
+  let value: T;
+  return () => {
+    if (!done) {
+      value = f();
+      done = true;
+    }
+    return value;
+  };
 }
 
 export function otherSlot(s: Slot): Slot {

@@ -32,9 +32,11 @@ export function givenBoot(dir: string): BootMount {
 /**
  * Mount the boot partition (vfat) on <root>/run/zb/boot unless it is mounted
  * there already, waiting up to `waitS` seconds for the device node.
+ * Asynchronous, so that what zbunlock started before (the HSM backend's
+ * warm-up, main.ts) goes on while `mount` runs.
  * @throws {ZbError} IO when the device does not appear or will not mount
  */
-export function mountBoot(root: string, device: string, waitS: number): BootMount {
+export async function mountBoot(root: string, device: string, waitS: number): Promise<BootMount> {
   const mountPoint = join(root, MOUNT_POINT);
   const mounts = existsSync(join(root, "proc/mounts")) ? readFileSync(join(root, "proc/mounts"), "utf8") : "";
   if (mounts.split("\n").some((l) => l.split(" ")[1] === mountPoint)) return givenBoot(mountPoint);
@@ -47,18 +49,19 @@ export function mountBoot(root: string, device: string, waitS: number): BootMoun
         hint: "set zb.boot=DEVICE (and zb.boot_wait=SECONDS) on the kernel command line, or pass --boot DIR",
       });
     }
-    Bun.sleepSync(50);
+    await Bun.sleep(50);
   }
   mkdirSync(mountPoint, { recursive: true });
-  const mount = () => {
-    const p = Bun.spawnSync(["mount", "-t", "vfat", device, mountPoint], { stderr: "pipe" });
-    if (p.exitCode !== 0) {
-      throw new ZbError("IO", `cannot mount the boot partition ${device} on ${mountPoint}: ${p.stderr.toString().trim() || `exit ${p.exitCode}`}`, {
+  const mount = async () => {
+    const p = Bun.spawn(["mount", "-t", "vfat", device, mountPoint], { stdin: "ignore", stdout: "ignore", stderr: "pipe" });
+    const [code, text] = [await p.exited, await new Response(p.stderr).text()];
+    if (code !== 0) {
+      throw new ZbError("IO", `cannot mount the boot partition ${device} on ${mountPoint}: ${text.trim() || `exit ${code}`}`, {
         hint: "set zb.boot=DEVICE on the kernel command line, or pass --boot DIR",
       });
     }
   };
-  mount();
+  await mount();
   let mounted = true;
   let unmounting: Promise<void> | null = null;
   const warn = (why: string) => err(`zbunlock: warning: cannot unmount the boot partition ${mountPoint}: ${why}\n`);
@@ -82,7 +85,7 @@ export function mountBoot(root: string, device: string, waitS: number): BootMoun
       if (unmounting) await unmounting;
       unmounting = null;
       if (!mounted) {
-        mount();
+        await mount();
         mounted = true;
       }
     },

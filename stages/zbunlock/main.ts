@@ -121,10 +121,15 @@ export async function zbunlockMain(argv: string[]): Promise<number> {
   const goFile = args.values.get("go-file");
   if (goFile !== undefined) {
     // Started early (stages/zbunlock/prestart.ts): evaluate the HSM backend
-    // and warm up its cryptography too, then wait. Nothing above touched a
-    // device, the HSM or the env.
-    if (backend !== null) await loadBackend(backend);
-    const waited = awaitGo(goFile, secondsParam(p, "zb.prestart_wait") ?? DEFAULT_GO_WAIT_S);
+    // and warm up its cryptography while waiting for the go, and, when the
+    // go is there first, while the boot partition mounts (both waits leave
+    // the thread free; under QEMU's TCG the warm-up is 0.10–0.13 s, which
+    // was on the boot's path whenever zbunlock became ready after the
+    // disks). Not awaited: a warm-up that fails changes nothing, since the
+    // unseal runs the same code and reports its own errors. Nothing above
+    // touched a device, the HSM or the env.
+    if (backend !== null) loadBackend(backend).catch(() => undefined);
+    const waited = await awaitGo(goFile, secondsParam(p, "zb.prestart_wait") ?? DEFAULT_GO_WAIT_S);
     if (!args.flags.has("json")) out(`zbunlock: started early, going on after ${waited.toFixed(2)} s\n`);
   }
   // From here on zbunlock acts. When the boot ends without the unlock
@@ -169,7 +174,7 @@ async function act(args: ParsedArgs, sys: HostSys, root: string, p: Platform, cr
   const given = args.values.get("boot");
   let mount: BootMount;
   try {
-    mount = given !== undefined ? givenBoot(given) : mountBoot(root, p.params.get("zb.boot") ?? DEFAULT_BOOT_DEVICE, secondsParam(p, "zb.boot_wait") ?? DEFAULT_BOOT_WAIT_S);
+    mount = given !== undefined ? givenBoot(given) : await mountBoot(root, p.params.get("zb.boot") ?? DEFAULT_BOOT_DEVICE, secondsParam(p, "zb.boot_wait") ?? DEFAULT_BOOT_WAIT_S);
   } catch (e) {
     return await unrecorded(e, args, sys, root, p, creds, booted);
   }

@@ -36,16 +36,17 @@ export interface GoSeams {
   exists(path: string): boolean;
   rename(from: string, to: string): void;
   now(): number;
-  sleep(ms: number): void;
+  sleep(ms: number): Promise<void> | void;
 }
 
-const host: GoSeams = { exists: existsSync, rename: renameSync, now: () => performance.now(), sleep: (ms) => Bun.sleepSync(ms) };
+// An asynchronous sleep: the HSM backend's warm-up (started before the wait, main.ts) goes on between the polls.
+const host: GoSeams = { exists: existsSync, rename: renameSync, now: () => performance.now(), sleep: (ms) => Bun.sleep(ms) };
 
 /**
  * Wait until `file` exists, then take it (rename to `file`.taken); the seconds waited.
  * @throws {ZbError} NOT_STARTED when it does not appear within `waitS` (nothing was done); IO when it cannot be taken
  */
-export function awaitGo(file: string, waitS: number, seams: GoSeams = host): number {
+export async function awaitGo(file: string, waitS: number, seams: GoSeams = host): Promise<number> {
   const start = seams.now();
   for (;;) {
     if (seams.exists(file)) {
@@ -60,7 +61,7 @@ export function awaitGo(file: string, waitS: number, seams: GoSeams = host): num
     if (seams.now() - start >= waitS * 1000) {
       throw new ZbError("NOT_STARTED", `cannot go on: ${file} did not appear within ${waitS} s; zbunlock did nothing (the boot script runs it again)`);
     }
-    seams.sleep(GO_POLL_MS);
+    await seams.sleep(GO_POLL_MS);
   }
 }
 

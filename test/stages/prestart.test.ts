@@ -34,11 +34,11 @@ describe("awaitGo", () => {
     { name: "it appears exactly at the deadline: still taken", before: { appearsAtMs: 1000, waitS: 1 }, after: { waited: 1, polls: 1000 / GO_POLL_MS + 1, taken: true } },
     { name: "never: NOT_STARTED at the deadline, nothing taken", before: { appearsAtMs: Infinity, waitS: 1 }, after: { waited: null, polls: 1000 / GO_POLL_MS + 1, taken: false } },
   ];
-  test.each(rows)("$name", ({ before, after }) => {
+  test.each(rows)("$name", async ({ before, after }) => {
     const s = fake(before.appearsAtMs);
     let waited: number | null = null;
     try {
-      waited = awaitGo("/run/zb/prestart/go", before.waitS, s);
+      waited = await awaitGo("/run/zb/prestart/go", before.waitS, s);
     } catch (e) {
       expect(isZbError(e, "NOT_STARTED")).toBe(true);
       expect((e as Error).message).toBe("cannot go on: /run/zb/prestart/go did not appear within 1 s; zbunlock did nothing (the boot script runs it again)");
@@ -48,9 +48,9 @@ describe("awaitGo", () => {
     expect(s.renamed()).toEqual(after.taken ? ["/run/zb/prestart/go -> /run/zb/prestart/go.taken"] : []);
   });
 
-  test("a go that cannot be taken (rename fails): IO, nothing done", () => {
+  test("a go that cannot be taken (rename fails): IO, nothing done", async () => {
     const s = { ...fake(0), rename: () => { throw new Error("EROFS: read-only file system"); } };
-    expect(() => awaitGo("/run/zb/prestart/go", 1, s)).toThrow("cannot take the go: renaming /run/zb/prestart/go: EROFS: read-only file system; zbunlock did nothing");
+    await expect(awaitGo("/run/zb/prestart/go", 1, s)).rejects.toThrow("cannot take the go: renaming /run/zb/prestart/go: EROFS: read-only file system; zbunlock did nothing");
   });
 });
 
@@ -73,7 +73,7 @@ describe("reportExitTo", () => {
     { name: "fd 3, exit 0: one line on fd 3", before: { fd: "3", exit: 0 }, after: [[3, "exited 0\n"]] },
     { name: "fd 9, exit 20: the status as given to exit", before: { fd: "9", exit: 20 }, after: [[9, "exited 20\n"]] },
   ];
-  test.each(rows)("$name", ({ before, after }) => {
+  test.each(rows)("$name", async ({ before, after }) => {
     const r = recorder();
     reportExitTo(before.fd, r.on, r.write);
     expect(r.written).toEqual([]); // nothing before the exit
