@@ -116,7 +116,19 @@ export interface PreparedOpen {
    * @throws {ZbError} LUKS_FAILED
    */
   open(key: Uint8Array): Promise<void>;
-  /** No key is coming: kill cryptsetup (nothing was mapped) and wait for it. Never throws. */
+  /**
+   * No key is coming: kill cryptsetup and wait for it, as at a timeout
+   * (ToolRun.kill, lib/luks/tool.ts: the constructor's killer, SIGKILL by
+   * default, through Bun's Subprocess, which signals no child it already
+   * reaped, so never a reused PID; then at most the kill bound). What it
+   * guarantees: nothing is mapped (cryptsetup maps only after reading a key,
+   * and none is ever written to it: `open` after a cancel throws INTERNAL);
+   * a cryptsetup that ended is reaped, and its stdin closed, so a process it
+   * forked (the real one forks none) reads the end, never a key. One the kill
+   * did not end (stuck in the kernel) is left waiting on a stdin that stays
+   * open and empty; zbunlock's step before a panic shell finds and kills
+   * leftover cryptsetup processes (lib/unlock/leftover.ts). Never throws.
+   */
   cancel(): Promise<void>;
 }
 
@@ -333,12 +345,9 @@ export class CryptsetupCli implements Cryptsetup {
       // cryptsetup's own work starts now: the timeout counts from here (constructor).
       const { code, stdout, stderr, cut } = await run.result(this.timeoutMs, async () => {
         // A child that already ended (a missing device) is not sent the key: its exit status says why.
-        if (key && proc.exitCode === null && proc.signalCode === null) {
-          await sendKey(proc.stdin as FileSink, key, spec.what).catch((e: unknown) => {
-            proc.kill("SIGKILL");
-            throw e;
-          });
-        } else if (spec.stdin) void (proc.stdin as FileSink).end();
+        // A failed handover is killed by run.result through the same killer and bounded wait as a cancel.
+        if (key && proc.exitCode === null && proc.signalCode === null) await sendKey(proc.stdin as FileSink, key, spec.what);
+        else if (spec.stdin) void (proc.stdin as FileSink).end();
       });
       try {
         if (code === 0 && cut && spec.parsesStdout) throw cutOutput(spec.what);
@@ -356,7 +365,7 @@ export class CryptsetupCli implements Cryptsetup {
 interface Running {
   /** @throws {ZbError} LUKS_FAILED; INTERNAL when called twice or after kill */
   finish(stdinKey?: Uint8Array): Promise<RunResult>;
-  /** Kill it (SIGKILL) unless it was given its key; wait for it to end, at most the kill bound. */
+  /** Kill it (ToolRun.kill: the killer, SIGKILL by default) unless it was given its key; wait for it to end, at most the kill bound. */
   kill(): Promise<void>;
 }
 

@@ -107,9 +107,12 @@ export class ToolRun {
   /**
    * Wait for its end; after `timeoutMs` (counted from now) kill it and wait
    * at most the kill bound more. `feed` (the key handover) runs under the
-   * same clock.
+   * same clock. When `feed` fails, the child is killed as at a timeout (the
+   * killer, then the bounded wait): it waits for input that is not coming,
+   * and part of a key may be in its stdin already.
    * @throws {ZbError} LUKS_FAILED when it was killed by a signal, or did not
-   *   end after the kill ({@link stillRunning} is true of that one); what `feed` throws
+   *   end after the kill ({@link stillRunning} is true of that one); what `feed`
+   *   throws, once the child ended (else that error, marked still running)
    */
   async result(timeoutMs: number, feed?: () => Promise<void>): Promise<ToolOutput> {
     const { program, what } = this.spec;
@@ -126,8 +129,8 @@ export class ToolRun {
     try {
       r = await Promise.race([(async () => (await feed?.(), void (await this.exited)))(), late]);
     } catch (e) {
-      this.abandon();
-      throw e;
+      clearTimeout(timer);
+      throw await this.failedFeed(e);
     } finally {
       clearTimeout(timer);
       clearTimeout(kill);
@@ -146,6 +149,19 @@ export class ToolRun {
       throw new ZbError("LUKS_FAILED", `cannot ${what}: ${program} was killed by ${this.proc.signalCode}${timedOut ? ` (${limit})` : ""}`);
     }
     return out;
+  }
+
+  /**
+   * The error for a `feed` that threw, after the child's kill: `e` itself
+   * when the child ended within the kill bound, else `e` marked still running
+   * (it may have read a key and go on to open the device).
+   */
+  private async failedFeed(e: unknown): Promise<unknown> {
+    if (await this.kill()) return e;
+    const { program } = this.spec;
+    const code = e instanceof ZbError ? e.code : "LUKS_FAILED";
+    const msg = `${(e as Error).message}; ${program} did not end within ${this.killWaitMs() / 1000} s of SIGKILL, it may still be changing the device`;
+    return new ZbError(code, msg, { cause: { stillRunning: true, error: e } });
   }
 
   private ended(): boolean {

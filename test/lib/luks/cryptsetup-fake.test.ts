@@ -11,8 +11,9 @@ import { chmodSync, existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ZbError } from "../../../lib/errors.ts";
 import { CryptsetupCli, exitError, isWrongKey, MAX_KEY_BYTES } from "../../../lib/luks/cryptsetup.ts";
+import { LUKS_PROBE_BYTES } from "../../../lib/luks/header.ts";
 import { scrub } from "../../../lib/luks/keyio.ts";
-import { OUTPUT_GRACE_MS, stillRunning } from "../../../lib/luks/tool.ts";
+import { OUTPUT_GRACE_MS, stillRunning, type ToolProcess } from "../../../lib/luks/tool.ts";
 import { tempDirs } from "../../tempdirs.ts";
 import { awkwardKey } from "./cryptsetup-fixture.ts";
 
@@ -32,7 +33,10 @@ describe("open/close argv (recording fake binary)", () => {
     return { bin, record: () => ({ argv: readFileSync(`${out}.argv`, "utf8").trimEnd().split("\n"), stdin: num(`${out}.stdin`), fd3: existsSync(`${out}.fd3`) ? num(`${out}.fd3`) : -1 }) };
   }
 
-  const rows: { name: string; before: (cs: CryptsetupCli) => Promise<unknown>; after: { argv: string[]; stdin: number; fd3: number } }[] = [
+  // `dev` is a file of zeros in the test's temp dir, standing for a device without a LUKS header:
+  // addKey reads the device's header (the LUKS1 refusal) before cryptsetup runs, and a test must not
+  // read (or depend on) a disk of the machine it runs on. Its path reads "<dev>" in `after`.
+  const rows: { name: string; before: (cs: CryptsetupCli, dev: string) => Promise<unknown>; after: { argv: string[]; stdin: number; fd3: number } }[] = [
     {
       name: "open",
       before: (cs) => cs.open("/dev/mmcblk0p2", "zb-root", awkwardKey(30)),
@@ -46,18 +50,22 @@ describe("open/close argv (recording fake binary)", () => {
     { name: "close", before: (cs) => cs.close("zb-root"), after: { argv: ["close", "zb-root"], stdin: 0, fd3: -1 } },
     {
       name: "addKey: two keys, two channels",
-      before: (cs) => cs.addKey("/dev/sda2", awkwardKey(32, 16), awkwardKey(33, 40)),
+      before: (cs, dev) => cs.addKey(dev, awkwardKey(32, 16), awkwardKey(33, 40)),
       after: {
-        argv: ["luksAddKey", "--batch-mode", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--hash", "sha512", "--key-file=-", "/dev/sda2", "/dev/fd/3"],
+        argv: ["luksAddKey", "--batch-mode", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--hash", "sha512", "--key-file=-", "<dev>", "/dev/fd/3"],
         stdin: 16,
         fd3: 40,
       },
     },
   ];
   test.each(rows)("$name", async ({ before, after }) => {
-    const f = fake(tempDir());
-    await before(new CryptsetupCli({ binary: f.bin }));
-    expect(f.record()).toEqual(after);
+    const dir = tempDir();
+    const f = fake(dir);
+    const dev = join(dir, "sda2");
+    writeFileSync(dev, new Uint8Array(LUKS_PROBE_BYTES));
+    await before(new CryptsetupCli({ binary: f.bin }), dev);
+    const rec = f.record();
+    expect({ ...rec, argv: rec.argv.map((a) => (a === dev ? "<dev>" : a)) }).toEqual(after);
   });
 
   const exits: { name: string; before: { rc: number; stderr: string }; after: RegExp }[] = [
@@ -205,6 +213,43 @@ describe("prepareOpen: cryptsetup started before the key (recording fake binary)
     const e = await p.open(awkwardKey(41)).catch((x: unknown) => x);
     expect((e as ZbError).code).toBe("INTERNAL");
   });
+
+  // What a cancel guarantees, with a cryptsetup that forked a process sharing its stdin (the real one
+  // forks none): the kill goes through the runner's killer (ToolRun.kill, as at a timeout) and is
+  // waited for, bounded; a cryptsetup that ended is reaped (no zombie: /proc keeps a zombie's entry);
+  // and no key reaches any process: none is ever written, and once cryptsetup ended the forked one
+  // reads the end of stdin. A kill that does nothing stands in for a process stuck in the kernel.
+  test.each([
+    { name: "the kill ends it: reaped, and its forked process reads the end, no key", before: { kills: true, killWaitMs: 10_000 }, after: { killerCalls: 1, inProc: false, forkedRead: 0 } },
+    { name: "the kill does not end it: cancel returns after the kill bound, its stdin still waiting", before: { kills: false, killWaitMs: 300 }, after: { killerCalls: 1, inProc: true, forkedRead: null } },
+  ])("cancel, $name", async ({ before, after }) => {
+    const dir = tempDir();
+    const bin = join(dir, "cryptsetup-fake");
+    // fd 4: sh gives a background job /dev/null as its stdin, so the forked one reads a copy of it.
+    writeFileSync(bin, `#!/bin/sh\nexec 4<&0\n( n=$(wc -c <&4); echo "$n" >'${dir}/forked.tmp'; mv '${dir}/forked.tmp' '${dir}/forked' ) &\nexec 4<&-\necho $$ >'${dir}/pid.tmp'; mv '${dir}/pid.tmp' '${dir}/pid'\nexec sleep 30\n`, { mode: 0o755 });
+    const calls: number[] = [];
+    const killer = (proc: ToolProcess) => {
+      calls.push(proc.pid);
+      if (before.kills) proc.kill("SIGKILL");
+    };
+    const p = new CryptsetupCli({ binary: bin, killWaitMs: before.killWaitMs, killer }).prepareOpen("/dev/mmcblk0p2", "zb-root");
+    const pidFile = join(dir, "pid");
+    for (let i = 0; i < 500 && !existsSync(pidFile); i++) await Bun.sleep(10);
+    const pid = Number(readFileSync(pidFile, "utf8"));
+    const forked = join(dir, "forked");
+    let inProc = true;
+    try {
+      await p.cancel();
+      inProc = existsSync(`/proc/${pid}`);
+      if (!inProc) for (let i = 0; i < 500 && !existsSync(forked); i++) await Bun.sleep(10);
+      const forkedRead = existsSync(forked) ? Number(readFileSync(forked, "utf8").trim()) : null;
+      expect({ killerCalls: calls.length, inProc, forkedRead }).toEqual(after);
+      expect(calls).toEqual([pid]);
+    } finally {
+      // The row whose kill does nothing: its cryptsetup still runs; once it ends, the forked one reads the end too.
+      if (inProc) process.kill(pid, "SIGKILL");
+    }
+  }, 15_000);
 
   const refused: { name: string; before: { key: Uint8Array; rc: number }; after: { code: string; message: RegExp; read: number | null } }[] = [
     { name: "an empty key: refused, cryptsetup killed unread", before: { key: new Uint8Array(0), rc: 0 }, after: { code: "LUKS_FAILED", message: /the key is 0 bytes/, read: null } },

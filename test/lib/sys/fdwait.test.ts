@@ -3,7 +3,9 @@
  * the seam), and the real poll on real pipes: room in the pipe is `ready`
  * at once, a full pipe whose reader is gone is `closed` (POLLERR). That a
  * full pipe makes zb sleep rather than spin is shown on the binary
- * (test/stages/output.test.ts).
+ * (test/stages/output.test.ts). waitReadable likewise, and with the real
+ * poll on an empty pipe that another process writes to only later: the wait
+ * must not come back before the byte (barring a signal or poll's timeout).
  */
 import { describe, expect, test } from "bun:test";
 import { closeSync, readSync, writeSync } from "node:fs";
@@ -111,16 +113,45 @@ describe("waitReadable (a secret on a non-blocking stdin)", () => {
     expect(slept).toEqual([1]);
   });
 
-  test("the real poll(2): a pipe with bytes waiting returns, and they are still there", () => {
+  test("the real poll(2): an empty pipe is waited on until a byte arrives, not returned from before", async () => {
+    // waitReadable blocks this thread, so the byte comes from another process: it waits for a go
+    // byte (sent just before the wait), sleeps 0.2 s, then writes one. The pipe is empty until then
+    // by construction. Each wait must return with the byte readable, or for a reason of poll's own:
+    // a signal (EINTR: the sleep seam runs) or its whole timeout (a writer late by a second). A wait
+    // that came back early for no reason is what this catches; none of it asserts that anything was quick.
     const [r, w] = nbPipe();
+    const go = new Int32Array(2);
+    if (libc().pipe2(ptr(go), O_CLOEXEC) !== 0) throw new Error("pipe2 failed"); // blocking: sh reads it
+    const writer = Bun.spawn(["sh", "-c", "head -c1 <&3 >/dev/null && sleep 0.2 && printf x >&4"], { stdio: ["ignore", "ignore", "ignore", go[0]!, w] });
+    const buf = new Uint8Array(4);
+    /** One non-blocking read: its byte count, or null on EAGAIN (nothing there yet). */
+    const tryRead = (): number | null => {
+      try {
+        return readSync(r, buf);
+      } catch (e) {
+        if ((e as { code?: string }).code === "EAGAIN") return null;
+        throw e;
+      }
+    };
     try {
-      writeSync(w, "x");
-      waitReadable(r);
-      const buf = new Uint8Array(4);
-      expect(readSync(r, buf)).toBe(1);
+      expect(tryRead()).toBeNull(); // the writer is waiting for its go
+      writeSync(go[1]!, "g");
+      const waits: ("byte" | "signal" | "timeout" | "early")[] = [];
+      while (waits.at(-1) !== "byte" && waits.length < 10) {
+        let signalled = false;
+        const t0 = performance.now();
+        waitReadable(r, { sleep: (ms) => ((signalled = true), Bun.sleepSync(ms)) });
+        const elapsed = performance.now() - t0;
+        const n = tryRead();
+        waits.push(n !== null ? "byte" : signalled ? "signal" : elapsed >= POLL_TIMEOUT_MS ? "timeout" : "early");
+        if (n !== null) expect(n).toBe(1);
+      }
+      expect(waits.filter((x) => x === "early")).toEqual([]);
+      expect(waits.at(-1)).toBe("byte");
+      expect(await writer.exited).toBe(0);
     } finally {
-      closeSync(r);
-      closeSync(w);
+      writer.kill("SIGKILL");
+      for (const fd of [r, w, go[0]!, go[1]!]) closeSync(fd);
     }
   });
 });
