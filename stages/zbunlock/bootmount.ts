@@ -1,7 +1,7 @@
 /**
  * zbunlock's boot partition: the one given with --boot, or the device it
- * mounts itself (zb.boot=, zb.boot_wait=), released while the key is
- * unsealed and mounted again when a failure must be recorded.
+ * mounts itself (zb.boot=, zb.boot_wait=), released while cryptsetup opens
+ * the root with the key, and mounted again when a failure must be recorded.
  */
 import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";

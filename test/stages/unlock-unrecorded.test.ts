@@ -34,8 +34,12 @@ describe("zbunlock unlocks the slot's root", () => {
 });
 
 describe("the boot partition zbunlock mounts itself (zb.boot=; a bind mount stands in for vfat, which this kernel lacks)", () => {
-  /** A PATH of only what the run needs, with `mount` (failing from call `failFrom` on) and, if `withUmount`, `umount`. */
-  function tools(name: string, o: { failFrom?: number; withUmount: boolean }): string {
+  /**
+   * A PATH of only what the run needs, with `mount` (failing from call `failFrom` on) and, if
+   * `withUmount`, `umount`; with `badKey`, a cryptsetup whose open takes the key and fails as
+   * for a key that opens no keyslot.
+   */
+  function tools(name: string, o: { failFrom?: number; withUmount: boolean; badKey?: boolean }): string {
     const t = join(dir, `tools-${name}`);
     mkdirSync(t, { recursive: true });
     for (const tool of ["sh", "dd", "grep", "cat", "sleep", "touch"]) symlinkSync(Bun.which(tool)!, join(t, tool));
@@ -50,7 +54,10 @@ exec ${Bun.which("mount")} --bind ${boot} "$last"
       writeFileSync(join(t, "umount"), `#!/bin/sh\nexec ${Bun.which("umount")} "$@"\n`);
       chmodSync(join(t, "umount"), 0o755);
     }
-    symlinkSync(join(fakeBin, "cryptsetup"), join(t, "cryptsetup"));
+    if (o.badKey) {
+      writeFileSync(join(t, "cryptsetup"), `#!/bin/sh\n[ "$1" = open ] || exit 1\ncat >/dev/null\necho "No key available with this passphrase." >&2\nexit 2\n`);
+      chmodSync(join(t, "cryptsetup"), 0o755);
+    } else symlinkSync(join(fakeBin, "cryptsetup"), join(t, "cryptsetup"));
     return t;
   }
   const mountPoint = () => join(root, "run/zb/boot");
@@ -90,13 +97,25 @@ exec ${Bun.which("mount")} --bind ${boot} "$last"
     expect(r.code).toBe(0);
   });
 
-  test("the unlock fails and the partition will not mount again to record it: said, and a reboot asked for (exit 12), not a stop at IO", async () => {
-    const r = await withBootDevice(tools("no-remount", { failFrom: 2, withUmount: true }), join(dir, "missing.key"));
+  test("the key fails in cryptsetup and the partition (unmounted while cryptsetup worked) will not mount again to record it: said, and a reboot asked for (exit 12), not a stop at IO", async () => {
+    const t = tools("no-remount", { failFrom: 2, withUmount: true, badKey: true });
+    const r = await withBootDevice(t, join(dir, "soft.key"));
     expect(r.err).toContain("zbunlock: cannot record the failed unlock: cannot mount the boot partition");
     expect(r.code).toBe(12);
+    expect(readFileSync(join(t, "mount.calls"), "utf8").trim()).toBe("2");
     const e = env();
     expect(e).toContain("zb_boot_count_a=1"); // counted before the unlock: the boot counter takes it from here
     expect(e).not.toContain("cannot unlock slot a");
+  });
+
+  test("the unseal fails: no key reached cryptsetup, so the partition is still mounted and the failure is recorded without a second mount", async () => {
+    const t = tools("unseal-fails", { failFrom: 2, withUmount: true });
+    const r = await withBootDevice(t, join(dir, "missing.key"));
+    expect(r.err).not.toContain("cannot record the failed unlock");
+    expect(r.code).toBe(12); // U3: a reboot to retry
+    expect(readFileSync(join(t, "mount.calls"), "utf8").trim()).toBe("1");
+    expect(env()).toContain("zb_boot_count_a=1");
+    expect(mounted()).toBe(false); // unmounted before the exit all the same
   });
 });
 
