@@ -7,7 +7,7 @@
  */
 import { ZbError } from "../errors.ts";
 import { fetchReason, resumable, transient, type Link, type Opened, type Slow } from "./httpbody.ts";
-import { checkResponse, totalLength, validator, type Asked } from "./httprange.ts";
+import { checkResponse, validator, type Asked, type Known } from "./httprange.ts";
 import type { ImageSource } from "./source.ts";
 
 /** How long an HTTP server may send nothing (headers or body) before the download fails. */
@@ -100,41 +100,33 @@ export function httpSource(url: string, opts: HttpOptions = {}): ImageSource {
     minBytes: Math.ceil((minSpeed * idleMs) / 1000),
     error: (got) => transient(new ZbError("IO", `cannot download ${shown}: the server sent ${got} bytes in ${Math.round(idleMs / 1000)} s, slower than ${minSpeed} bytes/s`)),
   };
-  /** `total`: the image's length as an earlier answer said it. */
-  const request = async (offset: number, ifRange: string | null, asked: Asked, total: number | null, abort = new AbortController()): Promise<Opened> => {
-    const res = await follow(url, shown, offset, ifRange, abort, idleMs, stalled);
-    let end: number | null;
+  /**
+   * What the source's answers said of the image: the first one's validator,
+   * which the later requests (a reconnection, the next range, the later opens
+   * of a resume) send as If-Range, and its length, said by the first answer
+   * that said it (a first 200 sent chunked leaves it to a later 206). Each
+   * answer is checked against it (checkResponse), so an image replaced on the
+   * server meanwhile is "changed", not a splice or a chunk that fails its hash.
+   */
+  let known: Known | null = null;
+  const request = async (offset: number, asked: Asked, abort = new AbortController()): Promise<Opened> => {
+    const res = await follow(url, shown, offset, known?.ifRange ?? null, abort, idleMs, stalled);
+    let checked: { end: number | null; total: number | null };
     try {
-      end = checkResponse(res, shown, offset, ifRange, asked, total);
+      checked = checkResponse(res, shown, offset, asked, known ?? { ifRange: null, total: null });
     } catch (e) {
       abort.abort(); // the body is not wanted: close the connection now
       throw e;
     }
-    return { res, abort, end };
+    known ??= { ifRange: validator(res), total: null };
+    known.total = checked.total;
+    return { res, abort, end: checked.end };
   };
-  /**
-   * The image as the source's first response described it: the later opens
-   * of a resume (the payload's header, then its missing chunks) ask with
-   * If-Range and compare the length, so an image replaced on the server in
-   * between is "changed", not a chunk that fails its hash.
-   */
-  let seen: { ifRange: string | null; total: number | null } | null = null;
   return {
     name: shown,
     seekable: true,
     async open(offset) {
-      const first = await request(offset, seen?.ifRange ?? null, "open", seen?.total ?? null);
-      const ifRange = seen?.ifRange ?? validator(first.res);
-      const said = totalLength(first.res, offset);
-      if (seen !== null && seen.total !== null && said !== null && said !== seen.total) {
-        first.abort.abort();
-        throw new ZbError("IO", `cannot resume ${shown} at byte ${offset}: the image changed on the server since the download began (${seen.total} bytes then, ${said} now)`);
-      }
-      // An answer that does not say the length (`bytes N-M/*`, no Content-Length) leaves the one said before.
-      const total = said ?? seen?.total ?? null;
-      seen ??= { ifRange, total };
-      seen.total ??= total;
-      let current = first;
+      let current = await request(offset, "open");
       let closed = false;
       let wake = () => {};
       /** A reconnection's request in flight: cancel() ends it too, not only the dead connection. */
@@ -142,22 +134,18 @@ export function httpSource(url: string, opts: HttpOptions = {}): ImageSource {
       const link: Link = {
         current: () => current,
         closed: () => closed,
+        total: () => known?.total ?? null,
         reopen: async (at, asked) => {
           inflight = new AbortController();
           let next: Opened;
           try {
-            next = await request(at, ifRange, asked, total, inflight);
+            next = await request(at, asked, inflight);
           } finally {
             inflight = null;
           }
           if (closed) {
             next.abort.abort();
             return current;
-          }
-          const length = totalLength(next.res, at);
-          if (total !== null && length !== null && length !== total) {
-            next.abort.abort();
-            throw new ZbError("IO", `cannot resume ${shown} at byte ${at}: the image changed on the server since the download began (${total} bytes then, ${length} now)`);
           }
           return (current = next);
         },
@@ -166,7 +154,7 @@ export function httpSource(url: string, opts: HttpOptions = {}): ImageSource {
           wake = () => (clearTimeout(timer), done());
         }),
       };
-      const body = resumable(link, offset, total, { shown, idleMs, stalled, slow, retries: opts.retries ?? 0, onRetry: opts.onRetry, delayMs: opts.delayMs ?? retryDelayMs });
+      const body = resumable(link, offset, { shown, idleMs, stalled, slow, retries: opts.retries ?? 0, onRetry: opts.onRetry, delayMs: opts.delayMs ?? retryDelayMs });
       // cancel(): a reader that stops early ends the request at once, even while a read or a
       // retry's wait is pending (a generator's return() would wait for them).
       return Object.assign(body, { cancel: () => ((closed = true), current.abort.abort(), inflight?.abort(), wake()) });

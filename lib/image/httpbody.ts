@@ -20,6 +20,8 @@ export interface Opened {
 export interface Link {
   current(): Opened;
   closed(): boolean;
+  /** The image's length as the answers so far said it (a later one may say it first). */
+  total(): number | null;
   /** Ask for the bytes from `at` on: after a break (`retry`) or a short 206 (`next`). */
   reopen(at: number, asked: "retry" | "next"): Promise<Opened>;
   sleep(ms: number): Promise<void>;
@@ -41,7 +43,6 @@ export function transient(e: ZbError): ZbError {
 export async function* resumable(
   link: Link,
   offset: number,
-  total: number | null,
   o: { shown: string; idleMs: number; stalled: () => ZbError; slow: Slow; retries: number; onRetry: ((r: RetryEvent) => void) | undefined; delayMs: (attempt: number) => number },
 ): AsyncGenerator<Uint8Array> {
   let at = offset;
@@ -89,6 +90,7 @@ export async function* resumable(
         continue;
       }
       // RFC 9112 §6.3: a body shorter than its Content-Length is incomplete, not an end.
+      const total = link.total();
       if (total === null || at >= total) return;
       throw transient(new ZbError("IO", `cannot download ${o.shown}: the connection closed at byte ${at} of ${total}`));
     } catch (e) {

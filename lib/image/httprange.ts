@@ -1,7 +1,8 @@
 /**
  * What a URL source's responses say about the bytes they carry (RFC 9110):
  * the status and `Content-Range` checked against the request, the image's
- * length, and the validator a later request sends in `If-Range`.
+ * length, the validator a later request sends in `If-Range`, and whether the
+ * image is still the one the earlier responses described.
  */
 import { ZbError } from "../errors.ts";
 import { transient } from "./httpbody.ts";
@@ -21,16 +22,52 @@ export function validator(res: Response): string | null {
   return modified !== null && Number.isFinite(date) && date - Date.parse(modified) >= 1000 ? modified : null;
 }
 
-/** The image's whole length from a response starting at `offset`, when the server says it. */
-export function totalLength(res: Response, offset: number): number | null {
-  const contentRange = res.headers.get("content-range");
+/**
+ * The image's whole length as a response says it: a 206's Content-Range
+ * (`bytes N-M/LENGTH`), a 200's Content-Length; null when it does not say
+ * (`/*`, chunked).
+ */
+function totalLength(res: Response): number | null {
   // A partial answer's Content-Length is its range's, not the rest's: only "/length" tells ("/*": unknown).
-  if (contentRange !== null) {
-    const range = /\/(\d+)\s*$/.exec(contentRange)?.[1];
+  if (res.status === 206) {
+    const range = /^bytes \d+-\d*\/(\d+)\s*$/.exec(res.headers.get("content-range") ?? "")?.[1];
     return range === undefined ? null : Number(range);
   }
   const length = res.headers.get("content-length");
-  return length !== null && /^\d+$/.test(length) ? offset + Number(length) : null;
+  return length !== null && /^\d+$/.test(length) ? Number(length) : null;
+}
+
+/**
+ * What a source's earlier answers said of the image: the validator its later
+ * requests send in `If-Range` (the first answer's), and the image's length
+ * (the first answer that said it: a first 200 sent chunked leaves it to the
+ * 206 of a reconnection).
+ */
+export interface Known {
+  ifRange: string | null;
+  total: number | null;
+}
+
+/**
+ * Is the image a response carries the one the source's earlier answers
+ * described? Not when a 200 answers a range asked with `If-Range` under
+ * another validator (RFC 9110 §13.1.5: the whole new representation instead
+ * of the range), nor when the response says another length.
+ * @returns the image's length as known now: the one `res` says, else the one known before
+ * @throws {ZbError} IO "the image changed on the server since the download began"
+ */
+export function sameImage(res: Response, shown: string, offset: number, known: Known): number | null {
+  const changed = (why: string) => new ZbError("IO", `cannot resume ${shown} at byte ${offset}: the image changed on the server since the download began (${why})`);
+  // The whole representation again: with the validator it had, the server ignores Range; with another, the image changed.
+  if (offset > 0 && res.status === 200) {
+    const same = res.headers.get("etag") === known.ifRange || res.headers.get("last-modified") === known.ifRange;
+    if (known.ifRange !== null && !same) throw changed(`it no longer matches ${known.ifRange}`);
+    return known.total; // refused by the caller: not the range asked for
+  }
+  // Only an answer that is the one asked for says the image's length (a 200 from byte 0, a 206 for a range).
+  const said = res.status === (offset > 0 ? 206 : 200) ? totalLength(res) : null;
+  if (known.total !== null && said !== null && said !== known.total) throw changed(`${known.total} bytes then, ${said} now`);
+  return said ?? known.total;
 }
 
 /** Answers of a proxy or a server that is restarting: a reconnection may get through. */
@@ -44,21 +81,19 @@ const TRANSIENT_STATUS = [502, 503, 504];
 export type Asked = "open" | "retry" | "next";
 
 /**
- * `ifRange`: this is a later request of the source, and a `200` with another
- * validator means the image changed on the server (RFC 9110 §13.1.5: the
- * whole new representation instead of the range). `total`: the image's
- * length when an earlier answer said it, so that a 206 of unknown length
- * (`bytes N-M/*`) that ends before it is a short range too.
- * @returns for a 206 that ends before the image does, the byte after its range; else null
- * @throws {ZbError} IO when the response is not the one asked for
+ * `known`: what the source's earlier answers said (none yet: both null), the
+ * image checked against it ({@link sameImage}). Its length, when known, also
+ * makes a 206 of unknown length (`bytes N-M/*`) that ends before it a short
+ * range.
+ * @returns `end`: for a 206 that ends before the image does, the byte after its range, else
+ *   null; `total`: the image's length as known now (said by this answer or an earlier one)
+ * @throws {ZbError} IO when the response is not the one asked for, or the image changed
  */
-export function checkResponse(res: Response, shown: string, offset: number, ifRange: string | null, asked: Asked, total: number | null): number | null {
+export function checkResponse(res: Response, shown: string, offset: number, asked: Asked, known: Known): { end: number | null; total: number | null } {
   if (TRANSIENT_STATUS.includes(res.status)) throw transient(new ZbError("IO", `cannot download ${shown}: HTTP ${res.status}`));
+  const total = sameImage(res, shown, offset, known);
   let end: number | null = null;
   if (offset > 0) {
-    // The whole representation again: with the validator it had, the server ignores Range; with another, the image changed.
-    const same = ifRange !== null && (res.headers.get("etag") === ifRange || res.headers.get("last-modified") === ifRange);
-    if (res.status === 200 && ifRange !== null && !same) throw new ZbError("IO", `cannot resume ${shown} at byte ${offset}: the image changed on the server since the download began (it no longer matches ${ifRange})`);
     if (res.status === 200 && asked === "retry") throw new ZbError("IO", `cannot download ${shown}: the connection broke at byte ${offset}, and the server sends the whole image again instead of the rest (it does not serve byte ranges)`);
     if (res.status === 200 && asked === "next") throw new ZbError("IO", `cannot download ${shown}: the server answered the request for the next range (from byte ${offset}) with the whole image: it stopped serving byte ranges`);
     if (res.status !== 206) {
@@ -76,16 +111,15 @@ export function checkResponse(res: Response, shown: string, offset: number, ifRa
     if (Number(start) !== offset) {
       throw new ZbError("IO", `cannot resume ${shown} at byte ${offset}: the server sent the bytes from ${start} on`);
     }
-    // §14.4: "bytes first-last/complete". The image's length against the one known is compared by the caller.
+    // §14.4: "bytes first-last/complete", the length checked against the one known above;
+    // "/*": the length is not said, the one an earlier answer said stands in.
     const last = named?.[2] === undefined ? null : Number(named[2]);
-    // "/*": the length is not said; the one an earlier answer said (the caller compares it with any said here) stands in.
-    const length = named?.[3] === undefined || named[3] === "*" ? total : Number(named[3]);
-    if (last !== null && (last < offset || (length !== null && last >= length))) {
+    if (last !== null && (last < offset || (total !== null && last >= total))) {
       throw new ZbError("IO", `cannot resume ${shown} at byte ${offset}: the server's partial answer names an impossible range (${JSON.stringify(range.slice(0, 80))})`);
     }
     // Less than the rest (only a known length tells): the next range follows it.
-    if (last !== null && length !== null && last + 1 < length) end = last + 1;
+    if (last !== null && total !== null && last + 1 < total) end = last + 1;
   } else if (res.status !== 200) throw new ZbError("IO", `cannot download ${shown}: HTTP ${res.status}`);
   if (!res.body) throw new ZbError("IO", `cannot download ${shown}: empty response`);
-  return end;
+  return { end, total };
 }

@@ -362,14 +362,19 @@ export interface RawRequest {
 
 /**
  * An answer of {@link rawHttpServer}: the whole body with a Content-Length,
- * or, with `breakAfter` less than its length, a chunked body whose
- * connection is reset (RST) after exactly that many bytes.
+ * or, with `breakAfter` less than its length, a chunked body (`sized`: with
+ * the whole's Content-Length) whose connection is reset (RST) after exactly
+ * that many bytes.
  */
 export interface RawAnswer {
   status: number;
   headers?: Record<string, string>;
   body: Uint8Array;
   breakAfter?: number;
+  /** The body chunked, without a Content-Length (the length unsaid), also when it does not break. */
+  chunked?: boolean;
+  /** A body that breaks (`breakAfter`) with the Content-Length of its whole, not chunked. */
+  sized?: boolean;
 }
 
 /**
@@ -397,16 +402,16 @@ export function rawHttpServer(answer: (req: RawRequest) => RawAnswer, consumed: 
       const req = { path: (line.split(" ")[1] ?? "/").split("?")[0]!, headers };
       const a = answer(req);
       const cut = a.breakAfter !== undefined && a.breakAfter < a.body.length;
-      const sent = { ...a.headers, connection: "close", ...(cut ? { "transfer-encoding": "chunked" } : { "content-length": String(a.body.length) }) };
+      const chunked = a.chunked === true || (cut && a.sized !== true);
+      const sent = { ...a.headers, connection: "close", ...(chunked ? { "transfer-encoding": "chunked" } : { "content-length": String(a.body.length) }) };
       const top = `HTTP/1.1 ${a.status} ${reasons[a.status] ?? "Status"}\r\n${Object.entries(sent).map(([k, v]) => `${k}: ${v}\r\n`).join("")}\r\n`;
+      const body = (b: Uint8Array) => (!chunked ? [b] : b.length > 0 ? [Buffer.from(`${b.length.toString(16)}\r\n`), b, Buffer.from("\r\n")] : []);
       if (!cut) {
         sock.write(top);
-        sock.end(a.body);
+        sock.end(chunked ? Buffer.concat([...body(a.body), Buffer.from("0\r\n\r\n")]) : a.body);
         return;
       }
-      const n = a.breakAfter!;
-      const chunk = n > 0 ? [Buffer.from(`${n.toString(16)}\r\n`), a.body.subarray(0, n), Buffer.from("\r\n")] : [];
-      sock.write(Buffer.concat([Buffer.from(top), ...chunk]), () => {
+      sock.write(Buffer.concat([Buffer.from(top), ...body(a.body.subarray(0, a.breakAfter!))]), () => {
         void consumed(req).then(() => sock.resetAndDestroy());
       });
     });
