@@ -35,40 +35,54 @@ export interface StreamReader {
 }
 
 /**
+ * A wait (a read) raced with `signal`: at the abort, `stop()` ends what it
+ * waits for (a stream, a connection) and the wait is given up at once. A
+ * wait the abort cannot end (a read(2) pending in the thread pool:
+ * destroying its stream does not) is left behind, its late failure handled;
+ * none is started once `signal` has aborted. One promise and one listener
+ * per wait, the listener removed when the wait ends: a wait raced against
+ * one promise pending for a whole stream (Promise.race) would leave a
+ * reaction on it per read, each keeping its read's bytes reachable, so
+ * memory grew with the image. Shared by untilAborted (source.ts) and
+ * readerUntilAborted.
+ * @returns what `start()` resolves with; rejects with `signal.reason` once it has aborted, else with `start()`'s own failure
+ */
+export function unlessAborted<T>(start: () => Promise<T>, signal: AbortSignal, stop: () => void = () => {}): Promise<T> {
+  if (signal.aborted) {
+    stop();
+    return Promise.reject(signal.reason);
+  }
+  const waiting = start();
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => {
+      stop();
+      reject(signal.reason);
+    };
+    signal.addEventListener("abort", onAbort, { once: true });
+    // Also handles a failure after the abort (a read left behind): the reason was given already.
+    waiting.then(
+      (v) => {
+        signal.removeEventListener("abort", onAbort);
+        resolve(v);
+      },
+      (e) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(signal.aborted ? signal.reason : e);
+      },
+    );
+  });
+}
+
+/**
  * A stream reader whose reads throw `signal.reason` once it has aborted; a
  * read waiting for bytes that do not come (an idle pipe) is left behind.
- * One listener per read, removed when the read returns (see untilAborted).
  */
 export function readerUntilAborted(r: StreamReader, signal: AbortSignal, stop: () => void): StreamReader {
   return {
     get position() {
       return r.position;
     },
-    read(buf) {
-      if (signal.aborted) {
-        stop();
-        return Promise.reject(signal.reason);
-      }
-      const reading = r.read(buf);
-      reading.catch(() => undefined); // left pending by an abort, it may still fail: not unhandled
-      return new Promise<number>((resolve, reject) => {
-        const onAbort = () => {
-          stop();
-          reject(signal.reason);
-        };
-        signal.addEventListener("abort", onAbort, { once: true });
-        reading.then(
-          (n) => {
-            signal.removeEventListener("abort", onAbort);
-            resolve(n);
-          },
-          (e) => {
-            signal.removeEventListener("abort", onAbort);
-            reject(signal.aborted ? signal.reason : e);
-          },
-        );
-      });
-    },
+    read: (buf) => unlessAborted(() => r.read(buf), signal, stop),
     close: () => r.close(),
   };
 }

@@ -9,7 +9,7 @@ import { isatty } from "node:tty";
 import { ZbError, ioError } from "../errors.ts";
 import { isNullDevice } from "../sys/sys.ts";
 import { httpSource, type HttpOptions } from "./http.ts";
-import { eitherWay, pipeReader, readerUntilAborted, type Pullable } from "./pull.ts";
+import { eitherWay, pipeReader, readerUntilAborted, unlessAborted, type Pullable } from "./pull.ts";
 
 export { streamReader, type Pullable, type StreamReader } from "./pull.ts";
 export { DEFAULT_IDLE_SECONDS, DEFAULT_MIN_SPEED, DEFAULT_RETRIES, displayUrl, httpSource, retryDelayMs, type HttpOptions, type RetryEvent } from "./http.ts";
@@ -133,43 +133,28 @@ export function untilAborted(data: AsyncIterable<Uint8Array>, signal: AbortSigna
       stop(); // never read: ended here, not left open behind the caller
       throw signal.reason;
     }
-    // The wait is raced with the abort: destroying a file stream does not end a read(2) already
-    // pending in the thread pool (a FIFO whose writer sends nothing, or has not even opened it),
-    // and the stream only ends once that read returns. The read is left behind; the command ends.
-    // One promise per read, woken by one listener: racing every read against a single promise
-    // that stays pending for the whole stream (Promise.race) leaves a reaction on it per read,
-    // and each keeps its read's bytes reachable, so memory grew with the image.
-    let wake: (() => void) | null = null;
-    const onAbort = () => {
-      stop();
-      wake?.();
-    };
-    signal.addEventListener("abort", onAbort, { once: true });
+    // Ended at the abort, also while the caller holds a part. A read pending then is left behind
+    // (unlessAborted): destroying a file stream does not end a read(2) already pending in the thread
+    // pool (a FIFO whose writer sends nothing, or has not even opened it).
+    signal.addEventListener("abort", stop, { once: true });
     const it = data[Symbol.asyncIterator]();
     let ended = false;
     try {
       for (;;) {
-        const next = it.next();
-        next.catch(() => undefined); // left pending by an abort, it may still fail: not unhandled
-        const r = await new Promise<IteratorResult<Uint8Array>>((resolve, reject) => {
-          wake = () => resolve({ done: true, value: undefined });
-          if (signal.aborted) wake(); // aborted between two reads
-          next.then(resolve, reject);
-        });
-        wake = null;
-        if (r.done || signal.aborted) {
-          ended = r.done === true && !signal.aborted;
-          break;
+        const r = await unlessAborted(() => it.next(), signal);
+        if (signal.aborted) throw signal.reason; // aborted as the read returned
+        if (r.done) {
+          ended = true;
+          return;
         }
         yield r.value;
       }
     } catch (e) {
-      ended = true;
-      // The stream's own error when it was destroyed under the wait: the abort is what happened.
-      if (!signal.aborted) throw e;
+      // The stream's own failure ended it; the abort left it to be ended below, and is what happened.
+      if (!signal.aborted) ended = true;
+      throw signal.aborted ? signal.reason : e;
     } finally {
-      wake = null;
-      signal.removeEventListener("abort", onAbort);
+      signal.removeEventListener("abort", stop);
       // Left early (the caller stopped reading, or the abort): the stream is ended as for await would end it;
       // after an abort without waiting, since a pending read may never return.
       if (!ended) {
@@ -178,7 +163,6 @@ export function untilAborted(data: AsyncIterable<Uint8Array>, signal: AbortSigna
         else await closing;
       }
     }
-    if (signal.aborted) throw signal.reason;
   }
   const native = (data as Partial<Pullable>).reader;
   return Object.assign(parts(), { cancel: stop }, native ? { reader: () => readerUntilAborted(native.call(data), signal, stop) } : {});

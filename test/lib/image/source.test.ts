@@ -12,6 +12,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PassThrough } from "node:stream";
 import { ZbError } from "../../../lib/errors.ts";
+import { unlessAborted } from "../../../lib/image/pull.ts";
 import { fileSource, stoppable, streamReader, untilAborted, type ImageSource } from "../../../lib/image/source.ts";
 
 const root = mkdtempSync(join(tmpdir(), "zb-source-"));
@@ -138,6 +139,35 @@ console.log(JSON.stringify({ name: s.name, seekable: s.seekable, direct: s.direc
     } finally {
       closeSync(fd);
     }
+  });
+});
+
+describe("unlessAborted: one wait raced with the abort (untilAborted's reads, a stream reader's)", () => {
+  /** A wait that settles when the test says; started or not, stopped or not, as the helper left it. */
+  test.each<{ name: string; abortBefore?: boolean; settle?: "resolve" | "reject"; abortDuring?: boolean; abortAfter?: boolean; want: { got: unknown; started: boolean; stops: number } }>([
+    { name: "aborted already: not started, stopped, the reason", abortBefore: true, want: { got: reason, started: false, stops: 1 } },
+    { name: "aborted while it waits: stopped, the reason at once", abortDuring: true, want: { got: reason, started: true, stops: 1 } },
+    { name: "aborted while it waits, the wait failing later: the reason, the late failure handled", abortDuring: true, settle: "reject", want: { got: reason, started: true, stops: 1 } },
+    { name: "settled: its value; an abort after it stops nothing (the listener is gone)", settle: "resolve", abortAfter: true, want: { got: 7, started: true, stops: 0 } },
+    { name: "failed, not aborted: its own error", settle: "reject", want: { got: "EIO", started: true, stops: 0 } },
+  ])("$name", async ({ abortBefore, settle: how, abortDuring, abortAfter, want }) => {
+    const stop = new AbortController();
+    let started = false;
+    let stops = 0;
+    let done: { resolve(n: number): void; reject(e: unknown): void } | null = null;
+    const start = () => {
+      started = true;
+      return new Promise<number>((resolve, reject) => (done = { resolve, reject }));
+    };
+    if (abortBefore) stop.abort(reason);
+    const waiting = unlessAborted(start, stop.signal, () => stops++).then((n) => n, (e: unknown) => e);
+    if (abortDuring) stop.abort(reason);
+    if (how === "resolve") done!.resolve(7);
+    if (how === "reject") done!.reject("EIO");
+    const got = await waiting;
+    if (abortAfter) stop.abort(reason);
+    await Bun.sleep(0); // a late failure left unhandled would fail the test run here
+    expect({ got, started, stops }).toEqual(want);
   });
 });
 
