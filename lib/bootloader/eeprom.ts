@@ -62,7 +62,7 @@ export const EEPROM_HINT = "update the bootloader EEPROM (rpi-eeprom-update -a, 
  * Refuse to arm a try (A1) or enter the enclave (I1) on a bootloader that
  * would ignore the one-shot flag: the try would be lost at every re-arm and
  * the slot marked invalid for it. Nothing is read or changed in the env.
- * @param what the transition in the message ("arm-try", "enter-install")
+ * @param what what was asked, for the message ("arm a try", "enter the recovery enclave")
  * @throws {ZbError} STATE_REFUSED with {@link EEPROM_HINT}; IO when the device tree cannot be read
  */
 export function requireTryboot(sys: Sys, root: string, what: string): void {

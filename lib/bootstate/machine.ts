@@ -17,7 +17,7 @@ import { ZbError } from "../errors.ts";
 import { cloneState, type BootState } from "./state.ts";
 import { BOOT_ROWS } from "./rows-boot.ts";
 import { OS_ROWS } from "./rows-os.ts";
-import type { Actor, Effect, Event, Row } from "./rules.ts";
+import { EVENT_ACTION, type Actor, type Effect, type Event, type Row } from "./rules.ts";
 
 export type { Actor, Effect, Event, EventKind, Row } from "./rules.ts";
 export { MAX_FIXUPS } from "./rules.ts";
@@ -46,7 +46,7 @@ export function step(state: BootState, event: Event, actor?: Actor): Step {
     if (!r) throw new ZbError("INTERNAL", `internal error: no transition for ${event.kind}`);
     if (actor && r.actor !== actor) throw new ZbError("INTERNAL", `internal error: ${actor} cannot ${event.kind} (row ${r.id} belongs to ${r.actor})`);
     trace.push(r.id);
-    if (r.refuse) throw new ZbError("STATE_REFUSED", `cannot ${event.kind}: ${r.refuse(s, event as never)}`);
+    if (r.refuse) throw new ZbError("STATE_REFUSED", `cannot ${EVENT_ACTION[event.kind]}: ${r.refuse(s, event as never)}`);
     effects.push(...(r.apply?.(s, event as never) ?? []));
     if (!r.fallthrough) return { state: s, effects: dedupe(effects), trace };
   }

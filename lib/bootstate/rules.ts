@@ -28,6 +28,20 @@ export type Event =
 
 export type EventKind = Event["kind"];
 
+/** What each event does, for messages: `cannot arm a try: …`, not the event's name. */
+export const EVENT_ACTION: Readonly<Record<EventKind, string>> = {
+  boot: "record this boot",
+  "unlock-failed": "record the failed unlock",
+  "mark-good": "mark this slot good",
+  "mark-bad": "mark the slot bad",
+  rollback: "roll back",
+  "arm-try": "arm a try",
+  reboot: "reboot",
+  "enter-install": "enter the recovery enclave",
+  "install-begin": "begin the install",
+  "install-end": "end the install",
+};
+
 export type Effect =
   /** Render tryboot.txt (and the try cmdline) from the new state. */
   | { kind: "write-tryboot" }

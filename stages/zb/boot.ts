@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { onlyThese, parseArgs, type OptionSpecs, type ParsedArgs } from "../../lib/cli/args.ts";
 import { runTransition, type Outcome } from "../../lib/bootstate/commit.ts";
 import { TABLE, type Event } from "../../lib/bootstate/machine.ts";
+import { EVENT_ACTION } from "../../lib/bootstate/rules.ts";
 import { initBoot } from "../../lib/bootstate/init.ts";
 import { parseSlot, SLOTS, type Slot } from "../../lib/bootstate/state.ts";
 import { requireTryboot } from "../../lib/bootloader/eeprom.ts";
@@ -104,17 +105,17 @@ function reboot(args: ParsedArgs): number {
     const h = host(args);
     const missing = h.backend.missingIn(`slot-${slot}/`);
     if (missing !== null) {
-      throw new ZbError("STATE_REFUSED", `cannot arm-try: slot-${slot}/ holds ${missing}, so the firmware would boot nothing`, {
+      throw new ZbError("STATE_REFUSED", `cannot ${EVENT_ACTION["arm-try"]}: slot-${slot}/ holds ${missing}, so the firmware would boot nothing`, {
         hint: `put the slot's boot files (kernel, initramfs, .dtb files, overlays/) into slot-${slot}/ first`,
       });
     }
     // A Pi 4 bootloader older than tryboot would boot config.txt: N1, N1, N2 would blame the slot.
-    requireTryboot(h.sys, h.root, "arm-try");
+    requireTryboot(h.sys, h.root, EVENT_ACTION["arm-try"]);
     return transition(args, "reboot", { kind: "arm-try", slot, ...(rearms === undefined ? {} : { rearms }) });
   }
   if (args.flags.has("recover")) {
     const h = host(args);
-    requireTryboot(h.sys, h.root, "enter-install");
+    requireTryboot(h.sys, h.root, EVENT_ACTION["enter-install"]);
     return transition(args, "reboot", { kind: "enter-install" });
   }
   return transition(args, "reboot", { kind: "reboot" });
@@ -122,7 +123,9 @@ function reboot(args: ParsedArgs): number {
 
 function init(args: ParsedArgs): number {
   const h = host(args);
-  const slot = parseSlot(args.values.get("slot") ?? "", "init");
+  const given = args.values.get("slot");
+  if (given === undefined) throw new ZbError("USAGE", "cannot init: --slot a|b is required: the slot whose system runs now (its folder is slot-a/ or slot-b/)");
+  const slot = parseSlot(given, "init");
   const valid = (args.values.get("valid") ?? slot).split(",").map((s) => parseSlot(s.trim(), "init"));
   const limit = args.values.has("boot-limit") ? count(args.values.get("boot-limit")!, "--boot-limit") : undefined;
   // 0 would count every boot out before it starts: the first boot would go to recovery.

@@ -22,8 +22,8 @@ const freshDevice = (name: string) => device(dir, name);
 describe("a Pi 4 bootloader older than tryboot (EEPROM before 2021-03-18)", () => {
   const OLD_EEPROM = 1599135103; // pieeprom-2020-09-03
   test.each([
-    { name: "reboot --try b (A1)", argv: ["reboot", "--try", "b"], what: "arm-try" },
-    { name: "reboot --recover (I1)", argv: ["reboot", "--recover"], what: "enter-install" },
+    { name: "reboot --try b (A1)", argv: ["reboot", "--try", "b"], what: "arm a try" },
+    { name: "reboot --recover (I1)", argv: ["reboot", "--recover"], what: "enter the recovery enclave" },
   ] as { name: string; argv: string[]; what: string }[])("$name is refused (exit 10) with the EEPROM hint; nothing written", ({ argv, what }) => {
     const d = freshDevice(`eeprom-${what}`);
     // A recovery enclave to enter: without it I2 would refuse anyway.

@@ -171,6 +171,7 @@ describe("refusals and bad input", () => {
     { argv: ["init", "--slot", "a", "--slot", "b", "--force"], why: 'option --slot is given twice ("a" and "b")' },
     { argv: ["env", "set", "x", "1", "--boot", "/nowhere"], why: "option --boot is given twice" },
     { argv: ["unlock", "status", "--no-unlock"], why: 'cannot run zbunlock: unexpected argument "status"' },
+    { argv: ["init", "--force"], why: "cannot init: --slot a|b is required" },
   ])("zb $argv: USAGE (exit 2), nothing changed", ({ argv, why }) => {
     const before = envBytes();
     const r = zb([...argv]);
@@ -227,11 +228,11 @@ describe("refusals and bad input", () => {
     const before = Buffer.concat([readFileSync(join(fresh, "zb/zb.env")), readFileSync(join(fresh, "zb/zb.env.redund"))]);
     const t = Bun.spawnSync(withTempVarLock([BIN, "reboot", "--try", "b", ...at]), { env: { ...process.env, ZB_NO_REBOOT: "1" } });
     expect(t.exitCode).toBe(10);
-    expect(t.stderr.toString()).toContain("cannot arm-try: slot-b/ holds no kernel (vmlinuz, kernel8.img, kernel_2712.img, kernel7l.img, kernel7.img, kernel.img), so the firmware would boot nothing");
+    expect(t.stderr.toString()).toContain("cannot arm a try: slot-b/ holds no kernel (vmlinuz, kernel8.img, kernel_2712.img, kernel7l.img, kernel7.img, kernel.img), so the firmware would boot nothing");
     // rollback too, though b is valid: the stage's backend looks into slot-b/ on the partition it was given (row R2)
     const r = Bun.spawnSync(withTempVarLock([BIN, "rollback", ...at]), { env: { ...process.env, ZB_NO_REBOOT: "1" } });
     expect(r.exitCode).toBe(10);
-    expect(r.stderr.toString()).toContain("cannot rollback: slot-b/ holds no kernel or no .dtb file, so the firmware would boot nothing");
+    expect(r.stderr.toString()).toContain("cannot roll back: slot-b/ holds no kernel or no .dtb file, so the firmware would boot nothing");
     expect(Buffer.concat([readFileSync(join(fresh, "zb/zb.env")), readFileSync(join(fresh, "zb/zb.env.redund"))]).equals(before)).toBe(true);
     expect(existsSync(join(fresh, "tryboot.txt"))).toBe(false);
     expect(readFileSync(join(fresh, "config.txt"), "utf8")).toContain("os_prefix=slot-a/");
@@ -252,7 +253,7 @@ describe("refusals and bad input", () => {
     expect([p.exitCode, p.stderr.toString()]).toEqual([0, "zb init: warning: slot-b/ holds no device tree (.dtb file): move slot b's kernel, initramfs, .dtb files and overlays/ there before the next reboot, or the firmware boots nothing\n"]);
     const t = Bun.spawnSync(withTempVarLock([BIN, "reboot", "--try", "b", ...at]), { env: { ...process.env, ZB_NO_REBOOT: "1" } });
     expect(t.exitCode).toBe(10);
-    expect(t.stderr.toString()).toContain("cannot arm-try: slot-b/ holds no device tree (.dtb file), so the firmware would boot nothing");
+    expect(t.stderr.toString()).toContain("cannot arm a try: slot-b/ holds no device tree (.dtb file), so the firmware would boot nothing");
     expect(existsSync(join(fresh, "tryboot.txt"))).toBe(false);
   });
 

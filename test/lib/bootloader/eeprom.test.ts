@@ -54,12 +54,12 @@ test.each([
   const facts = readBootloaderFacts(new HostSys(), root);
   expect(facts).toEqual({ model, buildTimestamp: build });
   expect(trybootProblem(facts) !== null).toBe(refused);
-  const check = () => requireTryboot(new HostSys(), root, "arm-try");
+  const check = () => requireTryboot(new HostSys(), root, "arm a try");
   if (refused) {
     expect(check).toThrow(
       expect.objectContaining({
         code: "STATE_REFUSED",
-        message: expect.stringMatching(/^cannot arm-try: the bootloader in the EEPROM of this .* was built \d{4}-\d\d-\d\d, before tryboot \(2021-03-18\)/),
+        message: expect.stringMatching(/^cannot arm a try: the bootloader in the EEPROM of this .* was built \d{4}-\d\d-\d\d, before tryboot \(2021-03-18\)/),
         hint: expect.stringContaining("rpi-eeprom-update"),
       }),
     );
