@@ -102,6 +102,8 @@ async function create(args: ParsedArgs): Promise<number> {
   const output = args.values.get("output");
   const initramfs = args.values.get("initramfs");
   if (!output && !initramfs) throw new ZbError("USAGE", "cannot create credentials: give -o CRED.cpio and/or --initramfs FILE");
+  // Before anything is unsealed (--data-key-from may ask for a PIN) or created.
+  checkDataFlags(args);
   const cfg = hsmConfigFrom(args);
   if (!cfg.backend) throw new ZbError("USAGE", "cannot create credentials: no backend given", { hint: "pass --backend or set backend= in the HSM config" });
   const pcrs = args.values.has("pcrs") ? parsePcrs(args.values.get("pcrs")!) : cfg.tpm2.pcrs;
@@ -169,15 +171,20 @@ function appendTarget(sys: HostSys, initramfs: string, devices: (string | undefi
   return real;
 }
 
+/** --data with exactly one of --format-data and --data-key-from, or none of the three. @throws {ZbError} USAGE */
+function checkDataFlags(args: ParsedArgs): void {
+  const fresh = args.flags.has("format-data");
+  const from = args.values.has("data-key-from");
+  if (!args.values.get("data")) {
+    if (fresh || from) throw new ZbError("USAGE", "cannot create credentials: --format-data and --data-key-from need --data DEVICE");
+  } else if (fresh === from) throw new ZbError("USAGE", "cannot create credentials: with --data give exactly one of --format-data and --data-key-from");
+}
+
+/** The data volume to enrol, once {@link checkDataFlags} passed and the key (if kept) is unsealed. */
 function dataTarget(args: ParsedArgs, key: Uint8Array | undefined): DataTarget | undefined {
   const device = args.values.get("data");
-  const fresh = args.flags.has("format-data");
-  if (!device) {
-    if (fresh || key) throw new ZbError("USAGE", "cannot create credentials: --format-data and --data-key-from need --data DEVICE");
-    return undefined;
-  }
-  if (fresh === (key !== undefined)) throw new ZbError("USAGE", "cannot create credentials: with --data give exactly one of --format-data and --data-key-from");
-  return fresh ? { device, format: true } : { device, key: key! };
+  if (!device) return undefined;
+  return args.flags.has("format-data") ? { device, format: true } : { device, key: key! };
 }
 
 /** The data key, unsealed from the running slot's credentials with the backend they name. */

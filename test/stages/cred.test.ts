@@ -135,3 +135,19 @@ describe("zb cred create refuses volumes before touching any: before (the data v
     expect({ archive: existsSync(out), root: sha(root), data: sha(data) }).toEqual({ archive: false, ...sums });
   });
 });
+
+describe("zb cred create: flag combinations are refused before anything is read, unsealed or created", () => {
+  // A --data-key-from that does not exist would fail as IO (or, with a PIN, prompt) if it were read first.
+  test.each([
+    { name: "--format-data and --data-key-from together", flags: ["--data", "DATA", "--format-data", "--data-key-from", "MISSING"], why: "with --data give exactly one of --format-data and --data-key-from" },
+    { name: "--data without either", flags: ["--data", "DATA"], why: "with --data give exactly one of --format-data and --data-key-from" },
+    { name: "--data-key-from without --data", flags: ["--data-key-from", "MISSING"], why: "--format-data and --data-key-from need --data DEVICE" },
+  ])("$name: USAGE (exit 2), no archive", ({ flags, why }) => {
+    const out = join(dir, "flags.cpio");
+    const argv = flags.map((f) => (f === "DATA" ? image("flags-data.img") : f === "MISSING" ? join(dir, "no-such.cpio") : f));
+    const r = zb(["cred", "create", "--slot", "a", "--root", image("flags-root.img"), "--format", ...argv, "--backend", "soft", ...soft(), "-o", out]);
+    expect([r.code, r.err]).toEqual([2, expect.stringContaining(`cannot create credentials: ${why}`)]);
+    expect(existsSync(out)).toBe(false);
+    expect(isLuks(join(dir, "flags-root.img"))).toBe(false);
+  });
+});
