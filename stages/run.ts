@@ -22,11 +22,23 @@ export async function runStage(body: () => Promise<number> | number, argv: reado
   process.exit(status);
 }
 
-/** `--json`, `--progress=json` or `--progress json` among the arguments (before a `--`). */
+/**
+ * `--json`, `--progress=json` or `--progress json` among the arguments (before a `--`).
+ * `--json=VALUE` counts too: the option takes no value, so its parse fails
+ * (USAGE), and the caller asked for JSON all the same.
+ */
 export function wantsJson(argv: readonly string[]): boolean {
   const end = argv.indexOf("--");
   const args = end < 0 ? argv : argv.slice(0, end);
-  return args.some((a, i) => a === "--json" || a === "--progress=json" || (a === "--progress" && args[i + 1] === "json"));
+  return args.some((a, i) => a === "--json" || a.startsWith("--json=") || a === "--progress=json" || (a === "--progress" && args[i + 1] === "json"));
+}
+
+/**
+ * The failure line of docs/json.md, newline included:
+ * `{"type":"result","ok":false,"code":…,"exit":…,"message":…,"hint":…}` (`hint` only when there is one).
+ */
+export function failureLine(z: ZbError): string {
+  return JSON.stringify({ type: "result", ok: false, code: z.code, exit: z.exit, message: z.message, ...(z.hint ? { hint: z.hint } : {}) }) + "\n";
 }
 
 /** Print an error for the user (and, with `json`, as a JSON line on stdout) and return its exit status. */
@@ -36,7 +48,7 @@ export function report(e: unknown, json = false): number {
   if (z.hint) err(`zb: hint: ${z.hint}\n`);
   if (json) {
     try {
-      out(JSON.stringify({ type: "result", ok: false, code: z.code, exit: z.exit, message: z.message, ...(z.hint ? { hint: z.hint } : {}) }) + "\n");
+      out(failureLine(z));
     } catch {
       // stdout is gone (a full disk, a closed pipe): stderr and the status still say it.
     }

@@ -25,7 +25,7 @@ const USAGE: Record<string, string> = {
   "mark-bad": "zb mark-bad [booted|other]\n\nMark a slot bad. booted (default): on a try boot, the try ends as failed; on the\ncommitted slot, an armed try is dropped and the device hands over to the other\nslot, or to recovery when the other is not valid or its folder holds no kernel or\nno .dtb file (refused when there is no recovery enclave either). other: the other\nslot is invalid and a pending try of it is dropped; refused when the other slot\nis the committed one (confirm this slot first) or when nothing bootable would be\nleft. Takes effect at the next boot.",
   rollback: "zb rollback\n\nSwitch to the other valid slot at the next boot. During a try (armed or running), abandon the\nupdate instead: the tried slot is marked invalid and the committed slot boots next.",
   reboot: "zb reboot [--try SLOT [--rearms N] | --recover | --raw [--param ARG]]\n\nReboot. --try SLOT: try SLOT once through tryboot (the firmware falls back to the\ncommitted slot on any reset; re-armed up to N times, default 2, when the try never\nreaches its initramfs). --recover: enter the zboot enclave through tryboot.\n--raw: reboot now, passing ARG to the firmware (e.g. \"0 tryboot\"), without reading\nor changing the boot state (under systemd the reboot is queued); zbunlock, started\nwithout the JIT, hands its reboots to it.",
-  init: "zb init --slot a|b [--valid a,b] [--boot-limit N] [--force]\n\nTake over the boot partition: keep config.txt and cmdline.txt as zb/config.txt and\nzb/cmdline.txt, create the env pair, generate config.txt and the slot cmdlines.\n--valid lists the slots that hold a working system (default: the --slot one).",
+  init: "zb init --slot a|b [--valid a,b] [--boot-limit N] [--force]\n\nTake over the boot partition: keep config.txt and cmdline.txt as zb/config.txt and\nzb/cmdline.txt, create the env pair, generate config.txt and the slot cmdlines.\n--valid lists the slots that hold a working system (default: the --slot one).\n--boot-limit N: boots a slot may take without a mark-good before zbunlock rolls\nback (zb_boot_limit, 1 to 999, default 3). --force replaces an existing zb env\n(the boot state is lost; without it init refuses, exit 2).",
 };
 
 const EXTRA: Record<string, OptionSpecs> = {
@@ -149,26 +149,51 @@ export function transition(args: ParsedArgs, tool: string, event: Event): number
   return 0;
 }
 
-/** One line per applied row (or JSON), printed before any reboot. Shared with zbunlock. */
-export function report(args: ParsedArgs, tool: string, o: Outcome, rebootSuppressed: boolean, dryRun = false): void {
+/** The transition document of docs/json.md ("Boot state"). */
+export interface TransitionJson {
+  dryRun: boolean;
+  trace: { id: string; actor: string; when: string; then: string }[];
+  effects: Outcome["effects"];
+  envChanged: boolean;
+  reboot: Outcome["reboot"];
+  rebootPerformed: boolean;
+  proceed: boolean;
+  stale: string | null;
+  warnings: string[];
+  /** null only in zbunlock's document of a boot it could not record (stages/zbunlock/json.ts). */
+  state: { committed: string; status: string; trySlot: string | null; mode: string } | null;
+}
+
+/** The document of one transition as `--json` prints it. */
+export function transitionJson(o: Outcome, rebootSuppressed: boolean, dryRun = false): TransitionJson {
+  return {
+    dryRun,
+    trace: o.trace.map((id) => TABLE.find((r) => r.id === id)!).map((r) => ({ id: r.id, actor: r.actor, when: r.when, then: r.then })),
+    effects: o.effects,
+    envChanged: o.envChanged,
+    reboot: o.reboot,
+    rebootPerformed: o.reboot !== null && !rebootSuppressed && !dryRun,
+    proceed: o.proceed,
+    stale: o.stale ? o.stale.message : null,
+    warnings: o.warnings,
+    state: { committed: o.state.committed, status: o.state.status, trySlot: o.state.trySlot, mode: o.state.mode },
+  };
+}
+
+/**
+ * One line per applied row (or JSON), printed before any reboot. Shared with
+ * zbunlock, which passes `json` to take the document into its own (one per
+ * run, stages/zbunlock/json.ts) instead of printing it.
+ */
+export function report(args: ParsedArgs, tool: string, o: Outcome, rebootSuppressed: boolean, dryRun = false, json?: (doc: TransitionJson) => void): void {
   const rows = o.trace.map((id) => TABLE.find((r) => r.id === id)!);
   // On stderr whatever the output format: the decision is recorded, a boot file is behind it.
   if (o.stale) err(`${tool}: warning: ${o.stale.message}; the env has the new state, and the next boot rewrites the file (row N5)\n`);
   for (const w of o.warnings) err(`${tool}: warning: ${w}\n`);
   if (args.flags.has("json")) {
-    const json = {
-      dryRun,
-      trace: rows.map((r) => ({ id: r.id, actor: r.actor, when: r.when, then: r.then })),
-      effects: o.effects,
-      envChanged: o.envChanged,
-      reboot: o.reboot,
-      rebootPerformed: o.reboot !== null && !rebootSuppressed && !dryRun,
-      proceed: o.proceed,
-      stale: o.stale ? o.stale.message : null,
-      warnings: o.warnings,
-      state: { committed: o.state.committed, status: o.state.status, trySlot: o.state.trySlot, mode: o.state.mode },
-    };
-    out(JSON.stringify(json, null, 2) + "\n");
+    const doc = transitionJson(o, rebootSuppressed, dryRun);
+    if (json) json(doc);
+    else out(JSON.stringify(doc, null, 2) + "\n");
     return;
   }
   for (const r of rows) out(`${tool}: ${dryRun ? "would apply " : ""}${r.id}: ${r.then}\n`);

@@ -31,9 +31,11 @@ Commands:
   recover                  the recovery enclave (same as zboot)
   version                  print the version
 
-Run \`zb <command> --help\` for a command's options.
+Run \`zb <command> --help\` or \`zb help <command>\` for a command's options.
 The same binary answers as zbunlock, zboot, zbcli, fw_printenv and fw_setenv
 when called through a link of that name.`;
+
+const VERSION_USAGE = "usage: zb version\n\nPrint the version of this binary as `zb X.Y.Z` (also `zb --version`).";
 
 export async function zbMain(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -57,6 +59,11 @@ export async function zbMain(argv: string[]): Promise<number> {
       return (require("./boot.ts") as typeof import("./boot.ts")).bootMain(command, rest);
     case "version":
     case "--version":
+      // `zb version --help` (and `zb help version`) is help, not the version a script would parse.
+      if (command === "version" && (rest[0] === "--help" || rest[0] === "-h")) {
+        out(`${VERSION_USAGE}\n`);
+        return 0;
+      }
       out(`zb ${VERSION}\n`);
       return 0;
     case "help":

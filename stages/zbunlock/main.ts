@@ -18,7 +18,7 @@ import { runTransition } from "../../lib/bootstate/commit.ts";
 import { EEPROM_HINT, readBootloaderFacts, trybootProblem } from "../../lib/bootloader/eeprom.ts";
 import { bootedFrom, readPlatform, type Platform } from "../../lib/bootloader/platform.ts";
 import type { LoadedCredentials } from "../../lib/luks/credmeta.ts";
-import { CODES, ZbError } from "../../lib/errors.ts";
+import { CODES, ioError, ZbError } from "../../lib/errors.ts";
 import { HostSys, type Sys } from "../../lib/sys/sys.ts";
 import { recordPendingReboot } from "../../lib/sys/reboot.ts";
 import { jitOff, runWithJit, tieToParent } from "../../lib/sys/jit.ts";
@@ -31,6 +31,7 @@ import { HSM_OPTIONS } from "../zb/hsm.ts";
 import { credentialBackend, credentialsOnce, lockAfterFailureStep, secondsParam, unknownParamWarnings, unlockStep } from "./unlock.ts";
 import { awaitGo, DEFAULT_GO_WAIT_S, reportExitTo } from "./prestart.ts";
 import { givenBoot, mountBoot, type BootMount } from "./bootmount.ts";
+import { RunDocument, unrecordedStep } from "./json.ts";
 
 export const USAGE = `usage: zbunlock [--boot DIR] [--root DIR] [--dry-run] [--no-unlock] [--lock-only] [--no-reboot] [--json]
                 [--credentials DIR] [--go-file FILE] [--status-fd N] [HSM options: --config FILE,
@@ -50,6 +51,8 @@ failure) when the keys cannot work and nothing else can boot (U4).
 
   --dry-run      print the transition this boot would make; change nothing
   --no-unlock    only the boot state, no unlock
+  --credentials DIR  the credentials are in DIR/zb/credentials (default: the
+                 --root DIR, normally /)
   --go-file FILE load, then wait until FILE exists before doing anything (the
                  initramfs starts zbunlock early this way; up to
                  zb.prestart_wait=SECONDS, default ${DEFAULT_GO_WAIT_S}, then exit 24 having done nothing)
@@ -97,6 +100,8 @@ export async function zbunlockMain(argv: string[]): Promise<number> {
   const sys = new HostSys();
   const creds = credentialsOnce(sys, args.values.get("credentials") ?? root);
   if (args.flags.has("lock-only")) {
+    // Not a boot: it has no document to print, and its exit status is all the boot script reads.
+    if (args.flags.has("json")) throw new ZbError("USAGE", "cannot run zbunlock --lock-only with --json: it prints nothing on stdout, its exit status is the answer", { hint: "leave out --json; `zbunlock --json` reports a boot" });
     // The boot script's last step before initramfs-tools' panic: lock the keys and close the
     // volumes even when the zbunlock that ran was killed (its cryptsetup may live on) or lost
     // its status. Touches no boot state; only tpm2 keys have a lock PCR, and it needs no JIT.
@@ -137,10 +142,13 @@ export async function zbunlockMain(argv: string[]): Promise<number> {
   // and its volumes closed all the same: initramfs-tools' panic may leave a
   // shell on the console. The status stays the failure's either way.
   let status: number | undefined;
+  const doc = new RunDocument(args.flags.has("json"));
   try {
-    status = await act(args, sys, root, p, creds);
+    status = await act(args, sys, root, p, creds, doc);
     return status;
   } finally {
+    // A run that threw: its document (the boot is counted) before the failure line stages/run.ts prints.
+    doc.flush();
     if (backend !== null && actedAndFailed(status)) await lockAfterFailureStep(args, sys, root, creds);
   }
 }
@@ -168,7 +176,7 @@ function actedAndFailed(status: number | undefined): boolean {
 const UNRECORDED: ReadonlySet<string> = new Set(["IO", "ENV_CRC", "ENV_FORMAT", "ENV_NOSPACE", "STATE_INVALID", "CONFIG", "INTERNAL"]);
 
 /** The boot transition and, when the boot goes on, the unlock; the exit status. */
-async function act(args: ParsedArgs, sys: HostSys, root: string, p: Platform, creds: () => LoadedCredentials | null): Promise<number> {
+async function act(args: ParsedArgs, sys: HostSys, root: string, p: Platform, creds: () => LoadedCredentials | null, doc: RunDocument): Promise<number> {
   // Before mounting anything: a kernel not booted through zb's config stops here.
   const booted = bootedFrom(p);
   const given = args.values.get("boot");
@@ -176,14 +184,14 @@ async function act(args: ParsedArgs, sys: HostSys, root: string, p: Platform, cr
   try {
     mount = given !== undefined ? givenBoot(given) : await mountBoot(root, p.params.get("zb.boot") ?? DEFAULT_BOOT_DEVICE, secondsParam(p, "zb.boot_wait") ?? DEFAULT_BOOT_WAIT_S);
   } catch (e) {
-    return await unrecorded(e, args, sys, root, p, creds, booted);
+    return await unrecorded(e, args, sys, root, p, creds, booted, doc);
   }
   try {
-    return await actOn(args, root, p, creds, booted, mount);
+    return await actOn(args, root, p, creds, booted, mount, doc);
   } catch (e) {
     // Only a failure of the boot transition itself: a failed unlock step returns its outcome, it does not throw.
     if (!(e instanceof StateFailure)) throw e;
-    return await unrecorded(e.failure, args, sys, root, p, creds, booted);
+    return await unrecorded(e.failure, args, sys, root, p, creds, booted, doc);
   } finally {
     // initramfs-tools moves /run into the root it boots, submounts and all: a boot partition
     // left mounted here would stay mounted, read-write, under /run/zb/boot in the running system.
@@ -191,9 +199,10 @@ async function act(args: ParsedArgs, sys: HostSys, root: string, p: Platform, cr
   }
 }
 
-async function actOn(args: ParsedArgs, root: string, p: Platform, creds: () => LoadedCredentials | null, booted: ReturnType<typeof bootedFrom>, mount: BootMount): Promise<number> {
+async function actOn(args: ParsedArgs, root: string, p: Platform, creds: () => LoadedCredentials | null, booted: ReturnType<typeof bootedFrom>, mount: BootMount, doc: RunDocument): Promise<number> {
   const h = host(args, mount.dir);
   const dryRun = args.flags.has("dry-run");
+  const noReboot = args.flags.has("no-reboot");
   const r = rebooter(args, "zbunlock", pendingRecorded(h.sys, root));
   let outcome: ReturnType<typeof runTransition>;
   try {
@@ -205,8 +214,9 @@ async function actOn(args: ParsedArgs, root: string, p: Platform, creds: () => L
         dryRun,
         reboot: r.reboot,
         announce: (o) => {
-          report(args, "zbunlock", o, args.flags.has("no-reboot"), dryRun);
+          report(args, "zbunlock", o, noReboot, dryRun, (d) => doc.bootStep(d));
           if (o.trace.some((id) => LOST_TRY_ROWS.has(id))) warnNoTryboot(h.sys, root);
+          if (o.reboot !== null) doc.flush(); // a real reboot does not return
         },
       },
     );
@@ -223,6 +233,7 @@ async function actOn(args: ParsedArgs, root: string, p: Platform, creds: () => L
     // its own, whose start costs this thread ~0.03 s under TCG: then this thread is idle).
     // An unlock that fails before finds it still mounted, to record the failure.
     const step = await unlockStep(args, h.sys, root, p, creds, booted.slot, () => mount.release());
+    if (step.outcome !== null) doc.unlocked(step.outcome);
     if (step.outcome === null || step.outcome.ok) return 0;
     const f = step.outcome;
     tell(f.error);
@@ -232,23 +243,38 @@ async function actOn(args: ParsedArgs, root: string, p: Platform, creds: () => L
       // It mounted minutes ago; if it will not now, the boot is counted all the same (N9): reboot
       // unrecorded, like a failure the boot counter catches (U3), rather than stop at a shell.
       err(`zbunlock: cannot record the failed unlock: ${(e as Error).message}\n`);
+      doc.failureStep(unrecordedStep(ioError("mount the boot partition", e), { reboot: true, rebootSuppressed: noReboot }));
+      doc.flush();
       r.reboot(null);
-      return r.pending() !== null ? CODES.REBOOT_PENDING : f.error.exit;
+      if (r.pending() !== null) return CODES.REBOOT_PENDING;
+      doc.fail(f.error);
+      return f.error.exit;
     }
     try {
       runTransition(
         h.backend,
         { kind: "unlock-failed", booted: booted.slot, tryboot: booted.tryboot, permanent: f.permanent, why: f.kind },
-        { actor: "zbunlock", dryRun: false, reboot: r.reboot, announce: (o) => report(args, "zbunlock", o, args.flags.has("no-reboot"), false) },
+        {
+          actor: "zbunlock",
+          dryRun: false,
+          reboot: r.reboot,
+          announce: (o) => {
+            report(args, "zbunlock", o, noReboot, false, (d) => doc.failureStep(d));
+            if (o.reboot !== null) doc.flush();
+          },
+        },
       );
     } catch (e) {
       // The env cannot take the failure (a full or failing partition): the boot is counted already (N9),
       // so a plain reboot lets the boot counter take it from here, as when the partition will not mount again.
       if (!(e instanceof ZbError) || !UNRECORDED.has(e.code)) throw e;
       err(`zbunlock: cannot record the failed unlock: ${e.message}\n`);
+      doc.failureStep(unrecordedStep(e, { reboot: true, rebootSuppressed: noReboot }));
+      doc.flush();
       r.reboot(null);
     }
     if (r.pending() !== null) return CODES.REBOOT_PENDING;
+    doc.fail(f.error);
     return f.error.exit;
   }
   if (r.pending() !== null) return CODES.REBOOT_PENDING;
@@ -295,13 +321,15 @@ class StateFailure extends Error {
  * instead of a reboot that would only come back here.
  * @throws {ZbError} the original error for --dry-run, or for codes outside {@link UNRECORDED}
  */
-async function unrecorded(e: unknown, args: ParsedArgs, sys: HostSys, root: string, p: Platform, creds: () => LoadedCredentials | null, booted: ReturnType<typeof bootedFrom>): Promise<number> {
+async function unrecorded(e: unknown, args: ParsedArgs, sys: HostSys, root: string, p: Platform, creds: () => LoadedCredentials | null, booted: ReturnType<typeof bootedFrom>, doc: RunDocument): Promise<number> {
   if (args.flags.has("dry-run") || !(e instanceof ZbError) || !UNRECORDED.has(e.code)) throw e;
   tell(e, "cannot record this boot: ");
+  doc.bootStep(unrecordedStep(e, { reboot: booted.tryboot, rebootSuppressed: args.flags.has("no-reboot") }));
   if (booted.tryboot) {
     // A try that cannot be recorded must not run: its mark-good could commit a slot whose try
     // already failed (T3). A plain reboot loses the one-shot tryboot flag: config.txt's slot boots.
     err("zbunlock: a try boot does not run unrecorded: rebooting into the committed slot\n");
+    doc.flush();
     const r = rebooter(args, "zbunlock", pendingRecorded(sys, root));
     r.reboot(null);
     // A reboot that returned (queued, or not performed) must not let this boot go on: 12.
@@ -310,8 +338,11 @@ async function unrecorded(e: unknown, args: ParsedArgs, sys: HostSys, root: stri
   err(`zbunlock: booting slot ${booted.slot} unrecorded: no boot counting or rollback until the boot state is repaired\n`);
   if (args.flags.has("no-unlock")) return 0;
   const step = await unlockStep(args, sys, root, p, creds, booted.slot);
+  if (step.outcome !== null) doc.unlocked(step.outcome);
   if (step.outcome === null || step.outcome.ok) return 0;
   tell(step.outcome.error);
+  // Not recorded either (the unlock's transition stays null): the initramfs script stops on this status.
+  doc.fail(step.outcome.error);
   return step.outcome.error.exit;
 }
 

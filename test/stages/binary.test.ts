@@ -57,6 +57,12 @@ describe("dispatch", () => {
     { name: "zb", args: ["env", "set", "--help"], out: /--script FILE\|-/ },
     { name: "fw_setenv", args: ["--help"], out: /Usage fw_setenv/ },
     { name: "zbcli", args: ["version"], out: /^zb \d+\.\d+\.\d+/ },
+    // Every option of a usage line is described below it, and help is never the version.
+    { name: "zbunlock", args: ["--help"], out: /\n  --credentials DIR  the credentials are in DIR\/zb\/credentials/ },
+    { name: "zb", args: ["init", "--help"], out: /\n--boot-limit N: boots a slot may take without a mark-good[^]*--force replaces an existing zb env/ },
+    { name: "zb", args: ["version", "--help"], out: /^usage: zb version\n/ },
+    { name: "zb", args: ["help", "version"], out: /^usage: zb version\n/ },
+    { name: "zb", args: ["--help"], out: /`zb help <command>`/ },
   ])("$name $args prints usage, exit 0", ({ name, args, out }) => {
     const r = run(name, args);
     expect(r.out).toMatch(out);
@@ -202,6 +208,9 @@ describe("zb env end to end", () => {
     { argv: ["env", "print", "--json", "nope", "--boot", "$B"], code: 1, codeName: "NOT_FOUND" },
     { argv: ["status", "--json", "--boot", "$NOTHING"], code: 5, codeName: "IO" },
     { argv: ["key", "id", "/nonexistent/k.pub", "--json"], code: 5, codeName: "IO" },
+    // --json=VALUE is refused (the option takes no value), as asked: in JSON.
+    { argv: ["status", "--json=1", "--boot", "$B"], code: 2, codeName: "USAGE" },
+    { argv: ["env", "print", "--json=yes", "--boot", "$B"], code: 2, codeName: "USAGE" },
   ])("zb $argv fails with its JSON on stdout too: the last line is the failure", ({ argv, code, codeName }) => {
     const b = join(dir, "json-fail");
     expect(run("zb", ["env", "init", "--boot", b, "--force"]).code).toBe(0);
