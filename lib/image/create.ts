@@ -6,15 +6,16 @@
  * anything is compressed; then each payload is encoded and spooled
  * (spool.ts, with the boot folder's tar from boottar.ts), the manifest is
  * signed by every signer and the archive is written in the fixed order.
- * sign: add signatures to an existing image, copying its payload bytes as
- * they are (the manifest, and so every digest, is unchanged).
+ * sign: add signatures to an existing image whose signatures verify first,
+ * copying its payload bytes as they are (the manifest, and so every digest,
+ * is unchanged).
  */
 import * as fs from "node:fs";
 import { basename, dirname, isAbsolute, join, relative, sep } from "node:path";
 import { ZbError, isZbError } from "../errors.ts";
 import { MARKER, MARKER_NAME, MANIFEST_NAME, SIGNATURES_NAME } from "./format.ts";
 import { encodeManifest, FORMAT_VERSION, MANIFEST_TOO_LARGE, LIMITS, type Manifest, type Payload } from "./manifest.ts";
-import { openUnverified } from "./reader.ts";
+import { openUnverified, openVerified, type ImageHeader, type OpenImage, type Policy } from "./reader.ts";
 import { checkSignatureCount, imageSignatures, type Signature, type Signer } from "./sign.ts";
 import { untilAborted, type ImageSource } from "./source.ts";
 import { encodePayload, plan, type PayloadInput, type Plan } from "./spool.ts";
@@ -59,7 +60,8 @@ export interface CreateProgress {
 }
 
 /**
- * @throws {ZbError} IMG_FORMAT for values the manifest refuses, IO, USAGE (more than 16 signing keys among them, before anything is written);
+ * @throws {ZbError} IMG_FORMAT for values the manifest refuses, IO, USAGE (more than 16 signing keys among them, an empty
+ *   rootfs file, a `level` with no zstd payload; before anything is written);
  *   `opts.signal.reason` once the signal aborts
  */
 export async function createImage(opts: CreateOptions): Promise<Manifest> {
@@ -75,7 +77,12 @@ export async function createImage(opts: CreateOptions): Promise<Manifest> {
   checkHeader(opts, chunkSize);
   const level = opts.level ?? DEFAULT_LEVEL;
   if (!Number.isInteger(level) || level < 1 || level > MAX_LEVEL) throw new ZbError("USAGE", `cannot create an image: --level ${level} is not a zstd level from 1 to ${MAX_LEVEL}`);
+  // Ignored silently, it would look applied.
+  if (opts.level !== undefined && opts.payloads.every((p) => p.encoding === "none")) {
+    throw new ZbError("USAGE", `cannot create an image: --level ${level} is a zstd level, and --encoding none compresses nothing`, { hint: "drop --level, or use --encoding zstd" });
+  }
   const plans = opts.payloads.map(plan);
+  checkNotEmpty(plans);
   checkChunkCount(plans, chunkSize);
   const allTotal = plans.reduce((a, p) => a + p.rawTotal, 0);
   let allBefore = 0;
@@ -186,6 +193,22 @@ function realDir(path: string): string | null {
     return null;
   }
 }
+
+/**
+ * An empty rootfs (a payload file) makes a signed image that every device
+ * accepts and that "installs" nothing: a slot with no file system, marked
+ * complete. Most likely a build step failed and left its output empty.
+ * @throws {ZbError} USAGE
+ */
+function checkNotEmpty(plans: Plan[]): void {
+  for (const p of plans) {
+    if (p.rawTotal > 0 || !("file" in p.input.from)) continue;
+    throw new ZbError("USAGE", `cannot create an image: the ${p.input.name} file ${p.input.from.file} is empty (0 bytes): the image would install nothing`, {
+      hint: "give the file system image the build made (did the step that writes it fail?)",
+    });
+  }
+}
+
 /** Bytes of the canonical JSON of one chunk entry, at least: {"sha256":"<64 hex>","size":N} and a comma. */
 const MIN_CHUNK_ENTRY = 87;
 
@@ -212,10 +235,21 @@ function tooManyChunks(chunks: number, chunkSize: number): ZbError {
  * it once the input was read to its end. Everything that can be
  * refused before — more signatures than a reader takes among them — is,
  * before that file is created, so a refused run leaves the input as it was.
- * @throws {ZbError} USAGE for more than 16 signatures in all; IMG_FORMAT, IO
+ *
+ * `check.policy`: the signatures the image has must pass the policy first,
+ * with the manifest checks verify makes before the payloads (reader.ts
+ * openVerified; the payloads are copied, not hashed). A new signature vouches
+ * for the manifest as it is: added to one edited since it was signed (which
+ * no device accepts), it would make the edit verify with the new key alone.
+ * `{ unverified: true }` is the explicit escape hatch (`--no-verify`).
+ * @param check the trust policy the image must pass, or `{ unverified: true }`
+ * @returns every signature the new image carries
+ * @throws {ZbError} SIG_INVALID, IMG_INCOMPATIBLE, ROLLBACK_REFUSED when the image fails the policy (nothing written);
+ *   USAGE for more than 16 signatures in all; IMG_FORMAT, IO
+ * @example await resignImage(fileSource("a.zbi"), [keySigner(key)], "a.zbi", { policy: { trust } })
  */
-export async function resignImage(source: ImageSource, signers: Signer[], output: string): Promise<Signature[]> {
-  const img = await openUnverified(source);
+export async function resignImage(source: ImageSource, signers: Signer[], output: string, check: { policy: Policy } | { unverified: true }): Promise<Signature[]> {
+  const img = await openChecked(source, check);
   try {
     const unique = [...new Map(signers.map((s) => [s.publicKey.id, s])).values()];
     const old = img.header.signatures;
@@ -242,5 +276,19 @@ export async function resignImage(source: ImageSource, signers: Signer[], output
     return signatures;
   } finally {
     img.close();
+  }
+}
+
+/** The image opened for a re-sign; a failed signature check gets a hint for the publisher, not a device's. */
+async function openChecked(source: ImageSource, check: { policy: Policy } | { unverified: true }): Promise<OpenImage<ImageHeader>> {
+  if (!("policy" in check)) return await openUnverified(source);
+  try {
+    return await openVerified(source, check.policy);
+  } catch (e) {
+    if (!isZbError(e, "SIG_INVALID")) throw e;
+    throw new ZbError("SIG_INVALID", e.message, {
+      cause: e,
+      hint: "zb image sign adds to signatures that verify: give --trust the folder with the public keys of the keys that signed it; an image changed since it was signed must be created anew (zb image create)",
+    });
   }
 }

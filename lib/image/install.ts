@@ -28,7 +28,7 @@ import { holdForCheck, openTarget, type Target } from "../sys/target.ts";
 import { checkSeparateFiles, checkTargetSize, findPayload, resumePoint } from "./installchecks.ts";
 import { exactChunks } from "./chunks.ts";
 import { BLOCK, checkUstarHeader } from "./format.ts";
-import { readJournal, writeJournal, type Journal } from "./journal.ts";
+import { checkReplaceable, readJournal, writeJournal, type Journal } from "./journal.ts";
 import type { Payload } from "./manifest.ts";
 import { eventLoopTurn, openVerified, type OpenImage, type PayloadEntry, type Policy, type VerifiedImage } from "./reader.ts";
 import type { ImageSource } from "./source.ts";
@@ -90,7 +90,9 @@ export interface InstallResult {
 }
 
 /**
- * @throws {ZbError} USAGE when the target, the journal and the image are not three separate files;
+ * @throws {ZbError} USAGE when the target, the journal and the image are not three separate files, or (without
+ *   `resume`) the journal path holds a file that is neither empty nor shaped like a journal; IO for a `resume` whose
+ *   journal is not one (journal.ts readJournal), before the image is opened;
  *   TARGET_BUSY for a block device in use or a file another install is writing; IMG_FORMAT, SIG_INVALID, IMG_INCOMPATIBLE, ROLLBACK_REFUSED before anything is written;
  *   PAYLOAD_CORRUPT, IO, TARGET_MISMATCH (the read-back) after (the journal then says "failed"); USAGE for a bad payload name or resume;
  *   `opts.signal.reason` once the signal aborts (before the journal is "complete")
@@ -98,11 +100,15 @@ export interface InstallResult {
 export async function install(sys: Sys, source: ImageSource, policy: Policy, opts: InstallOptions): Promise<InstallResult> {
   const started = performance.now();
   checkSeparateFiles(sys, source, opts);
+  // A journal that cannot be used is found before the image is read (perhaps downloaded). Only a
+  // resume reads the old journal; a fresh install starts from chunk 0 and needs nothing of it.
+  let previous: Journal | null = null;
+  if (opts.resume) previous = readJournal(sys, opts.journal);
+  else checkReplaceable(sys, opts.journal);
   const img = await openVerified(source, policy);
   try {
     const payload = findPayload(img.header, opts.payload);
     const imageId = sha256hex(img.header.manifestBytes);
-    const previous = readJournal(sys, opts.journal);
     let from = resumePoint(previous, opts, imageId, payload);
     const claimsComplete = previous?.state === "complete" && opts.resume === true;
     // A read-back asked for once is asked for until the install is complete: a resume without

@@ -7,7 +7,7 @@
  * `openImage` with a policy is the only producer of a `VerifiedImage`, and
  * the install engine accepts nothing else (style guide: verification is a
  * type). `{ unverified: true }` is the explicit escape hatch for `image info`
- * and `image sign`, which never write a payload anywhere.
+ * and `image sign --no-verify`, which never write a payload anywhere.
  */
 import { extract, type Extract, type Header } from "tar-stream";
 import { ioError, ZbError } from "../errors.ts";
@@ -82,8 +82,8 @@ export async function openVerified(source: ImageSource, policy: Policy): Promise
 }
 
 /**
- * Open a source without checking trust (`image sign`, which copies the
- * payloads), read as openVerified reads it: so an image on a block device
+ * Open a source without checking trust (`image sign --no-verify`, which
+ * copies the payloads), read as openVerified reads it: so an image on a block device
  * ends at its end-of-archive blocks for every command (directPayloads).
  * @throws {ZbError} IMG_FORMAT, IO
  */

@@ -1,6 +1,7 @@
 /**
  * `zb image create|sign|info|verify|install`: signed images (docs/image-format.md).
  */
+import { statSync } from "node:fs";
 import { onlyThese, parseArgs, type ParsedArgs } from "../../lib/cli/args.ts";
 import { isZbError, ZbError } from "../../lib/errors.ts";
 import { createImage, DEFAULT_CHUNK, DEFAULT_LEVEL, resignImage } from "../../lib/image/create.ts";
@@ -9,7 +10,7 @@ import { install, type ProgressEvent } from "../../lib/image/install.ts";
 import type { Encoding } from "../../lib/image/manifest.ts";
 import { openImage, type Policy } from "../../lib/image/reader.ts";
 import { keySigner, loadTrustDir, type Signer } from "../../lib/image/sign.ts";
-import { DEFAULT_MIN_SPEED, DEFAULT_RETRIES, sourceFor, stoppable, type HttpOptions, type RetryEvent } from "../../lib/image/source.ts";
+import { DEFAULT_MIN_SPEED, DEFAULT_RETRIES, sourceFor, stoppable, type HttpOptions, type ImageSource, type RetryEvent } from "../../lib/image/source.ts";
 import { verifyImage } from "../../lib/image/verify.ts";
 import { HostSys } from "../../lib/sys/sys.ts";
 import { err, out } from "../output.ts";
@@ -37,9 +38,15 @@ const USAGE: Record<string, string> = {
   Build and sign an image: the rootfs image file and/or the boot folder, each cut into
   chunks of ${DEFAULT_CHUNK} bytes (--chunk-size: a power of two from 64 KiB to 64 MiB),
   one zstd frame each (level ${DEFAULT_LEVEL}; --level 1…22).`,
-  sign: `zb image sign IN.zbi|URL|- --key K [--key K2 …] -o OUT.zbi [--json] [--timeout S] [--min-speed B] [--retries N]
+  sign: `zb image sign IN.zbi|URL|- --key K [--key K2 …] -o OUT.zbi --trust DIR|--no-verify
+                [--required N] [--compatible C] [--serial-floor N] [--json] [--timeout S] [--min-speed B] [--retries N]
   Add signatures; payload bytes are copied unchanged. OUT may be IN (re-signed in place);
-  an existing OUT that is not an image is never replaced.`,
+  an existing OUT that is not an image is never replaced. The signatures the image has
+  are checked first, as verify checks them, against the public keys in --trust DIR (no
+  default here; --required, --compatible and --serial-floor as for verify): a new
+  signature vouches for the manifest as it is, so one added to an image edited since it
+  was signed would make the edit verify with the new key alone. --no-verify skips that
+  check, for an image you know to be yours whose signers' public keys you do not have.`,
   info: `zb image info IMAGE|URL|- [--json] [--timeout S] [--min-speed B] [--retries N]
   The manifest and who signed it, without checking trust.`,
   verify: `zb image verify IMAGE|URL|- [--deep] [--progress=bar|json|none] [--json]
@@ -63,7 +70,7 @@ const SPECS = {
   key: { value: true, multiple: true }, output: { short: "o", value: true }, encoding: { value: true }, level: { value: true },
   "chunk-size": { value: true }, trust: { value: true }, required: { value: true }, "serial-floor": { value: true },
   deep: {}, payload: { value: true }, to: { value: true }, journal: { value: true }, resume: {}, "read-back": {}, progress: { value: true },
-  json: {}, help: { short: "h" }, timeout: { value: true }, "min-speed": { value: true }, retries: { value: true },
+  json: {}, help: { short: "h" }, timeout: { value: true }, "min-speed": { value: true }, retries: { value: true }, "no-verify": {},
 };
 
 const POLICY_OPTIONS = ["trust", "required", "compatible", "serial-floor"];
@@ -71,7 +78,7 @@ const SOURCE_OPTIONS = ["timeout", "min-speed", "retries"];
 /** Which options each subcommand reads, and how many positional arguments. */
 const TAKES = {
   create: [["compatible", "version", "serial", "rootfs", "boot", "key", "output", "encoding", "level", "chunk-size", "progress", "json"], 0],
-  sign: [["key", "output", "json", ...SOURCE_OPTIONS], 1],
+  sign: [["key", "output", ...POLICY_OPTIONS, "no-verify", "json", ...SOURCE_OPTIONS], 1],
   info: [["json", ...SOURCE_OPTIONS], 1],
   verify: [[...POLICY_OPTIONS, "deep", "progress", "json", ...SOURCE_OPTIONS], 1],
   install: [[...POLICY_OPTIONS, "payload", "to", "journal", "resume", "read-back", "progress", "json", ...SOURCE_OPTIONS], 1],
@@ -128,22 +135,30 @@ async function createWith(args: ParsedArgs, payloads: PayloadInput[], signers: S
 async function sign(args: ParsedArgs): Promise<number> {
   const input = args.positional[0] ?? usage("sign", "no input image given");
   const output = args.values.get("output") ?? usage("sign", "-o OUT is required");
-  return await withSigners(args, "sign", (signers) => signWith(args, input, output, signers));
+  // No default trust folder here: a publisher's machine is no device, and whatever its
+  // /etc/zb/trust holds says nothing about who signed this image. The caller names the keys.
+  const given = POLICY_OPTIONS.filter((o) => args.values.has(o));
+  if (args.flags.has("no-verify") && given.length > 0) usage("sign", `--no-verify checks nothing, so --${given[0]} has no use`);
+  if (!args.flags.has("no-verify") && !args.values.has("trust")) {
+    usage("sign", "give --trust DIR to check the signatures the image has before adding to them (or --no-verify to skip that check)");
+  }
+  const check = args.flags.has("no-verify") ? ({ unverified: true } as const) : { policy: policy(args) };
+  return await withSigners(args, "sign", (signers) => signWith(args, input, output, signers, check));
 }
 
-async function signWith(args: ParsedArgs, input: string, output: string, signers: Signer[]): Promise<number> {
-  const src = sourceFor(input, source(args));
+async function signWith(args: ParsedArgs, input: string, output: string, signers: Signer[], check: { policy: Policy } | { unverified: true }): Promise<number> {
+  const src = imageSource(input, source(args));
   // A stopped source fails the copy like a broken one: the writer removes its .OUT.zb-new, an older OUT stays.
-  const sigs = await untilStopped(`sign ${output}`, (signal) => resignImage(stoppable(src, signal), signers, output));
+  const sigs = await untilStopped(`sign ${output}`, (signal) => resignImage(stoppable(src, signal), signers, output, check));
   // "type"/"ok" as in create, verify and install: a script reads every image command's last line the same way.
   const json = () => JSON.stringify({ type: "result", ok: true, output, signatures: sigs.map((s) => ({ alg: s.alg, keyId: s.keyId })) }) + "\n";
-  out(args.flags.has("json") ? json() : `zb image sign: ${output}: ${sigs.length} signature(s)\n`);
+  out(args.flags.has("json") ? json() : `zb image sign: ${output}: ${count(sigs.length, "signature")}\n`);
   return 0;
 }
 
 async function info(args: ParsedArgs): Promise<number> {
   const input = args.positional[0] ?? usage("info", "no image given");
-  const src = sourceFor(input, source(args));
+  const src = imageSource(input, source(args));
   // Only the header is read, but from a stdin or a server that may be slow to send it.
   const img = await untilStopped(`read the image header from ${src.name}`, async (signal) => openImage(await stoppable(src, signal).open(0), { unverified: true }));
   img.close();
@@ -154,7 +169,7 @@ async function info(args: ParsedArgs): Promise<number> {
   }
   const lines = [
     `compatible: ${m.compatible}`, `version:    ${m.version}`, `serial:     ${m.serial}`, `created:    ${m.created}`, `chunk size: ${m.chunkSize}`,
-    ...m.payloads.map((p) => `payload:    ${p.name} (${p.kind}, ${p.encoding}): ${p.raw.size} bytes raw, ${p.stored.size} stored, ${p.chunks.length} chunks, raw sha256 ${p.raw.sha256}`),
+    ...m.payloads.map((p) => `payload:    ${p.name} (${p.kind}, ${p.encoding}): ${p.raw.size} bytes raw, ${p.stored.size} stored, ${count(p.chunks.length, "chunk")}, raw sha256 ${p.raw.sha256}`),
     ...signatures.map((s) => `signature:  ${s.alg} ${s.keyId}`),
   ];
   out(lines.join("\n") + "\n");
@@ -165,14 +180,14 @@ async function verify(args: ParsedArgs): Promise<number> {
   const input = args.positional[0] ?? usage("verify", "no image given");
   const mode = progressMode(args.values.get("progress"));
   const b = mode === "bar" ? bar("verify") : null;
-  const src = sourceFor(input, source(args, mode));
+  const src = imageSource(input, source(args, mode));
   // src.name: a URL without its credentials or query.
   const r = await untilStopped(`verify ${src.name}`, (signal) => verifyImage(stoppable(src, signal), policy(args), {
     deep: args.flags.has("deep"),
     progress: (done, total) => (mode === "json" ? jsonEvent({ type: "progress", storedBytes: done, storedTotal: total }) : b?.update(done, total)),
   }), { after: () => b?.finish() });
   if (args.flags.has("json") || mode === "json") out(JSON.stringify({ type: "result", ok: true, ...r }) + "\n");
-  else out(`zb image verify: ${src.name}: OK: ${r.compatible} ${r.version} serial ${r.serial}, signed by ${r.signedBy.join(", ")}; ${r.payloads.map((p) => `${p.name} ${p.chunks} chunks`).join(", ")}${args.flags.has("deep") ? " (deep)" : ""}\n`);
+  else out(`zb image verify: ${src.name}: OK: ${r.compatible} ${r.version} serial ${r.serial}, signed by ${r.signedBy.join(", ")}; ${r.payloads.map((p) => `${p.name} ${count(p.chunks, "chunk")}`).join(", ")}${args.flags.has("deep") ? " (deep)" : ""}\n`);
   return 0;
 }
 
@@ -196,7 +211,7 @@ async function installCmd(args: ParsedArgs): Promise<number> {
   };
   const readBack = args.flags.has("read-back");
   if (args.flags.has("resume") && !sys.stat(journal)) err(`zb image install: no journal at ${journal}: installing from the start\n`);
-  const src = sourceFor(input, source(args, mode));
+  const src = imageSource(input, source(args, mode));
   let journaled = false;
   const r = await untilStopped(
     `install ${payload}`,
@@ -278,6 +293,30 @@ function keys(args: ParsedArgs, sub: "create" | "sign"): string[] {
   if (k.length === 0) usage(sub, "give at least one --key FILE (an image is always signed)");
   return k;
 }
+
+/**
+ * sourceFor, with a folder refused by name: read as a file, it fails only
+ * once read, as "cannot read the image: is a directory", without the path.
+ * @throws {ZbError} IO for a folder; USAGE as sourceFor
+ */
+function imageSource(spec: string, opts: HttpOptions): ImageSource {
+  if (spec !== "-" && !/^https?:\/\//i.test(spec) && isFolder(spec)) {
+    throw new ZbError("IO", `cannot read image ${spec}: it is a directory`, { hint: "give the image file (.zbi), a URL, or - for stdin" });
+  }
+  return sourceFor(spec, opts);
+}
+
+/** Anything else (missing, unreadable) is left to the source to report as it does. */
+function isFolder(path: string): boolean {
+  try {
+    return statSync(path).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+/** "1 chunk", "2 chunks". */
+const count = (n: number, word: string) => `${n} ${word}${n === 1 ? "" : "s"}`;
 
 function number(text: string, what: string): number {
   if (!/^\d{1,15}$/.test(text)) throw new ZbError("USAGE", `cannot use ${what} ${JSON.stringify(text)}: expected a whole number`);

@@ -212,7 +212,7 @@ describe("sign --json, its input idle after 8 MiB: the temp file is removed, an 
     let r: Stopped;
     try {
       const input = server ? `http://127.0.0.1:${server.port}/big.zbi` : "-";
-      r = await stopWhen(["image", "sign", input, "--key", "ed", "-o", "old.zbi", "--json"], signal, midCopy, server ? {} : { stdin: firstMiB(8) });
+      r = await stopWhen(["image", "sign", input, "--trust", "trust", "--key", "ed", "-o", "old.zbi", "--json"], signal, midCopy, server ? {} : { stdin: firstMiB(8) });
     } finally {
       void server?.stop(true);
     }

@@ -22,6 +22,14 @@ const zb = (...args: string[]) => {
 };
 const sh = (cmd: string[]) => Bun.spawnSync(cmd, { cwd: dir });
 const sha256 = (path: string) => new Bun.CryptoHasher("sha256").update(readFileSync(path)).digest("hex");
+/** An image with its manifest edited in place (serial 7 → 9, the same length): `verify --trust` refuses it. */
+const editedManifest = (image: Buffer) => {
+  // manifest.json is the second entry: its header at 1024, its data at 1536.
+  const size = parseInt(image.subarray(1024 + 124, 1024 + 136).toString("latin1"), 8);
+  const at = image.indexOf('"serial":7,', 1536);
+  if (at < 0 || at >= 1536 + size) throw new Error("no serial 7 in the manifest");
+  return Buffer.concat([image.subarray(0, at), Buffer.from('"serial":9,'), image.subarray(at + 11)]);
+};
 
 beforeAll(() => {
   if (!existsSync(BIN)) throw new Error(`${BIN} is missing: run \`bun build.ts\` first`);
@@ -60,7 +68,7 @@ describe("publish and install", () => {
   });
 
   test("GNU tar sees the entries in order; openssl verifies both signature kinds over manifest.json", () => {
-    expect(zb("image", "sign", "a.zbi", "--key", "ec", "-o", "b.zbi").code).toBe(0);
+    expect(zb("image", "sign", "a.zbi", "--trust", "trust", "--key", "ec", "-o", "b.zbi").code).toBe(0);
     expect(sh(["tar", "-tf", "b.zbi"]).stdout.toString()).toBe("zbi-format\nmanifest.json\nsignatures.json\nboot\nrootfs\n");
     mkdirSync(join(dir, "x"));
     expect(sh(["tar", "-xf", "b.zbi", "-C", "x"]).exitCode).toBe(0);
@@ -81,7 +89,7 @@ describe("publish and install", () => {
   test("every one-line --json image document ends stdout with a result line: create, sign, verify, install", () => {
     const rows = [
       { cmd: "create", argv: ["image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--rootfs", "rootfs.img", "--key", "ed", "-o", "j.zbi"], fields: { output: "j.zbi" } },
-      { cmd: "sign", argv: ["image", "sign", "j.zbi", "--key", "ec", "-o", "js.zbi"], fields: { output: "js.zbi", signatures: [{ alg: "ed25519", keyId: expect.any(String) }, { alg: "p256", keyId: expect.any(String) }] } },
+      { cmd: "sign", argv: ["image", "sign", "j.zbi", "--trust", "trust", "--key", "ec", "-o", "js.zbi"], fields: { output: "js.zbi", signatures: [{ alg: "ed25519", keyId: expect.any(String) }, { alg: "p256", keyId: expect.any(String) }] } },
       { cmd: "verify", argv: ["image", "verify", "js.zbi", "--trust", "trust"], fields: { compatible: "c", serial: 1 } },
       { cmd: "install", argv: ["image", "install", "js.zbi", "--trust", "trust", "--payload", "rootfs", "--to", "j.out"], fields: { payload: "rootfs", target: "j.out" } },
     ];
@@ -135,8 +143,8 @@ describe("publish and install", () => {
   // Each is refused with its exit status and a plain message (no stack trace), and changes no file.
   test.each([
     { name: "create -o the signing key", argv: ["image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--rootfs", "rootfs.img", "--key", "ed", "-o", "ed"], code: 2, err: /cannot write the image to ed: the file exists and is not a zb image/ },
-    { name: "sign -o a trusted public key", argv: ["image", "sign", "a.zbi", "--key", "ed", "-o", "trust/ed.pub"], code: 2, err: /cannot write the image to trust\/ed.pub: the file exists and is not a zb image/ },
-    { name: "sign -o - (stdout)", argv: ["image", "sign", "a.zbi", "--key", "ed", "-o", "-"], code: 2, err: /cannot write an image to stdout/ },
+    { name: "sign -o a trusted public key", argv: ["image", "sign", "a.zbi", "--trust", "trust", "--key", "ed", "-o", "trust/ed.pub"], code: 2, err: /cannot write the image to trust\/ed.pub: the file exists and is not a zb image/ },
+    { name: "sign -o - (stdout)", argv: ["image", "sign", "a.zbi", "--trust", "trust", "--key", "ed", "-o", "-"], code: 2, err: /cannot write an image to stdout/ },
     { name: "create -o into a missing folder", argv: ["image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--rootfs", "rootfs.img", "--key", "ed", "-o", "nodir/x.zbi"], code: 5, err: /^zb: cannot create nodir\/x.zbi: no such file or directory\n$/ },
     { name: "create --level 99", argv: ["image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--rootfs", "rootfs.img", "--key", "ed", "--level", "99", "-o", "l.zbi"], code: 2, err: /--level 99 is not a zstd level from 1 to 22/ },
     { name: "create --compatible with a space", argv: ["image", "create", "--compatible", "acme pi", "--version", "1", "--serial", "1", "--rootfs", "rootfs.img", "--key", "ed", "-o", "l.zbi"], code: 2, err: /^zb: cannot create an image: compatible must be/ },
@@ -150,13 +158,23 @@ describe("publish and install", () => {
     { name: "install --progress=bogus", argv: ["image", "install", "a.zbi", "--trust", "trust", "--payload", "rootfs", "--to", "z1.img", "--progress=bogus"], code: 2, err: /--progress=bogus: it is bar, json or none/ },
     { name: "key gen --alg twice", argv: ["key", "gen", "--alg", "ed25519", "--alg", "p256", "-o", "k2"], code: 2, err: /option --alg is given twice/ },
     { name: "key gen over a dangling .pub link", argv: ["key", "gen", "--alg", "ed25519", "-o", "dl"], code: 2, err: /dl.pub exists already/ },
-    { name: "sign --key with a public key (0644): said plainly, no warning about its mode", argv: ["image", "sign", "a.zbi", "--key", "ed.pub", "-o", "l.zbi"], code: 18, err: /^zb: cannot [^\n]*ed\.pub[^\n]*\n(zb: hint: [^\n]*\n)?$/ },
+    { name: "sign --key with a public key (0644): said plainly, no warning about its mode", argv: ["image", "sign", "a.zbi", "--trust", "trust", "--key", "ed.pub", "-o", "l.zbi"], code: 18, err: /^zb: cannot [^\n]*ed\.pub[^\n]*\n(zb: hint: [^\n]*\n)?$/ },
     { name: "create from a boot folder with a file name that is not UTF-8", argv: ["image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--boot", "latin1", "--key", "ed", "-o", "l.zbi"], code: 2, err: /its name is not UTF-8/ },
+    // Before: an image that installed nothing, signed (exit 0).
+    { name: "create --rootfs of an empty file", argv: ["image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--rootfs", "empty.img", "--key", "ed", "-o", "l.zbi"], code: 2, err: /^zb: cannot create an image: the rootfs file empty.img is empty \(0 bytes\): the image would install nothing\nzb: hint: / },
+    // Before: --level was ignored (exit 0).
+    { name: "create --encoding none --level 19", argv: ["image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--rootfs", "rootfs.img", "--encoding", "none", "--level", "19", "--key", "ed", "-o", "l.zbi"], code: 2, err: /^zb: cannot create an image: --level 19 is a zstd level, and --encoding none compresses nothing\n/ },
+    // Before: sign added a signature to whatever it was given (exit 0).
+    { name: "sign with neither --trust nor --no-verify", argv: ["image", "sign", "a.zbi", "--key", "ec", "-o", "l.zbi"], code: 2, err: /^zb: cannot run zb image sign: give --trust DIR to check the signatures the image has before adding to them \(or --no-verify to skip that check\)\n/ },
+    { name: "sign --no-verify --trust", argv: ["image", "sign", "a.zbi", "--no-verify", "--trust", "trust", "--key", "ec", "-o", "l.zbi"], code: 2, err: /--no-verify checks nothing, so --trust has no use/ },
+    { name: "sign of an image whose manifest was edited (verify: 14)", argv: ["image", "sign", "edited.zbi", "--trust", "trust", "--key", "ec", "-o", "l.zbi"], code: 14, err: /^zb: cannot verify image signatures: found 0 of the 1 trusted signatures required/ },
   ])("$name → exit $code, nothing changed", ({ argv, code, err }) => {
     if (!existsSync(join(dir, "latin1"))) {
       mkdirSync(join(dir, "latin1"));
       writeFileSync(Buffer.concat([Buffer.from(join(dir, "latin1/")), Buffer.from([0xe9, 0x74, 0xe9])]), "x");
       symlinkSync(join(dir, "nowhere.pub"), join(dir, "dl.pub"));
+      writeFileSync(join(dir, "empty.img"), "");
+      writeFileSync(join(dir, "edited.zbi"), editedManifest(readFileSync(join(dir, "a.zbi"))));
     }
     const snapshot = () => Object.fromEntries(["ed", "trust/ed.pub", "a.zbi", "rootfs.img"].map((f) => [f, sha256(join(dir, f))]));
     const before = snapshot();
@@ -234,14 +252,14 @@ describe("edges of the engine, end to end", () => {
     copyFileSync(join(dir, "a.zbi"), join(dir, "inplace.zbi")); // signed by ed alone
     const files = () => readdirSync(dir).filter((f) => f.startsWith(".") || f.startsWith("o17")).sort();
     const create = zb("image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--rootfs", "rootfs.img", ...keys.flat(), "-o", "o17.zbi");
-    const signed = zb("image", "sign", "inplace.zbi", ...keys.slice(0, 16).flat(), "-o", "inplace.zbi");
+    const signed = zb("image", "sign", "inplace.zbi", "--trust", "trust", ...keys.slice(0, 16).flat(), "-o", "inplace.zbi");
     expect({ create: [create.code, create.err.split("\n")[0]], sign: [signed.code, signed.err.split("\n")[0]], files: files(), same: sha256(join(dir, "inplace.zbi")) === sha256(join(dir, "a.zbi")) }).toEqual({
       create: [2, "zb: cannot create o17.zbi: 17 signatures, more than the 16 an image can carry (readers refuse more)"],
       sign: [2, "zb: cannot sign inplace.zbi: 17 signatures, more than the 16 an image can carry (readers refuse more)"],
       files: [], same: true,
     });
     // 15 new keys and ed: 16, which every reader takes.
-    expect(zb("image", "sign", "inplace.zbi", ...keys.slice(0, 15).flat(), "-o", "inplace.zbi").code).toBe(0);
+    expect(zb("image", "sign", "inplace.zbi", "--trust", "trust", ...keys.slice(0, 15).flat(), "-o", "inplace.zbi").code).toBe(0);
     expect(JSON.parse(zb("image", "info", "inplace.zbi", "--json").out).signatures.length).toBe(16);
     expect(zb("image", "verify", "inplace.zbi", "--trust", "trust").code).toBe(0);
   });
@@ -298,11 +316,11 @@ describe("edges of the engine, end to end", () => {
     { cmd: "install", src: "-", args: "--trust trust --payload rootfs --to tty.img" },
     { cmd: "verify", src: "-", args: "--trust trust" },
     { cmd: "info", src: "-", args: "" },
-    { cmd: "sign", src: "-", args: "--key ed -o tty.zbi" },
+    { cmd: "sign", src: "-", args: "--trust trust --key ed -o tty.zbi" },
     { cmd: "install", src: "/dev/stdin", args: "--trust trust --payload rootfs --to tty.img" },
     { cmd: "verify", src: "/dev/stdin", args: "--trust trust" },
     { cmd: "info", src: "/dev/fd/0", args: "" },
-    { cmd: "sign", src: "/dev/tty", args: "--key ed -o tty.zbi" },
+    { cmd: "sign", src: "/dev/tty", args: "--trust trust --key ed -o tty.zbi" },
   ])("$cmd $src with stdin on a terminal: IO (exit 5) at once, not a wait for typed bytes; nothing made", async ({ cmd, src, args }) => {
     const line = `exec "${BIN}" image ${cmd} ${src} ${args} --json >tty.out 2>tty.err`;
     const p = Bun.spawn(["script", "-qec", line, "/dev/null"], { cwd: dir, env: { ...process.env, SHELL: "/bin/sh" }, stdin: "pipe", stdout: "ignore", stderr: "ignore" });
@@ -333,7 +351,7 @@ describe("edges of the engine, end to end", () => {
     symlinkSync(join(dir, "gone.pub"), join(dir, "trust-dangling/old.pub"));
     const dangling = zb("image", "verify", "a.zbi", "--trust", "trust-dangling");
     expect({
-      zero: run("key", "id", "/dev/zero"), signZero: run("image", "sign", "a.zbi", "--key", "/dev/zero", "-o", "z.zbi"), piped: [piped.exitCode, piped.stdout.toString()],
+      zero: run("key", "id", "/dev/zero"), signZero: run("image", "sign", "a.zbi", "--trust", "trust", "--key", "/dev/zero", "-o", "z.zbi"), piped: [piped.exitCode, piped.stdout.toString()],
       dangling: [dangling.code, dangling.err.split("\n")[0]],
     }).toEqual({
       zero: [18, "zb: cannot read key /dev/zero: it is larger than 65536 bytes, too large for a key file\n"],
@@ -349,7 +367,7 @@ describe("the command line itself", () => {
   // Each subcommand's --help names every option it takes (stages/zb/image.ts TAKES).
   const takes = {
     create: ["--compatible", "--version", "--serial", "--rootfs", "--boot", "--key", "-o", "--encoding", "--level", "--chunk-size", "--progress", "--json"],
-    sign: ["--key", "-o", "--json", "--timeout", "--min-speed", "--retries"],
+    sign: ["--key", "-o", "--trust", "--no-verify", "--required", "--compatible", "--serial-floor", "--json", "--timeout", "--min-speed", "--retries"],
     info: ["--json", "--timeout", "--min-speed", "--retries"],
     verify: ["--trust", "--required", "--compatible", "--serial-floor", "--deep", "--progress", "--json", "--timeout", "--min-speed", "--retries"],
     install: ["--trust", "--required", "--compatible", "--serial-floor", "--payload", "--to", "--journal", "--resume", "--read-back", "--progress", "--json", "--timeout", "--min-speed", "--retries"],
@@ -394,7 +412,7 @@ describe("a full disk (a small tmpfs): exit 5, one plain line, nothing left behi
     { what: "image create: the image does not fit", size: "size=5m", argv: (d: string) => ["image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--rootfs", noise(), "--key", "ed", "-o", `${d}/o.zbi`], says: (d: string) => `zb: cannot write ${d}/o.zbi: no space left on device\n` },
     { what: "image sign", size: "size=1m", argv: (d: string) => {
       if (!existsSync(join(dir, "big.zbi"))) expect(zb("image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--rootfs", noise(), "--key", "ed", "-o", "big.zbi").code).toBe(0);
-      return ["image", "sign", "big.zbi", "--key", "ec", "-o", `${d}/x.zbi`];
+      return ["image", "sign", "big.zbi", "--trust", "trust", "--key", "ec", "-o", `${d}/x.zbi`];
     }, says: (d: string) => `zb: cannot write ${d}/x.zbi: no space left on device\n` },
     { what: "key gen: no room for the private key's bytes (it was created empty)", size: "size=4k", fill: 4096, argv: (d: string) => ["key", "gen", "--alg", "ed25519", "-o", `${d}/k`], says: (d: string) => `zb: cannot write key ${d}/k: no space left on device\n` },
     { what: "key gen: no inode for the .pub (the private key was written)", size: "size=1m,nr_inodes=2", argv: (d: string) => ["key", "gen", "--alg", "p256", "-o", `${d}/k`], says: (d: string) => `zb: cannot write key ${d}/k: no space left on device\n` },
@@ -412,5 +430,96 @@ describe("a full disk (a small tmpfs): exit 5, one plain line, nothing left behi
     rmSync(join(d, "fill"));
     expect(zb("key", "gen", "--alg", "ed25519", "-o", `${d}/k`).code).toBe(0);
     expect(readdirSync(d).sort()).toEqual(["k", "k.pub"]);
+  });
+});
+
+describe("sign checks the signatures the image has before it adds one", () => {
+  // Before: `sign edited.zbi --key ec` succeeded, and the edit then verified with ec's public key alone.
+  test("an image whose manifest was edited: sign --trust fails as verify does (exit, message); --no-verify signs it, and the edit verifies with the new key alone", () => {
+    writeFileSync(join(dir, "edited.zbi"), editedManifest(readFileSync(join(dir, "a.zbi"))));
+    mkdirSync(join(dir, "trust-ec"), { recursive: true });
+    copyFileSync(join(dir, "ec.pub"), join(dir, "trust-ec/ec.pub"));
+    const verify = zb("image", "verify", "edited.zbi", "--trust", "trust");
+    const sign = zb("image", "sign", "edited.zbi", "--trust", "trust", "--key", "ec", "-o", "edited-signed.zbi", "--json");
+    const escape = zb("image", "sign", "edited.zbi", "--no-verify", "--key", "ec", "-o", "edited-anyway.zbi");
+    expect({
+      verify: verify.code, sign: sign.code, same: sign.err.split("\n")[0] === verify.err.split("\n")[0],
+      hint: sign.err.split("\n")[1], last: JSON.parse(sign.out.trim().split("\n").at(-1) ?? "{}").code, made: existsSync(join(dir, "edited-signed.zbi")),
+      escape: escape.code, anyway: zb("image", "verify", "edited-anyway.zbi", "--trust", "trust-ec").code,
+    }).toEqual({
+      verify: 14, sign: 14, same: true,
+      hint: "zb: hint: zb image sign adds to signatures that verify: give --trust the folder with the public keys of the keys that signed it; an image changed since it was signed must be created anew (zb image create)",
+      last: "SIG_INVALID", made: false, escape: 0, anyway: 0,
+    });
+  });
+
+  test("the policy options apply as in verify: --required 2 of one trusted signature is 14, --compatible of another product 15", () => {
+    const rows = [
+      { args: ["--required", "2"], code: 14 },
+      { args: ["--compatible", "acme-pi5"], code: 15 },
+      { args: ["--serial-floor", "8"], code: 16 },
+      { args: ["--compatible", "acme-pi4", "--serial-floor", "7"], code: 0 },
+    ];
+    const got = rows.map((r) => [zb("image", "verify", "a.zbi", "--trust", "trust", ...r.args).code, zb("image", "sign", "a.zbi", "--trust", "trust", ...r.args, "--key", "ec", "-o", "policy.zbi").code]);
+    expect(got).toEqual(rows.map((r) => [r.code, r.code]));
+  });
+});
+
+describe("the install journal", () => {
+  // Before: exit 5, "cannot read install journal emptyj: JSON Parse error: Unexpected EOF", also without --resume.
+  test("an empty journal file: a fresh install writes it; --resume says it is empty, naming it, with a hint", () => {
+    writeFileSync(join(dir, "emptyj"), "");
+    const resume = zb("image", "install", "a.zbi", "--trust", "trust", "--payload", "rootfs", "--to", "s7.img", "--journal", "emptyj", "--resume");
+    const made = existsSync(join(dir, "s7.img"));
+    const fresh = zb("image", "install", "a.zbi", "--trust", "trust", "--payload", "rootfs", "--to", "s7.img", "--journal", "emptyj");
+    expect({ resume: [resume.code, resume.err], made, fresh: fresh.code, state: JSON.parse(readFileSync(join(dir, "emptyj"), "utf8")).state, same: sha256(join(dir, "s7.img")) === sha256(join(dir, "rootfs.img")) }).toEqual({
+      resume: [5, "zb: cannot read install journal emptyj: it is empty\nzb: hint: there is nothing to resume from: remove emptyj or install without --resume (the install then starts from chunk 0)\n"],
+      made: false, fresh: 0, state: "complete", same: true,
+    });
+  });
+
+  test("a --journal that names a file with other content: refused (exit 2), the file kept", () => {
+    writeFileSync(join(dir, "notes.txt"), "not a journal\n");
+    const r = zb("image", "install", "a.zbi", "--trust", "trust", "--payload", "rootfs", "--to", "s8.img", "--journal", "notes.txt");
+    expect({ code: r.code, err: r.err, kept: readFileSync(join(dir, "notes.txt"), "utf8"), made: existsSync(join(dir, "s8.img")) }).toEqual({
+      code: 2,
+      err: "zb: cannot use notes.txt as the install journal: it is not a zb journal (not JSON), and an install replaces its journal\nzb: hint: give --journal a new file or a journal's path; remove notes.txt first if it is a broken journal\n",
+      kept: "not a journal\n", made: false,
+    });
+  });
+});
+
+describe("what the commands print", () => {
+  test("one chunk is \"1 chunk\" (info, verify), one signature \"1 signature\" (sign)", () => {
+    writeFileSync(join(dir, "small.img"), variedBytes(100_000, 3));
+    expect(zb("image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--rootfs", "small.img", "--key", "ed", "-o", "small.zbi").code).toBe(0);
+    const info = zb("image", "info", "small.zbi").out.split("\n").find((l) => l.startsWith("payload:")) ?? "";
+    const verify = zb("image", "verify", "small.zbi", "--trust", "trust").out;
+    const sign = zb("image", "sign", "small.zbi", "--trust", "trust", "--key", "ed", "-o", "small2.zbi").out;
+    expect({ info: info.replace(/raw sha256 \w+/, "raw sha256 H").replace(/\d+ stored/, "N stored"), verify: verify.replace(/signed by \w+/, "signed by K"), sign }).toEqual({
+      info: "payload:    rootfs (rootfs, zstd): 100000 bytes raw, N stored, 1 chunk, raw sha256 H",
+      verify: "zb image verify: small.zbi: OK: c 1 serial 1, signed by K; rootfs 1 chunk\n",
+      sign: "zb image sign: small2.zbi: 1 signature\n",
+    });
+  });
+
+  // Before: "0.00/0.00 GiB 0 MB/s".
+  test("the progress bar of a 100 kB install reads KiB, and shows no rate it has not measured", () => {
+    const r = zb("image", "install", "small.zbi", "--trust", "trust", "--payload", "rootfs", "--to", "small.out", "--progress=bar");
+    const last = r.err.split("\r").at(-1) ?? "";
+    expect({ code: r.code, last }).toEqual({ code: 0, last: expect.stringMatching(/^install rootfs \[#{30}\] 100% 97\.7\/97\.7 KiB {2,}(\d+ [kMG]B\/s)? \n$/) });
+  });
+
+  // Before: "zb: cannot read the image: is a directory" (which?), for every command.
+  test.each([
+    { cmd: "info", args: [] },
+    { cmd: "verify", args: ["--trust", "trust"] },
+    { cmd: "install", args: ["--trust", "trust", "--payload", "rootfs", "--to", "dir.img"] },
+    { cmd: "sign", args: ["--trust", "trust", "--key", "ed", "-o", "dir.zbi"] },
+  ])("image $cmd of a folder names it (exit 5)", ({ cmd, args }) => {
+    const r = zb("image", cmd, "boot", ...args);
+    expect({ code: r.code, err: r.err.split("\n")[0], made: ["dir.img", "dir.img.zb-journal", "dir.zbi"].filter((f) => existsSync(join(dir, f))) }).toEqual({
+      code: 5, err: "zb: cannot read image boot: it is a directory", made: [],
+    });
   });
 });

@@ -75,7 +75,7 @@ describe("an image on a block device larger than the image", () => {
   ])("followed by $tail: sign reads it as install does, and the signed copy verifies with the new key alone", async ({ bytes }) => {
     const dev = stick(bytes);
     const out = join(root, `signed${seq++}.zbi`);
-    const signed = await outcome(resignImage(fileSource(dev), [keySigner(KEYS.other)], out));
+    const signed = await outcome(resignImage(fileSource(dev), [keySigner(KEYS.other)], out, { policy: { trust } }));
     const byOther = loadTrustDir(host, trustDir(root, `trust${seq++}`, [KEYS.other]));
     const verified = signed === "ok" ? await outcome(verifyImage(fileSource(out), { trust: byOther }, { deep: true })) : "not signed";
     expect({ signed, verified }).toEqual({ signed: "ok", verified: "ok" });

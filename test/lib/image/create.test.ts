@@ -49,7 +49,7 @@ describe("a full disk: IO naming the output, and no temp file stays", () => {
   test.each([
     { when: "create: the spool does not fit (1 MiB disk)", size: "1m", run: (out: string) => createImage(opts(out)) },
     { when: "create: the spool fits, the archive does not (5 MiB disk)", size: "5m", run: (out: string) => createImage(opts(out)) },
-    { when: "sign: the re-signed copy does not fit (1 MiB disk)", size: "1m", run: (out: string) => resignImage(fileSource(img.path), [keySigner(KEYS.k2)], out) },
+    { when: "sign: the re-signed copy does not fit (1 MiB disk)", size: "1m", run: (out: string) => resignImage(fileSource(img.path), [keySigner(KEYS.k2)], out, { unverified: true }) },
   ])("$when", async ({ size, run }) => {
     const disk = smallDisk(`size=${size}`);
     const out = join(disk, "o.zbi");
@@ -61,7 +61,7 @@ describe("a full disk: IO naming the output, and no temp file stays", () => {
 describe("temp and spool files: a link planted under their name is replaced, never followed", () => {
   test.each([
     { name: "create: .OUT.zb-new and .OUT.rootfs.zb-spool", temps: [".o.zbi.zb-new", ".o.zbi.rootfs.zb-spool"], run: (out: string) => createImage(opts(out)) },
-    { name: "sign: .OUT.zb-new", temps: [".o.zbi.zb-new"], run: (out: string) => resignImage(fileSource(img.path), [keySigner(KEYS.k2)], out) },
+    { name: "sign: .OUT.zb-new", temps: [".o.zbi.zb-new"], run: (out: string) => resignImage(fileSource(img.path), [keySigner(KEYS.k2)], out, { unverified: true }) },
   ])("$name", async ({ temps, run }) => {
     const d = fresh();
     const victims = temps.map((t, i) => {
@@ -187,7 +187,7 @@ describe("more signatures than a reader takes (16): USAGE before any file is mad
     writeFileSync(path, img.bytes);
     const out = inPlace ? path : join(d, "o.zbi");
     const signers = [...manyKeys(keys), ...(k2 ? [keySigner(KEYS.k2)] : [])];
-    const error = await failure(resignImage(fileSource(path), signers, out));
+    const error = await failure(resignImage(fileSource(path), signers, out, { unverified: true }));
     const refused = error !== null;
     expect({
       error: error && { ...error, message: error.message?.replace(out, "OUT") },
