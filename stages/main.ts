@@ -14,7 +14,8 @@ import { runStage } from "./run.ts";
 type Role = (argv: string[]) => Promise<number> | number;
 const zbunlock: Role = (argv) => (require("./zbunlock/main.ts") as typeof import("./zbunlock/main.ts")).zbunlockMain(argv);
 const zboot: Role = (argv) => (require("./zboot/main.ts") as typeof import("./zboot/main.ts")).zbootMain(argv);
-const fwenv = (tool: "fw_printenv" | "fw_setenv"): Role => (argv) => (require("./fwenv/main.ts") as typeof import("./fwenv/main.ts")).fwenvMain(tool, argv);
+// argv[0] as typed: getopt's warnings start with it, as libubootenv's do.
+const fwenv = (tool: "fw_printenv" | "fw_setenv"): Role => (argv) => (require("./fwenv/main.ts") as typeof import("./fwenv/main.ts")).fwenvMain(tool, argv, process.argv0 || tool);
 
 /** Role names recognised in argv[0]; anything else behaves as `zb`. */
 const byName: Record<string, Role> = {

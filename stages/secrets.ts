@@ -5,8 +5,9 @@
  * (DEVELOPERS.md "Secrets"); every buffer returned is the caller's to wipe.
  */
 import { closeSync, openSync, readSync, writeSync } from "node:fs";
-import { ZbError, ioError } from "../lib/errors.ts";
+import { ZbError } from "../lib/errors.ts";
 import { wipe } from "../lib/secret.ts";
+import { readFdBounded } from "../lib/sys/bounded.ts";
 import { waitReadable } from "../lib/sys/fdwait.ts";
 import { createNew, out } from "./output.ts";
 
@@ -21,34 +22,10 @@ export const MAX_SECRET_BYTES = 4096;
  * @throws {ZbError} USAGE when empty or too large; IO on read errors
  */
 export function readSecretFd(fd = 0, what = "the secret on stdin", wait: (fd: number) => void = waitReadable): Uint8Array {
-  const buf = new Uint8Array(MAX_SECRET_BYTES + 1);
-  let n = 0;
-  try {
-    for (;;) {
-      let got: number;
-      try {
-        got = readSync(fd, buf, n, buf.length - n, null);
-      } catch (e) {
-        if ((e as { code?: string }).code === "EAGAIN") {
-          wait(fd);
-          continue;
-        }
-        throw e;
-      }
-      if (got === 0) break;
-      n += got;
-      if (n > MAX_SECRET_BYTES) throw new ZbError("USAGE", `cannot read ${what}: longer than ${MAX_SECRET_BYTES} bytes`);
-    }
-  } catch (e) {
-    wipe(buf);
-    throw e instanceof ZbError ? e : ioError(`read ${what}`, e);
-  }
-  if (n === 0) {
-    wipe(buf);
+  const secret = readFdBounded(fd, { max: MAX_SECRET_BYTES, code: "USAGE", what, secret: true, wait });
+  if (secret.length === 0) {
     throw new ZbError("USAGE", `cannot read ${what}: it is empty`, { hint: "pipe the secret into stdin, e.g. from another zb command" });
   }
-  const secret = buf.slice(0, n);
-  wipe(buf);
   return secret;
 }
 

@@ -12,6 +12,12 @@ export interface OptionSpec {
   value?: boolean;
   /** May be given more than once; every value is kept in `multi`. */
   multiple?: boolean;
+  /**
+   * {@link parseGetopt} only: no abbreviation selects it, only its full
+   * name. For an option zb adds to a tool's own set, which must not make an
+   * abbreviation the tool takes ambiguous.
+   */
+  noAbbrev?: boolean;
 }
 
 export type OptionSpecs = Record<string, OptionSpec>;
@@ -33,6 +39,7 @@ export interface ParsedArgs {
  *   one wins, as getopt does — the fw_printenv/fw_setenv personalities keep
  *   libubootenv's behaviour, and the boot path does not fail on a repeat
  * @throws {ZbError} USAGE for an unknown option, a missing or empty value, or (repeats: "refuse") a single-value option given twice
+ * @example parseArgs(["-c", "fw.config", "zb_slot"], { config: { short: "c", value: true } }, "zb env print").values.get("config") // "fw.config"
  */
 export function parseArgs(argv: readonly string[], specs: OptionSpecs, what: string, opts: { repeats?: "refuse" | "last" } = {}): ParsedArgs {
   const byShort = new Map<string, string>();
@@ -77,6 +84,87 @@ export function parseArgs(argv: readonly string[], specs: OptionSpecs, what: str
     if (spec.multiple) out.multi.set(name, [...(out.multi.get(name) ?? []), value]);
   }
   return out;
+}
+
+/**
+ * Parse argv as glibc's getopt_long does for libubootenv's fw_printenv and
+ * fw_setenv, which the personalities replace in scripts: an unknown option,
+ * a value given to a flag (`--no-header=1`) and a missing value are warned
+ * about in glibc's words and skipped, and the command goes on (libubootenv's
+ * option switch has no default branch: `fw_printenv -x NAME` warns and
+ * prints NAME, exit 0). Short options group (`-nc FILE`), a long name may be
+ * cut to a unique prefix (`--conf FILE`), options mix with arguments, `--`
+ * ends them, and the last of a repeated option wins.
+ * @param how.what the command, for messages (`fw_printenv`)
+ * @param how.prog the name glibc's warnings start with: argv[0] as typed
+ * @param how.warn gets each warning, one line without its newline
+ * @throws {ZbError} USAGE for an empty value, which no option of zb can use (as {@link parseArgs})
+ * @example parseGetopt(["-x", "zb_slot"], specs, { what: "fw_printenv", prog: "fw_printenv", warn: console.error }).positional // ["zb_slot"]
+ */
+export function parseGetopt(argv: readonly string[], specs: OptionSpecs, how: { what: string; prog: string; warn: (warning: string) => void }): ParsedArgs {
+  const { what, prog, warn } = how;
+  const byShort = new Map<string, string>();
+  for (const [long, s] of Object.entries(specs)) if (s.short) byShort.set(s.short, long);
+  const out: ParsedArgs = { flags: new Set(), values: new Map(), multi: new Map(), positional: [] };
+  const take = (name: string, value: string | undefined): void => {
+    if (value === undefined) out.flags.add(name);
+    else if (value === "") throw usage(what, `option --${name} needs a value, not an empty one`);
+    else {
+      out.values.set(name, value);
+      if (specs[name]!.multiple) out.multi.set(name, [...(out.multi.get(name) ?? []), value]);
+    }
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === "--") {
+      out.positional.push(...argv.slice(i + 1));
+      break;
+    }
+    if (arg.startsWith("--")) {
+      const eq = arg.indexOf("=");
+      const typed = eq < 0 ? arg.slice(2) : arg.slice(2, eq);
+      const name = longName(specs, typed, arg, prog, warn);
+      if (name === null) continue;
+      if (!specs[name]!.value) {
+        if (eq < 0) take(name, undefined);
+        else warn(`${prog}: option '--${name}' doesn't allow an argument`);
+      } else if (eq >= 0) take(name, arg.slice(eq + 1));
+      else if (i + 1 < argv.length) take(name, argv[++i]);
+      else warn(`${prog}: option '--${name}' requires an argument`);
+      continue;
+    }
+    if (!arg.startsWith("-") || arg === "-") {
+      out.positional.push(arg);
+      continue;
+    }
+    // A group of short options; one that takes a value takes the rest of the group, or the next argument.
+    for (let j = 1; j < arg.length; j++) {
+      const name = byShort.get(arg[j]!);
+      if (name === undefined) {
+        warn(`${prog}: invalid option -- '${arg[j]}'`);
+        continue;
+      }
+      if (!specs[name]!.value) {
+        take(name, undefined);
+        continue;
+      }
+      if (j + 1 < arg.length) take(name, arg.slice(j + 1));
+      else if (i + 1 < argv.length) take(name, argv[++i]);
+      else warn(`${prog}: option requires an argument -- '${arg[j]}'`);
+      break;
+    }
+  }
+  return out;
+}
+
+/** The long option `typed` names: itself, or the one option it is a prefix of; null (warned) when none or several. */
+function longName(specs: OptionSpecs, typed: string, arg: string, prog: string, warn: (warning: string) => void): string | null {
+  if (typed in specs) return typed;
+  const matches = typed === "" ? [] : Object.keys(specs).filter((n) => n.startsWith(typed) && !specs[n]!.noAbbrev);
+  if (matches.length === 1) return matches[0]!;
+  if (matches.length === 0) warn(`${prog}: unrecognized option '${arg}'`);
+  else warn(`${prog}: option '${arg}' is ambiguous; possibilities:${matches.map((m) => ` '--${m}'`).join("")}`);
+  return null;
 }
 
 /**

@@ -52,6 +52,13 @@ export const DEFAULT_ENV_SIZE = 0x4000;
  * libubootenv has no bound: it fails to read such an env and exits 243/244.
  */
 export const MAX_ENV_SIZE = 16 * 1024 * 1024;
+/**
+ * Largest fw_env.config read: 64 KiB. The file is a few lines (two copies
+ * and comments, under 1 KiB); a larger one is no fw_env.config (`-c
+ * /dev/zero`, `-c /dev/mmcblk0p1`), refused (CONFIG) once these bytes are
+ * past, not read until memory runs out.
+ */
+export const MAX_CONFIG_FILE_BYTES = 64 * 1024;
 /** Default mount point of the boot partition in the running OS. */
 export const DEFAULT_BOOT_DIR = "/boot/firmware";
 /** Default fw_env.config of libubootenv, used by the fw_printenv/fw_setenv personalities. */

@@ -10,9 +10,25 @@
  *   # comment     and blank lines are skipped
  * Leading blanks are skipped (libubootenv keeps them in the name, which U-Boot
  * could never read back as a variable; we do not copy that).
+ *
+ * A bad name or value in a script, or in a NAME on the command line, is the
+ * user's input error (USAGE, exit 2), not a malformed env: ENV_FORMAT shares
+ * exit 3 with ENV_CRC, whose remedy is recreating the env (`zb env init
+ * --force`), and a script reacting to 3 that way would wipe the boot state
+ * for a typo.
  */
 import { ZbError } from "../errors.ts";
 import { checkName, checkValue } from "./codec.ts";
+import { MAX_ENV_SIZE } from "./config.ts";
+
+/**
+ * Largest script read (`--script`, `fw_setenv -s`, fw_setenv's default env
+ * file): 16 MiB, the largest env zb takes ({@link MAX_ENV_SIZE}); what one
+ * script sets must fit one env, and the Pi's is 16 KiB. A larger input is
+ * no script (`--script /dev/zero`, a partition) and is refused once these
+ * bytes are past instead of read until memory runs out.
+ */
+export const MAX_SCRIPT_BYTES = MAX_ENV_SIZE;
 
 /**
  * One change: set a value (possibly empty), or delete (value null). Scripts
@@ -26,7 +42,8 @@ export interface Change {
 
 /**
  * Parse a script given as a byte string (latin1, one char per byte).
- * @throws {ZbError} ENV_FORMAT for an invalid name
+ * @throws {ZbError} USAGE for a line with an invalid name or value, naming the line
+ * @example parseScript("bootdelay 3\nold\n") // [{name: "bootdelay", value: "3"}, {name: "old", value: null}]
  */
 export function parseScript(text: string): Change[] {
   const changes: Change[] = [];
@@ -34,17 +51,27 @@ export function parseScript(text: string): Change[] {
     const line = raw.replace(/\r$/, "").replace(/^[ \t]+/, "");
     if (line === "" || line.startsWith("#")) return;
     const m = /^([^=\s]*)(?:=|[ \t]+|$)(.*)$/.exec(line)!;
-    const name = m[1]!;
-    const value = m[2]!;
-    try {
-      checkName(name);
-      if (value !== "") checkValue(name, value);
-    } catch (e) {
-      throw new ZbError("ENV_FORMAT", `cannot parse script line ${i + 1}: ${(e as Error).message}`);
-    }
-    changes.push({ name, value: value === "" ? null : value });
+    const change = { name: m[1]!, value: m[2] === "" ? null : m[2]! };
+    const bad = changeProblem(change);
+    if (bad !== null) throw new ZbError("USAGE", `cannot parse script line ${i + 1}: ${bad}`);
+    changes.push(change);
   });
   return changes;
+}
+
+/**
+ * Why a change the user typed cannot be stored, or null when it can: an
+ * empty name, a name with `=` or NUL, a value with NUL (docs/env.md,
+ * "Binary format"). For the command line and scripts, which report it as
+ * USAGE; {@link applyChanges} still refuses such a change (ENV_FORMAT).
+ * @example changeProblem({ name: "a=b", value: "c" }) // "the variable name contains '='"
+ */
+export function changeProblem(c: Change): string | null {
+  if (c.name === "") return "the variable name is empty";
+  if (c.name.includes("=")) return "the variable name contains '='";
+  if (c.name.includes("\0")) return "the variable name contains NUL";
+  if (c.value?.includes("\0")) return "the value contains NUL";
+  return null;
 }
 
 /**

@@ -26,7 +26,7 @@ import { ZbError } from "../errors.ts";
 import { resolveFile, writeFileAtomic } from "../sys/atomic.ts";
 import type { FileInfo, Sys } from "../sys/sys.ts";
 import { encode, sameVars, tryDecode, type DecodeFailure, type DecodeResult, type Layout, type Vars } from "./codec.ts";
-import { defaultConfig, layoutOf, overlapError, parseFwEnvConfig, rangesOverlap, type Location, type StoreConfig } from "./config.ts";
+import { defaultConfig, layoutOf, MAX_CONFIG_FILE_BYTES, overlapError, parseFwEnvConfig, rangesOverlap, type Location, type StoreConfig } from "./config.ts";
 import { nextFlag, pickActive, type CopyIndex } from "./redundant.ts";
 import { applyChanges, type Change } from "./script.ts";
 
@@ -258,11 +258,12 @@ export interface StoreSelector {
 /**
  * Open the env named by a config file, or zb's default pair under the boot dir.
  * @throws {ZbError} IO when the config file cannot be read, CONFIG when it is
- *   malformed or its two copies share bytes of one file
+ *   malformed, larger than {@link MAX_CONFIG_FILE_BYTES} or its two copies share bytes of one file
  * @example openStore(new HostSys(), { configFile: "/etc/fw_env.config" }).read()
  */
 export function openStore(sys: Sys, where: StoreSelector): EnvStore {
-  const config = where.configFile !== undefined ? parseFwEnvConfig(sys.readText(where.configFile), where.configFile) : defaultConfig(where.bootDir);
+  const file = where.configFile;
+  const config = file !== undefined ? parseFwEnvConfig(sys.readText(file, { max: MAX_CONFIG_FILE_BYTES, code: "CONFIG", what: `env config ${file}` }), file) : defaultConfig(where.bootDir);
   checkCopiesApart(sys, config);
   return new EnvStore(sys, config);
 }

@@ -170,10 +170,18 @@ function settingLines(text: string): { line: number; key: string | null; value: 
 }
 
 /**
+ * Largest hsm.conf read: 64 KiB. The file is a dozen `key = value` lines;
+ * a larger one is no hsm.conf (`--config /dev/zero`, a disk), refused once
+ * these bytes are past instead of read until memory runs out.
+ */
+export const MAX_HSM_CONFIG_BYTES = 64 * 1024;
+
+/**
  * Read `path`; a missing file gives the defaults (a config file is optional).
- * @throws {ZbError} CONFIG when malformed; IO when unreadable
+ * @throws {ZbError} CONFIG when malformed or larger than {@link MAX_HSM_CONFIG_BYTES}; IO when unreadable
+ * @example readHsmConfig(new HostSys()).backend
  */
 export function readHsmConfig(sys: Sys, path = DEFAULT_HSM_CONFIG): HsmConfig {
   if (!sys.stat(path)) return defaultHsmConfig();
-  return parseHsmConfig(sys.readText(path), path);
+  return parseHsmConfig(sys.readText(path, { max: MAX_HSM_CONFIG_BYTES, code: "CONFIG", what: `the HSM config ${path}` }), path);
 }

@@ -9,6 +9,16 @@
 import * as fs from "node:fs";
 import { basename, dirname } from "node:path";
 import { ioError } from "../errors.ts";
+import { readFileBounded, type ReadLimit } from "./bounded.ts";
+
+/**
+ * The default bound of {@link Sys.readText}: 1 MiB. Its callers that give
+ * none read small files zb or the system writes (cmdline.txt, config.txt, an
+ * install journal, /proc and sysfs entries), a few KiB at most; the files a
+ * user names give their own bound and error code.
+ */
+export const MAX_TEXT_BYTES = 1024 * 1024;
+const DEFAULT_TEXT_LIMIT: ReadLimit = { max: MAX_TEXT_BYTES, code: "IO" };
 
 /** What `stat` reports about a path. */
 export interface FileInfo {
@@ -47,8 +57,14 @@ export interface Sys {
   mkdirp(path: string): void;
   /** Size and kind, or null when the path does not exist. */
   stat(path: string): FileInfo | null;
-  /** The whole file as text (config files). */
-  readText(path: string): string;
+  /**
+   * The whole file as UTF-8 text (config files), read in sequence (a FIFO
+   * works) and at most `limit.max` bytes of it (default
+   * {@link MAX_TEXT_BYTES}, refused as IO): a path that names no such small
+   * file (/dev/zero, a disk) is refused instead of read until memory runs out.
+   * @throws {ZbError} IO when unreadable; `limit.code` when larger than `limit.max`
+   */
+  readText(path: string, limit?: ReadLimit): string;
   /** Names in a directory, unsorted. */
   listDir(path: string): string[];
   /** The absolute path with every symlink followed, or null when it (or a link's target) does not exist. */
@@ -149,12 +165,9 @@ export class HostSys implements Sys {
     return { size: st.size, kind, ...who };
   }
 
-  readText(path: string): string {
-    try {
-      return fs.readFileSync(path, "utf8");
-    } catch (e) {
-      throw ioError(`read ${path}`, e);
-    }
+  readText(path: string, limit: ReadLimit = DEFAULT_TEXT_LIMIT): string {
+    const bytes = readFileBounded(path, limit);
+    return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("utf8");
   }
 
   listDir(path: string): string[] {

@@ -5,7 +5,7 @@
 import { parseArgs, type OptionSpecs, type ParsedArgs } from "../../lib/cli/args.ts";
 import { byteOrder, fromBytes, toBytes, type Vars } from "../../lib/env/codec.ts";
 import { DEFAULT_BOOT_DIR, DEFAULT_ENV_SIZE } from "../../lib/env/config.ts";
-import { applyChanges, parseScript, type Change } from "../../lib/env/script.ts";
+import { applyChanges, changeProblem, parseScript, type Change } from "../../lib/env/script.ts";
 import { describe, openStore, type EnvState, type EnvStore, type WriteResult } from "../../lib/env/store.ts";
 import { ZbError } from "../../lib/errors.ts";
 import { HostSys } from "../../lib/sys/sys.ts";
@@ -119,6 +119,10 @@ function set(store: EnvStore, args: ParsedArgs): number {
     }
     // An empty VALUE deletes, as in U-Boot's setenv and snapd.
     changes = [{ name, value: value === undefined || value === "" ? null : value }];
+    const bad = changeProblem(changes[0]!);
+    if (bad !== null) {
+      throw new ZbError("USAGE", `cannot set ${JSON.stringify(utf8(name))}: ${bad}`, name.includes("=") ? { hint: "NAME and VALUE are two arguments: zb env set NAME VALUE" } : {});
+    }
   }
   report(store.update(changes), args);
   return 0;

@@ -3,14 +3,15 @@
  * backends (docs/hsm.md). Settings come from /etc/zb/hsm.conf; flags win.
  * Secrets enter on stdin and leave into a new 0600 file or stdout.
  */
-import { readFileSync, writeFileSync } from "node:fs";
 import { onlyThese, parseArgs, type OptionSpecs, type ParsedArgs } from "../../lib/cli/args.ts";
-import { ZbError, ioError } from "../../lib/errors.ts";
-import { decodeBlob, encodeBlob, unsealError } from "../../lib/hsm/blob.ts";
+import { ZbError } from "../../lib/errors.ts";
+import { decodeBlob, encodeBlob, MAX_BLOB_BYTES, unsealError } from "../../lib/hsm/blob.ts";
 import { DEFAULT_HSM_CONFIG, KEYS, parsePcrs, readHsmConfig, type HsmConfig } from "../../lib/hsm/config.ts";
 import { openHsm } from "../../lib/hsm/open.ts";
 import { BACKENDS, type BackendName, type Hsm, type ProbeResult, type SealOptions } from "../../lib/hsm/types.ts";
 import { wipe } from "../../lib/secret.ts";
+import { readFdBounded, readFileBounded, type ReadLimit } from "../../lib/sys/bounded.ts";
+import { waitReadable } from "../../lib/sys/fdwait.ts";
 import { HostSys } from "../../lib/sys/sys.ts";
 import { createNew, err, out } from "../output.ts";
 import { subcommand } from "../common.ts";
@@ -231,13 +232,9 @@ async function unseal(args: ParsedArgs, cfg: HsmConfig): Promise<number> {
   }
   const output = args.values.get("output");
   if (!output) throw new ZbError("USAGE", "cannot unseal: -o FILE|- is required");
-  let bytes: Uint8Array;
-  try {
-    bytes = new Uint8Array(readFileSync(file === "-" ? 0 : file));
-  } catch (e) {
-    throw ioError(`read ${file}`, e);
-  }
-  const blob = decodeBlob(bytes, file);
+  // At most a blob's size: a path that is no blob (/dev/zero, a disk) is refused, not read until memory runs out.
+  const limit: ReadLimit = { max: MAX_BLOB_BYTES, code: "CRED_INVALID", what: file === "-" ? "the sealed blob on stdin" : file, wait: waitReadable };
+  const blob = decodeBlob(file === "-" ? readFdBounded(0, limit) : readFileBounded(file, limit), file);
   const hsm = hsmFor(blob.backend, cfg);
   try {
     const r = await hsm.unseal(blob.data);

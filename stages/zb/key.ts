@@ -2,10 +2,11 @@
  * `zb key gen|id`: signing keys for images. Private keys are PKCS#8 PEM files
  * created 0600 (openssl reads them); public keys SPKI PEM beside them.
  */
-import { closeSync, fstatSync, lstatSync, openSync, readSync, unlinkSync, writeFileSync } from "node:fs";
+import { closeSync, fstatSync, lstatSync, openSync, unlinkSync, writeFileSync } from "node:fs";
 import { onlyThese, parseArgs } from "../../lib/cli/args.ts";
 import { decodePrivatePem, decodePublicPem, encodePrivatePem, encodePublicPem, generateKey, MAX_KEY_FILE, type Alg } from "../../lib/image/keys.ts";
 import { ZbError, ioError } from "../../lib/errors.ts";
+import { readFdBounded } from "../../lib/sys/bounded.ts";
 import { err, out } from "../output.ts";
 import { subcommand } from "../common.ts";
 
@@ -102,28 +103,27 @@ export function readPrivateKey(file: string) {
  * @throws {ZbError} IO; KEY_INVALID when there is more
  */
 function readKeyText(file: string): { text: string; mode: number } {
-  const buf = new Uint8Array(MAX_KEY_FILE + 1);
   let fd: number;
-  let got = 0;
-  let mode: number;
   try {
     fd = openSync(file, "r");
   } catch (e) {
     throw ioError(`read key ${file}`, e);
   }
   try {
-    mode = fstatSync(fd).mode;
-    for (let n = -1; n !== 0 && got < buf.length; got += n) n = readSync(fd, buf, got, buf.length - got, null);
-  } catch (e) {
-    throw ioError(`read key ${file}`, e);
+    let mode: number;
+    try {
+      mode = fstatSync(fd).mode;
+    } catch (e) {
+      throw ioError(`read key ${file}`, e);
+    }
+    // secret: it may hold a private key, so every buffer but the one returned is wiped.
+    const bytes = readFdBounded(fd, { max: MAX_KEY_FILE, code: "KEY_INVALID", what: `key ${file}`, secret: true });
+    const text = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("utf8");
+    bytes.fill(0); // the string cannot be wiped (lib/image/keys.ts)
+    return { text, mode };
   } finally {
     closeSync(fd);
   }
-  // Decoded in place (a view, not a copy): the wipe below reaches every byte read.
-  const text = got > MAX_KEY_FILE ? null : Buffer.from(buf.buffer, buf.byteOffset, got).toString("utf8");
-  buf.fill(0); // it may hold a private key; the string cannot be wiped (lib/image/keys.ts)
-  if (text === null) throw new ZbError("KEY_INVALID", `cannot read key ${file}: it is larger than ${MAX_KEY_FILE} bytes, too large for a key file`);
-  return { text, mode };
 }
 
 function lexists(path: string): boolean {

@@ -266,6 +266,13 @@ describe("fw_printenv/fw_setenv personalities of dist/zb-x64", () => {
     ["-n with a missing name (empty line)", ["-n", "absent"]],
     ["-n without a name (the whole env, names kept)", ["-n"]],
     ["several names in argv order, one missing", ["snap_kernel", "absent", "bootcount"]],
+    // Options as glibc's getopt_long reads them: libubootenv has no default branch, so an unknown one is warned about and skipped.
+    ["an unknown option (warned, skipped)", ["-x", "kernel_status"]],
+    ["an unknown long option with a value", ["--foo=3", "note"]],
+    ["an unknown option grouped with -n", ["-xn", "note"]],
+    ["-n given a value (warned, not taken)", ["--no-header=1", "note"]],
+    ["an abbreviated long option", ["--no", "note"]],
+    ["-c at the end, missing its value (warned; the first -c stays)", ["note", "-c"]],
   ];
   for (const [label, args] of prints) {
     test(`fw_printenv: ${label}`, () => {
@@ -276,6 +283,15 @@ describe("fw_printenv/fw_setenv personalities of dist/zb-x64", () => {
       expect(a.status).toBe(0);
     });
   }
+
+  test("the warnings of getopt_long are the real tool's, word for word (argv[0] first)", () => {
+    const { fwPrintenv } = need();
+    const args = ["-x", "--foo=3", "--no-header=1", "kernel_status", "-c"];
+    const a = run([fwPrintenv, "-c", shared.cfg, ...args]);
+    const b = run([zbPrintenv, "-c", shared.cfg, ...args]);
+    expect(b.stderr.replaceAll(zbPrintenv, "PROG")).toBe(a.stderr.replaceAll(fwPrintenv, "PROG"));
+    expect(a.stderr).toContain("invalid option -- 'x'");
+  });
 
   // Each case starts from two fresh, identical pairs (so one failure does not
   // cascade); the real tool writes one, the personality the other. Then both
@@ -302,6 +318,41 @@ describe("fw_printenv/fw_setenv personalities of dist/zb-x64", () => {
       expect(rb.stdout).toBe(ra.stdout);
       expect(copies(mine).map((c) => c[4])).toEqual(copies(real).map((c) => c[4]));
     });
+  });
+
+  /**
+   * A NAME with '=': libubootenv 0.3.2 refuses the whole call (exit 1, its
+   * message, nothing written), checking every pair before it stores any.
+   */
+  test.each([
+    ["a NAME with '='", ["a=b", "c"]],
+    ["a later NAME with '=' (an earlier good pair is not written either)", ["x", "1", "a=b", "c"]],
+    ["a trailing NAME with '=' (a delete)", ["a=b"]],
+  ])("fw_setenv: %s → exit 1, its message, nothing written", (_label, args) => {
+    const { fwSetenv } = need();
+    const real = makePair(newDir(`personality/eq-real`), initial, 0x1000, false);
+    const mine = makePair(newDir(`personality/eq-mine`), initial, 0x1000, false);
+    const [beforeReal, beforeMine] = [copies(real), copies(mine)];
+    const a = run([fwSetenv, "-c", real.cfg, ...args]);
+    const b = run([zbSetenv, "-c", mine.cfg, ...args]);
+    expect({ status: b.status, stdout: b.stdout }).toEqual({ status: a.status, stdout: a.stdout });
+    expect(a.status).toBe(1);
+    expect(b.stderr).toBe(a.stderr);
+    expect(a.stderr).toBe(`Error: illegal character '=' in variable name "a=b"\n`);
+    expect(copies(real)).toEqual(beforeReal);
+    expect(copies(mine)).toEqual(beforeMine);
+  });
+
+  test("fw_setenv '' VALUE: libubootenv stores `=VALUE`, an entry U-Boot cannot read back; zb refuses it as an illegal name (exit 1), nothing written", () => {
+    const { fwPrintenv, fwSetenv } = need();
+    const real = makePair(newDir(`personality/empty-real`), initial, 0x1000, false);
+    const mine = makePair(newDir(`personality/empty-mine`), initial, 0x1000, false);
+    const before = copies(mine);
+    expect(ok(run([fwSetenv, "-c", real.cfg, "", "x"]), "fw_setenv (real)").status).toBe(0);
+    expect(ok(run([fwPrintenv, "-c", real.cfg]), "fw_printenv (real)").stdout).toStartWith("=x\n");
+    const b = run([zbSetenv, "-c", mine.cfg, "", "x"]);
+    expect({ status: b.status, stderr: b.stderr }).toEqual({ status: 1, stderr: "Error: empty variable name\n" });
+    expect(copies(mine)).toEqual(before);
   });
 
   test("a full env from the real fw_setenv (the last entry's NUL is the last byte, no empty entry after it) reads as the real fw_printenv reads it", () => {

@@ -6,6 +6,7 @@
  * when the board loses power. The file system is the real one, so the state
  * after a cut is read back by the ordinary, uninstrumented code.
  */
+import type { ReadLimit } from "../../lib/sys/bounded.ts";
 import type { FileInfo, Sys, WriteOptions } from "../../lib/sys/sys.ts";
 
 /** Thrown at the cut; no code after it runs. */
@@ -86,8 +87,8 @@ export class CuttingSys implements Sys {
     return this.inner.realpath(path);
   }
 
-  readText(path: string): string {
-    return this.inner.readText(path);
+  readText(path: string, limit?: ReadLimit): string {
+    return this.inner.readText(path, limit);
   }
 
   checkWritableDir(dir: string): void {

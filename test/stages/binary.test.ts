@@ -168,6 +168,24 @@ describe("zb env end to end", () => {
     expect(run("zb", ["env", "set", "--boot", boot(), "a", "b", "c"]).code).toBe(2);
   });
 
+  // A typo in a NAME or a script line is the user's input error (USAGE, 2), not ENV_FORMAT (3): 3 is
+  // also ENV_CRC, whose remedy (zb env init --force) would wipe the boot state.
+  test.each([
+    { argv: ["set", "a=b", "c"], stdin: undefined, err: `zb: cannot set "a=b": the variable name contains '='\nzb: hint: NAME and VALUE are two arguments: zb env set NAME VALUE\n` },
+    { argv: ["set", "a=b"], stdin: undefined, err: `zb: cannot set "a=b": the variable name contains '='\nzb: hint: NAME and VALUE are two arguments: zb env set NAME VALUE\n` },
+    { argv: ["set", "", "x"], stdin: undefined, err: `zb: cannot set "": the variable name is empty\n` },
+    { argv: ["set", "--script", "-"], stdin: "ok 1\n=bad\n", err: "zb: cannot parse script line 2: the variable name is empty\n" },
+    { argv: ["init", "--force", "--script", "-"], stdin: "a 1\n  =x\n", err: "zb: cannot parse script line 2: the variable name is empty\n" },
+  ])("zb env $argv: USAGE (exit 2), nothing written", ({ argv, stdin, err }) => {
+    const b = join(dir, "typo");
+    expect(run("zb", ["env", "init", "--boot", b, "--force", "--script", "-"], "zb_slot a\n").code).toBe(0);
+    const before = readFileSync(join(b, "zb/zb.env")).toString("hex") + readFileSync(join(b, "zb/zb.env.redund")).toString("hex");
+    const [sub, ...rest] = argv;
+    const r = run("zb", ["env", sub!, "--boot", b, ...rest], stdin);
+    expect({ code: r.code, err: r.err }).toEqual({ code: 2, err });
+    expect(readFileSync(join(b, "zb/zb.env")).toString("hex") + readFileSync(join(b, "zb/zb.env.redund")).toString("hex")).toBe(before);
+  });
+
   test("non-UTF-8 value bytes go out unchanged", () => {
     writeFileSync(join(dir, "bin.script"), Buffer.from("raw \xff\xfe\n", "latin1"));
     expect(run("zb", ["env", "set", "--boot", boot(), "--script", join(dir, "bin.script")]).code).toBe(0);

@@ -354,8 +354,8 @@ describe("edges of the engine, end to end", () => {
       zero: run("key", "id", "/dev/zero"), signZero: run("image", "sign", "a.zbi", "--trust", "trust", "--key", "/dev/zero", "-o", "z.zbi"), piped: [piped.exitCode, piped.stdout.toString()],
       dangling: [dangling.code, dangling.err.split("\n")[0]],
     }).toEqual({
-      zero: [18, "zb: cannot read key /dev/zero: it is larger than 65536 bytes, too large for a key file\n"],
-      signZero: [18, "zb: cannot read key /dev/zero: it is larger than 65536 bytes, too large for a key file\n"],
+      zero: [18, "zb: cannot read key /dev/zero: larger than 65536 bytes (is it the right file?)\n"],
+      signZero: [18, "zb: cannot read key /dev/zero: larger than 65536 bytes (is it the right file?)\n"],
       piped: [0, zb("key", "id", "ed.pub").out],
       dangling: [18, `zb: cannot read key trust-dangling/old.pub: it does not exist (a symbolic link to nothing)`],
     });

@@ -4,9 +4,10 @@
  * or the environment; it is read into a Uint8Array the backend wipes after
  * C_Login.
  */
-import { closeSync, fstatSync, openSync, readSync } from "node:fs";
+import { closeSync, fstatSync, openSync } from "node:fs";
 import { ioError, ZbError } from "../../errors.ts";
 import { wipe } from "../../secret.ts";
+import { readFdBounded, tooLarge, type ReadLimit } from "../../sys/bounded.ts";
 
 /** PKCS#11 PINs are short (SoftHSM allows 255 bytes); anything larger is not a PIN file. */
 export const MAX_PIN_BYTES = 1024;
@@ -41,7 +42,7 @@ export function readPinFile(path: string): Uint8Array {
         hint: `run: chmod 600 ${path}`,
       });
     }
-    if (st.size > MAX_PIN_BYTES) throw new ZbError("CONFIG", `cannot use PIN file ${path}: larger than ${MAX_PIN_BYTES} bytes`);
+    if (st.size > MAX_PIN_BYTES) throw tooLarge(pinLimit(path));
     return readAll(fd, path);
   } finally {
     closeSync(fd);
@@ -49,23 +50,17 @@ export function readPinFile(path: string): Uint8Array {
 }
 
 function readAll(fd: number, path: string): Uint8Array {
-  // One byte more than allowed, to notice a file that grew after fstat.
-  const buf = new Uint8Array(MAX_PIN_BYTES + 1);
-  try {
-    let n = 0;
-    for (;;) {
-      const got = readSync(fd, buf, n, buf.length - n, null);
-      if (got === 0) break;
-      n += got;
-      if (n === buf.length) throw new ZbError("CONFIG", `cannot use PIN file ${path}: larger than ${MAX_PIN_BYTES} bytes`);
-    }
-    if (n > 0 && buf[n - 1] === 0x0a) n--;
-    if (n > 0 && buf[n - 1] === 0x0d) n--;
-    if (n === 0) throw new ZbError("CONFIG", `cannot use PIN file ${path}: it is empty`);
-    return buf.slice(0, n);
-  } catch (e) {
-    throw e instanceof ZbError ? e : ioError(`read PIN file ${path}`, e);
-  } finally {
-    wipe(buf);
-  }
+  // Bounded again: the file may have grown since fstat.
+  const bytes = readFdBounded(fd, { ...pinLimit(path), secret: true });
+  let n = bytes.length;
+  if (n > 0 && bytes[n - 1] === 0x0a) n--;
+  if (n > 0 && bytes[n - 1] === 0x0d) n--;
+  const pin = bytes.slice(0, n);
+  wipe(bytes);
+  if (n === 0) throw new ZbError("CONFIG", `cannot use PIN file ${path}: it is empty`);
+  return pin;
+}
+
+function pinLimit(path: string): ReadLimit {
+  return { max: MAX_PIN_BYTES, code: "CONFIG", what: `PIN file ${path}` };
 }

@@ -1,6 +1,6 @@
 /** The script format of `zb env set --script` / `fw_setenv -s`: before → script → after. */
 import { expect, test } from "bun:test";
-import { applyChanges, parseScript } from "../../../lib/env/script.ts";
+import { applyChanges, changeProblem, parseScript } from "../../../lib/env/script.ts";
 
 const BEFORE = { keep: "k", old: "o" };
 
@@ -22,10 +22,25 @@ test.each([
   expect(Object.fromEntries(result)).toEqual(after);
 });
 
-test("a name starting with '=' is refused with its line number", () => {
-  expect(() => parseScript("ok 1\n=bad\n")).toThrow(expect.objectContaining({ code: "ENV_FORMAT", message: expect.stringContaining("line 2") }));
+// A bad line is the user's input error (USAGE, exit 2), never ENV_FORMAT: that shares exit 3 with
+// ENV_CRC, whose remedy (zb env init --force) would wipe the boot state for a typo.
+test.each([
+  { name: "a name starting with '=' (empty)", script: "ok 1\n=bad\n", message: "cannot parse script line 2: the variable name is empty" },
+  { name: "an indented '=' line", script: "# c\n  =x\n", message: "cannot parse script line 2: the variable name is empty" },
+  { name: "a NUL in the name", script: "a\0b=1\n", message: "cannot parse script line 1: the variable name contains NUL" },
+  { name: "a NUL in the value", script: "a 1\nb x\0y\n", message: "cannot parse script line 2: the value contains NUL" },
+])("$name: USAGE naming the line", ({ script, message }) => {
+  expect(() => parseScript(script)).toThrow(expect.objectContaining({ code: "USAGE", message }));
 });
 
-test("a value with NUL is refused", () => {
-  expect(() => parseScript("a x\0y\n")).toThrow(expect.objectContaining({ code: "ENV_FORMAT" }));
+test.each([
+  { change: { name: "a", value: "1" }, why: null },
+  { change: { name: "a", value: null }, why: null },
+  { change: { name: "", value: "x" }, why: "the variable name is empty" },
+  { change: { name: "a=b", value: "c" }, why: "the variable name contains '='" },
+  { change: { name: "a=b", value: null }, why: "the variable name contains '='" },
+  { change: { name: "a\0", value: "1" }, why: "the variable name contains NUL" },
+  { change: { name: "a", value: "1\0" }, why: "the value contains NUL" },
+])("changeProblem($change) → $why", ({ change, why }) => {
+  expect(changeProblem(change)).toBe(why);
 });

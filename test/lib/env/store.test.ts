@@ -6,7 +6,7 @@ import { describe, expect, test } from "bun:test";
 import { chmodSync, chownSync, linkSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { basename, join } from "node:path";
 import { decode, encode, type Vars } from "../../../lib/env/codec.ts";
-import { defaultConfig, type StoreConfig } from "../../../lib/env/config.ts";
+import { defaultConfig, MAX_CONFIG_FILE_BYTES, type StoreConfig } from "../../../lib/env/config.ts";
 import { EnvStore, openStore } from "../../../lib/env/store.ts";
 import { ioError } from "../../../lib/errors.ts";
 import type { HostSys, WriteOptions } from "../../../lib/sys/sys.ts";
@@ -296,5 +296,42 @@ describe("openStore refuses copies that overlap", () => {
     const open = () => openStore(sys, { configFile: file });
     if (refused) expect(open).toThrow(expect.objectContaining({ code: "CONFIG", message: expect.stringMatching(refused) }));
     else expect(open().config.copies.length).toBe(2);
+  });
+});
+
+/**
+ * The config file is read up to MAX_CONFIG_FILE_BYTES: a path that is no
+ * fw_env.config (`-c /dev/zero`, a partition) is refused (CONFIG), not read
+ * until memory runs out; the env copies it names are read by their size
+ * only, whatever they are (stages/ tests /dev/zero and FIFOs end to end).
+ */
+describe("openStore reads a bounded config", () => {
+  /** A valid single-copy config padded with comment lines to `size` bytes. */
+  function paddedConfig(size: number): { file: string; env: string } {
+    const dir = tmp();
+    const env = join(dir, "uboot.env");
+    writeFileSync(env, encode(vars({ a: "1" }), { size: 0x1000, redundant: false }));
+    const line = `${env} 0x0 0x1000\n`;
+    const file = join(dir, "fw_env.config");
+    writeFileSync(file, line + "#".repeat(size - line.length - 1) + "\n");
+    return { file, env };
+  }
+  test.each([
+    { name: "exactly MAX_CONFIG_FILE_BYTES: read", size: MAX_CONFIG_FILE_BYTES, refused: false },
+    { name: "one byte more: CONFIG, naming the limit", size: MAX_CONFIG_FILE_BYTES + 1, refused: true },
+  ])("$name", ({ size, refused }) => {
+    const { file } = paddedConfig(size);
+    const open = () => openStore(sys, { configFile: file });
+    if (!refused) expect(Object.fromEntries(open().read().vars)).toEqual({ a: "1" });
+    else expect(open).toThrow(expect.objectContaining({ code: "CONFIG", message: `cannot read env config ${file}: larger than 65536 bytes (is it the right file?)` }));
+  });
+
+  test.each([
+    { name: "a single copy on /dev/zero: its 0x4000 bytes, ENV_CRC", cfg: "/dev/zero 0x0 0x4000\n", code: "ENV_CRC" },
+    { name: "a pair on /dev/zero at two offsets: 16 MiB each at most, ENV_CRC", cfg: "/dev/zero 0x0 0x1000000\n/dev/zero 0x1000000 0x1000000\n", code: "ENV_CRC" },
+  ])("the env copies are read by their configured size: $name", ({ cfg, code }) => {
+    const file = join(tmp(), "fw_env.config");
+    writeFileSync(file, cfg);
+    expect(() => openStore(sys, { configFile: file }).read()).toThrow(expect.objectContaining({ code }));
   });
 });

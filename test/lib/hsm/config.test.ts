@@ -1,6 +1,10 @@
 /** /etc/zb/hsm.conf: text before → values after, and the refusals. */
 import { describe, expect, test } from "bun:test";
-import { defaultHsmConfig, parseHsmConfig, parsePcrs } from "../../../lib/hsm/config.ts";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { defaultHsmConfig, MAX_HSM_CONFIG_BYTES, parseHsmConfig, parsePcrs, readHsmConfig } from "../../../lib/hsm/config.ts";
+import { HostSys } from "../../../lib/sys/sys.ts";
+import { tempDirs } from "../../tempdirs.ts";
 
 describe("parseHsmConfig", () => {
   const ROWS: { text: string; after: (c: ReturnType<typeof defaultHsmConfig>) => void }[] = [
@@ -52,4 +56,28 @@ test.each([
   ["23", [23]],
 ] as [string, number[]][])("parsePcrs(%j) → %j", (text, want) => {
   expect(parsePcrs(text)).toEqual(want);
+});
+
+/**
+ * The file is read up to MAX_HSM_CONFIG_BYTES: `--config /dev/zero` or a
+ * disk is refused (CONFIG, as any bad hsm.conf), not read until memory runs
+ * out; a file of exactly the limit is still read.
+ */
+describe("readHsmConfig", () => {
+  const tempDir = tempDirs("zb-hsmconf-");
+  test.each([
+    { name: "exactly the limit: read", size: MAX_HSM_CONFIG_BYTES, refused: false },
+    { name: "one byte more: CONFIG", size: MAX_HSM_CONFIG_BYTES + 1, refused: true },
+  ])("a backend line padded with comments, $name", ({ size, refused }) => {
+    const path = join(tempDir(), "hsm.conf");
+    const line = "backend = tpm2\n";
+    writeFileSync(path, line + "#".repeat(size - line.length - 1) + "\n");
+    const read = () => readHsmConfig(new HostSys(), path);
+    if (!refused) expect(read().backend).toBe("tpm2");
+    else expect(read).toThrow(expect.objectContaining({ code: "CONFIG", message: `cannot read the HSM config ${path}: larger than 65536 bytes (is it the right file?)` }));
+  });
+
+  test("/dev/zero: CONFIG, and the read ends", () => {
+    expect(() => readHsmConfig(new HostSys(), "/dev/zero")).toThrow(expect.objectContaining({ code: "CONFIG", message: expect.stringContaining("larger than 65536 bytes") }));
+  });
 });
