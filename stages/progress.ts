@@ -16,19 +16,23 @@ export function progressMode(value: string | undefined): ProgressMode {
 }
 
 /** A bar `label [#####.....] 42% 1.20/2.90 GiB  480 MB/s`, redrawn at most 10 times a second. */
-export function bar(label: string): { update(done: number, total: number): void; finish(): void } {
-  const started = performance.now();
-  let last = 0;
+export function bar(label: string, io: { write?: (text: string) => void; now?: () => number } = {}): { update(done: number, total: number): void; finish(): void } {
+  const write = io.write ?? err;
+  const clock = io.now ?? (() => performance.now());
+  const started = clock();
+  // The first update always draws: with 0 here, every update before the process's 100th ms
+  // was skipped, and a stream that stalled by then never showed a bar at all.
+  let last = -Infinity;
   let drawn = false;
   const draw = (done: number, total: number) => {
-    err(barLine(label, done, total, (performance.now() - started) / 1000));
+    write(barLine(label, done, total, (clock() - started) / 1000));
     drawn = true;
   };
   let lastArgs: [number, number] = [0, 0];
   return {
     update(done, total) {
       lastArgs = [done, total];
-      const now = performance.now();
+      const now = clock();
       if (now - last < 100 && done < total) return;
       last = now;
       draw(done, total);
@@ -36,7 +40,7 @@ export function bar(label: string): { update(done: number, total: number): void;
     finish() {
       if (drawn) {
         draw(...lastArgs);
-        err("\n");
+        write("\n");
       }
     },
   };

@@ -4,7 +4,7 @@
  * measure, in a field of fixed width (the line is redrawn over itself).
  */
 import { expect, test } from "bun:test";
-import { barLine } from "../../stages/progress.ts";
+import { bar, barLine } from "../../stages/progress.ts";
 
 // Before: every size in GiB with two decimals ("0.00/0.00 GiB") and the rate in whole MB/s ("0 MB/s").
 test.each([
@@ -19,4 +19,21 @@ test.each([
 ])("$name", ({ done, total, secs, tail }) => {
   const line = barLine("install rootfs", done, total, secs);
   expect({ head: line.slice(0, 17), tail: line.slice(line.indexOf("]") + 2) }).toEqual({ head: "\rinstall rootfs [", tail });
+});
+
+// Before: the throttle started from 0 ms of process time, so updates in the process's first
+// 100 ms drew nothing, and a stream that stalled by then (8 MiB piped, then idle) showed no bar.
+test.each([
+  { name: "the first update, 5 ms into the process, draws", at: [5], draws: 1 },
+  { name: "a second one 50 ms later does not (10 a second at most)", at: [5, 55], draws: 1 },
+  { name: "one 100 ms after the last draw does", at: [5, 55, 105], draws: 2 },
+])("bar: $name", ({ at, draws }) => {
+  const lines: string[] = [];
+  let t = 0;
+  const b = bar("install rootfs", { write: (text) => void lines.push(text), now: () => t });
+  for (const ms of at) {
+    t = ms;
+    b.update(1, 10);
+  }
+  expect(lines.length).toBe(draws);
 });
