@@ -71,20 +71,21 @@ export function fwenvMain(tool: Tool, argv: string[], prog: string = tool): numb
     throw e;
   }
   // A script is read before the lock: a slow one (`-s -` from a pipe) must not hold other env writers off.
+  // It is parsed after the env is read, as libubootenv does: no env and no default env is 243 first.
   const script = tool === "fw_setenv" ? args.values.get("script") : undefined;
-  const scripted = script !== undefined ? parseScript(readInput(script)) : null;
+  const scriptText = script !== undefined ? readInput(script) : null;
   // fw_setenv holds the env lock from its read to its write, as libubootenv
   // does: deciding on the default env outside it could overwrite an env another
   // writer has just repaired.
   const release = tool === "fw_setenv" ? store.lock() : () => undefined;
   try {
-    return readAndAct(tool, store, args, scripted);
+    return readAndAct(tool, store, args, scriptText);
   } finally {
     release();
   }
 }
 
-function readAndAct(tool: Tool, store: EnvStore, args: ParsedArgs, scripted: Change[] | null): number {
+function readAndAct(tool: Tool, store: EnvStore, args: ParsedArgs, scriptText: ReturnType<typeof readInput> | null): number {
   let vars: Vars;
   let usedDefault = false;
   try {
@@ -99,6 +100,7 @@ function readAndAct(tool: Tool, store: EnvStore, args: ParsedArgs, scripted: Cha
   }
   const names = args.positional.map(toBytes);
   if (tool === "fw_printenv") return printVars(vars, names, args.flags.has("no-header"));
+  const scripted = scriptText !== null ? parseScript(scriptText) : null;
   const changes = scripted ?? pairs(names);
   // After the read, as libubootenv checks its pairs: no env and no default env is 243 first.
   const bad = scripted === null ? changes.find((c) => changeProblem(c) !== null) : undefined;

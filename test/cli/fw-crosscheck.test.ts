@@ -394,9 +394,13 @@ describe("fw_printenv/fw_setenv personalities of dist/zb-x64", () => {
       writeFileSync(f, b);
     }
     const nodef = join(d, "no-such-default-env"); // keep /etc/u-boot-initial-env out of it
+    // A bad script line too: libubootenv reads the env (and the default) before the script's lines.
+    const badScript = join(d, "bad-script");
+    writeFileSync(badScript, "=bad\n");
     for (const [realTool, mineTool, args] of [
       [fwPrintenv, zbPrintenv, []],
       [fwSetenv, zbSetenv, ["x", "1"]],
+      [fwSetenv, zbSetenv, ["-s", badScript]],
     ] as const) {
       const a = run([realTool, "-c", pair.cfg, "-f", nodef, ...args]);
       const b = run([mineTool, "-c", pair.cfg, "-f", nodef, ...args]);
