@@ -57,12 +57,14 @@ export interface UnlockEnv {
   /** Console lines (never secret). */
   log(line: string): void;
   /**
-   * Optional: called each time a key has been handed to cryptsetup, which
-   * then works for a while (0.23–0.37 s under QEMU) with this thread idle:
+   * Optional: called whenever the unlock is about to wait a while with this
+   * thread idle: a key has been handed to cryptsetup, which then works for
+   * 0.23–0.37 s under QEMU, or the HSM is not there yet (at each poll).
    * zbunlock starts unmounting the boot partition here (a process spawn,
-   * ~0.03 s of this thread under TCG). Must not throw.
+   * ~0.03 s of this thread under TCG), so that it is not left mounted
+   * through a long wait for the HSM. May be called more than once; must not throw.
    */
-  whileOpening?(): void;
+  whileWaiting?(): void;
 }
 
 export type FailureKind = UnsealFailure["kind"] | "device" | "luks" | "credentials";
@@ -204,6 +206,7 @@ async function unlockVolume(backend: BackendName, vol: Volume, blobBytes: Uint8A
         if (env.now() >= env.deadline) return fail("absent", false, `the ${env.hsm.name} HSM did not appear before the deadline: ${r.why}`, "HSM_ABSENT");
         if (!logged) env.log(`waiting for the ${env.hsm.name} HSM: ${r.why}`);
         logged = true;
+        env.whileWaiting?.();
         await env.sleep(POLL_MS);
         continue;
       }
@@ -215,7 +218,7 @@ async function unlockVolume(backend: BackendName, vol: Volume, blobBytes: Uint8A
     prepared = null; // given its key: from here on it ends by itself
     // The key is written to cryptsetup's stdin (and the pipe closed) before open() first waits.
     const opening = given ? given.open(secret) : env.luks.open(device, vol.name, secret);
-    env.whileOpening?.();
+    env.whileWaiting?.();
     await opening;
     env.log(`unlocked ${vol.name} (${device}) with the ${env.hsm.name} HSM`);
     return { ok: true, device, data: blob.data };

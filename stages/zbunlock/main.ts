@@ -229,9 +229,9 @@ async function actOn(args: ParsedArgs, root: string, p: Platform, creds: () => L
     if (!args.flags.has("json")) out(`zbunlock: booting slot ${booted.slot}${booted.tryboot ? " (try)" : ""}\n`);
     if (args.flags.has("no-unlock")) return 0;
     // The boot is counted: the partition is not needed unless the unlock fails, so it is
-    // unmounted while cryptsetup works with the key, not after (the unmount is a process of
-    // its own, whose start costs this thread ~0.03 s under TCG: then this thread is idle).
-    // An unlock that fails before finds it still mounted, to record the failure.
+    // unmounted while cryptsetup works with the key (or while the HSM is waited for), not
+    // after: the unmount is a process of its own, whose start costs this thread ~0.03 s under
+    // TCG, and the thread is idle then. An unseal that fails at once finds it still mounted.
     const step = await unlockStep(args, h.sys, root, p, creds, booted.slot, () => mount.release());
     if (step.outcome !== null) doc.unlocked(step.outcome);
     if (step.outcome === null || step.outcome.ok) return 0;

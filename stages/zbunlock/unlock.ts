@@ -89,7 +89,7 @@ export function credentialBackend(creds: () => LoadedCredentials | null): Backen
  * an initramfs rebuilt without its credentials), or an HSM configuration
  * (/etc/zb/hsm.conf of this initramfs) that cannot be used (U2, exit 8).
  */
-export async function unlockStep(args: ParsedArgs, sys: Sys, root: string, p: Platform, credentials: () => LoadedCredentials | null, slot: string, whileOpening?: () => void): Promise<UnlockStep> {
+export async function unlockStep(args: ParsedArgs, sys: Sys, root: string, p: Platform, credentials: () => LoadedCredentials | null, slot: string, whileWaiting?: () => void): Promise<UnlockStep> {
   let creds: LoadedCredentials | null;
   const where = join(args.values.get("credentials") ?? root, CRED_DIR);
   try {
@@ -134,7 +134,7 @@ export async function unlockStep(args: ParsedArgs, sys: Sys, root: string, p: Pl
       now: Date.now,
       sleep: (ms) => Bun.sleep(ms),
       log: (line) => err(`zbunlock: ${line}\n`),
-      ...(whileOpening ? { whileOpening } : {}),
+      ...(whileWaiting ? { whileWaiting } : {}),
     });
     return { outcome };
   } finally {

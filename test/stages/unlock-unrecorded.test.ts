@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { withTempVarLock } from "../fakes/envlock.ts";
 import { BIN, unlockFixture } from "./unlock-fixture.ts";
 
-const { dir, boot, root, fakeBin, run, hsmConf, env, withCmdline, zbunlock } = unlockFixture();
+const { dir, boot, root, fakeBin, run, softFlags, hsmConf, env, withCmdline, zbunlock } = unlockFixture();
 
 describe("zbunlock unlocks the slot's root", () => {
   test("the boot partition cannot be mounted: the boot goes on unrecorded, the root unlocked (exit 0)", async () => {
@@ -108,14 +108,27 @@ exec ${Bun.which("mount")} --bind ${boot} "$last"
     expect(e).not.toContain("cannot unlock slot a");
   });
 
-  test("the unseal fails: no key reached cryptsetup, so the partition is still mounted and the failure is recorded without a second mount", async () => {
+  test("the unseal fails at once (another HSM: no-match): the partition is still mounted, and the failure is recorded without a second mount", async () => {
+    const other = join(dir, "other-at-once.key");
+    expect(run(["hsm", "seal", ...softFlags(other), "-o", join(dir, "other-at-once.sealed")], { stdin: new Uint8Array(32).fill(1) }).code).toBe(0);
     const t = tools("unseal-fails", { failFrom: 2, withUmount: true });
+    const r = await withBootDevice(t, other);
+    expect(r.err).not.toContain("cannot record the failed unlock");
+    expect(r.code).toBe(12); // U2: rolled back to b
+    expect(readFileSync(join(t, "mount.calls"), "utf8").trim()).toBe("1");
+    expect(env()).toMatch(/cannot unlock slot a: no-match, next boot: b/);
+    expect(mounted()).toBe(false); // unmounted before the exit all the same
+  });
+
+  test("the HSM is absent until the deadline: the partition is unmounted while zbunlock waits, and mounted again to record the failure", async () => {
+    const t = tools("hsm-absent", { withUmount: true });
     const r = await withBootDevice(t, join(dir, "missing.key"));
+    expect(r.err).toContain("zbunlock: waiting for the soft HSM");
     expect(r.err).not.toContain("cannot record the failed unlock");
     expect(r.code).toBe(12); // U3: a reboot to retry
-    expect(readFileSync(join(t, "mount.calls"), "utf8").trim()).toBe("1");
-    expect(env()).toContain("zb_boot_count_a=1");
-    expect(mounted()).toBe(false); // unmounted before the exit all the same
+    expect(readFileSync(join(t, "mount.calls"), "utf8").trim()).toBe("2");
+    expect(env()).toMatch(/cannot unlock slot a: absent/);
+    expect(mounted()).toBe(false);
   });
 });
 

@@ -117,7 +117,7 @@ function world(s: Script) {
     now: () => clock,
     sleep: async (ms) => void (clock += ms),
     log: (l) => void log.push(l),
-    whileOpening: () => void events.push("while opening"),
+    whileWaiting: () => void events.push("while waiting"),
   };
   return { env, opened, closed, keysSeen, log, locked, events, unseals: () => unseals };
 }
@@ -240,7 +240,7 @@ describe("an opener started before the key (cryptsetup's start overlaps the unse
     {
       name: "unsealed: each volume's opener starts before its unseal and gets the key; the caller's own work runs while it opens",
       before: { prepare: "yes" },
-      after: { ok: true, events: ["prepare zb-root", "unseal root: ok", "prepared open zb-root", "while opening", "prepare zb-data", "unseal data: ok", "prepared open zb-data", "while opening"] },
+      after: { ok: true, events: ["prepare zb-root", "unseal root: ok", "prepared open zb-root", "while waiting", "prepare zb-data", "unseal data: ok", "prepared open zb-data", "while waiting"] },
     },
     {
       name: "denied: the opener is cancelled, nothing opened",
@@ -257,13 +257,13 @@ describe("an opener started before the key (cryptsetup's start overlaps the unse
       before: { prepare: "yes", unseal: ["absent", "absent", "ok"] },
       after: {
         ok: true,
-        events: ["prepare zb-root", "unseal root: absent", "cancel zb-root", "unseal root: absent", "unseal root: ok", "open zb-root", "while opening", "prepare zb-data", "unseal data: ok", "prepared open zb-data", "while opening"],
+        events: ["prepare zb-root", "unseal root: absent", "cancel zb-root", "while waiting", "unseal root: absent", "while waiting", "unseal root: ok", "open zb-root", "while waiting", "prepare zb-data", "unseal data: ok", "prepared open zb-data", "while waiting"],
       },
     },
     {
       name: "the key does not open the header: luks, permanent, as with a plain open",
       before: { prepare: "yes", openFails: { name: "zb-root", error: wrong } },
-      after: { ok: false, kind: "luks", permanent: true, events: ["prepare zb-root", "unseal root: ok", "prepared open zb-root", "while opening"] },
+      after: { ok: false, kind: "luks", permanent: true, events: ["prepare zb-root", "unseal root: ok", "prepared open zb-root", "while waiting"] },
     },
     {
       name: "the opener cannot start (no cryptsetup): luks, transient, nothing unsealed",
