@@ -52,7 +52,7 @@ export function pickActive(first: DecodeResult, second: DecodeResult): PairState
   const codes = [first.code, second.code];
   const code = codes.includes("IO") ? "IO" : codes.every((c) => c === "ENV_CRC") ? "ENV_CRC" : "ENV_FORMAT";
   throw new ZbError(code, `cannot read env: both copies are invalid (first: ${first.why}; second: ${second.why})`, {
-    hint: "restore the env from a backup, or recreate it with `zb env init`",
+    hint: "restore the env from a backup, or recreate it: `zb init --slot a|b --force` for zb's boot state (the slot that runs now), `zb env init --force` for a bare env",
   });
 }
 

@@ -132,7 +132,7 @@ export class EnvStore {
     }
     if (existing && !opts.force) {
       throw new ZbError("USAGE", `cannot create env at ${this.config.source}: a valid env exists already`, {
-        hint: "use `zb env set` to change it, or --force to replace it",
+        hint: "change variables with `zb env set`, or pass --force to replace the env (`zb init --force` also resets zb's boot state)",
       });
     }
     if (existing) return this.writeOver(existing, vars);

@@ -15,6 +15,8 @@ export interface FirmwareFile {
 
 export interface StatusJson {
   version: 1;
+  /** The env holds zb's boot state (zb_slot, which `zb init` writes); false: every value below is a default. */
+  initialized: boolean;
   committed: "a" | "b";
   booted: { slot: "a" | "b" | null; tryboot: boolean; dtTryboot: boolean | null; dtPartition: number | null } | null;
   status: Status;
@@ -28,12 +30,14 @@ export interface StatusJson {
 }
 
 export function statusJson(h: Host): StatusJson {
-  const s = readState(h.backend.readVars());
+  const vars = h.backend.readVars();
+  const s = readState(vars);
   const sel = h.backend.selections();
   const file = (f: { osPrefix: string; cmdline: string } | null): FirmwareFile | null =>
     f ? { osPrefix: f.osPrefix, target: prefixTarget(f.osPrefix), cmdline: f.cmdline } : null;
   return {
     version: 1,
+    initialized: vars.has("zb_slot"),
     committed: s.committed,
     booted: booted(h),
     status: s.status,
@@ -52,6 +56,8 @@ export function statusText(h: Host): string {
   const j = statusJson(h);
   const fw = j.firmware;
   const lines = [
+    // An env without zb's variables (made by `zb env init`, or by hand) reads as all defaults: say so.
+    ...(j.initialized ? [] : ["boot state:     not set up (the env has no zb_slot; `zb init --slot a|b` sets it up): defaults below"]),
     `committed slot: ${j.committed}${j.mode !== "run" ? `   mode: ${j.mode}` : ""}`,
     `booted slot:    ${j.booted?.slot ?? "unknown"}${j.booted?.tryboot ? " (try boot)" : ""}`,
     `try:            ${j.try ? `slot ${j.try.slot}, kernel_status=${j.status}, ${j.try.left} re-arms left` : "none"}`,

@@ -341,6 +341,27 @@ describe("zbunlock mounts the boot partition itself", () => {
   });
 });
 
+describe("zb status on an env without zb's boot state", () => {
+  // Before: an env from `zb env init` (or made by hand) read as "committed a, both valid", like a real state.
+  test.each([
+    { name: "zb env init (no zb variables): not initialized, said first in the text", make: ["env", "init"], initialized: false },
+    { name: "zb init: initialized", make: ["init", "--slot", "a", "--valid", "a,b"], initialized: true },
+  ])("$name", ({ make, initialized }) => {
+    const b = join(dir, `boot-status-${initialized}`);
+    mkdirSync(b, { recursive: true });
+    writeFileSync(join(b, "config.txt"), "kernel=vmlinuz\n");
+    writeFileSync(join(b, "cmdline.txt"), "console=ttyAMA0\n");
+    const env = { ...process.env, ZB_NO_REBOOT: "1" };
+    const run = (args: string[]) => Bun.spawnSync(withTempVarLock([BIN, ...args, "--boot", b]), { env });
+    expect(run([...make]).exitCode).toBe(0);
+    const j = run(["status", "--json"]);
+    expect(j.exitCode).toBe(0);
+    expect(JSON.parse(j.stdout.toString()).initialized).toBe(initialized);
+    const t = run(["status"]).stdout.toString();
+    expect(t.startsWith("boot state:     not set up (the env has no zb_slot")).toBe(!initialized);
+  });
+});
+
 describe("which slot folders count as bootable (lib/bootloader/pifolder.ts: lenient)", () => {
   test("reboot --try of a healthy Pi 4 slot under a [pi3]-only kernel=, its .DTB in upper case: armed, not refused", () => {
     const d = freshDevice(dir, "lenient");
