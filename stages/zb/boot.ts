@@ -164,11 +164,16 @@ export interface TransitionJson {
   state: { committed: string; status: string; trySlot: string | null; mode: string } | null;
 }
 
+/** The rows a transition applied, in order. */
+function appliedRows(o: Outcome): (typeof TABLE)[number][] {
+  return o.trace.map((id) => TABLE.find((r) => r.id === id)!);
+}
+
 /** The document of one transition as `--json` prints it. */
 export function transitionJson(o: Outcome, rebootSuppressed: boolean, dryRun = false): TransitionJson {
   return {
     dryRun,
-    trace: o.trace.map((id) => TABLE.find((r) => r.id === id)!).map((r) => ({ id: r.id, actor: r.actor, when: r.when, then: r.then })),
+    trace: appliedRows(o).map((r) => ({ id: r.id, actor: r.actor, when: r.when, then: r.then })),
     effects: o.effects,
     envChanged: o.envChanged,
     reboot: o.reboot,
@@ -186,7 +191,6 @@ export function transitionJson(o: Outcome, rebootSuppressed: boolean, dryRun = f
  * run, stages/zbunlock/json.ts) instead of printing it.
  */
 export function report(args: ParsedArgs, tool: string, o: Outcome, rebootSuppressed: boolean, dryRun = false, json?: (doc: TransitionJson) => void): void {
-  const rows = o.trace.map((id) => TABLE.find((r) => r.id === id)!);
   // On stderr whatever the output format: the decision is recorded, a boot file is behind it.
   if (o.stale) err(`${tool}: warning: ${o.stale.message}; the env has the new state, and the next boot rewrites the file (row N5)\n`);
   for (const w of o.warnings) err(`${tool}: warning: ${w}\n`);
@@ -196,6 +200,7 @@ export function report(args: ParsedArgs, tool: string, o: Outcome, rebootSuppres
     else out(JSON.stringify(doc, null, 2) + "\n");
     return;
   }
+  const rows = appliedRows(o);
   for (const r of rows) out(`${tool}: ${dryRun ? "would apply " : ""}${r.id}: ${r.then}\n`);
   if (!o.envChanged && rows.length > 0 && !o.reboot && !dryRun) out(`${tool}: nothing to change\n`);
 }

@@ -53,10 +53,9 @@ export async function mountBoot(root: string, device: string, waitS: number): Pr
   }
   mkdirSync(mountPoint, { recursive: true });
   const mount = async () => {
-    const p = Bun.spawn(["mount", "-t", "vfat", device, mountPoint], { stdin: "ignore", stdout: "ignore", stderr: "pipe" });
-    const [code, text] = [await p.exited, await new Response(p.stderr).text()];
-    if (code !== 0) {
-      throw new ZbError("IO", `cannot mount the boot partition ${device} on ${mountPoint}: ${text.trim() || `exit ${code}`}`, {
+    const failed = await runTool(["mount", "-t", "vfat", device, mountPoint]);
+    if (failed !== null) {
+      throw new ZbError("IO", `cannot mount the boot partition ${device} on ${mountPoint}: ${failed}`, {
         hint: "set zb.boot=DEVICE on the kernel command line, or pass --boot DIR",
       });
     }
@@ -68,10 +67,9 @@ export async function mountBoot(root: string, device: string, waitS: number): Pr
   /** Never rejects: the boot goes on either way (what was written is synced by the umount or by the reboot). */
   const unmount = async () => {
     try {
-      const u = Bun.spawn(["umount", mountPoint], { stdout: "ignore", stderr: "pipe" });
-      const [code, text] = [await u.exited, await new Response(u.stderr).text()];
-      if (code === 0) mounted = false;
-      else warn(text.trim() || `exit ${code}`);
+      const failed = await runTool(["umount", mountPoint]);
+      if (failed === null) mounted = false;
+      else warn(failed);
     } catch (e) {
       warn((e as Error).message); // no umount to run
     }
@@ -95,4 +93,15 @@ export async function mountBoot(root: string, device: string, waitS: number): Pr
       if (mounted) await unmount();
     },
   };
+}
+
+/**
+ * Run `mount` or `umount` without blocking the event loop.
+ * @returns null when it succeeded, else why not (its stderr, or its exit status)
+ * @throws when it cannot be started (not installed)
+ */
+async function runTool(argv: string[]): Promise<string | null> {
+  const p = Bun.spawn(argv, { stdin: "ignore", stdout: "ignore", stderr: "pipe" });
+  const [code, text] = [await p.exited, await new Response(p.stderr).text()];
+  return code === 0 ? null : text.trim() || `exit ${code}`;
 }
