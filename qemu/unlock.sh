@@ -31,6 +31,10 @@
 #        bash qemu/unlock.sh bench [RUNS]   the benchmark: RUNS (default 5)
 #        boots of zb and baseline, alternating so drift hits both alike;
 #        medians and their ratio (this VM's single runs swing ±15 %)
+#        env ZB_QEMU_ICOUNT=SHIFT (0-10; default unset): every boot runs on
+#        QEMU's instruction-counted clock, one guest instruction = 2^SHIFT ns
+#        of guest time, idle time in real time (-icount shift=SHIFT,sleep=on;
+#        "Two clocks" in qemu/README.md)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -64,6 +68,15 @@ esac
 for tool in qemu-system-aarch64 swtpm swtpm_ioctl cryptsetup mke2fs sfdisk mkfs.vfat mcopy fw_printenv jq cpio ss sha256sum; do
   command -v "$tool" >/dev/null || die "'$tool' not found (install: apt-get install qemu-system-arm swtpm swtpm-tools cryptsetup-bin e2fsprogs fdisk dosfstools mtools libubootenv-tool jq cpio iproute2)"
 done
+# The guest's clock: the host's real time, with QEMU's default TCG (one host
+# thread per vCPU), or instruction-counted (one host thread runs both vCPUs in turn).
+CLOCK=()
+CLOCK_NAME="wall clock (QEMU's default multi-threaded TCG)"
+if [[ -n ${ZB_QEMU_ICOUNT:-} ]]; then
+  [[ $ZB_QEMU_ICOUNT =~ ^([0-9]|10)$ ]] || die "ZB_QEMU_ICOUNT must be a shift of 0-10 (ns per guest instruction = 2^SHIFT), not '$ZB_QEMU_ICOUNT'"
+  CLOCK=(-icount "shift=$ZB_QEMU_ICOUNT,sleep=on")
+  CLOCK_NAME="instruction-counted clock ($((1000 >> ZB_QEMU_ICOUNT)) million guest instructions per second; -icount shift=$ZB_QEMU_ICOUNT,sleep=on)"
+fi
 [[ -x $ZB && -f dist/zb-arm64 ]] || die "$ZB or dist/zb-arm64 is missing (run: node_modules/.bin/bun build.ts)"
 
 # --- cleanup: every swtpm and QEMU we start, and the secrets' temp dir -------
@@ -322,7 +335,7 @@ boot() {
   for _ in $(seq 1 50); do [[ -S $sock ]] && break; sleep 0.1; done
   [[ -S $sock ]] || die "swtpm did not create $sock (log: $d/swtpm.log)"
   : >"$d/console.log"
-  timeout -k 5 "$TIMEOUT" qemu-system-aarch64 -M virt -cpu "max,pauth-impdef=on" -smp 2 -m 1024 \
+  timeout -k 5 "$TIMEOUT" qemu-system-aarch64 -M virt -cpu "max,pauth-impdef=on" -smp 2 -m 1024 "${CLOCK[@]}" \
     -nodefaults -nic none -display none -monitor none -no-reboot -serial "file:$d/console.log" \
     -kernel "$KERNEL" -initrd "$initrd" -append "$(cat "$W/stage/slot-a/cmdline.txt") zbtest.mode=$mode" \
     -drive "file=$d/disk.img,format=raw,if=none,id=d0" -device virtio-blk-device,drive=d0 \
@@ -469,6 +482,7 @@ if ((RUNS > 0)); then
   for ((i = 1; i <= RUNS; i++)); do
     zs+=("$(window "zb-$i" || true)") bs+=("$(window "baseline-$i" || true)")
   done
+  echo "unlock: bench clock: $CLOCK_NAME"
   echo "unlock: bench, /init -> root mounted, $RUNS alternating boots each: zbunlock ${zs[*]} s; cryptsetup --key-file ${bs[*]} s"
   zm=$(printf '%s\n' "${zs[@]}" | { grep . || true; } | median) bm=$(printf '%s\n' "${bs[@]}" | { grep . || true; } | median)
   if [[ -n $zm && -n $bm ]]; then

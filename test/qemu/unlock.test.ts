@@ -93,3 +93,14 @@ test("qemu unlock: with a fresh TPM zbunlock cannot unseal, the root stays locke
   expect(hostEnv("fresh-tpm", "zb_valid_a")).toBe("0");
   expect(hostEnv("fresh-tpm", "zb_log")).toContain("cannot unlock slot a");
 }, SCRIPT_MS + 10_000);
+
+test.each([
+  ["11", "a shift past 10"],
+  ["auto", "QEMU's adaptive shift (its clock would follow the host's speed again)"],
+  ["-1", "a negative shift"],
+])("qemu unlock: ZB_QEMU_ICOUNT=%s (%s) is refused before anything is built or booted", async (value) => {
+  const r = await runScript("unlock.sh", ["bench", "1"], { ZB_QEMU_ICOUNT: value }, 30_000);
+  expect(r.code).toBe(1);
+  expect(r.err).toContain(`cannot run the unlock scenarios: ZB_QEMU_ICOUNT must be a shift of 0-10 (ns per guest instruction = 2^SHIFT), not '${value}'`);
+  expect(r.out).not.toContain("=====");
+});
