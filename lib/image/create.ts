@@ -197,14 +197,22 @@ function realDir(path: string): string | null {
 /**
  * An empty rootfs (a payload file) makes a signed image that every device
  * accepts and that "installs" nothing: a slot with no file system, marked
- * complete. Most likely a build step failed and left its output empty.
+ * complete. A boot folder with no file in it (nothing, or only folders)
+ * likewise: a slot folder with no kernel. Most likely a build step failed
+ * and left its output empty.
  * @throws {ZbError} USAGE
  */
 function checkNotEmpty(plans: Plan[]): void {
   for (const p of plans) {
-    if (p.rawTotal > 0 || !("file" in p.input.from)) continue;
-    throw new ZbError("USAGE", `cannot create an image: the ${p.input.name} file ${p.input.from.file} is empty (0 bytes): the image would install nothing`, {
-      hint: "give the file system image the build made (did the step that writes it fail?)",
+    if ("file" in p.input.from) {
+      if (p.rawTotal > 0) continue;
+      throw new ZbError("USAGE", `cannot create an image: the ${p.input.name} file ${p.input.from.file} is empty (0 bytes): the image would install nothing`, {
+        hint: "give the file system image the build made (did the step that writes it fail?)",
+      });
+    }
+    if ((p.files ?? []).some((f) => !f.dir)) continue;
+    throw new ZbError("USAGE", `cannot create an image: the ${p.input.name} folder ${p.input.from.dir} holds no file: the slot would get no kernel`, {
+      hint: "give the folder the build filled with the kernel, initramfs, .dtb files and cmdline.txt",
     });
   }
 }

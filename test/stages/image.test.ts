@@ -162,6 +162,8 @@ describe("publish and install", () => {
     { name: "create from a boot folder with a file name that is not UTF-8", argv: ["image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--boot", "latin1", "--key", "ed", "-o", "l.zbi"], code: 2, err: /its name is not UTF-8/ },
     // Before: an image that installed nothing, signed (exit 0).
     { name: "create --rootfs of an empty file", argv: ["image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--rootfs", "empty.img", "--key", "ed", "-o", "l.zbi"], code: 2, err: /^zb: cannot create an image: the rootfs file empty.img is empty \(0 bytes\): the image would install nothing\nzb: hint: / },
+    // Before: an image whose boot payload put no file into the slot folder (exit 0).
+    { name: "create --boot of a folder with no file (only an empty subfolder)", argv: ["image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--boot", "emptyboot", "--key", "ed", "-o", "l.zbi"], code: 2, err: /^zb: cannot create an image: the boot folder emptyboot holds no file: the slot would get no kernel\nzb: hint: / },
     // Before: --level was ignored (exit 0).
     { name: "create --encoding none --level 19", argv: ["image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--rootfs", "rootfs.img", "--encoding", "none", "--level", "19", "--key", "ed", "-o", "l.zbi"], code: 2, err: /^zb: cannot create an image: --level 19 is a zstd level, and --encoding none compresses nothing\n/ },
     // Before: sign added a signature to whatever it was given (exit 0).
@@ -174,6 +176,7 @@ describe("publish and install", () => {
       writeFileSync(Buffer.concat([Buffer.from(join(dir, "latin1/")), Buffer.from([0xe9, 0x74, 0xe9])]), "x");
       symlinkSync(join(dir, "nowhere.pub"), join(dir, "dl.pub"));
       writeFileSync(join(dir, "empty.img"), "");
+      mkdirSync(join(dir, "emptyboot/overlays"), { recursive: true });
       writeFileSync(join(dir, "edited.zbi"), editedManifest(readFileSync(join(dir, "a.zbi"))));
     }
     const snapshot = () => Object.fromEntries(["ed", "trust/ed.pub", "a.zbi", "rootfs.img"].map((f) => [f, sha256(join(dir, f))]));
