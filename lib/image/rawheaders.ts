@@ -67,6 +67,11 @@ export class RawHeaders {
     else this.next += entrySpan(size);
   }
 
+  /** Bytes pushed so far. */
+  get bytes(): number {
+    return this.seen;
+  }
+
   /** A byte that is not zero came after the end of the archive. */
   get dataAfterEnd(): boolean {
     return this.nonZeroAfterEnd;

@@ -124,7 +124,7 @@ export async function openImage(input: AsyncIterable<Uint8Array>, check: { polic
     const r = await entries.next().catch((e: unknown) => {
       throw tarError(e);
     });
-    if (r.done) throw bad(`the archive ends where ${JSON.stringify(expected)} should follow`);
+    if (r.done) throw index > 0 ? bad(`the archive ends where ${JSON.stringify(expected)} should follow`) : noEntry(trail.bytes);
     checkEntry(r.value.header, expected, index);
     // tar-stream applies pax global and GNU long-name/link headers silently;
     // they show up only as a header that starts later than expected.
@@ -363,6 +363,11 @@ async function* guard(data: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Arra
   } catch (e) {
     throw tarError(e);
   }
+}
+
+/** An archive that ended before its first entry: nothing at all, or the end-of-archive zeros (/dev/null, a zeroed file). */
+function noEntry(bytes: number): ZbError {
+  return bad(bytes === 0 ? "it is empty (0 bytes)" : `it is not a zb image: it holds no entry, only ${bytes} zero bytes`);
 }
 
 function tarError(e: unknown): ZbError {

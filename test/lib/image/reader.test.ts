@@ -5,10 +5,10 @@
  * instead of after it. The stream path waits on the event loop by itself.
  */
 import { afterAll, expect, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { openImage } from "../../../lib/image/reader.ts";
+import { openImage, openUnverified } from "../../../lib/image/reader.ts";
 import { loadTrustDir } from "../../../lib/image/sign.ts";
 import { fileSource } from "../../../lib/image/source.ts";
 import { HostSys } from "../../../lib/sys/sys.ts";
@@ -32,4 +32,19 @@ test("a 40 MiB payload read directly: a callback queued on the event loop runs a
   } finally {
     open.close();
   }
+});
+
+// Before: both said `the archive ends where "zbi-format" should follow`, as if an image had been cut short.
+test.each([
+  { name: "an empty file (/dev/null)", bytes: 0, message: "cannot read the image: it is empty (0 bytes)" },
+  { name: "a zeroed file", bytes: 1024, message: "cannot read the image: it is not a zb image: it holds no entry, only 1024 zero bytes" },
+])("$name is refused as what it is, from the file and from a stream", async ({ bytes, message }) => {
+  const path = join(root, `zeros-${bytes}.zbi`);
+  writeFileSync(path, new Uint8Array(bytes));
+  const fromFile = await openUnverified(fileSource(path)).then(() => null, (e: unknown) => e);
+  async function* stream() {
+    if (bytes > 0) yield new Uint8Array(bytes);
+  }
+  const fromStream = await openImage(stream(), { unverified: true }).then(() => null, (e: unknown) => e);
+  for (const e of [fromFile, fromStream]) expect(e).toMatchObject({ code: "IMG_FORMAT", message });
 });
