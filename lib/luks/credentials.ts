@@ -14,7 +14,7 @@
  * (the unpacked initramfs at boot) and credentialTail go through the injected Sys.
  */
 import { join } from "node:path";
-import { MAX_BLOB_BYTES } from "../hsm/blob.ts";
+import { decodeBlob, MAX_BLOB_BYTES, type SealedBlob } from "../hsm/blob.ts";
 import type { Sys } from "../sys/sys.ts";
 import { readCpio, readOneArchive, writeCpio, NEWC_MAGIC, type CpioEntry, type CpioInput, type CpioLimits } from "./cpio.ts";
 import { checkCredentials, CRED_DIR, DATA_BLOB_PATH, encodeMeta, invalid, MAX_META_BYTES, META_PATH, parseMeta, ROOT_BLOB_PATH, type Credentials, type LoadedCredentials } from "./credmeta.ts";
@@ -113,6 +113,29 @@ export function readCredentials(sys: Sys, root = "/"): LoadedCredentials {
   const rootBlob = read(ROOT_BLOB_PATH, MAX_BLOB_BYTES, true)!;
   const data = read(DATA_BLOB_PATH, MAX_BLOB_BYTES, false);
   return checkCredentials({ meta, root: rootBlob, ...(data ? { data } : {}) });
+}
+
+/**
+ * The sealed keys under `root`/zb/credentials read one by one, for locking
+ * when the credentials cannot be read as a whole: a meta.json this zb does
+ * not understand, or a damaged data.sealed beside a good root.sealed, must
+ * not leave a key that still unseals unlocked (zbunlock --lock-only before a
+ * shell). Each file is read only when it is a regular file within the blob
+ * size limit; one that is missing or does not decode is left out. Never throws.
+ */
+export function looseSealedBlobs(sys: Sys, root = "/"): SealedBlob[] {
+  const blobs: SealedBlob[] = [];
+  for (const rel of [ROOT_BLOB_PATH, DATA_BLOB_PATH]) {
+    const path = join(root, rel);
+    try {
+      const st = sys.stat(path);
+      if (st?.kind !== "file" || st.size > MAX_BLOB_BYTES) continue;
+      blobs.push(decodeBlob(sys.readAt(path, 0, st.size), path));
+    } catch {
+      // unreadable or malformed: nothing can unseal it either
+    }
+  }
+  return blobs;
 }
 
 /** Where a trailing credentials archive sits in an initramfs. */

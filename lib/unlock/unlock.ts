@@ -14,7 +14,7 @@
  * cryptsetup's stdin and is wiped right after, also on errors.
  */
 import { isZbError, ZbError } from "../errors.ts";
-import { decodeBlob, unsealError } from "../hsm/blob.ts";
+import { decodeBlob, unsealError, type SealedBlob } from "../hsm/blob.ts";
 import type { BackendName, Hsm, SealedData, UnsealFailure, UnsealResult } from "../hsm/types.ts";
 import type { PreparedOpen } from "../luks/cryptsetup.ts";
 import { wipe } from "../secret.ts";
@@ -145,6 +145,17 @@ export async function lockKeys(blobs: SealedData[], env: Pick<UnlockEnv, "hsm" |
 /** The console line for a lock that failed. */
 export function lockWarning(e: unknown): string {
   return `WARNING: cannot lock the sealed keys (${(e as Error).message ?? String(e)}); they stay unsealable until reboot`;
+}
+
+/**
+ * The keys of looseSealedBlobs (lib/luks/credentials.ts) that name a lock PCR, grouped by the
+ * backend each blob names (the credentials' own backend is unknown when
+ * they cannot be read). Pure.
+ */
+export function looseLockable(blobs: SealedBlob[]): Map<BackendName, SealedData[]> {
+  const by = new Map<BackendName, SealedData[]>();
+  for (const b of blobs) if (b.data.lockPcr !== undefined) by.set(b.backend, [...(by.get(b.backend) ?? []), b.data]);
+  return by;
 }
 
 /**

@@ -113,7 +113,8 @@ export async function zbunlockMain(argv: string[]): Promise<number> {
   // lib/sys/jit.ts): a backend that is a C library needs it back, so the whole
   // run happens in a child with the JIT on, before any state is touched (a
   // --go-file is passed on: the child waits for it).
-  const backend = args.flags.has("no-unlock") || args.flags.has("dry-run") ? null : credentialBackend(creds);
+  const unlocks = !args.flags.has("no-unlock") && !args.flags.has("dry-run");
+  const backend = unlocks ? credentialBackend(creds) : null;
   if (jitOff() && backend !== null && FFI_BACKENDS.has(backend)) {
     const status = rerunWithJit(withoutStatusFd(argv), backend);
     // A child that was killed could not clean up: its cryptsetup, given the key, may live on
@@ -149,7 +150,18 @@ export async function zbunlockMain(argv: string[]): Promise<number> {
   } finally {
     // A run that threw: its document (the boot is counted) before the failure line stages/run.ts prints.
     doc.flush();
-    if (backend !== null && actedAndFailed(status)) await lockAfterFailureStep(args, sys, root, creds);
+    // Also when the credentials are there but cannot be read (backend null): a blob in them may still unseal.
+    if (unlocks && actedAndFailed(status) && (backend !== null || unreadable(creds))) await lockAfterFailureStep(args, sys, root, creds);
+  }
+}
+
+/** Credentials that are there but cannot be read as a whole (credentialBackend then says null, as for none). */
+function unreadable(creds: () => LoadedCredentials | null): boolean {
+  try {
+    creds();
+    return false;
+  } catch {
+    return true;
   }
 }
 

@@ -8,14 +8,14 @@
 import { join } from "node:path";
 import type { ParsedArgs } from "../../lib/cli/args.ts";
 import type { Platform } from "../../lib/bootloader/platform.ts";
-import { readCredentials } from "../../lib/luks/credentials.ts";
+import { looseSealedBlobs, readCredentials } from "../../lib/luks/credentials.ts";
 import { CRED_DIR, ROOT_MAPPING, type LoadedCredentials } from "../../lib/luks/credmeta.ts";
 import { CODES, isZbError, ZbError } from "../../lib/errors.ts";
 import { CryptsetupCli, isWrongKey } from "../../lib/luks/cryptsetup.ts";
 import { dmsetupRemover } from "../../lib/luks/dmsetup.ts";
 import { closeLeftovers, leftoverLines, nothingLeft, TEMP_MAPPING_PREFIX, ZB_MAPPINGS } from "../../lib/unlock/leftover.ts";
 import { findLuksDevice } from "../../lib/unlock/devices.ts";
-import { credentialsFailure, lockableKeys, lockKeys, lockWarning, unlockSlot, type UnlockOutcome } from "../../lib/unlock/unlock.ts";
+import { credentialsFailure, lockableKeys, lockKeys, lockWarning, looseLockable, unlockSlot, type UnlockOutcome } from "../../lib/unlock/unlock.ts";
 import type { Sys } from "../../lib/sys/sys.ts";
 import type { BackendName, Hsm, SealedData } from "../../lib/hsm/types.ts";
 import type { Tpm2Hsm } from "../../lib/hsm/tpm2/index.ts";
@@ -197,27 +197,36 @@ const CLOSE_TIMEOUT_MS = 30_000;
  * there instead ({@link lockAtDefaultTpm}).
  */
 async function lockOnly(args: ParsedArgs, sys: Sys, root: string, credentials: () => LoadedCredentials | null, log: (line: string) => void): Promise<boolean> {
-  let keys: SealedData[];
-  let creds: LoadedCredentials | null;
+  let groups: Map<BackendName, SealedData[]>;
   try {
-    creds = credentials();
-    keys = creds === null ? [] : lockableKeys(creds);
+    const creds = credentials();
+    if (creds === null) return true; // no credentials: nothing to lock
+    groups = new Map([[creds.meta.backend, lockableKeys(creds)]]);
   } catch (e) {
-    log(lockWarning(e));
-    return true;
+    // The set is refused (a meta.json this zb does not know, one damaged blob), but a blob
+    // in it may still unseal: each is read on its own, and those naming a lock PCR are locked.
+    groups = looseLockable(looseSealedBlobs(sys, args.values.get("credentials") ?? root));
+    const why = (e as Error).message ?? String(e);
+    log(groups.size > 0 ? `${why}; locking each sealed key that can be read on its own` : `${why}; no sealed key in them names a lock, nothing to lock`);
   }
-  if (creds === null || keys.length === 0) return true; // nothing names a lock PCR
+  let ok = true;
+  for (const [backend, keys] of groups) if (keys.length > 0 && !(await lockBackend(args, sys, root, backend, keys, log))) ok = false;
+  return ok;
+}
+
+/** Lock `keys` of `backend` through the configured HSM, or at the default TPM when the configuration cannot be used. @returns false when a lock failed while the HSM answered */
+async function lockBackend(args: ParsedArgs, sys: Sys, root: string, backend: BackendName, keys: SealedData[], log: (line: string) => void): Promise<boolean> {
   let failed: unknown[];
   try {
     const cfg = hsmConfigFrom(args, join(root, "etc/zb/hsm.conf"));
-    failed = await lockWith(hsmFor(creds.meta.backend, cfg, pinTerminal(root)), keys, log);
+    failed = await lockWith(hsmFor(backend, cfg, pinTerminal(root)), keys, log);
   } catch (e) {
     log(lockWarning(e));
     failed = [e];
   }
   if (failed.length === 0) return true;
   if (!failed.every(unusableConfig)) return false;
-  return lockAtDefaultTpm(args, sys, root, creds.meta.backend, keys, log);
+  return lockAtDefaultTpm(args, sys, root, backend, keys, log);
 }
 
 /** lockKeys with `hsm`, closed afterwards. @returns the failures that leave a key unsealable */
