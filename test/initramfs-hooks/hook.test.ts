@@ -173,6 +173,12 @@ describe("the hook copies", () => {
       after: { tree: [...BASE_TREE, "$T/lib/libfake-pkcs11.so", "etc/zb/hsm.conf"], extraModules: [], loaded: ["dm-mod", "dm-crypt"], err: "" },
     },
     {
+      // Before: the values kept the CR, `case` matched nothing, and the module was left out with exit 0.
+      name: "pkcs11 in a file saved with CRLF line ends (lib/hsm/config.ts trims the CR): the module is still copied",
+      before: { initramfsConf: "ZB_BINARY=$T/bin/zb\n", hsmConf: "backend = pkcs11\r\npkcs11.module = $T/lib/libfake-pkcs11.so\r\npkcs11.token = zb\r\n", trust: [] },
+      after: { tree: [...BASE_TREE, "$T/lib/libfake-pkcs11.so", "etc/zb/hsm.conf"], extraModules: [], loaded: ["dm-mod", "dm-crypt"], err: "" },
+    },
+    {
       name: "zymkey: I2C modules, i2c-dev loaded at boot, the configured library",
       before: { initramfsConf: "ZB_BINARY=$T/bin/zb\n", hsmConf: "backend=zymkey\nzymkey.library=$T/lib/libzk_app_utils.so\n", trust: [] },
       after: {
@@ -322,6 +328,12 @@ describe("the hook refuses", () => {
       name: "pkcs11.module as a bare library name that is in none of the folders zbunlock searches",
       before: { initramfsConf: "ZB_BINARY=$T/bin/zb\n", hsmConf: "backend=pkcs11\npkcs11.module=libsofthsm2.so\n", trust: [] },
       err: `E: zb: cannot add the PKCS#11 module to the initramfs: libsofthsm2.so is in none of the folders zbunlock looks in (${AARCH64_DIRS}); install it there, or give its absolute path\n`,
+    },
+    {
+      // Before: exit 0, an initramfs whose zbunlock refuses the configuration at every boot.
+      name: "a backend zb does not know",
+      before: { initramfsConf: "ZB_BINARY=$T/bin/zb\n", hsmConf: "backend = pkcs12\n", trust: [] },
+      err: "E: zb: cannot build the initramfs: $T/etc/hsm.conf names backend=pkcs12, which zb does not know (tpm2, pkcs11, zymkey or soft)\n",
     },
     {
       name: "zymkey, blanks around '=', a commented-out line: the default library, looked for by name, absent here",
