@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { chmodSync, chownSync, closeSync, existsSync, lstatSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { startFullBacklog } from "../peers/full-backlog.ts";
 import { startSoftHsm, USER_PIN } from "../peers/softhsm.ts";
 import { startSwtpm } from "../peers/swtpm.ts";
 
@@ -132,6 +133,22 @@ describe("zb hsm", () => {
     expect(zb(["hsm", "probe", "--backend", "tpm2", "--tpm", join(dir, "no-tpm")]).code).toBe(4);
     expect(zb(["hsm", "probe", "--backend", "soft", ...soft()]).code).toBe(0);
   });
+
+  test("probe against a TPM address whose listener never completes the handshake: absent (4) after the connect limit, not ~130 s", async () => {
+    const l = await startFullBacklog();
+    try {
+      const addr = `swtpm:host=127.0.0.1,port=${l.port}`;
+      const p = Bun.spawn([BIN, "hsm", "probe", "--backend", "tpm2", "--tpm", addr, "--config", join(dir, "none.conf")], { env: { ...process.env, ZB_NO_REBOOT: "1" }, stdout: "pipe", stderr: "pipe" });
+      const guard = setTimeout(() => p.kill(9), 15_000);
+      await p.exited;
+      clearTimeout(guard);
+      expect(p.signalCode).toBeNull(); // the old code was still connecting when the guard killed it
+      expect(p.exitCode).toBe(4);
+      expect(await new Response(p.stdout).text()).toContain(`cannot open TPM ${addr}: no answer within 5 s`);
+    } finally {
+      l.stop();
+    }
+  }, 30_000);
 
   test("--help shows real usage", () => {
     const r = zb(["hsm", "--help"]);

@@ -41,6 +41,14 @@ const SWTPM_DEFAULT_HOST = "localhost";
 const SWTPM_DEFAULT_PORT = 2321;
 /** How long a TCP peer may take for one response. */
 const TCP_TIMEOUT_MS = 30_000;
+/**
+ * How long the TCP handshake may take. A closed port refuses at once; a
+ * listener whose accept queue is full (a swtpm that stopped accepting) drops
+ * the SYN, and the kernel would retry for ~130 s (tcp_syn_retries=6) before
+ * ETIMEDOUT. A swtpm that is there accepts in well under a millisecond on
+ * loopback; 5 s leaves room for a slow network.
+ */
+const TCP_CONNECT_TIMEOUT_MS = 5_000;
 
 /**
  * Parse a TPM address in tpm2-tools' TCTI spelling: a path, `device:PATH`,
@@ -77,8 +85,9 @@ export function formatAddress(a: Tpm2Address): string {
 
 /**
  * Open the default transport for an address.
- * @throws {ZbError} HSM_ABSENT when the device node is missing or the socket refuses; CONFIG when a device
- *   path is not a character device (nothing is written to it); HSM_FAILED otherwise
+ * @throws {ZbError} HSM_ABSENT when the device node is missing, or the socket refuses or does not
+ *   connect within 5 s; CONFIG when a device path is not a character device (nothing is written
+ *   to it); HSM_FAILED otherwise
  */
 export const connect: TransportFactory = async (address) =>
   address.kind === "device" ? openDevice(address.path) : await connectTcp(address.host, address.port);
@@ -207,12 +216,21 @@ function connectTcp(host: string, port: number): Promise<Transport> {
   const address = `swtpm:host=${host},port=${port}`;
   return new Promise((resolve, reject) => {
     const sock = nodeNet().connect({ host, port });
+    const timer = setTimeout(() => {
+      sock.off("error", onError);
+      sock.on("error", () => undefined);
+      sock.destroy();
+      // HSM_ABSENT, as the kernel's own ETIMEDOUT and a refused connection are (ABSENT_ERRNO).
+      reject(new ZbError("HSM_ABSENT", `cannot open TPM ${address}: no answer within ${TCP_CONNECT_TIMEOUT_MS / 1000} s`));
+    }, TCP_CONNECT_TIMEOUT_MS);
     const onError = (e: Error) => {
+      clearTimeout(timer);
       sock.destroy();
       reject(connectError(address, e));
     };
     sock.once("error", onError);
     sock.once("connect", () => {
+      clearTimeout(timer);
       sock.off("error", onError);
       sock.setNoDelay(true);
       resolve(new TcpTransport(sock, address));

@@ -1,6 +1,6 @@
 /**
- * Transports: address parsing (rows), "absent" for missing devices and
- * refused connections, the device transport against swtpm behind a
+ * Transports: address parsing (rows), "absent" for missing devices,
+ * refused connections and a listener that never completes the handshake, the device transport against swtpm behind a
  * character device (a raw pty, like /dev/tpm0), and the framing of swtpm's
  * TCP data socket found by experiment (raw TPM bytes; mssim framing also
  * accepted), pinned here.
@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { Tpm2Hsm } from "../../../../lib/hsm/tpm2/index.ts";
 import { connect, formatAddress, parseAddress } from "../../../../lib/hsm/tpm2/transport.ts";
 import { hex } from "../../../../lib/hsm/tpm2/wire.ts";
+import { startFullBacklog } from "../../../peers/full-backlog.ts";
 import { startSwtpm, startSwtpmDevice, type Swtpm, type SwtpmDevice } from "../../../peers/swtpm.ts";
 import { tempDirs } from "../../../tempdirs.ts";
 
@@ -60,6 +61,25 @@ describe("absent: what is missing before → HSM_ABSENT after", () => {
       code: "HSM_ABSENT", message: expect.stringContaining("the connection was refused (is swtpm running?)"),
     });
   });
+
+  test("a listener that never completes the handshake (its accept queue full): absent after the 5 s connect limit, not ~130 s of SYN retries", async () => {
+    const l = await startFullBacklog();
+    let guard: ReturnType<typeof setTimeout> | undefined;
+    try {
+      const stillConnecting = new Promise<string>((r) => (guard = setTimeout(() => r("still connecting after 15 s"), 15_000)));
+      const got = await Promise.race([
+        connect({ kind: "swtpm", host: "127.0.0.1", port: l.port }).then(
+          (t) => (t.close(), "connected"),
+          (e: Error & { code: string }) => `${e.code}: ${e.message}`,
+        ),
+        stillConnecting,
+      ]);
+      expect(got).toBe(`HSM_ABSENT: cannot open TPM swtpm:host=127.0.0.1,port=${l.port}: no answer within 5 s`);
+    } finally {
+      clearTimeout(guard);
+      l.stop();
+    }
+  }, 30_000);
 
 });
 
