@@ -61,6 +61,15 @@ export function err(text: string): void {
   }
 }
 
+/** Clean-up on a path that already fails: the first error is the one to tell. */
+function bestEffort(f: () => void): void {
+  try {
+    f();
+  } catch {
+    /* the caller throws the error that matters */
+  }
+}
+
 /** An output file claimed before the work that fills it. */
 export interface NewFile {
   /** Write `data`, fsync and close. @throws {ZbError} IO (the file is removed) */
@@ -75,17 +84,26 @@ export interface NewFile {
  * claim their output this way before they do work that cannot be undone, so
  * a path that cannot be written fails first. The mode is set exactly
  * (umask-independent).
- * @throws {ZbError} USAGE when the path exists; IO when it cannot be created
+ * @param setMode fchmod(2) by default; tests make it fail
+ * @throws {ZbError} USAGE when the path exists; IO when it cannot be created (nothing is left behind)
  */
-export function createNew(path: string, mode: number, what: string): NewFile {
+export function createNew(path: string, mode: number, what: string, setMode: (fd: number, mode: number) => void = fchmodSync): NewFile {
   let fd: number;
   try {
     fd = openSync(path, "wx", mode);
-    fchmodSync(fd, mode);
   } catch (e) {
     if ((e as { code?: string }).code === "EEXIST") {
       throw new ZbError("USAGE", `cannot write ${what} to ${path}: the file exists (zb never replaces an output file)`, { hint: "choose a new path, or remove the old file first" });
     }
+    throw ioError(`create ${path}`, e);
+  }
+  try {
+    setMode(fd, mode);
+  } catch (e) {
+    // The file is zb's and empty (vfat refuses chmod 0600 with EPERM): left behind,
+    // the next run would refuse it as an existing output file.
+    bestEffort(() => closeSync(fd));
+    bestEffort(() => rmSync(path, { force: true }));
     throw ioError(`create ${path}`, e);
   }
   let open = true;
