@@ -20,7 +20,8 @@
  * `resume` continues from the journal's last durable chunk: the image is
  * verified again, the bytes already on the target are read back into the
  * whole-payload hash (so the final check covers them too), and a file or URL
- * source seeks straight to the first missing chunk.
+ * source seeks straight to the first missing chunk — at its offset in the
+ * image just verified, which a re-signed copy of the same image moves.
  */
 import { ZbError } from "../errors.ts";
 import type { Sys } from "../sys/sys.ts";
@@ -135,7 +136,7 @@ export async function install(sys: Sys, source: ImageSource, policy: Policy, opt
       checkTargetSize(target, payload);
       const journal: Journal = {
         version: 1, image: imageId, payload: payload.name, target: opts.target, state: "writing",
-        chunksDone: from, dataOffset: previous?.dataOffset ?? null, ...(readBack ? { readBack: true } : {}),
+        chunksDone: from, dataOffset: null, ...(readBack ? { readBack: true } : {}),
       };
       try {
         writeJournal(sys, opts.journal, journal);
@@ -156,7 +157,7 @@ export async function install(sys: Sys, source: ImageSource, policy: Policy, opt
         const rawSha = await writeChunks(sys, img.header.manifest.chunkSize, payload, from, data, target, journal, opts);
         const last = img.header.manifest.payloads.at(-1) === payload;
         // Read sequentially to its end, the archive must end with the last payload.
-        if (last && !(from > 0 && source.seekable && journal.dataOffset !== null)) await img.nextPayload();
+        if (last && !data.seeked) await img.nextPayload();
         // Everything checked: a file target that was longer keeps no stale tail (a device keeps its size).
         target.truncate(payload.raw.size);
         target.sync();
@@ -194,17 +195,29 @@ export async function install(sys: Sys, source: ImageSource, policy: Policy, opt
 interface PayloadBytes {
   data: AsyncIterable<Uint8Array>;
   readInto?: PayloadEntry["readInto"];
+  /** Read from the payload's offset (a resume), not through the archive from byte 0. */
+  seeked: boolean;
 }
 
-/** The stored bytes of the payload from chunk `from` on. */
+/**
+ * The stored bytes of the payload from chunk `from` on. A resume from a
+ * seekable source starts at the payload's offset in *this* image, the one
+ * whose header was just verified (ImageHeader.dataOffsets), never at the
+ * offset an earlier run recorded: the same manifest re-signed since has its
+ * payloads elsewhere (over HTTP, the later requests carry If-Range, so they
+ * read the image that header came from).
+ */
 async function payloadData(img: OpenImage<VerifiedImage>, source: ImageSource, payload: Payload, from: number, journal: Journal, sys: Sys, journalPath: string): Promise<PayloadBytes> {
   const skipBytes = payload.chunks.slice(0, from).reduce((a, c) => a + c.size, 0);
-  if (from > 0 && source.seekable && journal.dataOffset !== null) {
+  if (from > 0 && source.seekable) {
+    const dataOffset = img.header.dataOffsets[img.header.manifest.payloads.indexOf(payload)]!;
     img.close();
-    await checkEntryHeaderAt(source, journal.dataOffset - BLOCK, payload);
+    journal.dataOffset = dataOffset;
+    writeJournal(sys, journalPath, journal);
+    await checkEntryHeaderAt(source, dataOffset - BLOCK, payload);
     // Every chunk done (a run stopped in its read-back): nothing to read, so nothing opened (over HTTP, a request).
     const left = payload.stored.size - skipBytes;
-    return { data: left > 0 ? take(await source.open(journal.dataOffset + skipBytes), left) : nothing() };
+    return { data: left > 0 ? take(await source.open(dataOffset + skipBytes), left) : nothing(), seeked: true };
   }
   for (;;) {
     const entry = await img.nextPayload();
@@ -215,7 +228,7 @@ async function payloadData(img: OpenImage<VerifiedImage>, source: ImageSource, p
     }
     journal.dataOffset = entry.dataOffset;
     writeJournal(sys, journalPath, journal);
-    return { data: skip(entry.data, skipBytes), readInto: skipBytes === 0 ? entry.readInto : undefined };
+    return { data: skip(entry.data, skipBytes), readInto: skipBytes === 0 ? entry.readInto : undefined, seeked: false };
   }
 }
 

@@ -20,7 +20,11 @@ export interface Journal {
   state: "writing" | "failed" | "complete";
   /** Chunks 0..chunksDone-1 are verified and on disk. */
   chunksDone: number;
-  /** Where the payload's data starts in the image file (for a seeking resume). */
+  /**
+   * Where the payload's data starts in the image the last run read (null until it got there). A
+   * resume does not seek there but to the offset in the image it is given (ImageHeader.dataOffsets):
+   * a re-signed copy of the same image has the same manifest and its payloads elsewhere.
+   */
   dataOffset: number | null;
   /**
    * The install was asked to read the payload back (--read-back): a resume
@@ -56,7 +60,7 @@ export type JournalFile =
  * Look at the file at a journal path without trusting it. `dataOffset` must
  * be where a payload's data can start in a `.zbi` (format.ts): a multiple of
  * 512 and at least MIN_DATA_OFFSET (3584: three entries of a header and a
- * data block, then the payload's header) — a resume seeks there.
+ * data block, then the payload's header), as zb writes it.
  * @returns what is there; never the runtime's own parser text
  * @throws {ZbError} IO when the file cannot be read at all (permissions, a read error)
  * @example inspectJournal(sys, "/var/lib/zb/rootfs-b.journal").kind === "journal"

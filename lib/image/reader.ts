@@ -37,6 +37,15 @@ export interface ImageHeader {
   signatures: Signature[];
   /** Key ids of the trusted keys whose signatures verified (empty when unverified). */
   signedBy: string[];
+  /**
+   * Where each payload's data starts in this image, in manifest order
+   * (format.ts payloadOffsets of this manifest's and signatures entry's
+   * sizes; the reader refuses any other layout). A seeking resume reads
+   * from here: adding a signature (`zb image sign`) keeps the manifest and
+   * moves every payload, so an offset remembered from an earlier run of the
+   * same manifest may be wrong.
+   */
+  dataOffsets: number[];
 }
 
 declare const verifiedBrand: unique symbol;
@@ -149,11 +158,12 @@ export async function openImage(input: AsyncIterable<Uint8Array>, check: { polic
     const manifest = decodeManifest(manifestBytes);
     const sigBytes = await readSmallEntry(guard(await next(SIGNATURES_NAME)), SIGNATURES_NAME, LIMITS.signatures);
     const signatures = decodeSignatures(sigBytes, { maxCount: LIMITS.signatureCount });
-    const header: ImageHeader = { manifest, manifestBytes, signatures, signedBy: [] };
+    const dataOffsets = payloadOffsets(manifestBytes.length, sigBytes.length, manifest.payloads.map((p) => p.stored.size));
+    const header: ImageHeader = { manifest, manifestBytes, signatures, signedBy: [], dataOffsets };
     if ("policy" in check) applyPolicy(header, check.policy);
     if (direct) {
       tar.destroy();
-      return { header, close, nextPayload: directPayloads(direct, manifest, manifestBytes.length, sigBytes.length) };
+      return { header, close, nextPayload: directPayloads(direct, manifest, dataOffsets) };
     }
     let payloadIndex = 0;
     return {
@@ -234,8 +244,7 @@ const HEADER_PART = 64 << 10;
  * Payloads read with read(2) (or a stream's reads, into the same buffers):
  * each preceded by its checked ustar header; only zeros after the last.
  */
-function directPayloads(r: PayloadReader, m: Manifest, manifestSize: number, sigSize: number): () => Promise<PayloadEntry | null> {
-  const offsets = payloadOffsets(manifestSize, sigSize, m.payloads.map((p) => p.stored.size));
+function directPayloads(r: PayloadReader, m: Manifest, offsets: readonly number[]): () => Promise<PayloadEntry | null> {
   const buf = new Uint8Array(Math.max(BLOCK, ...m.payloads.flatMap((p) => p.chunks.map((c) => c.size))));
   // A file's reads return a number; a stream's a promise (awaited only then: nothing added per chunk for a file).
   const read = async (view: Uint8Array): Promise<number> => {

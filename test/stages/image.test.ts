@@ -2,7 +2,8 @@
  * The image commands end to end through dist/zb-x64, and the format read
  * by other tools: GNU tar lists and extracts a .zbi, openssl verifies its
  * signatures over the extracted manifest.json, zstd decompresses a payload.
- * Edges: a second install into a file being written (exit 25), more than 16
+ * Edges: a second install into a file being written (exit 25), a --resume of
+ * the same image re-signed since (its payloads moved), more than 16
  * signatures (exit 2, nothing written), images from FIFOs, an image followed
  * by /dev/zero (exit 13), a closed, write-only or terminal stdin (exit 5), key files
  * that are no files (exit 18).
@@ -243,6 +244,23 @@ describe("edges of the engine, end to end", () => {
       second: { code: 25, err: `zb: cannot install into cc.out: another install is writing it`, journal: true },
       first: 0, target: true, state: "complete",
     });
+  });
+
+  test("--resume of the same image re-signed since (sign keeps the manifest, the payloads move): continues at the journal's chunk, byte-identical", () => {
+    expect(zb("key", "gen", "--alg", "ed25519", "-o", "rs3").code).toBe(0);
+    // Two more signatures: the signatures entry grows past a block, so every payload starts later.
+    expect(zb("image", "sign", "a.zbi", "--trust", "trust", "--key", "ec", "--key", "rs3", "-o", "resigned.zbi").code).toBe(0);
+    const rootfsBlock = (image: string) => /^block (\d+): .* rootfs$/m.exec(sh(["tar", "--block-number", "-tvf", image]).stdout.toString())?.[1];
+    expect(Number(rootfsBlock("resigned.zbi"))).toBeGreaterThan(Number(rootfsBlock("a.zbi")));
+    expect(zb("image", "install", "a.zbi", "--trust", "trust", "--payload", "rootfs", "--to", "rs.img").code).toBe(0);
+    // What a power cut after chunk 10 was made durable leaves behind: 10 chunks on the target, the journal at 10.
+    const journal = join(dir, "rs.img.zb-journal");
+    writeFileSync(journal, JSON.stringify({ ...JSON.parse(readFileSync(journal, "utf8")), state: "writing", chunksDone: 10 }));
+    writeFileSync(join(dir, "rs.img"), readFileSync(join(dir, "rs.img")).subarray(0, 10 * 65536));
+    const r = zb("image", "install", "resigned.zbi", "--trust", "trust", "--payload", "rootfs", "--to", "rs.img", "--resume", "--json");
+    expect({ code: r.code, err: r.err, resumedFrom: r.code === 0 ? JSON.parse(r.out).resumedFrom : null }).toEqual({ code: 0, err: "", resumedFrom: 10 });
+    expect(sha256(join(dir, "rs.img"))).toBe(rootfsSha());
+    expect(JSON.parse(readFileSync(journal, "utf8")).state).toBe("complete");
   });
 
   test("more than 16 signatures: create and sign (in place too) exit 2 before writing anything", async () => {

@@ -2,7 +2,8 @@
  * The install engine (lib/image/install.ts) on real files: a clean install is
  * the raw payload byte for byte; the journal comes first and says "complete"
  * last; resume continues at the journal's chunk (seeking or streaming) and
- * ends identical; resumes that do not belong are refused; bytes corrupted on
+ * ends identical, also from a re-signed copy of the image (its payloads
+ * moved), from a file or a URL; resumes that do not belong are refused; bytes corrupted on
  * the target before a resume fail the final raw check; `none` encoding;
  * progress events; the fallback zstd decoder gives the same bytes; a loop
  * block device as the target keeps its size and its bytes after the payload;
@@ -11,14 +12,15 @@
  * signal's reason and leaves a journal that --resume completes.
  */
 import { afterAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { resignImage } from "../../../lib/image/create.ts";
 import { install, type InstallOptions, type ProgressEvent } from "../../../lib/image/install.ts";
 import type { Journal } from "../../../lib/image/journal.ts";
 import type { Policy } from "../../../lib/image/reader.ts";
-import { loadTrustDir } from "../../../lib/image/sign.ts";
-import { fileSource, type ImageSource } from "../../../lib/image/source.ts";
+import { keySigner, loadTrustDir } from "../../../lib/image/sign.ts";
+import { fileSource, httpSource, type ImageSource } from "../../../lib/image/source.ts";
 import { frameDecoder } from "../../../lib/image/zstd.ts";
 import { ZbError } from "../../../lib/errors.ts";
 import { HostSys } from "../../../lib/sys/sys.ts";
@@ -143,16 +145,21 @@ describe("block device target (a loop device)", () => {
 });
 
 describe("resume", () => {
-  /** Before: a journal at chunk k (its dataOffset as a real install recorded it, or null) and the target holding exactly chunks 0..k-1. */
+  /**
+   * Before: a journal at chunk k (its dataOffset as a real install recorded it, null, or one that is not this image's:
+   * a multiple of 512 past it) and the target holding exactly chunks 0..k-1. A seeking resume goes by the image's own
+   * layout, whatever the journal says.
+   */
   test.each([
-    { k: 1, state: "writing", seekable: true, dataOffset: true },
-    { k: 3, state: "failed", seekable: true, dataOffset: true },
-    { k: N - 1, state: "writing", seekable: true, dataOffset: true },
-    { k: N, state: "writing", seekable: true, dataOffset: true },
-    { k: 3, state: "writing", seekable: true, dataOffset: false },
-    { k: 4, state: "failed", seekable: false, dataOffset: true },
-    { k: 0, state: "writing", seekable: true, dataOffset: true },
-  ] as const)("journal chunksDone=$k ($state), seekable=$seekable, dataOffset known=$dataOffset → continues at $k, identical bytes", async ({ k, state, seekable, dataOffset }) => {
+    { k: 1, state: "writing", seekable: true, dataOffset: "recorded" },
+    { k: 3, state: "failed", seekable: true, dataOffset: "recorded" },
+    { k: N - 1, state: "writing", seekable: true, dataOffset: "recorded" },
+    { k: N, state: "writing", seekable: true, dataOffset: "recorded" },
+    { k: 3, state: "writing", seekable: true, dataOffset: "null" },
+    { k: 3, state: "writing", seekable: true, dataOffset: "another image's" },
+    { k: 4, state: "failed", seekable: false, dataOffset: "recorded" },
+    { k: 0, state: "writing", seekable: true, dataOffset: "recorded" },
+  ] as const)("journal chunksDone=$k ($state), seekable=$seekable, dataOffset $dataOffset → continues at $k, identical bytes", async ({ k, state, seekable, dataOffset }) => {
     const raw = zstdImg.raw.rootfs!;
     const t = place(raw.length);
     const clean = await install(host, fileSource(zstdImg.path), policy, opts(t));
@@ -162,19 +169,75 @@ describe("resume", () => {
     const target = t.before.slice();
     target.set(raw.subarray(0, k * CHUNK));
     writeFileSync(t.target, target);
-    writeFileSync(t.journal, JSON.stringify({ ...full, state, chunksDone: k, dataOffset: dataOffset ? full.dataOffset : null }));
+    const journalOffset = { recorded: full.dataOffset, null: null, "another image's": rootfsAt + 1024 }[dataOffset];
+    writeFileSync(t.journal, JSON.stringify({ ...full, state, chunksDone: k, dataOffset: journalOffset }));
     const src = recorded(zstdImg.path, seekable);
     const events: ProgressEvent[] = [];
     const r = await install(host, src, policy, opts(t, "rootfs", { resume: true, progress: (e) => events.push(e) }));
     expect(r).toMatchObject({ resumedFrom: k, alreadyInstalled: false });
     expect(sha256(read(t.target))).toBe(sha256(raw)); // complete: exactly the payload, the longer file cut
-    expect(readJournal(t.journal)).toMatchObject({ state: "complete", chunksDone: N });
+    expect(readJournal(t.journal)).toMatchObject({ state: "complete", chunksDone: N, dataOffset: rootfsAt });
     expect(events[0]).toMatchObject({ type: "start", resumeFrom: k, chunks: N });
     expect(events.filter((e) => e.type === "progress").map((e) => (e as { chunk: number }).chunk)).toEqual(Array.from({ length: N - k }, (_, i) => k + i + 1));
     const skipped = zstdImg.manifest.payloads[1]!.chunks.slice(0, k).reduce((a, c) => a + c.size, 0);
     // A seeking resume reads the entry header again and starts at the first missing chunk (none missing: opens
     // nothing more); otherwise one pass from byte 0.
-    expect(src.offsets).toEqual(seekable && dataOffset && k > 0 ? [0, rootfsAt - 512, ...(k < N ? [rootfsAt + skipped] : [])] : [0]);
+    expect(src.offsets).toEqual(seekable && k > 0 ? [0, rootfsAt - 512, ...(k < N ? [rootfsAt + skipped] : [])] : [0]);
+  });
+
+  describe("the same image re-signed since (zb image sign keeps the manifest, so the journal's image id, and moves every payload)", () => {
+    const dir = join(root, "resigned");
+    let resigned = "";
+    let movedAt = 0;
+    let server: ReturnType<typeof Bun.serve> | null = null;
+    const ranges: (string | null)[] = [];
+    afterAll(() => server?.stop(true));
+
+    /** The re-signed copy, on disk and served with byte ranges (ETag, If-Range honoured) on 127.0.0.1. */
+    async function prepare() {
+      if (resigned) return;
+      mkdirSync(dir);
+      resigned = join(dir, "resigned.zbi");
+      // Two more signatures: the signatures entry grows past one block.
+      await resignImage(fileSource(zstdImg.path), [keySigner(KEYS.k2), keySigner(KEYS.other)], resigned, { policy: { trust: policy.trust } });
+      const bytes = read(resigned);
+      movedAt = listTar(bytes).find((e) => e.name === "rootfs")!.dataAt;
+      server = Bun.serve({
+        hostname: "127.0.0.1",
+        port: 0,
+        fetch(req) {
+          const range = req.headers.get("range");
+          ranges.push(range);
+          const from = Number(/^bytes=(\d+)-$/.exec(range ?? "")?.[1] ?? 0);
+          if (from === 0) return new Response(bytes, { headers: { etag: '"r1"' } });
+          return new Response(bytes.slice(from), { status: 206, headers: { etag: '"r1"', "content-range": `bytes ${from}-${bytes.length - 1}/${bytes.length}` } });
+        },
+      });
+    }
+
+    test.each(["a file", "a URL"] as const)("--resume from %s continues at the journal's chunk, reading at the payload's new offset; identical bytes", async (from) => {
+      await prepare();
+      expect(movedAt).toBeGreaterThan(rootfsAt);
+      expect(imageId(read(resigned))).toBe(imageId(zstdImg.bytes));
+      const raw = zstdImg.raw.rootfs!;
+      const t = place(raw.length);
+      await install(host, fileSource(zstdImg.path), policy, opts(t));
+      const k = 3;
+      const target = t.before.slice();
+      target.set(raw.subarray(0, k * CHUNK));
+      writeFileSync(t.target, target);
+      // What a power cut after chunk 3 was made durable leaves: the journal names the old image's offset.
+      writeFileSync(t.journal, JSON.stringify({ ...readJournal(t.journal), state: "writing", chunksDone: k }));
+      const src = from === "a file" ? recorded(resigned) : httpSource(`http://127.0.0.1:${server!.port}/resigned.zbi`);
+      ranges.length = 0;
+      const r = await install(host, src, policy, opts(t, "rootfs", { resume: true })).catch((e: { code?: string; message?: string }) => ({ failed: `${e.code}: ${e.message}` }));
+      expect(r).toMatchObject({ resumedFrom: k, alreadyInstalled: false });
+      expect(sha256(read(t.target))).toBe(sha256(raw));
+      expect(readJournal(t.journal)).toMatchObject({ state: "complete", chunksDone: N, dataOffset: movedAt });
+      const skipped = zstdImg.manifest.payloads[1]!.chunks.slice(0, k).reduce((a, c) => a + c.size, 0);
+      if (from === "a file") expect((src as ReturnType<typeof recorded>).offsets).toEqual([0, movedAt - 512, movedAt + skipped]);
+      else expect(ranges).toEqual([null, `bytes=${movedAt - 512}-`, `bytes=${movedAt + skipped}-`]);
+    });
   });
 
   test.each([

@@ -2,8 +2,8 @@
  * The install journal's reader (lib/image/journal.ts): a journal zb did not
  * write is IO "not a zb journal" for a --resume, never a crash later; a
  * fresh install replaces an empty file or anything shaped like a journal,
- * and refuses (USAGE) to replace other content. `dataOffset`, where a
- * seeking resume opens the image, must be a place a payload's data can
+ * and refuses (USAGE) to replace other content. `dataOffset`, where the
+ * last run found the payload's data, must be a place a payload's data can
  * start: a multiple of 512, at least 3584 (three one-block entries and the
  * payload's header).
  */
