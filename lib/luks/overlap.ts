@@ -49,6 +49,7 @@
  */
 import { basename, dirname, join, resolve } from "node:path";
 import { ZbError } from "../errors.ts";
+import { devNumber } from "../sys/devsize.ts";
 import type { LoopStatus } from "../sys/loopdev.ts";
 import type { Sys } from "../sys/sys.ts";
 
@@ -271,20 +272,4 @@ function number(sys: Sys, path: string): number {
   const text = sys.readText(path).trim();
   if (!/^\d+$/.test(text)) throw new ZbError("IO", `cannot read ${path}: ${JSON.stringify(text.slice(0, 40))} is not a number`);
   return Number(text);
-}
-
-/**
- * "major:minor" of a device number as Linux encodes st_rdev (glibc
- * gnu_dev_major/gnu_dev_minor: the low 8 bits of the minor, then 12 of the
- * major, then 24 more of the minor from bit 20 and 20 more of the major from
- * bit 44), the form sysfs uses in `dev` files and /sys/dev/block. The
- * kernel's own 32-bit encoding (huge_encode_dev, LOOP_GET_STATUS64's
- * lo_device) is the same for every number the kernel hands out.
- * @example devNumber(2050) // "8:2"
- */
-export function devNumber(rdev: number): string {
-  const d = BigInt(rdev);
-  const major = ((d >> 8n) & 0xfffn) | ((d >> 32n) & 0xfffff000n);
-  const minor = (d & 0xffn) | ((d >> 12n) & 0xffffff00n);
-  return `${major}:${minor}`;
 }

@@ -7,9 +7,10 @@
  * path-level API gives the fault injector one clear boundary per operation.
  */
 import * as fs from "node:fs";
-import { basename, dirname } from "node:path";
+import { dirname } from "node:path";
 import { ioError } from "../errors.ts";
 import { readFileBounded, type ReadLimit } from "./bounded.ts";
+import { blockDeviceSize } from "./devsize.ts";
 
 /**
  * The default bound of {@link Sys.readText}: 1 MiB. Its callers that give
@@ -160,7 +161,7 @@ export class HostSys implements Sys {
       throw ioError(`stat ${path}`, e);
     }
     const who = { id: `${st.dev}:${st.ino}`, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, links: st.nlink };
-    if (st.isBlockDevice()) return { size: blockDeviceSize(path), kind: "block", ...who };
+    if (st.isBlockDevice()) return { size: deviceSize(path, st.rdev), kind: "block", ...who };
     const kind = st.isFile() ? "file" : st.isDirectory() ? "dir" : st.isCharacterDevice() ? "char" : "other";
     return { size: st.size, kind, ...who };
   }
@@ -207,12 +208,10 @@ function open(path: string, flags: string | number, what: string, mode?: number)
   }
 }
 
-/** stat() reports 0 for block devices; sysfs has the size in 512-byte sectors. */
-function blockDeviceSize(path: string): number {
+/** stat() reports 0 for block devices; sysfs has the size by device number (devsize.ts), else 0 here. */
+function deviceSize(path: string, rdev: number): number {
   try {
-    const name = basename(fs.realpathSync(path));
-    const sectors = fs.readFileSync(`/sys/class/block/${name}/size`, "utf8").trim();
-    return Number(sectors) * 512;
+    return blockDeviceSize(path, rdev, { sys: new HostSys(), sysfs: "/sys" });
   } catch {
     return 0;
   }

@@ -12,7 +12,9 @@
  */
 import * as fs from "node:fs";
 import { ioError, ZbError } from "../errors.ts";
+import { blockDeviceSize, type SysfsLook } from "./devsize.ts";
 import { tryLockFd } from "./flock.ts";
+import { HostSys } from "./sys.ts";
 
 export interface Target {
   readonly path: string;
@@ -44,7 +46,9 @@ export interface Target {
  * while the device is mounted, is held by device-mapper (an open LUKS volume,
  * LVM) or claimed by another exclusive opener such as a second install
  * (open(2), "O_EXCL … block devices"). So the running system's slot is never
- * written under its file system.
+ * written under its file system. A device's size comes from sysfs by its
+ * device number (lib/sys/devsize.ts), so a node of any name works (mknod, a
+ * container's `--device=/dev/sdb3:/dev/slot-b`).
  *
  * O_EXCL claims only block devices; a regular file gets an exclusive
  * flock(2) on this descriptor instead, held until close(): without it a
@@ -53,7 +57,7 @@ export interface Target {
  * bytes (lib/sys/flock.ts tryLockFd).
  * @throws {ZbError} IO, TARGET_BUSY (a block device in use, a file another install is writing)
  */
-export function openTarget(path: string, opts: { create: boolean }): Target {
+export function openTarget(path: string, opts: { create: boolean; sysfs?: SysfsLook }): Target {
   let fd: number;
   const device = isBlockDevice(path);
   // O_EXCL with O_CREAT would mean "must not exist": a device is never created.
@@ -94,7 +98,7 @@ export function openTarget(path: string, opts: { create: boolean }): Target {
       lent = false;
       pos += written;
     },
-    size: () => (blockDevice ? deviceSize(path) : fs.fstatSync(fd).size),
+    size: () => (blockDevice ? blockDeviceSize(path, st.rdev, opts.sysfs ?? HOST_SYSFS) : fs.fstatSync(fd).size),
     read(offset, length) {
       own();
       const buf = new Uint8Array(length);
@@ -213,7 +217,4 @@ function isBlockDevice(path: string): boolean {
   }
 }
 
-function deviceSize(path: string): number {
-  const name = fs.realpathSync(path).split("/").pop()!;
-  return Number(fs.readFileSync(`/sys/class/block/${name}/size`, "utf8").trim()) * 512;
-}
+const HOST_SYSFS: SysfsLook = { sys: new HostSys(), sysfs: "/sys" };

@@ -3,7 +3,8 @@
  * by other tools: GNU tar lists and extracts a .zbi, openssl verifies its
  * signatures over the extracted manifest.json, zstd decompresses a payload.
  * Edges: a second install into a file being written (exit 25), a --resume of
- * the same image re-signed since (its payloads moved), more than 16
+ * the same image re-signed since (its payloads moved), a block device node
+ * made with mknod under another name (a loop device's), more than 16
  * signatures (exit 2, nothing written), images from FIFOs, an image followed
  * by /dev/zero (exit 13), a closed, write-only or terminal stdin (exit 5), key files
  * that are no files (exit 18).
@@ -261,6 +262,24 @@ describe("edges of the engine, end to end", () => {
     expect({ code: r.code, err: r.err, resumedFrom: r.code === 0 ? JSON.parse(r.out).resumedFrom : null }).toEqual({ code: 0, err: "", resumedFrom: 10 });
     expect(sha256(join(dir, "rs.img"))).toBe(rootfsSha());
     expect(JSON.parse(readFileSync(journal, "utf8")).state).toBe("complete");
+  });
+
+  test("a block device whose node is not the kernel's name (mknod, a container's --device=/dev/sdb3:/dev/slot-b): installed, exit 0", () => {
+    writeFileSync(join(dir, "slot-b.backing"), new Uint8Array(2 << 20));
+    const r = sh(["losetup", "--find", "--show", "slot-b.backing"]);
+    const loop = r.stdout.toString().trim();
+    expect({ exit: r.exitCode, loop: loop.startsWith("/dev/loop") }).toEqual({ exit: 0, loop: true });
+    try {
+      // stat(1): the device's major and minor in hex.
+      const [major, minor] = sh(["stat", "-c", "%t %T", loop]).stdout.toString().trim().split(" ").map((x) => String(parseInt(x, 16)));
+      expect(sh(["mknod", "slot-b", "b", major!, minor!]).exitCode).toBe(0);
+      const run = zb("image", "install", "a.zbi", "--trust", "trust", "--payload", "rootfs", "--to", "slot-b", "--journal", "slot-b.zb-journal");
+      expect({ code: run.code, err: run.err }).toEqual({ code: 0, err: "" });
+      const raw = readFileSync(join(dir, "rootfs.img"));
+      expect(Buffer.compare(readFileSync(loop).subarray(0, raw.length), raw)).toBe(0);
+    } finally {
+      sh(["losetup", "-d", loop]);
+    }
   });
 
   test("more than 16 signatures: create and sign (in place too) exit 2 before writing anything", async () => {
