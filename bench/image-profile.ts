@@ -122,7 +122,7 @@ export async function profileInstall(image: string, trust: string, target: strin
   const raw = new Bun.CryptoHasher("sha256");
   const decoder = frameDecoder();
   const rawBuf = new Uint8Array(Math.min(chunkSize, p.raw.size));
-  const it = exactChunks(entry.data, p.chunks.map((x) => x.size), `payload ${p.name}`)[Symbol.asyncIterator]();
+  const it = exactChunks(entry.data, p.chunks.map((x) => x.size), { payload: p.name, firstChunk: 0, imageOffset: entry.dataOffset })[Symbol.asyncIterator]();
   let pending: Promise<void> | null = null;
   let sinceSync = 0;
   for (let i = 0; ; i++) {
@@ -220,7 +220,7 @@ export async function pipelineInstall(image: string, trust: string, target: stri
   journal.dataOffset = entry.dataOffset;
   writeJournal(sys, journalPath, journal);
   const raw = new Bun.CryptoHasher("sha256");
-  const it = exactChunks(entry.data, p.chunks.map((x) => x.size), `payload ${p.name}`)[Symbol.asyncIterator]();
+  const it = exactChunks(entry.data, p.chunks.map((x) => x.size), { payload: p.name, firstChunk: 0, imageOffset: entry.dataOffset })[Symbol.asyncIterator]();
   const rawLen = (i: number) => Math.min(chunkSize, p.raw.size - i * chunkSize);
   // (wrapped: an async function returning a promise would wait for it)
   const submit = async (i: number): Promise<{ done: Promise<boolean> } | null> => {
@@ -273,7 +273,7 @@ export async function profileVerify(image: string, trust: string): Promise<Profi
   const img = await c.async(VERIFY_STAGES[0]!, async () => openImage(await fileSource(image).open(0), { policy: policyFor(trust) }));
   for (let e = await c.async(VERIFY_STAGES[1]!, () => img.nextPayload()); e; e = await c.async(VERIFY_STAGES[1]!, () => img.nextPayload())) {
     const p = e.payload;
-    const it = exactChunks(e.data, p.chunks.map((x) => x.size), `payload ${p.name}`)[Symbol.asyncIterator]();
+    const it = exactChunks(e.data, p.chunks.map((x) => x.size), { payload: p.name, firstChunk: 0, imageOffset: e.dataOffset })[Symbol.asyncIterator]();
     for (let i = 0; ; i++) {
       const r = await c.async(VERIFY_STAGES[1]!, () => it.next());
       if (r.done) break;

@@ -4,21 +4,35 @@
  * (no copy); otherwise it is assembled in one reusable buffer. Either way the
  * view is only valid until the next pull, which keeps memory constant.
  */
-import { bad } from "./format.ts";
+import { bad, endsInChunk } from "./format.ts";
 
-export async function* exactChunks(data: AsyncIterable<Uint8Array>, sizes: readonly number[], what: string): AsyncGenerator<Uint8Array> {
+/** Where the stream starts: its payload, the index of its first chunk and that chunk's offset in the image. */
+export interface ChunksAt {
+  payload: string;
+  firstChunk: number;
+  imageOffset: number;
+}
+
+/**
+ * @throws {ZbError} IMG_FORMAT when the stream has more bytes than the chunks, or ends inside one (naming the
+ *   chunk, its image bytes and where the stream ended)
+ * @example for await (const c of exactChunks(data, sizes, { payload: "rootfs", firstChunk: 0, imageOffset: 4096 })) use(c)
+ */
+export async function* exactChunks(data: AsyncIterable<Uint8Array>, sizes: readonly number[], where: ChunksAt): AsyncGenerator<Uint8Array> {
   const max = sizes.reduce((m, s) => Math.max(m, s), 0);
   const buf = new Uint8Array(max);
   let i = 0;
   let fill = 0;
+  let start = where.imageOffset; // where chunk i starts in the image
   for await (const part of data) {
     let at = 0;
     while (at < part.length) {
-      if (i >= sizes.length) throw bad(`${what} has more bytes than its chunks`);
+      if (i >= sizes.length) throw bad(`payload ${where.payload} has more bytes than its chunks`);
       const need = sizes[i]! - fill;
       if (fill === 0 && part.length - at >= need) {
         yield part.subarray(at, at + need);
         at += need;
+        start += sizes[i]!;
         i++;
         continue;
       }
@@ -29,9 +43,10 @@ export async function* exactChunks(data: AsyncIterable<Uint8Array>, sizes: reado
       if (fill === sizes[i]) {
         yield buf.subarray(0, fill);
         fill = 0;
+        start += sizes[i]!;
         i++;
       }
     }
   }
-  if (i !== sizes.length || fill !== 0) throw bad(`${what} ends after ${i} of ${sizes.length} chunks`);
+  if (i !== sizes.length) throw endsInChunk(where.payload, where.firstChunk + i, start, sizes[i]!, start + fill);
 }

@@ -206,6 +206,17 @@ export async function readSmallEntry(entry: AsyncIterable<Uint8Array>, name: str
   return Buffer.concat(parts);
 }
 
+/**
+ * An image that ends inside a payload's chunk: which chunk, where it lies in
+ * the image and where the image ends, for every way a payload is read (the
+ * reader's direct reads, a seeking resume).
+ * @example endsInChunk("rootfs", 5, 331776, 65536, 340000).message
+ *   // "cannot read the image: the archive ends inside payload rootfs: chunk 5 (image bytes 331776–397311) is cut short at byte 340000"
+ */
+export function endsInChunk(payload: string, chunk: number, start: number, size: number, end: number): ZbError {
+  return bad(`the archive ends inside payload ${payload}: chunk ${chunk} (image bytes ${start}–${start + size - 1}) is cut short at byte ${end}`);
+}
+
 export function bad(why: string): ZbError {
   return new ZbError("IMG_FORMAT", `cannot read the image: ${why}`);
 }

@@ -197,6 +197,8 @@ interface PayloadBytes {
   readInto?: PayloadEntry["readInto"];
   /** Read from the payload's offset (a resume), not through the archive from byte 0. */
   seeked: boolean;
+  /** Where the first of these bytes lies in the image. */
+  imageOffset: number;
 }
 
 /**
@@ -217,7 +219,7 @@ async function payloadData(img: OpenImage<VerifiedImage>, source: ImageSource, p
     await checkEntryHeaderAt(source, dataOffset - BLOCK, payload);
     // Every chunk done (a run stopped in its read-back): nothing to read, so nothing opened (over HTTP, a request).
     const left = payload.stored.size - skipBytes;
-    return { data: left > 0 ? take(await source.open(dataOffset + skipBytes), left) : nothing(), seeked: true };
+    return { data: left > 0 ? take(await source.open(dataOffset + skipBytes), left) : nothing(), seeked: true, imageOffset: dataOffset + skipBytes };
   }
   for (;;) {
     const entry = await img.nextPayload();
@@ -228,7 +230,7 @@ async function payloadData(img: OpenImage<VerifiedImage>, source: ImageSource, p
     }
     journal.dataOffset = entry.dataOffset;
     writeJournal(sys, journalPath, journal);
-    return { data: skip(entry.data, skipBytes), readInto: skipBytes === 0 ? entry.readInto : undefined, seeked: false };
+    return { data: skip(entry.data, skipBytes), readInto: skipBytes === 0 ? entry.readInto : undefined, seeked: false, imageOffset: entry.dataOffset + skipBytes };
   }
 }
 
@@ -262,7 +264,7 @@ async function writeChunks(sys: Sys, chunkSize: number, p: Payload, from: number
     else if (!decoder.decode(stored, out)) {
       throw new ZbError("IMG_FORMAT", `cannot install ${p.name}: ${where} is not a zstd frame of ${rawLen} bytes`);
     }
-    pipe.commit(out);
+    pipe.commit(out, i);
     storedBytes += stored.length;
     next++;
     // Only chunks whose write(2) has returned before the sync starts: it covers them.
@@ -287,7 +289,7 @@ async function writeChunks(sys: Sys, chunkSize: number, p: Payload, from: number
     await rehashWritten(target, Math.min(from * chunkSize, p.raw.size), pipe, opts.signal);
     input.readInto?.((n) => pipe.storedSlot(n));
     let i = from;
-    for await (const stored of exactChunks(input.data, p.chunks.slice(from).map((c) => c.size), `payload ${p.name}`)) {
+    for await (const stored of exactChunks(input.data, p.chunks.slice(from).map((c) => c.size), { payload: p.name, firstChunk: from, imageOffset: input.imageOffset })) {
       if (opts.signal?.aborted) throw opts.signal.reason;
       pipe.check(stored, p.chunks[i]!.sha256);
       i++;

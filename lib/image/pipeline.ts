@@ -46,8 +46,13 @@ export interface ChunkPipeline {
   take(): { stored: Uint8Array; ok: boolean };
   /** A buffer of `n` bytes for the next raw chunk. */
   rawSlot(n: number): Uint8Array;
-  /** Hash the raw chunk just decoded into `rawSlot`'s buffer and write it at the target's current offset. */
-  commit(view: Uint8Array): void;
+  /**
+   * Hash the raw chunk just decoded into `rawSlot`'s buffer and write it at
+   * the target's current offset. `chunk` is its index in the payload: a
+   * failed write names it and its byte offset on the target ("cannot write
+   * PATH at chunk N (byte OFFSET): …"), from this call or, threaded, a later one.
+   */
+  commit(view: Uint8Array, chunk: number): void;
   /** Raw chunks hashed and written so far (their write(2) has returned). */
   written(): number;
   /** Hash bytes already on the target (a resume's re-read) without writing them. */
@@ -90,11 +95,15 @@ const POSTED_STORED = 6;
 const POSTED_RAW = 7;
 const WAKE = 8;
 const CTRL_CELLS = 9;
-const ERR_BYTES = 512;
-// Jobs: [kind, offset, length, extra] in two rings of JOBS each (stored
+const ERR_BYTES = 2048;
+/** The worker's error message is cut to this many characters, so its JSON fits ERR_BYTES whatever it holds. */
+const ERR_CHARS = 200;
+// Jobs: [kind, offset, length, extra, chunk] in two rings of JOBS each (stored
 // checks, then raw chunks); never more than STORED_SLOTS resp. RAW_SLOTS + 1
-// outstanding, so a ring cannot overrun.
+// outstanding, so a ring cannot overrun. `chunk` is a raw chunk's index in
+// the payload, for the message when its write fails.
 const JOBS = 16;
+const JOB_INTS = 5;
 const JOB_STORED = 1;
 const JOB_RAW = 2;
 const JOB_HASH = 3;
@@ -107,7 +116,8 @@ const JOB_DIGEST = 4;
 // stored slot into dig[slot]; JOB_RAW adds a raw slot to the whole-payload
 // hash and writes it to the fd; JOB_HASH only hashes (a resume's re-read);
 // JOB_DIGEST publishes the final digest and ends the loop. Errors: text in
-// err, FAILED set, every cell woken.
+// err, FAILED set, every cell woken; a write's error names its chunk and
+// where that chunk starts among the bytes this worker wrote (at).
 const WORKER = `import { writeSync } from "node:fs";
 self.onmessage = (e) => {
   const { ring, stored } = e.data, dig = new Uint8Array(e.data.dig), err = new Uint8Array(e.data.err);
@@ -115,15 +125,16 @@ self.onmessage = (e) => {
   const raw = new Bun.CryptoHasher("sha256");
   const bump = (i) => { Atomics.add(ctrl, i, 1); Atomics.notify(ctrl, i); };
   bump(${READY});
+  let chunk = -1, at = 0; // the raw chunk being written, and the bytes written before it
   try {
     for (let ns = 0, nr = 0; ; ) {
       const wake = Atomics.load(ctrl, ${WAKE});
       if (Atomics.load(ctrl, ${POSTED_STORED}) > ns) {
-        const j = (ns++ % ${JOBS}) * 4;
+        const j = (ns++ % ${JOBS}) * ${JOB_INTS};
         dig.set(new Bun.CryptoHasher("sha256").update(new Uint8Array(stored, jobs[j + 1], jobs[j + 2])).digest(), jobs[j + 3] * 32);
         bump(${STORED_DONE});
       } else if (Atomics.load(ctrl, ${POSTED_RAW}) > nr) {
-        const j = (${JOBS} + (nr++ % ${JOBS})) * 4, kind = jobs[j], len = jobs[j + 2];
+        const j = (${JOBS} + (nr++ % ${JOBS})) * ${JOB_INTS}, kind = jobs[j], len = jobs[j + 2];
         if (kind === ${JOB_DIGEST}) {
           dig.set(raw.digest(), ${STORED_SLOTS} * 32);
           bump(${DIGESTED});
@@ -131,12 +142,18 @@ self.onmessage = (e) => {
         }
         const v = new Uint8Array(ring, jobs[j + 1], len);
         raw.update(v);
-        if (kind === ${JOB_RAW}) for (let done = 0; done < len; ) done += writeSync(jobs[j + 3], v, done, len - done);
+        if (kind === ${JOB_RAW}) {
+          chunk = jobs[j + 4];
+          for (let done = 0; done < len; ) done += writeSync(jobs[j + 3], v, done, len - done);
+          chunk = -1;
+          at += len;
+        }
         bump(${RAW_DONE});
       } else Atomics.wait(ctrl, ${WAKE}, wake);
     }
   } catch (x) {
-    const text = new TextEncoder().encode(JSON.stringify({ code: x && x.code, message: String((x && x.message) || x) }).slice(0, ${ERR_BYTES} / 4));
+    const failed = { code: x && x.code, message: String((x && x.message) || x).slice(0, ${ERR_CHARS}), ...(chunk >= 0 ? { chunk, at } : {}) };
+    const text = new TextEncoder().encode(JSON.stringify(failed));
     err.set(text);
     Atomics.store(ctrl, ${ERR_LEN}, text.length);
     Atomics.store(ctrl, ${FAILED}, 1);
@@ -178,9 +195,15 @@ function local(target: Target, sizes: PipelineSizes): ChunkPipeline {
       return p;
     },
     rawSlot: (n) => buf.subarray(0, n),
-    commit(view) {
+    commit(view, chunk) {
       h.update(view);
-      target.write(target.offset, view);
+      const at = target.offset;
+      try {
+        target.write(at, view);
+      } catch (e) {
+        // The target's own error says the byte; the chunk comes from here, in the threaded pipeline's words.
+        throw writeError(target.path, chunk, at, e instanceof ZbError && e.cause !== undefined ? e.cause : e);
+      }
       count++;
     },
     written: () => count,
@@ -196,7 +219,7 @@ function threaded(target: Target, sizes: PipelineSizes, stallMs: number): ChunkP
   const dig = new Uint8Array(new SharedArrayBuffer((STORED_SLOTS + 1) * 32)); // + the final digest
   const errBytes = new Uint8Array(new SharedArrayBuffer(ERR_BYTES));
   const ctrl = new Int32Array(new SharedArrayBuffer(CTRL_CELLS * 4));
-  const jobs = new Int32Array(new SharedArrayBuffer(2 * JOBS * 4 * 4));
+  const jobs = new Int32Array(new SharedArrayBuffer(2 * JOBS * JOB_INTS * 4));
   let worker: Worker;
   let startError: string | null = null;
   try {
@@ -222,14 +245,16 @@ function threaded(target: Target, sizes: PipelineSizes, stallMs: number): ChunkP
 
   const failure = (): ZbError | null => {
     if (Atomics.load(ctrl, FAILED) === 0) return startError ? new ZbError("INTERNAL", `internal error: ${startError}`) : null;
-    // The worker's error as {code, message}, so ENOSPC or EIO read as they do on this thread.
-    let cause: { code?: string; message?: string } = {};
+    // The worker's error as {code, message}, so ENOSPC or EIO read as they do on this thread, and the chunk it was writing.
+    let cause: { code?: string; message?: string; chunk?: number; at?: number } = {};
     try {
       cause = JSON.parse(new TextDecoder().decode(errBytes.slice(0, Atomics.load(ctrl, ERR_LEN)))) as typeof cause;
     } catch {
       cause = { message: "the install worker failed" };
     }
-    return ioError(`write ${target.path}`, Object.assign(new Error(cause.message), { code: cause.code }));
+    const errno = Object.assign(new Error(cause.message), { code: cause.code });
+    if (cause.chunk === undefined || cause.at === undefined) return ioError(`write ${target.path}`, errno);
+    return writeError(target.path, cause.chunk, startAt + cause.at, errno);
   };
   /** Block until counter `cell` reaches `n`. @throws {ZbError} once the worker has failed */
   const waitFor = (cell: number, n: number) => {
@@ -248,18 +273,24 @@ function threaded(target: Target, sizes: PipelineSizes, stallMs: number): ChunkP
       if (moved !== seen) [seen, since] = [moved, performance.now()];
       else if (performance.now() - since > stallMs) {
         // A write(2) or read(2) that does not return is the medium (failing, or throttled far beyond normal), not a bug in zb.
-        throw new ZbError("IO", `cannot write ${target.path}: the install worker made no progress for ${stallMs / 1000} s (a write to the device did not return; it may be failing or extremely slow)`);
+        throw new ZbError("IO", `cannot write ${target.path}${stuckAt()}: the install worker made no progress for ${stallMs / 1000} s (a write to the device did not return; it may be failing or extremely slow)`);
       }
     }
   };
+  /** " at chunk N" while the worker has a raw chunk's write outstanding (the oldest one not done), else "". */
+  const stuckAt = () => {
+    const j = (JOBS + (Atomics.load(ctrl, RAW_DONE) % JOBS)) * JOB_INTS;
+    return Atomics.load(ctrl, RAW_DONE) < issued && jobs[j] === JOB_RAW ? ` at chunk ${jobs[j + 4]}` : "";
+  };
   const posted = [0, 0];
   /** Queue a job on ring 0 (stored checks) or 1 (raw chunks, digest). */
-  const post = (queue: 0 | 1, kind: number, off: number, len: number, extra: number) => {
-    const j = (queue * JOBS + (posted[queue]! % JOBS)) * 4;
+  const post = (queue: 0 | 1, kind: number, off: number, len: number, extra: number, chunk = 0) => {
+    const j = (queue * JOBS + (posted[queue]! % JOBS)) * JOB_INTS;
     jobs[j] = kind;
     jobs[j + 1] = off;
     jobs[j + 2] = len;
     jobs[j + 3] = extra;
+    jobs[j + 4] = chunk;
     posted[queue]!++;
     Atomics.store(ctrl, queue === 0 ? POSTED_STORED : POSTED_RAW, posted[queue]!); // publishes the job: Atomics order the plain stores before it
     Atomics.add(ctrl, WAKE, 1);
@@ -276,6 +307,7 @@ function threaded(target: Target, sizes: PipelineSizes, stallMs: number): ChunkP
   let issued = 0; // raw chunks handed to the worker
   let rehashed = 0; // of which a resume's re-read, hashed only
   let bytesOut = 0; // raw bytes handed to the worker for writing
+  let startAt = 0; // the target's offset when the worker got the descriptor: where its first write lands
   let fd: number | null = null;
   let closed = false;
   const self: ChunkPipeline = {
@@ -321,10 +353,13 @@ function threaded(target: Target, sizes: PipelineSizes, stallMs: number): ChunkP
       waitFor(RAW_DONE, issued - RAW_SLOTS + 1); // the slot's previous chunk is hashed and written
       return new Uint8Array(ring, (issued % RAW_SLOTS) * sizes.raw, n);
     },
-    commit(view) {
+    commit(view, chunk) {
       // The descriptor is lent on the first write: a resume reads the target before.
-      if (fd === null) fd = target.handOff();
-      post(1, JOB_RAW, view.byteOffset, view.length, fd);
+      if (fd === null) {
+        startAt = target.offset;
+        fd = target.handOff();
+      }
+      post(1, JOB_RAW, view.byteOffset, view.length, fd, chunk);
       issued++;
       bytesOut += view.length;
     },
@@ -361,4 +396,12 @@ function threaded(target: Target, sizes: PipelineSizes, stallMs: number): ChunkP
     },
   };
   return self;
+}
+
+/**
+ * A chunk's failed write, the same words from either pipeline.
+ * @example writeError("/dev/mmcblk0p3", 12, 50331648, enospc).message // "cannot write /dev/mmcblk0p3 at chunk 12 (byte 50331648): no space left on device"
+ */
+function writeError(path: string, chunk: number, at: number, cause: unknown): ZbError {
+  return ioError(`write ${path} at chunk ${chunk} (byte ${at})`, cause);
 }

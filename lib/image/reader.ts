@@ -11,7 +11,7 @@
  */
 import { extract, type Extract, type Header } from "tar-stream";
 import { ioError, ZbError } from "../errors.ts";
-import { BLOCK, checkEntry, checkUstarHeader, entrySpan, LIMITS, MANIFEST_NAME, MARKER, MARKER_NAME, MAX_TAIL, payloadOffsets, readSmallEntry, SIGNATURES_NAME, bad, ustarSize } from "./format.ts";
+import { BLOCK, checkEntry, checkUstarHeader, endsInChunk, entrySpan, LIMITS, MANIFEST_NAME, MARKER, MARKER_NAME, MAX_TAIL, payloadOffsets, readSmallEntry, SIGNATURES_NAME, bad, ustarSize } from "./format.ts";
 import { RawHeaders } from "./rawheaders.ts";
 import { streamReader, type Cancelable, type DirectReader, type ImageSource, type StreamReader } from "./source.ts";
 import { decodeManifest, LIMITS as MANIFEST_LIMITS, type Manifest, type Payload } from "./manifest.ts";
@@ -288,11 +288,14 @@ function directPayloads(r: PayloadReader, m: Manifest, offsets: readonly number[
     let into: ((size: number) => Uint8Array | null) | null = null;
     async function* data(): AsyncGenerator<Uint8Array> {
       let sinceTurn = 0;
-      for (const c of payload.chunks) {
+      let at = dataOffset; // where chunk i starts in the image
+      for (let i = 0; i < payload.chunks.length; i++) {
+        const c = payload.chunks[i]!;
         const view = into?.(c.size) ?? buf.subarray(0, c.size);
         let n = r.read(view);
         if (typeof n !== "number") n = await n;
-        if (n < c.size) throw bad(`the archive ends inside payload ${payload.name}`);
+        if (n < c.size) throw endsInChunk(payload.name, i, at, c.size, at + n);
+        at += c.size;
         yield view;
         sinceTurn += c.size;
         if (sinceTurn >= TURN_BYTES) {

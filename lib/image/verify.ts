@@ -42,7 +42,7 @@ export async function verifyImage(source: ImageSource, policy: Policy, opts: { d
       const rawBuf = decoder ? new Uint8Array(Math.min(m.chunkSize, p.raw.size)) : null;
       let i = 0;
       let at = 0;
-      for await (const stored of exactChunks(e.data, p.chunks.map((c) => c.size), `payload ${p.name}`)) {
+      for await (const stored of exactChunks(e.data, p.chunks.map((c) => c.size), { payload: p.name, firstChunk: 0, imageOffset: e.dataOffset })) {
         if (sha256hex(stored) !== p.chunks[i]!.sha256) {
           throw new ZbError("PAYLOAD_CORRUPT", `cannot verify ${p.name}: chunk ${i} (stored bytes ${at}–${at + stored.length - 1}, image byte ${e.dataOffset + at}) does not match its signed SHA-256`);
         }

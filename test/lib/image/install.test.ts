@@ -7,6 +7,9 @@
  * the target before a resume fail the final raw check; `none` encoding;
  * progress events; the fallback zstd decoder gives the same bytes; a loop
  * block device as the target keeps its size and its bytes after the payload;
+ * a failure after writing began (a full disk on either pipeline, an image
+ * cut short inside a chunk, read directly, streamed or resumed) names the
+ * chunk and where it lies, in the error and the journal;
  * a background fdatasync that fails is the install's IO error, never an
  * unhandled rejection; an install stopped by its AbortSignal fails with the
  * signal's reason and leaves a journal that --resume completes.
@@ -25,7 +28,7 @@ import { frameDecoder } from "../../../lib/image/zstd.ts";
 import { ZbError } from "../../../lib/errors.ts";
 import { HostSys } from "../../../lib/sys/sys.ts";
 import { openTarget, type Target } from "../../../lib/sys/target.ts";
-import { buildImage, KEYS, listTar, outcome, RecordingSys, sentinel, sha256, trustDir, variedBytes, writtenChunks } from "./fixture.ts";
+import { buildImage, KEYS, listTar, outcome, RecordingSys, sentinel, sha256, tmpfsMounts, trustDir, variedBytes, writtenChunks } from "./fixture.ts";
 
 const root = mkdtempSync(join(tmpdir(), "zb-install-"));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
@@ -381,6 +384,63 @@ describe("progress and decoders", () => {
   });
 });
 
+describe("a failure after writing began names the chunk and where it lies (issue #4), in the error and the journal", () => {
+  const smallDisk = tmpfsMounts();
+  // 3 MiB of rootfs in 48 chunks of 64 KiB.
+  const bigP = buildImage(join(root, "named"), { rootfs: variedBytes(3 << 20, 9), boot: false, signers: [KEYS.k1] });
+  /** The install's error and the journal it left, as "CODE: message". */
+  async function failure(source: ImageSource, t: { target: string; journal: string }, more: Partial<InstallOptions> = {}) {
+    const e = (await install(host, source, policy, opts(t, "rootfs", more)).then(() => ({ code: "ok", message: "" }), (x: unknown) => x)) as { code?: string; message?: string };
+    const j = readJournal(t.journal);
+    return { error: `${e.code}: ${e.message}`, journal: { state: j.state, error: j.error } };
+  }
+
+  test.each([
+    { name: "two threads (the default)", more: {} },
+    { name: "one thread", more: { hashThreads: false } },
+  ])("a full disk under the target, $name: the chunk whose write failed and its byte on the target", async ({ more }) => {
+    const img = await bigP;
+    // 1 MiB of room: chunks 0–15 fit exactly, chunk 16's write(2) fails with ENOSPC.
+    const t = { target: join(smallDisk("size=1m"), "slot.img"), journal: join(root, `t${seq++}.journal`) };
+    const says = `cannot write ${t.target} at chunk 16 (byte ${16 * CHUNK}): no space left on device`;
+    expect(await failure(fileSource(img.path), t, more)).toEqual({ error: `IO: ${says}`, journal: { state: "failed", error: says } });
+  });
+
+  /** The image cut 100 bytes into rootfs chunk 20, and what the install must say about it. */
+  async function cutImage() {
+    const img = await bigP;
+    const p = img.manifest.payloads[0]!;
+    const start = listTar(img.bytes).find((e) => e.name === "rootfs")!.dataAt + p.chunks.slice(0, 20).reduce((a, c) => a + c.size, 0);
+    const bytes = img.bytes.slice(0, start + 100);
+    const path = join(root, `cut${seq++}.zbi`);
+    writeFileSync(path, bytes);
+    const says = `cannot read the image: the archive ends inside payload rootfs: chunk 20 (image bytes ${start}–${start + p.chunks[20]!.size - 1}) is cut short at byte ${start + 100}`;
+    return { img, bytes, path, says };
+  }
+
+  test.each([
+    { name: "from a file (direct reads)", stream: false },
+    { name: "from a stream (stdin, a URL)", stream: true },
+  ])("an image cut short inside a chunk, $name: the chunk, its image bytes and where the image ends", async ({ stream }) => {
+    const c = await cutImage();
+    const source: ImageSource = stream
+      ? { name: "stdin", seekable: false, open: async () => (async function* () {
+        for (let at = 0; at < c.bytes.length; at += 100_000) yield c.bytes.slice(at, at + 100_000);
+      })() }
+      : fileSource(c.path);
+    expect(await failure(source, place(3 << 20))).toEqual({ error: `IMG_FORMAT: ${c.says}`, journal: { state: "failed", error: c.says } });
+  });
+
+  test("the same image resumed at chunk 4 (a seek to the first missing chunk): the same words, counted in the whole payload", async () => {
+    const c = await cutImage();
+    const t = place(3 << 20);
+    await install(host, fileSource(c.img.path), policy, opts(t));
+    writeFileSync(t.journal, JSON.stringify({ ...readJournal(t.journal), state: "writing", chunksDone: 4 }));
+    const src = recorded(c.path);
+    expect(await failure(src, t, { resume: true })).toEqual({ error: `IMG_FORMAT: ${c.says}`, journal: { state: "failed", error: c.says } });
+    expect(src.offsets.length).toBe(3); // it did seek: the header from 0, the entry header, the chunks from chunk 4
+  });
+});
 
 describe("a background fdatasync that fails (EIO from a dying card)", () => {
   /** The image in 256 KiB pieces, each on a later turn of the event loop (a slow download): the failure comes while the install reads on. */

@@ -4,7 +4,8 @@
  * the whole-payload digest; a chunk whose stored bytes do not match is
  * reported before anything of it could be decoded; a resume's re-read is
  * hashed but not written; a failed write in the worker reaches the caller
- * as IO; closing waits for writes still in flight; a worker that stops
+ * as IO naming the chunk and the byte it starts at (a full disk, a resumed
+ * run whose descriptor was lent mid-file) as on one thread; closing waits for writes still in flight; a worker that stops
  * making progress fails the install instead of hanging it.
  */
 import { afterAll, describe, expect, test } from "bun:test";
@@ -14,12 +15,13 @@ import { join } from "node:path";
 import { ioError, ZbError } from "../../../lib/errors.ts";
 import { chunkPipeline, type ChunkPipeline } from "../../../lib/image/pipeline.ts";
 import { openTarget, type Target } from "../../../lib/sys/target.ts";
-import { sha256, variedBytes } from "./fixture.ts";
+import { sha256, tmpfsMounts, variedBytes } from "./fixture.ts";
 
 const root = mkdtempSync(join(tmpdir(), "zb-pipeline-"));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 let seq = 0;
 const CHUNK = 64 * 1024;
+const smallDisk = tmpfsMounts();
 
 /** `raw` cut into chunks; the "stored" form is the raw bytes reversed, so decoding is visible. */
 function chunksOf(raw: Uint8Array) {
@@ -39,7 +41,7 @@ function freshTarget(): Target {
 }
 
 /** Drive the pipeline as install.ts does: check, keep `ahead` queued, take, decode (reverse), commit. */
-async function drive(pipe: ChunkPipeline, chunks: ReturnType<typeof chunksOf>, opts: { corrupt?: number; readIntoSlot?: boolean } = {}) {
+async function drive(pipe: ChunkPipeline, chunks: ReturnType<typeof chunksOf>, opts: { corrupt?: number; readIntoSlot?: boolean; first?: number } = {}) {
   const taken: { index: number; ok: boolean; shared: boolean }[] = [];
   let next = 0;
   const writeNext = () => {
@@ -48,7 +50,7 @@ async function drive(pipe: ChunkPipeline, chunks: ReturnType<typeof chunksOf>, o
     if (ok) {
       const out = pipe.rawSlot(stored.length);
       for (let i = 0; i < stored.length; i++) out[i] = stored[stored.length - 1 - i]!;
-      pipe.commit(out);
+      pipe.commit(out, (opts.first ?? 0) + next);
     }
     next++;
   };
@@ -140,8 +142,33 @@ describe.each([
     }
     expect(err).toBeInstanceOf(ZbError);
     expect((err as ZbError).code).toBe("IO");
-    expect((err as ZbError).message).toMatch(/EBADF|bad file descriptor/i);
+    expect((err as ZbError).message).toMatch(new RegExp(`^cannot write ${path} at chunk 0 \\(byte 0\\): .*(EBADF|bad file descriptor)`, "i"));
     expect(readFileSync(path).length).toBe(0);
+  });
+
+  test.each([
+    { name: "from chunk 0", first: 0 },
+    { name: "resumed at chunk 3 (the descriptor lent at byte 196608)", first: 3 },
+  ])("a full disk at chunk 4, $name: IO naming the chunk and the byte it starts at on the target", async ({ first }) => {
+    // 256 KiB of room: chunks 0–3 fit exactly, chunk 4's write(2) fails with ENOSPC.
+    const path = join(smallDisk("size=256k"), "slot.img");
+    writeFileSync(path, raw.subarray(0, first * CHUNK));
+    const t = openTarget(path, { create: false });
+    const pipe = chunkPipeline(t, { raw: CHUNK, stored: CHUNK }, { threads });
+    let err: unknown;
+    try {
+      pipe.rehash(t.read(0, first * CHUNK)); // as a resume does: the descriptor's offset moves past them
+      await drive(pipe, chunks.slice(first), { first });
+      await pipe.finish();
+    } catch (e) {
+      err = e;
+    } finally {
+      pipe.close();
+      t.close();
+    }
+    expect({ code: (err as ZbError).code, message: (err as ZbError).message }).toEqual({
+      code: "IO", message: `cannot write ${path} at chunk 4 (byte ${4 * CHUNK}): no space left on device`,
+    });
   });
 });
 
@@ -170,7 +197,7 @@ test("threaded: a worker stuck in write(2) (a FIFO nobody reads) fails the insta
   }
   expect(err).toBeInstanceOf(ZbError);
   // The medium, not zb: IO (exit 5), not INTERNAL (exit 70).
-  expect({ code: (err as ZbError).code, says: /install worker made no progress for 0.3 s \(a write to the device did not return/.test((err as ZbError).message) }).toEqual({ code: "IO", says: true });
+  expect({ code: (err as ZbError).code, says: /^cannot write \S+ at chunk [12]: the install worker made no progress for 0.3 s \(a write to the device did not return/.test((err as ZbError).message) }).toEqual({ code: "IO", says: true });
   // Drain the FIFO so the worker's write returns and close() can finish.
   const drain = Bun.spawn(["cat", fifo], { stdout: "ignore" });
   pipe.close();
