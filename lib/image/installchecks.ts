@@ -22,8 +22,9 @@ import type { ImageSource } from "./source.ts";
  * journal over the image destroys the image. Compared by device and inode, so
  * links and other spellings of a path count, or by absolute path where a
  * file does not exist yet. A journal that exists must be a regular file: it
- * is read whole and replaced by rename.
- * @throws {ZbError} USAGE
+ * is read whole and replaced by rename. A target that does not exist must
+ * not be under /dev (checkNotUnderDev).
+ * @throws {ZbError} USAGE; IO for a missing target under /dev or a missing folder
  */
 export function checkSeparateFiles(sys: Sys, source: ImageSource, opts: InstallOptions): void {
   const files = [
@@ -33,6 +34,7 @@ export function checkSeparateFiles(sys: Sys, source: ImageSource, opts: InstallO
     // Deleted and rewritten at each journal write: a target or an image by that name would be lost.
     { role: "the journal's temp file", path: atomicTemp(opts.journal) },
   ].map((f) => ({ ...f, info: sys.stat(f.path) }));
+  if (files[0]!.info === null) checkNotUnderDev(sys, opts.target);
   // The target's folder first: the journal's (by default beside the target) would take the blame.
   if (files[0]!.info === null && sys.stat(dirname(opts.target))?.kind !== "dir") {
     throw new ZbError("IO", `cannot create the target ${opts.target}: the folder ${dirname(opts.target)} does not exist`);
@@ -55,6 +57,25 @@ export function checkSeparateFiles(sys: Sys, source: ImageSource, opts: InstallO
       throw new ZbError("USAGE", `cannot install ${opts.payload} into ${opts.target}: ${a.role} (${a.path}) and ${b.role} (${b.path}) are the same file`, temp);
     }
   }
+}
+
+/**
+ * A target that does not exist is created as a file, but never under /dev:
+ * there a missing name is a device that is not there (a typo, a card not
+ * inserted, a partition not yet made), and a file created in its place (in
+ * devtmpfs, in RAM) would take the device's name, receive the payload and
+ * be called installed. Checked for the path as given and for its folder
+ * with every link followed (a link to /dev elsewhere).
+ * @throws {ZbError} IO "cannot install into PATH: no such device"
+ */
+function checkNotUnderDev(sys: Sys, target: string): void {
+  const folder = dirname(resolve(target));
+  const real = sys.realpath(folder);
+  const underDev = (p: string) => p === "/dev" || p.startsWith("/dev/");
+  if (!underDev(folder) && !(real !== null && underDev(real))) return;
+  throw new ZbError("IO", `cannot install into ${target}: no such device (zb creates only file targets, never under /dev)`, {
+    hint: "check the device's name (lsblk lists the block devices); a file target belongs outside /dev",
+  });
 }
 
 /** @throws {ZbError} USAGE when the image has no payload by that name */

@@ -58,11 +58,13 @@ ${POLICY}
                 [--read-back] [--progress=bar|json|none] [--json]
 ${POLICY}
   Verify everything before writing anything; then each chunk is checked before it is
-  decompressed and written, and the whole payload at the end. The journal (default
-  TARGET.zb-journal for a file; required for a block device) says how far it got:
-  --resume continues there (HTTP sources use Range; no journal: from the start). Only a journal in state
-  "complete" means installed. --read-back then reads the payload back from the
-  medium, past the page cache, and fails (exit 26) when the device did not keep it.`,
+  decompressed and written, and the whole payload at the end. A --to FILE that does not
+  exist is created, never under /dev (there it is a device that is not there: exit 5).
+  The journal (default TARGET.zb-journal for a file; required for a block device) says
+  how far it got: --resume continues there (HTTP sources use Range; no journal: from
+  the start). Only a journal in state "complete" means installed. --read-back then
+  reads the payload back from the medium, past the page cache, and fails (exit 26)
+  when the device did not keep it.`,
 };
 
 const SPECS = {

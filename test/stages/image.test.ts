@@ -4,7 +4,8 @@
  * signatures over the extracted manifest.json, zstd decompresses a payload.
  * Edges: a second install into a file being written (exit 25), a --resume of
  * the same image re-signed since (its payloads moved), a block device node
- * made with mknod under another name (a loop device's), more than 16
+ * made with mknod under another name (a loop device's), a --to under /dev
+ * that does not exist (exit 5, nothing created there), more than 16
  * signatures (exit 2, nothing written), images from FIFOs, an image followed
  * by /dev/zero (exit 13), a closed, write-only or terminal stdin (exit 5), key files
  * that are no files (exit 18).
@@ -279,6 +280,20 @@ describe("edges of the engine, end to end", () => {
       expect(Buffer.compare(readFileSync(loop).subarray(0, raw.length), raw)).toBe(0);
     } finally {
       sh(["losetup", "-d", loop]);
+    }
+  });
+
+  test("--to a device that is not there (/dev/NAME, a typo for /dev/sdb3): exit 5 'no such device', nothing created in /dev", () => {
+    const name = `zb-test-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
+    const left = () => readdirSync("/dev").filter((n) => n.includes(name));
+    try {
+      const r = zb("image", "install", "a.zbi", "--trust", "trust", "--payload", "rootfs", "--to", `/dev/${name}`);
+      expect({ code: r.code, err: r.err, out: r.out, left: left() }).toEqual({
+        code: 5, out: "", left: [],
+        err: `zb: cannot install into /dev/${name}: no such device (zb creates only file targets, never under /dev)\nzb: hint: check the device's name (lsblk lists the block devices); a file target belongs outside /dev\n`,
+      });
+    } finally {
+      for (const n of left()) rmSync(join("/dev", n), { force: true }); // what an old zb left: the target, its journal
     }
   });
 

@@ -7,7 +7,8 @@
  * a read-only target that holds the payload is installed); a read-back that failed (TARGET_MISMATCH) is not
  * turned into "complete" by a `--resume` without `--read-back`; a seeking
  * resume reads no more of the source than the payload, and ends every
- * stream it opens.
+ * stream it opens; a target that does not exist under /dev (or through a
+ * link to it) is IO "no such device", never created.
  */
 import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
@@ -195,5 +196,40 @@ describe("a seeking resume reads no more of the source than the payload", () => 
     };
     const r = await install(host, tracked, policy, { payload: "rootfs", target, journal, resume: true });
     expect({ from: r.resumedFrom, chunks: j.chunksDone, left: opened.filter((o) => !o.ended).map((o) => o.offset), target: read(target) }).toEqual({ from: j.chunksDone, chunks: img.manifest.payloads.find((p) => p.name === "rootfs")!.chunks.length, left: [], target: sha256(raw) });
+  });
+});
+
+describe("a target that does not exist under /dev is a device that is not there, never a file to create", () => {
+  /** A name no device has, in /dev itself (devtmpfs): a typo for /dev/sdb3, a card not inserted. */
+  const missing = () => `/dev/zb-test-${process.pid}-${seq++}-${Math.random().toString(36).slice(2, 8)}`;
+  afterAll(() => {
+    // Only if the check failed: what an old zb would have left in /dev.
+    for (const f of readdirSync("/dev").filter((n) => n.startsWith(`zb-test-${process.pid}-`))) rmSync(join("/dev", f), { recursive: true, force: true });
+  });
+
+  test.each([
+    { name: "directly in /dev", target: () => missing() },
+    { name: "in a folder of /dev that is not there either", target: () => join(missing(), "p3") },
+    { name: "through a link to /dev elsewhere", target: () => {
+      const link = join(folder(), "devices");
+      symlinkSync("/dev", link);
+      return join(link, `zb-test-${process.pid}-${seq++}`);
+    } },
+  ])("$name: IO 'no such device' before the image is read; nothing created, no journal", async ({ target: make }) => {
+    const target = make();
+    const journal = join(folder(), "j");
+    let opened = 0;
+    const source: ImageSource = { name: img.path, seekable: true, open: (o) => (opened++, fileSource(img.path).open(o)) };
+    const e = (await install(host, source, policy, { payload: "rootfs", target, journal }).catch((x: unknown) => x)) as { code?: string; message?: string; hint?: string };
+    expect({ code: e.code, message: e.message, hint: e.hint, opened, target: existsSync(target), journal: existsSync(journal), dev: readdirSync("/dev").filter((n) => n.startsWith(`zb-test-${process.pid}-`)) }).toEqual({
+      code: "IO", message: `cannot install into ${target}: no such device (zb creates only file targets, never under /dev)`,
+      hint: "check the device's name (lsblk lists the block devices); a file target belongs outside /dev",
+      opened: 0, target: false, journal: false, dev: [],
+    });
+  });
+
+  test("an existing device there is still a target: /dev/null is refused as not a regular file or block device, not as missing", async () => {
+    const e = (await install(host, fileSource(img.path), policy, { payload: "rootfs", target: "/dev/null", journal: join(folder(), "j") }).catch((x: unknown) => x)) as { code?: string; message?: string };
+    expect({ code: e.code, missing: /no such device/.test(e.message ?? "") }).toEqual({ code: "IO", missing: false });
   });
 });
