@@ -11,6 +11,7 @@
  * so it always takes the fast path; other offsets still work.
  */
 import * as fs from "node:fs";
+import { dirname } from "node:path";
 import { ioError, ZbError } from "../errors.ts";
 import { blockDeviceSize, type SysfsLook } from "./devsize.ts";
 import { tryLockFd } from "./flock.ts";
@@ -57,13 +58,13 @@ export interface Target {
  * bytes (lib/sys/flock.ts tryLockFd).
  * @throws {ZbError} IO, TARGET_BUSY (a block device in use, a file another install is writing)
  */
-export function openTarget(path: string, opts: { create: boolean; sysfs?: SysfsLook }): Target {
+export function openTarget(path: string, opts: { create: boolean; sysfs?: SysfsLook; syncFolder?: (dir: string) => void }): Target {
   let fd: number;
   const device = isBlockDevice(path);
-  // O_EXCL with O_CREAT would mean "must not exist": a device is never created.
-  const flags = fs.constants.O_RDWR | (device ? fs.constants.O_EXCL : opts.create ? fs.constants.O_CREAT : 0);
+  // A device is opened with O_EXCL alone (a claim, above); with O_CREAT it would mean "must not exist".
+  const flags = fs.constants.O_RDWR | (device ? fs.constants.O_EXCL : 0);
   try {
-    fd = fs.openSync(path, flags, 0o600);
+    fd = (!device && opts.create ? createNew(path, opts.syncFolder ?? fsyncFolder) : null) ?? fs.openSync(path, flags);
   } catch (e) {
     if (device && (e as { code?: string }).code === "EBUSY") {
       throw new ZbError("TARGET_BUSY", `cannot install into ${path}: it is in use (mounted, an open LUKS or device-mapper volume, or opened by another install)`, { cause: e });
@@ -207,6 +208,46 @@ function claimFile(fd: number, path: string): void {
   throw new ZbError("TARGET_BUSY", `cannot install into ${path}: another install is writing it`, {
     hint: "wait for it to end (its journal says how far it got); on a file system that refuses flock(2) locks, install elsewhere",
   });
+}
+
+/**
+ * Create a file target that does not exist yet, and make its directory entry
+ * durable at once: fdatasync makes the file's bytes and size durable, not its
+ * name, and the journal (perhaps in another folder) must never count chunks
+ * of a file a power cut can take away. O_EXCL also means a symbolic link
+ * under that name is never followed to create its target (a dangling link
+ * to /dev/sdx3 would make a file in /dev): such a name falls through to the
+ * plain open, which fails on it.
+ * @returns the descriptor, or null when something already has that name (the caller opens it)
+ * @throws the errno of open(2) or of the folder's fsync
+ */
+function createNew(path: string, syncFolder: (dir: string) => void): number | null {
+  let fd: number;
+  try {
+    fd = fs.openSync(path, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
+  } catch (e) {
+    if ((e as { code?: string }).code === "EEXIST") return null;
+    throw e;
+  }
+  try {
+    syncFolder(dirname(path));
+  } catch (e) {
+    // Not left behind empty: the install fails before anything was written.
+    fs.closeSync(fd);
+    fs.rmSync(path, { force: true });
+    throw e;
+  }
+  return fd;
+}
+
+/** fsync(2) of a folder: its entries durable. */
+function fsyncFolder(dir: string): void {
+  const fd = fs.openSync(dir, "r");
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 function isBlockDevice(path: string): boolean {

@@ -8,7 +8,7 @@
  * mknod; the loop devices are detached afterwards.
  */
 import { afterAll, describe, expect, test } from "bun:test";
-import { mkdirSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { devNumber } from "../../../lib/sys/devsize.ts";
 import { HostSys } from "../../../lib/sys/sys.ts";
@@ -64,5 +64,40 @@ describe("a block device node of another name (mknod)", () => {
       name: "ZbError", code: "IO",
       message: `cannot find the size of block device ${node}: sysfs gives no size for device ${no} (${sysfs}/dev/block/${no}/size: no such file or directory)`,
     });
+  });
+});
+
+describe("a file target that does not exist yet", () => {
+  test.each([
+    // Before: the folder was never synced; fdatasync makes the bytes durable, not the name.
+    { name: "is created 0600 and its folder synced once", before: "missing", synced: 1, mode: 0o600 },
+    { name: "an existing file is opened as it is, no folder sync", before: "file", synced: 0, mode: 0o644 },
+  ])("$name", ({ before, synced, mode }) => {
+    const dir = tempDir();
+    const path = join(dir, "slot.img");
+    if (before === "file") writeFileSync(path, "old", { mode: 0o644 });
+    const calls: string[] = [];
+    const t = openTarget(path, { create: true, syncFolder: (d) => calls.push(d) });
+    t.close();
+    expect({ calls, mode: statSync(path).mode & 0o777 }).toEqual({ calls: Array(synced).fill(dir), mode });
+  });
+
+  test("a folder that cannot be synced: IO, and the file just created is removed", () => {
+    const dir = tempDir();
+    const path = join(dir, "slot.img");
+    const fail = () => {
+      throw Object.assign(new Error("input/output error"), { code: "EIO" });
+    };
+    expect(() => openTarget(path, { create: true, syncFolder: fail })).toThrow(/^cannot open the install target .*slot\.img: input\/output error/);
+    expect(existsSync(path)).toBe(false);
+  });
+
+  test("a dangling symbolic link under the name is not followed to create its target", () => {
+    // Before: O_CREAT followed it and made the file it names (for a link to /dev/sdx3, a file in /dev).
+    const dir = tempDir();
+    const path = join(dir, "slot.img");
+    symlinkSync(join(dir, "elsewhere.img"), path);
+    expect(() => openTarget(path, { create: true, syncFolder: () => undefined })).toThrow(/^cannot open the install target .*slot\.img: no such file or directory/);
+    expect(existsSync(join(dir, "elsewhere.img"))).toBe(false);
   });
 });
