@@ -63,6 +63,12 @@ export interface InstallOptions {
    * another run's, perhaps of another image (the stages' --resume hint).
    */
   onJournal?: () => void;
+  /**
+   * Told when `resume` was asked for but the install starts from chunk 0
+   * because the journal is an older run's of another image (the update
+   * before this one, at the same target): why, for the console.
+   */
+  onFreshStart?: (why: string) => void;
   /** Tests: force the fallback zstd decoder. */
   preferNativeZstd?: boolean;
   /** Tests: hash on the main thread instead of a worker. */
@@ -110,6 +116,12 @@ export async function install(sys: Sys, source: ImageSource, policy: Policy, opt
   try {
     const payload = findPayload(img.header, opts.payload);
     const imageId = sha256hex(img.header.manifestBytes);
+    if (previous && previous.image !== imageId && previous.payload === opts.payload && previous.target === opts.target) {
+      // The run before installed (or tried) another image into this target: nothing of it applies here, and the
+      // install starts from chunk 0 as it does without a journal, so a script may always pass --resume.
+      opts.onFreshStart?.(`the journal ${opts.journal} is of another image`);
+      previous = null;
+    }
     let from = resumePoint(previous, opts, imageId, payload);
     const claimsComplete = previous?.state === "complete" && opts.resume === true;
     // A read-back asked for once is asked for until the install is complete: a resume without

@@ -88,6 +88,7 @@ export function findPayload(h: VerifiedImage, name: string): Payload {
 /**
  * The chunk an install starts at: 0 without `resume` or without a journal,
  * else the journal's chunks done.
+ * (install() sets a journal of another image for the same payload and target aside before: it starts at 0.)
  * @throws {ZbError} USAGE for a journal of another image, payload or target; IO for one that claims too much
  */
 export function resumePoint(j: Journal | null, opts: InstallOptions, imageId: string, p: Payload): number {

@@ -217,7 +217,7 @@ async function installCmd(args: ParsedArgs): Promise<number> {
   let journaled = false;
   const r = await untilStopped(
     `install ${payload}`,
-    (signal) => install(sys, stoppable(src, signal), policy(args), { payload, target, journal, resume: args.flags.has("resume"), readBack, progress: onProgress, signal, onJournal: () => (journaled = true) }),
+    (signal) => install(sys, stoppable(src, signal), policy(args), { payload, target, journal, resume: args.flags.has("resume"), readBack, progress: onProgress, signal, onJournal: () => (journaled = true), onFreshStart: (why) => err(`zb image install: ${why}: installing from the start\n`) }),
     { after: () => (back ?? b)?.finish() },
   ).catch((e: unknown) => {
     // The journal keeps what was made durable: the same command with --resume continues from there.

@@ -251,7 +251,7 @@ test("install from stdin stopped while it reads the header (the first 1 KiB, the
   });
 });
 
-test("the same with an older run's journal of another image at the journal's path: no --resume hint (it would be refused), the journal untouched", async () => {
+test("the same with an older run's journal of another image at the journal's path: no --resume hint (this run wrote nothing to continue), the journal untouched", async () => {
   // Before: the hint, since a journal existed; --resume then failed "the journal belongs to another image".
   const old = JSON.stringify({ version: 1, image: "0".repeat(64), payload: "rootfs", target: "hdr2.img", state: "complete", chunksDone: 1, dataOffset: 1536 });
   writeFileSync(join(dir, "hdr2.img.zb-journal"), old);
