@@ -5,7 +5,7 @@
  * machine.ts tries rows in table order.
  */
 import { DEFAULTS, logEvent, otherSlot, type BootState, type Slot } from "./state.ts";
-import { endTry, row, switchable, type Effect, type Row } from "./rules.ts";
+import { endTry, normalBoot, row, switchable, type Effect, type Row } from "./rules.ts";
 
 /** Why a person cannot switch to `slot` (B5, R2), for a refusal. */
 const notSwitchable = (s: BootState, slot: Slot) =>
@@ -42,9 +42,9 @@ export const OS_ROWS: readonly Row[] = [
   }),
   row({
     id: "G2", actor: "zb", event: "mark-good",
-    when: "normal boot of zb_slot, no try pending, zb_mode=run",
+    when: "normal boot of zb_slot (or the rest of the try boot G1 committed: the cmdline keeps kernel_status=trying until the next reboot), no try pending, zb_mode=run",
     then: "counter of the slot := 0 (nothing written when it is 0 already)",
-    guard: (s, e) => !e.tryboot && s.status === "" && s.committed === e.booted && s.mode === "run",
+    guard: (s, e) => normalBoot(s, e) && s.status === "" && s.committed === e.booted && s.mode === "run",
     apply: (s, e) => {
       s.slots[e.booted].bootCount = 0;
       return [];
@@ -56,9 +56,9 @@ export const OS_ROWS: readonly Row[] = [
     then: "refused",
     guard: () => true,
     refuse: (s, e) =>
-      e.tryboot && s.status === "try"
+      !normalBoot(s, e) && s.status === "try"
         ? `kernel_status is still "try" on a try boot of ${e.booted}: zbunlock did not run in this slot's initramfs`
-        : e.tryboot
+        : !normalBoot(s, e)
           ? `this is a try boot of ${e.booted} but no try of it is pending (kernel_status=${JSON.stringify(s.status)}, zb_try_slot=${s.trySlot ?? ""})`
           : s.committed !== e.booted
             ? `the booted slot ${e.booted} is not the committed slot ${s.committed}${s.mode === "run" ? "" : ` (zb_mode=${s.mode})`}`
@@ -80,14 +80,14 @@ export const OS_ROWS: readonly Row[] = [
     id: "B5", actor: "zb", event: "mark-bad",
     when: "as B2, but the other slot is not valid or its folder holds no kernel or no .dtb file, and there is no recovery enclave",
     then: "refused (nothing else could boot)",
-    guard: (s, e) => e.which === "booted" && !e.tryboot && s.committed === e.booted && !switchable(s, otherSlot(e.booted)) && !s.enclave,
+    guard: (s, e) => e.which === "booted" && normalBoot(s, e) && s.committed === e.booted && !switchable(s, otherSlot(e.booted)) && !s.enclave,
     refuse: (s, e) => `${notSwitchable(s, otherSlot(e.booted))} and there is no recovery enclave (zboot/ holds no kernel or no .dtb file): nothing else could boot`,
   }),
   row({
     id: "B2", actor: "zb", event: "mark-bad",
-    when: "mark-bad booted, on a normal boot of zb_slot",
+    when: "mark-bad booted, on a normal boot of zb_slot (or the rest of the try boot G1 committed)",
     then: "slot invalid, any try dropped; zb_slot = other with a fresh counter if it is valid and its folder holds a kernel and a .dtb file, else zb_mode=recover; rewrite config.txt",
-    guard: (s, e) => e.which === "booted" && !e.tryboot && s.committed === e.booted,
+    guard: (s, e) => e.which === "booted" && normalBoot(s, e) && s.committed === e.booted,
     apply: (s, e) => {
       const other = otherSlot(e.booted);
       const effects: Effect[] = [{ kind: "write-config" }];

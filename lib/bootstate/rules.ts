@@ -88,6 +88,16 @@ export const exhausted = (s: BootState, slot: Slot) => !s.slots[slot].valid || s
 /** What config.txt should boot: the committed slot, or zboot in recover mode. */
 export const misdirected = (s: BootState, booted: Slot) => s.mode === "recover" || booted !== s.committed;
 
+/**
+ * For the running OS's rows (G2, G3, B2, B5): this boot counts as a normal boot. The command line
+ * keeps `kernel_status=trying` until the next reboot, so once the booted slot is the committed one
+ * and no try of it is pending (G1 committed this boot's try) the marker is stale: the rest of that
+ * boot is a normal boot of the committed slot (A1 never tries the committed slot).
+ */
+export function normalBoot(s: BootState, e: { booted: Slot; tryboot: boolean }): boolean {
+  return !e.tryboot || (e.booted === s.committed && s.trySlot !== e.booted);
+}
+
 /** End a try: clear the try variables, optionally mark the slot bad, log why. */
 export function endTry(s: BootState, failed: boolean, why: string): void {
   const slot = s.trySlot;

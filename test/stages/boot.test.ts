@@ -10,7 +10,7 @@ import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, sy
 import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
 import { withTempVarLock } from "../fakes/envlock.ts";
-import { BIN, freshDevice } from "./boot-device.ts";
+import { BIN, freshDevice, type FreshDevice } from "./boot-device.ts";
 import { untilPolling } from "../fakes/procwait.ts";
 
 let dir = "";
@@ -137,6 +137,37 @@ describe("a try, committed, through the CLI", () => {
     expect(r.out).toMatch(/G1: commit/);
     expect(status()).toMatchObject({ committed: "b", status: "", try: null, booted: { slot: "b", tryboot: true }, firmware: { config: { target: "b" }, tryboot: null } });
     expect(existsSync(join(boot, "tryboot.txt"))).toBe(false);
+  });
+});
+
+describe("the rest of the try boot that committed (the command line still says kernel_status=trying)", () => {
+  /** Arm a try of b, boot it (T1) and commit it (G1): the state right after the update is confirmed, still on the try boot. */
+  function committedOnTryBoot(name: string): FreshDevice {
+    const d = freshDevice(dir, name);
+    expect(d.run(["reboot", "--try", "b", "--no-reboot"]).code).toBe(0);
+    writeFileSync(join(d.root, "proc/cmdline"), readFileSync(join(d.boot, "slot-b/cmdline-try.txt")));
+    expect(d.run(["unlock", "--no-unlock"]).code).toBe(0);
+    expect(d.run(["mark-good"]).out).toMatch(/G1: commit/);
+    return d;
+  }
+  const envOf = (d: FreshDevice) => Buffer.concat([readFileSync(join(d.boot, "zb/zb.env")), readFileSync(join(d.boot, "zb/zb.env.redund"))]);
+
+  test("zb mark-good again: G2, exit 0, the env not written (mark-good is idempotent)", () => {
+    const d = committedOnTryBoot("commit-twice");
+    const before = envOf(d);
+    const r = d.run(["mark-good"]);
+    expect([r.code, r.err]).toEqual([0, ""]);
+    expect(r.out).toMatch(/G2: counter of the slot := 0/);
+    expect(envOf(d).equals(before)).toBe(true);
+  });
+
+  test("zb mark-bad: B2, exit 0: b invalid, a committed again, config.txt back to slot-a/", () => {
+    const d = committedOnTryBoot("commit-bad");
+    const r = d.run(["mark-bad"]);
+    expect([r.code, r.err]).toEqual([0, ""]);
+    expect(r.out).toMatch(/B2: slot invalid/);
+    const j = JSON.parse(d.run(["status", "--json"]).out);
+    expect(j).toMatchObject({ committed: "a", status: "", try: null, slots: { b: { valid: false } }, firmware: { config: { target: "a" }, tryboot: null } });
   });
 });
 
