@@ -5,6 +5,7 @@
  * and generates config.txt and the slot cmdlines. Order: references first,
  * then the env (the commit point), then the generated files — a cut leaves
  * either the untouched partition or one that `zb init --force` completes.
+ * Only zb's own variables (ownedNames) are written: the env's others stay.
  */
 import { join } from "node:path";
 import { ZbError } from "../errors.ts";
@@ -12,7 +13,8 @@ import { writeFileAtomic } from "../sys/atomic.ts";
 import type { Sys } from "../sys/sys.ts";
 import { GENERATED_HEADER } from "../bootloader/piconfig.ts";
 import { PiBoot, REFERENCE_CMDLINE, REFERENCE_CONFIG } from "../bootloader/piboot.ts";
-import { logEvent, readState, SLOTS, stateVars, type BootState, type Slot } from "./state.ts";
+import type { EnvState, EnvStore } from "../env/store.ts";
+import { logEvent, readState, SLOTS, stateChanges, stateVars, VAR, type BootState, type Slot } from "./state.ts";
 
 export interface InitOptions {
   /** The committed slot (the one installed and booting now). */
@@ -20,13 +22,13 @@ export interface InitOptions {
   /** Slots that hold a working system; the others are invalid until installed. */
   valid: Slot[];
   bootLimit?: number;
-  /** Replace an existing zb env. */
+  /** Reset an existing zb boot state (an env with zb_slot); the env's other variables are kept either way. */
   force?: boolean;
 }
 
 /**
  * @throws {ZbError} IO when a reference is missing and cannot be taken from the
- *   partition; USAGE when an env exists and `force` is not set
+ *   partition; USAGE when the env holds a zb boot state and `force` is not set
  */
 export function initBoot(sys: Sys, bootDir: string, opts: InitOptions): BootState {
   adoptReference(sys, bootDir, REFERENCE_CONFIG, "config.txt");
@@ -38,11 +40,43 @@ export function initBoot(sys: Sys, bootDir: string, opts: InitOptions): BootStat
   if (!state.slots[opts.slot].valid) throw new ZbError("USAGE", `cannot init: the committed slot ${opts.slot} must be valid`);
   logEvent(state, `zb init: slot ${opts.slot} committed`);
   const boot = new PiBoot(sys, bootDir);
-  boot.store.create(stateVars(state), { force: opts.force ?? false });
+  writeState(boot.store, state, opts.force ?? false);
   for (const s of SLOTS) boot.writeCmdlines(s);
   boot.writeConfig(state);
   boot.removeTryboot();
   return state;
+}
+
+/**
+ * Put `state` into the env, under the env lock: a new env pair when no copy
+ * can be read; otherwise zb's variables set or reset and every other variable
+ * kept (an env made by `zb env init` plus the user's own needs no force).
+ * @throws {ZbError} USAGE when the env holds a zb boot state (zb_slot) and `force` is not set
+ */
+function writeState(store: EnvStore, state: BootState, force: boolean): void {
+  const release = store.lock();
+  try {
+    let existing: EnvState | null = null;
+    try {
+      existing = store.read();
+    } catch (e) {
+      // The cases store.create recreates the env for: no copy there, or none that decodes.
+      if (!(e instanceof ZbError) || !["ENV_CRC", "ENV_FORMAT", "IO"].includes(e.code)) throw e;
+    }
+    if (!existing) {
+      store.create(stateVars(state));
+      return;
+    }
+    const committed = existing.vars.get(VAR.committed);
+    if (committed !== undefined && !force) {
+      throw new ZbError("USAGE", `cannot init: ${store.config.copies[0].path} holds a zb boot state already (${VAR.committed}=${committed})`, {
+        hint: "pass --force to reset it (zb's variables are set anew: counters, tries and the event log are lost; the env's other variables are kept)",
+      });
+    }
+    store.update(stateChanges(existing.vars, state), existing);
+  } finally {
+    release();
+  }
 }
 
 /** Keep the user's file as the reference, unless zb generated it. */

@@ -59,7 +59,7 @@ describe("dispatch", () => {
     { name: "zbcli", args: ["version"], out: /^zb \d+\.\d+\.\d+/ },
     // Every option of a usage line is described below it, and help is never the version.
     { name: "zbunlock", args: ["--help"], out: /\n  --credentials DIR  the credentials are in DIR\/zb\/credentials/ },
-    { name: "zb", args: ["init", "--help"], out: /\n--boot-limit N: boots a slot may take without a mark-good[^]*--force replaces an existing zb env/ },
+    { name: "zb", args: ["init", "--help"], out: /\n--boot-limit N: boots a slot may take without a mark-good[^]*--force resets an existing zb boot state[^]*needs no --force/ },
     { name: "zb", args: ["version", "--help"], out: /^usage: zb version\n/ },
     { name: "zb", args: ["help", "version"], out: /^usage: zb version\n/ },
     { name: "zb", args: ["--help"], out: /`zb help <command>`/ },

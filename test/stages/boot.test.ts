@@ -372,6 +372,56 @@ describe("zbunlock mounts the boot partition itself", () => {
   });
 });
 
+describe("zb init and the env's other variables (docs/boot-flow.md: zb only touches its own names)", () => {
+  /** A boot folder with both slots' files, its env made by `zb env init` and holding a variable of the user's. */
+  function userEnv(name: string) {
+    const b = join(dir, `boot-userenv-${name}`);
+    for (const s of ["slot-a", "slot-b"]) {
+      mkdirSync(join(b, s), { recursive: true });
+      writeFileSync(join(b, s, "vmlinuz"), "a kernel\n");
+      writeFileSync(join(b, s, "bcm2711-rpi-4-b.dtb"), "a device tree\n");
+    }
+    writeFileSync(join(b, "config.txt"), "kernel=vmlinuz\n");
+    writeFileSync(join(b, "cmdline.txt"), "console=ttyAMA0 root=/dev/mapper/zb-root\n");
+    const run = (...args: string[]) => {
+      const p = Bun.spawnSync(withTempVarLock([BIN, ...args, "--boot", b, ...(args[0] === "env" ? [] : ["--root", root])]), { env: { ...process.env, ZB_NO_REBOOT: "1" } });
+      return { code: p.exitCode, out: p.stdout.toString(), err: p.stderr.toString() };
+    };
+    expect(run("env", "init").code).toBe(0);
+    expect(run("env", "set", "my_fleet_id", "42").code).toBe(0);
+    return { boot: b, run, print: () => run("env", "print").out };
+  }
+
+  test("an env without zb_slot (zb status: not set up) is set up by zb init without --force; the user's variable stays", () => {
+    const d = userEnv("noforce");
+    const r = d.run("init", "--slot", "a", "--valid", "a,b");
+    expect([r.code, r.err]).toEqual([0, ""]);
+    expect(d.print()).toContain("my_fleet_id=42\n");
+    expect(d.print()).toContain("zb_slot=a\n");
+    expect(JSON.parse(d.run("status", "--json").out).initialized).toBe(true);
+  });
+
+  test("zb init on a zb boot state still needs --force (exit 2, nothing written); --force resets zb's variables only", () => {
+    const d = userEnv("force");
+    expect(d.run("init", "--slot", "a", "--valid", "a,b", "--force").code).toBe(0);
+    expect(d.run("env", "set", "my_note", "keep me").code).toBe(0);
+    expect(d.run("env", "set", "zb_boot_count_a", "2").code).toBe(0);
+    const envBytes = () => Buffer.concat([readFileSync(join(d.boot, "zb/zb.env")), readFileSync(join(d.boot, "zb/zb.env.redund"))]);
+    const before = envBytes();
+    const again = d.run("init", "--slot", "b", "--valid", "a,b");
+    expect(again.code).toBe(2);
+    expect(envBytes().equals(before)).toBe(true);
+    const forced = d.run("init", "--slot", "b", "--valid", "a,b", "--force");
+    expect([forced.code, forced.err]).toEqual([0, ""]);
+    const printed = d.print();
+    expect(printed).toContain("my_note=keep me\n");
+    expect(printed).toContain("zb_slot=b\n");
+    expect(printed).toContain("zb_boot_count_a=0\n");
+    expect(printed).toMatch(/^zb_log=1 zb init: slot b committed$/m);
+    expect(again.err).toContain("holds a zb boot state already (zb_slot=a)");
+  });
+});
+
 describe("zb status on an env without zb's boot state", () => {
   // Before: an env from `zb env init` (or made by hand) read as "committed a, both valid", like a real state.
   test.each([
