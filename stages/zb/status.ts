@@ -3,6 +3,7 @@
  * read next. The JSON is a stable contract (docs/boot-flow.md, "zb status").
  */
 import { readState, SLOTS, type Mode, type SlotState, type Status } from "../../lib/bootstate/state.ts";
+import { asText } from "../../lib/env/codec.ts";
 import { prefixTarget } from "../../lib/bootloader/piconfig.ts";
 import { bootedFrom } from "../../lib/bootloader/platform.ts";
 import { platformOrNull, type Host } from "../common.ts";
@@ -45,9 +46,10 @@ export function statusJson(h: Host): StatusJson {
     mode: s.mode,
     bootLimit: s.bootLimit,
     serialFloor: s.serialFloor,
-    slots: { a: { ...s.slots.a }, b: { ...s.slots.b } },
+    // The env holds bytes (latin1 strings): free text is shown as UTF-8, an invalid byte as U+FFFD (as `zb env print --json`).
+    slots: { a: { ...s.slots.a, version: asText(s.slots.a.version) }, b: { ...s.slots.b, version: asText(s.slots.b.version) } },
     firmware: { config: file(sel.config), tryboot: file(sel.tryboot) },
-    events: s.log.map(parseEvent),
+    events: s.log.map((e) => parseEvent(asText(e))),
   };
 }
 

@@ -372,6 +372,27 @@ describe("zbunlock mounts the boot partition itself", () => {
   });
 });
 
+describe("zb status decodes the env's values as UTF-8 (as zb env print --json does)", () => {
+  test("a version and an event with non-ASCII text read back as typed, an invalid byte as U+FFFD, in --json and the text", () => {
+    const d = freshDevice(dir, "utf8-status");
+    const set = (...args: string[]) => Bun.spawnSync(withTempVarLock([BIN, "env", "set", ...args, "--boot", d.boot]), { stdin: "pipe" }).exitCode;
+    expect(set("zb_version_a", "2.0-café")).toBe(0);
+    expect(set("zb_log", "7 install into a finished: 2.0-café")).toBe(0);
+    // A value that is not UTF-8 (a script file carries bytes as they are): \xff is no UTF-8 byte.
+    const script = join(dir, "utf8-status.script");
+    writeFileSync(script, Buffer.concat([Buffer.from("zb_version_b v"), Buffer.from([0xff]), Buffer.from("x\n")]));
+    expect(set("--script", script)).toBe(0);
+    const j = JSON.parse(d.run(["status", "--json"]).out);
+    expect(j.slots.a.version).toBe("2.0-café");
+    expect(j.slots.b.version).toBe("v\uFFFDx");
+    expect(j.events).toEqual([{ seq: 7, text: "install into a finished: 2.0-café" }]);
+    const t = d.run(["status"]).out;
+    expect(t).toContain("version 2.0-café");
+    expect(t).toContain("version v\uFFFDx");
+    expect(t).toContain("  7 install into a finished: 2.0-café\n");
+  });
+});
+
 describe("zb init and the env's other variables (docs/boot-flow.md: zb only touches its own names)", () => {
   /** A boot folder with both slots' files, its env made by `zb env init` and holding a variable of the user's. */
   function userEnv(name: string) {
