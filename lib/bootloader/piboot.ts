@@ -23,7 +23,7 @@ import { removeFileDurably, writeFileAtomic } from "../sys/atomic.ts";
 import type { Sys } from "../sys/sys.ts";
 import type { BootState, Slot } from "../bootstate/state.ts";
 import { missingUnder } from "./pifolder.ts";
-import { readSelection, renderCmdline, renderConfig, type ConfigSelection } from "./piconfig.ts";
+import { prefixTarget, readSelection, renderCmdline, renderConfig, rendersFrom, type ConfigSelection } from "./piconfig.ts";
 import type { Bootloader, GeneratedConfig, RebootArgs } from "./types.ts";
 
 export const REFERENCE_CONFIG = "zb/config.txt";
@@ -139,6 +139,32 @@ export class PiBoot implements Bootloader, GeneratedConfig, RebootArgs {
   selections(): { config: ConfigSelection | null; tryboot: ConfigSelection | null } {
     const read = (name: string) => (this.sys.stat(this.path(name)) ? readSelection(this.sys.readText(this.path(name))) : null);
     return { config: read("config.txt"), tryboot: read("tryboot.txt") };
+  }
+
+  /**
+   * The generated files the firmware reads next (config.txt, tryboot.txt and
+   * the slot cmdline each selects) that no longer match what the references
+   * render: an edit of zb/config.txt or zb/cmdline.txt not yet written out (zb
+   * renders them only in a transition that changes what boots, and `zb init`).
+   * Empty when the references are missing (not set up).
+   */
+  behind(): string[] {
+    const [config, cmdline] = [this.path(REFERENCE_CONFIG), this.path(REFERENCE_CMDLINE)];
+    if (!this.sys.stat(config) || !this.sys.stat(cmdline)) return [];
+    const [refConfig, refCmdline] = [this.sys.readText(config), this.sys.readText(cmdline)];
+    const out: string[] = [];
+    for (const file of ["config.txt", "tryboot.txt"]) {
+      if (!this.sys.stat(this.path(file))) continue;
+      const text = this.sys.readText(this.path(file));
+      if (!rendersFrom(text, refConfig)) out.push(file);
+      const sel = readSelection(text);
+      const slot = prefixTarget(sel.osPrefix);
+      const slotCmdline = `slot-${slot}/${sel.cmdline}`;
+      if ((slot === "a" || slot === "b") && (sel.cmdline === "cmdline.txt" || sel.cmdline === TRY_CMDLINE) && this.sys.stat(this.path(slotCmdline))) {
+        if (this.sys.readText(this.path(slotCmdline)) !== renderCmdline(refCmdline, slot, sel.cmdline === TRY_CMDLINE)) out.push(slotCmdline);
+      }
+    }
+    return out;
   }
 
   private writeSelection(file: string, prefix: string, cmdline: string, slot: Slot | null): void {

@@ -26,7 +26,8 @@ export interface StatusJson {
   bootLimit: number;
   serialFloor: number;
   slots: Record<"a" | "b", SlotState>;
-  firmware: { config: FirmwareFile | null; tryboot: FirmwareFile | null };
+  /** `behind`: generated files that do not yet hold an edit of zb/config.txt or zb/cmdline.txt. */
+  firmware: { config: FirmwareFile | null; tryboot: FirmwareFile | null; behind: string[] };
   events: { seq: number | null; text: string }[];
 }
 
@@ -48,7 +49,7 @@ export function statusJson(h: Host): StatusJson {
     serialFloor: s.serialFloor,
     // The env holds bytes (latin1 strings): free text is shown as UTF-8, an invalid byte as U+FFFD (as `zb env print --json`).
     slots: { a: { ...s.slots.a, version: asText(s.slots.a.version) }, b: { ...s.slots.b, version: asText(s.slots.b.version) } },
-    firmware: { config: file(sel.config), tryboot: file(sel.tryboot) },
+    firmware: { config: file(sel.config), tryboot: file(sel.tryboot), behind: h.backend.behind() },
     events: s.log.map((e) => parseEvent(asText(e))),
   };
 }
@@ -64,6 +65,9 @@ export function statusText(h: Host): string {
     `booted slot:    ${j.booted?.slot ?? "unknown"}${j.booted?.tryboot ? " (try boot)" : ""}`,
     `try:            ${j.try ? `slot ${j.try.slot}, kernel_status=${j.status}, ${j.try.left} re-arms left` : "none"}`,
     `next boot:      ${fw.config?.target ?? "?"}${fw.tryboot ? `   (tryboot.txt: ${fw.tryboot.target ?? "?"})` : ""}`,
+    ...(fw.behind.length
+      ? [`behind:         ${fw.behind.join(", ")} lag behind zb/config.txt or zb/cmdline.txt: an edit there takes effect when zb next writes them (an update's try and commit, a rollback, or \`zb init --force\`)`]
+      : []),
     ...SLOTS.map((x) => {
       const st = j.slots[x];
       return `slot ${x}:         ${st.valid ? "valid" : "INVALID"}, boots ${st.bootCount}/${j.bootLimit}${st.version ? `, version ${st.version}` : ""}${st.serial ? `, serial ${st.serial}` : ""}`;

@@ -6,7 +6,7 @@
  * lock it takes is not the host's.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { appendFileSync, chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
 import { withTempVarLock } from "../fakes/envlock.ts";
@@ -369,6 +369,27 @@ describe("zbunlock mounts the boot partition itself", () => {
       writeFileSync(join(root, "proc/cmdline"), before);
       rmSync(dev, { force: true });
     }
+  });
+});
+
+describe("an edit of zb/config.txt or zb/cmdline.txt (rendered only when zb next writes the files)", () => {
+  test("config.txt's header says when it takes effect; zb status lists the files behind until then (normal boots do not write them; init --force does)", () => {
+    const d = freshDevice(dir, "refedit");
+    const behind = () => JSON.parse(d.run(["status", "--json"]).out).firmware.behind;
+    expect(readFileSync(join(d.boot, "config.txt"), "utf8")).toContain("reaches this file when zb next writes it");
+    expect(behind()).toEqual([]);
+    expect(d.run(["status"]).out).not.toContain("behind:");
+    appendFileSync(join(d.boot, "zb/config.txt"), "dtoverlay=uart5\n");
+    writeFileSync(join(d.boot, "zb/cmdline.txt"), "console=ttyS0 quiet root=/dev/mapper/zb-root\n");
+    expect(behind()).toEqual(["config.txt", "slot-a/cmdline.txt"]);
+    expect(d.run(["unlock", "--no-unlock"]).code).toBe(0); // N9
+    expect(d.run(["mark-good"]).code).toBe(0); // G2
+    expect(behind()).toEqual(["config.txt", "slot-a/cmdline.txt"]);
+    expect(d.run(["status"]).out).toContain("behind:         config.txt, slot-a/cmdline.txt lag behind zb/config.txt or zb/cmdline.txt: an edit there takes effect when zb next writes them");
+    expect(d.run(["init", "--slot", "a", "--valid", "a,b", "--force"]).code).toBe(0);
+    expect(behind()).toEqual([]);
+    expect(readFileSync(join(d.boot, "config.txt"), "utf8")).toContain("dtoverlay=uart5\n");
+    expect(readFileSync(join(d.boot, "slot-a/cmdline.txt"), "utf8")).toBe("console=ttyS0 quiet root=/dev/mapper/zb-root zb.slot=a\n");
   });
 });
 

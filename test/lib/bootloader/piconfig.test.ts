@@ -1,31 +1,45 @@
 /** Rendering and reading the Pi firmware's files: reference before → generated after. */
 import { describe, expect, test } from "bun:test";
-import { GENERATED_HEADER, prefixTarget, readSelection, renderCmdline, renderConfig } from "../../../lib/bootloader/piconfig.ts";
+import { GENERATED_HEADER, GENERATED_NOTE, prefixTarget, readSelection, renderCmdline, renderConfig, rendersFrom } from "../../../lib/bootloader/piconfig.ts";
 
 describe("renderConfig", () => {
   test.each([
     {
       name: "user lines kept after zb's two lines",
       reference: "kernel=vmlinuz\ninitramfs initrd.img followkernel\ndtparam=audio=on\n",
-      after: [GENERATED_HEADER, "os_prefix=slot-a/", "cmdline=cmdline.txt", "kernel=vmlinuz", "initramfs initrd.img followkernel", "dtparam=audio=on"],
+      after: [GENERATED_HEADER, ...GENERATED_NOTE, "os_prefix=slot-a/", "cmdline=cmdline.txt", "kernel=vmlinuz", "initramfs initrd.img followkernel", "dtparam=audio=on"],
     },
     {
       name: "the user's os_prefix and cmdline lines are commented out, also under filters",
       reference: "os_prefix=old/\n[pi4]\ncmdline=other.txt\n  os_prefix = x/\n[all]\n",
-      after: [GENERATED_HEADER, "os_prefix=slot-a/", "cmdline=cmdline.txt", "# zb: os_prefix=old/", "[pi4]", "# zb: cmdline=other.txt", "# zb: os_prefix = x/", "[all]"],
+      after: [GENERATED_HEADER, ...GENERATED_NOTE, "os_prefix=slot-a/", "cmdline=cmdline.txt", "# zb: os_prefix=old/", "[pi4]", "# zb: cmdline=other.txt", "# zb: os_prefix = x/", "[all]"],
     },
     {
       name: "CRLF reference, no trailing newline",
       reference: "kernel=k\r\narm_64bit=1",
-      after: [GENERATED_HEADER, "os_prefix=slot-a/", "cmdline=cmdline.txt", "kernel=k", "arm_64bit=1"],
+      after: [GENERATED_HEADER, ...GENERATED_NOTE, "os_prefix=slot-a/", "cmdline=cmdline.txt", "kernel=k", "arm_64bit=1"],
     },
     {
       name: "rendering a generated file again does not stack headers",
       reference: renderConfig("kernel=k\n", "slot-b/", "x.txt"),
-      after: [GENERATED_HEADER, "os_prefix=slot-a/", "cmdline=cmdline.txt", "# zb: os_prefix=slot-b/", "# zb: cmdline=x.txt", "kernel=k"],
+      after: [GENERATED_HEADER, ...GENERATED_NOTE, "os_prefix=slot-a/", "cmdline=cmdline.txt", "# zb: os_prefix=slot-b/", "# zb: cmdline=x.txt", "kernel=k"],
     },
   ])("$name", ({ reference, after }) => {
     expect(renderConfig(reference, "slot-a/", "cmdline.txt")).toBe(after.join("\n") + "\n");
+  });
+
+  test("the header says when an edit of zb/config.txt arrives, each line within config.txt's 80 characters", () => {
+    const text = renderConfig("kernel=k\n", "slot-a/", "cmdline.txt");
+    expect(text).toContain("# An edit there reaches this file when zb next writes it: an update's try\n");
+    expect(text.split("\n").every((l) => l.length <= 80)).toBe(true);
+  });
+
+  test("rendersFrom: a generated file lags behind an edited reference; an older zb's header alone does not count", () => {
+    const text = renderConfig("kernel=k\n", "slot-b/", "cmdline.txt");
+    expect(rendersFrom(text, "kernel=k\n")).toBe(true);
+    expect(rendersFrom(text, "kernel=k\ndtoverlay=uart5\n")).toBe(false);
+    const older = text.split("\n").filter((l) => !GENERATED_NOTE.includes(l)).join("\n");
+    expect(rendersFrom(older, "kernel=k\n")).toBe(true);
   });
 
   test("the firmware reads back what was rendered", () => {
