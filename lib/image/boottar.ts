@@ -18,6 +18,8 @@ export interface FolderEntry {
   dir: boolean;
   size: number;
   mode: number;
+  /** "dev:ino" (HostSys.stat's id): create.ts refuses a boot folder holding a --key or the --rootfs file. */
+  id: string;
 }
 
 /** An entry's name in the boot tar: relative, directories ending in "/" as tar(1) writes and lists them. */
@@ -70,10 +72,11 @@ export function walk(dir: string): FolderEntry[] {
   for (const name of names) {
     const path = join(dir, name);
     const st = fs.lstatSync(path);
+    const id = `${st.dev}:${st.ino}`;
     if (st.isDirectory()) {
-      out.push({ path, dir: true, size: 0, mode: 0o755 });
+      out.push({ path, dir: true, size: 0, mode: 0o755, id });
       out.push(...walk(path));
-    } else if (st.isFile()) out.push({ path, dir: false, size: st.size, mode: st.mode & 0o111 ? 0o755 : 0o644 });
+    } else if (st.isFile()) out.push({ path, dir: false, size: st.size, mode: st.mode & 0o111 ? 0o755 : 0o644, id });
     else throw new ZbError("USAGE", `cannot put ${path} into the boot payload: only files and folders are allowed (the boot partition is FAT)`);
   }
   return out;
@@ -85,5 +88,33 @@ function utf8Name(dir: string, raw: Buffer): string {
     return new TextDecoder("utf-8", { fatal: true }).decode(raw);
   } catch {
     throw new ZbError("USAGE", `cannot put a file of ${dir} into the boot payload: its name is not UTF-8 (${JSON.stringify(raw.toString("latin1"))})`);
+  }
+}
+
+/** The PEM labels of private keys: PKCS#8 (plain and encrypted), SEC1, PKCS#1, OpenSSH's and the like. */
+const PRIVATE_PEM = /^\s*-----BEGIN ([A-Z0-9]+ )*PRIVATE KEY-----/;
+
+/**
+ * Whether a file starts as a PEM private key (its first bytes only: a boot
+ * folder holds a few hundred files, most of them dtbs and overlays). A file
+ * that cannot be read is no key here; reading it into the tar reports it.
+ * @returns true for `-----BEGIN PRIVATE KEY-----`, `-----BEGIN EC PRIVATE KEY-----`, `-----BEGIN ENCRYPTED PRIVATE KEY-----` and the like
+ * @example startsAsPrivateKey("boot/release.key") // true for an `openssl genpkey` output
+ */
+export function startsAsPrivateKey(path: string): boolean {
+  let fd: number;
+  try {
+    fd = fs.openSync(path, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+  } catch {
+    return false;
+  }
+  try {
+    const head = Buffer.alloc(128);
+    const n = fs.readSync(fd, head, 0, head.length, 0);
+    return PRIVATE_PEM.test(head.subarray(0, n).toString("latin1").replace(/^\xEF\xBB\xBF/, "")); // a UTF-8 BOM, as an editor may save it
+  } catch {
+    return false;
+  } finally {
+    fs.closeSync(fd);
   }
 }

@@ -18,6 +18,7 @@ import { encodeManifest, FORMAT_VERSION, MANIFEST_TOO_LARGE, LIMITS, type Manife
 import { openUnverified, openVerified, type ImageHeader, type OpenImage, type Policy } from "./reader.ts";
 import { checkSignatureCount, imageSignatures, type Signature, type Signer } from "./sign.ts";
 import { untilAborted, type ImageSource } from "./source.ts";
+import { startsAsPrivateKey } from "./boottar.ts";
 import { encodePayload, plan, type PayloadInput, type Plan } from "./spool.ts";
 import { archiveWriter, checkReplaceable } from "./writer.ts";
 import { HostSys } from "../sys/sys.ts";
@@ -36,6 +37,8 @@ export interface CreateOptions {
   level?: number;
   payloads: PayloadInput[];
   signers: Signer[];
+  /** The files the signers' keys were read from (`--key`): a boot folder must not hold one. */
+  keyFiles?: string[];
   output: string;
   /** Called after each chunk is encoded. */
   progress?: (e: CreateProgress) => void;
@@ -61,7 +64,7 @@ export interface CreateProgress {
 
 /**
  * @throws {ZbError} IMG_FORMAT for values the manifest refuses, IO, USAGE (more than 16 signing keys among them, an empty
- *   rootfs file, a `level` with no zstd payload; before anything is written);
+ *   rootfs file, a `level` with no zstd payload, a boot folder holding a private key or the rootfs file; before anything is written);
  *   `opts.signal.reason` once the signal aborts
  */
 export async function createImage(opts: CreateOptions): Promise<Manifest> {
@@ -82,6 +85,7 @@ export async function createImage(opts: CreateOptions): Promise<Manifest> {
     throw new ZbError("USAGE", `cannot create an image: --level ${level} is a zstd level, and --encoding none compresses nothing`, { hint: "drop --level, or use --encoding zstd" });
   }
   const plans = opts.payloads.map(plan);
+  checkBootFolders(plans, opts);
   checkNotEmpty(plans);
   checkChunkCount(plans, chunkSize);
   const allTotal = plans.reduce((a, p) => a + p.rawTotal, 0);
@@ -160,6 +164,40 @@ function checkOutput(opts: CreateOptions): void {
     const rel = relative(dir, outDir);
     if (rel === "" || (!isAbsolute(rel) && rel.split(sep)[0] !== "..")) {
       throw new ZbError("USAGE", `cannot create ${opts.output}: it lies inside the ${p.name} folder ${p.from.dir}, which would pack it into itself`, { hint: "write the image outside that folder" });
+    }
+  }
+}
+
+/**
+ * A boot folder is published in every image, world-readable on the device's
+ * FAT partition: it must not hold a signing key (a `--key` file, compared by
+ * device and inode, so a hard link or another spelling counts), nor any file
+ * that starts as a PEM private key (a key of another name), nor the
+ * `--rootfs` file (packed twice, once into the boot payload).
+ * @throws {ZbError} USAGE
+ */
+function checkBootFolders(plans: Plan[], opts: CreateOptions): void {
+  const keys = new Map<string, string>();
+  for (const k of opts.keyFiles ?? []) {
+    const id = fileId(k);
+    if (id !== null) keys.set(id, k);
+  }
+  const rootfs = new Map<string, string>();
+  for (const p of opts.payloads) {
+    const id = "file" in p.from ? fileId(p.from.file) : null;
+    if (id !== null) rootfs.set(id, p.name);
+  }
+  for (const p of plans) {
+    if (!("dir" in p.input.from)) continue;
+    const where = `cannot create an image: the ${p.input.name} folder ${p.input.from.dir} holds`;
+    for (const f of p.files ?? []) {
+      if (f.dir) continue;
+      const hint = { hint: `move ${f.path} out of ${p.input.from.dir}` };
+      const key = keys.get(f.id);
+      if (key !== undefined) throw new ZbError("USAGE", `${where} the signing key ${f.path}${key === f.path ? "" : ` (--key ${key})`} (it would be published in every image)`, hint);
+      const payload = rootfs.get(f.id);
+      if (payload !== undefined) throw new ZbError("USAGE", `${where} the ${payload} file ${f.path} (it would be packed into the ${p.input.name} payload too)`, hint);
+      if (startsAsPrivateKey(f.path)) throw new ZbError("USAGE", `${where} a private key, ${f.path} (it would be published in every image)`, hint);
     }
   }
 }

@@ -123,7 +123,7 @@ async function createWith(args: ParsedArgs, payloads: PayloadInput[], signers: S
   const output = need("output");
   const b = mode === "bar" ? bar("create") : null;
   const m = await untilStopped(`create ${output}`, (signal) => createImage({
-    ...fields, payloads, signers, output, signal,
+    ...fields, payloads, signers, keyFiles: keys(args, "create"), output, signal,
     ...(args.values.has("level") ? { level: number(args.values.get("level")!, "--level") } : {}),
     ...(args.values.has("chunk-size") ? { chunkSize: number(args.values.get("chunk-size")!, "--chunk-size") } : {}),
     progress: (e) => (mode === "json" ? jsonEvent({ type: "progress", payload: e.payload, rawBytes: e.rawBytes, rawTotal: e.rawTotal }) : b?.update(e.allBytes, e.allTotal)),

@@ -11,7 +11,7 @@
  * that are no files (exit 18).
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync, copyFileSync } from "node:fs";
+import { existsSync, linkSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync, copyFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
@@ -173,6 +173,11 @@ describe("publish and install", () => {
     { name: "sign with neither --trust nor --no-verify", argv: ["image", "sign", "a.zbi", "--key", "ec", "-o", "l.zbi"], code: 2, err: /^zb: cannot run zb image sign: give --trust DIR to check the signatures the image has before adding to them \(or --no-verify to skip that check\)\n/ },
     { name: "sign --no-verify --trust", argv: ["image", "sign", "a.zbi", "--no-verify", "--trust", "trust", "--key", "ec", "-o", "l.zbi"], code: 2, err: /--no-verify checks nothing, so --trust has no use/ },
     { name: "sign of an image whose manifest was edited (verify: 14)", argv: ["image", "sign", "edited.zbi", "--trust", "trust", "--key", "ec", "-o", "l.zbi"], code: 14, err: /^zb: cannot verify image signatures: found 0 of the 1 trusted signatures required/ },
+    // Before: exit 0, the private key in the boot payload of a signed image (and the rootfs packed twice).
+    { name: "create --boot of a folder holding the --key file", argv: ["image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--boot", "keyboot", "--key", "keyboot/ed", "-o", "l.zbi"], code: 2, err: /^zb: cannot create an image: the boot folder keyboot holds the signing key keyboot\/ed \(it would be published in every image\)\nzb: hint: move keyboot\/ed out of keyboot\n$/ },
+    { name: "create --boot of a folder holding a hard link to the --key file", argv: ["image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--boot", "keyboot", "--key", "ed", "-o", "l.zbi"], code: 2, err: /^zb: cannot create an image: the boot folder keyboot holds the signing key keyboot\/ed \(--key ed\) \(it would be published in every image\)\n/ },
+    { name: "create --boot of a folder holding a private key that is no --key", argv: ["image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--boot", "pemboot", "--key", "ed", "-o", "l.zbi"], code: 2, err: /^zb: cannot create an image: the boot folder pemboot holds a private key, pemboot\/overlays\/ec\.pem \(it would be published in every image\)\n/ },
+    { name: "create --rootfs of a file inside the --boot folder", argv: ["image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--boot", "rootboot", "--rootfs", "rootboot/rootfs.img", "--key", "ed", "-o", "l.zbi"], code: 2, err: /^zb: cannot create an image: the boot folder rootboot holds the rootfs file rootboot\/rootfs.img \(it would be packed into the boot payload too\)\n/ },
   ])("$name → exit $code, nothing changed", ({ argv, code, err }) => {
     if (!existsSync(join(dir, "latin1"))) {
       mkdirSync(join(dir, "latin1"));
@@ -181,6 +186,11 @@ describe("publish and install", () => {
       writeFileSync(join(dir, "empty.img"), "");
       mkdirSync(join(dir, "emptyboot/overlays"), { recursive: true });
       writeFileSync(join(dir, "edited.zbi"), editedManifest(readFileSync(join(dir, "a.zbi"))));
+      for (const b of ["keyboot", "pemboot/overlays", "rootboot"]) mkdirSync(join(dir, b), { recursive: true });
+      for (const b of ["keyboot", "pemboot", "rootboot"]) writeFileSync(join(dir, b, "vmlinuz"), "kernel");
+      linkSync(join(dir, "ed"), join(dir, "keyboot/ed"));
+      copyFileSync(join(dir, "ec"), join(dir, "pemboot/overlays/ec.pem"));
+      linkSync(join(dir, "rootfs.img"), join(dir, "rootboot/rootfs.img"));
     }
     const snapshot = () => Object.fromEntries(["ed", "trust/ed.pub", "a.zbi", "rootfs.img"].map((f) => [f, sha256(join(dir, f))]));
     const before = snapshot();

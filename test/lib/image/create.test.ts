@@ -8,10 +8,12 @@
  * the manifest can list is refused before anything is compressed; more
  * signatures than a reader takes (16) are refused before any file is made,
  * by create and by sign (in place too); progress knows each payload's size
- * up front; a create stopped by its AbortSignal removes its temp files.
+ * up front; a create stopped by its AbortSignal removes its temp files; a
+ * boot folder holding a --key file, any PEM private key or the --rootfs file
+ * is refused before anything is written (it would be published in the image).
  */
 import { afterAll, describe, expect, test } from "bun:test";
-import { closeSync, existsSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, linkSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createImage, resignImage, type CreateOptions, type CreateProgress } from "../../../lib/image/create.ts";
@@ -20,7 +22,7 @@ import { openImage } from "../../../lib/image/reader.ts";
 import { keySigner } from "../../../lib/image/sign.ts";
 import { fileSource } from "../../../lib/image/source.ts";
 import { ZbError } from "../../../lib/errors.ts";
-import { buildImage, CREATED, KEYS, MIN_CHUNK, sha256, tmpfsMounts, variedBytes } from "./fixture.ts";
+import { buildImage, CREATED, keyFile, KEYS, MIN_CHUNK, sha256, tmpfsMounts, variedBytes } from "./fixture.ts";
 
 const root = mkdtempSync(join(tmpdir(), "zb-create-"));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
@@ -195,5 +197,71 @@ describe("more signatures than a reader takes (16): USAGE before any file is mad
       input: sha256(new Uint8Array(readFileSync(path))) === sha256(img.bytes),
       files: readdirSync(d).sort(),
     }).toEqual({ ...after, input: true, files: refused || inPlace ? ["in.zbi"] : ["in.zbi", "o.zbi"] });
+  });
+});
+
+describe("a boot folder is published in every image: one holding a private key or the rootfs file is USAGE, nothing written", () => {
+  const PEM_BODY = "MC4CAQAwBQYDK2VwBCIEIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n";
+  type Row = { name: string; put: (boot: string, d: string) => Promise<{ key: string; rootfs?: string }>; error: string | null };
+  test.each<Row>([
+    {
+      name: "the --key file itself",
+      put: async (boot) => ({ key: await keyFile(boot, "release.key", KEYS.k1) }),
+      error: "the boot folder BOOT holds the signing key BOOT/release.key (it would be published in every image)",
+    },
+    {
+      name: "a hard link to the --key file (another name, the same inode)",
+      put: async (boot, d) => {
+        const key = await keyFile(d, "k.pem", KEYS.k1);
+        linkSync(key, join(boot, "cmdline.txt.bak"));
+        return { key };
+      },
+      error: "the boot folder BOOT holds the signing key BOOT/cmdline.txt.bak (--key D/k.pem) (it would be published in every image)",
+    },
+    ...[
+      ["PKCS#8", "-----BEGIN PRIVATE KEY-----\n"],
+      ["SEC1", "-----BEGIN EC PRIVATE KEY-----\n"],
+      ["encrypted PKCS#8", "-----BEGIN ENCRYPTED PRIVATE KEY-----\n"],
+      ["OpenSSH, after a UTF-8 BOM and a blank line", "\uFEFF\n-----BEGIN OPENSSH PRIVATE KEY-----\n"],
+    ].map(([kind, head]) => ({
+      name: `a private key that is no --key (${kind})`,
+      put: async (boot: string, d: string) => {
+        mkdirSync(join(boot, "overlays"));
+        writeFileSync(join(boot, "overlays/old.pem"), head + PEM_BODY);
+        return { key: await keyFile(d, "k.pem", KEYS.k1) };
+      },
+      error: "the boot folder BOOT holds a private key, BOOT/overlays/old.pem (it would be published in every image)",
+    })),
+    {
+      name: "the --rootfs file",
+      put: async (boot, d) => {
+        writeFileSync(join(boot, "rootfs.img"), noise.subarray(0, 100_000));
+        return { key: await keyFile(d, "k.pem", KEYS.k1), rootfs: join(boot, "rootfs.img") };
+      },
+      error: "the boot folder BOOT holds the rootfs file BOOT/rootfs.img (it would be packed into the boot payload too)",
+    },
+    {
+      name: "public keys and text that mentions a private key further on (accepted)",
+      put: async (boot, d) => {
+        writeFileSync(join(boot, "release.pub"), "-----BEGIN PUBLIC KEY-----\n" + PEM_BODY);
+        writeFileSync(join(boot, "README"), "Never put a -----BEGIN PRIVATE KEY----- file here.\n");
+        return { key: await keyFile(d, "k.pem", KEYS.k1) };
+      },
+      error: null,
+    },
+  ])("$name", async ({ put, error }) => {
+    const d = fresh();
+    const boot = join(d, "boot");
+    mkdirSync(boot);
+    writeFileSync(join(boot, "kernel8.img"), "kernel");
+    const { key, rootfs: file } = await put(boot, d);
+    const payloads: CreateOptions["payloads"] = [{ name: "boot", kind: "boot", encoding: "zstd", from: { dir: boot } }];
+    if (file) payloads.push({ name: "rootfs", kind: "rootfs", encoding: "zstd", from: { file } });
+    const before = readdirSync(d).sort();
+    const e = await failure(createImage(opts(join(d, "o.zbi"), { payloads, keyFiles: [key] })));
+    const words = (m: string) => m.replaceAll(boot, "BOOT").replaceAll(d, "D");
+    expect({ error: e && { code: e.code, message: words(e.message ?? "") }, written: readdirSync(d).filter((f) => !before.includes(f)) }).toEqual(
+      error === null ? { error: null, written: ["o.zbi"] } : { error: { code: "USAGE", message: `cannot create an image: ${error}` }, written: [] },
+    );
   });
 });
