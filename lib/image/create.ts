@@ -11,7 +11,7 @@
  * is unchanged).
  */
 import * as fs from "node:fs";
-import { basename, dirname, isAbsolute, join, relative, sep } from "node:path";
+import { dirname, isAbsolute, relative, sep } from "node:path";
 import { ZbError, isZbError } from "../errors.ts";
 import { MARKER, MARKER_NAME, MANIFEST_NAME, SIGNATURES_NAME } from "./format.ts";
 import { encodeManifest, FORMAT_VERSION, MANIFEST_TOO_LARGE, LIMITS, type Manifest, type Payload } from "./manifest.ts";
@@ -20,7 +20,8 @@ import { checkSignatureCount, imageSignatures, type Signature, type Signer } fro
 import { untilAborted, type ImageSource } from "./source.ts";
 import { startsAsPrivateKey } from "./boottar.ts";
 import { encodePayload, plan, type PayloadInput, type Plan } from "./spool.ts";
-import { archiveWriter, checkReplaceable } from "./writer.ts";
+import { archiveWriter, checkNotTemp, checkReplaceable, spoolFile } from "./writer.ts";
+import { atomicTemp } from "../sys/atomic.ts";
 import { HostSys } from "../sys/sys.ts";
 
 export const DEFAULT_CHUNK = 4 << 20;
@@ -94,7 +95,7 @@ export async function createImage(opts: CreateOptions): Promise<Manifest> {
   try {
     const payloads: Payload[] = [];
     for (const p of plans) {
-      const spool = join(dirname(opts.output), `.${basename(opts.output)}.${p.input.name}.zb-spool`);
+      const spool = spoolFile(opts.output, p.input.name);
       const before = allBefore;
       const progress = opts.progress && ((rawBytes: number) => opts.progress!({ payload: p.input.name, rawBytes, rawTotal: p.rawTotal, allBytes: before + rawBytes, allTotal }));
       payloads.push(await encodePayload(p, chunkSize, level, spool, opts.output, () => spools.push(spool), progress, opts.signal));
@@ -146,10 +147,16 @@ export async function createImage(opts: CreateOptions): Promise<Manifest> {
 /**
  * The output must not be an input. It is renamed into place at the end, so
  * an output that is the rootfs file replaces it; inside a boot folder, the
- * output and its spool files would be packed into the image itself.
+ * output and its spool files would be packed into the image itself. Nor may
+ * a rootfs file or a key file be one of the temp files beside the output,
+ * which are deleted first (writer.ts checkNotTemp).
  * @throws {ZbError} USAGE
  */
 function checkOutput(opts: CreateOptions): void {
+  checkNotTemp(`create ${opts.output}`, [atomicTemp(opts.output), ...opts.payloads.map((p) => spoolFile(opts.output, p.name))], [
+    ...opts.payloads.flatMap((p) => ("file" in p.from ? [{ role: `the ${p.name} file`, path: p.from.file }] : [])),
+    ...(opts.keyFiles ?? []).map((k) => ({ role: "the signing key", path: k })),
+  ]);
   const output = fileId(opts.output);
   const outDir = realDir(dirname(opts.output));
   for (const p of opts.payloads) {
@@ -289,12 +296,17 @@ function tooManyChunks(chunks: number, chunkSize: number): ZbError {
  * no device accepts), it would make the edit verify with the new key alone.
  * `{ unverified: true }` is the explicit escape hatch (`--no-verify`).
  * @param check the trust policy the image must pass, or `{ unverified: true }`
+ * @param inputs the files the signers' keys were read from: none may be the output's temp file
  * @returns every signature the new image carries
  * @throws {ZbError} SIG_INVALID, IMG_INCOMPATIBLE, ROLLBACK_REFUSED when the image fails the policy (nothing written);
- *   USAGE for more than 16 signatures in all; IMG_FORMAT, IO
+ *   USAGE for more than 16 signatures in all, or an input (the image, a key) that is the output's temp file; IMG_FORMAT, IO
  * @example await resignImage(fileSource("a.zbi"), [keySigner(key)], "a.zbi", { policy: { trust } })
  */
-export async function resignImage(source: ImageSource, signers: Signer[], output: string, check: { policy: Policy } | { unverified: true }): Promise<Signature[]> {
+export async function resignImage(source: ImageSource, signers: Signer[], output: string, check: { policy: Policy } | { unverified: true }, inputs: { keyFiles?: string[] } = {}): Promise<Signature[]> {
+  checkNotTemp(`sign ${output}`, [atomicTemp(output)], [
+    ...(source.file !== undefined ? [{ role: "the input image", path: source.file }] : []),
+    ...(inputs.keyFiles ?? []).map((k) => ({ role: "the signing key", path: k })),
+  ]);
   const img = await openChecked(source, check);
   try {
     const unique = [...new Map(signers.map((s) => [s.publicKey.id, s])).values()];

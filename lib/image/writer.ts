@@ -9,8 +9,9 @@
  * no one listens to.
  */
 import * as fs from "node:fs";
-import { basename, dirname, join } from "node:path";
+import { basename, dirname, join, resolve } from "node:path";
 import { ioError, ZbError } from "../errors.ts";
+import { atomicTemp } from "../sys/atomic.ts";
 import { BLOCK, encodeUstarHeader, MARKER_NAME } from "./format.ts";
 
 export interface ArchiveWriter {
@@ -32,7 +33,7 @@ const END_OF_ARCHIVE = new Uint8Array(2 * BLOCK);
  */
 export function archiveWriter(output: string): ArchiveWriter {
   checkReplaceable(output);
-  const tmp = join(dirname(output), `.${basename(output)}.zb-new`);
+  const tmp = atomicTemp(output);
   const fd = createExclusive(tmp, 0o644, `create ${output}`);
   let open = true;
   const write = (bytes: Uint8Array) => {
@@ -89,6 +90,67 @@ export function archiveWriter(output: string): ArchiveWriter {
       fs.rmSync(tmp, { force: true });
     },
   };
+}
+
+/** The spool file of one payload of `zb image create`, beside the output: `.OUT.NAME.zb-spool`. */
+export function spoolFile(output: string, payload: string): string {
+  return join(dirname(output), `.${basename(output)}.${payload}.zb-spool`);
+}
+
+/**
+ * No input may be one of the temp files written beside the output (the
+ * archive's `.OUT.zb-new`, create's spool files): createExclusive deletes
+ * what has that name, so a rootfs by that name would be lost and an empty
+ * spool read in its place (an image that installs nothing, signed), a sign's
+ * input image or a signing key deleted. Compared by path (the folder with
+ * links followed, and every link the input's name leads through) and by
+ * device and inode (a hard link).
+ * @param what "create OUT" or "sign OUT"
+ * @param inputs each file read, with its role in words ("the rootfs file")
+ * @throws {ZbError} USAGE
+ */
+export function checkNotTemp(what: string, temps: string[], inputs: { role: string; path: string }[]): void {
+  const tempKeys = temps.map((t) => ({ t, keys: [...pathKeys(t, false), ...idKeys(t, fs.lstatSync)] }));
+  for (const i of inputs) {
+    const keys = [...pathKeys(i.path, true), ...idKeys(i.path, fs.statSync)];
+    const hit = tempKeys.find((t) => t.keys.some((k) => keys.includes(k)));
+    if (!hit) continue;
+    const is = i.path === hit.t ? "has the name of" : `is ${hit.t},`;
+    throw new ZbError("USAGE", `cannot ${what}: ${i.role} ${i.path} ${is} a temp file of this output, which zb deletes before writing it`, {
+      hint: `rename ${hit.t}, or write the image to another path`,
+    });
+  }
+}
+
+/** A path as its folder with links followed and its name; with `follow`, also every link its name leads through. */
+function pathKeys(path: string, follow: boolean): string[] {
+  const keys: string[] = [];
+  let p = path;
+  for (let hops = 0; hops < 40; hops++) {
+    let dir: string;
+    try {
+      dir = fs.realpathSync(dirname(p));
+    } catch {
+      dir = resolve(dirname(p));
+    }
+    keys.push(`path:${join(dir, basename(p))}`);
+    if (!follow) break;
+    try {
+      p = resolve(dirname(p), fs.readlinkSync(p));
+    } catch {
+      break; // not a link (or gone): the end of the chain
+    }
+  }
+  return keys;
+}
+
+function idKeys(path: string, stat: (p: string) => fs.Stats): string[] {
+  try {
+    const st = stat(path);
+    return [`id:${st.dev}:${st.ino}`];
+  } catch {
+    return []; // not there: its path counts alone
+  }
 }
 
 /**

@@ -151,7 +151,7 @@ async function sign(args: ParsedArgs): Promise<number> {
 async function signWith(args: ParsedArgs, input: string, output: string, signers: Signer[], check: { policy: Policy } | { unverified: true }): Promise<number> {
   const src = imageSource(input, source(args));
   // A stopped source fails the copy like a broken one: the writer removes its .OUT.zb-new, an older OUT stays.
-  const sigs = await untilStopped(`sign ${output}`, (signal) => resignImage(stoppable(src, signal), signers, output, check));
+  const sigs = await untilStopped(`sign ${output}`, (signal) => resignImage(stoppable(src, signal), signers, output, check, { keyFiles: keys(args, "sign") }));
   // "type"/"ok" as in create, verify and install: a script reads every image command's last line the same way.
   const json = () => JSON.stringify({ type: "result", ok: true, output, signatures: sigs.map((s) => ({ alg: s.alg, keyId: s.keyId })) }) + "\n";
   out(args.flags.has("json") ? json() : `zb image sign: ${output}: ${count(sigs.length, "signature")}\n`);

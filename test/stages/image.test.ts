@@ -178,6 +178,9 @@ describe("publish and install", () => {
     { name: "create --boot of a folder holding a hard link to the --key file", argv: ["image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--boot", "keyboot", "--key", "ed", "-o", "l.zbi"], code: 2, err: /^zb: cannot create an image: the boot folder keyboot holds the signing key keyboot\/ed \(--key ed\) \(it would be published in every image\)\n/ },
     { name: "create --boot of a folder holding a private key that is no --key", argv: ["image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--boot", "pemboot", "--key", "ed", "-o", "l.zbi"], code: 2, err: /^zb: cannot create an image: the boot folder pemboot holds a private key, pemboot\/overlays\/ec\.pem \(it would be published in every image\)\n/ },
     { name: "create --rootfs of a file inside the --boot folder", argv: ["image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--boot", "rootboot", "--rootfs", "rootboot/rootfs.img", "--key", "ed", "-o", "l.zbi"], code: 2, err: /^zb: cannot create an image: the boot folder rootboot holds the rootfs file rootboot\/rootfs.img \(it would be packed into the boot payload too\)\n/ },
+    // Before: exit 0; create deleted the rootfs and signed an image of an empty one (0 → 0 bytes), sign deleted its input.
+    { name: "create --rootfs of a file named as the output's spool file", argv: ["image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--rootfs", "tmpname/.l.zbi.rootfs.zb-spool", "--key", "ed", "-o", "tmpname/l.zbi"], code: 2, err: /^zb: cannot create tmpname\/l.zbi: the rootfs file tmpname\/.l.zbi.rootfs.zb-spool has the name of a temp file of this output, which zb deletes before writing it\nzb: hint: rename tmpname\/.l.zbi.rootfs.zb-spool, or write the image to another path\n$/ },
+    { name: "sign of an image named as the output's temp file", argv: ["image", "sign", "tmpname/.l.zbi.zb-new", "--trust", "trust", "--key", "ec", "-o", "tmpname/l.zbi"], code: 2, err: /^zb: cannot sign tmpname\/l.zbi: the input image tmpname\/.l.zbi.zb-new has the name of a temp file of this output, which zb deletes before writing it\n/ },
   ])("$name → exit $code, nothing changed", ({ argv, code, err }) => {
     if (!existsSync(join(dir, "latin1"))) {
       mkdirSync(join(dir, "latin1"));
@@ -191,15 +194,18 @@ describe("publish and install", () => {
       linkSync(join(dir, "ed"), join(dir, "keyboot/ed"));
       copyFileSync(join(dir, "ec"), join(dir, "pemboot/overlays/ec.pem"));
       linkSync(join(dir, "rootfs.img"), join(dir, "rootboot/rootfs.img"));
+      mkdirSync(join(dir, "tmpname"));
+      copyFileSync(join(dir, "rootfs.img"), join(dir, "tmpname/.l.zbi.rootfs.zb-spool"));
+      copyFileSync(join(dir, "a.zbi"), join(dir, "tmpname/.l.zbi.zb-new"));
     }
-    const snapshot = () => Object.fromEntries(["ed", "trust/ed.pub", "a.zbi", "rootfs.img"].map((f) => [f, sha256(join(dir, f))]));
+    const snapshot = () => Object.fromEntries(["ed", "trust/ed.pub", "a.zbi", "rootfs.img", "tmpname/.l.zbi.rootfs.zb-spool", "tmpname/.l.zbi.zb-new"].map((f) => [f, sha256(join(dir, f))]));
     const before = snapshot();
     const r = zb(...argv);
     expect(r.err).toMatch(err);
     expect(r.err).not.toContain("    at ");
     expect(r.code).toBe(code);
     expect(snapshot()).toEqual(before);
-    for (const f of ["l.zbi", "z1.img", "z2.img", "k2", "dl", "nowhere.pub"]) expect(existsSync(join(dir, f))).toBe(false);
+    for (const f of ["l.zbi", "tmpname/l.zbi", "z1.img", "z2.img", "k2", "dl", "nowhere.pub"]) expect(existsSync(join(dir, f))).toBe(false);
   });
 
   test("--json: a failure ends stdout with a result line naming the code", () => {

@@ -10,10 +10,12 @@
  * by create and by sign (in place too); progress knows each payload's size
  * up front; a create stopped by its AbortSignal removes its temp files; a
  * boot folder holding a --key file, any PEM private key or the --rootfs file
- * is refused before anything is written (it would be published in the image).
+ * is refused before anything is written (it would be published in the image);
+ * an input (rootfs, key, the image to sign) that is one of the output's temp
+ * files, which are deleted first, is refused and stays.
  */
 import { afterAll, describe, expect, test } from "bun:test";
-import { closeSync, existsSync, linkSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, linkSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createImage, resignImage, type CreateOptions, type CreateProgress } from "../../../lib/image/create.ts";
@@ -263,5 +265,78 @@ describe("a boot folder is published in every image: one holding a private key o
     expect({ error: e && { code: e.code, message: words(e.message ?? "") }, written: readdirSync(d).filter((f) => !before.includes(f)) }).toEqual(
       error === null ? { error: null, written: ["o.zbi"] } : { error: { code: "USAGE", message: `cannot create an image: ${error}` }, written: [] },
     );
+  });
+});
+
+describe("an input that is one of the output's temp files (deleted before they are written): USAGE, the input stays, nothing written", () => {
+  type Row = { name: string; run: (d: string) => Promise<unknown>; temp: string; input: string; message: string };
+  const rootfsAt = (d: string, name: string) => {
+    writeFileSync(join(d, name), noise.subarray(0, 200_000));
+    return [{ name: "rootfs", kind: "rootfs", encoding: "zstd", from: { file: join(d, name) } }] as CreateOptions["payloads"];
+  };
+  const copyImage = (d: string, name: string) => {
+    writeFileSync(join(d, name), img.bytes);
+    return fileSource(join(d, name));
+  };
+  const TEMP = "a temp file of this output, which zb deletes before writing it";
+  test.each<Row>([
+    {
+      name: "create: the rootfs file named .OUT.rootfs.zb-spool (read back as the empty spool before)",
+      run: (d) => createImage(opts(join(d, "o.zbi"), { payloads: rootfsAt(d, ".o.zbi.rootfs.zb-spool") })),
+      temp: ".o.zbi.rootfs.zb-spool", input: ".o.zbi.rootfs.zb-spool",
+      message: `cannot create D/o.zbi: the rootfs file D/.o.zbi.rootfs.zb-spool has the name of ${TEMP}`,
+    },
+    {
+      name: "create: the rootfs file named .OUT.zb-new",
+      run: (d) => createImage(opts(join(d, "o.zbi"), { payloads: rootfsAt(d, ".o.zbi.zb-new") })),
+      temp: ".o.zbi.zb-new", input: ".o.zbi.zb-new",
+      message: `cannot create D/o.zbi: the rootfs file D/.o.zbi.zb-new has the name of ${TEMP}`,
+    },
+    {
+      name: "create: the rootfs given as a link to .OUT.rootfs.zb-spool, through a linked folder",
+      run: (d) => {
+        const payloads = rootfsAt(d, ".o.zbi.rootfs.zb-spool");
+        symlinkSync(d, join(d, "here"));
+        symlinkSync(join(d, "here/.o.zbi.rootfs.zb-spool"), join(d, "r.img"));
+        return createImage(opts(join(d, "o.zbi"), { payloads: [{ ...payloads[0]!, from: { file: join(d, "r.img") } }] }));
+      },
+      temp: ".o.zbi.rootfs.zb-spool", input: ".o.zbi.rootfs.zb-spool",
+      message: `cannot create D/o.zbi: the rootfs file D/r.img is D/.o.zbi.rootfs.zb-spool, ${TEMP}`,
+    },
+    {
+      name: "create: a hard link to the rootfs named .OUT.rootfs.zb-spool",
+      run: (d) => {
+        const payloads = rootfsAt(d, "r.img");
+        linkSync(join(d, "r.img"), join(d, ".o.zbi.rootfs.zb-spool"));
+        return createImage(opts(join(d, "o.zbi"), { payloads }));
+      },
+      temp: ".o.zbi.rootfs.zb-spool", input: "r.img",
+      message: `cannot create D/o.zbi: the rootfs file D/r.img is D/.o.zbi.rootfs.zb-spool, ${TEMP}`,
+    },
+    {
+      name: "create: the signing key named .OUT.zb-new",
+      run: async (d) => createImage(opts(join(d, "o.zbi"), { keyFiles: [await keyFile(d, ".o.zbi.zb-new", KEYS.k1)] })),
+      temp: ".o.zbi.zb-new", input: ".o.zbi.zb-new",
+      message: `cannot create D/o.zbi: the signing key D/.o.zbi.zb-new has the name of ${TEMP}`,
+    },
+    {
+      name: "sign: the input image named .OUT.zb-new (deleted before)",
+      run: (d) => resignImage(copyImage(d, ".o.zbi.zb-new"), [keySigner(KEYS.k2)], join(d, "o.zbi"), { unverified: true }),
+      temp: ".o.zbi.zb-new", input: ".o.zbi.zb-new",
+      message: `cannot sign D/o.zbi: the input image D/.o.zbi.zb-new has the name of ${TEMP}`,
+    },
+    {
+      name: "sign: the signing key named .OUT.zb-new",
+      run: async (d) => resignImage(copyImage(d, "in.zbi"), [keySigner(KEYS.k2)], join(d, "o.zbi"), { unverified: true }, { keyFiles: [await keyFile(d, ".o.zbi.zb-new", KEYS.k2)] }),
+      temp: ".o.zbi.zb-new", input: ".o.zbi.zb-new",
+      message: `cannot sign D/o.zbi: the signing key D/.o.zbi.zb-new has the name of ${TEMP}`,
+    },
+  ])("$name", async ({ run, temp, input, message }) => {
+    const d = fresh();
+    const e = (await run(d).then(() => null, (x: unknown) => x)) as { code?: string; message?: string; hint?: string } | null;
+    const files = readdirSync(d);
+    expect({ code: e?.code, message: e?.message?.replaceAll(d, "D"), hint: e?.hint?.replaceAll(d, "D"), input: files.includes(input) && statSync(join(d, input)).size > 0, output: files.includes("o.zbi") }).toEqual({
+      code: "USAGE", message, hint: `rename D/${temp}, or write the image to another path`, input: true, output: false,
+    });
   });
 });
