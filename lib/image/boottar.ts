@@ -58,8 +58,8 @@ export async function* tarFolder(dir: string, files: FolderEntry[]): AsyncGenera
 
 /**
  * A boot folder's entries, depth first in sorted order, as the tar will hold them.
- * @throws {ZbError} IO when a folder cannot be read; USAGE for anything but files
- *   and folders, or a name that is not UTF-8
+ * @throws {ZbError} IO when a folder cannot be read or an entry of it cannot be
+ *   looked at; USAGE for anything but files and folders, or a name that is not UTF-8
  */
 export function walk(dir: string): FolderEntry[] {
   const out: FolderEntry[] = [];
@@ -71,7 +71,13 @@ export function walk(dir: string): FolderEntry[] {
   }
   for (const name of names) {
     const path = join(dir, name);
-    const st = fs.lstatSync(path);
+    let st: fs.Stats;
+    try {
+      st = fs.lstatSync(path);
+    } catch (e) {
+      // A folder that can be listed but not entered (mode r--), or a file removed since it was listed.
+      throw ioError(`read boot folder entry ${path}`, e);
+    }
     const id = `${st.dev}:${st.ino}`;
     if (st.isDirectory()) {
       out.push({ path, dir: true, size: 0, mode: 0o755, id });

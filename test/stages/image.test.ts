@@ -8,10 +8,10 @@
  * that does not exist (exit 5, nothing created there), more than 16
  * signatures (exit 2, nothing written), images from FIFOs, an image followed
  * by /dev/zero (exit 13), a closed, write-only or terminal stdin (exit 5), key files
- * that are no files (exit 18).
+ * that are no files (exit 18), a boot subfolder that cannot be entered (exit 5).
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, linkSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync, copyFileSync } from "node:fs";
+import { chmodSync, chownSync, existsSync, linkSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync, copyFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
@@ -239,6 +239,33 @@ describe("publish and install", () => {
 });
 
 describe("edges of the engine, end to end", () => {
+  test("create from a --boot folder with a subfolder that can be listed but not entered: IO naming the entry (before: exit 70, a stack trace)", async () => {
+    const { encodePrivatePem, privateKeyFromSecret } = await import("../../lib/image/keys.ts");
+    // As root, zb runs as nobody (root enters any folder); the binary is copied in, the clone may sit where nobody cannot go.
+    const asRoot = process.getuid?.() === 0;
+    const d = mkdtempSync(join(tmpdir(), "zb-imgcli-noexec-"));
+    try {
+      chmodSync(d, 0o755);
+      mkdirSync(join(d, "boot/sub"), { recursive: true });
+      writeFileSync(join(d, "boot/kernel8.img"), "kernel");
+      writeFileSync(join(d, "boot/sub/f.dtb"), "dtb");
+      writeFileSync(join(d, "k"), encodePrivatePem(privateKeyFromSecret("ed25519", new Uint8Array(32).fill(9))), { mode: 0o600 });
+      if (asRoot) {
+        copyFileSync(BIN, join(d, "zb"));
+        for (const f of ["", "boot", "boot/kernel8.img", "boot/sub", "boot/sub/f.dtb", "k"]) chownSync(join(d, f), 65534, 65534);
+      }
+      chmodSync(join(d, "boot/sub"), 0o444); // readdir works, lstat of its entries does not
+      const argv = ["image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--boot", "boot", "--key", "k", "-o", "o.zbi"];
+      const p = Bun.spawnSync(asRoot ? ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "./zb", ...argv] : [BIN, ...argv], { cwd: d });
+      expect({ code: p.exitCode, err: p.stderr.toString(), files: readdirSync(d).sort() }).toEqual({
+        code: 5, err: "zb: cannot read boot folder entry boot/sub/f.dtb: permission denied\n", files: ["boot", "k", ...(asRoot ? ["zb"] : [])],
+      });
+    } finally {
+      chmodSync(join(d, "boot/sub"), 0o755);
+      rmSync(d, { recursive: true, force: true });
+    }
+  });
+
   const rootfsSha = () => sha256(join(dir, "rootfs.img"));
 
   test("two installs into one file: the second, while the first writes, exits 25 and touches nothing; the first completes", async () => {
