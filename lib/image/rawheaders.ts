@@ -77,6 +77,11 @@ export class RawHeaders {
     return this.nonZeroAfterEnd;
   }
 
+  /** The end of the archive (a zero block at a header's place) came before any entry. */
+  get noEntry(): boolean {
+    return this.zerosFrom === 0;
+  }
+
   /** More than {@link MAX_TAIL} bytes came after the end of the archive (the first zero block at a header's place). */
   get tooLong(): boolean {
     return this.zerosFrom !== null && this.seen - this.zerosFrom > MAX_TAIL;

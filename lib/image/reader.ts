@@ -344,7 +344,8 @@ async function feed(input: AsyncIterable<Uint8Array>, tar: Extract, trail: RawHe
       if (tar.destroyed) return;
       // Zeros without end (an image followed by /dev/zero) would be read for ever: stop at the bound.
       if (trail.tooLong) {
-        tar.destroy(trail.dataAfterEnd ? bad("data follows the last payload") : tooLongTail());
+        // Zeros from the first byte on (/dev/zero, a zeroed disk): there is no last payload to blame.
+        tar.destroy(trail.dataAfterEnd ? bad("data follows the last payload") : trail.noEntry ? noEntry(trail.bytes) : tooLongTail());
         return;
       }
     }
@@ -377,9 +378,13 @@ async function* guard(data: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Arra
   }
 }
 
-/** An archive that ended before its first entry: nothing at all, or the end-of-archive zeros (/dev/null, a zeroed file). */
+/**
+ * An archive that ended before its first entry: nothing at all, or the
+ * end-of-archive zeros (/dev/null, a zeroed file, /dev/zero). How many zeros
+ * is not said: a stream is read only to its first block, a file up to the bound.
+ */
 function noEntry(bytes: number): ZbError {
-  return bad(bytes === 0 ? "it is empty (0 bytes)" : `it is not a zb image: it holds no entry, only ${bytes} zero bytes`);
+  return bad(bytes === 0 ? "it is empty (0 bytes)" : "it is not a zb image: it holds no entry, only zeros");
 }
 
 function tarError(e: unknown): ZbError {

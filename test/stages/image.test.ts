@@ -389,6 +389,11 @@ describe("edges of the engine, end to end", () => {
     });
   });
 
+  test("/dev/zero is no image, said the same by info and verify (before: info blamed zeros after 'the last payload')", () => {
+    const said = ["info /dev/zero", "verify /dev/zero --trust trust"].map((c) => zb("image", ...c.split(" "))).map((r) => ({ code: r.code, err: r.err }));
+    expect(said).toEqual(Array(2).fill({ code: 13, err: "zb: cannot read the image: it is not a zb image: it holds no entry, only zeros\n" }));
+  });
+
   // Before: an archive that "ends where zbi-format should follow" (exit 13), or "EBADF: bad file descriptor, pread" (exit 5).
   test.each([
     { cmd: "install", stdin: "<&- (closed)", why: "it is closed or /dev/null, so there is no image to read" },

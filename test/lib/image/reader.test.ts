@@ -34,10 +34,13 @@ test("a 40 MiB payload read directly: a callback queued on the event loop runs a
   }
 });
 
-// Before: both said `the archive ends where "zbi-format" should follow`, as if an image had been cut short.
+// Before: both said `the archive ends where "zbi-format" should follow`, as if an image had been cut short;
+// then more zeros than the tail bound (a zeroed disk) said "more than 65536 bytes of zeros follow the last payload",
+// and a stream of zeros, read to its first block, "only 512 zero bytes" whatever followed.
 test.each([
   { name: "an empty file (/dev/null)", bytes: 0, message: "cannot read the image: it is empty (0 bytes)" },
-  { name: "a zeroed file", bytes: 1024, message: "cannot read the image: it is not a zb image: it holds no entry, only 1024 zero bytes" },
+  { name: "a zeroed file", bytes: 1024, message: "cannot read the image: it is not a zb image: it holds no entry, only zeros" },
+  { name: "more zeros than the tail bound (a zeroed disk)", bytes: 200_000, message: "cannot read the image: it is not a zb image: it holds no entry, only zeros" },
 ])("$name is refused as what it is, from the file and from a stream", async ({ bytes, message }) => {
   const path = join(root, `zeros-${bytes}.zbi`);
   writeFileSync(path, new Uint8Array(bytes));
