@@ -53,6 +53,9 @@ const OID_ED25519 = hex("2b6570"); // 1.3.101.112 id-Ed25519 (RFC 8410 §3)
 const OID_EC_PUBLIC_KEY = hex("2a8648ce3d0201"); // 1.2.840.10045.2.1 (RFC 5480 §2.1.1)
 const OID_P256 = hex("2a8648ce3d030107"); // 1.2.840.10045.3.1.7 prime256v1 / secp256r1 (RFC 5480 §2.1.1.1)
 
+/** Explicit curve parameters (`openssl ec -param_enc explicit`) in place of the namedCurve OID. */
+const EXPLICIT_PARAMS = "explicit EC parameters are not supported: use a named curve (`openssl ec -in KEY -param_enc named_curve -out NAMED.pem` re-encodes the key)";
+
 /** The one failure path of this module: KEY_INVALID naming the key source. */
 function failFor(source: string): Fail {
   return (why) => {
@@ -75,6 +78,7 @@ function readAlgorithmId(r: Der, fail: Fail): Alg {
     return "ed25519";
   }
   if (!equal(oid, OID_EC_PUBLIC_KEY)) fail(`unsupported key algorithm ${oidName(oid)} (supported: Ed25519, EC P-256)`);
+  if (a.peek() === SEQUENCE) fail(EXPLICIT_PARAMS);
   if (a.peek() !== OID) fail("EC parameters must be a namedCurve OID (RFC 5480 §2.1.1)");
   const curve = a.next(OID, "namedCurve").rest();
   if (!equal(curve, OID_P256)) fail(`unsupported EC curve ${oidName(curve)} (supported: P-256 / prime256v1)`);
@@ -266,8 +270,23 @@ function readPkcs8(der: Uint8Array, fail: Fail, source: string): PrivateKey {
     key = privateKeyFromSecret("ed25519", curveKey.next(OCTET_STRING, "CurvePrivateKey").rest(), source);
     curveKey.end();
   }
-  if (pubRaw && !equal(pubRaw, key.publicKey.raw)) fail("the public key does not match the private key");
+  if (pubRaw && !matchesPublic(pubRaw, key)) fail("the public key does not match the private key");
   return key;
+}
+
+/**
+ * Whether a key file's own copy of the public key is the key's: as bytes, or
+ * for P-256 as points, since openssl writes a compressed point (`-conv_form
+ * compressed`, `-ec_conv_form compressed`) as readily as an uncompressed one.
+ */
+function matchesPublic(given: Uint8Array, key: PrivateKey): boolean {
+  if (equal(given, key.publicKey.raw)) return true;
+  if (key.alg !== "p256") return false;
+  try {
+    return p256.Point.fromBytes(given).equals(p256.Point.fromBytes(key.publicKey.raw));
+  } catch {
+    return false; // not a point at all
+  }
 }
 
 /** RFC 5915 §3 ECPrivateKey; inside PKCS#8 the curve is in the AlgorithmIdentifier. */
@@ -277,20 +296,22 @@ function readEcPrivateKey(der: Uint8Array, fail: Fail, at: { topLevel: boolean }
   outer.end();
   ec.expect(INTEGER, Uint8Array.of(1), "ECPrivateKey version", () => "ECPrivateKey version must be 1 (RFC 5915 §3)");
   const d = ec.next(OCTET_STRING, "privateKey").rest();
-  // RFC 5915 §3: ceiling(log2(n)/8) octets, leading zeros kept; openssl always writes 32.
-  if (d.length !== 32) fail(`P-256 private key must be 32 bytes, got ${d.length}`);
+  // The curve before the length: a P-384 key is of another curve, not a P-256 key of the wrong length.
   if (ec.peek() === CTX0) {
     const params = ec.next(CTX0, "parameters");
+    if (params.peek() === SEQUENCE) fail(EXPLICIT_PARAMS);
     const curve = params.next(OID, "namedCurve").rest();
     if (!equal(curve, OID_P256)) fail(`unsupported EC curve ${oidName(curve)} (supported: P-256 / prime256v1)`);
     params.end();
   } else if (at.topLevel) {
     fail("EC PRIVATE KEY without curve parameters");
   }
+  // RFC 5915 §3: ceiling(log2(n)/8) octets, leading zeros kept; openssl always writes 32.
+  if (d.length !== 32) fail(`P-256 private key must be 32 bytes, got ${d.length}`);
   const pubRaw = ec.peek() === CTX1 ? ec.next(CTX1, "publicKey").bits(BIT_STRING, "publicKey") : undefined;
   ec.end();
   const key = privateKeyFromSecret("p256", d, source);
-  if (pubRaw && !equal(pubRaw, key.publicKey.raw)) fail("the public key does not match the private key");
+  if (pubRaw && !matchesPublic(pubRaw, key)) fail("the public key does not match the private key");
   return key;
 }
 

@@ -176,6 +176,8 @@ describe("rejections: KEY_INVALID with the source and a precise reason", () => {
     tlv(0x30, int(version), alg, tlv(0x04, inner), ...rest);
   const edInner = tlv(0x04, ed.secret);
   const other = generateKey("p256").publicKey.raw;
+  /** SEC1 §2.3.3 compressed form of an uncompressed point: 02/03 (the parity of y) ‖ X. */
+  const p256Compressed = (raw: Uint8Array) => Uint8Array.of(2 + (raw[64]! & 1), ...raw.subarray(1, 33));
   type Row = { name: string; kind: "public" | "private"; text: () => string; why: RegExp };
   const rows: Row[] = [
     // PEM level
@@ -229,6 +231,12 @@ describe("rejections: KEY_INVALID with the source and a precise reason", () => {
     { name: "ECPrivateKey with another public key", kind: "private", text: () => pemOf("PRIVATE KEY", pkcs8(0, EC_ALG, ecPriv(ec.secret, tlv(0xa1, bits(other))))), why: /does not match/ },
     { name: "ECPrivateKey with P-384 parameters", kind: "private", text: () => pemOf("PRIVATE KEY", pkcs8(0, EC_ALG, ecPriv(ec.secret, tlv(0xa0, P384_OID)))), why: /unsupported EC curve secp384r1/ },
     { name: "SEC1 without curve parameters", kind: "private", text: () => pemOf("EC PRIVATE KEY", ecPriv(ec.secret)), why: /without curve parameters/ },
+    // Before: "P-256 private key must be 32 bytes, got 48", and "namedCurve: expected tag 0x06, found 0x30".
+    { name: "SEC1 P-384 key (a 48-byte scalar): the curve is named, not the length", kind: "private", text: () => pemOf("EC PRIVATE KEY", ecPriv(new Uint8Array(48).fill(7), tlv(0xa0, P384_OID))), why: /unsupported EC curve secp384r1/ },
+    { name: "SEC1 with explicit parameters", kind: "private", text: () => pemOf("EC PRIVATE KEY", ecPriv(ec.secret, tlv(0xa0, tlv(0x30, int(1))))), why: /explicit EC parameters are not supported: use a named curve \(`openssl ec -in KEY -param_enc named_curve/ },
+    { name: "PKCS#8 with explicit parameters", kind: "private", text: () => pemOf("PRIVATE KEY", pkcs8(0, tlv(0x30, tlv(0x06, hex("2a8648ce3d0201")), tlv(0x30, int(1))), ecPriv(ec.secret))), why: /explicit EC parameters are not supported/ },
+    { name: "SPKI with explicit parameters", kind: "public", text: () => pemOf("PUBLIC KEY", tlv(0x30, tlv(0x30, tlv(0x06, hex("2a8648ce3d0201")), tlv(0x30, int(1))), bits(ec.publicKey.raw))), why: /explicit EC parameters are not supported/ },
+    { name: "ECPrivateKey with another public key, compressed", kind: "private", text: () => pemOf("EC PRIVATE KEY", ecPriv(ec.secret, tlv(0xa0, P256_OID), tlv(0xa1, bits(p256Compressed(other))))), why: /does not match/ },
     { name: "SEC1 trailing bytes", kind: "private", text: () => pemOf("EC PRIVATE KEY", ecPriv(ec.secret, tlv(0xa0, P256_OID), tlv(0x05))), why: /trailing byte.*ECPrivateKey/ },
     { name: "EC PRIVATE KEY label with an Ed25519 PKCS#8 body", kind: "private", text: () => pemOf("EC PRIVATE KEY", derOf(encodePrivatePem(ed))), why: /ECPrivateKey version/ },
   ];
@@ -251,6 +259,9 @@ describe("rejections: KEY_INVALID with the source and a precise reason", () => {
     expect(decodePrivatePem(pemOf("PRIVATE KEY", pkcs8(1, ED_ALG, edInner, tlv(0x81, Uint8Array.of(0), ed.publicKey.raw))), "v1").publicKey).toEqual(ed.publicKey);
     expect(decodePrivatePem(pemOf("PRIVATE KEY", pkcs8(0, EC_ALG, ecPriv(ec.secret))), "nopub").publicKey).toEqual(ec.publicKey);
     expect(decodePrivatePem(pemOf("EC PRIVATE KEY", ecPriv(ec.secret, tlv(0xa0, P256_OID))), "sec1").publicKey).toEqual(ec.publicKey);
+    // A compressed copy of the public point (openssl -conv_form compressed) is the same point. Before: "does not match".
+    expect(decodePrivatePem(pemOf("EC PRIVATE KEY", ecPriv(ec.secret, tlv(0xa0, P256_OID), tlv(0xa1, bits(p256Compressed(ec.publicKey.raw))))), "sec1c").publicKey).toEqual(ec.publicKey);
+    expect(decodePrivatePem(pemOf("PRIVATE KEY", pkcs8(0, EC_ALG, ecPriv(ec.secret, tlv(0xa1, bits(p256Compressed(ec.publicKey.raw)))))), "p8c").publicKey).toEqual(ec.publicKey);
     expect(decodePublicPem(pemOf("PUBLIC KEY", tlv(0x30, EC_ALG, bits(ec.publicKey.raw))), "ok").id).toBe(ec.publicKey.id);
   });
 
@@ -310,6 +321,38 @@ describe("openssl interop (live)", () => {
     const p = Bun.spawnSync(["sh", "-c", "openssl pkey -pubin -in id.pub -outform DER | sha256sum"], { cwd: work });
     expect(p.exitCode).toBe(0);
     expect(p.stdout.toString().split(" ")[0]).toBe(decodePublicPem(file("id.pub"), "id.pub").id);
+  });
+
+  // Before: the compressed ones were "the public key does not match the private key", the P-384/P-521 ones
+  // "P-256 private key must be 32 bytes", the explicit ones "namedCurve: expected tag 0x06, found 0x30".
+  test("openssl's P-256 keys with a compressed public point (SEC1 and PKCS#8) are read, as the key openssl derives", () => {
+    openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "cmp.key");
+    openssl("ec", "-in", "cmp.key", "-conv_form", "compressed", "-out", "cmp-sec1.key");
+    openssl("pkey", "-in", "cmp.key", "-ec_conv_form", "compressed", "-out", "cmp-p8.key");
+    openssl("ec", "-in", "cmp.key", "-pubout", "-out", "cmp.pub");
+    const want = decodePublicPem(file("cmp.pub"), "cmp.pub");
+    for (const f of ["cmp-sec1.key", "cmp-p8.key"]) {
+      openssl("pkey", "-in", f, "-check", "-noout");
+      expect({ f, pub: decodePrivatePem(file(f), f).publicKey }).toEqual({ f, pub: want });
+    }
+  });
+
+  test.each([
+    { name: "SEC1 P-384", make: [["ecparam", "-name", "secp384r1", "-genkey", "-noout", "-out", "x.key"]], why: "unsupported EC curve secp384r1 (P-384) (1.3.132.0.34) (supported: P-256 / prime256v1)" },
+    { name: "SEC1 P-521", make: [["ecparam", "-name", "secp521r1", "-genkey", "-noout", "-out", "x.key"]], why: "unsupported EC curve secp521r1 (P-521) (1.3.132.0.35) (supported: P-256 / prime256v1)" },
+    {
+      name: "SEC1 P-256 with explicit parameters",
+      make: [["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "n.key"], ["ec", "-in", "n.key", "-param_enc", "explicit", "-out", "x.key"]],
+      why: "explicit EC parameters are not supported: use a named curve (`openssl ec -in KEY -param_enc named_curve -out NAMED.pem` re-encodes the key)",
+    },
+    {
+      name: "PKCS#8 P-256 with explicit parameters",
+      make: [["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "n.key"], ["ec", "-in", "n.key", "-param_enc", "explicit", "-out", "e.key"], ["pkey", "-in", "e.key", "-out", "x.key"]],
+      why: "explicit EC parameters are not supported: use a named curve (`openssl ec -in KEY -param_enc named_curve -out NAMED.pem` re-encodes the key)",
+    },
+  ])("openssl $name: refused for what it is", ({ make, why }) => {
+    for (const args of make) openssl(...args);
+    expect(() => decodePrivatePem(file("x.key"), "x.key")).toThrow(`cannot read key x.key: ${why}`);
   });
 
   test("openssl's SEC1 and ecparam outputs decode to the key openssl derives", () => {
