@@ -20,7 +20,8 @@ export function pemBlocks(text: string, fail: Fail, blocks: PemBlock[]): void {
   let label: string | null = null;
   let body: string[] = [];
   let encrypted = false;
-  for (const line of text.split(/\r?\n/)) {
+  // A UTF-8 byte order mark, as some editors save a file: openssl reads past it, so does zb.
+  for (const line of text.replace(/^\uFEFF/, "").split(/\r?\n/)) {
     if (label === null) {
       const m = /^-----BEGIN ([A-Z0-9 ]+)-----\s*$/.exec(line);
       if (m) {

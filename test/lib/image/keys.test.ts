@@ -259,6 +259,9 @@ describe("rejections: KEY_INVALID with the source and a precise reason", () => {
     expect(decodePrivatePem(pemOf("PRIVATE KEY", pkcs8(1, ED_ALG, edInner, tlv(0x81, Uint8Array.of(0), ed.publicKey.raw))), "v1").publicKey).toEqual(ed.publicKey);
     expect(decodePrivatePem(pemOf("PRIVATE KEY", pkcs8(0, EC_ALG, ecPriv(ec.secret))), "nopub").publicKey).toEqual(ec.publicKey);
     expect(decodePrivatePem(pemOf("EC PRIVATE KEY", ecPriv(ec.secret, tlv(0xa0, P256_OID))), "sec1").publicKey).toEqual(ec.publicKey);
+    // A UTF-8 byte order mark before the PEM text (openssl reads past it). Before: "not PEM text".
+    expect(decodePublicPem("\uFEFF" + encodePublicPem(ed.publicKey), "bom.pub")).toEqual(ed.publicKey);
+    expect(decodePrivatePem("\uFEFF" + encodePrivatePem(ec), "bom.key").publicKey).toEqual(ec.publicKey);
     // A compressed copy of the public point (openssl -conv_form compressed) is the same point. Before: "does not match".
     expect(decodePrivatePem(pemOf("EC PRIVATE KEY", ecPriv(ec.secret, tlv(0xa0, P256_OID), tlv(0xa1, bits(p256Compressed(ec.publicKey.raw))))), "sec1c").publicKey).toEqual(ec.publicKey);
     expect(decodePrivatePem(pemOf("PRIVATE KEY", pkcs8(0, EC_ALG, ecPriv(ec.secret, tlv(0xa1, bits(p256Compressed(ec.publicKey.raw)))))), "p8c").publicKey).toEqual(ec.publicKey);

@@ -168,6 +168,12 @@ describe("loadTrustDir", () => {
     expect(t.sources.get(ED.publicKey.id)).toBe(join(d, "a.pem"));
   });
 
+  test("a key file saved with a UTF-8 byte order mark is read, as openssl reads it (before: \"not PEM text\")", () => {
+    const d = dir({ "bom.pem": "\uFEFF" + pemA });
+    expect(Bun.spawnSync(["openssl", "pkey", "-pubin", "-in", join(d, "bom.pem"), "-noout"]).exitCode).toBe(0);
+    expect([...loadTrustDir(sys, d).keys.keys()]).toEqual([ED.publicKey.id]);
+  });
+
   test("the same key in two files is one trusted key; the first file by name is its source", () => {
     const d = dir({ "2.pem": pemA, "1.pub": pemA });
     const t = loadTrustDir(sys, d);
