@@ -134,6 +134,8 @@ export function loadTrustDir(sys: Sys, dir: string): TrustStore {
     let key: PublicKey;
     try {
       // Named like a key, so meant as one: a link to nothing or a FIFO (which would block the read) is no key either.
+      // A name that is not UTF-8 comes back from readdir with U+FFFD in it, a name no file has.
+      if (info === null && name.includes("\uFFFD")) throw new ZbError("KEY_INVALID", `cannot read key ${path}: its name is not UTF-8 (zb cannot open it by that name)`);
       if (info === null) throw new ZbError("KEY_INVALID", `cannot read key ${path}: it does not exist (a symbolic link to nothing)`);
       if (info.kind !== "file") throw new ZbError("KEY_INVALID", `cannot read key ${path}: it is not a regular file`);
       if (info.size > MAX_KEY_FILE) throw new ZbError("KEY_INVALID", `cannot read key ${path}: ${info.size} bytes is too large for a public key`);

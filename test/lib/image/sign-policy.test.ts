@@ -191,6 +191,12 @@ describe("loadTrustDir", () => {
       symlinkSync("/dev/zero", join(d, "z.pub"));
       return d;
     }, code: "KEY_INVALID", why: (d) => `cannot read key ${join(d, "z.pub")}: it is not a regular file` },
+    // Before: "it does not exist (a symbolic link to nothing)": readdir gives the name with U+FFFD, a name no file has.
+    { name: "a key file whose name is not UTF-8 → KEY_INVALID saying so", path: () => {
+      const d = dir({ "a.pem": pemA });
+      writeFileSync(Buffer.concat([Buffer.from(join(d, "k")), Buffer.from([0xff]), Buffer.from(".pem")]), pemA);
+      return d;
+    }, code: "KEY_INVALID", why: (d) => `cannot read key ${join(d, "k\uFFFD.pem")}: its name is not UTF-8 (zb cannot open it by that name)` },
     { name: "an empty dir → SIG_INVALID", files: {}, code: "SIG_INVALID", why: (d) => `cannot load trusted keys: no trusted keys in ${d}` },
     { name: "only non-key files → SIG_INVALID", files: { "README": "x" }, code: "SIG_INVALID", why: () => /no trusted keys in/ },
     { name: "a missing dir → IO", path: () => join(work, "nope"), code: "IO", why: () => /no such directory/ },
