@@ -17,11 +17,8 @@ export interface FreshDevice {
   run: (args: string[], env?: Record<string, string | undefined>) => { code: number | null; out: string; err: string };
 }
 
-/** A fresh boot folder under `dir` with both slots' files, taken over by zb init (slot a committed, b valid), and a root of its own. */
-export function freshDevice(dir: string, name: string): FreshDevice {
-  const b = join(dir, `boot-${name}`);
-  const r = join(dir, `root-${name}`);
-  mkdirSync(join(r, "proc/device-tree/chosen/bootloader"), { recursive: true });
+/** A boot partition's files before zb init: both slots' kernel and .dtb, config.txt and cmdline.txt. */
+export function bootFolder(b: string): void {
   for (const s of ["slot-a", "slot-b"]) {
     mkdirSync(join(b, s), { recursive: true });
     writeFileSync(join(b, s, "vmlinuz"), "a kernel\n");
@@ -29,6 +26,14 @@ export function freshDevice(dir: string, name: string): FreshDevice {
   }
   writeFileSync(join(b, "config.txt"), "kernel=vmlinuz\n");
   writeFileSync(join(b, "cmdline.txt"), "console=ttyAMA0 root=/dev/mapper/zb-root\n");
+}
+
+/** A fresh boot folder under `dir` with both slots' files, taken over by zb init (slot a committed, b valid), and a root of its own. */
+export function freshDevice(dir: string, name: string): FreshDevice {
+  const b = join(dir, `boot-${name}`);
+  const r = join(dir, `root-${name}`);
+  mkdirSync(join(r, "proc/device-tree/chosen/bootloader"), { recursive: true });
+  bootFolder(b);
   const run = (args: string[], env: Record<string, string | undefined> = { ...process.env, ZB_NO_REBOOT: "1" }) => {
     const p = Bun.spawnSync(withTempVarLock([BIN, ...args, "--boot", b, "--root", r]), { env });
     return { code: p.exitCode, out: p.stdout.toString(), err: p.stderr.toString() };

@@ -10,7 +10,7 @@ import { appendFileSync, chmodSync, existsSync, mkdirSync, mkdtempSync, readFile
 import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
 import { withTempVarLock } from "../fakes/envlock.ts";
-import { BIN, freshDevice, type FreshDevice } from "./boot-device.ts";
+import { BIN, bootFolder, freshDevice, type FreshDevice } from "./boot-device.ts";
 import { untilPolling } from "../fakes/procwait.ts";
 
 let dir = "";
@@ -418,13 +418,7 @@ describe("zb init and the env's other variables (docs/boot-flow.md: zb only touc
   /** A boot folder with both slots' files, its env made by `zb env init` and holding a variable of the user's. */
   function userEnv(name: string) {
     const b = join(dir, `boot-userenv-${name}`);
-    for (const s of ["slot-a", "slot-b"]) {
-      mkdirSync(join(b, s), { recursive: true });
-      writeFileSync(join(b, s, "vmlinuz"), "a kernel\n");
-      writeFileSync(join(b, s, "bcm2711-rpi-4-b.dtb"), "a device tree\n");
-    }
-    writeFileSync(join(b, "config.txt"), "kernel=vmlinuz\n");
-    writeFileSync(join(b, "cmdline.txt"), "console=ttyAMA0 root=/dev/mapper/zb-root\n");
+    bootFolder(b);
     const run = (...args: string[]) => {
       const p = Bun.spawnSync(withTempVarLock([BIN, ...args, "--boot", b, ...(args[0] === "env" ? [] : ["--root", root])]), { env: { ...process.env, ZB_NO_REBOOT: "1" } });
       return { code: p.exitCode, out: p.stdout.toString(), err: p.stderr.toString() };
