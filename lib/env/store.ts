@@ -101,11 +101,6 @@ export class EnvStore {
   }
 
   /**
-   * Replace the whole env with `vars`, for `zb env init` and for storing a
-   * default env when no copy is readable. A readable env is kept unless `force`.
-   * @throws {ZbError} USAGE when an env exists and `force` is not set; IO on failure
-   */
-  /**
    * Hold the env lock other env tools share (lib/sys/flock.ts) until the
    * returned release is called; re-entrant, and a no-op for a Sys without one.
    * @throws {ZbError} IO when another process holds it too long
@@ -114,6 +109,11 @@ export class EnvStore {
     return this.sys.lockEnv?.() ?? (() => undefined);
   }
 
+  /**
+   * Replace the whole env with `vars`, for `zb env init` and for storing a
+   * default env when no copy is readable. A readable env is kept unless `force`.
+   * @throws {ZbError} USAGE when an env exists and `force` is not set; IO on failure
+   */
   create(vars: Vars, opts: { force?: boolean } = {}): WriteResult {
     const release = this.lock();
     try {
