@@ -33,12 +33,24 @@ export function wantsJson(argv: readonly string[]): boolean {
   return args.some((a, i) => a === "--json" || a.startsWith("--json=") || a === "--progress=json" || (a === "--progress" && args[i + 1] === "json"));
 }
 
+/** A failure's fields in the failure line (and zbunlock's document): `hint` only when there is one. */
+export interface FailureJson {
+  code: string;
+  exit: number;
+  message: string;
+  hint?: string;
+}
+
+export function failureJson(z: ZbError): FailureJson {
+  return { code: z.code, exit: z.exit, message: z.message, ...(z.hint ? { hint: z.hint } : {}) };
+}
+
 /**
  * The failure line of docs/json.md, newline included:
  * `{"type":"result","ok":false,"code":…,"exit":…,"message":…,"hint":…}` (`hint` only when there is one).
  */
 export function failureLine(z: ZbError): string {
-  return JSON.stringify({ type: "result", ok: false, code: z.code, exit: z.exit, message: z.message, ...(z.hint ? { hint: z.hint } : {}) }) + "\n";
+  return JSON.stringify({ type: "result", ok: false, ...failureJson(z) }) + "\n";
 }
 
 /** Print an error for the user (and, with `json`, as a JSON line on stdout) and return its exit status. */

@@ -161,7 +161,7 @@ export class HostSys implements Sys {
       throw ioError(`stat ${path}`, e);
     }
     const who = { id: `${st.dev}:${st.ino}`, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, links: st.nlink };
-    if (st.isBlockDevice()) return { size: deviceSize(path, st.rdev), kind: "block", ...who };
+    if (st.isBlockDevice()) return { size: deviceSize(this, path, st.rdev), kind: "block", ...who };
     const kind = st.isFile() ? "file" : st.isDirectory() ? "dir" : st.isCharacterDevice() ? "char" : "other";
     return { size: st.size, kind, ...who };
   }
@@ -209,9 +209,9 @@ function open(path: string, flags: string | number, what: string, mode?: number)
 }
 
 /** stat() reports 0 for block devices; sysfs has the size by device number (devsize.ts), else 0 here. */
-function deviceSize(path: string, rdev: number): number {
+function deviceSize(sys: HostSys, path: string, rdev: number): number {
   try {
-    return blockDeviceSize(path, rdev, { sys: new HostSys(), sysfs: "/sys" });
+    return blockDeviceSize(path, rdev, { sys, sysfs: "/sys" });
   } catch {
     return 0;
   }

@@ -64,7 +64,7 @@ export function openTarget(path: string, opts: { create: boolean; sysfs?: SysfsL
   // A device is opened with O_EXCL alone (a claim, above); with O_CREAT it would mean "must not exist".
   const flags = fs.constants.O_RDWR | (device ? fs.constants.O_EXCL : 0);
   try {
-    fd = (!device && opts.create ? createNew(path, opts.syncFolder ?? fsyncFolder) : null) ?? fs.openSync(path, flags);
+    fd = (!device && opts.create ? createNew(path, opts.syncFolder ?? ((dir) => HOST.fsync(dir))) : null) ?? fs.openSync(path, flags);
   } catch (e) {
     if (device && (e as { code?: string }).code === "EBUSY") {
       throw new ZbError("TARGET_BUSY", `cannot install into ${path}: it is in use (mounted, an open LUKS or device-mapper volume, or opened by another install)`, { cause: e });
@@ -240,16 +240,6 @@ function createNew(path: string, syncFolder: (dir: string) => void): number | nu
   return fd;
 }
 
-/** fsync(2) of a folder: its entries durable. */
-function fsyncFolder(dir: string): void {
-  const fd = fs.openSync(dir, "r");
-  try {
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
 function isBlockDevice(path: string): boolean {
   try {
     return fs.statSync(path).isBlockDevice();
@@ -258,4 +248,5 @@ function isBlockDevice(path: string): boolean {
   }
 }
 
-const HOST_SYSFS: SysfsLook = { sys: new HostSys(), sysfs: "/sys" };
+const HOST = new HostSys();
+const HOST_SYSFS: SysfsLook = { sys: HOST, sysfs: "/sys" };

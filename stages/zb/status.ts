@@ -2,7 +2,7 @@
  * `zb status`: the boot state, the booted slot and what the firmware will
  * read next. The JSON is a stable contract (docs/boot-flow.md, "zb status").
  */
-import { readState, SLOTS, type Mode, type SlotState, type Status } from "../../lib/bootstate/state.ts";
+import { readState, SLOTS, VAR, type Mode, type SlotState, type Status } from "../../lib/bootstate/state.ts";
 import { asText } from "../../lib/env/codec.ts";
 import { prefixTarget } from "../../lib/bootloader/piconfig.ts";
 import { bootedFrom } from "../../lib/bootloader/platform.ts";
@@ -39,7 +39,7 @@ export function statusJson(h: Host): StatusJson {
     f ? { osPrefix: f.osPrefix, target: prefixTarget(f.osPrefix), cmdline: f.cmdline } : null;
   return {
     version: 1,
-    initialized: vars.has("zb_slot"),
+    initialized: vars.has(VAR.committed),
     committed: s.committed,
     booted: booted(h),
     status: s.status,

@@ -16,16 +16,8 @@
 import type { UnlockOutcome } from "../../lib/unlock/unlock.ts";
 import type { ZbError } from "../../lib/errors.ts";
 import { err, out } from "../output.ts";
-import { failureLine } from "../run.ts";
+import { failureJson, failureLine, type FailureJson } from "../run.ts";
 import type { TransitionJson } from "../zb/boot.ts";
-
-/** A failure as the failure line gives it, without its `type` and `ok`. */
-export interface FailureJson {
-  code: string;
-  exit: number;
-  message: string;
-  hint?: string;
-}
 
 /**
  * A transition of zbunlock's, or the one it could not make: then `unrecorded`
@@ -45,11 +37,6 @@ export type ZbunlockJson = StepJson & { unlock: UnlockJson | null };
 /** A transition's document with `unrecorded` last (null when it was made), as the docs list the fields. */
 function asStep(doc: TransitionJson | StepJson): StepJson {
   return { ...doc, unrecorded: "unrecorded" in doc ? doc.unrecorded : null };
-}
-
-/** Where a failure is printed: the same fields as the failure line. */
-function failureJson(e: ZbError): FailureJson {
-  return { code: e.code, exit: e.exit, message: e.message, ...(e.hint ? { hint: e.hint } : {}) };
 }
 
 /** A transition that could not be made: `reboot` when a plain reboot is made instead. */
