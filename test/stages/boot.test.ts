@@ -40,7 +40,8 @@ function zb(args: string[], name = BIN) {
 }
 const unlock = (...args: string[]) => zb(args, join(dir, "zbunlock"));
 const cmdline = (file: string) => writeFileSync(join(root, "proc/cmdline"), readFileSync(join(boot, file)));
-const envBytes = () => Buffer.concat([readFileSync(join(boot, "zb/zb.env")), readFileSync(join(boot, "zb/zb.env.redund"))]);
+/** Both env copies of a boot folder, as bytes (default: this file's device). */
+const envBytes = (b = boot) => Buffer.concat([readFileSync(join(b, "zb/zb.env")), readFileSync(join(b, "zb/zb.env.redund"))]);
 const status = () => JSON.parse(zb(["status", "--json"]).out);
 function writeCheck(d: string, name: string, text: string): void {
   writeFileSync(join(d, name), text);
@@ -150,15 +151,13 @@ describe("the rest of the try boot that committed (the command line still says k
     expect(d.run(["mark-good"]).out).toMatch(/G1: commit/);
     return d;
   }
-  const envOf = (d: FreshDevice) => Buffer.concat([readFileSync(join(d.boot, "zb/zb.env")), readFileSync(join(d.boot, "zb/zb.env.redund"))]);
-
   test("zb mark-good again: G2, exit 0, the env not written (mark-good is idempotent)", () => {
     const d = committedOnTryBoot("commit-twice");
-    const before = envOf(d);
+    const before = envBytes(d.boot);
     const r = d.run(["mark-good"]);
     expect([r.code, r.err]).toEqual([0, ""]);
     expect(r.out).toMatch(/G2: counter of the slot := 0/);
-    expect(envOf(d).equals(before)).toBe(true);
+    expect(envBytes(d.boot).equals(before)).toBe(true);
   });
 
   test("zb mark-bad: B2, exit 0: b invalid, a committed again, config.txt back to slot-a/", () => {
@@ -442,11 +441,10 @@ describe("zb init and the env's other variables (docs/boot-flow.md: zb only touc
     expect(d.run("init", "--slot", "a", "--valid", "a,b", "--force").code).toBe(0);
     expect(d.run("env", "set", "my_note", "keep me").code).toBe(0);
     expect(d.run("env", "set", "zb_boot_count_a", "2").code).toBe(0);
-    const envBytes = () => Buffer.concat([readFileSync(join(d.boot, "zb/zb.env")), readFileSync(join(d.boot, "zb/zb.env.redund"))]);
-    const before = envBytes();
+    const before = envBytes(d.boot);
     const again = d.run("init", "--slot", "b", "--valid", "a,b");
     expect(again.code).toBe(2);
-    expect(envBytes().equals(before)).toBe(true);
+    expect(envBytes(d.boot).equals(before)).toBe(true);
     const forced = d.run("init", "--slot", "b", "--valid", "a,b", "--force");
     expect([forced.code, forced.err]).toEqual([0, ""]);
     const printed = d.print();

@@ -15,7 +15,7 @@ import { chmodSync, chownSync, existsSync, linkSync, mkdirSync, mkdtempSync, rea
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
-import { tmpfsMounts, variedBytes } from "../lib/image/fixture.ts";
+import { tmpfsMounts, variedBytes, withEditedSerial } from "../lib/image/fixture.ts";
 
 const BIN = resolve(import.meta.dir, "../../dist/zb-x64");
 let dir = "";
@@ -25,14 +25,8 @@ const zb = (...args: string[]) => {
 };
 const sh = (cmd: string[]) => Bun.spawnSync(cmd, { cwd: dir });
 const sha256 = (path: string) => new Bun.CryptoHasher("sha256").update(readFileSync(path)).digest("hex");
-/** An image with its manifest edited in place (serial 7 → 9, the same length): `verify --trust` refuses it. */
-const editedManifest = (image: Buffer) => {
-  // manifest.json is the second entry: its header at 1024, its data at 1536.
-  const size = parseInt(image.subarray(1024 + 124, 1024 + 136).toString("latin1"), 8);
-  const at = image.indexOf('"serial":7,', 1536);
-  if (at < 0 || at >= 1536 + size) throw new Error("no serial 7 in the manifest");
-  return Buffer.concat([image.subarray(0, at), Buffer.from('"serial":9,'), image.subarray(at + 11)]);
-};
+/** An image with its manifest edited in place (serial 7 → 9): `verify --trust` refuses it. */
+const editedManifest = (image: Buffer) => withEditedSerial(image, 7, 9);
 
 beforeAll(() => {
   if (!existsSync(BIN)) throw new Error(`${BIN} is missing: run \`bun build.ts\` first`);

@@ -69,8 +69,7 @@ test.each([
 
 test("the whole boot (U4 stop, damaged data.sealed): zbunlock locks the root key itself before it exits 23", async () => {
   const root = rootWith({ data: { uuid: "1f0e0d0c-0b0a-4908-8706-050403020100", name: "zb-data" } }, "{garbage");
-  const boot = join(root, "..", `${root.split("/").at(-1)}-boot`);
-  mkdirSync(boot, { recursive: true });
+  const boot = tempDir();
   writeFileSync(join(boot, "config.txt"), "kernel=vmlinuz\n");
   writeFileSync(join(boot, "cmdline.txt"), "console=ttyAMA0 root=/dev/mapper/zb-root\n");
   expect(zb(["init", "--boot", boot, "--slot", "a", "--valid", "a"]).code).toBe(0);

@@ -13,7 +13,7 @@
  * must reach the new target when the env already holds the new state, the
  * old target when it does not.
  */
-import { afterAll, expect } from "bun:test";
+import { expect } from "bun:test";
 import { existsSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { runTransition } from "../../../lib/bootstate/commit.ts";
@@ -58,8 +58,8 @@ class NoSyncSys extends TempLockSys {
   override fsync(): void {}
 }
 const host = new NoSyncSys();
+/** The devices of the scenario running now: removed when it ends (runScenario). */
 const devices: Device[] = [];
-afterAll(() => devices.forEach((d) => rmSync(d.boot, { recursive: true, force: true })));
 
 function fresh(s: Scenario): Device {
   const d = new Device(host, s.device);
@@ -159,6 +159,16 @@ function checkCut(before: Snapshot, after: Snapshot, at: Snapshot): string[] {
  * @returns the number of cut points tried
  */
 export function runScenario(s: Scenario): number {
+  // Removed here, scenario by scenario: an afterAll in this shared module would be registered in
+  // the first test file that imports it only, and the other files' devices stayed in /tmp.
+  try {
+    return cutScenario(s);
+  } finally {
+    for (const d of devices.splice(0)) rmSync(d.boot, { recursive: true, force: true });
+  }
+}
+
+function cutScenario(s: Scenario): number {
   // Uncut: exactly the rows, exactly the new state, and the next boot reaches the target.
   const d = fresh(s);
   const before = snapshot(d);

@@ -203,6 +203,21 @@ export function listTar(bytes: Uint8Array): TarEntry[] {
   return out;
 }
 
+/**
+ * A copy of an image whose manifest is edited in place, serial `from` → `to`
+ * (the same number of digits, so the tar stays well-formed): its signatures
+ * no longer match, which verify and `sign --trust` refuse.
+ */
+export function withEditedSerial(image: Uint8Array, from: number, to: number): Uint8Array {
+  const bytes = new Uint8Array(image);
+  const m = listTar(bytes).find((e) => e.name === "manifest.json")!;
+  const [was, now] = [`"serial":${from},`, `"serial":${to},`];
+  const text = Buffer.from(bytes.subarray(m.dataAt, m.dataAt + m.size)).toString("latin1");
+  if (!text.includes(was) || was.length !== now.length) throw new Error(`fixture: the manifest has no serial ${from}, or ${to} has other digits`);
+  bytes.set(Buffer.from(text.replace(was, now), "latin1"), m.dataAt);
+  return bytes;
+}
+
 /** Recompute a header block's checksum in place (so the tar layer accepts it). */
 export function fixChecksum(header: Uint8Array): Uint8Array {
   header.fill(0x20, 148, 156);

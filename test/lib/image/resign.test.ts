@@ -16,7 +16,7 @@ import { keySigner, loadTrustDir } from "../../../lib/image/sign.ts";
 import { fileSource } from "../../../lib/image/source.ts";
 import { verifyImage } from "../../../lib/image/verify.ts";
 import { HostSys } from "../../../lib/sys/sys.ts";
-import { buildImage, KEYS, listTar, MIN_CHUNK, sha256, trustDir, variedBytes } from "./fixture.ts";
+import { buildImage, KEYS, MIN_CHUNK, sha256, trustDir, variedBytes, withEditedSerial } from "./fixture.ts";
 
 const root = mkdtempSync(join(tmpdir(), "zb-resign-"));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
@@ -27,15 +27,8 @@ const byOther = loadTrustDir(host, trustDir(root, "trust-other", [KEYS.other]));
 // Signed by k1 alone; compatible "pi4", serial 5.
 const img = await buildImage(join(root, "img"), { rootfs: variedBytes(3 * MIN_CHUNK + 5, 71), boot: false, signers: [KEYS.k1] });
 
-/** The image with its manifest edited in place: serial 5 → 9, the same length, so the tar stays well-formed. */
-function edited(): Uint8Array {
-  const bytes = new Uint8Array(img.bytes);
-  const m = listTar(bytes).find((e) => e.name === "manifest.json")!;
-  const text = Buffer.from(bytes.subarray(m.dataAt, m.dataAt + m.size)).toString("latin1");
-  if (!text.includes('"serial":5,')) throw new Error("fixture: the manifest has no serial 5");
-  bytes.set(Buffer.from(text.replace('"serial":5,', '"serial":9,'), "latin1"), m.dataAt);
-  return bytes;
-}
+/** The image with its manifest edited in place: serial 5 → 9. */
+const edited = () => withEditedSerial(img.bytes, 5, 9);
 
 let seq = 0;
 type Check = { policy: Policy } | { unverified: true };
