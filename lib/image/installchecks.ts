@@ -65,13 +65,16 @@ export function checkSeparateFiles(sys: Sys, source: ImageSource, opts: InstallO
  * inserted, a partition not yet made), and a file created in its place (in
  * devtmpfs, in RAM) would take the device's name, receive the payload and
  * be called installed. Checked for the path as given and for its folder
- * with every link followed (a link to /dev elsewhere).
+ * with every link followed (a link to /dev elsewhere). /dev/shm is the one
+ * exception: a tmpfs for files (POSIX shared memory, scratch images), not
+ * device nodes.
  * @throws {ZbError} IO "cannot install into PATH: no such device"
  */
 function checkNotUnderDev(sys: Sys, target: string): void {
   const folder = dirname(resolve(target));
   const real = sys.realpath(folder);
-  const underDev = (p: string) => p === "/dev" || p.startsWith("/dev/");
+  const within = (p: string, dir: string) => p === dir || p.startsWith(`${dir}/`);
+  const underDev = (p: string) => within(p, "/dev") && !within(p, "/dev/shm");
   if (!underDev(folder) && !(real !== null && underDev(real))) return;
   throw new ZbError("IO", `cannot install into ${target}: no such device (zb creates only file targets, never under /dev)`, {
     hint: "check the device's name (lsblk lists the block devices); a file target belongs outside /dev",

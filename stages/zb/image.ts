@@ -59,7 +59,7 @@ ${POLICY}
 ${POLICY}
   Verify everything before writing anything; then each chunk is checked before it is
   decompressed and written, and the whole payload at the end. A --to FILE that does not
-  exist is created, never under /dev (there it is a device that is not there: exit 5).
+  exist is created, never under /dev but /dev/shm (a missing device: exit 5).
   The journal (default TARGET.zb-journal for a file; required for a block device) says
   how far it got: --resume continues there (HTTP sources use Range; no journal: from
   the start). Only a journal in state "complete" means installed. --read-back then

@@ -228,6 +228,17 @@ describe("a target that does not exist under /dev is a device that is not there,
     });
   });
 
+  test("/dev/shm is a tmpfs for files, not devices: a new file target there is created and installed", async () => {
+    const dir = mkdtempSync("/dev/shm/zb-test-");
+    try {
+      const target = join(dir, "slot.img");
+      const r = await install(host, fileSource(img.path), policy, { payload: "rootfs", target, journal: join(dir, "j") });
+      expect({ sha: r.rawSha256, target: read(target) }).toEqual({ sha: sha256(raw), target: sha256(raw) });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test("an existing device there is still a target: /dev/null is refused as not a regular file or block device, not as missing", async () => {
     const e = (await install(host, fileSource(img.path), policy, { payload: "rootfs", target: "/dev/null", journal: join(folder(), "j") }).catch((x: unknown) => x)) as { code?: string; message?: string };
     expect({ code: e.code, missing: /no such device/.test(e.message ?? "") }).toEqual({ code: "IO", missing: false });
