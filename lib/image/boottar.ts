@@ -97,17 +97,28 @@ function utf8Name(dir: string, raw: Buffer): string {
   }
 }
 
-/** The PEM labels of private keys: PKCS#8 (plain and encrypted), SEC1, PKCS#1, OpenSSH's and the like. */
-const PRIVATE_PEM = /^\s*-----BEGIN ([A-Z0-9]+ )*PRIVATE KEY-----/;
+/**
+ * A PEM private key's first line: PKCS#8 (plain and encrypted), SEC1,
+ * PKCS#1, OpenSSH's and the like, at the start of a line (text that only
+ * mentions the label within a sentence is no key).
+ */
+const PRIVATE_PEM = /(?:^|\n)[ \t\r]*-----BEGIN ([A-Z0-9]+ )*PRIVATE KEY-----/;
+/** How much of each file is looked at: keys come with a few lines before them at most. */
+const KEY_SNIFF = 4096;
 
 /**
- * Whether a file starts as a PEM private key (its first bytes only: a boot
- * folder holds a few hundred files, most of them dtbs and overlays). A file
- * that cannot be read is no key here; reading it into the tar reports it.
+ * Whether a file looks like a PEM private key: a text file (no NUL byte in
+ * its first 4 KiB) with a private key's BEGIN line among them. Not only at
+ * the very start: `openssl pkcs12 -nodes` writes "Bag Attributes" lines
+ * before the key, and people keep a comment above it. Binary files (kernels,
+ * dtbs, firmware) are never taken for keys, whatever strings they hold. Only
+ * the first 4 KiB: a boot folder holds a few hundred files, most of them
+ * dtbs and overlays. A file that cannot be read is no key here; reading it
+ * into the tar reports it.
  * @returns true for `-----BEGIN PRIVATE KEY-----`, `-----BEGIN EC PRIVATE KEY-----`, `-----BEGIN ENCRYPTED PRIVATE KEY-----` and the like
- * @example startsAsPrivateKey("boot/release.key") // true for an `openssl genpkey` output
+ * @example looksLikePrivateKey("boot/release.key") // true for an `openssl genpkey` output
  */
-export function startsAsPrivateKey(path: string): boolean {
+export function looksLikePrivateKey(path: string): boolean {
   let fd: number;
   try {
     fd = fs.openSync(path, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
@@ -115,9 +126,11 @@ export function startsAsPrivateKey(path: string): boolean {
     return false;
   }
   try {
-    const head = Buffer.alloc(128);
+    const head = Buffer.alloc(KEY_SNIFF);
     const n = fs.readSync(fd, head, 0, head.length, 0);
-    return PRIVATE_PEM.test(head.subarray(0, n).toString("latin1").replace(/^\xEF\xBB\xBF/, "")); // a UTF-8 BOM, as an editor may save it
+    const sample = head.subarray(0, n);
+    if (sample.includes(0)) return false;
+    return PRIVATE_PEM.test(sample.toString("latin1").replace(/^\xEF\xBB\xBF/, "")); // a UTF-8 BOM, as an editor may save it
   } catch {
     return false;
   } finally {

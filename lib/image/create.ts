@@ -18,7 +18,7 @@ import { encodeManifest, FORMAT_VERSION, MANIFEST_TOO_LARGE, LIMITS, type Manife
 import { openUnverified, openVerified, type ImageHeader, type OpenImage, type Policy } from "./reader.ts";
 import { checkSignatureCount, imageSignatures, type Signature, type Signer } from "./sign.ts";
 import { untilAborted, type ImageSource } from "./source.ts";
-import { startsAsPrivateKey } from "./boottar.ts";
+import { looksLikePrivateKey } from "./boottar.ts";
 import { encodePayload, plan, type PayloadInput, type Plan } from "./spool.ts";
 import { archiveWriter, checkNotTemp, checkReplaceable, spoolFile } from "./writer.ts";
 import { atomicTemp } from "../sys/atomic.ts";
@@ -178,8 +178,8 @@ function checkOutput(opts: CreateOptions): void {
 /**
  * A boot folder is published in every image, world-readable on the device's
  * FAT partition: it must not hold a signing key (a `--key` file, compared by
- * device and inode, so a hard link or another spelling counts), nor any file
- * that starts as a PEM private key (a key of another name), nor the
+ * device and inode, so a hard link or another spelling counts), nor any text
+ * file that holds a PEM private key near its start (a key of another name), nor the
  * `--rootfs` file (packed twice, once into the boot payload).
  * @throws {ZbError} USAGE
  */
@@ -204,7 +204,7 @@ function checkBootFolders(plans: Plan[], opts: CreateOptions): void {
       if (key !== undefined) throw new ZbError("USAGE", `${where} the signing key ${f.path}${key === f.path ? "" : ` (--key ${key})`} (it would be published in every image)`, hint);
       const payload = rootfs.get(f.id);
       if (payload !== undefined) throw new ZbError("USAGE", `${where} the ${payload} file ${f.path} (it would be packed into the ${p.input.name} payload too)`, hint);
-      if (startsAsPrivateKey(f.path)) throw new ZbError("USAGE", `${where} a private key, ${f.path} (it would be published in every image)`, hint);
+      if (looksLikePrivateKey(f.path)) throw new ZbError("USAGE", `${where} a private key, ${f.path} (it would be published in every image)`, hint);
     }
   }
 }

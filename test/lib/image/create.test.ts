@@ -225,6 +225,8 @@ describe("a boot folder is published in every image: one holding a private key o
       ["SEC1", "-----BEGIN EC PRIVATE KEY-----\n"],
       ["encrypted PKCS#8", "-----BEGIN ENCRYPTED PRIVATE KEY-----\n"],
       ["OpenSSH, after a UTF-8 BOM and a blank line", "\uFEFF\n-----BEGIN OPENSSH PRIVATE KEY-----\n"],
+      ["openssl pkcs12 -nodes output, Bag Attributes first", "Bag Attributes\n    localKeyId: 4A 1F 93 0C 77 2B 18 D5 60 9E 51 3D A2 C4 7F 01 66 E8 2B 90\n    friendlyName: release signing key for the 2026 product line\nKey Attributes: <No Attributes>\n-----BEGIN PRIVATE KEY-----\n"],
+      ["a comment above the key, CRLF lines", "# release key, do not copy\r\n\r\n-----BEGIN EC PRIVATE KEY-----\r\n"],
     ].map(([kind, head]) => ({
       name: `a private key that is no --key (${kind})`,
       put: async (boot: string, d: string) => {
@@ -243,10 +245,14 @@ describe("a boot folder is published in every image: one holding a private key o
       error: "the boot folder BOOT holds the rootfs file BOOT/rootfs.img (it would be packed into the boot payload too)",
     },
     {
-      name: "public keys and text that mentions a private key further on (accepted)",
+      name: "public keys, text that mentions a private key mid-line, binary files and text past 4 KiB (accepted)",
       put: async (boot, d) => {
         writeFileSync(join(boot, "release.pub"), "-----BEGIN PUBLIC KEY-----\n" + PEM_BODY);
         writeFileSync(join(boot, "README"), "Never put a -----BEGIN PRIVATE KEY----- file here.\n");
+        // A binary file (a NUL byte early on) holding the label at a line start: firmware strings, no key.
+        writeFileSync(join(boot, "fixup.dat"), Buffer.concat([Buffer.from([0x7f, 0x45, 0x4c, 0x46, 0, 0, 0, 0]), Buffer.from("\n-----BEGIN PRIVATE KEY-----\n")]));
+        // A key beyond the first 4 KiB of a text file is not looked for (a boot folder holds hundreds of files).
+        writeFileSync(join(boot, "notes.txt"), "x".repeat(4096) + "\n-----BEGIN PRIVATE KEY-----\n" + PEM_BODY);
         return { key: await keyFile(d, "k.pem", KEYS.k1) };
       },
       error: null,
