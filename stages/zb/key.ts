@@ -2,11 +2,13 @@
  * `zb key gen|id`: signing keys for images. Private keys are PKCS#8 PEM files
  * created 0600 (openssl reads them); public keys SPKI PEM beside them.
  */
-import { closeSync, fstatSync, lstatSync, openSync, unlinkSync, writeFileSync } from "node:fs";
+import { closeSync, fstatSync, fsyncSync, lstatSync, openSync, unlinkSync, writeFileSync } from "node:fs";
+import { dirname } from "node:path";
 import { onlyThese, parseArgs } from "../../lib/cli/args.ts";
 import { decodePrivatePem, decodePublicPem, encodePrivatePem, encodePublicPem, generateKey, MAX_KEY_FILE, type Alg } from "../../lib/image/keys.ts";
 import { ZbError, ioError } from "../../lib/errors.ts";
 import { readFdBounded } from "../../lib/sys/bounded.ts";
+import { HostSys } from "../../lib/sys/sys.ts";
 import { err, out } from "../output.ts";
 import { subcommand } from "../common.ts";
 
@@ -50,10 +52,13 @@ function gen(alg: string | undefined, name: string | undefined, json: boolean): 
       created.push(path);
       try {
         writeFileSync(fd, text);
+        fsyncSync(fd);
       } finally {
         closeSync(fd);
       }
     }
+    // The names too: a power cut after `key gen` must not lose a key whose .pub went to devices already.
+    new HostSys().fsync(dirname(name));
   } catch (e) {
     for (const path of created.reverse()) {
       try {

@@ -8,7 +8,8 @@
  * that does not exist (exit 5, nothing created there), more than 16
  * signatures (exit 2, nothing written), images from FIFOs, an image followed
  * by /dev/zero (exit 13), a closed, write-only or terminal stdin (exit 5), key files
- * that are no files (exit 18), a boot subfolder that cannot be entered (exit 5).
+ * that are no files (exit 18), a boot subfolder that cannot be entered (exit 5), key
+ * files and their folder fsynced by `key gen` (seen with strace).
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { chmodSync, chownSync, existsSync, linkSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync, copyFileSync } from "node:fs";
@@ -52,6 +53,15 @@ describe("publish and install", () => {
     }
     expect(zb("key", "gen", "--alg", "ed25519", "-o", "ed").code).toBe(2); // never overwrites
     copyFileSync(join(dir, "ed.pub"), join(dir, "trust/ed.pub"));
+  });
+
+  test("key gen makes both files and their folder durable before it reports the key (strace: fsync of each, then of the folder)", () => {
+    mkdirSync(join(dir, "keys"));
+    const log = join(dir, "keygen.strace");
+    const p = Bun.spawnSync(["strace", "-f", "-y", "-e", "trace=fsync,fdatasync", "-o", log, BIN, "key", "gen", "--alg", "ed25519", "-o", "keys/durable"], { cwd: dir });
+    expect(p.exitCode).toBe(0);
+    const synced = [...readFileSync(log, "utf8").matchAll(/f(?:data)?sync\(\d+<([^>]+)>\) = 0/g)].map((m) => m[1]);
+    expect(synced).toEqual([join(dir, "keys/durable"), join(dir, "keys/durable.pub"), join(dir, "keys")]);
   });
 
   test("create, then info", () => {
