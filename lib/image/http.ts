@@ -168,6 +168,21 @@ const MAX_TIMER_MS = 2 ** 31 - 1;
 const MAX_REDIRECTS = 10;
 const REDIRECTS = [301, 302, 303, 307, 308];
 
+/** The runtime's fetch connects through these when they are set (NO_PROXY and no_proxy list hosts it reaches directly). */
+const PROXY_VARS = ["http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "ALL_PROXY", "all_proxy"];
+
+/**
+ * For a connection that failed: the proxy variables that are set, so "the
+ * connection was refused" is not read as the server's when it was the
+ * proxy's (values shown as URLs are, without credentials). None set: no hint.
+ * @example proxyHint({ http_proxy: "http://u:p@10.0.0.1:3128" })?.hint // "http_proxy=http://10.0.0.1:3128/ is set: … (NO_PROXY …)"
+ */
+export function proxyHint(env: Record<string, string | undefined>): { hint: string } | undefined {
+  const set = PROXY_VARS.filter((v) => (env[v] ?? "") !== "").map((v) => `${v}=${displayUrl(env[v]!)}`);
+  if (set.length === 0) return undefined;
+  return { hint: `${set.join(", ")} ${set.length === 1 ? "is" : "are"} set: the connection may have gone to the proxy rather than the server (NO_PROXY lists hosts to reach directly)` };
+}
+
 /**
  * GET `url`, following redirects one by one so each target is checked
  * before it is asked for: only http and https, and never from https down to
@@ -188,7 +203,7 @@ async function follow(url: string, shown: string, offset: number, ifRange: strin
     try {
       res = await fetch(current, { headers, signal: abort.signal, redirect: "manual" });
     } catch (e) {
-      throw abort.signal.aborted ? stalled() : transient(new ZbError("IO", `cannot download ${shown}: ${fetchReason(e)}`));
+      throw abort.signal.aborted ? stalled() : transient(new ZbError("IO", `cannot download ${shown}: ${fetchReason(e)}`, proxyHint(process.env)));
     } finally {
       clearTimeout(timer);
     }

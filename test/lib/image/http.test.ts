@@ -146,6 +146,21 @@ describe("what the client asks for and what it shows", () => {
     }
   }, 30_000);
 
+  test("a connection that fails with a proxy variable set: the hint names it, without its credentials; with none set, no hint", async () => {
+    const closed = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+    const dead = closed.port;
+    closed.stop(true);
+    const none = Object.fromEntries(["http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"].map((v) => [v, ""]));
+    const viaProxy = await zb(url("/range/image.zbi"), target(), { more: NO_RETRY, env: { ...none, http_proxy: `http://bob:pr0xypw@127.0.0.1:${dead}` } });
+    const direct = await zb(`http://127.0.0.1:${dead}/image.zbi`, target(), { more: NO_RETRY, env: none });
+    expect({ exit: viaProxy.exit, err: viaProxy.err.replace(/^.*\n(?=zb: hint)/s, "") }).toEqual({
+      exit: 5,
+      err: `zb: hint: http_proxy=http://127.0.0.1:${dead}/ is set: the connection may have gone to the proxy rather than the server (NO_PROXY lists hosts to reach directly)\n`,
+    });
+    expect(viaProxy.err).toContain(`cannot download ${url("/range/image.zbi")}: the connection was refused`);
+    expect({ exit: direct.exit, hint: direct.err.includes("hint:") }).toEqual({ exit: 5, hint: false });
+  }, 30_000);
+
   test("--timeout beyond the longest timer (2147483 s) is USAGE, not an instant failure", async () => {
     const r = await zb(url("/range/image.zbi"), target(), { more: ["--timeout", "99999999"] });
     expect(r.exit).toBe(2);
