@@ -2,10 +2,11 @@
  * Publisher side: build, sign and re-sign `.zbi` images.
  *
  * create: the options are checked first (output path, manifest fields, chunk
- * size, level, chunk count), so a mistake on the command line is found before
- * anything is compressed; then each payload is encoded and spooled
- * (spool.ts, with the boot folder's tar from boottar.ts), the manifest is
- * signed by every signer and the archive is written in the fixed order.
+ * size, level, whether the chunks fit in the manifest: capacity.ts), so a
+ * mistake on the command line is found before anything is compressed; then
+ * each payload is encoded and spooled (spool.ts, with the boot folder's tar
+ * from boottar.ts), the manifest is signed by every signer and the archive is
+ * written in the fixed order.
  * sign: add signatures to an existing image whose signatures verify first,
  * copying its payload bytes as they are (the manifest, and so every digest,
  * is unchanged).
@@ -14,7 +15,8 @@ import * as fs from "node:fs";
 import { dirname, isAbsolute, relative, sep } from "node:path";
 import { ZbError, isZbError } from "../errors.ts";
 import { MARKER, MARKER_NAME, MANIFEST_NAME, SIGNATURES_NAME } from "./format.ts";
-import { encodeManifest, FORMAT_VERSION, MANIFEST_TOO_LARGE, LIMITS, type Manifest, type Payload } from "./manifest.ts";
+import { canonicalJson, encodeManifest, FORMAT_VERSION, MANIFEST_TOO_LARGE, LIMITS, type Manifest, type Payload } from "./manifest.ts";
+import { checkManifestFits, manifestTooLarge, type ManifestHead } from "./capacity.ts";
 import { openUnverified, openVerified, type ImageHeader, type OpenImage, type Policy } from "./reader.ts";
 import { checkSignatureCount, imageSignatures, type Signature, type Signer } from "./sign.ts";
 import { untilAborted, type ImageSource } from "./source.ts";
@@ -65,7 +67,8 @@ export interface CreateProgress {
 
 /**
  * @throws {ZbError} IMG_FORMAT for values the manifest refuses, IO, USAGE (more than 16 signing keys among them, an empty
- *   rootfs file, a `level` with no zstd payload, a boot folder holding a private key or the rootfs file; before anything is written);
+ *   rootfs file, a `level` with no zstd payload, a boot folder holding a private key or the rootfs file, more chunks than the
+ *   manifest can list; before anything is written);
  *   `opts.signal.reason` once the signal aborts
  */
 export async function createImage(opts: CreateOptions): Promise<Manifest> {
@@ -88,7 +91,15 @@ export async function createImage(opts: CreateOptions): Promise<Manifest> {
   const plans = opts.payloads.map(plan);
   checkBootFolders(plans, opts);
   checkNotEmpty(plans);
-  checkChunkCount(plans, chunkSize);
+  const head: ManifestHead = {
+    format: FORMAT_VERSION,
+    compatible: opts.compatible,
+    version: opts.version,
+    serial: opts.serial,
+    created: (opts.created ?? new Date()).toISOString().replace(/\.\d{3}Z$/, "Z"),
+    chunkSize,
+  };
+  checkManifestFits(head, plans);
   const allTotal = plans.reduce((a, p) => a + p.rawTotal, 0);
   let allBefore = 0;
   const spools: string[] = [];
@@ -101,22 +112,15 @@ export async function createImage(opts: CreateOptions): Promise<Manifest> {
       payloads.push(await encodePayload(p, chunkSize, level, spool, opts.output, () => spools.push(spool), progress, opts.signal));
       allBefore += payloads.at(-1)!.raw.size;
     }
-    const manifest: Manifest = {
-      format: FORMAT_VERSION,
-      compatible: opts.compatible,
-      version: opts.version,
-      serial: opts.serial,
-      created: (opts.created ?? new Date()).toISOString().replace(/\.\d{3}Z$/, "Z"),
-      chunkSize,
-      payloads,
-    };
+    const manifest: Manifest = { ...head, payloads };
     let manifestBytes: Uint8Array;
     try {
       manifestBytes = encodeManifest(manifest);
     } catch (e) {
-      // Checked early (checkChunkCount) with the smallest chunk entries; real entries are a little longer.
-      if (isZbError(e, "IMG_FORMAT") && e.cause === MANIFEST_TOO_LARGE) throw tooManyChunks(payloads.reduce((a, p) => a + p.chunks.length, 0), chunkSize);
-      throw e;
+      // Checked before compressing (checkManifestFits) at the most it can be; this stays as a backstop
+      // for an input that grew while it was read.
+      if (!isZbError(e, "IMG_FORMAT") || e.cause !== MANIFEST_TOO_LARGE) throw e;
+      throw manifestTooLarge(head, payloads.map((p) => ({ input: p, rawTotal: p.raw.size })), canonicalJson(manifest).length, true);
     }
     // One signature per key, however often a key was given.
     const signers = [...new Map(opts.signers.map((s) => [s.publicKey.id, s])).values()];
@@ -262,25 +266,6 @@ function checkNotEmpty(plans: Plan[]): void {
   }
 }
 
-/** Bytes of the canonical JSON of one chunk entry, at least: {"sha256":"<64 hex>","size":N} and a comma. */
-const MIN_CHUNK_ENTRY = 87;
-
-/**
- * The manifest (4 MiB at most) lists every chunk (~87–95 bytes each), so an
- * image holds at most ~48 000 chunks in all: refused before anything is
- * compressed when even the shortest entries would not fit.
- * @throws {ZbError} USAGE
- */
-function checkChunkCount(plans: Plan[], chunkSize: number): void {
-  const chunks = plans.reduce((a, p) => a + Math.ceil(p.rawTotal / chunkSize), 0);
-  if (chunks * MIN_CHUNK_ENTRY > LIMITS.manifestBytes) throw tooManyChunks(chunks, chunkSize);
-}
-
-function tooManyChunks(chunks: number, chunkSize: number): ZbError {
-  return new ZbError("USAGE", `cannot create an image: ${chunks} chunks of ${chunkSize} bytes do not fit in the manifest (at most ${LIMITS.manifestBytes} bytes, ~${Math.floor(LIMITS.manifestBytes / MIN_CHUNK_ENTRY)} chunks)`, {
-    hint: `give a larger --chunk-size (up to ${LIMITS.maxChunk})`,
-  });
-}
 /**
  * Add signatures to an image without touching its payloads. A signature by
  * a key that already signed replaces the old one. `output` may be the input

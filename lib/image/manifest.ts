@@ -79,6 +79,39 @@ function sortKeys(v: unknown): unknown {
 /** The cause of the IMG_FORMAT error for a manifest over LIMITS.manifestBytes (create.ts tells it apart by this, not by words). */
 export const MANIFEST_TOO_LARGE = Symbol("manifest too large");
 
+/**
+ * A manifest told by its sizes alone, before its payloads exist: what
+ * {@link manifestSize} needs. Digests are left out (every one is 64 hex
+ * characters); each payload's chunks are `count` entries of `size` stored
+ * bytes, the last of `last`.
+ */
+export type ManifestSizes = Omit<Manifest, "payloads"> & {
+  payloads: { name: string; kind: PayloadKind; encoding: Encoding; raw: number; stored: number; chunks: { count: number; size: number; last: number } }[];
+};
+
+/** Bytes of one chunk entry, `{"sha256":"<64 hex>","size":}` and the digits of its size; entries are joined by commas. */
+const CHUNK_ENTRY = '{"sha256":"","size":}'.length + 64;
+
+/**
+ * The length of the bytes {@link encodeManifest} makes of a manifest with
+ * these sizes (and any digests), without listing its chunks: create checks
+ * with it that an input's chunks fit in LIMITS.manifestBytes before it
+ * compresses anything (a sparse 64 TiB file in 64 KiB chunks would be a
+ * billion entries). Everything but the chunk lists goes through the same
+ * canonicalJson as the manifest itself, so the two cannot drift.
+ */
+export function manifestSize(m: ManifestSizes): number {
+  const digest = (size: number): Digest => ({ size, sha256: "0".repeat(64) });
+  const payloads = m.payloads.map((p) => ({ name: p.name, kind: p.kind, encoding: p.encoding, raw: digest(p.raw), stored: digest(p.stored), chunks: [] }));
+  const rest = canonicalJson({ ...m, payloads }).length;
+  return m.payloads.reduce((sum, { chunks: { count, size, last } }) => {
+    if (count === 0) return sum;
+    return sum + (count - 1) * (CHUNK_ENTRY + digits(size) + 1) + CHUNK_ENTRY + digits(last);
+  }, rest);
+}
+
+const digits = (n: number): number => String(n).length;
+
 /** @throws {ZbError} IMG_FORMAT when the manifest breaks a rule (cause {@link MANIFEST_TOO_LARGE} when it is too large) */
 export function encodeManifest(m: Manifest): Uint8Array {
   validate(m);

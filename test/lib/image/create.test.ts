@@ -15,7 +15,7 @@
  * files, which are deleted first, is refused and stays.
  */
 import { afterAll, describe, expect, test } from "bun:test";
-import { closeSync, existsSync, linkSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, linkSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, truncateSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createImage, resignImage, type CreateOptions, type CreateProgress } from "../../../lib/image/create.ts";
@@ -115,20 +115,42 @@ describe("the command line's values, checked before compressing", () => {
       code: "USAGE", message: `cannot create an image: --chunk-size ${chunkSize} is not a power of two from 65536 (64 KiB) to 67108864 (64 MiB)`,
     });
   });
+});
 
-  test("more chunks than a 4 MiB manifest can list (a 4 GiB sparse rootfs in 64 KiB chunks): USAGE at once, with the fix", async () => {
+describe("more chunks than a 4 MiB manifest can list: USAGE from the sizes alone, before a chunk is compressed or a file made", () => {
+  // Sparse rootfs files: refused from their size before a byte is read. The first chunk encoded stops the run
+  // (its signal), so an input that gets past the check is seen at once, not after gigabytes of spool.
+  const K64 = 64 << 10;
+  const over = { hint: "give --chunk-size 131072 (it fits) or larger, up to 67108864" };
+  test.each([
+    // Before: 26 s, a 2.9 GB spool, then "46400 chunks of 65536 bytes do not fit in the manifest (at most 4194304 bytes, ~48210 chunks)".
+    { name: "none, 2900 MiB in 64 KiB chunks (46 400 chunks)", size: 2900 * 2 ** 20, encoding: "none", chunkSize: K64,
+      message: "46400 chunks of 65536 bytes need a manifest of 4222790 bytes, more than its limit of 4194304", ...over },
+    // At the limit: 46 086 chunks of 64 KiB and a last one whose size has 2 digits make a manifest of 4 MiB exactly, 3 digits 1 byte more.
+    { name: "none, 46 086 chunks of 64 KiB and 100 bytes: 1 byte too many", size: 46086 * K64 + 100, encoding: "none", chunkSize: K64,
+      message: "46087 chunks of 65536 bytes need a manifest of 4194305 bytes, more than its limit of 4194304", ...over },
+    { name: "none, 46 086 chunks of 64 KiB and 99 bytes: fits, compressing starts", size: 46086 * K64 + 99, encoding: "none", chunkSize: K64, message: null, hint: undefined },
+    // Before: refused too, as "~48210 chunks", more than the count it refused.
+    { name: "zstd, 4 GiB in 64 KiB chunks (65 536 chunks), each counted at its largest frame", size: 4 * 2 ** 30, encoding: "zstd", chunkSize: K64,
+      message: "65536 chunks of 65536 bytes need a manifest of up to 5964166 bytes (a zstd chunk counted at its largest), more than its limit of 4194304", ...over },
+    { name: "zstd, 3 TiB in 64 MiB chunks: no chunk size fits", size: 3 * 2 ** 40, encoding: "zstd", chunkSize: 64 << 20,
+      message: "49152 chunks of 67108864 bytes need a manifest of up to 4620687 bytes (a zstd chunk counted at its largest), more than its limit of 4194304",
+      hint: "even --chunk-size 67108864 does not make the manifest fit: make the payloads smaller" },
+  ] as const)("$name", async ({ size, encoding, chunkSize, message, hint }) => {
     const d = fresh();
     const sparse = join(d, "sparse.img");
     closeSync(openSync(sparse, "w"));
-    Bun.spawnSync(["truncate", "-s", "4G", sparse]);
-    let compressed = 0;
-    const e = (await createImage({ ...opts(join(d, "o.zbi"), { chunkSize: MIN_CHUNK, payloads: [{ name: "rootfs", kind: "rootfs", encoding: "zstd", from: { file: sparse } }] }), progress: () => void compressed++ }).catch((x: unknown) => x)) as { code?: string; message?: string; hint?: string };
-    // Refused from the file's size before a byte is read (a 4 GiB sparse file), and nothing left behind.
-    expect({ code: e.code, message: e.message, hint: e.hint, files: readdirSync(d) }).toEqual({
-      code: "USAGE", message: "cannot create an image: 65536 chunks of 65536 bytes do not fit in the manifest (at most 4194304 bytes, ~48210 chunks)",
-      hint: "give a larger --chunk-size (up to 67108864)", files: ["sparse.img"],
-    });
-    expect(compressed).toBe(0); // no chunk was compressed before the refusal
+    truncateSync(sparse, size);
+    const stop = new AbortController();
+    const started = new ZbError("INTERRUPTED", "stopped at the first chunk");
+    let encoded = 0;
+    const e = (await createImage({
+      ...opts(join(d, "o.zbi"), { chunkSize, payloads: [{ name: "rootfs", kind: "rootfs", encoding, from: { file: sparse } }] }),
+      signal: stop.signal, progress: () => void (encoded++, stop.abort(started)),
+    }).catch((x: unknown) => x)) as { code?: string; message?: string; hint?: string };
+    expect({ code: e.code, message: e.message, hint: e.hint, encoded, files: readdirSync(d) }).toEqual(message === null
+      ? { code: "INTERRUPTED", message: started.message, hint: undefined, encoded: 1, files: ["sparse.img"] }
+      : { code: "USAGE", message: `cannot create an image: ${message}`, hint, encoded: 0, files: ["sparse.img"] });
   });
 });
 
