@@ -227,7 +227,8 @@ function checkHeader(opts: CreateOptions, chunkSize: number): void {
       created: "2000-01-01T00:00:00Z", chunkSize, payloads: [{ name: "probe", kind: "rootfs", encoding: "none", stored: empty, raw: empty, chunks: [] }],
     });
   } catch (e) {
-    if (isZbError(e, "IMG_FORMAT")) throw new ZbError("USAGE", e.message.replace(/^cannot read the image manifest: /, "cannot create an image: "));
+    // Named as the command line names them: "--version "1.2 beta" must be ...".
+    if (isZbError(e, "IMG_FORMAT")) throw new ZbError("USAGE", e.message.replace(/^cannot read the image manifest: (?:(compatible|version|serial)\b)?/, (_, f?: string) => `cannot create an image: ${f ? `--${f}` : ""}`));
     throw e;
   }
 }

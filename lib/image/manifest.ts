@@ -144,10 +144,10 @@ export function decodeManifest(bytes: Uint8Array): Manifest {
 function validate(m: unknown): asserts m is Manifest {
   const o = object(m, "manifest", ["chunkSize", "compatible", "created", "format", "payloads", "serial", "version"]);
   if (o.format !== FORMAT_VERSION) throw bad(`format is ${JSON.stringify(o.format)}; this zb reads format ${FORMAT_VERSION}`);
-  text(o.compatible, "compatible", /^[A-Za-z0-9._+-]+$/, LIMITS.compatible);
-  text(o.version, "version", /^[\x21-\x7e]+$/, LIMITS.version);
+  text(o.compatible, "compatible", TEXT.compatible);
+  text(o.version, "version", TEXT.version);
   integer(o.serial, "serial", 0, Number.MAX_SAFE_INTEGER);
-  text(o.created, "created", /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/, 20);
+  text(o.created, "created", TEXT.created);
   integer(o.chunkSize, "chunkSize", LIMITS.minChunk, LIMITS.maxChunk);
   const chunk = o.chunkSize as number;
   if ((chunk & (chunk - 1)) !== 0) throw bad("chunkSize is not a power of two");
@@ -164,7 +164,7 @@ function validate(m: unknown): asserts m is Manifest {
 
 function validatePayload(v: unknown, at: string, chunkSize: number): string {
   const p = object(v, at, ["chunks", "encoding", "kind", "name", "raw", "stored"]);
-  text(p.name, `${at}.name`, /^[a-z0-9][a-z0-9._-]*$/, LIMITS.nameLength);
+  text(p.name, `${at}.name`, TEXT.name);
   if (!PAYLOAD_KINDS.includes(p.kind as PayloadKind)) throw bad(`${at}.kind ${JSON.stringify(p.kind)} is not one of ${PAYLOAD_KINDS.join(", ")}`);
   if (!ENCODINGS.includes(p.encoding as Encoding)) throw bad(`${at}.encoding ${JSON.stringify(p.encoding)} is not one of ${ENCODINGS.join(", ")}`);
   const stored = digest(p.stored, `${at}.stored`);
@@ -211,7 +211,7 @@ export function zstdCompressBound(rawSize: number): number {
 function digest(v: unknown, at: string): Digest {
   const d = object(v, at, ["sha256", "size"]);
   integer(d.size, `${at}.size`, 0, LIMITS.payloadBytes);
-  text(d.sha256, `${at}.sha256`, /^[0-9a-f]{64}$/, 64);
+  text(d.sha256, `${at}.sha256`, TEXT.sha256);
   return d as unknown as Digest;
 }
 
@@ -226,8 +226,23 @@ function integer(v: unknown, at: string, min: number, max: number): void {
   if (typeof v !== "number" || !Number.isSafeInteger(v) || v < min || v > max) throw bad(`${at} must be an integer from ${min} to ${max}`);
 }
 
-function text(v: unknown, at: string, pattern: RegExp, max: number): void {
-  if (typeof v !== "string" || v.length === 0 || v.length > max || !pattern.test(v)) throw bad(`${at} must be 1 to ${max} characters matching ${pattern}`);
+/**
+ * The text fields' rules, each told in words: a refusal reaches the publisher
+ * as "cannot create an image: --version ...", and a regex is no answer there.
+ */
+const TEXT = {
+  compatible: { pattern: /^[A-Za-z0-9._+-]+$/, max: LIMITS.compatible, says: `1 to ${LIMITS.compatible} characters, each an ASCII letter, a digit or one of . _ + -` },
+  version: { pattern: /^[\x21-\x7e]+$/, max: LIMITS.version, says: `1 to ${LIMITS.version} printable ASCII characters without spaces` },
+  created: { pattern: /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/, max: 20, says: "a UTC time written YYYY-MM-DDTHH:MM:SSZ" },
+  name: { pattern: /^[a-z0-9][a-z0-9._-]*$/, max: LIMITS.nameLength, says: `1 to ${LIMITS.nameLength} characters, each a lower-case ASCII letter, a digit or one of . _ -, the first a letter or digit` },
+  sha256: { pattern: /^[0-9a-f]{64}$/, max: 64, says: "64 lower-case hex digits" },
+} as const;
+
+function text(v: unknown, at: string, rule: { pattern: RegExp; max: number; says: string }): void {
+  if (typeof v === "string" && v.length > 0 && v.length <= rule.max && rule.pattern.test(v)) return;
+  // The value is shown quoted (control characters escaped) when it is short; a signed manifest's could be megabytes.
+  const shown = typeof v !== "string" ? " (not text)" : v.length > rule.max ? ` (${v.length} characters)` : ` ${JSON.stringify(v)}`;
+  throw bad(`${at}${shown} must be ${rule.says}`);
 }
 
 function bad(why: string): ZbError {

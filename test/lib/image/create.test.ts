@@ -115,6 +115,21 @@ describe("the command line's values, checked before compressing", () => {
       code: "USAGE", message: `cannot create an image: --chunk-size ${chunkSize} is not a power of two from 65536 (64 KiB) to 67108864 (64 MiB)`,
     });
   });
+
+  // Before: "cannot create an image: version must be 1 to 64 characters matching /^[\x21-\x7e]+$/" (a regex, the field's manifest name).
+  test.each([
+    { name: "--version with a space", more: { version: "1.2 beta" }, message: '--version "1.2 beta" must be 1 to 64 printable ASCII characters without spaces' },
+    { name: "--version of 65 characters", more: { version: "v".repeat(65) }, message: "--version (65 characters) must be 1 to 64 printable ASCII characters without spaces" },
+    { name: "--version with a non-ASCII letter", more: { version: "1.2-ß" }, message: '--version "1.2-ß" must be 1 to 64 printable ASCII characters without spaces' },
+    { name: "--compatible with a space", more: { compatible: "acme pi" }, message: '--compatible "acme pi" must be 1 to 128 characters, each an ASCII letter, a digit or one of . _ + -' },
+    { name: "--compatible empty", more: { compatible: "" }, message: '--compatible "" must be 1 to 128 characters, each an ASCII letter, a digit or one of . _ + -' },
+    { name: "--serial negative", more: { serial: -1 }, message: "--serial must be an integer from 0 to 9007199254740991" },
+  ])("$name: USAGE naming the flag, in words (no regex)", async ({ more, message }) => {
+    const d = fresh();
+    const e = await failure(createImage(opts(join(d, "o.zbi"), more)));
+    expect({ ...e, files: readdirSync(d) }).toEqual({ code: "USAGE", message: `cannot create an image: ${message}`, files: [] });
+    expect(e?.message).not.toMatch(/matching|\/\^|\$\//);
+  });
 });
 
 describe("more chunks than a 4 MiB manifest can list: USAGE from the sizes alone, before a chunk is compressed or a file made", () => {
