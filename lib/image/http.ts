@@ -9,6 +9,9 @@ import { ZbError } from "../errors.ts";
 import { fetchReason, resumable, transient, type Link, type Opened, type Slow } from "./httpbody.ts";
 import { checkResponse, validator, type Asked, type Known } from "./httprange.ts";
 import type { ImageSource } from "./source.ts";
+import { displayUrl } from "./urlshown.ts";
+
+export { displayUrl };
 
 /** How long an HTTP server may send nothing (headers or body) before the download fails. */
 export const DEFAULT_IDLE_SECONDS = 60;
@@ -18,26 +21,6 @@ export const DEFAULT_IDLE_SECONDS = 60;
  * that trickles a byte now and then never trips the idle timer.
  */
 export const DEFAULT_MIN_SPEED = 1024;
-
-/**
- * A URL as zb shows it (messages, the journal, JSON output): without
- * `user:password@` and without the query, where pre-signed URLs carry their
- * tokens. The request itself uses the whole URL.
- */
-export function displayUrl(url: string): string {
-  let u: URL;
-  try {
-    u = new URL(url);
-  } catch {
-    return url.replace(/\/\/[^/?#]*@/, "//").replace(/[?#].*$/s, "");
-  }
-  const query = u.search !== "" ? "?…" : "";
-  u.username = "";
-  u.password = "";
-  u.search = "";
-  u.hash = "";
-  return u.toString() + query;
-}
 
 /** Options of a URL source. */
 export interface HttpOptions {

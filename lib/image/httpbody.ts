@@ -5,6 +5,7 @@
  */
 import { describeErrno, ZbError } from "../errors.ts";
 import type { RetryEvent } from "./http.ts";
+import { withoutSecrets } from "./urlshown.ts";
 
 /** Data received after a reconnection that counts as progress again: the attempts start over. */
 const PROGRESS_RESETS_ATTEMPTS = 1 << 20;
@@ -211,9 +212,22 @@ const FETCH_CODES: Record<string, string> = {
   UnsupportedRedirectProtocol: "the server redirected to a scheme other than http or https",
   TooManyRedirects: "the server redirected too many times",
   ERR_TLS_CERT_ALTNAME_INVALID: "the server's TLS certificate is for another host name",
+  // The runtime's own text for these is `<Code> fetching "<the whole URL>"`: the query (a
+  // pre-signed token) and, after a redirect, the target's own. Said in words instead.
+  Malformed_HTTP_Response: "the server's answer is not valid HTTP",
+  InvalidHTTPResponse: "the server's answer is not valid HTTP",
+  InvalidContentLength: "the server's Content-Length is not a valid length",
+  ZlibError: "the server's gzip (or deflate) body is corrupt",
+  BrotliDecompressionError: "the server's br (Brotli) body is corrupt",
+  ZstdDecompressionError: "the server's zstd body is corrupt",
 };
 
-/** A fetch error in a few words, without the runtime's advice on fetch() options. */
+/**
+ * A fetch error in a few words, without the runtime's advice on fetch()
+ * options, and without the URL's secrets: any other code's text has its
+ * ` fetching "URL"` dropped and any URL left shown as displayUrl shows it.
+ */
 export function fetchReason(e: unknown): string {
-  return describeErrno(e, FETCH_CODES).replace(/\s*For more information, pass `verbose: true`.*$/s, "");
+  const text = describeErrno(e, FETCH_CODES).replace(/\.?\s*For more information, pass `verbose: true`.*$/s, "");
+  return withoutSecrets(text.replace(/ fetching "[^"]*"/g, ""));
 }

@@ -390,6 +390,8 @@ export interface RawAnswer {
   chunked?: boolean;
   /** A body that breaks (`breakAfter`) with the Content-Length of its whole, not chunked. */
   sized?: boolean;
+  /** The whole answer, status line and headers too, sent as it is (a malformed one); the rest is ignored. */
+  raw?: string;
 }
 
 /**
@@ -403,7 +405,7 @@ export interface RawAnswer {
  * when its client has taken them (see {@link untilIdle}).
  */
 export function rawHttpServer(answer: (req: RawRequest) => RawAnswer, consumed: (req: RawRequest) => Promise<void>): Promise<{ port: number; stop(): void }> {
-  const reasons: Record<number, string> = { 200: "OK", 206: "Partial Content", 404: "Not Found", 503: "Service Unavailable" };
+  const reasons: Record<number, string> = { 200: "OK", 206: "Partial Content", 302: "Found", 404: "Not Found", 503: "Service Unavailable" };
   const server = net.createServer((sock) => {
     sock.on("error", () => undefined); // a client that went away first
     let head = "";
@@ -416,6 +418,10 @@ export function rawHttpServer(answer: (req: RawRequest) => RawAnswer, consumed: 
       const headers = new Map(fields.map((f) => [f.slice(0, f.indexOf(":")).trim().toLowerCase(), f.slice(f.indexOf(":") + 1).trim()] as const));
       const req = { path: (line.split(" ")[1] ?? "/").split("?")[0]!, headers };
       const a = answer(req);
+      if (a.raw !== undefined) {
+        sock.end(a.raw, "latin1");
+        return;
+      }
       const cut = a.breakAfter !== undefined && a.breakAfter < a.body.length;
       const chunked = a.chunked === true || (cut && a.sized !== true);
       const sent = { ...a.headers, connection: "close", ...(chunked ? { "transfer-encoding": "chunked" } : { "content-length": String(a.body.length) }) };

@@ -25,6 +25,10 @@
  *   /cutnr-N/…  the first request resets after N bytes, later ones as /norange/ (no byte ranges)
  *   /etagnr-N/… as /cutnr-N/, every response with the same ETag ("v1"): Range and If-Range ignored
  *
+ * and answers a test file sets itself, by path (`routes`: a path under /raw/ → its answer,
+ * given the request, the image and whether it is the first request to that path), also
+ * on that server, for answers Bun.serve would not send (RawAnswer.raw: a malformed one),
+ *
  * and records every request with its Range, If-Range and Accept-Encoding headers. A
  * second server speaks HTTPS (a certificate made by openssl for 127.0.0.1,
  * trusted by the client through NODE_EXTRA_CA_CERTS) and redirects to the
@@ -52,6 +56,8 @@ export function httpFixture() {
   let server: ReturnType<typeof Bun.serve>;
   const requests: { path: string; range: string | null; status: number; encoding: string | null; ifRange: string | null }[] = [];
   const cutDone = new Set<string>();
+  /** A test file's own answers of the resetting server, by path (under /raw/). */
+  const routes = new Map<string, (req: RawRequest, bytes: Uint8Array, first: boolean) => RawAnswer>();
   const busyCount = new Map<string, number>();
 
   /** The modes served by the resetting server; N is where the (first) answer breaks off. */
@@ -174,7 +180,10 @@ export function httpFixture() {
     });
     resets = await rawHttpServer(
       (req) => {
-        const a = breaking(req, bytes);
+        const route = routes.get(req.path);
+        const first = !cutDone.has(req.path);
+        if (route) cutDone.add(req.path);
+        const a = route ? route(req, bytes, first) : breaking(req, bytes);
         const h = (name: string) => req.headers.get(name) ?? null;
         requests.push({ path: req.path, range: h("range"), status: a.status, encoding: h("accept-encoding"), ifRange: h("if-range") });
         return a;
@@ -206,7 +215,7 @@ export function httpFixture() {
     if (root) rmSync(root, { recursive: true, force: true });
   });
 
-  const portOf = (path: string) => (BREAKING.test(path) ? resets.port : server.port);
+  const portOf = (path: string) => (BREAKING.test(path) || path.startsWith("/raw/") ? resets.port : server.port);
   const url = (path: string) => `http://127.0.0.1:${portOf(path)}${path}`;
   let seq = 0;
   const target = () => join(root, `t${seq++}.img`);
@@ -242,7 +251,7 @@ export function httpFixture() {
   }
 
   return {
-    requests, watched, takenBy, portOf, url, target, journalOf, zb, since, rawSha, NO_RETRY, payloadCut, cutMidPayload,
+    requests, watched, takenBy, routes, portOf, url, target, journalOf, zb, since, rawSha, NO_RETRY, payloadCut, cutMidPayload,
     get img() {
       return img;
     },
