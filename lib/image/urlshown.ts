@@ -9,18 +9,28 @@
  * @example displayUrl("https://u:p@h/x.zbi?X-Amz-Signature=s") // "https://h/x.zbi?…"
  */
 export function displayUrl(url: string): string {
-  let u: URL;
-  try {
-    u = new URL(url);
-  } catch {
-    return url.replace(/\/\/[^/?#]*@/, "//").replace(/[?#].*$/s, "");
-  }
+  const u = URL.parse(url);
+  // No host: a URL that does not parse, or parses without an authority ("u:p@10.0.0.1:3128", a
+  // proxy variable without its scheme, is the scheme "u" and the path "p@10.0.0.1:3128").
+  if (u === null || u.host === "") return scrubbed(url);
   const query = u.search !== "" ? "?…" : "";
   u.username = "";
   u.password = "";
   u.search = "";
   u.hash = "";
   return u.toString() + query;
+}
+
+/**
+ * A URL that has no parsed authority, shown without what could be
+ * credentials: everything after `scheme://` up to its last `@` goes (a
+ * password may hold `/`, `?`, `#` and `@`, so no earlier delimiter can be
+ * trusted to end it), then the query or fragment.
+ */
+function scrubbed(url: string): string {
+  const head = /^(?:[A-Za-z][A-Za-z0-9+.-]*:)?\/\//.exec(url)?.[0] ?? "";
+  const rest = url.slice(head.length);
+  return head + rest.slice(rest.lastIndexOf("@") + 1).replace(/[?#].*$/s, "");
 }
 
 /**

@@ -3,7 +3,9 @@
  * errors (httpbody.ts fetchReason): never a password, never the query.
  */
 import { describe, expect, test } from "bun:test";
+import { proxyHint } from "../../../lib/image/http.ts";
 import { fetchReason } from "../../../lib/image/httpbody.ts";
+import { displayUrl } from "../../../lib/image/urlshown.ts";
 
 /** A fetch error as the runtime makes it: a code and its text. */
 const fetchError = (code: string, message: string) => Object.assign(new TypeError(message), { code });
@@ -22,5 +24,37 @@ describe("fetchReason: the runtime's fetch error in words, without the URL's sec
     { name: "an errno it knows", e: fetchError("ECONNRESET", `ECONNRESET: The socket connection was closed unexpectedly${ADVICE}`), want: "the connection was reset" },
   ])("$name", ({ e, want }) => {
     expect(fetchReason(e)).toBe(want);
+  });
+});
+
+describe("displayUrl: no user:password@, no query", () => {
+  test.each([
+    { url: "https://u:pw@h/x.zbi?X-Amz-Signature=s#f", shown: "https://h/x.zbi?…" },
+    { url: "http://h:8080/x.zbi", shown: "http://h:8080/x.zbi" },
+    { url: "http://h/a@b.zbi", shown: "http://h/a@b.zbi" }, // an @ in the path is no password
+    { url: "socks5://u:pw@h:1080", shown: "socks5://h:1080" },
+    // URLs that do not parse: before, the first two were printed up to their first / or ?, password and all.
+    { url: "http://u:pa/ss@127.0.0.1:1/x", shown: "http://127.0.0.1:1/x" },
+    { url: "http://u:p?ss@127.0.0.1:1/x", shown: "http://127.0.0.1:1/x" },
+    { url: "http://u:p#ss@127.0.0.1:1/x", shown: "http://127.0.0.1:1/x" },
+    { url: "http://u:p@ss@127.0.0.1:99999/x?t=s", shown: "http://127.0.0.1:99999/x" },
+    { url: "http://[::1/x?t=s", shown: "http://[::1/x" },
+    // Parsed, but without an authority: the scheme "u", the path "pw@10.0.0.1:3128" (a proxy variable without http://).
+    { url: "u:pw@10.0.0.1:3128", shown: "10.0.0.1:3128" },
+    { url: "10.0.0.1:3128", shown: "10.0.0.1:3128" },
+  ])("$url → $shown", ({ url, shown }) => {
+    expect(displayUrl(url)).toBe(shown);
+  });
+});
+
+describe("proxyHint names the proxy variables set, without their credentials", () => {
+  test.each([
+    { env: { http_proxy: "http://u:pw@10.0.0.1:3128" }, named: "http_proxy=http://10.0.0.1:3128/" },
+    { env: { HTTPS_PROXY: "http://u:pa/ss@10.0.0.1:3128" }, named: "HTTPS_PROXY=http://10.0.0.1:3128" },
+    { env: { ALL_PROXY: "u:pw@10.0.0.1:3128" }, named: "ALL_PROXY=10.0.0.1:3128" },
+  ])("$named", ({ env, named }) => {
+    expect(proxyHint(env)?.hint).toStartWith(`${named} is set: `);
+    expect(proxyHint(env)?.hint).not.toContain("pw");
+    expect(proxyHint(env)?.hint).not.toContain("pa/ss");
   });
 });
