@@ -76,12 +76,13 @@ export function httpSource(url: string, opts: HttpOptions = {}): ImageSource {
   if (!URL.canParse(url)) throw new ZbError("USAGE", `cannot download ${shown}: it is not a valid URL`);
   // Timers hold at most 2^31 - 1 ms (~24.8 days); a larger value would fire at once.
   const idleMs = Math.min((opts.idleSeconds ?? DEFAULT_IDLE_SECONDS) * 1000, MAX_TIMER_MS);
-  const stalled = () => transient(new ZbError("IO", `cannot download ${shown}: the server sent nothing for ${Math.round(idleMs / 1000)} s`));
+  // `name`: the URL as the messages show it, with the redirect's target when a hop led elsewhere (follow).
+  const stalled = (name = shown) => transient(new ZbError("IO", `cannot download ${name}: the server sent nothing for ${Math.round(idleMs / 1000)} s`));
   const minSpeed = opts.minSpeed ?? DEFAULT_MIN_SPEED;
   const slow: Slow = {
     windowMs: idleMs,
     minBytes: Math.ceil((minSpeed * idleMs) / 1000),
-    error: (got) => transient(new ZbError("IO", `cannot download ${shown}: the server sent ${got} bytes in ${Math.round(idleMs / 1000)} s, slower than ${minSpeed} bytes/s`)),
+    error: (got, name) => transient(new ZbError("IO", `cannot download ${name}: the server sent ${got} bytes in ${Math.round(idleMs / 1000)} s, slower than ${minSpeed} bytes/s`)),
   };
   /**
    * What the source's answers said of the image: the first one's validator,
@@ -93,17 +94,17 @@ export function httpSource(url: string, opts: HttpOptions = {}): ImageSource {
    */
   let known: Known | null = null;
   const request = async (offset: number, asked: Asked, abort = new AbortController()): Promise<Opened> => {
-    const res = await follow(url, shown, offset, known?.ifRange ?? null, abort, idleMs, stalled);
+    const { res, name } = await follow(url, shown, offset, known?.ifRange ?? null, abort, idleMs, stalled);
     let checked: { end: number | null; total: number | null };
     try {
-      checked = checkResponse(res, shown, offset, asked, known ?? { ifRange: null, total: null });
+      checked = checkResponse(res, name, offset, asked, known ?? { ifRange: null, total: null });
     } catch (e) {
       abort.abort(); // the body is not wanted: close the connection now
       throw e;
     }
     known ??= { ifRange: validator(res), total: null };
     known.total = checked.total;
-    return { res, abort, end: checked.end };
+    return { res, abort, end: checked.end, shown: name };
   };
   return {
     name: shown,
@@ -171,9 +172,11 @@ export function proxyHint(env: Record<string, string | undefined>): { hint: stri
  * before it is asked for: only http and https, and never from https down to
  * plain http (signatures protect the bytes, not their secrecy, and the
  * request itself may carry a token). Each hop has the idle limit.
- * @throws {ZbError} IO
+ * @returns the last hop's response, and `name`: the URL as messages about it show it (the
+ *   first one's, with "(redirected to …)" when a redirect led elsewhere)
+ * @throws {ZbError} IO; a failure after a redirect names its target too
  */
-async function follow(url: string, shown: string, offset: number, ifRange: string | null, abort: AbortController, idleMs: number, stalled: () => ZbError): Promise<Response> {
+async function follow(url: string, shown: string, offset: number, ifRange: string | null, abort: AbortController, idleMs: number, stalled: (name: string) => ZbError): Promise<{ res: Response; name: string }> {
   // identity: a .zbi is compressed already, and a Range must count the bytes zb counts
   // (a server with a gzip-encoded copy would apply it to the encoded bytes).
   const headers: Record<string, string> = { "Accept-Encoding": "identity" };
@@ -181,17 +184,19 @@ async function follow(url: string, shown: string, offset: number, ifRange: strin
   if (offset > 0 && ifRange !== null) headers["If-Range"] = ifRange;
   let current = url;
   for (let hop = 0; ; hop++) {
+    // Which server failed matters after a redirect: it may be another host (a CDN, a mirror).
+    const name = current === url ? shown : `${shown} (redirected to ${displayUrl(current)})`;
     let res: Response;
     const timer = setTimeout(() => abort.abort(), idleMs);
     try {
       res = await fetch(current, { headers, signal: abort.signal, redirect: "manual" });
     } catch (e) {
-      throw abort.signal.aborted ? stalled() : transient(new ZbError("IO", `cannot download ${shown}: ${fetchReason(e)}`, proxyHint(process.env)));
+      throw abort.signal.aborted ? stalled(name) : transient(new ZbError("IO", `cannot download ${name}: ${fetchReason(e)}`, proxyHint(process.env)));
     } finally {
       clearTimeout(timer);
     }
     const location = REDIRECTS.includes(res.status) ? res.headers.get("location") : null;
-    if (location === null) return res;
+    if (location === null) return { res, name };
     await res.body?.cancel().catch(() => undefined);
     const next = URL.parse(location, current);
     const why =

@@ -15,6 +15,8 @@ export interface Opened {
   abort: AbortController;
   /** A 206 that covers less than the rest: the byte after the last one it carries (the next range starts there). */
   end: number | null;
+  /** The URL as messages about this answer show it: with "(redirected to …)" when it came from a redirect's target. */
+  shown: string;
 }
 
 /** The connection a body is read from, replaced on each reconnection. */
@@ -44,7 +46,7 @@ export function transient(e: ZbError): ZbError {
 export async function* resumable(
   link: Link,
   offset: number,
-  o: { shown: string; idleMs: number; stalled: () => ZbError; slow: Slow; retries: number; onRetry: ((r: RetryEvent) => void) | undefined; delayMs: (attempt: number) => number },
+  o: { shown: string; idleMs: number; stalled: (name: string) => ZbError; slow: Slow; retries: number; onRetry: ((r: RetryEvent) => void) | undefined; delayMs: (attempt: number) => number },
 ): AsyncGenerator<Uint8Array> {
   let at = offset;
   let attempt = 0;
@@ -75,12 +77,12 @@ export async function* resumable(
   };
   for (;;) {
     try {
-      const { res, abort, end } = link.current();
-      for await (const part of watched(res.body as unknown as AsyncIterable<Uint8Array>, o.idleMs, abort, o.stalled, o.slow, window, o.shown)) {
+      const { res, abort, end, shown } = link.current();
+      for await (const part of watched(res.body as unknown as AsyncIterable<Uint8Array>, o.idleMs, abort, o.stalled, o.slow, window, shown)) {
         at += part.length;
         since += part.length;
         if (since >= PROGRESS_RESETS_ATTEMPTS) attempt = 0;
-        if (end !== null && at > end) throw new ZbError("IO", `cannot download ${o.shown}: the server sent more than the range it named (bytes up to ${end - 1})`);
+        if (end !== null && at > end) throw new ZbError("IO", `cannot download ${shown}: the server sent more than the range it named (bytes up to ${end - 1})`);
         yield part;
       }
       // A valid 206 for part of the rest, delivered whole (RFC 9110 §14.2 lets a server send less
@@ -93,7 +95,7 @@ export async function* resumable(
       // RFC 9112 §6.3: a body shorter than its Content-Length is incomplete, not an end.
       const total = link.total();
       if (total === null || at >= total) return;
-      throw transient(new ZbError("IO", `cannot download ${o.shown}: the connection closed at byte ${at} of ${total}`));
+      throw transient(new ZbError("IO", `cannot download ${shown}: the connection closed at byte ${at} of ${total}`));
     } catch (e) {
       if (!(await backOff(e))) return;
       since = 0;
@@ -111,10 +113,16 @@ export async function* resumable(
   }
 }
 
-/** A transient error's cause, without the "cannot download URL: " it starts with. */
+/**
+ * A transient error's cause, without the "cannot download URL: " it starts
+ * with; a redirect's target it names is kept, after the cause.
+ */
 function reason(e: ZbError, shown: string): string {
-  const prefix = `cannot download ${shown}: `;
-  return e.message.startsWith(prefix) ? e.message.slice(prefix.length) : e.message;
+  const prefix = `cannot download ${shown}`;
+  if (!e.message.startsWith(prefix)) return e.message;
+  const rest = e.message.slice(prefix.length);
+  const via = /^ \(redirected to (.*?)\): /s.exec(rest);
+  return via ? `${rest.slice(via[0].length)}; redirected to ${via[1]}` : rest.replace(/^: /, "");
 }
 
 /** The low-speed limit: fewer than `minBytes` in `windowMs` of waiting for the body is a stall. */
@@ -122,7 +130,8 @@ export interface Slow {
   windowMs: number;
   /** 0: no limit. */
   minBytes: number;
-  error(got: number): ZbError;
+  /** `name`: the URL as the message shows it. */
+  error(got: number, name: string): ZbError;
 }
 
 /**
@@ -146,14 +155,14 @@ export interface SpeedWindow {
  * check, an image closed before its end) ends the request, so no connection
  * stays open behind it.
  */
-async function* watched(body: AsyncIterable<Uint8Array>, idleMs: number, abort: AbortController, stalled: () => ZbError, slow: Slow, w: SpeedWindow, shown: string): AsyncGenerator<Uint8Array> {
+async function* watched(body: AsyncIterable<Uint8Array>, idleMs: number, abort: AbortController, stalled: (name: string) => ZbError, slow: Slow, w: SpeedWindow, shown: string): AsyncGenerator<Uint8Array> {
   const it = body[Symbol.asyncIterator]();
   let finished = false;
   /** A window that ended too slow: the next one (a retry's) starts empty. */
   const fail = (got: number): ZbError => {
     w.got = 0;
     w.waited = 0;
-    return got === 0 ? stalled() : slow.error(got);
+    return got === 0 ? stalled(shown) : slow.error(got, shown);
   };
   try {
     for (;;) {
@@ -187,7 +196,7 @@ async function* watched(body: AsyncIterable<Uint8Array>, idleMs: number, abort: 
         r = await it.next();
       } catch (e) {
         if (!abort.signal.aborted) throw transient(new ZbError("IO", `cannot download ${shown}: ${fetchReason(e)}`));
-        throw tooSlow === null ? stalled() : fail(tooSlow);
+        throw tooSlow === null ? stalled(shown) : fail(tooSlow);
       } finally {
         clearTimeout(timer);
         clearTimeout(check);

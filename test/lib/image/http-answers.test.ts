@@ -28,17 +28,46 @@ describe("the runtime's words for a malformed answer never carry the URL's query
   });
 
   test.each([
-    { name: "the first answer", path: "/raw/badlength/image.zbi", retries: "0", journal: false },
-    { name: "the answer after a redirect", path: "/raw/to-badlength/image.zbi", retries: "0", journal: false },
-    { name: "a reconnection's answer, after a redirect, mid-payload", path: "/raw/cut-to-badlength/image.zbi", retries: "1", journal: true },
-  ])("Content-Length: abc in $name: said in words, SECRET in none of stderr, --json, the journal", async ({ path, retries, journal }) => {
+    { name: "the first answer", path: "/raw/badlength/image.zbi", retries: "0", journal: false, redirected: false },
+    { name: "the answer after a redirect", path: "/raw/to-badlength/image.zbi", retries: "0", journal: false, redirected: true },
+    { name: "a reconnection's answer, after a redirect, mid-payload", path: "/raw/cut-to-badlength/image.zbi", retries: "1", journal: true, redirected: true },
+  ])("Content-Length: abc in $name: said in words, SECRET in none of stderr, --json, the journal", async ({ path, retries, journal, redirected }) => {
     const t = target();
     const r = await zb(`${url(path)}?X-Amz-Signature=SECRET1`, t, { more: ["--retries", retries] });
     expect(r.exit).toBe(5);
-    expect(r.err).toContain(`zb: cannot download http://127.0.0.1:${resetsPort}${path}?…: the server's Content-Length is not a valid length`);
+    const via = redirected ? ` (redirected to http://127.0.0.1:${resetsPort}/raw/badlength/image.zbi?…)` : "";
+    expect(r.err).toContain(`zb: cannot download http://127.0.0.1:${resetsPort}${path}?…${via}: the server's Content-Length is not a valid length`);
     const journalText = journal ? readFileSync(`${t}.zb-journal`, "utf8") : "";
     if (journal) expect(JSON.parse(journalText)).toMatchObject({ state: "failed", error: expect.stringContaining("Content-Length is not a valid length") });
     expect(JSON.parse(r.out.trim().split("\n").at(-1)!)).toMatchObject({ ok: false, code: "IO" });
     for (const text of [r.err, r.out, journalText]) expect(text).not.toContain("SECRET");
+  }, 30_000);
+});
+
+describe("a failure after a redirect names the redirect's target too", () => {
+  let dead = 0;
+  beforeAll(() => {
+    const closed = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+    dead = closed.port;
+    closed.stop(true);
+    routes.set("/raw/to-dead/image.zbi", () => redirect(`http://127.0.0.1:${dead}/image.zbi?t=SECRET`));
+    routes.set("/raw/to-missing/image.zbi", () => redirect(`${url("/missing.zbi")}?t=SECRET`));
+    routes.set("/raw/to-stall/image.zbi", () => redirect(url("/stall-2000/image.zbi")));
+  });
+
+  test.each([
+    { name: "a refused connection", path: "/raw/to-dead/image.zbi", more: [], to: () => `http://127.0.0.1:${dead}/image.zbi?…`, why: "the connection was refused" },
+    { name: "an HTTP status of the last hop", path: "/raw/to-missing/image.zbi", more: [], to: () => `${url("/missing.zbi")}?…`, why: "HTTP 404" },
+    { name: "a stall of the last hop's body", path: "/raw/to-stall/image.zbi", more: ["--timeout", "1"], to: () => url("/stall-2000/image.zbi"), why: "the server sent nothing for 1 s" },
+  ])("$name: cannot download URL (redirected to TARGET): why", async ({ path, more, to, why }) => {
+    const r = await zb(url(path), target(), { more: ["--retries", "0", ...more] });
+    expect({ exit: r.exit, err: r.err.replace(/zb: hint: .*\n/, "") }).toEqual({ exit: 5, err: `zb: cannot download ${url(path)} (redirected to ${to()}): ${why}\n` });
+  }, 30_000);
+
+  test("a retry after a redirect: the warning's why names the target too", async () => {
+    const path = "/raw/to-stall/image.zbi";
+    const r = await zb(url(path), target(), { more: ["--retries", "1", "--timeout", "1"] });
+    expect(r.exit).toBe(5);
+    expect(r.err.split("\n")[0]).toBe(`zb: warning: the download of ${url(path)} broke off at byte 2000 (the server sent nothing for 1 s; redirected to ${url("/stall-2000/image.zbi")}); asking again in 1 s (retry 1 of 1)`);
   }, 30_000);
 });
