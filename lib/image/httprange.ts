@@ -52,7 +52,9 @@ export interface Known {
  * Is the image a response carries the one the source's earlier answers
  * described? Not when a 200 answers a range asked with `If-Range` under
  * another validator (RFC 9110 §13.1.5: the whole new representation instead
- * of the range), nor when the response says another length.
+ * of the range), nor when the answer asked for (a 206, or a 200 from byte 0)
+ * carries another strong ETag or Last-Modified than that validator, nor when
+ * the response says another length.
  * @returns the image's length as known now: the one `res` says, else the one known before
  * @throws {ZbError} IO "the image changed on the server since the download began"
  */
@@ -65,9 +67,33 @@ export function sameImage(res: Response, shown: string, offset: number, known: K
     return known.total; // refused by the caller: not the range asked for
   }
   // Only an answer that is the one asked for says the image's length (a 200 from byte 0, a 206 for a range).
-  const said = res.status === (offset > 0 ? 206 : 200) ? totalLength(res) : null;
+  const asked = res.status === (offset > 0 ? 206 : 200);
+  if (asked && known.ifRange !== null) {
+    const other = otherValidator(res, known.ifRange);
+    if (other !== null) throw changed(`${other.name} ${known.ifRange} then, ${other.now} now`);
+  }
+  const said = asked ? totalLength(res) : null;
   if (known.total !== null && said !== null && said !== known.total) throw changed(`${known.total} bytes then, ${said} now`);
   return said ?? known.total;
+}
+
+/**
+ * The answer's own validator of the kind `ifRange` is, when it differs from
+ * it: a strong ETag, or a Last-Modified date when that was the validator
+ * (compared as dates). A 206 with another one is a server that ignored
+ * If-Range (or a cache in between that did), serving the range of another
+ * image: spliced onto the bytes before, every chunk after the break would
+ * fail its hash. A weak ETag, or none, says nothing.
+ */
+function otherValidator(res: Response, ifRange: string): { name: string; now: string } | null {
+  const date = ifRange.startsWith('"') ? NaN : Date.parse(ifRange);
+  if (Number.isFinite(date)) {
+    const modified = res.headers.get("last-modified") ?? "";
+    const now = Date.parse(modified); // one that is not a date says nothing
+    return Number.isFinite(now) && now !== date ? { name: "Last-Modified", now: modified } : null;
+  }
+  const etag = res.headers.get("etag");
+  return etag !== null && !etag.startsWith("W/") && etag !== ifRange ? { name: "ETag", now: etag } : null;
 }
 
 /** Answers of a proxy or a server that is restarting: a reconnection may get through. */

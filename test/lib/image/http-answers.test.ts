@@ -71,3 +71,26 @@ describe("a failure after a redirect names the redirect's target too", () => {
     expect(r.err.split("\n")[0]).toBe(`zb: warning: the download of ${url(path)} broke off at byte 2000 (the server sent nothing for 1 s; redirected to ${url("/stall-2000/image.zbi")}); asking again in 1 s (retry 1 of 1)`);
   }, 30_000);
 });
+
+describe("a server that ignores If-Range", () => {
+  const path = "/raw/splice/image.zbi";
+  beforeAll(() => {
+    // The first answer breaks off; the reconnection's 206 is of another image (ETag "v2"), served
+    // although If-Range named "v1": spliced on, its chunks would fail their hashes (PAYLOAD_CORRUPT).
+    routes.set(path, (req, bytes, first) => {
+      if (first) return { status: 200, headers: { etag: '"v1"' }, body: bytes, breakAfter: payloadCut() };
+      const from = Number(/^bytes=(\d+)-$/.exec(req.headers.get("range") ?? "")?.[1] ?? 0);
+      const other = bytes.slice(from).map((b) => b ^ 0x5a);
+      return { status: 206, headers: { etag: '"v2"', "content-range": `bytes ${from}-${bytes.length - 1}/${bytes.length}` }, body: other };
+    });
+  });
+
+  test("a 206 with another ETag than the one sent: IO, the image changed (was: spliced, PAYLOAD_CORRUPT)", async () => {
+    const t = target();
+    const r = await zb(url(path), t);
+    expect({ exit: r.exit, err: r.err.split("\n").at(-2) }).toEqual({
+      exit: 5,
+      err: `zb: cannot resume ${url(path)} at byte ${payloadCut()}: the image changed on the server since the download began (ETag "v1" then, "v2" now)`,
+    });
+  }, 30_000);
+});

@@ -41,6 +41,27 @@ describe("sameImage: the image an answer carries, against what the earlier ones 
       known: { ifRange: "Tue, 01 Jul 2025 10:00:00 GMT", total: 4096 },
       want: 4096,
     },
+    // A server (or a cache) that ignores If-Range: a 206 of another image would be spliced onto the bytes before.
+    { name: "a 206 with another strong ETag than If-Range's: changed", res: answer(206, { etag: '"v2"', "content-range": "bytes 1000-4095/4096" }), offset: 1000, known: { ifRange: '"v1"', total: 4096 }, want: changed(1000, 'ETag "v1" then, "v2" now') },
+    { name: "a 206 with If-Range's ETag", res: answer(206, { etag: '"v1"', "content-range": "bytes 1000-4095/4096" }), offset: 1000, known: { ifRange: '"v1"', total: 4096 }, want: 4096 },
+    { name: "a 206 with a weak ETag: says nothing", res: answer(206, { etag: 'W/"v2"', "content-range": "bytes 1000-4095/4096" }), offset: 1000, known: { ifRange: '"v1"', total: 4096 }, want: 4096 },
+    { name: "a 206 without an ETag: says nothing", res: answer(206, { "content-range": "bytes 1000-4095/4096" }), offset: 1000, known: { ifRange: '"v1"', total: 4096 }, want: 4096 },
+    { name: "a 206 with an ETag, the validator a date: says nothing", res: answer(206, { etag: '"v2"', "content-range": "bytes 1000-4095/4096" }), offset: 1000, known: { ifRange: "Tue, 01 Jul 2025 10:00:00 GMT", total: 4096 }, want: 4096 },
+    {
+      name: "a 206 with another Last-Modified than If-Range's date: changed",
+      res: answer(206, { "last-modified": "Wed, 02 Jul 2025 10:00:00 GMT", "content-range": "bytes 1000-4095/4096" }),
+      offset: 1000,
+      known: { ifRange: "Tue, 01 Jul 2025 10:00:00 GMT", total: 4096 },
+      want: changed(1000, "Last-Modified Tue, 01 Jul 2025 10:00:00 GMT then, Wed, 02 Jul 2025 10:00:00 GMT now"),
+    },
+    {
+      name: "a 206 with If-Range's date, written otherwise (the same instant)",
+      res: answer(206, { "last-modified": "Tuesday, 01-Jul-25 10:00:00 GMT", "content-range": "bytes 1000-4095/4096" }),
+      offset: 1000,
+      known: { ifRange: "Tue, 01 Jul 2025 10:00:00 GMT", total: 4096 },
+      want: 4096,
+    },
+    { name: "a 200 from byte 0 (a later open) with another strong ETag: changed", res: answer(200, { etag: '"v2"', "content-length": "4096" }), offset: 0, known: { ifRange: '"v1"', total: 4096 }, want: changed(0, 'ETag "v1" then, "v2" now') },
     // Its Content-Length is the whole image's, not offset + it: not compared (checkResponse refuses the 200).
     { name: "a 200 to a range, no validator known: not changed", res: answer(200, { "content-length": "4096" }), offset: 1000, known: { ifRange: null, total: 4096 }, want: 4096 },
   ])("$name", ({ res, offset, known, want }) => {
