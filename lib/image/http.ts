@@ -6,7 +6,7 @@
  * httprange.ts.
  */
 import { ZbError } from "../errors.ts";
-import { fetchReason, resumable, transient, type Link, type Opened, type Slow } from "./httpbody.ts";
+import { fetchFailure, resumable, transient, type Link, type Opened, type Slow } from "./httpbody.ts";
 import { checkResponse, validator, type Asked, type Known } from "./httprange.ts";
 import type { ImageSource } from "./source.ts";
 import { displayUrl } from "./urlshown.ts";
@@ -189,9 +189,11 @@ async function follow(url: string, shown: string, offset: number, ifRange: strin
     let res: Response;
     const timer = setTimeout(() => abort.abort(), idleMs);
     try {
-      res = await fetch(current, { headers, signal: abort.signal, redirect: "manual" });
+      // decompress: false, so an encoded body is refused (checkResponse) without the runtime decoding
+      // it first (and printing its own "Decompression error" line for a corrupt one).
+      res = await fetch(current, { headers, signal: abort.signal, redirect: "manual", decompress: false });
     } catch (e) {
-      throw abort.signal.aborted ? stalled(name) : transient(new ZbError("IO", `cannot download ${name}: ${fetchReason(e)}`, proxyHint(process.env)));
+      throw abort.signal.aborted ? stalled(name) : fetchFailure(e, name, proxyHint(process.env));
     } finally {
       clearTimeout(timer);
     }

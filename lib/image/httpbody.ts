@@ -195,7 +195,7 @@ async function* watched(body: AsyncIterable<Uint8Array>, idleMs: number, abort: 
       try {
         r = await it.next();
       } catch (e) {
-        if (!abort.signal.aborted) throw transient(new ZbError("IO", `cannot download ${shown}: ${fetchReason(e)}`));
+        if (!abort.signal.aborted) throw fetchFailure(e, shown);
         throw tooSlow === null ? stalled(shown) : fail(tooSlow);
       } finally {
         clearTimeout(timer);
@@ -230,6 +230,24 @@ const FETCH_CODES: Record<string, string> = {
   BrotliDecompressionError: "the server's br (Brotli) body is corrupt",
   ZstdDecompressionError: "the server's zstd body is corrupt",
 };
+
+/**
+ * Fetch failures a reconnection would meet again: an answer the runtime
+ * cannot parse or decode, a TLS handshake or certificate refused. Retried,
+ * each would cost the whole back-off (~31 s with --retries 5) for nothing.
+ */
+const LASTING = new Set(["Malformed_HTTP_Response", "InvalidHTTPResponse", "InvalidContentLength", "ZlibError", "BrotliDecompressionError", "ZstdDecompressionError", "EPROTO"]);
+
+/**
+ * A failed fetch (its request or its body) as the error zb reports: IO,
+ * transient (retried) unless it is one a reconnection would meet again.
+ * @param name the URL as the message shows it
+ */
+export function fetchFailure(e: unknown, name: string, o?: { hint: string }): ZbError {
+  const code = String((e as { code?: unknown } | undefined)?.code ?? "");
+  const err = new ZbError("IO", `cannot download ${name}: ${fetchReason(e)}`, o);
+  return LASTING.has(code) || /CERT|^ERR_TLS_|^ERR_SSL_/.test(code) ? err : transient(err);
+}
 
 /**
  * A fetch error in a few words, without the runtime's advice on fetch()

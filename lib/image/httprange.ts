@@ -113,7 +113,8 @@ export type Asked = "open" | "retry" | "next";
  * range.
  * @returns `end`: for a 206 that ends before the image does, the byte after its range, else
  *   null; `total`: the image's length as known now (said by this answer or an earlier one)
- * @throws {ZbError} IO when the response is not the one asked for, or the image changed
+ * @throws {ZbError} IO when the response is not the one asked for, its body is encoded
+ *   (Content-Encoding other than identity), or the image changed
  */
 export function checkResponse(res: Response, shown: string, offset: number, asked: Asked, known: Known): { end: number | null; total: number | null } {
   if (TRANSIENT_STATUS.includes(res.status)) throw transient(new ZbError("IO", `cannot download ${shown}: HTTP ${res.status}`));
@@ -146,6 +147,13 @@ export function checkResponse(res: Response, shown: string, offset: number, aske
     // Less than the rest (only a known length tells): the next range follows it.
     if (last !== null && total !== null && last + 1 < total) end = last + 1;
   } else if (res.status !== 200) throw new ZbError("IO", `cannot download ${shown}: HTTP ${res.status}`);
+  // Refused before its body is read: a Range counts the encoded bytes, not the image's (zb asks for
+  // identity; the runtime would decode the body, and report a corrupt one only as it reads it).
+  const encoding = res.headers.get("content-encoding")?.trim();
+  if (encoding !== undefined && encoding !== "" && encoding.toLowerCase() !== "identity") {
+    const named = JSON.stringify(encoding.slice(0, 40)).slice(1, -1);
+    throw new ZbError("IO", `cannot download ${shown}: the server sent a ${named}-encoded body (Content-Encoding: ${named}) though zb asked for identity`);
+  }
   if (!res.body) throw new ZbError("IO", `cannot download ${shown}: empty response`);
   return { end, total };
 }

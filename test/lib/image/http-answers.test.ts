@@ -9,7 +9,7 @@ import type { RawAnswer } from "./fixture.ts";
 import { httpFixture } from "./http-fixture.ts";
 
 const http = httpFixture();
-const { routes, url, target, zb, payloadCut } = http;
+const { routes, requests, url, target, zb, payloadCut } = http;
 let resetsPort = 0;
 beforeAll(() => (resetsPort = http.resets.port));
 
@@ -92,5 +92,38 @@ describe("a server that ignores If-Range", () => {
       exit: 5,
       err: `zb: cannot resume ${url(path)} at byte ${payloadCut()}: the image changed on the server since the download began (ETag "v1" then, "v2" now)`,
     });
+  }, 30_000);
+});
+
+describe("answers a reconnection would get again are not retried; an encoded body is refused before it is read", () => {
+  const noise = new Uint8Array(65536).map((_, i) => (i * 131 + 7) & 0xff);
+  const encoded = (encoding: string, body: Uint8Array): RawAnswer => ({ status: 200, headers: { "content-encoding": encoding }, body });
+  const refused = (encoding: string) => `the server sent a ${encoding}-encoded body (Content-Encoding: ${encoding}) though zb asked for identity`;
+  beforeAll(() => {
+    routes.set("/raw/gzip-valid/image.zbi", (_req, bytes) => encoded("gzip", Bun.gzipSync(new Uint8Array(bytes))));
+    routes.set("/raw/gzip-corrupt/image.zbi", () => encoded("gzip", noise));
+    routes.set("/raw/br-corrupt/image.zbi", () => encoded("br", noise));
+    routes.set("/raw/zstd-corrupt/image.zbi", () => encoded("zstd", noise));
+    // A reconnection's answer: the first request (the break) is retried, the bad length is not.
+    routes.set("/raw/cut-badlength/image.zbi", (_req, bytes, first) => (first ? { status: 200, body: bytes, breakAfter: 3000 } : raw("HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n")));
+    // A chunked body whose second chunk's size is not a number: the parse fails mid-body.
+    routes.set("/raw/badchunk/image.zbi", (_req, bytes) => raw(`HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1000\r\n${Buffer.from(bytes.subarray(0, 4096)).toString("latin1")}\r\nzz\r\n`));
+  });
+
+  test.each([
+    // Before: installed (the runtime decoded it), though a Range would count the encoded bytes.
+    { name: "a valid gzip body, sent though zb asked for identity", path: "/raw/gzip-valid/image.zbi", why: refused("gzip") },
+    // Before: retried with back-off, and the runtime's "Decompression error: …" on stderr per attempt.
+    { name: "a corrupt gzip body", path: "/raw/gzip-corrupt/image.zbi", why: refused("gzip") },
+    { name: "a corrupt br body", path: "/raw/br-corrupt/image.zbi", why: refused("br") },
+    { name: "a corrupt zstd body", path: "/raw/zstd-corrupt/image.zbi", why: refused("zstd") },
+    // Before: retried with back-off.
+    { name: "Content-Length: abc, a reconnection's answer", path: "/raw/cut-badlength/image.zbi", why: "the server's Content-Length is not a valid length", brokeAt: 3000 },
+    { name: "a chunked body that stops being HTTP", path: "/raw/badchunk/image.zbi", why: "the server's answer is not valid HTTP" },
+  ])("$name: IO at once, not asked again", async ({ path, why, brokeAt }) => {
+    const mark = requests.length;
+    const r = await zb(url(path), target(), { more: ["--retries", "2"] });
+    const retried = brokeAt === undefined ? "" : `zb: warning: the download of ${url(path)} broke off at byte ${brokeAt} (the connection was reset); asking again in 1 s (retry 1 of 2)\n`;
+    expect({ exit: r.exit, err: r.err, requests: requests.slice(mark).length }).toEqual({ exit: 5, err: `${retried}zb: cannot download ${url(path)}: ${why}\n`, requests: brokeAt === undefined ? 1 : 2 });
   }, 30_000);
 });

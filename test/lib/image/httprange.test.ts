@@ -77,6 +77,9 @@ describe("checkResponse: the length known after an answer, and where its range e
     { name: "a 206 of unknown length for less than the length known", res: answer(206, { "content-range": "bytes 1000-1999/*" }), offset: 1000, known: { ifRange: null, total: 4096 }, want: { end: 2000, total: 4096 } },
     { name: "a 206 past the length known, naming no length: impossible", res: answer(206, { "content-range": "bytes 1000-4096/*" }), offset: 1000, known: { ifRange: null, total: 4096 }, want: `IO: cannot resume ${shown} at byte 1000: the server's partial answer names an impossible range ("bytes 1000-4096/*")` },
     { name: "a 206 naming another length than the one known: changed", res: answer(206, { "content-range": "bytes 1000-1999/5000" }), offset: 1000, known: { ifRange: null, total: 4096 }, want: changed(1000, "4096 bytes then, 5000 now") },
+    { name: "a 200 whose body is gzip-encoded: refused", res: answer(200, { "content-encoding": "gzip" }), offset: 0, known: none, want: `IO: cannot download ${shown}: the server sent a gzip-encoded body (Content-Encoding: gzip) though zb asked for identity` },
+    { name: "a 206 whose body is br-encoded: refused", res: answer(206, { "content-encoding": "br", "content-range": "bytes 1000-4095/4096" }), offset: 1000, known: none, want: `IO: cannot download ${shown}: the server sent a br-encoded body (Content-Encoding: br) though zb asked for identity` },
+    { name: "a 200 that says Content-Encoding: identity", res: answer(200, { "content-encoding": "identity" }), offset: 0, known: none, want: { end: null, total: null } },
   ])("$name", ({ res, offset, known, want }) => {
     expect(outcome(() => checkResponse(res, shown, offset, "next", known))).toEqual(want);
   });
