@@ -6,7 +6,7 @@
  * httprange.ts.
  */
 import { ZbError } from "../errors.ts";
-import { fetchFailure, resumable, transient, type Link, type Opened, type Slow } from "./httpbody.ts";
+import { fetchFailure, isTransient, reason, resumable, transient, type Link, type Opened, type Slow } from "./httpbody.ts";
 import { checkResponse, validator, type Asked, type Known } from "./httprange.ts";
 import type { ImageSource } from "./source.ts";
 import { displayUrl } from "./urlshown.ts";
@@ -31,7 +31,7 @@ export interface HttpOptions {
    * them, is a stall too (default DEFAULT_MIN_SPEED; 0: no limit).
    */
   minSpeed?: number;
-  /** Reconnections after the body broke off, before the download fails (default 0). */
+  /** Requests again after the body broke off, or the first request failed transiently, before the download fails (default 0). */
   retries?: number;
   /** Told before each reconnection's wait (a warning, a progress event). */
   onRetry?: (r: RetryEvent) => void;
@@ -39,7 +39,7 @@ export interface HttpOptions {
   delayMs?: (attempt: number) => number;
 }
 
-/** A body that broke off and is about to be asked for again from `at`. */
+/** A body that broke off (or a first request that failed: `at` is then the offset opened) and is about to be asked for again from `at`. */
 export interface RetryEvent {
   type: "retry";
   /** The displayed URL (no credentials, no query). */
@@ -67,7 +67,8 @@ export function retryDelayMs(attempt: number): number {
  * the install spends on the bytes it has does not count. A body that breaks
  * off (a reset, a stall, a connection closed before the length the server
  * announced) is asked for again from where it stopped, up to `retries`
- * times, with `If-Range` so that an image replaced on the server meanwhile
+ * times, and so is a first request that failed as a link does (a refused or
+ * reset connection, a stall before the answer, 502/503/504), with `If-Range` so that an image replaced on the server meanwhile
  * is an error instead of a splice (the chunk hashes would catch that too,
  * later and less clearly).
  */
@@ -106,11 +107,38 @@ export function httpSource(url: string, opts: HttpOptions = {}): ImageSource {
     known.total = checked.total;
     return { res, abort, end: checked.end, shown: name };
   };
+  const retries = opts.retries ?? 0;
+  const delayMs = opts.delayMs ?? retryDelayMs;
+  /**
+   * The first request of an open(), under the policy a broken body has
+   * (resumable): a refused or reset connection, a stall before the answer, a
+   * 502/503/504 are asked again after the same waits, each one told
+   * (onRetry, `at` the offset asked); any other failure, or the last
+   * attempt's, is thrown. `signal` (stoppable's) ends a request or a wait at once.
+   */
+  const firstAnswer = async (offset: number, signal: AbortSignal | undefined): Promise<Opened> => {
+    for (let attempt = 1; ; attempt++) {
+      const abort = new AbortController();
+      const stop = () => abort.abort();
+      signal?.addEventListener("abort", stop, { once: true });
+      try {
+        return await request(offset, "open", abort);
+      } catch (e) {
+        if (signal?.aborted || !isTransient(e) || attempt > retries) throw e;
+        const waitMs = delayMs(attempt);
+        opts.onRetry?.({ type: "retry", url: shown, at: offset, attempt, of: retries, waitS: waitMs / 1000, why: reason(e, shown) });
+        await pause(waitMs, signal);
+        if (signal?.aborted) throw signal.reason;
+      } finally {
+        signal?.removeEventListener("abort", stop);
+      }
+    }
+  };
   return {
     name: shown,
     seekable: true,
-    async open(offset) {
-      let current = await request(offset, "open");
+    async open(offset, signal) {
+      let current = await firstAnswer(offset, signal);
       let closed = false;
       let wake = () => {};
       /** A reconnection's request in flight: cancel() ends it too, not only the dead connection. */
@@ -138,12 +166,25 @@ export function httpSource(url: string, opts: HttpOptions = {}): ImageSource {
           wake = () => (clearTimeout(timer), done());
         }),
       };
-      const body = resumable(link, offset, { shown, idleMs, stalled, slow, retries: opts.retries ?? 0, onRetry: opts.onRetry, delayMs: opts.delayMs ?? retryDelayMs });
+      const body = resumable(link, offset, { shown, idleMs, stalled, slow, retries, onRetry: opts.onRetry, delayMs });
       // cancel(): a reader that stops early ends the request at once, even while a read or a
       // retry's wait is pending (a generator's return() would wait for them).
       return Object.assign(body, { cancel: () => ((closed = true), current.abort.abort(), inflight?.abort(), wake()) });
     },
   };
+}
+
+/** A wait of `ms`, ended early when `signal` aborts. */
+function pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise<void>((done) => {
+    const end = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", end);
+      done();
+    };
+    const timer = setTimeout(end, ms);
+    signal?.addEventListener("abort", end, { once: true });
+  });
 }
 
 /** setTimeout's largest delay. */

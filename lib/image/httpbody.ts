@@ -37,6 +37,11 @@ export function transient(e: ZbError): ZbError {
   return e;
 }
 
+/** Is `e` one a reconnection may cure ({@link transient})? */
+export function isTransient(e: unknown): e is ZbError {
+  return e instanceof ZbError && TRANSIENT.has(e);
+}
+
 /**
  * The image's bytes from `offset` on, across reconnections: after a
  * transient failure it waits, asks for the rest (`Range` from the bytes
@@ -68,7 +73,7 @@ export async function* resumable(
    */
   const backOff = async (e: unknown): Promise<boolean> => {
     if (link.closed()) return false;
-    if (!(e instanceof ZbError) || !TRANSIENT.has(e) || attempt >= o.retries) throw e;
+    if (!isTransient(e) || attempt >= o.retries) throw e;
     attempt++;
     const waitMs = o.delayMs(attempt);
     o.onRetry?.({ type: "retry", url: o.shown, at, attempt, of: o.retries, waitS: waitMs / 1000, why: reason(e, o.shown) });
@@ -117,7 +122,7 @@ export async function* resumable(
  * A transient error's cause, without the "cannot download URL: " it starts
  * with; a redirect's target it names is kept, after the cause.
  */
-function reason(e: ZbError, shown: string): string {
+export function reason(e: ZbError, shown: string): string {
   const prefix = `cannot download ${shown}`;
   if (!e.message.startsWith(prefix)) return e.message;
   const rest = e.message.slice(prefix.length);

@@ -25,8 +25,12 @@ export interface ImageSource {
   readonly seekable: boolean;
   /** The local file a file source reads (the install keeps its target and journal off it). */
   readonly file?: string;
-  /** The image's bytes from `offset` on. @throws {ZbError} IO */
-  open(offset: number): Promise<AsyncIterable<Uint8Array>>;
+  /**
+   * The image's bytes from `offset` on. `signal`: a stop (stoppable) that ends
+   * what the open itself waits for (a URL's first request, its retries' waits).
+   * @throws {ZbError} IO
+   */
+  open(offset: number, signal?: AbortSignal): Promise<AsyncIterable<Uint8Array>>;
   /** Files only: synchronous sequential reads from byte 0 (the payload fast path, reader.ts). */
   direct?(): DirectReader;
 }
@@ -78,7 +82,7 @@ export function stoppable(source: ImageSource, signal: AbortSignal): ImageSource
     async open(offset) {
       if (signal.aborted) throw signal.reason;
       // Raced with the abort: a server that accepts and never answers would hold the signal until --timeout.
-      const opening = source.open(offset);
+      const opening = source.open(offset, signal);
       const aborted = whenAborted(signal, null);
       let data: AsyncIterable<Uint8Array> | null;
       try {

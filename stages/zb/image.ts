@@ -28,8 +28,10 @@ const POLICY = `  --trust DIR          public keys (*.pem, *.pub) to trust (defa
   --timeout S          a URL source fails when the server sends nothing for S seconds (default 60)
   --min-speed B        ... or fewer than B bytes a second over those S seconds (a trickle;
                        default ${DEFAULT_MIN_SPEED}; 0: no limit); both are retried as a broken link is
-  --retries N          a URL download that breaks off is asked for again from where it
-                       stopped, up to N times in a row (default ${DEFAULT_RETRIES}; 0: fail at once)`;
+  --retries N          a URL download that breaks off, or whose request fails as a link does
+                       (refused, reset, a stall, HTTP 502/503/504), is asked for again from
+                       where it stopped, up to N times in a row after waits of 1, 2, 4, 8,
+                       16, then 30 s (default ${DEFAULT_RETRIES}; 0: fail at once)`;
 
 const USAGE: Record<string, string> = {
   create: `zb image create --compatible C --version V --serial N [--rootfs IMG] [--boot DIR]

@@ -392,6 +392,8 @@ export interface RawAnswer {
   sized?: boolean;
   /** The whole answer, status line and headers too, sent as it is (a malformed one); the rest is ignored. */
   raw?: string;
+  /** No answer at all: the connection stays open, silent, until the client closes it. */
+  hang?: boolean;
 }
 
 /**
@@ -418,6 +420,7 @@ export function rawHttpServer(answer: (req: RawRequest) => RawAnswer, consumed: 
       const headers = new Map(fields.map((f) => [f.slice(0, f.indexOf(":")).trim().toLowerCase(), f.slice(f.indexOf(":") + 1).trim()] as const));
       const req = { path: (line.split(" ")[1] ?? "/").split("?")[0]!, headers };
       const a = answer(req);
+      if (a.hang === true) return;
       if (a.raw !== undefined) {
         sock.end(a.raw, "latin1");
         return;
