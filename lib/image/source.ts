@@ -8,7 +8,7 @@ import { closeSync, constants, createReadStream, fstatSync, openSync, readFileSy
 import { isatty } from "node:tty";
 import { ZbError, ioError } from "../errors.ts";
 import { isNullDevice } from "../sys/sys.ts";
-import { httpSource, type HttpOptions } from "./http.ts";
+import { displayUrl, httpSource, type HttpOptions } from "./http.ts";
 import { eitherWay, pipeReader, readerUntilAborted, unlessAborted, type Pullable } from "./pull.ts";
 
 export { streamReader, type Pullable, type StreamReader } from "./pull.ts";
@@ -57,10 +57,17 @@ export interface DirectReader {
 /** Read size per request: large reads keep the per-read overhead out of the hashing rate. */
 const READ_SIZE = 1 << 20;
 
-/** @throws {ZbError} USAGE for a URL that does not parse */
+/**
+ * The source `spec` names: `-` stdin, an http(s) URL, else a path.
+ * @throws {ZbError} USAGE for a URL that does not parse, or of another scheme (`file://`,
+ *   `ftp://`: read as a path, it would be "no such file", for a file that exists)
+ */
 export function sourceFor(spec: string, opts: HttpOptions = {}): ImageSource {
   if (spec === "-") return stdinSource();
   if (/^https?:\/\//i.test(spec)) return httpSource(spec, opts);
+  if (/^[A-Za-z][A-Za-z0-9+.-]*:\/\//.test(spec)) {
+    throw new ZbError("USAGE", `cannot read image ${displayUrl(spec)}: only http:// and https:// URLs are read (or a path, or - for stdin)`);
+  }
   return fileSource(spec);
 }
 

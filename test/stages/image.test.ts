@@ -635,4 +635,14 @@ describe("what the commands print", () => {
       code: 5, err: "zb: cannot read image boot: it is a directory", made: [],
     });
   });
+
+  // Before: read as a local path, "cannot read image file:///…: no such file" (exit 5) for a file that exists.
+  test.each([
+    { name: "file:// of a file that exists", spec: () => `file://${join(dir, "rootfs.img")}`, shown: () => `file://${join(dir, "rootfs.img")}` },
+    { name: "ftp://, its password left out", spec: () => "ftp://u:pw@127.0.0.1/x.zbi", shown: () => "ftp://127.0.0.1/x.zbi" },
+    { name: "s3://, its query left out", spec: () => "s3://bucket/x.zbi?sig=s", shown: () => "s3://bucket/x.zbi?…" },
+  ])("image info $name: USAGE (exit 2), only http:// and https:// are URLs zb reads", ({ spec, shown }) => {
+    const r = zb("image", "info", spec());
+    expect({ code: r.code, err: r.err }).toEqual({ code: 2, err: `zb: cannot read image ${shown()}: only http:// and https:// URLs are read (or a path, or - for stdin)\n` });
+  });
 });
