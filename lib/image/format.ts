@@ -57,6 +57,11 @@ export const BLOCK = 512;
  * image followed by /dev/zero would otherwise be read for ever.
  */
 export const MAX_TAIL = 64 << 10;
+
+/** More zeros after the last payload than {@link MAX_TAIL}. */
+export function tooLongTail(): ZbError {
+  return bad(`more than ${MAX_TAIL} bytes of zeros follow the last payload (an archive's end blocks and padding are fewer)`);
+}
 /**
  * The smallest offset at which a payload's data can start: three entries
  * (marker, manifest, signatures) of a header and at least one data block

@@ -28,7 +28,7 @@ import type { Sys } from "../sys/sys.ts";
 import { holdForCheck, openTarget, type Target } from "../sys/target.ts";
 import { checkSeparateFiles, checkTargetSize, findPayload, resumePoint } from "./installchecks.ts";
 import { exactChunks } from "./chunks.ts";
-import { BLOCK, checkUstarHeader } from "./format.ts";
+import { BLOCK, checkUstarHeader, entrySpan } from "./format.ts";
 import { checkReplaceable, readJournal, writeJournal, type Journal } from "./journal.ts";
 import type { Payload } from "./manifest.ts";
 import { eventLoopTurn, openVerified, type OpenImage, type PayloadEntry, type Policy, type VerifiedImage } from "./reader.ts";
@@ -37,6 +37,7 @@ import { chunkPipeline, type ChunkPipeline } from "./pipeline.ts";
 import { checkOnMedium, targetHolds } from "./readback.ts";
 import type { UncachedMode } from "../sys/uncached.ts";
 import { frameDecoder } from "./zstd.ts";
+import { payloadAndTail, type PayloadAndTail } from "./tail.ts";
 
 /** Fsync and journal at most this far apart: the work a power cut can cost. */
 export const JOURNAL_BYTES = 32 << 20;
@@ -164,12 +165,15 @@ export async function install(sys: Sys, source: ImageSource, policy: Policy, opt
         }
         throw e;
       }
+      let data: PayloadBytes | null = null;
       try {
-        const data = await payloadData(img, source, payload, from, journal, sys, opts.journal);
+        data = await payloadData(img, source, payload, from, journal, sys, opts.journal);
         const rawSha = await writeChunks(sys, img.header.manifest.chunkSize, payload, from, data, target, journal, opts);
         const last = img.header.manifest.payloads.at(-1) === payload;
-        // Read sequentially to its end, the archive must end with the last payload.
+        // The archive must end with the last payload: read sequentially to its end, or, after a
+        // seek, read on past it in the same stream.
         if (last && !data.seeked) await img.nextPayload();
+        await data.tail?.check();
         // Everything checked: a file target that was longer keeps no stale tail (a device keeps its size).
         target.truncate(payload.raw.size);
         target.sync();
@@ -185,6 +189,7 @@ export async function install(sys: Sys, source: ImageSource, policy: Policy, opt
         opts.progress?.({ type: "done", payload: payload.name, rawBytes: payload.raw.size, rawSha256: rawSha, elapsedMs: performance.now() - started });
         return result(opts, payload, from, false, started, readBackMode);
       } catch (e) {
+        await data?.tail?.close().catch(() => undefined);
         journal.state = "failed";
         journal.error = e instanceof Error ? e.message : String(e);
         try {
@@ -211,6 +216,8 @@ interface PayloadBytes {
   seeked: boolean;
   /** Where the first of these bytes lies in the image. */
   imageOffset: number;
+  /** A seeking resume of the last payload: what follows it, to check once it is written. */
+  tail?: PayloadAndTail;
 }
 
 /**
@@ -231,7 +238,13 @@ async function payloadData(img: OpenImage<VerifiedImage>, source: ImageSource, p
     await checkEntryHeaderAt(source, dataOffset - BLOCK, payload);
     // Every chunk done (a run stopped in its read-back): nothing to read, so nothing opened (over HTTP, a request).
     const left = payload.stored.size - skipBytes;
-    return { data: left > 0 ? take(await source.open(dataOffset + skipBytes), left) : nothing(), seeked: true, imageOffset: dataOffset + skipBytes };
+    const imageOffset = dataOffset + skipBytes;
+    if (left === 0) return { data: nothing(), seeked: true, imageOffset };
+    const stream = await source.open(imageOffset);
+    if (img.header.manifest.payloads.at(-1) !== payload) return { data: take(stream, left), seeked: true, imageOffset };
+    // The last payload: what follows it is read from the same stream, as a fresh install reads it.
+    const tail = payloadAndTail(stream, left, entrySpan(payload.stored.size) - BLOCK - payload.stored.size, isDevice(sys, source));
+    return { data: tail.payload, seeked: true, imageOffset, tail };
   }
   for (;;) {
     const entry = await img.nextPayload();
@@ -386,6 +399,11 @@ async function* take(data: AsyncIterable<Uint8Array>, n: number): AsyncGenerator
 }
 
 async function* nothing(): AsyncGenerator<Uint8Array> {}
+
+/** A block device source: its end is not the image's (tail.ts). */
+function isDevice(sys: Sys, source: ImageSource): boolean {
+  return source.file !== undefined && sys.stat(source.file)?.kind === "block";
+}
 
 /** Everything after the first `n` bytes of a stream. */
 async function* skip(data: AsyncIterable<Uint8Array>, n: number): AsyncGenerator<Uint8Array> {

@@ -11,7 +11,7 @@
  */
 import { extract, type Extract, type Header } from "tar-stream";
 import { ioError, ZbError } from "../errors.ts";
-import { BLOCK, checkEntry, checkUstarHeader, endsInChunk, entrySpan, LIMITS, MANIFEST_NAME, MARKER, MARKER_NAME, MAX_TAIL, payloadOffsets, readSmallEntry, SIGNATURES_NAME, bad, ustarSize } from "./format.ts";
+import { BLOCK, checkEntry, checkUstarHeader, endsInChunk, entrySpan, LIMITS, MANIFEST_NAME, MARKER, MARKER_NAME, MAX_TAIL, payloadOffsets, readSmallEntry, SIGNATURES_NAME, bad, tooLongTail, ustarSize } from "./format.ts";
 import { RawHeaders } from "./rawheaders.ts";
 import { streamReader, type Cancelable, type DirectReader, type ImageSource, type StreamReader } from "./source.ts";
 import { decodeManifest, LIMITS as MANIFEST_LIMITS, type Manifest, type Payload } from "./manifest.ts";
@@ -311,9 +311,6 @@ function directPayloads(r: PayloadReader, m: Manifest, offsets: readonly number[
 /** The two zero blocks that end a tar archive. */
 const END_BLOCKS = 2 * BLOCK;
 
-function tooLongTail(): ZbError {
-  return bad(`more than ${MAX_TAIL} bytes of zeros follow the last payload (an archive's end blocks and padding are fewer)`);
-}
 
 /** Signatures, then compatible, then the serial floor: the order a user would fix them in. */
 function applyPolicy(h: ImageHeader, p: Policy): void {

@@ -367,3 +367,37 @@ describe("bytes after the archive, from a file and from a stream", () => {
     expect(got).toEqual([[100, "file", "ok", "complete"], [100, "stream", "ok", "complete"], [1024, "file", "ok", "complete"], [1024, "stream", "ok", "complete"]]);
   });
 });
+
+describe("a seeking --resume checks what follows the last payload as a fresh install does", () => {
+  /**
+   * The clean image installed, its journal set back to "failed" after chunk 1
+   * (so the resume seeks to chunk 1 of rootfs, the last payload), then the
+   * image file replaced by `bytes` and the install resumed.
+   */
+  async function resumedFrom(bytes: Uint8Array): Promise<string> {
+    const c = place();
+    await install(host, fileSource(c.image), policy, { payload: "rootfs", target: c.target, journal: c.journal });
+    const j = JSON.parse(readFileSync(c.journal, "utf8")) as Record<string, unknown>;
+    writeFileSync(c.journal, JSON.stringify({ ...j, state: "failed", chunksDone: 1 }));
+    writeFileSync(c.image, bytes);
+    const r = await install(host, fileSource(c.image), policy, { payload: "rootfs", target: c.target, journal: c.journal, resume: true }).then(
+      (x) => `resumed from ${x.resumedFrom}`,
+      (e: { code?: string; message?: string }) => `${e.code}: ${e.message}`,
+    );
+    return `${r} (${JSON.parse(readFileSync(c.journal, "utf8")).state})`;
+  }
+  const FOLLOWS = "IMG_FORMAT: cannot read the image: data follows the last payload (failed)";
+  const body = img.bytes.subarray(0, img.bytes.length - 1024); // without its end blocks
+  // Before: every row "resumed from 1 (complete)", though a fresh install refuses the same file.
+  test.each([
+    { after: "the two end blocks (what zb writes)", bytes: () => img.bytes, want: "resumed from 1 (complete)" },
+    { after: "nothing but the padding (end blocks cut)", bytes: () => body, want: "resumed from 1 (complete)" },
+    { after: "64 KiB of zeros", bytes: () => Buffer.concat([body, new Uint8Array(65536)]), want: "resumed from 1 (complete)" },
+    { after: "7 bytes of text", bytes: () => Buffer.concat([img.bytes, Buffer.from("garbage")]), want: FOLLOWS },
+    { after: "two zero blocks, then a block of text", bytes: () => Buffer.concat([img.bytes, new Uint8Array(512).fill(0x41)]), want: FOLLOWS },
+    { after: "64 KiB and 1 byte of zeros", bytes: () => Buffer.concat([body, new Uint8Array(65537)]), want: "IMG_FORMAT: cannot read the image: more than 65536 bytes of zeros follow the last payload (an archive's end blocks and padding are fewer) (failed)" },
+    { after: "a cut inside the last payload's padding", bytes: () => img.bytes.subarray(0, img.bytes.length - 1025), want: "IMG_FORMAT: cannot read the image: the archive ends early (failed)" },
+  ])("$after", async ({ bytes, want }) => {
+    expect(await resumedFrom(new Uint8Array(bytes()))).toBe(want);
+  });
+});

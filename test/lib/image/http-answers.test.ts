@@ -127,3 +127,24 @@ describe("answers a reconnection would get again are not retried; an encoded bod
     expect({ exit: r.exit, err: r.err, requests: requests.slice(mark).length }).toEqual({ exit: 5, err: `${retried}zb: cannot download ${url(path)}: ${why}\n`, requests: brokeAt === undefined ? 1 : 2 });
   }, 30_000);
 });
+
+describe("a seeking --resume over HTTP reads what follows the last payload", () => {
+  const path = "/raw/junk/image.zbi";
+  beforeAll(() => {
+    // The image with text appended, served with byte ranges: a fresh install refuses it (exit 13).
+    routes.set(path, (req, bytes) => {
+      const all = new Uint8Array(Buffer.concat([bytes, Buffer.from("junk after the image\n")]));
+      const from = Number(/^bytes=(\d+)-$/.exec(req.headers.get("range") ?? "")?.[1] ?? 0);
+      return from > 0 ? { status: 206, headers: { "content-range": `bytes ${from}-${all.length - 1}/${all.length}` }, body: all.subarray(from) } : { status: 200, body: all };
+    });
+  });
+
+  test("data after the archive, resumed: IMG_FORMAT (exit 13) as a fresh install (was: installed, exit 0)", async () => {
+    const { t } = await http.cutMidPayload(31);
+    const resumed = await zb(url(path), t, { resume: true });
+    const fresh = await zb(url(path), target());
+    const FOLLOWS = "zb: cannot read the image: data follows the last payload\n";
+    expect({ resumed: [resumed.exit, resumed.err], fresh: [fresh.exit, fresh.err] }).toEqual({ resumed: [13, FOLLOWS], fresh: [13, FOLLOWS] });
+    expect(http.journalOf(t)).toMatchObject({ state: "failed" });
+  }, 30_000);
+});

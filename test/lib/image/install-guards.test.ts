@@ -6,8 +6,8 @@
  * (a file locked as for a write, a device not claimed, so a mounted slot or
  * a read-only target that holds the payload is installed); a read-back that failed (TARGET_MISMATCH) is not
  * turned into "complete" by a `--resume` without `--read-back`; a seeking
- * resume reads no more of the source than the payload, and ends every
- * stream it opens; a target that does not exist under /dev (or through a
+ * resume reads no more of the source than the payload (the last one: and
+ * what follows it, to the image's end), and ends every stream it opens; a target that does not exist under /dev (or through a
  * link to it) is IO "no such device", never created.
  */
 import { afterAll, describe, expect, test } from "bun:test";
@@ -144,29 +144,37 @@ describe("--resume of a complete journal reads the target back read-only, a file
   });
 });
 
-describe("a seeking resume reads no more of the source than the payload", () => {
-  test("a source that fails when asked for a byte past the last payload: the resume completes", async () => {
+describe("a seeking resume reads no more of the source than it checks", () => {
+  // A payload that is not the last: its bytes, nothing after them (a server holding the rest back would
+  // make the resume wait on bytes nobody needs). The last one: what follows it too, to the image's end,
+  // as a fresh install reads it ("data follows the last payload" is checked on both paths).
+  test.each([
+    { payload: "boot", readTo: "the payload's end", then: "throw", want: "ok" },
+    { payload: "rootfs", readTo: "the image's end", then: "end", want: "ok" },
+    { payload: "rootfs", readTo: "the payload's end", then: "throw", want: "cannot read the image: read past the payload" },
+  ] as const)("$payload: a source that gives up to $readTo, then its stream ends ($then): $want", async ({ payload, readTo, then, want }) => {
     const dir = folder();
     const target = join(dir, "slot.img");
     const journal = join(dir, "j");
-    await install(host, fileSource(img.path), policy, { payload: "rootfs", target, journal });
+    await install(host, fileSource(img.path), policy, { payload, target, journal });
     const j = JSON.parse(readFileSync(journal, "utf8")) as { dataOffset: number };
-    const end = j.dataOffset + img.manifest.payloads.at(-1)!.stored.size;
-    // The payload's bytes in 64 KiB parts, then a failure: what follows them (the end blocks) is not the payload's.
+    const p = img.manifest.payloads.find((x) => x.name === payload)!;
+    const end = readTo === "the image's end" ? img.bytes.length : j.dataOffset + p.stored.size;
+    // The bytes in 64 KiB parts, then the end of the stream or a failure.
     const strict: ImageSource = {
       name: "strict",
       seekable: true,
       open: async (offset) => (async function* () {
         for (let at = offset; at < end; at += 64 << 10) yield img.bytes.slice(at, Math.min(end, at + (64 << 10)));
-        throw new Error("read past the payload");
+        if (then === "throw") throw new Error("read past the payload");
       })(),
     };
     const t = new Uint8Array(readFileSync(target));
-    t.fill(0, 4 * MIN_CHUNK);
+    t.fill(0, MIN_CHUNK);
     writeFileSync(target, t);
-    writeFileSync(journal, JSON.stringify({ ...j, state: "failed", chunksDone: 4, error: "cut" }));
-    const r = await failure(install(host, strict, policy, { payload: "rootfs", target, journal, resume: true }));
-    expect({ r: r.code === "ok" ? "ok" : r.message, target: read(target) }).toEqual({ r: "ok", target: sha256(raw) });
+    writeFileSync(journal, JSON.stringify({ ...j, state: "failed", chunksDone: 1, error: "cut" }));
+    const r = await failure(install(host, strict, policy, { payload, target, journal, resume: true }));
+    expect({ r: r.code === "ok" ? "ok" : r.message, target: read(target) }).toEqual({ r: want, target: want === "ok" ? sha256(img.raw[payload]!) : read(target) });
   });
 
   test("every chunk already done (a run stopped during its read-back): each stream the resume opens is ended", async () => {
