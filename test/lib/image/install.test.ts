@@ -12,7 +12,8 @@
  * chunk and where it lies, in the error and the journal;
  * a background fdatasync that fails is the install's IO error, never an
  * unhandled rejection; an install stopped by its AbortSignal fails with the
- * signal's reason and leaves a journal that --resume completes.
+ * signal's reason and leaves a journal that --resume completes; the journal
+ * says "complete" only once an fdatasync covers every write and the truncate.
  */
 import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
@@ -482,6 +483,55 @@ describe("a background fdatasync that fails (EIO from a dying card)", () => {
     expect({ code: e.code, message: e.message, journal: readJournal(t.journal) }).toMatchObject({
       code: "IO", message: `cannot sync ${t.target}: input/output error`, journal: { state: "failed", chunksDone: 0 },
     });
+  });
+});
+
+describe("the journal says 'complete' only over bytes made durable", () => {
+  /**
+   * The real target, watched: every write, descriptor lent to or returned by the worker and truncate
+   * dirties it; a sync() cleans it, as does a background sync once it has finished, but only for what
+   * was dirtied before it started. SIGKILL (powercut.test.ts) keeps the page cache, so only this sees
+   * a missing fdatasync.
+   */
+  function watched() {
+    let dirtied = 0; // dirtying operations so far
+    let durable = 0; // how many of them a finished sync covers
+    const openWatched: InstallOptions["openTarget"] = (path, o) => {
+      const real = openTarget(path, o);
+      const dirty = <A extends unknown[], R>(f: (...a: A) => R) => (...a: A): R => {
+        dirtied++;
+        return f(...a);
+      };
+      return Object.assign(Object.create(real) as Target, {
+        write: dirty(real.write), handOff: dirty(real.handOff), handBack: dirty(real.handBack), truncate: dirty(real.truncate),
+        sync() {
+          const upTo = dirtied;
+          real.sync();
+          durable = Math.max(durable, upTo);
+        },
+        async syncInBackground() {
+          const upTo = dirtied;
+          await real.syncInBackground();
+          durable = Math.max(durable, upTo);
+        },
+      });
+    };
+    return { openWatched, dirty: () => dirtied > durable };
+  }
+
+  test.each([
+    { hashThreads: true, image: "big (40 chunks, background syncs)" },
+    { hashThreads: false, image: "big (40 chunks, background syncs)" },
+    { hashThreads: true, image: "zstd" },
+    { hashThreads: false, image: "zstd" },
+  ])("$image, hashThreads $hashThreads: nothing written since the last fdatasync when the journal says 'complete'", async ({ hashThreads, image }) => {
+    const img = image === "zstd" ? zstdImg : await bigImage();
+    const t = place(img.raw.rootfs!.length);
+    const w = watched();
+    let atDone = null as { dirty: boolean; state: string } | null;
+    const progress = (e: ProgressEvent) => void (e.type === "done" && (atDone = { dirty: w.dirty(), state: readJournal(t.journal).state }));
+    await install(host, fileSource(img.path), policy, opts(t, "rootfs", { hashThreads, progress, openTarget: w.openWatched }));
+    expect(atDone).toEqual({ dirty: false, state: "complete" });
   });
 });
 
