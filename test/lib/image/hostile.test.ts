@@ -185,10 +185,15 @@ for (const r of [
   { name: "policy: required 2, one of the signers trusted", policy: { trust: TRUST.k1, required: 2 }, code: "SIG_INVALID" },
   { name: "policy: wrong compatible", policy: { compatible: "pi5" }, code: "IMG_INCOMPATIBLE" },
   { name: "policy: compatible differs in case only", policy: { compatible: "PI4" }, code: "IMG_INCOMPATIBLE" },
+  // Equal, not a prefix either way: "pi" is no "pi4", "pi4b" no "pi4", a trailing space is another name.
+  { name: "policy: compatible \"pi\", the image's \"pi4\" begins with it", policy: { compatible: "pi" }, code: "IMG_INCOMPATIBLE" },
+  { name: "policy: compatible \"pi4 \" (a trailing space)", policy: { compatible: "pi4 " }, code: "IMG_INCOMPATIBLE" },
+  { name: "policy: compatible \"pi4b\", which begins with the image's \"pi4\"", policy: { compatible: "pi4b" }, code: "IMG_INCOMPATIBLE" },
   { name: "policy: serial 5 below the floor 6", policy: { serialFloor: 6 }, code: "ROLLBACK_REFUSED" },
   { name: "policy: wrong compatible and serial below the floor (compatible reported first)", policy: { compatible: "pi5", serialFloor: 9 }, code: "IMG_INCOMPATIBLE" },
   { name: "policy: wrong key and wrong compatible (signatures reported first)", policy: { trust: TRUST.other, required: 1, compatible: "pi5" }, code: "SIG_INVALID" },
 ] as const) add({ ...r, bytes: base.bytes, stage: "header" });
+add({ name: 'policy: compatible "pi4", a signed image for "pi4b" (begins with it)', bytes: await signed(edited((m) => (m.compatible = "pi4b"))), code: "IMG_INCOMPATIBLE", stage: "header" });
 add({ name: "policy: required 2, the image carries one signature", bytes: onlyK1, code: "SIG_INVALID", stage: "header" });
 add({ name: "policy: signed only by a key that is not trusted", bytes: onlyK2, policy: { trust: TRUST.k1, required: 1 }, code: "SIG_INVALID", stage: "header" });
 add({ name: "policy: signed only by an untrusted key, required 1", bytes: byOther, policy: { required: 1 }, code: "SIG_INVALID", stage: "header" });
