@@ -93,18 +93,45 @@ describe("publish and install", () => {
     expect(sh(["sh", "-c", "zstd -dc x/rootfs | cmp - rootfs.img"]).exitCode).toBe(0);
   });
 
-  test("every one-line --json image document ends stdout with a result line: create, sign, verify, install", () => {
-    const rows = [
-      { cmd: "create", argv: ["image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--rootfs", "rootfs.img", "--key", "ed", "-o", "j.zbi"], fields: { output: "j.zbi" } },
-      { cmd: "sign", argv: ["image", "sign", "j.zbi", "--trust", "trust", "--key", "ec", "-o", "js.zbi"], fields: { output: "js.zbi", signatures: [{ alg: "ed25519", keyId: expect.any(String) }, { alg: "p256", keyId: expect.any(String) }] } },
-      { cmd: "verify", argv: ["image", "verify", "js.zbi", "--trust", "trust"], fields: { compatible: "c", serial: 1 } },
-      { cmd: "install", argv: ["image", "install", "js.zbi", "--trust", "trust", "--payload", "rootfs", "--to", "j.out"], fields: { payload: "rootfs", target: "j.out" } },
-    ];
-    for (const r of rows) {
-      const p = zb(...r.argv, "--json");
-      const last = JSON.parse(p.out.trim().split("\n").at(-1) ?? "null") as Record<string, unknown> | null;
-      expect({ cmd: r.cmd, code: p.code, last }).toEqual({ cmd: r.cmd, code: 0, last: expect.objectContaining({ type: "result", ok: true, ...r.fields }) });
+  test("every --json document of the image and key commands has exactly the fields docs/json.md lists, of their types: key gen, key id, create, sign, info, verify (plain, --deep), install", () => {
+    // A field renamed, dropped or added without docs/json.md fails here: each row is the whole document.
+    const hex64 = expect.stringMatching(/^[0-9a-f]{64}$/);
+    const json = (...argv: string[]) => {
+      const p = zb(...argv);
+      expect({ argv, code: p.code, err: p.err }).toEqual({ argv, code: 0, err: "" });
+      return JSON.parse(p.out.trim().split("\n").at(-1) ?? "null") as Record<string, unknown>; // the result line (info: the document, parsed whole below)
+    };
+    const keyGen = json("key", "gen", "--alg", "ed25519", "-o", "jk", "--json");
+    expect(keyGen).toEqual({ alg: "ed25519", id: hex64, private: "jk", public: "jk.pub" });
+    expect(json("key", "id", "jk.pub", "--json")).toEqual({ alg: "ed25519", id: keyGen.id });
+    const ed = json("key", "id", "ed.pub", "--json").id;
+    const ec = json("key", "id", "ec.pub", "--json").id;
+    const rawSize = readFileSync(join(dir, "rootfs.img")).length;
+    const manifest = {
+      format: 1, compatible: "c", version: "1", serial: 1, created: expect.stringMatching(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/), chunkSize: 65536,
+      payloads: [{
+        name: "rootfs", kind: "rootfs", encoding: "zstd", stored: { size: expect.any(Number), sha256: hex64 }, raw: { size: rawSize, sha256: sha256(join(dir, "rootfs.img")) },
+        chunks: expect.arrayContaining([{ size: expect.any(Number), sha256: hex64 }]),
+      }],
+    };
+    const created = json("image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--rootfs", "rootfs.img", "--key", "ed", "--chunk-size", "65536", "-o", "j.zbi", "--json");
+    expect(created).toEqual({ type: "result", ok: true, output: "j.zbi", manifest });
+    const m = created.manifest as { payloads: { stored: { size: number }; chunks: unknown[] }[] };
+    const signatures = [{ alg: "ed25519", keyId: ed }, { alg: "p256", keyId: ec }];
+    expect(json("image", "sign", "j.zbi", "--trust", "trust", "--key", "ec", "-o", "js.zbi", "--json")).toEqual({ type: "result", ok: true, output: "js.zbi", signatures });
+    // sign lists the image's signatures, then the new one; the image holds them in key id order.
+    const stored = [...signatures].sort((x, y) => (String(x.keyId) < String(y.keyId) ? -1 : 1));
+    expect(JSON.parse(zb("image", "info", "js.zbi", "--json").out)).toEqual({ manifest: created.manifest, signatures: stored });
+    for (const deep of [false, true]) {
+      expect(json("image", "verify", "js.zbi", "--trust", "trust", "--json", ...(deep ? ["--deep"] : []))).toEqual({
+        type: "result", ok: true, compatible: "c", version: "1", serial: 1, signedBy: [ed], // only the trusted signer: trust/ holds ed.pub
+        payloads: [{ name: "rootfs", chunks: m.payloads[0]!.chunks.length, storedBytes: m.payloads[0]!.stored.size, rawChecked: deep }], seconds: expect.any(Number),
+      });
     }
+    expect(json("image", "install", "js.zbi", "--trust", "trust", "--payload", "rootfs", "--to", "j.out", "--json")).toEqual({
+      type: "result", ok: true, payload: "rootfs", target: "j.out", rawSize, rawSha256: sha256(join(dir, "rootfs.img")), chunks: m.payloads[0]!.chunks.length,
+      resumedFrom: 0, alreadyInstalled: false, readBack: null, seconds: expect.any(Number),
+    });
   });
 
   test("--resume of a complete install: \"already installed\" alone (no \"resumed at chunk\"); --json keeps resumedFrom, the chunk count", () => {
