@@ -9,7 +9,8 @@
  * signatures (exit 2, nothing written), images from FIFOs, an image followed
  * by /dev/zero (exit 13), a closed, write-only or terminal stdin (exit 5), key files
  * that are no files (exit 18), a boot subfolder that cannot be entered (exit 5), key
- * files and their folder fsynced by `key gen` (seen with strace).
+ * files and their folder fsynced by `key gen` (seen with strace), a signing key
+ * that group or others may read (a warning on stderr, exit 0).
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { chmodSync, chownSync, existsSync, linkSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, truncateSync, writeFileSync, copyFileSync } from "node:fs";
@@ -62,6 +63,18 @@ describe("publish and install", () => {
     expect(p.exitCode).toBe(0);
     const synced = [...readFileSync(log, "utf8").matchAll(/f(?:data)?sync\(\d+<([^>]+)>\) = 0/g)].map((m) => m[1]);
     expect(synced).toEqual([join(dir, "keys/durable"), join(dir, "keys/durable.pub"), join(dir, "keys")]);
+  });
+
+  test.each([
+    { mode: "0640", warned: true },
+    { mode: "0604", warned: true },
+    { mode: "0600", warned: false },
+  ])("a signing key of mode $mode (warned $warned): signs, exit 0, stderr warns only when group or others may read it", ({ mode, warned }) => {
+    const key = `loose-${mode}`;
+    copyFileSync(join(dir, "ed"), join(dir, key));
+    chmodSync(join(dir, key), parseInt(mode, 8));
+    const r = zb("image", "create", "--compatible", "c", "--version", "1", "--serial", "1", "--rootfs", "rootfs.img", "--key", key, "-o", `${key}.zbi`);
+    expect({ code: r.code, err: r.err }).toEqual({ code: 0, err: warned ? `zb: warning: private key ${key} is readable by other users (chmod 600 it)\n` : "" });
   });
 
   test("create, then info", () => {
