@@ -486,6 +486,21 @@ test.each(rows)("$name → $code", async (row) => {
   for (const via of ["file", "stream"] as const) await check(row, via);
 });
 
+// The stored payload's whole SHA-256 is checked by verify --deep alone: every chunk digest matches, so
+// a plain verify (and an install, which checks the raw SHA-256) has nothing to refuse.
+test("re-signed manifest: rootfs stored sha256 changed → verify --deep PAYLOAD_CORRUPT, plain verify accepts it", async () => {
+  const bytes = await signed(edited((m) => (m.payloads[1].stored.sha256 = "f".repeat(64))));
+  for (const via of ["file", "stream"] as const) {
+    const image = join(root, `stored-sha-${via}.zbi`);
+    writeFileSync(image, bytes);
+    const source = () => (via === "file" ? fileSource(image) : streamOf(bytes));
+    const deep = await verifyImage(source(), POLICY, { deep: true }).then(() => "ok", (e: unknown) => `${(e as { code?: string }).code}: ${(e as Error).message}`);
+    expect({ via, plain: await outcome(verifyImage(source(), POLICY)), deep }).toEqual({
+      via, plain: "ok", deep: "PAYLOAD_CORRUPT: cannot verify rootfs: the stored payload's SHA-256 differs from the signed one",
+    });
+  }
+});
+
 async function check(row: Row, via: "file" | "stream") {
   const r = await attempt(row, via);
   expect({ via, install: r.install, verify: r.verify }).toEqual({ via, install: row.code, verify: row.verifyCode ?? row.code });
