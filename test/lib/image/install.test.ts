@@ -4,7 +4,8 @@
  * last; resume continues at the journal's chunk (seeking or streaming) and
  * ends identical, also from a re-signed copy of the image (its payloads
  * moved), from a file or a URL; resumes that do not belong are refused; bytes corrupted on
- * the target before a resume fail the final raw check; `none` encoding;
+ * the target before a resume fail the final raw check; the first chunk a resume installs,
+ * corrupted in the image, fails by its number and is not written; `none` encoding;
  * progress events; the fallback zstd decoder gives the same bytes; a loop
  * block device as the target keeps its size and its bytes after the payload;
  * a failure after writing began (a full disk on either pipeline, an image
@@ -303,6 +304,37 @@ describe("resume", () => {
     expect(readJournal(t.journal).error).toMatch(/SHA-256 .* differs from the signed/);
     await install(host, fileSource(zstdImg.path), policy, opts(t));
     expect(sha256(read(t.target).subarray(0, raw.length))).toBe(sha256(raw));
+  });
+
+  // The first chunk a resume installs is checked like every other: one corrupted in the image since the
+  // interrupted run fails the resume by its number, and nothing of it reaches the target.
+  test.each([
+    { image: "zstd", from: 1, seekable: true },
+    { image: "zstd", from: 3, seekable: false },
+    { image: "zstd", from: N - 1, seekable: true },
+    { image: "none", from: 2, seekable: true },
+    { image: "none", from: 2, seekable: false },
+  ] as const)("$image image, resumed at chunk $from (seekable $seekable), that chunk corrupted in the image since → PAYLOAD_CORRUPT naming it, nothing past the resume point written", async ({ image, from, seekable }) => {
+    const img = image === "zstd" ? zstdImg : noneImg;
+    const raw = img.raw.rootfs!;
+    const chunks = img.manifest.payloads[1]!.chunks;
+    const t = place(raw.length);
+    await install(host, fileSource(img.path), policy, opts(t));
+    // The interrupted run: chunks 0..from-1 on the target and in the journal, the sentinel after them.
+    const target = t.before.slice();
+    target.set(raw.subarray(0, from * CHUNK));
+    writeFileSync(t.target, target);
+    writeFileSync(t.journal, JSON.stringify({ ...readJournal(t.journal), state: "writing", chunksDone: from }));
+    const skipped = chunks.slice(0, from).reduce((a, c) => a + c.size, 0);
+    const bad = img.bytes.slice();
+    bad[listTar(img.bytes).find((e) => e.name === "rootfs")!.dataAt + skipped + (chunks[from]!.size >> 1)]! ^= 0x10;
+    const path = join(root, `resume-corrupt-${seq++}.zbi`);
+    writeFileSync(path, bad);
+    const e = (await install(host, recorded(path, seekable), policy, opts(t, "rootfs", { resume: true })).catch((x: unknown) => x)) as { code?: string; message?: string };
+    const says = `cannot install rootfs: chunk ${from} of rootfs (stored bytes ${skipped}–${skipped + chunks[from]!.size - 1}) does not match its signed SHA-256; nothing of it was written`;
+    expect({ code: e.code, message: e.message, journal: readJournal(t.journal), written: writtenChunks(read(t.target), raw, t.before, CHUNK) }).toEqual({
+      code: "PAYLOAD_CORRUPT", message: says, journal: expect.objectContaining({ state: "failed", chunksDone: from, error: says }), written: from,
+    });
   });
 
   test("a target shorter than the journal claims is IO", async () => {
