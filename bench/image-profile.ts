@@ -7,7 +7,7 @@
  *   node_modules/.bin/bun bench/image-profile.ts [--size-mib N] [--zb PATH] [--runs N] [--no-verify] [--no-install]
  *
  * The instrumented loop is lib/image/install.ts writeChunks on one thread
- * (as with `threads: false`; same library calls: openImage, exactChunks,
+ * (as with `threads: false`; same library calls: openVerified, exactChunks,
  * sha256hex, frameDecoder, openTarget, writeJournal; same 32 MiB background
  * fdatasync + journal): it measures what each stage costs, which is what
  * lib/image/pipeline.ts balances over two threads. If the stages in
@@ -29,7 +29,7 @@ import { join } from "node:path";
 import { exactChunks } from "../lib/image/chunks.ts";
 import { sha256hex } from "../lib/image/install.ts";
 import { writeJournal, type Journal } from "../lib/image/journal.ts";
-import { openImage, type Policy } from "../lib/image/reader.ts";
+import { openImage, openVerified, type Policy } from "../lib/image/reader.ts";
 import { loadTrustDir } from "../lib/image/sign.ts";
 import { fileSource } from "../lib/image/source.ts";
 import { frameDecoder } from "../lib/image/zstd.ts";
@@ -89,7 +89,7 @@ class Clock {
 
 const INSTALL_STAGES = [
   "start-up: open image, header, signature",
-  "read + tar parse + chunk assembly",
+  "read + chunk assembly",
   "stored SHA-256 (per chunk)",
   "decompress (libzstd via bun:ffi)",
   "raw SHA-256 (whole payload)",
@@ -110,7 +110,7 @@ export async function profileInstall(image: string, trust: string, target: strin
   const journalPath = `${target}.zb-journal`;
   fs.rmSync(journalPath, { force: true });
   const t0 = performance.now();
-  const img = await c.async(INSTALL_STAGES[0]!, async () => openImage(await fileSource(image).open(0), { policy: policyFor(trust) }));
+  const img = await c.async(INSTALL_STAGES[0]!, async () => openVerified(fileSource(image), policyFor(trust)));
   const p = img.header.manifest.payloads[0]!;
   const chunkSize = img.header.manifest.chunkSize;
   const journal: Journal = { version: 1, image: sha256hex(img.header.manifestBytes), payload: p.name, target, state: "writing", chunksDone: 0, dataOffset: null };
@@ -204,7 +204,7 @@ export async function pipelineInstall(image: string, trust: string, target: stri
   const journalPath = `${target}.zb-journal`;
   fs.rmSync(journalPath, { force: true });
   const t0 = performance.now();
-  const img = await openImage(await fileSource(image).open(0), { policy: policyFor(trust) });
+  const img = await openVerified(fileSource(image), policyFor(trust));
   const p = img.header.manifest.payloads[0]!;
   if (p.encoding !== "zstd") die("the 2-thread what-if needs a zstd image");
   const chunkSize = img.header.manifest.chunkSize;
@@ -264,13 +264,13 @@ export async function pipelineInstall(image: string, trust: string, target: stri
   return { label: `what-if: 2 threads (worker: stored SHA + decompress)${rawSha ? "" : ", no raw SHA"}`, totalMs, stages: [] };
 }
 
-const VERIFY_STAGES = ["start-up: open image, header, signature", "read + tar parse + chunk assembly", "SHA-256 per chunk"];
+const VERIFY_STAGES = ["start-up: open image, header, signature", "read + chunk assembly", "SHA-256 per chunk"];
 
 /** `zb image verify`'s loop (lib/image/verify.ts, not --deep) with a timer per stage. */
 export async function profileVerify(image: string, trust: string): Promise<Profile> {
   const c = new Clock();
   const t0 = performance.now();
-  const img = await c.async(VERIFY_STAGES[0]!, async () => openImage(await fileSource(image).open(0), { policy: policyFor(trust) }));
+  const img = await c.async(VERIFY_STAGES[0]!, async () => openVerified(fileSource(image), policyFor(trust)));
   for (let e = await c.async(VERIFY_STAGES[1]!, () => img.nextPayload()); e; e = await c.async(VERIFY_STAGES[1]!, () => img.nextPayload())) {
     const p = e.payload;
     const it = exactChunks(e.data, p.chunks.map((x) => x.size), { payload: p.name, firstChunk: 0, imageOffset: e.dataOffset })[Symbol.asyncIterator]();

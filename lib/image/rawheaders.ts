@@ -25,7 +25,6 @@ export class RawHeaders {
   private nonZeroAfterEnd = false;
   /** A header whose size field is malformed, or more headers than any image has: not followed further. */
   private lost = false;
-  private ended = false;
 
   push(chunk: Uint8Array): void {
     const start = this.seen;
@@ -87,29 +86,11 @@ export class RawHeaders {
     return this.zerosFrom !== null && this.seen - this.zerosFrom > MAX_TAIL;
   }
 
-  /** The stream has ended: a partial block of zeros at a header's place counts as the end of the archive. */
-  end(): void {
-    this.ended = true;
-    if (this.fill > 0 && this.zerosFrom === null && !this.lost && zeros(this.block, 0, this.fill)) this.zerosFrom = this.next;
-  }
-
   /** The header block that started at `offset` (once). */
   take(offset: number): Uint8Array | undefined {
     const b = this.blocks.get(offset);
     this.blocks.delete(offset);
     return b;
-  }
-
-  /**
-   * What the stream holds from `offset` (the end of the last payload's padding) on:
-   * "zeros" when it was seen to its end and holds only zero bytes there (or none),
-   * "short" when it ended before `offset`, else "data".
-   */
-  after(offset: number): "zeros" | "short" | "data" {
-    if (this.ended && this.seen < offset) return "short";
-    if (!this.ended || this.lost || this.nonZeroAfterEnd) return "data";
-    if (this.zerosFrom !== null) return this.zerosFrom === offset ? "zeros" : "data";
-    return this.seen === offset ? "zeros" : "data";
   }
 }
 

@@ -111,11 +111,12 @@ async function openSource(source: ImageSource, check: { policy: Policy } | { unv
  * Open an image stream and check everything that comes before the payloads.
  *
  * `direct`: after the header, payload bytes are read into one reused buffer
- * (or the caller's, readInto) instead of through the stream and tar parser —
- * each yielded chunk is valid until the next is pulled, so the consumer must
- * be done with it by then (install and verify are). A DirectReader reads a
- * file from its start; a StreamReader goes on where `input` stopped
- * (headerEntries).
+ * (or the caller's, readInto), not through the tar parser — each yielded
+ * chunk is valid until the next is pulled, so the consumer must be done with
+ * it by then (install and verify are). A DirectReader reads a file from its
+ * start; a StreamReader goes on where `input` stopped (headerEntries).
+ * Without it the image is read for its header only (`zb image info`):
+ * `nextPayload` then fails with INTERNAL.
  * @throws {ZbError} IMG_FORMAT, SIG_INVALID, IMG_INCOMPATIBLE, ROLLBACK_REFUSED, IO
  */
 export async function openImage(input: AsyncIterable<Uint8Array>, check: { policy: Policy }, direct?: PayloadReader): Promise<OpenImage<VerifiedImage>>;
@@ -124,7 +125,7 @@ export async function openImage(input: AsyncIterable<Uint8Array>, check: { polic
 export async function openImage(input: AsyncIterable<Uint8Array>, check: { policy: Policy } | { unverified: true }, direct?: PayloadReader): Promise<OpenImage<ImageHeader>> {
   const tar = extract();
   const trail = new RawHeaders();
-  const feeding = feed(input, tar, trail);
+  void feed(input, tar, trail); // its failures reach the reader through the parser
   const entries = tar[Symbol.asyncIterator]() as AsyncIterator<Source>;
   let index = 0;
   /** Where the next header must start: zb's layout has nothing between entries. */
@@ -161,40 +162,13 @@ export async function openImage(input: AsyncIterable<Uint8Array>, check: { polic
     const dataOffsets = payloadOffsets(manifestBytes.length, sigBytes.length, manifest.payloads.map((p) => p.stored.size));
     const header: ImageHeader = { manifest, manifestBytes, signatures, signedBy: [], dataOffsets };
     if ("policy" in check) applyPolicy(header, check.policy);
-    if (direct) {
-      tar.destroy();
-      return { header, close, nextPayload: directPayloads(direct, manifest, dataOffsets) };
+    if (!direct) {
+      // Header only (`zb image info`): payloads are read with a direct reader (openSource gives one to
+      // every source), never through the tar parser, so there is no second path to keep in step.
+      return { header, close, nextPayload: () => Promise.reject(new ZbError("INTERNAL", "internal error: the payloads of an image opened without a payload reader were asked for")) };
     }
-    let payloadIndex = 0;
-    return {
-      header,
-      close,
-      async nextPayload() {
-        if (payloadIndex === manifest.payloads.length) {
-          // Past the last payload only zero bytes may come, as the file path finds (directPayloads):
-          // the raw bytes decide (RawHeaders), since tar-stream skips a block whose only non-zero
-          // bytes are its checksum field, and fails on a stream that ends inside a zero block.
-          const end = expectedOffset;
-          const r = await entries.next().catch((e: unknown) => {
-            if (e instanceof ZbError) throw e; // the source failed
-            return null; // the parser failed on what follows: the raw bytes say whether that is allowed
-          });
-          if (r && !r.done) throw bad(`an unexpected entry ${JSON.stringify(r.value.header.name)} follows the last payload`);
-          if (r) await feeding;
-          const after = trail.after(end);
-          if (after === "short") throw bad("the archive ends early");
-          if (after === "data") throw bad("data follows the last payload");
-          return null;
-        }
-        const payload = manifest.payloads[payloadIndex]!;
-        const entry = await next(payload.name);
-        if (entry.header.size !== payload.stored.size) {
-          throw bad(`payload ${payload.name} is ${entry.header.size} bytes in the archive, the manifest says ${payload.stored.size}`);
-        }
-        const dataOffset = (entry.header as Header & { byteOffset?: number }).byteOffset ?? entry.offset + 512;
-        return { payload, index: payloadIndex++, dataOffset, data: guard(entry) };
-      },
-    };
+    tar.destroy();
+    return { header, close, nextPayload: directPayloads(direct, manifest, dataOffsets) };
   } catch (e) {
     close();
     throw e;
@@ -346,7 +320,6 @@ async function feed(input: AsyncIterable<Uint8Array>, tar: Extract, trail: RawHe
         return;
       }
     }
-    trail.end();
     (tar.end as unknown as () => void).call(tar);
   } catch (e) {
     tar.destroy(ioError("read the image", e)); // a ZbError stays as it is; an errno reads as words ("input/output error")

@@ -3,6 +3,7 @@
  * loop run every 32 MiB: a signal handler (Ctrl-C during `zb image verify`
  * or `install` of a file) runs there, so the command stops mid-payload
  * instead of after it. The stream path waits on the event loop by itself.
+ * Refused inputs; an image opened for its header alone reads no payload.
  */
 import { afterAll, expect, test } from "bun:test";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -50,4 +51,18 @@ test.each([
   }
   const fromStream = await openImage(stream(), { unverified: true }).then(() => null, (e: unknown) => e);
   for (const e of [fromFile, fromStream]) expect(e).toMatchObject({ code: "IMG_FORMAT", message });
+});
+
+// Before: a second payload path through tar-stream, which no command used (openSource always gives a payload reader).
+test("an image opened without a payload reader (image info) is its header alone: asking for a payload is INTERNAL", async () => {
+  const img = await buildImage(join(root, "header-only"), { rootfs: variedBytes(100_000, 3), signers: [KEYS.k1] });
+  const open = await openImage(await fileSource(img.path).open(0), { unverified: true });
+  try {
+    const e = await open.nextPayload().then(() => null, (x: unknown) => x);
+    expect({ payloads: open.header.manifest.payloads.map((p) => p.name), e }).toEqual({
+      payloads: ["boot", "rootfs"], e: expect.objectContaining({ code: "INTERNAL", message: "internal error: the payloads of an image opened without a payload reader were asked for" }),
+    });
+  } finally {
+    open.close();
+  }
 });
