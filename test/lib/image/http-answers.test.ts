@@ -6,7 +6,7 @@
 import { beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import type { RawAnswer } from "./fixture.ts";
-import { httpFixture } from "./http-fixture.ts";
+import { httpFixture, closedPort } from "./http-fixture.ts";
 
 const http = httpFixture();
 const { routes, requests, url, target, zb, payloadCut } = http;
@@ -47,9 +47,7 @@ describe("the runtime's words for a malformed answer never carry the URL's query
 describe("a failure after a redirect names the redirect's target too", () => {
   let dead = 0;
   beforeAll(() => {
-    const closed = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-    dead = closed.port;
-    closed.stop(true);
+    dead = closedPort();
     routes.set("/raw/to-dead/image.zbi", () => redirect(`http://127.0.0.1:${dead}/image.zbi?t=SECRET`));
     routes.set("/raw/to-missing/image.zbi", () => redirect(`${url("/missing.zbi")}?t=SECRET`));
     routes.set("/raw/to-stall/image.zbi", () => redirect(url("/stall-2000/image.zbi")));

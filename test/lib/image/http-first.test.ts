@@ -10,7 +10,7 @@ import { beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { httpSource, stoppable, type RetryEvent } from "../../../lib/image/source.ts";
 import { sha256, type RawAnswer } from "./fixture.ts";
-import { httpFixture } from "./http-fixture.ts";
+import { httpFixture, closedPort } from "./http-fixture.ts";
 
 const http = httpFixture();
 const { routes, requests, url, target, zb, rawSha } = http;
@@ -24,9 +24,7 @@ const events = (out: string) => out.trim().split("\n").map((l) => JSON.parse(l) 
 describe("the first request is retried as a broken link is", () => {
   let dead = 0;
   beforeAll(() => {
-    const closed = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-    dead = closed.port;
-    closed.stop(true);
+    dead = closedPort();
     routes.set("/raw/busy-once/image.zbi", (_req, bytes, first) => (first ? busy : { status: 200, body: bytes }));
     routes.set("/raw/hang-once/image.zbi", (_req, bytes, first) => (first ? { status: 0, body: new Uint8Array(), hang: true } : { status: 200, body: bytes }));
     routes.set("/raw/busy/image.zbi", () => busy);

@@ -46,6 +46,14 @@ import { buildImage, connectionsTo, KEYS, listTar, rawHttpServer, requireBinary,
  * afterAll (stop, remove); call it once at the file's top level. The image,
  * its data offset, the CA file and the servers are there once beforeAll ran.
  */
+/** A loopback port nothing listens on (bound, then closed at once): a connection to it is refused. */
+export function closedPort(): number {
+  const s = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+  const port = s.port;
+  s.stop(true);
+  return port;
+}
+
 export function httpFixture() {
   const CHUNK = 1 << 20;
   let root = "";

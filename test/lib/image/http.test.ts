@@ -10,7 +10,7 @@
 import { beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, readFileSync } from "node:fs";
 import { sha256, type Built } from "./fixture.ts";
-import { httpFixture } from "./http-fixture.ts";
+import { httpFixture, closedPort } from "./http-fixture.ts";
 
 const http = httpFixture();
 const { requests, watched, portOf, url, target, journalOf, zb, since, rawSha, NO_RETRY, payloadCut, cutMidPayload } = http;
@@ -147,9 +147,7 @@ describe("what the client asks for and what it shows", () => {
   }, 30_000);
 
   test("a connection that fails with a proxy variable set: the hint names it, without its credentials; with none set, no hint", async () => {
-    const closed = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-    const dead = closed.port;
-    closed.stop(true);
+    const dead = closedPort();
     const none = Object.fromEntries(["http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"].map((v) => [v, ""]));
     const viaProxy = await zb(url("/range/image.zbi"), target(), { more: NO_RETRY, env: { ...none, http_proxy: `http://bob:pr0xypw@127.0.0.1:${dead}` } });
     const direct = await zb(`http://127.0.0.1:${dead}/image.zbi`, target(), { more: NO_RETRY, env: none });
