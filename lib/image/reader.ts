@@ -235,22 +235,7 @@ function directPayloads(r: PayloadReader, m: Manifest, offsets: readonly number[
   return async () => {
     if (index === m.payloads.length) {
       await skipTo(offsets.at(-1)! + entrySpan(m.payloads.at(-1)!.stored.size) - BLOCK);
-      // A device's end is not the image's: an image written raw to a larger stick is followed by
-      // whatever the stick held before. Its archive ends with the two end-of-archive blocks (zeros;
-      // fewer when the device ends first), and nothing after them is the image's.
-      if (r.device) {
-        const end = new Uint8Array(END_BLOCKS);
-        const n = await read(end);
-        if (end.subarray(0, n).some((b) => b !== 0)) throw bad("data follows the last payload");
-        return null;
-      }
-      // One byte past the bound tells a tail that is too long without reading the rest of it.
-      for (let tail = 0, n = -1; n !== 0 && tail <= MAX_TAIL; tail += n) {
-        const part = buf.subarray(0, Math.min(buf.length, MAX_TAIL + 1 - tail));
-        n = await read(part);
-        if (part.subarray(0, n).some((b) => b !== 0)) throw bad("data follows the last payload");
-        if (tail + n > MAX_TAIL) throw tooLongTail();
-      }
+      await checkArchiveEnd(read, r.device === true, buf);
       return null;
     }
     const payload = m.payloads[index]!;
@@ -285,6 +270,31 @@ function directPayloads(r: PayloadReader, m: Manifest, offsets: readonly number[
 /** The two zero blocks that end a tar archive. */
 const END_BLOCKS = 2 * BLOCK;
 
+/**
+ * What follows the last payload's padding, read with `read` (into `buf`, at
+ * least one block): only zeros, at most MAX_TAIL bytes of them. A device's
+ * end is not the image's: an image written raw to a larger stick is followed
+ * by whatever the stick held before, so there the archive ends with the two
+ * end-of-archive blocks (zeros; fewer when the device ends first) and nothing
+ * after them is the image's. Shared by a fresh read (directPayloads) and a
+ * resume that seeked to the last payload (tail.ts).
+ * @throws {ZbError} IMG_FORMAT "data follows the last payload", or a tail too long; what `read` throws
+ */
+export async function checkArchiveEnd(read: (buf: Uint8Array) => Promise<number> | number, device: boolean, buf: Uint8Array): Promise<void> {
+  if (device) {
+    const end = new Uint8Array(END_BLOCKS);
+    const n = await read(end);
+    if (end.subarray(0, n).some((b) => b !== 0)) throw bad("data follows the last payload");
+    return;
+  }
+  // One byte past the bound tells a tail that is too long without reading the rest of it.
+  for (let tail = 0, n = -1; n !== 0 && tail <= MAX_TAIL; tail += n) {
+    const part = buf.subarray(0, Math.min(buf.length, MAX_TAIL + 1 - tail));
+    n = await read(part);
+    if (part.subarray(0, n).some((b) => b !== 0)) throw bad("data follows the last payload");
+    if (tail + n > MAX_TAIL) throw tooLongTail();
+  }
+}
 
 /** Signatures, then compatible, then the serial floor: the order a user would fix them in. */
 function applyPolicy(h: ImageHeader, p: Policy): void {

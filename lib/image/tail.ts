@@ -4,20 +4,18 @@
  * appended to the image is refused on either path.
  */
 import { ioError } from "../errors.ts";
-import { bad, BLOCK, MAX_TAIL, tooLongTail } from "./format.ts";
-
-/** The two zero blocks that end a tar archive: all of a device's tail that is the image's. */
-const END_BLOCKS = 2 * BLOCK;
+import { bad, BLOCK } from "./format.ts";
+import { streamReader } from "./pull.ts";
+import { checkArchiveEnd } from "./reader.ts";
 
 /** A stream split in two: the payload's bytes, then what follows them. */
 export interface PayloadAndTail {
   /** The first `n` bytes; the stream stays open after them for `check`. */
   payload: AsyncGenerator<Uint8Array>;
   /**
-   * Read on past the payload: its entry's padding must be there, then only
-   * zeros may follow — at most MAX_TAIL bytes, or for a block device, whose
-   * end is not the image's (an image written raw to a larger stick), the two
-   * end blocks (fewer where the device ends). Ends the stream.
+   * Read on past the payload: its entry's padding must be there, then what
+   * follows is checked as a fresh read checks it (reader.ts checkArchiveEnd:
+   * only zeros, at most MAX_TAIL; a block device's two end blocks). Ends the stream.
    * @throws {ZbError} IMG_FORMAT "data follows the last payload", "the archive ends early", or a tail
    *   too long; the source's own failure (IO)
    */
@@ -64,32 +62,20 @@ export function payloadAndTail(data: AsyncIterable<Uint8Array>, n: number, paddi
       if (left > 0) await close(); // the reader stopped early: nothing more is wanted
     }
   }
+  /** What the stream holds after the payload: the rest of the part that ended it, then the parts after. */
+  async function* after(): AsyncGenerator<Uint8Array> {
+    if (rest !== null) yield rest;
+    while (!ended) {
+      const r = await it.next();
+      if (r.done) ended = true;
+      else yield r.value;
+    }
+  }
   const check = async () => {
-    let pad = padding;
-    let tail = 0;
+    const r = streamReader(after());
     try {
-      for (;;) {
-        let part = rest;
-        rest = null;
-        if (part === null) {
-          if (ended) break;
-          const r = await it.next();
-          if (r.done) {
-            ended = true;
-            break;
-          }
-          part = r.value;
-        }
-        const skipped = Math.min(pad, part.length);
-        pad -= skipped;
-        let after = part.subarray(skipped);
-        if (device) after = after.subarray(0, END_BLOCKS - tail);
-        if (after.some((b) => b !== 0)) throw bad("data follows the last payload");
-        tail += after.length;
-        if (device && tail >= END_BLOCKS) break;
-        if (tail > MAX_TAIL) throw tooLongTail();
-      }
-      if (pad > 0) throw bad("the archive ends early");
+      if ((await r.read(new Uint8Array(padding))) < padding) throw bad("the archive ends early");
+      await checkArchiveEnd((b) => r.read(b), device, new Uint8Array(BLOCK * 16));
     } catch (e) {
       throw ioError("read the image", e); // a ZbError stays as it is; an errno reads as words
     } finally {
